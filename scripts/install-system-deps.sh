@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages narfs needs to build, run and be tested (idempotent).
+# Runs as root (or through sudo). Only installs what is missing, so reruns are quick.
+set -euo pipefail
+pkgs=(
+  fuse3 libfuse2          # fusermount, and the libfuse 2.9 that fuse-native links against
+  nix-bin                 # real Nix (2.8 on bookworm): fixtures, nix hash path, db checks
+  xz-utils zstd bzip2 brotli gzip   # reference decompressors (also used for comparison)
+  sqlite3                 # inspecting lower databases
+  debootstrap             # the trixie chroot with Nix 2.26 (local-overlay tests)
+  squashfs-tools squashfuse hyperfine   # benchmark peers
+  diffutils procps psmisc ca-certificates
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "install-system-deps: installing ${missing[*]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || { echo "install-system-deps: /dev/fuse is missing" >&2; exit 1; }
