@@ -66,6 +66,13 @@ export const ERROR_CATALOG = {
   ERR_PATH_NOT_FOUND: 'No datalake has this store path.',
   ERR_SIGNATURE_POLICY: 'Give --trusted-public-keys, or --no-require-sigs to accept unsigned paths.',
 
+  // --- src/fs (POSIX semantics; the FUSE edge maps these to errno)
+  ERR_NOT_DIRECTORY: 'A path component is not a directory.',
+  ERR_IS_DIRECTORY: 'The operation needs a file, not a directory.',
+  ERR_NOT_SYMLINK: 'The entry is not a symbolic link.',
+  ERR_STALE_INODE: 'The inode is not known to this mount (forgotten or never looked up).',
+  ERR_BAD_HANDLE: 'The file handle is not open.',
+
   // --- src/fuse, src/daemon, src/cli
   ERR_MOUNT: 'The mount failed; check that /dev/fuse exists, the mountpoint is an empty directory and you may mount.',
   ERR_MOUNTPOINT: 'The mountpoint must be an existing directory.',
