@@ -72,3 +72,25 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/**
+ * Waits for a shared promise (one fetch serving many callers) but gives up, for this
+ * caller only, when `signal` aborts. The shared work goes on for the others.
+ */
+export function raceSignal<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortReason(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
+      (e) => { signal.removeEventListener('abort', onAbort); reject(e); },
+    );
+  });
+}
+
+function abortReason(signal: AbortSignal): NarfsError {
+  const r: unknown = signal.reason;
+  return r instanceof NarfsError ? r : new NarfsError('ERR_ABORTED', 'the wait was aborted', { cause: r });
+}

@@ -64,6 +64,8 @@ export const ERROR_CATALOG = {
   ERR_CACHE_IO: 'The cache directory could not be read or written; check its permissions and free space.',
   ERR_CACHE_LOCKED: 'Another narfs daemon uses this cache directory.',
   ERR_PATH_NOT_FOUND: 'No datalake has this store path.',
+  ERR_NAR_MISSING: 'The datalake has the narinfo but not the NAR file it points to.',
+  ERR_NAR_URL: 'The narinfo URL points outside the datalake that served it; narfs only fetches relative URLs.',
   ERR_SIGNATURE_POLICY: 'Give --trusted-public-keys, or --no-require-sigs to accept unsigned paths.',
 
   // --- src/fs (POSIX semantics; the FUSE edge maps these to errno)

@@ -1,0 +1,84 @@
+/**
+ * MountConfig: the typed settings of `narfs mount`, each with its default and a doc line,
+ * and their pure validation (no I/O).
+ */
+import { NarfsError } from '../errors.js';
+import { parseTrustedPublicKeys, type PublicKey } from '../nix/signature.js';
+
+export interface MountConfig {
+  /** Where the store appears, e.g. /mnt/lower/nix/store. */
+  mountpoint: string;
+  /** Binary cache URLs (file://, http://, https://), asked in Priority order. */
+  datalakes: string[];
+  /** Keys whose signatures are trusted (`name:base64`), like Nix's trusted-public-keys. */
+  trustedPublicKeys: PublicKey[];
+  /** Refuse paths without a valid trusted signature (Nix's require-sigs). Default true. */
+  requireSigs: boolean;
+  /** Verified NARs and metadata live here; survives restarts. */
+  cacheDir: string;
+  /** Bound of every FUSE request that waits on the network (ms). Default 30 000. */
+  opTimeoutMs: number;
+  /** How long "this path is in no datalake" is remembered (ms). Default 30 000. */
+  negativeTtlMs: number;
+  /** text or json log lines on stderr. */
+  logFormat: 'text' | 'json';
+  /** Root of the lower store whose database lists registered paths (optional). */
+  lower?: string;
+  /** allow_other: let other users (and overlayfs) read the mount. Default: when root. */
+  allowOther?: boolean;
+}
+
+export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
+export const DEFAULT_OP_TIMEOUT_MS = 30_000;
+export const DEFAULT_NEGATIVE_TTL_MS = 30_000;
+
+/** "30s", "500ms", "2m", or a bare number of seconds → milliseconds. */
+export function parseDuration(s: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
+  if (!m) throw new NarfsError('ERR_USAGE', `${what}: "${s}" is not a duration`, { hint: 'Durations look like 30s, 500ms or 2m.' });
+  const n = Number(m[1]);
+  const unit = m[2] ?? 's';
+  return Math.round(unit === 'ms' ? n : unit === 'm' ? n * 60_000 : n * 1000);
+}
+
+export interface RawMountOptions {
+  mountpoint?: string;
+  datalake?: string[];
+  trustedPublicKeys?: string[];
+  noRequireSigs?: boolean;
+  cacheDir?: string;
+  opTimeout?: string;
+  negativeTtl?: string;
+  logFormat?: string;
+  lower?: string;
+  allowOther?: boolean;
+}
+
+export function buildMountConfig(raw: RawMountOptions): MountConfig {
+  if (!raw.mountpoint) throw new NarfsError('ERR_USAGE', 'narfs mount needs a mountpoint');
+  const datalakes = raw.datalake ?? [];
+  if (datalakes.length === 0) {
+    throw new NarfsError('ERR_USAGE', 'narfs mount needs at least one --datalake', { hint: 'Give --datalake file:///srv/cache or --datalake https://cache.example.org.' });
+  }
+  const keys = (raw.trustedPublicKeys ?? []).flatMap((s) => parseTrustedPublicKeys(s));
+  const requireSigs = !raw.noRequireSigs;
+  if (requireSigs && keys.length === 0) {
+    throw new NarfsError('ERR_SIGNATURE_POLICY', 'signatures are required but no --trusted-public-keys were given',
+      { hint: 'Pass --trusted-public-keys "name:base64..." (as in nix.conf), or --no-require-sigs to accept unsigned paths.' });
+  }
+  const logFormat = raw.logFormat ?? 'text';
+  if (logFormat !== 'text' && logFormat !== 'json') throw new NarfsError('ERR_USAGE', `--log-format is text or json, not ${logFormat}`);
+  const config: MountConfig = {
+    mountpoint: raw.mountpoint,
+    datalakes,
+    trustedPublicKeys: keys,
+    requireSigs,
+    cacheDir: raw.cacheDir ?? DEFAULT_CACHE_DIR,
+    opTimeoutMs: raw.opTimeout ? parseDuration(raw.opTimeout, '--op-timeout') : DEFAULT_OP_TIMEOUT_MS,
+    negativeTtlMs: raw.negativeTtl ? parseDuration(raw.negativeTtl, '--negative-ttl') : DEFAULT_NEGATIVE_TTL_MS,
+    logFormat,
+  };
+  if (raw.lower) config.lower = raw.lower;
+  if (raw.allowOther !== undefined) config.allowOther = raw.allowOther;
+  return config;
+}

@@ -1,0 +1,127 @@
+/**
+ * MountDaemon: wires config → datalakes → caches → store → filesystem → FUSE, and takes
+ * them down again in reverse order.
+ *
+ * Invariants: a stale mount left by a crashed run ("Transport endpoint is not connected")
+ * is detached before mounting; `close()` unmounts first (so no new requests arrive), then
+ * aborts fetches in flight, then closes caches and datalakes; every step is bounded.
+ */
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { NarfsError, toNarfsError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { MountConfig } from '../config/mount-config.js';
+import type { Datalake } from '../datalake/datalake.js';
+import { openDatalake } from '../datalake/open-datalake.js';
+import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
+import { NarCache } from '../cache/nar-cache.js';
+import { PathInfoService } from '../store/path-info-service.js';
+import { Materialiser } from '../store/materialiser.js';
+import { LazyStore } from '../store/lazy-store.js';
+import { checkSignaturePolicy } from '../store/signature-policy.js';
+import { StoreFilesystem } from '../fs/store-filesystem.js';
+import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
+
+export interface RunningMount {
+  readonly mountpoint: string;
+  readonly store: LazyStore;
+  readonly materialiser: Materialiser;
+  readonly fs: StoreFilesystem;
+  close(): Promise<void>;
+}
+
+export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
+  checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
+  const mountpoint = resolve(config.mountpoint);
+  await prepareMountpoint(mountpoint, logger);
+
+  const datalakes = await openDatalakes(config.datalakes, logger);
+  const cleanups: Array<() => Promise<void>> = [async () => { await Promise.all(datalakes.map((d) => d.close().catch(() => {}))); }];
+  const runCleanups = async () => {
+    for (const c of cleanups.reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
+  };
+  try {
+    await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
+      throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
+    });
+    const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
+    cleanups.push(() => meta.close());
+    const nars = new NarCache(config.cacheDir);
+    await nars.init();
+
+    const shutdown = new AbortController();
+    cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
+    const infos = new PathInfoService(datalakes, meta,
+      { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
+      { negativeTtlMs: config.negativeTtlMs, logger });
+    const materialiser = new Materialiser(nars, { logger, signal: shutdown.signal });
+    const store = new LazyStore(infos, materialiser, meta, nars, { logger });
+    await store.loadKnown();
+    cleanups.push(() => store.close());
+
+    const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'] });
+    const fuse = new FuseNativeMount(fs, {
+      mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
+      ...(config.allowOther === undefined ? {} : { allowOther: config.allowOther }),
+    });
+    await fuse.mount();
+    cleanups.push(() => fuse.unmount());
+    let closing: Promise<void> | undefined;
+    return {
+      mountpoint, store, materialiser, fs,
+      close: () => (closing ??= runCleanups()),
+    };
+  } catch (err) {
+    await runCleanups();
+    throw toNarfsError(err);
+  }
+}
+
+/** Opens every datalake, reads nix-cache-info, and orders them by Priority (stable). */
+async function openDatalakes(urls: string[], logger: Logger): Promise<Datalake[]> {
+  const datalakes = urls.map((u) => openDatalake(u));
+  const results = await Promise.allSettled(datalakes.map((d) => d.open()));
+  const ordered: Array<{ d: Datalake; priority: number; index: number }> = [];
+  let lastError: unknown;
+  results.forEach((r, index) => {
+    const d = datalakes[index]!;
+    if (r.status === 'fulfilled') {
+      ordered.push({ d, priority: r.value.priority, index });
+    } else {
+      const err = toNarfsError(r.reason);
+      if (err.code === 'ERR_CACHE_INFO' || err.code === 'ERR_NOT_BINARY_CACHE') throw err;
+      lastError = err;
+      // Down at start: keep it, last, so it serves once it comes back.
+      logger.warn('datalake unreachable at start; it is tried last', { datalake: d.displayUrl, err });
+      ordered.push({ d, priority: Number.MAX_SAFE_INTEGER, index });
+    }
+  });
+  if (ordered.every((o) => o.priority === Number.MAX_SAFE_INTEGER)) {
+    await Promise.all(datalakes.map((d) => d.close().catch(() => {})));
+    throw new NarfsError('ERR_DATALAKE_UNAVAILABLE', 'no datalake could be opened', { cause: lastError });
+  }
+  ordered.sort((a, b) => a.priority - b.priority || a.index - b.index);
+  return ordered.map((o) => o.d);
+}
+
+/** Detaches a stale mount of a crashed run; refuses a live one and a non-directory. */
+async function prepareMountpoint(mountpoint: string, logger: Logger): Promise<void> {
+  try {
+    const st = await stat(mountpoint);
+    if (!st.isDirectory()) throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is not a directory`);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
+      logger.warn('detaching a stale mount left by an earlier run', { mountpoint });
+      await forceUnmount(mountpoint);
+      return prepareMountpoint(mountpoint, logger);
+    }
+    if (code === 'ENOENT') throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} does not exist`);
+    throw toNarfsError(err, 'ERR_MOUNTPOINT');
+  }
+  const mounts = await readFile('/proc/self/mounts', 'utf8').catch(() => '');
+  const escaped = mountpoint.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
+  if (mounts.split('\n').some((l) => l.split(' ')[1] === escaped)) {
+    throw new NarfsError('ERR_MOUNT', `${mountpoint} is already a mountpoint`, { hint: 'Unmount it first (fusermount -u), or choose another directory.' });
+  }
+}

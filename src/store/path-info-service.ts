@@ -1,0 +1,117 @@
+/**
+ * PathInfoService: store path basename → verified narinfo, through the metadata cache and
+ * the datalakes in priority order.
+ *
+ * Invariants:
+ * - A narinfo is returned only if it parsed (narinfo.cc quirks), describes exactly the
+ *   store path asked for, and passed the signature policy.
+ * - Datalakes are asked in order; absence and failure both fall through to the next one
+ *   (like Nix trying substituters). A path is absent only when every datalake answered
+ *   "absent"; then a negative entry is cached for `negativeTtlMs`. If some datalake
+ *   failed and none had a good narinfo, the failure is thrown (EIO at the edge), and
+ *   nothing negative is cached.
+ * - One fetch per hash part at a time, shared by all callers; each caller waits only
+ *   within its own signal.
+ */
+import { NarfsError, toNarfsError } from '../errors.js';
+import { raceSignal } from '../deadline.js';
+import type { Logger } from '../log.js';
+import type { Datalake } from '../datalake/datalake.js';
+import type { MetadataCache } from '../cache/metadata-cache.js';
+import { parseNarInfo, type NarInfo } from '../nix/narinfo.js';
+import { storePathBase, type StorePath } from '../nix/store-path.js';
+import { enforceSignaturePolicy, type SignaturePolicy } from './signature-policy.js';
+
+export interface PathInfo {
+  narInfo: NarInfo;
+  /** The datalake the narinfo came from (its NAR URL is relative to it). */
+  datalake: Datalake;
+}
+
+export interface PathInfoServiceOptions {
+  negativeTtlMs: number;
+  logger: Logger;
+}
+
+export class PathInfoService {
+  readonly #datalakes: Datalake[];
+  readonly #meta: MetadataCache;
+  readonly #policy: SignaturePolicy;
+  readonly #opts: PathInfoServiceOptions;
+  readonly #inflight = new Map<string, Promise<PathInfo | undefined>>();
+  readonly #byUrl: Map<string, Datalake>;
+  /** Basename → PathInfo, for paths resolved in this process. */
+  readonly #memo = new Map<string, PathInfo>();
+
+  /** `datalakes` in the order they are to be asked (priority, then command line). */
+  constructor(datalakes: Datalake[], meta: MetadataCache, policy: SignaturePolicy, options: PathInfoServiceOptions) {
+    this.#datalakes = datalakes;
+    this.#meta = meta;
+    this.#policy = policy;
+    this.#opts = options;
+    this.#byUrl = new Map(datalakes.map((d) => [d.displayUrl, d]));
+  }
+
+  async get(sp: StorePath, signal?: AbortSignal): Promise<PathInfo | undefined> {
+    const base = storePathBase(sp);
+    const memo = this.#memo.get(base);
+    if (memo) return memo;
+    let pending = this.#inflight.get(sp.hashPart);
+    if (!pending) {
+      pending = this.#lookup(sp).finally(() => this.#inflight.delete(sp.hashPart));
+      this.#inflight.set(sp.hashPart, pending);
+    }
+    const info = await raceSignal(pending, signal);
+    // Two names may share a hash part only if one is bogus: answer for the real one.
+    if (info && storePathBase(info.narInfo.storePath) !== base) return undefined;
+    return info;
+  }
+
+  async #lookup(sp: StorePath): Promise<PathInfo | undefined> {
+    const cached = await this.#meta.getNarInfo(sp.hashPart);
+    if (cached?.kind === 'negative') return undefined;
+    if (cached?.kind === 'positive') {
+      const datalake = this.#byUrl.get(cached.entry.source);
+      if (datalake) {
+        const info = { narInfo: parseNarInfo(cached.entry.text, `${cached.entry.source}/${sp.hashPart}.narinfo`), datalake };
+        this.#memo.set(cached.entry.name, info);
+        return info;
+      }
+      // The datalake it came from is not configured any more: fetch afresh.
+    }
+    let failure: NarfsError | undefined;
+    const rel = `${sp.hashPart}.narinfo`;
+    for (const datalake of this.#datalakes) {
+      let text: string;
+      try {
+        const bytes = await datalake.getBytes(rel);
+        if (!bytes) continue;
+        text = bytes.toString('utf8');
+      } catch (err) {
+        failure = toNarfsError(err, 'ERR_DATALAKE_UNAVAILABLE');
+        this.#opts.logger.warn('narinfo fetch failed; trying the next datalake', { datalake: datalake.displayUrl, path: rel, err: failure });
+        continue;
+      }
+      try {
+        const whence = `${datalake.displayUrl}/${rel}`;
+        const narInfo = parseNarInfo(text, whence);
+        if (narInfo.storePath.hashPart !== sp.hashPart) {
+          throw new NarfsError('ERR_NARINFO_MISMATCH', `${whence} describes ${storePathBase(narInfo.storePath)}`);
+        }
+        enforceSignaturePolicy(narInfo, this.#policy, datalake.displayUrl);
+        const name = storePathBase(narInfo.storePath);
+        await this.#meta.putNarInfo(sp.hashPart, { name, text, source: datalake.displayUrl, fetchedAt: Date.now() });
+        const info = { narInfo, datalake };
+        this.#memo.set(name, info);
+        return info;
+      } catch (err) {
+        failure = toNarfsError(err, 'ERR_NARINFO_PARSE');
+        this.#opts.logger.warn('narinfo rejected; trying the next datalake', { datalake: datalake.displayUrl, path: rel, err: failure });
+      }
+    }
+    if (failure) throw failure;
+    await this.#meta.putNegative(sp.hashPart, this.#opts.negativeTtlMs).catch(() => {});
+    return undefined;
+  }
+}
+
