@@ -1,0 +1,287 @@
+/**
+ * HttpDatalakeServer: a real HTTP/1.1 server (node:http) on 127.0.0.1, port 0, serving a
+ * directory as a Nix binary cache, with faults that tests switch on and off at run time.
+ *
+ * Invariants:
+ * - a request path never leaves the served directory (decoded, then `.`/`..` refused);
+ * - faults are per relPath ("nix-cache-info", "nar/x.nar.xz") or for every path ("*");
+ *   a path's own fault wins over "*";
+ * - `close()` settles promptly even with stalled requests: it destroys every socket;
+ * - the modelled link (added round-trip time per request, bytes/s cap) applies to every
+ *   response, so benchmarks can compare backends over the same "network".
+ *
+ * Knobs (each returns `this`, so they chain):
+ *   status(path, code, {retryAfter})   answer with that status (404, 403, 500, 429…)
+ *   failTimes(path, n, code = 500, {retryAfter})  fail the next n requests, then serve
+ *   stallHeaders(path)                 accept the request and never answer
+ *   stallBody(path, afterBytes)        send headers and afterBytes of body, then nothing
+ *   truncate(path, nBytes)             announce the full Content-Length, close after nBytes
+ *   delay(path, ms)                    wait before answering
+ *   transform(path, fn)                rewrite the body (corrupt a byte, alter a narinfo)
+ *   clear(path?)                       remove the faults of one path, or all
+ *   link({latencyMs, bytesPerSecond})  modelled network for every request
+ * Observations: count(path), requests (log of path + headers), totalRequests.
+ */
+import { promises as fsp } from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import * as path from 'node:path';
+
+export interface LinkModel {
+  /** Added once per request before the answer starts (models a round trip). */
+  latencyMs?: number;
+  /** Body bytes per second; 0 = unlimited. */
+  bytesPerSecond?: number;
+}
+
+export interface HttpDatalakeServerOptions extends LinkModel {
+  /** The directory served as the cache root. */
+  root: string;
+  /** URL path prefix the cache lives under, e.g. "/cache"; default "" (the server root). */
+  basePath?: string;
+  /** When set, requests without this Basic auth get 401. */
+  auth?: { username: string; password: string };
+}
+
+export interface Fault {
+  status?: number;
+  retryAfter?: string;
+  failTimes?: { remaining: number; code: number };
+  stallHeaders?: boolean;
+  stallAfterBytes?: number;
+  truncateAfterBytes?: number;
+  delayMs?: number;
+  transform?: (body: Buffer, relPath: string) => Buffer;
+}
+
+export interface LoggedRequest {
+  relPath: string;
+  method: string;
+  headers: http.IncomingHttpHeaders;
+}
+
+const CONTENT_TYPES: Array<[RegExp, string]> = [
+  [/^nix-cache-info$/, 'text/x-nix-cache-info'],
+  [/\.narinfo$/, 'text/x-nix-narinfo'],
+  [/\.ls$/, 'application/json'],
+  [/^nar\//, 'application/x-nix-nar'],
+];
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export class HttpDatalakeServer {
+  /** Base URL of the cache, without a trailing slash: `http://127.0.0.1:<port>[/base]`. */
+  readonly url: string;
+  readonly port: number;
+  readonly requests: LoggedRequest[] = [];
+  private readonly faults = new Map<string, Fault>();
+  private readonly counts = new Map<string, number>();
+  private readonly sockets = new Set<Socket>();
+  private linkModel: Required<LinkModel>;
+  private closed = false;
+
+  private constructor(
+    private readonly server: http.Server,
+    private readonly options: HttpDatalakeServerOptions,
+    private readonly basePath: string,
+  ) {
+    this.port = (server.address() as AddressInfo).port;
+    this.url = `http://127.0.0.1:${this.port}${basePath}`;
+    this.linkModel = { latencyMs: options.latencyMs ?? 0, bytesPerSecond: options.bytesPerSecond ?? 0 };
+  }
+
+  static async start(options: HttpDatalakeServerOptions): Promise<HttpDatalakeServer> {
+    const basePath = (options.basePath ?? '').replace(/\/+$/, '');
+    if (basePath !== '' && !basePath.startsWith('/')) throw new Error('basePath must start with /');
+    const server = http.createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve());
+    });
+    const s = new HttpDatalakeServer(server, options, basePath);
+    server.on('connection', (socket: Socket) => {
+      s.sockets.add(socket);
+      socket.once('close', () => s.sockets.delete(socket));
+    });
+    server.on('request', (req, res) => {
+      s.handle(req, res).catch(() => res.destroy());
+    });
+    return s;
+  }
+
+  /** Total requests seen for `relPath` ("*" = all paths). */
+  count(relPath: string): number {
+    if (relPath === '*') return this.totalRequests;
+    return this.counts.get(norm(relPath)) ?? 0;
+  }
+
+  get totalRequests(): number {
+    let n = 0;
+    for (const v of this.counts.values()) n += v;
+    return n;
+  }
+
+  status(relPath: string, code: number, options: { retryAfter?: string | number } = {}): this {
+    return this.set(relPath, {
+      status: code,
+      retryAfter: options.retryAfter === undefined ? undefined : String(options.retryAfter),
+    });
+  }
+
+  failTimes(relPath: string, n: number, code = 500, options: { retryAfter?: string | number } = {}): this {
+    return this.set(relPath, {
+      failTimes: { remaining: n, code },
+      retryAfter: options.retryAfter === undefined ? undefined : String(options.retryAfter),
+    });
+  }
+
+  stallHeaders(relPath: string): this {
+    return this.set(relPath, { stallHeaders: true });
+  }
+
+  stallBody(relPath: string, afterBytes: number): this {
+    return this.set(relPath, { stallAfterBytes: afterBytes });
+  }
+
+  truncate(relPath: string, nBytes: number): this {
+    return this.set(relPath, { truncateAfterBytes: nBytes });
+  }
+
+  delay(relPath: string, ms: number): this {
+    return this.set(relPath, { delayMs: ms });
+  }
+
+  transform(relPath: string, fn: (body: Buffer, relPath: string) => Buffer): this {
+    return this.set(relPath, { transform: fn });
+  }
+
+  /** Removes the faults of `relPath`, or of every path when none is given. */
+  clear(relPath?: string): this {
+    if (relPath === undefined) this.faults.clear();
+    else this.faults.delete(norm(relPath));
+    return this;
+  }
+
+  /** Changes the modelled network for the requests that start from now on. */
+  link(model: LinkModel): this {
+    this.linkModel = { ...this.linkModel, ...model };
+    return this;
+  }
+
+  /** Stops listening and destroys every socket, stalled ones included. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const done = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.sockets) s.destroy();
+    await done;
+  }
+
+  private set(relPath: string, fault: Fault): this {
+    const key = norm(relPath);
+    this.faults.set(key, { ...this.faults.get(key), ...fault });
+    return this;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const rawPath = (req.url ?? '/').split('?')[0] ?? '/';
+    const relPath = this.relPathOf(rawPath);
+    if (relPath === undefined) return this.answer(res, 404);
+    this.counts.set(relPath, (this.counts.get(relPath) ?? 0) + 1);
+    this.requests.push({ relPath, method: req.method ?? '', headers: req.headers });
+
+    if (this.options.auth) {
+      const { username, password } = this.options.auth;
+      const expected = 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64');
+      if (req.headers.authorization !== expected) return this.answer(res, 401);
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') return this.answer(res, 405);
+
+    const link = this.linkModel;
+    const fault = this.faults.get(relPath) ?? this.faults.get('*') ?? {};
+    if (link.latencyMs > 0) await delay(link.latencyMs);
+    if (fault.delayMs) await delay(fault.delayMs);
+    if (fault.stallHeaders) return; // never answer; close() destroys the socket
+    if (fault.failTimes && fault.failTimes.remaining > 0) {
+      fault.failTimes.remaining--;
+      return this.answer(res, fault.failTimes.code, fault.retryAfter);
+    }
+    if (fault.status !== undefined) return this.answer(res, fault.status, fault.retryAfter);
+
+    let body: Buffer;
+    try {
+      const file = path.join(this.options.root, ...relPath.split('/'));
+      const st = await fsp.stat(file);
+      if (!st.isFile()) return this.answer(res, 404);
+      body = await fsp.readFile(file);
+    } catch {
+      return this.answer(res, 404);
+    }
+    if (fault.transform) body = fault.transform(body, relPath);
+
+    const type = CONTENT_TYPES.find(([re]) => re.test(relPath))?.[1] ?? 'application/octet-stream';
+    res.writeHead(200, { 'Content-Type': type, 'Content-Length': String(body.length) });
+    if (req.method === 'HEAD') return void res.end();
+
+    let limit = body.length;
+    let after: 'end' | 'stall' | 'close' = 'end';
+    if (fault.stallAfterBytes !== undefined && fault.stallAfterBytes < limit) {
+      limit = fault.stallAfterBytes;
+      after = 'stall';
+    }
+    if (fault.truncateAfterBytes !== undefined && fault.truncateAfterBytes < limit) {
+      limit = fault.truncateAfterBytes;
+      after = 'close';
+    }
+    await this.send(res, body.subarray(0, limit), link.bytesPerSecond);
+    if (after === 'end') res.end();
+    else if (after === 'close') {
+      // Everything written so far reaches the client; then the connection ends mid-body.
+      res.socket?.end();
+    } else res.flushHeaders(); // stall: headers (and the first bytes) out, then silence
+  }
+
+  /** Writes `data` honouring backpressure and the modelled bandwidth. */
+  private async send(res: http.ServerResponse, data: Buffer, bytesPerSecond: number): Promise<void> {
+    const tickMs = 20;
+    const chunk = bytesPerSecond > 0 ? Math.max(1, Math.floor((bytesPerSecond * tickMs) / 1000)) : 64 * 1024;
+    for (let off = 0; off < data.length; off += chunk) {
+      if (res.destroyed) return;
+      const ok = res.write(data.subarray(off, off + chunk));
+      if (!ok) await new Promise<void>((resolve) => {
+        res.once('drain', resolve);
+        res.once('close', resolve);
+      });
+      if (bytesPerSecond > 0) await delay(tickMs);
+    }
+    if (data.length > 0 && !res.destroyed) await new Promise<void>((resolve) => res.write('', () => resolve()));
+  }
+
+  private answer(res: http.ServerResponse, code: number, retryAfter?: string): void {
+    const body = `${code} ${http.STATUS_CODES[code] ?? ''}\n`;
+    const headers: http.OutgoingHttpHeaders = { 'Content-Type': 'text/plain', 'Content-Length': String(body.length) };
+    if (retryAfter !== undefined) headers['Retry-After'] = retryAfter;
+    res.writeHead(code, headers);
+    res.end(body);
+  }
+
+  /** The decoded path below basePath, or undefined if outside it or not a safe path. */
+  private relPathOf(rawPath: string): string | undefined {
+    if (this.basePath !== '' && !rawPath.startsWith(this.basePath + '/')) return undefined;
+    let rest = rawPath.slice(this.basePath.length + 1);
+    try {
+      rest = rest.split('/').map(decodeURIComponent).join('/');
+    } catch {
+      return undefined;
+    }
+    const segs = rest.split('/');
+    if (segs.some((s) => s === '' || s === '.' || s === '..' || s.includes('\0') || s.includes('\\'))) return undefined;
+    return rest;
+  }
+}
+
+function norm(relPath: string): string {
+  return relPath.replace(/^\/+/, '');
+}
