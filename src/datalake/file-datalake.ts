@@ -1,0 +1,177 @@
+/**
+ * FileDatalake: a Nix binary cache in a local directory (`file:///dir`), read-only.
+ *
+ * Invariants:
+ * - only async fs calls: a slow disk (NFS, virtiofs) never blocks the event loop;
+ * - a relPath can never name a file outside the root (checkRelPath rejects `..`, absolute
+ *   paths and URLs before any fs call);
+ * - absence (ENOENT, ENOTDIR) is `undefined`; any other fs failure is
+ *   ERR_DATALAKE_UNAVAILABLE with the fs error as cause;
+ * - a missing nix-cache-info is NOT an error: Nix's LocalBinaryCacheStore would write
+ *   `StoreDir: /nix/store` into it on open; we are read-only, so we assume exactly what it
+ *   would have written ({storeDir: '/nix/store', priority: 50, wantMassQuery: false}).
+ *   A missing root directory is ERR_NOT_BINARY_CACHE.
+ * - `close()` destroys open streams with ERR_ABORTED and fails later calls with ERR_ABORTED.
+ */
+import { constants, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { NarfsError } from '../errors.js';
+import {
+  applyStoreParams,
+  checkRelPath,
+  checkStoreDir,
+  fanOutController,
+  DEFAULT_PRIORITY,
+  readCacheInfo,
+  STORE_DIR,
+  type CacheInfo,
+  type Datalake,
+  type GetOptions,
+} from './datalake.js';
+
+const ABSENT_CODES = new Set(['ENOENT', 'ENOTDIR']);
+
+export class FileDatalake implements Datalake {
+  readonly displayUrl: string;
+  /** The absolute root directory of the cache. */
+  readonly root: string;
+  private readonly params: URLSearchParams;
+  /** Aborted by close(); every call listens to it, so it may have many listeners. */
+  private readonly closer = fanOutController();
+  private readonly streams = new Set<Readable>();
+
+  constructor(url: string | URL) {
+    let u: URL;
+    try {
+      u = typeof url === 'string' ? new URL(url) : url;
+    } catch (e) {
+      throw new NarfsError('ERR_DATALAKE_URL', 'not a valid file:// URL', { cause: e });
+    }
+    if (u.protocol !== 'file:') throw new NarfsError('ERR_DATALAKE_URL', `not a file:// URL (${u.protocol})`);
+    if (u.hostname !== '' && u.hostname !== 'localhost') {
+      throw new NarfsError('ERR_DATALAKE_URL', `file:// URLs name a local directory; got host '${u.hostname}'`, {
+        hint: 'Write file:///absolute/dir (three slashes).',
+      });
+    }
+    this.params = u.searchParams;
+    this.root = path.resolve(fileURLToPath(new URL(u.pathname, 'file:///')));
+    this.displayUrl = 'file://' + this.root;
+  }
+
+  async open(options: GetOptions = {}): Promise<CacheInfo> {
+    this.checkLive(options.signal);
+    try {
+      const st = await fsp.stat(this.root);
+      if (!st.isDirectory()) throw new Error('not a directory');
+    } catch (e) {
+      throw new NarfsError('ERR_NOT_BINARY_CACHE', `${this.displayUrl} is not a directory`, {
+        cause: e,
+        hint: 'A file:// datalake is a directory written by `nix copy --to file://…`.',
+      });
+    }
+    const bytes = await this.getBytes('nix-cache-info', options);
+    const info =
+      bytes === undefined
+        ? { storeDir: STORE_DIR, wantMassQuery: false, priority: DEFAULT_PRIORITY }
+        : readCacheInfo(bytes.toString('utf8'), this.displayUrl);
+    return checkStoreDir(applyStoreParams(info, this.params, this.displayUrl), this.displayUrl);
+  }
+
+  async getBytes(relPath: string, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const file = this.resolve(relPath);
+    this.checkLive(options.signal);
+    const signal = this.signalFor(options.signal);
+    try {
+      return await fsp.readFile(file, { signal });
+    } catch (e) {
+      return this.absentOrThrow(e, relPath, options.signal);
+    }
+  }
+
+  async getStream(relPath: string, options: GetOptions = {}): Promise<Readable | undefined> {
+    const file = this.resolve(relPath);
+    this.checkLive(options.signal);
+    let handle: fsp.FileHandle;
+    try {
+      // Opening first turns absence into `undefined` before a stream exists.
+      handle = await fsp.open(file, constants.O_RDONLY);
+    } catch (e) {
+      return this.absentOrThrow(e, relPath, options.signal);
+    }
+    try {
+      this.checkLive(options.signal);
+      const st = await handle.stat();
+      if (!st.isFile()) throw new Error('not a regular file');
+    } catch (e) {
+      await handle.close().catch(() => {});
+      throw this.wrap(e, relPath, options.signal);
+    }
+    const stream = handle.createReadStream({ autoClose: true });
+    this.streams.add(stream);
+    const onAbort = () => stream.destroy(this.abortedError(relPath, options.signal?.reason));
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    stream.once('close', () => {
+      this.streams.delete(stream);
+      options.signal?.removeEventListener('abort', onAbort);
+    });
+    return stream;
+  }
+
+  async listNarInfoHashes(options: GetOptions = {}): Promise<string[]> {
+    this.checkLive(options.signal);
+    try {
+      const names = await fsp.readdir(this.root);
+      return names
+        .filter((n) => n.endsWith('.narinfo'))
+        .map((n) => n.slice(0, -'.narinfo'.length))
+        .sort();
+    } catch (e) {
+      throw this.wrap(e, '', options.signal);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closer.signal.aborted) return;
+    this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
+    for (const s of this.streams) s.destroy(this.abortedError('', undefined));
+    this.streams.clear();
+  }
+
+  private resolve(relPath: string): string {
+    return path.join(this.root, ...checkRelPath(relPath));
+  }
+
+  private signalFor(outer: AbortSignal | undefined): AbortSignal {
+    return outer ? AbortSignal.any([outer, this.closer.signal]) : this.closer.signal;
+  }
+
+  private checkLive(outer: AbortSignal | undefined): void {
+    if (this.closer.signal.aborted || outer?.aborted) throw this.abortedError('', outer?.reason);
+  }
+
+  private abortedError(relPath: string, cause: unknown): NarfsError {
+    const what = relPath ? `reading ${relPath} from ${this.displayUrl}` : `datalake ${this.displayUrl}`;
+    const closed = this.closer.signal.aborted;
+    return new NarfsError('ERR_ABORTED', `${what} was ${closed ? 'closed' : 'aborted'}`, { cause });
+  }
+
+  private absentOrThrow(e: unknown, relPath: string, outer: AbortSignal | undefined): undefined {
+    if (ABSENT_CODES.has((e as NodeJS.ErrnoException)?.code ?? '')) return undefined;
+    throw this.wrap(e, relPath, outer);
+  }
+
+  private wrap(e: unknown, relPath: string, outer: AbortSignal | undefined): NarfsError {
+    if (this.closer.signal.aborted || outer?.aborted || (e as Error)?.name === 'AbortError') {
+      return this.abortedError(relPath, e);
+    }
+    if (e instanceof NarfsError) return e;
+    const code = (e as NodeJS.ErrnoException)?.code;
+    return new NarfsError(
+      'ERR_DATALAKE_UNAVAILABLE',
+      `reading ${relPath || '.'} from ${this.displayUrl} failed${code ? ` (${code})` : ''}`,
+      { cause: e, details: { datalake: this.displayUrl, relPath } },
+    );
+  }
+}

@@ -1,0 +1,526 @@
+/**
+ * HttpDatalake: a Nix binary cache over http:// or https://, through one undici Agent
+ * (keep-alive pools, `connections` sockets per origin) per datalake.
+ *
+ * Invariants:
+ * - nothing waits unbounded: connect, headers and body-idle deadlines on every request,
+ *   plus an overall deadline on `getBytes`; the caller's AbortSignal and `close()` end
+ *   every wait at once with ERR_ABORTED;
+ * - only idempotent GETs are sent, and retried (bounded attempts, exponential backoff with
+ *   jitter) on connection errors, timeouts, 5xx and 429 (Retry-After honoured unless it
+ *   lies beyond the deadline, in which case we fail now), and, for `getBytes`, on a body
+ *   that dies early. `getStream` retries only until headers arrive: once the caller holds
+ *   the body, a failure is the caller's to handle (it restarts the whole NAR fetch);
+ * - 404 and 403 are absence (`undefined`), as in Nix's HttpBinaryCacheStore; any other
+ *   non-200 status is ERR_DATALAKE_HTTP (not retried) or, for 5xx/429 once retries are
+ *   spent, ERR_DATALAKE_UNAVAILABLE;
+ * - a body shorter than its Content-Length always ends in ERR_DATALAKE_TRUNCATED: undici
+ *   reports the early close as UND_ERR_SOCKET "other side closed" (checked against a real
+ *   server in test/integration/http-datalake-faults.test.ts), and we also count bytes;
+ * - credentials in the URL (user:pass@) become a Basic Authorization header and appear
+ *   nowhere else: not in `displayUrl`, messages, error details or causes (undici only ever
+ *   sees the bare origin). The query string is dropped too (it may carry tokens); Nix's
+ *   store parameters `priority=` and `want-mass-query=` in it are honoured by `open()`;
+ * - a Content-Encoding (S3 objects uploaded with narinfo-compression) is undone for
+ *   `getBytes` (gzip, deflate, br); `getStream` refuses any, since NARs are compressed as
+ *   files, never by the transport. We send no Accept-Encoding;
+ * - undici's headers/body timers have a resolution of about one second: a deadline of
+ *   d ms may fire up to ~1 s late. The overall `getBytes` deadline is exact.
+ */
+import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import * as zlib from 'node:zlib';
+import { Agent, interceptors, type Dispatcher } from 'undici';
+import { sleep, withDeadline } from '../deadline.js';
+import { NarfsError, type ErrorCode } from '../errors.js';
+import {
+  applyStoreParams,
+  checkRelPath,
+  checkStoreDir,
+  fanOutController,
+  readCacheInfo,
+  type CacheInfo,
+  type Datalake,
+  type GetOptions,
+} from './datalake.js';
+
+export interface HttpDatalakeOptions {
+  /** Sockets per origin kept alive by the datalake's Agent. Default 16. */
+  connections?: number;
+  /** TCP (+TLS) connect deadline per attempt. Default 5000 ms. */
+  connectTimeoutMs?: number;
+  /** Deadline from request sent to response headers received, per attempt. Default 10000 ms. */
+  headersTimeoutMs?: number;
+  /** Longest silence allowed between two body chunks. Default 10000 ms. */
+  bodyTimeoutMs?: number;
+  /** Overall deadline of one `getBytes` call, retries included. Default 20000 ms. */
+  smallFileTimeoutMs?: number;
+  /** Attempts per request (1 = no retry). Default 3. */
+  attempts?: number;
+  /** First backoff delay; doubles per attempt, with ±50 % jitter. Default 100 ms. */
+  retryBaseMs?: number;
+  /** Longest Retry-After honoured by `getStream` (getBytes: its remaining deadline). Default 10000 ms. */
+  maxRetryAfterMs?: number;
+  /** Idle keep-alive sockets are closed after this long. Default 30000 ms (servers' hints may lower it). */
+  keepAliveTimeoutMs?: number;
+  /** Redirects followed (CDNs, mirrors). Default 3; authorization is dropped across origins. */
+  maxRedirections?: number;
+  /** How long `close()` waits for a graceful close before destroying sockets. Default 2000 ms. */
+  closeTimeoutMs?: number;
+  /** Sent as User-Agent. Default "narfs". */
+  userAgent?: string;
+}
+
+export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpDatalakeOptions>> = Object.freeze({
+  connections: 16,
+  connectTimeoutMs: 5_000,
+  headersTimeoutMs: 10_000,
+  bodyTimeoutMs: 10_000,
+  smallFileTimeoutMs: 20_000,
+  attempts: 3,
+  retryBaseMs: 100,
+  maxRetryAfterMs: 10_000,
+  keepAliveTimeoutMs: 30_000,
+  maxRedirections: 3,
+  closeTimeoutMs: 2_000,
+  userAgent: 'narfs',
+});
+
+/** Connection-level error codes of node:net/dns and undici that mean "try again". */
+const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+const BODY_DIED_CODES = new Set(['UND_ERR_SOCKET', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ECONNRESET', 'EPIPE']);
+
+/** Carries the per-attempt facts the retry loop needs. */
+interface Failure {
+  error: NarfsError;
+  retryable: boolean;
+  retryAfterMs?: number;
+}
+
+class AttemptError extends Error {
+  constructor(readonly failure: Failure) {
+    super(failure.error.message);
+  }
+}
+
+export class HttpDatalake implements Datalake {
+  readonly displayUrl: string;
+  private readonly origin: string;
+  /** URL path of the cache root, ending in "/". */
+  private readonly basePath: string;
+  private readonly params: URLSearchParams;
+  private readonly headers: Record<string, string>;
+  private readonly opts: Required<HttpDatalakeOptions>;
+  private readonly agent: Agent;
+  private readonly dispatcher: Dispatcher;
+  /** Aborted by close(); every call listens to it, so it may have many listeners. */
+  private readonly closer = fanOutController();
+
+  constructor(url: string | URL, options: HttpDatalakeOptions = {}) {
+    let u: URL;
+    try {
+      u = new URL(String(url));
+    } catch {
+      // Never echo the URL: it may hold credentials.
+      throw new NarfsError('ERR_DATALAKE_URL', 'the datalake URL is not a valid URL');
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+      throw new NarfsError('ERR_DATALAKE_URL', `HttpDatalake needs http:// or https://, not ${u.protocol}//`);
+    }
+    this.opts = { ...HTTP_DATALAKE_DEFAULTS, ...dropUndefined(options) };
+    if (!(this.opts.attempts >= 1)) throw new NarfsError('ERR_INVALID_ARGUMENT', 'attempts must be at least 1');
+    this.origin = u.origin;
+    this.basePath = u.pathname.endsWith('/') ? u.pathname : u.pathname + '/';
+    this.params = u.searchParams;
+    this.displayUrl = u.origin + this.basePath.replace(/\/$/, '');
+    this.headers = { 'user-agent': this.opts.userAgent };
+    if (u.username !== '' || u.password !== '') {
+      const user = safeDecode(u.username);
+      const pass = safeDecode(u.password);
+      this.headers.authorization = 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');
+    }
+    this.agent = new Agent({
+      connections: this.opts.connections,
+      connectTimeout: this.opts.connectTimeoutMs,
+      headersTimeout: this.opts.headersTimeoutMs,
+      bodyTimeout: this.opts.bodyTimeoutMs,
+      keepAliveTimeout: this.opts.keepAliveTimeoutMs,
+      keepAliveMaxTimeout: Math.max(this.opts.keepAliveTimeoutMs, 600_000),
+    });
+    this.dispatcher =
+      this.opts.maxRedirections > 0
+        ? this.agent.compose(interceptors.redirect({ maxRedirections: this.opts.maxRedirections }))
+        : this.agent;
+  }
+
+  async open(options: GetOptions = {}): Promise<CacheInfo> {
+    const bytes = await this.getBytes('nix-cache-info', options);
+    if (bytes === undefined) {
+      throw new NarfsError('ERR_NOT_BINARY_CACHE', `${this.displayUrl} has no nix-cache-info`, {
+        details: { datalake: this.displayUrl },
+      });
+    }
+    const info = readCacheInfo(bytes.toString('utf8'), this.displayUrl);
+    return checkStoreDir(applyStoreParams(info, this.params, this.displayUrl), this.displayUrl);
+  }
+
+  async getBytes(relPath: string, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const path = this.requestPath(relPath);
+    const signal = this.liveSignal(relPath, options.signal);
+    const deadlineAt = Date.now() + this.opts.smallFileTimeoutMs;
+    return withDeadline(
+      this.opts.smallFileTimeoutMs,
+      (attemptSignal) =>
+        this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
+          const res = await this.send(path, relPath, attemptSignal);
+          if (res === undefined) return undefined;
+          return this.readAll(res, relPath, attemptSignal);
+        }),
+      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.describe(relPath)}`, signal },
+    ).catch((e: unknown) => {
+      throw this.finalError(e, relPath, signal);
+    });
+  }
+
+  async getStream(relPath: string, options: GetOptions = {}): Promise<Readable | undefined> {
+    const path = this.requestPath(relPath);
+    const signal = this.liveSignal(relPath, options.signal);
+    try {
+      const res = await this.withRetries(relPath, signal, undefined, () => this.send(path, relPath, signal));
+      if (res === undefined) return undefined;
+      const enc = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
+      if (enc !== '' && enc !== 'identity') {
+        // NARs are compressed as files (narinfo Compression:), never by the transport.
+        discard(res);
+        throw this.unsupportedEncoding(enc, relPath);
+      }
+      return this.guardBody(res, relPath, signal);
+    } catch (e) {
+      throw this.finalError(e, relPath, signal);
+    }
+  }
+
+  /** A plain HTTP cache cannot list its narinfos. */
+  async listNarInfoHashes(): Promise<undefined> {
+    return undefined;
+  }
+
+  /**
+   * Aborts in-flight calls (they fail with ERR_ABORTED), then closes the Agent gracefully;
+   * if that takes longer than `closeTimeoutMs`, destroys its sockets.
+   */
+  async close(): Promise<void> {
+    if (!this.closer.signal.aborted) {
+      this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
+    }
+    if (this.agent.destroyed) return;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), this.opts.closeTimeoutMs);
+    });
+    try {
+      const how = await Promise.race([this.agent.close().then(() => 'closed' as const), timedOut]);
+      if (how === 'timeout') await this.agent.destroy().catch(() => {});
+    } catch {
+      await this.agent.destroy().catch(() => {});
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // --- internals
+
+  private requestPath(relPath: string): string {
+    const segs = checkRelPath(relPath);
+    // Percent-encode each segment, but keep the sub-delimiters a path segment may hold
+    // literally (":" and "!" of realisations/<id>!out.doi, "+" and "=" of store names).
+    return this.basePath + segs.map((s) => encodeURIComponent(s).replace(/%(3A|40|2B|3D|2C|3B|24|26)/g, (m) => decodeURIComponent(m))).join('/');
+  }
+
+  private describe(relPath: string): string {
+    return `${this.displayUrl}/${relPath}`;
+  }
+
+  /** The caller's signal joined with close(); throws at once if either already fired. */
+  private liveSignal(relPath: string, outer: AbortSignal | undefined): AbortSignal {
+    const signal = outer ? AbortSignal.any([outer, this.closer.signal]) : this.closer.signal;
+    if (signal.aborted) throw this.aborted(relPath, signal);
+    return signal;
+  }
+
+  private aborted(relPath: string, signal: AbortSignal): NarfsError {
+    const closed = this.closer.signal.aborted;
+    return new NarfsError('ERR_ABORTED', `GET ${this.describe(relPath)} was ${closed ? 'cancelled by close()' : 'aborted'}`, {
+      cause: signal.reason,
+    });
+  }
+
+  /**
+   * One request up to its headers. Resolves the response for 200, undefined for 404/403;
+   * throws AttemptError for everything else.
+   */
+  private async send(path: string, relPath: string, signal: AbortSignal): Promise<Dispatcher.ResponseData | undefined> {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.dispatcher.request({
+        origin: this.origin,
+        path,
+        method: 'GET',
+        headers: this.headers,
+        signal,
+        headersTimeout: this.opts.headersTimeoutMs,
+        bodyTimeout: this.opts.bodyTimeoutMs,
+      });
+    } catch (e) {
+      throw new AttemptError(this.classify(e, relPath, signal, 'headers'));
+    }
+    const status = res.statusCode;
+    if (status === 200) return res;
+    discard(res);
+    if (status === 404 || status === 403) return undefined;
+    const where = `GET ${this.describe(relPath)}`;
+    if (status >= 500 || status === 429) {
+      const retryAfterMs = parseRetryAfter(res.headers['retry-after']);
+      const error = new NarfsError('ERR_DATALAKE_UNAVAILABLE', `${where}: HTTP ${status}`, {
+        cause: new NarfsError('ERR_DATALAKE_HTTP', `HTTP ${status}`, { details: { status } }),
+        details: { datalake: this.displayUrl, relPath, status },
+      });
+      throw new AttemptError({ error, retryable: true, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) });
+    }
+    const error = new NarfsError('ERR_DATALAKE_HTTP', `${where}: unexpected HTTP ${status}`, {
+      details: { datalake: this.displayUrl, relPath, status },
+      ...(status === 401 ? { hint: 'The datalake wants credentials: put them in the URL (https://user:pass@host/…).' } : {}),
+    });
+    throw new AttemptError({ error, retryable: false });
+  }
+
+  /** Reads a whole 200 body, checking it against Content-Length. */
+  private async readAll(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Promise<Buffer> {
+    const expected = contentLength(res.headers);
+    const chunks: Buffer[] = [];
+    let received = 0;
+    try {
+      for await (const chunk of res.body) {
+        chunks.push(chunk as Buffer);
+        received += (chunk as Buffer).length;
+      }
+    } catch (e) {
+      throw new AttemptError(this.classify(e, relPath, signal, 'body', { received, expected }));
+    }
+    if (expected !== undefined && received < expected) {
+      throw new AttemptError({ error: this.truncated(relPath, received, expected), retryable: true });
+    }
+    return this.decode(Buffer.concat(chunks, received), res.headers['content-encoding'], relPath);
+  }
+
+  /**
+   * Undoes a Content-Encoding, as Nix's file transfer does: an S3 bucket written with
+   * `narinfo-compression`/`ls-compression` serves narinfo and .ls files encoded. gzip,
+   * deflate and br are decoded (off the main thread); anything else is ERR_DATALAKE_HTTP.
+   */
+  private async decode(body: Buffer, encoding: string | string[] | undefined, relPath: string): Promise<Buffer> {
+    const enc = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
+    if (enc === '' || enc === 'identity') return body;
+    const decoder = { gzip: gunzipAsync, 'x-gzip': gunzipAsync, deflate: inflateAsync, br: brotliAsync }[enc];
+    if (!decoder) throw new AttemptError({ error: this.unsupportedEncoding(enc, relPath), retryable: false });
+    try {
+      return await decoder(body);
+    } catch (e) {
+      throw new AttemptError({
+        error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: body does not decode as ${enc}`, {
+          cause: e,
+          details: { datalake: this.displayUrl, relPath, contentEncoding: enc },
+        }),
+        retryable: false,
+      });
+    }
+  }
+
+  private unsupportedEncoding(enc: string, relPath: string): NarfsError {
+    return new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: unsupported Content-Encoding '${enc}'`, {
+      details: { datalake: this.displayUrl, relPath, contentEncoding: enc },
+      hint: 'narfs decodes gzip, deflate and br bodies; store NARs compressed as files (Compression: in the narinfo) instead.',
+    });
+  }
+
+  /**
+   * Wraps a 200 body so that every way it can die surfaces as a NarfsError on the stream:
+   * ERR_DATALAKE_TRUNCATED (closed early), ERR_DATALAKE_TIMEOUT (idle), ERR_ABORTED.
+   */
+  private guardBody(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Readable {
+    const expected = contentLength(res.headers);
+    const body = res.body;
+    let received = 0;
+    let ended = false;
+    // A hand-written wrapper rather than Readable.from(async generator): destroying it
+    // must release the socket at once, even while the body is stalled.
+    const out = new Readable({
+      read: () => void body.resume(),
+      destroy: (err, callback) => {
+        if (!body.destroyed) body.destroy();
+        callback(err);
+      },
+    });
+    body.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      if (!out.push(chunk)) body.pause();
+    });
+    body.once('end', () => {
+      ended = true;
+      if (expected !== undefined && received < expected) out.destroy(this.truncated(relPath, received, expected));
+      else out.push(null);
+    });
+    body.once('error', (e: unknown) => {
+      if (!out.destroyed) out.destroy(this.classify(e, relPath, signal, 'body', { received, expected }).error);
+    });
+    body.once('close', () => {
+      if (!ended && !out.destroyed) out.destroy(this.truncated(relPath, received, expected));
+    });
+    return out;
+  }
+
+  private truncated(relPath: string, received: number, expected: number | undefined): NarfsError {
+    return new NarfsError(
+      'ERR_DATALAKE_TRUNCATED',
+      `GET ${this.describe(relPath)}: body ended after ${received} of ${expected ?? 'unknown'} bytes`,
+      { details: { datalake: this.displayUrl, relPath, received, expected } },
+    );
+  }
+
+  /** Maps anything undici or node:net throws to a Failure with a NarfsError. */
+  private classify(
+    e: unknown,
+    relPath: string,
+    signal: AbortSignal,
+    phase: 'headers' | 'body',
+    progress?: { received: number; expected: number | undefined },
+  ): Failure {
+    if (e instanceof AttemptError) return e.failure;
+    if (signal.aborted) {
+      const reason: unknown = signal.reason;
+      // withDeadline aborts the attempt with its own ERR_DATALAKE_TIMEOUT: keep that code.
+      if (reason instanceof NarfsError && reason.code === 'ERR_DATALAKE_TIMEOUT') return { error: reason, retryable: false };
+      return { error: this.aborted(relPath, signal), retryable: false };
+    }
+    const code = errorCode(e);
+    const where = `GET ${this.describe(relPath)}`;
+    const details = { datalake: this.displayUrl, relPath, phase, cause: code };
+    const make = (c: ErrorCode, what: string) =>
+      new NarfsError(c, `${where}: ${what}`, { cause: e, details: { ...details, ...progress } });
+    if (code !== undefined && TIMEOUT_CODES.has(code)) {
+      const which =
+        code === 'UND_ERR_CONNECT_TIMEOUT'
+          ? `no connection within ${this.opts.connectTimeoutMs} ms`
+          : code === 'UND_ERR_HEADERS_TIMEOUT'
+            ? `no response headers within ${this.opts.headersTimeoutMs} ms`
+            : code === 'UND_ERR_BODY_TIMEOUT'
+              ? `body stalled for ${this.opts.bodyTimeoutMs} ms`
+              : 'timed out';
+      return { error: make('ERR_DATALAKE_TIMEOUT', which), retryable: true };
+    }
+    if (phase === 'body' && code !== undefined && BODY_DIED_CODES.has(code)) {
+      const got = progress ? ` after ${progress.received} of ${progress.expected ?? 'unknown'} bytes` : '';
+      return { error: make('ERR_DATALAKE_TRUNCATED', `connection closed mid-body${got}`), retryable: true };
+    }
+    if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
+      return { error: this.aborted(relPath, this.closer.signal), retryable: false };
+    }
+    if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
+      return { error: make('ERR_INTERNAL', 'request rejected by the HTTP client'), retryable: false };
+    }
+    const msg = e instanceof Error ? e.message : String(e);
+    return { error: make('ERR_DATALAKE_UNAVAILABLE', `${code ?? 'failed'}: ${msg}`), retryable: true };
+  }
+
+  /**
+   * Runs `attempt` up to `attempts` times while failures are retryable, sleeping an
+   * exponential, jittered backoff (or Retry-After) between tries; never sleeps past
+   * `deadlineAt`. Throws the last failure's NarfsError.
+   */
+  private async withRetries<T>(
+    relPath: string,
+    signal: AbortSignal,
+    deadlineAt: number | undefined,
+    attempt: () => Promise<T>,
+  ): Promise<T> {
+    for (let i = 1; ; i++) {
+      let failure: Failure;
+      try {
+        return await attempt();
+      } catch (e) {
+        failure = this.classify(e, relPath, signal, 'headers');
+      }
+      const err = failure.error;
+      if (!failure.retryable || i >= this.opts.attempts) {
+        if (i > 1 && err.details) err.details.attempts = i;
+        throw err;
+      }
+      const backoff = this.opts.retryBaseMs * 2 ** (i - 1) * (0.5 + Math.random());
+      let wait = backoff;
+      if (failure.retryAfterMs !== undefined) {
+        const cap = deadlineAt === undefined ? this.opts.maxRetryAfterMs : deadlineAt - Date.now();
+        if (failure.retryAfterMs > cap) throw err; // the server asks for more time than we have
+        wait = Math.max(backoff, failure.retryAfterMs);
+      }
+      if (deadlineAt !== undefined && Date.now() + wait >= deadlineAt) throw err;
+      await sleep(wait, signal).catch(() => {
+        throw this.aborted(relPath, signal);
+      });
+    }
+  }
+
+  /** The error a public method throws: always a NarfsError, never carrying a secret. */
+  private finalError(e: unknown, relPath: string, signal: AbortSignal): NarfsError {
+    if (e instanceof AttemptError) return e.failure.error;
+    if (e instanceof NarfsError) {
+      if (e.code === 'ERR_ABORTED' || signal.aborted) return e.code === 'ERR_ABORTED' ? e : this.aborted(relPath, signal);
+      return e;
+    }
+    return this.classify(e, relPath, signal, 'headers').error;
+  }
+}
+
+// --- small helpers
+
+const gunzipAsync = promisify(zlib.gunzip);
+const inflateAsync = promisify(zlib.inflate);
+const brotliAsync = promisify(zlib.brotliDecompress);
+
+function dropUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+function errorCode(e: unknown): string | undefined {
+  const c = (e as { code?: unknown } | null)?.code;
+  if (typeof c === 'string') return c;
+  const inner = (e as { cause?: unknown } | null)?.cause;
+  const ic = (inner as { code?: unknown } | null)?.code;
+  return typeof ic === 'string' ? ic : undefined;
+}
+
+function contentLength(headers: Record<string, string | string[] | undefined>): number | undefined {
+  const v = headers['content-length'];
+  if (typeof v !== 'string' || !/^\d+$/.test(v)) return undefined;
+  return Number(v);
+}
+
+/** Retry-After as delta-seconds or an HTTP date, in ms from now. */
+function parseRetryAfter(v: string | string[] | undefined): number | undefined {
+  if (typeof v !== 'string') return undefined;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+/** Drops an unwanted (error) body without waiting for it. */
+function discard(res: Dispatcher.ResponseData): void {
+  res.body.dump({ limit: 64 * 1024 }).catch(() => {});
+}
