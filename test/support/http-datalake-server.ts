@@ -18,6 +18,7 @@
  *   truncate(path, nBytes)             announce the full Content-Length, close after nBytes
  *   delay(path, ms)                    wait before answering
  *   transform(path, fn)                rewrite the body (corrupt a byte, alter a narinfo)
+ *   header(path, name, value)          add a header to 200 answers (Content-Encoding…)
  *   clear(path?)                       remove the faults of one path, or all
  *   link({latencyMs, bytesPerSecond})  modelled network for every request
  * Observations: count(path), requests (log of path + headers), totalRequests.
@@ -52,6 +53,7 @@ export interface Fault {
   truncateAfterBytes?: number;
   delayMs?: number;
   transform?: (body: Buffer, relPath: string) => Buffer;
+  headers?: Record<string, string>;
 }
 
 export interface LoggedRequest {
@@ -157,6 +159,12 @@ export class HttpDatalakeServer {
     return this.set(relPath, { transform: fn });
   }
 
+  /** Adds a response header to 200 answers (e.g. Content-Encoding with a transform). */
+  header(relPath: string, name: string, value: string): this {
+    const key = norm(relPath);
+    return this.set(relPath, { headers: { ...this.faults.get(key)?.headers, [name]: value } });
+  }
+
   /** Removes the faults of `relPath`, or of every path when none is given. */
   clear(relPath?: string): this {
     if (relPath === undefined) this.faults.clear();
@@ -222,7 +230,7 @@ export class HttpDatalakeServer {
     if (fault.transform) body = fault.transform(body, relPath);
 
     const type = CONTENT_TYPES.find(([re]) => re.test(relPath))?.[1] ?? 'application/octet-stream';
-    res.writeHead(200, { 'Content-Type': type, 'Content-Length': String(body.length) });
+    res.writeHead(200, { 'Content-Type': type, ...fault.headers, 'Content-Length': String(body.length) });
     if (req.method === 'HEAD') return void res.end();
 
     let limit = body.length;
@@ -250,10 +258,17 @@ export class HttpDatalakeServer {
     for (let off = 0; off < data.length; off += chunk) {
       if (res.destroyed) return;
       const ok = res.write(data.subarray(off, off + chunk));
-      if (!ok) await new Promise<void>((resolve) => {
-        res.once('drain', resolve);
-        res.once('close', resolve);
-      });
+      if (!ok) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            res.off('drain', done);
+            res.off('close', done);
+            resolve();
+          };
+          res.on('drain', done);
+          res.on('close', done);
+        });
+      }
       if (bytesPerSecond > 0) await delay(tickMs);
     }
     if (data.length > 0 && !res.destroyed) await new Promise<void>((resolve) => res.write('', () => resolve()));
