@@ -12,4 +12,5 @@ echo "test: fixture datalakes: $(bash scripts/build-fixtures.sh | tail -n 1)" >&
 if [ -f scripts/build-trixie-chroot.sh ]; then
   echo "test: trixie chroot: $(bash scripts/build-trixie-chroot.sh | tail -n 1)" >&2
 fi
+if [ "$#" -eq 0 ]; then set -- "test/**/*.test.ts"; fi
 exec npx mocha "$@"

@@ -11,8 +11,7 @@ import { join, resolve } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MountConfig } from '../config/mount-config.js';
-import type { Datalake } from '../datalake/datalake.js';
-import { openDatalake } from '../datalake/open-datalake.js';
+import { DatalakeSet } from '../datalake/datalake-set.js';
 import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
 import { NarCache } from '../cache/nar-cache.js';
 import { PathInfoService } from '../store/path-info-service.js';
@@ -35,8 +34,9 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   const mountpoint = resolve(config.mountpoint);
   await prepareMountpoint(mountpoint, logger);
 
-  const datalakes = await openDatalakes(config.datalakes, logger);
-  const cleanups: Array<() => Promise<void>> = [async () => { await Promise.all(datalakes.map((d) => d.close().catch(() => {}))); }];
+  const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger });
+  await datalakes.open();
+  const cleanups: Array<() => Promise<void>> = [() => datalakes.close()];
   const runCleanups = async () => {
     for (const c of cleanups.reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
   };
@@ -75,33 +75,6 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     await runCleanups();
     throw toNarfsError(err);
   }
-}
-
-/** Opens every datalake, reads nix-cache-info, and orders them by Priority (stable). */
-async function openDatalakes(urls: string[], logger: Logger): Promise<Datalake[]> {
-  const datalakes = urls.map((u) => openDatalake(u));
-  const results = await Promise.allSettled(datalakes.map((d) => d.open()));
-  const ordered: Array<{ d: Datalake; priority: number; index: number }> = [];
-  let lastError: unknown;
-  results.forEach((r, index) => {
-    const d = datalakes[index]!;
-    if (r.status === 'fulfilled') {
-      ordered.push({ d, priority: r.value.priority, index });
-    } else {
-      const err = toNarfsError(r.reason);
-      if (err.code === 'ERR_CACHE_INFO' || err.code === 'ERR_NOT_BINARY_CACHE') throw err;
-      lastError = err;
-      // Down at start: keep it, last, so it serves once it comes back.
-      logger.warn('datalake unreachable at start; it is tried last', { datalake: d.displayUrl, err });
-      ordered.push({ d, priority: Number.MAX_SAFE_INTEGER, index });
-    }
-  });
-  if (ordered.every((o) => o.priority === Number.MAX_SAFE_INTEGER)) {
-    await Promise.all(datalakes.map((d) => d.close().catch(() => {})));
-    throw new NarfsError('ERR_DATALAKE_UNAVAILABLE', 'no datalake could be opened', { cause: lastError });
-  }
-  ordered.sort((a, b) => a.priority - b.priority || a.index - b.index);
-  return ordered.map((o) => o.d);
 }
 
 /** Detaches a stale mount of a crashed run; refuses a live one and a non-directory. */

@@ -17,6 +17,7 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import { raceSignal } from '../deadline.js';
 import type { Logger } from '../log.js';
 import type { Datalake } from '../datalake/datalake.js';
+import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import { parseNarInfo, type NarInfo } from '../nix/narinfo.js';
 import { storePathBase, type StorePath } from '../nix/store-path.js';
@@ -34,22 +35,20 @@ export interface PathInfoServiceOptions {
 }
 
 export class PathInfoService {
-  readonly #datalakes: Datalake[];
+  readonly #datalakes: DatalakeSet;
   readonly #meta: MetadataCache;
   readonly #policy: SignaturePolicy;
   readonly #opts: PathInfoServiceOptions;
   readonly #inflight = new Map<string, Promise<PathInfo | undefined>>();
-  readonly #byUrl: Map<string, Datalake>;
   /** Basename → PathInfo, for paths resolved in this process. */
   readonly #memo = new Map<string, PathInfo>();
 
-  /** `datalakes` in the order they are to be asked (priority, then command line). */
-  constructor(datalakes: Datalake[], meta: MetadataCache, policy: SignaturePolicy, options: PathInfoServiceOptions) {
+  /** The set decides the order datalakes are asked in (priority, then command line). */
+  constructor(datalakes: DatalakeSet, meta: MetadataCache, policy: SignaturePolicy, options: PathInfoServiceOptions) {
     this.#datalakes = datalakes;
     this.#meta = meta;
     this.#policy = policy;
     this.#opts = options;
-    this.#byUrl = new Map(datalakes.map((d) => [d.displayUrl, d]));
   }
 
   async get(sp: StorePath, signal?: AbortSignal): Promise<PathInfo | undefined> {
@@ -71,7 +70,7 @@ export class PathInfoService {
     const cached = await this.#meta.getNarInfo(sp.hashPart);
     if (cached?.kind === 'negative') return undefined;
     if (cached?.kind === 'positive') {
-      const datalake = this.#byUrl.get(cached.entry.source);
+      const datalake = this.#datalakes.datalakes.find((d) => d.displayUrl === cached.entry.source);
       if (datalake) {
         const info = { narInfo: parseNarInfo(cached.entry.text, `${cached.entry.source}/${sp.hashPart}.narinfo`), datalake };
         this.#memo.set(cached.entry.name, info);
@@ -81,10 +80,10 @@ export class PathInfoService {
     }
     let failure: NarfsError | undefined;
     const rel = `${sp.hashPart}.narinfo`;
-    for (const datalake of this.#datalakes) {
+    for (const datalake of this.#datalakes.datalakes) {
       let text: string;
       try {
-        const bytes = await datalake.getBytes(rel);
+        const bytes = await this.#datalakes.getBytesFrom(datalake, rel);
         if (!bytes) continue;
         text = bytes.toString('utf8');
       } catch (err) {
