@@ -1,0 +1,128 @@
+import assert from 'node:assert/strict';
+
+import { isNarfsError } from '../../../src/errors.js';
+import { listingToJson, listingsEqual, parseListingJson, type NarNode } from '../../../src/nix/nar-listing.js';
+import { parseNar } from '../../../src/nix/nar-parser.js';
+import { writeNar } from '../../../src/nix/nar-writer.js';
+import { REF_LS, TREE_LS } from './golden.js';
+
+const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
+const reg = (size: number, narOffset: number, executable = false): NarNode => ({ type: 'regular', size, executable, narOffset });
+const rejects = (text: string, label = text): void => {
+  assert.throws(() => parseListingJson(text), isCode('ERR_LISTING_PARSE'), label);
+};
+
+describe('nar-listing', () => {
+  it('reads and rewrites the .ls files Nix 2.8 wrote, byte for byte', () => {
+    assert.equal(listingToJson(parseListingJson(TREE_LS)), TREE_LS);
+    assert.equal(listingToJson(parseListingJson(REF_LS)), REF_LS);
+    assert.deepEqual(parseListingJson(REF_LS), reg(63, 96));
+  });
+
+  it('reads the 2.26 key order, a bare node, and HEAD\'s explicit executable:false', () => {
+    const sorted = '{"root":{"entries":{"f":{"executable":false,"narOffset":96,"size":1,"type":"regular"}},"type":"directory"},"version":1}';
+    const bare = '{"type":"directory","entries":{"f":{"type":"regular","size":1,"narOffset":96}}}';
+    const a = parseListingJson(sorted);
+    assert.ok(listingsEqual(a, parseListingJson(bare)));
+    assert.equal(listingToJson(a), '{"version":1,"root":{"type":"directory","entries":{"f":{"type":"regular","size":1,"narOffset":96}}}}');
+  });
+
+  it('agrees with the listing parsed from the NAR itself', () => {
+    const nar = writeNar({
+      type: 'directory',
+      entries: { empty: { type: 'regular', contents: '' }, 'hello.txt': { type: 'regular', contents: 'hello\n' }, link: { type: 'symlink', target: 'hello.txt' }, sub: { type: 'directory', entries: { 'run.sh': { type: 'regular', contents: '#!/bin/sh\necho hi\n', executable: true } } } },
+    });
+    assert.ok(listingsEqual(parseNar(nar), parseListingJson(TREE_LS)));
+  });
+
+  it('orders entries bytewise, not in JS object key order', () => {
+    const text = '{"version":1,"root":{"type":"directory","entries":{"b":{"type":"symlink","target":"x"},"10":{"type":"symlink","target":"x"},"9":{"type":"symlink","target":"x"},"😀":{"type":"symlink","target":"x"},"\uFFFD":{"type":"symlink","target":"x"}}}}';
+    const root = parseListingJson(text);
+    assert.ok(root.type === 'directory');
+    assert.deepEqual([...root.entries.keys()], ['10', '9', 'b', '\uFFFD', '😀']);
+    assert.match(listingToJson(root), /"entries":\{"10":.*"9":.*"b":.*"\uFFFD":.*"😀":/u);
+  });
+
+  it('treats __proto__ and constructor as ordinary names', () => {
+    const text = '{"type":"directory","entries":{"__proto__":{"type":"regular","size":2,"narOffset":200},"constructor":{"type":"symlink","target":"t"}}}';
+    const root = parseListingJson(text);
+    assert.ok(root.type === 'directory');
+    assert.deepEqual(root.entries.get('__proto__'), reg(2, 200));
+    assert.equal(root.entries.get('constructor')?.type, 'symlink');
+    assert.equal(listingToJson(root), `{"version":1,"root":${text}}`);
+    assert.equal(({} as Record<string, unknown>)['type'], undefined, 'Object.prototype untouched');
+  });
+
+  it('defaults a missing executable to false and allows a missing narOffset only for empty files', () => {
+    assert.deepEqual(parseListingJson('{"type":"regular","size":0}'), reg(0, 0));
+    rejects('{"type":"regular","size":5}', 'non-empty without narOffset');
+    rejects('{"type":"regular","size":5,"narOffset":0}', 'narOffset 0 means absent');
+  });
+
+  it('rejects malformed listings with ERR_LISTING_PARSE', () => {
+    const bad = [
+      '',
+      'not json',
+      '[]',
+      'null',
+      '{"version":2,"root":{"type":"regular","size":0}}',
+      '{"version":1}',
+      '{"root":{"type":"regular","size":0}}',
+      '{"type":"fifo"}',
+      '{}',
+      '{"type":"regular"}',
+      '{"type":"regular","size":-1,"narOffset":8}',
+      '{"type":"regular","size":1.5,"narOffset":8}',
+      '{"type":"regular","size":"1","narOffset":8}',
+      '{"type":"regular","size":9007199254740993,"narOffset":8}',
+      '{"type":"regular","size":1,"narOffset":8,"executable":1}',
+      '{"type":"regular","size":1,"narOffset":"8"}',
+      '{"type":"symlink"}',
+      '{"type":"symlink","target":""}',
+      '{"type":"symlink","target":"a\\u0000b"}',
+      `{"type":"symlink","target":"${'t'.repeat(4096)}"}`,
+      '{"type":"directory"}',
+      '{"type":"directory","entries":[]}',
+      '{"type":"directory","entries":{"a":null}}',
+      '{"type":"directory","entries":{"":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{".":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{"..":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{"a/b":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{"a\\u0000":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{"\\ud800":{"type":"symlink","target":"x"}}}',
+      `{"type":"directory","entries":{"${'n'.repeat(256)}":{"type":"symlink","target":"x"}}}`,
+    ];
+    for (const t of bad) rejects(t, t.slice(0, 100));
+  });
+
+  it('limits nesting to depth 63', () => {
+    const nest = (depth: number): string => {
+      let s = '{"type":"symlink","target":"x"}';
+      for (let i = 0; i < depth; i++) s = `{"type":"directory","entries":{"d":${s}}}`;
+      return s;
+    };
+    parseListingJson(nest(63));
+    rejects(nest(64), 'depth 64');
+  });
+
+  it('compares listings field by field', () => {
+    const base = parseListingJson(TREE_LS);
+    assert.ok(listingsEqual(base, parseListingJson(TREE_LS)));
+    const variants = [
+      TREE_LS.replace('"size":6', '"size":7'),
+      TREE_LS.replace('"narOffset":424', '"narOffset":432'),
+      TREE_LS.replace('"executable":true,', ''),
+      TREE_LS.replace('"target":"hello.txt"', '"target":"hello.txt2"'),
+      TREE_LS.replace('"link":{"type":"symlink","target":"hello.txt"}', '"link":{"type":"regular","size":0}'),
+      TREE_LS.replace('"hello.txt"', '"hello.txu"'),
+      TREE_LS.replace(',"link":{"type":"symlink","target":"hello.txt"}', ''),
+    ];
+    for (const v of variants) {
+      assert.notEqual(v, TREE_LS);
+      assert.equal(listingsEqual(base, parseListingJson(v)), false, v);
+      assert.equal(listingsEqual(parseListingJson(v), base), false, v);
+    }
+    // The offset of an empty file is meaningless and ignored.
+    assert.ok(listingsEqual(base, parseListingJson(TREE_LS.replace('"size":0,"narOffset":232', '"size":0'))));
+  });
+});
