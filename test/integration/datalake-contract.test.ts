@@ -4,6 +4,7 @@
  * (plain, under a base path with Basic auth), and a DatalakeSet whose first member lacks
  * everything (so every hit is a fall-through).
  */
+import { skipOrFail } from '../support/environment.js';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
@@ -185,7 +186,7 @@ let sharedCache: NixBinaryCache | undefined;
 
 describe('Datalake contract', function () {
   before(async function () {
-    if (!(await haveNix())) this.skip();
+    if (!(await haveNix())) skipOrFail(this, 'nix');
     sharedCache = await buildNixBinaryCache();
   });
   after(async function () {

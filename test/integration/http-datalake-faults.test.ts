@@ -6,6 +6,7 @@
  * Deadlines are configured short here. undici's own header/body timers have ~1 s
  * resolution, so elapsed-time bounds allow SLACK_MS on top of the configured deadline.
  */
+import { skipOrFail } from '../support/environment.js';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
@@ -71,7 +72,7 @@ describe('HttpDatalake faults', function () {
   };
 
   before(async function () {
-    if (!(await haveNix())) this.skip();
+    if (!(await haveNix())) skipOrFail(this, 'nix');
     cache = await buildNixBinaryCache();
     const tree = cache.storePaths.find((p) => p.endsWith('-narfs-datalake-tree'))!;
     const hash = path.basename(tree).slice(0, 32);
@@ -350,7 +351,7 @@ describe('DatalakeSet', function () {
   const track = (set: DatalakeSet) => (sets.push(set), set);
 
   before(async function () {
-    if (!(await haveNix())) this.skip();
+    if (!(await haveNix())) skipOrFail(this, 'nix');
     cache = await buildNixBinaryCache();
     narinfo = path.basename(cache.storePaths[0]!).slice(0, 32) + '.narinfo';
     empty = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-empty-lake-'));

@@ -1,3 +1,4 @@
+import { skipOrFail } from '../../support/environment.js';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 
@@ -76,7 +77,7 @@ describe('content-address', () => {
   });
 
   it('agrees with `nix-store --print-fixed-path` for random hashes', function () {
-    if (!haveNix()) this.skip();
+    if (!haveNix()) skipOrFail(this, 'nix');
     const cases: Array<{ method: 'nar' | 'flat'; hash: Hash; name: string }> = [
       { method: 'nar', hash: { algo: 'sha256', digest: randomBytes(32) }, name: 'src-1.0.tar.gz' },
       { method: 'flat', hash: { algo: 'sha256', digest: randomBytes(32) }, name: 'foo.patch' },

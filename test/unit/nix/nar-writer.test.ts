@@ -1,3 +1,4 @@
+import { skipOrFail } from '../../support/environment.js';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -112,7 +113,7 @@ describe('nar-writer', () => {
 
   describe('against nix-store --dump', () => {
     before(function () {
-      if (!haveNix()) this.skip();
+      if (!haveNix()) skipOrFail(this, 'nix');
     });
 
     it('writes the same bytes and parses to the same tree for a directory full of traps', () => {

@@ -5,6 +5,7 @@
  * `nix-store --generate-binary-cache-key`).
  */
 
+import { skipOrFail } from '../../support/environment.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,7 +29,7 @@ export function haveNix(): boolean {
 
 /** Skips the current suite/test when Nix is not installed. */
 export function requireNix(ctx: Mocha.Context): void {
-  if (!haveNix()) ctx.skip();
+  if (!haveNix()) skipOrFail(ctx, 'nix');
 }
 
 export function nix(cmd: string, args: string[], input?: Buffer | string): Buffer {

@@ -1,3 +1,4 @@
+import { skipOrFail } from '../../support/environment.js';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -139,7 +140,7 @@ describe('signature', () => {
 
   describe('with keys from nix-store --generate-binary-cache-key', () => {
     before(function () {
-      if (!haveNix()) this.skip();
+      if (!haveNix()) skipOrFail(this, 'nix');
     });
 
     const generate = (name: string): { sec: string; pub: string } =>
