@@ -78,7 +78,11 @@ describe('nixdb: Nix 2.26 reads the lower store read-only (immutable) in the tri
     const refs = inChroot(['nix-store', '--store', store, '--extra-experimental-features', 'read-only-local-store', '-q', '--referrers', closure.src]);
     assert.equal(refs.status, 0, refs.stderr);
     assert.deepEqual(lines(refs.stdout).sort(), closure.truth.filter((j) => j.references.includes(closure.src)).map((j) => j.path).sort());
-    // DerivationOutputs, answered from the DB by 2.26 (queryStaticPartialDerivationOutputMap)
+    // DerivationOutputs rows, read by queryValidDerivers (join on DerivationOutputs.path)
+    const derivers = inChroot(['nix-store', '--store', store, '--extra-experimental-features', 'read-only-local-store', '-q', '--valid-derivers', closure.out]);
+    assert.equal(derivers.status, 0, derivers.stderr);
+    assert.deepEqual(lines(derivers.stdout), [closure.drv]);
+    // --outputs: 2.26.3 reads the .drv file itself (needs the FUSE to serve it)
     const outs = inChroot(['nix-store', '--store', store, '--extra-experimental-features', 'read-only-local-store', '-q', '--outputs', closure.drv]);
     if (outs.status === 0) assert.deepEqual(lines(outs.stdout).sort(), [closure.dev, closure.out].sort());
     else console.log(`      (nix-store -q --outputs needs the .drv file: ${outs.stderr.trim().split('\n').at(-1)})`);
