@@ -34,7 +34,19 @@
  *   gzip    Node zlib, 128K out, 1M batch      ~200       ~500   ~2.5   zlib defaults 1.7,
  *                                                                     `gzip -dc` child 0.9
  *
- * (Final table of the run that accompanies the commit: see the issue note.)
+ * Last full run (`npx tsx bench/decompress.ts --runs 5`, 315 MB, load average 4.9→7.3 on
+ * 2 cores from other jobs; best run of each side, ratio best/best, paired = median of
+ * back-to-back ratios):
+ *
+ *   method  reference           ours  ratio  paired
+ *   xz         85 xz -dc          75   0.88    1.35
+ *   zstd      921 zstd -dc      1000   1.09    1.40
+ *   bzip2      37 bzip2 -dc       36   0.98    1.20
+ *   br        339 brotli -dc     356   1.05    1.06
+ *   gzip      175 gzip -dc       514   2.93    3.85
+ *
+ * At load ~2.5 (`--candidates --methods zstd,br --runs 4`): zstd 1104 vs 1035 (0.94),
+ * br 385 vs 335-348 (0.87-0.88, before input batching was added).
  */
 import { PassThrough, type Duplex } from 'node:stream';
 import { NarfsError } from '../errors.js';
