@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(
   fuse3 libfuse2          # fusermount, and the libfuse 2.9 that fuse-native links against
   nix-bin                 # real Nix (2.8 on bookworm): fixtures, nix hash path, db checks
-  xz-utils zstd bzip2 brotli gzip   # reference decompressors (also used for comparison)
+  xz-utils zstd bzip2 brotli gzip   # xz and bzip2 decode NARs at run time; all are benchmark references
   sqlite3                 # inspecting lower databases
   debootstrap             # the trixie chroot with Nix 2.26 (local-overlay tests)
   squashfs-tools squashfuse hyperfine   # benchmark peers

@@ -12,7 +12,7 @@
  * narOffset). Open file handles on cached NARs are shared and bounded in number.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { NarfsError, toNarfsError } from '../errors.js';
+import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ContentReader, RootNodes } from '../fs/store-filesystem.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
@@ -44,6 +44,12 @@ export class LazyStore implements RootNodes, ContentReader {
   /** Listing shown to the filesystem per store path, and whether it is verified. */
   readonly #shown = new Map<string, { listing: NarNode; verified: boolean }>();
   readonly #open = new Map<string, OpenNar>();
+  /**
+   * Store paths whose fetch in flight already outlasted a reader's deadline: later readers
+   * fail at once until that fetch ends, instead of each waiting a whole deadline (the
+   * kernel retries a failed readahead with a second read, for one).
+   */
+  readonly #overdue = new Set<string>();
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, nars: NarCache, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -126,10 +132,22 @@ export class LazyStore implements RootNodes, ContentReader {
   async #materialise(name: string, signal?: AbortSignal): Promise<void> {
     const shown = this.#shown.get(name);
     if (shown?.verified) return;
+    if (this.#overdue.has(name)) {
+      throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
+    }
     const info = await this.#infos.get(parseStorePathBase(name), signal);
     if (!info) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake any more`);
-    const m = await this.#materialiser.ensure(info, shown?.listing, signal);
-    this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+    try {
+      const m = await this.#materialiser.ensure(info, shown?.listing, signal);
+      this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+    } catch (err) {
+      const running = this.#materialiser.inFlight(name);
+      if (running && isNarfsError(err, 'ERR_DEADLINE') && !this.#overdue.has(name)) {
+        this.#overdue.add(name);
+        void running.then(() => this.#overdue.delete(name));
+      }
+      throw err;
+    }
   }
 
   async #fetchListing(info: PathInfo, signal: AbortSignal): Promise<{ listing: NarNode; json: string } | undefined> {

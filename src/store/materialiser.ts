@@ -57,6 +57,12 @@ export class Materialiser {
     this.#opts = options;
   }
 
+  /** The fetch of `name` in flight, if any (settles when it ends, never rejects). */
+  inFlight(name: string): Promise<void> | undefined {
+    const p = this.#inflight.get(name);
+    return p?.then(() => undefined, () => undefined);
+  }
+
   /**
    * The verified NAR of `info`, fetching it if needed. `shown` is the listing already
    * served for this path (from `.ls`), which the NAR must match. `signal` bounds only this

@@ -86,11 +86,14 @@ describe('e2e: the narfs command', function () {
     await waitFor(() => d.stderr.join('').includes('materialised'), 5000, 'the materialised log line');
     assert.match(d.stderr.join(''), new RegExp(`materialised path=${large} bytes=\\d+ ms=\\d+ source=`));
 
-    for (const op of ['write', 'mkdir', 'unlink'] as const) {
+    for (const op of ['write', 'mkdir'] as const) {
       assert.equal((await probe(op, join(mnt, large, 'new-file'))).code, 'EROFS', op);
       assert.equal((await probe(op, join(mnt, 'new-entry'))).code, 'EROFS', `${op} at the root`);
     }
+    // Existing entries: overwriting or removing them is refused too.
     assert.equal((await probe('write', join(mnt, large, fixtures.largeFile.relPath))).code, 'EROFS');
+    assert.equal((await probe('unlink', join(mnt, large, fixtures.largeFile.relPath))).code, 'EROFS');
+    assert.equal((await probe('unlink', join(mnt, top, 'paths.txt'))).code, 'EROFS');
 
     d.child.kill('SIGTERM');
     assert.equal(await d.exit, 0);
