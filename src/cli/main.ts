@@ -11,11 +11,18 @@ import { createLogger, type LogFormat } from '../log.js';
 import { buildMountConfig } from '../config/mount-config.js';
 import { startMount } from '../daemon/mount-daemon.js';
 import { forceUnmount } from '../fuse/fuse-native-mount.js';
+import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, parseDuration } from '../config/mount-config.js';
+import { parseTrustedPublicKeys } from '../nix/signature.js';
+import { openStoreStack } from '../daemon/store-stack.js';
+import { runRegister } from '../daemon/register-operation.js';
+import { callDaemon } from './control-client.js';
+import { readFile } from 'node:fs/promises';
 
 const HELP = `narfs — a lazily materialised /nix/store over FUSE
 
 Usage:
   narfs mount <mountpoint> --datalake URL [--datalake URL ...] [options]
+  narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs --help
 
 narfs mount options:
@@ -29,6 +36,14 @@ narfs mount options:
   --lower DIR                 root of the lower store whose database lists registered paths
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --log-format text|json      log line format on stderr (default text)
+
+narfs register options (registers the whole closure of each root as valid paths in the
+lower store's database, in one transaction; through the running daemon of --cache-dir
+when there is one, else alone with the same --datalake/--trusted-public-keys options):
+  --lower DIR                 root of the lower store (its db is DIR/nix/var/nix/db)
+  --from-file FILE            roots, one per line (# comments allowed)
+  --all                       every store path of the listable (file://) datalakes
+  --timeout DURATION          bound of the whole registration (default 10m)
 
 The mount stays in the foreground, prints one line when ready, logs one line per
 materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it).
@@ -45,6 +60,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (command) {
       case 'mount':
         return await mountCommand(rest);
+      case 'register':
+        return await registerCommand(rest);
       default:
         throw new NarfsError('ERR_USAGE', `unknown command "${command}"`);
     }
@@ -118,10 +135,70 @@ async function mountCommand(args: string[]): Promise<number> {
         });
       } else {
         logger.warn('second signal: forcing the unmount', { signal: sig });
-        forceUnmount(mount.mountpoint).finally(() => process.exit(1));
+        forceUnmount(mount.mountpoint, { abort: true }).finally(() => process.exit(1));
       }
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
   });
+}
+
+async function registerCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    lower: { type: 'string' },
+    'from-file': { type: 'string', multiple: true },
+    all: { type: 'boolean' },
+    datalake: { type: 'string', multiple: true },
+    'trusted-public-keys': { type: 'string', multiple: true },
+    'require-sigs': { type: 'boolean' },
+    'cache-dir': { type: 'string' },
+    timeout: { type: 'string' },
+    'log-format': { type: 'string' },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const lower = values.lower as string | undefined;
+  if (!lower) throw new NarfsError('ERR_USAGE', 'narfs register needs --lower DIR');
+  const roots = [...positionals];
+  for (const f of (values['from-file'] as string[] | undefined) ?? []) {
+    const text = await readFile(f, 'utf8').catch((err) => {
+      throw new NarfsError('ERR_USAGE', `cannot read ${f}: ${(err as Error).message}`);
+    });
+    roots.push(...text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean));
+  }
+  const all = values.all === true;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 10 * 60_000;
+  const format = values['log-format'] === 'json' ? 'json' : 'text';
+  const logger = createLogger({ format });
+  const { resolve } = await import('node:path');
+  const request = { op: 'register', lower: resolve(lower), roots, all };
+  const viaDaemon = await callDaemon(cacheDir, request, (l) => {
+    const fn = l.level === 'error' ? logger.error : l.level === 'warn' ? logger.warn : logger.info;
+    fn(l.msg, l.fields);
+  }, timeoutMs);
+  let result: Record<string, unknown>;
+  if (viaDaemon) {
+    result = viaDaemon;
+  } else {
+    const datalakes = (values.datalake as string[] | undefined) ?? [];
+    if (datalakes.length === 0) {
+      throw new NarfsError('ERR_USAGE', `no daemon serves ${cacheDir}, and no --datalake was given`,
+        { hint: 'Start narfs mount with this --cache-dir, or pass --datalake and --trusted-public-keys.' });
+    }
+    const keys = ((values['trusted-public-keys'] as string[] | undefined) ?? []).flatMap((k) => parseTrustedPublicKeys(k));
+    const stack = await openStoreStack({
+      datalakes, trustedPublicKeys: keys, requireSigs: values['require-sigs'] !== false, cacheDir, negativeTtlMs: DEFAULT_NEGATIVE_TTL_MS,
+    }, logger);
+    const deadline = AbortSignal.timeout(timeoutMs);
+    try {
+      result = { ...(await runRegister(stack, request, logger, deadline)) };
+    } finally {
+      await stack.close();
+    }
+  }
+  process.stdout.write(`narfs: registered ${String(result.closure)} paths in ${resolve(lower)} (${String(result.added)} new, ${String(result.alreadyValid)} already valid)\n`);
+  return 0;
 }

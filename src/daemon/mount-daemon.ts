@@ -6,18 +6,17 @@
  * is detached before mounting; `close()` unmounts first (so no new requests arrive), then
  * aborts fetches in flight, then closes caches and datalakes; every step is bounded.
  */
-import { mkdir, readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MountConfig } from '../config/mount-config.js';
-import { DatalakeSet } from '../datalake/datalake-set.js';
-import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
-import { NarCache } from '../cache/nar-cache.js';
-import { PathInfoService } from '../store/path-info-service.js';
-import { Materialiser } from '../store/materialiser.js';
-import { LazyStore } from '../store/lazy-store.js';
+import type { Materialiser } from '../store/materialiser.js';
+import type { LazyStore } from '../store/lazy-store.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
+import { openStoreStack } from './store-stack.js';
+import { startControlServer } from './control-server.js';
+import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
 
@@ -33,32 +32,17 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
   const mountpoint = resolve(config.mountpoint);
   await prepareMountpoint(mountpoint, logger);
-
-  const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger });
-  await datalakes.open();
-  const cleanups: Array<() => Promise<void>> = [() => datalakes.close()];
+  const stack = await openStoreStack(config, logger);
+  const cleanups: Array<() => Promise<void>> = [() => stack.close()];
   const runCleanups = async () => {
-    for (const c of cleanups.reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
+    for (const c of cleanups.splice(0).reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
   };
   try {
-    await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
-      throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
-    });
-    const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
-    cleanups.push(() => meta.close());
-    const nars = new NarCache(config.cacheDir);
-    await nars.init();
-
-    const shutdown = new AbortController();
-    cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
-    const infos = new PathInfoService(datalakes, meta,
-      { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
-      { negativeTtlMs: config.negativeTtlMs, logger });
-    const materialiser = new Materialiser(nars, { logger, signal: shutdown.signal });
-    const store = new LazyStore(infos, materialiser, meta, nars, { logger });
-    await store.loadKnown();
-    cleanups.push(() => store.close());
-
+    const { store, materialiser } = stack;
+    if (config.lower) {
+      const watcher = await watchRegisteredPaths(config.lower, (names) => store.addKnown(names), logger);
+      cleanups.push(async () => watcher.close());
+    }
     const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'] });
     const fuse = new FuseNativeMount(fs, {
       mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
@@ -66,6 +50,8 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     });
     await fuse.mount();
     cleanups.push(() => fuse.unmount());
+    const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
+    cleanups.push(() => control.close());
     let closing: Promise<void> | undefined;
     return {
       mountpoint, store, materialiser, fs,

@@ -21,6 +21,7 @@
  */
 import { createRequire } from 'node:module';
 import { execFile } from 'node:child_process';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { NarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { ROOT_INO, type Attr, type StoreFilesystem } from '../fs/store-filesystem.js';
@@ -225,11 +226,30 @@ function toStat(a: Attr): Record<string, unknown> {
   };
 }
 
-/** `fusermount -uz`, then `umount -l`: detaches a (possibly stale or busy) FUSE mount. */
-export function forceUnmount(mountpoint: string): Promise<void> {
+/**
+ * Detaches a (possibly stale, busy or hung) FUSE mount: with `abort`, first aborts its
+ * FUSE connection through fusectl (requests waiting on a hung daemon fail at once with
+ * ENOTCONN), then `fusermount -uz`, then `umount -l`. Reads only /proc and /sys, never
+ * the mount itself, so it cannot hang on it.
+ */
+export async function forceUnmount(mountpoint: string, options: { abort?: boolean } = {}): Promise<void> {
   const run = (cmd: string, args: string[]) =>
     new Promise<boolean>((resolve) => execFile(cmd, args, { timeout: 10_000 }, (err) => resolve(!err)));
-  return run('fusermount', ['-uz', mountpoint]).then(async (ok) => {
-    if (!ok && !(await run('fusermount3', ['-uz', mountpoint]))) await run('umount', ['-l', mountpoint]);
+  if (options.abort) await abortFuseConnection(mountpoint, run);
+  if (await run('fusermount', ['-uz', mountpoint])) return;
+  if (await run('fusermount3', ['-uz', mountpoint])) return;
+  await run('umount', ['-l', mountpoint]);
+}
+
+async function abortFuseConnection(mountpoint: string, run: (cmd: string, args: string[]) => Promise<boolean>): Promise<void> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const line = info.split('\n').find((l) => {
+    const f = l.split(' ');
+    return f[4] === mountpoint && / - fuse/.test(l);
   });
+  const minor = line?.split(' ')[2]?.split(':')[1];
+  if (!minor) return;
+  const dir = '/sys/fs/fuse/connections';
+  if (!(await stat(`${dir}/${minor}`).then(() => true, () => false))) await run('mount', ['-t', 'fusectl', 'none', dir]);
+  await writeFile(`${dir}/${minor}/abort`, '1').catch(() => {});
 }

@@ -27,6 +27,12 @@ import { hasLiveSidecars, writeGeneration } from './write-generation.js';
 export interface CreateLowerStoreOptions {
   /** How long to wait for other writers (and read-write Nix processes); default 30 s. */
   lockTimeoutMs?: number;
+  /**
+   * Whether to create `<root>/nix/store` too (default true). The daemon passes false once
+   * its FUSE mount is there: a synchronous syscall on its own mount from the thread that
+   * serves it would deadlock.
+   */
+  createStoreDir?: boolean;
 }
 
 export interface CreateLowerStoreResult {
@@ -35,9 +41,9 @@ export interface CreateLowerStoreResult {
   created: boolean;
 }
 
-function ensureStateDirs(layout: LowerStoreLayout): void {
+function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): void {
   for (const d of [
-    layout.storeDir,
+    ...(createStoreDir ? [layout.storeDir] : []),
     join(layout.stateDir, 'profiles/per-user'),
     join(layout.stateDir, 'gcroots/per-user'),
     join(layout.stateDir, 'temproots'),
@@ -93,7 +99,7 @@ export async function createLowerStore(lowerRoot: string, options: CreateLowerSt
   // With a WAL or journal beside it the live file alone may be incomplete; then the tables
   // are checked on the private copy below, still before anything is written.
   if (before === 'present' && !hasLiveSidecars(layout)) verifyLive(layout);
-  ensureStateDirs(layout);
+  ensureStateDirs(layout, options.createStoreDir ?? true);
   const created = await withWriterLocks(layout, options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS, () => {
     const state: LowerStoreState = checkLowerStoreFiles(layout); // again, under the lock
     if (state === 'present') {

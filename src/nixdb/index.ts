@@ -14,3 +14,4 @@ export {
 export { type ValidPathInfo, isStorePath, validateValidPathInfos } from './valid-path-info.js';
 export { lowerStoreLayout, type LowerStoreLayout } from './lower-store-layout.js';
 export { DEFAULT_LOCK_TIMEOUT_MS } from './with-writer-locks.js';
+export { readValidPaths } from './read-valid-paths.js';

@@ -94,6 +94,14 @@ export class LazyStore implements RootNodes, ContentReader {
     return this.#show(name, m.listing, true);
   }
 
+  /** The whole contents of a store path that is one regular file (e.g. a `.drv`). */
+  async readFile(name: string, signal: AbortSignal): Promise<Buffer> {
+    const node = await this.resolve(name, signal);
+    if (!node) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake`);
+    if (node.type !== 'regular') throw new NarfsError('ERR_IS_DIRECTORY', `${name} is not a single regular file`);
+    return node.size === 0 ? Buffer.alloc(0) : this.read(name, node.narOffset, node.size, signal);
+  }
+
   prefetch(name: string): void {
     this.#materialise(name).catch(() => {
       // Reported by the materialiser; the read that needs the bytes gets the error.

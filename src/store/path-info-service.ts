@@ -55,18 +55,24 @@ export class PathInfoService {
     const base = storePathBase(sp);
     const memo = this.#memo.get(base);
     if (memo) return memo;
-    let pending = this.#inflight.get(sp.hashPart);
-    if (!pending) {
-      pending = this.#lookup(sp).finally(() => this.#inflight.delete(sp.hashPart));
-      this.#inflight.set(sp.hashPart, pending);
-    }
-    const info = await raceSignal(pending, signal);
+    const info = await this.getByHashPart(sp.hashPart, signal);
     // Two names may share a hash part only if one is bogus: answer for the real one.
     if (info && storePathBase(info.narInfo.storePath) !== base) return undefined;
     return info;
   }
 
-  async #lookup(sp: StorePath): Promise<PathInfo | undefined> {
+  /** The store path whose narinfo is `<hashPart>.narinfo`, whatever its name. */
+  getByHashPart(hashPart: string, signal?: AbortSignal): Promise<PathInfo | undefined> {
+    let pending = this.#inflight.get(hashPart);
+    if (!pending) {
+      pending = this.#lookup(hashPart).finally(() => this.#inflight.delete(hashPart));
+      this.#inflight.set(hashPart, pending);
+    }
+    return raceSignal(pending, signal);
+  }
+
+  async #lookup(hashPart: string): Promise<PathInfo | undefined> {
+    const sp = { hashPart };
     const cached = await this.#meta.getNarInfo(sp.hashPart);
     if (cached?.kind === 'negative') return undefined;
     if (cached?.kind === 'positive') {

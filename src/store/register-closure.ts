@@ -45,7 +45,8 @@ export async function registerClosure(
   });
   const rows: ValidPathInfo[] = [];
   for (const info of closure) rows.push(await toValidPathInfo(info, deps, options.signal));
-  await createLowerStore(lowerRoot, lockTimeout(options));
+  // Never touch <lower>/nix/store here: it may be this very process's FUSE mount.
+  await createLowerStore(lowerRoot, { ...lockTimeout(options), createStoreDir: false });
   const r = await registerValidPaths(lowerRoot, rows, lockTimeout(options));
   deps.addKnown(closure.map((i) => storePathBase(i.narInfo.storePath)));
   deps.logger.info('registered', { lower: lowerRoot, closure: closure.length, added: r.added, alreadyValid: r.alreadyValid, ms: Date.now() - started });

@@ -1,0 +1,73 @@
+/**
+ * openStoreStack: the layers every narfs command needs to answer "what is this store
+ * path and what are its bytes": datalakes, metadata cache, NAR cache, verified narinfos,
+ * the materialiser and the lazy store. `narfs mount` puts a filesystem on top;
+ * `narfs register` without a daemon uses it alone.
+ *
+ * Invariant: `close()` undoes exactly what was opened, in reverse order, and never throws;
+ * an open that fails half-way closes what it had opened.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { NarfsError, toNarfsError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { PublicKey } from '../nix/signature.js';
+import { DatalakeSet } from '../datalake/datalake-set.js';
+import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
+import { NarCache } from '../cache/nar-cache.js';
+import { PathInfoService } from '../store/path-info-service.js';
+import { Materialiser } from '../store/materialiser.js';
+import { LazyStore } from '../store/lazy-store.js';
+import { checkSignaturePolicy } from '../store/signature-policy.js';
+
+export interface StoreStackConfig {
+  datalakes: string[];
+  trustedPublicKeys: PublicKey[];
+  requireSigs: boolean;
+  cacheDir: string;
+  negativeTtlMs: number;
+}
+
+export interface StoreStack {
+  datalakes: DatalakeSet;
+  infos: PathInfoService;
+  materialiser: Materialiser;
+  store: LazyStore;
+  /** Aborted when the stack closes: work in flight stops. */
+  signal: AbortSignal;
+  close(): Promise<void>;
+}
+
+export async function openStoreStack(config: StoreStackConfig, logger: Logger): Promise<StoreStack> {
+  checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
+  const cleanups: Array<() => Promise<void>> = [];
+  const close = async () => {
+    for (const c of cleanups.splice(0).reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
+  };
+  try {
+    const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger });
+    cleanups.push(() => datalakes.close());
+    await datalakes.open();
+    await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
+      throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
+    });
+    const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
+    cleanups.push(() => meta.close());
+    const nars = new NarCache(config.cacheDir);
+    await nars.init();
+    const shutdown = new AbortController();
+    cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
+    const infos = new PathInfoService(datalakes, meta,
+      { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
+      { negativeTtlMs: config.negativeTtlMs, logger });
+    const materialiser = new Materialiser(nars, { logger, signal: shutdown.signal });
+    const store = new LazyStore(infos, materialiser, meta, nars, { logger });
+    await store.loadKnown();
+    cleanups.push(() => store.close());
+    let closing: Promise<void> | undefined;
+    return { datalakes, infos, materialiser, store, signal: shutdown.signal, close: () => (closing ??= close()) };
+  } catch (err) {
+    await close();
+    throw toNarfsError(err);
+  }
+}
