@@ -4,28 +4,17 @@
  * run is cleaned up, and errors print their code and hint.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadFixtures, type Fixtures } from '../support/fixtures.js';
 import { probe, run } from '../support/mount-harness.js';
+import { NARFS_BIN, spawnNarfs, type CliDaemon } from '../support/cli-daemon.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 
-const BIN = fileURLToPath(new URL('../../bin/narfs', import.meta.url));
-
-interface Daemon { child: ChildProcess; stdout: string[]; stderr: string[]; exit: Promise<number | null> }
-
-function startDaemon(args: string[]): Daemon {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const stdout: string[] = [];
-  const stderr: string[] = [];
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => stdout.push(d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => stderr.push(d));
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, stdout, stderr, exit };
-}
+const BIN = NARFS_BIN;
+type Daemon = CliDaemon;
+const startDaemon = spawnNarfs;
 
 async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -57,7 +46,7 @@ describe('e2e: the narfs command', function () {
     await mkdir(mnt, { recursive: true });
   });
   afterEach(async () => {
-    for (const d of daemons.splice(0)) if (d.child.exitCode === null) d.child.kill('SIGKILL');
+    for (const d of daemons.splice(0)) await d.stop();
     await run('fusermount', ['-uz', mnt]);
     await rm(root, { recursive: true, force: true });
   });

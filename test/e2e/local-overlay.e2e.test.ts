@@ -6,27 +6,26 @@
  * on top of it without copying anything of the lower closure into the upper layer.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadFixtures, type Fixtures } from '../support/fixtures.js';
 import { run } from '../support/mount-harness.js';
 import { skipOrFail } from '../support/environment.js';
+import { NARFS_BIN, startNarfsMount, type CliDaemon } from '../support/cli-daemon.js';
 import { forceUnmount } from '../../src/fuse/fuse-native-mount.js';
 import { parseNarInfo } from '../../src/nix/narinfo.js';
 import { parseStorePath, storePathFull } from '../../src/nix/store-path.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const BIN = join(REPO, 'bin/narfs');
+const BIN = NARFS_BIN;
 
 describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', function () {
   this.timeout(20 * 60_000);
   let fixtures: Fixtures;
   let chroot: string;
   let work: string;
-  let daemon: ChildProcess | undefined;
-  const stderr: string[] = [];
+  let daemon: CliDaemon | undefined;
 
   before(async function () {
     fixtures = await loadFixtures();
@@ -38,13 +37,9 @@ describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', func
     work = await mkdtemp('/var/tmp/narfs-overlay-');
   });
   after(async () => {
-    if (daemon && daemon.exitCode === null) {
-      daemon.kill('SIGTERM');
-      await new Promise((r) => setTimeout(r, 2000));
-      if (daemon.exitCode === null) daemon.kill('SIGKILL');
-    }
+    await daemon?.stop();
     if (work) {
-      await forceUnmount(join(work, 'lower/nix/store'), { abort: daemon?.exitCode === null });
+      await forceUnmount(join(work, 'lower/nix/store'));
       await rm(work, { recursive: true, force: true });
     }
   });
@@ -54,16 +49,8 @@ describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', func
     const mnt = join(lower, 'nix/store');
     await mkdir(mnt, { recursive: true });
     const lake = fixtures.datalakes['zstd']!;
-    daemon = spawn(process.execPath, [BIN, 'mount', mnt, '--lower', lower, '--datalake', lake.url,
-      '--trusted-public-keys', fixtures.publicKey, '--cache-dir', join(work, 'cache')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const stdout: string[] = [];
-    daemon.stdout!.setEncoding('utf8').on('data', (d: string) => stdout.push(d));
-    daemon.stderr!.setEncoding('utf8').on('data', (d: string) => stderr.push(d));
-    const end = Date.now() + 30_000;
-    while (!stdout.join('').includes('mounted')) {
-      if (Date.now() > end || daemon.exitCode !== null) assert.fail(`no ready line: ${stderr.join('')}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    daemon = await startNarfsMount([mnt, '--lower', lower, '--datalake', lake.url,
+      '--trusted-public-keys', fixtures.publicKey, '--cache-dir', join(work, 'cache')]);
 
     const reg = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
     assert.equal(reg.code, 0, reg.stderr);
@@ -75,7 +62,7 @@ describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', func
     const r = await run('bash', [join(REPO, 'scripts/chroot-run.sh'), '-w', work, '-w', mnt, chroot,
       '/usr/bin/env', `W=${work}`, `TOP=${fixtures.top}`, `LARGE=${fixtures.largeFile.storePath}`, '/bin/bash', join(work, 'inner.sh')],
     {}, 15 * 60_000);
-    assert.equal(r.code, 0, `inner script failed:\n${r.stdout}\n${r.stderr}\n--- daemon:\n${stderr.join('')}`);
+    assert.equal(r.code, 0, `inner script failed:\n${r.stdout}\n${r.stderr}\n--- daemon:\n${daemon.stderr.join('')}`);
     if (process.env.NARFS_TEST_LOG) process.stderr.write(r.stdout);
     const lines = r.stdout.split("\n");
     const facts = (tag: string) => lines.filter((l) => l.startsWith(tag + ' ')).map((l) => l.slice(tag.length + 1));

@@ -13,6 +13,7 @@ import { startMount, type RunningMount } from '../../src/daemon/mount-daemon.js'
 import type { MountConfig } from '../../src/config/mount-config.js';
 import type { Logger } from '../../src/log.js';
 import { parseTrustedPublicKeys } from '../../src/nix/signature.js';
+import { forceUnmount } from '../../src/fuse/fuse-native-mount.js';
 
 const execFileP = promisify(execFile);
 const PROBE = fileURLToPath(new URL('./fs-probe.mjs', import.meta.url));
@@ -65,7 +66,11 @@ export async function withMount<T>(options: TestMountOptions, fn: (m: TestMount)
     running = await startMount(config, captureLogger(logs));
     return await fn({ mnt, cacheDir, running, logs });
   } finally {
-    await running?.close().catch(() => {});
+    const closed = running ? await Promise.race([
+      running.close().then(() => true, () => false),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 15_000)),
+    ]) : true;
+    if (!closed) await forceUnmount(mnt, { abort: true });
     await execFileP('fusermount', ['-uz', mnt]).catch(() => {});
     await rm(root, { recursive: true, force: true }).catch(() => {});
   }
