@@ -1,0 +1,226 @@
+/**
+ * LevelMetadataCache on a real LevelDB in a temp dir: positive entries persist, negative
+ * entries expire, a narinfo replaces a negative entry, and a second open of a database that
+ * is in use fails with ERR_CACHE_LOCKED (classic-level reports it as LEVEL_DATABASE_NOT_OPEN
+ * whose cause has code LEVEL_LOCKED).
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { Level } from 'level';
+
+import { isNarfsError, NarfsError } from '../../../src/errors.js';
+import { LevelMetadataCache } from '../../../src/cache/level-metadata-cache.js';
+import type { NarInfoEntry } from '../../../src/cache/metadata-cache.js';
+
+const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
+
+const H1 = '0123456789abcdfghijklmnpqrsvwxyz';
+const H2 = '11111111111111111111111111111111';
+const H3 = '22222222222222222222222222222222';
+
+function entry(hashPart: string, name: string): NarInfoEntry {
+  return {
+    name: `${hashPart}-${name}`,
+    text: `StorePath: /nix/store/${hashPart}-${name}\nURL: nar/x.nar\nNarHash: sha256:abc\nNarSize: 1\n`,
+    source: 'file:///datalake',
+    fetchedAt: 1_700_000_000_000,
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('LevelMetadataCache', () => {
+  let dir: string;
+  let dbDir: string;
+  const opened: LevelMetadataCache[] = [];
+
+  async function open(): Promise<LevelMetadataCache> {
+    const c = await LevelMetadataCache.open(dbDir);
+    opened.push(c);
+    return c;
+  }
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'narfs-meta-'));
+    dbDir = join(dir, 'meta');
+  });
+
+  afterEach(async () => {
+    for (const c of opened.splice(0)) await c.close().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('is empty when new', async () => {
+    const c = await open();
+    assert.equal(await c.getNarInfo(H1), undefined);
+    assert.equal(await c.getListing(H1), undefined);
+    assert.deepEqual(await c.knownNames(), []);
+  });
+
+  it('round-trips positive entries, and they survive close and reopen', async () => {
+    const c = await open();
+    const e1 = entry(H1, 'hello-2.12');
+    const e2 = entry(H2, 'zlib');
+    await c.putNarInfo(H1, e1);
+    await c.putNarInfo(H2, e2);
+    assert.deepEqual(await c.getNarInfo(H1), { kind: 'positive', entry: e1 });
+    assert.deepEqual(await c.getNarInfo(H2), { kind: 'positive', entry: e2 });
+    assert.equal(await c.getNarInfo(H3), undefined);
+    await c.close();
+    opened.length = 0;
+
+    const again = await open();
+    assert.deepEqual(await again.getNarInfo(H1), { kind: 'positive', entry: e1 });
+    assert.deepEqual(await again.getNarInfo(H2), { kind: 'positive', entry: e2 });
+    assert.deepEqual((await again.knownNames()).sort(), [e1.name, e2.name].sort());
+  });
+
+  it('overwrites a positive entry with a newer one', async () => {
+    const c = await open();
+    await c.putNarInfo(H1, entry(H1, 'old'));
+    const newer = { ...entry(H1, 'old'), source: 'https://cache.example', fetchedAt: 2 };
+    await c.putNarInfo(H1, newer);
+    assert.deepEqual(await c.getNarInfo(H1), { kind: 'positive', entry: newer });
+    assert.deepEqual(await c.knownNames(), [newer.name]);
+  });
+
+  it('keeps a negative entry until its TTL, then forgets it', async () => {
+    const c = await open();
+    const before = Date.now();
+    await c.putNegative(H1, 50);
+    const got = await c.getNarInfo(H1);
+    assert.equal(got?.kind, 'negative');
+    assert.ok(got?.kind === 'negative');
+    assert.ok(got.expiresAt >= before + 50 && got.expiresAt <= Date.now() + 50, `expiresAt ${got.expiresAt}`);
+    assert.equal(await c.getNarInfo(H2), undefined, 'one negative entry does not hide another path');
+    await sleep(80);
+    assert.equal(await c.getNarInfo(H1), undefined);
+    assert.deepEqual(await c.knownNames(), [], 'negative entries are not known names');
+  });
+
+  it('deletes an expired negative entry from the database', async () => {
+    const c = await open();
+    await c.putNegative(H1, 30);
+    await sleep(60);
+    assert.equal(await c.getNarInfo(H1), undefined);
+    await c.close();
+    opened.length = 0;
+    const raw = new Level<string, string>(dbDir, { valueEncoding: 'utf8' });
+    try {
+      assert.equal(await raw.get(`neg!${H1}`), undefined);
+    } finally {
+      await raw.close();
+    }
+  });
+
+  it('stores no negative entry for a TTL of 0', async () => {
+    const c = await open();
+    await c.putNegative(H1, 0);
+    assert.equal(await c.getNarInfo(H1), undefined);
+  });
+
+  it('putNarInfo clears a negative entry of the same path', async () => {
+    const c = await open();
+    await c.putNegative(H1, 60_000);
+    assert.equal((await c.getNarInfo(H1))?.kind, 'negative');
+    const e = entry(H1, 'pushed-later');
+    await c.putNarInfo(H1, e);
+    assert.deepEqual(await c.getNarInfo(H1), { kind: 'positive', entry: e });
+    await c.close();
+    opened.length = 0;
+    const raw = new Level<string, string>(dbDir, { valueEncoding: 'utf8' });
+    try {
+      assert.equal(await raw.get(`neg!${H1}`), undefined, 'the negative key is gone, not just shadowed');
+    } finally {
+      await raw.close();
+    }
+  });
+
+  it('negative entries survive reopen until they expire', async () => {
+    const c = await open();
+    await c.putNegative(H2, 60_000);
+    await c.close();
+    opened.length = 0;
+    const again = await open();
+    assert.equal((await again.getNarInfo(H2))?.kind, 'negative');
+  });
+
+  it('knownNames lists the basenames of positive entries only, not listings', async () => {
+    const c = await open();
+    await c.putNarInfo(H2, entry(H2, 'b'));
+    await c.putNarInfo(H1, entry(H1, 'a'));
+    await c.putNegative(H3, 60_000);
+    await c.putListing(H3, '{"version":1,"root":{"type":"directory","entries":{}}}');
+    assert.deepEqual((await c.knownNames()).sort(), [`${H1}-a`, `${H2}-b`]);
+  });
+
+  it('round-trips listings verbatim, and they survive reopen', async () => {
+    const c = await open();
+    const json = '{"version":1,"root":{"type":"regular","size":3,"executable":true,"narOffset":96}}';
+    const weird = '{"root":{"type":"symlink","target":"é/😀"},"version":1}';
+    await c.putListing(H1, json);
+    await c.putListing(H2, weird);
+    assert.equal(await c.getListing(H1), json);
+    assert.equal(await c.getListing(H2), weird);
+    assert.equal(await c.getListing(H3), undefined);
+    assert.equal(await c.getNarInfo(H1), undefined, 'a listing is not a narinfo');
+    await c.close();
+    opened.length = 0;
+    const again = await open();
+    assert.equal(await again.getListing(H1), json);
+    assert.equal(await again.getListing(H2), weird);
+  });
+
+  it('a second open of a database in use fails with ERR_CACHE_LOCKED, and works once it is closed', async () => {
+    const first = await open();
+    await first.putNarInfo(H1, entry(H1, 'kept'));
+    let caught: unknown;
+    try {
+      await open();
+    } catch (e) {
+      caught = e;
+    }
+    assert.ok(caught instanceof NarfsError, `expected a NarfsError, got ${String(caught)}`);
+    assert.equal(caught.code, 'ERR_CACHE_LOCKED');
+    // The shape classic-level gives today, which the mapping relies on.
+    const cause = caught.cause as { code?: string; cause?: { code?: string; message?: string } };
+    assert.equal(cause.code, 'LEVEL_DATABASE_NOT_OPEN');
+    assert.equal(cause.cause?.code, 'LEVEL_LOCKED');
+    assert.match(String(cause.cause?.message), /lock/i);
+
+    await first.close();
+    opened.length = 0;
+    const second = await open();
+    assert.equal((await second.getNarInfo(H1))?.kind, 'positive');
+  });
+
+  it('a directory that cannot be a database fails with ERR_CACHE_IO', async () => {
+    await writeFile(dbDir, 'not a directory');
+    await assert.rejects(LevelMetadataCache.open(dbDir), isCode('ERR_CACHE_IO'));
+  });
+
+  it('after close, reads and writes fail with ERR_CACHE_IO', async () => {
+    const c = await open();
+    await c.close();
+    opened.length = 0;
+    await assert.rejects(c.getNarInfo(H1), isCode('ERR_CACHE_IO'));
+    await assert.rejects(c.getListing(H1), isCode('ERR_CACHE_IO'));
+    await assert.rejects(c.putNegative(H1, 1000), isCode('ERR_CACHE_IO'));
+    await assert.rejects(c.putListing(H1, '{}'), isCode('ERR_CACHE_IO'));
+  });
+
+  // BUG (src/cache/level-metadata-cache.ts): putNarInfo builds its chained batch with
+  // `this.#db.batch()` outside #wrap, and abstract-level throws LEVEL_DATABASE_NOT_OPEN from
+  // batch() synchronously, so the raw `Error: Database is not open` escapes (not a
+  // NarfsError). knownNames() iterates without any wrapping and leaks the same raw error.
+  it('BUG: after close, putNarInfo and knownNames also fail with ERR_CACHE_IO (not a raw level Error)', async () => {
+    const c = await open();
+    await c.close();
+    opened.length = 0;
+    await assert.rejects(c.putNarInfo(H1, entry(H1, 'x')), isCode('ERR_CACHE_IO'));
+    await assert.rejects(c.knownNames(), isCode('ERR_CACHE_IO'));
+  });
+});
