@@ -11,7 +11,7 @@
  * untouched.
  */
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
-import type Database from 'better-sqlite3';
+import Database from 'better-sqlite3';
 import { NarfsError } from '../errors.js';
 import { NIX_SCHEMA_VERSION, REQUIRED_COLUMNS } from './schema-sql.js';
 import type { LowerStoreLayout } from './lower-store-layout.js';
@@ -84,5 +84,20 @@ export function checkLowerSchema(db: Database.Database, layout: LowerStoreLayout
     const have = new Set((db.prepare(`select name from pragma_table_info(?)`).all(table) as Array<{ name: string }>).map((r) => r.name));
     const missing = columns.filter((c) => !have.has(c));
     if (missing.length > 0) throw schemaError(layout, `table ${table} lacks column(s) ${missing.join(', ')}`);
+  }
+}
+
+/** Runs `fn` on a read-only connection to the live database file, closed afterwards. */
+export function withLiveDatabase<T>(layout: LowerStoreLayout, fn: (db: Database.Database) => T): T {
+  let db: Database.Database;
+  try {
+    db = new Database(layout.dbPath, { readonly: true, fileMustExist: true });
+  } catch (e) {
+    throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath}: cannot be opened as SQLite: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return fn(db);
+  } finally {
+    db.close();
   }
 }

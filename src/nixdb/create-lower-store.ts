@@ -18,7 +18,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, symlinkSync, wri
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { NarfsError } from '../errors.js';
-import { checkLowerSchema, checkLowerStoreFiles, type LowerStoreState } from './check-lower-schema.js';
+import { checkLowerSchema, checkLowerStoreFiles, withLiveDatabase, type LowerStoreState } from './check-lower-schema.js';
 import { lowerStoreLayout, type LowerStoreLayout } from './lower-store-layout.js';
 import { NIX_SCHEMA_VERSION, SCHEMA_MIGRATIONS_SQL, SCHEMA_SQL } from './schema-sql.js';
 import { DEFAULT_LOCK_TIMEOUT_MS, withWriterLocks } from './with-writer-locks.js';
@@ -75,17 +75,7 @@ function writeSchemaFile(layout: LowerStoreLayout): void {
 
 /** Checks the tables of the live file (read-only; only valid when it has no WAL/journal). */
 function verifyLive(layout: LowerStoreLayout): void {
-  let db: Database.Database;
-  try {
-    db = new Database(layout.dbPath, { readonly: true, fileMustExist: true });
-  } catch (e) {
-    throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath}: cannot be opened as SQLite: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    checkLowerSchema(db, layout);
-  } finally {
-    db.close();
-  }
+  withLiveDatabase(layout, (db) => checkLowerSchema(db, layout));
 }
 
 function hasSchemaMigrations(db: Database.Database): boolean {

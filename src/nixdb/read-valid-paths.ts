@@ -7,25 +7,19 @@
  * A lower store without a database yet has no valid paths.
  */
 import { existsSync } from 'node:fs';
-import Database from 'better-sqlite3';
 import { NarfsError } from '../errors.js';
 import { lowerStoreLayout } from './lower-store-layout.js';
+import { withLiveDatabase } from './check-lower-schema.js';
 
 export function readValidPaths(lowerRoot: string): string[] {
   const layout = lowerStoreLayout(lowerRoot);
   if (!existsSync(layout.dbPath)) return [];
-  let db: Database.Database;
-  try {
-    db = new Database(layout.dbPath, { readonly: true, fileMustExist: true });
-  } catch (err) {
-    throw new NarfsError('ERR_DB_IO', `${layout.dbPath} cannot be opened: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    db.pragma('busy_timeout = 5000');
-    return db.prepare('select path from ValidPaths').pluck().all() as string[];
-  } catch (err) {
-    throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath} has no readable ValidPaths table`, { cause: err });
-  } finally {
-    db.close();
-  }
+  return withLiveDatabase(layout, (db) => {
+    try {
+      db.pragma('busy_timeout = 5000');
+      return db.prepare('select path from ValidPaths').pluck().all() as string[];
+    } catch (err) {
+      throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath} has no readable ValidPaths table`, { cause: err });
+    }
+  });
 }

@@ -17,7 +17,7 @@
  */
 import Database from 'better-sqlite3';
 import { NarfsError } from '../errors.js';
-import { checkLowerSchema, checkLowerStoreFiles, headerIsWal, readSqliteHeader } from './check-lower-schema.js';
+import { checkLowerSchema, checkLowerStoreFiles, headerIsWal, readSqliteHeader, withLiveDatabase } from './check-lower-schema.js';
 import { lowerStoreLayout, type LowerStoreLayout } from './lower-store-layout.js';
 import { SCHEMA_MIGRATIONS_SQL } from './schema-sql.js';
 import { validateValidPathInfos, type ValidPathInfo } from './valid-path-info.js';
@@ -51,21 +51,15 @@ function validSubset(db: Database.Database, paths: Iterable<string>): Set<string
 /** The fast path: answer "is anything new?" from the live file without copying it. */
 function allValidInLiveFile(layout: LowerStoreLayout, infos: readonly ValidPathInfo[]): boolean {
   if (hasLiveSidecars(layout) || headerIsWal(readSqliteHeader(layout.dbPath))) return false;
-  let db: Database.Database;
-  try {
-    db = new Database(layout.dbPath, { readonly: true, fileMustExist: true });
-  } catch (e) {
-    throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath}: cannot be opened as SQLite: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    checkLowerSchema(db, layout);
-    return validSubset(db, infos.map((i) => i.path)).size === infos.length;
-  } catch (e) {
-    if (e instanceof NarfsError) throw e;
-    throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath}: ${(e as Error).message}`, { cause: e });
-  } finally {
-    db.close();
-  }
+  return withLiveDatabase(layout, (db) => {
+    try {
+      checkLowerSchema(db, layout);
+      return validSubset(db, infos.map((i) => i.path)).size === infos.length;
+    } catch (e) {
+      if (e instanceof NarfsError) throw e;
+      throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath}: ${(e as Error).message}`, { cause: e });
+    }
+  });
 }
 
 function insertBatch(db: Database.Database, infos: readonly ValidPathInfo[], registrationTime: number): void {
