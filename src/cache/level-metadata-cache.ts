@@ -31,7 +31,7 @@ export class LevelMetadataCache implements MetadataCache {
 
   async getNarInfo(hashPart: string): Promise<NarInfoLookup | undefined> {
     const pos = await this.#get(`ni!${hashPart}`);
-    if (pos !== undefined) return { kind: 'positive', entry: JSON.parse(pos) as NarInfoEntry };
+    if (pos !== undefined) return { kind: 'positive', entry: parseEntry(pos) };
     const neg = await this.#get(`neg!${hashPart}`);
     if (neg === undefined) return undefined;
     const expiresAt = Number(neg);
@@ -41,7 +41,8 @@ export class LevelMetadataCache implements MetadataCache {
   }
 
   async putNarInfo(hashPart: string, entry: NarInfoEntry): Promise<void> {
-    await this.#wrap(this.#db.batch()
+    // batch() itself throws on a closed database: build it inside the wrapper.
+    await this.#wrap(() => this.#db.batch()
       .put(`ni!${hashPart}`, JSON.stringify(entry))
       .del(`neg!${hashPart}`)
       .write());
@@ -49,7 +50,7 @@ export class LevelMetadataCache implements MetadataCache {
 
   async putNegative(hashPart: string, ttlMs: number): Promise<void> {
     if (ttlMs <= 0) return;
-    await this.#wrap(this.#db.put(`neg!${hashPart}`, String(Date.now() + ttlMs)));
+    await this.#wrap(() => this.#db.put(`neg!${hashPart}`, String(Date.now() + ttlMs)));
   }
 
   async getListing(hashPart: string): Promise<string | undefined> {
@@ -57,14 +58,14 @@ export class LevelMetadataCache implements MetadataCache {
   }
 
   async putListing(hashPart: string, json: string): Promise<void> {
-    await this.#wrap(this.#db.put(`ls!${hashPart}`, json));
+    await this.#wrap(() => this.#db.put(`ls!${hashPart}`, json));
   }
 
   async knownNames(): Promise<string[]> {
     const names: string[] = [];
-    for await (const value of this.#db.values({ gt: 'ni!', lt: 'ni"' })) {
-      names.push((JSON.parse(value) as NarInfoEntry).name);
-    }
+    await this.#wrap(async () => {
+      for await (const value of this.#db.values({ gt: 'ni!', lt: 'ni"' })) names.push(parseEntry(value).name);
+    });
     return names;
   }
 
@@ -82,11 +83,22 @@ export class LevelMetadataCache implements MetadataCache {
     }
   }
 
-  async #wrap(p: Promise<unknown>): Promise<void> {
+  async #wrap(op: () => Promise<unknown>): Promise<void> {
     try {
-      await p;
+      await op();
     } catch (err) {
-      throw new NarfsError('ERR_CACHE_IO', 'metadata cache write failed', { cause: err });
+      if (err instanceof NarfsError) throw err;
+      throw new NarfsError('ERR_CACHE_IO', 'metadata cache access failed', { cause: err });
     }
+  }
+}
+
+function parseEntry(json: string): NarInfoEntry {
+  try {
+    const e = JSON.parse(json) as NarInfoEntry;
+    if (typeof e.name !== 'string' || typeof e.text !== 'string' || typeof e.source !== 'string') throw new Error('missing fields');
+    return e;
+  } catch (err) {
+    throw new NarfsError('ERR_CACHE_IO', 'a metadata cache entry is corrupt', { cause: err, hint: 'Delete the cache directory\'s meta/ to rebuild it.' });
   }
 }

@@ -83,6 +83,7 @@ export class NarCache {
     } catch (err) {
       throw new NarfsError('ERR_CACHE_IO', `cannot create ${path}`, { cause: err });
     }
+    const listingTmp = `${path}.listing`;
     let closed = false;
     const close = async () => {
       if (!closed) {
@@ -97,12 +98,13 @@ export class NarCache {
         try {
           await handle.datasync();
           await close();
-          const listingTmp = `${path}.listing`;
-          await writeFile(listingTmp, listingJson);
+          await writeFile(listingTmp, listingJson, { flush: true });
           await rename(listingTmp, join(this.#narDir, `${name}.listing.json`));
           await rename(path, this.narPath(name));
+          await syncDir(this.#narDir);
         } catch (err) {
           await rm(path, { force: true }).catch(() => {});
+          await rm(listingTmp, { force: true }).catch(() => {});
           throw new NarfsError('ERR_CACHE_IO', `cannot store the NAR of ${name}`, { cause: err });
         }
       },
@@ -111,5 +113,15 @@ export class NarCache {
         await rm(path, { force: true }).catch(() => {});
       },
     };
+  }
+}
+
+/** fsync of a directory, so renames into it survive a power cut. */
+async function syncDir(dir: string): Promise<void> {
+  const h = await open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
   }
 }

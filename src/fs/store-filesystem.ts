@@ -118,6 +118,7 @@ export class StoreFilesystem {
     this.#content = content;
     this.#opts = options;
     this.#rootDirs = new Map();
+    this.#inodes.set(ROOT_INO, { ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr });
     for (const name of options.rootDirs ?? []) {
       const inode = this.#newInode('', EMPTY_DIR);
       this.#rootDirs.set(name, inode.ino);
@@ -126,7 +127,6 @@ export class StoreFilesystem {
 
   /** Attributes of an inode already known to this mount. */
   getattr(ino: number): Attr {
-    if (ino === ROOT_INO) return this.#rootAttr;
     return this.#inode(ino).attr;
   }
 
@@ -193,7 +193,8 @@ export class StoreFilesystem {
     const handle = this.#handles.get(fh);
     if (!handle) throw new NarfsError('ERR_BAD_HANDLE', `file handle ${fh} is not open`);
     const node = handle.inode.node;
-    if (node.type !== 'regular') throw new NarfsError('ERR_IS_DIRECTORY', 'not a regular file');
+    if (node.type === 'directory') throw new NarfsError('ERR_IS_DIRECTORY', 'a directory has no bytes to read');
+    if (node.type === 'symlink') throw new NarfsError('ERR_INVALID_ARGUMENT', 'a symlink has no bytes to read');
     if (offset >= node.size || length <= 0) return Buffer.alloc(0);
     const n = Math.min(length, node.size - offset);
     const name = handle.inode.storeName;
@@ -219,12 +220,12 @@ export class StoreFilesystem {
   statfs(): StatFs {
     let blocks = 0;
     for (const inode of this.#inodes.values()) blocks += inode.attr.blocks;
-    return { bsize: 4096, blocks: Math.ceil(blocks / 8), files: this.#inodes.size + 1, namemax: 255 };
+    return { bsize: 4096, blocks: Math.ceil(blocks / 8), files: this.#inodes.size, namemax: 255 };
   }
 
   /** Number of inodes allocated (for metrics and memory tests). */
   get inodeCount(): number {
-    return this.#inodes.size + 1;
+    return this.#inodes.size;
   }
 
   async #resolveRoot(name: string): Promise<number | undefined> {

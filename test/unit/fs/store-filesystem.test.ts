@@ -467,10 +467,10 @@ describe('StoreFilesystem', () => {
       assert.throws(() => fs.open(top.ino, constants.O_RDONLY), isCode('ERR_IS_DIRECTORY'));
     });
 
-    // BUG (src/fs/store-filesystem.ts): the root inode is not in #inodes, so open(ROOT_INO)
+    // Regression (src/fs/store-filesystem.ts): the root inode is not in #inodes, so open(ROOT_INO)
     // and readlink(ROOT_INO) go through #inode() and throw ERR_STALE_INODE ("inode 1 is not
     // known", ENOENT at the edge) instead of ERR_IS_DIRECTORY / ERR_NOT_SYMLINK.
-    it('BUG: open and readlink of the store root say what the root is, not ERR_STALE_INODE', () => {
+    it('open and readlink of the store root say what the root is, not ERR_STALE_INODE', () => {
       const { fs } = setup();
       assert.throws(() => fs.open(ROOT_INO, constants.O_RDONLY), isCode('ERR_IS_DIRECTORY'));
       assert.throws(() => fs.readlink(ROOT_INO), isCode('ERR_NOT_SYMLINK'));
