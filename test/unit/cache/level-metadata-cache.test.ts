@@ -212,10 +212,10 @@ describe('LevelMetadataCache', () => {
     await assert.rejects(c.putListing(H1, '{}'), isCode('ERR_CACHE_IO'));
   });
 
-  // Regression (src/cache/level-metadata-cache.ts): putNarInfo builds its chained batch with
+  // Regression (src/cache/level-metadata-cache.ts): putNarInfo used to build its chained batch with
   // `this.#db.batch()` outside #wrap, and abstract-level throws LEVEL_DATABASE_NOT_OPEN from
-  // batch() synchronously, so the raw `Error: Database is not open` escapes (not a
-  // NarfsError). knownNames() iterates without any wrapping and leaks the same raw error.
+  // batch() synchronously, so the raw `Error: Database is not open` escaped (not a
+  // NarfsError), and knownNames() iterated without any wrapping.
   it('after close, putNarInfo and knownNames also fail with ERR_CACHE_IO (not a raw level Error)', async () => {
     const c = await open();
     await c.close();

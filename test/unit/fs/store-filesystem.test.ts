@@ -467,8 +467,8 @@ describe('StoreFilesystem', () => {
       assert.throws(() => fs.open(top.ino, constants.O_RDONLY), isCode('ERR_IS_DIRECTORY'));
     });
 
-    // Regression (src/fs/store-filesystem.ts): the root inode is not in #inodes, so open(ROOT_INO)
-    // and readlink(ROOT_INO) go through #inode() and throw ERR_STALE_INODE ("inode 1 is not
+    // Regression (src/fs/store-filesystem.ts): the root inode was not in #inodes, so open(ROOT_INO)
+    // and readlink(ROOT_INO) went through #inode() and threw ERR_STALE_INODE ("inode 1 is not
     // known", ENOENT at the edge) instead of ERR_IS_DIRECTORY / ERR_NOT_SYMLINK.
     it('open and readlink of the store root say what the root is, not ERR_STALE_INODE', () => {
       const { fs } = setup();
