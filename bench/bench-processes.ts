@@ -1,0 +1,240 @@
+/**
+ * The processes a benchmark run starts (narfs daemons, squashfuse, the HTTP datalake)
+ * and the promise that every mount is gone when the run ends: normally (finally), on
+ * SIGINT/SIGTERM/SIGHUP (handlers), or on a crash (`exit` hook, synchronous). Only
+ * processes started here are signalled, by pid; a mount that survives its process is
+ * detached with `fusermount -uz`.
+ *
+ * Daemons run detached (their own process group), so a Ctrl-C in the terminal reaches
+ * the benchmark, which unmounts in order, rather than every daemon at once. Their
+ * stdout/stderr go to files, never to pipes: the benchmark runs synchronous workloads
+ * that would leave a pipe unread and block a daemon that logs.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
+const NARFS_BIN = resolve(REPO, 'bin/narfs');
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+interface Tracked {
+  kind: string;
+  child: ChildProcess;
+  mnt?: string;
+}
+
+const tracked = new Set<Tracked>();
+let handlersInstalled = false;
+
+/** Installs the signal and exit handlers once. `onSignal` runs before exiting. */
+export function installCleanupHandlers(onSignal: () => void = () => {}): void {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  const bail = (sig: NodeJS.Signals) => {
+    process.stderr.write(`\nbench: ${sig}: unmounting ${[...tracked].filter((t) => t.mnt).length} mount(s)\n`);
+    cleanupAllSync();
+    onSignal();
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
+  process.on('SIGINT', bail);
+  process.on('SIGTERM', bail);
+  process.on('SIGHUP', bail);
+  process.on('exit', () => cleanupAllSync());
+}
+
+function isMounted(mnt: string): boolean {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8');
+  return mounts.split('\n').some((l) => l.split(' ')[4] === mnt);
+}
+
+/** Last resort, synchronous: TERM every tracked process, detach every mount. */
+export function cleanupAllSync(): void {
+  for (const t of tracked) {
+    if (t.child.exitCode === null && t.child.signalCode === null && t.child.pid) {
+      try { process.kill(t.child.pid, 'SIGTERM'); } catch { /* gone */ }
+    }
+  }
+  const deadline = Date.now() + 3000;
+  for (const t of tracked) {
+    while (t.mnt && isMounted(t.mnt) && Date.now() < deadline) spawnSync('sleep', ['0.05']);
+    if (t.mnt && isMounted(t.mnt)) spawnSync('fusermount', ['-uz', t.mnt]);
+    if (t.child.exitCode === null && t.child.pid) {
+      try { process.kill(t.child.pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  }
+  tracked.clear();
+}
+
+/**
+ * Cleans up after an earlier run that was killed with SIGKILL: in every run directory
+ * `<prefix>*` whose `owner.pid` (see `claimRunDir`) is not a live process, TERMs the
+ * daemons that run started (listed in `children`, checked against /proc/<pid>/cmdline so
+ * a reused pid is left alone), detaches its mounts and deletes the directory.
+ */
+export function cleanupStaleRuns(prefix: string): void {
+  const dirOf = (mp: string) => { const i = mp.indexOf('/', prefix.length); return i === -1 ? mp : mp.slice(0, i); };
+  const parent = prefix.slice(0, prefix.lastIndexOf('/')) || '/';
+  const stem = prefix.slice(prefix.lastIndexOf('/') + 1);
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((mp) => mp.startsWith(prefix));
+  const dirs = new Set([...readdirSync(parent).filter((n) => n.startsWith(stem)).map((n) => `${parent}/${n}`), ...mounts.map(dirOf)]);
+  for (const dir of dirs) {
+    let owner = NaN;
+    try { owner = Number(readFileSync(`${dir}/owner.pid`, 'utf8')); } catch { if (!mounts.some((mp) => dirOf(mp) === dir)) continue; }
+    if (owner > 0) { try { process.kill(owner, 0); continue; } catch { /* dead: stale */ } }
+    let children: string[] = [];
+    try { children = readFileSync(`${dir}/children`, 'utf8').split('\n').filter(Boolean); } catch { /* none */ }
+    for (const pid of children) {
+      try {
+        if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) { process.kill(Number(pid), 'SIGTERM'); process.stderr.write(`bench: stopping pid ${pid} left by a killed run\n`); }
+      } catch { /* gone */ }
+    }
+    for (const mp of mounts.filter((m) => dirOf(m) === dir)) {
+      process.stderr.write(`bench: detaching a stale mount ${mp}\n`);
+      spawnSync('fusermount', ['-uz', mp]);
+    }
+    if (existsSync(`${dir}/owner.pid`)) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+let runDir = '';
+/** Marks `dir` as this process's run directory (see cleanupStaleRuns). */
+export function claimRunDir(dir: string): void {
+  runDir = dir;
+  writeFileSync(`${dir}/owner.pid`, String(process.pid));
+}
+
+function recordChild(pid: number | undefined): void {
+  if (runDir && pid) appendFileSync(`${runDir}/children`, `${pid}\n`);
+}
+
+function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((res) => {
+    const t = setTimeout(() => res(false), ms);
+    child.once('exit', () => { clearTimeout(t); res(true); });
+  });
+}
+
+async function stopTracked(t: Tracked): Promise<void> {
+  try {
+    if (t.child.pid && t.child.exitCode === null && t.child.signalCode === null) process.kill(t.child.pid, 'SIGTERM');
+    if (!(await waitExit(t.child, 10_000)) && t.child.pid) {
+      process.stderr.write(`bench: ${t.kind} pid ${t.child.pid} ignored SIGTERM for 10 s; SIGKILL\n`);
+      process.kill(t.child.pid, 'SIGKILL');
+      await waitExit(t.child, 5000);
+    }
+  } catch { /* already gone */ }
+  if (t.mnt && isMounted(t.mnt)) spawnSync('fusermount', ['-uz', t.mnt]);
+  tracked.delete(t);
+}
+
+/** Peak resident set (VmHWM) of a live process, in bytes. */
+export function peakRss(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+export function dropCaches(): void {
+  spawnSync('sync');
+  writeFileSync('/proc/sys/vm/drop_caches', '3');
+}
+
+export interface NarfsMount {
+  mnt: string;
+  pid: number;
+  logFile: string;
+  /** Unmounts (SIGTERM, then fusermount -uz), returns the daemon's log. */
+  stop(): Promise<string>;
+}
+
+export interface NarfsOptions {
+  mnt: string;
+  datalake: string;
+  publicKey: string;
+  cacheDir: string;
+  logFile: string;
+  /** Extra node flags, e.g. --cpu-prof for a diagnostic run. */
+  nodeFlags?: string[];
+}
+
+/** Starts `bin/narfs mount` and resolves when it prints that it is mounted. */
+export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<NarfsMount> {
+  const outFile = `${o.logFile}.stdout`;
+  const out = openSync(outFile, 'w');
+  const err = openSync(o.logFile, 'w');
+  const child = spawn(process.execPath, [...(o.nodeFlags ?? []), NARFS_BIN, 'mount', o.mnt,
+    '--datalake', o.datalake, '--trusted-public-keys', o.publicKey, '--cache-dir', o.cacheDir,
+    '--log-format', 'json'], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
+  closeSync(out);
+  closeSync(err);
+  recordChild(child.pid);
+  const t: Tracked = { kind: 'narfs', child, mnt: o.mnt };
+  tracked.add(t);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (existsSync(outFile) && readFileSync(outFile, 'utf8').includes('narfs: mounted')) break;
+    if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {
+      await stopTracked(t);
+      throw new Error(`narfs did not mount ${o.mnt} (exit ${child.exitCode ?? child.signalCode}):\n${readFileSync(o.logFile, 'utf8').slice(-2000)}`);
+    }
+    await sleep(5);
+  }
+  return {
+    mnt: o.mnt,
+    pid: child.pid!,
+    logFile: o.logFile,
+    async stop() {
+      await stopTracked(t);
+      return readFileSync(o.logFile, 'utf8');
+    },
+  };
+}
+
+export interface SquashfuseMount { mnt: string; pid: number; stop(): Promise<void> }
+
+/** Mounts `image` with squashfuse in the foreground (so we own its pid). */
+export async function startSquashfuse(image: string, mnt: string, timeoutMs = 30_000): Promise<SquashfuseMount> {
+  const child = spawn('squashfuse', ['-f', image, mnt], { stdio: 'ignore', detached: true });
+  recordChild(child.pid);
+  const t: Tracked = { kind: 'squashfuse', child, mnt };
+  tracked.add(t);
+  const deadline = Date.now() + timeoutMs;
+  while (!isMounted(mnt)) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stopTracked(t);
+      throw new Error(`squashfuse did not mount ${mnt}`);
+    }
+    await sleep(5);
+  }
+  return { mnt, pid: child.pid!, stop: () => stopTracked(t) };
+}
+
+export interface ServedDatalake { url: string; stop(): Promise<number> }
+
+/** The HTTP datalake in a child process, with the modelled link. */
+export async function serveDatalake(root: string, latencyMs: number, bytesPerSecond: number): Promise<ServedDatalake> {
+  const child = spawn(process.execPath, ['--import', 'tsx', resolve(REPO, 'bench/serve-datalake.ts'), root,
+    String(latencyMs), String(bytesPerSecond)], { stdio: ['pipe', 'pipe', 'inherit'], detached: true, cwd: REPO });
+  recordChild(child.pid);
+  const t: Tracked = { kind: 'http-datalake', child };
+  tracked.add(t);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  const deadline = Date.now() + 30_000;
+  while (!/^url (\S+)$/m.test(out)) {
+    if (child.exitCode !== null || Date.now() > deadline) { await stopTracked(t); throw new Error('the HTTP datalake did not start'); }
+    await sleep(10);
+  }
+  const url = /^url (\S+)$/m.exec(out)![1]!;
+  return {
+    url,
+    async stop() {
+      await stopTracked(t);
+      const m = /^requests (\d+)$/m.exec(out);
+      return m ? Number(m[1]) : NaN;
+    },
+  };
+}

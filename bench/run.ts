@@ -1,0 +1,466 @@
+/**
+ * `npm run bench`: narfs against its peers on one benchmark datalake built by real Nix
+ * (scripts/build-bench-datalake.sh), every contender measured in the same run.
+ *
+ * Invariants:
+ * - a benchmark is not a test: it prints medians and ratios against peers, never passes
+ *   or fails on a threshold (it fails only when a workload returns wrong results);
+ * - contenders alternate within each repetition (A B, then B A, ...), so drift on the
+ *   machine spreads over all of them;
+ * - "empty cache" means a fresh narfs --cache-dir, a fresh chroot store for nix copy, and
+ *   dropped kernel caches, for every run;
+ * - every mount is unmounted in a finally, on SIGINT/SIGTERM/SIGHUP, and at exit
+ *   (bench/bench-processes.ts). Run it with `node --import tsx`, not the `tsx` CLI: tsx's
+ *   parent process SIGKILLs a child that does not acknowledge a relayed signal within
+ *   30 ms, which would leave the mounts behind.
+ *
+ * Usage: node --import tsx bench/run.ts (npm run bench --) [--reps N (default 5)] [--latency-ms 20] [--bandwidth-mbit 1000]
+ *        [--only 1,2,3,4,5,6] [--no-results-md]
+ * Writes bench/results/latest.json and (unless --only or --no-results-md) bench/RESULTS.md.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import {
+  cleanupAllSync, claimRunDir, dropCaches, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
+  cleanupStaleRuns, type NarfsMount,
+} from './bench-processes.js';
+import { concurrentReaders, readEverything, readFileSequential, replayWorkload, runCommand, walkMetadata, type WorkloadOp } from './workloads.js';
+
+const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
+const TMP_PREFIX = '/tmp/narfs-bench-';
+
+interface Manifest {
+  key: string; dir: string; nixVersion: string; publicKey: string;
+  roles: Record<string, string>; top: string; many: string; closure: string[];
+  closureStats: { files: number; dirs: number; symlinks: number; bytes: number };
+  datalakes: Record<'xz' | 'zstd' | 'none', { dir: string; compression: string; narBytes: number }>;
+  squashfs: string;
+  workload: { file: string; ops: number; reads: number; readBytes: number };
+  largeFile: string; readers: string[];
+}
+
+interface Row {
+  scenario: string;
+  contender: string;
+  unit: 'ms' | 'MiB';
+  reference: boolean;
+  values: number[];
+  notes: string[];
+}
+
+const { values: args } = parseArgs({
+  options: {
+    reps: { type: 'string', default: '5' },
+    'latency-ms': { type: 'string', default: '20' },
+    'bandwidth-mbit': { type: 'string', default: '1000' },
+    only: { type: 'string' },
+    'no-results-md': { type: 'boolean', default: false },
+  },
+});
+const REPS = Number(args.reps);
+const LATENCY_MS = Number(args['latency-ms']);
+const BYTES_PER_SECOND = Math.round((Number(args['bandwidth-mbit']) * 1e6) / 8);
+const ONLY = new Set((args.only ?? '1,2,3,4,5,6').split(',').map((s) => s.trim()));
+const NIX_ENV = {
+  ...process.env,
+  NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n',
+};
+
+const rows: Row[] = [];
+function row(scenario: string, contender: string, unit: Row['unit'] = 'ms', reference = false): Row {
+  let r = rows.find((x) => x.scenario === scenario && x.contender === contender);
+  if (!r) { r = { scenario, contender, unit, reference, values: [], notes: [] }; rows.push(r); }
+  return r;
+}
+const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
+const ms = (t0: number) => performance.now() - t0;
+const base = (p: string) => basename(p);
+/** A then B, then B then A, ...: the order of contenders in repetition `rep`. */
+const order = <T>(xs: T[], rep: number): T[] => { const k = rep % xs.length; return [...xs.slice(k), ...xs.slice(0, k)]; };
+
+let runRoot = '';
+function freshDir(name: string): string {
+  const d = join(runRoot, `${name}-${Math.random().toString(36).slice(2, 8)}`);
+  mkdirSync(d, { recursive: true });
+  return d;
+}
+
+function materialisedStats(logText: string): { paths: number; bytes: number } {
+  let paths = 0, bytes = 0;
+  for (const line of logText.split('\n')) {
+    if (!line.includes('materialised')) continue;
+    try {
+      const j = JSON.parse(line) as Record<string, unknown>;
+      if (j.msg !== 'materialised') continue;
+      paths++;
+      const f = (j.fields ?? j) as Record<string, unknown>;
+      bytes += Number(f.bytes ?? f.narSize ?? 0);
+    } catch { /* text line */ }
+  }
+  return { paths, bytes };
+}
+
+async function nixCopy(from: string, storeRoot: string, m: Manifest): Promise<void> {
+  const r = await runCommand('nix', ['copy', '--from', from, '--to', storeRoot, '--option', 'trusted-public-keys', m.publicKey, m.top], NIX_ENV);
+  if (r.status !== 0) throw new Error(`nix copy --from ${from} failed (${r.status ?? r.signal}): ${r.stderr}`);
+}
+
+async function mountNarfs(m: Manifest, datalake: string, cacheDir: string): Promise<NarfsMount> {
+  const d = freshDir('narfs');
+  const mnt = join(d, 'mnt');
+  mkdirSync(mnt);
+  return startNarfs({ mnt, datalake, publicKey: m.publicKey, cacheDir, logFile: join(d, 'narfs.log') });
+}
+
+// ---- Scenario 1: first use of a closure over the modelled remote datalake ----------
+async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
+  for (const c of ['xz', 'zstd'] as const) {
+    const server = await serveDatalake(m.datalakes[c].dir, LATENCY_MS, BYTES_PER_SECOND);
+    const name = `1 first use, ${c}, remote ${LATENCY_MS} ms ${args['bandwidth-mbit']} Mbit/s`;
+    try {
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const who of order(['narfs', 'nix copy'], rep)) {
+          dropCaches();
+          if (who === 'narfs') {
+            const cache = freshDir('cache');
+            const t0 = performance.now();
+            const mount = await mountNarfs(m, server.url, cache);
+            let res;
+            try { res = replayWorkload(mount.mnt, ops); } finally { await mount.stop(); }
+            const t = ms(t0);
+            const st = materialisedStats(readFileSync(mount.logFile, 'utf8'));
+            if (res.unexpected.length) throw new Error(`narfs workload: ${res.unexpected.slice(0, 5).join('; ')}`);
+            row(name, 'narfs (mount + workload)').values.push(t);
+            row(name, 'narfs (mount + workload)').notes.push(`materialised ${st.paths} paths ${(st.bytes / 2 ** 20).toFixed(0)} MiB; read ${(res.bytes / 2 ** 20).toFixed(1)} MiB`);
+            rmSync(cache, { recursive: true, force: true });
+          } else {
+            const root = freshDir('store');
+            const t0 = performance.now();
+            await nixCopy(server.url, root, m);
+            const res = replayWorkload(join(root, 'nix/store'), ops);
+            const t = ms(t0);
+            if (res.unexpected.length) throw new Error(`disk workload: ${res.unexpected.slice(0, 5).join('; ')}`);
+            row(name, 'nix copy + workload on disk', 'ms', true).values.push(t);
+            rmSync(root, { recursive: true, force: true });
+          }
+          log(`${name}: ${who} rep ${rep + 1}: ${row(name, who === 'narfs' ? 'narfs (mount + workload)' : 'nix copy + workload on disk').values.at(-1)!.toFixed(0)} ms`);
+        }
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+}
+
+// ---- Scenario 2: full materialisation, file:// ------------------------------------
+const memAfter2: number[] = [];
+let warmCache = '';
+async function scenario2(m: Manifest): Promise<void> {
+  const names = m.closure.map(base);
+  for (const c of ['xz', 'zstd', 'none'] as const) {
+    const url = `file://${m.datalakes[c].dir}`;
+    const name = `2 full materialisation, ${c}, file://`;
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const who of order(['narfs', 'nix copy'], rep)) {
+        dropCaches();
+        if (who === 'narfs') {
+          const cache = freshDir('cache');
+          const t0 = performance.now();
+          const mount = await mountNarfs(m, url, cache);
+          let rss = NaN;
+          try { await readEverything(mount.mnt, names); rss = peakRss(mount.pid); } finally { await mount.stop(); }
+          row(name, 'narfs (mount + read all)').values.push(ms(t0));
+          memAfter2.push(rss);
+          const keep = c === 'zstd' && rep === REPS - 1;
+          if (keep) warmCache = cache; else rmSync(cache, { recursive: true, force: true });
+        } else {
+          const root = freshDir('store');
+          const t0 = performance.now();
+          await nixCopy(url, root, m);
+          row(name, 'nix copy', 'ms', true).values.push(ms(t0));
+          rmSync(root, { recursive: true, force: true });
+        }
+        log(`${name}: ${who} rep ${rep + 1}: ${rows.filter((r) => r.scenario === name).map((r) => r.values.at(-1)?.toFixed(0)).join(' / ')} ms`);
+      }
+    }
+  }
+  const r = row('6 memory: narfs peak RSS after scenario 2', 'narfs', 'MiB');
+  r.values.push(...memAfter2.map((b) => b / 2 ** 20));
+}
+
+async function ensureWarmCache(m: Manifest): Promise<string> {
+  if (warmCache) return warmCache;
+  warmCache = freshDir('cache');
+  const mount = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, warmCache);
+  try { await readEverything(mount.mnt, m.closure.map(base)); } finally { await mount.stop(); }
+  return warmCache;
+}
+
+interface Peer { name: string; store: string; reference?: boolean }
+
+async function withPeers(m: Manifest, fn: (peers: Peer[], narfs: NarfsMount) => Promise<void>): Promise<void> {
+  const cache = await ensureWarmCache(m);
+  const narfs = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, cache);
+  const sqMnt = join(freshDir('squashfs'), 'mnt');
+  mkdirSync(sqMnt);
+  let sq;
+  try {
+    sq = await startSquashfuse(m.squashfs, sqMnt);
+    const peers: Peer[] = [
+      { name: 'narfs (warm cache)', store: narfs.mnt },
+      { name: 'squashfuse', store: sq.mnt },
+      { name: 'local disk', store: '/nix/store', reference: true },
+    ];
+    // Look every path up once, so the first timed contender does not pay narfs' root lookups alone.
+    for (const p of peers) for (const n of m.closure) spawnSync('ls', ['-d', join(p.store, base(n))], { stdio: 'ignore' });
+    await fn(peers, narfs);
+  } finally {
+    await sq?.stop();
+    await narfs.stop();
+  }
+}
+
+// ---- Scenario 3: sequential read of a large file ------------------------------------
+async function scenario3(m: Manifest): Promise<void> {
+  const rel = m.largeFile.replace(/^\/nix\/store\//, '');
+  const size = Number(spawnSync('stat', ['-c', '%s', m.largeFile]).stdout.toString());
+  await withPeers(m, async (peers) => {
+    for (const cold of [true, false]) {
+      const name = `3 sequential read ${(size / 2 ** 20).toFixed(0)} MiB, page cache ${cold ? 'dropped' : 'warm'}`;
+      if (!cold) for (const p of peers) readFileSequential(join(p.store, rel));
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const p of order(peers, rep)) {
+          if (cold) dropCaches();
+          const t0 = performance.now();
+          const n = readFileSequential(join(p.store, rel));
+          const r = row(name, p.name, 'ms', p.reference);
+          r.values.push(ms(t0));
+          if (n !== size) throw new Error(`${p.name} read ${n} bytes of ${size}`);
+        }
+      }
+      log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+    }
+  });
+}
+
+// ---- Scenario 4: metadata walk; 6: memory after it ----------------------------------
+async function scenario4(m: Manifest): Promise<void> {
+  const names = m.closure.map(base);
+  const expected = m.closureStats.files + m.closureStats.dirs + m.closureStats.symlinks;
+  await withPeers(m, async (peers, narfs) => {
+    const name = `4 metadata walk (${expected} entries), kernel caches dropped`;
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const p of order(peers, rep)) {
+        dropCaches();
+        const t0 = performance.now();
+        const n = await walkMetadata(p.store, names);
+        row(name, p.name, 'ms', p.reference).values.push(ms(t0));
+        if (n !== expected) throw new Error(`${p.name} walked ${n} entries, expected ${expected}`);
+      }
+    }
+    log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+    row('6 memory: narfs peak RSS after scenario 4', 'narfs', 'MiB').values.push(peakRss(narfs.pid) / 2 ** 20);
+  });
+}
+
+// ---- Scenario 5: 16 concurrent readers ------------------------------------------------
+async function scenario5(m: Manifest): Promise<void> {
+  const rels = m.readers.map((f) => f.replace(/^\/nix\/store\//, ''));
+  const total = rels.reduce((s, f) => s + Number(spawnSync('stat', ['-c', '%s', join('/nix/store', f)]).stdout.toString()), 0);
+  await withPeers(m, async (peers) => {
+    const name = `5 ${rels.length} concurrent readers (${(total / 2 ** 20).toFixed(0)} MiB), page cache dropped`;
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const p of order(peers, rep)) {
+        dropCaches();
+        const t0 = performance.now();
+        await concurrentReaders(p.store, rels);
+        row(name, p.name, 'ms', p.reference).values.push(ms(t0));
+      }
+    }
+    log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+  });
+}
+
+// ---- Scenario 6: a walk over a store path with 100,000 files -----------------------
+async function scenario6(m: Manifest): Promise<void> {
+  const many = base(m.many);
+  const memName = '6 memory: narfs peak RSS after walking 100,000 files';
+  const walkName = '6 walk of 100,000 files, empty narfs cache, file:// zstd';
+  for (let rep = 0; rep < REPS; rep++) {
+    for (const who of order(['narfs', 'local disk'], rep)) {
+      dropCaches();
+      if (who === 'narfs') {
+        const cache = freshDir('cache');
+        const t0 = performance.now();
+        const mount = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, cache);
+        try {
+          const n = await walkMetadata(mount.mnt, [many]);
+          row(walkName, 'narfs (mount + walk)').values.push(ms(t0));
+          row(memName, 'narfs', 'MiB').values.push(peakRss(mount.pid) / 2 ** 20);
+          if (n !== 101_001) throw new Error(`narfs walked ${n} entries of ${many}`);
+        } finally { await mount.stop(); }
+        rmSync(cache, { recursive: true, force: true });
+      } else {
+        const t0 = performance.now();
+        await walkMetadata('/nix/store', [many]);
+        row(walkName, 'local disk', 'ms', true).values.push(ms(t0));
+      }
+    }
+  }
+  log(`${walkName}: ${rows.filter((r) => r.scenario === walkName).map((r) => `${r.contender} ${r.values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+}
+
+// ---- Report ------------------------------------------------------------------------
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const k = s.length >> 1; return s.length % 2 ? s[k]! : (s[k - 1]! + s[k]!) / 2; };
+
+interface Summary { scenario: string; contender: string; unit: string; n: number; median: number; min: number; max: number; ratio: number | null; values: number[]; notes: string[] }
+
+function summarise(): Summary[] {
+  const num = (s: string) => Number(/^\d+/.exec(s)?.[0] ?? 99);
+  const sorted = rows.map((r, i) => ({ r, i })).sort((a, b) => num(a.r.scenario) - num(b.r.scenario) || a.i - b.i).map((x) => x.r);
+  return sorted.map((r) => {
+    const ref = rows.find((x) => x.scenario === r.scenario && x.reference);
+    const med = median(r.values);
+    return {
+      scenario: r.scenario, contender: r.contender, unit: r.unit, n: r.values.length,
+      median: med, min: Math.min(...r.values), max: Math.max(...r.values),
+      ratio: ref ? med / median(ref.values) : null, values: r.values, notes: [...new Set(r.notes)],
+    };
+  });
+}
+
+function fmt(v: number, unit: string): string {
+  if (unit === 'MiB') return `${v.toFixed(0)} MiB`;
+  return v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${v.toFixed(0)} ms`;
+}
+
+function table(sum: Summary[]): string {
+  const head = ['scenario', 'contender', 'median', 'min', 'max', 'ratio'];
+  const body = sum.map((s) => [s.scenario, s.contender, fmt(s.median, s.unit), fmt(s.min, s.unit), fmt(s.max, s.unit),
+    s.ratio === null ? '' : s.contender && rows.find((r) => r.scenario === s.scenario && r.contender === s.contender)?.reference ? '1.00 (ref)' : `${s.ratio.toFixed(2)}`]);
+  return [head, head.map(() => '---'), ...body].map((cols) => `| ${cols.join(' | ')} |`).join('\n');
+}
+
+/** narfs' median over its best peer's, per scenario: > 1 means narfs is behind. */
+function behind(sum: Summary[]): Array<{ scenario: string; narfs: number; peer: string; peerMedian: number; ratio: number }> {
+  const out = [];
+  for (const scenario of new Set(sum.map((s) => s.scenario))) {
+    const n = sum.find((s) => s.scenario === scenario && s.contender.startsWith('narfs'));
+    const peers = sum.filter((s) => s.scenario === scenario && !s.contender.startsWith('narfs'));
+    if (!n || peers.length === 0) continue;
+    const best = peers.reduce((a, b) => (a.median <= b.median ? a : b));
+    out.push({ scenario, narfs: n.median, peer: best.contender, peerMedian: best.median, ratio: n.median / best.median });
+  }
+  return out.sort((a, b) => b.ratio - a.ratio);
+}
+
+function sh1(cmd: string): string {
+  return spawnSync('sh', ['-c', cmd]).stdout?.toString().trim() ?? '';
+}
+
+function machine(): Record<string, string> {
+  const root = sh1("findmnt -no SOURCE,FSTYPE /nix/store || findmnt -no SOURCE,FSTYPE /");
+  const dev = basename(root.split(/\s+/)[0] ?? '').replace(/[0-9]+$/, '');
+  return {
+    cpu: `${cpus()[0]?.model ?? '?'} (nproc ${sh1('nproc')})`,
+    memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    kernel: sh1('uname -sr'),
+    disk: `${root}; rotational=${sh1(`cat /sys/block/${dev}/queue/rotational 2>/dev/null`) || '?'}; ${sh1(`lsblk -dno SIZE,MODEL /dev/${dev} 2>/dev/null`)}`,
+    node: process.version,
+    nix: sh1('nix --version'),
+    squashfuse: sh1("dpkg-query -W -f='${Version}' squashfuse"),
+    'squashfs-tools': sh1("dpkg-query -W -f='${Version}' squashfs-tools"),
+    narfs: sh1(`git -C ${REPO} rev-parse --short HEAD`) + (sh1(`git -C ${REPO} status --porcelain src`) ? ' (src modified)' : ''),
+  };
+}
+
+function writeResultsMd(sum: Summary[], info: Record<string, unknown>, mach: Record<string, string>): void {
+  const file = join(REPO, 'bench/RESULTS.md');
+  const old = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const kept = /<!-- analysis:begin -->[\s\S]*<!-- analysis:end -->/.exec(old)?.[0]
+    ?? '<!-- analysis:begin -->\n_No analysis yet._\n<!-- analysis:end -->';
+  const b = behind(sum);
+  const md = `# narfs benchmark results
+
+Latest \`npm run bench\` on this machine (${info.date}, ${info.reps} repetitions per contender,
+alternating; total ${((info.totalMs as number) / 60000).toFixed(1)} min). Generated by \`bench/run.ts\`; the
+analysis section is written by hand and kept across runs. Raw numbers: \`bench/results/latest.json\`.
+
+## Machine
+
+${Object.entries(mach).map(([k, v]) => `- ${k}: ${v}`).join('\n')}
+
+## Datalake
+
+${info.datalake}
+
+## Results
+
+Ratio = median / median of the reference contender of the scenario (\`(ref)\`); below 1 is faster.
+
+${table(sum)}
+
+## Where narfs is furthest behind its best peer
+
+| scenario | narfs | best peer | ratio |
+| --- | --- | --- | --- |
+${b.map((x) => `| ${x.scenario} | ${fmt(x.narfs, 'ms')} | ${x.peer}: ${fmt(x.peerMedian, 'ms')} | ${x.ratio.toFixed(2)} |`).join('\n')}
+
+## Run notes
+
+${sum.filter((s) => s.notes.length).map((s) => `- ${s.scenario} / ${s.contender}: ${s.notes.join('; ')}`).join('\n') || '- none'}
+
+## Analysis
+
+${kept}
+`;
+  writeFileSync(file, md);
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('the benchmark drops kernel caches and runs Nix as root: run it as root');
+  const started = performance.now();
+  installCleanupHandlers(() => { if (runRoot) rmSync(runRoot, { recursive: true, force: true }); });
+  cleanupStaleRuns(TMP_PREFIX);
+  log('building (or reusing) the benchmark datalake');
+  const b = spawnSync('bash', [join(REPO, 'scripts/build-bench-datalake.sh')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  if (b.status !== 0) throw new Error('scripts/build-bench-datalake.sh failed');
+  const dir = b.stdout.toString().trim().split('\n').at(-1)!;
+  const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as Manifest;
+  const ops = JSON.parse(readFileSync(m.workload.file, 'utf8')) as WorkloadOp[];
+  if (!existsSync(join(REPO, 'dist/src/cli/main.js'))) throw new Error('dist/ is missing: npm run build');
+  runRoot = mkdtempSync(TMP_PREFIX);
+  claimRunDir(runRoot);
+  const datalake = `${m.closure.length} store paths (top \`${base(m.top)}\`), ${m.closureStats.files} files, ${m.closureStats.dirs} directories, ${m.closureStats.symlinks} symlinks, ${(m.closureStats.bytes / 2 ** 20).toFixed(0)} MiB of file content; NARs: xz ${(m.datalakes.xz.narBytes / 2 ** 20).toFixed(0)} MiB, zstd ${(m.datalakes.zstd.narBytes / 2 ** 20).toFixed(0)} MiB, none ${(m.datalakes.none.narBytes / 2 ** 20).toFixed(0)} MiB. Scenario 1 workload: ${m.workload.ops} operations recorded with strace (Python 3.11 importing 17 modules, Perl loading 9 modules, cpp of a file including libc and Python headers), ${m.workload.reads} file reads, ${(m.workload.readBytes / 2 ** 20).toFixed(1)} MiB (${((100 * m.workload.readBytes) / m.closureStats.bytes).toFixed(1)} % of the closure). Remote datalake: HTTP on 127.0.0.1 with ${LATENCY_MS} ms added per request and ${args['bandwidth-mbit']} Mbit/s. Squashfs image: zstd. Build dir: \`${m.dir}\`.`;
+  log(datalake);
+  try {
+    if (ONLY.has('1')) await scenario1(m, ops);
+    if (ONLY.has('2')) await scenario2(m);
+    if (ONLY.has('3')) await scenario3(m);
+    if (ONLY.has('4')) await scenario4(m);
+    if (ONLY.has('5')) await scenario5(m);
+    if (ONLY.has('6')) await scenario6(m);
+  } finally {
+    cleanupAllSync();
+    rmSync(runRoot, { recursive: true, force: true });
+  }
+  const sum = summarise();
+  const totalMs = ms(started);
+  const mach = machine();
+  const info = { date: new Date().toISOString(), reps: REPS, totalMs, latencyMs: LATENCY_MS, bandwidthMbit: Number(args['bandwidth-mbit']), datalake };
+  process.stdout.write(`\n${table(sum)}\n\nnarfs vs its best peer (worst first):\n${behind(sum).map((x) => `  ${x.ratio.toFixed(2)}x  ${x.scenario} (best peer: ${x.peer})`).join('\n')}\n\ntotal ${(totalMs / 60000).toFixed(1)} min\n`);
+  mkdirSync(join(REPO, 'bench/results'), { recursive: true });
+  writeFileSync(join(REPO, 'bench/results/latest.json'), JSON.stringify({ ...info, machine: mach, manifestKey: m.key, results: sum, behind: behind(sum) }, null, 2) + '\n');
+  if (!args['no-results-md'] && !args.only) writeResultsMd(sum, info, mach);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
+  cleanupAllSync();
+  process.exitCode = 1;
+});

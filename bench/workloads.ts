@@ -1,0 +1,102 @@
+/**
+ * The benchmark's workloads, identical for every contender: each takes the directory
+ * that plays /nix/store (a narfs mount, a squashfuse mount, a chroot store's
+ * <root>/nix/store, or /nix/store itself) and store-path-relative names.
+ *
+ * The scenario-1 replay runs synchronously in this process, one operation after another
+ * (as a starting interpreter does); the others run native tools (find, cat) so the
+ * harness's own speed never is what gets measured. Those are spawned asynchronously, so
+ * a signal reaches the benchmark's handlers (which unmount) while they run.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface WorkloadOp { op: 'read' | 'readdir' | 'stat' | 'readlink'; path: string; missing?: boolean }
+
+export interface ReplayResult { ops: number; bytes: number; unexpected: string[] }
+
+const buf = Buffer.allocUnsafe(1 << 20);
+
+function readWhole(path: string): number {
+  const fd = openSync(path, 'r');
+  let total = 0;
+  try {
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      total += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return total;
+}
+
+/** Scenario 1: the recorded operations of interpreters and a C preprocessor starting. */
+export function replayWorkload(store: string, ops: WorkloadOp[]): ReplayResult {
+  let bytes = 0;
+  const unexpected: string[] = [];
+  for (const o of ops) {
+    const p = join(store, o.path);
+    try {
+      switch (o.op) {
+        case 'read': bytes += readWhole(p); break;
+        case 'readdir': readdirSync(p); break;
+        case 'readlink': readlinkSync(p); break;
+        case 'stat': {
+          const st = lstatSync(p, { throwIfNoEntry: false });
+          if (!st && !o.missing) unexpected.push(`missing ${o.path}`);
+          break;
+        }
+      }
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (!(o.missing && (code === 'ENOENT' || code === 'ENOTDIR'))) unexpected.push(`${o.op} ${o.path}: ${code}`);
+    }
+  }
+  return { ops: ops.length, bytes, unexpected };
+}
+
+/** Waits for every background job in $pids and fails if any did (plain `wait` would not). */
+const WAIT_ALL = 'rc=0; for pid in $pids; do wait "$pid" || rc=1; done; exit $rc';
+
+/** Runs a command; resolves with its exit status, stdout line count and stderr tail. */
+export function runCommand(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ status: number | null; signal: string | null; lines: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+    let lines = 0;
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => { for (let i = d.indexOf(10); i !== -1; i = d.indexOf(10, i + 1)) lines++; });
+    child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
+    child.once('error', reject);
+    child.once('close', (status, signal) => resolve({ status, signal, lines, stderr }));
+  });
+}
+
+async function sh(script: string, args: string[]): Promise<void> {
+  const r = await runCommand('sh', ['-c', script, 'sh', ...args]);
+  if (r.status !== 0) throw new Error(`workload failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`);
+}
+
+/** Scenario 2: every byte of every file, one reader per store path (as nix copy works per path). */
+export async function readEverything(store: string, names: string[]): Promise<void> {
+  await sh(`for p; do (find "$p" -type f -print0 | xargs -0 -r cat > /dev/null) & pids="$pids $!"; done; ${WAIT_ALL}`, names.map((n) => join(store, n)));
+}
+
+/** Scenario 3: one sequential read of a file, 1 MiB at a time. */
+export function readFileSequential(path: string): number {
+  return readWhole(path);
+}
+
+/** Scenario 4 and 6: lstat of every entry and readlink of every symlink (find's %s and %l). */
+export async function walkMetadata(store: string, names: string[]): Promise<number> {
+  const r = await runCommand('find', [...names.map((n) => join(store, n)), '-printf', '%s %l\n']);
+  if (r.status !== 0) throw new Error(`find failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`);
+  return r.lines;
+}
+
+/** Scenario 5: concurrent readers, one `cat` per file. */
+export async function concurrentReaders(store: string, files: string[]): Promise<void> {
+  await sh(`for f; do cat "$f" > /dev/null & pids="$pids $!"; done; ${WAIT_ALL}`, files.map((f) => join(store, f)));
+}
