@@ -4,8 +4,8 @@
  *
  *   tsx bench/serve-datalake.ts <root> <latencyMs> <bytesPerSecond>
  *
- * Prints `url <base-url>` once listening; `requests <n> bytes <n>` on SIGUSR2 is not
- * needed: the total request count is printed on stdin EOF and SIGTERM, then it exits.
+ * Prints `url <base-url>` once listening. On SIGTERM, SIGINT or stdin EOF (the parent
+ * died) it prints `requests <n>` (the total it served) and exits.
  */
 import { HttpDatalakeServer } from '../test/support/http-datalake-server.js';
 
