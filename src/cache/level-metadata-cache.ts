@@ -61,6 +61,10 @@ export class LevelMetadataCache implements MetadataCache {
     await this.#wrap(() => this.#db.put(`ls!${hashPart}`, json));
   }
 
+  async deleteListing(hashPart: string): Promise<void> {
+    await this.#wrap(() => this.#db.del(`ls!${hashPart}`));
+  }
+
   async knownNames(): Promise<string[]> {
     const names: string[] = [];
     await this.#wrap(async () => {

@@ -26,6 +26,7 @@ export interface MetadataCache {
   putNegative(hashPart: string, ttlMs: number): Promise<void>;
   getListing(hashPart: string): Promise<string | undefined>;
   putListing(hashPart: string, json: string): Promise<void>;
+  deleteListing(hashPart: string): Promise<void>;
   /** Basenames of every positive narinfo entry. */
   knownNames(): Promise<string[]>;
   close(): Promise<void>;

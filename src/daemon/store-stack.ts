@@ -26,6 +26,8 @@ export interface StoreStackConfig {
   requireSigs: boolean;
   cacheDir: string;
   negativeTtlMs: number;
+  /** Cached NAR files kept open for reads (default 256). */
+  maxOpenFiles?: number;
 }
 
 export interface StoreStack {
@@ -61,7 +63,8 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
       { negativeTtlMs: config.negativeTtlMs, logger });
     const materialiser = new Materialiser(nars, { logger, signal: shutdown.signal });
-    const store = new LazyStore(infos, materialiser, meta, nars, { logger });
+    const store = new LazyStore(infos, materialiser, meta, nars,
+      { logger, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
     await store.loadKnown();
     cleanups.push(() => store.close());
     let closing: Promise<void> | undefined;

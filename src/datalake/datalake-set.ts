@@ -23,6 +23,7 @@
  */
 import type { Readable } from 'node:stream';
 import { NarfsError, isNarfsError } from '../errors.js';
+import { raceSignal } from '../deadline.js';
 import { DEFAULT_PRIORITY, type CacheInfo, type Datalake, type GetOptions } from './datalake.js';
 import { openDatalake, type OpenDatalakeOptions } from './open-datalake.js';
 
@@ -232,7 +233,7 @@ export class DatalakeSet {
           e.reopening = undefined;
         });
     }
-    await untilAborted(e.reopening, options.signal);
+    await raceSignal(e.reopening, options.signal);
   }
 
   private markDown(e: Entry, error: NarfsError, msg: string): void {
@@ -256,24 +257,6 @@ export class DatalakeSet {
 }
 
 /** `promise`, or ERR_ABORTED as soon as `signal` aborts (the promise goes on). */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new NarfsError('ERR_ABORTED', 'waiting for a datalake was aborted', { cause: signal.reason }));
-    if (signal.aborted) return onAbort();
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
-}
 
 function asNarfsError(e: unknown, d: Datalake): NarfsError {
   if (isNarfsError(e)) return e;

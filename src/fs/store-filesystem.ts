@@ -151,7 +151,8 @@ export class StoreFilesystem {
       for (const n of this.#rootChildren.keys()) names.add(n);
       const out: DirEntry[] = [];
       for (const [name, i] of this.#rootDirs) out.push({ name, attr: this.#inode(i).attr });
-      for (const name of [...names].sort(compareBytewise)) {
+      // Store path basenames are ASCII, where code-unit order is byte order.
+      for (const name of [...names].sort()) {
         const i = this.#rootChildren.get(name);
         out.push(i === undefined ? { name } : { name, attr: this.#inode(i).attr });
       }
@@ -302,7 +303,3 @@ function attrOf(ino: number, node: NarNode): Attr {
   }
 }
 
-/** strcmp order of the UTF-8 bytes, as Nix sorts NAR entries. */
-export function compareBytewise(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
-}

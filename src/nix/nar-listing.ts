@@ -62,7 +62,20 @@ export function narTargetProblem(target: Uint8Array): string | undefined {
   if (target.length === 0) return 'empty symlink target';
   if (target.length > NAR_MAX_TARGET_BYTES) return `symlink target longer than ${NAR_MAX_TARGET_BYTES} bytes`;
   if (target.includes(0)) return 'symlink target contains NUL';
+  // A target that is not UTF-8 cannot be served byte for byte through a string-based
+  // FUSE binding (readlink would return U+FFFD and `nix hash path` would differ).
+  if (!isUtf8(target)) return 'symlink target is not valid UTF-8';
   return undefined;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+function isUtf8(bytes: Uint8Array): boolean {
+  try {
+    strictUtf8.decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Bytewise (UTF-8) order of names, as Nix's std::map<std::string, …>. */

@@ -16,7 +16,7 @@ export function readValidPaths(lowerRoot: string): string[] {
   if (!existsSync(layout.dbPath)) return [];
   return withLiveDatabase(layout, (db) => {
     try {
-      db.pragma('busy_timeout = 5000');
+      db.pragma('busy_timeout = 100');
       return db.prepare('select path from ValidPaths').pluck().all() as string[];
     } catch (err) {
       throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath} has no readable ValidPaths table`, { cause: err });

@@ -17,7 +17,7 @@ import type { Logger } from '../log.js';
 import type { ContentReader, RootNodes } from '../fs/store-filesystem.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import type { NarCache } from '../cache/nar-cache.js';
-import { parseListingJson, type NarNode } from '../nix/nar-listing.js';
+import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
 import { parseStorePathBase } from '../nix/store-path.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialiser } from './materialiser.js';
@@ -90,7 +90,7 @@ export class LazyStore implements RootNodes, ContentReader {
       await this.#meta.putListing(hashPart, published.json);
       return this.#show(name, published.listing, false);
     }
-    const m = await this.#materialiser.ensure(info, undefined, signal);
+    const m = await this.#materialiser.ensure(info, signal);
     return this.#show(name, m.listing, true);
   }
 
@@ -111,14 +111,16 @@ export class LazyStore implements RootNodes, ContentReader {
   async read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
     await this.#materialise(name, signal);
     let entry = this.#open.get(name);
+    const isNew = !entry;
     if (!entry) {
       entry = { handle: open(this.#nars.narPath(name), 'r'), users: 0, lastUse: 0 };
       this.#open.set(name, entry);
       entry.handle.catch(() => this.#open.delete(name));
-      this.#evict();
     }
     entry.users++;
     entry.lastUse = Date.now();
+    // Only after this reader holds its entry: eviction closes idle handles only.
+    if (isNew) this.#evict();
     try {
       const fh = await entry.handle;
       const buf = Buffer.allocUnsafe(length);
@@ -146,7 +148,14 @@ export class LazyStore implements RootNodes, ContentReader {
     const info = await this.#infos.get(parseStorePathBase(name), signal);
     if (!info) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake any more`);
     try {
-      const m = await this.#materialiser.ensure(info, shown?.listing, signal);
+      const m = await this.#materialiser.ensure(info, signal);
+      if (shown && !listingsEqual(shown.listing, m.listing)) {
+        // What was shown came from a .ls that does not describe the (verified) NAR. The
+        // inodes handed out cannot be taken back, so this mount keeps failing the path;
+        // the bad listing is dropped so a restart serves the NAR's own.
+        await this.#meta.deleteListing(info.narInfo.storePath.hashPart).catch(() => {});
+        throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
+      }
       this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
     } catch (err) {
       const running = this.#materialiser.inFlight(name);

@@ -7,8 +7,8 @@
  *   (what Nix checks on substitution: "hash mismatch importing path", store-api.cc) and the
  *   NAR parsed strictly; a mismatch leaves nothing in the cache and is reported once with
  *   its code (ERR_NAR_HASH_MISMATCH, ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
- * - If a `.ls` listing was served before the NAR arrived, the NAR must agree with it
- *   (ERR_LISTING_MISMATCH otherwise): what was shown is what is read.
+ * - The listing returned is parsed from the verified NAR itself; callers that showed a
+ *   `.ls` listing before compare it (LazyStore), whichever fetch they joined.
  * - One fetch per store path at a time, shared by all readers (single flight); the fetch
  *   is not tied to any one reader's deadline, only to shutdown. Transient datalake
  *   failures are retried a bounded number of times.
@@ -20,10 +20,10 @@ import { pipeline } from 'node:stream/promises';
 import { NarfsError, toNarfsError, type ErrorCode } from '../errors.js';
 import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
-import type { NarCache } from '../cache/nar-cache.js';
+import type { NarCache, NarTemp } from '../cache/nar-cache.js';
 import { createDecompressor } from '../compression/decompress.js';
 import { NarParser } from '../nix/nar-parser.js';
-import { listingToJson, listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
+import { listingToJson, parseListingJson, type NarNode } from '../nix/nar-listing.js';
 import { formatHash } from '../nix/hash.js';
 import { storePathBase } from '../nix/store-path.js';
 import type { PathInfo } from './path-info-service.js';
@@ -64,21 +64,20 @@ export class Materialiser {
   }
 
   /**
-   * The verified NAR of `info`, fetching it if needed. `shown` is the listing already
-   * served for this path (from `.ls`), which the NAR must match. `signal` bounds only this
-   * caller's wait.
+   * The verified NAR of `info` and the listing parsed from it, fetching it if needed.
+   * `signal` bounds only this caller's wait.
    */
-  async ensure(info: PathInfo, shown: NarNode | undefined, signal?: AbortSignal): Promise<Materialised> {
+  async ensure(info: PathInfo, signal?: AbortSignal): Promise<Materialised> {
     const name = storePathBase(info.narInfo.storePath);
     let pending = this.#inflight.get(name);
     if (!pending) {
-      pending = this.#ensure(name, info, shown).finally(() => this.#inflight.delete(name));
+      pending = this.#ensure(name, info).finally(() => this.#inflight.delete(name));
       this.#inflight.set(name, pending);
     }
     return raceSignal(pending, signal);
   }
 
-  async #ensure(name: string, info: PathInfo, shown: NarNode | undefined): Promise<Materialised> {
+  async #ensure(name: string, info: PathInfo): Promise<Materialised> {
     const cachedListing = await this.#cache.readListing(name);
     if (cachedListing !== undefined) {
       return { narPath: this.#cache.narPath(name), listing: parseListingJson(cachedListing) };
@@ -86,7 +85,7 @@ export class Materialiser {
     const attempts = Math.max(1, this.#opts.attempts ?? 3);
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.#fetch(name, info, shown);
+        return await this.#fetch(name, info);
       } catch (e) {
         const err = toNarfsError(e);
         const retry = attempt < attempts && TRANSIENT.has(err.code) && !this.#opts.signal?.aborted;
@@ -99,7 +98,7 @@ export class Materialiser {
     }
   }
 
-  async #fetch(name: string, info: PathInfo, shown: NarNode | undefined): Promise<Materialised> {
+  async #fetch(name: string, info: PathInfo): Promise<Materialised> {
     const ni = info.narInfo;
     if (/^[a-z][a-z0-9+.-]*:/i.test(ni.url) || ni.url.startsWith('/')) {
       throw new NarfsError('ERR_NAR_URL', `${name}: NAR URL ${ni.url} is not relative to its datalake`);
@@ -108,7 +107,13 @@ export class Materialiser {
     this.fetches++;
     const source = await info.datalake.getStream(ni.url, { signal: this.#opts.signal });
     if (!source) throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
-    const temp = await this.#cache.createTemp(name);
+    let temp: NarTemp;
+    try {
+      temp = await this.#cache.createTemp(name);
+    } catch (err) {
+      source.destroy();
+      throw err;
+    }
     try {
       const decompressor = await createDecompressor(ni.compression, { signal: this.#opts.signal });
       const verifier = new NarVerifier(ni.narSize);
@@ -127,9 +132,6 @@ export class Materialiser {
           `${name}: NAR hashes to sha256:${formatHash({ algo: 'sha256', digest: got }, 'nix32', false)}, narinfo says ${formatHash(ni.narHash, 'nix32')}`);
       }
       const listing = verifier.listing();
-      if (shown && !listingsEqual(shown, listing)) {
-        throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
-      }
       await temp.commit(listingToJson(listing));
       const ms = Date.now() - started;
       this.#opts.logger.info('materialised', {
@@ -140,7 +142,10 @@ export class Materialiser {
       await temp.abort();
       source.destroy();
       if (this.#opts.signal?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
-      throw toNarfsError(err, 'ERR_DECOMPRESS');
+      // A system call that failed (ENOSPC, EIO…) is the cache's fault; anything else
+      // uncoded came out of the decompressor.
+      const sysErr = (err as NodeJS.ErrnoException | undefined)?.syscall !== undefined;
+      throw toNarfsError(err, sysErr ? 'ERR_CACHE_IO' : 'ERR_DECOMPRESS');
     }
   }
 }

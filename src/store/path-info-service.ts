@@ -78,7 +78,10 @@ export class PathInfoService {
     if (cached?.kind === 'positive') {
       const datalake = this.#datalakes.datalakes.find((d) => d.displayUrl === cached.entry.source);
       if (datalake) {
-        const info = { narInfo: parseNarInfo(cached.entry.text, `${cached.entry.source}/${sp.hashPart}.narinfo`), datalake };
+        const narInfo = parseNarInfo(cached.entry.text, `${cached.entry.source}/${sp.hashPart}.narinfo`);
+        // The policy in force now decides, not the one it was fetched under (keys change).
+        enforceSignaturePolicy(narInfo, this.#policy, datalake.displayUrl);
+        const info = { narInfo, datalake };
         this.#memo.set(cached.entry.name, info);
         return info;
       }
