@@ -108,7 +108,7 @@ export class FileDatalake implements Datalake {
       await handle.close().catch(() => {});
       throw this.wrap(e, relPath, options.signal);
     }
-    const stream = handle.createReadStream({ autoClose: true });
+    const stream = handle.createReadStream({ autoClose: true, highWaterMark: 1 << 20 });
     this.streams.add(stream);
     const onAbort = () => stream.destroy(this.abortedError(relPath, options.signal?.reason));
     options.signal?.addEventListener('abort', onAbort, { once: true });

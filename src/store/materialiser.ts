@@ -30,6 +30,12 @@ import type { PathInfo } from './path-info-service.js';
 
 export interface MaterialiserOptions {
   logger: Logger;
+  /**
+   * A fetch that moves no byte for this long is abandoned (ERR_DATALAKE_TIMEOUT), whatever
+   * the datalake: a hung file:// mount or a server trickling a byte now and then must not
+   * hold a store path forever. Default 60 s.
+   */
+  stallMs?: number;
   /** Attempts per fetch for transient datalake failures. */
   attempts?: number;
   /** Aborted on shutdown: fetches in flight stop and clean up. */
@@ -108,6 +114,8 @@ export class Materialiser {
     const source = await info.datalake.getStream(ni.url, { signal: this.#opts.signal });
     if (!source) throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
     let temp: NarTemp;
+    const stalled = new AbortController();
+    let watchdog: NodeJS.Timeout | undefined;
     try {
       temp = await this.#cache.createTemp(name);
     } catch (err) {
@@ -117,14 +125,33 @@ export class Materialiser {
     try {
       const decompressor = await createDecompressor(ni.compression, { signal: this.#opts.signal });
       const verifier = new NarVerifier(ni.narSize);
+      const stallMs = this.#opts.stallMs ?? 60_000;
+      watchdog = setInterval(() => {
+        if (Date.now() - verifier.lastProgress > stallMs) {
+          stalled.abort(new NarfsError('ERR_DATALAKE_TIMEOUT', `${name}: no NAR bytes arrived for ${stallMs} ms`));
+        }
+      }, Math.min(1000, stallMs));
+      // Chunks are gathered and written with one writev per MiB, not one write per chunk.
       let position = 0;
       const sink = async (chunks: AsyncIterable<Buffer>) => {
+        let batch: Buffer[] = [];
+        let batched = 0;
+        const flush = async () => {
+          if (batched === 0) return;
+          await temp.handle.writev(batch, position);
+          position += batched;
+          batch = [];
+          batched = 0;
+        };
         for await (const chunk of chunks) {
-          await temp.handle.write(chunk, 0, chunk.length, position);
-          position += chunk.length;
+          batch.push(chunk);
+          batched += chunk.length;
+          if (batched >= 1 << 20) await flush();
         }
+        await flush();
       };
-      await pipeline(source, decompressor, verifier, sink, { signal: this.#opts.signal });
+      const signal = this.#opts.signal ? AbortSignal.any([this.#opts.signal, stalled.signal]) : stalled.signal;
+      await pipeline(source, decompressor, verifier, sink, { signal });
       verifier.checkSize();
       const got = verifier.digest();
       if (!got.equals(ni.narHash.digest)) {
@@ -132,6 +159,7 @@ export class Materialiser {
           `${name}: NAR hashes to sha256:${formatHash({ algo: 'sha256', digest: got }, 'nix32', false)}, narinfo says ${formatHash(ni.narHash, 'nix32')}`);
       }
       const listing = verifier.listing();
+      clearInterval(watchdog);
       await temp.commit(listingToJson(listing));
       const ms = Date.now() - started;
       this.#opts.logger.info('materialised', {
@@ -139,9 +167,11 @@ export class Materialiser {
       });
       return { narPath: this.#cache.narPath(name), listing };
     } catch (err) {
+      clearInterval(watchdog);
       await temp.abort();
       source.destroy();
       if (this.#opts.signal?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
+      if (stalled.signal.aborted) throw stalled.signal.reason as NarfsError;
       // A system call that failed (ENOSPC, EIO…) is the cache's fault; anything else
       // uncoded came out of the decompressor.
       const sysErr = (err as NodeJS.ErrnoException | undefined)?.syscall !== undefined;
@@ -159,6 +189,8 @@ class NarVerifier extends Transform {
   readonly #hash = createHash('sha256');
   readonly #parser = new NarParser();
   #size = 0;
+  /** When the last chunk went through (for the stall watchdog). */
+  lastProgress = Date.now();
 
   constructor(expectedSize: number) {
     super();
@@ -166,6 +198,7 @@ class NarVerifier extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.lastProgress = Date.now();
     this.#size += chunk.length;
     if (this.#size > this.#expected) {
       cb(new NarfsError('ERR_NAR_SIZE_MISMATCH', `the NAR is longer than NarSize ${this.#expected}`));
