@@ -18,7 +18,7 @@ narfs demo: mounting the demo datalake $fixtures/datalakes/zstd on $mnt
   in another shell, try:
     ls $mnt                          # empty: nothing looked up yet
     ls $mnt/${top#/nix/store/}       # appears on first lookup
-    nix hash path $mnt/${top#/nix/store/}
+    nix --extra-experimental-features nix-command hash path $mnt/${top#/nix/store/}
   Ctrl-C unmounts.
 MSG
 exec bin/narfs mount "$mnt" --datalake "file://$fixtures/datalakes/zstd" \
