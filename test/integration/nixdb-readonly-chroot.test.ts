@@ -6,8 +6,8 @@
  */
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLowerStore, lowerStoreLayout, registerValidPaths } from '../../src/nixdb/index.js';
 import { fakeChain, lines, realClosure, snapshotDir, type PathInfoJson } from './nixdb-fixtures.js';
@@ -101,5 +101,42 @@ describe('nixdb: Nix 2.26 reads the lower store read-only (immutable) in the tri
     const r = inChroot(['nix', 'path-info', '--store', store, '--extra-experimental-features', 'read-only-local-store nix-command', more[1]!.path]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), more[1]!.path);
+  });
+
+  it('Nix 2.26 queries in a loop during registrations never fail and never see half a batch', async function () {
+    const lower = join(work, 'loop-lower');
+    await createLowerStore(lower);
+    const BATCH = 40;
+    const BATCHES = 8;
+    const stop = join(work, 'loop-stop');
+    const store = `local?root=${lower}&read-only=true`;
+    // Each read prints the number of valid paths Nix sees (or FAILED).
+    const reader = spawn(runScript, ['-w', work, chroot!, '/bin/bash', '-c',
+      `while [ ! -e "$1" ]; do if n=$(nix path-info --store "$2" --extra-experimental-features 'read-only-local-store nix-command' --all); then printf '%s\\n' "$n" | grep -c .; else echo FAILED; fi; done`,
+      'reader', stop, store], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: string[] = [];
+    const err: string[] = [];
+    reader.stdout!.setEncoding('utf8').on('data', (d: string) => out.push(d));
+    reader.stderr!.setEncoding('utf8').on('data', (d: string) => err.push(d));
+    const exited = new Promise<void>((resolve) => reader.on('exit', () => resolve()));
+    try {
+      await new Promise((r) => setTimeout(r, 1500)); // let the loop start reading the empty store
+      for (let i = 0; i < BATCHES; i++) {
+        await registerValidPaths(lower, fakeChain(`loop-${i}`, BATCH));
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    } finally {
+      writeFileSync(stop, '');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 30_000))]);
+      if (reader.exitCode === null) reader.kill('SIGKILL');
+    }
+    const counts = out.join('').split('\n').filter(Boolean);
+    assert.ok(!counts.includes('FAILED'), `a Nix query failed: ${err.join('').slice(-2000)}`);
+    assert.ok(counts.length >= 5, `only ${counts.length} reads`);
+    for (const c of counts) assert.equal(Number(c) % BATCH, 0, `a read saw ${c} paths: part of a batch`);
+    assert.ok(new Set(counts).size >= 3, `reads saw only ${[...new Set(counts)].join(', ')} paths`);
+    assert.equal(Number(counts.at(-1)), BATCH * BATCHES);
+    console.log(`      (${counts.length} Nix 2.26 reads saw ${new Set(counts).size} distinct generations)`);
   });
 });
