@@ -15,3 +15,4 @@ export { type ValidPathInfo, isStorePath, validateValidPathInfos } from './valid
 export { lowerStoreLayout, type LowerStoreLayout } from './lower-store-layout.js';
 export { DEFAULT_LOCK_TIMEOUT_MS } from './with-writer-locks.js';
 export { readValidPaths } from './read-valid-paths.js';
+export { registerOffThread } from './register-off-thread.js';

@@ -13,7 +13,7 @@ import type { Logger } from '../log.js';
 import { formatHash } from '../nix/hash.js';
 import { parseDerivationOutputs } from '../nix/derivation.js';
 import { storePathBase, storePathFull, type StorePath } from '../nix/store-path.js';
-import { createLowerStore, registerValidPaths, type ValidPathInfo } from '../nixdb/index.js';
+import { registerOffThread, type ValidPathInfo } from '../nixdb/index.js';
 import { collectClosure } from './closure.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 
@@ -45,9 +45,9 @@ export async function registerClosure(
   });
   const rows: ValidPathInfo[] = [];
   for (const info of closure) rows.push(await toValidPathInfo(info, deps, options.signal));
-  // Never touch <lower>/nix/store here: it may be this very process's FUSE mount.
-  await createLowerStore(lowerRoot, { ...lockTimeout(options), createStoreDir: false });
-  const r = await registerValidPaths(lowerRoot, rows, lockTimeout(options));
+  // Off the thread that serves FUSE; never touching <lower>/nix/store (it may be this
+  // very process's mount).
+  const r = await registerOffThread(lowerRoot, rows, lockTimeout(options));
   deps.addKnown(closure.map((i) => storePathBase(i.narInfo.storePath)));
   deps.logger.info('registered', { lower: lowerRoot, closure: closure.length, added: r.added, alreadyValid: r.alreadyValid, ms: Date.now() - started });
   return { closure: closure.length, added: r.added, alreadyValid: r.alreadyValid };
