@@ -114,7 +114,9 @@ function readLine(socket: Socket, timeoutMs: number): Promise<string> {
         reject(new NarfsError('ERR_CONTROL', 'request too large'));
       }
     });
-    socket.on('end', () => { clearTimeout(timer); reject(new NarfsError('ERR_CONTROL', 'the client closed before sending a request')); });
+    const gone = () => { clearTimeout(timer); reject(new NarfsError('ERR_CONTROL', 'the client closed before sending a request')); };
+    socket.on('end', gone);
+    socket.on('close', gone);
   });
 }
 

@@ -13,8 +13,8 @@ import type { Logger } from '../log.js';
 import type { MountConfig } from '../config/mount-config.js';
 import type { Materialiser } from '../store/materialiser.js';
 import type { LazyStore } from '../store/lazy-store.js';
-import { checkSignaturePolicy } from '../store/signature-policy.js';
 import { openStoreStack } from './store-stack.js';
+import { CleanupStack } from './cleanup-stack.js';
 import { startControlServer } from './control-server.js';
 import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
@@ -29,19 +29,16 @@ export interface RunningMount {
 }
 
 export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
-  checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
   const mountpoint = resolve(config.mountpoint);
   await prepareMountpoint(mountpoint, logger);
   const stack = await openStoreStack(config, logger);
-  const cleanups: Array<() => Promise<void>> = [() => stack.close()];
-  const runCleanups = async () => {
-    for (const c of cleanups.splice(0).reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
-  };
+  const cleanups = new CleanupStack(logger);
+  cleanups.push(() => stack.close());
   try {
     const { store, materialiser } = stack;
     if (config.lower) {
       const watcher = await watchRegisteredPaths(config.lower, (names) => store.addKnown(names), logger);
-      cleanups.push(async () => watcher.close());
+      cleanups.push(() => watcher.close());
     }
     const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'] });
     const fuse = new FuseNativeMount(fs, {
@@ -52,13 +49,9 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     cleanups.push(() => fuse.unmount());
     const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
     cleanups.push(() => control.close());
-    let closing: Promise<void> | undefined;
-    return {
-      mountpoint, store, materialiser, fs,
-      close: () => (closing ??= runCleanups()),
-    };
+    return { mountpoint, store, materialiser, fs, close: () => cleanups.run() };
   } catch (err) {
-    await runCleanups();
+    await cleanups.run();
     throw toNarfsError(err);
   }
 }

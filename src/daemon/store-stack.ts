@@ -19,6 +19,7 @@ import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
+import { CleanupStack } from './cleanup-stack.js';
 
 export interface StoreStackConfig {
   datalakes: string[];
@@ -42,10 +43,7 @@ export interface StoreStack {
 
 export async function openStoreStack(config: StoreStackConfig, logger: Logger): Promise<StoreStack> {
   checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
-  const cleanups: Array<() => Promise<void>> = [];
-  const close = async () => {
-    for (const c of cleanups.splice(0).reverse()) await c().catch((err) => logger.warn('cleanup step failed', { err }));
-  };
+  const cleanups = new CleanupStack(logger);
   try {
     const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger });
     cleanups.push(() => datalakes.close());
@@ -67,10 +65,9 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
       { logger, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
     await store.loadKnown();
     cleanups.push(() => store.close());
-    let closing: Promise<void> | undefined;
-    return { datalakes, infos, materialiser, store, signal: shutdown.signal, close: () => (closing ??= close()) };
+    return { datalakes, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
-    await close();
+    await cleanups.run();
     throw toNarfsError(err);
   }
 }

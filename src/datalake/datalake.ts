@@ -16,6 +16,7 @@ import { setMaxListeners } from 'node:events';
 import type { Readable } from 'node:stream';
 import { NarfsError } from '../errors.js';
 import { DEFAULT_CACHE_PRIORITY, parseCacheInfo } from '../nix/narinfo.js';
+import { STORE_DIR } from '../nix/store-path.js';
 
 export interface CacheInfo {
   storeDir: string;
@@ -46,7 +47,7 @@ export interface Datalake {
 // --- Helpers shared by the backends (pure; no I/O).
 
 /** The only store directory narfs serves. */
-export const STORE_DIR = '/nix/store';
+export { STORE_DIR };
 
 /** Nix's priority for a binary cache whose nix-cache-info names none (BinaryCacheStore). */
 export const DEFAULT_PRIORITY = DEFAULT_CACHE_PRIORITY;

@@ -23,6 +23,7 @@ import { createRequire } from 'node:module';
 import { execFile } from 'node:child_process';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { NarfsError } from '../errors.js';
+import { withDeadline } from '../deadline.js';
 import type { Logger } from '../log.js';
 import { ROOT_INO, type Attr, type StoreFilesystem } from '../fs/store-filesystem.js';
 import { ERRNO, errnoFor, isLoggedFailure } from './errno.js';
@@ -93,12 +94,19 @@ export class FuseNativeMount {
       const s = base();
       return s ? `${s},${extra.join(',')}` : `-o${extra.join(',')}`;
     };
-    await new Promise<void>((resolve, reject) => {
-      fuse.mount((err) => {
-        if (err) reject(new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${err.message}`, { cause: err }));
-        else resolve();
-      });
-    });
+    // The binding calls back when the kernel's INIT arrives; bound that wait too, and
+    // take down whatever a mount that never got ready left behind.
+    try {
+      await withDeadline(30_000, () => new Promise<void>((resolve, reject) => {
+        fuse.mount((err) => {
+          if (err) reject(new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${err.message}`, { cause: err }));
+          else resolve();
+        });
+      }), { code: 'ERR_MOUNT', what: `mounting ${o.mountpoint}` });
+    } catch (err) {
+      await forceUnmount(o.mountpoint, { abort: true });
+      throw err;
+    }
     this.#fuse = fuse;
     this.#mounted = true;
   }

@@ -10,6 +10,7 @@
  * so they are easy to recognise and never collide with SQLite's own `-wal`/`-shm`/`-journal`.
  */
 import { resolve, join } from 'node:path';
+import { STORE_DIR } from '../nix/store-path.js';
 
 export interface LowerStoreLayout {
   root: string;
@@ -27,7 +28,7 @@ export interface LowerStoreLayout {
 }
 
 /** The logical store dir every path in the database lives in. */
-export const LOGICAL_STORE_DIR = '/nix/store';
+export const LOGICAL_STORE_DIR = STORE_DIR;
 
 export function lowerStoreLayout(lowerRoot: string): LowerStoreLayout {
   const root = resolve(lowerRoot);

@@ -11,6 +11,7 @@
  */
 import { NarfsError } from '../errors.js';
 import { LOGICAL_STORE_DIR } from './lower-store-layout.js';
+import { isStorePathBase } from '../nix/store-path.js';
 
 export interface ValidPathInfo {
   /** Full path, `/nix/store/<hash>-<name>`. */
@@ -30,15 +31,9 @@ export interface ValidPathInfo {
   drvOutputs?: Array<{ id: string; path: string }>;
 }
 
-const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz';
-const STORE_PATH_RE = new RegExp(`^${LOGICAL_STORE_DIR}/[${NIX32}]{32}-([0-9A-Za-z+\\-._?=]{1,211})$`);
-
-/** src/libstore/path.cc `checkName` (2.26): the syntax plus no `.`/`..` (-dash) names. */
+/** A full logical store path (src/libstore/path.cc rules, via src/nix/store-path). */
 export function isStorePath(p: string): boolean {
-  const m = STORE_PATH_RE.exec(p);
-  if (!m) return false;
-  const name = m[1]!;
-  return !(name === '.' || name === '..' || name.startsWith('.-') || name.startsWith('..-'));
+  return p.startsWith(`${LOGICAL_STORE_DIR}/`) && isStorePathBase(p.slice(LOGICAL_STORE_DIR.length + 1));
 }
 
 function invalid(path: string, message: string): never {
