@@ -6,8 +6,14 @@
 #
 # Cache: ${NARFS_CHROOT_DIR:-/var/cache/narfs/chroot}/<key>, key = first 16 hex digits of
 # the sha256 of this script, so editing the recipe builds a new chroot and old ones can be
-# deleted by hand. Mirror: $NARFS_DEBIAN_MIRROR, else the first Debian main archive URI
-# found in this machine's /etc/apt/sources.list(.d) (the mirror does not enter the key).
+# deleted by hand. Mirror: $NARFS_DEBIAN_MIRROR, else the first Debian archive URI found
+# in this machine's apt sources (/etc/apt/sources.list and sources.list.d, one-line and
+# deb822 forms); with neither, the build fails with a message saying so. The mirror does
+# not enter the key.
+#
+# Everything the tests need inside the chroot is made here, by the recipe, never by hand
+# or by a test: /nix/store and /nix/var exist (the local-overlay test mounts a tmpfs on
+# /nix/var), and `complete` checks for them, so a tree that lacks them is rebuilt.
 #
 # Invariant: <key> exists only when complete. It is built in a temp dir beside it under an
 # exclusive flock (concurrent callers wait, then reuse the result), the mounts needed for
@@ -22,7 +28,7 @@ key=$(sha256sum "$self" | cut -c1-16)
 base=${NARFS_CHROOT_DIR:-/var/cache/narfs/chroot}
 final="$base/$key"
 
-complete() { [ -f "$1/.narfs-chroot-complete" ] && [ -x "$1/usr/bin/nix" ]; }
+complete() { [ -f "$1/.narfs-chroot-complete" ] && [ -x "$1/usr/bin/nix" ] && [ -d "$1/nix/var" ] && [ -d "$1/nix/store" ]; }
 if complete "$final"; then echo "$final"; exit 0; fi
 
 [ "$(id -u)" = 0 ] || { echo "build-trixie-chroot: must run as root" >&2; exit 1; }
@@ -31,7 +37,7 @@ command -v debootstrap >/dev/null || { echo "build-trixie-chroot: debootstrap mi
 find_mirror() {
   if [ -n "${NARFS_DEBIAN_MIRROR:-}" ]; then echo "$NARFS_DEBIAN_MIRROR"; return; fi
   local f uri
-  # deb822 .sources files: "URIs: http://deb.debian.org/debian"; one-line: "deb <uri> <suite> …"
+  # deb822 .sources files: "URIs: <archive>/debian"; one-line: "deb [opts] <archive>/debian <suite> …"
   for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
     [ -f "$f" ] || continue
     uri=$( { grep -hE '^[[:space:]]*URIs:' "$f" | awk '{for (i = 2; i <= NF; i++) print $i}';
@@ -39,9 +45,13 @@ find_mirror() {
            | grep -E '/debian/?$' | head -n1 || true)
     if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
   done
-  echo http://deb.debian.org/debian
 }
 mirror=$(find_mirror)
+if [ -z "$mirror" ]; then
+  echo "build-trixie-chroot: no Debian archive found in /etc/apt/sources.list or /etc/apt/sources.list.d;" \
+    "add one there or set NARFS_DEBIAN_MIRROR=<archive URL>" >&2
+  exit 1
+fi
 
 mkdir -p "$base"
 exec 9>"$base/.lock"
@@ -67,6 +77,8 @@ echo "build-trixie-chroot: building $final from $mirror (log: $log)" >&2
     apt-get install -y -qq --no-install-recommends nix-bin sqlite3 ca-certificates
     apt-get clean
     rm -rf /var/lib/apt/lists/*'
+  # The store layout the tests mount over (overlay-inner.sh puts a tmpfs on /nix/var).
+  mkdir -p "$tmp/nix/store" "$tmp/nix/var"
   # Test configuration (nix-formats.md §6.5 + the read-only lower store).
   mkdir -p "$tmp/etc/nix"
   cat > "$tmp/etc/nix/nix.conf" <<'EOF'
