@@ -61,7 +61,9 @@ export const ERROR_CATALOG = {
   ERR_NOT_BINARY_CACHE: 'The URL does not serve a nix-cache-info file; is it a Nix binary cache?',
 
   // --- src/cache, src/store
-  ERR_CACHE_IO: 'The cache directory could not be read or written; check its permissions and free space.',
+  ERR_CACHE_IO: 'The cache directory could not be read or written; check its permissions and the disk.',
+  ERR_CACHE_FULL: 'The filesystem of the cache directory is full (or over quota); free space there or use a larger --cache-dir. Nothing partial was kept.',
+  ERR_CACHE_CORRUPT: 'A cached file no longer matches what was verified when it was stored (truncated, or changed on disk); narfs drops it and fetches it again. `narfs verify-cache` re-hashes the whole cache.',
   ERR_CACHE_LOCKED: 'Another narfs daemon uses this cache directory.',
   ERR_PATH_NOT_FOUND: 'No datalake has this store path.',
   ERR_NAR_MISSING: 'The datalake has the narinfo but not the NAR file it points to.',

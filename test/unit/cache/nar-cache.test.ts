@@ -4,6 +4,7 @@
  * without its NAR is never served.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +24,7 @@ const NAR = writeNar({
   entries: { bin: { type: 'directory', entries: { hello: { type: 'regular', contents: 'hi\n', executable: true } } } },
 });
 const LISTING = listingToJson(parseNar(NAR));
+const RECORD = { narHash: { algo: 'sha256' as const, digest: createHash('sha256').update(NAR).digest() }, narSize: NAR.length };
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -49,7 +51,7 @@ describe('NarCache', () => {
   async function store(name: string, bytes: Buffer, listing: string): Promise<void> {
     const t = await cache.createTemp(name);
     await t.handle.write(bytes);
-    await t.commit(listing);
+    await t.commit(listing, RECORD);
   }
 
   it('init() creates nar/ and tmp/, and empties a tmp/ left by a crash', async () => {
@@ -83,12 +85,12 @@ describe('NarCache', () => {
     assert.equal(await cache.has(NAME1), false, 'nothing is visible before commit');
     assert.equal(await cache.readListing(NAME1), undefined);
     assert.deepEqual(await cache.cachedNames(), []);
-    await t.commit(LISTING);
+    await t.commit(LISTING, RECORD);
 
     assert.equal(cache.narPath(NAME1), join(dir, 'nar', `${NAME1}.nar`));
     assert.deepEqual(await readFile(cache.narPath(NAME1)), NAR);
     assert.equal(await readFile(join(dir, 'nar', `${NAME1}.listing.json`), 'utf8'), LISTING);
-    assert.deepEqual((await readdir(join(dir, 'nar'))).sort(), [`${NAME1}.listing.json`, `${NAME1}.nar`]);
+    assert.deepEqual((await readdir(join(dir, 'nar'))).sort(), [`${NAME1}.listing.json`, `${NAME1}.nar`, `${NAME1}.verified.json`]);
     assert.deepEqual(await readdir(join(dir, 'tmp')), []);
     assert.equal(await exists(t.path), false);
     assert.equal(await cache.has(NAME1), true);
@@ -101,7 +103,7 @@ describe('NarCache', () => {
     await mkdir(cache.narPath(NAME1));
     const t = await cache.createTemp(NAME1);
     await t.handle.write(NAR);
-    await assert.rejects(t.commit(LISTING), isCode('ERR_CACHE_IO'));
+    await assert.rejects(t.commit(LISTING, RECORD), isCode('ERR_CACHE_IO'));
     assert.equal(await readFile(join(dir, 'nar', `${NAME1}.listing.json`), 'utf8'), LISTING, 'listing was renamed first');
     assert.equal(await exists(t.path), false, 'the temp NAR is removed on failure');
     assert.equal(await cache.has(NAME1), false);
@@ -127,8 +129,8 @@ describe('NarCache', () => {
     assert.notEqual(a.path, b.path);
     await a.handle.write(Buffer.from('first'));
     await b.handle.write(NAR);
-    await a.commit('{"first":true}');
-    await b.commit(LISTING);
+    await a.commit('{"first":true}', RECORD);
+    await b.commit(LISTING, RECORD);
     assert.deepEqual(await readFile(cache.narPath(NAME1)), NAR);
     assert.equal(await cache.readListing(NAME1), LISTING);
     assert.deepEqual(await readdir(join(dir, 'tmp')), []);
@@ -163,5 +165,72 @@ describe('NarCache', () => {
     await writeFile(cache.narPath(NAME1), NAR);
     assert.equal(await cache.has(NAME1), true);
     assert.equal(await cache.readListing(NAME1), undefined);
+  });
+
+  describe('lookup and verify: what was verified can rot on disk', () => {
+    const ok = async () => {
+      await cache.init();
+      await store(NAME1, NAR, LISTING);
+    };
+    const gone = async () => {
+      assert.equal(await cache.has(NAME1), false);
+      assert.deepEqual(await readdir(join(dir, 'nar')), [], 'the whole entry is dropped');
+    };
+
+    it('an intact entry is ok, with its listing', async () => {
+      await ok();
+      const r = await cache.lookup(NAME1, RECORD);
+      assert.equal(r.state, 'ok');
+      assert.equal(listingToJson((r as { listing: Parameters<typeof listingToJson>[0] }).listing), LISTING);
+      assert.deepEqual(await cache.verify(NAME1), { state: 'ok', bytes: NAR.length });
+    });
+
+    it('a missing entry is absent', async () => {
+      await cache.init();
+      assert.deepEqual(await cache.lookup(NAME1, RECORD), { state: 'absent' });
+      assert.deepEqual(await cache.verify(NAME1), { state: 'absent' });
+    });
+
+    it('a truncated NAR is damaged (ERR_CACHE_CORRUPT) and dropped', async () => {
+      await ok();
+      await writeFile(cache.narPath(NAME1), NAR.subarray(0, NAR.length - 8));
+      const r = await cache.lookup(NAME1, RECORD);
+      assert.equal(r.state, 'damaged');
+      assert.equal((r as { error: { code: string } }).error.code, 'ERR_CACHE_CORRUPT');
+      await gone();
+    });
+
+    it('a corrupt listing is damaged and dropped, not a permanent parse error', async () => {
+      await ok();
+      await writeFile(join(dir, 'nar', `${NAME1}.listing.json`), '{"version":1,"root":');
+      assert.equal((await cache.lookup(NAME1, RECORD)).state, 'damaged');
+      await gone();
+    });
+
+    it('an entry verified against another NarHash (the narinfo changed) is dropped', async () => {
+      await ok();
+      const other = { narHash: { algo: 'sha256' as const, digest: Buffer.alloc(32, 7) }, narSize: NAR.length };
+      assert.equal((await cache.lookup(NAME1, other)).state, 'damaged');
+      await gone();
+    });
+
+    it('an entry without its record is dropped', async () => {
+      await ok();
+      await rm(join(dir, 'nar', `${NAME1}.verified.json`));
+      assert.equal((await cache.lookup(NAME1, RECORD)).state, 'damaged');
+      await gone();
+    });
+
+    it('a flipped bit passes the cheap lookup but not verify, which drops it', async () => {
+      await ok();
+      const flipped = Buffer.from(NAR);
+      flipped[flipped.length - 20]! ^= 0x01;
+      await writeFile(cache.narPath(NAME1), flipped);
+      assert.equal((await cache.lookup(NAME1, RECORD)).state, 'ok', 'same size: only a hash finds it');
+      const v = await cache.verify(NAME1);
+      assert.equal(v.state, 'damaged');
+      assert.equal((v as { error: { code: string } }).error.code, 'ERR_CACHE_CORRUPT');
+      await gone();
+    });
   });
 });
