@@ -4,17 +4,30 @@
  *
  * Keys: `ni!<hashPart>` → NarInfoEntry JSON; `neg!<hashPart>` → expiry (ms since epoch);
  * `ls!<hashPart>` → `.ls` JSON text. LevelDB allows one process per database: a second
- * daemon on the same cache directory fails with ERR_CACHE_LOCKED.
+ * daemon on the same cache directory fails with ERR_CACHE_LOCKED (told by classic-level's
+ * error code LEVEL_LOCKED, never by the message).
+ *
+ * A failed write is ERR_CACHE_FULL when the filesystem has (almost) no room left, else
+ * ERR_CACHE_IO. LevelDB reports both as LEVEL_IO_ERROR with only a text to tell them
+ * apart, so the disk itself is asked (statfs): under FULL_BELOW_BYTES available counts as
+ * full. LevelDB's log-write failures are not sticky: once space is freed, writes work
+ * again without a reopen (checked on a full tmpfs).
  */
+import { statfs } from 'node:fs/promises';
 import { Level } from 'level';
 import { NarfsError } from '../errors.js';
+
+/** Available bytes under which a LevelDB I/O error is taken for a full disk. */
+const FULL_BELOW_BYTES = 1 << 20;
 import type { MetadataCache, NarInfoEntry, NarInfoLookup } from './metadata-cache.js';
 
 export class LevelMetadataCache implements MetadataCache {
   readonly #db: Level<string, string>;
+  readonly #dir: string;
 
-  private constructor(db: Level<string, string>) {
+  private constructor(db: Level<string, string>, dir: string) {
     this.#db = db;
+    this.#dir = dir;
   }
 
   static async open(dir: string): Promise<LevelMetadataCache> {
@@ -22,11 +35,13 @@ export class LevelMetadataCache implements MetadataCache {
     try {
       await db.open();
     } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      const locked = /lock/i.test(String(cause?.message ?? '')) || cause?.code === 'LEVEL_LOCKED';
-      throw new NarfsError(locked ? 'ERR_CACHE_LOCKED' : 'ERR_CACHE_IO', `cannot open the metadata cache ${dir}`, { cause: err });
+      const code = (err as { code?: string }).code;
+      const causeCode = (err as { cause?: { code?: string } }).cause?.code;
+      const locked = code === 'LEVEL_LOCKED' || causeCode === 'LEVEL_LOCKED';
+      if (locked) throw new NarfsError('ERR_CACHE_LOCKED', `cannot open the metadata cache ${dir}: another process has it open`, { cause: err });
+      throw new NarfsError((await isFull(dir)) ? 'ERR_CACHE_FULL' : 'ERR_CACHE_IO', `cannot open the metadata cache ${dir}`, { cause: err });
     }
-    return new LevelMetadataCache(db);
+    return new LevelMetadataCache(db, dir);
   }
 
   async getNarInfo(hashPart: string): Promise<NarInfoLookup | undefined> {
@@ -51,6 +66,10 @@ export class LevelMetadataCache implements MetadataCache {
   async putNegative(hashPart: string, ttlMs: number): Promise<void> {
     if (ttlMs <= 0) return;
     await this.#wrap(() => this.#db.put(`neg!${hashPart}`, String(Date.now() + ttlMs)));
+  }
+
+  async deleteNarInfo(hashPart: string): Promise<void> {
+    await this.#wrap(() => this.#db.del(`ni!${hashPart}`));
   }
 
   async getListing(hashPart: string): Promise<string | undefined> {
@@ -92,8 +111,19 @@ export class LevelMetadataCache implements MetadataCache {
       await op();
     } catch (err) {
       if (err instanceof NarfsError) throw err;
-      throw new NarfsError('ERR_CACHE_IO', 'metadata cache access failed', { cause: err });
+      const full = (err as { code?: string }).code === 'LEVEL_IO_ERROR' && (await isFull(this.#dir));
+      throw new NarfsError(full ? 'ERR_CACHE_FULL' : 'ERR_CACHE_IO', `metadata cache write failed${full ? ': the disk is full' : ''}`, { cause: err });
     }
+  }
+}
+
+/** Whether the filesystem holding `dir` has less than FULL_BELOW_BYTES available. */
+async function isFull(dir: string): Promise<boolean> {
+  try {
+    const s = await statfs(dir);
+    return s.bavail * s.bsize < FULL_BELOW_BYTES;
+  } catch {
+    return false;
   }
 }
 

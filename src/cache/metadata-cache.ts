@@ -24,6 +24,8 @@ export interface MetadataCache {
   getNarInfo(hashPart: string): Promise<NarInfoLookup | undefined>;
   putNarInfo(hashPart: string, entry: NarInfoEntry): Promise<void>;
   putNegative(hashPart: string, ttlMs: number): Promise<void>;
+  /** Drops the positive entry (its NAR turned out absent or wrong). */
+  deleteNarInfo(hashPart: string): Promise<void>;
   getListing(hashPart: string): Promise<string | undefined>;
   putListing(hashPart: string, json: string): Promise<void>;
   deleteListing(hashPart: string): Promise<void>;

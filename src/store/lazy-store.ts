@@ -8,10 +8,21 @@
  * and verified. So `ls` and `stat` cost a narinfo and a listing, and the first read of a
  * file costs one verified NAR fetch for the whole store path.
  *
- * Invariant: file contents come only from verified NARs in the NarCache (pread at
- * narOffset). Open file handles on cached NARs are shared and bounded in number.
+ * Invariants:
+ * - File contents come only from verified NARs in the NarCache (pread at narOffset).
+ *   Open file handles on cached NARs are shared and bounded in number.
+ * - A cached NAR is checked when it is opened (its size against NarSize, by fstat on the
+ *   very descriptor that serves the reads): a damaged one is dropped and fetched again
+ *   once, instead of failing every read for the life of the cache. A read that comes up
+ *   short later (the file was truncated while open) does the same.
+ * - A NAR that turns out absent or wrong (ERR_NAR_MISSING, ERR_NAR_URL, ERR_NAR_HASH_MISMATCH,
+ *   ERR_NAR_SIZE_MISMATCH, a bad NAR, a corrupt compressed file) makes the store ask the
+ *   datalakes for the narinfo again (PathInfoService.refresh): the NAR URL is not covered
+ *   by the signature, so a narinfo served once with a wrong URL must not break the path
+ *   for good. If the new narinfo differs, the fetch is tried once more with it.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { cacheError } from '../cache/cache-error.js';
 import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ContentReader, RootNodes } from '../fs/store-filesystem.js';
@@ -19,14 +30,24 @@ import type { MetadataCache } from '../cache/metadata-cache.js';
 import type { NarCache } from '../cache/nar-cache.js';
 import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
 import { parseStorePathBase } from '../nix/store-path.js';
+import { hashEquals } from '../nix/hash.js';
+import type { ErrorCode } from '../errors.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
-import type { Materialiser } from './materialiser.js';
+import type { Materialised, Materialiser } from './materialiser.js';
 
 export interface LazyStoreOptions {
   logger: Logger;
   /** Open NAR files kept for reads. */
   maxOpenFiles?: number;
 }
+
+/** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
+const NAR_FAULTS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'ERR_NAR_MISSING', 'ERR_NAR_URL', 'ERR_NAR_HASH_MISMATCH', 'ERR_NAR_SIZE_MISMATCH', 'ERR_DECOMPRESS',
+  'ERR_COMPRESSION_UNSUPPORTED', 'ERR_NAR_MAGIC', 'ERR_NAR_PADDING', 'ERR_NAR_TAG', 'ERR_NAR_FILE_TYPE',
+  'ERR_NAR_EXECUTABLE', 'ERR_NAR_NAME', 'ERR_NAR_UNSORTED', 'ERR_NAR_SYMLINK', 'ERR_NAR_LIMIT', 'ERR_NAR_DEPTH',
+  'ERR_NAR_TRAILING', 'ERR_NAR_TRUNCATED',
+]);
 
 interface OpenNar {
   handle: Promise<FileHandle>;
@@ -81,13 +102,17 @@ export class LazyStore implements RootNodes, ContentReader {
     const shown = this.#shown.get(name);
     if (shown) return shown.listing;
     const hashPart = info.narInfo.storePath.hashPart;
-    const verified = await this.#nars.readListing(name);
-    if (verified !== undefined) return this.#show(name, parseListingJson(verified), true);
+    const cached = await this.#nars.lookup(name, { narHash: info.narInfo.narHash, narSize: info.narInfo.narSize });
+    if (cached.state === 'ok') return this.#show(name, cached.listing, true);
+    if (cached.state === 'damaged') this.#opts.logger.warn('cached NAR is damaged; it will be fetched again', { path: name, err: cached.error });
     const seen = await this.#meta.getListing(hashPart);
     if (seen !== undefined) return this.#show(name, parseListingJson(seen), false);
     const published = await this.#fetchListing(info, signal);
     if (published) {
-      await this.#meta.putListing(hashPart, published.json);
+      await this.#meta.putListing(hashPart, published.json).catch((err: unknown) => {
+        // Remembering it is an optimisation; the listing itself was checked and is served.
+        this.#opts.logger.warn('cannot store a listing in the metadata cache; serving it anyway', { path: name, err: toNarfsError(err, 'ERR_CACHE_IO') });
+      });
       return this.#show(name, published.listing, false);
     }
     const m = await this.#materialiser.ensure(info, signal);
@@ -109,13 +134,29 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
-    await this.#materialise(name, signal);
+    try {
+      return await this.#readCached(name, narOffset, length, signal);
+    } catch (err) {
+      if (!isNarfsError(err, 'ERR_CACHE_CORRUPT')) throw err;
+      // The cached NAR was damaged after it was verified: drop it, fetch it, read again (once).
+      this.#opts.logger.warn('cached NAR is damaged; fetching it again', { path: name, err });
+      await this.#forget(name);
+      return this.#readCached(name, narOffset, length, signal);
+    }
+  }
+
+  async #readCached(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+    const narSize = await this.#materialise(name, signal);
     let entry = this.#open.get(name);
     const isNew = !entry;
     if (!entry) {
-      entry = { handle: open(this.#nars.narPath(name), 'r'), users: 0, lastUse: 0 };
+      const handle = this.#openChecked(name, narSize);
+      entry = { handle, users: 0, lastUse: 0 };
       this.#open.set(name, entry);
-      entry.handle.catch(() => this.#open.delete(name));
+      const mine = entry;
+      handle.catch(() => {
+        if (this.#open.get(name) === mine) this.#open.delete(name);
+      });
     }
     entry.users++;
     entry.lastUse = Date.now();
@@ -130,25 +171,86 @@ export class LazyStore implements RootNodes, ContentReader {
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-      if (done < length) throw new NarfsError('ERR_CACHE_IO', `${name}: cached NAR is shorter than its listing`);
+      if (done < length) throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached NAR is shorter than its listing`);
       return buf;
     } catch (err) {
-      throw toNarfsError(err, 'ERR_CACHE_IO');
+      throw isNarfsError(err) ? err : cacheError(err, `${name}: reading the cached NAR failed`);
     } finally {
       entry.users--;
     }
   }
 
-  async #materialise(name: string, signal?: AbortSignal): Promise<void> {
+  /** Opens a cached NAR and checks, on that descriptor, that it still has NarSize bytes. */
+  async #openChecked(name: string, narSize: number): Promise<FileHandle> {
+    let fh: FileHandle;
+    try {
+      fh = await open(this.#nars.narPath(name), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached NAR has disappeared`, { cause: err });
+      }
+      throw cacheError(err, `${name}: cannot open the cached NAR`);
+    }
+    try {
+      const st = await fh.stat();
+      if (st.size !== narSize) {
+        throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached NAR is ${st.size} bytes, NarSize is ${narSize}`);
+      }
+      return fh;
+    } catch (err) {
+      await fh.close().catch(() => {});
+      throw isNarfsError(err) ? err : cacheError(err, `${name}: cannot stat the cached NAR`);
+    }
+  }
+
+  /** Drops what this process and the cache know of `name`'s bytes (not its listing). */
+  async #forget(name: string): Promise<void> {
+    const entry = this.#open.get(name);
+    if (entry) {
+      this.#open.delete(name);
+      entry.handle.then((fh) => fh.close()).catch(() => {});
+    }
     const shown = this.#shown.get(name);
-    if (shown?.verified) return;
+    if (shown) this.#shown.set(name, { listing: shown.listing, verified: false });
+    await this.#nars.drop(name);
+  }
+
+  /**
+   * Drops the cached bytes of `name` (after `narfs verify-cache` found them bad), so the
+   * next read fetches them again.
+   */
+  async invalidate(name: string): Promise<void> {
+    await this.#forget(name);
+  }
+
+  /** Makes sure `name`'s verified NAR is cached; returns its NarSize. */
+  async #materialise(name: string, signal?: AbortSignal): Promise<number> {
+    const shown = this.#shown.get(name);
+    const sp = parseStorePathBase(name);
+    if (shown?.verified) {
+      const info = await this.#infos.get(sp, signal);
+      if (info) return info.narInfo.narSize;
+    }
     if (this.#overdue.has(name)) {
       throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
     }
-    const info = await this.#infos.get(parseStorePathBase(name), signal);
+    let info = await this.#infos.get(sp, signal);
     if (!info) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake any more`);
     try {
-      const m = await this.#materialiser.ensure(info, signal);
+      let m: Materialised;
+      try {
+        m = await this.#materialiser.ensure(info, signal);
+      } catch (err) {
+        if (!isNarfsError(err) || !NAR_FAULTS.has(err.code)) throw err;
+        // The narinfo in hand led to a bad or missing NAR: ask the datalakes again.
+        const fresh = await this.#infos.refresh(sp, signal);
+        if (!fresh || sameNar(fresh, info)) throw err;
+        this.#opts.logger.warn('the NAR of a narinfo failed; a fresh narinfo points elsewhere, trying it', {
+          path: name, err, url: fresh.narInfo.url,
+        });
+        info = fresh;
+        m = await this.#materialiser.ensure(info, signal);
+      }
       if (shown && !listingsEqual(shown.listing, m.listing)) {
         // What was shown came from a .ls that does not describe the (verified) NAR. The
         // inodes handed out cannot be taken back, so this mount keeps failing the path;
@@ -157,6 +259,7 @@ export class LazyStore implements RootNodes, ContentReader {
         throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
       }
       this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+      return info.narInfo.narSize;
     } catch (err) {
       const running = this.#materialiser.inFlight(name);
       if (running && isNarfsError(err, 'ERR_DEADLINE') && !this.#overdue.has(name)) {
@@ -220,4 +323,10 @@ function checkListingBounds(node: NarNode, narSize: number): void {
   } else if (node.type === 'directory') {
     for (const child of node.entries.values()) checkListingBounds(child, narSize);
   }
+}
+
+/** Whether two narinfos lead to the same NAR bytes (same datalake, URL, hash and size). */
+function sameNar(a: PathInfo, b: PathInfo): boolean {
+  return a.datalake === b.datalake && a.narInfo.url === b.narInfo.url && a.narInfo.compression === b.narInfo.compression
+    && a.narInfo.narSize === b.narInfo.narSize && hashEquals(a.narInfo.narHash, b.narInfo.narHash);
 }

@@ -7,23 +7,36 @@
  *   (what Nix checks on substitution: "hash mismatch importing path", store-api.cc) and the
  *   NAR parsed strictly; a mismatch leaves nothing in the cache and is reported once with
  *   its code (ERR_NAR_HASH_MISMATCH, ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
+ * - A cached entry is checked before it is trusted (NarCache.lookup: size, record,
+ *   listing); a damaged one is dropped, logged (ERR_CACHE_CORRUPT) and fetched again.
  * - The listing returned is parsed from the verified NAR itself; callers that showed a
  *   `.ls` listing before compare it (LazyStore), whichever fetch they joined.
  * - One fetch per store path at a time, shared by all readers (single flight); the fetch
  *   is not tied to any one reader's deadline, only to shutdown. Transient datalake
  *   failures are retried a bounded number of times.
+ * - Nothing is held while waiting: a fetch first takes its decompressor (which may wait
+ *   for a pool slot), then its temp file, and opens the datalake stream last, handing it to
+ *   `pipeline()` in the same tick. So no socket sits idle behind a slot, and no stream can
+ *   fail while nobody listens to it (an unhandled 'error' would end the daemon).
+ * - Every failure carries the code of the stage it came from: the datalake stream
+ *   (ERR_DATALAKE_*; an uncoded one is ERR_DATALAKE_UNAVAILABLE, a premature close
+ *   ERR_DATALAKE_TRUNCATED, both retried), the decompressor (ERR_DECOMPRESS), the NAR
+ *   check (ERR_NAR_*), the cache disk (ERR_CACHE_FULL / ERR_CACHE_IO, not blamed on the
+ *   data). An uncoded error of unknown origin is ERR_INTERNAL, never ERR_DECOMPRESS.
  * - Memory is bounded: the stream flows through with back-pressure, never buffered whole.
  */
 import { createHash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { NarfsError, toNarfsError, type ErrorCode } from '../errors.js';
+import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
 import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
 import type { NarCache, NarTemp } from '../cache/nar-cache.js';
+import { cacheError } from '../cache/cache-error.js';
 import { createDecompressor } from '../compression/decompress.js';
+import { checkRelPath } from '../datalake/datalake.js';
 import { NarParser } from '../nix/nar-parser.js';
-import { listingToJson, parseListingJson, type NarNode } from '../nix/nar-listing.js';
+import { listingToJson, type NarNode } from '../nix/nar-listing.js';
 import { formatHash } from '../nix/hash.js';
 import { storePathBase } from '../nix/store-path.js';
 import type { PathInfo } from './path-info-service.js';
@@ -38,6 +51,8 @@ export interface MaterialiserOptions {
   stallMs?: number;
   /** Attempts per fetch for transient datalake failures. */
   attempts?: number;
+  /** First pause between attempts; doubles each time. Default 200 ms. */
+  retryBaseMs?: number;
   /** Aborted on shutdown: fetches in flight stop and clean up. */
   signal?: AbortSignal;
 }
@@ -50,6 +65,8 @@ export interface Materialised {
 const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'ERR_DATALAKE_UNAVAILABLE', 'ERR_DATALAKE_TIMEOUT', 'ERR_DATALAKE_TRUNCATED', 'ERR_DATALAKE_HTTP', 'ERR_DEADLINE',
 ]);
+
+type Stage = 'source' | 'decompress' | 'verify' | 'sink';
 
 export class Materialiser {
   readonly #cache: NarCache;
@@ -84,9 +101,11 @@ export class Materialiser {
   }
 
   async #ensure(name: string, info: PathInfo): Promise<Materialised> {
-    const cachedListing = await this.#cache.readListing(name);
-    if (cachedListing !== undefined) {
-      return { narPath: this.#cache.narPath(name), listing: parseListingJson(cachedListing) };
+    const ni = info.narInfo;
+    const cached = await this.#cache.lookup(name, { narHash: ni.narHash, narSize: ni.narSize });
+    if (cached.state === 'ok') return { narPath: this.#cache.narPath(name), listing: cached.listing };
+    if (cached.state === 'damaged') {
+      this.#opts.logger.warn('cached NAR is damaged; fetching it again', { path: name, err: cached.error });
     }
     const attempts = Math.max(1, this.#opts.attempts ?? 3);
     for (let attempt = 1; ; attempt++) {
@@ -99,58 +118,87 @@ export class Materialiser {
           path: name, datalake: info.datalake.displayUrl, attempt, err,
         });
         if (!retry) throw err;
-        await sleep(200 * 2 ** (attempt - 1), this.#opts.signal);
+        await sleep((this.#opts.retryBaseMs ?? 200) * 2 ** (attempt - 1), this.#opts.signal);
       }
     }
   }
 
   async #fetch(name: string, info: PathInfo): Promise<Materialised> {
     const ni = info.narInfo;
-    if (/^[a-z][a-z0-9+.-]*:/i.test(ni.url) || ni.url.startsWith('/')) {
-      throw new NarfsError('ERR_NAR_URL', `${name}: NAR URL ${ni.url} is not relative to its datalake`);
-    }
+    checkNarUrl(name, ni.url);
     const started = Date.now();
     this.fetches++;
-    const source = await info.datalake.getStream(ni.url, { signal: this.#opts.signal });
-    if (!source) throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
+    const shutdown = this.#opts.signal;
+    // 1. The decompressor (may wait for a pool slot) and 2. the temp file, before any socket.
+    const decompressor = await createDecompressor(ni.compression, shutdown ? { signal: shutdown } : {});
     let temp: NarTemp;
-    const stalled = new AbortController();
-    let watchdog: NodeJS.Timeout | undefined;
     try {
       temp = await this.#cache.createTemp(name);
     } catch (err) {
-      source.destroy();
+      decompressor.destroy();
       throw err;
     }
+    // 3. The stream, last; it goes into pipeline() without another await in between.
+    let source: Readable | undefined;
     try {
-      const decompressor = await createDecompressor(ni.compression, { signal: this.#opts.signal });
-      const verifier = new NarVerifier(ni.narSize);
-      const stallMs = this.#opts.stallMs ?? 60_000;
-      watchdog = setInterval(() => {
-        if (Date.now() - verifier.lastProgress > stallMs) {
-          stalled.abort(new NarfsError('ERR_DATALAKE_TIMEOUT', `${name}: no NAR bytes arrived for ${stallMs} ms`));
-        }
-      }, Math.min(1000, stallMs));
-      // Chunks are gathered and written with one writev per MiB, not one write per chunk.
-      let position = 0;
-      const sink = async (chunks: AsyncIterable<Buffer>) => {
-        let batch: Buffer[] = [];
-        let batched = 0;
-        const flush = async () => {
-          if (batched === 0) return;
+      source = await info.datalake.getStream(ni.url, shutdown ? { signal: shutdown } : {});
+    } catch (err) {
+      decompressor.destroy();
+      await temp.abort();
+      throw err;
+    }
+    if (!source) {
+      decompressor.destroy();
+      await temp.abort();
+      throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
+    }
+    return this.#stream(name, info, source, decompressor, temp, started);
+  }
+
+  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, temp: NarTemp, started: number): Promise<Materialised> {
+    const ni = info.narInfo;
+    const verifier = new NarVerifier(ni.narSize);
+    // The first error each stage raised, to give the failure the code of its origin.
+    let first: { stage: Stage; err: unknown } | undefined;
+    const note = (stage: Stage) => (err: unknown) => { first ??= { stage, err }; };
+    source.on('error', note('source'));
+    decompressor.on('error', note('decompress'));
+    verifier.on('error', note('verify'));
+    const stalled = new AbortController();
+    const stallMs = this.#opts.stallMs ?? 60_000;
+    const watchdog = setInterval(() => {
+      if (Date.now() - verifier.lastProgress > stallMs) {
+        stalled.abort(new NarfsError('ERR_DATALAKE_TIMEOUT', `${name}: no NAR bytes arrived for ${stallMs} ms`));
+      }
+    }, Math.min(1000, stallMs));
+    // Chunks are gathered and written with one writev per MiB, not one write per chunk.
+    let position = 0;
+    const sink = async (chunks: AsyncIterable<Buffer>) => {
+      let batch: Buffer[] = [];
+      let batched = 0;
+      const flush = async () => {
+        if (batched === 0) return;
+        try {
           await temp.handle.writev(batch, position);
-          position += batched;
-          batch = [];
-          batched = 0;
-        };
-        for await (const chunk of chunks) {
-          batch.push(chunk);
-          batched += chunk.length;
-          if (batched >= 1 << 20) await flush();
+        } catch (err) {
+          const e = cacheError(err, `cannot write the NAR of ${name} to the cache`);
+          first ??= { stage: 'sink', err: e };
+          throw e;
         }
-        await flush();
+        position += batched;
+        batch = [];
+        batched = 0;
       };
-      const signal = this.#opts.signal ? AbortSignal.any([this.#opts.signal, stalled.signal]) : stalled.signal;
+      for await (const chunk of chunks) {
+        batch.push(chunk);
+        batched += chunk.length;
+        if (batched >= 1 << 20) await flush();
+      }
+      await flush();
+    };
+    const shutdown = this.#opts.signal;
+    const signal = shutdown ? AbortSignal.any([shutdown, stalled.signal]) : stalled.signal;
+    try {
       await pipeline(source, decompressor, verifier, sink, { signal });
       verifier.checkSize();
       const got = verifier.digest();
@@ -160,7 +208,7 @@ export class Materialiser {
       }
       const listing = verifier.listing();
       clearInterval(watchdog);
-      await temp.commit(listingToJson(listing));
+      await temp.commit(listingToJson(listing), { narHash: ni.narHash, narSize: ni.narSize });
       const ms = Date.now() - started;
       this.#opts.logger.info('materialised', {
         path: name, bytes: ni.narSize, ms, source: info.datalake.displayUrl, compression: ni.compression,
@@ -170,13 +218,46 @@ export class Materialiser {
       clearInterval(watchdog);
       await temp.abort();
       source.destroy();
-      if (this.#opts.signal?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
+      decompressor.destroy();
+      if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
       if (stalled.signal.aborted) throw stalled.signal.reason as NarfsError;
-      // A system call that failed (ENOSPC, EIO…) is the cache's fault; anything else
-      // uncoded came out of the decompressor.
-      const sysErr = (err as NodeJS.ErrnoException | undefined)?.syscall !== undefined;
-      throw toNarfsError(err, sysErr ? 'ERR_CACHE_IO' : 'ERR_DECOMPRESS');
+      throw classify(name, first ?? { stage: undefined, err });
     }
+  }
+}
+
+/**
+ * The NAR URL of a narinfo must name a file inside the datalake that served it. A URL that
+ * does not (absolute, another scheme, a `..` segment) is the narinfo's fault: ERR_NAR_URL,
+ * EIO at the edge, like every other fault of the data.
+ */
+function checkNarUrl(name: string, url: string): void {
+  try {
+    checkRelPath(url);
+  } catch (err) {
+    throw new NarfsError('ERR_NAR_URL', `${name}: NAR URL ${JSON.stringify(url)} is not a path inside its datalake`, { cause: err });
+  }
+}
+
+/** The code of a failed fetch, from the stage that failed first (see the header). */
+function classify(name: string, f: { stage: Stage | undefined; err: unknown }): NarfsError {
+  const { stage, err } = f;
+  if (isNarfsError(err)) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  const msg = err instanceof Error ? err.message : String(err);
+  switch (stage) {
+    case 'sink':
+      return cacheError(err, `cannot write the NAR of ${name} to the cache`);
+    case 'source':
+      return new NarfsError(code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET' ? 'ERR_DATALAKE_TRUNCATED' : 'ERR_DATALAKE_UNAVAILABLE',
+        `${name}: the NAR stream failed: ${msg}`, { cause: err });
+    case 'decompress':
+      return new NarfsError('ERR_DECOMPRESS', `${name}: ${msg}`, { cause: err });
+    default:
+      if (code === 'ERR_STREAM_PREMATURE_CLOSE') {
+        return new NarfsError('ERR_DATALAKE_TRUNCATED', `${name}: the NAR stream closed early`, { cause: err });
+      }
+      return toNarfsError(err, 'ERR_INTERNAL');
   }
 }
 

@@ -12,6 +12,12 @@
  *   nothing negative is cached.
  * - One fetch per hash part at a time, shared by all callers; each caller waits only
  *   within its own signal.
+ * - A verified narinfo is served even when it cannot be stored in the metadata cache (a
+ *   full disk): the failure is logged with its code (ERR_CACHE_FULL / ERR_CACHE_IO) and
+ *   the answer still returned. Only the datalake's answer decides "rejected".
+ * - Positive entries are kept, but a narinfo is not trusted for ever: its NAR URL is not
+ *   covered by the signature, so when its NAR turns out absent or wrong, `refresh` drops
+ *   the cached entry (and the memo) and asks the datalakes again.
  */
 import { NarfsError, toNarfsError } from '../errors.js';
 import { raceSignal } from '../deadline.js';
@@ -71,6 +77,21 @@ export class PathInfoService {
     return raceSignal(pending, signal);
   }
 
+  /**
+   * Forgets what is known of `sp` (memo and cached narinfo) and asks the datalakes again.
+   * Called when the NAR of the narinfo in hand failed: the next answer may point elsewhere.
+   */
+  async refresh(sp: StorePath, signal?: AbortSignal): Promise<PathInfo | undefined> {
+    this.#memo.delete(storePathBase(sp));
+    await this.#meta.deleteNarInfo(sp.hashPart).catch((err: unknown) => {
+      this.#opts.logger.warn('cannot drop a cached narinfo', { path: storePathBase(sp), err: toNarfsError(err, 'ERR_CACHE_IO') });
+    });
+    // A lookup already in flight may have read the old entry: wait it out, then look again.
+    await this.#inflight.get(sp.hashPart)?.catch(() => undefined);
+    this.#memo.delete(storePathBase(sp));
+    return this.get(sp, signal);
+  }
+
   async #lookup(hashPart: string): Promise<PathInfo | undefined> {
     const sp = { hashPart };
     const cached = await this.#meta.getNarInfo(sp.hashPart);
@@ -108,7 +129,12 @@ export class PathInfoService {
         }
         enforceSignaturePolicy(narInfo, this.#policy, datalake.displayUrl);
         const name = storePathBase(narInfo.storePath);
-        await this.#meta.putNarInfo(sp.hashPart, { name, text, source: datalake.displayUrl, fetchedAt: Date.now() });
+        await this.#meta.putNarInfo(sp.hashPart, { name, text, source: datalake.displayUrl, fetchedAt: Date.now() }).catch((err: unknown) => {
+          // The answer is verified; failing to remember it must not turn it into EIO.
+          this.#opts.logger.warn('cannot store a verified narinfo in the metadata cache; serving it anyway', {
+            path: name, err: toNarfsError(err, 'ERR_CACHE_IO'),
+          });
+        });
         const info = { narInfo, datalake };
         this.#memo.set(name, info);
         return info;
