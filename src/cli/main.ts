@@ -16,6 +16,9 @@ import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { openStoreStack } from '../daemon/store-stack.js';
 import { runRegister } from '../daemon/register-operation.js';
 import { callDaemon } from './control-client.js';
+import { NarCache } from '../cache/nar-cache.js';
+import type { VerifyNarCacheResult } from '../cache/verify-nar-cache.js';
+import { runVerifyCache } from '../daemon/verify-cache-operation.js';
 import { readFile } from 'node:fs/promises';
 
 const HELP = `narfs — a lazily materialised /nix/store over FUSE
@@ -23,6 +26,7 @@ const HELP = `narfs — a lazily materialised /nix/store over FUSE
 Usage:
   narfs mount <mountpoint> --datalake URL [--datalake URL ...] [options]
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
+  narfs verify-cache [--cache-dir DIR] [--log-format text|json]
   narfs --help
 
 narfs mount options:
@@ -45,6 +49,11 @@ when there is one, else alone with the same --datalake/--trusted-public-keys opt
   --all                       every store path of the listable (file://) datalakes
   --timeout DURATION          bound of the whole registration (default 10m)
 
+narfs verify-cache re-hashes every cached NAR against the NarHash it was verified against
+when it was stored, and drops the damaged ones (they are fetched again on the next read).
+Through the running daemon of --cache-dir when there is one, else alone. Exit 0 when all
+were intact, 1 when some were dropped.
+
 The mount stays in the foreground, prints one line when ready, logs one line per
 materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it).
 `;
@@ -55,13 +64,15 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return command ? 0 : 2;
   }
-  const format: LogFormat = rest.includes('json') && rest.includes('--log-format') ? 'json' : 'text';
+  const format = sniffLogFormat(rest);
   try {
     switch (command) {
       case 'mount':
         return await mountCommand(rest);
       case 'register':
         return await registerCommand(rest);
+      case 'verify-cache':
+        return await verifyCacheCommand(rest);
       default:
         throw new NarfsError('ERR_USAGE', `unknown command "${command}"`);
     }
@@ -70,6 +81,19 @@ export async function main(argv: string[]): Promise<number> {
     printError(err, format);
     return err.code === 'ERR_USAGE' ? 2 : 1;
   }
+}
+
+/**
+ * The log format asked for, known before the arguments are parsed (so that a usage error
+ * is printed in it too): `--log-format json` or `--log-format=json`.
+ */
+export function sniffLogFormat(args: readonly string[]): LogFormat {
+  let format: LogFormat = 'text';
+  args.forEach((a, i) => {
+    const v = a === '--log-format' ? args[i + 1] : a.startsWith('--log-format=') ? a.slice('--log-format='.length) : undefined;
+    if (v === 'json' || v === 'text') format = v;
+  });
+  return format;
 }
 
 function printError(err: NarfsError, format: LogFormat): void {
@@ -171,8 +195,7 @@ async function registerCommand(args: string[]): Promise<number> {
   const all = values.all === true;
   const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 10 * 60_000;
-  const format = values['log-format'] === 'json' ? 'json' : 'text';
-  const logger = createLogger({ format });
+  const logger = createLogger({ format: sniffLogFormat(args) });
   const { resolve } = await import('node:path');
   const request = { op: 'register', lower: resolve(lower), roots, all };
   const viaDaemon = await callDaemon(cacheDir, request, (l) => {
@@ -201,4 +224,30 @@ async function registerCommand(args: string[]): Promise<number> {
   }
   process.stdout.write(`narfs: registered ${String(result.closure)} paths in ${resolve(lower)} (${String(result.added)} new, ${String(result.alreadyValid)} already valid)\n`);
   return 0;
+}
+
+async function verifyCacheCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    'cache-dir': { type: 'string' },
+    'log-format': { type: 'string' },
+    timeout: { type: 'string' },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs verify-cache takes no positional arguments');
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 24 * 3600_000;
+  const logger = createLogger({ format: sniffLogFormat(args) });
+  const viaDaemon = await callDaemon(cacheDir, { op: 'verify-cache' }, (l) => {
+    const fn = l.level === 'error' ? logger.error : l.level === 'warn' ? logger.warn : logger.info;
+    fn(l.msg, l.fields);
+  }, timeoutMs);
+  const result = viaDaemon
+    ? (viaDaemon as unknown as VerifyNarCacheResult)
+    : await runVerifyCache(new NarCache(cacheDir), undefined, logger, AbortSignal.timeout(timeoutMs));
+  const mib = (result.bytes / (1 << 20)).toFixed(1);
+  process.stdout.write(`narfs: verified ${result.checked} cached NARs (${mib} MiB): ${result.ok} intact, ${result.dropped.length} damaged and dropped\n`);
+  return result.dropped.length === 0 ? 0 : 1;
 }

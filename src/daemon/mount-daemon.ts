@@ -56,20 +56,42 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   }
 }
 
-/** Detaches a stale mount of a crashed run; refuses a live one and a non-directory. */
-async function prepareMountpoint(mountpoint: string, logger: Logger): Promise<void> {
-  try {
-    const st = await stat(mountpoint);
-    if (!st.isDirectory()) throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is not a directory`);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
-      logger.warn('detaching a stale mount left by an earlier run', { mountpoint });
-      await forceUnmount(mountpoint);
-      return prepareMountpoint(mountpoint, logger);
+/** How many times a stale mount is detached before the mountpoint is given up on. */
+const STALE_MOUNT_ATTEMPTS = 3;
+
+export interface PrepareMountpointOptions {
+  /** How a stale mount is detached (default: forceUnmount, with fusectl abort). */
+  detach?: (mountpoint: string) => Promise<void>;
+}
+
+/**
+ * Detaches a stale mount of a crashed run; refuses a live one and a non-directory. A
+ * mountpoint that still answers ENOTCONN after STALE_MOUNT_ATTEMPTS detaches (stacked
+ * stale mounts, or one this process may not remove) fails with ERR_MOUNTPOINT instead of
+ * trying for ever.
+ */
+export async function prepareMountpoint(mountpoint: string, logger: Logger, options: PrepareMountpointOptions = {}): Promise<void> {
+  const detach = options.detach ?? ((m: string) => forceUnmount(m, { abort: true }));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const st = await stat(mountpoint);
+      if (!st.isDirectory()) throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is not a directory`);
+      break;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
+        if (attempt >= STALE_MOUNT_ATTEMPTS) {
+          throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is a stale FUSE mount that could not be detached (${attempt} attempts)`, {
+            cause: err, hint: `Detach it by hand (fusermount -uz ${mountpoint}, or umount -l ${mountpoint}) and check that no other mount is stacked on it.`,
+          });
+        }
+        logger.warn('detaching a stale mount left by an earlier run', { mountpoint, attempt: attempt + 1 });
+        await detach(mountpoint);
+        continue;
+      }
+      if (code === 'ENOENT') throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} does not exist`);
+      throw toNarfsError(err, 'ERR_MOUNTPOINT');
     }
-    if (code === 'ENOENT') throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} does not exist`);
-    throw toNarfsError(err, 'ERR_MOUNTPOINT');
   }
   const mounts = await readFile('/proc/self/mounts', 'utf8').catch(() => '');
   const escaped = mountpoint.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));

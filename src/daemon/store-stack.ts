@@ -33,6 +33,7 @@ export interface StoreStackConfig {
 
 export interface StoreStack {
   datalakes: DatalakeSet;
+  nars: NarCache;
   infos: PathInfoService;
   materialiser: Materialiser;
   store: LazyStore;
@@ -65,7 +66,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
       { logger, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
     await store.loadKnown();
     cleanups.push(() => store.close());
-    return { datalakes, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };
+    return { datalakes, nars, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);
