@@ -11,6 +11,10 @@
  *   lies beyond the deadline, in which case we fail now), and, for `getBytes`, on a body
  *   that dies early. `getStream` retries only until headers arrive: once the caller holds
  *   the body, a failure is the caller's to handle (it restarts the whole NAR fetch);
+ * - the stream `getStream` returns is a GuardedReadable: a failure (reset, timeout, abort,
+ *   close()) before the caller has attached its pipeline is held, never emitted unheard,
+ *   and surfaces when the caller consumes it; the socket is released at once
+ *   (test/integration/datalake-unconsumed-stream.test.ts);
  * - 404 and 403 are absence (`undefined`), as in Nix's HttpBinaryCacheStore; any other
  *   non-200 status is ERR_DATALAKE_HTTP (not retried) or, for 5xx/429 once retries are
  *   spent, ERR_DATALAKE_UNAVAILABLE;
@@ -27,7 +31,7 @@
  * - undici's headers/body timers have a resolution of about one second: a deadline of
  *   d ms may fire up to ~1 s late. The overall `getBytes` deadline is exact.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { Agent, interceptors, type Dispatcher } from 'undici';
@@ -43,6 +47,7 @@ import {
   type Datalake,
   type GetOptions,
 } from './datalake.js';
+import { GuardedReadable } from './guarded-readable.js';
 
 export interface HttpDatalakeOptions {
   /** Sockets per origin kept alive by the datalake's Agent. Default 16. */
@@ -345,38 +350,21 @@ export class HttpDatalake implements Datalake {
 
   /**
    * Wraps a 200 body so that every way it can die surfaces as a NarfsError on the stream:
-   * ERR_DATALAKE_TRUNCATED (closed early), ERR_DATALAKE_TIMEOUT (idle), ERR_ABORTED.
+   * ERR_DATALAKE_TRUNCATED (closed early), ERR_DATALAKE_TIMEOUT (idle), ERR_ABORTED; held
+   * until the caller consumes the stream if it dies before that (GuardedReadable). A
+   * hand-written wrapper rather than Readable.from(async generator): destroying it must
+   * release the socket at once, even while the body is stalled.
    */
   private guardBody(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Readable {
     const expected = contentLength(res.headers);
-    const body = res.body;
     let received = 0;
-    let ended = false;
-    // A hand-written wrapper rather than Readable.from(async generator): destroying it
-    // must release the socket at once, even while the body is stalled.
-    const out = new Readable({
-      read: () => void body.resume(),
-      destroy: (err, callback) => {
-        if (!body.destroyed) body.destroy();
-        callback(err);
-      },
+    return new GuardedReadable(res.body, {
+      onChunk: (chunk) => void (received += chunk.length),
+      atEnd: () =>
+        expected !== undefined && received < expected ? this.truncated(relPath, received, expected) : undefined,
+      mapError: (e) => this.classify(e, relPath, signal, 'body', { received, expected }).error,
+      closedEarly: () => this.truncated(relPath, received, expected),
     });
-    body.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      if (!out.push(chunk)) body.pause();
-    });
-    body.once('end', () => {
-      ended = true;
-      if (expected !== undefined && received < expected) out.destroy(this.truncated(relPath, received, expected));
-      else out.push(null);
-    });
-    body.once('error', (e: unknown) => {
-      if (!out.destroyed) out.destroy(this.classify(e, relPath, signal, 'body', { received, expected }).error);
-    });
-    body.once('close', () => {
-      if (!ended && !out.destroyed) out.destroy(this.truncated(relPath, received, expected));
-    });
-    return out;
   }
 
   private truncated(relPath: string, received: number, expected: number | undefined): NarfsError {
