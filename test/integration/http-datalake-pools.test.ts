@@ -119,7 +119,7 @@ describe('HttpDatalake connection budgets', function () {
     headersTimeoutMs: 60_000,
     bodyTimeoutMs: 60_000,
     // The deadline a narinfo lookup must beat; without separate budgets it waits it out.
-    smallFileTimeoutMs: 5_000,
+    smallFileTimeoutMs: 10_000,
     attempts: 1,
     closeTimeoutMs: 500,
   };
