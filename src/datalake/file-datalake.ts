@@ -6,12 +6,17 @@
  * - a relPath can never name a file outside the root (checkRelPath rejects `..`, absolute
  *   paths and URLs before any fs call);
  * - absence (ENOENT, ENOTDIR) is `undefined`; any other fs failure is
- *   ERR_DATALAKE_UNAVAILABLE with the fs error as cause;
+ *   ERR_DATALAKE_UNAVAILABLE with the fs error as cause, also one that ends a stream
+ *   (a read failing with EIO);
  * - a missing nix-cache-info is NOT an error: Nix's LocalBinaryCacheStore would write
  *   `StoreDir: /nix/store` into it on open; we are read-only, so we assume exactly what it
  *   would have written ({storeDir: '/nix/store', priority: 50, wantMassQuery: false}).
  *   A missing root directory is ERR_NOT_BINARY_CACHE.
  * - `close()` destroys open streams with ERR_ABORTED and fails later calls with ERR_ABORTED.
+ * - the stream `getStream` returns is a GuardedReadable over the file's ReadStream: a
+ *   failure (EIO, abort, close()) before the caller has attached its pipeline is held, never
+ *   emitted unheard, and surfaces when the caller consumes it; the file descriptor is closed
+ *   at once (test/integration/datalake-unconsumed-stream.test.ts).
  */
 import { constants, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -30,6 +35,7 @@ import {
   type Datalake,
   type GetOptions,
 } from './datalake.js';
+import { GuardedReadable } from './guarded-readable.js';
 
 const ABSENT_CODES = new Set(['ENOENT', 'ENOTDIR']);
 
@@ -40,7 +46,7 @@ export class FileDatalake implements Datalake {
   private readonly params: URLSearchParams;
   /** Aborted by close(); every call listens to it, so it may have many listeners. */
   private readonly closer = fanOutController();
-  private readonly streams = new Set<Readable>();
+  private readonly streams = new Set<GuardedReadable>();
 
   constructor(url: string | URL) {
     let u: URL;
@@ -108,9 +114,17 @@ export class FileDatalake implements Datalake {
       await handle.close().catch(() => {});
       throw this.wrap(e, relPath, options.signal);
     }
-    const stream = handle.createReadStream({ autoClose: true, highWaterMark: 1 << 20 });
+    const source = handle.createReadStream({ autoClose: true, highWaterMark: 1 << 20 });
+    const stream = new GuardedReadable(
+      source,
+      {
+        mapError: (e) => this.wrap(e, relPath, options.signal),
+        closedEarly: () => this.wrap(new Error('the file stream closed before its end'), relPath, options.signal),
+      },
+      { highWaterMark: 1 << 20 },
+    );
     this.streams.add(stream);
-    const onAbort = () => stream.destroy(this.abortedError(relPath, options.signal?.reason));
+    const onAbort = () => stream.fail(this.abortedError(relPath, options.signal?.reason));
     options.signal?.addEventListener('abort', onAbort, { once: true });
     stream.once('close', () => {
       this.streams.delete(stream);
@@ -135,7 +149,7 @@ export class FileDatalake implements Datalake {
   async close(): Promise<void> {
     if (this.closer.signal.aborted) return;
     this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
-    for (const s of this.streams) s.destroy(this.abortedError('', undefined));
+    for (const s of this.streams) s.fail(this.abortedError('', undefined));
     this.streams.clear();
   }
 

@@ -1,8 +1,14 @@
 /**
- * HttpDatalake: a Nix binary cache over http:// or https://, through one undici Agent
- * (keep-alive pools, `connections` sockets per origin) per datalake.
+ * HttpDatalake: a Nix binary cache over http:// or https://, through two undici Agents
+ * (keep-alive pools) per datalake: one for small files (`getBytes`: nix-cache-info,
+ * narinfo, .ls; `metadataConnections` sockets per origin) and one for NAR bodies
+ * (`getStream`; `connections` sockets per origin).
  *
  * Invariants:
+ * - a small file never waits for a socket behind a NAR: a NAR stream holds its socket for
+ *   as long as its body flows or sits paused by backpressure, so a burst of NAR fetches
+ *   would otherwise starve narinfo lookups into their deadline. The two budgets are
+ *   separate pools, so separate connections (test/integration/http-datalake-pools.test.ts);
  * - nothing waits unbounded: connect, headers and body-idle deadlines on every request,
  *   plus an overall deadline on `getBytes`; the caller's AbortSignal and `close()` end
  *   every wait at once with ERR_ABORTED;
@@ -11,6 +17,10 @@
  *   lies beyond the deadline, in which case we fail now), and, for `getBytes`, on a body
  *   that dies early. `getStream` retries only until headers arrive: once the caller holds
  *   the body, a failure is the caller's to handle (it restarts the whole NAR fetch);
+ * - the stream `getStream` returns is a GuardedReadable: a failure (reset, timeout, abort,
+ *   close()) before the caller has attached its pipeline is held, never emitted unheard,
+ *   and surfaces when the caller consumes it; the socket is released at once
+ *   (test/integration/datalake-unconsumed-stream.test.ts);
  * - 404 and 403 are absence (`undefined`), as in Nix's HttpBinaryCacheStore; any other
  *   non-200 status is ERR_DATALAKE_HTTP (not retried) or, for 5xx/429 once retries are
  *   spent, ERR_DATALAKE_UNAVAILABLE;
@@ -27,7 +37,7 @@
  * - undici's headers/body timers have a resolution of about one second: a deadline of
  *   d ms may fire up to ~1 s late. The overall `getBytes` deadline is exact.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { Agent, interceptors, type Dispatcher } from 'undici';
@@ -43,10 +53,13 @@ import {
   type Datalake,
   type GetOptions,
 } from './datalake.js';
+import { GuardedReadable } from './guarded-readable.js';
 
 export interface HttpDatalakeOptions {
-  /** Sockets per origin kept alive by the datalake's Agent. Default 16. */
+  /** Sockets per origin for NAR bodies (`getStream`). Default 16. */
   connections?: number;
+  /** Sockets per origin for small files (`getBytes`: narinfo, .ls, nix-cache-info). Default 16. */
+  metadataConnections?: number;
   /** TCP (+TLS) connect deadline per attempt. Default 5000 ms. */
   connectTimeoutMs?: number;
   /** Deadline from request sent to response headers received, per attempt. Default 10000 ms. */
@@ -73,6 +86,7 @@ export interface HttpDatalakeOptions {
 
 export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpDatalakeOptions>> = Object.freeze({
   connections: 16,
+  metadataConnections: 16,
   connectTimeoutMs: 5_000,
   headersTimeoutMs: 10_000,
   bodyTimeoutMs: 10_000,
@@ -89,6 +103,12 @@ export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpDatalakeOptions>> = O
 /** Connection-level error codes of node:net/dns and undici that mean "try again". */
 const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
 const BODY_DIED_CODES = new Set(['UND_ERR_SOCKET', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ECONNRESET', 'EPIPE']);
+
+/** One Agent and the dispatcher (redirects composed in) that requests go through. */
+interface Pool {
+  agent: Agent;
+  dispatcher: Dispatcher;
+}
 
 /** Carries the per-attempt facts the retry loop needs. */
 interface Failure {
@@ -111,8 +131,10 @@ export class HttpDatalake implements Datalake {
   private readonly params: URLSearchParams;
   private readonly headers: Record<string, string>;
   private readonly opts: Required<HttpDatalakeOptions>;
-  private readonly agent: Agent;
-  private readonly dispatcher: Dispatcher;
+  /** Small files; never shared with NAR bodies. */
+  private readonly metadata: Pool;
+  /** NAR bodies. */
+  private readonly bulk: Pool;
   /** Aborted by close(); every call listens to it, so it may have many listeners. */
   private readonly closer = fanOutController();
 
@@ -139,18 +161,11 @@ export class HttpDatalake implements Datalake {
       const pass = safeDecode(u.password);
       this.headers.authorization = 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');
     }
-    this.agent = new Agent({
-      connections: this.opts.connections,
-      connectTimeout: this.opts.connectTimeoutMs,
-      headersTimeout: this.opts.headersTimeoutMs,
-      bodyTimeout: this.opts.bodyTimeoutMs,
-      keepAliveTimeout: this.opts.keepAliveTimeoutMs,
-      keepAliveMaxTimeout: Math.max(this.opts.keepAliveTimeoutMs, 600_000),
-    });
-    this.dispatcher =
-      this.opts.maxRedirections > 0
-        ? this.agent.compose(interceptors.redirect({ maxRedirections: this.opts.maxRedirections }))
-        : this.agent;
+    if (!(this.opts.connections >= 1) || !(this.opts.metadataConnections >= 1)) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', 'connections and metadataConnections must be at least 1');
+    }
+    this.metadata = this.pool(this.opts.metadataConnections);
+    this.bulk = this.pool(this.opts.connections);
   }
 
   async open(options: GetOptions = {}): Promise<CacheInfo> {
@@ -172,7 +187,7 @@ export class HttpDatalake implements Datalake {
       this.opts.smallFileTimeoutMs,
       (attemptSignal) =>
         this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
-          const res = await this.send(path, relPath, attemptSignal);
+          const res = await this.send(this.metadata, path, relPath, attemptSignal);
           if (res === undefined) return undefined;
           return this.readAll(res, relPath, attemptSignal);
         }),
@@ -186,7 +201,7 @@ export class HttpDatalake implements Datalake {
     const path = this.requestPath(relPath);
     const signal = this.liveSignal(relPath, options.signal);
     try {
-      const res = await this.withRetries(relPath, signal, undefined, () => this.send(path, relPath, signal));
+      const res = await this.withRetries(relPath, signal, undefined, () => this.send(this.bulk, path, relPath, signal));
       if (res === undefined) return undefined;
       const enc = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
       if (enc !== '' && enc !== 'identity') {
@@ -206,29 +221,50 @@ export class HttpDatalake implements Datalake {
   }
 
   /**
-   * Aborts in-flight calls (they fail with ERR_ABORTED), then closes the Agent gracefully;
-   * if that takes longer than `closeTimeoutMs`, destroys its sockets.
+   * Aborts in-flight calls (they fail with ERR_ABORTED), then closes both Agents gracefully,
+   * side by side; an Agent that takes longer than `closeTimeoutMs` has its sockets destroyed.
    */
   async close(): Promise<void> {
     if (!this.closer.signal.aborted) {
       this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
     }
-    if (this.agent.destroyed) return;
+    await Promise.all([this.metadata, this.bulk].map(({ agent }) => this.closeAgent(agent)));
+  }
+
+  // --- internals
+
+  /** An Agent of `connections` sockets per origin, with redirects composed in. */
+  private pool(connections: number): Pool {
+    const agent = new Agent({
+      connections,
+      connectTimeout: this.opts.connectTimeoutMs,
+      headersTimeout: this.opts.headersTimeoutMs,
+      bodyTimeout: this.opts.bodyTimeoutMs,
+      keepAliveTimeout: this.opts.keepAliveTimeoutMs,
+      keepAliveMaxTimeout: Math.max(this.opts.keepAliveTimeoutMs, 600_000),
+    });
+    const dispatcher =
+      this.opts.maxRedirections > 0
+        ? agent.compose(interceptors.redirect({ maxRedirections: this.opts.maxRedirections }))
+        : agent;
+    return { agent, dispatcher };
+  }
+
+  private async closeAgent(agent: Agent): Promise<void> {
+    if (agent.destroyed) return;
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), this.opts.closeTimeoutMs);
     });
     try {
-      const how = await Promise.race([this.agent.close().then(() => 'closed' as const), timedOut]);
-      if (how === 'timeout') await this.agent.destroy().catch(() => {});
+      const how = await Promise.race([agent.close().then(() => 'closed' as const), timedOut]);
+      if (how === 'timeout') await agent.destroy().catch(() => {});
     } catch {
-      await this.agent.destroy().catch(() => {});
+      await agent.destroy().catch(() => {});
     } finally {
       clearTimeout(timer);
     }
   }
-
-  // --- internals
 
   private requestPath(relPath: string): string {
     const segs = checkRelPath(relPath);
@@ -259,10 +295,15 @@ export class HttpDatalake implements Datalake {
    * One request up to its headers. Resolves the response for 200, undefined for 404/403;
    * throws AttemptError for everything else.
    */
-  private async send(path: string, relPath: string, signal: AbortSignal): Promise<Dispatcher.ResponseData | undefined> {
+  private async send(
+    pool: Pool,
+    path: string,
+    relPath: string,
+    signal: AbortSignal,
+  ): Promise<Dispatcher.ResponseData | undefined> {
     let res: Dispatcher.ResponseData;
     try {
-      res = await this.dispatcher.request({
+      res = await pool.dispatcher.request({
         origin: this.origin,
         path,
         method: 'GET',
@@ -345,38 +386,21 @@ export class HttpDatalake implements Datalake {
 
   /**
    * Wraps a 200 body so that every way it can die surfaces as a NarfsError on the stream:
-   * ERR_DATALAKE_TRUNCATED (closed early), ERR_DATALAKE_TIMEOUT (idle), ERR_ABORTED.
+   * ERR_DATALAKE_TRUNCATED (closed early), ERR_DATALAKE_TIMEOUT (idle), ERR_ABORTED; held
+   * until the caller consumes the stream if it dies before that (GuardedReadable). A
+   * hand-written wrapper rather than Readable.from(async generator): destroying it must
+   * release the socket at once, even while the body is stalled.
    */
   private guardBody(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Readable {
     const expected = contentLength(res.headers);
-    const body = res.body;
     let received = 0;
-    let ended = false;
-    // A hand-written wrapper rather than Readable.from(async generator): destroying it
-    // must release the socket at once, even while the body is stalled.
-    const out = new Readable({
-      read: () => void body.resume(),
-      destroy: (err, callback) => {
-        if (!body.destroyed) body.destroy();
-        callback(err);
-      },
+    return new GuardedReadable(res.body, {
+      onChunk: (chunk) => void (received += chunk.length),
+      atEnd: () =>
+        expected !== undefined && received < expected ? this.truncated(relPath, received, expected) : undefined,
+      mapError: (e) => this.classify(e, relPath, signal, 'body', { received, expected }).error,
+      closedEarly: () => this.truncated(relPath, received, expected),
     });
-    body.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      if (!out.push(chunk)) body.pause();
-    });
-    body.once('end', () => {
-      ended = true;
-      if (expected !== undefined && received < expected) out.destroy(this.truncated(relPath, received, expected));
-      else out.push(null);
-    });
-    body.once('error', (e: unknown) => {
-      if (!out.destroyed) out.destroy(this.classify(e, relPath, signal, 'body', { received, expected }).error);
-    });
-    body.once('close', () => {
-      if (!ended && !out.destroyed) out.destroy(this.truncated(relPath, received, expected));
-    });
-    return out;
   }
 
   private truncated(relPath: string, received: number, expected: number | undefined): NarfsError {
