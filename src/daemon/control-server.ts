@@ -3,7 +3,7 @@
  * `narfs register` use the running daemon (LevelDB allows one process per cache) instead
  * of opening the cache themselves.
  *
- * Protocol: the client sends one JSON line `{"op":"register", …}`; the server answers
+ * Protocol: the client sends one JSON line `{"op":"register", …}` or `{"op":"verify-cache"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
  * `{"type":"result",…}` or `{"type":"error","code","message","hint"}`, then closes.
  * Invariant: the socket is mode 0600 in a directory only the daemon's user may enter, so
@@ -16,6 +16,7 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StoreStack } from './store-stack.js';
 import { runRegister } from './register-operation.js';
+import { runVerifyCache } from './verify-cache-operation.js';
 
 export const CONTROL_SOCKET = 'control.sock';
 
@@ -76,6 +77,11 @@ async function handle(socket: Socket, options: ControlServerOptions): Promise<vo
   const aborted = new AbortController();
   socket.on('close', () => aborted.abort(new NarfsError('ERR_ABORTED', 'the client went away')));
   try {
+    if (request.op === 'verify-cache') {
+      const result = await runVerifyCache(options.stack.nars, options.stack.store, log, aborted.signal);
+      send({ type: 'result', ...result });
+      return;
+    }
     if (request.op !== 'register') throw new NarfsError('ERR_CONTROL', `unknown operation ${String(request.op)}`);
     const lower = request.lower ?? options.defaultLower;
     if (!lower) throw new NarfsError('ERR_USAGE', 'no --lower given, and the daemon has none');

@@ -6,7 +6,7 @@
  * is detached before mounting; `close()` unmounts first (so no new requests arrive), then
  * aborts fetches in flight, then closes caches and datalakes; every step is bounded.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -19,6 +19,7 @@ import { startControlServer } from './control-server.js';
 import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
+import { mountState } from '../fuse/mount-state.js';
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -65,37 +66,43 @@ export interface PrepareMountpointOptions {
 }
 
 /**
- * Detaches a stale mount of a crashed run; refuses a live one and a non-directory. A
- * mountpoint that still answers ENOTCONN after STALE_MOUNT_ATTEMPTS detaches (stacked
- * stale mounts, or one this process may not remove) fails with ERR_MOUNTPOINT instead of
- * trying for ever.
+ * Detaches a stale mount of a crashed run; refuses a live one, one that does not answer,
+ * another filesystem, and a non-directory. Staleness is decided by mountState (statfs in a
+ * child process), not by `stat`, which the kernel answers from its attribute cache after
+ * the daemon died. A mountpoint that is still stale after STALE_MOUNT_ATTEMPTS detaches
+ * (stacked stale mounts, or one this process may not remove) fails with ERR_MOUNTPOINT
+ * instead of trying for ever.
  */
 export async function prepareMountpoint(mountpoint: string, logger: Logger, options: PrepareMountpointOptions = {}): Promise<void> {
   const detach = options.detach ?? ((m: string) => forceUnmount(m, { abort: true }));
   for (let attempt = 0; ; attempt++) {
-    try {
-      const st = await stat(mountpoint);
-      if (!st.isDirectory()) throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is not a directory`);
-      break;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
-        if (attempt >= STALE_MOUNT_ATTEMPTS) {
-          throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is a stale FUSE mount that could not be detached (${attempt} attempts)`, {
-            cause: err, hint: `Detach it by hand (fusermount -uz ${mountpoint}, or umount -l ${mountpoint}) and check that no other mount is stacked on it.`,
-          });
-        }
-        logger.warn('detaching a stale mount left by an earlier run', { mountpoint, attempt: attempt + 1 });
-        await detach(mountpoint);
-        continue;
+    // What is mounted there is asked first, without a call on the mount itself: a `stat`
+    // of a hung mount would hang, and one of a dead mount may be answered from the cache.
+    const state = await mountState(mountpoint);
+    if (state === 'none') {
+      try {
+        const st = await stat(mountpoint);
+        if (!st.isDirectory()) throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is not a directory`);
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} does not exist`);
+        throw toNarfsError(err, 'ERR_MOUNTPOINT');
       }
-      if (code === 'ENOENT') throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} does not exist`);
-      throw toNarfsError(err, 'ERR_MOUNTPOINT');
     }
-  }
-  const mounts = await readFile('/proc/self/mounts', 'utf8').catch(() => '');
-  const escaped = mountpoint.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
-  if (mounts.split('\n').some((l) => l.split(' ')[1] === escaped)) {
-    throw new NarfsError('ERR_MOUNT', `${mountpoint} is already a mountpoint`, { hint: 'Unmount it first (fusermount -u), or choose another directory.' });
+    if (state === 'live' || state === 'other') {
+      throw new NarfsError('ERR_MOUNT', `${mountpoint} is already a mountpoint`, { hint: 'Unmount it first (fusermount -u), or choose another directory.' });
+    }
+    if (state === 'hung') {
+      throw new NarfsError('ERR_MOUNT', `${mountpoint} is a FUSE mount whose daemon does not answer`, {
+        hint: `Stop that daemon, or detach the mount (fusermount -uz ${mountpoint}), then start again.`,
+      });
+    }
+    if (attempt >= STALE_MOUNT_ATTEMPTS) {
+      throw new NarfsError('ERR_MOUNTPOINT', `${mountpoint} is a stale FUSE mount that could not be detached (${attempt} attempts)`, {
+        hint: `Detach it by hand (fusermount -uz ${mountpoint}, or umount -l ${mountpoint}) and check that no other mount is stacked on it.`,
+      });
+    }
+    logger.warn('detaching a stale mount left by an earlier run', { mountpoint, attempt: attempt + 1 });
+    await detach(mountpoint);
   }
 }

@@ -1,0 +1,260 @@
+/**
+ * What a crash, a damaged cache or a bad datalake answer leaves behind must heal by
+ * itself, through the real `narfs` command and a real mount, judged by real Nix
+ * (`nix hash path` = NarHash):
+ * - kill -9 at random moments of a large fetch: the remount on the same cache serves
+ *   the path right, and no temp file survives the restart;
+ * - a cached NAR truncated or with a corrupt listing is dropped and fetched again;
+ *   a flipped bit is found by `narfs verify-cache` (alone, and through the daemon);
+ * - a narinfo served once with a wrong NAR URL does not break the path once the server is
+ *   fixed, in the same mount and after a restart; a `..` in a NAR URL is EIO, not EINVAL;
+ * - a stale mountpoint that cannot be detached fails after a bounded number of tries;
+ * - `bin/narfs` on an unbuilt checkout says what to run; `--log-format=json` is honoured.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { loadFixtures, pathByRole, type Fixtures } from '../support/fixtures.js';
+import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { NIX_ENV, captureLogger, probe, run, type LogLine } from '../support/mount-harness.js';
+import { NARFS_BIN, spawnNarfs, startNarfsMount, type CliDaemon } from '../support/cli-daemon.js';
+import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
+import { formatHash } from '../../src/nix/hash.js';
+import { prepareMountpoint } from '../../src/daemon/mount-daemon.js';
+import { isNarfsError } from '../../src/errors.js';
+
+const execFileP = promisify(execFile);
+
+/** A small seeded PRNG (mulberry32), so a failing trial can be replayed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+async function waitUntil(what: string, check: () => Promise<boolean>, ms = 120_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('e2e: crashes, damaged caches and bad answers heal', function () {
+  this.timeout(20 * 60_000);
+  let fixtures: Fixtures;
+  let root: string;
+  let mnt: string;
+  let cache: string;
+  const daemons: CliDaemon[] = [];
+  let large: { base: string; narInfo: NarInfo; file: string };
+
+  before(async () => {
+    fixtures = await loadFixtures();
+    const p = pathByRole(fixtures, 'large-file');
+    const base = p.storePath.slice('/nix/store/'.length);
+    const narInfo = parseNarInfo(await readFile(join(fixtures.datalakes['none'].dir, `${base.slice(0, 32)}.narinfo`), 'utf8'));
+    large = { base, narInfo, file: fixtures.largeFile.relPath };
+  });
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'narfs-heal-'));
+    mnt = join(root, 'nix', 'store');
+    cache = join(root, 'cache');
+    await mkdir(mnt, { recursive: true });
+  });
+  afterEach(async () => {
+    for (const d of daemons.splice(0)) await d.stop();
+    await run('fusermount', ['-uz', mnt]);
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const mount = async (datalake: string, extra: string[] = []) => {
+    const d = await startNarfsMount([mnt, '--datalake', datalake, '--trusted-public-keys', fixtures.publicKey, '--cache-dir', cache, ...extra], 120_000);
+    daemons.push(d);
+    return d;
+  };
+  const stopAll = async () => {
+    for (const d of daemons.splice(0)) assert.equal(await d.stop(), 0, 'clean exit');
+  };
+  const hashPath = async (base: string) => {
+    const h = await run('nix', ['hash', 'path', '--type', 'sha256', '--base32', join(mnt, base)], NIX_ENV);
+    assert.equal(h.code, 0, `nix hash path ${base}: ${h.stderr}`);
+    return `sha256:${h.stdout.trim()}`;
+  };
+
+  it('kill -9 at 20 random moments of a large fetch: the remount serves it right, no temp file survives', async () => {
+    const server = await HttpDatalakeServer.start({ root: fixtures.datalakes['none'].dir, bytesPerSecond: 48 << 20 });
+    try {
+      const rand = prng(20261130);
+      const narSize = large.narInfo.narSize;
+      const seen = { beforeCommit: 0, afterCommit: 0 };
+      for (let trial = 0; trial < 20; trial++) {
+        const fraction = rand();
+        await rm(cache, { recursive: true, force: true });
+        const d = await mount(server.url);
+        const reading = probe('read', join(mnt, large.base, large.file)).catch(() => undefined);
+        // Kill once the download in tmp/ has passed `fraction` of the NAR, or once it is
+        // committed (the last trials land there, or in between).
+        await waitUntil(`trial ${trial}: ${Math.round(fraction * 100)} % of the fetch`, async () => {
+          const tmpFiles = await readdir(join(cache, 'tmp')).catch(() => [] as string[]);
+          for (const f of tmpFiles.filter((n) => n.endsWith('.nar'))) {
+            const size = await stat(join(cache, 'tmp', f)).then((s) => s.size, () => 0);
+            if (size >= fraction * narSize) return true;
+          }
+          return (await readdir(join(cache, 'nar')).catch(() => [] as string[])).some((n) => n.endsWith('.nar'));
+        });
+        d.child.kill('SIGKILL');
+        await d.exit;
+        daemons.splice(daemons.indexOf(d), 1);
+        await reading;
+        const committed = (await readdir(join(cache, 'nar')).catch(() => [] as string[])).some((n) => n.endsWith('.nar'));
+        seen[committed ? 'afterCommit' : 'beforeCommit']++;
+        // Remount on the same cache and mountpoint (the stale mount is detached at start).
+        await mount(server.url);
+        assert.deepEqual(await readdir(join(cache, 'tmp')), [], `trial ${trial}: no temp file survives a restart`);
+        assert.equal(await hashPath(large.base), formatHash(large.narInfo.narHash, 'nix32'), `trial ${trial} (fraction ${fraction})`);
+        await stopAll();
+      }
+      assert.ok(seen.beforeCommit >= 10, `most kills land mid-fetch: ${JSON.stringify(seen)}`);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a truncated NAR or a corrupt listing in the cache is dropped and fetched again', async () => {
+    const lake = `file://${fixtures.datalakes['zstd'].dir}`;
+    const small = pathByRole(fixtures, 'tree').storePath.slice('/nix/store/'.length);
+    await mount(lake);
+    const want = await hashPath(large.base);
+    const wantSmall = await hashPath(small);
+    await stopAll();
+    // Damage both entries while no daemon runs.
+    await truncate(join(cache, 'nar', `${large.base}.nar`), 1000);
+    await writeFile(join(cache, 'nar', `${small}.listing.json`), '{"version":1,"root":{"type":"directory","entries":{');
+    const d = await mount(lake);
+    assert.equal(await hashPath(large.base), want);
+    assert.equal(await hashPath(small), wantSmall);
+    await stopAll();
+    const log = d.stderr.join('');
+    assert.match(log, /ERR_CACHE_CORRUPT/);
+    assert.equal((await stat(join(cache, 'nar', `${large.base}.nar`))).size, large.narInfo.narSize, 'fetched again, whole');
+  });
+
+  it('a flipped bit is found by narfs verify-cache, alone and through the running daemon', async () => {
+    const lake = `file://${fixtures.datalakes['zstd'].dir}`;
+    await mount(lake);
+    const want = await hashPath(large.base);
+    await stopAll();
+    const nar = join(cache, 'nar', `${large.base}.nar`);
+    const flip = async () => {
+      const bytes = await readFile(nar);
+      bytes[bytes.length - 4096]! ^= 0x10;
+      await writeFile(nar, bytes);
+    };
+    const verify = () => run(process.execPath, [NARFS_BIN, 'verify-cache', '--cache-dir', cache]);
+    // Alone.
+    await flip();
+    let r = await verify();
+    assert.equal(r.code, 1, `${r.stdout}${r.stderr}`);
+    assert.match(r.stdout, /1 damaged and dropped/);
+    assert.match(r.stderr, /ERR_CACHE_CORRUPT/);
+    r = await verify();
+    assert.equal(r.code, 0, 'a second run finds nothing: the bad entry is gone');
+    // Through the daemon, which holds the file open and must forget it.
+    await mount(lake);
+    assert.equal(await hashPath(large.base), want);
+    await flip();
+    r = await verify();
+    assert.equal(r.code, 1, `${r.stdout}${r.stderr}`);
+    assert.match(r.stdout, /1 damaged and dropped/);
+    // The page cache may still hold the good pages; drop it so the daemon is asked again.
+    await writeFile('/proc/sys/vm/drop_caches', '3');
+    assert.equal(await hashPath(large.base), want, 'served right after verify-cache, fetched again');
+    await stopAll();
+    assert.equal((await verify()).code, 0);
+  });
+
+  it('a narinfo once served with a wrong NAR URL heals when the server is fixed, in the mount and after a restart', async () => {
+    const server = await HttpDatalakeServer.start({ root: fixtures.datalakes['xz'].dir });
+    try {
+      const single = pathByRole(fixtures, 'single-file').storePath.slice('/nix/store/'.length);
+      const narinfo = `${single.slice(0, 32)}.narinfo`;
+      const badUrl = (body: Buffer) => Buffer.from(body.toString('utf8').replace(/^URL: .*$/m, 'URL: nar/0000000000000000000000000000000000000000000000000000.nar.xz'));
+      server.transform(narinfo, badUrl);
+      let d = await mount(server.url);
+      assert.equal((await probe('read', join(mnt, single))).code, 'EIO');
+      server.clear(narinfo);
+      const ok = await probe('read', join(mnt, single));
+      assert.ok(ok.ok, `same mount, server fixed: ${JSON.stringify(ok)} ${d.stderr.join('')}`);
+      await stopAll();
+      // Again, but the server is fixed only after the daemon stored the bad narinfo and stopped.
+      await rm(cache, { recursive: true, force: true });
+      server.transform(narinfo, badUrl);
+      d = await mount(server.url);
+      assert.equal((await probe('read', join(mnt, single))).code, 'EIO');
+      await stopAll();
+      server.clear(narinfo);
+      d = await mount(server.url);
+      const after = await probe('read', join(mnt, single));
+      assert.ok(after.ok, `after a restart: ${JSON.stringify(after)} ${d.stderr.join('')}`);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a NAR URL with ".." is EIO with ERR_NAR_URL, never EINVAL', async () => {
+    const server = await HttpDatalakeServer.start({ root: fixtures.datalakes['xz'].dir });
+    try {
+      const single = pathByRole(fixtures, 'single-file').storePath.slice('/nix/store/'.length);
+      server.transform(`${single.slice(0, 32)}.narinfo`, (body) => Buffer.from(body.toString('utf8').replace(/^URL: (.*)$/m, 'URL: nar/../../$1')));
+      const d = await mount(server.url);
+      const r = await probe('read', join(mnt, single));
+      assert.equal(r.code, 'EIO');
+      await stopAll();
+      assert.match(d.stderr.join(''), /ERR_NAR_URL/);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a stale mountpoint that cannot be detached fails after bounded tries (ERR_MOUNTPOINT)', async () => {
+    const d = await mount(`file://${fixtures.datalakes['zstd'].dir}`);
+    d.child.kill('SIGKILL');
+    await d.exit;
+    daemons.splice(0);
+    const logs: LogLine[] = [];
+    let detaches = 0;
+    await assert.rejects(prepareMountpoint(mnt, captureLogger(logs), { detach: async () => { detaches++; } }), (e: unknown) => {
+      assert.ok(isNarfsError(e, 'ERR_MOUNTPOINT'), String(e));
+      return true;
+    });
+    assert.equal(detaches, 3);
+    await prepareMountpoint(mnt, captureLogger(logs)); // the real detach works
+  });
+
+  it('bin/narfs on an unbuilt checkout says what to run; --log-format=json is honoured early', async () => {
+    const checkout = join(root, 'checkout');
+    await mkdir(join(checkout, 'bin'), { recursive: true });
+    await cp(NARFS_BIN, join(checkout, 'bin', 'narfs'));
+    await writeFile(join(checkout, 'package.json'), '{"type":"module"}');
+    const r = await run(process.execPath, [join(checkout, 'bin', 'narfs'), '--help']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /not built/);
+    assert.match(r.stderr, /npm ci && npm run build/);
+    assert.doesNotMatch(r.stderr, /at .*\(|ERR_MODULE_NOT_FOUND/, 'no stack trace');
+    const u = spawnNarfs(['mount', '--log-format=json', '--no-such-option']);
+    assert.equal(await u.exit, 2);
+    const line = JSON.parse(u.stderr.join('').trim()) as { code: string };
+    assert.equal(line.code, 'ERR_USAGE');
+  });
+});
+
+void execFileP;
