@@ -39,6 +39,7 @@ narfs mount options:
   --negative-ttl DURATION     how long a missing path is remembered (default 30s)
   --lower DIR                 root of the lower store whose database lists registered paths
   --allow-other / --no-allow-other   let other users in (default: on when root)
+  --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --log-format text|json      log line format on stderr (default text)
 
 narfs register options (registers the whole closure of each root as valid paths in the
@@ -125,6 +126,7 @@ async function mountCommand(args: string[]): Promise<number> {
     'negative-ttl': { type: 'string' },
     lower: { type: 'string' },
     'allow-other': { type: 'boolean' },
+    'decompress-jobs': { type: 'string' },
     'log-format': { type: 'string' },
   });
   if (values.help) {
@@ -142,6 +144,7 @@ async function mountCommand(args: string[]): Promise<number> {
     negativeTtl: values['negative-ttl'] as string | undefined,
     lower: values.lower as string | undefined,
     allowOther: values['allow-other'] as boolean | undefined,
+    decompressJobs: values['decompress-jobs'] as string | undefined,
     logFormat: values['log-format'] as string | undefined,
   });
   const logger = createLogger({ format: config.logFormat });

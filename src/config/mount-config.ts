@@ -26,6 +26,8 @@ export interface MountConfig {
   lower?: string;
   /** allow_other: let other users (and overlayfs) read the mount. Default: when root. */
   allowOther?: boolean;
+  /** Decompressor processes (xz, bzip2) that may run at once. Default 2 × cores. */
+  decompressJobs?: number;
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
@@ -52,6 +54,7 @@ export interface RawMountOptions {
   logFormat?: string;
   lower?: string;
   allowOther?: boolean;
+  decompressJobs?: string;
 }
 
 export function buildMountConfig(raw: RawMountOptions): MountConfig {
@@ -80,5 +83,12 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
   };
   if (raw.lower) config.lower = raw.lower;
   if (raw.allowOther !== undefined) config.allowOther = raw.allowOther;
+  if (raw.decompressJobs !== undefined) {
+    const n = Number(raw.decompressJobs);
+    if (!/^\d+$/.test(raw.decompressJobs) || n < 1 || n > 1024) {
+      throw new NarfsError('ERR_USAGE', `--decompress-jobs is a whole number from 1 to 1024, not ${raw.decompressJobs}`);
+    }
+    config.decompressJobs = n;
+  }
   return config;
 }

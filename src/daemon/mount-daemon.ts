@@ -20,6 +20,7 @@ import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
+import { setDecompressionConcurrency } from '../compression/decompress.js';
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -32,6 +33,7 @@ export interface RunningMount {
 export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
   const mountpoint = resolve(config.mountpoint);
   await prepareMountpoint(mountpoint, logger);
+  if (config.decompressJobs !== undefined) setDecompressionConcurrency(config.decompressJobs);
   const stack = await openStoreStack(config, logger);
   const cleanups = new CleanupStack(logger);
   cleanups.push(() => stack.close());

@@ -19,6 +19,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { loadFixtures, pathByRole, type Fixtures } from '../support/fixtures.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { FaultNarServer } from '../support/fault-nar-server.js';
+import { once } from 'node:events';
 import { NIX_ENV, captureLogger, probe, run, type LogLine } from '../support/mount-harness.js';
 import { NARFS_BIN, spawnNarfs, startNarfsMount, type CliDaemon } from '../support/cli-daemon.js';
 import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
@@ -124,6 +126,47 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
         await stopAll();
       }
       assert.ok(seen.beforeCommit >= 10, `most kills land mid-fetch: ${JSON.stringify(seen)}`);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('the daemon survives a reset of one NAR download while another holds the only xz slot', async () => {
+    // The fault of issue 7: headers and 1 KB, then a reset, while the fetch waits for the
+    // only decompressor slot. It used to end the daemon (ENOTCONN for every reader).
+    const lakeDir = fixtures.datalakes['xz'].dir;
+    const server = await FaultNarServer.start(lakeDir);
+    try {
+      const narUrl = async (base: string) =>
+        parseNarInfo(await readFile(join(lakeDir, `${base.slice(0, 32)}.narinfo`), 'utf8')).url;
+      const b = pathByRole(fixtures, 'single-file').storePath.slice('/nix/store/'.length);
+      const c = pathByRole(fixtures, 'single-exec').storePath.slice('/nix/store/'.length);
+      server.failPath(await narUrl(large.base), 'hold-after', 64 * 1024);
+      server.failPath(await narUrl(b), 'reset-after', 16); // its whole NAR is smaller than 1 KB
+      const d = await mount(server.url, ['--decompress-jobs', '1']);
+      const readingA = probe('read', join(mnt, large.base, large.file));
+      await once(server, 'sent'); // A's xz process now holds the only slot, waiting for bytes
+      assert.equal((await probe('stat', join(mnt, b))).ok, true);
+      const readingB = probe('read', join(mnt, b));
+      // Give B's fetch the moment in which the old code opened its stream and got the reset.
+      const bNar = await narUrl(b);
+      await Promise.race([
+        new Promise<void>((resolve) => server.on('reset', (rel: string) => { if (rel === bNar) resolve(); })),
+        new Promise((r) => setTimeout(r, 1500)),
+      ]);
+      server.release();
+      const a = await readingA;
+      assert.ok(a.ok, `A: ${JSON.stringify(a)}`);
+      const rb = await readingB;
+      assert.equal(rb.code, 'EIO', `B fails with EIO: ${JSON.stringify(rb)}`);
+      assert.equal(d.child.exitCode, null, `the daemon is alive: ${d.stderr.join('')}`);
+      const rc = await probe('read', join(mnt, c));
+      assert.ok(rc.ok, `another path is served: ${JSON.stringify(rc)}`);
+      await server.clear();
+      const again = await probe('read', join(mnt, b));
+      assert.ok(again.ok, `B once the datalake is healthy: ${JSON.stringify(again)}`);
+      await stopAll();
+      assert.match(d.stderr.join(''), /ERR_DATALAKE_TRUNCATED/);
     } finally {
       await server.close();
     }

@@ -3,7 +3,8 @@
  * whose NAR answers can be broken at one chosen stage of a fetch, and which reports what
  * it did as events, so tests wait on what happened rather than on the clock.
  *
- * Stages (set with `fail(stage)` for every `nar/…` request until `clear()`):
+ * Stages (set with `fail(stage)` for every `nar/…` request until `clear()`, or with
+ * `failPath(relPath, stage)` for one NAR, which wins over `fail`):
  *   refuse        the listener is closed and every open socket destroyed: new requests
  *                 get ECONNREFUSED (the connect stage); `clear()` listens again on the
  *                 same port
@@ -31,6 +32,7 @@ export class FaultNarServer extends EventEmitter {
   readonly #held: Array<() => void> = [];
   #stage: FaultStage | undefined;
   #afterBytes = 0;
+  readonly #perPath = new Map<string, { stage: FaultStage; afterBytes: number }>();
   #listening = true;
   /** NAR requests seen, per relPath. */
   readonly narRequests = new Map<string, number>();
@@ -70,6 +72,11 @@ export class FaultNarServer extends EventEmitter {
     }
   }
 
+  /** Breaks the requests of one NAR (not 'refuse', which is for the whole server). */
+  failPath(relPath: string, stage: Exclude<FaultStage, 'refuse'>, afterBytes = 0): void {
+    this.#perPath.set(relPath, { stage, afterBytes });
+  }
+
   /** Sends the rest of every held body. */
   release(): void {
     for (const go of this.#held.splice(0)) go();
@@ -77,6 +84,7 @@ export class FaultNarServer extends EventEmitter {
 
   async clear(): Promise<void> {
     this.#stage = undefined;
+    this.#perPath.clear();
     this.release();
     if (!this.#listening) {
       this.#server.listen(this.port, '127.0.0.1');
@@ -109,7 +117,9 @@ export class FaultNarServer extends EventEmitter {
     const isNar = rel.startsWith('nar/');
     if (isNar) this.narRequests.set(rel, (this.narRequests.get(rel) ?? 0) + 1);
     this.emit('request', rel);
-    const stage = isNar ? this.#stage : undefined;
+    const own = this.#perPath.get(rel);
+    const stage = isNar ? (own?.stage ?? this.#stage) : undefined;
+    const afterBytes = own?.afterBytes ?? this.#afterBytes;
     if (stage === 'reset-headers') {
       req.socket.resetAndDestroy();
       this.emit('reset', rel);
@@ -120,7 +130,7 @@ export class FaultNarServer extends EventEmitter {
       res.end(body);
       return;
     }
-    const head = body.subarray(0, Math.min(this.#afterBytes, body.length));
+    const head = body.subarray(0, Math.min(afterBytes, body.length));
     res.flushHeaders();
     await new Promise<void>((resolve) => res.write(head, () => resolve()));
     this.emit('sent', rel, head.length);
