@@ -5,20 +5,30 @@
  *
  * Protocol: the client sends one JSON line `{"op":"register", …}` or `{"op":"verify-cache"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
- * `{"type":"result",…}` or `{"type":"error","code","message","hint"}`, then closes.
- * Invariant: the socket is mode 0600 in a directory only the daemon's user may enter, so
- * no other user can reach it; a stale socket file of a dead daemon is replaced.
+ * `{"type":"result",…}` or `{"type":"error","code","message","hint","details"}` (a
+ * WireError, src/nixdb/wire-error.ts), then closes. A request that is not one JSON object
+ * on one line (at most 1 MiB, within 10 s) is answered with an ERR_CONTROL error line.
+ *
+ * Invariants: the socket file is mode 0600 from the moment it has its name — it is bound
+ * inside a fresh 0700 directory (mkdtemp) in the cache dir, chmod'ed, then renamed into
+ * place, so no other user can ever reach it, and the process umask is never touched (it
+ * is process-wide: files created meanwhile by anything else would get it). A socket file
+ * of a dead daemon (no answer) is replaced by the rename; a live one is refused.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { chmod, rm } from 'node:fs/promises';
+import { chmod, lstat, mkdtemp, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NarfsError, toNarfsError } from '../errors.js';
+import { NarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { jsonSafe, toWireError } from '../nixdb/wire-error.js';
 import type { StoreStack } from './store-stack.js';
 import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
 
 export const CONTROL_SOCKET = 'control.sock';
+
+/** Longest request line the server reads. */
+export const MAX_REQUEST_BYTES = 1 << 20;
 
 export interface ControlServer {
   readonly path: string;
@@ -29,98 +39,131 @@ export interface ControlServerOptions {
   stack: StoreStack;
   defaultLower: string | undefined;
   logger: Logger;
+  /** How long a client may take to send its request line (default 10 s). */
+  requestTimeoutMs?: number;
 }
 
 export async function startControlServer(cacheDir: string, options: ControlServerOptions): Promise<ControlServer> {
   const path = join(cacheDir, CONTROL_SOCKET);
   if (await isLive(path)) throw new NarfsError('ERR_CACHE_LOCKED', `another daemon answers on ${path}`);
-  await rm(path, { force: true });
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
-    handle(socket, options).catch(() => socket.destroy());
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err) => reject(new NarfsError('ERR_CONTROL', `cannot listen on ${path}`, { cause: err })));
-    // Created with no access for others from the first moment, then made exactly 0600.
-    const old = process.umask(0o177);
-    server.listen(path, () => {
-      process.umask(old);
-      resolve();
+    handle(socket, options).catch((err) => {
+      options.logger.warn('control request failed', { err });
+      socket.destroy();
     });
   });
-  await chmod(path, 0o600);
+  let dir: string;
+  try {
+    dir = await mkdtemp(join(cacheDir, '.control-'));
+  } catch (err) {
+    throw new NarfsError('ERR_CONTROL', `cannot create a private directory in ${cacheDir}`, { cause: err });
+  }
+  let ino: number;
+  try {
+    // Bound where only this user may enter (mkdtemp makes 0700), made 0600, then given
+    // its name in one rename: it is never reachable with another mode.
+    const bound = join(dir, 's');
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new NarfsError('ERR_CONTROL', `cannot listen on ${bound}`, { cause: err })));
+      server.listen(bound, () => resolve());
+    });
+    await chmod(bound, 0o600);
+    await rename(bound, path);
+    ino = (await lstat(path)).ino;
+  } catch (err) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    throw err instanceof NarfsError ? err : new NarfsError('ERR_CONTROL', `cannot set up ${path}`, { cause: err });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
   return {
     path,
     async close() {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      await rm(path, { force: true });
+      // Only our own socket file: never one that replaced it.
+      const st = await lstat(path).catch(() => undefined);
+      if (st?.ino === ino) await rm(path, { force: true });
     },
   };
 }
 
 async function handle(socket: Socket, options: ControlServerOptions): Promise<void> {
   const send = (obj: Record<string, unknown>) => {
-    if (!socket.destroyed) socket.write(JSON.stringify(obj) + '\n');
-  };
-  const line = await readLine(socket, 10_000);
-  const request = JSON.parse(line) as { op?: string; lower?: string; roots?: unknown; all?: boolean };
-  const log: Logger = {
-    debug: (msg, fields) => options.logger.debug(msg, fields),
-    info: (msg, fields) => { options.logger.info(msg, fields); send({ type: 'log', level: 'info', msg, fields: plain(fields) }); },
-    warn: (msg, fields) => { options.logger.warn(msg, fields); send({ type: 'log', level: 'warn', msg, fields: plain(fields) }); },
-    error: (msg, fields) => { options.logger.error(msg, fields); send({ type: 'log', level: 'error', msg, fields: plain(fields) }); },
+    if (!socket.destroyed && socket.writable) socket.write(JSON.stringify(obj) + '\n');
   };
   const aborted = new AbortController();
   socket.on('close', () => aborted.abort(new NarfsError('ERR_ABORTED', 'the client went away')));
   try {
+    const request = parseRequest(await readLine(socket, options.requestTimeoutMs ?? 10_000));
+    const log: Logger = {
+      debug: (msg, fields) => options.logger.debug(msg, fields),
+      info: (msg, fields) => { options.logger.info(msg, fields); send({ type: 'log', level: 'info', msg, fields: plain(fields) }); },
+      warn: (msg, fields) => { options.logger.warn(msg, fields); send({ type: 'log', level: 'warn', msg, fields: plain(fields) }); },
+      error: (msg, fields) => { options.logger.error(msg, fields); send({ type: 'log', level: 'error', msg, fields: plain(fields) }); },
+    };
     if (request.op === 'verify-cache') {
       const result = await runVerifyCache(options.stack.nars, options.stack.store, log, aborted.signal);
       send({ type: 'result', ...result });
       return;
     }
-    if (request.op !== 'register') throw new NarfsError('ERR_CONTROL', `unknown operation ${String(request.op)}`);
-    const lower = request.lower ?? options.defaultLower;
+    if (request.op !== 'register') throw new NarfsError('ERR_CONTROL', `unknown operation ${JSON.stringify(request.op)}`);
+    const lower = typeof request.lower === 'string' ? request.lower : options.defaultLower;
     if (!lower) throw new NarfsError('ERR_USAGE', 'no --lower given, and the daemon has none');
     const roots = Array.isArray(request.roots) ? request.roots.map(String) : [];
     const result = await runRegister(options.stack, { lower, roots, all: request.all === true }, log, aborted.signal);
     send({ type: 'result', ...result });
   } catch (e) {
-    const err = toNarfsError(e);
-    send({ type: 'error', code: err.code, message: err.message, hint: err.hint });
+    send({ type: 'error', ...toWireError(e) });
   } finally {
     socket.end();
   }
 }
 
-function plain(fields: Record<string, unknown> | undefined): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(fields ?? {})) {
-    out[k] = v instanceof Error ? { code: (v as { code?: string }).code, message: v.message } : v;
+/** The request line as an object; anything else is ERR_CONTROL. */
+function parseRequest(line: string): Record<string, unknown> {
+  let request: unknown;
+  try {
+    request = JSON.parse(line);
+  } catch (err) {
+    throw new NarfsError('ERR_CONTROL', `malformed request line (not JSON): ${JSON.stringify(line.slice(0, 80))}`, { cause: err });
   }
-  return out;
+  if (request === null || typeof request !== 'object' || Array.isArray(request)) {
+    throw new NarfsError('ERR_CONTROL', 'malformed request line (not a JSON object)');
+  }
+  return request as Record<string, unknown>;
 }
 
+/** Log fields as plain JSON (Errors become their code and message). */
+function plain(fields: Record<string, unknown> | undefined): Record<string, unknown> {
+  return (jsonSafe(fields ?? {}) ?? {}) as Record<string, unknown>;
+}
+
+/** The first line the client sends (without its "\n"), within `timeoutMs`. */
 function readLine(socket: Socket, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new NarfsError('ERR_DEADLINE', 'no request on the control socket')), timeoutMs);
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
+    const settle = (fn: () => void) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', gone);
+      socket.off('close', gone);
+      fn();
+    };
+    const timer = setTimeout(() => settle(() => reject(new NarfsError('ERR_DEADLINE', `no request line on the control socket within ${timeoutMs} ms`))), timeoutMs);
+    const onData = (d: string) => {
       buf += d;
       const nl = buf.indexOf('\n');
-      if (nl >= 0) {
-        clearTimeout(timer);
-        resolve(buf.slice(0, nl));
-      } else if (buf.length > 1 << 20) {
-        clearTimeout(timer);
-        reject(new NarfsError('ERR_CONTROL', 'request too large'));
-      }
-    });
-    const gone = () => { clearTimeout(timer); reject(new NarfsError('ERR_CONTROL', 'the client closed before sending a request')); };
+      if (nl >= 0 && nl <= MAX_REQUEST_BYTES) settle(() => resolve(buf.slice(0, nl)));
+      else if (Buffer.byteLength(buf) > MAX_REQUEST_BYTES) settle(() => reject(new NarfsError('ERR_CONTROL', `request line longer than ${MAX_REQUEST_BYTES} bytes`)));
+    };
+    const gone = () => settle(() => reject(new NarfsError('ERR_CONTROL', 'the client closed before sending a whole request line')));
+    socket.setEncoding('utf8');
+    socket.on('data', onData);
     socket.on('end', gone);
     socket.on('close', gone);
   });

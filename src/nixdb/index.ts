@@ -15,4 +15,6 @@ export { type ValidPathInfo, isStorePath, validateValidPathInfos } from './valid
 export { lowerStoreLayout, type LowerStoreLayout } from './lower-store-layout.js';
 export { DEFAULT_LOCK_TIMEOUT_MS } from './with-writer-locks.js';
 export { readValidPaths } from './read-valid-paths.js';
-export { registerOffThread } from './register-off-thread.js';
+export { registerOffThread, type RegisterOffThreadOptions } from './register-off-thread.js';
+export { readValidNamesOffThread, nameChunks, type ReadValidNamesOptions } from './read-valid-names-off-thread.js';
+export { createLowerStoreOffThread, type CreateLowerStoreOffThreadOptions } from './create-lower-store-off-thread.js';
