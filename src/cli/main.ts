@@ -98,10 +98,11 @@ export function sniffLogFormat(args: readonly string[]): LogFormat {
 }
 
 function printError(err: NarfsError, format: LogFormat): void {
+  const details = err.details && Object.keys(err.details).length > 0 ? err.details : undefined;
   if (format === 'json') {
-    process.stderr.write(JSON.stringify({ level: 'error', code: err.code, msg: err.message, hint: err.hint }) + '\n');
+    process.stderr.write(JSON.stringify({ level: 'error', code: err.code, msg: err.message, hint: err.hint, ...(details ? { details } : {}) }) + '\n');
   } else {
-    process.stderr.write(`narfs: error ${err.code}: ${err.message}\n  hint: ${err.hint}\n`);
+    process.stderr.write(`narfs: error ${err.code}: ${err.message}\n  hint: ${err.hint}\n${details ? `  details: ${JSON.stringify(details)}\n` : ''}`);
   }
 }
 

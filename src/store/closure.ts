@@ -34,7 +34,8 @@ export async function collectClosure(roots: StorePath[], infos: PathInfoService,
       if (!info) {
         const referrer = seen.get(base);
         throw new NarfsError('ERR_CLOSURE_INCOMPLETE',
-          referrer ? `${base}, a reference of ${referrer}, is in no datalake` : `${base} is in no datalake`);
+          referrer ? `${base}, a reference of ${referrer}, is in no datalake` : `${base} is in no datalake`,
+          { details: { missing: [`/nix/store/${base}`], ...(referrer ? { referrer: `/nix/store/${referrer}` } : {}) } });
       }
       out.push(info);
       for (const ref of info.narInfo.references) {

@@ -132,6 +132,9 @@ describe('integration: narfs register, checked by Nix 2.8', function () {
       assert.equal(r.code, 1);
       assert.match(r.stderr, /ERR_CLOSURE_INCOMPLETE/);
       assert.match(r.stderr, new RegExp(storePathBase(victim)));
+      const details = /^ {2}details: (.*)$/m.exec(r.stderr);
+      assert.ok(details, `the missing path is printed as details: ${r.stderr}`);
+      assert.deepEqual((JSON.parse(details[1]!) as { missing: string[] }).missing, [storePathFull(victim)]);
       assert.equal(await sha256File(db), before, 'the database is byte-identical');
       const pi = await run('nix', ['path-info', '--store', lower, '--all'], NIX_ENV);
       assert.deepEqual(pi.stdout.split('\n').filter(Boolean), [single]);
