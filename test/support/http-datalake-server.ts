@@ -21,7 +21,9 @@
  *   header(path, name, value)          add a header to 200 answers (Content-Encoding…)
  *   clear(path?)                       remove the faults of one path, or all
  *   link({latencyMs, bytesPerSecond})  modelled network for every request
- * Observations: count(path), requests (log of path + headers), totalRequests.
+ * Observations: count(path), requests (log of path + headers), totalRequests, and
+ * waitForRequest(path, n) to act (abort, close, kill) once the server holds a request
+ * rather than after a guessed sleep.
  */
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
@@ -80,6 +82,7 @@ export class HttpDatalakeServer {
   readonly requests: LoggedRequest[] = [];
   private readonly faults = new Map<string, Fault>();
   private readonly counts = new Map<string, number>();
+  private readonly requestWaiters = new Set<() => void>();
   private readonly sockets = new Set<Socket>();
   private linkModel: Required<LinkModel>;
   private closed = false;
@@ -117,6 +120,24 @@ export class HttpDatalakeServer {
   count(relPath: string): number {
     if (relPath === '*') return this.totalRequests;
     return this.counts.get(norm(relPath)) ?? 0;
+  }
+
+  /**
+   * Resolves once `n` requests for `relPath` ("*" = any path) have arrived in total,
+   * counting those already seen. The request has then been counted and its fault applied
+   * up to the first await (a stalled one is held from here on); it settles on the event,
+   * so the caller's test timeout is its deadline.
+   */
+  waitForRequest(relPath: string, n = 1): Promise<void> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.count(relPath) < n) return;
+        this.requestWaiters.delete(check);
+        resolve();
+      };
+      this.requestWaiters.add(check);
+      check();
+    });
   }
 
   get totalRequests(): number {
@@ -199,6 +220,10 @@ export class HttpDatalakeServer {
     if (relPath === undefined) return this.answer(res, 404);
     this.counts.set(relPath, (this.counts.get(relPath) ?? 0) + 1);
     this.requests.push({ relPath, method: req.method ?? '', headers: req.headers });
+    // After this handler's synchronous part (faults without latency are applied by then).
+    queueMicrotask(() => {
+      for (const check of [...this.requestWaiters]) check();
+    });
 
     if (this.options.auth) {
       const { username, password } = this.options.auth;
