@@ -17,6 +17,7 @@
  *   stallBody(path, afterBytes)        send headers and afterBytes of body, then nothing
  *   truncate(path, nBytes)             announce the full Content-Length, close after nBytes
  *   delay(path, ms)                    wait before answering
+ *   hold(path) / release(path)         hold answers until released (clear() releases too)
  *   transform(path, fn)                rewrite the body (corrupt a byte, alter a narinfo)
  *   header(path, name, value)          add a header to 200 answers (Content-Encoding…)
  *   clear(path?)                       remove the faults of one path, or all
@@ -54,6 +55,8 @@ export interface Fault {
   stallAfterBytes?: number;
   truncateAfterBytes?: number;
   delayMs?: number;
+  /** Answers wait for this; release() / clear() resolve it. */
+  hold?: { released: Promise<void>; release: () => void };
   transform?: (body: Buffer, relPath: string) => Buffer;
   headers?: Record<string, string>;
 }
@@ -176,6 +179,21 @@ export class HttpDatalakeServer {
     return this.set(relPath, { delayMs: ms });
   }
 
+  /** Holds every answer for `relPath` (after counting the request) until `release(relPath)`. */
+  hold(relPath: string): this {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    return this.set(relPath, { hold: { released, release } });
+  }
+
+  /** Lets the held requests for `relPath`, and later ones, be answered. */
+  release(relPath: string): this {
+    const fault = this.faults.get(norm(relPath));
+    fault?.hold?.release();
+    if (fault) delete fault.hold;
+    return this;
+  }
+
   transform(relPath: string, fn: (body: Buffer, relPath: string) => Buffer): this {
     return this.set(relPath, { transform: fn });
   }
@@ -188,6 +206,7 @@ export class HttpDatalakeServer {
 
   /** Removes the faults of `relPath`, or of every path when none is given. */
   clear(relPath?: string): this {
+    for (const [key, fault] of this.faults) if (relPath === undefined || key === norm(relPath)) fault.hold?.release();
     if (relPath === undefined) this.faults.clear();
     else this.faults.delete(norm(relPath));
     return this;
@@ -236,6 +255,7 @@ export class HttpDatalakeServer {
     const fault = this.faults.get(relPath) ?? this.faults.get('*') ?? {};
     if (link.latencyMs > 0) await delay(link.latencyMs);
     if (fault.delayMs) await delay(fault.delayMs);
+    if (fault.hold) await fault.hold.released;
     if (fault.stallHeaders) return; // never answer; close() destroys the socket
     if (fault.failTimes && fault.failTimes.remaining > 0) {
       fault.failTimes.remaining--;
