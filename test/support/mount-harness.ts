@@ -180,6 +180,8 @@ export function gatedProbe(op: string, path: string, timeoutMs = 120_000): Gated
       }
     });
   });
+  // A probe that died is reported through `result`; writing to it must not throw.
+  child.stdin.on('error', () => {});
   // Whoever awaits only `result` must not see the others as unhandled rejections.
   ready.catch(() => {});
   going.catch(() => {});
