@@ -1,7 +1,8 @@
 /**
  * The `narfs` command as a user runs it: ready line, one log line per materialised path,
  * read-only and missing paths, SIGTERM unmounts and exits 0, a stale mount of a killed
- * run is cleaned up, and errors print their code and hint.
+ * run is cleaned up, and errors print their code and hint. Every wait is on the daemon's
+ * output or exit (CliDaemon.waitForOutput), never on the clock.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, mkdir, readFile, rm } from 'node:fs/promises';
@@ -15,14 +16,6 @@ import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 const BIN = NARFS_BIN;
 type Daemon = CliDaemon;
 const startDaemon = spawnNarfs;
-
-async function waitFor(pred: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function isMounted(mnt: string): Promise<boolean> {
   return (await readFile('/proc/self/mounts', 'utf8')).split('\n').some((l) => l.split(' ')[1] === mnt);
@@ -56,7 +49,7 @@ describe('e2e: the narfs command', function () {
   it('mounts, serves, refuses writes, and unmounts cleanly on SIGTERM', async () => {
     const d = startDaemon(mountArgs());
     daemons.push(d);
-    await waitFor(() => d.stdout.join('').includes('mounted'), 30_000, 'the ready line');
+    await d.waitForOutput('stdout', /narfs: mounted/, 'the ready line');
     assert.match(d.stdout.join(''), new RegExp(`narfs: mounted ${mnt}`));
 
     const top = storePathBase(parseStorePath(fixtures.top));
@@ -72,8 +65,7 @@ describe('e2e: the narfs command', function () {
     const r = await probe('read', join(mnt, large, fixtures.largeFile.relPath));
     assert.equal(r.ok, true);
     assert.equal(r.bytes, fixtures.largeFile.size);
-    await waitFor(() => d.stderr.join('').includes('materialised'), 5000, 'the materialised log line');
-    assert.match(d.stderr.join(''), new RegExp(`materialised path=${large} bytes=\\d+ ms=\\d+ source=`));
+    await d.waitForOutput('stderr', new RegExp(`materialised path=${large} bytes=\\d+ ms=\\d+ source=`), 'the materialised log line');
 
     for (const op of ['write', 'mkdir'] as const) {
       assert.equal((await probe(op, join(mnt, large, 'new-file'))).code, 'EROFS', op);
@@ -92,14 +84,15 @@ describe('e2e: the narfs command', function () {
   it('cleans up the stale mount of a killed run', async () => {
     const d1 = startDaemon(mountArgs());
     daemons.push(d1);
-    await waitFor(() => d1.stdout.join('').includes('mounted'), 30_000, 'the ready line');
+    await d1.waitForOutput('stdout', /narfs: mounted/, 'the ready line');
     d1.child.kill('SIGKILL');
     await d1.exit;
     assert.equal((await probe('stat', mnt)).code, 'ENOTCONN');
     const d2 = startDaemon(mountArgs());
     daemons.push(d2);
-    await waitFor(() => d2.stdout.join('').includes('mounted') || d2.child.exitCode !== null, 30_000, 'the second mount');
-    assert.match(d2.stderr.join(''), /stale mount/);
+    await d2.waitForOutput('stdout', /narfs: mounted/, 'the ready line of the second mount');
+    // stderr is another pipe: its line may arrive after the ready line.
+    await d2.waitForOutput('stderr', /stale mount/, 'the stale-mount notice');
     assert.equal((await probe('readdir', mnt)).ok, true);
     d2.child.kill('SIGINT');
     assert.equal(await d2.exit, 0);

@@ -24,6 +24,12 @@ import { buildNixBinaryCache, haveNix, type NixBinaryCache } from '../support/ni
 
 const SLACK_MS = 1500;
 
+/**
+ * An abort or close must settle the call within this, measured from the abort, while the
+ * deadlines it pre-empts are 10-20 s: far apart, so a loaded machine cannot blur them.
+ */
+const PROMPT_MS = 2000;
+
 const FAST: HttpDatalakeOptions = {
   connectTimeoutMs: 500,
   headersTimeoutMs: 300,
@@ -47,11 +53,14 @@ async function failure(p: Promise<unknown>, code: string): Promise<NarfsError> {
   return err;
 }
 
-/** Reads a stream to its end or error; resolves with what happened. */
-function drain(s: Readable): Promise<{ bytes: number; error: unknown }> {
+/** Reads a stream to its end or error; resolves with what happened. `onBytes` sees the running count. */
+function drain(s: Readable, onBytes?: (bytes: number) => void): Promise<{ bytes: number; error: unknown }> {
   return new Promise((resolve) => {
     let bytes = 0;
-    s.on('data', (c: Buffer) => (bytes += c.length));
+    s.on('data', (c: Buffer) => {
+      bytes += c.length;
+      onBytes?.(bytes);
+    });
     s.once('end', () => resolve({ bytes, error: undefined }));
     s.once('error', (error) => resolve({ bytes, error }));
   });
@@ -135,7 +144,7 @@ describe('HttpDatalake faults', function () {
       server.clear().failTimes(narinfo, 1, 429, { retryAfter: 60 });
       const t1 = Date.now();
       await failure(lake().getBytes(narinfo), 'ERR_DATALAKE_UNAVAILABLE');
-      assert.ok(Date.now() - t1 < 500);
+      assert.ok(Date.now() - t1 < SLACK_MS, `took ${Date.now() - t1} ms`);
     });
 
     it('other 4xx is ERR_DATALAKE_HTTP, not retried', async function () {
@@ -171,7 +180,7 @@ describe('HttpDatalake faults', function () {
       const t0 = Date.now();
       await failure(lake().getBytes(narinfo), 'ERR_DATALAKE_TIMEOUT');
       const ms = Date.now() - t0;
-      assert.ok(ms < FAST.smallFileTimeoutMs! + 200, `took ${ms} ms`);
+      assert.ok(ms < FAST.smallFileTimeoutMs! + SLACK_MS, `took ${ms} ms`);
     });
 
     it('stalled headers: getStream fails with ERR_DATALAKE_TIMEOUT after its attempts', async function () {
@@ -199,7 +208,7 @@ describe('HttpDatalake faults', function () {
       server.stallBody(narinfo, 10);
       const t0 = Date.now();
       await failure(lake().getBytes(narinfo), 'ERR_DATALAKE_TIMEOUT');
-      assert.ok(Date.now() - t0 < FAST.smallFileTimeoutMs! + 200);
+      assert.ok(Date.now() - t0 < FAST.smallFileTimeoutMs! + SLACK_MS, `took ${Date.now() - t0} ms`);
     });
   });
 
@@ -225,30 +234,42 @@ describe('HttpDatalake faults', function () {
     it('the caller’s signal aborts a stalled getBytes promptly with ERR_ABORTED', async function () {
       server.stallHeaders(narinfo);
       const ac = new AbortController();
-      setTimeout(() => ac.abort(), 100);
+      const call = failure(lake({ ...FAST, headersTimeoutMs: 10_000, smallFileTimeoutMs: 20_000 }).getBytes(narinfo, { signal: ac.signal }), 'ERR_ABORTED');
+      await server.waitForRequest(narinfo); // the server holds it: the call is stalled
       const t0 = Date.now();
-      await failure(lake({ ...FAST, headersTimeoutMs: 10_000, smallFileTimeoutMs: 20_000 }).getBytes(narinfo, { signal: ac.signal }), 'ERR_ABORTED');
-      assert.ok(Date.now() - t0 < 400, `took ${Date.now() - t0} ms`);
+      ac.abort();
+      await call;
+      assert.ok(Date.now() - t0 < PROMPT_MS, `took ${Date.now() - t0} ms`);
     });
 
     it('the caller’s signal aborts a stalled getStream (headers, then body) promptly', async function () {
       const slow = { ...FAST, headersTimeoutMs: 10_000, bodyTimeoutMs: 10_000 };
       server.stallHeaders(bigNar);
       const ac = new AbortController();
-      setTimeout(() => ac.abort(), 100);
+      const call = failure(lake(slow).getStream(bigNar, { signal: ac.signal }), 'ERR_ABORTED');
+      await server.waitForRequest(bigNar); // held without headers
       let t0 = Date.now();
-      await failure(lake(slow).getStream(bigNar, { signal: ac.signal }), 'ERR_ABORTED');
-      assert.ok(Date.now() - t0 < 400);
+      ac.abort();
+      await call;
+      assert.ok(Date.now() - t0 < PROMPT_MS, `took ${Date.now() - t0} ms`);
 
       server.clear().stallBody(bigNar, 1000);
       const ac2 = new AbortController();
       const s = await lake(slow).getStream(bigNar, { signal: ac2.signal });
       assert.ok(s);
-      setTimeout(() => ac2.abort(), 100);
+      // Abort once the 1000 bytes the server sends have arrived: the body is stalled then.
+      let stalled!: () => void;
+      const got1000 = new Promise<void>((r) => (stalled = r));
+      const done = drain(s, (bytes) => {
+        if (bytes >= 1000) stalled();
+      });
+      await got1000;
       t0 = Date.now();
-      const { error } = await drain(s);
+      ac2.abort();
+      const { bytes, error } = await done;
       assert.ok(isNarfsError(error, 'ERR_ABORTED'), inspect(error));
-      assert.ok(Date.now() - t0 < 400);
+      assert.equal(bytes, 1000);
+      assert.ok(Date.now() - t0 < PROMPT_MS, `took ${Date.now() - t0} ms`);
     });
 
     it('a dead server (port closed) is ERR_DATALAKE_UNAVAILABLE, fast', async function () {
@@ -266,15 +287,20 @@ describe('HttpDatalake faults', function () {
       const d = lake({ ...FAST, headersTimeoutMs: 10_000, bodyTimeoutMs: 10_000, smallFileTimeoutMs: 20_000 });
       const s = await d.getStream(bigNar);
       assert.ok(s);
-      const streamDone = drain(s);
+      let bodyStalled!: () => void;
+      const got1000 = new Promise<void>((r) => (bodyStalled = r));
+      const streamDone = drain(s, (bytes) => {
+        if (bytes >= 1000) bodyStalled();
+      });
       const pending = failure(d.getBytes(narinfo), 'ERR_ABORTED');
-      await new Promise((r) => setTimeout(r, 50));
+      // Close while both are in flight: the narinfo held by the server, the body stalled.
+      await Promise.all([server.waitForRequest(narinfo), got1000]);
       const t0 = Date.now();
       await d.close();
       await pending;
       const { error } = await streamDone;
       assert.ok(isNarfsError(error, 'ERR_ABORTED'), inspect(error));
-      assert.ok(Date.now() - t0 < 700, `took ${Date.now() - t0} ms`);
+      assert.ok(Date.now() - t0 < PROMPT_MS, `took ${Date.now() - t0} ms`);
     });
   });
 
@@ -454,8 +480,10 @@ describe('DatalakeSet', function () {
     await set.open();
     a.stallHeaders(narinfo);
     const ac = new AbortController();
-    setTimeout(() => ac.abort(), 100);
-    await failure(set.getBytes(narinfo, { signal: ac.signal }), 'ERR_ABORTED');
+    const call = failure(set.getBytes(narinfo, { signal: ac.signal }), 'ERR_ABORTED');
+    await a.waitForRequest(narinfo); // the first datalake holds it
+    ac.abort();
+    await call;
     assert.equal(b.count(narinfo), 0);
   });
 

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadFixtures, type Fixtures } from '../support/fixtures.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
-import { cacheFiles, probe, withMount, type LogLine, type TestMount } from '../support/mount-harness.js';
+import { cacheFiles, gatedProbe, probe, untilCacheEmpty, withMount, type LogLine, type TestMount } from '../support/mount-harness.js';
 import { formatNarInfo, parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 import { parseListingJson } from '../../src/nix/nar-listing.js';
@@ -17,16 +17,11 @@ const OP_TIMEOUT_MS = 2500;
 const SLACK_MS = 2500;
 
 function codes(logs: LogLine[]): string[] {
-  return logs.map((l) => (l.fields.err as { code?: string } | undefined)?.code ?? '').filter(Boolean);
+  return logs.map(codeOf).filter(Boolean);
 }
 
-async function eventually(check: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  assert.fail('condition not reached in time');
+function codeOf(l: LogLine): string {
+  return (l.fields.err as { code?: string } | undefined)?.code ?? '';
 }
 
 describe('integration: faults of an HTTP datalake under a real mount', function () {
@@ -132,11 +127,8 @@ describe('integration: faults of an HTTP datalake under a real mount', function 
         const r = await probe('read', filePath(m));
         assert.equal(r.code, 'EIO', `${c.what}: ${JSON.stringify(r)}`);
         assert.ok(r.ms < OP_TIMEOUT_MS + SLACK_MS, `${c.what}: took ${r.ms} ms`);
-        await eventually(async () => codes(m.logs).some((code) => c.code.test(code)));
-        await eventually(async () => {
-          const f = await cacheFiles(m.cacheDir);
-          return f.nar.length === 0 && f.tmp.length === 0;
-        });
+        await m.waitForLog((l) => c.code.test(codeOf(l)), `${c.what}: a line with code ${String(c.code)}`);
+        await untilCacheEmpty(m.cacheDir);
       });
     }
   });
@@ -160,10 +152,19 @@ describe('integration: faults of an HTTP datalake under a real mount', function 
   });
 
   it('32 parallel readers of one unmaterialised path cause one NAR fetch', async () => {
-    await mount(async (m) => {
-      server.delay(target.ni.url, 300);
+    // The default operation deadline (30 s): the first reader waits while the NAR is held.
+    await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+      // The NAR answer is held until all 32 readers are about to read and the fetch has
+      // reached the server, so they really overlap one fetch in flight; started first and
+      // let go together, so their start-up is not spent inside the operation deadline.
+      server.hold(target.ni.url);
       const before = server.count(target.ni.url);
-      const results = await Promise.all(Array.from({ length: 32 }, () => probe('read', filePath(m))));
+      const readers = Array.from({ length: 32 }, () => gatedProbe('read', filePath(m)));
+      await Promise.all(readers.map((r) => r.ready));
+      for (const r of readers) r.go();
+      await Promise.all([...readers.map((r) => r.going), server.waitForRequest(target.ni.url, before + 1)]);
+      server.release(target.ni.url);
+      const results = await Promise.all(readers.map((r) => r.result));
       const shas = new Set(results.map((r) => r.sha256));
       assert.ok(results.every((r) => r.ok), JSON.stringify(results.find((r) => !r.ok)));
       assert.equal(shas.size, 1);

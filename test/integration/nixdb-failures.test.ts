@@ -5,7 +5,8 @@
  */
 import { strict as assert } from 'node:assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, watch, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { isNarfsError, type ErrorCode } from '../../src/errors.js';
 import { createLowerStore, lowerStoreLayout, registerValidPaths } from '../../src/nixdb/index.js';
@@ -28,6 +29,22 @@ function holdFlock(file: string, mode: '-x' | '-s'): Promise<ChildProcess> {
     c.stdout!.once('data', () => resolve(c));
     c.once('error', reject);
   });
+}
+
+/**
+ * Resolves once some process is blocked waiting for an flock on `file`: /proc/locks lists
+ * blocked waiters as `N: -> FLOCK …` lines after the holder's, with the file's inode. The
+ * kernel has no event for it, so the file is polled; the wait ends on the condition, or
+ * early once `unless()` is true.
+ */
+async function untilFlockWaiter(file: string, unless: () => boolean): Promise<void> {
+  const ino = String(statSync(file).ino);
+  const waiting = /^\d+: -> FLOCK\s+\S+\s+\S+\s+\d+\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s/;
+  while (!unless()) {
+    const locks = readFileSync('/proc/locks', 'latin1').split('\n');
+    if (locks.some((l) => waiting.exec(l)?.[1] === ino)) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 function killAndWait(c: ChildProcess): Promise<void> {
@@ -110,11 +127,20 @@ describe('nixdb: failure modes', function () {
 
   it('waits while the lock is held and proceeds once it is released', async function () {
     const root = await fresh('wait');
-    const holder = await holdFlock(lowerStoreLayout(root).writerLockPath, '-x');
-    const start = Date.now();
-    setTimeout(() => void killAndWait(holder), 700);
-    assert.deepEqual(await registerValidPaths(root, fakeChain('wait', 2), { lockTimeoutMs: 10_000 }), { added: 2, alreadyValid: 0 });
-    assert.ok(Date.now() - start >= 650);
+    const lock = lowerStoreLayout(root).writerLockPath;
+    const holder = await holdFlock(lock, '-x');
+    let settled = false;
+    const registering = registerValidPaths(root, fakeChain('wait', 2), { lockTimeoutMs: 60_000 }).finally(() => {
+      settled = true;
+    });
+    try {
+      // Release only once the writer is blocked on the lock, and check it had not gone on.
+      await untilFlockWaiter(lock, () => settled);
+      assert.equal(settled, false, 'registration settled while the lock was held');
+    } finally {
+      await killAndWait(holder);
+    }
+    assert.deepEqual(await registering, { added: 2, alreadyValid: 0 });
   });
 
   it('a read-write Nix holding big-lock (LOCK_SH) keeps writers out: ERR_DB_LOCKED', async function () {
@@ -184,21 +210,43 @@ describe('nixdb: failure modes', function () {
     await registerValidPaths(root, base);
     const N = 20_000;
     const outcomes: number[] = [];
-    // Kill at increasing delays: during the copy, during the inserts, around the rename.
-    for (const delay of [50, 150, 300, 500, 700, 900, 1200]) {
-      const c = spawn(process.execPath, ['--import', 'tsx', CHILD, root, `sigkill-${delay}`, String(N), base[9]!.path], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      // wait until the child has started its generation (or finished), then a bit more
-      const t0 = Date.now();
-      while (Date.now() - t0 < 20_000 && !readdirSync(l.dbDir).some((n) => n.includes('narfs-new-')) && !out.includes('done')) {
-        await new Promise((r) => setTimeout(r, 5));
+    // Kill points are events the writer's own files show (inotify on the db directory),
+    // not delays: when its private generation appears (copy starting), after 1, 10 and
+    // 100 writes to it (inserting), and right after it is renamed over db.sqlite. A writer
+    // that gets past a point before the kill lands only moves the sample later (even past
+    // its exit); all or none must hold wherever it lands.
+    const generation = new RegExp(`^${basename(l.dbPath).replace(/\./g, '\\.')}\\.narfs-new-\\d+$`);
+    interface Seen { created: boolean; writes: number; renamed: boolean }
+    const points: Array<[string, (s: Seen) => boolean]> = [
+      ['created', (s) => s.created],
+      ['written-1', (s) => s.writes >= 1],
+      ['written-10', (s) => s.writes >= 10],
+      ['written-100', (s) => s.writes >= 100],
+      ['renamed', (s) => s.renamed],
+    ];
+    for (const [point, reached] of points) {
+      const seen: Seen = { created: false, writes: 0, renamed: false };
+      let onPoint!: () => void;
+      const atPoint = new Promise<void>((resolve) => (onPoint = resolve));
+      const watcher = watch(l.dbDir, (type, name) => {
+        if (name === null || !generation.test(name)) return;
+        if (type === 'change') seen.writes++;
+        else if (existsSync(join(l.dbDir, name))) seen.created = true;
+        else if (seen.created) seen.renamed = true;
+        if (reached(seen)) onPoint();
+      });
+      const c = spawn(process.execPath, ['--import', 'tsx', CHILD, root, `sigkill-${point}`, String(N), base[9]!.path], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
+      try {
+        await Promise.race([atPoint, exited]);
+        await killAndWait(c);
+      } finally {
+        watcher.close();
       }
-      await new Promise((r) => setTimeout(r, delay - 50));
-      await killAndWait(c);
       const count = Number(immutableQuery(l.dbPath, 'select count(*) from ValidPaths'));
-      const inBatch = Number(immutableQuery(l.dbPath, `select count(*) from ValidPaths where path like '%-sigkill-${delay}-0-%'`));
-      assert.ok(inBatch === 0 || inBatch === N, `delay ${delay}: ${inBatch} of ${N} rows`);
+      const inBatch = Number(immutableQuery(l.dbPath, `select count(*) from ValidPaths where path like '%-sigkill-${point}-0-%'`));
+      assert.ok(inBatch === 0 || inBatch === N, `killed at ${point}: ${inBatch} of ${N} rows`);
+      if (point === 'renamed') assert.equal(inBatch, N, 'killed after the rename: the batch is in');
       assert.equal(immutableQuery(l.dbPath, 'pragma integrity_check'), 'ok');
       assert.equal(immutableQuery(l.dbPath, 'pragma foreign_key_check'), '');
       outcomes.push(inBatch === N ? 1 : 0);
@@ -213,7 +261,7 @@ describe('nixdb: failure modes', function () {
     // the next writer cleans up the dead one's generation and works
     assert.deepEqual(await registerValidPaths(root, fakeChain('sigkill-after', 2, base[9]!.path)), { added: 2, alreadyValid: 0 });
     assert.ok(!readdirSync(l.dbDir).some((n) => n.includes('narfs-new-')));
-    console.log(`      (kills that left the batch complete: ${outcomes.join('')}, 1 = after the rename)`);
+    console.log(`      (kills that left the batch complete, by kill point ${points.map(([p]) => p).join(', ')}: ${outcomes.join('')})`);
   });
 
   it('immutable readers in a loop during registrations never fail and never see half a closure', async function () {

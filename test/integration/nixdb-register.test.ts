@@ -4,8 +4,8 @@
  */
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { createLowerStore, lowerStoreLayout, registerValidPaths } from '../../src/nixdb/index.js';
 import {
@@ -164,6 +164,16 @@ describe('nixdb: register a real closure, checked by Nix 2.8', function () {
     // Nix 2.8 reads .drv files for --derivation / --outputs, and --verify needs them all.
     const l = lowerStoreLayout(lower);
     execFileSync('cp', ['-a', ...closure.truth.map((j) => j.path), `${l.storeDir}/`]);
+    // Exactly the closure is there, each copy with the NAR hash the real store registered
+    // (the NAR covers contents, executable bits, symlink targets and names).
+    const names = closure.truth.map((j) => basename(j.path)).sort();
+    assert.deepEqual(readdirSync(l.storeDir).sort(), names);
+    const copies = closure.truth.map((j) => join(l.storeDir, basename(j.path)));
+    const hashes = lines(nix('nix', ['hash', 'path', '--sri', ...copies]));
+    assert.deepEqual(
+      hashes.map((h, i) => `${basename(copies[i]!)} ${h}`),
+      closure.truth.map((j) => `${basename(j.path)} ${j.narHash}`),
+    );
   });
 
   it('nix path-info --json -r through the lower store equals the real store', function () {

@@ -4,7 +4,17 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 
+//
+// With NARFS_PROBE_GATE=1 the probe starts up, writes "ready" to stderr, waits for a line
+// on stdin, writes "go" to stderr and then makes its syscall: a test can line up many
+// probes and learn, from events, that each is about to enter the mount.
 const [op, path] = process.argv.slice(2);
+if (process.env.NARFS_PROBE_GATE === '1') {
+  fs.writeSync(2, 'ready\n');
+  const buf = Buffer.alloc(1);
+  while (fs.readSync(0, buf, 0, 1, null) === 1 && buf[0] !== 0x0a);
+  fs.writeSync(2, 'go\n');
+}
 const started = Date.now();
 function out(result) {
   process.stdout.write(JSON.stringify({ ...result, ms: Date.now() - started }) + '\n');

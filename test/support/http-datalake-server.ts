@@ -17,11 +17,14 @@
  *   stallBody(path, afterBytes)        send headers and afterBytes of body, then nothing
  *   truncate(path, nBytes)             announce the full Content-Length, close after nBytes
  *   delay(path, ms)                    wait before answering
+ *   hold(path) / release(path)         hold answers until released (clear() releases too)
  *   transform(path, fn)                rewrite the body (corrupt a byte, alter a narinfo)
  *   header(path, name, value)          add a header to 200 answers (Content-Encoding…)
  *   clear(path?)                       remove the faults of one path, or all
  *   link({latencyMs, bytesPerSecond})  modelled network for every request
- * Observations: count(path), requests (log of path + headers), totalRequests.
+ * Observations: count(path), requests (log of path + headers), totalRequests, and
+ * waitForRequest(path, n) to act (abort, close, kill) once the server holds a request
+ * rather than after a guessed sleep.
  */
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
@@ -52,6 +55,8 @@ export interface Fault {
   stallAfterBytes?: number;
   truncateAfterBytes?: number;
   delayMs?: number;
+  /** Answers wait for this; release() / clear() resolve it. */
+  hold?: { released: Promise<void>; release: () => void };
   transform?: (body: Buffer, relPath: string) => Buffer;
   headers?: Record<string, string>;
 }
@@ -80,6 +85,7 @@ export class HttpDatalakeServer {
   readonly requests: LoggedRequest[] = [];
   private readonly faults = new Map<string, Fault>();
   private readonly counts = new Map<string, number>();
+  private readonly requestWaiters = new Set<() => void>();
   private readonly sockets = new Set<Socket>();
   private linkModel: Required<LinkModel>;
   private closed = false;
@@ -119,6 +125,24 @@ export class HttpDatalakeServer {
     return this.counts.get(norm(relPath)) ?? 0;
   }
 
+  /**
+   * Resolves once `n` requests for `relPath` ("*" = any path) have arrived in total,
+   * counting those already seen. The request has then been counted and its fault applied
+   * up to the first await (a stalled one is held from here on); it settles on the event,
+   * so the caller's test timeout is its deadline.
+   */
+  waitForRequest(relPath: string, n = 1): Promise<void> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.count(relPath) < n) return;
+        this.requestWaiters.delete(check);
+        resolve();
+      };
+      this.requestWaiters.add(check);
+      check();
+    });
+  }
+
   get totalRequests(): number {
     let n = 0;
     for (const v of this.counts.values()) n += v;
@@ -155,6 +179,21 @@ export class HttpDatalakeServer {
     return this.set(relPath, { delayMs: ms });
   }
 
+  /** Holds every answer for `relPath` (after counting the request) until `release(relPath)`. */
+  hold(relPath: string): this {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    return this.set(relPath, { hold: { released, release } });
+  }
+
+  /** Lets the held requests for `relPath`, and later ones, be answered. */
+  release(relPath: string): this {
+    const fault = this.faults.get(norm(relPath));
+    fault?.hold?.release();
+    if (fault) delete fault.hold;
+    return this;
+  }
+
   transform(relPath: string, fn: (body: Buffer, relPath: string) => Buffer): this {
     return this.set(relPath, { transform: fn });
   }
@@ -167,6 +206,7 @@ export class HttpDatalakeServer {
 
   /** Removes the faults of `relPath`, or of every path when none is given. */
   clear(relPath?: string): this {
+    for (const [key, fault] of this.faults) if (relPath === undefined || key === norm(relPath)) fault.hold?.release();
     if (relPath === undefined) this.faults.clear();
     else this.faults.delete(norm(relPath));
     return this;
@@ -199,6 +239,10 @@ export class HttpDatalakeServer {
     if (relPath === undefined) return this.answer(res, 404);
     this.counts.set(relPath, (this.counts.get(relPath) ?? 0) + 1);
     this.requests.push({ relPath, method: req.method ?? '', headers: req.headers });
+    // After this handler's synchronous part (faults without latency are applied by then).
+    queueMicrotask(() => {
+      for (const check of [...this.requestWaiters]) check();
+    });
 
     if (this.options.auth) {
       const { username, password } = this.options.auth;
@@ -211,6 +255,7 @@ export class HttpDatalakeServer {
     const fault = this.faults.get(relPath) ?? this.faults.get('*') ?? {};
     if (link.latencyMs > 0) await delay(link.latencyMs);
     if (fault.delayMs) await delay(fault.delayMs);
+    if (fault.hold) await fault.hold.released;
     if (fault.stallHeaders) return; // never answer; close() destroys the socket
     if (fault.failTimes && fault.failTimes.remaining > 0) {
       fault.failTimes.remaining--;

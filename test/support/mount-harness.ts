@@ -3,7 +3,8 @@
  * mountpoint, probes run in child processes, and an unmount that always happens
  * (close, then `fusermount -uz` as a fallback) even when the test fails.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { watch } from 'node:fs';
 import { mkdtemp, mkdir, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +26,15 @@ export interface TestMount {
   cacheDir: string;
   running: RunningMount;
   logs: LogLine[];
+  /**
+   * Resolves with the first log line (already logged or logged later) that matches;
+   * rejects after `timeoutMs` with `what` and the lines so far.
+   */
+  waitForLog(match: (l: LogLine) => boolean, what: string, timeoutMs?: number): Promise<LogLine>;
 }
+
+/** Upper bound for waiting on a log line or a cache clean-up of the in-process daemon. */
+export const EVENT_TIMEOUT_MS = 60_000;
 
 export interface TestMountOptions {
   datalakes: string[];
@@ -36,9 +45,11 @@ export interface TestMountOptions {
   cacheDir?: string;
 }
 
-export function captureLogger(lines: LogLine[]): Logger {
+export function captureLogger(lines: LogLine[], onLine?: (l: LogLine) => void): Logger {
   const push = (level: string) => (msg: string, fields: Record<string, unknown> = {}) => {
-    lines.push({ level, msg, fields });
+    const line = { level, msg, fields };
+    lines.push(line);
+    onLine?.(line);
     if (process.env.NARFS_TEST_LOG) process.stderr.write(`[${level}] ${msg} ${JSON.stringify(fields, (_k, v) => (v instanceof Error ? { code: (v as { code?: string }).code, message: v.message } : v))}\n`);
   };
   return { debug: push('debug'), info: push('info'), warn: push('warn'), error: push('error') };
@@ -51,6 +62,24 @@ export async function withMount<T>(options: TestMountOptions, fn: (m: TestMount)
   await mkdir(mnt, { recursive: true });
   const cacheDir = options.cacheDir ?? join(root, 'cache');
   const logs: LogLine[] = [];
+  const logWaiters = new Set<(l: LogLine) => void>();
+  const waitForLog = (match: (l: LogLine) => boolean, what: string, timeoutMs = EVENT_TIMEOUT_MS): Promise<LogLine> => {
+    const found = logs.find(match);
+    if (found) return Promise.resolve(found);
+    return new Promise<LogLine>((resolve, reject) => {
+      const onLine = (l: LogLine): void => {
+        if (!match(l)) return;
+        clearTimeout(timer);
+        logWaiters.delete(onLine);
+        resolve(l);
+      };
+      const timer = setTimeout(() => {
+        logWaiters.delete(onLine);
+        reject(new Error(`no log line: ${what} within ${timeoutMs / 1000} s; lines: ${logs.map((l) => `${l.level} ${l.msg}`).join(' | ')}`));
+      }, timeoutMs);
+      logWaiters.add(onLine);
+    });
+  };
   const config: MountConfig = {
     mountpoint: mnt,
     datalakes: options.datalakes,
@@ -63,8 +92,10 @@ export async function withMount<T>(options: TestMountOptions, fn: (m: TestMount)
   };
   let running: RunningMount | undefined;
   try {
-    running = await startMount(config, captureLogger(logs));
-    return await fn({ mnt, cacheDir, running, logs });
+    running = await startMount(config, captureLogger(logs, (l) => {
+      for (const w of [...logWaiters]) w(l);
+    }));
+    return await fn({ mnt, cacheDir, running, logs, waitForLog });
   } finally {
     const closed = running ? await Promise.race([
       running.close().then(() => true, () => false),
@@ -100,6 +131,63 @@ export async function probe(op: string, path: string, timeoutMs = 120_000): Prom
   return JSON.parse(stdout) as ProbeResult;
 }
 
+export interface GatedProbe {
+  /** The probe process has started and waits for `go()`. */
+  ready: Promise<void>;
+  /** Lets it make its syscall. */
+  go(): void;
+  /** Resolves when it has written "go": it is about to make its syscall. */
+  going: Promise<void>;
+  result: Promise<ProbeResult>;
+}
+
+/**
+ * A probe that starts, reports ready, and makes its syscall only on `go()`, so that many
+ * probes can be lined up on events (fs-probe.mjs, NARFS_PROBE_GATE). `result` rejects if the
+ * probe fails or takes longer than `timeoutMs` after starting.
+ */
+export function gatedProbe(op: string, path: string, timeoutMs = 120_000): GatedProbe {
+  const child = spawn(process.execPath, [PROBE, op, path], {
+    env: { ...process.env, NARFS_PROBE_GATE: '1' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    timeout: timeoutMs,
+    killSignal: 'SIGKILL',
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  const seen = (word: string) =>
+    new Promise<void>((resolve, reject) => {
+      const onData = () => {
+        if (stderr.split('\n').includes(word)) {
+          child.stderr.off('data', onData);
+          resolve();
+        }
+      };
+      child.stderr.on('data', onData);
+      child.once('close', () => reject(new Error(`probe ${op} ${path} ended before "${word}": ${stderr}`)));
+    });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const ready = seen('ready');
+  const going = seen('go');
+  const result = new Promise<ProbeResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      try {
+        resolve(JSON.parse(stdout) as ProbeResult);
+      } catch {
+        reject(new Error(`probe ${op} ${path} ended (${code ?? signal}) without a result: ${stderr}`));
+      }
+    });
+  });
+  // A probe that died is reported through `result`; writing to it must not throw.
+  child.stdin.on('error', () => {});
+  // Whoever awaits only `result` must not see the others as unhandled rejections.
+  ready.catch(() => {});
+  going.catch(() => {});
+  return { ready, going, result, go: () => child.stdin.end('\n') };
+}
+
 /** Runs a command asynchronously; resolves with its exit code and output. */
 export async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 300_000):
 Promise<{ code: number; stdout: string; stderr: string }> {
@@ -116,6 +204,39 @@ Promise<{ code: number; stdout: string; stderr: string }> {
 export async function cacheFiles(cacheDir: string): Promise<{ nar: string[]; tmp: string[] }> {
   const list = (d: string) => readdir(join(cacheDir, d)).catch(() => [] as string[]);
   return { nar: await list('nar'), tmp: await list('tmp') };
+}
+
+/**
+ * Resolves once `<cacheDir>/nar` and `<cacheDir>/tmp` hold no file, re-checking on every
+ * change inotify reports in them (fs.watch), not on a timer; rejects after `timeoutMs`
+ * with what is left. A directory that does not exist counts as empty.
+ */
+export async function untilCacheEmpty(cacheDir: string, timeoutMs = EVENT_TIMEOUT_MS): Promise<void> {
+  const ac = new AbortController();
+  let changed: () => void = () => {};
+  for (const d of ['nar', 'tmp']) {
+    try {
+      watch(join(cacheDir, d), { signal: ac.signal }, () => changed()).on('error', () => changed());
+    } catch {
+      // absent: nothing to wait for there
+    }
+  }
+  const deadline = Date.now() + timeoutMs;
+  try {
+    for (;;) {
+      // Armed before the check, so a change during the check is not missed.
+      const next = new Promise<void>((resolve) => (changed = resolve));
+      const f = await cacheFiles(cacheDir);
+      if (f.nar.length === 0 && f.tmp.length === 0) return;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`cache not empty after ${timeoutMs / 1000} s: ${JSON.stringify(f)}`);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([next, new Promise<void>((resolve) => (timer = setTimeout(resolve, left)))]);
+      clearTimeout(timer);
+    }
+  } finally {
+    ac.abort();
+  }
 }
 
 export const NIX_ENV: NodeJS.ProcessEnv = {

@@ -30,7 +30,21 @@ function entry(hashPart: string, name: string): NarInfoEntry {
   };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * Waits until the wall clock has passed `instant` (ms since the epoch). The TTL tests
+ * wait for the expiry itself, computed from the times around the write, so a slow
+ * machine only makes them wait less, never fail.
+ */
+async function untilAfter(instant: number): Promise<void> {
+  while (Date.now() <= instant) await new Promise((r) => setTimeout(r, instant - Date.now() + 1));
+}
+
+/**
+ * TTL of a negative entry that must still be live at the next read: the cache reads the
+ * wall clock itself (no clock hook in src), so the margin covers a stall of the loaded
+ * machine between a write and the read after it.
+ */
+const LIVE_TTL_MS = 3_000;
 
 describe('LevelMetadataCache', () => {
   let dir: string;
@@ -90,13 +104,14 @@ describe('LevelMetadataCache', () => {
   it('keeps a negative entry until its TTL, then forgets it', async () => {
     const c = await open();
     const before = Date.now();
-    await c.putNegative(H1, 50);
+    await c.putNegative(H1, LIVE_TTL_MS);
+    const written = Date.now();
     const got = await c.getNarInfo(H1);
     assert.equal(got?.kind, 'negative');
     assert.ok(got?.kind === 'negative');
-    assert.ok(got.expiresAt >= before + 50 && got.expiresAt <= Date.now() + 50, `expiresAt ${got.expiresAt}`);
+    assert.ok(got.expiresAt >= before + LIVE_TTL_MS && got.expiresAt <= written + LIVE_TTL_MS, `expiresAt ${got.expiresAt}`);
     assert.equal(await c.getNarInfo(H2), undefined, 'one negative entry does not hide another path');
-    await sleep(80);
+    await untilAfter(got.expiresAt);
     assert.equal(await c.getNarInfo(H1), undefined);
     assert.deepEqual(await c.knownNames(), [], 'negative entries are not known names');
   });
@@ -104,7 +119,7 @@ describe('LevelMetadataCache', () => {
   it('deletes an expired negative entry from the database', async () => {
     const c = await open();
     await c.putNegative(H1, 30);
-    await sleep(60);
+    await untilAfter(Date.now() + 30); // the entry expires at most 30 ms after the write
     assert.equal(await c.getNarInfo(H1), undefined);
     await c.close();
     opened.length = 0;

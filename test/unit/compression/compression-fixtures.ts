@@ -88,13 +88,112 @@ export function childPids(names: readonly string[]): number[] {
   return pids;
 }
 
-export function processExists(pid: number): boolean {
+/** The state letter of a process (`R` running, `S` sleeping in a syscall, `Z`…), or undefined when it is gone. */
+export function processState(pid: number): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return !/^\d+ \(.*\) Z/.test(stat);
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
   } catch {
-    return false;
+    return undefined;
   }
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+export function processExists(pid: number): boolean {
+  const state = processState(pid);
+  return state !== undefined && state !== 'Z';
+}
+
+/**
+ * Resolves once `pid` sleeps in a syscall (state S: it is blocked, not computing and not
+ * merely preempted) or is gone. The kernel has no event for that, so /proc is polled; the
+ * wait ends on the condition, whatever the machine load (the test's timeout bounds it).
+ */
+export async function untilBlockedOrGone(pid: number): Promise<void> {
+  for (;;) {
+    const state = processState(pid);
+    if (state === undefined || state === 'S' || state === 'Z') return;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/**
+ * Watches what a decompressor pushes into its readable side, for memory-bound tests that
+ * read only when the stream says its buffer is full.
+ *
+ * Invariant checked: a stream that respects backpressure never pushes data after push()
+ * returned false until its consumer reads again (`pushesWhileFull` stays 0), so its buffer
+ * never holds much more than the high-water mark (`peakBuffered`).
+ */
+export class BackpressureProbe {
+  /** Bytes the decompressor pushed (produced). */
+  pushedBytes = 0;
+  /** Largest readableLength seen right after a push. */
+  peakBuffered = 0;
+  /** Data pushes made after a false push() and before the consumer read again. */
+  pushesWhileFull = 0;
+  /** push() returned false and the consumer has not read since. */
+  full = false;
+  /** push(null) happened. */
+  ended = false;
+  #reading = false;
+  #wake: (() => void) | undefined;
+  #error: unknown;
+
+  constructor(readonly stream: Duplex) {
+    const push = stream.push.bind(stream);
+    stream.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+      if (chunk === null) {
+        this.ended = true;
+        const r = push(null);
+        this.#notify();
+        return r;
+      }
+      if (this.full && !this.#reading) this.pushesWhileFull++;
+      this.pushedBytes += (chunk as Buffer).length;
+      const ok = push(chunk, encoding);
+      this.peakBuffered = Math.max(this.peakBuffered, stream.readableLength);
+      if (!ok) {
+        this.full = true;
+        this.#notify();
+      }
+      return ok;
+    };
+    stream.on('error', (e) => {
+      this.#error = e;
+      this.#notify();
+    });
+  }
+
+  /** Resolves when the buffer is full or the stream has pushed its end; rejects on error. */
+  async next(): Promise<'full' | 'ended'> {
+    for (;;) {
+      if (this.#error !== undefined) throw this.#error;
+      if (this.ended) return 'ended';
+      if (this.full) return 'full';
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+      });
+    }
+  }
+
+  /**
+   * Takes everything buffered (as the consumer). Readable.read() calls _read before it
+   * takes the data, so the stream may push, even say "full", during the call: what counts
+   * afterwards is whether the buffer is still at its high-water mark.
+   */
+  read(): Buffer | null {
+    this.#reading = true;
+    try {
+      return this.stream.read() as Buffer | null;
+    } finally {
+      this.#reading = false;
+      this.full = this.stream.readableLength >= this.stream.readableHighWaterMark;
+    }
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+}

@@ -1,5 +1,14 @@
+/**
+ * createDecompressor against input compressed by the real C tools: round trips, every
+ * failure mode as ERR_DECOMPRESS, bounded memory under backpressure, the process pool,
+ * kills and aborts. Every kill and abort happens on an event (output has arrived, a
+ * request is queued), every "it is gone" is awaited on the pool slot coming back: no
+ * test depends on how fast the machine is.
+ */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { access } from 'node:fs/promises';
+import type { Duplex } from 'node:stream';
 
 import { isNarfsError } from '../../../src/errors.js';
 import { ChildDecompressor, spawnDecompressor } from '../../../src/compression/child-decompressor.js';
@@ -9,12 +18,33 @@ import {
   SUPPORTED_COMPRESSIONS,
 } from '../../../src/compression/decompress.js';
 import { DecompressorPool } from '../../../src/compression/decompressor-pool.js';
-import { childPids, collect, compressWithTool, processExists, sampleData, sleep } from './compression-fixtures.js';
+import {
+  BackpressureProbe,
+  childPids,
+  collect,
+  compressWithTool,
+  processExists,
+  sampleData,
+  untilBlockedOrGone,
+} from './compression-fixtures.js';
 
 const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
 const METHODS = ['none', 'xz', 'zstd', 'bzip2', 'br', 'gzip'] as const;
 const COMPRESSED = METHODS.filter((m) => m !== 'none');
 const TOOL_NAMES = ['xz', 'zstd', 'bzip2', 'brotli', 'gzip'];
+
+/** Reads a stream to its end; rejects with its error. */
+async function consume(d: Duplex): Promise<number> {
+  let n = 0;
+  for await (const chunk of d) n += (chunk as Buffer).length;
+  return n;
+}
+
+/** Resolves once a process-backed decompressor's child is gone: its pool slot comes back then. */
+async function untilSlotFree(pool: DecompressorPool): Promise<void> {
+  const release = await pool.acquire();
+  release();
+}
 
 describe('compression/decompress', function () {
   const data = sampleData(3 * 1024 * 1024 + 123);
@@ -113,28 +143,55 @@ describe('compression/decompress', function () {
   it('surfaces a child killed from outside as ERR_DECOMPRESS, not a short stream', async () => {
     const d = (await createDecompressor('bzip2')) as ChildDecompressor;
     const pid = d.pid!;
-    const done = collect(d, compressed.get('bzip2')!);
-    await sleep(20);
+    d.end(compressed.get('bzip2')!);
+    // Mid-stream: output has arrived, and nobody reads, so the child cannot finish its
+    // 3 MiB (more than the 256 KiB buffer and the 64 KiB pipe) before it is killed.
+    await once(d, 'readable');
+    assert.ok(d.readableLength > 0 && d.readableLength < data.length);
     process.kill(pid, 'SIGKILL');
-    await assert.rejects(done, (e: unknown) => isNarfsError(e, 'ERR_DECOMPRESS') && /killed by SIGKILL/.test(e.message));
+    await assert.rejects(consume(d), (e: unknown) => isNarfsError(e, 'ERR_DECOMPRESS') && /killed by SIGKILL/.test(e.message));
   });
 
   it('keeps memory bounded when the consumer does not read', async () => {
+    // 64 MiB of zeros compress to a few KiB: the whole input is given at once, so only
+    // backpressure keeps the output from piling up. The consumer reads only when the
+    // stream says its buffer is full, and first lets the decompressor run on: a child
+    // process until it blocks on its full pipe (or exits), in-process decoders for a
+    // macrotask and a thread-pool round trip (where zlib works). Then the buffer must be
+    // within the bound and nothing may have been pushed since the stream said "full".
+    const BOUND = 1024 * 1024;
+    const zeros = Buffer.alloc(64 * 1024 * 1024);
     for (const m of ['zstd', 'gzip', 'br', 'xz'] as const) {
-      const zeros = Buffer.alloc(64 * 1024 * 1024);
       const small = compressWithTool(m, zeros);
       const d = await createDecompressor(m);
+      const probe = new BackpressureProbe(d);
+      const pid = d instanceof ChildDecompressor ? d.pid : undefined;
       d.end(small);
-      await sleep(300);
-      assert.ok(d.readableLength <= 1024 * 1024, `${m} buffered ${d.readableLength} bytes`);
-      let n = 0;
-      for await (const chunk of d) n += (chunk as Buffer).length;
-      assert.equal(n, zeros.length, m);
+      let received = 0;
+      let stalls = 0;
+      while ((await probe.next()) === 'full') {
+        if (pid !== undefined) await untilBlockedOrGone(pid);
+        else {
+          await new Promise((r) => setImmediate(r));
+          await access('/');
+        }
+        stalls++;
+        assert.equal(probe.pushesWhileFull, 0, `${m} pushed more after saying its buffer was full`);
+        assert.ok(d.readableLength <= BOUND, `${m} buffered ${d.readableLength} bytes`);
+        received += probe.read()?.length ?? 0;
+      }
+      for (let c = probe.read(); c !== null; c = probe.read()) received += c.length;
+      // The work really happened, through the bound, many times over.
+      assert.equal(received, zeros.length, m);
+      assert.equal(probe.pushedBytes, zeros.length, m);
+      assert.ok(probe.peakBuffered > 0 && probe.peakBuffered <= BOUND, `${m} buffered up to ${probe.peakBuffered} bytes`);
+      assert.ok(stalls >= zeros.length / BOUND, `${m}: only ${stalls} stalls`);
+      assert.equal(probe.pushesWhileFull, 0, m);
     }
   });
 
   it('kills the child when the stream is destroyed mid-stream', async () => {
-    const pool = new DecompressorPool(2);
+    const pool = new DecompressorPool(1);
     for (const m of ['xz', 'bzip2'] as const) {
       const d = (await createDecompressor(m, { pool })) as ChildDecompressor;
       const pid = d.pid!;
@@ -144,7 +201,8 @@ describe('compression/decompress', function () {
       await once(d, 'readable');
       d.destroy();
       await once(d, 'close');
-      for (let i = 0; i < 100 && pool.active > 0; i++) await sleep(10);
+      // The slot is released on the child's close, i.e. once the process is gone.
+      await untilSlotFree(pool);
       assert.equal(pool.active, 0, `${m}: slot not released`);
       assert.equal(processExists(pid), false, `${m}: child ${pid} still alive`);
     }
@@ -179,7 +237,7 @@ describe('compression/decompress', function () {
     const holder = await createDecompressor('xz', { pool });
     const controller = new AbortController();
     const waiting = createDecompressor('bzip2', { pool, signal: controller.signal });
-    await sleep(10);
+    // createDecompressor asks the pool synchronously (before its first await): queued now.
     assert.equal(pool.waiting, 1);
     controller.abort();
     await assert.rejects(waiting, isCode('ERR_ABORTED'));
@@ -196,14 +254,17 @@ describe('compression/decompress', function () {
   });
 
   it('destroys a running stream when the signal aborts later, killing the child', async () => {
+    const pool = new DecompressorPool(1);
     const controller = new AbortController();
-    const d = (await createDecompressor('xz', { signal: controller.signal })) as ChildDecompressor;
+    const d = (await createDecompressor('xz', { pool, signal: controller.signal })) as ChildDecompressor;
     const pid = d.pid!;
-    const done = collect(d, compressed.get('xz')!);
-    await sleep(10);
+    d.end(compressed.get('xz')!);
+    // Running: output has arrived and, unread, the child cannot finish its 3 MiB.
+    await once(d, 'readable');
+    assert.ok(d.readableLength > 0 && d.readableLength < data.length);
     controller.abort();
-    await assert.rejects(done, isCode('ERR_ABORTED'));
-    for (let i = 0; i < 100 && processExists(pid); i++) await sleep(10);
+    await assert.rejects(consume(d), isCode('ERR_ABORTED'));
+    await untilSlotFree(pool);
     assert.equal(processExists(pid), false);
   });
 

@@ -1,29 +1,33 @@
 /**
  * parseDerivation / parseDerivationOutputs against .drv files written by real Nix
  * (Debian nix-bin, `nix-instantiate` at test time), checked against `nix show-derivation`.
+ *
+ * All Nix work happens once, in `before`, against a private chroot store in a temp dir
+ * (`--store <dir>/root`): no wait on the machine's store lock, which fixture builds and
+ * other test runs hold. The hook waits for the tools themselves (`this.timeout(0)`); each
+ * call has its own generous deadline (runTool) and fails with the command and its stderr.
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDerivation, parseDerivationOutputs } from '../../../src/nix/derivation.js';
 import { isNarfsError } from '../../../src/errors.js';
+import { runTool } from '../../support/run-tool.js';
+import { requireNix } from './nix-tool.js';
 
-const NIX_CONFIG = [
-  'experimental-features = nix-command ca-derivations',
-  'build-users-group =',
-  'sandbox = false',
-  'substituters =',
-].join('\n');
+const NIX_ENV: NodeJS.ProcessEnv = {
+  ...process.env,
+  NIX_CONFIG: [
+    'experimental-features = nix-command ca-derivations',
+    'build-users-group =',
+    'sandbox = false',
+    'substituters =',
+  ].join('\n'),
+};
 
-function nix(cmd: string, args: string[]): string {
-  return execFileSync(cmd, args, {
-    encoding: 'utf8',
-    env: { ...process.env, NIX_CONFIG },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  }).trim();
-}
+const ATTRS = ['multi', 'fixed', 'floating'] as const;
+type Attr = (typeof ATTRS)[number];
 
 interface ShownDrv {
   outputs: Record<string, { path?: string; hashAlgo?: string; hash?: string }>;
@@ -34,24 +38,28 @@ interface ShownDrv {
   env: Record<string, string>;
 }
 
-function show(drvPath: string): ShownDrv {
-  const json = JSON.parse(nix('nix', ['show-derivation', drvPath])) as Record<string, ShownDrv>;
-  const shown = json[drvPath];
-  assert.ok(shown, `nix show-derivation did not describe ${drvPath}`);
-  return shown;
-}
-
 function expectParseError(text: string): void {
   assert.throws(() => parseDerivationOutputs(text), (e: unknown) => isNarfsError(e, 'ERR_DERIVATION_PARSE'), text);
 }
 
 describe('nix/derivation (real .drv files from nix-instantiate)', function () {
-  this.timeout(60_000);
-  let dir: string;
-  const drvs: Record<string, string> = {};
+  let dir: string | undefined;
+  let store: string;
+  /** Logical .drv path (`/nix/store/…`) per attribute. */
+  const drvs = {} as Record<Attr, string>;
+  /** `nix show-derivation` of every .drv, by logical path. */
+  let shown: Record<string, ShownDrv>;
+  /** `nix-store -q --outputs` of the multi-output derivation. */
+  let multiOutputs: string[];
+  /** The text of a .drv, read from the private store. */
+  const drvText = (attr: Attr): string => readFileSync(join(store, drvs[attr]), 'utf8');
 
-  before(function () {
+  before(async function () {
+    // Waits on the Nix processes, each bounded by runTool's deadline (see the header).
+    this.timeout(0);
+    requireNix(this);
     dir = mkdtempSync(join(tmpdir(), 'narfs-drv-'));
+    store = join(dir, 'root');
     // Strings full of ATerm metacharacters: quotes, backslashes, newline, tab, CR, a fake
     // output tuple and non-ASCII, so a regex-based parser would be fooled.
     const tricky = String.raw`a\"b\\c\nd\te\r é ),(\"x\",\"/nix/store/fake\",\"\",\"\")]`;
@@ -80,37 +88,48 @@ describe('nix/derivation (real .drv files from nix-instantiate)', function () {
         };
       }`,
     );
-    for (const attr of ['multi', 'fixed', 'floating']) {
-      drvs[attr] = nix('nix-instantiate', [join(dir, 'drvs.nix'), '-A', attr]);
-    }
+    const storeArgs = ['--store', store];
+    // One evaluation for the three derivations: nix-instantiate prints one path per -A, in order.
+    const instantiated = (
+      await runTool('nix-instantiate', [...storeArgs, join(dir, 'drvs.nix'), ...ATTRS.flatMap((a) => ['-A', a])], { env: NIX_ENV })
+    ).trim().split('\n');
+    assert.equal(instantiated.length, ATTRS.length, `nix-instantiate printed ${JSON.stringify(instantiated)}`);
+    ATTRS.forEach((attr, i) => {
+      drvs[attr] = instantiated[i]!;
+    });
+    const [shownJson, outputs] = await Promise.all([
+      runTool('nix', ['show-derivation', ...storeArgs, ...instantiated], { env: NIX_ENV }),
+      runTool('nix-store', [...storeArgs, '-q', '--outputs', drvs.multi], { env: NIX_ENV }),
+    ]);
+    shown = JSON.parse(shownJson) as Record<string, ShownDrv>;
+    multiOutputs = outputs.trim().split('\n').sort();
   });
 
   after(function () {
-    rmSync(dir, { recursive: true, force: true });
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   });
 
-  for (const attr of ['multi', 'fixed', 'floating']) {
+  for (const attr of ATTRS) {
     it(`parses the ${attr} derivation exactly as nix show-derivation does`, function () {
-      const drvPath = drvs[attr]!;
-      const text = readFileSync(drvPath, 'utf8');
-      const shown = show(drvPath);
-      const parsed = parseDerivation(text);
+      const drv = shown[drvs[attr]];
+      assert.ok(drv, `nix show-derivation did not describe ${drvs[attr]}`);
+      const parsed = parseDerivation(drvText(attr));
       assert.deepEqual(
         parsed.outputs,
-        Object.entries(shown.outputs)
+        Object.entries(drv.outputs)
           .map(([id, o]) => ({ id, path: o.path }))
           .sort((a, b) => (a.id < b.id ? -1 : 1)),
       );
-      assert.deepEqual(parsed.inputSrcs, shown.inputSrcs);
-      assert.equal(parsed.system, shown.system);
-      assert.equal(parsed.builder, shown.builder);
-      assert.deepEqual(parsed.args, shown.args);
-      assert.deepEqual(Object.fromEntries(parsed.env), shown.env);
+      assert.deepEqual(parsed.inputSrcs, drv.inputSrcs);
+      assert.equal(parsed.system, drv.system);
+      assert.equal(parsed.builder, drv.builder);
+      assert.deepEqual(parsed.args, drv.args);
+      assert.deepEqual(Object.fromEntries(parsed.env), drv.env);
     });
   }
 
   it('decodes ATerm escapes (the tricky env value round-trips)', function () {
-    const parsed = parseDerivation(readFileSync(drvs.multi!, 'utf8'));
+    const parsed = parseDerivation(drvText('multi'));
     const tricky = parsed.env.find(([k]) => k === 'tricky')?.[1];
     assert.equal(tricky, 'a"b\\c\nd\te\r é ),("x","/nix/store/fake","","")]');
     assert.deepEqual(
@@ -120,7 +139,7 @@ describe('nix/derivation (real .drv files from nix-instantiate)', function () {
   });
 
   it('gives floating content-addressed outputs an undefined path', function () {
-    const outputs = parseDerivationOutputs(readFileSync(drvs.floating!, 'utf8'));
+    const outputs = parseDerivationOutputs(drvText('floating'));
     assert.deepEqual(outputs, [
       { id: 'doc', path: undefined },
       { id: 'out', path: undefined },
@@ -128,19 +147,18 @@ describe('nix/derivation (real .drv files from nix-instantiate)', function () {
   });
 
   it('keeps the path of a fixed-output derivation', function () {
-    const [out] = parseDerivationOutputs(readFileSync(drvs.fixed!, 'utf8'));
+    const [out] = parseDerivationOutputs(drvText('fixed'));
     assert.equal(out?.id, 'out');
     assert.match(out?.path ?? '', /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-narfs-drv-fixed$/);
   });
 
   it('matches nix-store -q --outputs for the multi-output derivation', function () {
-    const outputs = parseDerivationOutputs(readFileSync(drvs.multi!, 'utf8'));
-    const fromNix = nix('nix-store', ['-q', '--outputs', drvs.multi!]).split('\n').sort();
-    assert.deepEqual(outputs.map((o) => o.path).sort(), fromNix);
+    const outputs = parseDerivationOutputs(drvText('multi'));
+    assert.deepEqual(outputs.map((o) => o.path).sort(), multiOutputs);
   });
 
   it('rejects malformed derivations with ERR_DERIVATION_PARSE', function () {
-    const good = readFileSync(drvs.multi!, 'utf8');
+    const good = drvText('multi');
     expectParseError('');
     expectParseError('Derive(');
     expectParseError(good.slice(0, good.length - 1)); // truncated
