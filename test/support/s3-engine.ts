@@ -159,7 +159,8 @@ export class S3Engine {
   async populate(bucket: string, dir: string, prefix = ''): Promise<void> {
     await this.s3cmd(['mb', `s3://${bucket}`]);
     const dest = `s3://${bucket}/${prefix === '' ? '' : prefix + '/'}`;
-    await this.s3cmd(['put', '--recursive', dir.replace(/\/?$/, '/'), dest]);
+    // Single PUTs: the engine runs without multipart uploads (no SLO middleware).
+    await this.s3cmd(['put', '--recursive', '--disable-multipart', dir.replace(/\/?$/, '/'), dest]);
   }
 
   /** Ends the engine (by its pid), waits for it, removes its directory. */
