@@ -8,6 +8,7 @@ pkgs=(
   xz-utils zstd bzip2 brotli gzip   # xz and bzip2 decode NARs at run time; all are benchmark references
   sqlite3                 # inspecting lower databases
   debootstrap             # the trixie chroot with Nix 2.26 (local-overlay tests)
+  python3-swift s3cmd     # the real S3 engine of the s3:// tests (Swift's s3api, scripts/s3_engine.py) and its client
   squashfs-tools squashfuse hyperfine   # benchmark peers
   diffutils procps psmisc ca-certificates
 )

@@ -53,11 +53,13 @@ export const ERROR_CATALOG = {
   ERR_DECOMPRESS: 'The compressed NAR is corrupt or truncated.',
 
   // --- src/datalake
-  ERR_DATALAKE_URL: 'Datalakes are file:///dir, http://host/path or https://host/path.',
+  ERR_DATALAKE_URL: 'Datalakes are file:///dir, http://host/path, https://host/path or s3://bucket[/prefix][?region=…&endpoint=…&profile=…].',
   ERR_DATALAKE_UNAVAILABLE: 'The datalake could not be reached or answered with an error; narfs tried the others.',
   ERR_DATALAKE_TIMEOUT: 'The datalake did not answer within the deadline.',
   ERR_DATALAKE_HTTP: 'The datalake answered with an unexpected HTTP status.',
   ERR_DATALAKE_TRUNCATED: 'The datalake closed the body before all of it arrived.',
+  ERR_DATALAKE_AUTH:
+    'The datalake refused our credentials (unknown key, wrong secret, expired token, wrong region or skewed clock). For s3://, check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile= in ~/.aws/credentials, and the region= parameter.',
   ERR_NOT_BINARY_CACHE: 'The URL does not serve a nix-cache-info file; is it a Nix binary cache?',
 
   // --- src/cache, src/store

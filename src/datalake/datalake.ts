@@ -38,6 +38,12 @@ export interface Datalake {
   getBytes(relPath: string, options?: GetOptions): Promise<Buffer | undefined>;
   /** A file as a stream (NARs), or undefined when absent. */
   getStream(relPath: string, options?: GetOptions): Promise<Readable | undefined>;
+  /**
+   * Optional: bytes [offset, offset+length) of a file, clipped at its end, by one ranged
+   * request (the per-file reads of a lazy NAR); undefined when the file is absent. An offset
+   * at or past the end is ERR_INVALID_ARGUMENT. Backends without ranged reads omit it.
+   */
+  getRange?(relPath: string, offset: number, length: number, options?: GetOptions): Promise<Buffer | undefined>;
   /** Lists the hash parts of all narinfos, where the backend can (file://); else undefined. */
   listNarInfoHashes?(options?: GetOptions): Promise<string[] | undefined>;
   /** Releases connections; in-flight calls fail with ERR_ABORTED. */

@@ -9,6 +9,7 @@ import { NarfsError } from '../errors.js';
 import type { Datalake } from './datalake.js';
 import { FileDatalake } from './file-datalake.js';
 import { HttpDatalake, type HttpDatalakeOptions } from './http-datalake.js';
+import { S3Datalake } from './s3-datalake.js';
 
 /** Options for every backend; each backend reads the ones it knows. */
 export type OpenDatalakeOptions = HttpDatalakeOptions;
@@ -19,7 +20,7 @@ export function openDatalake(url: string, options: OpenDatalakeOptions = {}): Da
     throw new NarfsError('ERR_DATALAKE_URL', 'the datalake is not a URL', {
       hint: url.startsWith('/')
         ? 'Write a local directory as file:///absolute/dir.'
-        : 'Datalakes are file:///dir, http://host/path or https://host/path.',
+        : 'Datalakes are file:///dir, http://host/path, https://host/path or s3://bucket[/prefix].',
     });
   }
   const scheme = match[1]!.toLowerCase();
@@ -29,10 +30,11 @@ export function openDatalake(url: string, options: OpenDatalakeOptions = {}): Da
     case 'http':
     case 'https':
       return new HttpDatalake(url, options);
-    case 's3':
-      throw new NarfsError('ERR_DATALAKE_URL', 's3:// datalakes are not supported yet', {
-        hint: 'Serve the bucket over https:// (a public or presigned endpoint) meanwhile.',
-      });
+    case 's3': {
+      // HttpDatalake's tuning applies to S3 too; S3 signatures are host-bound, so no redirects.
+      const { maxRedirections: _ignored, ...s3Options } = options;
+      return new S3Datalake(url, s3Options);
+    }
     default:
       throw new NarfsError('ERR_DATALAKE_URL', `unknown datalake scheme '${scheme}:'`);
   }

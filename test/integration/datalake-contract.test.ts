@@ -1,8 +1,9 @@
 /**
  * The Datalake contract (src/datalake/datalake.ts), one scenario suite run against every
  * backend over the same binary cache written by real Nix: FileDatalake, HttpDatalake
- * (plain, under a base path with Basic auth), and a DatalakeSet whose first member lacks
- * everything (so every hit is a fall-through).
+ * (plain, under a base path with Basic auth), a DatalakeSet whose first member lacks
+ * everything (so every hit is a fall-through), and S3Datalake against a real S3 engine
+ * (OpenStack Swift's s3api, test/support/s3-engine.ts) filled by a real client (s3cmd).
  */
 import { skipOrFail } from '../support/environment.js';
 import assert from 'node:assert/strict';
@@ -17,7 +18,9 @@ import { FileDatalake } from '../../src/datalake/file-datalake.js';
 import { HttpDatalake } from '../../src/datalake/http-datalake.js';
 import { openDatalake } from '../../src/datalake/open-datalake.js';
 import { isNarfsError } from '../../src/errors.js';
+import { S3Datalake } from '../../src/datalake/s3-datalake.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { S3Engine } from '../support/s3-engine.js';
 import { buildNixBinaryCache, haveNix, type NixBinaryCache } from '../support/nix-binary-cache.js';
 
 interface Subject {
@@ -29,7 +32,7 @@ interface Subject {
   cleanup(): Promise<void>;
 }
 
-type MakeSubject = (cache: NixBinaryCache) => Promise<Subject>;
+type MakeSubject = (cache: NixBinaryCache, ctx: Mocha.Context) => Promise<Subject>;
 
 async function readStream(s: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -77,7 +80,7 @@ function datalakeContract(name: string, make: MakeSubject): void {
 
     before(async function () {
       cache = sharedCache!;
-      s = await make(cache);
+      s = await make(cache, this);
       d = s.datalake;
       hashParts = cache.storePaths.map((p) => path.basename(p).slice(0, 32));
     });
@@ -224,6 +227,28 @@ describe('Datalake contract', function () {
       canList: false,
       secrets: ['narfs-user', 'w0rd', 'pa%20ss'],
       cleanup: () => server.close(),
+    };
+  });
+
+  datalakeContract('S3Datalake (OpenStack Swift s3api, signed, under a key prefix)', async (cache, ctx) => {
+    if (!(await S3Engine.available())) skipOrFail(ctx, 'the S3 engine (python3-swift, s3cmd)');
+    const engine = await S3Engine.start();
+    const home = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-s3-home-'));
+    try {
+      await engine.populate('narfs-contract', cache.dir, 'caches/main');
+    } catch (e) {
+      await engine.stop();
+      throw e;
+    }
+    return {
+      // Keys from a hermetic environment: nobody's ~/.aws is read.
+      datalake: new S3Datalake(engine.url('narfs-contract', 'caches/main'), { credentialSources: { env: engine.env(), homeDir: home } }),
+      canList: false,
+      secrets: [engine.secretKey, engine.accessKey],
+      cleanup: async () => {
+        await engine.stop();
+        await fsp.rm(home, { recursive: true, force: true });
+      },
     };
   });
 

@@ -5,7 +5,8 @@
  * the caller gets it as soon as it consumes the stream.
  *
  * HTTP: a real node:http server on 127.0.0.1 (port 0), written here, sends headers and
- * 1 KiB of a larger body, then resets the connection. file://: a real file whose stream is
+ * 1 KiB of a larger body, then resets the connection; the same server serves as a
+ * path-style S3 endpoint for S3Datalake. file://: a real file whose stream is
  * aborted or closed before use, and a "NAR" that is a symlink to /proc/self/mem, whose read
  * at offset 0 fails with a real EIO from the kernel (address 0 is never mapped).
  */
@@ -22,6 +23,7 @@ import { pipeline } from 'node:stream/promises';
 import { inspect } from 'node:util';
 import { FileDatalake } from '../../src/datalake/file-datalake.js';
 import { HttpDatalake } from '../../src/datalake/http-datalake.js';
+import { S3Datalake } from '../../src/datalake/s3-datalake.js';
 import { isNarfsError } from '../../src/errors.js';
 
 /** Collects uncaught exceptions while installed; mocha's own handler stays in place too. */
@@ -155,6 +157,63 @@ describe('a getStream result failing before it is consumed', function () {
         }
       });
     }
+  });
+
+  describe('S3Datalake: the socket is reset after 1 KiB', function () {
+    let server: http.Server;
+    let serverSocketClosed: Promise<unknown>;
+    let lake: S3Datalake | undefined;
+    let home: string;
+
+    beforeEach(async function () {
+      home = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-s3-home-'));
+      let closed!: (v: unknown) => void;
+      serverSocketClosed = new Promise((resolve) => (closed = resolve));
+      server = http.createServer((req, res) => {
+        res.writeHead(200, { 'Content-Length': String(1 << 20) });
+        res.write(Buffer.alloc(1024, 0x4e), () => {
+          const socket = req.socket as Socket;
+          socket.once('close', closed);
+          socket.resetAndDestroy();
+        });
+      });
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+    });
+    afterEach(async function () {
+      await lake?.close();
+      lake = undefined;
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await fsp.rm(home, { recursive: true, force: true });
+    });
+
+    it('no uncaught exception; pipeline later gets ERR_DATALAKE_TRUNCATED', async function () {
+      const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      lake = new S3Datalake(`s3://bucket?endpoint=${endpoint}`, {
+        attempts: 1,
+        closeTimeoutMs: 500,
+        credentialSources: { env: { AWS_ACCESS_KEY_ID: 'AKIDTEST', AWS_SECRET_ACCESS_KEY: 'test-secret' }, homeDir: home },
+      });
+      let clientSawReset!: () => void;
+      const clientSaw = new Promise<void>((resolve) => (clientSawReset = resolve));
+      const onRequestError = () => clientSawReset();
+      subscribe('undici:request:error', onRequestError);
+      watch = new UncaughtWatch();
+      try {
+        const s = await lake.getStream('nar/x.nar');
+        assert.ok(s);
+        await serverSocketClosed;
+        await clientSaw;
+        await settle();
+        assert.deepEqual(watch.seen, [], 'an error on the unconsumed stream escaped as uncaught');
+        const { error } = await pipeOut(s);
+        assert.ok(isNarfsError(error, 'ERR_DATALAKE_TRUNCATED'), `the stream ended with ${inspect(error)}`);
+        assert.deepEqual(watch.seen, []);
+      } finally {
+        unsubscribe('undici:request:error', onRequestError);
+      }
+    });
   });
 
   describe('FileDatalake', function () {
