@@ -10,6 +10,8 @@ pkgs=(
   debootstrap             # the trixie chroot with Nix 2.26 (local-overlay tests)
   squashfs-tools squashfuse hyperfine   # benchmark peers
   diffutils procps psmisc ca-certificates
+  openssl                 # test CAs and server certificates (https datalake tests)
+  squid                   # the site cache of the fleet test (run by the test, never as a service)
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -18,7 +20,20 @@ done
 if ((${#missing[@]})); then
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "install-system-deps: installing ${missing[*]}" >&2
+  # Packages with a service (squid) must not start one: the tests run their own. A
+  # policy-rc.d that denies starts is put in place for the install unless one exists.
+  policy=/usr/sbin/policy-rc.d made_policy=
+  if [ ! -e "$policy" ]; then
+    made_policy=1
+    trap '$SUDO rm -f "$policy"' EXIT   # also when the install fails
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+  fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$made_policy" ] || { $SUDO rm -f "$policy"; trap - EXIT; }
+  if [[ " ${missing[*]} " == *" squid "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable squid >/dev/null 2>&1 || true   # not at boot either
+  fi
 fi
 [ -e /dev/fuse ] || { echo "install-system-deps: /dev/fuse is missing" >&2; exit 1; }
