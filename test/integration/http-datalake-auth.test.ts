@@ -112,8 +112,10 @@ describe('HttpDatalake: authenticated HTTPS', function () {
   describe('TLS', function () {
     it('a server whose CA is not trusted is ERR_DATALAKE_TLS, at once and not retried', async function () {
       const t0 = Date.now();
-      const e = await fails(new HttpDatalake(server.url, { ...FAST, attempts: 5, retryBaseMs: 2000 }).open(), 'ERR_DATALAKE_TLS');
-      assert.ok(Date.now() - t0 < 2000, 'no backoff: a TLS failure is not retried');
+      // A retry would first sleep at least 5 s (half of retryBaseMs), well within the deadline.
+      const slowRetry = { ...FAST, attempts: 5, retryBaseMs: 10_000, smallFileTimeoutMs: 60_000 };
+      const e = await fails(new HttpDatalake(server.url, slowRetry).open(), 'ERR_DATALAKE_TLS');
+      assert.ok(Date.now() - t0 < 4000, 'no backoff: a TLS failure is not retried');
       assert.match(e.hint, /--ssl-cert-file/);
       await fails(lake({ sslCertFile: otherCa.caFile }).open(), 'ERR_DATALAKE_TLS');
       assert.equal(server.count('*'), 0, 'no request got through');
