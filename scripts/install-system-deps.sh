@@ -11,6 +11,8 @@ pkgs=(
   python3-swift s3cmd     # the real S3 engine of the s3:// tests (Swift's s3api, scripts/s3_engine.py) and its client
   squashfs-tools squashfuse hyperfine   # benchmark peers
   diffutils procps psmisc ca-certificates
+  openssl                 # test CAs and server certificates (https datalake tests)
+  squid                   # the site cache of the fleet test (run by the test, never as a service)
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -19,7 +21,20 @@ done
 if ((${#missing[@]})); then
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "install-system-deps: installing ${missing[*]}" >&2
+  # Packages with a service (squid) must not start one: the tests run their own. A
+  # policy-rc.d that denies starts is put in place for the install unless one exists.
+  policy=/usr/sbin/policy-rc.d made_policy=
+  if [ ! -e "$policy" ]; then
+    made_policy=1
+    trap '$SUDO rm -f "$policy"' EXIT   # also when the install fails
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+  fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$made_policy" ] || { $SUDO rm -f "$policy"; trap - EXIT; }
+  if [[ " ${missing[*]} " == *" squid "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable squid >/dev/null 2>&1 || true   # not at boot either
+  fi
 fi
 [ -e /dev/fuse ] || { echo "install-system-deps: /dev/fuse is missing" >&2; exit 1; }

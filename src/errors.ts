@@ -58,9 +58,10 @@ export const ERROR_CATALOG = {
   ERR_DATALAKE_TIMEOUT: 'The datalake did not answer within the deadline.',
   ERR_DATALAKE_HTTP: 'The datalake answered with an unexpected HTTP status.',
   ERR_DATALAKE_TRUNCATED: 'The datalake closed the body before all of it arrived.',
-  ERR_DATALAKE_AUTH:
-    'The datalake refused our credentials (unknown key, wrong secret, expired token, wrong region or skewed clock). For s3://, check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile= in ~/.aws/credentials, and the region= parameter.',
   ERR_NOT_BINARY_CACHE: 'The URL does not serve a nix-cache-info file; is it a Nix binary cache?',
+  ERR_DATALAKE_AUTH: 'The datalake refused the credentials (or wants some): check --netrc-file, --bearer-token-file or the S3 keys.',
+  ERR_DATALAKE_TLS: 'The datalake\'s TLS certificate is not trusted: give its CA bundle with --ssl-cert-file, and check the host name and the certificate dates.',
+  ERR_DATALAKE_FILE: 'A file named by the datalake settings (--netrc-file, --bearer-token-file, --ssl-cert-file) could not be read or is malformed.',
 
   // --- src/cache, src/store
   ERR_CACHE_IO: 'The cache directory could not be read or written; check its permissions and the disk.',
@@ -84,6 +85,7 @@ export const ERROR_CATALOG = {
   ERR_MOUNTPOINT: 'The mountpoint must be an existing directory.',
   ERR_USAGE: 'Run narfs --help for the commands and options.',
   ERR_CONTROL: 'The control socket of the running daemon could not be used.',
+  ERR_CONFIG: 'The --config file is malformed: lines are "key = value" with the long option names of the command line, # starts a comment.',
 
   // --- src/nixdb
   ERR_DB_SCHEMA: 'The lower database has a schema narfs does not know; narfs leaves it untouched.',

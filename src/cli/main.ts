@@ -8,7 +8,8 @@
 import { parseArgs } from 'node:util';
 import { NarfsError, toNarfsError } from '../errors.js';
 import { createLogger, type LogFormat } from '../log.js';
-import { buildMountConfig } from '../config/mount-config.js';
+import { buildDatalakeAccess, buildMountConfig } from '../config/mount-config.js';
+import { mergeConfig, readConfigFile, type ConfigSpec } from '../config/config-file.js';
 import { startMount } from '../daemon/mount-daemon.js';
 import { forceUnmount } from '../fuse/fuse-native-mount.js';
 import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, parseDuration } from '../config/mount-config.js';
@@ -25,6 +26,7 @@ const HELP = `narfs — a lazily materialised /nix/store over FUSE
 
 Usage:
   narfs mount <mountpoint> --datalake URL [--datalake URL ...] [options]
+  narfs mount <mountpoint> --config FILE [options]
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs verify-cache [--cache-dir DIR] [--log-format text|json]
   narfs --help
@@ -41,6 +43,21 @@ narfs mount options:
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --log-format text|json      log line format on stderr (default text)
+
+http(s) datalakes (mount and register):
+  --netrc-file FILE           credentials per host, in Nix's netrc-file format
+                              (machine HOST login USER password PASS)
+  --bearer-token-file [HOST=]FILE   send "Authorization: Bearer <contents of FILE>"
+                              to HOST (name or name:port), or without HOST to every
+                              http(s) datalake; re-read when the datalake answers 401
+  --ssl-cert-file FILE        PEM CA bundle that replaces the default roots (Nix's
+                              ssl-cert-file; default $NIX_SSL_CERT_FILE, $SSL_CERT_FILE)
+  --proxy URL                 HTTP proxy (http://host:port); default http_proxy,
+                              https_proxy, all_proxy; no_proxy is honoured either way
+  --config FILE               settings as "key = value" lines (keys are the long options
+                              above without "--"; # comments; repeatable keys add up);
+                              command-line options replace the file's. Keeps secrets and
+                              URLs with credentials out of the command line
 
 narfs register options (registers the whole closure of each root as valid paths in the
 lower store's database, in one transaction; through the running daemon of --cache-dir
@@ -117,24 +134,76 @@ function parse(args: string[], options: OptionSpec): { values: Record<string, un
   }
 }
 
+/** Options of http(s) datalakes, shared by mount and register. */
+const ACCESS_OPTIONS: OptionSpec = {
+  'netrc-file': { type: 'string' },
+  'bearer-token-file': { type: 'string', multiple: true },
+  'ssl-cert-file': { type: 'string' },
+  proxy: { type: 'string' },
+};
+
+const MOUNT_OPTIONS: OptionSpec = {
+  datalake: { type: 'string', multiple: true },
+  'trusted-public-keys': { type: 'string', multiple: true },
+  'require-sigs': { type: 'boolean' },
+  'cache-dir': { type: 'string' },
+  'op-timeout': { type: 'string' },
+  'negative-ttl': { type: 'string' },
+  lower: { type: 'string' },
+  'allow-other': { type: 'boolean' },
+  'decompress-jobs': { type: 'string' },
+  'log-format': { type: 'string' },
+  ...ACCESS_OPTIONS,
+};
+
+const REGISTER_OPTIONS: OptionSpec = {
+  lower: { type: 'string' },
+  'from-file': { type: 'string', multiple: true },
+  all: { type: 'boolean' },
+  datalake: { type: 'string', multiple: true },
+  'trusted-public-keys': { type: 'string', multiple: true },
+  'require-sigs': { type: 'boolean' },
+  'cache-dir': { type: 'string' },
+  timeout: { type: 'string' },
+  'log-format': { type: 'string' },
+  ...ACCESS_OPTIONS,
+};
+
+/**
+ * What a --config file may set: the options of mount and register (one file serves both;
+ * each command takes the keys it knows), but not `all`, `from-file` or `timeout`, which
+ * belong to one invocation.
+ */
+const CONFIG_SPEC: ConfigSpec = Object.fromEntries(
+  Object.entries({ ...MOUNT_OPTIONS, ...REGISTER_OPTIONS })
+    .filter(([k]) => !['all', 'from-file', 'timeout'].includes(k))
+    .map(([k, o]) => [k, o.multiple ? 'list' : o.type]),
+);
+
+/** The command-line values over those of --config FILE (when given), for `spec`'s keys. */
+async function withConfigFile(values: Record<string, unknown>, spec: OptionSpec): Promise<Record<string, unknown>> {
+  const file = values.config as string | undefined;
+  if (file === undefined) return values;
+  const fromFile = await readConfigFile(file, CONFIG_SPEC);
+  const known = Object.fromEntries(Object.entries(fromFile).filter(([k]) => k in spec));
+  return mergeConfig(values, known);
+}
+
+/** --ssl-cert-file, else Nix's environment defaults (NIX_SSL_CERT_FILE, SSL_CERT_FILE). */
+function sslCertFile(values: Record<string, unknown>): string | undefined {
+  const given = values['ssl-cert-file'] as string | undefined;
+  return given ?? (process.env.NIX_SSL_CERT_FILE || undefined) ?? (process.env.SSL_CERT_FILE || undefined);
+}
+
 async function mountCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, {
-    datalake: { type: 'string', multiple: true },
-    'trusted-public-keys': { type: 'string', multiple: true },
-    'require-sigs': { type: 'boolean' },
-    'cache-dir': { type: 'string' },
-    'op-timeout': { type: 'string' },
-    'negative-ttl': { type: 'string' },
-    lower: { type: 'string' },
-    'allow-other': { type: 'boolean' },
-    'decompress-jobs': { type: 'string' },
-    'log-format': { type: 'string' },
-  });
-  if (values.help) {
+  const parsed = parse(args, { ...MOUNT_OPTIONS, config: { type: 'string' } });
+  const positionals = parsed.positionals;
+  if (parsed.values.help) {
     process.stdout.write(HELP);
     return 0;
   }
   if (positionals.length !== 1) throw new NarfsError('ERR_USAGE', 'narfs mount takes exactly one mountpoint');
+  const values = await withConfigFile(parsed.values, MOUNT_OPTIONS);
   const config = buildMountConfig({
     mountpoint: positionals[0]!,
     datalake: values.datalake as string[] | undefined,
@@ -147,6 +216,10 @@ async function mountCommand(args: string[]): Promise<number> {
     allowOther: values['allow-other'] as boolean | undefined,
     decompressJobs: values['decompress-jobs'] as string | undefined,
     logFormat: values['log-format'] as string | undefined,
+    netrcFile: values['netrc-file'] as string | undefined,
+    bearerTokenFile: values['bearer-token-file'] as string[] | undefined,
+    sslCertFile: sslCertFile(values),
+    proxy: values.proxy as string | undefined,
   });
   const logger = createLogger({ format: config.logFormat });
   const mount = await startMount(config, logger);
@@ -172,21 +245,13 @@ async function mountCommand(args: string[]): Promise<number> {
 }
 
 async function registerCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, {
-    lower: { type: 'string' },
-    'from-file': { type: 'string', multiple: true },
-    all: { type: 'boolean' },
-    datalake: { type: 'string', multiple: true },
-    'trusted-public-keys': { type: 'string', multiple: true },
-    'require-sigs': { type: 'boolean' },
-    'cache-dir': { type: 'string' },
-    timeout: { type: 'string' },
-    'log-format': { type: 'string' },
-  });
-  if (values.help) {
+  const parsed = parse(args, { ...REGISTER_OPTIONS, config: { type: 'string' } });
+  const positionals = parsed.positionals;
+  if (parsed.values.help) {
     process.stdout.write(HELP);
     return 0;
   }
+  const values = await withConfigFile(parsed.values, REGISTER_OPTIONS);
   const lower = values.lower as string | undefined;
   if (!lower) throw new NarfsError('ERR_USAGE', 'narfs register needs --lower DIR');
   const roots = [...positionals];
@@ -199,7 +264,7 @@ async function registerCommand(args: string[]): Promise<number> {
   const all = values.all === true;
   const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 10 * 60_000;
-  const logger = createLogger({ format: sniffLogFormat(args) });
+  const logger = createLogger({ format: values['log-format'] === 'json' ? 'json' : 'text' });
   const { resolve } = await import('node:path');
   const request = { op: 'register', lower: resolve(lower), roots, all };
   const viaDaemon = await callDaemon(cacheDir, request, (l) => {
@@ -216,8 +281,15 @@ async function registerCommand(args: string[]): Promise<number> {
         { hint: 'Start narfs mount with this --cache-dir, or pass --datalake and --trusted-public-keys.' });
     }
     const keys = ((values['trusted-public-keys'] as string[] | undefined) ?? []).flatMap((k) => parseTrustedPublicKeys(k));
+    const datalakeAccess = buildDatalakeAccess({
+      netrcFile: values['netrc-file'] as string | undefined,
+      bearerTokenFile: values['bearer-token-file'] as string[] | undefined,
+      sslCertFile: sslCertFile(values),
+      proxy: values.proxy as string | undefined,
+    });
     const stack = await openStoreStack({
       datalakes, trustedPublicKeys: keys, requireSigs: values['require-sigs'] !== false, cacheDir, negativeTtlMs: DEFAULT_NEGATIVE_TTL_MS,
+      ...(datalakeAccess ? { datalakeAccess } : {}),
     }, logger);
     const deadline = AbortSignal.timeout(timeoutMs);
     try {

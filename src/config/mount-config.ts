@@ -4,6 +4,9 @@
  */
 import { NarfsError } from '../errors.js';
 import { parseTrustedPublicKeys, type PublicKey } from '../nix/signature.js';
+import { parseBearerTokenFile } from '../datalake/http-auth.js';
+import type { HttpAccessOptions } from '../datalake/http-datalake.js';
+import { parseProxyUrl } from '../datalake/proxy-for.js';
 
 export interface MountConfig {
   /** Where the store appears, e.g. /mnt/lower/nix/store. */
@@ -28,6 +31,11 @@ export interface MountConfig {
   allowOther?: boolean;
   /** Decompressor processes (xz, bzip2) that may run at once. Default 2 × cores. */
   decompressJobs?: number;
+  /**
+   * Credentials (netrc file, bearer token files), CA bundle and proxy of the http(s)
+   * datalakes: file names only, never the secrets themselves.
+   */
+  datalakeAccess?: HttpAccessOptions;
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
@@ -55,6 +63,27 @@ export interface RawMountOptions {
   lower?: string;
   allowOther?: boolean;
   decompressJobs?: string;
+  netrcFile?: string;
+  /** `[HOST=]FILE`, repeatable. */
+  bearerTokenFile?: string[];
+  sslCertFile?: string;
+  proxy?: string;
+}
+
+/**
+ * The http(s) access settings from their raw option values (shared by mount and register).
+ * A proxy URL is checked here, so that a typo fails at start, not at the first request.
+ */
+export function buildDatalakeAccess(raw: Pick<RawMountOptions, 'netrcFile' | 'bearerTokenFile' | 'sslCertFile' | 'proxy'>): HttpAccessOptions | undefined {
+  const access: HttpAccessOptions = {};
+  if (raw.netrcFile) access.netrcFile = raw.netrcFile;
+  if (raw.bearerTokenFile && raw.bearerTokenFile.length > 0) access.bearerTokenFiles = raw.bearerTokenFile.map(parseBearerTokenFile);
+  if (raw.sslCertFile) access.sslCertFile = raw.sslCertFile;
+  if (raw.proxy) {
+    parseProxyUrl(raw.proxy);
+    access.proxy = raw.proxy;
+  }
+  return Object.keys(access).length > 0 ? access : undefined;
 }
 
 export function buildMountConfig(raw: RawMountOptions): MountConfig {
@@ -82,6 +111,8 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     logFormat,
   };
   if (raw.lower) config.lower = raw.lower;
+  const access = buildDatalakeAccess(raw);
+  if (access) config.datalakeAccess = access;
   if (raw.allowOther !== undefined) config.allowOther = raw.allowOther;
   if (raw.decompressJobs !== undefined) {
     const n = Number(raw.decompressJobs);

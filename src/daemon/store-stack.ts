@@ -13,6 +13,7 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PublicKey } from '../nix/signature.js';
 import { DatalakeSet } from '../datalake/datalake-set.js';
+import type { HttpAccessOptions } from '../datalake/http-datalake.js';
 import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
 import { NarCache } from '../cache/nar-cache.js';
 import { PathInfoService } from '../store/path-info-service.js';
@@ -29,6 +30,8 @@ export interface StoreStackConfig {
   negativeTtlMs: number;
   /** Cached NAR files kept open for reads (default 256). */
   maxOpenFiles?: number;
+  /** Credentials, CA bundle and proxy of the http(s) datalakes (file names, no secrets). */
+  datalakeAccess?: HttpAccessOptions;
 }
 
 export interface StoreStack {
@@ -46,7 +49,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
   checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
   const cleanups = new CleanupStack(logger);
   try {
-    const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger });
+    const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger, ...config.datalakeAccess });
     cleanups.push(() => datalakes.close());
     await datalakes.open();
     await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {

@@ -27,10 +27,32 @@
  * - a body shorter than its Content-Length always ends in ERR_DATALAKE_TRUNCATED: undici
  *   reports the early close as UND_ERR_SOCKET "other side closed" (checked against a real
  *   server in test/integration/http-datalake-faults.test.ts), and we also count bytes;
- * - credentials in the URL (user:pass@) become a Basic Authorization header and appear
- *   nowhere else: not in `displayUrl`, messages, error details or causes (undici only ever
- *   sees the bare origin). The query string is dropped too (it may carry tokens); Nix's
- *   store parameters `priority=` and `want-mass-query=` in it are honoured by `open()`;
+ * - credentials (user:pass@ in the URL, a netrc file, a bearer token file: HttpAuth picks
+ *   one) become an Authorization header sent to the datalake's own origin only (undici's
+ *   redirect interceptor drops it on a redirect to another origin; checked in
+ *   test/integration/http-datalake-auth.test.ts), and appear nowhere else: not in
+ *   `displayUrl`, messages, error details or causes (undici only ever sees the bare origin).
+ *   The query string is dropped too (it may carry tokens); Nix's store parameters
+ *   `priority=` and `want-mass-query=` in it are honoured by `open()`;
+ * - 401 is ERR_DATALAKE_AUTH, never absence: the credentials are missing or refused, and
+ *   treating it as "no such path" would hide every path behind a negative cache entry.
+ *   Before giving up, the credential files are read again once (a rotated token is picked
+ *   up without a restart). 403 stays absence for narinfos and NARs, as Nix has it (S3
+ *   answers 403 for a missing key without list rights), with one exception: a 403 on
+ *   nix-cache-info at `open()` while credentials are configured is ERR_DATALAKE_AUTH. A
+ *   binary cache always has nix-cache-info, so a 403 there means the credentials do not
+ *   open it (an expired or wrong token is answered 403 by many servers and object
+ *   stores); reporting "not a binary cache" would send the user looking in the wrong place;
+ * - TLS: a CA bundle (`sslCertFile`, Nix's `ssl-cert-file`) replaces Node's default roots,
+ *   as CURLOPT_CAINFO does for Nix; an untrusted, expired or misnamed certificate is
+ *   ERR_DATALAKE_TLS at once (never retried: it will not heal by itself);
+ * - proxies: `proxy` or the environment (proxyFor: http_proxy, https_proxy, all_proxy,
+ *   no_proxy), decided once per datalake for its origin. http:// goes to the proxy in
+ *   forward-proxy form (absolute URI), so that a site cache such as Squid can keep the NARs;
+ *   https:// goes through a CONNECT tunnel, end to end encrypted. Either way the
+ *   Authorization header reaches the datalake only, never as proxy credentials;
+ * - files (CA bundle, netrc, token) are read on first use and at each `open()`, never in
+ *   the constructor: openDatalake does no I/O;
  * - a Content-Encoding (S3 objects uploaded with narinfo-compression) is undone for
  *   `getBytes` (gzip, deflate, br); `getStream` refuses any, since NARs are compressed as
  *   files, never by the transport. We send no Accept-Encoding;
@@ -40,7 +62,8 @@
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
-import { Agent, interceptors, type Dispatcher } from 'undici';
+import { readFile } from 'node:fs/promises';
+import { Agent, Pool as UndiciPool, ProxyAgent, interceptors, type Dispatcher } from 'undici';
 import { sleep, withDeadline } from '../deadline.js';
 import { NarfsError, type ErrorCode } from '../errors.js';
 import {
@@ -54,8 +77,26 @@ import {
   type GetOptions,
 } from './datalake.js';
 import { GuardedReadable } from './guarded-readable.js';
+import { HttpAuth, type BearerTokenFile } from './http-auth.js';
+import { proxyFor, type ProxyEnv } from './proxy-for.js';
 
-export interface HttpDatalakeOptions {
+/** Who may read, through what: credentials, TLS roots and proxy. None is required. */
+export interface HttpAccessOptions {
+  /** A netrc file (Nix's `netrc-file`); its entry for the datalake's host is sent as Basic auth. */
+  netrcFile?: string;
+  /** Bearer token files (`[HOST=]FILE`, see HttpAuth for which one a datalake uses). */
+  bearerTokenFiles?: readonly BearerTokenFile[];
+  /** A PEM CA bundle that replaces the default roots for https:// (Nix's `ssl-cert-file`). */
+  sslCertFile?: string;
+  /** Proxy for every request (http://host:port), unless no_proxy exempts the host. */
+  proxy?: string;
+  /** Where http_proxy, https_proxy, all_proxy and no_proxy are read. Default process.env. */
+  proxyEnv?: ProxyEnv;
+}
+
+export interface HttpDatalakeOptions extends HttpTuningOptions, HttpAccessOptions {}
+
+export interface HttpTuningOptions {
   /** Sockets per origin for NAR bodies (`getStream`). Default 16. */
   connections?: number;
   /** Sockets per origin for small files (`getBytes`: narinfo, .ls, nix-cache-info). Default 16. */
@@ -84,7 +125,7 @@ export interface HttpDatalakeOptions {
   userAgent?: string;
 }
 
-export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpDatalakeOptions>> = Object.freeze({
+export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpTuningOptions>> = Object.freeze({
   connections: 16,
   metadataConnections: 16,
   connectTimeoutMs: 5_000,
@@ -103,11 +144,24 @@ export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpDatalakeOptions>> = O
 /** Connection-level error codes of node:net/dns and undici that mean "try again". */
 const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
 const BODY_DIED_CODES = new Set(['UND_ERR_SOCKET', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ECONNRESET', 'EPIPE']);
+/** OpenSSL/Node verification failures: the certificate will not become trusted by retrying. */
+const TLS_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED', 'CERT_REJECTED', 'CERT_REVOKED', 'INVALID_CA',
+  'ERR_TLS_CERT_ALTNAME_INVALID', 'HOSTNAME_MISMATCH',
+]);
 
-/** One Agent and the dispatcher (redirects composed in) that requests go through. */
+/** One Agent (or ProxyAgent) and the dispatcher (redirects composed in) that requests go through. */
 interface Pool {
-  agent: Agent;
+  agent: Dispatcher;
   dispatcher: Dispatcher;
+}
+
+/** The two pools, built once the CA bundle has been read. */
+interface Pools {
+  metadata: Pool;
+  bulk: Pool;
 }
 
 /** Carries the per-attempt facts the retry loop needs. */
@@ -130,11 +184,16 @@ export class HttpDatalake implements Datalake {
   private readonly basePath: string;
   private readonly params: URLSearchParams;
   private readonly headers: Record<string, string>;
-  private readonly opts: Required<HttpDatalakeOptions>;
-  /** Small files; never shared with NAR bodies. */
-  private readonly metadata: Pool;
-  /** NAR bodies. */
-  private readonly bulk: Pool;
+  private readonly opts: Required<HttpTuningOptions>;
+  private readonly sslCertFile: string | undefined;
+  private readonly auth: HttpAuth;
+  /** The proxy requests go through, or undefined for direct connections. */
+  private readonly proxy: URL | undefined;
+  private readonly https: boolean;
+  /** Set up on first use (reads the CA bundle and credentials); reset when that fails. */
+  private setup: Promise<Pools> | undefined;
+  /** Small files (`metadata`, never shared with NAR bodies) and NAR bodies (`bulk`). */
+  private pools: Pools | undefined;
   /** Aborted by close(); every call listens to it, so it may have many listeners. */
   private readonly closer = fanOutController();
 
@@ -149,27 +208,35 @@ export class HttpDatalake implements Datalake {
     if (u.protocol !== 'http:' && u.protocol !== 'https:') {
       throw new NarfsError('ERR_DATALAKE_URL', `HttpDatalake needs http:// or https://, not ${u.protocol}//`);
     }
-    this.opts = { ...HTTP_DATALAKE_DEFAULTS, ...dropUndefined(options) };
+    const { netrcFile, bearerTokenFiles, sslCertFile, proxy, proxyEnv, ...tuning } = options;
+    this.opts = { ...HTTP_DATALAKE_DEFAULTS, ...dropUndefined(tuning) };
     if (!(this.opts.attempts >= 1)) throw new NarfsError('ERR_INVALID_ARGUMENT', 'attempts must be at least 1');
     this.origin = u.origin;
     this.basePath = u.pathname.endsWith('/') ? u.pathname : u.pathname + '/';
     this.params = u.searchParams;
     this.displayUrl = u.origin + this.basePath.replace(/\/$/, '');
     this.headers = { 'user-agent': this.opts.userAgent };
-    if (u.username !== '' || u.password !== '') {
-      const user = safeDecode(u.username);
-      const pass = safeDecode(u.password);
-      this.headers.authorization = 'Basic ' + Buffer.from(`${user}:${pass}`).toString('base64');
-    }
+    this.auth = new HttpAuth(u, { ...(netrcFile === undefined ? {} : { netrcFile }), ...(bearerTokenFiles === undefined ? {} : { bearerTokenFiles }) });
+    this.sslCertFile = sslCertFile;
+    this.https = u.protocol === 'https:';
+    this.proxy = proxyFor(u, proxy, proxyEnv);
     if (!(this.opts.connections >= 1) || !(this.opts.metadataConnections >= 1)) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', 'connections and metadataConnections must be at least 1');
     }
-    this.metadata = this.pool(this.opts.metadataConnections);
-    this.bulk = this.pool(this.opts.connections);
+  }
+
+  /** The proxy's origin (never its credentials), or undefined when connecting directly. */
+  get displayProxy(): string | undefined {
+    return this.proxy?.origin;
   }
 
   async open(options: GetOptions = {}): Promise<CacheInfo> {
-    const bytes = await this.getBytes('nix-cache-info', options);
+    // Every open() after the first re-reads the credential files (DatalakeSet reopens a
+    // datalake that went down: a fixed token file is picked up then).
+    const again = this.setup !== undefined;
+    await this.ready();
+    if (again) await this.auth.load();
+    const bytes = await this.fetchBytes('nix-cache-info', options, true);
     if (bytes === undefined) {
       throw new NarfsError('ERR_NOT_BINARY_CACHE', `${this.displayUrl} has no nix-cache-info`, {
         details: { datalake: this.displayUrl },
@@ -179,18 +246,25 @@ export class HttpDatalake implements Datalake {
     return checkStoreDir(applyStoreParams(info, this.params, this.displayUrl), this.displayUrl);
   }
 
-  async getBytes(relPath: string, options: GetOptions = {}): Promise<Buffer | undefined> {
+  getBytes(relPath: string, options: GetOptions = {}): Promise<Buffer | undefined> {
+    return this.fetchBytes(relPath, options, false);
+  }
+
+  /** getBytes; `forbiddenIsAuth`: a 403 is ERR_DATALAKE_AUTH when credentials are configured. */
+  private async fetchBytes(relPath: string, options: GetOptions, forbiddenIsAuth: boolean): Promise<Buffer | undefined> {
     const path = this.requestPath(relPath);
     const signal = this.liveSignal(relPath, options.signal);
     const deadlineAt = Date.now() + this.opts.smallFileTimeoutMs;
     return withDeadline(
       this.opts.smallFileTimeoutMs,
-      (attemptSignal) =>
-        this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
-          const res = await this.send(this.metadata, path, relPath, attemptSignal);
+      async (attemptSignal) => {
+        const { metadata } = await this.ready();
+        return this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
+          const res = await this.send(metadata, path, relPath, attemptSignal, forbiddenIsAuth);
           if (res === undefined) return undefined;
           return this.readAll(res, relPath, attemptSignal);
-        }),
+        });
+      },
       { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.describe(relPath)}`, signal },
     ).catch((e: unknown) => {
       throw this.finalError(e, relPath, signal);
@@ -201,7 +275,8 @@ export class HttpDatalake implements Datalake {
     const path = this.requestPath(relPath);
     const signal = this.liveSignal(relPath, options.signal);
     try {
-      const res = await this.withRetries(relPath, signal, undefined, () => this.send(this.bulk, path, relPath, signal));
+      const { bulk } = await this.ready();
+      const res = await this.withRetries(relPath, signal, undefined, () => this.send(bulk, path, relPath, signal, false));
       if (res === undefined) return undefined;
       const enc = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
       if (enc !== '' && enc !== 'identity') {
@@ -228,21 +303,64 @@ export class HttpDatalake implements Datalake {
     if (!this.closer.signal.aborted) {
       this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
     }
-    await Promise.all([this.metadata, this.bulk].map(({ agent }) => this.closeAgent(agent)));
+    await this.setup?.catch(() => {});
+    const pools = this.pools;
+    if (pools) await Promise.all([pools.metadata, pools.bulk].map(({ agent }) => this.closeAgent(agent)));
   }
 
   // --- internals
 
-  /** An Agent of `connections` sockets per origin, with redirects composed in. */
-  private pool(connections: number): Pool {
-    const agent = new Agent({
+  /** The pools, built on first use after reading the CA bundle and the credentials. */
+  private ready(): Promise<Pools> {
+    this.setup ??= this.setUp().catch((e: unknown) => {
+      this.setup = undefined; // a later call (a reopen) tries again
+      throw e;
+    });
+    return this.setup;
+  }
+
+  private async setUp(): Promise<Pools> {
+    let ca: Buffer | undefined;
+    if (this.sslCertFile !== undefined) {
+      const file = this.sslCertFile;
+      ca = await readFile(file).catch((err: unknown) => {
+        throw new NarfsError('ERR_DATALAKE_FILE', `cannot read the CA bundle ${file}`, { cause: err, details: { file } });
+      });
+      if (!ca.includes('-----BEGIN CERTIFICATE-----')) {
+        throw new NarfsError('ERR_DATALAKE_FILE', `the CA bundle ${file} holds no PEM certificate`, { details: { file } });
+      }
+    }
+    await this.auth.load();
+    if (this.closer.signal.aborted) throw this.aborted('nix-cache-info', this.closer.signal);
+    this.pools = { metadata: this.pool(this.opts.metadataConnections, ca), bulk: this.pool(this.opts.connections, ca) };
+    return this.pools;
+  }
+
+  /**
+   * An Agent of `connections` sockets per origin (a ProxyAgent when a proxy applies), with
+   * redirects composed in.
+   */
+  private pool(connections: number, ca: Buffer | undefined): Pool {
+    const common = {
       connections,
-      connectTimeout: this.opts.connectTimeoutMs,
       headersTimeout: this.opts.headersTimeoutMs,
       bodyTimeout: this.opts.bodyTimeoutMs,
       keepAliveTimeout: this.opts.keepAliveTimeoutMs,
       keepAliveMaxTimeout: Math.max(this.opts.keepAliveTimeoutMs, 600_000),
-    });
+    };
+    const tls = { timeout: this.opts.connectTimeoutMs, ...(ca === undefined ? {} : { ca }) };
+    const agent: Dispatcher = this.proxy
+      ? new ProxyAgent({
+          ...common,
+          uri: this.proxy.href,
+          // Forward-proxy form for http:// (a site cache can keep the NARs); CONNECT for https://.
+          proxyTunnel: this.https,
+          requestTls: tls,
+          proxyTls: { timeout: this.opts.connectTimeoutMs },
+          // Bounded sockets per origin (and to the proxy), like the direct Agent.
+          factory: (origin: string | URL, opts: object) => new UndiciPool(origin, { ...common, ...opts }),
+        })
+      : new Agent({ ...common, connect: tls });
     const dispatcher =
       this.opts.maxRedirections > 0
         ? agent.compose(interceptors.redirect({ maxRedirections: this.opts.maxRedirections }))
@@ -250,8 +368,8 @@ export class HttpDatalake implements Datalake {
     return { agent, dispatcher };
   }
 
-  private async closeAgent(agent: Agent): Promise<void> {
-    if (agent.destroyed) return;
+  private async closeAgent(agent: Dispatcher): Promise<void> {
+    if ((agent as { destroyed?: boolean }).destroyed === true) return;
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), this.opts.closeTimeoutMs);
@@ -293,21 +411,43 @@ export class HttpDatalake implements Datalake {
 
   /**
    * One request up to its headers. Resolves the response for 200, undefined for 404/403;
-   * throws AttemptError for everything else.
+   * throws AttemptError for everything else. A 401 (or, with `forbiddenIsAuth` and
+   * credentials configured, a 403) is tried once more if re-reading the credential files
+   * changed them, then is ERR_DATALAKE_AUTH.
    */
   private async send(
     pool: Pool,
     path: string,
     relPath: string,
     signal: AbortSignal,
+    forbiddenIsAuth: boolean,
   ): Promise<Dispatcher.ResponseData | undefined> {
-    let res: Dispatcher.ResponseData;
+    for (let refreshed = false; ; refreshed = true) {
+      const res = await this.request(pool, path, relPath, signal);
+      const status = res.statusCode;
+      if (status === 200) return res;
+      discard(res);
+      const authFailure = status === 401 || (status === 403 && forbiddenIsAuth && this.auth.configured);
+      if (!authFailure) return this.nonAuthStatus(res, relPath);
+      if (!refreshed) {
+        const changed = await this.auth.refresh().catch((e: unknown) => {
+          throw new AttemptError({ error: toNarfs(e), retryable: false });
+        });
+        if (changed) continue;
+      }
+      throw new AttemptError({ error: this.authError(relPath, status), retryable: false });
+    }
+  }
+
+  private async request(pool: Pool, path: string, relPath: string, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+    const authorization = this.auth.header();
     try {
-      res = await pool.dispatcher.request({
+      return await pool.dispatcher.request({
         origin: this.origin,
         path,
         method: 'GET',
-        headers: this.headers,
+        // A fresh object per request: undici's ProxyAgent adds Host to the one it is given.
+        headers: authorization === undefined ? { ...this.headers } : { ...this.headers, authorization },
         signal,
         headersTimeout: this.opts.headersTimeoutMs,
         bodyTimeout: this.opts.bodyTimeoutMs,
@@ -315,9 +455,20 @@ export class HttpDatalake implements Datalake {
     } catch (e) {
       throw new AttemptError(this.classify(e, relPath, signal, 'headers'));
     }
+  }
+
+  private authError(relPath: string, status: number): NarfsError {
+    const configured = this.auth.configured;
+    return new NarfsError(
+      'ERR_DATALAKE_AUTH',
+      `GET ${this.describe(relPath)}: HTTP ${status} (${configured ? 'the credentials were refused' : 'credentials are needed'})`,
+      { details: { datalake: this.displayUrl, relPath, status, credentials: configured ? 'configured' : 'none' } },
+    );
+  }
+
+  /** The outcome of a status that is neither 200 nor an auth failure. */
+  private nonAuthStatus(res: Dispatcher.ResponseData, relPath: string): undefined {
     const status = res.statusCode;
-    if (status === 200) return res;
-    discard(res);
     if (status === 404 || status === 403) return undefined;
     const where = `GET ${this.describe(relPath)}`;
     if (status >= 500 || status === 429) {
@@ -330,7 +481,6 @@ export class HttpDatalake implements Datalake {
     }
     const error = new NarfsError('ERR_DATALAKE_HTTP', `${where}: unexpected HTTP ${status}`, {
       details: { datalake: this.displayUrl, relPath, status },
-      ...(status === 401 ? { hint: 'The datalake wants credentials: put them in the URL (https://user:pass@host/…).' } : {}),
     });
     throw new AttemptError({ error, retryable: false });
   }
@@ -431,6 +581,21 @@ export class HttpDatalake implements Datalake {
     const details = { datalake: this.displayUrl, relPath, phase, cause: code };
     const make = (c: ErrorCode, what: string) =>
       new NarfsError(c, `${where}: ${what}`, { cause: e, details: { ...details, ...progress } });
+    const tlsCode = [code, causeCode(e)].find((c) => c !== undefined && TLS_CODES.has(c));
+    if (tlsCode !== undefined) {
+      return { error: make('ERR_DATALAKE_TLS', `TLS: ${tlsCode} (the server certificate is not trusted)`), retryable: false };
+    }
+    if (/\(407\)/.test(e instanceof Error ? e.message : '')) {
+      const error = make('ERR_DATALAKE_AUTH', `the proxy ${this.proxy?.origin ?? ''} wants credentials (HTTP 407)`);
+      return {
+        error: new NarfsError('ERR_DATALAKE_AUTH', error.message, {
+          cause: e,
+          details: error.details,
+          hint: 'The proxy refused the request: put its user:password in the proxy URL (http://user:pass@host:port), in the --config file or the environment, never on the command line.',
+        }),
+        retryable: false,
+      };
+    }
     if (code !== undefined && TIMEOUT_CODES.has(code)) {
       const which =
         code === 'UND_ERR_CONNECT_TIMEOUT'
@@ -514,12 +679,13 @@ function dropUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-function safeDecode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    return s;
-  }
+function causeCode(e: unknown): string | undefined {
+  const c = ((e as { cause?: unknown } | null)?.cause as { code?: unknown } | null)?.code;
+  return typeof c === 'string' ? c : undefined;
+}
+
+function toNarfs(e: unknown): NarfsError {
+  return e instanceof NarfsError ? e : new NarfsError('ERR_INTERNAL', e instanceof Error ? e.message : String(e), { cause: e });
 }
 
 function errorCode(e: unknown): string | undefined {

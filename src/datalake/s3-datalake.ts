@@ -67,11 +67,11 @@ import {
   type GetOptions,
 } from './datalake.js';
 import { GuardedReadable } from './guarded-readable.js';
-import { HTTP_DATALAKE_DEFAULTS, type HttpDatalakeOptions } from './http-datalake.js';
+import { HTTP_DATALAKE_DEFAULTS, type HttpTuningOptions } from './http-datalake.js';
 import { resolveS3Credentials, type CredentialSources, type S3Credentials } from './s3-credentials.js';
 import { DEFAULT_S3_REGION, encodeS3Segment, parseS3Url, s3Target, type S3Location, type S3Target } from './s3-url.js';
 
-export interface S3DatalakeOptions extends Omit<HttpDatalakeOptions, 'maxRedirections'> {
+export interface S3DatalakeOptions extends Omit<HttpTuningOptions, 'maxRedirections'> {
   /** Overall deadline of one `getRange` call, retries included. Default 60000 ms. */
   rangeTimeoutMs?: number;
   /** Where credentials are looked up (tests); default process.env and the home directory. */

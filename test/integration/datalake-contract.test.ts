@@ -1,9 +1,10 @@
 /**
  * The Datalake contract (src/datalake/datalake.ts), one scenario suite run against every
  * backend over the same binary cache written by real Nix: FileDatalake, HttpDatalake
- * (plain, under a base path with Basic auth), a DatalakeSet whose first member lacks
- * everything (so every hit is a fall-through), and S3Datalake against a real S3 engine
- * (OpenStack Swift's s3api, test/support/s3-engine.ts) filled by a real client (s3cmd).
+ * (plain, under a base path with Basic auth, over https:// with a CA made in the test and a
+ * bearer token file), a DatalakeSet whose first member lacks everything (so every hit is a
+ * fall-through), and S3Datalake against a real S3 engine (OpenStack Swift's s3api,
+ * test/support/s3-engine.ts) filled by a real client (s3cmd).
  */
 import { skipOrFail } from '../support/environment.js';
 import assert from 'node:assert/strict';
@@ -11,6 +12,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
+import { randomBytes } from 'node:crypto';
 import { inspect } from 'node:util';
 import type { CacheInfo, Datalake, GetOptions } from '../../src/datalake/datalake.js';
 import { DatalakeSet } from '../../src/datalake/datalake-set.js';
@@ -22,6 +24,7 @@ import { S3Datalake } from '../../src/datalake/s3-datalake.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { S3Engine } from '../support/s3-engine.js';
 import { buildNixBinaryCache, haveNix, type NixBinaryCache } from '../support/nix-binary-cache.js';
+import { haveOpenssl, makeTestCa } from '../support/test-ca.js';
 
 interface Subject {
   datalake: Datalake;
@@ -248,6 +251,26 @@ describe('Datalake contract', function () {
       cleanup: async () => {
         await engine.stop();
         await fsp.rm(home, { recursive: true, force: true });
+      },
+    };
+  });
+
+  datalakeContract('HttpDatalake over https:// (own CA, --ssl-cert-file) with a bearer token file', async (cache) => {
+    if (!(await haveOpenssl())) throw new Error('openssl is missing (Debian package openssl)');
+    const ca = await makeTestCa();
+    const server = await HttpDatalakeServer.start({ root: cache.dir, tls: { key: ca.key, cert: ca.cert } });
+    const token = `tok-${randomBytes(16).toString('hex')}`;
+    server.requireBearer(token);
+    const tokenFile = path.join(ca.dir, 'token');
+    await fsp.writeFile(tokenFile, `  ${token}\n`, { mode: 0o600 });
+    assert.match(server.url, /^https:/);
+    return {
+      datalake: openDatalake(server.url, { sslCertFile: ca.caFile, bearerTokenFiles: [{ file: tokenFile }] }),
+      canList: false,
+      secrets: [token],
+      cleanup: async () => {
+        await server.close();
+        await ca.cleanup();
       },
     };
   });

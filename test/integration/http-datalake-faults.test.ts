@@ -325,7 +325,7 @@ describe('HttpDatalake faults', function () {
     it('appear in no message, detail or cause of any failure', async function () {
       const errors: unknown[] = [];
       const bad = lake(FAST, withCreds(authServer.url, 'wrong-' + secret));
-      errors.push(await failure(bad.getBytes(narinfo), 'ERR_DATALAKE_HTTP')); // 401
+      errors.push(await failure(bad.getBytes(narinfo), 'ERR_DATALAKE_AUTH')); // 401
       authServer.status(narinfo, 500);
       errors.push(await failure(lake(FAST, withCreds(authServer.url, secret)).getBytes(narinfo), 'ERR_DATALAKE_UNAVAILABLE'));
       const deadUrl = withCreds(authServer.url, secret);

@@ -22,12 +22,16 @@
  *   header(path, name, value)          add a header to 200 answers (Content-Encoding…)
  *   clear(path?)                       remove the faults of one path, or all
  *   link({latencyMs, bytesPerSecond})  modelled network for every request
+ *   requireBearer(token, failStatus)   requests without "Authorization: Bearer <token>"
+ *                                      get failStatus (401 unless given); undefined = off
+ * TLS: with `tls: {key, cert}` the server speaks https (node:https) and `url` is https://.
  * Observations: count(path), requests (log of path + headers), totalRequests, and
  * waitForRequest(path, n) to act (abort, close, kill) once the server holds a request
  * rather than after a guessed sleep.
  */
 import { promises as fsp } from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import * as path from 'node:path';
 
@@ -45,6 +49,8 @@ export interface HttpDatalakeServerOptions extends LinkModel {
   basePath?: string;
   /** When set, requests without this Basic auth get 401. */
   auth?: { username: string; password: string };
+  /** Serve https:// with this PEM key and certificate chain. */
+  tls?: { key: Buffer | string; cert: Buffer | string };
 }
 
 export interface Fault {
@@ -88,6 +94,7 @@ export class HttpDatalakeServer {
   private readonly requestWaiters = new Set<() => void>();
   private readonly sockets = new Set<Socket>();
   private linkModel: Required<LinkModel>;
+  private bearer: { token: string; failStatus: number } | undefined;
   private closed = false;
 
   private constructor(
@@ -96,14 +103,14 @@ export class HttpDatalakeServer {
     private readonly basePath: string,
   ) {
     this.port = (server.address() as AddressInfo).port;
-    this.url = `http://127.0.0.1:${this.port}${basePath}`;
+    this.url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${this.port}${basePath}`;
     this.linkModel = { latencyMs: options.latencyMs ?? 0, bytesPerSecond: options.bytesPerSecond ?? 0 };
   }
 
   static async start(options: HttpDatalakeServerOptions): Promise<HttpDatalakeServer> {
     const basePath = (options.basePath ?? '').replace(/\/+$/, '');
     if (basePath !== '' && !basePath.startsWith('/')) throw new Error('basePath must start with /');
-    const server = http.createServer();
+    const server = options.tls ? https.createServer({ key: options.tls.key, cert: options.tls.cert }) : http.createServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => resolve());
@@ -218,6 +225,12 @@ export class HttpDatalakeServer {
     return this;
   }
 
+  /** Only requests with `Authorization: Bearer <token>` are served; others get failStatus. */
+  requireBearer(token: string | undefined, failStatus = 401): this {
+    this.bearer = token === undefined ? undefined : { token, failStatus };
+    return this;
+  }
+
   /** Stops listening and destroys every socket, stalled ones included. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -248,6 +261,9 @@ export class HttpDatalakeServer {
       const { username, password } = this.options.auth;
       const expected = 'Basic ' + Buffer.from(`${username}:${password}`).toString('base64');
       if (req.headers.authorization !== expected) return this.answer(res, 401);
+    }
+    if (this.bearer && req.headers.authorization !== `Bearer ${this.bearer.token}`) {
+      return this.answer(res, this.bearer.failStatus);
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') return this.answer(res, 405);
 
