@@ -12,8 +12,11 @@
 #   workload.json              scenario 1's operations, recorded with strace on the host
 #   manifest.json              everything bench/run.ts needs (see bench/bench-datalake.ts)
 #   gcroots/                   keeps the store paths alive
-# A dir is reused while every store path it lists is valid in the local /nix/store.
-# Builds run in .tmp-<key>-* under flock <key>.lock and are renamed into place.
+# A dir is reused while its gcroots exist and every store path it lists is valid in the
+# local /nix/store. Builds run in .tmp-<key>-* under flock <key>.lock and are renamed
+# into place. Exit status: 0 with the dir as the last stdout line, otherwise non-zero
+# (every exit path, including the EXIT trap, keeps the status; on any exit before the
+# rename the background copies are stopped and the .tmp dir removed).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,6 +54,7 @@ dir="$root/$key"
 
 is_fresh() {
   [ -f "$dir/manifest.json" ] && [ -s "$dir/store-paths.txt" ] || return 1
+  [ -e "$dir/gcroots/top" ] && [ -e "$dir/gcroots/many" ] || return 1
   local paths; mapfile -t paths < "$dir/store-paths.txt"
   nix-store --check-validity "${paths[@]}" >/dev/null 2>&1
 }
@@ -64,15 +68,45 @@ if is_fresh; then printf '%s\n' "$dir"; exit 0; fi
 find "$root" -mindepth 1 -maxdepth 1 \( -name '.tmp-*' -o -name '.old-*' \) -mmin +240 -exec rm -rf {} + 2>/dev/null || true
 
 started=$(date +%s)
-tmp=$(mktemp -d "$root/.tmp-$key-XXXXXX")
-cleanup() { [ -n "${tmp:-}" ] && rm -rf "$tmp"; }
+# The EXIT trap must not change the exit status: it ends with `exit "$rc"`, and every
+# test in it is an if, so an empty $tmp (after the rename) is not a failure. It stops the
+# background copies (bg) before removing the dir they write into. INT/TERM/HUP exit
+# through it too.
+bg=()
+tmp=
+cleanup() {
+  local rc=$?
+  if ((${#bg[@]})); then
+    kill -TERM "${bg[@]}" 2>/dev/null || true
+    wait "${bg[@]}" 2>/dev/null || true
+  fi
+  if [ -n "$tmp" ]; then rm -rf "$tmp" || true; fi
+  exit "$rc"
+}
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+# Runs a long step as a background job and waits for it: bash runs a trap only after the
+# foreground command ends, but interrupts `wait`, so a signal reaches cleanup at once,
+# which stops the step like the copies.
+step() {
+  local p rc=0 q keep=()
+  "$@" &
+  p=$!
+  bg+=("$p")
+  wait "$p" || rc=$?
+  for q in "${bg[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+  bg=("${keep[@]}")
+  return "$rc"
+}
+tmp=$(mktemp -d "$root/.tmp-$key-XXXXXX")
 mkdir -p "$tmp/datalakes" "$tmp/keys" "$tmp/build" "$tmp/logs" "$tmp/strace"
 log "building the bench closure $key (nix: $nix_version) in $tmp"
 
 # 1. Build every attribute.
 attrs=(python perl headers doc libs large many top)
-nix-build "$src" --argstr fingerprint "$fingerprint" $(printf -- '-A %s ' "${attrs[@]}") --no-out-link \
+step nix-build "$src" --argstr fingerprint "$fingerprint" $(printf -- '-A %s ' "${attrs[@]}") --no-out-link \
   >"$tmp/build/outs.txt" 2>"$tmp/logs/nix-build.log" || { tail -50 "$tmp/logs/nix-build.log" >&2; die "nix-build failed"; }
 mapfile -t outs < "$tmp/build/outs.txt"
 [ "${#outs[@]}" = "${#attrs[@]}" ] || die "expected ${#attrs[@]} outputs, got ${#outs[@]}"
@@ -89,27 +123,37 @@ log "built $top: $(wc -l < "$tmp/build/closure.txt") paths, $(du -sbcL $(cat "$t
 # 2. Key, then the datalakes in parallel (xz first: slowest; parallel-compression makes
 # it use every core, the stream stays plain xz).
 nix-store --generate-binary-cache-key narfs-bench-1 "$tmp/keys/narfs-bench-1.sec" "$tmp/keys/narfs-bench-1.pub"
+# Each copy runs in a background subshell; SIGTERM (from cleanup) stops its nix copy
+# with SIGKILL: while compressing, nix copy takes up to a minute to act on SIGTERM, and
+# the half-written cache is deleted with the .tmp dir anyway.
 copy_datalake() {
-  local c=$1 t0; t0=$(date +%s)
+  local c=$1 t0 child=; t0=$(date +%s)
+  trap 'if [ -n "$child" ]; then kill -KILL "$child" 2>/dev/null; { wait "$child"; } 2>/dev/null; fi; exit 143' TERM
   nix copy --to "file://$tmp/datalakes/$c?compression=$c&write-nar-listing=1&parallel-compression=true&secret-key=$tmp/keys/narfs-bench-1.sec" \
-    "$top" "$many" >"$tmp/logs/copy-$c.log" 2>&1 || { cat "$tmp/logs/copy-$c.log" >&2; return 1; }
+    "$top" "$many" >"$tmp/logs/copy-$c.log" 2>&1 &
+  child=$!
+  wait "$child" || { cat "$tmp/logs/copy-$c.log" >&2; return 1; }
   log "datalake $c in $(( $(date +%s) - t0 )) s, $(du -sb "$tmp/datalakes/$c" | cut -f1) bytes"
 }
-copy_datalake xz & p_xz=$!
-copy_datalake zstd & p_zstd=$!
-copy_datalake none & p_none=$!
+copy_datalake xz & bg+=($!)
+copy_datalake zstd & bg+=($!)
+copy_datalake none & bg+=($!)
 
 # 3. The squashfs image (each store path a top-level dir, as in /nix/store) and the
 # workload, while the copies run.
 t0=$(date +%s)
 mapfile -t closure < "$tmp/build/closure.txt"
-mksquashfs "${closure[@]}" "$tmp/closure.squashfs" -comp zstd -all-root -no-xattrs -quiet -no-progress \
+step mksquashfs "${closure[@]}" "$tmp/closure.squashfs" -comp zstd -all-root -no-xattrs -quiet -no-progress \
   >"$tmp/logs/mksquashfs.log" 2>&1 || { cat "$tmp/logs/mksquashfs.log" >&2; die "mksquashfs failed"; }
 log "squashfs image in $(( $(date +%s) - t0 )) s, $(stat -c %s "$tmp/closure.squashfs") bytes"
 bash "$src/workload-programs.sh" "$tmp/strace" || die "recording the workload failed"
-node "$src/record-workload.mjs" "$tmp/build/roles.json" "$tmp"/strace/*.strace > "$tmp/workload.json"
+node "$src/record-workload.mjs" "$tmp/build/roles.json" "$tmp"/strace/*.strace > "$tmp/workload.json" \
+  || die "mapping the workload onto the closure failed"
 
-wait "$p_xz" && wait "$p_zstd" && wait "$p_none" || die "nix copy failed"
+copy_rc=0
+for p in "${bg[@]}"; do wait "$p" || copy_rc=1; done
+bg=()
+[ "$copy_rc" = 0 ] || die "nix copy failed"
 for c in xz zstd none; do
   for p in "$top" "$many" "${closure[@]}"; do
     h=$(basename "$p"); h=${h%%-*}
