@@ -36,6 +36,8 @@ const TMP_PREFIX = '/tmp/narfs-bench-';
 
 interface Manifest {
   key: string; dir: string; nixVersion: string; publicKey: string;
+  /** The Debian packages each role's store path copies (scripts/bench/packages.txt), at their installed versions. */
+  packages: Array<{ role: string; name: string; version: string }>;
   roles: Record<string, string>; top: string; many: string; closure: string[];
   closureStats: { files: number; dirs: number; symlinks: number; bytes: number };
   datalakes: Record<'xz' | 'zstd' | 'none', { dir: string; compression: string; narBytes: number }>;
@@ -436,7 +438,7 @@ async function main(): Promise<void> {
   if (!existsSync(join(REPO, 'dist/src/cli/main.js'))) throw new Error('dist/ is missing: npm run build');
   runRoot = mkdtempSync(TMP_PREFIX);
   claimRunDir(runRoot);
-  const datalake = `${m.closure.length} store paths (top \`${base(m.top)}\`), ${m.closureStats.files} files, ${m.closureStats.dirs} directories, ${m.closureStats.symlinks} symlinks, ${(m.closureStats.bytes / 2 ** 20).toFixed(0)} MiB of file content; NARs: xz ${(m.datalakes.xz.narBytes / 2 ** 20).toFixed(0)} MiB, zstd ${(m.datalakes.zstd.narBytes / 2 ** 20).toFixed(0)} MiB, none ${(m.datalakes.none.narBytes / 2 ** 20).toFixed(0)} MiB. Scenario 1 workload: ${m.workload.ops} operations recorded with strace (Python 3.11 importing 17 modules, Perl loading 9 modules, cpp of a file including libc and Python headers), ${m.workload.reads} file reads, ${(m.workload.readBytes / 2 ** 20).toFixed(1)} MiB (${((100 * m.workload.readBytes) / m.closureStats.bytes).toFixed(1)} % of the closure). Remote datalake: HTTP on 127.0.0.1 with ${LATENCY_MS} ms added per request and ${args['bandwidth-mbit']} Mbit/s. Squashfs image: zstd. Build dir: \`${m.dir}\`.`;
+  const datalake = `${m.closure.length} store paths (top \`${base(m.top)}\`) holding the files of ${m.packages.length} Debian packages (listed with their versions in the build dir's manifest.json), ${m.closureStats.files} files, ${m.closureStats.dirs} directories, ${m.closureStats.symlinks} symlinks, ${(m.closureStats.bytes / 2 ** 20).toFixed(0)} MiB of file content; NARs: xz ${(m.datalakes.xz.narBytes / 2 ** 20).toFixed(0)} MiB, zstd ${(m.datalakes.zstd.narBytes / 2 ** 20).toFixed(0)} MiB, none ${(m.datalakes.none.narBytes / 2 ** 20).toFixed(0)} MiB. Scenario 1 workload: ${m.workload.ops} operations recorded with strace (Python 3.11 importing 17 modules, Perl loading 9 modules, cpp of a file including libc and Python headers), ${m.workload.reads} file reads, ${(m.workload.readBytes / 2 ** 20).toFixed(1)} MiB (${((100 * m.workload.readBytes) / m.closureStats.bytes).toFixed(1)} % of the closure). Remote datalake: HTTP on 127.0.0.1 with ${LATENCY_MS} ms added per request and ${args['bandwidth-mbit']} Mbit/s. Squashfs image: zstd. Build dir: \`${m.dir}\`.`;
   log(datalake);
   try {
     if (ONLY.has('1')) await scenario1(m, ops);

@@ -1,13 +1,20 @@
 # Benchmark closure for narfs, built by real Nix (nix-build, no sandbox, no nixpkgs).
 #
-# Each store path copies a real tree from the host (the sandbox is off, so builders see
-# the host file system): an interpreter with its standard library, headers, shared
-# libraries, documentation, and a store path of large files. `top` references all of
-# them, so `nix-store -qR top` is the benchmark closure. `many` (100,000 small files)
-# stands alone: scenario 6 walks it. `fingerprint` is a digest of the host trees, so
-# the outputs change when the host's files do.
-{ fingerprint ? "none" }:
+# Each store path but `many` and `top` holds the files of declared Debian packages
+# (packages.txt), copied from the host at their host paths by copy-packages.sh (the
+# sandbox is off, so builders see the host file system and its dpkg database): an
+# interpreter with its standard library, another one with its modules, headers,
+# documentation, shared libraries, and a store path of large files. `top` references all
+# of them, so `nix-store -qR top` is the benchmark closure. `many` (100,000 small files)
+# stands alone: scenario 6 walks it.
+#
+# `packages` is JSON, {"<role>": "<name>=<version> ..."}, with the versions installed on
+# the host (scripts/build-bench-datalake.sh reads them with dpkg-query): a store path
+# changes exactly when its packages' versions do, and its builder fails if the host has
+# other versions installed.
+{ packages }:
 let
+  pkgs = builtins.fromJSON packages;
   mk = name: script: attrs: derivation ({
     name = "narfs-bench-${name}";
     system = builtins.currentSystem;
@@ -15,20 +22,15 @@ let
     args = [ "-eu" "-c" ". ${script}" ];
     PATH = "/usr/local/bin:/usr/bin:/bin";
     LC_ALL = "C";
-    inherit fingerprint;
   } // attrs);
-  copy = ./copy-trees.sh;
+  deb = name: role: mk name ./copy-packages.sh { packages = pkgs.${role}; };
 
-  python = mk "python3.11" copy {
-    trees = "/usr/bin/python3.11:bin/python3.11 /usr/lib/python3.11:lib/python3.11 /usr/lib/python3/dist-packages:lib/python3/dist-packages";
-  };
-  perl = mk "perl5.36" copy {
-    trees = "/usr/bin/perl:bin/perl /usr/share/perl:share/perl /usr/lib/x86_64-linux-gnu/perl:lib/perl /usr/lib/x86_64-linux-gnu/perl-base:lib/perl-base";
-  };
-  headers = mk "headers" copy { trees = "/usr/include:include"; };
-  doc = mk "doc" copy { trees = "/usr/share/doc:share/doc"; };
-  libs = mk "libs" ./copy-libs.sh { };
-  large = mk "large" ./large.sh { };
+  python = deb "python3.11" "python";
+  perl = deb "perl5.36" "perl";
+  headers = deb "headers" "headers";
+  doc = deb "doc" "doc";
+  libs = deb "libs" "libs";
+  large = deb "large" "large";
   many = mk "many-100k" ./many.sh { count = "100000"; };
   top = mk "top" ./top.sh { inherit python perl headers doc libs large; };
 in {
