@@ -57,7 +57,12 @@ if ((${#missing[@]})); then
   log "installing the benchmark's packages: ${missing[*]}"
   apt_log=$(mktemp)
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 update -qq >"$apt_log" 2>&1 \
-    && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
+    || { tail -30 "$apt_log" >&2; rm -f "$apt_log"; die "apt-get update failed"; }
+  # The benchmark's packages must never take anything away from the machine (an earlier
+  # list removed the machine's Node.js): simulate first, and refuse if apt would remove.
+  removals=$(env DEBIAN_FRONTEND=noninteractive apt-get -s install --no-install-recommends "${missing[@]}" 2>>"$apt_log" | awk '/^Remv /{print $2}' | tr '\n' ' ')
+  [ -z "$removals" ] || { rm -f "$apt_log"; die "installing ${missing[*]} would remove: ${removals}; fix scripts/bench/packages.txt"; }
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
       "${missing[@]}" >>"$apt_log" 2>&1 \
     || { tail -30 "$apt_log" >&2; rm -f "$apt_log"; die "apt-get could not install ${missing[*]}"; }
   rm -f "$apt_log"
