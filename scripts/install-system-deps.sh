@@ -31,6 +31,13 @@ if ((${#missing[@]})); then
     $SUDO chmod 755 "$policy"
   fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # Never take anything away from the machine (its Node.js is not a Debian package and a
+  # conflicting package would remove it): simulate, and refuse if apt would remove.
+  removals=$(env DEBIAN_FRONTEND=noninteractive apt-get -s install --no-install-recommends "${missing[@]}" | awk '/^Remv /{print $2}' | tr '\n' ' ')
+  if [ -n "$removals" ]; then
+    echo "install-system-deps: installing ${missing[*]} would remove ${removals}; refusing" >&2
+    exit 1
+  fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ -z "$made_policy" ] || { $SUDO rm -f "$policy"; trap - EXIT; }
   if [[ " ${missing[*]} " == *" squid "* ]] && command -v systemctl >/dev/null; then
