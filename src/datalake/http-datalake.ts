@@ -2,7 +2,9 @@
  * HttpDatalake: a Nix binary cache over http:// or https://, through two undici Agents
  * (keep-alive pools) per datalake: one for small files (`getBytes`: nix-cache-info,
  * narinfo, .ls; `metadataConnections` sockets per origin) and one for NAR bodies
- * (`getStream`; `connections` sockets per origin).
+ * (`getStream`; `connections` sockets per origin). Deadlines, retries, the mapping of
+ * transport failures and body handling are HttpTransfer's (http-transfer.ts), shared with
+ * S3Datalake; this module addresses, authorises and reads the statuses of plain HTTP.
  *
  * Invariants:
  * - a small file never waits for a socket behind a NAR: a NAR stream holds its socket for
@@ -60,24 +62,29 @@
  *   d ms may fire up to ~1 s late. The overall `getBytes` deadline is exact.
  */
 import type { Readable } from 'node:stream';
-import { promisify } from 'node:util';
-import * as zlib from 'node:zlib';
 import { readFile } from 'node:fs/promises';
 import { Agent, Pool as UndiciPool, ProxyAgent, interceptors, type Dispatcher } from 'undici';
-import { sleep, withDeadline } from '../deadline.js';
-import { NarfsError, type ErrorCode } from '../errors.js';
+import { withDeadline } from '../deadline.js';
+import { NarfsError, toNarfsError } from '../errors.js';
 import {
   applyStoreParams,
   checkRelPath,
   checkStoreDir,
-  fanOutController,
   readCacheInfo,
   type CacheInfo,
   type Datalake,
   type GetOptions,
 } from './datalake.js';
-import { GuardedReadable } from './guarded-readable.js';
 import { HttpAuth, type BearerTokenFile } from './http-auth.js';
+import {
+  AttemptError,
+  HTTP_TUNING_DEFAULTS,
+  HttpTransfer,
+  discard,
+  dropUndefined,
+  type HttpTuningOptions,
+  type SpecialFailure,
+} from './http-transfer.js';
 import { proxyFor, type ProxyEnv } from './proxy-for.js';
 
 /** Who may read, through what: credentials, TLS roots and proxy. None is required. */
@@ -96,61 +103,8 @@ export interface HttpAccessOptions {
 
 export interface HttpDatalakeOptions extends HttpTuningOptions, HttpAccessOptions {}
 
-export interface HttpTuningOptions {
-  /** Sockets per origin for NAR bodies (`getStream`). Default 16. */
-  connections?: number;
-  /** Sockets per origin for small files (`getBytes`: narinfo, .ls, nix-cache-info). Default 16. */
-  metadataConnections?: number;
-  /** TCP (+TLS) connect deadline per attempt. Default 5000 ms. */
-  connectTimeoutMs?: number;
-  /** Deadline from request sent to response headers received, per attempt. Default 10000 ms. */
-  headersTimeoutMs?: number;
-  /** Longest silence allowed between two body chunks. Default 10000 ms. */
-  bodyTimeoutMs?: number;
-  /** Overall deadline of one `getBytes` call, retries included. Default 20000 ms. */
-  smallFileTimeoutMs?: number;
-  /** Attempts per request (1 = no retry). Default 3. */
-  attempts?: number;
-  /** First backoff delay; doubles per attempt, with ±50 % jitter. Default 100 ms. */
-  retryBaseMs?: number;
-  /** Longest Retry-After honoured by `getStream` (getBytes: its remaining deadline). Default 10000 ms. */
-  maxRetryAfterMs?: number;
-  /** Idle keep-alive sockets are closed after this long. Default 30000 ms (servers' hints may lower it). */
-  keepAliveTimeoutMs?: number;
-  /** Redirects followed (CDNs, mirrors). Default 3; authorization is dropped across origins. */
-  maxRedirections?: number;
-  /** How long `close()` waits for a graceful close before destroying sockets. Default 2000 ms. */
-  closeTimeoutMs?: number;
-  /** Sent as User-Agent. Default "narfs". */
-  userAgent?: string;
-}
-
-export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpTuningOptions>> = Object.freeze({
-  connections: 16,
-  metadataConnections: 16,
-  connectTimeoutMs: 5_000,
-  headersTimeoutMs: 10_000,
-  bodyTimeoutMs: 10_000,
-  smallFileTimeoutMs: 20_000,
-  attempts: 3,
-  retryBaseMs: 100,
-  maxRetryAfterMs: 10_000,
-  keepAliveTimeoutMs: 30_000,
-  maxRedirections: 3,
-  closeTimeoutMs: 2_000,
-  userAgent: 'narfs',
-});
-
-/** Connection-level error codes of node:net/dns and undici that mean "try again". */
-const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
-const BODY_DIED_CODES = new Set(['UND_ERR_SOCKET', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ECONNRESET', 'EPIPE']);
-/** OpenSSL/Node verification failures: the certificate will not become trusted by retrying. */
-const TLS_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID',
-  'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED', 'CERT_REJECTED', 'CERT_REVOKED', 'INVALID_CA',
-  'ERR_TLS_CERT_ALTNAME_INVALID', 'HOSTNAME_MISMATCH',
-]);
+export type { HttpTuningOptions };
+export const HTTP_DATALAKE_DEFAULTS = HTTP_TUNING_DEFAULTS;
 
 /** One Agent (or ProxyAgent) and the dispatcher (redirects composed in) that requests go through. */
 interface Pool {
@@ -162,19 +116,6 @@ interface Pool {
 interface Pools {
   metadata: Pool;
   bulk: Pool;
-}
-
-/** Carries the per-attempt facts the retry loop needs. */
-interface Failure {
-  error: NarfsError;
-  retryable: boolean;
-  retryAfterMs?: number;
-}
-
-class AttemptError extends Error {
-  constructor(readonly failure: Failure) {
-    super(failure.error.message);
-  }
 }
 
 export class HttpDatalake implements Datalake {
@@ -194,8 +135,8 @@ export class HttpDatalake implements Datalake {
   private setup: Promise<Pools> | undefined;
   /** Small files (`metadata`, never shared with NAR bodies) and NAR bodies (`bulk`). */
   private pools: Pools | undefined;
-  /** Aborted by close(); every call listens to it, so it may have many listeners. */
-  private readonly closer = fanOutController();
+  /** Deadlines, retries, error mapping and body handling shared with S3Datalake. */
+  private readonly t: HttpTransfer;
 
   constructor(url: string | URL, options: HttpDatalakeOptions = {}) {
     let u: URL;
@@ -223,7 +164,22 @@ export class HttpDatalake implements Datalake {
     if (!(this.opts.connections >= 1) || !(this.opts.metadataConnections >= 1)) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', 'connections and metadataConnections must be at least 1');
     }
+    this.t = new HttpTransfer(this.displayUrl, this.opts, (relPath) => `${this.displayUrl}/${relPath}`, this.proxyFailure);
   }
+
+  /** A proxy that wants credentials (undici reports its 407 in the error). */
+  private readonly proxyFailure: SpecialFailure = (e, make) => {
+    if (!/\(407\)/.test(e instanceof Error ? e.message : '')) return undefined;
+    const error = make('ERR_DATALAKE_AUTH', `the proxy ${this.proxy?.origin ?? ''} wants credentials (HTTP 407)`);
+    return {
+      error: new NarfsError('ERR_DATALAKE_AUTH', error.message, {
+        cause: e,
+        details: error.details,
+        hint: 'The proxy refused the request: put its user:password in the proxy URL (http://user:pass@host:port), in the --config file or the environment, never on the command line.',
+      }),
+      retryable: false,
+    };
+  };
 
   /** The proxy's origin (never its credentials), or undefined when connecting directly. */
   get displayProxy(): string | undefined {
@@ -253,40 +209,36 @@ export class HttpDatalake implements Datalake {
   /** getBytes; `forbiddenIsAuth`: a 403 is ERR_DATALAKE_AUTH when credentials are configured. */
   private async fetchBytes(relPath: string, options: GetOptions, forbiddenIsAuth: boolean): Promise<Buffer | undefined> {
     const path = this.requestPath(relPath);
-    const signal = this.liveSignal(relPath, options.signal);
+    const signal = this.t.liveSignal(relPath, options.signal);
     const deadlineAt = Date.now() + this.opts.smallFileTimeoutMs;
     return withDeadline(
       this.opts.smallFileTimeoutMs,
       async (attemptSignal) => {
         const { metadata } = await this.ready();
-        return this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
+        return this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
           const res = await this.send(metadata, path, relPath, attemptSignal, forbiddenIsAuth);
           if (res === undefined) return undefined;
-          return this.readAll(res, relPath, attemptSignal);
+          return this.t.decode(await this.t.readAll(res, relPath, attemptSignal), res.headers['content-encoding'], relPath);
         });
       },
-      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.describe(relPath)}`, signal },
+      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)}`, signal },
     ).catch((e: unknown) => {
-      throw this.finalError(e, relPath, signal);
+      throw this.t.finalError(e, relPath, signal);
     });
   }
 
   async getStream(relPath: string, options: GetOptions = {}): Promise<Readable | undefined> {
     const path = this.requestPath(relPath);
-    const signal = this.liveSignal(relPath, options.signal);
+    const signal = this.t.liveSignal(relPath, options.signal);
     try {
       const { bulk } = await this.ready();
-      const res = await this.withRetries(relPath, signal, undefined, () => this.send(bulk, path, relPath, signal, false));
+      const res = await this.t.withRetries(relPath, signal, undefined, () => this.send(bulk, path, relPath, signal, false));
       if (res === undefined) return undefined;
-      const enc = String(res.headers['content-encoding'] ?? '').trim().toLowerCase();
-      if (enc !== '' && enc !== 'identity') {
-        // NARs are compressed as files (narinfo Compression:), never by the transport.
-        discard(res);
-        throw this.unsupportedEncoding(enc, relPath);
-      }
-      return this.guardBody(res, relPath, signal);
+      // NARs are compressed as files (narinfo Compression:), never by the transport.
+      this.t.refuseEncoded(res, relPath);
+      return this.t.guardBody(res, relPath, signal);
     } catch (e) {
-      throw this.finalError(e, relPath, signal);
+      throw this.t.finalError(e, relPath, signal);
     }
   }
 
@@ -300,12 +252,10 @@ export class HttpDatalake implements Datalake {
    * side by side; an Agent that takes longer than `closeTimeoutMs` has its sockets destroyed.
    */
   async close(): Promise<void> {
-    if (!this.closer.signal.aborted) {
-      this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
-    }
+    this.t.abortAll();
     await this.setup?.catch(() => {});
     const pools = this.pools;
-    if (pools) await Promise.all([pools.metadata, pools.bulk].map(({ agent }) => this.closeAgent(agent)));
+    if (pools) await Promise.all([pools.metadata, pools.bulk].map(({ agent }) => this.t.closeAgent(agent)));
   }
 
   // --- internals
@@ -331,7 +281,7 @@ export class HttpDatalake implements Datalake {
       }
     }
     await this.auth.load();
-    if (this.closer.signal.aborted) throw this.aborted('nix-cache-info', this.closer.signal);
+    if (this.t.closer.signal.aborted) throw this.t.aborted('nix-cache-info', this.t.closer.signal);
     this.pools = { metadata: this.pool(this.opts.metadataConnections, ca), bulk: this.pool(this.opts.connections, ca) };
     return this.pools;
   }
@@ -368,45 +318,11 @@ export class HttpDatalake implements Datalake {
     return { agent, dispatcher };
   }
 
-  private async closeAgent(agent: Dispatcher): Promise<void> {
-    if ((agent as { destroyed?: boolean }).destroyed === true) return;
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), this.opts.closeTimeoutMs);
-    });
-    try {
-      const how = await Promise.race([agent.close().then(() => 'closed' as const), timedOut]);
-      if (how === 'timeout') await agent.destroy().catch(() => {});
-    } catch {
-      await agent.destroy().catch(() => {});
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   private requestPath(relPath: string): string {
     const segs = checkRelPath(relPath);
     // Percent-encode each segment, but keep the sub-delimiters a path segment may hold
     // literally (":" and "!" of realisations/<id>!out.doi, "+" and "=" of store names).
     return this.basePath + segs.map((s) => encodeURIComponent(s).replace(/%(3A|40|2B|3D|2C|3B|24|26)/g, (m) => decodeURIComponent(m))).join('/');
-  }
-
-  private describe(relPath: string): string {
-    return `${this.displayUrl}/${relPath}`;
-  }
-
-  /** The caller's signal joined with close(); throws at once if either already fired. */
-  private liveSignal(relPath: string, outer: AbortSignal | undefined): AbortSignal {
-    const signal = outer ? AbortSignal.any([outer, this.closer.signal]) : this.closer.signal;
-    if (signal.aborted) throw this.aborted(relPath, signal);
-    return signal;
-  }
-
-  private aborted(relPath: string, signal: AbortSignal): NarfsError {
-    const closed = this.closer.signal.aborted;
-    return new NarfsError('ERR_ABORTED', `GET ${this.describe(relPath)} was ${closed ? 'cancelled by close()' : 'aborted'}`, {
-      cause: signal.reason,
-    });
   }
 
   /**
@@ -431,7 +347,7 @@ export class HttpDatalake implements Datalake {
       if (!authFailure) return this.nonAuthStatus(res, relPath);
       if (!refreshed) {
         const changed = await this.auth.refresh().catch((e: unknown) => {
-          throw new AttemptError({ error: toNarfs(e), retryable: false });
+          throw new AttemptError({ error: toNarfsError(e), retryable: false });
         });
         if (changed) continue;
       }
@@ -453,7 +369,7 @@ export class HttpDatalake implements Datalake {
         bodyTimeout: this.opts.bodyTimeoutMs,
       });
     } catch (e) {
-      throw new AttemptError(this.classify(e, relPath, signal, 'headers'));
+      throw new AttemptError(this.t.classify(e, relPath, signal, 'headers'));
     }
   }
 
@@ -461,7 +377,7 @@ export class HttpDatalake implements Datalake {
     const configured = this.auth.configured;
     return new NarfsError(
       'ERR_DATALAKE_AUTH',
-      `GET ${this.describe(relPath)}: HTTP ${status} (${configured ? 'the credentials were refused' : 'credentials are needed'})`,
+      `GET ${this.t.describe(relPath)}: HTTP ${status} (${configured ? 'the credentials were refused' : 'credentials are needed'})`,
       { details: { datalake: this.displayUrl, relPath, status, credentials: configured ? 'configured' : 'none' } },
     );
   }
@@ -470,247 +386,12 @@ export class HttpDatalake implements Datalake {
   private nonAuthStatus(res: Dispatcher.ResponseData, relPath: string): undefined {
     const status = res.statusCode;
     if (status === 404 || status === 403) return undefined;
-    const where = `GET ${this.describe(relPath)}`;
-    if (status >= 500 || status === 429) {
-      const retryAfterMs = parseRetryAfter(res.headers['retry-after']);
-      const error = new NarfsError('ERR_DATALAKE_UNAVAILABLE', `${where}: HTTP ${status}`, {
-        cause: new NarfsError('ERR_DATALAKE_HTTP', `HTTP ${status}`, { details: { status } }),
-        details: { datalake: this.displayUrl, relPath, status },
-      });
-      throw new AttemptError({ error, retryable: true, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) });
-    }
+    const where = `GET ${this.t.describe(relPath)}`;
+    if (status >= 500 || status === 429) throw this.t.unavailable(res, relPath, `HTTP ${status}`, { datalake: this.displayUrl, relPath, status });
     const error = new NarfsError('ERR_DATALAKE_HTTP', `${where}: unexpected HTTP ${status}`, {
       details: { datalake: this.displayUrl, relPath, status },
     });
     throw new AttemptError({ error, retryable: false });
   }
 
-  /** Reads a whole 200 body, checking it against Content-Length. */
-  private async readAll(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Promise<Buffer> {
-    const expected = contentLength(res.headers);
-    const chunks: Buffer[] = [];
-    let received = 0;
-    try {
-      for await (const chunk of res.body) {
-        chunks.push(chunk as Buffer);
-        received += (chunk as Buffer).length;
-      }
-    } catch (e) {
-      throw new AttemptError(this.classify(e, relPath, signal, 'body', { received, expected }));
-    }
-    if (expected !== undefined && received < expected) {
-      throw new AttemptError({ error: this.truncated(relPath, received, expected), retryable: true });
-    }
-    return this.decode(Buffer.concat(chunks, received), res.headers['content-encoding'], relPath);
-  }
-
-  /**
-   * Undoes a Content-Encoding, as Nix's file transfer does: an S3 bucket written with
-   * `narinfo-compression`/`ls-compression` serves narinfo and .ls files encoded. gzip,
-   * deflate and br are decoded (off the main thread); anything else is ERR_DATALAKE_HTTP.
-   */
-  private async decode(body: Buffer, encoding: string | string[] | undefined, relPath: string): Promise<Buffer> {
-    const enc = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
-    if (enc === '' || enc === 'identity') return body;
-    const decoder = { gzip: gunzipAsync, 'x-gzip': gunzipAsync, deflate: inflateAsync, br: brotliAsync }[enc];
-    if (!decoder) throw new AttemptError({ error: this.unsupportedEncoding(enc, relPath), retryable: false });
-    try {
-      return await decoder(body);
-    } catch (e) {
-      throw new AttemptError({
-        error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: body does not decode as ${enc}`, {
-          cause: e,
-          details: { datalake: this.displayUrl, relPath, contentEncoding: enc },
-        }),
-        retryable: false,
-      });
-    }
-  }
-
-  private unsupportedEncoding(enc: string, relPath: string): NarfsError {
-    return new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: unsupported Content-Encoding '${enc}'`, {
-      details: { datalake: this.displayUrl, relPath, contentEncoding: enc },
-      hint: 'narfs decodes gzip, deflate and br bodies; store NARs compressed as files (Compression: in the narinfo) instead.',
-    });
-  }
-
-  /**
-   * Wraps a 200 body so that every way it can die surfaces as a NarfsError on the stream:
-   * ERR_DATALAKE_TRUNCATED (closed early), ERR_DATALAKE_TIMEOUT (idle), ERR_ABORTED; held
-   * until the caller consumes the stream if it dies before that (GuardedReadable). A
-   * hand-written wrapper rather than Readable.from(async generator): destroying it must
-   * release the socket at once, even while the body is stalled.
-   */
-  private guardBody(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Readable {
-    const expected = contentLength(res.headers);
-    let received = 0;
-    return new GuardedReadable(res.body, {
-      onChunk: (chunk) => void (received += chunk.length),
-      atEnd: () =>
-        expected !== undefined && received < expected ? this.truncated(relPath, received, expected) : undefined,
-      mapError: (e) => this.classify(e, relPath, signal, 'body', { received, expected }).error,
-      closedEarly: () => this.truncated(relPath, received, expected),
-    });
-  }
-
-  private truncated(relPath: string, received: number, expected: number | undefined): NarfsError {
-    return new NarfsError(
-      'ERR_DATALAKE_TRUNCATED',
-      `GET ${this.describe(relPath)}: body ended after ${received} of ${expected ?? 'unknown'} bytes`,
-      { details: { datalake: this.displayUrl, relPath, received, expected } },
-    );
-  }
-
-  /** Maps anything undici or node:net throws to a Failure with a NarfsError. */
-  private classify(
-    e: unknown,
-    relPath: string,
-    signal: AbortSignal,
-    phase: 'headers' | 'body',
-    progress?: { received: number; expected: number | undefined },
-  ): Failure {
-    if (e instanceof AttemptError) return e.failure;
-    if (signal.aborted) {
-      const reason: unknown = signal.reason;
-      // withDeadline aborts the attempt with its own ERR_DATALAKE_TIMEOUT: keep that code.
-      if (reason instanceof NarfsError && reason.code === 'ERR_DATALAKE_TIMEOUT') return { error: reason, retryable: false };
-      return { error: this.aborted(relPath, signal), retryable: false };
-    }
-    const code = errorCode(e);
-    const where = `GET ${this.describe(relPath)}`;
-    const details = { datalake: this.displayUrl, relPath, phase, cause: code };
-    const make = (c: ErrorCode, what: string) =>
-      new NarfsError(c, `${where}: ${what}`, { cause: e, details: { ...details, ...progress } });
-    const tlsCode = [code, causeCode(e)].find((c) => c !== undefined && TLS_CODES.has(c));
-    if (tlsCode !== undefined) {
-      return { error: make('ERR_DATALAKE_TLS', `TLS: ${tlsCode} (the server certificate is not trusted)`), retryable: false };
-    }
-    if (/\(407\)/.test(e instanceof Error ? e.message : '')) {
-      const error = make('ERR_DATALAKE_AUTH', `the proxy ${this.proxy?.origin ?? ''} wants credentials (HTTP 407)`);
-      return {
-        error: new NarfsError('ERR_DATALAKE_AUTH', error.message, {
-          cause: e,
-          details: error.details,
-          hint: 'The proxy refused the request: put its user:password in the proxy URL (http://user:pass@host:port), in the --config file or the environment, never on the command line.',
-        }),
-        retryable: false,
-      };
-    }
-    if (code !== undefined && TIMEOUT_CODES.has(code)) {
-      const which =
-        code === 'UND_ERR_CONNECT_TIMEOUT'
-          ? `no connection within ${this.opts.connectTimeoutMs} ms`
-          : code === 'UND_ERR_HEADERS_TIMEOUT'
-            ? `no response headers within ${this.opts.headersTimeoutMs} ms`
-            : code === 'UND_ERR_BODY_TIMEOUT'
-              ? `body stalled for ${this.opts.bodyTimeoutMs} ms`
-              : 'timed out';
-      return { error: make('ERR_DATALAKE_TIMEOUT', which), retryable: true };
-    }
-    if (phase === 'body' && code !== undefined && BODY_DIED_CODES.has(code)) {
-      const got = progress ? ` after ${progress.received} of ${progress.expected ?? 'unknown'} bytes` : '';
-      return { error: make('ERR_DATALAKE_TRUNCATED', `connection closed mid-body${got}`), retryable: true };
-    }
-    if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
-      return { error: this.aborted(relPath, this.closer.signal), retryable: false };
-    }
-    if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
-      return { error: make('ERR_INTERNAL', 'request rejected by the HTTP client'), retryable: false };
-    }
-    const msg = e instanceof Error ? e.message : String(e);
-    return { error: make('ERR_DATALAKE_UNAVAILABLE', `${code ?? 'failed'}: ${msg}`), retryable: true };
-  }
-
-  /**
-   * Runs `attempt` up to `attempts` times while failures are retryable, sleeping an
-   * exponential, jittered backoff (or Retry-After) between tries; never sleeps past
-   * `deadlineAt`. Throws the last failure's NarfsError.
-   */
-  private async withRetries<T>(
-    relPath: string,
-    signal: AbortSignal,
-    deadlineAt: number | undefined,
-    attempt: () => Promise<T>,
-  ): Promise<T> {
-    for (let i = 1; ; i++) {
-      let failure: Failure;
-      try {
-        return await attempt();
-      } catch (e) {
-        failure = this.classify(e, relPath, signal, 'headers');
-      }
-      const err = failure.error;
-      if (!failure.retryable || i >= this.opts.attempts) {
-        if (i > 1 && err.details) err.details.attempts = i;
-        throw err;
-      }
-      const backoff = this.opts.retryBaseMs * 2 ** (i - 1) * (0.5 + Math.random());
-      let wait = backoff;
-      if (failure.retryAfterMs !== undefined) {
-        const cap = deadlineAt === undefined ? this.opts.maxRetryAfterMs : deadlineAt - Date.now();
-        if (failure.retryAfterMs > cap) throw err; // the server asks for more time than we have
-        wait = Math.max(backoff, failure.retryAfterMs);
-      }
-      if (deadlineAt !== undefined && Date.now() + wait >= deadlineAt) throw err;
-      await sleep(wait, signal).catch(() => {
-        throw this.aborted(relPath, signal);
-      });
-    }
-  }
-
-  /** The error a public method throws: always a NarfsError, never carrying a secret. */
-  private finalError(e: unknown, relPath: string, signal: AbortSignal): NarfsError {
-    if (e instanceof AttemptError) return e.failure.error;
-    if (e instanceof NarfsError) {
-      if (e.code === 'ERR_ABORTED' || signal.aborted) return e.code === 'ERR_ABORTED' ? e : this.aborted(relPath, signal);
-      return e;
-    }
-    return this.classify(e, relPath, signal, 'headers').error;
-  }
-}
-
-// --- small helpers
-
-const gunzipAsync = promisify(zlib.gunzip);
-const inflateAsync = promisify(zlib.inflate);
-const brotliAsync = promisify(zlib.brotliDecompress);
-
-function dropUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-function causeCode(e: unknown): string | undefined {
-  const c = ((e as { cause?: unknown } | null)?.cause as { code?: unknown } | null)?.code;
-  return typeof c === 'string' ? c : undefined;
-}
-
-function toNarfs(e: unknown): NarfsError {
-  return e instanceof NarfsError ? e : new NarfsError('ERR_INTERNAL', e instanceof Error ? e.message : String(e), { cause: e });
-}
-
-function errorCode(e: unknown): string | undefined {
-  const c = (e as { code?: unknown } | null)?.code;
-  if (typeof c === 'string') return c;
-  const inner = (e as { cause?: unknown } | null)?.cause;
-  const ic = (inner as { code?: unknown } | null)?.code;
-  return typeof ic === 'string' ? ic : undefined;
-}
-
-function contentLength(headers: Record<string, string | string[] | undefined>): number | undefined {
-  const v = headers['content-length'];
-  if (typeof v !== 'string' || !/^\d+$/.test(v)) return undefined;
-  return Number(v);
-}
-
-/** Retry-After as delta-seconds or an HTTP date, in ms from now. */
-function parseRetryAfter(v: string | string[] | undefined): number | undefined {
-  if (typeof v !== 'string') return undefined;
-  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
-  const at = Date.parse(v);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
-}
-
-/** Drops an unwanted (error) body without waiting for it. */
-function discard(res: Dispatcher.ResponseData): void {
-  res.body.dump({ limit: 64 * 1024 }).catch(() => {});
 }

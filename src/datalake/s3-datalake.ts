@@ -3,7 +3,9 @@
  * S3-compatible store), read with SigV4-signed GETs (or unsigned ones when no keys are
  * found) through two undici Agents, as HttpDatalake does: one pool for small files
  * (`getBytes`, `getRange`) and one for NAR bodies (`getStream`), so a burst of NARs never
- * starves narinfo lookups.
+ * starves narinfo lookups. Deadlines, retries, the mapping of transport failures and body
+ * handling are HttpTransfer's (http-transfer.ts), shared with HttpDatalake; this module
+ * addresses and signs requests and reads S3's statuses and error bodies.
  *
  * URL parameters (s3-url.ts, after Nix's s3-url.cc): region, endpoint, profile,
  * addressing-style, plus priority / want-mass-query. Credentials (s3-credentials.ts): the
@@ -50,24 +52,29 @@
  * carry the request. It signs; everything else (URLs, retries, errors) is ours.
  */
 import type { Readable } from 'node:stream';
-import { promisify } from 'node:util';
-import * as zlib from 'node:zlib';
 import aws4 from 'aws4';
 import { Agent, type Dispatcher } from 'undici';
-import { sleep, withDeadline } from '../deadline.js';
-import { NarfsError, type ErrorCode } from '../errors.js';
+import { withDeadline } from '../deadline.js';
+import { NarfsError } from '../errors.js';
 import {
   applyStoreParams,
   checkRelPath,
   checkStoreDir,
-  fanOutController,
   readCacheInfo,
   type CacheInfo,
   type Datalake,
   type GetOptions,
 } from './datalake.js';
-import { GuardedReadable } from './guarded-readable.js';
-import { HTTP_DATALAKE_DEFAULTS, type HttpTuningOptions } from './http-datalake.js';
+import {
+  AttemptError,
+  HTTP_TUNING_DEFAULTS,
+  HttpTransfer,
+  contentLength,
+  discard,
+  dropUndefined,
+  headerText,
+  type HttpTuningOptions,
+} from './http-transfer.js';
 import { resolveS3Credentials, type CredentialSources, type S3Credentials } from './s3-credentials.js';
 import { DEFAULT_S3_REGION, encodeS3Segment, parseS3Url, s3Target, type S3Location, type S3Target } from './s3-url.js';
 
@@ -81,14 +88,12 @@ export interface S3DatalakeOptions extends Omit<HttpTuningOptions, 'maxRedirecti
 type Opts = Required<Omit<S3DatalakeOptions, 'credentialSources'>>;
 
 export const S3_DATALAKE_DEFAULTS: Readonly<Opts> = Object.freeze({
-  ...(({ maxRedirections: _unused, ...rest }) => rest)(HTTP_DATALAKE_DEFAULTS),
+  ...(({ maxRedirections: _unused, ...rest }) => rest)(HTTP_TUNING_DEFAULTS),
   rangeTimeoutMs: 60_000,
 });
 
 /** SHA-256 of the empty payload of a GET (x-amz-content-sha256). */
 const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
-const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
-const BODY_DIED_CODES = new Set(['UND_ERR_SOCKET', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ECONNRESET', 'EPIPE']);
 
 /** S3 error codes that mean "your credentials, token, region or clock are wrong", with a hint each. */
 const AUTH_CODES: Record<string, string> = {
@@ -116,18 +121,6 @@ interface Auth {
   target: S3Target;
 }
 
-interface Failure {
-  error: NarfsError;
-  retryable: boolean;
-  retryAfterMs?: number;
-}
-
-class AttemptError extends Error {
-  constructor(readonly failure: Failure) {
-    super(failure.error.message);
-  }
-}
-
 export class S3Datalake implements Datalake {
   readonly displayUrl: string;
   private readonly loc: S3Location;
@@ -135,7 +128,8 @@ export class S3Datalake implements Datalake {
   private readonly sources: CredentialSources;
   private readonly metadata: Agent;
   private readonly bulk: Agent;
-  private readonly closer = fanOutController();
+  /** Deadlines, retries, error mapping and body handling shared with HttpDatalake. */
+  private readonly t: HttpTransfer;
   private authPromise: Promise<Auth> | undefined;
 
   constructor(url: string, options: S3DatalakeOptions = {}) {
@@ -148,19 +142,20 @@ export class S3Datalake implements Datalake {
     if (!(this.opts.connections >= 1) || !(this.opts.metadataConnections >= 1)) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', 'connections and metadataConnections must be at least 1');
     }
+    this.t = new HttpTransfer(this.displayUrl, { ...this.opts, maxRedirections: 0 }, (relPath) => `${this.displayUrl.replace(/\?.*$/, '')}/${relPath}`);
     this.metadata = this.agent(this.opts.metadataConnections);
     this.bulk = this.agent(this.opts.connections);
   }
 
   /** Where the keys come from (never the keys): "environment", "profile x (file)", "none (unsigned requests)". */
   async credentialSource(options: GetOptions = {}): Promise<string> {
-    return (await this.auth(this.liveSignal('nix-cache-info', options.signal))).source;
+    return (await this.auth(this.t.liveSignal('nix-cache-info', options.signal))).source;
   }
 
   async open(options: GetOptions = {}): Promise<CacheInfo> {
     const bytes = await this.getBytes('nix-cache-info', options);
     if (bytes === undefined) {
-      const auth = await this.auth(this.liveSignal('nix-cache-info', options.signal));
+      const auth = await this.auth(this.t.liveSignal('nix-cache-info', options.signal));
       const signed = auth.credentials ? `requests signed with keys from ${auth.source}` : 'requests unsigned: no credentials found';
       throw new NarfsError('ERR_NOT_BINARY_CACHE', `${this.displayUrl} has no nix-cache-info (endpoint ${auth.target.origin}, region ${auth.region}, ${signed})`, {
         details: { datalake: this.displayUrl, endpoint: auth.target.origin, region: auth.region, credentials: auth.source },
@@ -175,37 +170,37 @@ export class S3Datalake implements Datalake {
 
   async getBytes(relPath: string, options: GetOptions = {}): Promise<Buffer | undefined> {
     const segs = checkRelPath(relPath);
-    const signal = this.liveSignal(relPath, options.signal);
+    const signal = this.t.liveSignal(relPath, options.signal);
     const deadlineAt = Date.now() + this.opts.smallFileTimeoutMs;
     return withDeadline(
       this.opts.smallFileTimeoutMs,
       (attemptSignal) =>
-        this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
+        this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
           const res = await this.send(this.metadata, segs, relPath, attemptSignal);
           if (res === undefined) return undefined;
-          const body = await this.readAll(res, relPath, attemptSignal);
-          return this.decode(body, res.headers['content-encoding'], relPath);
+          const body = await this.t.readAll(res, relPath, attemptSignal);
+          return this.t.decode(body, res.headers['content-encoding'], relPath);
         }),
-      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.describe(relPath)}`, signal },
+      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)}`, signal },
     ).catch((e: unknown) => {
-      throw this.finalError(e, relPath, signal);
+      throw this.t.finalError(e, relPath, signal);
     });
   }
 
   async getStream(relPath: string, options: GetOptions = {}): Promise<Readable | undefined> {
     const segs = checkRelPath(relPath);
-    const signal = this.liveSignal(relPath, options.signal);
+    const signal = this.t.liveSignal(relPath, options.signal);
     try {
-      const res = await this.withRetries(relPath, signal, undefined, () => this.send(this.bulk, segs, relPath, signal));
+      const res = await this.t.withRetries(relPath, signal, undefined, () => this.send(this.bulk, segs, relPath, signal));
       if (res === undefined) return undefined;
       const enc = headerText(res.headers['content-encoding']).toLowerCase();
       if (enc !== '' && enc !== 'identity') {
         discard(res);
-        throw this.unsupportedEncoding(enc, relPath);
+        throw this.t.unsupportedEncoding(enc, relPath);
       }
-      return this.guardBody(res, relPath, signal);
+      return this.t.guardBody(res, relPath, signal);
     } catch (e) {
-      throw this.finalError(e, relPath, signal);
+      throw this.t.finalError(e, relPath, signal);
     }
   }
 
@@ -218,39 +213,39 @@ export class S3Datalake implements Datalake {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `range of ${relPath}: offset and length must be non-negative integers`);
     }
-    const signal = this.liveSignal(relPath, options.signal);
+    const signal = this.t.liveSignal(relPath, options.signal);
     if (length === 0) return Buffer.alloc(0);
     const deadlineAt = Date.now() + this.opts.rangeTimeoutMs;
     return withDeadline(
       this.opts.rangeTimeoutMs,
       (attemptSignal) =>
-        this.withRetries(relPath, attemptSignal, deadlineAt, async () => {
+        this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
           const res = await this.send(this.metadata, segs, relPath, attemptSignal, { offset, length });
           if (res === undefined) return undefined;
           const enc = headerText(res.headers['content-encoding']).toLowerCase();
           if (enc !== '' && enc !== 'identity') {
             discard(res);
-            throw new AttemptError({ error: this.unsupportedEncoding(enc, relPath), retryable: false });
+            throw new AttemptError({ error: this.t.unsupportedEncoding(enc, relPath), retryable: false });
           }
           if (res.statusCode === 200) return this.sliceWhole(res, relPath, attemptSignal, offset, length);
           const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerText(res.headers['content-range']));
           if (!cr || Number(cr[1]) !== offset || Number(cr[2]) < offset || Number(cr[2]) - offset + 1 > length) {
             discard(res);
             throw new AttemptError({
-              error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: 206 with a Content-Range that is not the one asked for`, {
+              error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.t.describe(relPath)}: 206 with a Content-Range that is not the one asked for`, {
                 details: { datalake: this.displayUrl, relPath, offset, length, contentRange: headerText(res.headers['content-range']) },
               }),
               retryable: false,
             });
           }
-          const body = await this.readAll(res, relPath, attemptSignal);
+          const body = await this.t.readAll(res, relPath, attemptSignal);
           const want = Number(cr[2]) - offset + 1;
-          if (body.length !== want) throw new AttemptError({ error: this.truncated(relPath, body.length, want), retryable: true });
+          if (body.length !== want) throw new AttemptError({ error: this.t.truncated(relPath, body.length, want), retryable: true });
           return body;
         }),
-      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.describe(relPath)} (range)`, signal },
+      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)} (range)`, signal },
     ).catch((e: unknown) => {
-      throw this.finalError(e, relPath, signal);
+      throw this.t.finalError(e, relPath, signal);
     });
   }
 
@@ -260,10 +255,8 @@ export class S3Datalake implements Datalake {
   }
 
   async close(): Promise<void> {
-    if (!this.closer.signal.aborted) {
-      this.closer.abort(new NarfsError('ERR_ABORTED', `datalake ${this.displayUrl} was closed`));
-    }
-    await Promise.all([this.metadata, this.bulk].map((agent) => this.closeAgent(agent)));
+    this.t.abortAll();
+    await Promise.all([this.metadata, this.bulk].map((agent) => this.t.closeAgent(agent)));
   }
 
   // --- internals
@@ -279,22 +272,6 @@ export class S3Datalake implements Datalake {
     });
   }
 
-  private async closeAgent(agent: Agent): Promise<void> {
-    if (agent.destroyed) return;
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), this.opts.closeTimeoutMs);
-    });
-    try {
-      const how = await Promise.race([agent.close().then(() => 'closed' as const), timedOut]);
-      if (how === 'timeout') await agent.destroy().catch(() => {});
-    } catch {
-      await agent.destroy().catch(() => {});
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   /** Credentials, region and request target, resolved once (a failed lookup is tried again next call). */
   private auth(signal: AbortSignal): Promise<Auth> {
     if (!this.authPromise) {
@@ -308,30 +285,13 @@ export class S3Datalake implements Datalake {
     }
     const p = this.authPromise;
     return new Promise<Auth>((resolve, reject) => {
-      const onAbort = () => reject(new AttemptError({ error: this.aborted('credentials', signal), retryable: false }));
+      const onAbort = () => reject(new AttemptError({ error: this.t.aborted('credentials', signal), retryable: false }));
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       p.then(
         (a) => { signal.removeEventListener('abort', onAbort); resolve(a); },
         (e) => { signal.removeEventListener('abort', onAbort); reject(e); },
       );
-    });
-  }
-
-  private describe(relPath: string): string {
-    return `${this.displayUrl.replace(/\?.*$/, '')}/${relPath}`;
-  }
-
-  private liveSignal(relPath: string, outer: AbortSignal | undefined): AbortSignal {
-    const signal = outer ? AbortSignal.any([outer, this.closer.signal]) : this.closer.signal;
-    if (signal.aborted) throw this.aborted(relPath, signal);
-    return signal;
-  }
-
-  private aborted(relPath: string, signal: AbortSignal): NarfsError {
-    const closed = this.closer.signal.aborted;
-    return new NarfsError('ERR_ABORTED', `GET ${this.describe(relPath)} was ${closed ? 'cancelled by close()' : 'aborted'}`, {
-      cause: signal.reason,
     });
   }
 
@@ -369,21 +329,21 @@ export class S3Datalake implements Datalake {
         bodyTimeout: this.opts.bodyTimeoutMs,
       });
     } catch (e) {
-      throw new AttemptError(this.classify(e, relPath, signal, 'headers'));
+      throw new AttemptError(this.t.classify(e, relPath, signal, 'headers'));
     }
     const status = res.statusCode;
     if (status === 200 || (range && status === 206)) return res;
     if (range && status === 416) {
       discard(res);
       throw new AttemptError({
-        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.describe(relPath)}: offset ${range.offset} is at or past the end of the object`, {
+        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.t.describe(relPath)}: offset ${range.offset} is at or past the end of the object`, {
           details: { datalake: this.displayUrl, relPath, offset: range.offset, length: range.length },
         }),
         retryable: false,
       });
     }
     const s3 = await this.readError(res, signal);
-    const where = `GET ${this.describe(relPath)}`;
+    const where = `GET ${this.t.describe(relPath)}`;
     const details: Record<string, unknown> = { datalake: this.displayUrl, relPath, status, ...(s3.code ? { s3Code: s3.code } : {}) };
     const said = s3.code ? `${s3.code}${s3.message ? ` (${this.scrub(s3.message, auth)})` : ''}` : `HTTP ${status}`;
     if ((s3.code !== undefined && Object.hasOwn(AUTH_CODES, s3.code)) || status === 401 || status === 301 || status === 307) {
@@ -413,12 +373,7 @@ export class S3Datalake implements Datalake {
     }
     if (status === 404 || status === 403) return undefined;
     if (status >= 500 || status === 429 || s3.code === 'SlowDown' || s3.code === 'RequestTimeout') {
-      const retryAfterMs = parseRetryAfter(res.headers['retry-after']);
-      const error = new NarfsError('ERR_DATALAKE_UNAVAILABLE', `${where}: ${said}`, {
-        cause: new NarfsError('ERR_DATALAKE_HTTP', `HTTP ${status}`, { details: { status } }),
-        details,
-      });
-      throw new AttemptError({ error, retryable: true, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) });
+      throw this.t.unavailable(res, relPath, said, details);
     }
     throw new AttemptError({ error: new NarfsError('ERR_DATALAKE_HTTP', `${where}: unexpected ${said}`, { details }), retryable: false });
   }
@@ -454,24 +409,6 @@ export class S3Datalake implements Datalake {
     return out;
   }
 
-  private async readAll(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Promise<Buffer> {
-    const expected = contentLength(res.headers);
-    const chunks: Buffer[] = [];
-    let received = 0;
-    try {
-      for await (const chunk of res.body) {
-        chunks.push(chunk as Buffer);
-        received += (chunk as Buffer).length;
-      }
-    } catch (e) {
-      throw new AttemptError(this.classify(e, relPath, signal, 'body', { received, expected }));
-    }
-    if (expected !== undefined && received < expected) {
-      throw new AttemptError({ error: this.truncated(relPath, received, expected), retryable: true });
-    }
-    return Buffer.concat(chunks, received);
-  }
-
   /** A 200 to a ranged GET (the server ignored Range): keeps [offset, offset+length), drops the rest. */
   private async sliceWhole(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer> {
     const expected = contentLength(res.headers);
@@ -488,183 +425,25 @@ export class S3Datalake implements Datalake {
         if (pos >= end) break;
       }
     } catch (e) {
-      throw new AttemptError(this.classify(e, relPath, signal, 'body', { received: pos, expected }));
+      throw new AttemptError(this.t.classify(e, relPath, signal, 'body', { received: pos, expected }));
     }
     if (!res.body.destroyed) res.body.destroy();
     if (pos < end && expected !== undefined && pos < expected) {
-      throw new AttemptError({ error: this.truncated(relPath, pos, expected), retryable: true });
+      throw new AttemptError({ error: this.t.truncated(relPath, pos, expected), retryable: true });
     }
     if (pos <= offset) {
       throw new AttemptError({
-        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.describe(relPath)}: offset ${offset} is at or past the end of the object`),
+        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.t.describe(relPath)}: offset ${offset} is at or past the end of the object`),
         retryable: false,
       });
     }
     return Buffer.concat(parts);
   }
-
-  /** Undoes a Content-Encoding of a small object (narinfo-compression, ls-compression), as Nix does. */
-  private async decode(body: Buffer, encoding: string | string[] | undefined, relPath: string): Promise<Buffer> {
-    const enc = headerText(encoding).toLowerCase();
-    if (enc === '' || enc === 'identity') return body;
-    const decoder = { gzip: gunzipAsync, 'x-gzip': gunzipAsync, deflate: inflateAsync, br: brotliAsync }[enc];
-    if (!decoder) throw new AttemptError({ error: this.unsupportedEncoding(enc, relPath), retryable: false });
-    try {
-      return await decoder(body);
-    } catch (e) {
-      throw new AttemptError({
-        error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: body does not decode as ${enc}`, {
-          cause: e,
-          details: { datalake: this.displayUrl, relPath, contentEncoding: enc },
-        }),
-        retryable: false,
-      });
-    }
-  }
-
-  private unsupportedEncoding(enc: string, relPath: string): NarfsError {
-    return new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: unsupported Content-Encoding '${enc}'`, {
-      details: { datalake: this.displayUrl, relPath, contentEncoding: enc },
-      hint: 'narfs decodes gzip, deflate and br small files; NARs must be compressed as files (Compression: in the narinfo).',
-    });
-  }
-
-  private guardBody(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Readable {
-    const expected = contentLength(res.headers);
-    let received = 0;
-    return new GuardedReadable(res.body, {
-      onChunk: (chunk) => void (received += chunk.length),
-      atEnd: () => (expected !== undefined && received < expected ? this.truncated(relPath, received, expected) : undefined),
-      mapError: (e) => this.classify(e, relPath, signal, 'body', { received, expected }).error,
-      closedEarly: () => this.truncated(relPath, received, expected),
-    });
-  }
-
-  private truncated(relPath: string, received: number, expected: number | undefined): NarfsError {
-    return new NarfsError('ERR_DATALAKE_TRUNCATED', `GET ${this.describe(relPath)}: body ended after ${received} of ${expected ?? 'unknown'} bytes`, {
-      details: { datalake: this.displayUrl, relPath, received, expected },
-    });
-  }
-
-  /** Maps anything undici or node:net throws to a Failure (same rules as HttpDatalake). */
-  private classify(
-    e: unknown,
-    relPath: string,
-    signal: AbortSignal,
-    phase: 'headers' | 'body',
-    progress?: { received: number; expected: number | undefined },
-  ): Failure {
-    if (e instanceof AttemptError) return e.failure;
-    if (e instanceof NarfsError && !signal.aborted) return { error: e, retryable: false };
-    if (signal.aborted) {
-      const reason: unknown = signal.reason;
-      if (reason instanceof NarfsError && reason.code === 'ERR_DATALAKE_TIMEOUT') return { error: reason, retryable: false };
-      return { error: this.aborted(relPath, signal), retryable: false };
-    }
-    const code = errorCode(e);
-    const where = `GET ${this.describe(relPath)}`;
-    const details = { datalake: this.displayUrl, relPath, phase, cause: code };
-    const make = (c: ErrorCode, what: string) => new NarfsError(c, `${where}: ${what}`, { cause: e, details: { ...details, ...progress } });
-    if (code !== undefined && TIMEOUT_CODES.has(code)) {
-      const which =
-        code === 'UND_ERR_CONNECT_TIMEOUT'
-          ? `no connection within ${this.opts.connectTimeoutMs} ms`
-          : code === 'UND_ERR_HEADERS_TIMEOUT'
-            ? `no response headers within ${this.opts.headersTimeoutMs} ms`
-            : code === 'UND_ERR_BODY_TIMEOUT'
-              ? `body stalled for ${this.opts.bodyTimeoutMs} ms`
-              : 'timed out';
-      return { error: make('ERR_DATALAKE_TIMEOUT', which), retryable: true };
-    }
-    if (phase === 'body' && code !== undefined && BODY_DIED_CODES.has(code)) {
-      const got = progress ? ` after ${progress.received} of ${progress.expected ?? 'unknown'} bytes` : '';
-      return { error: make('ERR_DATALAKE_TRUNCATED', `connection closed mid-body${got}`), retryable: true };
-    }
-    if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
-      return { error: this.aborted(relPath, this.closer.signal), retryable: false };
-    }
-    if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
-      return { error: make('ERR_INTERNAL', 'request rejected by the HTTP client'), retryable: false };
-    }
-    const msg = e instanceof Error ? e.message : String(e);
-    return { error: make('ERR_DATALAKE_UNAVAILABLE', `${code ?? 'failed'}: ${msg}`), retryable: true };
-  }
-
-  private async withRetries<T>(relPath: string, signal: AbortSignal, deadlineAt: number | undefined, attempt: () => Promise<T>): Promise<T> {
-    for (let i = 1; ; i++) {
-      let failure: Failure;
-      try {
-        return await attempt();
-      } catch (e) {
-        failure = this.classify(e, relPath, signal, 'headers');
-      }
-      const err = failure.error;
-      if (!failure.retryable || i >= this.opts.attempts) {
-        if (i > 1 && err.details) err.details.attempts = i;
-        throw err;
-      }
-      const backoff = this.opts.retryBaseMs * 2 ** (i - 1) * (0.5 + Math.random());
-      let wait = backoff;
-      if (failure.retryAfterMs !== undefined) {
-        const cap = deadlineAt === undefined ? this.opts.maxRetryAfterMs : deadlineAt - Date.now();
-        if (failure.retryAfterMs > cap) throw err;
-        wait = Math.max(backoff, failure.retryAfterMs);
-      }
-      if (deadlineAt !== undefined && Date.now() + wait >= deadlineAt) throw err;
-      await sleep(wait, signal).catch(() => {
-        throw this.aborted(relPath, signal);
-      });
-    }
-  }
-
-  private finalError(e: unknown, relPath: string, signal: AbortSignal): NarfsError {
-    if (e instanceof AttemptError) return e.failure.error;
-    if (e instanceof NarfsError) {
-      if (e.code === 'ERR_ABORTED' || signal.aborted) return e.code === 'ERR_ABORTED' ? e : this.aborted(relPath, signal);
-      return e;
-    }
-    return this.classify(e, relPath, signal, 'headers').error;
-  }
 }
 
 // --- small helpers
-
-const gunzipAsync = promisify(zlib.gunzip);
-const inflateAsync = promisify(zlib.inflate);
-const brotliAsync = promisify(zlib.brotliDecompress);
-
-function dropUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
-function headerText(v: string | string[] | undefined): string {
-  return (Array.isArray(v) ? v.join(',') : (v ?? '')).trim();
-}
-
-function errorCode(e: unknown): string | undefined {
-  const c = (e as { code?: unknown } | null)?.code;
-  if (typeof c === 'string') return c;
-  const ic = ((e as { cause?: unknown } | null)?.cause as { code?: unknown } | null)?.code;
-  return typeof ic === 'string' ? ic : undefined;
-}
-
-function contentLength(headers: Record<string, string | string[] | undefined>): number | undefined {
-  const v = headers['content-length'];
-  if (typeof v !== 'string' || !/^\d+$/.test(v)) return undefined;
-  return Number(v);
-}
-
-function parseRetryAfter(v: string | string[] | undefined): number | undefined {
-  if (typeof v !== 'string') return undefined;
-  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
-  const at = Date.parse(v);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
-}
 
 function unescapeXml(s: string): string {
   return s.replace(/&(lt|gt|amp|quot|apos);/g, (_, n: string) => ({ lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" })[n]!);
 }
 
-function discard(res: Dispatcher.ResponseData): void {
-  res.body.dump({ limit: 64 * 1024 }).catch(() => {});
-}

@@ -487,10 +487,10 @@ describe('DatalakeSet', function () {
     assert.equal(b.count(narinfo), 0);
   });
 
-  it('rejects unknown schemes and s3:// with ERR_DATALAKE_URL', function () {
-    for (const u of ['s3://bucket', 'ftp://host/x', '/plain/path', 'gopher:x']) {
+  it('rejects unknown schemes with ERR_DATALAKE_URL, and knows s3://', function () {
+    for (const u of ['ftp://host/x', '/plain/path', 'gopher:x']) {
       assert.throws(() => openDatalake(u), (e: unknown) => isNarfsError(e, 'ERR_DATALAKE_URL'));
     }
-    assert.throws(() => openDatalake('s3://bucket'), /not supported yet/);
+    assert.equal(openDatalake('s3://bucket?region=eu-west-1').displayUrl.startsWith('s3://bucket'), true);
   });
 });
