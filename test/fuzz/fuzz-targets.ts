@@ -71,7 +71,8 @@ const MAGIC_TOKEN_BYTES = NAR_TOKENS[12]!.length; // 8-byte length + "nix-archiv
 
 /** u64 values for length fields: the limits of the grammar and of JS numbers. */
 const HUGE_U64: readonly bigint[] = [
-  0n, 1n, 7n, 8n, 9n, 13n, 31n, 32n, 33n, 255n, 256n, 4095n, 4096n, 4097n, 0x7fffffffn, 0xffffffffn, 0x100000000n,
+  0n, 1n, 7n, 8n, 9n, 13n, 31n, 32n, 33n, 255n, 256n, 4095n, 4096n, 4097n, 0x10000n, 2n ** 20n, 2n ** 24n, 2n ** 28n, 2n ** 30n,
+  0x7fffffffn, 0xffffffffn, 0x100000000n,
   2n ** 40n, 2n ** 52n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 62n, 2n ** 63n - 1n, 2n ** 63n, 2n ** 64n - 1n,
 ];
 
@@ -142,6 +143,108 @@ const narMutators: Array<(rng: Prng, b: Buffer) => Buffer> = [
     const out = Buffer.from(b);
     out[rng.int(slots) * 8 + 7] = rng.range(1, 255);
     return out;
+  },
+];
+
+/**
+ * A NAR as its sequence of strings (every NAR token, file contents included, is a
+ * length-prefixed padded string), or undefined when the framing is broken.
+ */
+function narStrings(b: Buffer): Buffer[] | undefined {
+  const out: Buffer[] = [];
+  for (let at = 0; at < b.length; ) {
+    if (at + 8 > b.length) return undefined;
+    const n = b.readBigUInt64LE(at);
+    const padded = (n + 7n) & ~7n;
+    if (BigInt(at) + 8n + padded > BigInt(b.length)) return undefined;
+    out.push(b.subarray(at + 8, at + 8 + Number(n)));
+    at += 8 + Number(padded);
+  }
+  return out;
+}
+
+const WEIRD_NAMES = ['', '.', '..', '...', 'a/b', '/', 'a\0', '\0', 'x'.repeat(255), 'x'.repeat(256), 'A', 'Z', 'a', 'z', '~', '\u00e9', 'e\u0301', '__proto__', ' ']
+  .map((s) => Buffer.from(s, 'utf8'))
+  .concat([Buffer.from([0xff]), Buffer.from([0xc3]), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from([0x61, 0x00])]);
+const WEIRD_TARGETS = ['', '/', '.', '..', 'a\0b', 'x'.repeat(4095), 'x'.repeat(4096), '/nix/store/x', '\u00e9']
+  .map((s) => Buffer.from(s, 'utf8'))
+  .concat([Buffer.from([0xff, 0x2f]), Buffer.from([0])]);
+
+/** The [start, end) string indices of every `entry ( … )`, at any depth. */
+function entryRanges(toks: Buffer[]): Array<[number, number]> {
+  // One pass with a stack of open parens (-1, or the index of the `entry` before it).
+  // `(` / `)` also occur as names, targets or contents; good enough for a mutator.
+  const out: Array<[number, number]> = [];
+  const open: number[] = [];
+  for (let i = 0; i < toks.length; i++) {
+    const t = toks[i]!;
+    if (t.equals(K.open)) open.push(i > 0 && toks[i - 1]!.equals(K.entry) ? i - 1 : -1);
+    else if (t.equals(K.close) && open.length > 0) {
+      const entry = open.pop()!;
+      if (entry >= 0) out.push([entry, i + 1]);
+    }
+  }
+  return out;
+}
+
+const K = { entry: Buffer.from('entry'), open: Buffer.from('('), close: Buffer.from(')'), name: Buffer.from('name'), target: Buffer.from('target'), contents: Buffer.from('contents') };
+const NAR_KEYWORD_BYTES = NAR_KEYWORDS.map((k) => Buffer.from(k, 'latin1'));
+
+/** Mutations of the string sequence; the result is re-framed with correct lengths and padding. */
+const narStringMutators: Array<(rng: Prng, toks: Buffer[]) => void> = [
+  // A name or a symlink target replaced by a weird one (or by its neighbour's name).
+  (rng, toks) => {
+    const key = rng.chance(0.7) ? K.name : K.target;
+    const at = toks.flatMap((t, i) => (t.equals(key) && i + 1 < toks.length ? [i + 1] : []));
+    if (at.length === 0) return;
+    const i = rng.pick(at);
+    const names = at.filter((j) => j !== i);
+    if (key === K.name && names.length > 0 && rng.chance(0.3)) toks[i] = toks[rng.pick(names)]!;
+    else toks[i] = rng.pick(key === K.name ? WEIRD_NAMES : WEIRD_TARGETS);
+  },
+  // Entries swapped, duplicated or removed (sort order, duplicates, empty directories).
+  (rng, toks) => {
+    const ranges = entryRanges(toks);
+    if (ranges.length === 0) return;
+    const [s, e] = rng.pick(ranges);
+    const piece = toks.slice(s, e);
+    switch (rng.int(3)) {
+      case 0: {
+        const later = ranges.filter(([s2]) => s2 >= e);
+        if (later.length === 0) return;
+        const [s2, e2] = rng.pick(later);
+        const other = toks.slice(s2, e2);
+        toks.splice(s2, e2 - s2, ...piece);
+        toks.splice(s, e - s, ...other);
+        return;
+      }
+      case 1:
+        toks.splice(e, 0, ...piece);
+        return;
+      default:
+        toks.splice(s, e - s);
+    }
+  },
+  // A file's contents replaced by bytes of another length (valid: moves every narOffset after it).
+  (rng, toks) => {
+    const at = toks.flatMap((t, i) => (t.equals(K.contents) && i + 1 < toks.length ? [i + 1] : []));
+    if (at.length === 0) return;
+    toks[rng.pick(at)] = rng.chance(0.2) ? Buffer.alloc(0) : rng.bytes(rng.small(300));
+  },
+  // Any string replaced by a keyword, removed, or repeated.
+  (rng, toks) => {
+    if (toks.length === 0) return;
+    const i = rng.int(toks.length);
+    switch (rng.int(3)) {
+      case 0:
+        toks[i] = rng.pick(NAR_KEYWORD_BYTES);
+        return;
+      case 1:
+        toks.splice(i, 1);
+        return;
+      default:
+        toks.splice(i, 0, toks[i]!);
+    }
   },
 ];
 
@@ -233,7 +336,14 @@ const narTarget: FuzzTarget = {
   name: 'nar',
   allows: (code: ErrorCode) => code.startsWith('ERR_NAR_'),
   dictionary: NAR_DICTIONARY,
-  mutate: (rng, b) => rng.pick(narMutators)(rng, b),
+  mutate(rng, b) {
+    const toks = rng.chance(0.5) ? narStrings(b) : undefined;
+    if (toks === undefined) return rng.pick(narMutators)(rng, b);
+    rng.pick(narStringMutators)(rng, toks);
+    const w = new NarTokenWriter();
+    for (const t of toks) w.str(t);
+    return w.bytes();
+  },
   run(input, rng) {
     const whole = verdict(() => parseNar(input));
     const handler = new CheckingHandler(input);
