@@ -13,7 +13,8 @@
  * - narinfo: formatNarInfo → parseNarInfo gives the same narinfo;
  * - ls: entries in bytewise order with valid names, depth < 64, safe sizes and offsets;
  *   listingToJson → parseListingJson gives the same listing;
- * - drv: at least one output, unique non-empty ids, paths absolute or undefined.
+ * - drv: at least one output, unique non-empty ids, paths absolute or undefined; the text
+ *   has the shape Nix's own grammar accepts (drv-reference.ts).
  *
  * Text formats are decoded from the mutated bytes with Buffer#toString('utf8'), as
  * src/store does with what a datalake serves.
@@ -36,6 +37,7 @@ import { NarParser, parseNar, type NarHandler } from '../../src/nix/nar-parser.j
 import { NarTokenWriter, writeNar, type NarTree } from '../../src/nix/nar-writer.js';
 import { formatNarInfo, parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
 import { storePathFull } from '../../src/nix/store-path.js';
+import { drvShapeProblem } from './drv-reference.js';
 import { OracleViolation, type FuzzTarget } from './fuzz-engine.js';
 import { INTERESTING_DECIMALS, insert, type MutationContext } from './mutate-bytes.js';
 import type { Prng } from './prng.js';
@@ -731,7 +733,10 @@ const drvTarget: FuzzTarget = {
     return out === undefined ? b : Buffer.from(out, 'utf8');
   },
   run(input) {
-    const drv = parseDerivation(input.toString('utf8'));
+    const text = input.toString('utf8');
+    const drv = parseDerivation(text);
+    const problem = drvShapeProblem(text);
+    if (problem !== undefined) throw violation(`accepted a derivation Nix's grammar rejects: ${problem}`);
     if (drv.outputs.length === 0) throw violation('accepted derivation has no outputs');
     const ids = new Set<string>();
     for (const o of drv.outputs) {
