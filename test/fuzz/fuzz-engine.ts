@@ -80,8 +80,9 @@ export interface FuzzReport {
   rejectedSeeds: number[];
   violations: Violation[];
   elapsedMs: number;
-  /** Slowest single input (first run). */
+  /** Slowest single input (first run) and its index. */
   maxInputMs: number;
+  slowestIndex: number;
   /** Largest growth of rss/heapUsed/arrayBuffers over one input. */
   maxMemoryDelta: number;
 }
@@ -155,6 +156,7 @@ export function fuzzTarget(target: FuzzTarget, seeds: readonly Buffer[], opts: F
     violations: [],
     elapsedMs: 0,
     maxInputMs: 0,
+    slowestIndex: -1,
     maxMemoryDelta: 0,
   };
   const t0 = performance.now();
@@ -163,7 +165,10 @@ export function fuzzTarget(target: FuzzTarget, seeds: readonly Buffer[], opts: F
     const { input, rng } = generateInput(target, seeds, opts.seed, index);
     let m = measure(target, input, rng);
     report.inputs++;
-    report.maxInputMs = Math.max(report.maxInputMs, m.ms);
+    if (m.ms > report.maxInputMs) {
+      report.maxInputMs = m.ms;
+      report.slowestIndex = index;
+    }
     report.maxMemoryDelta = Math.max(report.maxMemoryDelta, m.memoryDelta);
     // Over a budget: the fastest / smallest of three runs counts.
     for (let retry = 0; retry < 2 && (m.ms > timeBudget || m.memoryDelta > memoryBudget); retry++) {

@@ -83,6 +83,7 @@ export function runFuzzInWorker(job: FuzzJob, watchdog: WatchdogOptions = {}): P
           ],
           elapsedMs: 0,
           maxInputMs: limit,
+          slowestIndex: index,
           maxMemoryDelta: 0,
         }),
       );

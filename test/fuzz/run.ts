@@ -102,7 +102,7 @@ for (const name of parsers as FuzzTargetName[]) {
   console.log(
     `${name.padEnd(7)} ${String(report.inputs).padStart(7)} inputs (${seeds[name].length} seeds) in ${(report.elapsedMs / 1000).toFixed(1)} s: ` +
       `accepted ${report.accepted}, rejected ${Object.values(report.rejected).reduce((a, b) => a + b, 0)}` +
-      ` (${rejected || 'none'}); slowest input ${report.maxInputMs.toFixed(1)} ms, largest memory growth ${(report.maxMemoryDelta / 2 ** 20).toFixed(1)} MiB`,
+      ` (${rejected || 'none'}); slowest input ${report.maxInputMs.toFixed(1)} ms (index ${report.slowestIndex}), largest memory growth ${(report.maxMemoryDelta / 2 ** 20).toFixed(1)} MiB`,
   );
   if (report.rejectedSeeds.length > 0) console.log(`        unmutated seeds rejected: ${report.rejectedSeeds.join(', ')}`);
   for (const v of report.violations) console.log(`  VIOLATION ${formatViolation(v)}`);
