@@ -18,7 +18,11 @@
  *
  * Invariant: the whole text must be one well-formed derivation term (outputs, inputDrvs,
  * inputSrcs, system, builder, args, env) with nothing after it; anything else throws
- * ERR_DERIVATION_PARSE. Pure: no I/O.
+ * ERR_DERIVATION_PARSE. As in Nix, paths (non-empty output paths, input derivations,
+ * input sources) must start with `/`, and inputDrvs entries are `("path",["out",…])` or,
+ * in the xp-dyn-drv format, also `("path",(["out",…],[("out",<node>),…]))`
+ * (`parseDerivedPathMapNode`). Hash algorithms and digests of outputs are not checked.
+ * Pure: no I/O.
  */
 import { NarfsError } from '../errors.js';
 
@@ -120,7 +124,34 @@ function asTuple(t: Term | undefined, arity: number, what: string): Term[] {
   return t.items;
 }
 
-/** The parts of a derivation narfs reads (inputDrvs are checked for shape only). */
+/** A path field: a string starting with `/` (Nix `parsePath`: "bad path in derivation"). */
+function asPath(t: Term | undefined, what: string): string {
+  const s = asString(t, what);
+  if (!s.startsWith('/')) fail(`${what} has the bad path ${JSON.stringify(s)}`);
+  return s;
+}
+
+/**
+ * The outputs wanted of an input derivation (Nix `parseDerivedPathMapNode`): a list of
+ * output names or, in the dynamic-derivations format only, `([names],[(name,node),…])`.
+ * Depth is bounded by the reader's nesting limit.
+ */
+function checkInputNode(t: Term | undefined, dyn: boolean): void {
+  if (t?.kind === 'list') {
+    for (const name of t.items) asString(name, 'an input derivation output');
+    return;
+  }
+  if (!dyn) fail('the outputs of an input derivation must be a list of strings');
+  const [names, children] = asTuple(t, 2, 'the outputs of an input derivation');
+  checkInputNode(names, false);
+  for (const child of asList(children, 'the dynamic outputs of an input derivation')) {
+    const [name, node] = asTuple(child, 2, 'a dynamic output of an input derivation');
+    asString(name, 'a dynamic output name');
+    checkInputNode(node, true);
+  }
+}
+
+/** The parts of a derivation narfs reads (inputDrvs are checked for shape, not returned). */
 export interface Derivation {
   outputs: DerivationOutput[];
   inputSrcs: string[];
@@ -158,8 +189,13 @@ export function parseDerivation(atermText: string): Derivation {
   if (fields.length !== 7) fail(`a derivation has 7 fields, this one has ${fields.length}`);
   const [outputsTerm, inputDrvs, inputSrcsTerm, systemTerm, builderTerm, argsTerm, envTerm] = fields;
 
-  asList(inputDrvs, 'inputDrvs');
-  const inputSrcs = asList(inputSrcsTerm, 'inputSrcs').map((s) => asString(s, 'an input source'));
+  const dyn = atermText.startsWith('DrvWithVersion(');
+  for (const entry of asList(inputDrvs, 'inputDrvs')) {
+    const [drvPath, node] = asTuple(entry, 2, 'an input derivation');
+    asPath(drvPath, 'an input derivation');
+    checkInputNode(node, dyn);
+  }
+  const inputSrcs = asList(inputSrcsTerm, 'inputSrcs').map((s) => asPath(s, 'an input source'));
   const system = asString(systemTerm, 'system');
   const builder = asString(builderTerm, 'builder');
   const args = asList(argsTerm, 'args').map((a) => asString(a, 'an argument'));

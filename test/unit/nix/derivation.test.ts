@@ -175,6 +175,30 @@ describe('nix/derivation (real .drv files from nix-instantiate)', function () {
     expectParseError('DrvWithVersion("v9",[("out","/nix/store/x","","")],[],[],"s","b",[],[])');
   });
 
+  it('rejects inputDrvs and inputSrcs Nix cannot parse (found by npm run fuzz)', function () {
+    const drv = (inputDrvs: string, inputSrcs = '[]'): string =>
+      `Derive([("out","/nix/store/x","","")],${inputDrvs},${inputSrcs},"s","b",[],[])`;
+    // Valid shapes first, so the rejections below are about the shape alone.
+    assert.equal(parseDerivationOutputs(drv('[("/nix/store/d.drv",["out","dev"])]', '["/nix/store/src"]')).length, 1);
+    expectParseError(drv('[[[[]]]]')); // nested lists instead of (path,[outputs])
+    expectParseError(drv('["/nix/store/d.drv"]'));
+    expectParseError(drv('[("/nix/store/d.drv")]'));
+    expectParseError(drv('[("/nix/store/d.drv",["out"],"x")]'));
+    expectParseError(drv('[("relative.drv",["out"])]'));
+    expectParseError(drv('[("/nix/store/d.drv","out")]'));
+    expectParseError(drv('[("/nix/store/d.drv",[["out"]])]'));
+    expectParseError(drv('[("/nix/store/d.drv",(["out"],[]))]')); // the dynamic form needs DrvWithVersion
+    expectParseError(drv('[]', '["relative"]'));
+    expectParseError(drv('[]', '[""]'));
+    expectParseError(drv('[]', '[["/nix/store/src"]]'));
+  });
+
+  it('accepts the dynamic inputDrvs form of xp-dyn-drv', function () {
+    const text = 'DrvWithVersion("xp-dyn-drv",[("out","/nix/store/x","","")],[("/nix/store/d.drv",(["out"],[("out",["a"]),("b",([],[]))]))],[],"s","b",[],[])';
+    assert.deepEqual(parseDerivationOutputs(text), [{ id: 'out', path: '/nix/store/x' }]);
+    expectParseError(text.replace('("out",["a"])', '("out","a")'));
+  });
+
   it('accepts the dynamic-derivations wrapper', function () {
     const text = 'DrvWithVersion("xp-dyn-drv",[("out","/nix/store/x","","")],[],[],"s","b",[],[])';
     assert.deepEqual(parseDerivationOutputs(text), [{ id: 'out', path: '/nix/store/x' }]);

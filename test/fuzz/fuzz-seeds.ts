@@ -1,0 +1,86 @@
+/**
+ * Fuzz seeds: real files written by Nix, taken from the fixture datalakes of
+ * scripts/build-fixtures.sh (`<fixtures>/datalakes/<name>/`).
+ *
+ * - narinfo: every `.narinfo` of every datalake (all compressions, signed by either key or
+ *   unsigned, with FileHash/FileSize/Deriver/CA/References variants);
+ * - ls: every `.ls` listing;
+ * - nar: the uncompressed NARs of the `none` datalake up to MAX_NAR_SEED_BYTES (all but
+ *   the 40 MiB large-file one): `nix-store --dump` output as the binary cache stored it;
+ * - drv: the `.drv` files of the closure, taken out of their NARs in `none` (a .drv is a
+ *   store path whose NAR is a single regular file).
+ *
+ * Invariant: seeds are deduplicated by content and sorted (by name, then bytes), so the
+ * seed list — and hence every generated input — is the same on every run.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { parseNar } from '../../src/nix/nar-parser.js';
+import { parseNarInfo } from '../../src/nix/narinfo.js';
+import type { FuzzTargetName } from './fuzz-targets.js';
+
+export const MAX_NAR_SEED_BYTES = 1 << 20;
+
+export type FuzzSeeds = Record<FuzzTargetName, Buffer[]>;
+
+interface FixtureManifest {
+  paths: Array<{ storePath: string; role: string }>;
+}
+
+function uniqueSorted(files: Array<{ name: string; bytes: Buffer }>): Buffer[] {
+  files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : Buffer.compare(a.bytes, b.bytes)));
+  const seen = new Set<string>();
+  const out: Buffer[] = [];
+  for (const f of files) {
+    const key = f.bytes.toString('base64');
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(f.bytes);
+  }
+  return out;
+}
+
+/** Loads the seeds from a fixture directory (the last line build-fixtures.sh prints). */
+export function loadFuzzSeeds(fixtureDir: string): FuzzSeeds {
+  const lakes = join(fixtureDir, 'datalakes');
+  const narinfos: Array<{ name: string; bytes: Buffer }> = [];
+  const listings: Array<{ name: string; bytes: Buffer }> = [];
+  for (const lake of readdirSync(lakes).sort()) {
+    for (const f of readdirSync(join(lakes, lake)).sort()) {
+      const name = `${lake}/${f}`;
+      if (f.endsWith('.narinfo')) narinfos.push({ name, bytes: readFileSync(join(lakes, lake, f)) });
+      else if (f.endsWith('.ls')) listings.push({ name, bytes: readFileSync(join(lakes, lake, f)) });
+    }
+  }
+
+  const none = join(lakes, 'none');
+  const nars: Array<{ name: string; bytes: Buffer }> = [];
+  for (const f of readdirSync(join(none, 'nar')).sort()) {
+    const path = join(none, 'nar', f);
+    if (f.endsWith('.nar') && statSync(path).size <= MAX_NAR_SEED_BYTES) nars.push({ name: f, bytes: readFileSync(path) });
+  }
+
+  const manifest = JSON.parse(readFileSync(join(fixtureDir, 'manifest.json'), 'utf8')) as FixtureManifest;
+  const drvs: Array<{ name: string; bytes: Buffer }> = [];
+  for (const p of manifest.paths) {
+    if (p.role !== 'drv') continue;
+    const hashPart = p.storePath.slice('/nix/store/'.length, '/nix/store/'.length + 32);
+    const ni = parseNarInfo(readFileSync(join(none, `${hashPart}.narinfo`), 'utf8'));
+    const nar = readFileSync(join(none, ni.url));
+    const root = parseNar(nar);
+    if (root.type !== 'regular') throw new Error(`fuzz seeds: ${p.storePath} is not a regular file`);
+    drvs.push({ name: p.storePath, bytes: Buffer.from(nar.subarray(root.narOffset, root.narOffset + root.size)) });
+  }
+
+  const seeds: FuzzSeeds = {
+    nar: uniqueSorted(nars),
+    narinfo: uniqueSorted(narinfos),
+    ls: uniqueSorted(listings),
+    drv: uniqueSorted(drvs),
+  };
+  for (const [name, list] of Object.entries(seeds)) {
+    if (list.length === 0) throw new Error(`fuzz seeds: no ${name} seeds under ${fixtureDir}`);
+  }
+  return seeds;
+}
