@@ -106,7 +106,7 @@ describe('e2e: the narfs command', function () {
     const usage = await run(process.execPath, [BIN, 'mount']);
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /ERR_USAGE/);
-    const json = await run(process.execPath, [BIN, 'mount', mnt, '--datalake', 's3://bucket', '--no-require-sigs', '--log-format', 'json']);
+    const json = await run(process.execPath, [BIN, 'mount', mnt, '--datalake', 'ftp://host/cache', '--no-require-sigs', '--log-format', 'json']);
     assert.notEqual(json.code, 0);
     const line = JSON.parse(json.stderr.trim().split('\n').pop()!) as { code: string; hint: string };
     assert.equal(line.code, 'ERR_DATALAKE_URL');
