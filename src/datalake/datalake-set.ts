@@ -25,8 +25,8 @@
  * - while a datalake is down, the walk skips it at once: a lookup that another datalake
  *   answers never waits for it. Only when no datalake that is up had the file does the
  *   walk give the down ones one bounded chance: it starts their probes at once (joining
- *   one in flight) and waits at most `probeWaitMs` for them, then asks those that came
- *   up. A pinned request to a down datalake does the same for that datalake. So when
+ *   one in flight) and waits at most `probeWaitMs` (less when one comes up or all fail),
+ *   then asks those that came up. A pinned request to a down datalake does the same for that datalake. So when
  *   every datalake is down, a lookup fails within about `probeWaitMs` (plus a refused
  *   connect), never a whole deadline, and a datalake that comes back is used by the very
  *   next request that needs it;
@@ -435,8 +435,9 @@ export class DatalakeSet {
   }
 
   /**
-   * Starts (or joins) the probes of `entries` and waits until they have all settled, or
-   * `probeWaitMs` has passed, or the caller's signal aborts (ERR_ABORTED).
+   * Starts (or joins) the probes of `entries` and waits until one of them has brought its
+   * datalake up, or all have failed, or `probeWaitMs` has passed, or the caller's signal
+   * aborts (ERR_ABORTED).
    */
   private async probeAndWait(entries: Entry[], signal: AbortSignal | undefined): Promise<void> {
     const probes = entries.filter((e) => e.down).map((e) => this.probe(e));
@@ -446,6 +447,9 @@ export class DatalakeSet {
     try {
       await Promise.race([
         Promise.all(probes),
+        new Promise<void>((resolve) => {
+          for (const p of probes) void p.then((up) => up && resolve());
+        }),
         new Promise<void>((resolve) => {
           timer = setTimeout(resolve, this.probeWaitMs);
           timer.unref();
