@@ -17,6 +17,9 @@
  *   stalled mid-stream). Absence (404/403 → `undefined`), a rejected answer (a bad
  *   narinfo), ERR_DATALAKE_HTTP (401, 400: configuration, not health), a bad relPath and
  *   the caller's abort never mark it down;
+ * - Nix does a cruder version of this (http-binary-cache-store.cc, maybeDisable and
+ *   checkEnabled: with fallback on, a cache that failed is disabled for a fixed 60 s);
+ *   narfs probes instead, so a datalake is used again as soon as it answers;
  * - a down datalake is re-probed in the background (its nix-cache-info, `open()`), single
  *   flight, each probe bounded by `probeTimeoutMs`, after capped exponential backoff with
  *   ±25 % jitter (`probeBaseMs` · 2^n, at most `probeMaxMs`, never under 50 ms). Timers are
@@ -210,10 +213,7 @@ export class DatalakeSet {
     if (first) throw first;
     results.forEach((r, i) => {
       const e = this.entries[i]!;
-      if (r.status === 'rejected') {
-        e.down = false; // so markDown logs and schedules
-        this.markDown(e, asNarfsError(r.reason, e.datalake), 'datalake unreachable at start; kept, will retry');
-      }
+      if (r.status === 'rejected') this.markDown(e, asNarfsError(r.reason, e.datalake), 'datalake unreachable at start; kept, will retry', true);
     });
     this.sort();
     if (this.entries.every((e) => e.down) && !options.allowAllDown) {
@@ -374,9 +374,10 @@ export class DatalakeSet {
     this.markDown(e, error, 'datalake failed; marked down, skipped until a probe answers');
   }
 
-  private markDown(e: Entry, error: NarfsError, msg: string): void {
+  /** Marks `e` down (logged once per outage) and arms its probe; `atStart`: it never was up. */
+  private markDown(e: Entry, error: NarfsError, msg: string, atStart = false): void {
     e.error = error;
-    if (e.down) return;
+    if (e.down && !atStart) return;
     e.down = true;
     e.downSince = Date.now();
     e.failedProbes = 0;
