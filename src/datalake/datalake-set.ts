@@ -47,7 +47,8 @@
  * - `open()` decides at start, waiting at most `probeTimeoutMs` for each datalake:
  *   · a configuration error is fatal — another StoreDir (ERR_CACHE_INFO naming the
  *     datalake), no nix-cache-info over HTTP (ERR_NOT_BINARY_CACHE), an unexpected HTTP
- *     status such as 401 (ERR_DATALAKE_HTTP) — because it will not heal by waiting;
+ *     status such as 401 (ERR_DATALAKE_HTTP), refused credentials (ERR_DATALAKE_AUTH) —
+ *     because it will not heal by waiting; none of these marks a datalake down later;
  *   · an unreachable datalake is kept, marked down, logged, and probed in the background;
  *   · if no datalake opens, `open()` throws ERR_DATALAKE_UNAVAILABLE with every cause,
  *     unless `allowAllDown` is set (narfs mount: the caches serve what they hold).
@@ -122,7 +123,11 @@ interface Failure {
   kind: 'failed' | 'down' | 'rejected';
 }
 
-const FATAL_AT_OPEN = new Set(['ERR_CACHE_INFO', 'ERR_NOT_BINARY_CACHE', 'ERR_DATALAKE_HTTP', 'ERR_DATALAKE_URL', 'ERR_INVALID_ARGUMENT']);
+/** Configuration errors: they will not heal by waiting, so they stop the start. */
+const FATAL_AT_OPEN: ReadonlySet<string> = new Set([
+  'ERR_CACHE_INFO', 'ERR_NOT_BINARY_CACHE', 'ERR_DATALAKE_HTTP', 'ERR_DATALAKE_URL', 'ERR_INVALID_ARGUMENT',
+  'ERR_DATALAKE_AUTH', // credentials refused (auth and S3 backends): fix the keys, do not start offline
+]);
 
 /** Failures that mean "unreachable or erroring": they mark a datalake down. */
 const DOWN_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ERR_DATALAKE_UNAVAILABLE', 'ERR_DATALAKE_TIMEOUT', 'ERR_DATALAKE_TRUNCATED']);
