@@ -4,8 +4,11 @@
  * the materialiser and the lazy store. `narfs mount` puts a filesystem on top;
  * `narfs register` without a daemon uses it alone.
  *
- * Invariant: `close()` undoes exactly what was opened, in reverse order, and never throws;
- * an open that fails half-way closes what it had opened.
+ * Invariants: `close()` undoes exactly what was opened, in reverse order, and never throws;
+ * an open that fails half-way closes what it had opened. A datalake that does not answer
+ * is not a reason to fail: the stack opens with every datalake down (a warning), serves
+ * what the metadata and NAR caches hold, and uses a datalake as soon as a probe finds it
+ * back (DatalakeSet). Configuration errors (another StoreDir, a 401) still fail the open.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -51,7 +54,14 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
   try {
     const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger, ...config.datalakeAccess });
     cleanups.push(() => datalakes.close());
-    await datalakes.open();
+    // Offline start: with no datalake answering, the caches still serve what they hold;
+    // the set probes the datalakes in the background and uses them when they come back.
+    await datalakes.open({ allowAllDown: true });
+    if (!datalakes.anyUp()) {
+      logger.warn('no datalake answers; starting offline: cached paths are served, others fail with EIO until a datalake comes back', {
+        datalakes: datalakes.status().map((s) => ({ datalake: s.displayUrl, code: s.error?.code })),
+      });
+    }
     await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
       throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
     });
@@ -64,9 +74,9 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
     const infos = new PathInfoService(datalakes, meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
       { negativeTtlMs: config.negativeTtlMs, logger });
-    const materialiser = new Materialiser(nars, { logger, signal: shutdown.signal });
+    const materialiser = new Materialiser(nars, { logger, datalakes, signal: shutdown.signal });
     const store = new LazyStore(infos, materialiser, meta, nars,
-      { logger, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
+      { logger, datalakes, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
     await store.loadKnown();
     cleanups.push(() => store.close());
     return { datalakes, nars, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };

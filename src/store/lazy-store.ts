@@ -20,6 +20,11 @@
  *   datalakes for the narinfo again (PathInfoService.refresh): the NAR URL is not covered
  *   by the signature, so a narinfo served once with a wrong URL must not break the path
  *   for good. If the new narinfo differs, the fetch is tried once more with it.
+ * - A `.ls` is fetched from the datalake whose narinfo was used, through the DatalakeSet
+ *   (`getBytesFrom`), so a datalake known to be down fails fast and a failure counts
+ *   against its health; a listing that cannot be had is never an error (the NAR tells).
+ *   Cached narinfos, listings and NARs need no datalake: with every datalake down, what
+ *   the cache holds is still served.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { cacheError } from '../cache/cache-error.js';
@@ -32,11 +37,14 @@ import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listin
 import { parseStorePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
 import type { ErrorCode } from '../errors.js';
+import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
 
 export interface LazyStoreOptions {
   logger: Logger;
+  /** The set PathInfos come from: `.ls` files are fetched through its health accounting. */
+  datalakes: DatalakeSet;
   /** Open NAR files kept for reads. */
   maxOpenFiles?: number;
 }
@@ -274,7 +282,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const rel = `${info.narInfo.storePath.hashPart}.ls`;
     let bytes: Buffer | undefined;
     try {
-      bytes = await info.datalake.getBytes(rel, { signal });
+      bytes = await this.#opts.datalakes.getBytesFrom(info.datalake, rel, { signal });
     } catch (err) {
       // A listing is an optimisation: without it the NAR itself tells the structure.
       this.#opts.logger.warn('listing fetch failed; using the NAR', { datalake: info.datalake.displayUrl, path: rel, err });

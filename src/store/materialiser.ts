@@ -24,6 +24,13 @@
  *   check (ERR_NAR_*), the cache disk (ERR_CACHE_FULL / ERR_CACHE_IO, not blamed on the
  *   data). An uncoded error of unknown origin is ERR_INTERNAL, never ERR_DECOMPRESS.
  * - Memory is bounded: the stream flows through with back-pressure, never buffered whole.
+ * - The NAR comes from the datalake whose narinfo was used (its URL is relative to it),
+ *   through the DatalakeSet (`getStreamFrom`), so the set's health applies: a datalake
+ *   known to be down fails fast (after at most one bounded probe), and a NAR stream that
+ *   dies or stalls mid-body (ERR_DATALAKE_UNAVAILABLE/TIMEOUT/TRUNCATED from the source
+ *   stage or the stall watchdog) is reported to the set, which marks the datalake down.
+ *   The set's fail-fast "down" answer is not retried here: the datalake was just given its
+ *   chance, and retrying would only make every reader wait longer.
  */
 import { createHash } from 'node:crypto';
 import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
@@ -35,6 +42,7 @@ import type { NarCache, NarTemp } from '../cache/nar-cache.js';
 import { cacheError } from '../cache/cache-error.js';
 import { createDecompressor } from '../compression/decompress.js';
 import { checkRelPath } from '../datalake/datalake.js';
+import { isDatalakeDown, type DatalakeSet } from '../datalake/datalake-set.js';
 import { NarParser } from '../nix/nar-parser.js';
 import { listingToJson, type NarNode } from '../nix/nar-listing.js';
 import { formatHash } from '../nix/hash.js';
@@ -43,6 +51,8 @@ import type { PathInfo } from './path-info-service.js';
 
 export interface MaterialiserOptions {
   logger: Logger;
+  /** The set the PathInfo's datalake belongs to: NARs are fetched through its health accounting. */
+  datalakes: DatalakeSet;
   /**
    * A fetch that moves no byte for this long is abandoned (ERR_DATALAKE_TIMEOUT), whatever
    * the datalake: a hung file:// mount or a server trickling a byte now and then must not
@@ -113,7 +123,7 @@ export class Materialiser {
         return await this.#fetch(name, info);
       } catch (e) {
         const err = toNarfsError(e);
-        const retry = attempt < attempts && TRANSIENT.has(err.code) && !this.#opts.signal?.aborted;
+        const retry = attempt < attempts && TRANSIENT.has(err.code) && !isDatalakeDown(err) && !this.#opts.signal?.aborted;
         this.#opts.logger.error(retry ? 'NAR fetch failed; retrying' : 'NAR fetch failed', {
           path: name, datalake: info.datalake.displayUrl, attempt, err,
         });
@@ -141,7 +151,7 @@ export class Materialiser {
     // 3. The stream, last; it goes into pipeline() without another await in between.
     let source: Readable | undefined;
     try {
-      source = await info.datalake.getStream(ni.url, shutdown ? { signal: shutdown } : {});
+      source = await this.#opts.datalakes.getStreamFrom(info.datalake, ni.url, shutdown ? { signal: shutdown } : {});
     } catch (err) {
       decompressor.destroy();
       await temp.abort();
@@ -220,8 +230,12 @@ export class Materialiser {
       source.destroy();
       decompressor.destroy();
       if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
-      if (stalled.signal.aborted) throw stalled.signal.reason as NarfsError;
-      throw classify(name, first ?? { stage: undefined, err });
+      const failure = stalled.signal.aborted ? stalled.signal.reason as NarfsError : classify(name, first ?? { stage: undefined, err });
+      // The datalake's own fault (the stream died or went silent) counts against its health.
+      if (stalled.signal.aborted || first === undefined || first.stage === 'source') {
+        this.#opts.datalakes.reportFailure(info.datalake, failure);
+      }
+      throw failure;
     }
   }
 }

@@ -5,11 +5,15 @@
  * Invariants:
  * - A narinfo is returned only if it parsed (narinfo.cc quirks), describes exactly the
  *   store path asked for, and passed the signature policy.
- * - Datalakes are asked in order; absence and failure both fall through to the next one
- *   (like Nix trying substituters). A path is absent only when every datalake answered
- *   "absent"; then a negative entry is cached for `negativeTtlMs`. If some datalake
- *   failed and none had a good narinfo, the failure is thrown (EIO at the edge), and
- *   nothing negative is cached.
+ * - Datalakes are asked through the DatalakeSet's one walk (`find`): priority order, a
+ *   down datalake skipped at once, absence, failure and a rejected narinfo all falling
+ *   through to the next one (like Nix trying substituters). A path is absent only when
+ *   every datalake answered "absent"; then a negative entry is cached for `negativeTtlMs`.
+ *   If some datalake failed or is down and none had a good narinfo, the failure is thrown
+ *   (EIO at the edge: ERR_DATALAKE_UNAVAILABLE, fast when every datalake is known to be
+ *   down), and nothing negative is cached. A rejection alone is thrown with its own code.
+ * - A narinfo in the metadata cache is served without asking any datalake, so cached
+ *   paths resolve while every datalake is down.
  * - One fetch per hash part at a time, shared by all callers; each caller waits only
  *   within its own signal.
  * - A verified narinfo is served even when it cannot be stored in the metadata cache (a
@@ -108,42 +112,40 @@ export class PathInfoService {
       }
       // The datalake it came from is not configured any more: fetch afresh.
     }
-    let failure: NarfsError | undefined;
     const rel = `${sp.hashPart}.narinfo`;
-    for (const datalake of this.#datalakes.datalakes) {
-      let text: string;
+    // One walk over the datalakes (DatalakeSet.find): priority order, health, fall-through.
+    // A narinfo that does not verify is refused there and the next datalake is asked.
+    const found = await this.#datalakes.find(rel, (bytes, datalake) => {
+      const whence = `${datalake.displayUrl}/${rel}`;
+      const text = bytes.toString('utf8');
       try {
-        const bytes = await this.#datalakes.getBytesFrom(datalake, rel);
-        if (!bytes) continue;
-        text = bytes.toString('utf8');
-      } catch (err) {
-        failure = toNarfsError(err, 'ERR_DATALAKE_UNAVAILABLE');
-        this.#opts.logger.warn('narinfo fetch failed; trying the next datalake', { datalake: datalake.displayUrl, path: rel, err: failure });
-        continue;
-      }
-      try {
-        const whence = `${datalake.displayUrl}/${rel}`;
         const narInfo = parseNarInfo(text, whence);
         if (narInfo.storePath.hashPart !== sp.hashPart) {
           throw new NarfsError('ERR_NARINFO_MISMATCH', `${whence} describes ${storePathBase(narInfo.storePath)}`);
         }
         enforceSignaturePolicy(narInfo, this.#policy, datalake.displayUrl);
-        const name = storePathBase(narInfo.storePath);
-        await this.#meta.putNarInfo(sp.hashPart, { name, text, source: datalake.displayUrl, fetchedAt: Date.now() }).catch((err: unknown) => {
-          // The answer is verified; failing to remember it must not turn it into EIO.
-          this.#opts.logger.warn('cannot store a verified narinfo in the metadata cache; serving it anyway', {
-            path: name, err: toNarfsError(err, 'ERR_CACHE_IO'),
-          });
-        });
-        const info = { narInfo, datalake };
-        this.#memo.set(name, info);
-        return info;
+        return { narInfo, text };
       } catch (err) {
-        failure = toNarfsError(err, 'ERR_NARINFO_PARSE');
+        const failure = toNarfsError(err, 'ERR_NARINFO_PARSE');
         this.#opts.logger.warn('narinfo rejected; trying the next datalake', { datalake: datalake.displayUrl, path: rel, err: failure });
+        throw failure;
       }
+    });
+    if (found) {
+      const { narInfo, text } = found.value;
+      const datalake = found.datalake;
+      const name = storePathBase(narInfo.storePath);
+      await this.#meta.putNarInfo(sp.hashPart, { name, text, source: datalake.displayUrl, fetchedAt: Date.now() }).catch((err: unknown) => {
+        // The answer is verified; failing to remember it must not turn it into EIO.
+        this.#opts.logger.warn('cannot store a verified narinfo in the metadata cache; serving it anyway', {
+          path: name, err: toNarfsError(err, 'ERR_CACHE_IO'),
+        });
+      });
+      const info = { narInfo, datalake };
+      this.#memo.set(name, info);
+      return info;
     }
-    if (failure) throw failure;
+    // Every datalake answered "absent" (a failure or a down datalake would have thrown).
     await this.#meta.putNegative(sp.hashPart, this.#opts.negativeTtlMs).catch(() => {});
     return undefined;
   }
