@@ -47,8 +47,11 @@
  * - `open()` decides at start, waiting at most `probeTimeoutMs` for each datalake:
  *   · a configuration error is fatal — another StoreDir (ERR_CACHE_INFO naming the
  *     datalake), no nix-cache-info over HTTP (ERR_NOT_BINARY_CACHE), an unexpected HTTP
- *     status such as 401 (ERR_DATALAKE_HTTP), refused credentials (ERR_DATALAKE_AUTH) —
- *     because it will not heal by waiting; none of these marks a datalake down later;
+ *     status (ERR_DATALAKE_HTTP) — because it will not heal by waiting; none of these
+ *     marks a datalake down later;
+ *   · refused credentials (ERR_DATALAKE_AUTH) are fatal when no datalake opened; with
+ *     others up, that datalake is kept down and probed, and a probe re-reads its credential
+ *     files, so a token provisioned after the start is used without a restart;
  *   · an unreachable datalake is kept, marked down, logged, and probed in the background;
  *   · if no datalake opens, `open()` throws ERR_DATALAKE_UNAVAILABLE with every cause,
  *     unless `allowAllDown` is set (narfs mount: the caches serve what they hold).
@@ -126,8 +129,15 @@ interface Failure {
 /** Configuration errors: they will not heal by waiting, so they stop the start. */
 const FATAL_AT_OPEN: ReadonlySet<string> = new Set([
   'ERR_CACHE_INFO', 'ERR_NOT_BINARY_CACHE', 'ERR_DATALAKE_HTTP', 'ERR_DATALAKE_URL', 'ERR_INVALID_ARGUMENT',
-  'ERR_DATALAKE_AUTH', // credentials refused (auth and S3 backends): fix the keys, do not start offline
 ]);
+
+/**
+ * Refused credentials at start: the start fails when no datalake opened (fix the keys; do
+ * not start offline behind a wrong token), but with others up the refusing one is kept down
+ * and re-probed, so a token file provisioned or rotated after the start is picked up (each
+ * probe re-reads the credential files) instead of one bad key taking the whole mount down.
+ */
+const AUTH_AT_OPEN: ReadonlySet<string> = new Set(['ERR_DATALAKE_AUTH']);
 
 /** Failures that mean "unreachable or erroring": they mark a datalake down. */
 const DOWN_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ERR_DATALAKE_UNAVAILABLE', 'ERR_DATALAKE_TIMEOUT', 'ERR_DATALAKE_TRUNCATED']);
@@ -216,9 +226,18 @@ export class DatalakeSet {
     });
     const first = fatal[0];
     if (first) throw first;
+    const anyOpened = results.some((r) => r.status === 'fulfilled');
+    const refused = results.flatMap((r, i) => (r.status === 'rejected' ? [asNarfsError(r.reason, this.entries[i]!.datalake)] : []))
+      .filter((err) => AUTH_AT_OPEN.has(err.code));
+    if (!anyOpened && refused[0]) throw refused[0];
     results.forEach((r, i) => {
       const e = this.entries[i]!;
-      if (r.status === 'rejected') this.markDown(e, asNarfsError(r.reason, e.datalake), 'datalake unreachable at start; kept, will retry', true);
+      if (r.status !== 'rejected') return;
+      const err = asNarfsError(r.reason, e.datalake);
+      const what = AUTH_AT_OPEN.has(err.code)
+        ? 'datalake refused the credentials at start; kept down, re-probed (a fixed token file is picked up)'
+        : 'datalake unreachable at start; kept, will retry';
+      this.markDown(e, err, what, true);
     });
     this.sort();
     if (this.entries.every((e) => e.down) && !options.allowAllDown) {
