@@ -13,7 +13,9 @@
  *   the path among its outputs (LocalStore reads the same from DerivationOutputs);
  * - QueryReferrers and QueryRealisation: empty (a datalake has no reverse index and no
  *   realisations: the overlay's own database answers for what it built);
- * - HasSubstitutes / QuerySubstitutablePaths: none; SetOptions: accepted, ignored;
+ * - HasSubstitutes / QuerySubstitutablePaths: none; QueryMissing: what is not valid is
+ *   unknown, nothing to build or substitute (`nix path-info --store unix://…` asks it);
+ *   SetOptions: accepted, ignored;
  * - anything else: an error that names the operation.
  */
 import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
@@ -152,6 +154,21 @@ async function answer(src: LowerStoreSource, req: WorkerRequest, version: number
       };
       await Promise.all(Array.from({ length: Math.min(VALID_PATHS_CONCURRENCY, paths.length) }, worker));
       last().strings([...valid].sort());
+      return;
+    }
+    if (req.op === WorkerOp.QueryMissing) {
+      // Nothing can be built or substituted here: what is not valid is unknown.
+      const unknown: string[] = [];
+      for (const p of req.paths) {
+        let sp: StorePath | undefined;
+        try {
+          sp = parseStorePath(p);
+        } catch {
+          sp = undefined; // `<drv>^<outputs>`: a build, which this store never does
+        }
+        if (!sp || !(await src.infos.get(sp, signal))) unknown.push(p);
+      }
+      last().strings([]).strings([]).strings(unknown.sort()).u64(0).u64(0);
       return;
     }
     if (req.op === WorkerOp.QuerySubstitutablePaths) {

@@ -108,7 +108,8 @@ export type WorkerResult =
   | { kind: 'bool'; value: boolean }
   | { kind: 'string'; value: string }
   | { kind: 'strings'; value: string[] }
-  | { kind: 'path-info'; value: WirePathInfo | undefined };
+  | { kind: 'path-info'; value: WirePathInfo | undefined }
+  | { kind: 'missing'; willBuild: string[]; willSubstitute: string[]; unknown: string[]; downloadSize: number; narSize: number };
 
 /** Reads the result of `op` (after its STDERR_LAST), for the ops narfs' daemon serves. */
 export function readResult(r: WireReader, op: number, version: number): WorkerResult {
@@ -117,7 +118,13 @@ export function readResult(r: WireReader, op: number, version: number): WorkerRe
       return { kind: 'none' };
     case WorkerOp.IsValidPath:
     case WorkerOp.HasSubstitutes:
+    case WorkerOp.BuildPaths:
       return { kind: 'bool', value: r.bool() };
+    case WorkerOp.QueryMissing:
+      return {
+        kind: 'missing', willBuild: r.strings(), willSubstitute: r.strings(), unknown: r.strings(),
+        downloadSize: r.u64('download size'), narSize: r.u64('NAR size'),
+      };
     case WorkerOp.QueryPathInfo: {
       if (protocolMinor(version) >= 17 && !r.bool()) return { kind: 'path-info', value: undefined };
       return { kind: 'path-info', value: readPathInfo(r, version) };

@@ -99,8 +99,8 @@ export function readRequest(r: WireReader, version: number): WorkerRequest {
       if (minor >= 15) r.u64Big();
       return { kind: 'other', op, name };
     case WorkerOp.QueryMissing:
-      r.strings();
-      return { kind: 'other', op, name };
+      // DerivedPaths as strings: `/nix/store/…` (opaque) or `<drv>^<outputs>` (built).
+      return { kind: 'paths', op, name, paths: r.strings(undefined, MAX_PATH_STRING, 'derived path set'), substitute: false };
     case WorkerOp.CollectGarbage:
       r.u64Big();
       r.strings();
