@@ -5,7 +5,8 @@
  * valid the moment it is there, without a lower database or a registration step.
  *
  * Per connection (worker-protocol-connection.cc BasicServerConnection, daemon.cc
- * processConnection): client hello → server hello; from 1.38 the feature sets (narfs
+ * processConnection): client magic → server hello (magic, version) → client version
+ * (clients before Nix 2.24 wait for the hello before they send it); from 1.38 the feature sets (narfs
  * offers none); the client's obsolete affinity/reserveSpace fields → ClientHandshakeInfo
  * (daemon version "narfs-<version>", trust "not trusted") and STDERR_LAST; then requests,
  * answered one at a time in order (lower-daemon-ops.ts).
@@ -31,7 +32,7 @@ import { dirname, join, basename } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
-  PROTOCOL_VERSION, WireIncomplete, WireReader, WireWriter, negotiateVersion, protocolMinor, readClientHello,
+  PROTOCOL_VERSION, WireIncomplete, WireReader, WireWriter, negotiateVersion, protocolMinor, readClientMagic,
   readClientPostHandshake, readFeatures, writeHandshakeInfo, writeServerHello, writeStderrError,
 } from '../nix/worker-protocol.js';
 import { readRequest } from '../nix/worker-protocol-requests.js';
@@ -114,7 +115,7 @@ export async function startLowerDaemon(path: string, options: LowerDaemonOptions
   };
 }
 
-type Stage = 'hello' | 'features' | 'post-handshake' | 'requests' | 'closed';
+type Stage = 'hello' | 'version' | 'features' | 'post-handshake' | 'requests' | 'closed';
 
 /** One client: a parse-and-answer loop over the bytes received so far. */
 class LowerConnection {
@@ -223,10 +224,15 @@ class LowerConnection {
   /** Parses the next message of the current stage; returns what to do with it. */
   #parse(r: WireReader): () => Promise<void> {
     switch (this.#stage) {
-      case 'hello': {
-        const { clientVersion } = readClientHello(r);
+      case 'hello':
+        readClientMagic(r);
         return async () => {
           this.#send(writeServerHello(new WireWriter()).toBuffer());
+          this.#stage = 'version';
+        };
+      case 'version': {
+        const clientVersion = r.u64('client version');
+        return async () => {
           this.#version = negotiateVersion(clientVersion);
           this.#stage = protocolMinor(this.#version) >= 38 ? 'features' : 'post-handshake';
         };

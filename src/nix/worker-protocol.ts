@@ -297,10 +297,18 @@ export interface StderrError {
 
 // --- handshake (worker-protocol-connection.cc BasicServerConnection) ----------------------
 
-/** The client's first message: magic and its version. */
-export function readClientHello(r: WireReader): { clientVersion: number } {
+/**
+ * The client's magic. A server answers it with its hello before reading the client's
+ * version: clients before Nix 2.24 wait for that hello before they send their version.
+ */
+export function readClientMagic(r: WireReader): void {
   const magic = r.u64Big();
   if (magic !== BigInt(WORKER_MAGIC_1)) throw wireError('protocol mismatch: the client did not send the worker magic');
+}
+
+/** The client's first message: magic and its version. */
+export function readClientHello(r: WireReader): { clientVersion: number } {
+  readClientMagic(r);
   const clientVersion = r.u64('client version');
   return { clientVersion };
 }
