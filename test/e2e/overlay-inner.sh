@@ -5,7 +5,8 @@
 # per line, for test/e2e/local-overlay.e2e.test.ts to compare with the narinfos.
 #   env: W (work dir), TOP (a lower closure root), LARGE (a lower path with a README),
 #        LOWER_DIR (the lower layer: a store directory), LOWER_STORE (the lower store URL:
-#        `<root>?read-only=true` for a database, `unix://<socket>` for a daemon socket)
+#        `<root>?read-only=true` for a database, `unix://<socket>` for a daemon socket),
+#        LATE (optional: a path pushed to the datalake after the mount started)
 # scripts/capture-worker-protocol.ts runs it too, against a recording proxy.
 set -euo pipefail
 enc() { local s=$1; s=${s//%/%25}; s=${s//\?/%3F}; s=${s//=/%3D}; s=${s//&/%26}; printf '%s' "$s"; }
@@ -26,6 +27,9 @@ for p in $closure; do
   echo "HASHPART $h $(nix store path-from-hash-part --store "$S" "$h")"
 done
 nix-store --store "$S" --verify --check-contents && echo "VERIFY-ALL ok"
+if [ -n "${LATE:-}" ]; then
+  if nix path-info --store "$S" "$LATE" >/dev/null 2>&1; then echo "LATE $LATE"; else echo "LATE invalid"; fi
+fi
 cat > "$W/build.nix" <<NIX
 derivation {
   name = "narfs-overlay-build";
