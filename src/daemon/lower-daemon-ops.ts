@@ -1,7 +1,9 @@
 /**
  * answerLowerRequest: what narfs answers to each worker-protocol request on its lower-store
  * socket, from the verified narinfos of its datalakes (PathInfoService: signature policy
- * applied, negative answers remembered for --negative-ttl).
+ * applied, negative answers remembered for --negative-ttl). A path whose narinfo narfs
+ * refuses (untrusted signature, wrong path, malformed) is not valid; a datalake that
+ * fails is an error for the client, never a "not valid".
  *
  * Served as Nix's LocalStore would for a read-only store whose valid paths are exactly
  * the datalake's (daemon.cc `performOp`; local-overlay-store.cc names what the overlay
@@ -65,8 +67,24 @@ function storePathArg(s: string): StorePath {
   }
 }
 
+/**
+ * Narinfos that the datalakes have but that narfs refuses (signature policy, another path,
+ * malformed): such a path is not valid in this store, as for the mount. Failures that say
+ * nothing about the path (a datalake down, a timeout) stay errors.
+ */
+const REFUSED: ReadonlySet<string> = new Set(['ERR_NARINFO_SIGNATURE', 'ERR_NARINFO_MISMATCH', 'ERR_NARINFO_PARSE', 'ERR_NARINFO_CORRUPT']);
+
+async function infoOf(src: LowerStoreSource, sp: StorePath, signal: AbortSignal): Promise<PathInfo | undefined> {
+  try {
+    return await src.infos.get(sp, signal);
+  } catch (err) {
+    if (isNarfsError(err) && REFUSED.has(err.code)) return undefined;
+    throw err;
+  }
+}
+
 async function pathInfo(src: LowerStoreSource, path: string, signal: AbortSignal): Promise<PathInfo | undefined> {
-  return src.infos.get(storePathArg(path), signal);
+  return infoOf(src, storePathArg(path), signal);
 }
 
 function notValid(path: string): NarfsError {
@@ -149,7 +167,7 @@ async function answer(src: LowerStoreSource, req: WorkerRequest, version: number
       let next = 0;
       const worker = async () => {
         for (let i = next++; i < paths.length; i = next++) {
-          if (await src.infos.get(paths[i]!.sp, signal)) valid.add(paths[i]!.p);
+          if (await infoOf(src, paths[i]!.sp, signal)) valid.add(paths[i]!.p);
         }
       };
       await Promise.all(Array.from({ length: Math.min(VALID_PATHS_CONCURRENCY, paths.length) }, worker));
@@ -166,7 +184,7 @@ async function answer(src: LowerStoreSource, req: WorkerRequest, version: number
         } catch {
           sp = undefined; // `<drv>^<outputs>`: a build, which this store never does
         }
-        if (!sp || !(await src.infos.get(sp, signal))) unknown.push(p);
+        if (!sp || !(await infoOf(src, sp, signal))) unknown.push(p);
       }
       last().strings([]).strings([]).strings(unknown.sort()).u64(0).u64(0);
       return;
@@ -177,7 +195,12 @@ async function answer(src: LowerStoreSource, req: WorkerRequest, version: number
     }
   } else if (req.kind === 'string') {
     if (req.op === WorkerOp.QueryPathFromHashPart) {
-      const info = isValidHashPart(req.value) ? await src.infos.getByHashPart(req.value, signal) : undefined;
+      let info: PathInfo | undefined;
+      try {
+        info = isValidHashPart(req.value) ? await src.infos.getByHashPart(req.value, signal) : undefined;
+      } catch (err) {
+        if (!(isNarfsError(err) && REFUSED.has(err.code))) throw err;
+      }
       last().string(info ? storePathFull(info.narInfo.storePath) : '');
       return;
     }
@@ -194,7 +217,7 @@ async function answer(src: LowerStoreSource, req: WorkerRequest, version: number
 async function validDerivers(src: LowerStoreSource, info: PathInfo, signal: AbortSignal): Promise<string[]> {
   const deriver = info.narInfo.deriver;
   if (!deriver) return [];
-  const drvInfo = await src.infos.get(deriver, signal);
+  const drvInfo = await infoOf(src, deriver, signal);
   if (!drvInfo) return [];
   const text = (await src.readFile(drvInfo, signal)).toString('utf8');
   let outputs;

@@ -248,6 +248,30 @@ describe('lower daemon: the worker protocol over a real socket', function () {
     await eventually(() => daemon.connections() === 0, 'all connections gone');
   });
 
+  it('treats a path whose narinfo fails the signature policy as not valid', async () => {
+    const other = await openStoreStack({
+      datalakes: [fixtures.datalakes['other-key']!.url], trustedPublicKeys: parseTrustedPublicKeys(fixtures.publicKey), requireSigs: true,
+      cacheDir: join(work, 'cache-other'), negativeTtlMs: 30_000,
+    }, silentLogger);
+    const path = join(work, 'other.sock');
+    const d = await startLowerDaemon(path, {
+      infos: other.infos, readFile: async () => Buffer.alloc(0), registrationTime: 0, logger: silentLogger,
+    });
+    try {
+      const c = await WorkerSocket.connect(path);
+      await c.handshake();
+      assert.deepEqual((await c.request({ op: WorkerOp.IsValidPath, path: fixtures.top })).result, { kind: 'bool', value: false });
+      assert.deepEqual((await c.request({ op: WorkerOp.QueryPathInfo, path: fixtures.top })).result, { kind: 'path-info', value: undefined });
+      assert.deepEqual((await c.request({ op: WorkerOp.QueryValidPaths, paths: [fixtures.top] })).result, { kind: 'strings', value: [] });
+      assert.deepEqual((await c.request({ op: WorkerOp.QueryPathFromHashPart, value: parseStorePath(fixtures.top).hashPart })).result,
+        { kind: 'string', value: '' });
+      c.close();
+    } finally {
+      await d.close();
+      await other.close();
+    }
+  });
+
   it('removes its socket file on close, and replaces a stale one on start', async () => {
     const path = join(work, 'stale.sock');
     const first = await startLowerDaemon(path, { infos: stack.infos, readFile: async () => Buffer.alloc(0), registrationTime: 0, logger: silentLogger });
