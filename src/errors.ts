@@ -86,6 +86,8 @@ export const ERROR_CATALOG = {
   ERR_USAGE: 'Run narfs --help for the commands and options.',
   ERR_CONTROL: 'The control socket of the running daemon could not be used.',
   ERR_CONFIG: 'The --config file is malformed: lines are "key = value" with the long option names of the command line, # starts a comment.',
+  ERR_WORKER_PROTOCOL: 'A client of the lower-store socket sent something that is not the Nix worker protocol, or asked for an operation narfs does not serve.',
+  ERR_LOWER_SOCKET: 'The --lower-socket path could not be set up: another daemon answers there, it is not a socket, or its directory is not writable.',
 
   // --- src/nixdb
   ERR_DB_SCHEMA: 'The lower database has a schema narfs does not know; narfs leaves it untouched.',

@@ -27,6 +27,12 @@ export interface MountConfig {
   logFormat: 'text' | 'json';
   /** Root of the lower store whose database lists registered paths (optional). */
   lower?: string;
+  /**
+   * Unix socket on which the mount also serves as a Nix lower store over the worker
+   * protocol (`local-overlay://?lower-store=unix://<path>&…`): every path of the
+   * datalakes is valid there at once, without a lower database (optional).
+   */
+  lowerSocket?: string;
   /** allow_other: let other users (and overlayfs) read the mount. Default: when root. */
   allowOther?: boolean;
   /** Decompressor processes (xz, bzip2) that may run at once. Default 2 × cores. */
@@ -61,6 +67,7 @@ export interface RawMountOptions {
   negativeTtl?: string;
   logFormat?: string;
   lower?: string;
+  lowerSocket?: string;
   allowOther?: boolean;
   decompressJobs?: string;
   netrcFile?: string;
@@ -111,6 +118,7 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     logFormat,
   };
   if (raw.lower) config.lower = raw.lower;
+  if (raw.lowerSocket) config.lowerSocket = raw.lowerSocket;
   const access = buildDatalakeAccess(raw);
   if (access) config.datalakeAccess = access;
   if (raw.allowOther !== undefined) config.allowOther = raw.allowOther;

@@ -16,6 +16,7 @@ import type { LazyStore } from '../store/lazy-store.js';
 import { openStoreStack } from './store-stack.js';
 import { CleanupStack } from './cleanup-stack.js';
 import { startControlServer } from './control-server.js';
+import { startLowerDaemon } from './lower-daemon.js';
 import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
@@ -52,6 +53,15 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     cleanups.push(() => fuse.unmount());
     const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
     cleanups.push(() => control.close());
+    if (config.lowerSocket) {
+      const lowerd = await startLowerDaemon(resolve(config.lowerSocket), {
+        infos: stack.infos,
+        readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal),
+        registrationTime: Math.floor(Date.now() / 1000),
+        logger,
+      });
+      cleanups.push(() => lowerd.close());
+    }
     return { mountpoint, store, materialiser, fs, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();

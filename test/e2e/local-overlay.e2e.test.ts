@@ -1,12 +1,17 @@
 /**
  * The layered setup end to end, with Nix 2.26 (Debian trixie chroot): narfs mounts the
- * lower store directory and writes the lower database; OverlayFS goes on top; Nix's
- * local-overlay store with `lower-store=<root>?read-only=true` must treat the lower
- * closure as valid, agree with the narinfos, verify contents through the mount, and build
- * on top of it without copying anything of the lower closure into the upper layer.
+ * lower store directory; OverlayFS goes on top; Nix's local-overlay store must treat the
+ * lower closure as valid, agree with the narinfos, verify contents through the mount, and
+ * build on top of it without copying anything of the lower closure into the upper layer.
+ * Run for both kinds of lower store, with the same checks:
+ * - `database`: narfs writes the lower database (`narfs register`), and the overlay uses
+ *   `lower-store=<root>?read-only=true`;
+ * - `socket`: narfs serves the lower store over the worker protocol (`--lower-socket`),
+ *   the overlay uses `lower-store=unix://<socket>`, nothing is registered, and a path
+ *   pushed to the datalake after the mount started is valid at once.
  */
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { copyFile, cp, mkdir, mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadFixtures, type Fixtures } from '../support/fixtures.js';
@@ -20,7 +25,7 @@ import { parseStorePath, storePathFull } from '../../src/nix/store-path.js';
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = NARFS_BIN;
 
-describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', function () {
+for (const kind of ['database', 'socket'] as const) describe(`e2e: Nix 2.26 local-overlay store on top of a narfs lower store (${kind})`, function () {
   this.timeout(20 * 60_000);
   let fixtures: Fixtures;
   let chroot: string;
@@ -44,23 +49,39 @@ describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', func
     }
   });
 
-  it('sees the registered closure as valid, verifies it through the mount, and builds on it', async () => {
+  it('sees the lower closure as valid, verifies it through the mount, and builds on it', async () => {
     const lower = join(work, 'lower');
     const mnt = join(lower, 'nix/store');
     await mkdir(mnt, { recursive: true });
-    const lake = fixtures.datalakes['zstd']!;
-    daemon = await startNarfsMount([mnt, '--lower', lower, '--datalake', lake.url,
-      '--trusted-public-keys', fixtures.publicKey, '--cache-dir', join(work, 'cache')]);
+    const fixtureLake = fixtures.datalakes['zstd']!;
+    // A copy, so that a path can be pushed to it while the mount runs (socket kind).
+    const lake = { dir: join(work, 'lake'), url: `file://${join(work, 'lake')}` };
+    await cp(fixtureLake.dir, lake.dir, { recursive: true });
+    const late = fixtures.paths.find((p) => p.role === 'source')!.storePath;
+    const lateNarinfo = `${parseStorePath(late).hashPart}.narinfo`;
+    await rename(join(lake.dir, lateNarinfo), join(work, lateNarinfo));
+    const socket = join(work, 'lower.sock');
+    daemon = await startNarfsMount([mnt, '--datalake', lake.url, '--trusted-public-keys', fixtures.publicKey,
+      '--cache-dir', join(work, 'cache'), ...(kind === 'database' ? ['--lower', lower] : ['--lower-socket', socket])]);
 
-    const reg = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
-    assert.equal(reg.code, 0, reg.stderr);
-    // Registering again changes nothing.
-    const again = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
-    assert.match(again.stdout, /\(0 new, \d+ already valid\)/);
+    let lowerStore: string;
+    if (kind === 'database') {
+      const reg = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
+      assert.equal(reg.code, 0, reg.stderr);
+      // Registering again changes nothing.
+      const again = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
+      assert.match(again.stdout, /\(0 new, \d+ already valid\)/);
+      lowerStore = `${lower}?read-only=true`;
+    } else {
+      lowerStore = `unix://${socket}`;
+    }
+    // Pushed after the mount started, never registered.
+    await rename(join(work, lateNarinfo), join(lake.dir, lateNarinfo));
 
     await copyFile(join(REPO, 'test/e2e/overlay-inner.sh'), join(work, 'inner.sh'));
     const r = await run('bash', [join(REPO, 'scripts/chroot-run.sh'), '-w', work, '-w', mnt, chroot,
-      '/usr/bin/env', `W=${work}`, `TOP=${fixtures.top}`, `LARGE=${fixtures.largeFile.storePath}`, '/bin/bash', join(work, 'inner.sh')],
+      '/usr/bin/env', `W=${work}`, `TOP=${fixtures.top}`, `LARGE=${fixtures.largeFile.storePath}`, `LATE=${late}`,
+      `LOWER_DIR=${mnt}`, `LOWER_STORE=${lowerStore}`, '/bin/bash', join(work, 'inner.sh')],
     {}, 15 * 60_000);
     assert.equal(r.code, 0, `inner script failed:\n${r.stdout}\n${r.stderr}\n--- daemon:\n${daemon.stderr.join('')}`);
     if (process.env.NARFS_TEST_LOG) process.stderr.write(r.stdout);
@@ -92,6 +113,8 @@ describe('e2e: Nix 2.26 local-overlay store on top of a narfs lower store', func
       assert.equal(facts('HASHPART').find((l) => l.startsWith(hash + ' ')), `${hash} ${p}`);
     }
     assert.deepEqual(facts('VERIFY-ALL'), ['ok']);
+    // The database knows only what was registered; the socket knows the datalake.
+    assert.deepEqual(facts('LATE'), kind === 'socket' ? [late] : ['invalid']);
 
     const built = facts('BUILT')[0] ?? '';
     assert.match(built, /-narfs-overlay-build .+/);

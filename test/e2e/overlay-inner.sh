@@ -3,13 +3,17 @@
 # puts OverlayFS on /nix/store with the narfs mount as its lower layer, then asks Nix 2.26
 # about the lower paths through a local-overlay store and prints what it says, one fact
 # per line, for test/e2e/local-overlay.e2e.test.ts to compare with the narinfos.
-#   env: W (work dir), TOP (a registered closure root), LARGE (a lower path with a README)
+#   env: W (work dir), TOP (a lower closure root), LARGE (a lower path with a README),
+#        LOWER_DIR (the lower layer: a store directory), LOWER_STORE (the lower store URL:
+#        `<root>?read-only=true` for a database, `unix://<socket>` for a daemon socket),
+#        LATE (optional: a path pushed to the datalake after the mount started)
+# scripts/capture-worker-protocol.ts runs it too, against a recording proxy.
 set -euo pipefail
-lower=$W/lower
+enc() { local s=$1; s=${s//%/%25}; s=${s//\?/%3F}; s=${s//=/%3D}; s=${s//&/%26}; printf '%s' "$s"; }
 mount -t tmpfs tmpfs /nix/var                       # fresh upper state, nothing kept in the chroot
 mkdir -p /nix/store "$W/upper" "$W/work"
-mount -t overlay overlay -o "lowerdir=$lower/nix/store,upperdir=$W/upper,workdir=$W/work" /nix/store
-S="local-overlay://?lower-store=$lower%3Fread-only%3Dtrue&upper-layer=$W/upper&check-mount=false"
+mount -t overlay overlay -o "lowerdir=$LOWER_DIR,upperdir=$W/upper,workdir=$W/work" /nix/store
+S="local-overlay://?lower-store=$(enc "$LOWER_STORE")&upper-layer=$W/upper&check-mount=false"
 export NIX_REMOTE="$S"
 echo "NIXVERSION $(nix --version)"
 closure=$(nix path-info --store "$S" -r "$TOP")
@@ -23,6 +27,9 @@ for p in $closure; do
   echo "HASHPART $h $(nix store path-from-hash-part --store "$S" "$h")"
 done
 nix-store --store "$S" --verify --check-contents && echo "VERIFY-ALL ok"
+if [ -n "${LATE:-}" ]; then
+  if nix path-info --store "$S" "$LATE" >/dev/null 2>&1; then echo "LATE $LATE"; else echo "LATE invalid"; fi
+fi
 cat > "$W/build.nix" <<NIX
 derivation {
   name = "narfs-overlay-build";
