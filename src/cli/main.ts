@@ -40,6 +40,8 @@ narfs mount options:
   --op-timeout DURATION       bound of a FUSE request waiting on a datalake (default 30s)
   --negative-ttl DURATION     how long a missing path is remembered (default 30s)
   --lower DIR                 root of the lower store whose database lists registered paths
+  --lower-socket PATH         also serve the datalakes as a Nix lower store on this Unix
+                              socket (local-overlay://?lower-store=unix://PATH&...)
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --log-format text|json      log line format on stderr (default text)
@@ -150,6 +152,7 @@ const MOUNT_OPTIONS: OptionSpec = {
   'op-timeout': { type: 'string' },
   'negative-ttl': { type: 'string' },
   lower: { type: 'string' },
+  'lower-socket': { type: 'string' },
   'allow-other': { type: 'boolean' },
   'decompress-jobs': { type: 'string' },
   'log-format': { type: 'string' },
@@ -213,6 +216,7 @@ async function mountCommand(args: string[]): Promise<number> {
     opTimeout: values['op-timeout'] as string | undefined,
     negativeTtl: values['negative-ttl'] as string | undefined,
     lower: values.lower as string | undefined,
+    lowerSocket: values['lower-socket'] as string | undefined,
     allowOther: values['allow-other'] as boolean | undefined,
     decompressJobs: values['decompress-jobs'] as string | undefined,
     logFormat: values['log-format'] as string | undefined,
