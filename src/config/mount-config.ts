@@ -28,6 +28,11 @@ export interface MountConfig {
   allowOther?: boolean;
   /** Decompressor processes (xz, bzip2) that may run at once. Default 2 × cores. */
   decompressJobs?: number;
+  /**
+   * FUSE engine: 'native' (narfs's own, native/) or 'fuse-native' (libfuse 2 binding, the
+   * fallback). Default: $NARFS_FUSE_BACKEND, else 'native'.
+   */
+  fuseBackend?: 'native' | 'fuse-native';
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';

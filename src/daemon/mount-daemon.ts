@@ -19,6 +19,7 @@ import { startControlServer } from './control-server.js';
 import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
+import { NativeMount } from '../fuse/native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
 
@@ -43,11 +44,14 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       const watcher = await watchRegisteredPaths(config.lower, (names) => store.addKnown(names), logger);
       cleanups.push(() => watcher.close());
     }
-    const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'] });
-    const fuse = new FuseNativeMount(fs, {
+    const backend = fuseBackendOf(config);
+    // fuse-native sends no FORGET: its inodes must live as long as the mount.
+    const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native' });
+    const fuseOptions = {
       mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
       ...(config.allowOther === undefined ? {} : { allowOther: config.allowOther }),
-    });
+    };
+    const fuse = backend === 'native' ? new NativeMount(fs, fuseOptions) : new FuseNativeMount(fs, fuseOptions);
     await fuse.mount();
     cleanups.push(() => fuse.unmount());
     const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
@@ -57,6 +61,13 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     await cleanups.run();
     throw toNarfsError(err);
   }
+}
+
+/** The FUSE engine: the config's, else $NARFS_FUSE_BACKEND, else the native engine. */
+export function fuseBackendOf(config: MountConfig): 'native' | 'fuse-native' {
+  const fromEnv = process.env['NARFS_FUSE_BACKEND'];
+  const chosen = config.fuseBackend ?? (fromEnv === 'native' || fromEnv === 'fuse-native' ? fromEnv : undefined);
+  return chosen ?? 'native';
 }
 
 /** How many times a stale mount is detached before the mountpoint is given up on. */

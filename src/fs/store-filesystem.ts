@@ -44,6 +44,8 @@ export interface ContentReader {
    * serve reads without asking again. Must not throw.
    */
   contentFile?(name: string): { path: string; size: number } | undefined;
+  /** Calls `listener` when the file `contentFile` named for `name` must not be read any more. */
+  watchDropped?(listener: (name: string, path: string) => void): void;
 }
 
 /** Where the bytes of a regular file lie in a local, verified file. */
@@ -298,6 +300,11 @@ export class StoreFilesystem {
     const file = this.#content.contentFile?.(inode.storeName);
     if (!file) return undefined;
     return { path: file.path, offset: inode.node.narOffset, size: inode.node.size, fileSize: file.size };
+  }
+
+  /** Calls `listener` with the path of a local file whose bytes must no longer be served. */
+  watchDropped(listener: (path: string) => void): void {
+    this.#content.watchDropped?.((_name, path) => listener(path));
   }
 
   release(fh: number): void {
