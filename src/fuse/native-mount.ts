@@ -271,7 +271,7 @@ export class NativeMount {
           n.replyErr(s, ch, unique, ERRNO.ENOSYS);
       }
     } catch (err) {
-      n.replyErr(s, ch, unique, -this.#fail(kind, nodeid, err));
+      n.replyErr(s, ch, unique, this.#fail(kind, nodeid, err));
     }
   }
 
@@ -283,7 +283,11 @@ export class NativeMount {
     const n = loadNativeAddon();
     work(ac.signal).catch((err: unknown) => {
       if (ac.signal.aborted) n.replyErr(s, ch, unique, EINTR);
-      else n.replyErr(s, ch, unique, -this.#fail(kind, nodeid, err));
+      else n.replyErr(s, ch, unique, this.#fail(kind, nodeid, err));
+    }).catch((err: unknown) => {
+      // Never leave the kernel waiting: a reply that could not be made is an EIO.
+      this.#log.error('replying to a FUSE request failed', { err });
+      n.replyErr(s, ch, unique, ERRNO.EIO);
     }).finally(() => this.#inflight.delete(unique));
   }
 
