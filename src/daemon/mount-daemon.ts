@@ -19,7 +19,7 @@ import { startControlServer } from './control-server.js';
 import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
-import { NativeMount } from '../fuse/native-mount.js';
+import { NativeMount, type NativeStats } from '../fuse/native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
 
@@ -28,6 +28,8 @@ export interface RunningMount {
   readonly store: LazyStore;
   readonly materialiser: Materialiser;
   readonly fs: StoreFilesystem;
+  /** The FUSE engine serving the mount, and its counters (native engine only). */
+  readonly engine: { backend: 'native' | 'fuse-native'; stats(): NativeStats | undefined };
   close(): Promise<void>;
 }
 
@@ -56,7 +58,8 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     cleanups.push(() => fuse.unmount());
     const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
     cleanups.push(() => control.close());
-    return { mountpoint, store, materialiser, fs, close: () => cleanups.run() };
+    const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
+    return { mountpoint, store, materialiser, fs, engine, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);
