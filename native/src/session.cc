@@ -84,8 +84,9 @@ void Session::mountFusermount() {
   std::vector<char*> envp;
   for (auto& s : env) envp.push_back(s.data());
   envp.push_back(nullptr);
-  std::string prog = "fusermount3", dashO = "-o", dashes = "--", mnt = opts_.mountpoint;
-  char* argv[] = {prog.data(), dashO.data(), o.data(), dashes.data(), mnt.data(), nullptr};
+  // fusermount3 (3.14) takes no "--": `fusermount3 -o OPTS MOUNTPOINT`.
+  std::string prog = "fusermount3", dashO = "-o", mnt = opts_.mountpoint;
+  char* argv[] = {prog.data(), dashO.data(), o.data(), mnt.data(), nullptr};
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, sv[1], 3);  // dup2 clears FD_CLOEXEC on fd 3
