@@ -216,7 +216,8 @@ Napi::Value ReplyReadlink(const Napi::CallbackInfo& info) {
 }
 
 // replyDir(s, ch, unique, plus, size, startOffset, names: Buffer[], nums: Float64Array)
-// nums holds 5 numbers per entry: ino, nodeid, mode, size, nlink. Returns entries sent.
+// nums holds 5 numbers per entry: ino, nodeid, mode, size, nlink. Returns the entries the
+// kernel received (0 when the write failed).
 Napi::Value ReplyDir(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SESSION_AND(5);
@@ -271,7 +272,8 @@ Napi::Value ReplyDir(const Napi::CallbackInfo& info) {
   }
   int err = 0;
   size_t n = s->replyDir(static_cast<int>(args[0]), args[1], args[2] != 0, static_cast<uint32_t>(args[3]), entries, &err);
-  return Napi::Number::New(env, static_cast<double>(n));
+  // A reply the kernel did not take (the request was interrupted) delivered no entry.
+  return Napi::Number::New(env, err == 0 ? static_cast<double>(n) : 0);
 }
 
 // setContent(s, nodeid, path, offset, size, fileTotal) → whether reads are now served here.
