@@ -3,7 +3,8 @@
 # Runs as root (or through sudo). Only installs what is missing, so reruns are quick.
 set -euo pipefail
 pkgs=(
-  fuse3 libfuse2          # fusermount, and the libfuse 2.9 that fuse-native links against
+  fuse3 libfuse2          # fusermount3 (unprivileged native mounts), and the libfuse 2.9 of the fuse-native fallback
+  g++ make                # node-gyp builds the native engine (native/) and the other addons from source
   nix-bin                 # real Nix (2.8 on bookworm): fixtures, nix hash path, db checks
   xz-utils zstd bzip2 brotli gzip   # xz and bzip2 decode NARs at run time; all are benchmark references
   sqlite3                 # inspecting lower databases

@@ -44,6 +44,7 @@ narfs mount options:
                               socket (local-overlay://?lower-store=unix://PATH&...)
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
+  --fuse-backend native|fuse-native  FUSE engine (default native; fuse-native is the libfuse 2 fallback)
   --log-format text|json      log line format on stderr (default text)
 
 http(s) datalakes (mount and register):
@@ -155,6 +156,7 @@ const MOUNT_OPTIONS: OptionSpec = {
   'lower-socket': { type: 'string' },
   'allow-other': { type: 'boolean' },
   'decompress-jobs': { type: 'string' },
+  'fuse-backend': { type: 'string' },
   'log-format': { type: 'string' },
   ...ACCESS_OPTIONS,
 };
@@ -219,6 +221,7 @@ async function mountCommand(args: string[]): Promise<number> {
     lowerSocket: values['lower-socket'] as string | undefined,
     allowOther: values['allow-other'] as boolean | undefined,
     decompressJobs: values['decompress-jobs'] as string | undefined,
+    fuseBackend: values['fuse-backend'] as string | undefined,
     logFormat: values['log-format'] as string | undefined,
     netrcFile: values['netrc-file'] as string | undefined,
     bearerTokenFile: values['bearer-token-file'] as string[] | undefined,

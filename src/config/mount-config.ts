@@ -42,6 +42,11 @@ export interface MountConfig {
    * datalakes: file names only, never the secrets themselves.
    */
   datalakeAccess?: HttpAccessOptions;
+  /**
+   * FUSE engine: 'native' (narfs's own, native/) or 'fuse-native' (libfuse 2 binding, the
+   * fallback). Default: $NARFS_FUSE_BACKEND, else 'native'.
+   */
+  fuseBackend?: 'native' | 'fuse-native';
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
@@ -70,6 +75,7 @@ export interface RawMountOptions {
   lowerSocket?: string;
   allowOther?: boolean;
   decompressJobs?: string;
+  fuseBackend?: string;
   netrcFile?: string;
   /** `[HOST=]FILE`, repeatable. */
   bearerTokenFile?: string[];
@@ -128,6 +134,12 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
       throw new NarfsError('ERR_USAGE', `--decompress-jobs is a whole number from 1 to 1024, not ${raw.decompressJobs}`);
     }
     config.decompressJobs = n;
+  }
+  if (raw.fuseBackend !== undefined) {
+    if (raw.fuseBackend !== 'native' && raw.fuseBackend !== 'fuse-native') {
+      throw new NarfsError('ERR_USAGE', `--fuse-backend is native or fuse-native, not ${raw.fuseBackend}`);
+    }
+    config.fuseBackend = raw.fuseBackend;
   }
   return config;
 }

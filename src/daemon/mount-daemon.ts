@@ -20,6 +20,7 @@ import { startLowerDaemon } from './lower-daemon.js';
 import { watchRegisteredPaths } from './watch-registered-paths.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
+import { NativeMount, type NativeStats } from '../fuse/native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
 
@@ -28,6 +29,8 @@ export interface RunningMount {
   readonly store: LazyStore;
   readonly materialiser: Materialiser;
   readonly fs: StoreFilesystem;
+  /** The FUSE engine serving the mount, and its counters (native engine only). */
+  readonly engine: { backend: 'native' | 'fuse-native'; stats(): NativeStats | undefined };
   close(): Promise<void>;
 }
 
@@ -44,11 +47,14 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       const watcher = await watchRegisteredPaths(config.lower, (names) => store.addKnown(names), logger);
       cleanups.push(() => watcher.close());
     }
-    const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'] });
-    const fuse = new FuseNativeMount(fs, {
+    const backend = fuseBackendOf(config);
+    // fuse-native sends no FORGET: its inodes must live as long as the mount.
+    const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native' });
+    const fuseOptions = {
       mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
       ...(config.allowOther === undefined ? {} : { allowOther: config.allowOther }),
-    });
+    };
+    const fuse = backend === 'native' ? new NativeMount(fs, fuseOptions) : new FuseNativeMount(fs, fuseOptions);
     await fuse.mount();
     cleanups.push(() => fuse.unmount());
     const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
@@ -62,11 +68,19 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       });
       cleanups.push(() => lowerd.close());
     }
-    return { mountpoint, store, materialiser, fs, close: () => cleanups.run() };
+    const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
+    return { mountpoint, store, materialiser, fs, engine, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);
   }
+}
+
+/** The FUSE engine: the config's, else $NARFS_FUSE_BACKEND, else the native engine. */
+export function fuseBackendOf(config: MountConfig): 'native' | 'fuse-native' {
+  const fromEnv = process.env['NARFS_FUSE_BACKEND'];
+  const chosen = config.fuseBackend ?? (fromEnv === 'native' || fromEnv === 'fuse-native' ? fromEnv : undefined);
+  return chosen ?? 'native';
 }
 
 /** How many times a stale mount is detached before the mountpoint is given up on. */

@@ -3,18 +3,25 @@
  * binding-agnostic (it knows neither FUSE nor HTTP).
  *
  * Invariants:
- * - Inode 1 is the store root. Every other inode is a node of one store path's NAR listing
- *   and keeps its number for the life of the mount (numbers are never reused).
+ * - Inode 1 is the store root. Every other inode is a node of one store path's NAR listing.
+ *   An inode number is never reused within a mount (a node forgotten and looked up again
+ *   gets a new number; the kernel only ever holds numbers it has not forgotten).
+ * - Bounded inode table: an inode exists while the kernel holds a lookup of it (counted by
+ *   `lookup` and `lookupChild`, given back by `forget`) or a handle is open on it; children
+ *   are created when they are looked up, never by `readdir`. With `forgets: false` (a binding
+ *   that never sends FORGET, such as fuse-native) nothing is counted and inodes stay.
  * - Attributes are those Nix gives a store path on disk (posix-fs-canonicalise.cc):
  *   regular files 0444, executables 0555, directories 0555, symlinks 0777, mtime 1,
  *   uid/gid 0. Everything is read-only: there are no mutating methods here.
  * - A root name that is not a valid store path basename is absent without asking
  *   anybody (no network traffic for `ls /nix/store/foo`).
  * - The root lists only the store paths this mount knows, never the whole datalake.
- * - Every wait on the store layer is bounded by `opTimeoutMs` (ERR_DEADLINE).
+ * - Every wait on the store layer is bounded by `opTimeoutMs` (ERR_DEADLINE), and ends
+ *   early with ERR_ABORTED when the caller's signal aborts (a FUSE INTERRUPT).
+ * - `statfs` costs O(1): block and file counts are kept as inodes come and go.
  */
 import { NarfsError } from '../errors.js';
-import { withDeadline } from '../deadline.js';
+import { raceSignal, withDeadline } from '../deadline.js';
 import { isStorePathBase } from '../nix/store-path.js';
 import type { NarNode } from '../nix/nar-listing.js';
 
@@ -31,6 +38,24 @@ export interface ContentReader {
   read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer>;
   /** Hint that the contents of `name` will be read soon (open). Must not throw. */
   prefetch?(name: string): void;
+  /**
+   * The local file that holds `name`'s verified, complete NAR (a file's bytes are at its
+   * narOffset), or undefined while they are not all verified and local. Lets a FUSE engine
+   * serve reads without asking again. Must not throw.
+   */
+  contentFile?(name: string): { path: string; size: number } | undefined;
+  /** Calls `listener` when the file `contentFile` named for `name` must not be read any more. */
+  watchDropped?(listener: (name: string, path: string) => void): void;
+}
+
+/** Where the bytes of a regular file lie in a local, verified file. */
+export interface ContentLocation {
+  path: string;
+  /** Offset of the file's first byte in `path`. */
+  offset: number;
+  size: number;
+  /** Size `path` must have (what was verified). */
+  fileSize: number;
 }
 
 export type FileKind = 'directory' | 'regular' | 'symlink';
@@ -71,6 +96,11 @@ export interface StoreFilesystemOptions {
   rootDirs?: string[];
   /** Called once per store path whose node was resolved (for logging/metrics). */
   onResolved?(name: string): void;
+  /**
+   * Whether the binding sends FORGET: then lookups are counted and an inode is dropped
+   * when the kernel forgets it. Default false (inodes live as long as the mount).
+   */
+  forgets?: boolean;
 }
 
 export const ROOT_INO = 1;
@@ -85,8 +115,17 @@ interface Inode {
   storeName: string;
   node: NarNode;
   attr: Attr;
-  /** Child name → inode number, filled as children are looked up or listed. */
-  children?: Map<string, number>;
+  /** Parent and name under it (undefined for the root and its extra dirs). */
+  parent?: Inode;
+  name: string;
+  /** Child name → inode, for children the kernel still holds. */
+  children?: Map<string, Inode>;
+  /** Lookups the kernel holds (counted only when the binding forgets). */
+  nlookup: number;
+  /** Open handles on this inode. */
+  handles: number;
+  /** Never dropped (root, extra root dirs). */
+  pinned: boolean;
 }
 
 interface Handle {
@@ -99,29 +138,37 @@ export class StoreFilesystem {
   readonly #roots: RootNodes;
   readonly #content: ContentReader;
   readonly #opts: StoreFilesystemOptions;
+  readonly #forgets: boolean;
   readonly #inodes = new Map<number, Inode>();
-  /** Root name → inode, for store paths already resolved. */
-  readonly #rootChildren = new Map<string, number>();
-  readonly #rootDirs: Map<string, number>;
+  /** Root name → inode, for store paths resolved and still held. */
+  readonly #rootChildren = new Map<string, Inode>();
+  readonly #rootDirs: Map<string, Inode>;
   /** Root name → in-flight resolution (one per name). */
-  readonly #resolving = new Map<string, Promise<number | undefined>>();
+  readonly #resolving = new Map<string, Promise<NarNode | undefined>>();
   readonly #handles = new Map<number, Handle>();
   #nextIno = ROOT_INO + 1;
   #nextFh = 1;
+  #blocks = 0;
   readonly #rootAttr: Attr = {
     ino: ROOT_INO, kind: 'directory', mode: S_IFDIR | 0o555, nlink: 2, size: 0, blocks: 0,
     uid: 0, gid: 0, mtimeMs: MTIME_MS,
   };
+  readonly #root: Inode;
 
   constructor(roots: RootNodes, content: ContentReader, options: StoreFilesystemOptions) {
     this.#roots = roots;
     this.#content = content;
     this.#opts = options;
+    this.#forgets = options.forgets ?? false;
     this.#rootDirs = new Map();
-    this.#inodes.set(ROOT_INO, { ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr });
+    this.#root = {
+      ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr, name: '', nlookup: 0, handles: 0, pinned: true,
+    };
+    this.#inodes.set(ROOT_INO, this.#root);
     for (const name of options.rootDirs ?? []) {
-      const inode = this.#newInode('', EMPTY_DIR);
-      this.#rootDirs.set(name, inode.ino);
+      const inode = this.#newInode('', EMPTY_DIR, undefined, name);
+      inode.pinned = true;
+      this.#rootDirs.set(name, inode);
     }
   }
 
@@ -130,40 +177,76 @@ export class StoreFilesystem {
     return this.#inode(ino).attr;
   }
 
-  /** The child `name` of directory `parent`, or undefined when there is none. */
-  async lookup(parent: number, name: string): Promise<Attr | undefined> {
+  /**
+   * The child `name` of directory `parent`, or undefined when there is none. A found child
+   * counts as one lookup held by the kernel (see `forget`).
+   */
+  async lookup(parent: number, name: string, signal?: AbortSignal): Promise<Attr | undefined> {
     if (parent === ROOT_INO) {
       const extra = this.#rootDirs.get(name);
-      if (extra !== undefined) return this.#inode(extra).attr;
-      const ino = await this.#resolveRoot(name);
-      return ino === undefined ? undefined : this.#inode(ino).attr;
+      if (extra !== undefined) return extra.attr;
+      const node = await this.#resolveRoot(name, signal);
+      if (node === undefined) return undefined;
+      return this.#hold(this.#rootChild(name, node)).attr;
     }
     const dir = this.#inode(parent);
     if (dir.node.type !== 'directory') throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${parent} is not a directory`);
-    const ino = this.#child(dir, name);
-    return ino === undefined ? undefined : this.#inode(ino).attr;
+    const child = this.#child(dir, name);
+    return child === undefined ? undefined : this.#hold(child).attr;
   }
 
-  /** Entries of a directory, without `.` and `..`, in bytewise order. */
+  /**
+   * Like `lookup`, without waiting: the child of a loaded directory (or an already resolved
+   * store path under the root), counted as a lookup; undefined when it would need the store.
+   * For READDIRPLUS, whose entries the kernel takes as lookups.
+   */
+  lookupChild(parent: number, name: string): Attr | undefined {
+    if (parent === ROOT_INO) {
+      const extra = this.#rootDirs.get(name);
+      if (extra !== undefined) return extra.attr;
+      const known = this.#rootChildren.get(name);
+      return known === undefined ? undefined : this.#hold(known).attr;
+    }
+    const dir = this.#inode(parent);
+    const child = this.#child(dir, name);
+    return child === undefined ? undefined : this.#hold(child).attr;
+  }
+
+  /**
+   * The kernel dropped `n` lookups of `ino`. Returns true when the inode is gone (its
+   * number will not be answered again).
+   */
+  forget(ino: number, n: number): boolean {
+    if (!this.#forgets) return false;
+    const inode = this.#inodes.get(ino);
+    if (!inode || inode.pinned) return false;
+    inode.nlookup = Math.max(0, inode.nlookup - n);
+    return this.#maybeDrop(inode);
+  }
+
+  /**
+   * Entries of a directory, without `.` and `..`, in bytewise order. Creates no inodes:
+   * `attr.ino` is the child's number when the kernel holds it, else 0.
+   */
   readdir(ino: number): DirEntry[] {
     if (ino === ROOT_INO) {
       const names = new Set<string>(this.#roots.knownNames());
       for (const n of this.#rootChildren.keys()) names.add(n);
       const out: DirEntry[] = [];
-      for (const [name, i] of this.#rootDirs) out.push({ name, attr: this.#inode(i).attr });
+      for (const [name, i] of this.#rootDirs) out.push({ name, attr: i.attr });
       // Store path basenames are ASCII, where code-unit order is byte order.
       for (const name of [...names].sort()) {
         const i = this.#rootChildren.get(name);
-        out.push(i === undefined ? { name } : { name, attr: this.#inode(i).attr });
+        out.push(i === undefined ? { name } : { name, attr: i.attr });
       }
       return out;
     }
     const dir = this.#inode(ino);
     if (dir.node.type !== 'directory') throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
     const out: DirEntry[] = [];
-    for (const name of dir.node.entries.keys()) {
-      const child = this.#child(dir, name);
-      if (child !== undefined) out.push({ name, attr: this.#inode(child).attr });
+    for (const [name, node] of dir.node.entries) {
+      const held = dir.children?.get(name);
+      out.push({ name, attr: held ? held.attr : attrOf(0, node) });
     }
     return out;
   }
@@ -186,11 +269,12 @@ export class StoreFilesystem {
     const fh = this.#nextFh++;
     if (this.#nextFh > 0xffffffff) this.#nextFh = 1;
     this.#handles.set(fh, { inode });
+    inode.handles++;
     return fh;
   }
 
   /** Up to `length` bytes at `offset`; fewer only at end of file. */
-  async read(fh: number, offset: number, length: number): Promise<Buffer> {
+  async read(fh: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
     const handle = this.#handles.get(fh);
     if (!handle) throw new NarfsError('ERR_BAD_HANDLE', `file handle ${fh} is not open`);
     const node = handle.inode.node;
@@ -201,13 +285,34 @@ export class StoreFilesystem {
     const name = handle.inode.storeName;
     return withDeadline(
       this.#opts.opTimeoutMs,
-      (signal) => this.#content.read(name, node.narOffset + offset, n, signal),
-      { what: `read of ${name}` },
+      (sig) => this.#content.read(name, node.narOffset + offset, n, sig),
+      signal ? { what: `read of ${name}`, signal } : { what: `read of ${name}` },
     );
   }
 
+  /**
+   * Where the bytes of regular file `ino` lie in a local verified file, when they are all
+   * there (undefined otherwise, and for empty files).
+   */
+  contentLocation(ino: number): ContentLocation | undefined {
+    const inode = this.#inodes.get(ino);
+    if (!inode || inode.node.type !== 'regular' || inode.node.size === 0) return undefined;
+    const file = this.#content.contentFile?.(inode.storeName);
+    if (!file) return undefined;
+    return { path: file.path, offset: inode.node.narOffset, size: inode.node.size, fileSize: file.size };
+  }
+
+  /** Calls `listener` with the path of a local file whose bytes must no longer be served. */
+  watchDropped(listener: (path: string) => void): void {
+    this.#content.watchDropped?.((_name, path) => listener(path));
+  }
+
   release(fh: number): void {
+    const handle = this.#handles.get(fh);
+    if (!handle) return;
     this.#handles.delete(fh);
+    handle.inode.handles--;
+    this.#maybeDrop(handle.inode);
   }
 
   /** Whether the access `mask` (R_OK 4, W_OK 2, X_OK 1) is allowed; writes never are. */
@@ -219,54 +324,72 @@ export class StoreFilesystem {
   }
 
   statfs(): StatFs {
-    let blocks = 0;
-    for (const inode of this.#inodes.values()) blocks += inode.attr.blocks;
-    return { bsize: 4096, blocks: Math.ceil(blocks / 8), files: this.#inodes.size, namemax: 255 };
+    return { bsize: 4096, blocks: Math.ceil(this.#blocks / 8), files: this.#inodes.size, namemax: 255 };
   }
 
-  /** Number of inodes allocated (for metrics and memory tests). */
+  /** Number of inodes in the table (for metrics and memory tests). */
   get inodeCount(): number {
     return this.#inodes.size;
   }
 
-  async #resolveRoot(name: string): Promise<number | undefined> {
+  #resolveRoot(name: string, signal?: AbortSignal): Promise<NarNode | undefined> {
     const known = this.#rootChildren.get(name);
-    if (known !== undefined) return known;
-    if (!isStorePathBase(name)) return undefined;
+    if (known !== undefined) return Promise.resolve(known.node);
+    if (!isStorePathBase(name)) return Promise.resolve(undefined);
     let pending = this.#resolving.get(name);
     if (!pending) {
+      // One resolution per name, bounded by its own deadline; callers may give up earlier.
       pending = withDeadline(
         this.#opts.opTimeoutMs,
-        (signal) => this.#roots.resolve(name, signal),
+        (sig) => this.#roots.resolve(name, sig),
         { what: `lookup of ${name}` },
       ).then((node) => {
-        if (!node) return undefined;
-        const again = this.#rootChildren.get(name);
-        if (again !== undefined) return again;
-        const inode = this.#newInode(name, node);
-        this.#rootChildren.set(name, inode.ino);
-        this.#opts.onResolved?.(name);
-        return inode.ino;
+        if (node && !this.#rootChildren.has(name)) this.#opts.onResolved?.(name);
+        return node;
       }).finally(() => this.#resolving.delete(name));
       this.#resolving.set(name, pending);
     }
-    return pending;
+    return signal ? raceSignal(pending, signal) : pending;
   }
 
-  #child(dir: Inode, name: string): number | undefined {
+  #rootChild(name: string, node: NarNode): Inode {
+    const again = this.#rootChildren.get(name);
+    if (again !== undefined) return again;
+    const inode = this.#newInode(name, node, this.#root, name);
+    this.#rootChildren.set(name, inode);
+    return inode;
+  }
+
+  #child(dir: Inode, name: string): Inode | undefined {
     if (dir.node.type !== 'directory') return undefined;
-    let children = dir.children;
-    if (!children) {
-      children = new Map();
-      dir.children = children;
-    }
-    const known = children.get(name);
+    const known = dir.children?.get(name);
     if (known !== undefined) return known;
     const node = dir.node.entries.get(name);
     if (!node) return undefined;
-    const inode = this.#newInode(dir.storeName, node);
-    children.set(name, inode.ino);
-    return inode.ino;
+    const inode = this.#newInode(dir.storeName, node, dir, name);
+    (dir.children ??= new Map()).set(name, inode);
+    return inode;
+  }
+
+  #hold(inode: Inode): Inode {
+    if (this.#forgets && !inode.pinned) inode.nlookup++;
+    return inode;
+  }
+
+  /** Drops an inode nobody holds any more; true when it was dropped. */
+  #maybeDrop(inode: Inode): boolean {
+    if (!this.#forgets || inode.pinned || inode.nlookup > 0 || inode.handles > 0) return false;
+    if (!this.#inodes.has(inode.ino)) return false;
+    this.#inodes.delete(inode.ino);
+    this.#blocks -= inode.attr.blocks;
+    const parent = inode.parent;
+    if (parent === this.#root) {
+      if (this.#rootChildren.get(inode.name) === inode) this.#rootChildren.delete(inode.name);
+    } else if (parent?.children?.get(inode.name) === inode) {
+      parent.children.delete(inode.name);
+      if (parent.children.size === 0) parent.children = undefined;
+    }
+    return true;
   }
 
   #inode(ino: number): Inode {
@@ -275,10 +398,12 @@ export class StoreFilesystem {
     return inode;
   }
 
-  #newInode(storeName: string, node: NarNode): Inode {
+  #newInode(storeName: string, node: NarNode, parent: Inode | undefined, name: string): Inode {
     const ino = this.#nextIno++;
-    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node) };
+    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), name, nlookup: 0, handles: 0, pinned: false };
+    if (parent) inode.parent = parent;
     this.#inodes.set(ino, inode);
+    this.#blocks += inode.attr.blocks;
     return inode;
   }
 }

@@ -79,6 +79,9 @@ export class LazyStore implements RootNodes, ContentReader {
    * kernel retries a failed readahead with a second read, for one).
    */
   readonly #overdue = new Set<string>();
+  /** NarSize of store paths whose cached NAR is verified and complete (for contentFile). */
+  readonly #complete = new Map<string, number>();
+  readonly #dropListeners: Array<(name: string, path: string) => void> = [];
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, nars: NarCache, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -111,7 +114,10 @@ export class LazyStore implements RootNodes, ContentReader {
     if (shown) return shown.listing;
     const hashPart = info.narInfo.storePath.hashPart;
     const cached = await this.#nars.lookup(name, { narHash: info.narInfo.narHash, narSize: info.narInfo.narSize });
-    if (cached.state === 'ok') return this.#show(name, cached.listing, true);
+    if (cached.state === 'ok') {
+      this.#complete.set(name, info.narInfo.narSize);
+      return this.#show(name, cached.listing, true);
+    }
     if (cached.state === 'damaged') this.#opts.logger.warn('cached NAR is damaged; it will be fetched again', { path: name, err: cached.error });
     const seen = await this.#meta.getListing(hashPart);
     if (seen !== undefined) return this.#show(name, parseListingJson(seen), false);
@@ -124,6 +130,7 @@ export class LazyStore implements RootNodes, ContentReader {
       return this.#show(name, published.listing, false);
     }
     const m = await this.#materialiser.ensure(info, signal);
+    this.#complete.set(name, info.narInfo.narSize);
     return this.#show(name, m.listing, true);
   }
 
@@ -133,6 +140,17 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!node) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake`);
     if (node.type !== 'regular') throw new NarfsError('ERR_IS_DIRECTORY', `${name} is not a single regular file`);
     return node.size === 0 ? Buffer.alloc(0) : this.read(name, node.narOffset, node.size, signal);
+  }
+
+  /** The verified, complete NAR of `name` on disk, or undefined (ContentReader.contentFile). */
+  contentFile(name: string): { path: string; size: number } | undefined {
+    const size = this.#complete.get(name);
+    return size === undefined ? undefined : { path: this.#nars.narPath(name), size };
+  }
+
+  /** Calls `listener` whenever the cached bytes of a store path are dropped (damaged, invalidated). */
+  watchDropped(listener: (name: string, path: string) => void): void {
+    this.#dropListeners.push(listener);
   }
 
   prefetch(name: string): void {
@@ -213,6 +231,8 @@ export class LazyStore implements RootNodes, ContentReader {
 
   /** Drops what this process and the cache know of `name`'s bytes (not its listing). */
   async #forget(name: string): Promise<void> {
+    this.#complete.delete(name);
+    for (const l of this.#dropListeners) l(name, this.#nars.narPath(name));
     const entry = this.#open.get(name);
     if (entry) {
       this.#open.delete(name);
@@ -267,6 +287,7 @@ export class LazyStore implements RootNodes, ContentReader {
         throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
       }
       this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+      this.#complete.set(name, info.narInfo.narSize);
       return info.narInfo.narSize;
     } catch (err) {
       const running = this.#materialiser.inFlight(name);

@@ -227,7 +227,7 @@ describe('StoreFilesystem', () => {
   });
 
   describe('inode numbers', () => {
-    it('are stable across repeated lookups and agree with readdir', async () => {
+    it('are stable across repeated lookups and agree with readdir once looked up', async () => {
       const { fs, roots } = setup();
       const top1 = await walk(fs, TREE_NAME);
       const top2 = await walk(fs, TREE_NAME);
@@ -237,14 +237,10 @@ describe('StoreFilesystem', () => {
       const listed = fs.readdir(top1.ino);
       const b2 = listed.find((e) => e.name === 'B');
       assert.equal(b2?.attr?.ino, b1.ino);
-      const data1 = listed.find((e) => e.name === 'data')?.attr?.ino;
+      // readdir creates no inodes: a child never looked up has number 0 there
+      assert.equal(listed.find((e) => e.name === 'data')?.attr?.ino, 0);
       const data2 = (await walk(fs, TREE_NAME, 'data')).ino;
-      assert.equal(data1, data2);
-      // a second readdir hands out the same numbers
-      assert.deepEqual(
-        fs.readdir(top1.ino).map((e) => e.attr?.ino),
-        listed.map((e) => e.attr?.ino),
-      );
+      assert.equal(fs.readdir(top1.ino).find((e) => e.name === 'data')?.attr?.ino, data2);
       const rootEntry = fs.readdir(ROOT_INO).find((e) => e.name === TREE_NAME);
       assert.equal(rootEntry?.attr?.ino, top1.ino);
     });
@@ -252,10 +248,88 @@ describe('StoreFilesystem', () => {
     it('are distinct for distinct nodes', async () => {
       const { fs } = setup();
       const top = await walk(fs, TREE_NAME);
-      const inos = fs.readdir(top.ino).map((e) => e.attr!.ino);
+      const inos = fs.readdir(top.ino).map((e) => fs.lookupChild(top.ino, e.name)!.ino);
       assert.equal(new Set(inos).size, TREE_ORDER.length);
       assert.ok(!inos.includes(ROOT_INO));
       assert.ok(!inos.includes(top.ino));
+    });
+  });
+
+  describe('bounded inode table (lookup counts and forget)', () => {
+    function setupForgetting() {
+      const roots = new CountingRoots();
+      const content = new NarContent();
+      const fs = new StoreFilesystem(roots, content, { opTimeoutMs: OP_TIMEOUT_MS, rootDirs: ['.links'], forgets: true });
+      return { fs, roots };
+    }
+
+    it('readdir creates no inodes; lookups do; forget drops them and the count falls back', async () => {
+      const { fs } = setupForgetting();
+      const idle = fs.inodeCount; // root + .links
+      const top = await walk(fs, TREE_NAME);
+      assert.equal(fs.inodeCount, idle + 1);
+      fs.readdir(top.ino);
+      assert.equal(fs.inodeCount, idle + 1, 'readdir must not create inodes');
+      const kids = fs.readdir(top.ino).map((e) => fs.lookupChild(top.ino, e.name)!);
+      assert.equal(fs.inodeCount, idle + 1 + TREE_ORDER.length);
+      for (const k of kids) assert.equal(fs.forget(k.ino, 1), true);
+      assert.equal(fs.forget(top.ino, 1), true);
+      assert.equal(fs.inodeCount, idle);
+      assert.equal(fs.statfs().files, idle);
+      assert.throws(() => fs.getattr(top.ino), isCode('ERR_STALE_INODE'));
+    });
+
+    it('an inode looked up twice lives until both lookups are forgotten', async () => {
+      const { fs } = setupForgetting();
+      const a = await walk(fs, TREE_NAME);
+      const b = await walk(fs, TREE_NAME);
+      assert.equal(a.ino, b.ino);
+      assert.equal(fs.forget(a.ino, 1), false);
+      assert.equal(fs.getattr(a.ino).ino, a.ino);
+      assert.equal(fs.forget(a.ino, 1), true);
+    });
+
+    it('an open handle keeps a forgotten inode until release; a new lookup gets a new number', async () => {
+      const { fs, roots } = setupForgetting();
+      const top = await walk(fs, TREE_NAME);
+      const data = await mustLookup(fs, top.ino, 'data');
+      const fh = fs.open(data.ino, constants.O_RDONLY);
+      assert.equal(fs.forget(data.ino, 1), false);
+      assert.equal((await fs.read(fh, 0, 10)).length, 10);
+      fs.release(fh);
+      assert.throws(() => fs.getattr(data.ino), isCode('ERR_STALE_INODE'));
+      const again = await mustLookup(fs, top.ino, 'data');
+      assert.notEqual(again.ino, data.ino, 'numbers are never reused');
+      fs.forget(again.ino, 1);
+      fs.forget(top.ino, 1);
+      const calls = roots.resolveCalls.length;
+      await walk(fs, TREE_NAME);
+      assert.equal(roots.resolveCalls.length, calls + 1, 'a forgotten store path is resolved again (the store caches it)');
+    });
+
+    it('statfs counts blocks of the inodes held, without walking', async () => {
+      const { fs } = setupForgetting();
+      const top = await walk(fs, TREE_NAME);
+      const data = await mustLookup(fs, top.ino, 'data');
+      assert.equal(fs.statfs().blocks, Math.ceil(data.blocks / 8));
+      fs.forget(data.ino, 1);
+      assert.equal(fs.statfs().blocks, 0);
+    });
+
+    it('without forgets (fuse-native) nothing is dropped', async () => {
+      const { fs } = setup();
+      const top = await walk(fs, TREE_NAME);
+      assert.equal(fs.forget(top.ino, 1), false);
+      assert.equal(fs.getattr(top.ino).ino, top.ino);
+    });
+
+    it('lookup ends early with ERR_ABORTED when the caller aborts (FUSE INTERRUPT)', async () => {
+      const { fs, roots } = setupForgetting();
+      roots.neverSettle = true;
+      const ac = new AbortController();
+      const p = fs.lookup(ROOT_INO, TREE_NAME, ac.signal);
+      ac.abort();
+      await assert.rejects(p, isCode('ERR_ABORTED'));
     });
   });
 

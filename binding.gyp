@@ -1,0 +1,22 @@
+{
+  "targets": [
+    {
+      "target_name": "narfs_fuse",
+      "sources": [
+        "native/src/addon.cc",
+        "native/src/session.cc",
+        "native/src/decode.cc",
+        "native/src/dirent_pack.cc"
+      ],
+      "include_dirs": ["native/src"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags": ["-Wall", "-Wextra", "-Werror"],
+      "cflags_cc": [
+        "-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Werror",
+        "-isystem", "<!(node -p \"require('path').dirname(require.resolve('node-addon-api/package.json'))\")"
+      ]
+    }
+  ]
+}

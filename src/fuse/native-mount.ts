@@ -1,0 +1,384 @@
+/**
+ * NativeMount: serves a StoreFilesystem through narfs's own FUSE engine (native/, the
+ * `narfs_fuse` addon speaking the kernel protocol on /dev/fuse). The only module that
+ * touches that addon; same surface as FuseNativeMount.
+ *
+ * Division of work (docs: architecture.md, data flow):
+ * - C answers, without entering JS: GETATTR of nodes JS has described, READLINK of
+ *   symlinks already read once, OPEN/READ of files whose verified bytes are complete in
+ *   the cache (pread from the cache file: JS pushes the location with setContent), OPENDIR,
+ *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
+ *   read-only).
+ * - JS sees: LOOKUP, READDIRPLUS/READDIR, the first READLINK of a node, OPEN/READ of files
+ *   not yet complete locally, STATFS, RELEASE of its own handles, FORGET/BATCH_FORGET
+ *   (the inode table's lookup counts) and INTERRUPT (aborts the wait of that request).
+ * Every request JS answers is bounded by the filesystem's deadline (ERR_DEADLINE → EIO);
+ * an INTERRUPT answers EINTR at once. Errno comes from errno.ts only.
+ * Names and symlink targets cross as bytes (Buffers); a name that is not UTF-8 cannot be in
+ * a listing today (src/nix refuses such NARs) and is answered as absent.
+ * READDIRPLUS entries count as lookups (the kernel will FORGET them): only entries that
+ * reached the kernel are counted; the rest are given back at once.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { NarfsError, isNarfsError } from '../errors.js';
+import { withDeadline } from '../deadline.js';
+import type { Logger } from '../log.js';
+import { ROOT_INO, type StoreFilesystem } from '../fs/store-filesystem.js';
+import { ERRNO, errnoFor, isLoggedFailure } from './errno.js';
+import { forceUnmount, type FuseMountOptions } from './fuse-native-mount.js';
+
+const require = createRequire(import.meta.url);
+
+/** The addon's session handle (an N-API external). */
+type Session = { readonly __narfsSession: true };
+
+interface Addon {
+  mount(options: Record<string, unknown>, dispatch: Dispatch): Session;
+  release(s: Session): void;
+  unref(s: Session): void;
+  replyErr(s: Session, ch: number, unique: number, errno: number): number;
+  replyEntry(s: Session, ch: number, unique: number, nodeid: number, mode: number, size: number, nlink: number, entryTtl: number): number;
+  replyAttr(s: Session, ch: number, unique: number, nodeid: number, mode: number, size: number, nlink: number): number;
+  replyOpen(s: Session, ch: number, unique: number, fh: number, openFlags: number): number;
+  replyData(s: Session, ch: number, unique: number, data: Buffer): number;
+  replyReadlink(s: Session, ch: number, unique: number, nodeid: number, target: Buffer): number;
+  replyStatfs(s: Session, ch: number, unique: number, blocks: number, files: number, bsize: number, namemax: number): number;
+  replyDir(s: Session, ch: number, unique: number, plus: number, size: number, start: number, names: Buffer[], nums: Float64Array): number;
+  setContent(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): boolean;
+  dropContent(s: Session, path: string): void;
+  forgetNode(s: Session, nodeid: number): void;
+  stats(s: Session): NativeStats;
+}
+
+export interface NativeStats {
+  /** Requests handed to JS. */
+  toJs: number;
+  /** Requests answered in C. */
+  inC: number;
+  /** Nodes the C table describes. */
+  nodes: number;
+  readsInC: number;
+  bytesInC: number;
+  passthroughOffered: boolean;
+}
+
+type Dispatch = (kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,
+  flags: number, name: Buffer | undefined, forgets: Float64Array | undefined) => void;
+
+/** Opcodes (include/uapi/linux/fuse.h) and the addon's events. */
+const OP = {
+  LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, RELEASE: 18,
+  READDIR: 28, INTERRUPT: 36, BATCH_FORGET: 42, READDIRPLUS: 44, READY: -1, CLOSED: -2,
+} as const;
+const FOPEN_KEEP_CACHE = 1 << 1;
+const EINTR = 4;
+/** sizeof(fuse_entry_out) + sizeof(fuse_dirent), and sizeof(fuse_dirent). */
+const DIRENTPLUS_HEAD = 152;
+const DIRENT_HEAD = 24;
+/** d_ino shown by plain READDIR for a child the kernel does not hold (no inode is made). */
+const UNHELD_INO_BASE = 2 ** 52;
+
+let addon: Addon | undefined;
+
+/** Loads the addon built by node-gyp (build/Release at the checkout root). */
+export function loadNativeAddon(): Addon {
+  if (addon) return addon;
+  const here = fileURLToPath(new URL('.', import.meta.url));
+  const candidates = ['../../build/Release/narfs_fuse.node', '../../../build/Release/narfs_fuse.node']
+    .map((rel) => fileURLToPath(new URL(rel, `file://${here}`)));
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) {
+    throw new NarfsError('ERR_MOUNT', 'the native FUSE engine is not built (build/Release/narfs_fuse.node is missing)', {
+      hint: 'Run `npm ci` (or `npm run build:native`) in the checkout, or pass --fuse-backend fuse-native.',
+    });
+  }
+  addon = require(found) as Addon;
+  return addon;
+}
+
+export interface NativeMountOptions extends FuseMountOptions {
+  /** Request-reading threads (cloned /dev/fuse descriptors). Default 4. */
+  threads?: number;
+  /** Mount through fusermount3 (unprivileged) instead of mount(2). Default: when not root. */
+  useFusermount?: boolean;
+}
+
+export class NativeMount {
+  readonly #fs: StoreFilesystem;
+  readonly #opts: NativeMountOptions;
+  readonly #log: Logger;
+  readonly #inflight = new Map<number, AbortController>();
+  readonly #pushed = new Set<number>();
+  readonly #loggedFailures = new Map<string, number>();
+  #session: Session | undefined;
+  #mounted = false;
+  #ready: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  #closed: Promise<number>;
+  #onClosed: (errno: number) => void = () => {};
+  #entryTtl: number;
+  #negativeTtl: number;
+
+  constructor(fs: StoreFilesystem, options: NativeMountOptions) {
+    this.#fs = fs;
+    this.#opts = options;
+    this.#log = options.logger;
+    this.#entryTtl = options.entryTimeoutS ?? 86400;
+    this.#negativeTtl = options.negativeTimeoutS ?? 1;
+    this.#closed = new Promise<number>((resolve) => { this.#onClosed = resolve; });
+  }
+
+  get mounted(): boolean {
+    return this.#mounted;
+  }
+
+  /** Counters of the engine (requests in C and in JS, nodes described to C). */
+  stats(): NativeStats | undefined {
+    return this.#session ? loadNativeAddon().stats(this.#session) : undefined;
+  }
+
+  async mount(): Promise<void> {
+    const a = loadNativeAddon();
+    const o = this.#opts;
+    const ready = new Promise<void>((resolve, reject) => { this.#ready = { resolve, reject }; });
+    try {
+      this.#session = a.mount({
+        mountpoint: o.mountpoint,
+        fsname: 'narfs',
+        allowOther: o.allowOther ?? process.getuid?.() === 0,
+        useFusermount: o.useFusermount ?? process.getuid?.() !== 0,
+        threads: o.threads ?? 4,
+        entryTtl: this.#entryTtl,
+        attrTtl: o.attrTimeoutS ?? 86400,
+      }, (...args) => this.#dispatch(...args));
+    } catch (err) {
+      throw new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${(err as Error).message}`, { cause: err });
+    }
+    this.#fs.watchDropped((path) => {
+      if (this.#session) a.dropContent(this.#session, path);
+    });
+    try {
+      await withDeadline(30_000, () => Promise.race([ready, this.#closed.then(() => {
+        throw new NarfsError('ERR_MOUNT', `the kernel closed ${o.mountpoint} before it was ready`);
+      })]), { code: 'ERR_MOUNT', what: `mounting ${o.mountpoint}` });
+    } catch (err) {
+      await forceUnmount(o.mountpoint, { abort: true });
+      throw err;
+    }
+    this.#mounted = true;
+    await this.#raiseReadahead().catch(() => {});
+  }
+
+  /**
+   * Detaches the mount (lazily, so busy mounts detach too) and waits up to `timeoutMs` for
+   * the kernel to close the connection; a mount still held by open files is left to finish
+   * and no longer keeps the process alive.
+   */
+  async unmount(timeoutMs = 10_000): Promise<void> {
+    const s = this.#session;
+    if (!s || !this.#mounted) return;
+    this.#mounted = false;
+    await forceUnmount(this.#opts.mountpoint);
+    let timer: NodeJS.Timeout | undefined;
+    const closed = await Promise.race([
+      this.#closed.then(() => true),
+      new Promise<boolean>((r) => { timer = setTimeout(() => r(false), timeoutMs); }),
+    ]);
+    if (timer) clearTimeout(timer);
+    if (!closed) {
+      this.#log.warn('the FUSE connection is still open after unmount (files held open); not waiting for it', {
+        mountpoint: this.#opts.mountpoint,
+      });
+      loadNativeAddon().unref(s);
+    }
+  }
+
+  /** The bdi's readahead defaults to 128 KiB; 1 MiB requests need it raised (root only). */
+  async #raiseReadahead(): Promise<void> {
+    if (process.getuid?.() !== 0) return;
+    const info = await readFile('/proc/self/mountinfo', 'utf8');
+    const line = info.split('\n').find((l) => l.split(' ')[4] === this.#opts.mountpoint && / - fuse/.test(l));
+    const dev = line?.split(' ')[2];
+    if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, '1024');
+  }
+
+  #dispatch(kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,
+    flags: number, name: Buffer | undefined, forgets: Float64Array | undefined): void {
+    const s = this.#session;
+    switch (kind) {
+      case OP.READY:
+        this.#ready?.resolve();
+        return;
+      case OP.CLOSED:
+        this.#mounted = false;
+        if (s) loadNativeAddon().release(s);
+        if (a !== 0) this.#log.error('the FUSE connection failed', { errno: a });
+        this.#onClosed(a);
+        return;
+    }
+    if (!s) return;
+    const n = loadNativeAddon();
+    switch (kind) {
+      case OP.FORGET:
+        this.#forget(n, s, nodeid, a);
+        return;
+      case OP.BATCH_FORGET:
+        if (forgets) for (let i = 0; i + 1 < forgets.length; i += 2) this.#forget(n, s, forgets[i]!, forgets[i + 1]!);
+        return;
+      case OP.INTERRUPT:
+        this.#inflight.get(a)?.abort();
+        return;
+      case OP.RELEASE:
+        this.#fs.release(a); // C has replied already
+        return;
+    }
+    try {
+      switch (kind) {
+        case OP.LOOKUP:
+          return this.#async(kind, ch, unique, nodeid, (signal) => this.#lookup(n, s, ch, unique, nodeid, name, signal));
+        case OP.GETATTR: {
+          const attr = this.#fs.getattr(nodeid);
+          n.replyAttr(s, ch, unique, nodeid, attr.mode, attr.size, attr.nlink);
+          return;
+        }
+        case OP.READLINK:
+          n.replyReadlink(s, ch, unique, nodeid, Buffer.from(this.#fs.readlink(nodeid), 'utf8'));
+          return;
+        case OP.OPEN: {
+          const fh = this.#fs.open(nodeid, flags);
+          this.#pushContent(n, s, nodeid);
+          n.replyOpen(s, ch, unique, fh, FOPEN_KEEP_CACHE);
+          return;
+        }
+        case OP.READ:
+          return this.#async(kind, ch, unique, nodeid, async (signal) => {
+            const data = await this.#fs.read(a, b, c, signal);
+            n.replyData(s, ch, unique, data);
+            this.#pushContent(n, s, nodeid);
+          });
+        case OP.READDIR:
+        case OP.READDIRPLUS:
+          this.#readdir(n, s, ch, unique, nodeid, kind === OP.READDIRPLUS, b, c);
+          return;
+        case OP.STATFS: {
+          const st = this.#fs.statfs();
+          n.replyStatfs(s, ch, unique, st.blocks, st.files, st.bsize, st.namemax);
+          return;
+        }
+        default:
+          n.replyErr(s, ch, unique, ERRNO.ENOSYS);
+      }
+    } catch (err) {
+      n.replyErr(s, ch, unique, this.#fail(kind, nodeid, err));
+    }
+  }
+
+  /** Runs an asynchronous answer: abortable by INTERRUPT, errors mapped once. */
+  #async(kind: number, ch: number, unique: number, nodeid: number, work: (signal: AbortSignal) => Promise<void>): void {
+    const ac = new AbortController();
+    this.#inflight.set(unique, ac);
+    const s = this.#session!;
+    const n = loadNativeAddon();
+    work(ac.signal).catch((err: unknown) => {
+      if (ac.signal.aborted) n.replyErr(s, ch, unique, EINTR);
+      else n.replyErr(s, ch, unique, this.#fail(kind, nodeid, err));
+    }).catch((err: unknown) => {
+      // Never leave the kernel waiting: a reply that could not be made is an EIO.
+      this.#log.error('replying to a FUSE request failed', { err });
+      n.replyErr(s, ch, unique, ERRNO.EIO);
+    }).finally(() => this.#inflight.delete(unique));
+  }
+
+  async #lookup(n: Addon, s: Session, ch: number, unique: number, parent: number, raw: Buffer | undefined, signal: AbortSignal): Promise<void> {
+    const name = raw ? raw.toString('utf8') : '';
+    // A name that is not UTF-8 cannot be in a listing (see the header comment).
+    const attr = raw && Buffer.from(name, 'utf8').equals(raw) ? await this.#fs.lookup(parent, name, signal) : undefined;
+    if (!attr) {
+      if (this.#negativeTtl > 0) n.replyEntry(s, ch, unique, 0, 0, 0, 0, this.#negativeTtl);
+      else n.replyErr(s, ch, unique, ERRNO.ENOENT);
+      return;
+    }
+    const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, this.#entryTtl);
+    // The request was interrupted and is gone: the kernel did not take this lookup.
+    if (err !== 0) this.#forget(n, s, attr.ino, 1);
+  }
+
+  #readdir(n: Addon, s: Session, ch: number, unique: number, ino: number, plus: boolean, offset: number, size: number): void {
+    const dirAttr = this.#fs.getattr(ino);
+    const entries = this.#fs.readdir(ino);
+    const total = entries.length + 2;
+    const names: Buffer[] = [];
+    const nums: number[] = [];
+    let used = 0;
+    for (let i = offset; i < total; i++) {
+      const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2]!.name;
+      const bytes = Buffer.from(nameStr, 'utf8');
+      const rec = ((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + bytes.length + 7) & ~7;
+      if (used + rec > size) break;
+      used += rec;
+      names.push(bytes);
+      if (i < 2) {
+        nums.push(i === 0 ? ino : ROOT_INO, 0, dirAttr.mode, 0, 2);
+        continue;
+      }
+      const e = entries[i - 2]!;
+      if (plus) {
+        const held = this.#fs.lookupChild(ino, e.name);
+        if (held) {
+          nums.push(held.ino, held.ino, held.mode, held.size, held.nlink);
+        } else {
+          nums.push(UNHELD_INO_BASE + i, 0, e.attr?.mode ?? 0, 0, 1);
+        }
+      } else {
+        const a = e.attr;
+        nums.push(a && a.ino !== 0 ? a.ino : UNHELD_INO_BASE + i, 0, a?.mode ?? 0, 0, 1);
+      }
+    }
+    const sent = n.replyDir(s, ch, unique, plus ? 1 : 0, size, offset, names, Float64Array.from(nums));
+    if (plus) {
+      // Entries that did not reach the kernel are not lookups it holds.
+      for (let i = 0; i < names.length; i++) {
+        if (i < sent) continue;
+        const nodeid = nums[i * 5 + 1]!;
+        if (nodeid !== 0) this.#forget(n, s, nodeid, 1);
+      }
+    }
+  }
+
+  #forget(n: Addon, s: Session, nodeid: number, count: number): void {
+    if (this.#fs.forget(nodeid, count)) {
+      n.forgetNode(s, nodeid);
+      this.#pushed.delete(nodeid);
+    }
+  }
+
+  /** Tells C where the bytes of `nodeid` lie once they are all verified and local. */
+  #pushContent(n: Addon, s: Session, nodeid: number): void {
+    if (this.#pushed.has(nodeid)) return;
+    const loc = this.#fs.contentLocation(nodeid);
+    if (!loc) return;
+    if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.add(nodeid);
+  }
+
+  /** The positive errno for a thrown value, logging EIO-class failures once a minute per kind. */
+  #fail(kind: number, nodeid: number, err: unknown): number {
+    const errno = -errnoFor(err);
+    if (isLoggedFailure(err)) {
+      const code = isNarfsError(err) ? err.code : 'ERR_INTERNAL';
+      const key = `${kind}:${code}`;
+      const now = Date.now();
+      if ((this.#loggedFailures.get(key) ?? 0) < now - 60_000) {
+        this.#loggedFailures.set(key, now);
+        this.#log.error(`FUSE request ${opName(kind)} failed`, { nodeid, err });
+      }
+    }
+    return errno;
+  }
+}
+
+function opName(kind: number): string {
+  for (const [k, v] of Object.entries(OP)) if (v === kind) return k.toLowerCase();
+  return String(kind);
+}

@@ -1,0 +1,100 @@
+/**
+ * The native engine mounted through fusermount3: the daemon gets its /dev/fuse descriptor
+ * from fusermount3 over SCM_RIGHTS, serves a store path to its user, and unmounts on
+ * SIGTERM. Run as root, and as `nobody` (the unprivileged case) where /dev/fuse lets other
+ * users open it (fusermount3 opens it with the caller's rights; a 0600 /dev/fuse, as in
+ * some containers, disables unprivileged FUSE and that case is skipped). Probes run as the
+ * daemon's user: without allow_other the kernel refuses every other uid, root included.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { chown, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { forceUnmount } from '../../src/fuse/fuse-native-mount.js';
+
+const execFileP = promisify(execFile);
+const DAEMON = fileURLToPath(new URL('../support/native-user-mount.ts', import.meta.url));
+const PROBE = fileURLToPath(new URL('../support/fs-probe.mjs', import.meta.url));
+const NOBODY = 65534;
+const NAME = '0123456789abcdfghijklmnpqrsvwxyz-user-1.0';
+const AS_NOBODY = ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups'];
+
+/** Runs `argv` as root, or as nobody through setpriv. */
+function asUser(user: 'root' | 'nobody', argv: string[]): [string, string[]] {
+  return user === 'root' ? [argv[0]!, argv.slice(1)] : ['setpriv', [...AS_NOBODY, '--', ...argv]];
+}
+
+async function probeAs(user: 'root' | 'nobody', op: string, path: string): Promise<Record<string, unknown>> {
+  const [cmd, args] = asUser(user, [process.execPath, PROBE, op, path]);
+  const { stdout } = await execFileP(cmd, args, { timeout: 60_000 });
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+/** Whether nobody may open /dev/fuse (fusermount3 opens it with the caller's rights). */
+async function othersMayOpenFuse(): Promise<boolean> {
+  const st = await stat('/dev/fuse').catch(() => undefined);
+  return st !== undefined && (st.mode & 0o006) === 0o006;
+}
+
+async function mountedAt(mnt: string): Promise<string | undefined> {
+  const info = await readFile('/proc/self/mountinfo', 'utf8');
+  const line = info.split('\n').find((l) => l.split(' ')[4] === mnt);
+  return line?.split(' - ')[1]?.split(' ')[0];
+}
+
+describe('e2e: native engine, unprivileged mount through fusermount3', function () {
+  this.timeout(5 * 60_000);
+
+  before(function () {
+    if (process.getuid?.() !== 0) this.skip(); // the test switches users itself
+  });
+
+  for (const user of ['root', 'nobody'] as const) {
+  it(`mounts as ${user}, serves a store path byte-exact, refuses writes, unmounts on SIGTERM`, async function () {
+    if (user === 'nobody' && !(await othersMayOpenFuse())) this.skip();
+    const root = await mkdtemp(join(tmpdir(), 'narfs-user-'));
+    const mnt = join(root, 'store');
+    await mkdir(mnt);
+    if (user === 'nobody') {
+      await chown(root, NOBODY, NOBODY);
+      await chown(mnt, NOBODY, NOBODY);
+    }
+    const [cmd, args] = asUser(user, [process.execPath, '--import', 'tsx', DAEMON, mnt, NAME]);
+    const child = spawn(cmd, args, {
+      stdio: ['ignore', 'pipe', 'pipe'], cwd: fileURLToPath(new URL('../..', import.meta.url)), env: { ...process.env, HOME: root },
+    });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const end = Date.now() + 120_000;
+      while (!out.includes('mounted')) {
+        if (child.exitCode !== null || Date.now() > end) assert.fail(`daemon did not mount: ${err}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(await mountedAt(mnt), 'fuse.narfs');
+      const dir = join(mnt, NAME);
+      assert.deepEqual((await probeAs(user, 'readdir', dir)).names, ['bin', 'data.txt', 'link']);
+      const data = await probeAs(user, 'read', join(dir, 'data.txt'));
+      assert.equal(data.bytes, 'unprivileged narfs\n'.length);
+      assert.equal((await probeAs(user, 'readlink', join(dir, 'link'))).target, 'data.txt');
+      assert.equal(((await probeAs(user, 'stat', join(dir, 'bin', 'hello'))).mode as number) & 0o777, 0o555);
+      const w = await probeAs(user, 'write', join(dir, 'new'));
+      assert.equal(w.code, 'EROFS');
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, err);
+      assert.ok(out.includes('unmounted'));
+      assert.equal(await mountedAt(mnt), undefined);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      if (await mountedAt(mnt)) await forceUnmount(mnt, { abort: true });
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+  }
+});
