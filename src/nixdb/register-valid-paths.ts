@@ -48,18 +48,47 @@ function validSubset(db: Database.Database, paths: Iterable<string>): Set<string
   return valid;
 }
 
+/** Does every one of `paths` have a ValidPaths row? Stops at the first that does not. */
+function allValid(db: Database.Database, paths: readonly string[]): boolean {
+  const q = db.prepare('select 1 from ValidPaths where path = ?').pluck();
+  for (const p of paths) if (q.get(p) === undefined) return false;
+  return true;
+}
+
 /** The fast path: answer "is anything new?" from the live file without copying it. */
 function allValidInLiveFile(layout: LowerStoreLayout, infos: readonly ValidPathInfo[]): boolean {
   if (hasLiveSidecars(layout) || headerIsWal(readSqliteHeader(layout.dbPath))) return false;
   return withLiveDatabase(layout, (db) => {
     try {
       checkLowerSchema(db, layout);
-      return validSubset(db, infos.map((i) => i.path)).size === infos.length;
+      return allValid(db, infos.map((i) => i.path));
     } catch (e) {
       if (e instanceof NarfsError) throw e;
       throw new NarfsError('ERR_DB_SCHEMA', `${layout.dbPath}: ${(e as Error).message}`, { cause: e });
     }
   });
+}
+
+/**
+ * The secondary indexes a bulk insert drops and rebuilds (schema.sql): building an index
+ * once from sorted keys is far cheaper than a million random inserts into it.
+ */
+const REBUILT_INDEXES = ['IndexReferrer', 'IndexReference', 'IndexDerivationOutputs'];
+
+/** A batch this large (and at least as large as the table) is inserted with the indexes dropped. */
+export const BULK_MIN_ROWS = 20_000;
+
+/**
+ * Runs `fn` with the secondary indexes dropped, then recreates each from its own DDL as
+ * stored in sqlite_master (so the schema text stays byte-identical). In the caller's
+ * transaction: a failure leaves the private copy to be discarded anyway.
+ */
+function withoutSecondaryIndexes(db: Database.Database, fn: () => void): void {
+  const ddl = db.prepare(`select name, sql from sqlite_master where type = 'index' and sql is not null and name in (${REBUILT_INDEXES.map(() => '?').join(', ')})`)
+    .all(...REBUILT_INDEXES) as Array<{ name: string; sql: string }>;
+  for (const { name } of ddl) db.exec(`drop index "${name}"`);
+  fn();
+  for (const { sql } of ddl) db.exec(sql);
 }
 
 function insertBatch(db: Database.Database, infos: readonly ValidPathInfo[], registrationTime: number): void {
@@ -132,14 +161,16 @@ export async function registerValidPaths(
     return writeGeneration(layout, (db) => {
       checkLowerSchema(db, layout);
       const batch = new Set(infos.map((i) => i.path));
-      const valid = validSubset(db, batch);
-      const fresh = infos.filter((i) => !valid.has(i.path));
+      // An empty table (a first, bulk registration) needs no per-path lookups.
+      const empty = db.prepare('select not exists (select 1 from ValidPaths)').pluck().get() === 1;
+      const valid = empty ? new Set<string>() : validSubset(db, batch);
+      const fresh = valid.size === 0 ? infos : infos.filter((i) => !valid.has(i.path));
       const result = { added: fresh.length, alreadyValid: valid.size };
       if (fresh.length === 0) return { value: result, commit: false };
 
       const referenced = new Set<string>();
       for (const info of fresh) for (const r of info.references) if (!batch.has(r)) referenced.add(r);
-      const present = validSubset(db, referenced);
+      const present = empty ? new Set<string>() : validSubset(db, referenced);
       const missing = [...referenced].filter((r) => !present.has(r)).sort();
       if (missing.length > 0) {
         throw new NarfsError(
@@ -148,9 +179,12 @@ export async function registerValidPaths(
           { details: { missing: missing.slice(0, 100) } },
         );
       }
+      const rows = empty ? 0 : (db.prepare('select max(id) from ValidPaths').pluck().get() as number);
+      const bulk = fresh.length >= BULK_MIN_ROWS && fresh.length >= rows;
       db.transaction(() => {
         db.exec(SCHEMA_MIGRATIONS_SQL);
-        insertBatch(db, fresh, registrationTime);
+        if (bulk) withoutSecondaryIndexes(db, () => insertBatch(db, fresh, registrationTime));
+        else insertBatch(db, fresh, registrationTime);
       })();
       return { value: result, commit: true };
     });
