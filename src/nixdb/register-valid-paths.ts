@@ -91,6 +91,8 @@ function withoutSecondaryIndexes(db: Database.Database, fn: () => void): void {
   for (const { sql } of ddl) db.exec(sql);
 }
 
+const REFS_PER_STATEMENT = 200;
+
 function insertBatch(db: Database.Database, infos: readonly ValidPathInfo[], registrationTime: number): void {
   const insertPath = db.prepare(
     'insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values (?, ?, ?, ?, ?, NULL, ?, ?)',
@@ -121,11 +123,21 @@ function insertBatch(db: Database.Database, infos: readonly ValidPathInfo[], reg
     );
     ids.set(info.path, r.lastInsertRowid);
   }
+  // Refs rows go in REFS_PER_STATEMENT at a time: one call into SQLite per chunk, not per row.
+  const insertRefs = db.prepare(`insert or replace into Refs (referrer, reference) values ${Array(REFS_PER_STATEMENT).fill('(?, ?)').join(', ')}`);
+  const pending: Array<number | bigint> = [];
   for (const info of infos) {
     const referrer = id(info.path);
-    for (const ref of new Set(info.references)) insertRef.run(referrer, id(ref));
+    for (const ref of new Set(info.references)) {
+      pending.push(referrer, id(ref));
+      if (pending.length === 2 * REFS_PER_STATEMENT) {
+        insertRefs.run(pending);
+        pending.length = 0;
+      }
+    }
     for (const o of info.drvOutputs ?? []) insertOutput.run(referrer, o.id, o.path);
   }
+  for (let i = 0; i < pending.length; i += 2) insertRef.run(pending[i], pending[i + 1]);
 }
 
 /**
@@ -181,11 +193,17 @@ export async function registerValidPaths(
       }
       const rows = empty ? 0 : (db.prepare('select max(id) from ValidPaths').pluck().get() as number);
       const bulk = fresh.length >= BULK_MIN_ROWS && fresh.length >= rows;
+      // The foreign keys check, row by row, what the closure check above proved for the
+      // batch (every reference is in it or valid), and every id comes from a row just
+      // inserted or looked up; a bulk insert skips them (the pragma is a no-op inside a
+      // transaction, so it is set around it).
+      if (bulk) db.pragma('foreign_keys = OFF');
       db.transaction(() => {
         db.exec(SCHEMA_MIGRATIONS_SQL);
         if (bulk) withoutSecondaryIndexes(db, () => insertBatch(db, fresh, registrationTime));
         else insertBatch(db, fresh, registrationTime);
       })();
+      if (bulk) db.pragma('foreign_keys = ON');
       return { value: result, commit: true };
     });
   });
