@@ -41,7 +41,7 @@ export interface CreateLowerStoreResult {
   created: boolean;
 }
 
-function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): void {
+export function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): void {
   for (const d of [
     ...(createStoreDir ? [layout.storeDir] : []),
     join(layout.stateDir, 'profiles/per-user'),
@@ -61,7 +61,7 @@ function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): voi
   closeSync(openSync(layout.bigLockPath, 'a', 0o600));
 }
 
-function writeSchemaFile(layout: LowerStoreLayout): void {
+export function writeSchemaFile(layout: LowerStoreLayout): void {
   const tmp = `${layout.schemaPath}.narfs-new-${process.pid}`;
   const fd = openSync(tmp, 'w', 0o644);
   try {
