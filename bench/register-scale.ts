@@ -91,9 +91,11 @@ function offThread(root: string, infos: readonly ValidPathInfo[], scratch: strin
   const file = join(scratch, 'off-thread.json');
   writeFileSync(file, JSON.stringify(infos));
   const code = `const { registerOffThread } = await import(${JSON.stringify(join(REPO, 'dist/src/nixdb/index.js'))});
-const infos = JSON.parse((await import('node:fs')).readFileSync(process.argv[1], 'utf8'));
-const t0 = performance.now(); await registerOffThread(process.argv[2], infos); process.stdout.write(String(performance.now() - t0));`;
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code, file, root], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+const infos = JSON.parse((await import('node:fs')).readFileSync(process.argv[2], 'utf8'));
+const t0 = performance.now(); await registerOffThread(process.argv[3], infos); process.stdout.write(String(performance.now() - t0));`;
+  const script = join(scratch, 'off-thread.mjs');
+  writeFileSync(script, code);
+  const r = spawnSync(process.execPath, [script, file, root], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
   if (r.status !== 0) throw new Error(`registerOffThread failed: ${r.stderr}`);
   return Number(r.stdout);
 }
