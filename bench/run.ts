@@ -15,7 +15,7 @@
  *   30 ms, which would leave the mounts behind.
  *
  * Usage: node --import tsx bench/run.ts (npm run bench --) [--reps N (default 5)] [--latency-ms 20] [--bandwidth-mbit 1000]
- *        [--only 1,2,3,4,5,6] [--no-results-md]
+ *        [--only 1,2,3,4,5,6,7] [--no-results-md]   (7: registration, bench/register-scale.ts)
  * Writes bench/results/latest.json and (unless --only or --no-results-md) bench/RESULTS.md.
  */
 import { spawnSync } from 'node:child_process';
@@ -29,6 +29,7 @@ import {
   cleanupAllSync, claimRunDir, dropCaches, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
   cleanupStaleRuns, type NarfsMount,
 } from './bench-processes.js';
+import { registerScale } from './register-scale.js';
 import { concurrentReaders, readEverything, readFileSequential, replayWorkload, runCommand, walkMetadata, type WorkloadOp } from './workloads.js';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -67,7 +68,7 @@ const { values: args } = parseArgs({
 const REPS = Number(args.reps);
 const LATENCY_MS = Number(args['latency-ms']);
 const BYTES_PER_SECOND = Math.round((Number(args['bandwidth-mbit']) * 1e6) / 8);
-const ONLY = new Set((args.only ?? '1,2,3,4,5,6').split(',').map((s) => s.trim()));
+const ONLY = new Set((args.only ?? '1,2,3,4,5,6,7').split(',').map((s) => s.trim()));
 const NIX_ENV = {
   ...process.env,
   NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n',
@@ -429,6 +430,15 @@ async function main(): Promise<void> {
   const started = performance.now();
   installCleanupHandlers(() => { if (runRoot) rmSync(runRoot, { recursive: true, force: true }); });
   cleanupStaleRuns(TMP_PREFIX);
+  if ([...ONLY].every((s) => s === '7')) {
+    // Scenario 7 needs only the fixture datalakes, not the benchmark datalake.
+    await registerScale({ reps: REPS, bigReps: 1, sizes: [100_000, 1_000_000], cliSizes: [100_000], xfs: true, workDir: '/var/tmp', log }, row);
+    const sum = summarise();
+    process.stdout.write(`\n${table(sum)}\n`);
+    mkdirSync(join(REPO, 'bench/results'), { recursive: true });
+    writeFileSync(join(REPO, 'bench/results/latest-register.json'), JSON.stringify({ date: new Date().toISOString(), reps: REPS, machine: machine(), results: sum }, null, 2) + '\n');
+    return;
+  }
   log('building (or reusing) the benchmark datalake');
   const b = spawnSync('bash', [join(REPO, 'scripts/build-bench-datalake.sh')], { stdio: ['ignore', 'pipe', 'inherit'] });
   if (b.status !== 0) throw new Error('scripts/build-bench-datalake.sh failed');
@@ -447,6 +457,7 @@ async function main(): Promise<void> {
     if (ONLY.has('4')) await scenario4(m);
     if (ONLY.has('5')) await scenario5(m);
     if (ONLY.has('6')) await scenario6(m);
+    if (ONLY.has('7')) await registerScale({ reps: REPS, bigReps: 1, sizes: [100_000, 1_000_000], cliSizes: [100_000], xfs: true, workDir: '/var/tmp', log }, row);
   } finally {
     cleanupAllSync();
     rmSync(runRoot, { recursive: true, force: true });

@@ -41,7 +41,7 @@ export interface CreateLowerStoreResult {
   created: boolean;
 }
 
-function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): void {
+export function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): void {
   for (const d of [
     ...(createStoreDir ? [layout.storeDir] : []),
     join(layout.stateDir, 'profiles/per-user'),
@@ -61,7 +61,7 @@ function ensureStateDirs(layout: LowerStoreLayout, createStoreDir: boolean): voi
   closeSync(openSync(layout.bigLockPath, 'a', 0o600));
 }
 
-function writeSchemaFile(layout: LowerStoreLayout): void {
+export function writeSchemaFile(layout: LowerStoreLayout): void {
   const tmp = `${layout.schemaPath}.narfs-new-${process.pid}`;
   const fd = openSync(tmp, 'w', 0o644);
   try {
@@ -78,6 +78,14 @@ function verifyLive(layout: LowerStoreLayout): void {
   withLiveDatabase(layout, (db) => checkLowerSchema(db, layout));
 }
 
+/** Checks the tables of the live file (no WAL/journal beside it); true when it has all Nix 2.26 creates. */
+function completeLive(layout: LowerStoreLayout): boolean {
+  return withLiveDatabase(layout, (db) => {
+    checkLowerSchema(db, layout);
+    return hasSchemaMigrations(db);
+  });
+}
+
 function hasSchemaMigrations(db: Database.Database): boolean {
   return db.prepare(`select 1 from sqlite_master where type = 'table' and name = 'SchemaMigrations'`).get() !== undefined;
 }
@@ -88,8 +96,12 @@ export async function createLowerStore(lowerRoot: string, options: CreateLowerSt
   const before = checkLowerStoreFiles(layout);
   // With a WAL or journal beside it the live file alone may be incomplete; then the tables
   // are checked on the private copy below, still before anything is written.
-  if (before === 'present' && !hasLiveSidecars(layout)) verifyLive(layout);
+  const complete = before === 'present' && !hasLiveSidecars(layout) && completeLive(layout);
   ensureStateDirs(layout, options.createStoreDir ?? true);
+  // A complete store needs no write, so no lock: the checks above only read, and narfs
+  // never changes the live file in place (a read-write Nix that opens it meanwhile leaves
+  // a WAL, which the next writer folds in under the locks).
+  if (complete) return { layout, created: false };
   const created = await withWriterLocks(layout, options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS, () => {
     const state: LowerStoreState = checkLowerStoreFiles(layout); // again, under the lock
     if (state === 'present') {

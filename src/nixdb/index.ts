@@ -8,6 +8,9 @@
 export { createLowerStore, type CreateLowerStoreOptions, type CreateLowerStoreResult } from './create-lower-store.js';
 export {
   registerValidPaths,
+  registerValidPathBatches,
+  type BatchOutcome,
+  type RegisterBatchesOptions,
   type RegisterValidPathsOptions,
   type RegisterValidPathsResult,
 } from './register-valid-paths.js';

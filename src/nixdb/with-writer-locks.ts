@@ -6,29 +6,24 @@
  *      LocalStore, so holding it exclusively proves no read-write Nix has the database (or
  *      its WAL) open, and keeps new ones out until the rename is done. Read-only
  *      (`read-only=true`) Nix stores take no lock and are safe by construction.
+ * Both are taken by one process chain started with one spawn (lock-file.ts).
  *
  * Invariant: `fn` runs only while both locks are held; both are released however `fn`
  * ends; the whole wait is bounded by `timeoutMs`, after which ERR_DB_LOCKED is thrown.
  */
-import { lockFile } from './lock-file.js';
+import { lockFiles } from './lock-file.js';
 import type { LowerStoreLayout } from './lower-store-layout.js';
 
 export const DEFAULT_LOCK_TIMEOUT_MS = 30_000;
 
 export async function withWriterLocks<T>(layout: LowerStoreLayout, timeoutMs: number, fn: () => T | Promise<T>): Promise<T> {
-  const start = Date.now();
-  const writer = await lockFile(layout.writerLockPath, { timeoutMs, what: `narfs writers of ${layout.dbPath}` });
+  const held = await lockFiles([
+    { path: layout.writerLockPath, what: `narfs writers of ${layout.dbPath}` },
+    { path: layout.bigLockPath, what: `${layout.bigLockPath} (a read-write Nix has the lower store open)` },
+  ], { timeoutMs });
   try {
-    const big = await lockFile(layout.bigLockPath, {
-      timeoutMs: Math.max(0, timeoutMs - (Date.now() - start)),
-      what: `${layout.bigLockPath} (a read-write Nix has the lower store open)`,
-    });
-    try {
-      return await fn();
-    } finally {
-      await big.release();
-    }
+    return await fn();
   } finally {
-    await writer.release();
+    await held.release();
   }
 }

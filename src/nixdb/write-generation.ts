@@ -41,6 +41,9 @@ import Database from 'better-sqlite3';
 import { NarfsError } from '../errors.js';
 import type { LowerStoreLayout } from './lower-store-layout.js';
 
+/** Page cache of the connection that builds a generation, KiB. */
+const BUILD_CACHE_KIB = 512 * 1024;
+
 /** SQLite's names for the files that belong to a database file. */
 export const SIDECAR_SUFFIXES = ['-wal', '-shm', '-journal'] as const;
 
@@ -139,10 +142,14 @@ export function writeGeneration<T>(
       // the mode immutable readers and stale-sidecar-free renames need.
       const mode = db.pragma('journal_mode = DELETE', { simple: true });
       if (mode !== 'delete') throw new NarfsError('ERR_DB_IO', `${gen}: cannot leave journal mode ${String(mode)}`);
-      // The copy is private until renamed; a crash discards it, so no journal or syncs
-      // are needed while building it. One fsync before the rename makes it durable.
-      db.pragma('journal_mode = MEMORY');
+      // The copy is private until renamed and discarded on any failure (also one inside a
+      // transaction), so it needs no journal, no syncs and no file locks while it is built;
+      // one fsync before the rename makes it durable. The cache holds a big batch's pages
+      // (SQLite allocates it only as pages are used).
+      db.pragma('journal_mode = OFF');
       db.pragma('synchronous = OFF');
+      db.pragma('locking_mode = EXCLUSIVE');
+      db.pragma(`cache_size = -${BUILD_CACHE_KIB}`);
       db.pragma('foreign_keys = ON');
       result = build(db);
     } catch (e) {
