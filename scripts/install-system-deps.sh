@@ -11,6 +11,7 @@ pkgs=(
   debootstrap             # the trixie chroot with Nix 2.26 (local-overlay tests)
   python3-swift s3cmd     # the real S3 engine of the s3:// tests (Swift's s3api, scripts/s3_engine.py) and its client
   squashfs-tools squashfuse hyperfine   # benchmark peers
+  xfsprogs                # bench scenario 7: reflink copies of the lower database on a loop-mounted XFS
   diffutils procps psmisc ca-certificates
   openssl                 # test CAs and server certificates (https datalake tests)
   squid                   # the site cache of the fleet test (run by the test, never as a service)

@@ -11,7 +11,7 @@
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { NarfsError } from '../errors.js';
-import { CONTROL_SOCKET } from '../daemon/control-server.js';
+import { CONTROL_SOCKET } from '../daemon/control-socket-path.js';
 import { fromWireError } from '../nixdb/wire-error.js';
 
 export interface ControlLog { level: string; msg: string; fields?: Record<string, unknown> }

@@ -2,6 +2,10 @@
  * The `narfs` command line: argv → command, exit codes, and errors printed with their
  * stable code and hint.
  *
+ * Modules that only one command needs (the daemon, the store stack, the datalake clients)
+ * are imported inside that command, so `narfs register` through a running daemon and the
+ * other short commands start without loading them (start-up time counts: issue 13).
+ *
  * Exit codes: 0 success (also after a clean unmount on SIGINT/SIGTERM), 1 failure,
  * 2 usage error.
  */
@@ -10,16 +14,10 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import { createLogger, type LogFormat } from '../log.js';
 import { buildDatalakeAccess, buildMountConfig } from '../config/mount-config.js';
 import { mergeConfig, readConfigFile, type ConfigSpec } from '../config/config-file.js';
-import { startMount } from '../daemon/mount-daemon.js';
-import { forceUnmount } from '../fuse/fuse-native-mount.js';
 import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, parseDuration } from '../config/mount-config.js';
 import { parseTrustedPublicKeys } from '../nix/signature.js';
-import { openStoreStack } from '../daemon/store-stack.js';
-import { runRegister } from '../daemon/register-operation.js';
 import { callDaemon } from './control-client.js';
-import { NarCache } from '../cache/nar-cache.js';
 import type { VerifyNarCacheResult } from '../cache/verify-nar-cache.js';
-import { runVerifyCache } from '../daemon/verify-cache-operation.js';
 import { readFile } from 'node:fs/promises';
 
 const HELP = `narfs — a lazily materialised /nix/store over FUSE
@@ -229,6 +227,8 @@ async function mountCommand(args: string[]): Promise<number> {
     proxy: values.proxy as string | undefined,
   });
   const logger = createLogger({ format: config.logFormat });
+  const { startMount } = await import('../daemon/mount-daemon.js');
+  const { forceUnmount } = await import('../fuse/fuse-native-mount.js');
   const mount = await startMount(config, logger);
   process.stdout.write(`narfs: mounted ${mount.mountpoint} (datalakes: ${config.datalakes.length}, cache: ${config.cacheDir})\n`);
   return new Promise<number>((resolve) => {
@@ -294,6 +294,8 @@ async function registerCommand(args: string[]): Promise<number> {
       sslCertFile: sslCertFile(values),
       proxy: values.proxy as string | undefined,
     });
+    const { openStoreStack } = await import('../daemon/store-stack.js');
+    const { runRegister } = await import('../daemon/register-operation.js');
     const stack = await openStoreStack({
       datalakes, trustedPublicKeys: keys, requireSigs: values['require-sigs'] !== false, cacheDir, negativeTtlMs: DEFAULT_NEGATIVE_TTL_MS,
       ...(datalakeAccess ? { datalakeAccess } : {}),
@@ -329,7 +331,11 @@ async function verifyCacheCommand(args: string[]): Promise<number> {
   }, timeoutMs);
   const result = viaDaemon
     ? (viaDaemon as unknown as VerifyNarCacheResult)
-    : await runVerifyCache(new NarCache(cacheDir), undefined, logger, AbortSignal.timeout(timeoutMs));
+    : await (async () => {
+      const { NarCache } = await import('../cache/nar-cache.js');
+      const { runVerifyCache } = await import('../daemon/verify-cache-operation.js');
+      return runVerifyCache(new NarCache(cacheDir), undefined, logger, AbortSignal.timeout(timeoutMs));
+    })();
   const mib = (result.bytes / (1 << 20)).toFixed(1);
   process.stdout.write(`narfs: verified ${result.checked} cached NARs (${mib} MiB): ${result.ok} intact, ${result.dropped.length} damaged and dropped\n`);
   return result.dropped.length === 0 ? 0 : 1;

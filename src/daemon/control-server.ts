@@ -25,7 +25,9 @@ import type { StoreStack } from './store-stack.js';
 import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
 
-export const CONTROL_SOCKET = 'control.sock';
+import { CONTROL_SOCKET } from './control-socket-path.js';
+
+export { CONTROL_SOCKET };
 
 /** Longest request line the server reads. */
 export const MAX_REQUEST_BYTES = 1 << 20;

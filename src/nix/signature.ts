@@ -137,8 +137,19 @@ function privateKeyObject(seed: Buffer): KeyObject {
   return createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
 }
 
+/**
+ * The KeyObject of a trusted key, made once per key Buffer: creating it costs more than a
+ * verification, and a closure of thousands of paths checks against the same few keys.
+ */
+const keyObjects = new WeakMap<Buffer, KeyObject>();
+
 function publicKeyObject(key: Buffer): KeyObject {
-  return createPublicKey({ key: Buffer.concat([SPKI_PREFIX, key]), format: 'der', type: 'spki' });
+  let obj = keyObjects.get(key);
+  if (obj === undefined) {
+    obj = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, key]), format: 'der', type: 'spki' });
+    keyObjects.set(key, obj);
+  }
+  return obj;
 }
 
 function derivePublicKey(seed: Buffer): Buffer {
