@@ -4,6 +4,7 @@
       "target_name": "narfs_fuse",
       "sources": [
         "native/src/addon.cc",
+        "native/src/sd-notify.cc",
         "native/src/session.cc",
         "native/src/decode.cc",
         "native/src/dirent_pack.cc"

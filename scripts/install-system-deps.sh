@@ -15,6 +15,8 @@ pkgs=(
   diffutils procps psmisc ca-certificates
   openssl                 # test CAs and server certificates (https datalake tests)
   squid                   # the site cache of the fleet test (run by the test, never as a service)
+  systemd systemd-container   # systemd-analyze verify of systemd/ units; systemd-nspawn boots the units test's container
+  qemu-system-x86         # the virtiofs VM test: QEMU (TCG) and, in qemu-system-common, bookworm's /usr/lib/qemu/virtiofsd
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -17,6 +17,7 @@
 
 #include "dirent_pack.h"
 #include "session.h"
+#include "sd-notify.h"
 
 namespace {
 
@@ -337,6 +338,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dropContent", Napi::Function::New(env, DropContent));
   exports.Set("forgetNode", Napi::Function::New(env, ForgetNode));
   exports.Set("stats", Napi::Function::New(env, GetStats));
+  exports.Set("sdNotify", Napi::Function::New(env, narfs::SdNotify));
   return exports;
 }
 

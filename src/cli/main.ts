@@ -19,6 +19,7 @@ import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { callDaemon } from './control-client.js';
 import type { VerifyNarCacheResult } from '../cache/verify-nar-cache.js';
 import { readFile } from 'node:fs/promises';
+import type { NarfsStatus } from '../daemon/status-operation.js';
 
 const HELP = `narfs — a lazily materialised /nix/store over FUSE
 
@@ -27,6 +28,7 @@ Usage:
   narfs mount <mountpoint> --config FILE [options]
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs verify-cache [--cache-dir DIR] [--log-format text|json]
+  narfs status [--cache-dir DIR] [--json]
   narfs --help
 
 narfs mount options:
@@ -44,6 +46,8 @@ narfs mount options:
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --fuse-backend native|fuse-native  FUSE engine (default native; fuse-native is the libfuse 2 fallback)
   --log-format text|json      log line format on stderr (default text)
+  --metrics-listen HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
+                              (off by default; e.g. 127.0.0.1:9477)
 
 http(s) datalakes (mount and register):
   --netrc-file FILE           credentials per host, in Nix's netrc-file format
@@ -73,6 +77,11 @@ when it was stored, and drops the damaged ones (they are fetched again on the ne
 Through the running daemon of --cache-dir when there is one, else alone. Exit 0 when all
 were intact, 1 when some were dropped.
 
+narfs status asks the daemon serving --cache-dir (default /var/cache/narfs) for its
+datalakes and their health, cache size, hit rates, bytes fetched, fetches in flight, open
+files, inodes and the lower store's generation; --json prints the daemon's answer as it
+is. Exit 0 when every datalake is up, 3 when some is down, 1 when no daemon answers.
+
 The mount stays in the foreground, prints one line when ready, logs one line per
 materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it).
 `;
@@ -92,6 +101,8 @@ export async function main(argv: string[]): Promise<number> {
         return await registerCommand(rest);
       case 'verify-cache':
         return await verifyCacheCommand(rest);
+      case 'status':
+        return await statusCommand(rest);
       default:
         throw new NarfsError('ERR_USAGE', `unknown command "${command}"`);
     }
@@ -156,6 +167,7 @@ const MOUNT_OPTIONS: OptionSpec = {
   'decompress-jobs': { type: 'string' },
   'fuse-backend': { type: 'string' },
   'log-format': { type: 'string' },
+  'metrics-listen': { type: 'string' },
   ...ACCESS_OPTIONS,
 };
 
@@ -225,6 +237,7 @@ async function mountCommand(args: string[]): Promise<number> {
     bearerTokenFile: values['bearer-token-file'] as string[] | undefined,
     sslCertFile: sslCertFile(values),
     proxy: values.proxy as string | undefined,
+    metricsListen: values['metrics-listen'] as string | undefined,
   });
   const logger = createLogger({ format: config.logFormat });
   const { startMount } = await import('../daemon/mount-daemon.js');
@@ -339,4 +352,44 @@ async function verifyCacheCommand(args: string[]): Promise<number> {
   const mib = (result.bytes / (1 << 20)).toFixed(1);
   process.stdout.write(`narfs: verified ${result.checked} cached NARs (${mib} MiB): ${result.ok} intact, ${result.dropped.length} damaged and dropped\n`);
   return result.dropped.length === 0 ? 0 : 1;
+}
+
+async function statusCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { 'cache-dir': { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs status takes no positional arguments');
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 60_000;
+  const answer = await callDaemon(cacheDir, { op: 'status' }, () => {}, timeoutMs);
+  if (!answer) {
+    throw new NarfsError('ERR_CONTROL', `no narfs daemon serves ${cacheDir}`, { hint: 'Start narfs mount (or narfs.service), or pass the --cache-dir it uses.' });
+  }
+  const { type: _type, ...status } = answer;
+  const st = status as unknown as NarfsStatus;
+  process.stdout.write(values.json ? JSON.stringify(st) + '\n' : formatStatus(st));
+  return st.datalakes.every((d) => d.up) ? 0 : 3;
+}
+
+/** `narfs status` for people: one fact per line. */
+export function formatStatus(st: NarfsStatus): string {
+  const pct = (r: number | undefined) => (r === undefined ? 'n/a' : `${(r * 100).toFixed(1)}%`);
+  const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
+  const lines = [
+    `narfs ${st.mountpoint} (pid ${st.pid}, ${st.backend} engine, up ${st.uptimeSeconds}s)`,
+    'datalakes:',
+    ...st.datalakes.map((d) => `  ${d.up ? 'up  ' : 'DOWN'} ${d.url}${d.priority === undefined ? '' : ` (priority ${d.priority})`}` +
+      (d.up ? '' : ` since ${d.downSince ?? '?'}, ${d.failedProbes} failed probes${d.error ? `: ${d.error.code} ${d.error.message}` : ''}`)),
+    `cache: ${st.cache.dir}, ${mib(st.cache.sizeBytes)} on disk`,
+    `narinfo cache: ${st.narinfoCache.hits} hits, ${st.narinfoCache.misses} misses (hit rate ${pct(st.narinfoCache.hitRate)})`,
+    `NAR cache: ${st.narCache.hits} hits, ${st.narCache.fetches} fetches, ${st.narCache.fetchErrors} failed (hit rate ${pct(st.narCache.hitRate)})`,
+    `fetched: ${mib(st.narCache.bytesFetched)} of NARs (${mib(st.narCache.bytesDownloaded)} downloaded), ${st.narCache.inFlight} in flight`,
+    `fuse: ${st.fuse.openFiles} open files, ${st.fuse.inodes} inodes, ${st.fuse.processOpenFds ?? '?'} process fds` +
+      (st.fuse.engine ? `; requests ${st.fuse.engine.inC} in C, ${st.fuse.engine.toJs} in JS; ${st.fuse.engine.readsInC} reads in C (${mib(st.fuse.engine.bytesInC)})` : ''),
+  ];
+  if (st.lower) lines.push(`lower store: ${st.lower.root}, db generation ${st.lower.generation ? `inode ${st.lower.generation.ino}, written ${st.lower.generation.mtime}` : 'none yet'}`);
+  if (st.lowerSocket) lines.push(`lower-store socket: ${st.lowerSocket}`);
+  return lines.join('\n') + '\n';
 }

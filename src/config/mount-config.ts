@@ -47,6 +47,8 @@ export interface MountConfig {
    * fallback). Default: $NARFS_FUSE_BACKEND, else 'native'.
    */
   fuseBackend?: 'native' | 'fuse-native';
+  /** HOST:PORT of the Prometheus endpoint (GET /metrics); off when unset. */
+  metricsListen?: string;
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
@@ -81,6 +83,7 @@ export interface RawMountOptions {
   bearerTokenFile?: string[];
   sslCertFile?: string;
   proxy?: string;
+  metricsListen?: string;
 }
 
 /**
@@ -141,5 +144,6 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     }
     config.fuseBackend = raw.fuseBackend;
   }
+  if (raw.metricsListen !== undefined) config.metricsListen = raw.metricsListen;
   return config;
 }

@@ -3,7 +3,7 @@
  * `narfs register` use the running daemon (LevelDB allows one process per cache) instead
  * of opening the cache themselves.
  *
- * Protocol: the client sends one JSON line `{"op":"register", …}` or `{"op":"verify-cache"}`; the server answers
+ * Protocol: the client sends one JSON line `{"op":"register", …}`, `{"op":"verify-cache"}` or `{"op":"status"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
  * `{"type":"result",…}` or `{"type":"error","code","message","hint","details"}` (a
  * WireError, src/nixdb/wire-error.ts), then closes. A request that is not one JSON object
@@ -41,6 +41,8 @@ export interface ControlServerOptions {
   stack: StoreStack;
   defaultLower: string | undefined;
   logger: Logger;
+  /** The daemon's status (op `status`, src/daemon/status-operation.ts). */
+  status?: () => Promise<object>;
   /** How long a client may take to send its request line (default 10 s). */
   requestTimeoutMs?: number;
 }
@@ -108,6 +110,10 @@ async function handle(socket: Socket, options: ControlServerOptions): Promise<vo
       warn: (msg, fields) => { options.logger.warn(msg, fields); send({ type: 'log', level: 'warn', msg, fields: plain(fields) }); },
       error: (msg, fields) => { options.logger.error(msg, fields); send({ type: 'log', level: 'error', msg, fields: plain(fields) }); },
     };
+    if (request.op === 'status' && options.status) {
+      send({ type: 'result', ...(await options.status()) });
+      return;
+    }
     if (request.op === 'verify-cache') {
       const result = await runVerifyCache(options.stack.nars, options.stack.store, log, aborted.signal);
       send({ type: 'result', ...result });

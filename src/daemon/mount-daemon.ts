@@ -5,6 +5,8 @@
  * Invariants: a stale mount left by a crashed run ("Transport endpoint is not connected")
  * is detached before mounting; `close()` unmounts first (so no new requests arrive), then
  * aborts fetches in flight, then closes caches and datalakes; every step is bounded.
+ * Under systemd (Type=notify) READY=1 is sent only after the mount answered a statfs from
+ * another process (mountState 'live'), and STOPPING=1 before the unmount.
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -23,6 +25,10 @@ import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
 import { NativeMount, type NativeStats } from '../fuse/native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
+import { FUSE_OPS, NarfsMetrics } from './metrics.js';
+import { startMetricsServer } from './metrics-server.js';
+import { CacheSizeProbe, runStatus, type NarfsStatus } from './status-operation.js';
+import { SystemdNotifier } from './systemd-notify.js';
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -31,14 +37,32 @@ export interface RunningMount {
   readonly fs: StoreFilesystem;
   /** The FUSE engine serving the mount, and its counters (native engine only). */
   readonly engine: { backend: 'native' | 'fuse-native'; stats(): NativeStats | undefined };
+  /** Counters and histograms of this mount (also served on --metrics-listen). */
+  readonly metrics: NarfsMetrics;
+  /** host:port of the metrics endpoint, when --metrics-listen was given. */
+  readonly metricsAddress: string | undefined;
+  /** What `narfs status` shows. */
+  status(): Promise<NarfsStatus>;
   close(): Promise<void>;
 }
 
 export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
   const mountpoint = resolve(config.mountpoint);
+  const notifier = new SystemdNotifier(logger);
+  notifier.status(`preparing ${mountpoint}`);
   await prepareMountpoint(mountpoint, logger);
   if (config.decompressJobs !== undefined) setDecompressionConcurrency(config.decompressJobs);
-  const stack = await openStoreStack(config, logger);
+  // The gauges read what exists once the mount is up (undefined before).
+  let live: { stack: Awaited<ReturnType<typeof openStoreStack>>; fs: StoreFilesystem; engine: RunningMount['engine'] } | undefined;
+  const cacheSize = new CacheSizeProbe(config.cacheDir);
+  const metrics = new NarfsMetrics({
+    datalakes: () => live?.stack.datalakes.status() ?? [],
+    inodes: () => live?.fs.inodeCount,
+    cacheSizeBytes: () => cacheSize.current(),
+    engine: () => live?.engine.stats(),
+  });
+  notifier.status(`opening the datalakes and the cache ${config.cacheDir}`);
+  const stack = await openStoreStack(config, logger, metrics);
   const cleanups = new CleanupStack(logger);
   cleanups.push(() => stack.close());
   try {
@@ -54,10 +78,20 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
       ...(config.allowOther === undefined ? {} : { allowOther: config.allowOther }),
     };
-    const fuse = backend === 'native' ? new NativeMount(fs, fuseOptions) : new FuseNativeMount(fs, fuseOptions);
+    // The engines see the filesystem through the metrics' timing proxy (per FUSE op).
+    const served = metrics.timedFilesystem(fs, FUSE_OPS);
+    const fuse = backend === 'native' ? new NativeMount(served, fuseOptions) : new FuseNativeMount(served, fuseOptions);
+    notifier.status(`mounting ${mountpoint}`);
     await fuse.mount();
     cleanups.push(() => fuse.unmount());
-    const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger });
+    const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
+    live = { stack, fs, engine };
+    const startedAt = Date.now();
+    const status = () => runStatus({
+      mountpoint, backend, cacheDir: config.cacheDir, lower: config.lower, lowerSocket: config.lowerSocket,
+      datalakes: stack.datalakes, metrics, cacheSize, inodes: () => fs.inodeCount, engine: engine.stats, startedAt,
+    });
+    const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger, status });
     cleanups.push(() => control.close());
     if (config.lowerSocket) {
       const lowerd = await startLowerDaemon(resolve(config.lowerSocket), {
@@ -68,8 +102,26 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       });
       cleanups.push(() => lowerd.close());
     }
-    const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
-    return { mountpoint, store, materialiser, fs, engine, close: () => cleanups.run() };
+    let metricsAddress: string | undefined;
+    if (config.metricsListen) {
+      const server = await startMetricsServer(config.metricsListen, metrics.registry);
+      cleanups.push(() => server.close());
+      metricsAddress = server.address;
+      logger.info('metrics endpoint listening', { url: `http://${metricsAddress}/metrics` });
+    }
+    // READY only once another process got an answer from the mount (not merely INIT).
+    const state = await mountState(mountpoint);
+    if (state !== 'live') throw new NarfsError('ERR_MOUNT', `${mountpoint} does not answer after mounting (${state})`);
+    const summary = () => {
+      const ds = stack.datalakes.status();
+      return `serving ${mountpoint}: ${ds.filter((d) => d.up).length}/${ds.length} datalakes up, ` +
+        `${metrics.narBytes.series.size === 0 ? 0 : [...metrics.narBytes.series.values()].reduce((a, s) => a + s.value, 0)} NAR bytes fetched`;
+    };
+    notifier.ready(summary(), summary);
+    cleanups.push(async () => notifier.stopping(`unmounting ${mountpoint}`));
+    return {
+      mountpoint, store, materialiser, fs, engine, metrics, metricsAddress, status, close: () => cleanups.run(),
+    };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);

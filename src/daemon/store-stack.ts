@@ -24,6 +24,7 @@ import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
 import { CleanupStack } from './cleanup-stack.js';
+import type { NarfsMetrics } from './metrics.js';
 
 export interface StoreStackConfig {
   datalakes: string[];
@@ -48,11 +49,14 @@ export interface StoreStack {
   close(): Promise<void>;
 }
 
-export async function openStoreStack(config: StoreStackConfig, logger: Logger): Promise<StoreStack> {
+/** `metrics`: fed by the datalakes, the metadata cache and the materialiser (narfs mount). */
+export async function openStoreStack(config: StoreStackConfig, logger: Logger, metrics?: NarfsMetrics): Promise<StoreStack> {
   checkSignaturePolicy({ requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys });
   const cleanups = new CleanupStack(logger);
   try {
-    const datalakes = DatalakeSet.fromUrls(config.datalakes, { logger, ...config.datalakeAccess });
+    const datalakes = DatalakeSet.fromUrls(config.datalakes, {
+      logger, ...config.datalakeAccess, ...(metrics ? { onRequest: metrics.datalakeRequests() } : {}),
+    });
     cleanups.push(() => datalakes.close());
     // Offline start: with no datalake answering, the caches still serve what they hold;
     // the set probes the datalakes in the background and uses them when they come back.
@@ -67,14 +71,17 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger): 
     });
     const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
     cleanups.push(() => meta.close());
-    const nars = new NarCache(config.cacheDir);
-    await nars.init();
+    const plainNars = new NarCache(config.cacheDir);
+    await plainNars.init();
+    const nars = metrics ? metrics.countingNarCache(plainNars) : plainNars;
     const shutdown = new AbortController();
     cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
-    const infos = new PathInfoService(datalakes, meta,
+    const infos = new PathInfoService(datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
       { negativeTtlMs: config.negativeTtlMs, logger });
-    const materialiser = new Materialiser(nars, { logger, datalakes, signal: shutdown.signal });
+    const materialiser = new Materialiser(nars, {
+      logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
+    });
     const store = new LazyStore(infos, materialiser, meta, nars,
       { logger, datalakes, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
     await store.loadKnown();

@@ -79,6 +79,8 @@ export interface DatalakeSetOptions {
   probeTimeoutMs?: number;
   /** How long a request that only a down datalake can answer waits for its probe. Default 1000 ms. */
   probeWaitMs?: number;
+  /** Told of every request to a datalake: its display URL, seconds to the answer, success (metrics). */
+  onRequest?: (datalake: string, seconds: number, ok: boolean) => void;
   /** @deprecated read as `probeBaseMs` (kept for callers written before background probing). */
   reopenAfterMs?: number;
 }
@@ -159,6 +161,7 @@ export class DatalakeSet {
   private readonly probeMaxMs: number;
   private readonly probeTimeoutMs: number;
   private readonly probeWaitMs: number;
+  private readonly onRequest: DatalakeSetOptions['onRequest'];
   /** Aborted by close(): probes in flight stop. */
   private readonly closer = fanOutController();
   private opened = false;
@@ -183,6 +186,7 @@ export class DatalakeSet {
     this.probeMaxMs = Math.max(this.probeBaseMs, options.probeMaxMs ?? 60_000);
     this.probeTimeoutMs = options.probeTimeoutMs ?? 5000;
     this.probeWaitMs = options.probeWaitMs ?? 1000;
+    this.onRequest = options.onRequest;
   }
 
   /** Builds the backends for `urls` (see openDatalake); nothing is opened yet. */
@@ -384,9 +388,13 @@ export class DatalakeSet {
   /** One request, with the health accounting: fails fast while `e` is down. */
   private async call<T>(e: Entry, options: GetOptions, get: (d: Datalake) => Promise<T>): Promise<T> {
     if (e.down) throw downError(e);
+    const t0 = performance.now();
     try {
-      return await get(e.datalake);
+      const r = await get(e.datalake);
+      this.onRequest?.(e.datalake.displayUrl, (performance.now() - t0) / 1000, true);
+      return r;
     } catch (err) {
+      this.onRequest?.(e.datalake.displayUrl, (performance.now() - t0) / 1000, false);
       const error = asNarfsError(err, e.datalake);
       this.noteFailure(e, error, options.signal);
       throw error;

@@ -65,6 +65,15 @@ export interface MaterialiserOptions {
   retryBaseMs?: number;
   /** Aborted on shutdown: fetches in flight stop and clean up. */
   signal?: AbortSignal;
+  /** Told of each fetch attempt (metrics; src/daemon/metrics.ts). */
+  events?: MaterialiserEvents;
+}
+
+/** What the materialiser reports to a listener: each fetch attempt. */
+export interface MaterialiserEvents {
+  fetchStarted(datalake: string): void;
+  /** `narSize`/`fileSize` (NarSize and FileSize of the narinfo) only when it succeeded. */
+  fetchEnded(datalake: string, ok: boolean, seconds: number, narSize?: number, fileSize?: number): void;
 }
 
 export interface Materialised {
@@ -119,9 +128,15 @@ export class Materialiser {
     }
     const attempts = Math.max(1, this.#opts.attempts ?? 3);
     for (let attempt = 1; ; attempt++) {
+      const ev = this.#opts.events;
+      const t0 = performance.now();
+      ev?.fetchStarted(info.datalake.displayUrl);
       try {
-        return await this.#fetch(name, info);
+        const m = await this.#fetch(name, info);
+        ev?.fetchEnded(info.datalake.displayUrl, true, (performance.now() - t0) / 1000, info.narInfo.narSize, info.narInfo.fileSize);
+        return m;
       } catch (e) {
+        ev?.fetchEnded(info.datalake.displayUrl, false, (performance.now() - t0) / 1000);
         const err = toNarfsError(e);
         const retry = attempt < attempts && TRANSIENT.has(err.code) && !isDatalakeDown(err) && !this.#opts.signal?.aborted;
         this.#opts.logger.error(retry ? 'NAR fetch failed; retrying' : 'NAR fetch failed', {

@@ -1,0 +1,169 @@
+/**
+ * narfs.service under a real systemd: a `systemd-nspawn` container with systemd as PID 1,
+ * booted from this machine's own /usr (`--volatile=yes`: a tmpfs root, /usr read-only from
+ * the host, so no image has to be built or downloaded; the checkout, its node_modules and
+ * the fixture datalakes are bound in read-only at the same paths; /dev/fuse is bound in;
+ * `--private-network`: nothing inside reaches the host's network).
+ *
+ * The units are the ones scripts/install-units.sh writes, with one test drop-in
+ * (WatchdogSec=4s, so a stall is seen in seconds) and systemd-networkd-wait-online masked
+ * (in a private network it would hold network-online.target for two minutes). Presets
+ * disable everything (an empty /etc is a first boot, where presets enable every service).
+ *
+ * Checked: `systemctl start` returns (READY=1) only when the mount answers — right after
+ * it, the mountpoint is a fuse.narfs mount and a store file reads back; STATUS= is shown;
+ * watchdog pings arrive; kill -9 of the daemon → systemd restarts it and the mount comes
+ * back; a stopped (SIGSTOP) daemon → the watchdog restarts it; `systemctl stop` → exit 0,
+ * nothing mounted.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, realpath, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { loadFixtures, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
+import { skipOrFail } from '../support/environment.js';
+
+const execFileP = promisify(execFile);
+const CHECKOUT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+const MOUNTPOINT = '/var/lib/narfs/lower/nix/store';
+/** Bound of a container boot, a unit start or a restart on a loaded 2-core machine. */
+const STEP_MS = 180_000;
+
+async function eventually<T>(what: string, f: () => Promise<T | undefined>, ms = STEP_MS): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) assert.fail(`${what}: not within ${ms / 1000} s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
+  this.timeout(15 * 60_000);
+  let fixtures: Fixtures;
+  let dir: string;
+  let nspawn: ChildProcess | undefined;
+  let console_ = '';
+  let leader = 0;
+
+  /** Runs a command inside the container (all its namespaces). */
+  const inside = async (cmd: string[], timeoutMs = STEP_MS) =>
+    execFileP('nsenter', ['-t', String(leader), '-a', ...cmd], { timeout: timeoutMs, maxBuffer: 16 << 20 });
+  const show = async (): Promise<Record<string, string>> => {
+    const { stdout } = await inside(['systemctl', 'show', 'narfs.service', '-p', 'ActiveState', '-p', 'SubState', '-p', 'MainPID',
+      '-p', 'NRestarts', '-p', 'Result', '-p', 'StatusText', '-p', 'ExecMainStatus', '-p', 'WatchdogTimestampMonotonic',
+      '-p', 'ActiveEnterTimestampMonotonic']);
+    return Object.fromEntries(stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  };
+  const fstype = async () => (await inside(['findmnt', '-n', '-o', 'FSTYPE', MOUNTPOINT]).catch(() => ({ stdout: '' }))).stdout.trim();
+  let file: { path: string; size: number };
+
+  before(async function () {
+    this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
+    const tools = await Promise.all(['systemd-nspawn', 'nsenter', 'findmnt'].map((t) => execFileP('sh', ['-c', `command -v ${t}`]).then(() => true, () => false)));
+    if (tools.includes(false) || process.getuid?.() !== 0) skipOrFail(this, 'systemd-nspawn (package systemd-container), nsenter, findmnt and root');
+    fixtures = await loadFixtures();
+    const single = fixtures.paths.find((p) => p.role === 'single-file')!;
+    file = { path: `${MOUNTPOINT}/${basename(single.storePath)}`, size: 0 };
+    dir = await mkdtemp(join(tmpdir(), 'narfs-nspawn-'));
+    const root = join(dir, 'root');
+    await execFileP('bash', [join(CHECKOUT, 'scripts/install-units.sh'), '--prefix', root, '--narfs', join(CHECKOUT, 'bin/narfs'),
+      '--mountpoint', MOUNTPOINT, '--no-reload']);
+    const units = join(root, 'etc/systemd/system');
+    await writeFile(join(root, 'etc/narfs/narfs.conf'),
+      `datalake = ${fixtures.datalakes['xz'].url}\ntrusted-public-keys = ${fixtures.publicKey}\ncache-dir = /var/cache/narfs-nspawn-test\n`);
+    await mkdir(join(units, 'narfs.service.d'));
+    await writeFile(join(units, 'narfs.service.d/test.conf'), '[Service]\nWatchdogSec=4s\n');
+    await symlink('/dev/null', join(units, 'systemd-networkd-wait-online.service'));
+    await mkdir(join(dir, 'preset'));
+    await writeFile(join(dir, 'preset/99-narfs-test.preset'), 'disable *\n');
+    const nodeModules = await realpath(join(CHECKOUT, 'node_modules'));
+    const binds = [`--bind-ro=${CHECKOUT}`, `--bind-ro=${fixtures.dir}`, `--bind=${units}:/etc/systemd/system`,
+      `--bind-ro=${join(root, 'etc/narfs')}:/etc/narfs`, `--bind-ro=${join(dir, 'preset')}:/etc/systemd/system-preset`, '--bind=/dev/fuse'];
+    if (!nodeModules.startsWith(`${CHECKOUT}/`)) binds.push(`--bind-ro=${nodeModules}`);
+    nspawn = spawn('systemd-nspawn', ['-D', '/', '--volatile=yes', '-b', '--register=no', '--keep-unit', '--private-network',
+      '--console=pipe', '-M', `narfs-test-${process.pid}`, ...binds], { stdio: ['ignore', 'pipe', 'pipe'] });
+    nspawn.stdout!.on('data', (d: Buffer) => (console_ += d.toString()));
+    nspawn.stderr!.on('data', (d: Buffer) => (console_ += d.toString()));
+    const pid = nspawn.pid!;
+    // The container's PID 1 is the nspawn process's child named systemd.
+    leader = await eventually('the container\'s systemd', async () => {
+      if (nspawn!.exitCode !== null) assert.fail(`systemd-nspawn exited ${nspawn!.exitCode}: ${console_}`);
+      const kids = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '')).trim().split(/\s+/).filter(Boolean);
+      for (const k of kids) if ((await readFile(`/proc/${k}/comm`, 'utf8').catch(() => '')).trim() === 'systemd') return Number(k);
+      return undefined;
+    });
+    // Booted: "running" or "degraded" (a unit of the host's /usr may fail in a container).
+    await eventually('the container to boot', async () => {
+      const { stdout } = await inside(['systemctl', 'is-system-running']).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }));
+      return ['running', 'degraded'].includes(stdout.trim()) ? true : undefined;
+    });
+  });
+
+  after(async () => {
+    if (nspawn && nspawn.exitCode === null) {
+      const exited = new Promise<void>((r) => nspawn!.once('exit', () => r()));
+      await inside(['systemctl', 'poweroff'], 30_000).catch(() => {});
+      const t = setTimeout(() => nspawn!.kill('SIGKILL'), 60_000);
+      await exited;
+      clearTimeout(t);
+    }
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('systemctl start returns only once the mount answers (READY=1 after the mount), with a STATUS line', async () => {
+    assert.equal(await fstype(), '', 'nothing is mounted before the start');
+    await inside(['systemctl', 'start', 'narfs.service']);
+    // No wait here: READY must imply a working mount.
+    assert.equal(await fstype(), 'fuse.narfs');
+    const { stdout } = await inside(['cat', file.path]);
+    assert.ok(stdout.length > 0);
+    file.size = stdout.length;
+    const s = await show();
+    assert.equal(s.ActiveState, 'active');
+    assert.match(s.StatusText!, /^serving \/var\/lib\/narfs\/lower\/nix\/store: 1\/1 datalakes up/);
+  });
+
+  it('sends watchdog pings', async () => {
+    const first = Number((await show()).WatchdogTimestampMonotonic);
+    await eventually('a newer WATCHDOG=1', async () => (Number((await show()).WatchdogTimestampMonotonic) > first ? true : undefined), 30_000);
+  });
+
+  it('kill -9 of the daemon: systemd restarts it and the mount comes back', async () => {
+    const before = await show();
+    await inside(['kill', '-9', before.MainPID!]);
+    const after = await eventually('a restarted narfs', async () => {
+      const s = await show();
+      return s.ActiveState === 'active' && s.MainPID !== before.MainPID && Number(s.NRestarts) === Number(before.NRestarts) + 1 ? s : undefined;
+    });
+    assert.notEqual(after.MainPID, '0');
+    assert.equal(await fstype(), 'fuse.narfs');
+    assert.equal((await inside(['cat', file.path])).stdout.length, file.size);
+  });
+
+  it('a stalled daemon (SIGSTOP) stops its pings: the watchdog restarts it', async () => {
+    const before = await show();
+    await inside(['kill', '-STOP', before.MainPID!]);
+    const after = await eventually('a watchdog restart', async () => {
+      const s = await show();
+      return s.ActiveState === 'active' && s.MainPID !== before.MainPID && Number(s.NRestarts) > Number(before.NRestarts) ? s : undefined;
+    });
+    const { stdout } = await inside(['journalctl', '-u', 'narfs.service', '--no-pager', '-o', 'cat']);
+    assert.match(stdout, /Failed with result 'watchdog'/);
+    assert.notEqual(after.MainPID, before.MainPID);
+    assert.equal((await inside(['cat', file.path])).stdout.length, file.size);
+  });
+
+  it('systemctl stop: the daemon unmounts and exits 0', async () => {
+    await inside(['systemctl', 'stop', 'narfs.service']);
+    const s = await show();
+    assert.equal(s.ActiveState, 'inactive');
+    assert.equal(s.Result, 'success');
+    assert.equal(s.ExecMainStatus, '0');
+    assert.equal(await fstype(), '');
+  });
+});
