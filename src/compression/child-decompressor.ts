@@ -42,6 +42,12 @@ export class ChildDecompressor extends Duplex {
   #inputEnded = false;
   #exited = false;
   #pendingWrite: ((error?: Error | null) => void) | undefined;
+  /** The consumer wants data (no push has said "full" since its last read). */
+  #wantMore = true;
+  /** Output that arrived while the consumer did not want more; pushed on its next read. */
+  readonly #held: Buffer[] = [];
+  /** The child exited cleanly: end the stream once the held output is out. */
+  #endPending = false;
 
   /** Use `spawnDecompressor`; this takes a child that has already spawned. */
   constructor(child: ChildProcess, command: string, release: ReleaseSlot) {
@@ -66,7 +72,17 @@ export class ChildDecompressor extends Duplex {
     stdin.on('drain', () => this.#flushPendingWrite());
 
     stdout.on('data', (chunk: Buffer) => {
-      if (!this.push(chunk)) stdout.pause();
+      // A chunk that arrives after push() said "full" (a resume and a pause can cross)
+      // waits here until the consumer reads, so nothing is pushed past the bound.
+      if (!this.#wantMore) {
+        this.#held.push(chunk);
+        stdout.pause();
+        return;
+      }
+      if (!this.push(chunk)) {
+        this.#wantMore = false;
+        stdout.pause();
+      }
     });
     stdout.on('error', () => {
       // Reported through the exit status (a child whose stdout breaks dies of SIGPIPE).
@@ -89,7 +105,8 @@ export class ChildDecompressor extends Duplex {
       this.#release();
       if (this.destroyed) return;
       if (code === 0 && this.#inputEnded && !this.#stdinBroken) {
-        this.push(null);
+        if (this.#held.length === 0) this.push(null);
+        else this.#endPending = true;
         return;
       }
       let why: string;
@@ -127,7 +144,16 @@ export class ChildDecompressor extends Duplex {
   }
 
   override _read(): void {
-    this.#child.stdout!.resume();
+    this.#wantMore = true;
+    while (this.#held.length > 0 && this.#wantMore) {
+      if (!this.push(this.#held.shift()!)) this.#wantMore = false;
+    }
+    if (this.#held.length === 0 && this.#endPending) {
+      this.#endPending = false;
+      this.push(null);
+      return;
+    }
+    if (this.#wantMore) this.#child.stdout!.resume();
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
