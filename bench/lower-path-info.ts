@@ -15,7 +15,7 @@
  * Invariant: a benchmark, not a test — it fails only when the two answers differ; it
  * removes every directory and closes every socket it made, in a finally.
  */
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -36,13 +36,17 @@ type Row = { values: number[]; notes: string[] };
 
 const NIX_ENV = { ...process.env, NIX_CONFIG: 'experimental-features = nix-command\nbuild-users-group =\nsandbox = false\nsubstituters =\n' };
 
-function pathInfo(store: string, top: string): { ms: number; paths: Array<{ path: string; narHash: string }> } {
+/** One `nix path-info` run; asynchronous, since the socket side is served by this very process. */
+function pathInfo(store: string, top: string): Promise<{ ms: number; paths: Array<{ path: string; narHash: string }> }> {
   const t0 = performance.now();
-  const r = spawnSync('nix', ['path-info', '--store', store, '--json', '-r', top], { env: NIX_ENV, encoding: 'utf8' });
-  const ms = performance.now() - t0;
-  if (r.status !== 0) throw new Error(`nix path-info --store ${store} failed: ${r.stderr}`);
-  const parsed = JSON.parse(r.stdout) as Array<{ path: string; narHash: string }>;
-  return { ms, paths: parsed.map((p) => ({ path: p.path, narHash: p.narHash })).sort((a, b) => (a.path < b.path ? -1 : 1)) };
+  return new Promise((resolve, reject) => {
+    execFile('nix', ['path-info', '--store', store, '--json', '-r', top], { env: NIX_ENV, timeout: 120_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const ms = performance.now() - t0;
+      if (err) return reject(new Error(`nix path-info --store ${store} failed: ${String(stderr)}`));
+      const parsed = JSON.parse(String(stdout)) as Array<{ path: string; narHash: string }>;
+      resolve({ ms, paths: parsed.map((p) => ({ path: p.path, narHash: p.narHash })).sort((a, b) => (a.path < b.path ? -1 : 1)) });
+    });
+  });
 }
 
 export async function lowerPathInfo(opts: LowerPathInfoOptions, row: (scenario: string, contender: string, unit?: 'ms', reference?: boolean) => Row): Promise<void> {
@@ -71,16 +75,16 @@ export async function lowerPathInfo(opts: LowerPathInfoOptions, row: (scenario: 
     const dbStore = join(dir, 'db-store');
     cpSync(lower, dbStore, { recursive: true });
     const viaSocket = `unix://${socket}`;
-    const a = pathInfo(viaSocket, fixtures.top);
-    const b = pathInfo(dbStore, fixtures.top);
+    const a = await pathInfo(viaSocket, fixtures.top);
+    const b = await pathInfo(dbStore, fixtures.top);
     if (JSON.stringify(a.paths) !== JSON.stringify(b.paths)) throw new Error('the socket and the database describe the closure differently');
     opts.log(`8 lower path-info: ${a.paths.length} paths, same answer from both`);
     const name = `8 lower store: nix path-info -r of ${a.paths.length} paths`;
     const db = row(name, 'lower database (narfs register)', 'ms', true);
     const sock = row(name, 'narfs --lower-socket', 'ms');
     for (let i = 0; i < opts.reps; i++) {
-      db.values.push(pathInfo(dbStore, fixtures.top).ms);
-      sock.values.push(pathInfo(viaSocket, fixtures.top).ms);
+      db.values.push((await pathInfo(dbStore, fixtures.top)).ms);
+      sock.values.push((await pathInfo(viaSocket, fixtures.top)).ms);
     }
     sock.notes.push('worker protocol 1.34 (host Nix 2.8); narinfos from the warm metadata cache');
   } finally {

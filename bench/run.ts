@@ -15,7 +15,8 @@
  *   30 ms, which would leave the mounts behind.
  *
  * Usage: node --import tsx bench/run.ts (npm run bench --) [--reps N (default 5)] [--latency-ms 20] [--bandwidth-mbit 1000]
- *        [--only 1,2,3,4,5,6,7] [--no-results-md]   (7: registration, bench/register-scale.ts)
+ *        [--only 1,2,3,4,5,6,7,8] [--no-results-md]   (7: registration, bench/register-scale.ts;
+ *        8: nix path-info through the lower socket vs the lower database, bench/lower-path-info.ts)
  * Writes bench/results/latest.json and (unless --only or --no-results-md) bench/RESULTS.md.
  */
 import { spawnSync } from 'node:child_process';
@@ -30,6 +31,7 @@ import {
   cleanupStaleRuns, type NarfsMount,
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
+import { lowerPathInfo } from './lower-path-info.js';
 import { concurrentReaders, readEverything, readFileSequential, replayWorkload, runCommand, walkMetadata, type WorkloadOp } from './workloads.js';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -68,7 +70,7 @@ const { values: args } = parseArgs({
 const REPS = Number(args.reps);
 const LATENCY_MS = Number(args['latency-ms']);
 const BYTES_PER_SECOND = Math.round((Number(args['bandwidth-mbit']) * 1e6) / 8);
-const ONLY = new Set((args.only ?? '1,2,3,4,5,6,7').split(',').map((s) => s.trim()));
+const ONLY = new Set((args.only ?? '1,2,3,4,5,6,7,8').split(',').map((s) => s.trim()));
 const NIX_ENV = {
   ...process.env,
   NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n',
@@ -430,13 +432,15 @@ async function main(): Promise<void> {
   const started = performance.now();
   installCleanupHandlers(() => { if (runRoot) rmSync(runRoot, { recursive: true, force: true }); });
   cleanupStaleRuns(TMP_PREFIX);
-  if ([...ONLY].every((s) => s === '7')) {
-    // Scenario 7 needs only the fixture datalakes, not the benchmark datalake.
-    await registerScale({ reps: REPS, bigReps: 1, sizes: [100_000, 1_000_000], cliSizes: [100_000], xfs: true, workDir: '/var/tmp', log }, row);
+  if ([...ONLY].every((s) => s === '7' || s === '8')) {
+    // Scenarios 7 and 8 need only the fixture datalakes, not the benchmark datalake.
+    if (ONLY.has('7')) await registerScale({ reps: REPS, bigReps: 1, sizes: [100_000, 1_000_000], cliSizes: [100_000], xfs: true, workDir: '/var/tmp', log }, row);
+    if (ONLY.has('8')) await lowerPathInfo({ reps: Math.max(REPS, 10), log }, row);
     const sum = summarise();
     process.stdout.write(`\n${table(sum)}\n`);
     mkdirSync(join(REPO, 'bench/results'), { recursive: true });
-    writeFileSync(join(REPO, 'bench/results/latest-register.json'), JSON.stringify({ date: new Date().toISOString(), reps: REPS, machine: machine(), results: sum }, null, 2) + '\n');
+    const file = ONLY.has('7') ? 'latest-register.json' : 'latest-lower.json';
+    writeFileSync(join(REPO, 'bench/results', file), JSON.stringify({ date: new Date().toISOString(), reps: REPS, machine: machine(), results: sum }, null, 2) + '\n');
     return;
   }
   log('building (or reusing) the benchmark datalake');
@@ -458,6 +462,7 @@ async function main(): Promise<void> {
     if (ONLY.has('5')) await scenario5(m);
     if (ONLY.has('6')) await scenario6(m);
     if (ONLY.has('7')) await registerScale({ reps: REPS, bigReps: 1, sizes: [100_000, 1_000_000], cliSizes: [100_000], xfs: true, workDir: '/var/tmp', log }, row);
+    if (ONLY.has('8')) await lowerPathInfo({ reps: Math.max(REPS, 10), log }, row);
   } finally {
     cleanupAllSync();
     rmSync(runRoot, { recursive: true, force: true });
