@@ -1,10 +1,12 @@
 /**
  * The native engine mounted through fusermount3: the daemon gets its /dev/fuse descriptor
  * from fusermount3 over SCM_RIGHTS, serves a store path to its user, and unmounts on
- * SIGTERM. Run as root, and as `nobody` (the unprivileged case) where /dev/fuse lets other
- * users open it (fusermount3 opens it with the caller's rights; a 0600 /dev/fuse, as in
- * some containers, disables unprivileged FUSE and that case is skipped). Probes run as the
- * daemon's user: without allow_other the kernel refuses every other uid, root included.
+ * SIGTERM. Run as root, and as `nobody` (the unprivileged case). fusermount3 opens
+ * /dev/fuse with the caller's rights; where the machine's /dev/fuse is 0600 (as in some
+ * containers; Debian's udev makes it 0666) the nobody case runs in a private mount
+ * namespace whose /dev/fuse is a 0666 node of the same device, so the host is not changed
+ * and the case is never skipped. Probes run as the daemon's user, in its mount namespace:
+ * without allow_other the kernel refuses every other uid, root included.
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -27,8 +29,21 @@ function asUser(user: 'root' | 'nobody', argv: string[]): [string, string[]] {
   return user === 'root' ? [argv[0]!, argv.slice(1)] : ['setpriv', [...AS_NOBODY, '--', ...argv]];
 }
 
-async function probeAs(user: 'root' | 'nobody', op: string, path: string): Promise<Record<string, unknown>> {
-  const [cmd, args] = asUser(user, [process.execPath, PROBE, op, path]);
+/**
+ * The daemon's command: as nobody with a private /dev/fuse of mode 0666 when the host's
+ * does not let others open it (a namespace of its own: the bind mount dies with it).
+ */
+function daemonCommand(user: 'root' | 'nobody', argv: string[], privateFuse: boolean): [string, string[]] {
+  const [cmd, args] = asUser(user, argv);
+  if (!privateFuse) return [cmd, args];
+  const script = 'set -e; d=$(mktemp -d); mknod -m 0666 "$d/fuse" c 10 229; mount --bind "$d/fuse" /dev/fuse; exec "$@"';
+  return ['unshare', ['--mount', '--propagation', 'private', '--', 'bash', '-c', script, 'narfs-user-mount', cmd, ...args]];
+}
+
+/** A probe as `user`, inside the mount namespace of process `nsPid` (the daemon's). */
+async function probeAs(user: 'root' | 'nobody', op: string, path: string, nsPid?: number): Promise<Record<string, unknown>> {
+  let [cmd, args] = asUser(user, [process.execPath, PROBE, op, path]);
+  if (nsPid !== undefined) [cmd, args] = ['nsenter', [`--mount=/proc/${nsPid}/ns/mnt`, '--', cmd, ...args]];
   const { stdout } = await execFileP(cmd, args, { timeout: 60_000 });
   return JSON.parse(stdout) as Record<string, unknown>;
 }
@@ -39,8 +54,8 @@ async function othersMayOpenFuse(): Promise<boolean> {
   return st !== undefined && (st.mode & 0o006) === 0o006;
 }
 
-async function mountedAt(mnt: string): Promise<string | undefined> {
-  const info = await readFile('/proc/self/mountinfo', 'utf8');
+async function mountedAt(mnt: string, pid: number | 'self' = 'self'): Promise<string | undefined> {
+  const info = await readFile(`/proc/${pid}/mountinfo`, 'utf8').catch(() => '');
   const line = info.split('\n').find((l) => l.split(' ')[4] === mnt);
   return line?.split(' - ')[1]?.split(' ')[0];
 }
@@ -54,7 +69,7 @@ describe('e2e: native engine, unprivileged mount through fusermount3', function 
 
   for (const user of ['root', 'nobody'] as const) {
   it(`mounts as ${user}, serves a store path byte-exact, refuses writes, unmounts on SIGTERM`, async function () {
-    if (user === 'nobody' && !(await othersMayOpenFuse())) this.skip();
+    const privateFuse = user === 'nobody' && !(await othersMayOpenFuse());
     const root = await mkdtemp(join(tmpdir(), 'narfs-user-'));
     const mnt = join(root, 'store');
     await mkdir(mnt);
@@ -62,7 +77,7 @@ describe('e2e: native engine, unprivileged mount through fusermount3', function 
       await chown(root, NOBODY, NOBODY);
       await chown(mnt, NOBODY, NOBODY);
     }
-    const [cmd, args] = asUser(user, [process.execPath, '--import', 'tsx', DAEMON, mnt, NAME]);
+    const [cmd, args] = daemonCommand(user, [process.execPath, '--import', 'tsx', DAEMON, mnt, NAME], privateFuse);
     const child = spawn(cmd, args, {
       stdio: ['ignore', 'pipe', 'pipe'], cwd: fileURLToPath(new URL('../..', import.meta.url)), env: { ...process.env, HOME: root },
     });
@@ -77,19 +92,25 @@ describe('e2e: native engine, unprivileged mount through fusermount3', function 
         if (child.exitCode !== null || Date.now() > end) assert.fail(`daemon did not mount: ${err}`);
         await new Promise((r) => setTimeout(r, 50));
       }
-      assert.equal(await mountedAt(mnt), 'fuse.narfs');
+      const ns = privateFuse ? child.pid! : undefined;
+      assert.equal(await mountedAt(mnt, ns ?? 'self'), 'fuse.narfs');
       const dir = join(mnt, NAME);
-      assert.deepEqual((await probeAs(user, 'readdir', dir)).names, ['bin', 'data.txt', 'link']);
-      const data = await probeAs(user, 'read', join(dir, 'data.txt'));
+      assert.deepEqual((await probeAs(user, 'readdir', dir, ns)).names, ['bin', 'data.txt', 'link']);
+      const data = await probeAs(user, 'read', join(dir, 'data.txt'), ns);
       assert.equal(data.bytes, 'unprivileged narfs\n'.length);
-      assert.equal((await probeAs(user, 'readlink', join(dir, 'link'))).target, 'data.txt');
-      assert.equal(((await probeAs(user, 'stat', join(dir, 'bin', 'hello'))).mode as number) & 0o777, 0o555);
-      const w = await probeAs(user, 'write', join(dir, 'new'));
+      assert.equal((await probeAs(user, 'readlink', join(dir, 'link'), ns)).target, 'data.txt');
+      assert.equal(((await probeAs(user, 'stat', join(dir, 'bin', 'hello'), ns)).mode as number) & 0o777, 0o555);
+      const w = await probeAs(user, 'write', join(dir, 'new'), ns);
       assert.equal(w.code, 'EROFS');
+      if (user === 'nobody') {
+        // Without allow_other the mount is its user's alone: root is refused too.
+        const other = await probeAs('root', 'readdir', dir, ns);
+        assert.equal(other.code, 'EACCES', JSON.stringify(other));
+      }
       child.kill('SIGTERM');
       assert.equal(await exited, 0, err);
       assert.ok(out.includes('unmounted'));
-      assert.equal(await mountedAt(mnt), undefined);
+      if (!privateFuse) assert.equal(await mountedAt(mnt), undefined);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
       if (await mountedAt(mnt)) await forceUnmount(mnt, { abort: true });
