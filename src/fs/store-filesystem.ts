@@ -19,6 +19,9 @@
  * - Every wait on the store layer is bounded by `opTimeoutMs` (ERR_DEADLINE), and ends
  *   early with ERR_ABORTED when the caller's signal aborts (a FUSE INTERRUPT).
  * - `statfs` costs O(1): block and file counts are kept as inodes come and go.
+ * - Names and symlink targets are byte strings (one char per byte, src/nix/nar-listing.ts):
+ *   a FUSE binding converts at its edge (`Buffer#toString('latin1')` / `Buffer.from(s,
+ *   'latin1')`); store path basenames are ASCII, so they are the same either way.
  */
 import { NarfsError } from '../errors.js';
 import { raceSignal, withDeadline } from '../deadline.js';
@@ -74,6 +77,7 @@ export interface Attr {
 }
 
 export interface DirEntry {
+  /** Byte string. */
   name: string;
   /** Absent for root entries whose store path has not been looked up yet. */
   attr?: Attr;
@@ -417,7 +421,7 @@ function attrOf(ino: number, node: NarNode): Attr {
         size: node.size, blocks: Math.ceil(node.size / 512),
       };
     case 'symlink': {
-      const size = Buffer.byteLength(node.target);
+      const size = node.target.length; // a byte string: one char per byte
       return { ...base, kind: 'symlink', mode: S_IFLNK | 0o777, nlink: 1, size, blocks: 0 };
     }
     case 'directory': {
