@@ -19,6 +19,8 @@
  * - Every wait on the store layer is bounded by `opTimeoutMs` (ERR_DEADLINE), and ends
  *   early with ERR_ABORTED when the caller's signal aborts (a FUSE INTERRUPT).
  * - `statfs` costs O(1): block and file counts are kept as inodes come and go.
+ * - When the last inode of a store path goes, the store is told (`RootNodes.release`), so
+ *   listings of store paths the kernel forgot do not stay in memory.
  * - Names and symlink targets are byte strings (one char per byte, src/nix/nar-listing.ts):
  *   a FUSE binding converts at its edge (`Buffer#toString('latin1')` / `Buffer.from(s,
  *   'latin1')`); store path basenames are ASCII, so they are the same either way.
@@ -34,6 +36,11 @@ export interface RootNodes {
   resolve(name: string, signal: AbortSignal): Promise<NarNode | undefined>;
   /** Store path basenames this mount knows now (looked up, cached or registered). */
   knownNames(): Iterable<string>;
+  /**
+   * The filesystem holds no inode of store path `name` any more (the kernel forgot them
+   * all): its listing need not stay in memory. The next `resolve` may load it again.
+   */
+  release?(name: string): void;
 }
 
 /** Answers "which bytes are at narOffset in the uncompressed NAR of <name>?". */
@@ -150,6 +157,8 @@ export class StoreFilesystem {
   /** Root name → in-flight resolution (one per name). */
   readonly #resolving = new Map<string, Promise<NarNode | undefined>>();
   readonly #handles = new Map<number, Handle>();
+  /** Store path → number of its inodes in the table. */
+  readonly #perStore = new Map<string, number>();
   #nextIno = ROOT_INO + 1;
   #nextFh = 1;
   #blocks = 0;
@@ -386,6 +395,13 @@ export class StoreFilesystem {
     if (!this.#inodes.has(inode.ino)) return false;
     this.#inodes.delete(inode.ino);
     this.#blocks -= inode.attr.blocks;
+    const left = (this.#perStore.get(inode.storeName) ?? 1) - 1;
+    if (left > 0) {
+      this.#perStore.set(inode.storeName, left);
+    } else {
+      this.#perStore.delete(inode.storeName);
+      if (inode.storeName !== '') this.#roots.release?.(inode.storeName);
+    }
     const parent = inode.parent;
     if (parent === this.#root) {
       if (this.#rootChildren.get(inode.name) === inode) this.#rootChildren.delete(inode.name);
@@ -408,6 +424,7 @@ export class StoreFilesystem {
     if (parent) inode.parent = parent;
     this.#inodes.set(ino, inode);
     this.#blocks += inode.attr.blocks;
+    this.#perStore.set(storeName, (this.#perStore.get(storeName) ?? 0) + 1);
     return inode;
   }
 }

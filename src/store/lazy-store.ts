@@ -287,7 +287,10 @@ export class LazyStore implements RootNodes, ContentReader {
         await this.#meta.deleteListing(info.narInfo.storePath.hashPart).catch(() => {});
         throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
       }
-      this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+      // Not brought back if the filesystem released the path meanwhile (`release`).
+      if (shown === undefined || this.#shown.get(name) === shown) {
+        this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+      }
       this.#complete.set(name, info.narInfo.narSize);
       return info.narInfo.narSize;
     } catch (err) {
@@ -320,6 +323,15 @@ export class LazyStore implements RootNodes, ContentReader {
       this.#opts.logger.warn('listing rejected; using the NAR', { datalake: info.datalake.displayUrl, path: rel, err });
       return undefined;
     }
+  }
+
+  /**
+   * The filesystem holds no inode of `name` any more: forget the listing shown for it
+   * (RootNodes.release). A later `resolve` loads it again (cache, metadata cache, `.ls`,
+   * NAR), so memory follows what the kernel holds, not every path ever looked at.
+   */
+  release(name: string): void {
+    this.#shown.delete(name);
   }
 
   #show(name: string, listing: NarNode, verified: boolean): NarNode {
