@@ -222,8 +222,14 @@ async function withPeers(m: Manifest, fn: (peers: Peer[]) => Promise<void>, with
   const squash: Array<{ stop(): Promise<void> }> = [];
   try {
     const peers: Peer[] = [];
-    for (const b of BACKENDS) {
-      const narfs = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, cache, b);
+    for (const [i, b] of BACKENDS.entries()) {
+      // One daemon per cache directory (it is locked): later backends get a copy of the warm cache.
+      let dir = cache;
+      if (i > 0) {
+        dir = `${cache}-${b}`;
+        if (!existsSync(dir)) spawnSync('cp', ['-a', cache, dir], { stdio: 'inherit' });
+      }
+      const narfs = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, dir, b);
       mounts.push(narfs);
       peers.push({ name: narfsName('warm cache', b), store: narfs.mnt, narfs });
     }

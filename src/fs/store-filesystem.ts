@@ -239,9 +239,12 @@ export class StoreFilesystem {
 
   /**
    * Entries of a directory, without `.` and `..`, in bytewise order. Creates no inodes:
-   * `attr.ino` is the child's number when the kernel holds it, else 0.
+   * `attr.ino` is the child's number when the kernel holds it, else 0. Only the entries
+   * from index `start`, at most `limit` of them: the kernel reads a large directory a page
+   * at a time, and each request must not cost (nor allocate for) the whole directory.
    */
-  readdir(ino: number): DirEntry[] {
+  readdir(ino: number, start = 0, limit = Infinity): DirEntry[] {
+    const end = start + limit;
     if (ino === ROOT_INO) {
       const names = new Set<string>(this.#roots.knownNames());
       for (const n of this.#rootChildren.keys()) names.add(n);
@@ -252,12 +255,15 @@ export class StoreFilesystem {
         const i = this.#rootChildren.get(name);
         out.push(i === undefined ? { name } : { name, attr: i.attr });
       }
-      return out;
+      return start === 0 && limit === Infinity ? out : out.slice(start, end);
     }
     const dir = this.#inode(ino);
     if (dir.node.type !== 'directory') throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
     const out: DirEntry[] = [];
+    let i = 0;
     for (const [name, node] of dir.node.entries) {
+      if (i >= end) break;
+      if (i++ < start) continue;
       const held = dir.children?.get(name);
       out.push({ name, attr: held ? held.attr : attrOf(0, node) });
     }

@@ -306,13 +306,17 @@ export class NativeMount {
 
   #readdir(n: Addon, s: Session, ch: number, unique: number, ino: number, plus: boolean, offset: number, size: number): void {
     const dirAttr = this.#fs.getattr(ino);
-    const entries = this.#fs.readdir(ino);
-    const total = entries.length + 2;
+    // Only the entries that can fit in `size` bytes (every record has a name of >= 1 byte):
+    // a large directory is read a page at a time, and each page must not cost the whole.
+    const first = Math.max(0, offset - 2);
+    const fit = Math.floor(size / (((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + 1 + 7) & ~7)) + 1;
+    const entries = this.#fs.readdir(ino, first, fit);
+    const total = first + entries.length + 2;
     const names: Buffer[] = [];
     const nums: number[] = [];
     let used = 0;
     for (let i = offset; i < total; i++) {
-      const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2]!.name;
+      const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2 - first]!.name;
       const bytes = Buffer.from(nameStr, 'latin1');
       const rec = ((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + bytes.length + 7) & ~7;
       if (used + rec > size) break;
@@ -322,7 +326,7 @@ export class NativeMount {
         nums.push(i === 0 ? ino : ROOT_INO, 0, dirAttr.mode, 0, 2);
         continue;
       }
-      const e = entries[i - 2]!;
+      const e = entries[i - 2 - first]!;
       if (plus) {
         const held = this.#fs.lookupChild(ino, e.name);
         if (held) {

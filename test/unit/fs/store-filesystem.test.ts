@@ -359,6 +359,16 @@ describe('StoreFilesystem', () => {
   });
 
   describe('readdir', () => {
+    it('lists a slice of a directory: from `start`, at most `limit` entries', async () => {
+      const { fs } = setup();
+      const top = await walk(fs, TREE_NAME);
+      const all = fs.readdir(top.ino).map((e) => e.name);
+      assert.deepEqual(fs.readdir(top.ino, 2, 3).map((e) => e.name), all.slice(2, 5));
+      assert.deepEqual(fs.readdir(top.ino, all.length - 1, 10).map((e) => e.name), all.slice(-1));
+      assert.deepEqual(fs.readdir(top.ino, all.length, 10), []);
+      assert.deepEqual(fs.readdir(ROOT_INO, 0, 1).map((e) => e.name), ['.links']);
+    });
+
     it('lists a directory in bytewise UTF-8 order, with attributes', async () => {
       const { fs } = setup();
       const top = await walk(fs, TREE_NAME);
