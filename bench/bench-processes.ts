@@ -143,8 +143,13 @@ export function currentRss(pid: number): number {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
-/** VmRSS once it has stopped falling for `quietMs` (FORGETs and GC take a moment), at most `maxMs`. */
-export async function settledRss(pid: number, quietMs = 1500, maxMs = 15_000): Promise<number> {
+/**
+ * VmRSS once it has stopped falling for `quietMs`, at most `maxMs`. FORGETs arrive at
+ * once, but V8 gives freed heap pages back only when its memory reducer runs, after some
+ * seconds of low allocation (measured: ~10-15 s after drop_caches), so the quiet window
+ * must be longer than that.
+ */
+export async function settledRss(pid: number, quietMs = 15_000, maxMs = 45_000): Promise<number> {
   const start = Date.now();
   let low = currentRss(pid);
   let lowAt = Date.now();

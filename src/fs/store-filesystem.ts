@@ -127,10 +127,10 @@ interface Inode {
   node: NarNode;
   attr: Attr;
   /** Parent and name under it (undefined for the root and its extra dirs). */
-  parent?: Inode;
+  parent: Inode | undefined;
   name: string;
   /** Child name → inode, for children the kernel still holds. */
-  children?: Map<string, Inode>;
+  children: Map<string, Inode> | undefined;
   /** Lookups the kernel holds (counted only when the binding forgets). */
   nlookup: number;
   /** Open handles on this inode. */
@@ -175,7 +175,7 @@ export class StoreFilesystem {
     this.#forgets = options.forgets ?? false;
     this.#rootDirs = new Map();
     this.#root = {
-      ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr, name: '', nlookup: 0, handles: 0, pinned: true,
+      ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr, parent: undefined, name: '', children: undefined, nlookup: 0, handles: 0, pinned: true,
     };
     this.#inodes.set(ROOT_INO, this.#root);
     for (const name of options.rootDirs ?? []) {
@@ -426,8 +426,8 @@ export class StoreFilesystem {
 
   #newInode(storeName: string, node: NarNode, parent: Inode | undefined, name: string): Inode {
     const ino = this.#nextIno++;
-    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), name, nlookup: 0, handles: 0, pinned: false };
-    if (parent) inode.parent = parent;
+    // Every field set in one literal, in one order: one hidden class for all inodes.
+    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), parent, name, children: undefined, nlookup: 0, handles: 0, pinned: false };
     this.#inodes.set(ino, inode);
     this.#blocks += inode.attr.blocks;
     this.#perStore.set(storeName, (this.#perStore.get(storeName) ?? 0) + 1);
@@ -435,22 +435,24 @@ export class StoreFilesystem {
   }
 }
 
+/**
+ * One object shape for every Attr (a literal with all fields in one order, no spread: a
+ * spread copy is built property by property and costs several times the memory per inode).
+ */
+function makeAttr(ino: number, kind: FileKind, mode: number, nlink: number, size: number, blocks: number): Attr {
+  return { ino, kind, mode, nlink, size, blocks, uid: 0, gid: 0, mtimeMs: MTIME_MS };
+}
+
 function attrOf(ino: number, node: NarNode): Attr {
-  const base = { ino, uid: 0, gid: 0, mtimeMs: MTIME_MS };
   switch (node.type) {
     case 'regular':
-      return {
-        ...base, kind: 'regular', mode: S_IFREG | (node.executable ? 0o555 : 0o444), nlink: 1,
-        size: node.size, blocks: Math.ceil(node.size / 512),
-      };
-    case 'symlink': {
-      const size = node.target.length; // a byte string: one char per byte
-      return { ...base, kind: 'symlink', mode: S_IFLNK | 0o777, nlink: 1, size, blocks: 0 };
-    }
+      return makeAttr(ino, 'regular', S_IFREG | (node.executable ? 0o555 : 0o444), 1, node.size, Math.ceil(node.size / 512));
+    case 'symlink':
+      return makeAttr(ino, 'symlink', S_IFLNK | 0o777, 1, node.target.length /* one char per byte */, 0);
     case 'directory': {
       let subdirs = 0;
       for (const child of node.entries.values()) if (child.type === 'directory') subdirs++;
-      return { ...base, kind: 'directory', mode: S_IFDIR | 0o555, nlink: 2 + subdirs, size: 0, blocks: 0 };
+      return makeAttr(ino, 'directory', S_IFDIR | 0o555, 2 + subdirs, 0, 0);
     }
   }
 }
