@@ -149,7 +149,7 @@ export function currentRss(pid: number): number {
  * seconds of low allocation (measured: ~10-15 s after drop_caches), so the quiet window
  * must be longer than that.
  */
-export async function settledRss(pid: number, quietMs = 15_000, maxMs = 45_000): Promise<number> {
+export async function settledRss(pid: number, quietMs = 25_000, maxMs = 60_000): Promise<number> {
   const start = Date.now();
   let low = currentRss(pid);
   let lowAt = Date.now();
