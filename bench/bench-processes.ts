@@ -137,6 +137,30 @@ export function peakRss(pid: number): number {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
+/** Current resident set (VmRSS) of `pid`, in bytes. */
+export function currentRss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+/**
+ * VmRSS once it has stopped falling for `quietMs`, at most `maxMs`. FORGETs arrive at
+ * once, but V8 gives freed heap pages back only when its memory reducer runs, after some
+ * seconds of low allocation (measured: ~10-15 s after drop_caches), so the quiet window
+ * must be longer than that.
+ */
+export async function settledRss(pid: number, quietMs = 25_000, maxMs = 60_000): Promise<number> {
+  const start = Date.now();
+  let low = currentRss(pid);
+  let lowAt = Date.now();
+  while (Date.now() - lowAt < quietMs && Date.now() - start < maxMs) {
+    await new Promise((r) => setTimeout(r, 250));
+    const now = currentRss(pid);
+    if (now < low - 512 * 1024) { low = now; lowAt = Date.now(); }
+  }
+  return currentRss(pid);
+}
+
 export function dropCaches(): void {
   spawnSync('sync');
   writeFileSync('/proc/sys/vm/drop_caches', '3');
@@ -158,6 +182,8 @@ export interface NarfsOptions {
   logFile: string;
   /** Extra node flags, e.g. --cpu-prof for a diagnostic run. */
   nodeFlags?: string[];
+  /** FUSE backend (`--fuse-backend`): the native engine (default) or fuse-native. */
+  backend?: 'native' | 'fuse-native';
 }
 
 /** Starts `bin/narfs mount` and resolves when it prints that it is mounted. */
@@ -167,7 +193,7 @@ export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<N
   const err = openSync(o.logFile, 'w');
   const child = spawn(process.execPath, [...(o.nodeFlags ?? []), NARFS_BIN, 'mount', o.mnt,
     '--datalake', o.datalake, '--trusted-public-keys', o.publicKey, '--cache-dir', o.cacheDir,
-    '--log-format', 'json'], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
+    '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : [])], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
   closeSync(out);
   closeSync(err);
   recordChild(child.pid);
@@ -196,8 +222,9 @@ export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<N
 export interface SquashfuseMount { mnt: string; pid: number; stop(): Promise<void> }
 
 /** Mounts `image` with squashfuse in the foreground (so we own its pid). */
-export async function startSquashfuse(image: string, mnt: string, timeoutMs = 30_000): Promise<SquashfuseMount> {
-  const child = spawn('squashfuse', ['-f', image, mnt], { stdio: 'ignore', detached: true });
+/** Starts squashfuse (high-level libfuse) or `squashfuse_ll` (its low-level, inode-based build). */
+export async function startSquashfuse(image: string, mnt: string, timeoutMs = 30_000, binary: 'squashfuse' | 'squashfuse_ll' = 'squashfuse'): Promise<SquashfuseMount> {
+  const child = spawn(binary, ['-f', image, mnt], { stdio: 'ignore', detached: true });
   recordChild(child.pid);
   const t: Tracked = { kind: 'squashfuse', child, mnt };
   tracked.add(t);

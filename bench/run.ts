@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import {
-  cleanupAllSync, claimRunDir, dropCaches, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
+  cleanupAllSync, claimRunDir, currentRss, dropCaches, settledRss, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
   cleanupStaleRuns, type NarfsMount,
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
@@ -65,8 +65,15 @@ const { values: args } = parseArgs({
     'bandwidth-mbit': { type: 'string', default: '1000' },
     only: { type: 'string' },
     'no-results-md': { type: 'boolean', default: false },
+    'fuse-backends': { type: 'string', default: 'native' },
   },
 });
+/** narfs FUSE backends measured side by side (`--fuse-backends native,fuse-native`). */
+const BACKENDS = (args['fuse-backends'] ?? 'native').split(',').map((s) => s.trim()).filter(Boolean) as Array<'native' | 'fuse-native'>;
+for (const b of BACKENDS) if (b !== 'native' && b !== 'fuse-native') throw new Error(`--fuse-backends: unknown backend ${b}`);
+/** The contender name of narfs on backend `b` (the plain name when only one backend runs). */
+const narfsName = (what: string, b: string): string => (BACKENDS.length > 1 ? `narfs ${b} (${what})` : `narfs (${what})`);
+const HAVE_SQUASHFUSE_LL = spawnSync('sh', ['-c', 'command -v squashfuse_ll'], { stdio: 'ignore' }).status === 0;
 const REPS = Number(args.reps);
 const LATENCY_MS = Number(args['latency-ms']);
 const BYTES_PER_SECOND = Math.round((Number(args['bandwidth-mbit']) * 1e6) / 8);
@@ -115,11 +122,11 @@ async function nixCopy(from: string, storeRoot: string, m: Manifest): Promise<vo
   if (r.status !== 0) throw new Error(`nix copy --from ${from} failed (${r.status ?? r.signal}): ${r.stderr}`);
 }
 
-async function mountNarfs(m: Manifest, datalake: string, cacheDir: string): Promise<NarfsMount> {
+async function mountNarfs(m: Manifest, datalake: string, cacheDir: string, backend: 'native' | 'fuse-native' = BACKENDS[0]!): Promise<NarfsMount> {
   const d = freshDir('narfs');
   const mnt = join(d, 'mnt');
   mkdirSync(mnt);
-  return startNarfs({ mnt, datalake, publicKey: m.publicKey, cacheDir, logFile: join(d, 'narfs.log') });
+  return startNarfs({ mnt, datalake, publicKey: m.publicKey, cacheDir, logFile: join(d, 'narfs.log'), backend });
 }
 
 // ---- Scenario 1: first use of a closure over the modelled remote datalake ----------
@@ -206,27 +213,43 @@ async function ensureWarmCache(m: Manifest): Promise<string> {
   return warmCache;
 }
 
-interface Peer { name: string; store: string; reference?: boolean }
+interface Peer { name: string; store: string; reference?: boolean; narfs?: NarfsMount }
 
-async function withPeers(m: Manifest, fn: (peers: Peer[], narfs: NarfsMount) => Promise<void>): Promise<void> {
+/**
+ * narfs on every backend (one warm cache, one mount each), squashfuse, squashfuse_ll (when
+ * `withLowLevel` and installed) and local disk, mounted for the whole of `fn`.
+ */
+async function withPeers(m: Manifest, fn: (peers: Peer[]) => Promise<void>, withLowLevel = false): Promise<void> {
   const cache = await ensureWarmCache(m);
-  const narfs = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, cache);
-  const sqMnt = join(freshDir('squashfs'), 'mnt');
-  mkdirSync(sqMnt);
-  let sq;
+  const mounts: NarfsMount[] = [];
+  const squash: Array<{ stop(): Promise<void> }> = [];
   try {
-    sq = await startSquashfuse(m.squashfs, sqMnt);
-    const peers: Peer[] = [
-      { name: 'narfs (warm cache)', store: narfs.mnt },
-      { name: 'squashfuse', store: sq.mnt },
-      { name: 'local disk', store: '/nix/store', reference: true },
-    ];
+    const peers: Peer[] = [];
+    for (const [i, b] of BACKENDS.entries()) {
+      // One daemon per cache directory (it is locked): later backends get a copy of the warm cache.
+      let dir = cache;
+      if (i > 0) {
+        dir = `${cache}-${b}`;
+        if (!existsSync(dir)) spawnSync('cp', ['-a', cache, dir], { stdio: 'inherit' });
+      }
+      const narfs = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, dir, b);
+      mounts.push(narfs);
+      peers.push({ name: narfsName('warm cache', b), store: narfs.mnt, narfs });
+    }
+    for (const bin of withLowLevel && HAVE_SQUASHFUSE_LL ? ['squashfuse', 'squashfuse_ll'] as const : ['squashfuse'] as const) {
+      const sqMnt = join(freshDir('squashfs'), 'mnt');
+      mkdirSync(sqMnt);
+      const sq = await startSquashfuse(m.squashfs, sqMnt, 30_000, bin);
+      squash.push(sq);
+      peers.push({ name: bin, store: sq.mnt });
+    }
+    peers.push({ name: 'local disk', store: '/nix/store', reference: true });
     // Look every path up once, so the first timed contender does not pay narfs' root lookups alone.
     for (const p of peers) for (const n of m.closure) spawnSync('ls', ['-d', join(p.store, base(n))], { stdio: 'ignore' });
-    await fn(peers, narfs);
+    await fn(peers);
   } finally {
-    await sq?.stop();
-    await narfs.stop();
+    for (const sq of squash) await sq.stop();
+    for (const narfs of mounts) await narfs.stop();
   }
 }
 
@@ -257,7 +280,7 @@ async function scenario3(m: Manifest): Promise<void> {
 async function scenario4(m: Manifest): Promise<void> {
   const names = m.closure.map(base);
   const expected = m.closureStats.files + m.closureStats.dirs + m.closureStats.symlinks;
-  await withPeers(m, async (peers, narfs) => {
+  await withPeers(m, async (peers) => {
     const name = `4 metadata walk (${expected} entries), kernel caches dropped`;
     for (let rep = 0; rep < REPS; rep++) {
       for (const p of order(peers, rep)) {
@@ -269,8 +292,10 @@ async function scenario4(m: Manifest): Promise<void> {
       }
     }
     log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
-    row('6 memory: narfs peak RSS after scenario 4', 'narfs', 'MiB').values.push(peakRss(narfs.pid) / 2 ** 20);
-  });
+    for (const p of peers) {
+      if (p.narfs) row('6 memory: narfs peak RSS after scenario 4', p.name.replace(' (warm cache)', ''), 'MiB').values.push(peakRss(p.narfs.pid) / 2 ** 20);
+    }
+  }, true);
 }
 
 // ---- Scenario 5: 16 concurrent readers ------------------------------------------------
@@ -296,18 +321,26 @@ async function scenario6(m: Manifest): Promise<void> {
   const many = base(m.many);
   const memName = '6 memory: narfs peak RSS after walking 100,000 files';
   const walkName = '6 walk of 100,000 files, empty narfs cache, file:// zstd';
+  const forgetName = '6 memory: narfs RSS after the 100,000-file walk and drop_caches (idle RSS beside it)';
   for (let rep = 0; rep < REPS; rep++) {
-    for (const who of order(['narfs', 'local disk'], rep)) {
+    for (const who of order([...BACKENDS, 'local disk'], rep)) {
       dropCaches();
-      if (who === 'narfs') {
+      if (who !== 'local disk') {
+        const b = who as 'native' | 'fuse-native';
         const cache = freshDir('cache');
         const t0 = performance.now();
-        const mount = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, cache);
+        const mount = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, cache, b);
         try {
+          const idle = currentRss(mount.pid);
           const n = await walkMetadata(mount.mnt, [many]);
-          row(walkName, 'narfs (mount + walk)').values.push(ms(t0));
-          row(memName, 'narfs', 'MiB').values.push(peakRss(mount.pid) / 2 ** 20);
+          row(walkName, narfsName('mount + walk', b)).values.push(ms(t0));
+          row(memName, narfsName('peak', b), 'MiB').values.push(peakRss(mount.pid) / 2 ** 20);
+          row(memName, narfsName('after the walk', b), 'MiB').values.push(currentRss(mount.pid) / 2 ** 20);
           if (n !== 101_001) throw new Error(`narfs walked ${n} entries of ${many}`);
+          // The kernel forgets its inodes; the daemon's table (and RSS) shrinks back.
+          dropCaches();
+          row(forgetName, narfsName('after', b), 'MiB').values.push(await settledRss(mount.pid) / 2 ** 20);
+          row(forgetName, narfsName('idle', b), 'MiB').values.push(idle / 2 ** 20);
         } finally { await mount.stop(); }
         rmSync(cache, { recursive: true, force: true });
       } else {

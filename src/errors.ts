@@ -83,6 +83,7 @@ export const ERROR_CATALOG = {
   // --- src/fuse, src/daemon, src/cli
   ERR_MOUNT: 'The mount failed; check that /dev/fuse exists, the mountpoint is an empty directory and you may mount.',
   ERR_MOUNTPOINT: 'The mountpoint must be an existing directory.',
+  ERR_NAME_NOT_UTF8: 'The fuse-native backend passes names and symlink targets as UTF-8 strings and cannot serve one that is not UTF-8; mount with the native engine (the default) to serve it byte-exact.',
   ERR_USAGE: 'Run narfs --help for the commands and options.',
   ERR_CONTROL: 'The control socket of the running daemon could not be used.',
   ERR_CONFIG: 'The --config file is malformed: lines are "key = value" with the long option names of the command line, # starts a comment.',

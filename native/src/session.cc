@@ -4,6 +4,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mount.h>
@@ -13,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -305,17 +307,31 @@ void Session::dropContent(const std::string& path) {
 }
 
 void Session::forgetNode(uint64_t nodeid) {
-  std::unique_lock<std::shared_mutex> g(mu_);
-  auto it = nodes_.find(nodeid);
-  if (it == nodes_.end()) return;
-  if (it->second.file) {
-    std::string path = it->second.file->path;
-    nodes_.erase(it);
-    auto f = files_.find(path);
-    if (f != files_.end() && f->second.expired()) files_.erase(f);
-    return;
+  bool trim = false;
+  {
+    std::unique_lock<std::shared_mutex> g(mu_);
+    auto it = nodes_.find(nodeid);
+    if (it == nodes_.end()) return;
+    nodesPeak_ = std::max(nodesPeak_, nodes_.size());
+    if (it->second.file) {
+      std::string path = it->second.file->path;
+      nodes_.erase(it);
+      auto f = files_.find(path);
+      if (f != files_.end() && f->second.expired()) files_.erase(f);
+    } else {
+      nodes_.erase(it);
+    }
+    // The kernel forgot most of a large table (drop_caches, memory pressure): shrink the
+    // bucket array and give the freed nodes back to the system (glibc keeps freed small
+    // chunks in its arenas otherwise, so RSS would stay at the peak). Rare: at most once
+    // per fall to a quarter of the peak.
+    if (nodesPeak_ >= kTrimFromNodes && nodes_.size() * 4 <= nodesPeak_) {
+      nodes_.rehash(0);
+      nodesPeak_ = nodes_.size();
+      trim = true;
+    }
   }
-  nodes_.erase(it);
+  if (trim) malloc_trim(0);
 }
 
 Stats Session::stats() {

@@ -136,6 +136,9 @@ class Session : public std::enable_shared_from_this<Session> {
   mutable std::mutex fdsMu_;
   std::shared_mutex mu_;
   std::unordered_map<uint64_t, Node> nodes_;
+  /** Largest nodes_.size() since the last trim (forgetNode). */
+  size_t nodesPeak_ = 0;
+  static constexpr size_t kTrimFromNodes = 16384;
   std::unordered_map<std::string, std::weak_ptr<FileRef>> files_;
   std::atomic<int> liveReaders_{0};
   std::atomic<uint64_t> toJs_{0}, inC_{0}, readsInC_{0}, bytesInC_{0};

@@ -43,7 +43,7 @@ export interface NarTemp {
   readonly path: string;
   readonly handle: FileHandle;
   /** fsyncs, writes the listing and the record, renames the NAR into place. */
-  commit(listingJson: string, record: NarRecord): Promise<void>;
+  commit(listingJson: Uint8Array, record: NarRecord): Promise<void>;
   /** Closes and deletes the temp file; never throws. */
   abort(): Promise<void>;
 }
@@ -103,10 +103,11 @@ export class NarCache {
   }
 
   /** The listing text of a cached NAR, unchecked, or undefined when the NAR is not cached. */
-  async readListing(name: string): Promise<string | undefined> {
+  async readListing(name: string): Promise<Buffer | undefined> {
     if (!(await this.has(name))) return undefined;
     try {
-      return await readFile(this.#listingPath(name), 'utf8');
+      // Bytes: a listing whose names are not UTF-8 is not UTF-8 (nar-listing.ts).
+      return await readFile(this.#listingPath(name));
     } catch {
       return undefined;
     }
@@ -136,7 +137,7 @@ export class NarCache {
     }
     let listing: NarNode;
     try {
-      listing = parseListingJson(await readFile(this.#listingPath(name), 'utf8'));
+      listing = parseListingJson(await readFile(this.#listingPath(name)));
       checkWithin(listing, size);
     } catch (err) {
       return this.#damaged(name, 'has a missing or corrupt listing', err);
@@ -170,7 +171,7 @@ export class NarCache {
       return this.#damaged(name, `hashes to sha256:${formatHash({ algo: 'sha256', digest }, 'nix32', false)}, it was verified as ${formatHash(record.narHash, 'nix32')}`);
     }
     try {
-      checkWithin(parseListingJson(await readFile(this.#listingPath(name), 'utf8')), bytes);
+      checkWithin(parseListingJson(await readFile(this.#listingPath(name))), bytes);
     } catch (err) {
       return this.#damaged(name, 'has a missing or corrupt listing', err);
     }
@@ -223,7 +224,7 @@ export class NarCache {
     return {
       path,
       handle,
-      commit: async (listingJson: string, record: NarRecord) => {
+      commit: async (listingJson: Uint8Array, record: NarRecord) => {
         try {
           await handle.datasync();
           await close();

@@ -19,6 +19,11 @@
  * - Every wait on the store layer is bounded by `opTimeoutMs` (ERR_DEADLINE), and ends
  *   early with ERR_ABORTED when the caller's signal aborts (a FUSE INTERRUPT).
  * - `statfs` costs O(1): block and file counts are kept as inodes come and go.
+ * - When the last inode of a store path goes, the store is told (`RootNodes.release`), so
+ *   listings of store paths the kernel forgot do not stay in memory.
+ * - Names and symlink targets are byte strings (one char per byte, src/nix/nar-listing.ts):
+ *   a FUSE binding converts at its edge (`Buffer#toString('latin1')` / `Buffer.from(s,
+ *   'latin1')`); store path basenames are ASCII, so they are the same either way.
  */
 import { NarfsError } from '../errors.js';
 import { raceSignal, withDeadline } from '../deadline.js';
@@ -31,6 +36,11 @@ export interface RootNodes {
   resolve(name: string, signal: AbortSignal): Promise<NarNode | undefined>;
   /** Store path basenames this mount knows now (looked up, cached or registered). */
   knownNames(): Iterable<string>;
+  /**
+   * The filesystem holds no inode of store path `name` any more (the kernel forgot them
+   * all): its listing need not stay in memory. The next `resolve` may load it again.
+   */
+  release?(name: string): void;
 }
 
 /** Answers "which bytes are at narOffset in the uncompressed NAR of <name>?". */
@@ -74,6 +84,7 @@ export interface Attr {
 }
 
 export interface DirEntry {
+  /** Byte string. */
   name: string;
   /** Absent for root entries whose store path has not been looked up yet. */
   attr?: Attr;
@@ -116,10 +127,10 @@ interface Inode {
   node: NarNode;
   attr: Attr;
   /** Parent and name under it (undefined for the root and its extra dirs). */
-  parent?: Inode;
+  parent: Inode | undefined;
   name: string;
   /** Child name → inode, for children the kernel still holds. */
-  children?: Map<string, Inode>;
+  children: Map<string, Inode> | undefined;
   /** Lookups the kernel holds (counted only when the binding forgets). */
   nlookup: number;
   /** Open handles on this inode. */
@@ -146,6 +157,8 @@ export class StoreFilesystem {
   /** Root name → in-flight resolution (one per name). */
   readonly #resolving = new Map<string, Promise<NarNode | undefined>>();
   readonly #handles = new Map<number, Handle>();
+  /** Store path → number of its inodes in the table. */
+  readonly #perStore = new Map<string, number>();
   #nextIno = ROOT_INO + 1;
   #nextFh = 1;
   #blocks = 0;
@@ -162,7 +175,7 @@ export class StoreFilesystem {
     this.#forgets = options.forgets ?? false;
     this.#rootDirs = new Map();
     this.#root = {
-      ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr, name: '', nlookup: 0, handles: 0, pinned: true,
+      ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr, parent: undefined, name: '', children: undefined, nlookup: 0, handles: 0, pinned: true,
     };
     this.#inodes.set(ROOT_INO, this.#root);
     for (const name of options.rootDirs ?? []) {
@@ -226,9 +239,12 @@ export class StoreFilesystem {
 
   /**
    * Entries of a directory, without `.` and `..`, in bytewise order. Creates no inodes:
-   * `attr.ino` is the child's number when the kernel holds it, else 0.
+   * `attr.ino` is the child's number when the kernel holds it, else 0. Only the entries
+   * from index `start`, at most `limit` of them: the kernel reads a large directory a page
+   * at a time, and each request must not cost (nor allocate for) the whole directory.
    */
-  readdir(ino: number): DirEntry[] {
+  readdir(ino: number, start = 0, limit = Infinity): DirEntry[] {
+    const end = start + limit;
     if (ino === ROOT_INO) {
       const names = new Set<string>(this.#roots.knownNames());
       for (const n of this.#rootChildren.keys()) names.add(n);
@@ -239,12 +255,15 @@ export class StoreFilesystem {
         const i = this.#rootChildren.get(name);
         out.push(i === undefined ? { name } : { name, attr: i.attr });
       }
-      return out;
+      return start === 0 && limit === Infinity ? out : out.slice(start, end);
     }
     const dir = this.#inode(ino);
     if (dir.node.type !== 'directory') throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
     const out: DirEntry[] = [];
+    let i = 0;
     for (const [name, node] of dir.node.entries) {
+      if (i >= end) break;
+      if (i++ < start) continue;
       const held = dir.children?.get(name);
       out.push({ name, attr: held ? held.attr : attrOf(0, node) });
     }
@@ -382,6 +401,13 @@ export class StoreFilesystem {
     if (!this.#inodes.has(inode.ino)) return false;
     this.#inodes.delete(inode.ino);
     this.#blocks -= inode.attr.blocks;
+    const left = (this.#perStore.get(inode.storeName) ?? 1) - 1;
+    if (left > 0) {
+      this.#perStore.set(inode.storeName, left);
+    } else {
+      this.#perStore.delete(inode.storeName);
+      if (inode.storeName !== '') this.#roots.release?.(inode.storeName);
+    }
     const parent = inode.parent;
     if (parent === this.#root) {
       if (this.#rootChildren.get(inode.name) === inode) this.#rootChildren.delete(inode.name);
@@ -400,30 +426,33 @@ export class StoreFilesystem {
 
   #newInode(storeName: string, node: NarNode, parent: Inode | undefined, name: string): Inode {
     const ino = this.#nextIno++;
-    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), name, nlookup: 0, handles: 0, pinned: false };
-    if (parent) inode.parent = parent;
+    // Every field set in one literal, in one order: one hidden class for all inodes.
+    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), parent, name, children: undefined, nlookup: 0, handles: 0, pinned: false };
     this.#inodes.set(ino, inode);
     this.#blocks += inode.attr.blocks;
+    this.#perStore.set(storeName, (this.#perStore.get(storeName) ?? 0) + 1);
     return inode;
   }
 }
 
+/**
+ * One object shape for every Attr (a literal with all fields in one order, no spread: a
+ * spread copy is built property by property and costs several times the memory per inode).
+ */
+function makeAttr(ino: number, kind: FileKind, mode: number, nlink: number, size: number, blocks: number): Attr {
+  return { ino, kind, mode, nlink, size, blocks, uid: 0, gid: 0, mtimeMs: MTIME_MS };
+}
+
 function attrOf(ino: number, node: NarNode): Attr {
-  const base = { ino, uid: 0, gid: 0, mtimeMs: MTIME_MS };
   switch (node.type) {
     case 'regular':
-      return {
-        ...base, kind: 'regular', mode: S_IFREG | (node.executable ? 0o555 : 0o444), nlink: 1,
-        size: node.size, blocks: Math.ceil(node.size / 512),
-      };
-    case 'symlink': {
-      const size = Buffer.byteLength(node.target);
-      return { ...base, kind: 'symlink', mode: S_IFLNK | 0o777, nlink: 1, size, blocks: 0 };
-    }
+      return makeAttr(ino, 'regular', S_IFREG | (node.executable ? 0o555 : 0o444), 1, node.size, Math.ceil(node.size / 512));
+    case 'symlink':
+      return makeAttr(ino, 'symlink', S_IFLNK | 0o777, 1, node.target.length /* one char per byte */, 0);
     case 'directory': {
       let subdirs = 0;
       for (const child of node.entries.values()) if (child.type === 'directory') subdirs++;
-      return { ...base, kind: 'directory', mode: S_IFDIR | 0o555, nlink: 2 + subdirs, size: 0, blocks: 0 };
+      return makeAttr(ino, 'directory', S_IFDIR | 0o555, 2 + subdirs, 0, 0);
     }
   }
 }

@@ -13,17 +13,23 @@
  *   numbers and ours would not be stable.
  * - Requests are at most 128 KiB (the kernel's default max_pages); reads are answered from
  *   a copy, never by letting late I/O write into the kernel's buffer after a deadline.
+ * - Names and symlink targets are strings decoded from UTF-8 by the binding, while narfs
+ *   holds them as bytes (byte strings, src/nix/nar-listing.ts): incoming names are encoded
+ *   back to their UTF-8 bytes; a listed name or a target that is not UTF-8 cannot be passed
+ *   at all, so readdir of its directory and readlink answer EIO (ERR_NAME_NOT_UTF8).
  * - Every op runs on the Node main thread (the binding's FUSE threads wait on a semaphore),
  *   so nothing here may make a synchronous syscall on the mount itself.
  * Caching: store paths are immutable, so entry and attr timeouts are long and the kernel
  * page cache is kept across opens (kernel_cache); negative entries expire fast so newly
  * pushed paths appear.
  */
+import { isUtf8 } from 'node:buffer';
 import { createRequire } from 'node:module';
 import { execFile } from 'node:child_process';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { NarfsError } from '../errors.js';
 import { withDeadline } from '../deadline.js';
+import { byteString } from '../nix/nar-listing.js';
 import type { Logger } from '../log.js';
 import { ROOT_INO, type Attr, type StoreFilesystem } from '../fs/store-filesystem.js';
 import { ERRNO, errnoFor, isLoggedFailure } from './errno.js';
@@ -138,7 +144,7 @@ export class FuseNativeMount {
     const parentPath = slash === 0 ? '/' : path.slice(0, slash);
     const parent = await this.#ino(parentPath);
     if (parent === undefined) return undefined;
-    const attr = await this.#fs.lookup(parent, path.slice(slash + 1));
+    const attr = await this.#fs.lookup(parent, byteString(path.slice(slash + 1)));
     if (!attr) return undefined;
     this.#paths.set(path, attr.ino);
     return attr.ino;
@@ -178,12 +184,12 @@ export class FuseNativeMount {
       readdir: (path: string, cb: Cb) => {
         this.#mustIno(path).then((ino) => {
           const names = ['.', '..'];
-          for (const e of fs.readdir(ino)) names.push(e.name);
+          for (const e of fs.readdir(ino)) names.push(unicodeOf(e.name, 'entry name'));
           cb(0, names);
         }).catch((err) => cb(this.#fail('readdir', path, err)));
       },
       readlink: (path: string, cb: Cb) => {
-        this.#mustIno(path).then((ino) => cb(0, fs.readlink(ino))).catch((err) => cb(this.#fail('readlink', path, err)));
+        this.#mustIno(path).then((ino) => cb(0, unicodeOf(fs.readlink(ino), 'symlink target'))).catch((err) => cb(this.#fail('readlink', path, err)));
       },
       open: (path: string, flags: number, cb: Cb) => {
         this.#mustIno(path).then((ino) => cb(0, fs.open(ino, flags))).catch((err) => cb(this.#fail('open', path, err)));
@@ -225,6 +231,15 @@ export class FuseNativeMount {
 }
 
 class Absent extends Error {}
+
+/** The Unicode string of a byte string, for the binding; ERR_NAME_NOT_UTF8 when it is not UTF-8. */
+function unicodeOf(bytes: string, what: string): string {
+  const b = Buffer.from(bytes, 'latin1');
+  if (!isUtf8(b)) {
+    throw new NarfsError('ERR_NAME_NOT_UTF8', `the ${what} ${JSON.stringify(b.toString('utf8'))} is not UTF-8; fuse-native cannot pass it`);
+  }
+  return b.toString('utf8');
+}
 
 function toStat(a: Attr): Record<string, unknown> {
   const t = new Date(a.mtimeMs);

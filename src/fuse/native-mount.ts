@@ -14,8 +14,8 @@
  *   (the inode table's lookup counts) and INTERRUPT (aborts the wait of that request).
  * Every request JS answers is bounded by the filesystem's deadline (ERR_DEADLINE → EIO);
  * an INTERRUPT answers EINTR at once. Errno comes from errno.ts only.
- * Names and symlink targets cross as bytes (Buffers); a name that is not UTF-8 cannot be in
- * a listing today (src/nix refuses such NARs) and is answered as absent.
+ * Names and symlink targets cross as bytes (Buffers) and are byte strings in JS
+ * (`toString('latin1')`, src/nix/nar-listing.ts), so any name Nix allows is served exactly.
  * READDIRPLUS entries count as lookups (the kernel will FORGET them): only entries that
  * reached the kernel are counted; the rest are given back at once.
  */
@@ -244,7 +244,7 @@ export class NativeMount {
           return;
         }
         case OP.READLINK:
-          n.replyReadlink(s, ch, unique, nodeid, Buffer.from(this.#fs.readlink(nodeid), 'utf8'));
+          n.replyReadlink(s, ch, unique, nodeid, Buffer.from(this.#fs.readlink(nodeid), 'latin1'));
           return;
         case OP.OPEN: {
           const fh = this.#fs.open(nodeid, flags);
@@ -292,9 +292,8 @@ export class NativeMount {
   }
 
   async #lookup(n: Addon, s: Session, ch: number, unique: number, parent: number, raw: Buffer | undefined, signal: AbortSignal): Promise<void> {
-    const name = raw ? raw.toString('utf8') : '';
-    // A name that is not UTF-8 cannot be in a listing (see the header comment).
-    const attr = raw && Buffer.from(name, 'utf8').equals(raw) ? await this.#fs.lookup(parent, name, signal) : undefined;
+    // Names are bytes: the byte string of the kernel's name (src/nix/nar-listing.ts).
+    const attr = raw && raw.length > 0 ? await this.#fs.lookup(parent, raw.toString('latin1'), signal) : undefined;
     if (!attr) {
       if (this.#negativeTtl > 0) n.replyEntry(s, ch, unique, 0, 0, 0, 0, this.#negativeTtl);
       else n.replyErr(s, ch, unique, ERRNO.ENOENT);
@@ -307,14 +306,18 @@ export class NativeMount {
 
   #readdir(n: Addon, s: Session, ch: number, unique: number, ino: number, plus: boolean, offset: number, size: number): void {
     const dirAttr = this.#fs.getattr(ino);
-    const entries = this.#fs.readdir(ino);
-    const total = entries.length + 2;
+    // Only the entries that can fit in `size` bytes (every record has a name of >= 1 byte):
+    // a large directory is read a page at a time, and each page must not cost the whole.
+    const first = Math.max(0, offset - 2);
+    const fit = Math.floor(size / (((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + 1 + 7) & ~7)) + 1;
+    const entries = this.#fs.readdir(ino, first, fit);
+    const total = first + entries.length + 2;
     const names: Buffer[] = [];
     const nums: number[] = [];
     let used = 0;
     for (let i = offset; i < total; i++) {
-      const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2]!.name;
-      const bytes = Buffer.from(nameStr, 'utf8');
+      const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2 - first]!.name;
+      const bytes = Buffer.from(nameStr, 'latin1');
       const rec = ((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + bytes.length + 7) & ~7;
       if (used + rec > size) break;
       used += rec;
@@ -323,7 +326,7 @@ export class NativeMount {
         nums.push(i === 0 ? ino : ROOT_INO, 0, dirAttr.mode, 0, 2);
         continue;
       }
-      const e = entries[i - 2]!;
+      const e = entries[i - 2 - first]!;
       if (plus) {
         const held = this.#fs.lookupChild(ino, e.name);
         if (held) {

@@ -8,9 +8,23 @@
  * [,"narOffset":n]}` | `{"type":"symlink","target":s}` | `{"type":"directory","entries":{…}}`.
  * `narOffset` is the offset of the first content byte in the uncompressed NAR.
  *
- * Invariants: directory entries are Maps in bytewise order of their UTF-8 names (never
- * plain objects, so a name like `__proto__` is just a name); names, targets and depth obey
- * the NAR rules of nar-parser.ts. A regular file of size 0 may lack narOffset (read as 0);
+ * Names and symlink targets are bytes (Nix allows any byte but NUL, and '/' in names).
+ * They are held as *byte strings*: JS strings whose every code unit is one byte (0-255),
+ * i.e. `Buffer#toString('latin1')` of the bytes. One-byte strings are V8's compact
+ * representation, Map lookups stay string lookups, and code-unit order is byte order.
+ * Convert at the edges only: `Buffer.from(s, 'latin1')` gives the bytes back;
+ * `byteString(unicode)` gives the byte string of a Unicode name (its UTF-8 bytes).
+ *
+ * `.ls` bytes: Nix 2.8 writes names and targets with its own JSON writer (`toJSON` in
+ * src/libutil/json.cc): the raw bytes, only `"` `\` and bytes < 0x20 escaped, so a name
+ * that is not UTF-8 gives a `.ls` that is not UTF-8 (newer Nix, with nlohmann::json,
+ * refuses to write such a listing). `parseListingJson` reads bytes that way (each byte one
+ * char; a `\uXXXX` escape of a code point >= 0x80 stands for its UTF-8 bytes), and
+ * `listingToJson` writes exactly what Nix 2.8 writes.
+ *
+ * Invariants: directory entries are Maps in bytewise order of their names (never plain
+ * objects, so a name like `__proto__` is just a name); names, targets and depth obey the
+ * NAR rules of nar-parser.ts. A regular file of size 0 may lack narOffset (read as 0);
  * its offset is meaningless and `listingsEqual` ignores it. Unknown JSON keys are ignored
  * (Nix adds fields over time); known keys with the wrong type are errors (ERR_LISTING_PARSE).
  * JSON.parse keeps the last of duplicate keys.
@@ -27,11 +41,13 @@ export interface NarRegular {
 
 export interface NarSymlink {
   type: 'symlink';
+  /** Byte string (see the header). */
   target: string;
 }
 
 export interface NarDirectory {
   type: 'directory';
+  /** Keyed by byte strings (see the header), in bytewise order. */
   entries: Map<string, NarNode>;
 }
 
@@ -43,7 +59,23 @@ export const NAR_MAX_TARGET_BYTES = 4095;
 /** A node at this depth (root = 0) is rejected. */
 export const NAR_MAX_DEPTH = 64;
 
-/** Why a NAR entry name is invalid, or undefined when valid (name as UTF-8 bytes). */
+/** The byte string of a Unicode name or target: its UTF-8 bytes, one char each. */
+export function byteString(unicode: string): string {
+  return Buffer.from(unicode, 'utf8').toString('latin1');
+}
+
+/** The bytes of a byte string. */
+export function stringBytes(bytes: string): Buffer {
+  return Buffer.from(bytes, 'latin1');
+}
+
+/** True when every code unit of `s` is a byte (0-255): `s` can be a byte string. */
+export function isByteString(s: string): boolean {
+  // eslint-disable-next-line no-control-regex
+  return !/[^\u0000-\u00ff]/.test(s);
+}
+
+/** Why a NAR entry name is invalid, or undefined when valid. */
 export function narNameProblem(name: Uint8Array): string | undefined {
   const len = name.length;
   if (len === 0) return 'empty name';
@@ -62,31 +94,25 @@ export function narTargetProblem(target: Uint8Array): string | undefined {
   if (target.length === 0) return 'empty symlink target';
   if (target.length > NAR_MAX_TARGET_BYTES) return `symlink target longer than ${NAR_MAX_TARGET_BYTES} bytes`;
   if (target.includes(0)) return 'symlink target contains NUL';
-  // A target that is not UTF-8 cannot be served byte for byte through a string-based
-  // FUSE binding (readlink would return U+FFFD and `nix hash path` would differ).
-  if (!isUtf8(target)) return 'symlink target is not valid UTF-8';
   return undefined;
 }
 
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-function isUtf8(bytes: Uint8Array): boolean {
-  try {
-    strictUtf8.decode(bytes);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Bytewise (UTF-8) order of names, as Nix's std::map<std::string, …>. */
+/** Bytewise order of byte-string names, as Nix's std::map<std::string, …>. */
 export function compareNames(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 // ---------------------------------------------------------------------------
 // JSON reader
 
-export function parseListingJson(text: string): NarNode {
+/**
+ * Reads a listing from the bytes of a `.ls` file (or from Unicode JSON text, taken as its
+ * UTF-8 bytes). Names and targets come out as byte strings.
+ */
+export function parseListingJson(input: Uint8Array | string): NarNode {
+  const bytes = typeof input === 'string' ? Buffer.from(input, 'utf8') : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
+  let text = bytes.toString('latin1');
+  if (text.includes('\\u')) text = text.replace(ESCAPE, unicodeEscapeToBytes);
   let doc: unknown;
   try {
     doc = JSON.parse(text);
@@ -100,6 +126,24 @@ export function parseListingJson(text: string): NarNode {
     return readNode(doc['root'], 0, '/');
   }
   return readNode(doc, 0, '/');
+}
+
+/** JSON escapes, matched left to right so `\\\\u` is an escaped backslash and a `u`. */
+const ESCAPE = /\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})|\\[^u]/g;
+
+/** A `\uXXXX` escape (or surrogate pair) of a code point >= 0x80 → its UTF-8 bytes as chars. */
+function unicodeEscapeToBytes(m: string, hi: string | undefined, lo: string | undefined, one: string | undefined): string {
+  let cp: number;
+  if (hi !== undefined && lo !== undefined) {
+    cp = 0x10000 + ((parseInt(hi, 16) - 0xd800) << 10) + (parseInt(lo, 16) - 0xdc00);
+  } else if (one !== undefined) {
+    cp = parseInt(one, 16);
+    // ASCII escapes stay; a lone surrogate stays too and is refused as not a byte string.
+    if (cp < 0x80 || (cp >= 0xd800 && cp <= 0xdfff)) return m;
+  } else {
+    return m;
+  }
+  return Buffer.from(String.fromCodePoint(cp), 'utf8').toString('latin1');
 }
 
 function readNode(v: unknown, depth: number, where: string): NarNode {
@@ -121,26 +165,26 @@ function readNode(v: unknown, depth: number, where: string): NarNode {
     case 'symlink': {
       const target = v['target'];
       if (typeof target !== 'string') throw listingError(`has a symlink without a string target at ${where}`);
-      const problem = narTargetProblem(Buffer.from(target, 'utf8'));
+      if (!isByteString(target)) throw listingError(`has a symlink target that is not valid Unicode at ${where}`);
+      const problem = narTargetProblem(Buffer.from(target, 'latin1'));
       if (problem !== undefined) throw listingError(`has an invalid symlink at ${where}: ${problem}`);
       return { type: 'symlink', target };
     }
     case 'directory': {
       const raw = v['entries'];
       if (!isPlainObject(raw)) throw listingError(`has a directory without an entries object at ${where}`);
-      const named: Array<{ name: string; bytes: Buffer }> = [];
+      const named: string[] = [];
       for (const name of Object.keys(raw)) {
-        const bytes = Buffer.from(name, 'utf8');
-        // Lone surrogates do not survive UTF-8; such a name cannot be a NAR name.
-        if (bytes.toString('utf8') !== name) throw listingError(`has a name that is not valid Unicode at ${where}`);
-        const problem = narNameProblem(bytes);
+        // A lone surrogate escape cannot be a NAR name.
+        if (!isByteString(name)) throw listingError(`has a name that is not valid Unicode at ${where}`);
+        const problem = narNameProblem(Buffer.from(name, 'latin1'));
         if (problem !== undefined) throw listingError(`has an invalid entry ${JSON.stringify(name)} at ${where}: ${problem}`);
-        named.push({ name, bytes });
+        named.push(name);
       }
-      // Object.keys puts integer-like keys first; NAR order is bytewise.
-      named.sort((a, b) => Buffer.compare(a.bytes, b.bytes));
+      // Object.keys puts integer-like keys first; NAR order is bytewise (= code-unit order).
+      named.sort(compareNames);
       const entries = new Map<string, NarNode>();
-      for (const { name } of named) {
+      for (const name of named) {
         const child = Object.getOwnPropertyDescriptor(raw, name)!.value as unknown;
         entries.set(name, readNode(child, depth + 1, where === '/' ? `/${name}` : `${where}/${name}`));
       }
@@ -179,11 +223,29 @@ function listingError(why: string, cause?: unknown): NarfsError {
 // JSON writer and comparison
 
 /**
- * The `.ls` form Nix 2.8 writes: `{"version":1,"root":…}`, keys in the order
- * type, size, executable (only when true), narOffset (always), entries bytewise sorted.
+ * The `.ls` bytes Nix 2.8 writes: `{"version":1,"root":…}`, keys in the order
+ * type, size, executable (only when true), narOffset (always), entries bytewise sorted,
+ * names and targets as raw bytes (`toJSON` of src/libutil/json.cc).
  */
-export function listingToJson(node: NarNode): string {
-  return `{"version":1,"root":${nodeToJson(node)}}`;
+export function listingToJson(node: NarNode): Buffer {
+  return Buffer.from(`{"version":1,"root":${nodeToJson(node)}}`, 'latin1');
+}
+
+/** A byte string as Nix 2.8's `toJSON(std::ostream &, const char *, const char *)` writes it. */
+function jsonBytes(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (!/["\\\u0000-\u001f]/.test(s)) return `"${s}"`;
+  let out = '"';
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x22 || c === 0x5c) out += `\\${s[i]}`;
+    else if (c === 0x0a) out += '\\n';
+    else if (c === 0x0d) out += '\\r';
+    else if (c === 0x09) out += '\\t';
+    else if (c < 0x20) out += `\\u${c.toString(16).padStart(4, '0')}`;
+    else out += s[i];
+  }
+  return `${out}"`;
 }
 
 function nodeToJson(node: NarNode): string {
@@ -191,10 +253,10 @@ function nodeToJson(node: NarNode): string {
     case 'regular':
       return `{"type":"regular","size":${node.size}${node.executable ? ',"executable":true' : ''},"narOffset":${node.narOffset}}`;
     case 'symlink':
-      return `{"type":"symlink","target":${JSON.stringify(node.target)}}`;
+      return `{"type":"symlink","target":${jsonBytes(node.target)}}`;
     case 'directory': {
       const names = [...node.entries.keys()].sort(compareNames);
-      const parts = names.map((n) => `${JSON.stringify(n)}:${nodeToJson(node.entries.get(n)!)}`);
+      const parts = names.map((n) => `${jsonBytes(n)}:${nodeToJson(node.entries.get(n)!)}`);
       return `{"type":"directory","entries":{${parts.join(',')}}}`;
     }
   }

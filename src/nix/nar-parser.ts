@@ -13,9 +13,9 @@
  * (ERR_NAR_LIMIT), a node at depth ≥ 64 (ERR_NAR_DEPTH), bytes after the root node
  * (ERR_NAR_TRAILING) and an early end (ERR_NAR_TRUNCATED).
  *
- * Deviation: entry names must be valid UTF-8 (ERR_NAR_NAME); Nix allows any bytes, but a
- * name that is not UTF-8 can be neither listed in `.ls` JSON nor served through a
- * string-based FUSE binding.
+ * Names and symlink targets are bytes, as in Nix (any byte but NUL, and '/' in names): the
+ * listing holds them as byte strings (one char per byte, see nar-listing.ts) and handler
+ * paths are arrays of byte strings.
  *
  * Invariants: file contents are never copied: they are counted and, when a handler wants
  * them, handed over as views of the caller's chunk. Chunk boundaries may fall anywhere.
@@ -23,8 +23,6 @@
  * the 8-byte length of its `contents`, as Nix records it. After the first error the parser
  * stays failed and rethrows that error.
  */
-
-import { isUtf8 } from 'node:buffer';
 
 import { NarfsError, type ErrorCode } from '../errors.js';
 import {
@@ -86,7 +84,8 @@ const enum Part {
 
 interface DirFrame {
   node: NarDirectory;
-  prevName: Buffer | undefined;
+  /** Byte string of the previous entry's name (code-unit order is byte order). */
+  prevName: string | undefined;
   /** Name of the entry being parsed in this directory. */
   pendingName: string;
 }
@@ -327,7 +326,7 @@ export class NarParser {
         const bytes = buf.subarray(off, off + n);
         const problem = narTargetProblem(bytes);
         if (problem !== undefined) throw this.error('ERR_NAR_SYMLINK', `NAR has an invalid symlink: ${problem}`);
-        this.attach({ type: 'symlink', target: bytes.toString('utf8') });
+        this.attach({ type: 'symlink', target: bytes.toString('latin1') });
         this.st = St.Close;
         return;
       }
@@ -378,13 +377,13 @@ export class NarParser {
     if (problem !== undefined) {
       throw this.error('ERR_NAR_NAME', `NAR contains invalid file name '${show(bytes, 0, bytes.length)}': ${problem}`);
     }
-    if (!isUtf8(bytes)) throw this.error('ERR_NAR_NAME', 'NAR contains a file name that is not valid UTF-8');
     const frame = this.stack[this.stack.length - 1]!;
-    if (frame.prevName !== undefined && Buffer.compare(frame.prevName, bytes) >= 0) {
-      throw this.error('ERR_NAR_UNSORTED', `NAR directory is not sorted ('${show(bytes, 0, bytes.length)}' after '${frame.prevName.toString('utf8')}')`);
+    const name = bytes.toString('latin1'); // a copy: `bytes` may view the scratch buffer
+    if (frame.prevName !== undefined && frame.prevName >= name) {
+      throw this.error('ERR_NAR_UNSORTED', `NAR directory is not sorted ('${show(bytes, 0, bytes.length)}' after '${show(Buffer.from(frame.prevName, 'latin1'), 0, frame.prevName.length)}')`);
     }
-    frame.prevName = Buffer.from(bytes); // copy: `bytes` may view the scratch buffer
-    frame.pendingName = bytes.toString('utf8');
+    frame.prevName = name;
+    frame.pendingName = name;
   }
 
   private startContents(size: number): void {

@@ -4,7 +4,8 @@
  *
  * Format: see nix-formats.md §1.1-1.2: 8-byte little-endian ints, strings as length ‖ bytes
  * ‖ zero padding to a multiple of 8, directory entries in bytewise (strcmp) order of
- * their UTF-8 names, `executable ""` before `contents`.
+ * their names, `executable ""` before `contents`. `NarTree` is for authoring: its names and
+ * targets are Unicode (written as UTF-8); `bytes:` keys / Uint8Array targets give raw bytes.
  *
  * Invariant: `writeNar` produces the bytes `nix-store --dump` would for the same tree. It
  * does not validate names or targets (use `parseNar` for that). `NarTokenWriter` emits
@@ -13,8 +14,8 @@
 
 export type NarTree =
   | { type: 'regular'; contents: Buffer | string; executable?: boolean }
-  | { type: 'symlink'; target: string }
-  | { type: 'directory'; entries: Record<string, NarTree> };
+  | { type: 'symlink'; target: string | Uint8Array }
+  | { type: 'directory'; entries: Record<string, NarTree>; byteEntries?: ReadonlyArray<readonly [Uint8Array, NarTree]> };
 
 /** Low-level, unchecked NAR token emitter (one growing buffer). */
 export class NarTokenWriter {
@@ -107,12 +108,13 @@ function writeNode(w: NarTokenWriter, node: NarTree): void {
       break;
     case 'directory': {
       w.str('directory');
-      const names = Object.keys(node.entries)
-        .map((name) => ({ name, bytes: Buffer.from(name, 'utf8') }))
-        .sort((a, b) => Buffer.compare(a.bytes, b.bytes));
-      for (const { name, bytes } of names) {
+      const names: Array<{ bytes: Uint8Array; child: NarTree }> = Object.keys(node.entries)
+        .map((name) => ({ bytes: Buffer.from(name, 'utf8'), child: Object.getOwnPropertyDescriptor(node.entries, name)!.value as NarTree }));
+      for (const [bytes, child] of node.byteEntries ?? []) names.push({ bytes, child });
+      names.sort((a, b) => Buffer.compare(a.bytes, b.bytes));
+      for (const { bytes, child } of names) {
         w.strs('entry', '(', 'name', bytes, 'node');
-        writeNode(w, Object.getOwnPropertyDescriptor(node.entries, name)!.value as NarTree);
+        writeNode(w, child);
         w.str(')');
       }
       break;

@@ -70,7 +70,7 @@ export function runInWorker<T>(entry: URL, job: unknown, options: RunInWorkerOpt
   });
 }
 
-function startWorker(entry: URL, job: unknown, transferList: TransferListItem[] | undefined): Worker {
+export function startWorker(entry: URL, job: unknown, transferList: TransferListItem[] | undefined): Worker {
   const common = { workerData: job, ...(transferList ? { transferList } : {}) };
   if (existsSync(fileURLToPath(entry))) return new Worker(entry, common);
   // Running from the TypeScript sources: load the `.ts` sibling through tsx.

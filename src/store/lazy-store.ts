@@ -26,6 +26,7 @@
  *   Cached narinfos, listings and NARs need no datalake: with every datalake down, what
  *   the cache holds is still served.
  */
+import { isUtf8 } from 'node:buffer';
 import { open, type FileHandle } from 'node:fs/promises';
 import { cacheError } from '../cache/cache-error.js';
 import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
@@ -120,7 +121,7 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     if (cached.state === 'damaged') this.#opts.logger.warn('cached NAR is damaged; it will be fetched again', { path: name, err: cached.error });
     const seen = await this.#meta.getListing(hashPart);
-    if (seen !== undefined) return this.#show(name, parseListingJson(seen), false);
+    if (seen !== undefined) return this.#show(name, parseListingJson(listingFromMeta(seen)), false);
     const published = await this.#fetchListing(info, signal);
     if (published) {
       await this.#meta.putListing(hashPart, published.json).catch((err: unknown) => {
@@ -286,7 +287,10 @@ export class LazyStore implements RootNodes, ContentReader {
         await this.#meta.deleteListing(info.narInfo.storePath.hashPart).catch(() => {});
         throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
       }
-      this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+      // Not brought back if the filesystem released the path meanwhile (`release`).
+      if (shown === undefined || this.#shown.get(name) === shown) {
+        this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
+      }
       this.#complete.set(name, info.narInfo.narSize);
       return info.narInfo.narSize;
     } catch (err) {
@@ -310,15 +314,24 @@ export class LazyStore implements RootNodes, ContentReader {
       return undefined;
     }
     if (!bytes) return undefined;
-    const json = bytes.toString('utf8');
+    const json = listingToMeta(bytes);
     try {
-      const listing = parseListingJson(json);
+      const listing = parseListingJson(bytes);
       checkListingBounds(listing, info.narInfo.narSize);
       return { listing, json };
     } catch (err) {
       this.#opts.logger.warn('listing rejected; using the NAR', { datalake: info.datalake.displayUrl, path: rel, err });
       return undefined;
     }
+  }
+
+  /**
+   * The filesystem holds no inode of `name` any more: forget the listing shown for it
+   * (RootNodes.release). A later `resolve` loads it again (cache, metadata cache, `.ls`,
+   * NAR), so memory follows what the kernel holds, not every path ever looked at.
+   */
+  release(name: string): void {
+    this.#shown.delete(name);
   }
 
   #show(name: string, listing: NarNode, verified: boolean): NarNode {
@@ -358,4 +371,17 @@ function checkListingBounds(node: NarNode, narSize: number): void {
 function sameNar(a: PathInfo, b: PathInfo): boolean {
   return a.datalake === b.datalake && a.narInfo.url === b.narInfo.url && a.narInfo.compression === b.narInfo.compression
     && a.narInfo.narSize === b.narInfo.narSize && hashEquals(a.narInfo.narHash, b.narInfo.narHash);
+}
+
+/**
+ * The metadata cache keeps listings as text. A `.ls` that is UTF-8 is kept as its text (as
+ * before names were bytes); one that is not (names that are not UTF-8) is kept as the
+ * marker NUL + one char per byte, which no JSON text starts with.
+ */
+function listingToMeta(bytes: Buffer): string {
+  return isUtf8(bytes) ? bytes.toString('utf8') : `\u0000${bytes.toString('latin1')}`;
+}
+
+function listingFromMeta(text: string): Uint8Array | string {
+  return text.startsWith('\u0000') ? Buffer.from(text.slice(1), 'latin1') : text;
 }

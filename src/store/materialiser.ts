@@ -24,6 +24,11 @@
  *   check (ERR_NAR_*), the cache disk (ERR_CACHE_FULL / ERR_CACHE_IO, not blamed on the
  *   data). An uncoded error of unknown origin is ERR_INTERNAL, never ERR_DECOMPRESS.
  * - Memory is bounded: the stream flows through with back-pressure, never buffered whole.
+ * - CPU work is off the main thread (which answers the kernel): decompression of zstd,
+ *   gzip and br, SHA-256, the strict parse and the writes to the temp file run on a
+ *   verify worker (verify-pool.ts); xz and bzip2 stay child processes whose output the
+ *   main thread only moves on. The temp file is committed or removed only once the
+ *   worker has finished with it (`VerifyJob.settled`).
  * - The NAR comes from the datalake whose narinfo was used (its URL is relative to it),
  *   through the DatalakeSet (`getStreamFrom`), so the set's health applies: a datalake
  *   known to be down fails fast (after at most one bounded probe), and a NAR stream that
@@ -32,8 +37,7 @@
  *   The set's fail-fast "down" answer is not retried here: the datalake was just given its
  *   chance, and retrying would only make every reader wait longer.
  */
-import { createHash } from 'node:crypto';
-import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
+import { type Duplex, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
 import { raceSignal, sleep } from '../deadline.js';
@@ -43,11 +47,12 @@ import { cacheError } from '../cache/cache-error.js';
 import { createDecompressor } from '../compression/decompress.js';
 import { checkRelPath } from '../datalake/datalake.js';
 import { isDatalakeDown, type DatalakeSet } from '../datalake/datalake-set.js';
-import { NarParser } from '../nix/nar-parser.js';
-import { listingToJson, type NarNode } from '../nix/nar-listing.js';
+import type { NarNode } from '../nix/nar-listing.js';
 import { formatHash } from '../nix/hash.js';
 import { storePathBase } from '../nix/store-path.js';
 import type { PathInfo } from './path-info-service.js';
+import { defaultVerifyPool, type VerifyJob, type VerifyPool } from './verify-pool.js';
+import type { WorkerCompression } from './verify-protocol.js';
 
 export interface MaterialiserOptions {
   logger: Logger;
@@ -65,6 +70,8 @@ export interface MaterialiserOptions {
   retryBaseMs?: number;
   /** Aborted on shutdown: fetches in flight stop and clean up. */
   signal?: AbortSignal;
+  /** Worker threads that verify NARs; default: the process-wide pool. */
+  verifyPool?: VerifyPool;
   /** Told of each fetch attempt (metrics; src/daemon/metrics.ts). */
   events?: MaterialiserEvents;
 }
@@ -75,6 +82,11 @@ export interface MaterialiserEvents {
   /** `narSize`/`fileSize` (NarSize and FileSize of the narinfo) only when it succeeded. */
   fetchEnded(datalake: string, ok: boolean, seconds: number, narSize?: number, fileSize?: number): void;
 }
+
+/** Methods a verify worker undoes itself; xz and bzip2 stay child processes. */
+const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd', 'gzip', 'br']);
+/** Longest wait for a verify worker to let go of a temp file after a failure. */
+const SETTLE_MS = 30_000;
 
 export interface Materialised {
   narPath: string;
@@ -155,7 +167,9 @@ export class Materialiser {
     this.fetches++;
     const shutdown = this.#opts.signal;
     // 1. The decompressor (may wait for a pool slot) and 2. the temp file, before any socket.
-    const decompressor = await createDecompressor(ni.compression, shutdown ? { signal: shutdown } : {});
+    // zstd, gzip and br are undone on the verify worker: nothing to take here.
+    const inWorker = IN_WORKER.has(ni.compression);
+    const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
     let temp: NarTemp;
     try {
       temp = await this.#cache.createTemp(name);
@@ -182,13 +196,15 @@ export class Materialiser {
 
   async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, temp: NarTemp, started: number): Promise<Materialised> {
     const ni = info.narInfo;
-    const verifier = new NarVerifier(ni.narSize);
+    const inWorker = IN_WORKER.has(ni.compression);
+    const verifier: VerifyJob = (this.#opts.verifyPool ?? defaultVerifyPool)
+      .open(temp.path, ni.narSize, inWorker ? ni.compression as WorkerCompression : 'none');
     // The first error each stage raised, to give the failure the code of its origin.
     let first: { stage: Stage; err: unknown } | undefined;
     const note = (stage: Stage) => (err: unknown) => { first ??= { stage, err }; };
     source.on('error', note('source'));
     decompressor.on('error', note('decompress'));
-    verifier.on('error', note('verify'));
+    verifier.on('error', (err: unknown) => { first ??= { stage: verifier.failedStage ?? 'verify', err }; });
     const stalled = new AbortController();
     const stallMs = this.#opts.stallMs ?? 60_000;
     const watchdog = setInterval(() => {
@@ -196,44 +212,17 @@ export class Materialiser {
         stalled.abort(new NarfsError('ERR_DATALAKE_TIMEOUT', `${name}: no NAR bytes arrived for ${stallMs} ms`));
       }
     }, Math.min(1000, stallMs));
-    // Chunks are gathered and written with one writev per MiB, not one write per chunk.
-    let position = 0;
-    const sink = async (chunks: AsyncIterable<Buffer>) => {
-      let batch: Buffer[] = [];
-      let batched = 0;
-      const flush = async () => {
-        if (batched === 0) return;
-        try {
-          await temp.handle.writev(batch, position);
-        } catch (err) {
-          const e = cacheError(err, `cannot write the NAR of ${name} to the cache`);
-          first ??= { stage: 'sink', err: e };
-          throw e;
-        }
-        position += batched;
-        batch = [];
-        batched = 0;
-      };
-      for await (const chunk of chunks) {
-        batch.push(chunk);
-        batched += chunk.length;
-        if (batched >= 1 << 20) await flush();
-      }
-      await flush();
-    };
     const shutdown = this.#opts.signal;
     const signal = shutdown ? AbortSignal.any([shutdown, stalled.signal]) : stalled.signal;
     try {
-      await pipeline(source, decompressor, verifier, sink, { signal });
-      verifier.checkSize();
-      const got = verifier.digest();
+      await pipeline(source, decompressor, verifier, { signal });
+      const { digest: got, listing, listingJson } = await verifier.result();
       if (!got.equals(ni.narHash.digest)) {
         throw new NarfsError('ERR_NAR_HASH_MISMATCH',
           `${name}: NAR hashes to sha256:${formatHash({ algo: 'sha256', digest: got }, 'nix32', false)}, narinfo says ${formatHash(ni.narHash, 'nix32')}`);
       }
-      const listing = verifier.listing();
       clearInterval(watchdog);
-      await temp.commit(listingToJson(listing), { narHash: ni.narHash, narSize: ni.narSize });
+      await temp.commit(listingJson, { narHash: ni.narHash, narSize: ni.narSize });
       const ms = Date.now() - started;
       this.#opts.logger.info('materialised', {
         path: name, bytes: ni.narSize, ms, source: info.datalake.displayUrl, compression: ni.compression,
@@ -241,9 +230,14 @@ export class Materialiser {
       return { narPath: this.#cache.narPath(name), listing };
     } catch (err) {
       clearInterval(watchdog);
-      await temp.abort();
       source.destroy();
       decompressor.destroy();
+      verifier.destroy();
+      // The worker must be done with the temp file before it goes.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([verifier.settled(), new Promise<void>((resolve) => { timer = setTimeout(resolve, SETTLE_MS); })]);
+      clearTimeout(timer);
+      await temp.abort();
       if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
       const failure = stalled.signal.aborted ? stalled.signal.reason as NarfsError : classify(name, first ?? { stage: undefined, err });
       // The datalake's own fault (the stream died or went silent) counts against its health.
@@ -287,55 +281,5 @@ function classify(name: string, f: { stage: Stage | undefined; err: unknown }): 
         return new NarfsError('ERR_DATALAKE_TRUNCATED', `${name}: the NAR stream closed early`, { cause: err });
       }
       return toNarfsError(err, 'ERR_INTERNAL');
-  }
-}
-
-/**
- * Pass-through that counts, hashes and strictly parses the uncompressed NAR. It fails
- * the stream as soon as more than NarSize bytes arrive or the grammar breaks.
- */
-class NarVerifier extends Transform {
-  readonly #expected: number;
-  readonly #hash = createHash('sha256');
-  readonly #parser = new NarParser();
-  #size = 0;
-  /** When the last chunk went through (for the stall watchdog). */
-  lastProgress = Date.now();
-
-  constructor(expectedSize: number) {
-    super();
-    this.#expected = expectedSize;
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.lastProgress = Date.now();
-    this.#size += chunk.length;
-    if (this.#size > this.#expected) {
-      cb(new NarfsError('ERR_NAR_SIZE_MISMATCH', `the NAR is longer than NarSize ${this.#expected}`));
-      return;
-    }
-    try {
-      this.#hash.update(chunk);
-      this.#parser.write(chunk);
-    } catch (err) {
-      cb(toNarfsError(err));
-      return;
-    }
-    cb(null, chunk);
-  }
-
-  checkSize(): void {
-    if (this.#size !== this.#expected) {
-      throw new NarfsError('ERR_NAR_SIZE_MISMATCH', `the NAR is ${this.#size} bytes, NarSize is ${this.#expected}`);
-    }
-  }
-
-  /** The listing; throws if the NAR's grammar is incomplete. */
-  listing(): NarNode {
-    return this.#parser.end();
-  }
-
-  digest(): Buffer {
-    return this.#hash.digest();
   }
 }

@@ -17,7 +17,8 @@
  *   has the shape Nix's own grammar accepts (drv-reference.ts).
  *
  * Text formats are decoded from the mutated bytes with Buffer#toString('utf8'), as
- * src/store does with what a datalake serves.
+ * src/store does with what a datalake serves; `.ls` listings are bytes (names need not be
+ * UTF-8) and are parsed as bytes.
  */
 import { isDeepStrictEqual } from 'node:util';
 
@@ -26,6 +27,7 @@ import { parseDerivation } from '../../src/nix/derivation.js';
 import { formatHash, parseHash, type Hash } from '../../src/nix/hash.js';
 import {
   NAR_MAX_DEPTH,
+  isByteString,
   listingToJson,
   listingsEqual,
   narNameProblem,
@@ -325,11 +327,12 @@ function treeOf(node: NarNode, input: Buffer, counter: { files: number }): NarTr
       return { type: 'regular', contents: input.subarray(narOffset, narOffset + size), executable: node.executable };
     }
     case 'symlink':
-      return { type: 'symlink', target: node.target };
+      return { type: 'symlink', target: Buffer.from(node.target, 'latin1') };
     case 'directory': {
-      const entries = Object.create(null) as Record<string, NarTree>;
-      for (const [name, child] of node.entries) entries[name] = treeOf(child, input, counter);
-      return { type: 'directory', entries };
+      // Names are byte strings: written back as their bytes.
+      const byteEntries: Array<[Buffer, NarTree]> = [];
+      for (const [name, child] of node.entries) byteEntries.push([Buffer.from(name, 'latin1'), treeOf(child, input, counter)]);
+      return { type: 'directory', entries: {}, byteEntries };
     }
   }
 }
@@ -643,14 +646,14 @@ function checkListing(node: NarNode, depth: number): void {
       if (typeof node.executable !== 'boolean') throw violation('accepted listing has a non-boolean executable');
       return;
     case 'symlink':
-      if (typeof node.target !== 'string' || narTargetProblem(Buffer.from(node.target, 'utf8')) !== undefined) throw violation('accepted listing has an invalid target');
+      if (typeof node.target !== 'string' || !isByteString(node.target) || narTargetProblem(Buffer.from(node.target, 'latin1')) !== undefined) throw violation('accepted listing has an invalid target');
       return;
     case 'directory': {
       if (!(node.entries instanceof Map)) throw violation('accepted listing has entries that are not a Map');
       let prev: Buffer | undefined;
       for (const [name, child] of node.entries) {
-        const bytes = Buffer.from(name, 'utf8');
-        if (bytes.toString('utf8') !== name || narNameProblem(bytes) !== undefined) throw violation(`accepted listing has the name ${JSON.stringify(name)}`);
+        const bytes = Buffer.from(name, 'latin1');
+        if (!isByteString(name) || narNameProblem(bytes) !== undefined) throw violation(`accepted listing has the name ${JSON.stringify(name)}`);
         if (prev !== undefined && Buffer.compare(prev, bytes) >= 0) throw violation('accepted listing has entries out of bytewise order');
         prev = bytes;
         checkListing(child, depth + 1);
@@ -668,7 +671,8 @@ const lsTarget: FuzzTarget = {
     return out === undefined ? b : Buffer.from(out, 'utf8');
   },
   run(input) {
-    const root = parseListingJson(input.toString('utf8'));
+    // The bytes of a .ls, as narfs reads them (names need not be UTF-8).
+    const root = parseListingJson(input);
     checkListing(root, 0);
     let again: NarNode;
     try {

@@ -54,6 +54,7 @@ export type FixtureRole =
   | 'single-exec' // $out is one executable file
   | 'single-symlink' // $out is one symlink into single-file
   | 'traps' // names: bytewise sort traps, spaces, unicode (NFC/NFD), 255 bytes
+  | 'byte-names' // names and a symlink target that are not UTF-8
   | 'tree' // executables, all kinds of symlinks, empty files/dirs, 30 levels, padding
   | 'self-ref' // references itself
   | 'many-files' // 3000 small files (one directory of 1000)

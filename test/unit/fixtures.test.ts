@@ -49,7 +49,7 @@ describe('fixture datalakes (real Nix)', function () {
   it('has every datalake and every role', function () {
     assert.deepEqual(Object.keys(f.datalakes).sort(), [...FIXTURE_DATALAKES].sort());
     const single: FixtureRole[] = [
-      'single-file', 'single-exec', 'single-symlink', 'traps', 'tree', 'self-ref',
+      'single-file', 'single-exec', 'single-symlink', 'traps', 'byte-names', 'tree', 'self-ref',
       'many-files', 'large-file', 'multi-output', 'multi-output-doc', 'top',
     ];
     for (const role of single) assert.ok(pathByRole(f, role), role);

@@ -48,7 +48,7 @@ describe('NarCache', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  async function store(name: string, bytes: Buffer, listing: string): Promise<void> {
+  async function store(name: string, bytes: Buffer, listing: Uint8Array): Promise<void> {
     const t = await cache.createTemp(name);
     await t.handle.write(bytes);
     await t.commit(listing, RECORD);
@@ -68,7 +68,7 @@ describe('NarCache', () => {
     await store(NAME1, NAR, LISTING);
     await new NarCache(dir).init();
     assert.equal(await cache.has(NAME1), true);
-    assert.equal(await cache.readListing(NAME1), LISTING);
+    assert.deepEqual(await cache.readListing(NAME1), LISTING);
   });
 
   it('init() on a path that is a file fails with ERR_CACHE_IO', async () => {
@@ -89,12 +89,12 @@ describe('NarCache', () => {
 
     assert.equal(cache.narPath(NAME1), join(dir, 'nar', `${NAME1}.nar`));
     assert.deepEqual(await readFile(cache.narPath(NAME1)), NAR);
-    assert.equal(await readFile(join(dir, 'nar', `${NAME1}.listing.json`), 'utf8'), LISTING);
+    assert.deepEqual(await readFile(join(dir, 'nar', `${NAME1}.listing.json`)), LISTING);
     assert.deepEqual((await readdir(join(dir, 'nar'))).sort(), [`${NAME1}.listing.json`, `${NAME1}.nar`, `${NAME1}.verified.json`]);
     assert.deepEqual(await readdir(join(dir, 'tmp')), []);
     assert.equal(await exists(t.path), false);
     assert.equal(await cache.has(NAME1), true);
-    assert.equal(await cache.readListing(NAME1), LISTING);
+    assert.deepEqual(await cache.readListing(NAME1), LISTING);
   });
 
   it('commit writes the listing before the NAR: when the NAR cannot be renamed, only the listing is there and it is not served', async () => {
@@ -104,7 +104,7 @@ describe('NarCache', () => {
     const t = await cache.createTemp(NAME1);
     await t.handle.write(NAR);
     await assert.rejects(t.commit(LISTING, RECORD), isCode('ERR_CACHE_IO'));
-    assert.equal(await readFile(join(dir, 'nar', `${NAME1}.listing.json`), 'utf8'), LISTING, 'listing was renamed first');
+    assert.deepEqual(await readFile(join(dir, 'nar', `${NAME1}.listing.json`)), LISTING, 'listing was renamed first');
     assert.equal(await exists(t.path), false, 'the temp NAR is removed on failure');
     assert.equal(await cache.has(NAME1), false);
     assert.equal(await cache.readListing(NAME1), undefined);
@@ -129,10 +129,10 @@ describe('NarCache', () => {
     assert.notEqual(a.path, b.path);
     await a.handle.write(Buffer.from('first'));
     await b.handle.write(NAR);
-    await a.commit('{"first":true}', RECORD);
+    await a.commit(Buffer.from('{"first":true}'), RECORD);
     await b.commit(LISTING, RECORD);
     assert.deepEqual(await readFile(cache.narPath(NAME1)), NAR);
-    assert.equal(await cache.readListing(NAME1), LISTING);
+    assert.deepEqual(await cache.readListing(NAME1), LISTING);
     assert.deepEqual(await readdir(join(dir, 'tmp')), []);
   });
 
@@ -181,7 +181,7 @@ describe('NarCache', () => {
       await ok();
       const r = await cache.lookup(NAME1, RECORD);
       assert.equal(r.state, 'ok');
-      assert.equal(listingToJson((r as { listing: Parameters<typeof listingToJson>[0] }).listing), LISTING);
+      assert.deepEqual(listingToJson((r as { listing: Parameters<typeof listingToJson>[0] }).listing), LISTING);
       assert.deepEqual(await cache.verify(NAME1), { state: 'ok', bytes: NAR.length });
     });
 

@@ -9,7 +9,7 @@ import { constants } from 'node:fs';
 
 import { isNarfsError } from '../../../src/errors.js';
 import { ROOT_INO, StoreFilesystem, type Attr, type ContentReader, type RootNodes } from '../../../src/fs/store-filesystem.js';
-import type { NarNode } from '../../../src/nix/nar-listing.js';
+import { byteString, type NarNode } from '../../../src/nix/nar-listing.js';
 import { parseNar } from '../../../src/nix/nar-parser.js';
 import { writeNar, type NarTree } from '../../../src/nix/nar-writer.js';
 
@@ -100,6 +100,11 @@ class CountingRoots implements RootNodes {
     this.knownCalls++;
     return this.known;
   }
+
+  released: string[] = [];
+  release(name: string): void {
+    this.released.push(name);
+  }
 }
 
 class NarContent implements ContentReader {
@@ -134,8 +139,14 @@ function setup(rootDirs: string[] = ['.links']) {
   return { fs, roots, content, resolved };
 }
 
+/** The Unicode form of a byte-string name or target (the filesystem's names are bytes). */
+function uni(bytes: string): string {
+  return Buffer.from(bytes, 'latin1').toString('utf8');
+}
+
+/** Looks up a name given in Unicode (its UTF-8 bytes, as the kernel would pass it). */
 async function mustLookup(fs: StoreFilesystem, parent: number, name: string): Promise<Attr> {
-  const a = await fs.lookup(parent, name);
+  const a = await fs.lookup(parent, byteString(name));
   assert.ok(a, `lookup of ${JSON.stringify(name)} under ${parent} found nothing`);
   return a;
 }
@@ -214,10 +225,10 @@ describe('StoreFilesystem', () => {
       const l = await walk(fs, TREE_NAME, 'é');
       // 'a/é' is 3 UTF-16 units but 4 bytes
       assert.deepEqual(l, expectedAttr(l.ino, { kind: 'symlink', mode: S_IFLNK | 0o777, size: 4 }));
-      assert.equal(fs.readlink(l.ino), 'a/é');
+      assert.equal(uni(fs.readlink(l.ino)), 'a/é');
       const up = await walk(fs, TREE_NAME, 'a', 'up');
       assert.equal(up.size, 4);
-      assert.equal(fs.readlink(up.ino), '../B');
+      assert.equal(uni(fs.readlink(up.ino)), '../B');
     });
 
     it('getattr of an inode never handed out is ERR_STALE_INODE', () => {
@@ -279,6 +290,20 @@ describe('StoreFilesystem', () => {
       assert.throws(() => fs.getattr(top.ino), isCode('ERR_STALE_INODE'));
     });
 
+    it('tells the store when the last inode of a store path is forgotten (its listing may go)', async () => {
+      const { fs, roots } = setupForgetting();
+      const top = await walk(fs, TREE_NAME);
+      const kids = fs.readdir(top.ino).map((e) => fs.lookupChild(top.ino, e.name)!);
+      assert.equal(fs.forget(top.ino, 1), true, 'the store path root goes first');
+      assert.deepEqual(roots.released, [], 'its children still hold the listing');
+      for (const k of kids.slice(0, -1)) fs.forget(k.ino, 1);
+      assert.deepEqual(roots.released, []);
+      fs.forget(kids[kids.length - 1]!.ino, 1);
+      assert.deepEqual(roots.released, [TREE_NAME]);
+      await walk(fs, TREE_NAME);
+      assert.deepEqual(roots.resolveCalls.filter((n) => n === TREE_NAME).length, 2, 'resolved again after the release');
+    });
+
     it('an inode looked up twice lives until both lookups are forgotten', async () => {
       const { fs } = setupForgetting();
       const a = await walk(fs, TREE_NAME);
@@ -334,18 +359,28 @@ describe('StoreFilesystem', () => {
   });
 
   describe('readdir', () => {
+    it('lists a slice of a directory: from `start`, at most `limit` entries', async () => {
+      const { fs } = setup();
+      const top = await walk(fs, TREE_NAME);
+      const all = fs.readdir(top.ino).map((e) => e.name);
+      assert.deepEqual(fs.readdir(top.ino, 2, 3).map((e) => e.name), all.slice(2, 5));
+      assert.deepEqual(fs.readdir(top.ino, all.length - 1, 10).map((e) => e.name), all.slice(-1));
+      assert.deepEqual(fs.readdir(top.ino, all.length, 10), []);
+      assert.deepEqual(fs.readdir(ROOT_INO, 0, 1).map((e) => e.name), ['.links']);
+    });
+
     it('lists a directory in bytewise UTF-8 order, with attributes', async () => {
       const { fs } = setup();
       const top = await walk(fs, TREE_NAME);
       const entries = fs.readdir(top.ino);
-      assert.deepEqual(entries.map((e) => e.name), TREE_ORDER);
-      const kinds = Object.fromEntries(entries.map((e) => [e.name, e.attr?.kind]));
+      assert.deepEqual(entries.map((e) => uni(e.name)), TREE_ORDER);
+      const kinds = Object.fromEntries(entries.map((e) => [uni(e.name), e.attr?.kind]));
       assert.deepEqual(kinds, {
         B: 'regular', _: 'regular', a: 'directory', bin: 'directory', data: 'regular',
         empty: 'regular', 'é': 'symlink', [FULLWIDTH_A]: 'regular', [EMOJI]: 'regular',
       });
       const a = await walk(fs, TREE_NAME, 'a');
-      assert.deepEqual(fs.readdir(a.ino).map((e) => e.name), ['_', 'up', 'z', 'é']);
+      assert.deepEqual(fs.readdir(a.ino).map((e) => uni(e.name)), ['_', 'up', 'z', 'é']);
       const z = await walk(fs, TREE_NAME, 'a', 'z');
       assert.deepEqual(fs.readdir(z.ino), []);
     });
@@ -359,7 +394,7 @@ describe('StoreFilesystem', () => {
       const entries = fs.readdir(ROOT_INO);
       assert.equal(roots.resolveCalls.length, before, 'readdir of the root must not resolve anything');
       assert.ok(roots.knownCalls >= 1);
-      assert.deepEqual(entries.map((e) => e.name), ['.links', FILE_NAME, TREE_NAME, LINK_NAME].sort(bytewise));
+      assert.deepEqual(entries.map((e) => uni(e.name)), ['.links', FILE_NAME, TREE_NAME, LINK_NAME].sort(bytewise));
       const byName = new Map(entries.map((e) => [e.name, e]));
       assert.equal(byName.get('.links')?.attr?.kind, 'directory');
       assert.equal(byName.get(LINK_NAME)?.attr, undefined, 'a known but unresolved name has no attr yet');
@@ -404,7 +439,7 @@ describe('StoreFilesystem', () => {
       assert.equal(await fs.lookup(ROOT_INO, ABSENT_NAME), undefined);
       assert.deepEqual(roots.resolveCalls, [ABSENT_NAME]);
       assert.deepEqual(resolved, []);
-      assert.deepEqual(fs.readdir(ROOT_INO).map((e) => e.name), ['.links']);
+      assert.deepEqual(fs.readdir(ROOT_INO).map((e) => uni(e.name)), ['.links']);
       // absence is not remembered here (the store layer has the negative cache)
       assert.equal(await fs.lookup(ROOT_INO, ABSENT_NAME), undefined);
       assert.equal(roots.resolveCalls.length, 2);
@@ -450,9 +485,10 @@ describe('StoreFilesystem', () => {
       assert.equal(e.size, 7);
       const top = await walk(fs, TREE_NAME);
       assert.equal(await fs.lookup(top.ino, 'b'), undefined, 'names are case-sensitive');
-      assert.equal(await fs.lookup(top.ino, 'e\u0301'), undefined, 'no Unicode normalisation');
+      assert.equal(await fs.lookup(top.ino, byteString('e\u0301')), undefined, 'no Unicode normalisation');
       assert.equal(await fs.lookup(top.ino, 'missing'), undefined);
-      assert.equal((await fs.lookup(top.ino, EMOJI))?.size, 6);
+      assert.equal((await fs.lookup(top.ino, byteString(EMOJI)))?.size, 6);
+      assert.equal(await fs.lookup(top.ino, EMOJI), undefined, 'names are bytes: the UTF-16 string is not the name');
     });
 
     it('lookup under a file is ERR_NOT_DIRECTORY', async () => {
@@ -466,9 +502,9 @@ describe('StoreFilesystem', () => {
     it('readlink of a file or a directory is ERR_NOT_SYMLINK', async () => {
       const { fs } = setup();
       const b = await walk(fs, TREE_NAME, 'B');
-      assert.throws(() => fs.readlink(b.ino), isCode('ERR_NOT_SYMLINK'));
+      assert.throws(() => uni(fs.readlink(b.ino)), isCode('ERR_NOT_SYMLINK'));
       const a = await walk(fs, TREE_NAME, 'a');
-      assert.throws(() => fs.readlink(a.ino), isCode('ERR_NOT_SYMLINK'));
+      assert.throws(() => uni(fs.readlink(a.ino)), isCode('ERR_NOT_SYMLINK'));
     });
   });
 
@@ -547,7 +583,7 @@ describe('StoreFilesystem', () => {
     it('open and readlink of the store root say what the root is, not ERR_STALE_INODE', () => {
       const { fs } = setup();
       assert.throws(() => fs.open(ROOT_INO, constants.O_RDONLY), isCode('ERR_IS_DIRECTORY'));
-      assert.throws(() => fs.readlink(ROOT_INO), isCode('ERR_NOT_SYMLINK'));
+      assert.throws(() => uni(fs.readlink(ROOT_INO)), isCode('ERR_NOT_SYMLINK'));
     });
 
     it('read of a released (or never opened) handle is ERR_BAD_HANDLE', async () => {
@@ -631,7 +667,7 @@ describe('StoreFilesystem', () => {
         expectedAttr(l.ino, { kind: 'symlink', mode: S_IFLNK | 0o777, size: Buffer.byteLength(LINK_TARGET) }),
       );
       assert.equal(l.size, LINK_TARGET.length + 1, 'é is two bytes');
-      assert.equal(fs.readlink(l.ino), LINK_TARGET);
+      assert.equal(uni(fs.readlink(l.ino)), LINK_TARGET);
       assert.throws(() => fs.open(l.ino, constants.O_WRONLY), isCode('ERR_READ_ONLY'));
     });
   });

@@ -4,7 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { listingsEqual, type NarNode } from '../../../src/nix/nar-listing.js';
+import { byteString, listingsEqual, type NarNode } from '../../../src/nix/nar-listing.js';
 import { NarParser, parseNar } from '../../../src/nix/nar-parser.js';
 import { NarTokenWriter, writeNar, type NarTree } from '../../../src/nix/nar-writer.js';
 import { encodeNix32 } from '../../../src/nix/nix32.js';
@@ -12,39 +12,45 @@ import { HELLO_NAR_HEX } from './golden.js';
 import { haveNix, nix, nixText, withTempDir } from './nix-tool.js';
 
 /** Reads a directory tree the way Nix dumps it (owner exec bit ⇒ executable). */
-function readTree(path: string): NarTree {
+function readTree(path: Buffer): NarTree {
   const st = lstatSync(path);
-  if (st.isSymbolicLink()) return { type: 'symlink', target: readlinkSync(path) };
+  if (st.isSymbolicLink()) return { type: 'symlink', target: readlinkSync(path, { encoding: 'buffer' }) };
   if (st.isFile()) return { type: 'regular', contents: readFileSync(path), executable: (st.mode & 0o100) !== 0 };
-  const entries: Record<string, NarTree> = {};
-  for (const name of readdirSync(path)) entries[name] = readTree(join(path, name));
-  return { type: 'directory', entries };
+  const byteEntries: Array<[Buffer, NarTree]> = [];
+  for (const name of readdirSync(path, { encoding: 'buffer' })) byteEntries.push([name, readTree(joinBytes(path, name))]);
+  return { type: 'directory', entries: {}, byteEntries };
+}
+
+/** Paths as bytes: names need not be UTF-8. */
+function joinBytes(dir: Buffer, name: Buffer): Buffer {
+  return Buffer.concat([dir, Buffer.from('/'), name]);
 }
 
 /** A listing without narOffsets, straight from the file system. */
-function fsListing(path: string): NarNode {
+function fsListing(path: Buffer): NarNode {
   const st = lstatSync(path);
-  if (st.isSymbolicLink()) return { type: 'symlink', target: readlinkSync(path) };
+  if (st.isSymbolicLink()) return { type: 'symlink', target: readlinkSync(path, { encoding: 'buffer' }).toString('latin1') };
   if (st.isFile()) return { type: 'regular', size: st.size, executable: (st.mode & 0o100) !== 0, narOffset: -1 };
   const entries = new Map<string, NarNode>();
-  const names = readdirSync(path).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-  for (const name of names) entries.set(name, fsListing(join(path, name)));
+  const names = readdirSync(path, { encoding: 'buffer' }).sort(Buffer.compare);
+  for (const name of names) entries.set(name.toString('latin1'), fsListing(joinBytes(path, name)));
   return { type: 'directory', entries };
 }
 
 /** Compares a parsed listing with the file system, and checks file bytes at each narOffset. */
-function checkAgainstFs(node: NarNode, path: string, narBytes: Buffer): void {
+function checkAgainstFs(node: NarNode, path: Buffer, narBytes: Buffer): void {
   const expected = fsListing(path);
-  assert.equal(node.type, expected.type, path);
+  const where = path.toString('latin1');
+  assert.equal(node.type, expected.type, where);
   if (node.type === 'regular' && expected.type === 'regular') {
-    assert.equal(node.size, expected.size, path);
-    assert.equal(node.executable, expected.executable, path);
-    assert.deepEqual(narBytes.subarray(node.narOffset, node.narOffset + node.size), readFileSync(path), `bytes at narOffset of ${path}`);
+    assert.equal(node.size, expected.size, where);
+    assert.equal(node.executable, expected.executable, where);
+    assert.deepEqual(narBytes.subarray(node.narOffset, node.narOffset + node.size), readFileSync(path), `bytes at narOffset of ${where}`);
   } else if (node.type === 'symlink' && expected.type === 'symlink') {
-    assert.equal(node.target, expected.target, path);
+    assert.equal(node.target, expected.target, where);
   } else if (node.type === 'directory' && expected.type === 'directory') {
-    assert.deepEqual([...node.entries.keys()], [...expected.entries.keys()], path);
-    for (const [name, child] of node.entries) checkAgainstFs(child, join(path, name), narBytes);
+    assert.deepEqual([...node.entries.keys()], [...expected.entries.keys()], where);
+    for (const [name, child] of node.entries) checkAgainstFs(child, joinBytes(path, Buffer.from(name, 'latin1')), narBytes);
   }
 }
 
@@ -87,6 +93,11 @@ function makeTrapDir(root: string): void {
   mkdirSync(join(d, 'sub', 'deeper', 'deepest'), { recursive: true });
   writeFileSync(join(d, 'sub', 'deeper', 'deepest', 'f'), 'deep');
   writeFileSync(join(d, 'sub', 'a'), 'same name as a sibling of sub');
+  // Names and a symlink target that are not UTF-8 (bytes, as Nix allows).
+  const db = Buffer.from(d);
+  writeFileSync(joinBytes(db, Buffer.from('caf\xe9', 'latin1')), 'latin1');
+  writeFileSync(joinBytes(db, Buffer.from([0xff, 0xfe, 0x78])), 'ff fe x');
+  symlinkSync(Buffer.from('tgt-\xe9-\xff', 'latin1'), joinBytes(db, Buffer.from('bytes-link')));
 }
 
 describe('nar-writer', () => {
@@ -100,7 +111,7 @@ describe('nar-writer', () => {
     for (const n of names) entries[n] = { type: 'regular', contents: n };
     const root = parseNar(writeNar({ type: 'directory', entries }));
     assert.ok(root.type === 'directory');
-    assert.deepEqual([...root.entries.keys()], ['10', '9', 'B', '_', 'a', 'a-', 'a.', 'é', '\uFFFD', '😀']);
+    assert.deepEqual([...root.entries.keys()], ['10', '9', 'B', '_', 'a', 'a-', 'a.', 'é', '\uFFFD', '😀'].map(byteString));
   });
 
   it('token writer emits raw tokens, including malformed ones', () => {
@@ -121,12 +132,12 @@ describe('nar-writer', () => {
         makeTrapDir(tmp);
         const dir = join(tmp, 'trap');
         const fromNix = nix('nix-store', ['--dump', dir]);
-        const ours = writeNar(readTree(dir));
+        const ours = writeNar(readTree(Buffer.from(dir)));
         assert.equal(ours.length, fromNix.length, 'length');
         assert.ok(ours.equals(fromNix), 'bytes differ from nix-store --dump');
 
         const listing = parseNar(fromNix);
-        checkAgainstFs(listing, dir, fromNix);
+        checkAgainstFs(listing, Buffer.from(dir), fromNix);
 
         // NarHash as nix-hash computes it.
         const nix32 = encodeNix32(createHash('sha256').update(fromNix).digest());
@@ -150,8 +161,8 @@ describe('nar-writer', () => {
         ];
         for (const [name, make] of cases) {
           make();
-          const path = join(tmp, name);
-          const fromNix = nix('nix-store', ['--dump', path]);
+          const path = Buffer.from(join(tmp, name));
+          const fromNix = nix('nix-store', ['--dump', join(tmp, name)]);
           assert.ok(writeNar(readTree(path)).equals(fromNix), name);
           checkAgainstFs(parseNar(fromNix), path, fromNix);
         }
