@@ -15,8 +15,7 @@
  * is process-wide: files created meanwhile by anything else would get it). A socket file
  * of a dead daemon (no answer) is replaced by the rename; a live one is refused.
  */
-import { createServer, connect, type Server, type Socket } from 'node:net';
-import { chmod, lstat, mkdtemp, rename, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { NarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -26,8 +25,9 @@ import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
 
 import { CONTROL_SOCKET } from './control-socket-path.js';
+import { isLive, listenPrivately } from './private-socket.js';
 
-export { CONTROL_SOCKET };
+export { CONTROL_SOCKET, isLive };
 
 /** Longest request line the server reads. */
 export const MAX_REQUEST_BYTES = 1 << 20;
@@ -60,38 +60,12 @@ export async function startControlServer(cacheDir: string, options: ControlServe
       socket.destroy();
     });
   });
-  let dir: string;
-  try {
-    dir = await mkdtemp(join(cacheDir, '.control-'));
-  } catch (err) {
-    throw new NarfsError('ERR_CONTROL', `cannot create a private directory in ${cacheDir}`, { cause: err });
-  }
-  let ino: number;
-  try {
-    // Bound where only this user may enter (mkdtemp makes 0700), made 0600, then given
-    // its name in one rename: it is never reachable with another mode.
-    const bound = join(dir, 's');
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new NarfsError('ERR_CONTROL', `cannot listen on ${bound}`, { cause: err })));
-      server.listen(bound, () => resolve());
-    });
-    await chmod(bound, 0o600);
-    await rename(bound, path);
-    ino = (await lstat(path)).ino;
-  } catch (err) {
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    throw err instanceof NarfsError ? err : new NarfsError('ERR_CONTROL', `cannot set up ${path}`, { cause: err });
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  const closeServer = await listenPrivately(server, path, 'ERR_CONTROL', '.control-');
   return {
     path,
     async close() {
       for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      // Only our own socket file: never one that replaced it.
-      const st = await lstat(path).catch(() => undefined);
-      if (st?.ino === ino) await rm(path, { force: true });
+      await closeServer();
     },
   };
 }
@@ -177,12 +151,3 @@ function readLine(socket: Socket, timeoutMs: number): Promise<string> {
   });
 }
 
-/** Whether a daemon answers on `path` (a socket file without a listener is stale). */
-export function isLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const timer = setTimeout(() => { s.destroy(); resolve(false); }, 2000);
-    s.once('connect', () => { clearTimeout(timer); s.destroy(); resolve(true); });
-    s.once('error', () => { clearTimeout(timer); resolve(false); });
-  });
-}

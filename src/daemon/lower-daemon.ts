@@ -27,8 +27,7 @@
  *   `close()` removes the file only if it is still ours.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmod, lstat, mkdtemp, rename, rm } from 'node:fs/promises';
-import { dirname, join, basename } from 'node:path';
+import { lstat } from 'node:fs/promises';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
@@ -37,7 +36,7 @@ import {
 } from '../nix/worker-protocol.js';
 import { readRequest } from '../nix/worker-protocol-requests.js';
 import { answerLowerRequest, errorMessage, type LowerStoreSource } from './lower-daemon-ops.js';
-import { isLive } from './control-server.js';
+import { isLive, listenPrivately } from './private-socket.js';
 
 /** The version string sent in the handshake (Nix shows it in `nix store info`). */
 export const LOWER_DAEMON_VERSION = 'narfs-0.1.0';
@@ -79,28 +78,7 @@ export async function startLowerDaemon(path: string, options: LowerDaemonOptions
     conns.add(conn);
     socket.on('close', () => conns.delete(conn));
   });
-  let dir: string;
-  try {
-    dir = await mkdtemp(join(dirname(path), `.${basename(path)}-`));
-  } catch (err) {
-    throw new NarfsError('ERR_LOWER_SOCKET', `cannot create a private directory next to ${path}`, { cause: err });
-  }
-  let ino: number;
-  try {
-    const bound = join(dir, 's');
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new NarfsError('ERR_LOWER_SOCKET', `cannot listen on ${bound}`, { cause: err })));
-      server.listen(bound, () => resolve());
-    });
-    await chmod(bound, 0o600);
-    await rename(bound, path);
-    ino = (await lstat(path)).ino;
-  } catch (err) {
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    throw err instanceof NarfsError ? err : new NarfsError('ERR_LOWER_SOCKET', `cannot set up ${path}`, { cause: err });
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  const closeServer = await listenPrivately(server, path, 'ERR_LOWER_SOCKET');
   server.on('error', (err) => options.logger.warn('lower socket: server error', { err: toNarfsError(err, 'ERR_LOWER_SOCKET') }));
   options.logger.info('lower store socket ready', { path });
   return {
@@ -108,9 +86,7 @@ export async function startLowerDaemon(path: string, options: LowerDaemonOptions
     connections: () => conns.size,
     async close() {
       for (const c of conns) c.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      const st = await lstat(path).catch(() => undefined);
-      if (st?.ino === ino) await rm(path, { force: true });
+      await closeServer();
     },
   };
 }

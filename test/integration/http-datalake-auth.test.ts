@@ -19,6 +19,7 @@ import { isNarfsError, type NarfsError } from '../../src/errors.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { buildNixBinaryCache, haveNix, type NixBinaryCache } from '../support/nix-binary-cache.js';
 import { haveOpenssl, makeTestCa, type TestCa } from '../support/test-ca.js';
+import { failure } from '../support/failure.js';
 
 const FAST: HttpDatalakeOptions = {
   connectTimeoutMs: 1000,
@@ -29,19 +30,6 @@ const FAST: HttpDatalakeOptions = {
   retryBaseMs: 20,
   closeTimeoutMs: 500,
 };
-
-async function failure(p: Promise<unknown>, code: string): Promise<NarfsError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err !== undefined, `expected rejection with ${code}`);
-  assert.ok(isNarfsError(err), `expected a NarfsError, got ${inspect(err)}`);
-  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`);
-  return err;
-}
 
 function drain(s: Readable): Promise<{ bytes: number; error: unknown }> {
   return new Promise((resolve) => {

@@ -21,6 +21,7 @@ import { openDatalake } from '../../src/datalake/open-datalake.js';
 import { isNarfsError, type NarfsError } from '../../src/errors.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { buildNixBinaryCache, haveNix, type NixBinaryCache } from '../support/nix-binary-cache.js';
+import { failure } from '../support/failure.js';
 
 const SLACK_MS = 1500;
 
@@ -39,19 +40,6 @@ const FAST: HttpDatalakeOptions = {
   retryBaseMs: 20,
   closeTimeoutMs: 500,
 };
-
-async function failure(p: Promise<unknown>, code: string): Promise<NarfsError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err !== undefined, `expected rejection with ${code}`);
-  assert.ok(isNarfsError(err), `expected a NarfsError, got ${inspect(err)}`);
-  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`);
-  return err;
-}
 
 /** Reads a stream to its end or error; resolves with what happened. `onBytes` sees the running count. */
 function drain(s: Readable, onBytes?: (bytes: number) => void): Promise<{ bytes: number; error: unknown }> {

@@ -7,34 +7,21 @@
  */
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
-import { inspect } from 'node:util';
 import { DatalakeSet, isDatalakeDown, type DatalakeSetOptions } from '../../../src/datalake/datalake-set.js';
 import { HttpDatalake, type HttpDatalakeOptions } from '../../../src/datalake/http-datalake.js';
 import type { Datalake } from '../../../src/datalake/datalake.js';
-import { isNarfsError, NarfsError } from '../../../src/errors.js';
+import { NarfsError } from '../../../src/errors.js';
 import { loadFixtures } from '../../support/fixtures.js';
 import { HttpDatalakeServer } from '../../support/http-datalake-server.js';
 import { FaultNarServer } from '../../support/fault-nar-server.js';
 import { BlackholeServer, refusedUrl } from '../../support/blackhole-server.js';
+import { failure } from '../../support/failure.js';
 
 /** Short HTTP deadlines: a blackholed request fails in about a second. */
 const HTTP: HttpDatalakeOptions = {
   connectTimeoutMs: 1000, headersTimeoutMs: 1000, bodyTimeoutMs: 1000, smallFileTimeoutMs: 1500,
   attempts: 2, retryBaseMs: 20, closeTimeoutMs: 500,
 };
-
-async function failure(p: Promise<unknown>, code: string): Promise<NarfsError> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  assert.ok(err !== undefined, `expected rejection with ${code}`);
-  assert.ok(isNarfsError(err), `expected a NarfsError, got ${inspect(err)}`);
-  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`);
-  return err;
-}
 
 interface Logged { level: string; msg: string; fields: Record<string, unknown> }
 
