@@ -63,6 +63,11 @@ export const ERROR_CATALOG = {
   ERR_DATALAKE_TLS: 'The datalake\'s TLS certificate is not trusted: give its CA bundle with --ssl-cert-file, and check the host name and the certificate dates.',
   ERR_DATALAKE_FILE: 'A file named by the datalake settings (--netrc-file, --bearer-token-file, --ssl-cert-file) could not be read or is malformed.',
 
+  // --- ranged reads of indexed store paths (src/store/chunk-fetcher.ts, Datalake.getRange)
+  ERR_INDEX_UNUSABLE: 'The index cannot serve ranged reads of this NAR (its compression is not none, or its seekable frames do not match the narinfo\'s FileHash); narfs fetches the whole NAR instead.',
+  ERR_CHUNK_HASH_MISMATCH: 'A chunk fetched by a ranged read does not hash to the SHA-256 in the signed index; the datalake serves corrupt data for this NAR. The chunk was not served or cached.',
+  ERR_RANGE_UNSUPPORTED: 'This datalake backend cannot read byte ranges; narfs fetches whole NARs from it.',
+
   // --- src/cache, src/store
   ERR_CACHE_IO: 'The cache directory could not be read or written; check its permissions and the disk.',
   ERR_CACHE_FULL: 'The filesystem of the cache directory is full (or over quota); free space there or use a larger --cache-dir. Nothing partial was kept.',

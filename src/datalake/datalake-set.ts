@@ -2,8 +2,8 @@
  * DatalakeSet: several datalakes asked in order, like Nix trying its substituters, with
  * one health record per datalake. Every request to a datalake of the set goes through it
  * (the priority walk `find`/`getBytes`/`getStream`, and the pinned `getBytesFrom`/
- * `getStreamFrom` for files that must come from one datalake: a NAR and its `.ls` from
- * the datalake whose narinfo was used), so all of them keep and obey the same health.
+ * `getStreamFrom`/`getRangeFrom` for files that must come from one datalake: a NAR, its
+ * byte ranges and its `.ls` from the datalake whose narinfo was used), so all of them keep and obey the same health.
  *
  * Invariants:
  * - order = `Priority` of each nix-cache-info (after `?priority=` on the URL), lower
@@ -289,6 +289,20 @@ export class DatalakeSet {
   /** Streaming twin of getBytesFrom. */
   getStreamFrom(datalake: Datalake, relPath: string, options: GetOptions = {}): Promise<Readable | undefined> {
     return this.pinned(this.member(datalake), options, (d) => d.getStream(relPath, options));
+  }
+
+  /**
+   * Ranged twin of getBytesFrom (Datalake.getRange): the same health accounting. A backend
+   * without ranged reads is ERR_RANGE_UNSUPPORTED at once (no request, no health change).
+   */
+  getRangeFrom(datalake: Datalake, relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const e = this.member(datalake);
+    if (typeof datalake.getRange !== 'function') {
+      return Promise.reject(new NarfsError('ERR_RANGE_UNSUPPORTED', `datalake ${datalake.displayUrl} cannot read byte ranges`, {
+        details: { datalake: datalake.displayUrl, relPath },
+      }));
+    }
+    return this.pinned(e, options, (d) => d.getRange!(relPath, offset, length, options));
   }
 
   /**

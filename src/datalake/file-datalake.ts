@@ -12,6 +12,10 @@
  *   `StoreDir: /nix/store` into it on open; we are read-only, so we assume exactly what it
  *   would have written ({storeDir: '/nix/store', priority: 50, wantMassQuery: false}).
  *   A missing root directory is ERR_NOT_BINARY_CACHE.
+ * - `getRange(relPath, offset, length)` is one positioned read (pread) of the bytes
+ *   [offset, offset+length) clipped at the file's end (a short read is repeated until the
+ *   range or the end of the file is reached); an offset at or past the end is
+ *   ERR_INVALID_ARGUMENT, as for the HTTP backends;
  * - `close()` destroys open streams with ERR_ABORTED and fails later calls with ERR_ABORTED.
  * - the stream `getStream` returns is a GuardedReadable over the file's ReadStream: a
  *   failure (EIO, abort, close()) before the caller has attached its pipeline is held, never
@@ -131,6 +135,43 @@ export class FileDatalake implements Datalake {
       options.signal?.removeEventListener('abort', onAbort);
     });
     return stream;
+  }
+
+  async getRange(relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const file = this.resolve(relPath);
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `range of ${relPath}: offset and length must be non-negative integers`);
+    }
+    this.checkLive(options.signal);
+    if (length === 0) return Buffer.alloc(0);
+    let handle: fsp.FileHandle;
+    try {
+      handle = await fsp.open(file, constants.O_RDONLY);
+    } catch (e) {
+      return this.absentOrThrow(e, relPath, options.signal);
+    }
+    try {
+      const st = await handle.stat();
+      if (!st.isFile()) throw new Error('not a regular file');
+      if (offset >= st.size) {
+        throw new NarfsError('ERR_INVALID_ARGUMENT', `reading ${relPath} from ${this.displayUrl}: offset ${offset} is at or past the end of the file (${st.size} bytes)`, {
+          details: { datalake: this.displayUrl, relPath, offset, length, size: st.size },
+        });
+      }
+      const buf = Buffer.allocUnsafe(Math.min(length, st.size - offset));
+      let got = 0;
+      while (got < buf.length) {
+        this.checkLive(options.signal);
+        const { bytesRead } = await handle.read(buf, got, buf.length - got, offset + got);
+        if (bytesRead === 0) break; // the file shrank under us: what is there
+        got += bytesRead;
+      }
+      return got === buf.length ? buf : buf.subarray(0, got);
+    } catch (e) {
+      throw this.wrap(e, relPath, options.signal);
+    } finally {
+      await handle.close().catch(() => {});
+    }
   }
 
   async listNarInfoHashes(options: GetOptions = {}): Promise<string[]> {

@@ -1,8 +1,9 @@
 /**
- * HttpDatalake: a Nix binary cache over http:// or https://, through two undici Agents
+ * HttpDatalake: a Nix binary cache over http:// or https://, through three undici Agents
  * (keep-alive pools) per datalake: one for small files (`getBytes`: nix-cache-info,
- * narinfo, .ls; `metadataConnections` sockets per origin) and one for NAR bodies
- * (`getStream`; `connections` sockets per origin). Deadlines, retries, the mapping of
+ * narinfo, .ls; `metadataConnections` sockets per origin), one for NAR bodies
+ * (`getStream`; `connections` sockets per origin) and one for ranged reads (`getRange`:
+ * the chunks of per-file reads; `rangeConnections` sockets per origin). Deadlines, retries, the mapping of
  * transport failures and body handling are HttpTransfer's (http-transfer.ts), shared with
  * S3Datalake; this module addresses, authorises and reads the statuses of plain HTTP.
  *
@@ -11,6 +12,20 @@
  *   as long as its body flows or sits paused by backpressure, so a burst of NAR fetches
  *   would otherwise starve narinfo lookups into their deadline. The two budgets are
  *   separate pools, so separate connections (test/integration/http-datalake-pools.test.ts);
+ * - a ranged read (a chunk a reader is blocked on right now) waits neither behind NAR
+ *   bodies nor behind narinfo lookups, and does not delay them: its own pool. Its bodies
+ *   are bounded (the caller's length, a few MiB) and read at once, so its sockets turn
+ *   over quickly; sharing the metadata pool would let a burst of 8 MiB ranges hold every
+ *   socket a narinfo lookup needs, sharing the bulk pool would queue a chunk behind NAR
+ *   streams paused by backpressure;
+ * - getRange(relPath, offset, length) sends `Range: bytes=offset-(offset+length-1)` and
+ *   returns exactly the bytes [offset, offset+length) clipped at the file's end: a 206 must
+ *   carry the Content-Range asked for (else ERR_DATALAKE_HTTP), a server that ignores Range
+ *   and answers 200 with the whole body still works (the bytes before `offset` are read and
+ *   dropped, the body is cut at offset+length and its socket dropped), 416 or an offset
+ *   past the end of a 200 body is ERR_INVALID_ARGUMENT. Retries, deadlines (plus an
+ *   overall `rangeTimeoutMs` per call), auth and proxies are those of getBytes
+ *   (HttpTransfer.readRange);
  * - nothing waits unbounded: connect, headers and body-idle deadlines on every request,
  *   plus an overall deadline on `getBytes`; the caller's AbortSignal and `close()` end
  *   every wait at once with ERR_ABORTED;
@@ -101,10 +116,22 @@ export interface HttpAccessOptions {
   proxyEnv?: ProxyEnv;
 }
 
-export interface HttpDatalakeOptions extends HttpTuningOptions, HttpAccessOptions {}
+/** The ranged-read budget (getRange), HttpDatalake's own. */
+export interface HttpRangeOptions {
+  /** Sockets per origin for ranged reads (`getRange`). Default 16. */
+  rangeConnections?: number;
+  /** Overall deadline of one `getRange` call, retries included. Default 60000 ms (as S3Datalake's). */
+  rangeTimeoutMs?: number;
+}
+
+export interface HttpDatalakeOptions extends HttpTuningOptions, HttpAccessOptions, HttpRangeOptions {}
 
 export type { HttpTuningOptions };
-export const HTTP_DATALAKE_DEFAULTS = HTTP_TUNING_DEFAULTS;
+export const HTTP_DATALAKE_DEFAULTS: Readonly<Required<HttpTuningOptions & HttpRangeOptions>> = Object.freeze({
+  ...HTTP_TUNING_DEFAULTS,
+  rangeConnections: 16,
+  rangeTimeoutMs: 60_000,
+});
 
 /** One Agent (or ProxyAgent) and the dispatcher (redirects composed in) that requests go through. */
 interface Pool {
@@ -112,10 +139,11 @@ interface Pool {
   dispatcher: Dispatcher;
 }
 
-/** The two pools, built once the CA bundle has been read. */
+/** The three pools, built once the CA bundle has been read. */
 interface Pools {
   metadata: Pool;
   bulk: Pool;
+  ranged: Pool;
 }
 
 export class HttpDatalake implements Datalake {
@@ -125,7 +153,7 @@ export class HttpDatalake implements Datalake {
   private readonly basePath: string;
   private readonly params: URLSearchParams;
   private readonly headers: Record<string, string>;
-  private readonly opts: Required<HttpTuningOptions>;
+  private readonly opts: Required<HttpTuningOptions & HttpRangeOptions>;
   private readonly sslCertFile: string | undefined;
   private readonly auth: HttpAuth;
   /** The proxy requests go through, or undefined for direct connections. */
@@ -133,7 +161,7 @@ export class HttpDatalake implements Datalake {
   private readonly https: boolean;
   /** Set up on first use (reads the CA bundle and credentials); reset when that fails. */
   private setup: Promise<Pools> | undefined;
-  /** Small files (`metadata`, never shared with NAR bodies) and NAR bodies (`bulk`). */
+  /** Small files (`metadata`, never shared with NAR bodies), NAR bodies (`bulk`) and ranges (`ranged`). */
   private pools: Pools | undefined;
   /** Deadlines, retries, error mapping and body handling shared with S3Datalake. */
   private readonly t: HttpTransfer;
@@ -161,8 +189,8 @@ export class HttpDatalake implements Datalake {
     this.sslCertFile = sslCertFile;
     this.https = u.protocol === 'https:';
     this.proxy = proxyFor(u, proxy, proxyEnv);
-    if (!(this.opts.connections >= 1) || !(this.opts.metadataConnections >= 1)) {
-      throw new NarfsError('ERR_INVALID_ARGUMENT', 'connections and metadataConnections must be at least 1');
+    if (!(this.opts.connections >= 1) || !(this.opts.metadataConnections >= 1) || !(this.opts.rangeConnections >= 1)) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', 'connections, metadataConnections and rangeConnections must be at least 1');
     }
     this.t = new HttpTransfer(this.displayUrl, this.opts, (relPath) => `${this.displayUrl}/${relPath}`, this.proxyFailure);
   }
@@ -242,6 +270,35 @@ export class HttpDatalake implements Datalake {
     }
   }
 
+  /**
+   * Bytes [offset, offset+length) of a file, clipped at its end, by one ranged GET on the
+   * ranged pool (retried as a whole, within `rangeTimeoutMs`); undefined when absent.
+   */
+  async getRange(relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer | undefined> {
+    const path = this.requestPath(relPath);
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `range of ${relPath}: offset and length must be non-negative integers`);
+    }
+    const signal = this.t.liveSignal(relPath, options.signal);
+    if (length === 0) return Buffer.alloc(0);
+    const range = { offset, length };
+    const deadlineAt = Date.now() + this.opts.rangeTimeoutMs;
+    return withDeadline(
+      this.opts.rangeTimeoutMs,
+      async (attemptSignal) => {
+        const { ranged } = await this.ready();
+        return this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
+          const res = await this.send(ranged, path, relPath, attemptSignal, false, range);
+          if (res === undefined) return undefined;
+          return this.t.readRange(res, relPath, attemptSignal, offset, length);
+        });
+      },
+      { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)} (bytes ${offset}-${offset + length - 1})`, signal },
+    ).catch((e: unknown) => {
+      throw this.t.finalError(e, relPath, signal);
+    });
+  }
+
   /** A plain HTTP cache cannot list its narinfos. */
   async listNarInfoHashes(): Promise<undefined> {
     return undefined;
@@ -255,7 +312,7 @@ export class HttpDatalake implements Datalake {
     this.t.abortAll();
     await this.setup?.catch(() => {});
     const pools = this.pools;
-    if (pools) await Promise.all([pools.metadata, pools.bulk].map(({ agent }) => this.t.closeAgent(agent)));
+    if (pools) await Promise.all([pools.metadata, pools.bulk, pools.ranged].map(({ agent }) => this.t.closeAgent(agent)));
   }
 
   // --- internals
@@ -282,7 +339,11 @@ export class HttpDatalake implements Datalake {
     }
     await this.auth.load();
     if (this.t.closer.signal.aborted) throw this.t.aborted('nix-cache-info', this.t.closer.signal);
-    this.pools = { metadata: this.pool(this.opts.metadataConnections, ca), bulk: this.pool(this.opts.connections, ca) };
+    this.pools = {
+      metadata: this.pool(this.opts.metadataConnections, ca),
+      bulk: this.pool(this.opts.connections, ca),
+      ranged: this.pool(this.opts.rangeConnections, ca),
+    };
     return this.pools;
   }
 
@@ -326,8 +387,9 @@ export class HttpDatalake implements Datalake {
   }
 
   /**
-   * One request up to its headers. Resolves the response for 200, undefined for 404/403;
-   * throws AttemptError for everything else. A 401 (or, with `forbiddenIsAuth` and
+   * One request up to its headers. Resolves the response for 200 (and, with `range`, 206),
+   * undefined for 404/403; a 416 to a range is ERR_INVALID_ARGUMENT; throws AttemptError
+   * for everything else. A 401 (or, with `forbiddenIsAuth` and
    * credentials configured, a 403) is tried once more if re-reading the credential files
    * changed them, then is ERR_DATALAKE_AUTH.
    */
@@ -337,12 +399,14 @@ export class HttpDatalake implements Datalake {
     relPath: string,
     signal: AbortSignal,
     forbiddenIsAuth: boolean,
+    range?: { offset: number; length: number },
   ): Promise<Dispatcher.ResponseData | undefined> {
     for (let refreshed = false; ; refreshed = true) {
-      const res = await this.request(pool, path, relPath, signal);
+      const res = await this.request(pool, path, relPath, signal, range);
       const status = res.statusCode;
-      if (status === 200) return res;
+      if (status === 200 || (range && status === 206)) return res;
       discard(res);
+      if (range && status === 416) throw this.t.rangeNotSatisfiable(relPath, range.offset, range.length);
       const authFailure = status === 401 || (status === 403 && forbiddenIsAuth && this.auth.configured);
       if (!authFailure) return this.nonAuthStatus(res, relPath);
       if (!refreshed) {
@@ -355,15 +419,24 @@ export class HttpDatalake implements Datalake {
     }
   }
 
-  private async request(pool: Pool, path: string, relPath: string, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+  private async request(
+    pool: Pool,
+    path: string,
+    relPath: string,
+    signal: AbortSignal,
+    range?: { offset: number; length: number },
+  ): Promise<Dispatcher.ResponseData> {
     const authorization = this.auth.header();
+    // A fresh object per request: undici's ProxyAgent adds Host to the one it is given.
+    const headers: Record<string, string> = { ...this.headers };
+    if (authorization !== undefined) headers.authorization = authorization;
+    if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
     try {
       return await pool.dispatcher.request({
         origin: this.origin,
         path,
         method: 'GET',
-        // A fresh object per request: undici's ProxyAgent adds Host to the one it is given.
-        headers: authorization === undefined ? { ...this.headers } : { ...this.headers, authorization },
+        headers,
         signal,
         headersTimeout: this.opts.headersTimeoutMs,
         bodyTimeout: this.opts.bodyTimeoutMs,

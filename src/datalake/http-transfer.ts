@@ -317,6 +317,94 @@ export class HttpTransfer {
     });
   }
 
+  /**
+   * The body of an answer to `Range: bytes=offset-(offset+length-1)`, as exactly the bytes
+   * [offset, offset+length) clipped at the file's end (RFC 9110 §14):
+   * - 206: Content-Range must be `bytes offset-last/total` with last < offset+length, and
+   *   end at offset+length-1 unless the file ends there (last = total-1); anything else (no
+   *   header, another start, a multipart answer) is ERR_DATALAKE_HTTP, never sliced
+   *   blindly; a body of another length than Content-Range says is ERR_DATALAKE_TRUNCATED;
+   * - 200 (a server that ignores Range): the whole body arrives; bytes before `offset` are
+   *   read and dropped, the wanted ones kept, and the body is destroyed (its socket
+   *   dropped) as soon as offset+length is reached. A body that ends at or before
+   *   `offset` means the offset is past the end: ERR_INVALID_ARGUMENT;
+   * - any Content-Encoding is refused: ranges address the file as stored.
+   * Failures are AttemptErrors (retryable where the transport's are).
+   */
+  async readRange(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer> {
+    const enc = headerText(res.headers['content-encoding']).toLowerCase();
+    if (enc !== '' && enc !== 'identity') {
+      discard(res);
+      throw new AttemptError({ error: this.unsupportedEncoding(enc, relPath), retryable: false });
+    }
+    if (res.statusCode === 200) return this.sliceWhole(res, relPath, signal, offset, length);
+    const said = headerText(res.headers['content-range']);
+    const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(said);
+    const first = cr ? Number(cr[1]) : NaN;
+    const last = cr ? Number(cr[2]) : NaN;
+    const total = cr && cr[3] !== '*' ? Number(cr[3]) : undefined;
+    const wantLast = offset + length - 1;
+    const ok =
+      cr !== null && first === offset && last >= first && last <= wantLast &&
+      (total === undefined ? last === wantLast : last < total && (last === wantLast || last === total - 1));
+    if (!ok) {
+      discard(res);
+      throw new AttemptError({
+        error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.describe(relPath)}: 206 with a Content-Range that is not the one asked for (bytes ${offset}-${wantLast})`, {
+          details: { datalake: this.displayUrl, relPath, offset, length, contentRange: said },
+        }),
+        retryable: false,
+      });
+    }
+    const body = await this.readAll(res, relPath, signal);
+    const want = last - offset + 1;
+    if (body.length !== want) throw new AttemptError({ error: this.truncated(relPath, body.length, want), retryable: true });
+    return body;
+  }
+
+  /** A 200 to a ranged GET: keeps [offset, offset+length), drops the rest of the body. */
+  private async sliceWhole(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer> {
+    const expected = contentLength(res.headers);
+    const end = offset + length;
+    const parts: Buffer[] = [];
+    let pos = 0;
+    try {
+      for await (const chunk of res.body) {
+        const c = chunk as Buffer;
+        const from = Math.max(offset - pos, 0);
+        const to = Math.min(end - pos, c.length);
+        if (to > from) parts.push(c.subarray(from, to));
+        pos += c.length;
+        if (pos >= end) break; // leaving the loop destroys the body: the rest is never read
+      }
+    } catch (e) {
+      throw new AttemptError(this.classify(e, relPath, signal, 'body', { received: pos, expected }));
+    }
+    if (!res.body.destroyed) res.body.destroy();
+    if (pos < end && expected !== undefined && pos < expected) {
+      throw new AttemptError({ error: this.truncated(relPath, pos, expected), retryable: true });
+    }
+    if (pos <= offset) {
+      throw new AttemptError({
+        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.describe(relPath)}: offset ${offset} is at or past the end of the file (${pos} bytes)`, {
+          details: { datalake: this.displayUrl, relPath, offset, length, size: pos },
+        }),
+        retryable: false,
+      });
+    }
+    return Buffer.concat(parts);
+  }
+
+  /** The answer to a 416 (Range Not Satisfiable): the offset lies at or past the end. */
+  rangeNotSatisfiable(relPath: string, offset: number, length: number): AttemptError {
+    return new AttemptError({
+      error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.describe(relPath)}: offset ${offset} is at or past the end of the file`, {
+        details: { datalake: this.displayUrl, relPath, offset, length },
+      }),
+      retryable: false,
+    });
+  }
+
   /** Closes an Agent gracefully, destroying its sockets after `closeTimeoutMs`. */
   async closeAgent(agent: Dispatcher): Promise<void> {
     if ((agent as { destroyed?: boolean }).destroyed === true) return;

@@ -32,9 +32,9 @@
  * - getStream returns a GuardedReadable (failures before consumption are held, the socket is
  *   released at once); a short body is ERR_DATALAKE_TRUNCATED on the stream;
  * - getRange(relPath, offset, length) returns exactly the bytes [offset, offset+length)
- *   clipped at the object's end (a 206 whose Content-Range does not start at `offset` is
+ *   clipped at the object's end (a 206 whose Content-Range is not the one asked for is
  *   ERR_DATALAKE_HTTP; a server that ignores Range and answers 200 is sliced); an offset at
- *   or past the end is ERR_INVALID_ARGUMENT (416);
+ *   or past the end is ERR_INVALID_ARGUMENT (416); HttpTransfer.readRange, as HttpDatalake;
  * - secrets (secret key, session token, access key id) appear in no displayUrl, message,
  *   detail or cause: undici sees only the origin and our headers, S3's error messages are
  *   scrubbed of the key id, and the credential source is described by name only.
@@ -69,7 +69,6 @@ import {
   AttemptError,
   HTTP_TUNING_DEFAULTS,
   HttpTransfer,
-  contentLength,
   discard,
   dropUndefined,
   headerText,
@@ -222,26 +221,7 @@ export class S3Datalake implements Datalake {
         this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
           const res = await this.send(this.metadata, segs, relPath, attemptSignal, { offset, length });
           if (res === undefined) return undefined;
-          const enc = headerText(res.headers['content-encoding']).toLowerCase();
-          if (enc !== '' && enc !== 'identity') {
-            discard(res);
-            throw new AttemptError({ error: this.t.unsupportedEncoding(enc, relPath), retryable: false });
-          }
-          if (res.statusCode === 200) return this.sliceWhole(res, relPath, attemptSignal, offset, length);
-          const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(headerText(res.headers['content-range']));
-          if (!cr || Number(cr[1]) !== offset || Number(cr[2]) < offset || Number(cr[2]) - offset + 1 > length) {
-            discard(res);
-            throw new AttemptError({
-              error: new NarfsError('ERR_DATALAKE_HTTP', `GET ${this.t.describe(relPath)}: 206 with a Content-Range that is not the one asked for`, {
-                details: { datalake: this.displayUrl, relPath, offset, length, contentRange: headerText(res.headers['content-range']) },
-              }),
-              retryable: false,
-            });
-          }
-          const body = await this.t.readAll(res, relPath, attemptSignal);
-          const want = Number(cr[2]) - offset + 1;
-          if (body.length !== want) throw new AttemptError({ error: this.t.truncated(relPath, body.length, want), retryable: true });
-          return body;
+          return this.t.readRange(res, relPath, attemptSignal, offset, length);
         }),
       { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)} (range)`, signal },
     ).catch((e: unknown) => {
@@ -335,12 +315,7 @@ export class S3Datalake implements Datalake {
     if (status === 200 || (range && status === 206)) return res;
     if (range && status === 416) {
       discard(res);
-      throw new AttemptError({
-        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.t.describe(relPath)}: offset ${range.offset} is at or past the end of the object`, {
-          details: { datalake: this.displayUrl, relPath, offset: range.offset, length: range.length },
-        }),
-        retryable: false,
-      });
+      throw this.t.rangeNotSatisfiable(relPath, range.offset, range.length);
     }
     const s3 = await this.readError(res, signal);
     const where = `GET ${this.t.describe(relPath)}`;
@@ -407,37 +382,6 @@ export class S3Datalake implements Datalake {
       if (secret.length >= 4) out = out.split(secret).join('…');
     }
     return out;
-  }
-
-  /** A 200 to a ranged GET (the server ignored Range): keeps [offset, offset+length), drops the rest. */
-  private async sliceWhole(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer> {
-    const expected = contentLength(res.headers);
-    const end = offset + length;
-    const parts: Buffer[] = [];
-    let pos = 0;
-    try {
-      for await (const chunk of res.body) {
-        const c = chunk as Buffer;
-        const from = Math.max(offset - pos, 0);
-        const to = Math.min(end - pos, c.length);
-        if (to > from) parts.push(c.subarray(from, to));
-        pos += c.length;
-        if (pos >= end) break;
-      }
-    } catch (e) {
-      throw new AttemptError(this.t.classify(e, relPath, signal, 'body', { received: pos, expected }));
-    }
-    if (!res.body.destroyed) res.body.destroy();
-    if (pos < end && expected !== undefined && pos < expected) {
-      throw new AttemptError({ error: this.t.truncated(relPath, pos, expected), retryable: true });
-    }
-    if (pos <= offset) {
-      throw new AttemptError({
-        error: new NarfsError('ERR_INVALID_ARGUMENT', `GET ${this.t.describe(relPath)}: offset ${offset} is at or past the end of the object`),
-        retryable: false,
-      });
-    }
-    return Buffer.concat(parts);
   }
 }
 

@@ -70,6 +70,10 @@ function setAsDatalake(set: DatalakeSet, displayUrl: string): Datalake {
     async getStream(rel, options) {
       return (await set.getStream(rel, options))?.value;
     },
+    // Pinned, as a lazy read is: to the datalake that has the files (given last).
+    getRange(rel, offset, length, options) {
+      return set.getRangeFrom(set.datalakes[set.datalakes.length - 1]!, rel, offset, length, options);
+    },
     close: () => set.close(),
   };
 }
@@ -123,6 +127,40 @@ function datalakeContract(name: string, make: MakeSubject): void {
         assert.ok(stream, `${url} missing`);
         assert.deepEqual(await readStream(stream), await fsp.readFile(path.join(cache.dir, url)));
       }
+    });
+
+    it('getRange returns exactly the bytes asked for, clipped at the end of the file', async function () {
+      assert.equal(typeof d.getRange, 'function', 'every backend reads ranges');
+      const getRange = d.getRange!.bind(d);
+      for (const h of hashParts) {
+        const url = cache.narUrls.get(h)!;
+        const whole = await fsp.readFile(path.join(cache.dir, url));
+        const n = whole.length;
+        const cases: Array<[number, number]> = [
+          [0, 1], [0, n], [1, n - 2], [Math.floor(n / 2), 7], [n - 1, 1], [n - 5, 100], [Math.floor(n / 3), n],
+        ];
+        for (const [offset, length] of cases) {
+          const got = await getRange(url, offset, length);
+          assert.ok(got, `${url} missing`);
+          assert.deepEqual(got, whole.subarray(offset, Math.min(n, offset + length)), `${url} bytes ${offset}+${length}`);
+        }
+        assert.deepEqual(await getRange(url, 3, 0), Buffer.alloc(0));
+        await rejectsWith(getRange(url, n, 1), 'ERR_INVALID_ARGUMENT');
+        await rejectsWith(getRange(url, n + 1000, 10), 'ERR_INVALID_ARGUMENT');
+      }
+    });
+
+    it('getRange: absence is undefined; bad arguments and paths are ERR_INVALID_ARGUMENT; abort is ERR_ABORTED', async function () {
+      assert.equal(typeof d.getRange, 'function', 'every backend reads ranges');
+      const getRange = d.getRange!.bind(d);
+      assert.equal(await getRange(`nar/${'0'.repeat(32)}.nar.xz`, 0, 10), undefined);
+      for (const bad of ['../nix-cache-info', '/etc/passwd', 'x?y']) await rejectsWith(getRange(bad, 0, 1), 'ERR_INVALID_ARGUMENT');
+      const url = cache.narUrls.get(hashParts[0]!)!;
+      await rejectsWith(getRange(url, -1, 1), 'ERR_INVALID_ARGUMENT');
+      await rejectsWith(getRange(url, 0.5, 1), 'ERR_INVALID_ARGUMENT');
+      const ac = new AbortController();
+      ac.abort();
+      await rejectsWith(getRange(url, 0, 10, { signal: ac.signal }), 'ERR_ABORTED');
     });
 
     it('absence is undefined, never an error', async function () {

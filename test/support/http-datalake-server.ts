@@ -24,6 +24,11 @@
  *   link({latencyMs, bytesPerSecond})  modelled network for every request
  *   requireBearer(token, failStatus)   requests without "Authorization: Bearer <token>"
  *                                      get failStatus (401 unless given); undefined = off
+ *   ignoreRange(path)                  answer 200 with the whole body to a Range request,
+ *                                      as a server without range support does
+ * Range: a GET with one `Range: bytes=a-b` (or `a-`, `-n`) gets 206 with Content-Range over
+ * the (transformed) body, or 416 when it starts past the end; several ranges get the whole
+ * body (200), which RFC 9110 allows. The faults above then apply to the 206 body.
  * TLS: with `tls: {key, cert}` the server speaks https (node:https) and `url` is https://.
  * Observations: count(path), requests (log of path + headers), totalRequests, and
  * waitForRequest(path, n) to act (abort, close, kill) once the server holds a request
@@ -65,6 +70,7 @@ export interface Fault {
   hold?: { released: Promise<void>; release: () => void };
   transform?: (body: Buffer, relPath: string) => Buffer;
   headers?: Record<string, string>;
+  ignoreRange?: boolean;
 }
 
 export interface LoggedRequest {
@@ -211,6 +217,11 @@ export class HttpDatalakeServer {
     return this.set(relPath, { headers: { ...this.faults.get(key)?.headers, [name]: value } });
   }
 
+  /** Answers Range requests for `relPath` ("*" = all) with 200 and the whole body. */
+  ignoreRange(relPath: string): this {
+    return this.set(relPath, { ignoreRange: true });
+  }
+
   /** Removes the faults of `relPath`, or of every path when none is given. */
   clear(relPath?: string): this {
     for (const [key, fault] of this.faults) if (relPath === undefined || key === norm(relPath)) fault.hold?.release();
@@ -291,7 +302,20 @@ export class HttpDatalakeServer {
     if (fault.transform) body = fault.transform(body, relPath);
 
     const type = CONTENT_TYPES.find(([re]) => re.test(relPath))?.[1] ?? 'application/octet-stream';
-    res.writeHead(200, { 'Content-Type': type, ...fault.headers, 'Content-Length': String(body.length) });
+    const range = fault.ignoreRange ? undefined : parseRange(req.headers.range, body.length);
+    if (range === 'unsatisfiable') {
+      res.writeHead(416, { 'Content-Range': `bytes */${body.length}`, 'Content-Length': '0' });
+      return void res.end();
+    }
+    if (range) {
+      const [first, last] = range;
+      // A fault's headers come after Content-Range, so a test can forge a wrong one.
+      res.writeHead(206, {
+        'Content-Type': type, 'Content-Range': `bytes ${first}-${last}/${body.length}`,
+        ...fault.headers, 'Content-Length': String(last - first + 1),
+      });
+      body = body.subarray(first, last + 1);
+    } else res.writeHead(200, { 'Content-Type': type, ...fault.headers, 'Content-Length': String(body.length) });
     if (req.method === 'HEAD') return void res.end();
 
     let limit = body.length;
@@ -356,6 +380,25 @@ export class HttpDatalakeServer {
     if (segs.some((s) => s === '' || s === '.' || s === '..' || s.includes('\0') || s.includes('\\'))) return undefined;
     return rest;
   }
+}
+
+/**
+ * One byte range of a Range header over a body of `size` bytes: [first, last], or
+ * 'unsatisfiable', or undefined (no header, not bytes, several ranges: serve it whole).
+ */
+function parseRange(header: string | undefined, size: number): [number, number] | 'unsatisfiable' | undefined {
+  const m = header === undefined ? null : /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return undefined;
+  if (m[1] === '') {
+    const n = Number(m[2]);
+    if (n === 0) return 'unsatisfiable';
+    return [Math.max(0, size - n), size - 1];
+  }
+  const first = Number(m[1]);
+  const last = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+  if (first >= size) return 'unsatisfiable';
+  if (last < first) return undefined;
+  return [first, last];
 }
 
 function norm(relPath: string): string {

@@ -6,7 +6,7 @@
  * it is the only one, and is used again as soon as it answers.
  */
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { DatalakeSet, isDatalakeDown, type DatalakeSetOptions } from '../../../src/datalake/datalake-set.js';
 import { HttpDatalake, type HttpDatalakeOptions } from '../../../src/datalake/http-datalake.js';
 import type { Datalake } from '../../../src/datalake/datalake.js';
@@ -160,6 +160,35 @@ describe('DatalakeSet health', function () {
     assert.equal(a.count(narinfos[4]!), HTTP.attempts, 'the backend retried before the set gave up on it');
     assert.deepEqual(s.status().map((x) => x.up), [false, true]);
     assert.equal(s.status()[0]!.error?.code, 'ERR_DATALAKE_UNAVAILABLE');
+  });
+
+  it('getRangeFrom keeps the same health: 500s mark it down, a pinned range probes it back; 416 and absence do not', async () => {
+    const a = later(await HttpDatalakeServer.start({ root: lakeDir }));
+    const s = set([a.url], { probeBaseMs: 60_000 });
+    await s.open();
+    const d = s.datalakes[0]!;
+    const nar = (await readdir(`${lakeDir}/nar`)).sort()[0]!;
+    const whole = await readFile(`${lakeDir}/nar/${nar}`);
+    assert.deepEqual(await s.getRangeFrom(d, `nar/${nar}`, 3, 17), whole.subarray(3, 20));
+    assert.equal(await s.getRangeFrom(d, 'nar/none.nar.xz', 0, 10), undefined);
+    await failure(s.getRangeFrom(d, `nar/${nar}`, whole.length, 1), 'ERR_INVALID_ARGUMENT');
+    assert.equal(s.status()[0]!.up, true, 'absence and a bad offset leave it up');
+    a.status(`nar/${nar}`, 500);
+    await failure(s.getRangeFrom(d, `nar/${nar}`, 0, 10), 'ERR_DATALAKE_UNAVAILABLE');
+    assert.equal(s.status()[0]!.up, false);
+    a.clear();
+    const before = a.count('nix-cache-info');
+    assert.deepEqual(await s.getRangeFrom(d, `nar/${nar}`, 0, 10), whole.subarray(0, 10));
+    assert.equal(a.count('nix-cache-info'), before + 1, 'one probe brought it back');
+    assert.equal(s.status()[0]!.up, true);
+    // A backend without ranged reads: ERR_RANGE_UNSUPPORTED, no request, no health change.
+    const plain: Datalake = { displayUrl: 'plain://x', open: d.open.bind(d), getBytes: d.getBytes.bind(d), getStream: d.getStream.bind(d), close: async () => {} };
+    const p = later(new DatalakeSet([plain]));
+    await p.open();
+    const n = a.totalRequests;
+    await failure(p.getRangeFrom(plain, `nar/${nar}`, 0, 10), 'ERR_RANGE_UNSUPPORTED');
+    assert.equal(a.totalRequests, n);
+    assert.equal(p.status()[0]!.up, true);
   });
 
   it('a failure reported from outside (a NAR stream that died) marks it down; a pinned request probes it back', async () => {
