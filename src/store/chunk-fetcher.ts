@@ -1,0 +1,460 @@
+/**
+ * ChunkFetcher: reads chunks of the regular files of an indexed store path by ranged reads
+ * of its NAR file, verifies each chunk against the signed index (nar-index.ts), and hands
+ * verified chunks to the caller (who caches them). Chunk k of a file is its bytes
+ * [k * chunkSize, (k + 1) * chunkSize) (the last one shorter), i.e. NAR bytes from
+ * `file.narOffset + k * chunkSize`.
+ *
+ * Where the bytes come from:
+ * - `Compression: none`: the NAR file is the NAR; a chunk run is one range of it;
+ * - seekable zstd (`idx.frames`, whose `fileHash` and `fileSize` equal the narinfo's
+ *   FileHash/FileSize): frame i holds NAR bytes [narOffsets[i], narOffsets[i+1]) compressed
+ *   at [fileOffsets[i], fileOffsets[i+1]) (the last to NarSize / fileSize); the frames
+ *   holding a chunk run are one range, each frame is decoded on its own, the chunks cut out
+ *   by NAR offset;
+ * - anything else (xz, plain zstd, frames of another file): ERR_INDEX_UNUSABLE at once, so
+ *   the caller falls back to the whole NAR.
+ *
+ * Policy:
+ * - coalescing: adjacent wanted chunks that are not yet fetched or in flight go in one
+ *   request, up to `maxRequestBytes` (NAR bytes) per request; wanted chunks and read-ahead
+ *   are separate requests, so the chunks a reader waits for never wait for read-ahead bytes;
+ * - read-ahead within a file: a read that starts where the previous one ended (or inside /
+ *   right after the read-ahead already issued) continues a sequential run; from the second
+ *   read of a run on, the next `readAheadInitial` chunks are fetched too, the window
+ *   doubling with each further sequential read up to `readAheadChunks`; a jump resets it.
+ *   Read-ahead chunks are delivered to the same `onChunk`; `isCached` (optional) skips
+ *   those the caller already holds;
+ * - at most `maxInFlight` ranged requests at once; queued wanted requests go before queued
+ *   read-ahead;
+ * - single flight per (file SHA-256, chunk size, chunk): concurrent readers of a chunk, in
+ *   this store path or another with the same file, share one request. A chunk is delivered
+ *   once, to the `onChunk` of the fetch that started its flight; the others wait for that
+ *   delivery (their `onChunk` must store where they read: the one blob store);
+ * - verification: every chunk is hashed (SHA-256) against `file.chunkHashes` before
+ *   delivery, off the main thread (chunk-verify-pool.ts, which holds the measurements). A
+ *   chunk that does not match (or frames that do not decode) is logged with its code
+ *   (ERR_CHUNK_HASH_MISMATCH / ERR_DECOMPRESS), never delivered, and fetched once more on
+ *   its own; if that fails too, the readers get the error. A later fetch starts afresh;
+ * - every wait is bounded: the datalake's own deadlines per request (getRange), the verify
+ *   pool's per job, and each reader's wait by `waitTimeoutMs` (ERR_DEADLINE) and its
+ *   AbortSignal (ERR_ABORTED). A reader that gives up leaves shared fetches running for the
+ *   others (and for the cache); `close()` ends them all.
+ */
+import { NarfsError, isNarfsError } from '../errors.js';
+import { withDeadline } from '../deadline.js';
+import type { Datalake } from '../datalake/datalake.js';
+import type { DatalakeSet } from '../datalake/datalake-set.js';
+import { hashEquals } from '../nix/hash.js';
+import { chunkCount, chunkHash, chunkLength, type IndexedFile, type NarIndex } from '../nix/nar-index.js';
+import type { NarInfo } from '../nix/narinfo.js';
+import { defaultChunkVerifyPool, type ChunkVerifyPool } from './chunk-verify-pool.js';
+
+/** Where a NAR is: the datalake whose narinfo was used, its URL, compression and narinfo. */
+export interface ChunkSource {
+  datalake: Datalake;
+  narUrl: string;
+  compression: string;
+  narInfo: NarInfo;
+}
+
+export type OnChunk = (file: IndexedFile, chunk: number, bytes: Buffer) => Promise<void>;
+
+export interface FetchOptions {
+  /** Chunks the caller already holds: read-ahead skips them. */
+  isCached?: (chunk: number) => boolean;
+}
+
+export interface ChunkFetcherLogger {
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  debug?(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface ChunkFetcherOptions {
+  /** The set the datalakes belong to (health accounting of getRangeFrom). */
+  datalakes: Pick<DatalakeSet, 'getRangeFrom'>;
+  logger?: ChunkFetcherLogger;
+  /** Ranged requests in flight at once. Default 8. */
+  maxInFlight?: number;
+  /** Largest request, in NAR bytes. Default 8 MiB. */
+  maxRequestBytes?: number;
+  /** First read-ahead window, in chunks. Default 2. */
+  readAheadInitial?: number;
+  /** Largest read-ahead window, in chunks. Default 16. */
+  readAheadChunks?: number;
+  /** Longest a reader waits for its chunks. Default 120000 ms. */
+  waitTimeoutMs?: number;
+  /** Where frames are decoded and chunks hashed. Default: the process-wide pool. */
+  verifyPool?: ChunkVerifyPool;
+}
+
+/** Counters for tests, metrics and the bench. */
+export interface ChunkFetcherStats {
+  requests: number;
+  requestBytes: number;
+  chunksDelivered: number;
+  readAheadChunks: number;
+  mismatches: number;
+  joined: number;
+}
+
+/** A frame is decoded whole into memory: larger frames are not served by range. */
+const MAX_FRAME_NAR_BYTES = 64 << 20;
+
+interface Plan {
+  frames: { narOffsets: number[]; fileOffsets: number[]; narEnd: number; fileEnd: number } | undefined;
+}
+
+interface Flight {
+  promise: Promise<void>;
+}
+
+interface SeqState {
+  prevLast: number;
+  /** Highest chunk requested so far (wanted or read ahead). */
+  frontier: number;
+  run: number;
+  window: number;
+}
+
+interface Waiter {
+  demand: boolean;
+  go: () => void;
+}
+
+/** A run of chunks of one file fetched by one ranged request. */
+interface Request {
+  src: ChunkSource;
+  idx: NarIndex;
+  plan: Plan;
+  file: IndexedFile;
+  first: number;
+  last: number;
+  demand: boolean;
+}
+
+export class ChunkFetcher {
+  readonly stats: ChunkFetcherStats = { requests: 0, requestBytes: 0, chunksDelivered: 0, readAheadChunks: 0, mismatches: 0, joined: 0 };
+  private readonly datalakes: ChunkFetcherOptions['datalakes'];
+  private readonly logger: ChunkFetcherLogger | undefined;
+  private readonly maxInFlight: number;
+  private readonly maxRequestBytes: number;
+  private readonly readAheadInitial: number;
+  private readonly readAheadMax: number;
+  private readonly waitTimeoutMs: number;
+  private readonly pool: ChunkVerifyPool;
+  private readonly flights = new Map<string, Flight>();
+  private readonly seq = new Map<string, SeqState>();
+  private readonly queue: Waiter[] = [];
+  private inFlight = 0;
+  private readonly closer = new AbortController();
+
+  constructor(options: ChunkFetcherOptions) {
+    this.datalakes = options.datalakes;
+    this.logger = options.logger;
+    this.maxInFlight = Math.max(1, options.maxInFlight ?? 8);
+    this.maxRequestBytes = Math.max(1, options.maxRequestBytes ?? 8 << 20);
+    this.readAheadInitial = Math.max(1, options.readAheadInitial ?? 2);
+    this.readAheadMax = Math.max(0, options.readAheadChunks ?? 16);
+    this.waitTimeoutMs = options.waitTimeoutMs ?? 120_000;
+    this.pool = options.verifyPool ?? defaultChunkVerifyPool;
+  }
+
+  /**
+   * Throws ERR_INDEX_UNUSABLE unless chunks of `idx` can be read by range from `src`
+   * (Compression none, or seekable zstd frames of exactly this NAR file).
+   */
+  static checkUsable(src: ChunkSource, idx: NarIndex): void {
+    planFor(src, idx);
+  }
+
+  /**
+   * Fetches chunks [first, last] of `file` (plus read-ahead and coalescing as the policy
+   * decides), verifies every chunk against `file.chunkHashes`, and hands each verified
+   * chunk to `onChunk`. Resolves when chunks [first, last] are all delivered (here or by a
+   * concurrent fetch). Single flight per (file SHA-256, chunk).
+   */
+  async fetch(
+    src: ChunkSource,
+    idx: NarIndex,
+    file: IndexedFile,
+    first: number,
+    last: number,
+    onChunk: OnChunk,
+    signal: AbortSignal,
+    options: FetchOptions = {},
+  ): Promise<void> {
+    const plan = planFor(src, idx);
+    const n = chunkCount(file.size, idx.chunkSize);
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || first < 0 || last < first || last >= n) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `chunks ${first}..${last} of a file of ${n} chunks`);
+    }
+    if (signal.aborted || this.closer.signal.aborted) throw aborted(signal.aborted ? signal : this.closer.signal);
+    const fileKey = `${file.sha256.toString('hex')}:${idx.chunkSize}`;
+    const wanted: Array<Promise<void>> = [];
+    const fresh: number[] = [];
+    for (let k = first; k <= last; k++) {
+      const f = this.flights.get(`${fileKey}:${k}`);
+      if (f) {
+        this.stats.joined++;
+        wanted.push(f.promise);
+      } else fresh.push(k);
+    }
+    const ahead = this.readAhead(fileKey, first, last, n).filter((k) => !this.flights.has(`${fileKey}:${k}`) && !options.isCached?.(k));
+    this.stats.readAheadChunks += ahead.length;
+    const base = { src, idx, plan, file };
+    for (const r of this.split(base, fresh, true)) wanted.push(...this.startRequest(fileKey, r, onChunk));
+    for (const r of this.split(base, ahead, false)) {
+      for (const p of this.startRequest(fileKey, r, onChunk)) p.catch(() => {}); // read-ahead failures are nobody's error
+    }
+    await withDeadline(this.waitTimeoutMs, () => Promise.all(wanted), {
+      what: `waiting for chunks ${first}..${last} of a file of ${idx.storePath}`,
+      signal,
+    });
+  }
+
+  /** Ends every fetch in flight (ERR_ABORTED); later calls fail at once. */
+  close(): void {
+    this.closer.abort(new NarfsError('ERR_ABORTED', 'the chunk fetcher was closed'));
+    // Each waiter wakes holding a slot, sees the abort and gives the slot back.
+    for (const w of this.queue.splice(0)) {
+      this.inFlight++;
+      w.go();
+    }
+  }
+
+  // --- policy
+
+  /** Updates the sequential-read state of a file; returns the chunks to read ahead. */
+  private readAhead(fileKey: string, first: number, last: number, n: number): number[] {
+    let s = this.seq.get(fileKey);
+    const sequential = s !== undefined && first > s.prevLast && first <= Math.max(s.prevLast, s.frontier) + 1;
+    if (!s || !sequential) {
+      s = { prevLast: last, frontier: last, run: 1, window: 0 };
+      this.seq.delete(fileKey);
+      this.seq.set(fileKey, s);
+      if (this.seq.size > 4096) this.seq.delete(this.seq.keys().next().value!); // bounded: oldest first
+      return [];
+    }
+    s.run++;
+    s.prevLast = last;
+    s.frontier = Math.max(s.frontier, last);
+    if (this.readAheadMax === 0 || s.run < 2) return [];
+    s.window = s.window === 0 ? Math.min(this.readAheadInitial, this.readAheadMax) : Math.min(s.window * 2, this.readAheadMax);
+    const to = Math.min(n - 1, last + s.window);
+    const out: number[] = [];
+    for (let k = s.frontier + 1; k <= to; k++) out.push(k);
+    s.frontier = Math.max(s.frontier, to);
+    return out;
+  }
+
+  /** Splits sorted chunk numbers into runs of adjacent chunks, each within maxRequestBytes. */
+  private split(base: Omit<Request, 'first' | 'last' | 'demand'>, chunks: number[], demand: boolean): Request[] {
+    const out: Request[] = [];
+    let i = 0;
+    while (i < chunks.length) {
+      const first = chunks[i]!;
+      let last = first;
+      while (
+        i + 1 < chunks.length &&
+        chunks[i + 1] === last + 1 &&
+        this.span(base, first, last + 1).narBytes <= this.maxRequestBytes
+      ) {
+        last++;
+        i++;
+      }
+      out.push({ ...base, first, last, demand });
+      i++;
+    }
+    return out;
+  }
+
+  /** The byte range a request for chunks [first, last] reads, and the NAR bytes it yields. */
+  private span(r: Omit<Request, 'first' | 'last' | 'demand'>, first: number, last: number): {
+    offset: number; length: number; narStart: number; narBytes: number; fileSizes?: number[]; narSizes?: number[];
+  } {
+    const cs = r.idx.chunkSize;
+    const a = r.file.narOffset + first * cs;
+    const b = r.file.narOffset + last * cs + chunkLength(r.file, cs, last);
+    const fr = r.plan.frames;
+    if (!fr) return { offset: a, length: b - a, narStart: a, narBytes: b - a };
+    const fi = frameOf(fr.narOffsets, a);
+    const fj = frameOf(fr.narOffsets, b - 1);
+    const narAt = (i: number) => (i < fr.narOffsets.length ? fr.narOffsets[i]! : fr.narEnd);
+    const fileAt = (i: number) => (i < fr.fileOffsets.length ? fr.fileOffsets[i]! : fr.fileEnd);
+    const fileSizes: number[] = [];
+    const narSizes: number[] = [];
+    for (let i = fi; i <= fj; i++) {
+      fileSizes.push(fileAt(i + 1) - fileAt(i));
+      narSizes.push(narAt(i + 1) - narAt(i));
+    }
+    return { offset: fileAt(fi), length: fileAt(fj + 1) - fileAt(fi), narStart: narAt(fi), narBytes: narAt(fj + 1) - narAt(fi), fileSizes, narSizes };
+  }
+
+  // --- requests
+
+  /** Starts one request; registers and returns the flight of each of its chunks. */
+  private startRequest(fileKey: string, r: Request, onChunk: OnChunk): Array<Promise<void>> {
+    const result = this.fetchVerified(r);
+    result.catch(() => {});
+    const out: Array<Promise<void>> = [];
+    for (let k = r.first; k <= r.last; k++) {
+      const key = `${fileKey}:${k}`;
+      const promise = result
+        .then((chunks) => {
+          const bytes = chunks.get(k);
+          if (bytes) return bytes;
+          // A bad chunk gets one more fetch of its own.
+          return this.fetchVerified({ ...r, first: k, last: k, demand: true }, 2).then((again) => again.get(k)!);
+        })
+        .then(async (bytes) => {
+          await onChunk(r.file, k, bytes);
+          this.stats.chunksDelivered++;
+        })
+        .finally(() => {
+          if (this.flights.get(key)?.promise === promise) this.flights.delete(key);
+        });
+      this.flights.set(key, { promise });
+      out.push(promise);
+    }
+    return out;
+  }
+
+  /**
+   * One ranged request for chunks [first, last]: the verified chunks by number; chunks that
+   * did not verify are logged and missing from the map — on the last attempt the request
+   * fails with their error instead.
+   */
+  private async fetchVerified(r: Request, attempt = 1): Promise<Map<number, Buffer>> {
+    const sp = this.span(r, r.first, r.last);
+    const bytes = await this.withSlot(r.demand, async () => {
+      this.stats.requests++;
+      this.stats.requestBytes += sp.length;
+      const got = await this.datalakes.getRangeFrom(r.src.datalake, r.src.narUrl, sp.offset, sp.length, { signal: this.closer.signal });
+      if (got === undefined) {
+        throw new NarfsError('ERR_NAR_MISSING', `${r.src.datalake.displayUrl} has no ${r.src.narUrl} (ranged read for ${r.idx.storePath})`, {
+          details: { datalake: r.src.datalake.displayUrl, narUrl: r.src.narUrl },
+        });
+      }
+      if (got.length !== sp.length) {
+        throw new NarfsError('ERR_DATALAKE_TRUNCATED', `${r.src.narUrl} ends before byte ${sp.offset + sp.length} (ranged read for ${r.idx.storePath})`, {
+          details: { datalake: r.src.datalake.displayUrl, narUrl: r.src.narUrl, offset: sp.offset, length: sp.length, received: got.length },
+        });
+      }
+      return got;
+    });
+    const cs = r.idx.chunkSize;
+    const slices: number[] = [];
+    const hashes = Buffer.allocUnsafe(32 * (r.last - r.first + 1));
+    for (let k = r.first; k <= r.last; k++) {
+      const from = r.file.narOffset + k * cs - sp.narStart;
+      slices.push(from, from + chunkLength(r.file, cs, k));
+      chunkHash(r.file, k).copy(hashes, 32 * (k - r.first));
+    }
+    let result: { out: Uint8Array; ok: boolean[] };
+    try {
+      result = await this.pool.run({ input: bytes, ...(sp.fileSizes ? { frames: { fileSizes: sp.fileSizes, narSizes: sp.narSizes! } } : {}), slices, hashes });
+    } catch (e) {
+      if (!isNarfsError(e, 'ERR_DECOMPRESS')) throw e;
+      this.logBad(r, r.first, r.last, e, attempt);
+      if (attempt >= 2) throw e;
+      return new Map();
+    }
+    const out = Buffer.from(result.out.buffer, result.out.byteOffset, result.out.byteLength);
+    const verified = new Map<number, Buffer>();
+    for (let k = r.first; k <= r.last; k++) {
+      const i = k - r.first;
+      if (result.ok[i]) {
+        verified.set(k, out.subarray(slices[2 * i]!, slices[2 * i + 1]!));
+        continue;
+      }
+      this.stats.mismatches++;
+      const err = new NarfsError('ERR_CHUNK_HASH_MISMATCH', `chunk ${k} of a file of ${r.idx.storePath} (NAR bytes ${r.file.narOffset + k * cs}+${chunkLength(r.file, cs, k)}) from ${r.src.datalake.displayUrl}/${r.src.narUrl} does not match its SHA-256 in the index`, {
+        details: { datalake: r.src.datalake.displayUrl, narUrl: r.src.narUrl, storePath: r.idx.storePath, file: r.file.sha256.toString('hex'), chunk: k, attempt },
+      });
+      this.logBad(r, k, k, err, attempt);
+      if (attempt >= 2) throw err;
+    }
+    return verified;
+  }
+
+  private logBad(r: Request, first: number, last: number, err: NarfsError, attempt: number): void {
+    this.logger?.warn(attempt >= 2 ? 'ranged chunk failed verification again; the read fails' : 'ranged chunk failed verification; not served, fetching it again', {
+      err, storePath: r.idx.storePath, narUrl: r.src.narUrl, datalake: r.src.datalake.displayUrl, chunks: `${first}..${last}`, attempt,
+    });
+  }
+
+  /** Runs `work` holding one of `maxInFlight` request slots (wanted requests first). */
+  private async withSlot<T>(demand: boolean, work: () => Promise<T>): Promise<T> {
+    if (this.inFlight >= this.maxInFlight) {
+      await new Promise<void>((resolve) => {
+        const w: Waiter = { demand, go: resolve };
+        if (demand) {
+          const at = this.queue.findIndex((x) => !x.demand);
+          if (at < 0) this.queue.push(w);
+          else this.queue.splice(at, 0, w);
+        } else this.queue.push(w);
+      });
+    } else this.inFlight++;
+    if (this.closer.signal.aborted) {
+      this.release();
+      throw aborted(this.closer.signal);
+    }
+    try {
+      return await work();
+    } finally {
+      this.release();
+    }
+  }
+
+  /** Hands the slot to the next waiter, or frees it. */
+  private release(): void {
+    const next = this.queue.shift();
+    if (next) next.go();
+    else this.inFlight--;
+  }
+}
+
+/** How chunks of `idx` are read from `src`, or ERR_INDEX_UNUSABLE. */
+function planFor(src: ChunkSource, idx: NarIndex): Plan {
+  const ni = src.narInfo;
+  const unusable = (why: string): never => {
+    throw new NarfsError('ERR_INDEX_UNUSABLE', `the index of ${idx.storePath} cannot serve ranged reads of ${src.narUrl}: ${why}`, {
+      details: { storePath: idx.storePath, narUrl: src.narUrl, compression: src.compression },
+    });
+  };
+  if (idx.narSize !== ni.narSize) unusable(`it describes ${idx.narSize} NAR bytes, the narinfo ${ni.narSize}`);
+  const compression = src.compression.toLowerCase();
+  if (compression === 'none') return { frames: undefined };
+  if (compression !== 'zstd') unusable(`Compression ${src.compression} has no seekable frames`);
+  const fr = idx.frames;
+  if (!fr) unusable('a zstd NAR without a frame table (not written by narfs index --seekable)');
+  if (!ni.fileHash || !hashEquals(fr!.fileHash, ni.fileHash)) unusable('its frame table maps another file than the narinfo FileHash');
+  if (ni.fileSize !== undefined && ni.fileSize !== fr!.fileSize) unusable(`its frame table maps ${fr!.fileSize} bytes, the narinfo FileSize is ${ni.fileSize}`);
+  const { narOffsets, fileOffsets } = fr!;
+  if (narOffsets.length === 0 || narOffsets.length !== fileOffsets.length || narOffsets[0] !== 0 || fileOffsets[0] !== 0) unusable('a malformed frame table');
+  for (let i = 0; i < narOffsets.length; i++) {
+    const narEnd = i + 1 < narOffsets.length ? narOffsets[i + 1]! : idx.narSize;
+    const fileEnd = i + 1 < fileOffsets.length ? fileOffsets[i + 1]! : fr!.fileSize;
+    if (!(narEnd > narOffsets[i]!) || !(fileEnd > fileOffsets[i]!)) unusable(`frame ${i} is empty or out of order`);
+    if (narEnd - narOffsets[i]! > MAX_FRAME_NAR_BYTES) unusable(`frame ${i} holds more than ${MAX_FRAME_NAR_BYTES} NAR bytes`);
+  }
+  return { frames: { narOffsets, fileOffsets, narEnd: idx.narSize, fileEnd: fr!.fileSize } };
+}
+
+/** The frame holding NAR byte `x`: the last i with narOffsets[i] <= x. */
+function frameOf(narOffsets: number[], x: number): number {
+  let lo = 0;
+  let hi = narOffsets.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >>> 1;
+    if (narOffsets[mid]! <= x) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+function aborted(signal: AbortSignal): NarfsError {
+  const r: unknown = signal.reason;
+  return r instanceof NarfsError && r.code === 'ERR_ABORTED' ? r : new NarfsError('ERR_ABORTED', 'the chunk fetch was aborted', { cause: r });
+}

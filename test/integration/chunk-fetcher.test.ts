@@ -1,0 +1,356 @@
+/**
+ * ChunkFetcher against a real HTTP server on 127.0.0.1 (HttpDatalakeServer, with Range and
+ * faults) over real fixture NARs (scripts/build-fixtures.sh): the large-file store path
+ * (one 40 MiB file) and many-files (3000 small files), indexed with IndexBuilder, served
+ * uncompressed (`Compression: none`) and as seekable zstd frames (test/support/indexed-nar.ts).
+ *
+ * Covered: byte-exact chunks from both; a bit flipped by the server is never delivered
+ * (ERR_CHUNK_HASH_MISMATCH, logged with its code, one retry), and once the server is fixed
+ * a new fetch serves the right bytes; a server that ignores Range; a stalled range hits its
+ * deadline; coalescing cuts the request count; read-ahead starts on sequential reads and
+ * not on random ones; concurrent readers of a chunk share one request, and a reader that
+ * aborts does not abort it for the others; indexes that cannot serve ranges are
+ * ERR_INDEX_UNUSABLE. Every wait is on an event (server requests, deliveries); the only
+ * deadlines are the components' own.
+ */
+import assert from 'node:assert/strict';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { DatalakeSet } from '../../src/datalake/datalake-set.js';
+import { HttpDatalake, type HttpDatalakeOptions } from '../../src/datalake/http-datalake.js';
+import { chunkCount, type IndexedFile, type NarIndex } from '../../src/nix/nar-index.js';
+import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
+import { ChunkFetcher, type ChunkFetcherOptions, type ChunkSource } from '../../src/store/chunk-fetcher.js';
+import { ChunkVerifyPool } from '../../src/store/chunk-verify-pool.js';
+import { failure } from '../support/failure.js';
+import { loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS } from '../support/fixtures.js';
+import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { indexNar, writeSeekable } from '../support/indexed-nar.js';
+
+const CS = 256 * 1024;
+
+interface Lake {
+  nar: Buffer;
+  idx: NarIndex;
+  plain: NarInfo;
+  seekable: NarInfo;
+  plainUrl: string;
+  seekUrl: string;
+}
+
+/** What onChunk received, with a way to wait for a chunk. */
+function sink() {
+  const got = new Map<string, Buffer>();
+  const calls: string[] = [];
+  const waiters: Array<{ key: string; resolve: () => void }> = [];
+  const onChunk = async (file: IndexedFile, k: number, bytes: Buffer): Promise<void> => {
+    const key = `${file.narOffset}:${k}`;
+    calls.push(key);
+    got.set(key, Buffer.from(bytes));
+    for (const w of waiters.filter((x) => x.key === key)) {
+      waiters.splice(waiters.indexOf(w), 1);
+      w.resolve();
+    }
+  };
+  const delivered = (file: IndexedFile, k: number): Promise<void> =>
+    got.has(`${file.narOffset}:${k}`) ? Promise.resolve() : new Promise((resolve) => waiters.push({ key: `${file.narOffset}:${k}`, resolve }));
+  return { got, calls, onChunk, delivered };
+}
+
+function chunkOf(nar: Buffer, idx: NarIndex, file: IndexedFile, k: number): Buffer {
+  const from = file.narOffset + k * idx.chunkSize;
+  return nar.subarray(from, Math.min(file.narOffset + file.size, from + idx.chunkSize));
+}
+
+function warnings() {
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  return { lines, logger: { warn: (msg: string, fields: Record<string, unknown> = {}) => void lines.push({ msg, fields }) } };
+}
+
+describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
+  this.timeout(120_000);
+  let dir: string;
+  let large: Lake;
+  let many: Lake;
+  let server: HttpDatalakeServer;
+  let set: DatalakeSet;
+  let pool: ChunkVerifyPool;
+  const fetchers: ChunkFetcher[] = [];
+  const sets: DatalakeSet[] = [];
+
+  async function prepare(role: 'large-file' | 'many-files', name: string): Promise<Lake> {
+    const fx = await loadFixtures();
+    const p = pathByRole(fx, role);
+    const plain = parseNarInfo(await fsp.readFile(narInfoPath(fx.datalakes.none.dir, p.storePath), 'utf8'));
+    const nar = await fsp.readFile(path.join(fx.datalakes.none.dir, plain.url));
+    const idx = indexNar(nar, p.storePath, CS);
+    const s = writeSeekable(nar, { ...idx });
+    idx.frames = s.frames;
+    const plainUrl = `nar/${name}.nar`;
+    const seekUrl = `nar/${name}.nar.zst`;
+    await fsp.writeFile(path.join(dir, plainUrl), nar);
+    await fsp.writeFile(path.join(dir, seekUrl), s.bytes);
+    const seekable: NarInfo = { ...plain, url: seekUrl, compression: 'zstd', fileHash: s.frames.fileHash, fileSize: s.frames.fileSize };
+    return { nar, idx, plain: { ...plain, url: plainUrl }, seekable, plainUrl, seekUrl };
+  }
+
+  /** The 40 MiB file of the large-file path. */
+  const big = (): IndexedFile => large.idx.files.find((f) => f.size === 40 << 20)!;
+
+  const src = (lake: Lake, seek = false): ChunkSource => ({
+    datalake: set.datalakes[0]!,
+    narUrl: seek ? lake.seekUrl : lake.plainUrl,
+    compression: seek ? 'zstd' : 'none',
+    narInfo: seek ? lake.seekable : lake.plain,
+  });
+
+  const fetcher = (o: Partial<ChunkFetcherOptions> = {}): ChunkFetcher => {
+    const f = new ChunkFetcher({ datalakes: set, verifyPool: pool, readAheadChunks: 0, ...o });
+    fetchers.push(f);
+    return f;
+  };
+
+  async function openSet(options: HttpDatalakeOptions = {}): Promise<DatalakeSet> {
+    const s = new DatalakeSet([new HttpDatalake(server.url, options)]);
+    await s.open();
+    sets.push(s);
+    return s;
+  }
+
+  before(async function () {
+    this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-chunks-'));
+    await fsp.mkdir(path.join(dir, 'nar'));
+    await fsp.writeFile(path.join(dir, 'nix-cache-info'), 'StoreDir: /nix/store\n');
+    large = await prepare('large-file', 'large');
+    many = await prepare('many-files', 'many');
+    assert.equal(chunkCount(big().size, CS), 160);
+    assert.ok(many.idx.files.length > 1000);
+    pool = new ChunkVerifyPool();
+  });
+  beforeEach(async function () {
+    server = await HttpDatalakeServer.start({ root: dir });
+    set = await openSet();
+  });
+  afterEach(async function () {
+    for (const f of fetchers.splice(0)) f.close();
+    for (const s of sets.splice(0)) await s.close();
+    await server.close();
+  });
+  after(async function () {
+    await pool?.close();
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  for (const seek of [false, true]) {
+    const kind = seek ? 'seekable zstd' : 'Compression none';
+    it(`${kind}: every chunk of the large file and of small files is byte-exact`, async function () {
+      const f = fetcher();
+      const s = sink();
+      const file = big();
+      const ac = new AbortController();
+      for (const [a, b] of [[0, 0], [1, 40], [77, 77], [41, 76], [78, 159]] as const) {
+        await f.fetch(src(large, seek), large.idx, file, a, b, s.onChunk, ac.signal);
+      }
+      for (let k = 0; k < 160; k++) assert.deepEqual(s.got.get(`${file.narOffset}:${k}`), chunkOf(large.nar, large.idx, file, k), `chunk ${k}`);
+      assert.equal(s.calls.length, 160, 'each chunk delivered once');
+      for (const file of many.idx.files.filter((_, i) => i % 97 === 0)) {
+        await f.fetch(src(many, seek), many.idx, file, 0, 0, s.onChunk, ac.signal);
+        assert.deepEqual(s.got.get(`${file.narOffset}:0`), chunkOf(many.nar, many.idx, file, 0));
+      }
+      assert.equal(f.stats.mismatches, 0);
+    });
+  }
+
+  it('a flipped bit is never delivered: ERR_CHUNK_HASH_MISMATCH logged with its code, one retry; fixed, a re-fetch serves the right bytes', async function () {
+    const log = warnings();
+    const f = fetcher({ logger: log.logger });
+    const s = sink();
+    const file = big();
+    const bad = file.narOffset + 3 * CS + 1234;
+    server.transform(large.plainUrl, (body) => {
+      const b = Buffer.from(body);
+      b[bad] = b[bad]! ^ 0x10;
+      return b;
+    });
+    // Chunks 0..7 in one request: 3 is bad, the others are good and delivered.
+    const err = await failure(f.fetch(src(large), large.idx, file, 0, 7, s.onChunk, new AbortController().signal), 'ERR_CHUNK_HASH_MISMATCH');
+    assert.equal(err.details?.chunk, 3);
+    assert.equal(s.got.has(`${file.narOffset}:3`), false, 'the bad chunk never reached onChunk');
+    for (const k of [0, 1, 2, 4, 5, 6, 7]) assert.deepEqual(s.got.get(`${file.narOffset}:${k}`), chunkOf(large.nar, large.idx, file, k));
+    assert.equal(server.count(large.plainUrl), 2, 'the coalesced request, then one retry of the bad chunk alone');
+    assert.equal(server.requests.at(-1)!.headers.range, `bytes=${file.narOffset + 3 * CS}-${file.narOffset + 4 * CS - 1}`);
+    assert.deepEqual(log.lines.map((l) => (l.fields.err as { code?: string } | undefined)?.code), ['ERR_CHUNK_HASH_MISMATCH', 'ERR_CHUNK_HASH_MISMATCH']);
+    // The server is fixed: the next read of that chunk fetches it afresh and serves it.
+    server.clear(large.plainUrl);
+    await f.fetch(src(large), large.idx, file, 3, 3, s.onChunk, new AbortController().signal);
+    assert.deepEqual(s.got.get(`${file.narOffset}:3`), chunkOf(large.nar, large.idx, file, 3));
+  });
+
+  it('a chunk that is bad once and good on its retry is served, the bad bytes never', async function () {
+    const log = warnings();
+    const f = fetcher({ logger: log.logger });
+    const s = sink();
+    const file = big();
+    let served = 0;
+    server.transform(large.plainUrl, (body) => {
+      if (served++ > 0) return body;
+      const b = Buffer.from(body);
+      b[file.narOffset + 9 * CS] = b[file.narOffset + 9 * CS]! ^ 1;
+      return b;
+    });
+    await f.fetch(src(large), large.idx, file, 9, 9, s.onChunk, new AbortController().signal);
+    assert.deepEqual(s.got.get(`${file.narOffset}:9`), chunkOf(large.nar, large.idx, file, 9));
+    assert.equal(s.calls.length, 1);
+    assert.equal(log.lines.length, 1);
+    assert.equal(f.stats.mismatches, 1);
+  });
+
+  it('seekable zstd: a corrupted frame is never delivered (hash mismatch or ERR_DECOMPRESS), then fixed', async function () {
+    const f = fetcher({ logger: warnings().logger });
+    const s = sink();
+    const file = big();
+    const fr = large.idx.frames!;
+    const i = fr.narOffsets.indexOf(file.narOffset + 5 * CS);
+    assert.ok(i > 0);
+    server.transform(large.seekUrl, (body) => {
+      const b = Buffer.from(body);
+      const at = Math.floor((fr.fileOffsets[i]! + fr.fileOffsets[i + 1]!) / 2);
+      b[at] = b[at]! ^ 0x40;
+      return b;
+    });
+    const err = await f.fetch(src(large, true), large.idx, file, 5, 5, s.onChunk, new AbortController().signal).then(() => undefined, (e: unknown) => e);
+    assert.ok(err !== undefined, 'the corrupted chunk was delivered');
+    assert.match((err as { code: string }).code, /^(ERR_CHUNK_HASH_MISMATCH|ERR_DECOMPRESS)$/);
+    assert.equal(s.calls.length, 0);
+    server.clear(large.seekUrl);
+    await f.fetch(src(large, true), large.idx, file, 5, 5, s.onChunk, new AbortController().signal);
+    assert.deepEqual(s.got.get(`${file.narOffset}:5`), chunkOf(large.nar, large.idx, file, 5));
+  });
+
+  it('a server that ignores Range (200, whole body) still serves exact chunks', async function () {
+    server.ignoreRange('*');
+    const f = fetcher();
+    const s = sink();
+    const file = big();
+    for (const seek of [false, true]) {
+      await f.fetch(src(large, seek), large.idx, file, 100, 103, s.onChunk, new AbortController().signal);
+      for (let k = 100; k <= 103; k++) assert.deepEqual(s.got.get(`${file.narOffset}:${k}`), chunkOf(large.nar, large.idx, file, k));
+      s.got.clear();
+    }
+    assert.equal(server.requests.at(-1)!.headers.range !== undefined, true, 'a Range was asked for');
+  });
+
+  it('a stalled range hits the datalake deadline; a reader waits no longer than its own deadline or abort', async function () {
+    for (const s of sets.splice(0)) await s.close();
+    set = await openSet({ rangeTimeoutMs: 500, attempts: 1 });
+    const f = fetcher({ waitTimeoutMs: 60_000 });
+    const file = big();
+    server.stallHeaders(large.plainUrl);
+    await failure(f.fetch(src(large), large.idx, file, 0, 0, sink().onChunk, new AbortController().signal), 'ERR_DATALAKE_TIMEOUT');
+    server.clear().stallBody(large.plainUrl, 100);
+    await failure(f.fetch(src(large), large.idx, file, 1, 1, sink().onChunk, new AbortController().signal), 'ERR_DATALAKE_TIMEOUT');
+    // A held request: the reader's own deadline, then its abort, end its wait.
+    server.clear().hold(large.plainUrl);
+    for (const s of sets.splice(0)) await s.close();
+    set = await openSet({ rangeTimeoutMs: 60_000 });
+    const g = fetcher({ waitTimeoutMs: 200 });
+    await failure(g.fetch(src(large), large.idx, file, 2, 2, sink().onChunk, new AbortController().signal), 'ERR_DEADLINE');
+    const ac = new AbortController();
+    const p = g.fetch(src(large), large.idx, file, 3, 3, sink().onChunk, ac.signal);
+    await server.waitForRequest(large.plainUrl, 2);
+    ac.abort();
+    await failure(p, 'ERR_ABORTED');
+    server.release(large.plainUrl);
+  });
+
+  it('coalescing: 32 adjacent chunks are one request, not 32', async function () {
+    const file = big();
+    for (const seek of [false, true]) {
+      const url = seek ? large.seekUrl : large.plainUrl;
+      const one = fetcher({ maxRequestBytes: 8 << 20 });
+      const before = server.count(url);
+      await one.fetch(src(large, seek), large.idx, file, 0, 31, sink().onChunk, new AbortController().signal);
+      assert.equal(server.count(url) - before, 1, `${url}: 8 MiB in one request`);
+      const each = fetcher({ maxRequestBytes: CS });
+      await each.fetch(src(large, seek), large.idx, file, 32, 63, sink().onChunk, new AbortController().signal);
+      assert.equal(server.count(url) - before - 1, 32, `${url}: without coalescing, one request per chunk`);
+      // The cap holds: 64 chunks (16 MiB) are two 8 MiB requests.
+      const capped = fetcher({ maxRequestBytes: 8 << 20 });
+      await capped.fetch(src(large, seek), large.idx, file, 64, 127, sink().onChunk, new AbortController().signal);
+      assert.equal(server.count(url) - before - 33, 2);
+    }
+  });
+
+  it('read-ahead starts on the second sequential read, grows, and stays off for random reads', async function () {
+    const f = fetcher({ readAheadInitial: 2, readAheadChunks: 8 });
+    const s = sink();
+    const file = big();
+    const go = (a: number, b: number) => f.fetch(src(large), large.idx, file, a, b, s.onChunk, new AbortController().signal);
+    await go(0, 0);
+    assert.equal(server.count(large.plainUrl), 1);
+    await go(1, 1);
+    // Second sequential read: chunks 2 and 3 are read ahead, delivered without being asked for.
+    await Promise.all([s.delivered(file, 2), s.delivered(file, 3)]);
+    assert.equal(server.count(large.plainUrl), 3, 'chunk 1, then one read-ahead request for 2..3');
+    // The reader found 2 and 3 in its cache; its next miss is chunk 4: the window doubles (4).
+    await go(4, 4);
+    await Promise.all([5, 6, 7, 8].map((k) => s.delivered(file, k)));
+    assert.equal(f.stats.readAheadChunks, 6);
+    // Random reads: no read-ahead.
+    const n = server.count(large.plainUrl);
+    await go(120, 120);
+    await go(60, 60);
+    await go(140, 140);
+    assert.equal(server.count(large.plainUrl), n + 3);
+    assert.equal(f.stats.readAheadChunks, 6);
+    assert.equal(s.got.has(`${file.narOffset}:121`), false);
+  });
+
+  it('concurrent readers of a chunk cause one request; a reader that aborts does not abort it for the others', async function () {
+    const f = fetcher();
+    const s = sink();
+    const file = big();
+    server.hold(large.plainUrl);
+    const aborter = new AbortController();
+    const readers = Array.from({ length: 6 }, (_, i) =>
+      f.fetch(src(large), large.idx, file, 50, 50, s.onChunk, i === 0 ? aborter.signal : new AbortController().signal));
+    await server.waitForRequest(large.plainUrl, 1);
+    aborter.abort();
+    await failure(readers[0]!, 'ERR_ABORTED');
+    server.release(large.plainUrl);
+    await Promise.all(readers.slice(1));
+    assert.equal(server.count(large.plainUrl), 1);
+    assert.deepEqual(s.calls, [`${file.narOffset}:50`], 'delivered once');
+    assert.deepEqual(s.got.get(`${file.narOffset}:50`), chunkOf(large.nar, large.idx, file, 50));
+    assert.equal(f.stats.joined, 5);
+    // The same file in another store path's index shares the flight too (content-addressed).
+    server.hold(large.plainUrl);
+    const other: NarIndex = { ...large.idx, storePath: large.idx.storePath.replace(/-[^/]*$/, '-other') };
+    const both = [f.fetch(src(large), large.idx, file, 51, 51, s.onChunk, new AbortController().signal),
+      f.fetch(src(large), other, file, 51, 51, s.onChunk, new AbortController().signal)];
+    await server.waitForRequest(large.plainUrl, 2);
+    server.release(large.plainUrl);
+    await Promise.all(both);
+    assert.equal(server.count(large.plainUrl), 2);
+  });
+
+  it('indexes that cannot serve ranges are ERR_INDEX_UNUSABLE before any request', async function () {
+    const f = fetcher();
+    const file = big();
+    const signal = new AbortController().signal;
+    const noFrames: NarIndex = { ...large.idx };
+    delete noFrames.frames;
+    const otherFile = { ...large.seekable, fileHash: { algo: 'sha256' as const, digest: Buffer.alloc(32, 7) } };
+    const cases: ChunkSource[] = [
+      { ...src(large), compression: 'xz', narInfo: { ...large.plain, compression: 'xz' } },
+      { ...src(large, true), narInfo: otherFile },
+      { ...src(large, true), narInfo: { ...large.seekable, fileSize: large.seekable.fileSize! + 1 } },
+    ];
+    for (const c of cases) await failure(f.fetch(c, large.idx, file, 0, 0, sink().onChunk, signal), 'ERR_INDEX_UNUSABLE');
+    await failure(f.fetch(src(large, true), noFrames, file, 0, 0, sink().onChunk, signal), 'ERR_INDEX_UNUSABLE');
+    await failure(f.fetch(src(large), large.idx, file, 0, 160, sink().onChunk, signal), 'ERR_INVALID_ARGUMENT');
+    assert.equal(server.count('*'), 1, 'only the nix-cache-info of open()');
+  });
+});
