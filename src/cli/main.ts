@@ -29,6 +29,7 @@ Usage:
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs verify-cache [--cache-dir DIR] [--log-format text|json]
   narfs status [--cache-dir DIR] [--json]
+  narfs index --secret-key-file KEY [--seekable] [--chunk-size N] DATALAKE_URL [store path ...]
   narfs --help
 
 narfs mount options:
@@ -103,6 +104,8 @@ export async function main(argv: string[]): Promise<number> {
         return await verifyCacheCommand(rest);
       case 'status':
         return await statusCommand(rest);
+      case 'index':
+        return await (await import('../index/index-command.js')).indexCommand(rest);
       default:
         throw new NarfsError('ERR_USAGE', `unknown command "${command}"`);
     }
