@@ -41,6 +41,7 @@
  *   AbortSignal (ERR_ABORTED). A reader that gives up leaves shared fetches running for the
  *   others (and for the cache); `close()` ends them all.
  */
+import { setMaxListeners } from 'node:events';
 import { NarfsError, isNarfsError } from '../errors.js';
 import { withDeadline } from '../deadline.js';
 import type { Datalake } from '../datalake/datalake.js';
@@ -107,6 +108,15 @@ interface Plan {
 
 interface Flight {
   promise: Promise<void>;
+  /** The priority of the request carrying the chunk (raised when a reader joins read-ahead). */
+  prio: Prio;
+}
+
+/** A request's place in the slot queue: wanted (demand) requests go before read-ahead. */
+interface Prio {
+  demand: boolean;
+  /** Set while the request waits for a slot. */
+  waiter?: Waiter;
 }
 
 interface SeqState {
@@ -118,7 +128,7 @@ interface SeqState {
 }
 
 interface Waiter {
-  demand: boolean;
+  prio: Prio;
   go: () => void;
 }
 
@@ -130,7 +140,7 @@ interface Request {
   file: IndexedFile;
   first: number;
   last: number;
-  demand: boolean;
+  prio: Prio;
 }
 
 export class ChunkFetcher {
@@ -147,6 +157,7 @@ export class ChunkFetcher {
   private readonly seq = new Map<string, SeqState>();
   private readonly queue: Waiter[] = [];
   private inFlight = 0;
+  /** Aborted by close(); every request in flight listens to it, so it has no listener cap. */
   private readonly closer = new AbortController();
 
   constructor(options: ChunkFetcherOptions) {
@@ -158,6 +169,8 @@ export class ChunkFetcher {
     this.readAheadMax = Math.max(0, options.readAheadChunks ?? 16);
     this.waitTimeoutMs = options.waitTimeoutMs ?? 120_000;
     this.pool = options.verifyPool ?? defaultChunkVerifyPool;
+    setMaxListeners(0, this.closer.signal);
+    this.pool.warm();
   }
 
   /**
@@ -197,6 +210,7 @@ export class ChunkFetcher {
       const f = this.flights.get(`${fileKey}:${k}`);
       if (f) {
         this.stats.joined++;
+        this.promote(f.prio);
         wanted.push(f.promise);
       } else fresh.push(k);
     }
@@ -249,7 +263,7 @@ export class ChunkFetcher {
   }
 
   /** Splits sorted chunk numbers into runs of adjacent chunks, each within maxRequestBytes. */
-  private split(base: Omit<Request, 'first' | 'last' | 'demand'>, chunks: number[], demand: boolean): Request[] {
+  private split(base: Omit<Request, 'first' | 'last' | 'prio'>, chunks: number[], demand: boolean): Request[] {
     const out: Request[] = [];
     let i = 0;
     while (i < chunks.length) {
@@ -263,14 +277,14 @@ export class ChunkFetcher {
         last++;
         i++;
       }
-      out.push({ ...base, first, last, demand });
+      out.push({ ...base, first, last, prio: { demand } });
       i++;
     }
     return out;
   }
 
   /** The byte range a request for chunks [first, last] reads, and the NAR bytes it yields. */
-  private span(r: Omit<Request, 'first' | 'last' | 'demand'>, first: number, last: number): {
+  private span(r: Omit<Request, 'first' | 'last' | 'prio'>, first: number, last: number): {
     offset: number; length: number; narStart: number; narBytes: number; fileSizes?: number[]; narSizes?: number[];
   } {
     const cs = r.idx.chunkSize;
@@ -300,12 +314,14 @@ export class ChunkFetcher {
     const out: Array<Promise<void>> = [];
     for (let k = r.first; k <= r.last; k++) {
       const key = `${fileKey}:${k}`;
-      const promise = result
+      const flight: Flight = { promise: Promise.resolve(), prio: r.prio };
+      const promise: Promise<void> = result
         .then((chunks) => {
           const bytes = chunks.get(k);
           if (bytes) return bytes;
           // A bad chunk gets one more fetch of its own.
-          return this.fetchVerified({ ...r, first: k, last: k, demand: true }, 2).then((again) => again.get(k)!);
+          flight.prio = { demand: true };
+          return this.fetchVerified({ ...r, first: k, last: k, prio: flight.prio }, 2).then((again) => again.get(k)!);
         })
         .then(async (bytes) => {
           await onChunk(r.file, k, bytes);
@@ -314,7 +330,8 @@ export class ChunkFetcher {
         .finally(() => {
           if (this.flights.get(key)?.promise === promise) this.flights.delete(key);
         });
-      this.flights.set(key, { promise });
+      flight.promise = promise;
+      this.flights.set(key, flight);
       out.push(promise);
     }
     return out;
@@ -327,7 +344,7 @@ export class ChunkFetcher {
    */
   private async fetchVerified(r: Request, attempt = 1): Promise<Map<number, Buffer>> {
     const sp = this.span(r, r.first, r.last);
-    const bytes = await this.withSlot(r.demand, async () => {
+    const bytes = await this.withSlot(r.prio, async () => {
       this.stats.requests++;
       this.stats.requestBytes += sp.length;
       const got = await this.datalakes.getRangeFrom(r.src.datalake, r.src.narUrl, sp.offset, sp.length, { signal: this.closer.signal });
@@ -385,16 +402,14 @@ export class ChunkFetcher {
   }
 
   /** Runs `work` holding one of `maxInFlight` request slots (wanted requests first). */
-  private async withSlot<T>(demand: boolean, work: () => Promise<T>): Promise<T> {
+  private async withSlot<T>(prio: Prio, work: () => Promise<T>): Promise<T> {
     if (this.inFlight >= this.maxInFlight) {
       await new Promise<void>((resolve) => {
-        const w: Waiter = { demand, go: resolve };
-        if (demand) {
-          const at = this.queue.findIndex((x) => !x.demand);
-          if (at < 0) this.queue.push(w);
-          else this.queue.splice(at, 0, w);
-        } else this.queue.push(w);
+        const w: Waiter = { prio, go: resolve };
+        prio.waiter = w;
+        this.enqueue(w);
       });
+      prio.waiter = undefined;
     } else this.inFlight++;
     if (this.closer.signal.aborted) {
       this.release();
@@ -405,6 +420,33 @@ export class ChunkFetcher {
     } finally {
       this.release();
     }
+  }
+
+  /** Queues `w`: wanted requests after the wanted ones already queued, before read-ahead. */
+  private enqueue(w: Waiter): void {
+    const at = w.prio.demand ? this.queue.findIndex((x) => !x.prio.demand) : -1;
+    if (at < 0) this.queue.push(w);
+    else this.queue.splice(at, 0, w);
+  }
+
+  /** A reader now waits for a read-ahead request: it becomes wanted (moved up if queued). */
+  private promote(prio: Prio): void {
+    if (prio.demand) return;
+    prio.demand = true;
+    const w = prio.waiter;
+    if (!w) return;
+    this.queue.splice(this.queue.indexOf(w), 1);
+    this.enqueue(w);
+  }
+
+  /** Requests waiting for a slot (wanted and read-ahead). */
+  get queuedRequests(): number {
+    return this.queue.length;
+  }
+
+  /** Requests holding a slot. */
+  get requestsInFlight(): number {
+    return this.inFlight;
   }
 
   /** Hands the slot to the next waiter, or frees it. */

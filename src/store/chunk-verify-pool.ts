@@ -7,8 +7,12 @@
  * SHA-256 0.50 / 0.53 ms; zstd -19 decode of a 1 MiB frame of a binary 1.23 / 1.35 ms
  * (text 0.07 / 0.44 ms). A coalesced 8 MiB request is thus ~15 ms of CPU: far too long
  * for the thread that answers LOOKUP and READ, so everything but tiny jobs goes to a worker.
- * A worker hop costs a postMessage each way (buffers transferred, never copied); below
- * `inlineBytes` (default 64 KiB, hashed in ~30 µs) a job without frames runs inline.
+ * A worker hop costs a postMessage each way (buffers transferred, never copied): a 1 MiB
+ * job took 0.8-1.0 ms end to end on a warm worker (compiled JS), so a job of at most
+ * `inlineBytes` NAR bytes (default 256 KiB: ~0.35 ms to decode, ~0.13 ms to hash, measured
+ * as above) runs inline, where the hop would cost about as much as the work. A worker's
+ * start costs 60-120 ms (compiled; several hundred under tsx): `warm()` starts them ahead,
+ * and a ChunkFetcher does so when it is built, so the first chunk never waits for a boot.
  *
  * Invariants:
  * - at most `size` workers (default 2), started on first use and unref'd; a job goes to the
@@ -30,7 +34,7 @@ const WORKER_ENTRY = new URL('./chunk-verify-worker.js', import.meta.url);
 export interface ChunkVerifyPoolOptions {
   /** Worker threads. Default 2. */
   size?: number;
-  /** Jobs without frames and with fewer input bytes run inline. Default 64 KiB. */
+  /** Jobs of at most this many NAR bytes run inline. Default 256 KiB. */
   inlineBytes?: number;
   /** Deadline of one job. Default 30000 ms. */
   jobTimeoutMs?: number;
@@ -60,14 +64,15 @@ export class ChunkVerifyPool {
 
   constructor(options: ChunkVerifyPoolOptions = {}) {
     this.#size = Math.max(1, options.size ?? 2);
-    this.#inlineBytes = options.inlineBytes ?? 64 * 1024;
+    this.#inlineBytes = options.inlineBytes ?? 256 * 1024;
     this.#jobTimeoutMs = options.jobTimeoutMs ?? 30_000;
   }
 
   /** Runs `job` (on a worker unless it is tiny). Its input may be detached afterwards. */
   run(job: ChunkJob): Promise<ChunkJobResult> {
     if (this.#closed) return Promise.reject(new NarfsError('ERR_ABORTED', 'the chunk verify pool is closed'));
-    if (!job.frames && job.input.length < this.#inlineBytes) {
+    const narBytes = job.frames ? job.frames.narSizes.reduce((a, b) => a + b, 0) : job.input.length;
+    if (narBytes <= this.#inlineBytes) {
       try {
         return Promise.resolve(runChunkJob(job));
       } catch (e) {
@@ -91,6 +96,12 @@ export class ChunkVerifyPool {
       slot.jobs.set(id, { resolve, reject, timer });
       slot.worker.postMessage({ id, job: { ...job, input } }, [input.buffer as ArrayBuffer]);
     });
+  }
+
+  /** Starts the workers now (idempotent), so that no job waits for a worker's boot. */
+  warm(): void {
+    if (this.#closed) return;
+    for (let i = this.#slots.filter((s) => !s.dead).length; i < this.#size; i++) this.#slot();
   }
 
   /** Stops every worker; jobs in flight fail with ERR_ABORTED. */

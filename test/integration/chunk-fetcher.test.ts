@@ -73,6 +73,8 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
   let dir: string;
   let large: Lake;
   let many: Lake;
+  /** The large-file NAR indexed with 128 KiB chunks (other flights than `large`). */
+  let small: { idx: NarIndex };
   let server: HttpDatalakeServer;
   let set: DatalakeSet;
   let pool: ChunkVerifyPool;
@@ -125,6 +127,7 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
     await fsp.writeFile(path.join(dir, 'nix-cache-info'), 'StoreDir: /nix/store\n');
     large = await prepare('large-file', 'large');
     many = await prepare('many-files', 'many');
+    small = { idx: indexNar(large.nar, large.idx.storePath, CS / 2) };
     assert.equal(chunkCount(big().size, CS), 160);
     assert.ok(many.idx.files.length > 1000);
     pool = new ChunkVerifyPool();
@@ -334,6 +337,49 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
     server.release(large.plainUrl);
     await Promise.all(both);
     assert.equal(server.count(large.plainUrl), 2);
+  });
+
+  it('at most maxInFlight requests at once; queued wanted requests go before read-ahead, and a reader joining read-ahead promotes it', async function () {
+    const f = fetcher({ maxInFlight: 2 });
+    const file = big();
+    server.hold(large.plainUrl);
+    const go = (k: number) => f.fetch(src(large), large.idx, file, k, k, sink().onChunk, new AbortController().signal);
+    const five = [10, 30, 50, 70, 90].map(go);
+    await server.waitForRequest(large.plainUrl, 2);
+    assert.equal(f.requestsInFlight, 2);
+    assert.equal(f.queuedRequests, 3);
+    assert.equal(server.count(large.plainUrl), 2);
+    server.release(large.plainUrl);
+    await Promise.all(five);
+    assert.equal(server.count(large.plainUrl), 5);
+
+    // One slot. A (256 KiB chunks) and B (the same file indexed with 128 KiB chunks: other flights).
+    const g = fetcher({ maxInFlight: 1, readAheadInitial: 2, readAheadChunks: 2 });
+    const fileB = small.idx.files.find((x) => x.size === 40 << 20)!;
+    const a = (k: number) => g.fetch(src(large), large.idx, file, k, k, sink().onChunk, new AbortController().signal);
+    const b = (k: number) => g.fetch(src(large), small.idx, fileB, k, k, sink().onChunk, new AbortController().signal);
+    server.hold(large.plainUrl);
+    const n = server.count(large.plainUrl);
+    const r0 = server.requests.length;
+    const all = [a(0)];
+    await server.waitForRequest(large.plainUrl, n + 1);
+    all.push(a(1)); // wanted A1, read-ahead A2..3
+    all.push(b(0), b(1)); // wanted B0, B1, read-ahead B2..3
+    all.push(b(2)); // joins read-ahead B2..3, which moves before A's read-ahead; and reads B4 ahead
+    assert.equal(g.queuedRequests, 6);
+    server.release(large.plainUrl);
+    await Promise.all(all);
+    await server.waitForRequest(large.plainUrl, n + 7); // B4 is read-ahead: nobody waits for it
+    const ranges = server.requests.slice(r0).filter((r) => r.relPath === large.plainUrl).map((r) => r.headers.range);
+    const A = (k: number) => file.narOffset + k * CS;
+    const B = (k: number) => fileB.narOffset + k * (CS / 2);
+    const range = (from: number, to: number) => `bytes=${from}-${to - 1}`;
+    assert.deepEqual(ranges.slice(0, 7), [
+      range(A(0), A(1)), range(A(1), A(2)), // A0 in flight, then A1 (wanted)
+      range(B(0), B(1)), range(B(1), B(2)), // B0, B1 (wanted)
+      range(B(2), B(4)), // B's read-ahead 2..3, promoted by the reader that joined it
+      range(A(2), A(4)), range(B(4), B(5)), // read-ahead, in the order queued
+    ]);
   });
 
   it('indexes that cannot serve ranges are ERR_INDEX_UNUSABLE before any request', async function () {

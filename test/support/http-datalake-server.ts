@@ -291,30 +291,47 @@ export class HttpDatalakeServer {
     if (fault.status !== undefined) return this.answer(res, fault.status, fault.retryAfter);
 
     let body: Buffer;
+    let size: number;
+    let range: [number, number] | 'unsatisfiable' | undefined;
     try {
       const file = path.join(this.options.root, ...relPath.split('/'));
       const st = await fsp.stat(file);
       if (!st.isFile()) return this.answer(res, 404);
-      body = await fsp.readFile(file);
+      size = st.size;
+      range = fault.ignoreRange ? undefined : parseRange(req.headers.range, size);
+      if (Array.isArray(range) && !fault.transform) {
+        // Only the range is read (a ranged read must not cost the server a whole NAR).
+        const fh = await fsp.open(file, 'r');
+        try {
+          body = Buffer.alloc(range[1] - range[0] + 1);
+          const { bytesRead } = await fh.read(body, 0, body.length, range[0]);
+          body = body.subarray(0, bytesRead);
+        } finally {
+          await fh.close();
+        }
+      } else body = await fsp.readFile(file);
     } catch {
       return this.answer(res, 404);
     }
-    if (fault.transform) body = fault.transform(body, relPath);
+    if (fault.transform) {
+      body = fault.transform(body, relPath);
+      size = body.length;
+      range = fault.ignoreRange ? undefined : parseRange(req.headers.range, size);
+    }
 
     const type = CONTENT_TYPES.find(([re]) => re.test(relPath))?.[1] ?? 'application/octet-stream';
-    const range = fault.ignoreRange ? undefined : parseRange(req.headers.range, body.length);
     if (range === 'unsatisfiable') {
-      res.writeHead(416, { 'Content-Range': `bytes */${body.length}`, 'Content-Length': '0' });
+      res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
       return void res.end();
     }
     if (range) {
       const [first, last] = range;
       // A fault's headers come after Content-Range, so a test can forge a wrong one.
       res.writeHead(206, {
-        'Content-Type': type, 'Content-Range': `bytes ${first}-${last}/${body.length}`,
+        'Content-Type': type, 'Content-Range': `bytes ${first}-${last}/${size}`,
         ...fault.headers, 'Content-Length': String(last - first + 1),
       });
-      body = body.subarray(first, last + 1);
+      if (body.length === size) body = body.subarray(first, last + 1);
     } else res.writeHead(200, { 'Content-Type': type, ...fault.headers, 'Content-Length': String(body.length) });
     if (req.method === 'HEAD') return void res.end();
 
