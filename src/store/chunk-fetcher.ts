@@ -59,6 +59,10 @@ export interface ChunkSource {
   narInfo: NarInfo;
 }
 
+/**
+ * Receives one verified chunk. `bytes` may be a view into the buffer of a larger request:
+ * copy it to keep it past the returned promise.
+ */
 export type OnChunk = (file: IndexedFile, chunk: number, bytes: Buffer) => Promise<void>;
 
 export interface FetchOptions {
