@@ -21,15 +21,24 @@ import { isValidHashPart, parseStorePath, parseStorePathBase } from '../nix/stor
 import { indexStorePath } from './index-store-path.js';
 
 /**
- * Chosen by measurement (scripts/measure-seekable-zstd.ts, level 3, an 851 MiB NAR corpus
- * of the bench closure's Debian files: python3.11, perl, /usr/include, man, doc, llvm-14;
- * seekable / plain zstd): chunk/frame 256K/256K 1.146, 256K/1M 1.108, 256K/2M 1.088,
- * 512K/2M 1.050, 1M/1M 1.065. 256 KiB chunks keep ranged reads tight (a 1 MiB window
- * fetches at most 1.25 MiB); a chunk of a large file is a frame of its own, and small
- * files pack into frames up to 2 MiB (zstd level 3's window), which brings the size
- * within the 1.1x goal.
+ * Chosen by measurement (scripts/measure-seekable-zstd.ts, zstd level 3 on both sides, an
+ * 851 MiB NAR corpus standing in for the bench closure: the same Debian files, dumped with
+ * nix-store --dump: python3.11, perl (2 dirs), /usr/include, man, doc, llvm-14).
+ * seekable / plain zstd, total and worst store path:
+ *
+ *   chunk / frame target   total   worst
+ *   256K / 256K            1.145   1.350 (include)
+ *   256K / 1M              1.106   1.225 (include)
+ *   256K / 2M              1.087   1.202 (doc)
+ *   512K / 2M              1.051   1.086 (doc)
+ *   1M   / 2M              1.038   1.085 (doc)
+ *
+ * 512 KiB chunks with 2 MiB frames for small files is the smallest chunk that keeps every
+ * store path within the 1.1x goal; a 1 MiB read window costs at most 1.5 MiB of chunks.
+ * (Frames of small files pack up to zstd level 3's 2 MiB window; a chunk of a larger file
+ * is a frame of its own, so chunk size sets the size of big-file frames.)
  */
-export const DEFAULT_INDEX_CHUNK_SIZE = 256 * 1024;
+export const DEFAULT_INDEX_CHUNK_SIZE = 512 * 1024;
 export const DEFAULT_FRAME_SIZE = 2 * 1024 * 1024;
 /** The level Nix writes zstd NARs at (libarchive's default). */
 export const DEFAULT_ZSTD_LEVEL = 3;
@@ -40,7 +49,7 @@ export const INDEX_HELP = `narfs index --secret-key-file KEY [--seekable] [--chu
   --secret-key-file FILE      the key that signs the indexes (nix-store --generate-binary-cache-key)
   --seekable                  also re-encode compressed NARs as independent zstd frames aligned
                               to the chunks (nar/<FileHash>.nar.zst) and point the narinfo at it
-  --chunk-size N              bytes per chunk: a power of two, 64K..4M (default 256K)
+  --chunk-size N              bytes per chunk: a power of two, 64K..4M (default 512K)
   --frame-size N              with --seekable: small files pack into frames of up to N bytes
                               (default 2M; a chunk of a larger file is always a frame of its own)
   --zstd-level N              zstd level of the seekable frames (default 3, as Nix)
