@@ -48,6 +48,11 @@ export const ERROR_CATALOG = {
   ERR_NAR_SIZE_MISMATCH: 'The NAR is not NarSize bytes long; the datalake holds corrupt or truncated data.',
   ERR_LISTING_MISMATCH: 'The published .ls listing does not describe the NAR; the datalake is inconsistent.',
 
+  // --- src/nix/nar-index.ts: the signed per-file index (issue 10, piece "index")
+  ERR_INDEX_PARSE: 'The .narfs-index file is malformed or truncated; narfs ignores it and fetches the whole NAR. Re-run narfs index on the datalake.',
+  ERR_INDEX_SIGNATURE: 'The .narfs-index has no valid signature by a trusted key; narfs ignores it and fetches the whole NAR. Sign it with a key in --trusted-public-keys (narfs index --secret-key-file).',
+  ERR_INDEX_BINDING: 'The .narfs-index describes another store path, NarHash or NarSize than its narinfo (stale index?); narfs ignores it. Re-run narfs index on the datalake.',
+
   // --- src/compression
   ERR_COMPRESSION_UNSUPPORTED: 'narfs reads none, xz, zstd, bzip2, br and gzip NARs.',
   ERR_DECOMPRESS: 'The compressed NAR is corrupt or truncated.',

@@ -9,6 +9,9 @@
  *   the 40 MiB large-file one): `nix-store --dump` output as the binary cache stored it;
  * - drv: the `.drv` files of the closure, taken out of their NARs in `none` (a .drv is a
  *   store path whose NAR is a single regular file).
+ * - index: the narfs index (src/nix/nar-index.ts) of each of those NARs, built by
+ *   IndexBuilder at the smallest chunk size (so files have several chunks) and signed by a
+ *   fixed test key.
  *
  * Invariant: seeds are deduplicated by content and sorted (by name, then bytes), so the
  * seed list — and hence every generated input — is the same on every run.
@@ -16,8 +19,13 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { parseNar } from '../../src/nix/nar-parser.js';
+import { createHash, createPrivateKey, createPublicKey } from 'node:crypto';
+
+import { encodeNarIndex, MIN_CHUNK_SIZE, signNarIndex } from '../../src/nix/nar-index.js';
+import { IndexBuilder } from '../../src/nix/nar-index-builder.js';
+import { NarParser, parseNar } from '../../src/nix/nar-parser.js';
 import { parseNarInfo } from '../../src/nix/narinfo.js';
+import { storePathFull } from '../../src/nix/store-path.js';
 import type { FuzzTargetName } from './fuzz-targets.js';
 
 export const MAX_NAR_SEED_BYTES = 1 << 20;
@@ -60,6 +68,13 @@ export function loadFuzzSeeds(fixtureDir: string): FuzzSeeds {
     const path = join(none, 'nar', f);
     if (f.endsWith('.nar') && statSync(path).size <= MAX_NAR_SEED_BYTES) nars.push({ name: f, bytes: readFileSync(path) });
   }
+  const indexes: Array<{ name: string; bytes: Buffer }> = [];
+  for (const f of readdirSync(none).sort()) {
+    if (!f.endsWith('.narinfo')) continue;
+    const ni = parseNarInfo(readFileSync(join(none, f), 'utf8'));
+    if (ni.narSize > MAX_NAR_SEED_BYTES) continue;
+    indexes.push({ name: f, bytes: indexSeed(readFileSync(join(none, ni.url)), storePathFull(ni.storePath)) });
+  }
 
   const manifest = JSON.parse(readFileSync(join(fixtureDir, 'manifest.json'), 'utf8')) as FixtureManifest;
   const drvs: Array<{ name: string; bytes: Buffer }> = [];
@@ -78,9 +93,23 @@ export function loadFuzzSeeds(fixtureDir: string): FuzzSeeds {
     narinfo: uniqueSorted(narinfos),
     ls: uniqueSorted(listings),
     drv: uniqueSorted(drvs),
+    index: uniqueSorted(indexes),
   };
   for (const [name, list] of Object.entries(seeds)) {
     if (list.length === 0) throw new Error(`fuzz seeds: no ${name} seeds under ${fixtureDir}`);
   }
   return seeds;
+}
+
+/** The signed index of a NAR, as `narfs index` would write it (fixed key, so seeds are stable). */
+function indexSeed(nar: Buffer, storePath: string): Buffer {
+  const b = new IndexBuilder(MIN_CHUNK_SIZE);
+  const p = new NarParser(b);
+  p.write(nar);
+  const idx = b.finish(p.end(), { algo: 'sha256', digest: createHash('sha256').update(nar).digest() }, nar.length, storePath);
+  const seed = Buffer.alloc(32, 0x5a);
+  const der = Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), seed]);
+  const spki = createPublicKey(createPrivateKey({ key: der, format: 'der', type: 'pkcs8' })).export({ format: 'der', type: 'spki' });
+  idx.signatures = [signNarIndex(idx, { name: 'fuzz-seed-1', seed, publicKey: Buffer.from(spki.subarray(12)) })];
+  return encodeNarIndex(idx);
 }

@@ -15,6 +15,10 @@
  *   listingToJson → parseListingJson gives the same listing;
  * - drv: at least one output, unique non-empty ids, paths absolute or undefined; the text
  *   has the shape Nix's own grammar accepts (drv-reference.ts).
+ * - index: encodeNarIndex gives the input back byte for byte (one spelling per index);
+ *   files in NAR order, non-overlapping, within NarSize, each with 32 × chunkCount bytes
+ *   of chunk hashes; findFile finds each file by its first and last byte; frames ascend
+ *   and stay within NarSize and FileSize.
  *
  * Text formats are decoded from the mutated bytes with Buffer#toString('utf8'), as
  * src/store does with what a datalake serves; `.ls` listings are bytes (names need not be
@@ -35,6 +39,7 @@ import {
   parseListingJson,
   type NarNode,
 } from '../../src/nix/nar-listing.js';
+import { chunkCount, encodeNarIndex, findFile, parseNarIndex } from '../../src/nix/nar-index.js';
 import { NarParser, parseNar, type NarHandler } from '../../src/nix/nar-parser.js';
 import { NarTokenWriter, writeNar, type NarTree } from '../../src/nix/nar-writer.js';
 import { formatNarInfo, parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
@@ -44,8 +49,8 @@ import { OracleViolation, type FuzzTarget } from './fuzz-engine.js';
 import { INTERESTING_DECIMALS, insert, type MutationContext } from './mutate-bytes.js';
 import type { Prng } from './prng.js';
 
-export type FuzzTargetName = 'nar' | 'narinfo' | 'ls' | 'drv';
-export const FUZZ_TARGET_NAMES: readonly FuzzTargetName[] = ['nar', 'narinfo', 'ls', 'drv'];
+export type FuzzTargetName = 'nar' | 'narinfo' | 'ls' | 'drv' | 'index';
+export const FUZZ_TARGET_NAMES: readonly FuzzTargetName[] = ['nar', 'narinfo', 'ls', 'drv', 'index'];
 
 const violation = (message: string): OracleViolation => new OracleViolation(message);
 
@@ -754,9 +759,52 @@ const drvTarget: FuzzTarget = {
   },
 };
 
+// ===========================================================================
+// narfs index (binary)
+
+/** Varints at the limits (0, 1 byte, 2 bytes, 2^53 - 1, non-minimal, too long) and node types. */
+const INDEX_DICTIONARY = [
+  Buffer.from('NARFSIX\x01', 'latin1'),
+  Buffer.from([0x00]), Buffer.from([0x01]), Buffer.from([0x02]), Buffer.from([0x03]), Buffer.from([0x04]),
+  Buffer.from([0x7f]), Buffer.from([0x80, 0x01]), Buffer.from([0x80, 0x00]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+  Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x10]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+  Buffer.from([0x01, 0x2e]), Buffer.from([0x02, 0x2e, 0x2e]), Buffer.from([0x03, 0x61, 0x2f, 0x62]), Buffer.alloc(32),
+];
+
+const indexTarget: FuzzTarget = {
+  name: 'index',
+  allows: (code: ErrorCode) => code === 'ERR_INDEX_PARSE',
+  dictionary: INDEX_DICTIONARY,
+  run(input) {
+    const idx = parseNarIndex(input);
+    let again: Buffer;
+    try {
+      again = encodeNarIndex(idx);
+    } catch (e) {
+      throw violation(`encodeNarIndex of an accepted index throws: ${codeOf(e)} ${(e as Error).message}`);
+    }
+    if (!again.equals(input)) throw violation('an accepted index does not encode back to its bytes');
+    let end = 0;
+    for (const f of idx.files) {
+      if (f.size <= 0 || f.narOffset < end || f.narOffset + f.size > idx.narSize) throw violation(`file at ${f.narOffset} (size ${f.size}) overlaps or leaves the NAR`);
+      if (f.sha256.length !== 32 || f.chunkHashes.length !== 32 * chunkCount(f.size, idx.chunkSize)) throw violation(`file at ${f.narOffset} has malformed hashes`);
+      if (findFile(idx, f.narOffset) !== f || findFile(idx, f.narOffset + f.size - 1) !== f) throw violation(`findFile misses the file at ${f.narOffset}`);
+      end = f.narOffset + f.size;
+    }
+    const fr = idx.frames;
+    if (fr !== undefined) {
+      for (let i = 1; i < fr.narOffsets.length; i++) {
+        if (!(fr.narOffsets[i]! > fr.narOffsets[i - 1]!) || !(fr.fileOffsets[i]! > fr.fileOffsets[i - 1]!)) throw violation('frames do not ascend');
+      }
+      if (fr.narOffsets.at(-1)! >= idx.narSize || fr.fileOffsets.at(-1)! >= fr.fileSize) throw violation('a frame starts beyond NarSize or FileSize');
+    }
+  },
+};
+
 export const FUZZ_TARGETS: Readonly<Record<FuzzTargetName, FuzzTarget>> = {
   nar: narTarget,
   narinfo: narinfoTarget,
   ls: lsTarget,
   drv: drvTarget,
+  index: indexTarget,
 };
