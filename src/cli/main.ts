@@ -14,10 +14,11 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import { createLogger, type LogFormat } from '../log.js';
 import { buildDatalakeAccess, buildMountConfig } from '../config/mount-config.js';
 import { mergeConfig, readConfigFile, type ConfigSpec } from '../config/config-file.js';
-import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, parseDuration } from '../config/mount-config.js';
+import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, defaultCacheMaxBytes, parseDuration, parseSize } from '../config/mount-config.js';
+import type { GcResult } from '../daemon/gc-operation.js';
 import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { callDaemon } from './control-client.js';
-import type { VerifyNarCacheResult } from '../cache/verify-nar-cache.js';
+import type { VerifyCacheResult } from '../daemon/verify-cache-operation.js';
 import { readFile } from 'node:fs/promises';
 import type { NarfsStatus } from '../daemon/status-operation.js';
 
@@ -28,6 +29,7 @@ Usage:
   narfs mount <mountpoint> --config FILE [options]
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs verify-cache [--cache-dir DIR] [--log-format text|json]
+  narfs gc [--cache-dir DIR] [--max-size SIZE]
   narfs status [--cache-dir DIR] [--json]
   narfs index --secret-key-file KEY [--seekable] [--chunk-size N] DATALAKE_URL [store path ...]
   narfs --help
@@ -37,7 +39,10 @@ narfs mount options:
                               (repeatable; asked in Priority order, falling through)
   --trusted-public-keys KEYS  whitespace-separated name:base64 keys (repeatable)
   --no-require-sigs           accept paths without a valid trusted signature
-  --cache-dir DIR             verified NARs and metadata (default /var/cache/narfs)
+  --cache-dir DIR             verified files and metadata (default /var/cache/narfs)
+  --cache-max-size SIZE       bound on the file contents cached (500M, 2G…; default 10%
+                              of the cache filesystem, at least 1G unless it is smaller);
+                              least recently used files are evicted, never open ones
   --op-timeout DURATION       bound of a FUSE request waiting on a datalake (default 30s)
   --negative-ttl DURATION     how long a missing path is remembered (default 30s)
   --lower DIR                 root of the lower store whose database lists registered paths
@@ -73,10 +78,15 @@ when there is one, else alone with the same --datalake/--trusted-public-keys opt
   --all                       every store path of the listable (file://) datalakes
   --timeout DURATION          bound of the whole registration (default 10m)
 
-narfs verify-cache re-hashes every cached NAR against the NarHash it was verified against
-when it was stored, and drops the damaged ones (they are fetched again on the next read).
+narfs verify-cache re-hashes every cached file against its SHA-256 (its name), every chunk
+of a partly fetched file against its recorded hash and every tree against its checksum,
+and drops the damaged ones (they are fetched again on the next read).
 Through the running daemon of --cache-dir when there is one, else alone. Exit 0 when all
 were intact, 1 when some were dropped.
+
+narfs gc trims the cache to --max-size (default: the mount's default bound) by evicting
+the least recently used files; through the running daemon of --cache-dir when there is
+one (never evicting what it has open), else alone.
 
 narfs status asks the daemon serving --cache-dir (default /var/cache/narfs) for its
 datalakes and their health, cache size, hit rates, bytes fetched, fetches in flight, open
@@ -104,6 +114,8 @@ export async function main(argv: string[]): Promise<number> {
         return await verifyCacheCommand(rest);
       case 'status':
         return await statusCommand(rest);
+      case 'gc':
+        return await gcCommand(rest);
       case 'index':
         return await (await import('../index/index-command.js')).indexCommand(rest);
       default:
@@ -171,6 +183,7 @@ const MOUNT_OPTIONS: OptionSpec = {
   'fuse-backend': { type: 'string' },
   'log-format': { type: 'string' },
   'metrics-listen': { type: 'string' },
+  'cache-max-size': { type: 'string' },
   ...ACCESS_OPTIONS,
 };
 
@@ -241,6 +254,7 @@ async function mountCommand(args: string[]): Promise<number> {
     sslCertFile: sslCertFile(values),
     proxy: values.proxy as string | undefined,
     metricsListen: values['metrics-listen'] as string | undefined,
+    cacheMaxSize: values['cache-max-size'] as string | undefined,
   });
   const logger = createLogger({ format: config.logFormat });
   const { startMount } = await import('../daemon/mount-daemon.js');
@@ -346,15 +360,49 @@ async function verifyCacheCommand(args: string[]): Promise<number> {
     fn(l.msg, l.fields);
   }, timeoutMs);
   const result = viaDaemon
-    ? (viaDaemon as unknown as VerifyNarCacheResult)
+    ? (viaDaemon as unknown as VerifyCacheResult)
     : await (async () => {
-      const { NarCache } = await import('../cache/nar-cache.js');
+      const { withOfflineCache } = await import('../daemon/offline-cache.js');
       const { runVerifyCache } = await import('../daemon/verify-cache-operation.js');
-      return runVerifyCache(new NarCache(cacheDir), undefined, logger, AbortSignal.timeout(timeoutMs));
+      return withOfflineCache(cacheDir, logger, ({ blobs, trees }) => runVerifyCache(blobs, trees, logger, AbortSignal.timeout(timeoutMs)));
     })();
   const mib = (result.bytes / (1 << 20)).toFixed(1);
-  process.stdout.write(`narfs: verified ${result.checked} cached NARs (${mib} MiB): ${result.ok} intact, ${result.dropped.length} damaged and dropped\n`);
+  process.stdout.write(`narfs: verified ${result.checked} cached files and trees (${mib} MiB): ${result.ok} intact, ${result.dropped.length} damaged and dropped\n`);
   return result.dropped.length === 0 ? 0 : 1;
+}
+
+async function gcCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    'cache-dir': { type: 'string' },
+    'max-size': { type: 'string' },
+    'log-format': { type: 'string' },
+    timeout: { type: 'string' },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs gc takes no positional arguments');
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const maxBytes = values['max-size'] === undefined ? undefined : parseSize(values['max-size'] as string, '--max-size');
+  const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 3600_000;
+  const logger = createLogger({ format: sniffLogFormat(args) });
+  const viaDaemon = await callDaemon(cacheDir, { op: 'gc', ...(maxBytes === undefined ? {} : { maxBytes }) }, (l) => {
+    const fn = l.level === 'error' ? logger.error : l.level === 'warn' ? logger.warn : logger.info;
+    fn(l.msg, l.fields);
+  }, timeoutMs);
+  const result = viaDaemon
+    ? (viaDaemon as unknown as GcResult)
+    : await (async () => {
+      const { withOfflineCache } = await import('../daemon/offline-cache.js');
+      const { runGc } = await import('../daemon/gc-operation.js');
+      const { statfs } = await import('node:fs/promises');
+      const bound = maxBytes ?? await statfs(cacheDir).then((st) => defaultCacheMaxBytes(st.blocks * st.bsize));
+      return withOfflineCache(cacheDir, logger, ({ blobs }) => runGc(blobs, bound, logger));
+    })();
+  const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
+  process.stdout.write(`narfs: gc freed ${mib(result.freed)} (${result.evicted} files); the cache holds ${mib(result.after)} of ${mib(result.maxBytes)}\n`);
+  return 0;
 }
 
 async function statusCommand(args: string[]): Promise<number> {

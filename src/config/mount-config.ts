@@ -49,6 +49,11 @@ export interface MountConfig {
   fuseBackend?: 'native' | 'fuse-native';
   /** HOST:PORT of the Prometheus endpoint (GET /metrics); off when unset. */
   metricsListen?: string;
+  /**
+   * Bound on the bytes of file contents the cache keeps (--cache-max-size). Default (when
+   * unset): defaultCacheMaxBytes of the cache filesystem's size, decided at open.
+   */
+  cacheMaxBytes?: number;
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
@@ -62,6 +67,27 @@ export function parseDuration(s: string, what: string): number {
   const n = Number(m[1]);
   const unit = m[2] ?? 's';
   return Math.round(unit === 'ms' ? n : unit === 'm' ? n * 60_000 : n * 1000);
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/** "500M", "2G", "1.5T", "64KiB", "4096" (bytes) → bytes. Units are powers of 1024. */
+export function parseSize(s: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(s.trim());
+  const n = m ? Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!) : NaN;
+  if (!m || !Number.isSafeInteger(n)) {
+    throw new NarfsError('ERR_USAGE', `${what}: "${s}" is not a size`, { hint: 'Sizes look like 500M, 2G or 1T (powers of 1024), or a number of bytes.' });
+  }
+  return n;
+}
+
+/**
+ * The default cache bound for a filesystem of `fsBytes`: 10% of it, at least 1 GiB unless
+ * the filesystem itself is smaller (then all of it).
+ */
+export function defaultCacheMaxBytes(fsBytes: number): number {
+  const GiB = 2 ** 30;
+  return fsBytes <= GiB ? fsBytes : Math.max(GiB, Math.floor(fsBytes / 10));
 }
 
 export interface RawMountOptions {
@@ -84,6 +110,7 @@ export interface RawMountOptions {
   sslCertFile?: string;
   proxy?: string;
   metricsListen?: string;
+  cacheMaxSize?: string;
 }
 
 /**
@@ -145,5 +172,6 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     config.fuseBackend = raw.fuseBackend;
   }
   if (raw.metricsListen !== undefined) config.metricsListen = raw.metricsListen;
+  if (raw.cacheMaxSize !== undefined) config.cacheMaxBytes = parseSize(raw.cacheMaxSize, '--cache-max-size');
   return config;
 }

@@ -3,7 +3,8 @@
  * `narfs register` use the running daemon (LevelDB allows one process per cache) instead
  * of opening the cache themselves.
  *
- * Protocol: the client sends one JSON line `{"op":"register", …}`, `{"op":"verify-cache"}` or `{"op":"status"}`; the server answers
+ * Protocol: the client sends one JSON line `{"op":"register", …}`, `{"op":"verify-cache"}`,
+ * `{"op":"gc","maxBytes":N?}` or `{"op":"status"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
  * `{"type":"result",…}` or `{"type":"error","code","message","hint","details"}` (a
  * WireError, src/nixdb/wire-error.ts), then closes. A request that is not one JSON object
@@ -23,6 +24,7 @@ import { jsonSafe, toWireError } from '../nixdb/wire-error.js';
 import type { StoreStack } from './store-stack.js';
 import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
+import { runGc } from './gc-operation.js';
 
 import { CONTROL_SOCKET } from './control-socket-path.js';
 import { isLive, listenPrivately } from './private-socket.js';
@@ -89,8 +91,16 @@ async function handle(socket: Socket, options: ControlServerOptions): Promise<vo
       return;
     }
     if (request.op === 'verify-cache') {
-      const result = await runVerifyCache(options.stack.nars, options.stack.store, log, aborted.signal);
+      const result = await runVerifyCache(options.stack.blobs, options.stack.trees, log, aborted.signal);
       send({ type: 'result', ...result });
+      return;
+    }
+    if (request.op === 'gc') {
+      const max = request.maxBytes;
+      if (max !== undefined && (typeof max !== 'number' || !Number.isSafeInteger(max) || max < 0)) {
+        throw new NarfsError('ERR_CONTROL', 'gc: maxBytes must be a non-negative integer');
+      }
+      send({ type: 'result', ...(await runGc(options.stack.blobs, max, log)) });
       return;
     }
     if (request.op !== 'register') throw new NarfsError('ERR_CONTROL', `unknown operation ${JSON.stringify(request.op)}`);

@@ -1,6 +1,6 @@
 /**
  * openStoreStack: the layers every narfs command needs to answer "what is this store
- * path and what are its bytes": datalakes, metadata cache, NAR cache, verified narinfos,
+ * path and what are its bytes": datalakes, metadata cache, blob and tree stores, verified narinfos,
  * the materialiser and the lazy store. `narfs mount` puts a filesystem on top;
  * `narfs register` without a daemon uses it alone.
  *
@@ -10,7 +10,8 @@
  * what the metadata and NAR caches hold, and uses a datalake as soon as a probe finds it
  * back (DatalakeSet). Configuration errors (another StoreDir, a 401) still fail the open.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, statfs } from 'node:fs/promises';
+import { defaultCacheMaxBytes } from '../config/mount-config.js';
 import { join } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -18,7 +19,8 @@ import type { PublicKey } from '../nix/signature.js';
 import { DatalakeSet } from '../datalake/datalake-set.js';
 import type { HttpAccessOptions } from '../datalake/http-datalake.js';
 import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
-import { NarCache } from '../cache/nar-cache.js';
+import { BlobStore } from '../cache/blob-store.js';
+import { TreeStore } from '../cache/tree-store.js';
 import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
@@ -34,13 +36,16 @@ export interface StoreStackConfig {
   negativeTtlMs: number;
   /** Cached NAR files kept open for reads (default 256). */
   maxOpenFiles?: number;
+  /** Bound on the bytes of file contents the cache holds (default: defaultCacheMaxBytes of its filesystem). */
+  cacheMaxBytes?: number;
   /** Credentials, CA bundle and proxy of the http(s) datalakes (file names, no secrets). */
   datalakeAccess?: HttpAccessOptions;
 }
 
 export interface StoreStack {
   datalakes: DatalakeSet;
-  nars: NarCache;
+  blobs: BlobStore;
+  trees: TreeStore;
   infos: PathInfoService;
   materialiser: Materialiser;
   store: LazyStore;
@@ -71,22 +76,25 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     });
     const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
     cleanups.push(() => meta.close());
-    const plainNars = new NarCache(config.cacheDir);
-    await plainNars.init();
-    const nars = metrics ? metrics.countingNarCache(plainNars) : plainNars;
+    const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
+      .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
+    const blobs = await BlobStore.open(config.cacheDir, { logger, ...(maxBytes === undefined ? {} : { maxBytes }) });
+    cleanups.push(() => blobs.close());
+    const plainTrees = await TreeStore.open(config.cacheDir, { logger });
+    const trees = metrics ? metrics.countingNarCache(plainTrees) : plainTrees;
     const shutdown = new AbortController();
     cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
     const infos = new PathInfoService(datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
       { negativeTtlMs: config.negativeTtlMs, logger });
-    const materialiser = new Materialiser(nars, {
+    const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });
-    const store = new LazyStore(infos, materialiser, meta, nars,
+    const store = new LazyStore(infos, materialiser, meta, blobs, trees,
       { logger, datalakes, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
     await store.loadKnown();
     cleanups.push(() => store.close());
-    return { datalakes, nars, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };
+    return { datalakes, blobs, trees, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);

@@ -2,7 +2,7 @@
  * `narfs index`: argv → indexStorePath over the asked store paths (or every narinfo the
  * datalake lists), progress lines and a summary on stderr.
  *
- *   narfs index --secret-key-file KEY [--seekable] [--chunk-size N] [--zstd-level N]
+ *   narfs index --secret-key-file KEY [--seekable] [--chunk-size N] [--frame-size N] [--zstd-level N]
  *               [--log-format text|json] DATALAKE_URL [store path | hash part ...]
  *
  * Exit codes (as the other commands): 0 every path indexed or already current, 1 some path
@@ -20,8 +20,26 @@ import { parseSecretKey } from '../nix/signature.js';
 import { isValidHashPart, parseStorePath, parseStorePathBase } from '../nix/store-path.js';
 import { indexStorePath } from './index-store-path.js';
 
-/** Chosen by measurement (scripts/measure-seekable-zstd.ts; numbers in bench/RESULTS.md). */
-export const DEFAULT_INDEX_CHUNK_SIZE = 256 * 1024;
+/**
+ * Chosen by measurement (scripts/measure-seekable-zstd.ts, zstd level 3 on both sides, an
+ * 851 MiB NAR corpus standing in for the bench closure: the same Debian files, dumped with
+ * nix-store --dump: python3.11, perl (2 dirs), /usr/include, man, doc, llvm-14).
+ * seekable / plain zstd, total and worst store path:
+ *
+ *   chunk / frame target   total   worst
+ *   256K / 256K            1.145   1.350 (include)
+ *   256K / 1M              1.106   1.225 (include)
+ *   256K / 2M              1.087   1.202 (doc)
+ *   512K / 2M              1.051   1.086 (doc)
+ *   1M   / 2M              1.038   1.085 (doc)
+ *
+ * 512 KiB chunks with 2 MiB frames for small files is the smallest chunk that keeps every
+ * store path within the 1.1x goal; a 1 MiB read window costs at most 1.5 MiB of chunks.
+ * (Frames of small files pack up to zstd level 3's 2 MiB window; a chunk of a larger file
+ * is a frame of its own, so chunk size sets the size of big-file frames.)
+ */
+export const DEFAULT_INDEX_CHUNK_SIZE = 512 * 1024;
+export const DEFAULT_FRAME_SIZE = 2 * 1024 * 1024;
 /** The level Nix writes zstd NARs at (libarchive's default). */
 export const DEFAULT_ZSTD_LEVEL = 3;
 
@@ -31,7 +49,9 @@ export const INDEX_HELP = `narfs index --secret-key-file KEY [--seekable] [--chu
   --secret-key-file FILE      the key that signs the indexes (nix-store --generate-binary-cache-key)
   --seekable                  also re-encode compressed NARs as independent zstd frames aligned
                               to the chunks (nar/<FileHash>.nar.zst) and point the narinfo at it
-  --chunk-size N              bytes per chunk: a power of two, 64K..4M (default 256K)
+  --chunk-size N              bytes per chunk: a power of two, 64K..4M (default 512K)
+  --frame-size N              with --seekable: small files pack into frames of up to N bytes
+                              (default 2M; a chunk of a larger file is always a frame of its own)
   --zstd-level N              zstd level of the seekable frames (default 3, as Nix)
 `;
 
@@ -46,6 +66,7 @@ export async function indexCommand(args: string[]): Promise<number> {
         seekable: { type: 'boolean' },
         'chunk-size': { type: 'string' },
         'zstd-level': { type: 'string' },
+        'frame-size': { type: 'string' },
         'log-format': { type: 'string' },
         help: { type: 'boolean' },
       },
@@ -71,6 +92,8 @@ export async function indexCommand(args: string[]): Promise<number> {
   const secretKey = parseSecretKey(keyText.trim());
   const chunkSize = values['chunk-size'] === undefined ? DEFAULT_INDEX_CHUNK_SIZE : parseSize(values['chunk-size'] as string);
   if (!isValidChunkSize(chunkSize)) throw new NarfsError('ERR_USAGE', `--chunk-size must be a power of two from 64K to 4M`);
+  const frameSize = values['frame-size'] === undefined ? Math.max(DEFAULT_FRAME_SIZE, chunkSize) : parseSize(values['frame-size'] as string);
+  if (!(frameSize >= chunkSize && frameSize <= 64 << 20)) throw new NarfsError('ERR_USAGE', '--frame-size must be at least the chunk size and at most 64M');
   const zstdLevel = values['zstd-level'] === undefined ? DEFAULT_ZSTD_LEVEL : Number(values['zstd-level']);
   if (!Number.isInteger(zstdLevel) || zstdLevel < 1 || zstdLevel > 19) throw new NarfsError('ERR_USAGE', '--zstd-level must be 1..19');
   const hashParts = paths.map(toHashPart);
@@ -96,7 +119,7 @@ export async function indexCommand(args: string[]): Promise<number> {
     let after = 0;
     for (const [i, hashPart] of todo.entries()) {
       try {
-        const r = await indexStorePath(hashPart, { reader, writer, secretKey, chunkSize, seekable: values.seekable === true, zstdLevel });
+        const r = await indexStorePath(hashPart, { reader, writer, secretKey, chunkSize, seekable: values.seekable === true, zstdLevel, frameSize });
         const where = `[${i + 1}/${todo.length}]`;
         if (r.status === 'skipped') {
           skipped++;

@@ -59,6 +59,8 @@ export interface IndexStorePathOptions {
   seekable: boolean;
   /** zstd level of the seekable frames (Nix writes zstd NARs at 3). */
   zstdLevel: number;
+  /** Frames of small files pack up to this many NAR bytes (default: chunkSize). */
+  frameSize?: number;
   /** Where the seekable NAR is staged before upload (default os.tmpdir()). */
   tmpDir?: string;
   signal?: AbortSignal;
@@ -179,7 +181,7 @@ interface Built {
 /** Streams the NAR once: decompress, verify NarHash/NarSize, index, and re-encode into `staged`. */
 async function buildFromStream(stream: Readable, ni: NarInfo, o: IndexStorePathOptions, staged: string | undefined): Promise<Built> {
   const storePath = storePathFull(ni.storePath);
-  const encoder = staged === undefined ? undefined : new SeekableZstdEncoder(o.chunkSize, o.zstdLevel);
+  const encoder = staged === undefined ? undefined : new SeekableZstdEncoder(o.chunkSize, o.zstdLevel, o.frameSize ?? o.chunkSize);
   const builder = new IndexBuilder(o.chunkSize);
   const parser = new NarParser({
     onFileStart(p, size, executable, narOffset) {

@@ -6,10 +6,13 @@
  * Frame rule (the invariant a reader relies on): every chunk of every regular file (bytes
  * [narOffset + k·chunkSize, min(narOffset + (k+1)·chunkSize, narOffset + size)) of the NAR)
  * lies inside exactly one frame. A frame is cut only at a chunk boundary or outside file
- * contents, and is cut before a chunk that would take it past `chunkSize` bytes, so a frame
- * holds at most one whole chunk of a large file plus NAR framing bytes, or several small
- * files up to about `chunkSize`. Runs of non-content bytes (names, symlinks, headers) are
- * cut at `chunkSize` too.
+ * contents: before every chunk of a file larger than one chunk and before the next file
+ * after it (so such a chunk is a frame with at most NAR framing bytes besides), and before
+ * a small file (one chunk) that would take the frame past `frameTarget` bytes, so small files pack into frames of
+ * about `frameTarget` (>= chunkSize). Runs of non-content bytes (names, symlinks, headers)
+ * are cut at `frameTarget` too. Packing small files matters for size: a frame starts with
+ * an empty zstd window, and many small files compress well only against their neighbours
+ * (measured in index-command.ts).
  *
  * Frames are plain zstd frames (content size in the header, no checksum: the index's chunk
  * hashes verify the bytes) at the given level; concatenated, they are one valid `.zst` file
@@ -49,15 +52,22 @@ export class SeekableZstdEncoder {
   private noCutUntil = 0;
   private parts: Buffer[] = [];
   private frameLen = 0;
+  /** The frame holds a chunk of a multi-chunk file: only NAR framing bytes may join it. */
+  private frameHasBig = false;
   private frameStart = 0;
   private fileLen = 0;
   private ended = false;
 
+  /** Frames of small files and NAR framing grow up to this many bytes (>= chunkSize). */
+  readonly frameTarget: number;
+
   constructor(
     readonly chunkSize: number,
     level = 3,
+    frameTarget = chunkSize,
   ) {
     this.cctx = newCompressor(level);
+    this.frameTarget = Math.max(frameTarget, chunkSize);
   }
 
   /** Compressed bytes emitted so far. */
@@ -95,12 +105,16 @@ export class SeekableZstdEncoder {
         if (f !== undefined && p >= f.start) {
           // At a chunk boundary inside a file's contents.
           const len = Math.min(cs, f.end - p);
-          if (this.frameLen > 0 && this.frameLen + len > cs) this.cut(out);
+          // A chunk of a multi-chunk file starts a frame of its own (one chunk = one frame);
+          // small files pack up to frameTarget.
+          const big = f.end - f.start > cs;
+          if (this.frameLen > 0 && (big || this.frameHasBig || this.frameLen + len > this.frameTarget)) this.cut(out);
+          if (big) this.frameHasBig = true;
           this.noCutUntil = p + len;
           stepEnd = this.noCutUntil;
         } else {
-          if (this.frameLen >= cs) this.cut(out);
-          stepEnd = Math.min(f !== undefined ? f.start : Number.MAX_SAFE_INTEGER, p + Math.max(1, cs - this.frameLen));
+          if (this.frameLen >= this.frameTarget) this.cut(out);
+          stepEnd = Math.min(f !== undefined ? f.start : Number.MAX_SAFE_INTEGER, p + Math.max(1, this.frameTarget - this.frameLen));
         }
       } else {
         stepEnd = this.noCutUntil;
@@ -134,6 +148,7 @@ export class SeekableZstdEncoder {
     this.frameStart += this.frameLen;
     this.parts = [];
     this.frameLen = 0;
+    this.frameHasBig = false;
     out.push(frame);
   }
 }

@@ -3,18 +3,19 @@
  * at a NAR offset — answered lazily and verified.
  *
  * Resolution of `<hash>-<name>`: verified narinfo (PathInfoService), then its listing from
- * the first of: the NarCache (verified), the metadata cache (`.ls` seen earlier), the
+ * the first of: the TreeStore (verified, its files held whole in the BlobStore), the metadata cache (`.ls` seen earlier), the
  * datalake's `<hash>.ls`, or — when the datalake publishes none — the NAR itself, fetched
  * and verified. So `ls` and `stat` cost a narinfo and a listing, and the first read of a
  * file costs one verified NAR fetch for the whole store path.
  *
  * Invariants:
- * - File contents come only from verified NARs in the NarCache (pread at narOffset).
- *   Open file handles on cached NARs are shared and bounded in number.
- * - A cached NAR is checked when it is opened (its size against NarSize, by fstat on the
- *   very descriptor that serves the reads): a damaged one is dropped and fetched again
- *   once, instead of failing every read for the life of the cache. A read that comes up
- *   short later (the file was truncated while open) does the same.
+ * - File contents come only from verified files in the BlobStore, found by SHA-256
+ *   through the verified tree of the store path (findFile at narOffset). (Transition
+ *   until the per-file read path lands: the whole NAR is materialised, no ranged chunks.)
+ * - A cached file is checked before it is served: re-hashed once per process if an earlier
+ *   process wrote it (BlobStore.verifyBlob), and its size checked on the descriptor each
+ *   read uses (BlobStore.readRange); a damaged or evicted one makes the store path be
+ *   fetched again once, instead of failing every read for the life of the cache.
  * - A NAR that turns out absent or wrong (ERR_NAR_MISSING, ERR_NAR_URL, ERR_NAR_HASH_MISMATCH,
  *   ERR_NAR_SIZE_MISMATCH, a bad NAR, a corrupt compressed file) makes the store ask the
  *   datalakes for the narinfo again (PathInfoService.refresh): the NAR URL is not covered
@@ -27,13 +28,13 @@
  *   the cache holds is still served.
  */
 import { isUtf8 } from 'node:buffer';
-import { open, type FileHandle } from 'node:fs/promises';
-import { cacheError } from '../cache/cache-error.js';
 import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ContentReader, RootNodes } from '../fs/store-filesystem.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
-import type { NarCache } from '../cache/nar-cache.js';
+import type { BlobStore } from '../cache/blob-store.js';
+import type { TreeStore } from '../cache/tree-store.js';
+import { findFile, type NarIndex } from '../nix/nar-index.js';
 import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
 import { parseStorePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
@@ -46,7 +47,7 @@ export interface LazyStoreOptions {
   logger: Logger;
   /** The set PathInfos come from: `.ls` files are fetched through its health accounting. */
   datalakes: DatalakeSet;
-  /** Open NAR files kept for reads. */
+  /** Unused since the cache holds files (kept for the configuration's sake). */
   maxOpenFiles?: number;
 }
 
@@ -58,44 +59,39 @@ const NAR_FAULTS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'ERR_NAR_TRAILING', 'ERR_NAR_TRUNCATED',
 ]);
 
-interface OpenNar {
-  handle: Promise<FileHandle>;
-  users: number;
-  lastUse: number;
-}
-
 export class LazyStore implements RootNodes, ContentReader {
   readonly #infos: PathInfoService;
   readonly #materialiser: Materialiser;
   readonly #meta: MetadataCache;
-  readonly #nars: NarCache;
+  readonly #blobs: BlobStore;
+  readonly #trees: TreeStore;
   readonly #opts: LazyStoreOptions;
   readonly #known = new Set<string>();
   /** Listing shown to the filesystem per store path, and whether it is verified. */
   readonly #shown = new Map<string, { listing: NarNode; verified: boolean }>();
-  readonly #open = new Map<string, OpenNar>();
   /**
    * Store paths whose fetch in flight already outlasted a reader's deadline: later readers
    * fail at once until that fetch ends, instead of each waiting a whole deadline (the
    * kernel retries a failed readahead with a second read, for one).
    */
   readonly #overdue = new Set<string>();
-  /** NarSize of store paths whose cached NAR is verified and complete (for contentFile). */
-  readonly #complete = new Map<string, number>();
+  /** The verified tree of store paths whose files were all held whole when last checked. */
+  readonly #complete = new Map<string, NarIndex>();
   readonly #dropListeners: Array<(name: string, path: string) => void> = [];
 
-  constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, nars: NarCache, options: LazyStoreOptions) {
+  constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
     this.#materialiser = materialiser;
     this.#meta = meta;
-    this.#nars = nars;
+    this.#blobs = blobs;
+    this.#trees = trees;
     this.#opts = options;
   }
 
   /** Loads the names this cache already knows (narinfos and NARs), for the root listing. */
   async loadKnown(): Promise<void> {
     for (const n of await this.#meta.knownNames()) this.#known.add(n);
-    for (const n of await this.#nars.cachedNames()) this.#known.add(n);
+    for (const n of this.#trees.names()) this.#known.add(n);
   }
 
   /** Adds names to the root listing (registered paths). */
@@ -114,12 +110,11 @@ export class LazyStore implements RootNodes, ContentReader {
     const shown = this.#shown.get(name);
     if (shown) return shown.listing;
     const hashPart = info.narInfo.storePath.hashPart;
-    const cached = await this.#nars.lookup(name, { narHash: info.narInfo.narHash, narSize: info.narInfo.narSize });
-    if (cached.state === 'ok') {
-      this.#complete.set(name, info.narInfo.narSize);
+    const cached = await this.#materialiser.cached(info);
+    if (cached) {
+      this.#complete.set(name, cached.index);
       return this.#show(name, cached.listing, true);
     }
-    if (cached.state === 'damaged') this.#opts.logger.warn('cached NAR is damaged; it will be fetched again', { path: name, err: cached.error });
     const seen = await this.#meta.getListing(hashPart);
     if (seen !== undefined) return this.#show(name, parseListingJson(listingFromMeta(seen)), false);
     const published = await this.#fetchListing(info, signal);
@@ -131,7 +126,7 @@ export class LazyStore implements RootNodes, ContentReader {
       return this.#show(name, published.listing, false);
     }
     const m = await this.#materialiser.ensure(info, signal);
-    this.#complete.set(name, info.narInfo.narSize);
+    this.#complete.set(name, m.index);
     return this.#show(name, m.listing, true);
   }
 
@@ -143,10 +138,12 @@ export class LazyStore implements RootNodes, ContentReader {
     return node.size === 0 ? Buffer.alloc(0) : this.read(name, node.narOffset, node.size, signal);
   }
 
-  /** The verified, complete NAR of `name` on disk, or undefined (ContentReader.contentFile). */
-  contentFile(name: string): { path: string; size: number } | undefined {
-    const size = this.#complete.get(name);
-    return size === undefined ? undefined : { path: this.#nars.narPath(name), size };
+  /**
+   * ContentReader.contentFile names one local file holding a store path's whole NAR; the
+   * cache holds files, not NARs, so there is none (until the per-file read path lands).
+   */
+  contentFile(_name: string): { path: string; size: number } | undefined {
+    return undefined;
   }
 
   /** Calls `listener` whenever the cached bytes of a store path are dropped (damaged, invalidated). */
@@ -173,75 +170,30 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async #readCached(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
-    const narSize = await this.#materialise(name, signal);
-    let entry = this.#open.get(name);
-    const isNew = !entry;
-    if (!entry) {
-      const handle = this.#openChecked(name, narSize);
-      entry = { handle, users: 0, lastUse: 0 };
-      this.#open.set(name, entry);
-      const mine = entry;
-      handle.catch(() => {
-        if (this.#open.get(name) === mine) this.#open.delete(name);
-      });
+    const index = await this.#materialise(name, signal);
+    const file = findFile(index, narOffset);
+    if (!file || narOffset + length > file.narOffset + file.size) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at NAR offset ${narOffset} are not within one file`);
     }
-    entry.users++;
-    entry.lastUse = Date.now();
-    // Only after this reader holds its entry: eviction closes idle handles only.
-    if (isNew) this.#evict();
+    if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
+      throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: a file at NAR offset ${file.narOffset} is no longer in the cache`);
+    }
+    const unpin = this.#blobs.pin(file.sha256);
     try {
-      const fh = await entry.handle;
-      const buf = Buffer.allocUnsafe(length);
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await fh.read(buf, done, length - done, narOffset + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
+      if (!this.#blobs.isVerified(file.sha256) && !(await this.#blobs.verifyBlob(file.sha256, signal))) {
+        throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached file at NAR offset ${file.narOffset} does not hash to its name`);
       }
-      if (done < length) throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached NAR is shorter than its listing`);
-      return buf;
-    } catch (err) {
-      throw isNarfsError(err) ? err : cacheError(err, `${name}: reading the cached NAR failed`);
+      return await this.#blobs.readRange(file.sha256, file.size, narOffset - file.narOffset, length);
     } finally {
-      entry.users--;
+      unpin();
     }
   }
 
-  /** Opens a cached NAR and checks, on that descriptor, that it still has NarSize bytes. */
-  async #openChecked(name: string, narSize: number): Promise<FileHandle> {
-    let fh: FileHandle;
-    try {
-      fh = await open(this.#nars.narPath(name), 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached NAR has disappeared`, { cause: err });
-      }
-      throw cacheError(err, `${name}: cannot open the cached NAR`);
-    }
-    try {
-      const st = await fh.stat();
-      if (st.size !== narSize) {
-        throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached NAR is ${st.size} bytes, NarSize is ${narSize}`);
-      }
-      return fh;
-    } catch (err) {
-      await fh.close().catch(() => {});
-      throw isNarfsError(err) ? err : cacheError(err, `${name}: cannot stat the cached NAR`);
-    }
-  }
-
-  /** Drops what this process and the cache know of `name`'s bytes (not its listing). */
+  /** Drops what this process knows of `name`'s bytes (not its listing). */
   async #forget(name: string): Promise<void> {
     this.#complete.delete(name);
-    for (const l of this.#dropListeners) l(name, this.#nars.narPath(name));
-    const entry = this.#open.get(name);
-    if (entry) {
-      this.#open.delete(name);
-      entry.handle.then((fh) => fh.close()).catch(() => {});
-    }
     const shown = this.#shown.get(name);
     if (shown) this.#shown.set(name, { listing: shown.listing, verified: false });
-    await this.#nars.drop(name);
   }
 
   /**
@@ -252,14 +204,12 @@ export class LazyStore implements RootNodes, ContentReader {
     await this.#forget(name);
   }
 
-  /** Makes sure `name`'s verified NAR is cached; returns its NarSize. */
-  async #materialise(name: string, signal?: AbortSignal): Promise<number> {
+  /** Makes sure `name`'s verified files are cached; returns its tree. */
+  async #materialise(name: string, signal?: AbortSignal): Promise<NarIndex> {
     const shown = this.#shown.get(name);
     const sp = parseStorePathBase(name);
-    if (shown?.verified) {
-      const info = await this.#infos.get(sp, signal);
-      if (info) return info.narInfo.narSize;
-    }
+    const known = this.#complete.get(name);
+    if (shown?.verified && known) return known;
     if (this.#overdue.has(name)) {
       throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
     }
@@ -291,8 +241,8 @@ export class LazyStore implements RootNodes, ContentReader {
       if (shown === undefined || this.#shown.get(name) === shown) {
         this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
       }
-      this.#complete.set(name, info.narInfo.narSize);
-      return info.narInfo.narSize;
+      this.#complete.set(name, m.index);
+      return m.index;
     } catch (err) {
       const running = this.#materialiser.inFlight(name);
       if (running && isNarfsError(err, 'ERR_DEADLINE') && !this.#overdue.has(name)) {
@@ -332,6 +282,7 @@ export class LazyStore implements RootNodes, ContentReader {
    */
   release(name: string): void {
     this.#shown.delete(name);
+    this.#complete.delete(name);
   }
 
   #show(name: string, listing: NarNode, verified: boolean): NarNode {
@@ -339,20 +290,8 @@ export class LazyStore implements RootNodes, ContentReader {
     return listing;
   }
 
-  #evict(): void {
-    const max = this.#opts.maxOpenFiles ?? 256;
-    if (this.#open.size <= max) return;
-    const idle = [...this.#open.entries()].filter(([, e]) => e.users === 0).sort((a, b) => a[1].lastUse - b[1].lastUse);
-    for (const [name, e] of idle.slice(0, this.#open.size - max)) {
-      this.#open.delete(name);
-      e.handle.then((fh) => fh.close()).catch(() => {});
-    }
-  }
-
   async close(): Promise<void> {
-    const all = [...this.#open.values()];
-    this.#open.clear();
-    await Promise.all(all.map((e) => e.handle.then((fh) => fh.close()).catch(() => {})));
+    this.#complete.clear();
   }
 }
 

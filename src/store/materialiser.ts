@@ -1,21 +1,25 @@
 /**
- * Materialiser: fetches a store path's NAR, decompresses it, and verifies it while it
- * streams, then commits it to the NarCache.
+ * Materialiser: fetches a store path's whole NAR, decompresses it, verifies it while it
+ * streams and unpacks its files, then commits the files to the BlobStore (content-
+ * addressed: a file already held is a dedupe hit) and the NarIndex built from the NAR to
+ * the TreeStore (source `nar`).
  *
  * Invariants:
- * - Bytes are served only from the NarCache, so only after NarSize and NarHash matched
- *   (what Nix checks on substitution: "hash mismatch importing path", store-api.cc) and the
- *   NAR parsed strictly; a mismatch leaves nothing in the cache and is reported once with
- *   its code (ERR_NAR_HASH_MISMATCH, ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
- * - A cached entry is checked before it is trusted (NarCache.lookup: size, record,
- *   listing); a damaged one is dropped, logged (ERR_CACHE_CORRUPT) and fetched again.
- * - The listing returned is parsed from the verified NAR itself; callers that showed a
+ * - Files enter the BlobStore only after NarSize and NarHash matched (what Nix checks on
+ *   substitution: "hash mismatch importing path", store-api.cc) and the NAR parsed
+ *   strictly; a mismatch leaves nothing in the cache (the job directory in tmp/ is
+ *   removed) and is reported once with its code (ERR_NAR_HASH_MISMATCH,
+ *   ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
+ * - A store path counts as materialised when its tree matches the narinfo in force
+ *   (TreeStore.lookup drops a stale or damaged one) and every file it names is a complete
+ *   blob; a file evicted since (or dropped as damaged) makes the whole NAR be fetched again.
+ * - The listing returned is the tree of the verified NAR itself; callers that showed a
  *   `.ls` listing before compare it (LazyStore), whichever fetch they joined.
  * - One fetch per store path at a time, shared by all readers (single flight); the fetch
  *   is not tied to any one reader's deadline, only to shutdown. Transient datalake
  *   failures are retried a bounded number of times.
  * - Nothing is held while waiting: a fetch first takes its decompressor (which may wait
- *   for a pool slot), then its temp file, and opens the datalake stream last, handing it to
+ *   for a pool slot), then its temp directory, and opens the datalake stream last, handing it to
  *   `pipeline()` in the same tick. So no socket sits idle behind a slot, and no stream can
  *   fail while nobody listens to it (an unhandled 'error' would end the daemon).
  * - Every failure carries the code of the stage it came from: the datalake stream
@@ -25,10 +29,12 @@
  *   data). An uncoded error of unknown origin is ERR_INTERNAL, never ERR_DECOMPRESS.
  * - Memory is bounded: the stream flows through with back-pressure, never buffered whole.
  * - CPU work is off the main thread (which answers the kernel): decompression of zstd,
- *   gzip and br, SHA-256, the strict parse and the writes to the temp file run on a
- *   verify worker (verify-pool.ts); xz and bzip2 stay child processes whose output the
- *   main thread only moves on. The temp file is committed or removed only once the
- *   worker has finished with it (`VerifyJob.settled`).
+ *   gzip and br, SHA-256 of the NAR and of every file and chunk, the strict parse and the
+ *   writes of the unpacked files run on a verify worker (verify-pool.ts,
+ *   nar-unpacker.ts); xz and bzip2 stay child processes whose output the main thread only
+ *   moves on. The main thread only renames the files and writes the tree. The temp
+ *   directory is committed or removed only once the worker has finished with it
+ *   (`VerifyJob.settled`).
  * - The NAR comes from the datalake whose narinfo was used (its URL is relative to it),
  *   through the DatalakeSet (`getStreamFrom`), so the set's health applies: a datalake
  *   known to be down fails fast (after at most one bounded probe), and a NAR stream that
@@ -42,14 +48,17 @@ import { pipeline } from 'node:stream/promises';
 import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
 import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
-import type { NarCache, NarTemp } from '../cache/nar-cache.js';
+import { mkdir, rm } from 'node:fs/promises';
+import type { BlobStore, TempFile } from '../cache/blob-store.js';
+import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import { cacheError } from '../cache/cache-error.js';
 import { createDecompressor } from '../compression/decompress.js';
 import { checkRelPath } from '../datalake/datalake.js';
 import { isDatalakeDown, type DatalakeSet } from '../datalake/datalake-set.js';
 import type { NarNode } from '../nix/nar-listing.js';
 import { formatHash } from '../nix/hash.js';
-import { storePathBase } from '../nix/store-path.js';
+import { parseNarIndex, type NarIndex } from '../nix/nar-index.js';
+import { storePathBase, storePathFull } from '../nix/store-path.js';
 import type { PathInfo } from './path-info-service.js';
 import { defaultVerifyPool, type VerifyJob, type VerifyPool } from './verify-pool.js';
 import type { WorkerCompression } from './verify-protocol.js';
@@ -74,7 +83,12 @@ export interface MaterialiserOptions {
   verifyPool?: VerifyPool;
   /** Told of each fetch attempt (metrics; src/daemon/metrics.ts). */
   events?: MaterialiserEvents;
+  /** Chunk size of the index built from a NAR (default 256 KiB). */
+  chunkSize?: number;
 }
+
+/** Chunk size of the trees made from whole NARs. */
+export const NAR_TREE_CHUNK_SIZE = 256 * 1024;
 
 /** What the materialiser reports to a listener: each fetch attempt. */
 export interface MaterialiserEvents {
@@ -89,8 +103,11 @@ const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd
 const SETTLE_MS = 30_000;
 
 export interface Materialised {
-  narPath: string;
+  /** The verified tree: where each file's contents are (by SHA-256) and its chunk hashes. */
+  index: NarIndex;
+  /** `index.root`. */
   listing: NarNode;
+  source: TreeSource;
 }
 
 const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
@@ -100,15 +117,31 @@ const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 type Stage = 'source' | 'decompress' | 'verify' | 'sink';
 
 export class Materialiser {
-  readonly #cache: NarCache;
+  readonly #blobs: BlobStore;
+  readonly #trees: TreeStore;
   readonly #opts: MaterialiserOptions;
   readonly #inflight = new Map<string, Promise<Materialised>>();
   /** Counts NAR fetches started (tests assert single flight with it). */
   fetches = 0;
 
-  constructor(cache: NarCache, options: MaterialiserOptions) {
-    this.#cache = cache;
+  /** Files unpacked that the BlobStore already held (dedupe), since start. */
+  dedupeHits = 0;
+
+  constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
+    this.#blobs = blobs;
+    this.#trees = trees;
     this.#opts = options;
+  }
+
+  /** The stored tree of `info` if it is current and every file it names is held whole. */
+  async cached(info: PathInfo): Promise<Materialised | undefined> {
+    const found = await this.#trees.lookup(info.narInfo);
+    if (found.state !== 'ok') return undefined;
+    const tree = found.tree;
+    for (const f of tree.index.files) {
+      if (this.#blobs.completePath(f.sha256, f.size) === undefined) return undefined;
+    }
+    return { index: tree.index, listing: tree.index.root, source: tree.source };
   }
 
   /** The fetch of `name` in flight, if any (settles when it ends, never rejects). */
@@ -118,7 +151,8 @@ export class Materialiser {
   }
 
   /**
-   * The verified NAR of `info` and the listing parsed from it, fetching it if needed.
+   * The verified tree of `info`, every file of it held whole in the BlobStore, fetching
+   * the NAR if needed.
    * `signal` bounds only this caller's wait.
    */
   async ensure(info: PathInfo, signal?: AbortSignal): Promise<Materialised> {
@@ -132,12 +166,8 @@ export class Materialiser {
   }
 
   async #ensure(name: string, info: PathInfo): Promise<Materialised> {
-    const ni = info.narInfo;
-    const cached = await this.#cache.lookup(name, { narHash: ni.narHash, narSize: ni.narSize });
-    if (cached.state === 'ok') return { narPath: this.#cache.narPath(name), listing: cached.listing };
-    if (cached.state === 'damaged') {
-      this.#opts.logger.warn('cached NAR is damaged; fetching it again', { path: name, err: cached.error });
-    }
+    const cached = await this.cached(info);
+    if (cached) return cached;
     const attempts = Math.max(1, this.#opts.attempts ?? 3);
     for (let attempt = 1; ; attempt++) {
       const ev = this.#opts.events;
@@ -166,16 +196,16 @@ export class Materialiser {
     const started = Date.now();
     this.fetches++;
     const shutdown = this.#opts.signal;
-    // 1. The decompressor (may wait for a pool slot) and 2. the temp file, before any socket.
+    // 1. The decompressor (may wait for a pool slot) and 2. the temp directory, before any socket.
     // zstd, gzip and br are undone on the verify worker: nothing to take here.
     const inWorker = IN_WORKER.has(ni.compression);
     const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
-    let temp: NarTemp;
+    const temp = this.#blobs.tempPath(name);
     try {
-      temp = await this.#cache.createTemp(name);
+      await mkdir(temp);
     } catch (err) {
       decompressor.destroy();
-      throw err;
+      throw cacheError(err, `cannot create ${temp}`);
     }
     // 3. The stream, last; it goes into pipeline() without another await in between.
     let source: Readable | undefined;
@@ -183,22 +213,23 @@ export class Materialiser {
       source = await this.#opts.datalakes.getStreamFrom(info.datalake, ni.url, shutdown ? { signal: shutdown } : {});
     } catch (err) {
       decompressor.destroy();
-      await temp.abort();
+      await removeTemp(temp);
       throw err;
     }
     if (!source) {
       decompressor.destroy();
-      await temp.abort();
+      await removeTemp(temp);
       throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
     }
     return this.#stream(name, info, source, decompressor, temp, started);
   }
 
-  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, temp: NarTemp, started: number): Promise<Materialised> {
+  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, temp: string, started: number): Promise<Materialised> {
     const ni = info.narInfo;
     const inWorker = IN_WORKER.has(ni.compression);
-    const verifier: VerifyJob = (this.#opts.verifyPool ?? defaultVerifyPool)
-      .open(temp.path, ni.narSize, inWorker ? ni.compression as WorkerCompression : 'none');
+    const verifier: VerifyJob = (this.#opts.verifyPool ?? defaultVerifyPool).open(
+      { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE },
+      inWorker ? ni.compression as WorkerCompression : 'none');
     // The first error each stage raised, to give the failure the code of its origin.
     let first: { stage: Stage; err: unknown } | undefined;
     const note = (stage: Stage) => (err: unknown) => { first ??= { stage, err }; };
@@ -216,18 +247,23 @@ export class Materialiser {
     const signal = shutdown ? AbortSignal.any([shutdown, stalled.signal]) : stalled.signal;
     try {
       await pipeline(source, decompressor, verifier, { signal });
-      const { digest: got, listing, listingJson } = await verifier.result();
+      const { digest: got, index: encoded, files } = await verifier.result();
       if (!got.equals(ni.narHash.digest)) {
         throw new NarfsError('ERR_NAR_HASH_MISMATCH',
           `${name}: NAR hashes to sha256:${formatHash({ algo: 'sha256', digest: got }, 'nix32', false)}, narinfo says ${formatHash(ni.narHash, 'nix32')}`);
       }
       clearInterval(watchdog);
-      await temp.commit(listingJson, { narHash: ni.narHash, narSize: ni.narSize });
+      const index = parseNarIndex(encoded);
+      const committed = await this.#blobs.commitFiles(tempFiles(name, index, files));
+      this.dedupeHits += committed.deduped;
+      await this.#trees.put(index, 'nar', encoded);
+      await removeTemp(temp);
       const ms = Date.now() - started;
       this.#opts.logger.info('materialised', {
         path: name, bytes: ni.narSize, ms, source: info.datalake.displayUrl, compression: ni.compression,
+        files: index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,
       });
-      return { narPath: this.#cache.narPath(name), listing };
+      return { index, listing: index.root, source: 'nar' };
     } catch (err) {
       clearInterval(watchdog);
       source.destroy();
@@ -237,7 +273,7 @@ export class Materialiser {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([verifier.settled(), new Promise<void>((resolve) => { timer = setTimeout(resolve, SETTLE_MS); })]);
       clearTimeout(timer);
-      await temp.abort();
+      await removeTemp(temp);
       if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
       const failure = stalled.signal.aborted ? stalled.signal.reason as NarfsError : classify(name, first ?? { stage: undefined, err });
       // The datalake's own fault (the stream died or went silent) counts against its health.
@@ -247,6 +283,18 @@ export class Materialiser {
       throw failure;
     }
   }
+}
+
+/** The unpacked temp files with the SHA-256 the index gives them (same NAR order). */
+function tempFiles(name: string, index: NarIndex, files: ReadonlyArray<{ narOffset: number; path: string }>): TempFile[] {
+  if (files.length !== index.files.length || files.some((f, i) => f.narOffset !== index.files[i]!.narOffset)) {
+    throw new NarfsError('ERR_INTERNAL', `${name}: the files unpacked are not the files of the index`);
+  }
+  return index.files.map((f, i) => ({ sha: f.sha256, size: f.size, tempPath: files[i]!.path }));
+}
+
+async function removeTemp(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true }).catch(() => {});
 }
 
 /**

@@ -1,6 +1,6 @@
 /**
  * NarVerifier: a pass-through Transform that counts, hashes (SHA-256) and strictly parses
- * an uncompressed NAR (nar-parser.ts), as Nix checks a substituted NAR ("hash mismatch
+ * an uncompressed NAR (nar-parser.ts, telling an optional NarHandler), as Nix checks a substituted NAR ("hash mismatch
  * importing path", store-api.cc). Runs on a verify worker (nar-verify-worker.ts).
  *
  * Invariants: it fails the stream as soon as more than NarSize bytes arrive
@@ -10,18 +10,20 @@
 import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { NarfsError, toNarfsError } from '../errors.js';
-import { NarParser } from '../nix/nar-parser.js';
+import { NarParser, type NarHandler } from '../nix/nar-parser.js';
 import type { NarNode } from '../nix/nar-listing.js';
 
 export class NarVerifier extends Transform {
   readonly #expected: number;
   readonly #hash = createHash('sha256');
-  readonly #parser = new NarParser();
+  readonly #parser: NarParser;
   #size = 0;
 
-  constructor(expectedSize: number) {
+  /** `handler` is told of every file as the parser meets it (the NAR unpacker). */
+  constructor(expectedSize: number, handler?: NarHandler) {
     super();
     this.#expected = expectedSize;
+    this.#parser = new NarParser(handler);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {

@@ -1,6 +1,6 @@
 /**
  * VerifyPool: a few worker threads (nar-verify-worker.ts) that decompress, hash, parse and
- * write fetched NARs, so that none of that CPU work runs on the main thread, which answers
+ * unpack fetched NARs, so that none of that CPU work runs on the main thread, which answers
  * the kernel's LOOKUP/READDIRPLUS. Protocol: verify-protocol.ts.
  *
  * Invariants:
@@ -13,8 +13,8 @@
  *   hold); at most WINDOW bytes are in flight unacknowledged, so memory is bounded and
  *   backpressure reaches the datalake stream.
  * - `result()` settles once the worker has finished with the job: every byte written and
- *   its descriptor of the temp file closed, whether the job succeeded, failed or was
- *   destroyed (`settled`), so the temp file may be committed or removed after it.
+ *   every descriptor of its files closed, whether the job succeeded, failed or was
+ *   destroyed (`settled`), so the unpacked files may be committed or removed after it.
  */
 import { availableParallelism } from 'node:os';
 import { Writable } from 'node:stream';
@@ -22,7 +22,7 @@ import type { Worker } from 'node:worker_threads';
 import { NarfsError } from '../errors.js';
 import { startWorker } from '../nixdb/run-in-worker.js';
 import { fromWireError } from '../nixdb/wire-error.js';
-import type { NarNode } from '../nix/nar-listing.js';
+import type { UnpackedFile } from '../cache/nar-unpacker.js';
 import type { FromWorker, ToWorker, VerifyStage, WorkerCompression } from './verify-protocol.js';
 
 /** Bytes per transferred batch. */
@@ -34,9 +34,21 @@ const WORKER_ENTRY = new URL('./nar-verify-worker.js', import.meta.url);
 
 export interface VerifyResult {
   digest: Buffer;
-  listing: NarNode;
-  /** The listing as `.ls` bytes (listingToJson), made on the worker. */
-  listingJson: Buffer;
+  /** The NarIndex built from the NAR (encodeNarIndex; unsigned), made on the worker. */
+  index: Buffer;
+  /** The temp file of each regular file of size > 0, in NAR order. */
+  files: UnpackedFile[];
+}
+
+/** Where and how a job unpacks its NAR. */
+export interface UnpackTarget {
+  /** An empty directory the worker writes the files into. */
+  dir: string;
+  /** The full store path (for the index). */
+  storePath: string;
+  narSize: number;
+  /** Chunk size of the index built. */
+  chunkSize: number;
 }
 
 interface Slot {
@@ -54,8 +66,8 @@ export class VerifyPool {
     this.#size = size;
   }
 
-  /** Starts a job writing the NAR to `path`; write the (still `compression`-compressed) stream to it. */
-  open(path: string, narSize: number, compression: WorkerCompression): VerifyJob {
+  /** Starts a job unpacking a NAR into `target.dir`; write the (still `compression`-compressed) stream to it. */
+  open(target: UnpackTarget, compression: WorkerCompression): VerifyJob {
     const slot = this.#slot();
     const id = this.#nextId++;
     const job = new VerifyJob(id, (m, transfer) => {
@@ -64,7 +76,7 @@ export class VerifyPool {
     });
     slot.jobs.set(id, job);
     void job.result().catch(() => {}).finally(() => slot.jobs.delete(id));
-    slot.worker.postMessage({ t: 'start', id, path, narSize, compression } satisfies ToWorker);
+    slot.worker.postMessage({ t: 'start', id, ...target, compression } satisfies ToWorker);
     return job;
   }
 
@@ -183,7 +195,7 @@ export class VerifyJob extends Writable {
         return;
       }
       case 'done':
-        this.#finish({ ok: true, value: { digest: Buffer.from(m.digest), listing: m.listing, listingJson: Buffer.from(m.listingJson) } });
+        this.#finish({ ok: true, value: { digest: Buffer.from(m.digest), index: Buffer.from(m.index), files: m.files } });
         return;
       case 'failed':
         this.failedStage = m.stage;

@@ -4,7 +4,7 @@
  * (`nix hash path` = NarHash):
  * - kill -9 at random moments of a large fetch: the remount on the same cache serves
  *   the path right, and no temp file survives the restart;
- * - a cached NAR truncated or with a corrupt listing is dropped and fetched again;
+ * - a cached file truncated or a corrupt tree is dropped and fetched again;
  *   a flipped bit is found by `narfs verify-cache` (alone, and through the daemon);
  * - a narinfo served once with a wrong NAR URL does not break the path once the server is
  *   fixed, in the same mount and after a restart; a `..` in a NAR URL is EIO, not EINVAL;
@@ -13,7 +13,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -86,6 +87,26 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
   const stopAll = async () => {
     for (const d of daemons.splice(0)) assert.equal(await d.stop(), 0, 'clean exit');
   };
+  /** Bytes of the files unpacked so far in tmp/ (the job directories of fetches in flight). */
+  const unpackedBytes = async (): Promise<number> => {
+    let n = 0;
+    for (const job of await readdir(join(cache, 'tmp')).catch(() => [] as string[])) {
+      for (const f of await readdir(join(cache, 'tmp', job)).catch(() => [] as string[])) {
+        n += await stat(join(cache, 'tmp', job, f)).then((st) => st.size, () => 0);
+      }
+    }
+    return n;
+  };
+  /** Whether the large path's tree is stored (the commit's last step). */
+  const committed = () => stat(join(cache, 'trees', large.base)).then(() => true, () => false);
+  /** The blob of the large file: named by the SHA-256 of its contents. */
+  let largeFileSize = 0;
+  const largeBlob = async (): Promise<string> => {
+    const bytes = await readFile(join('/nix/store', large.base, large.file));
+    largeFileSize = bytes.length;
+    const hex = createHash('sha256').update(bytes).digest('hex');
+    return join(cache, 'blobs', hex.slice(0, 2), hex);
+  };
   const hashPath = async (base: string) => {
     const h = await run('nix', ['hash', 'path', '--type', 'sha256', '--base32', join(mnt, base)], NIX_ENV);
     assert.equal(h.code, 0, `nix hash path ${base}: ${h.stderr}`);
@@ -103,22 +124,17 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
         await rm(cache, { recursive: true, force: true });
         const d = await mount(server.url);
         const reading = probe('read', join(mnt, large.base, large.file)).catch(() => undefined);
-        // Kill once the download in tmp/ has passed `fraction` of the NAR, or once it is
-        // committed (the last trials land there, or in between).
+        // Kill once the files unpacked in tmp/ have passed `fraction` of the NAR, or once
+        // it is committed (the last trials land there, or in between).
         await waitUntil(`trial ${trial}: ${Math.round(fraction * 100)} % of the fetch`, async () => {
-          const tmpFiles = await readdir(join(cache, 'tmp')).catch(() => [] as string[]);
-          for (const f of tmpFiles.filter((n) => n.endsWith('.nar'))) {
-            const size = await stat(join(cache, 'tmp', f)).then((s) => s.size, () => 0);
-            if (size >= fraction * narSize) return true;
-          }
-          return (await readdir(join(cache, 'nar')).catch(() => [] as string[])).some((n) => n.endsWith('.nar'));
+          if (await unpackedBytes() >= fraction * narSize) return true;
+          return committed();
         });
         d.child.kill('SIGKILL');
         await d.exit;
         daemons.splice(daemons.indexOf(d), 1);
         await reading;
-        const committed = (await readdir(join(cache, 'nar')).catch(() => [] as string[])).some((n) => n.endsWith('.nar'));
-        seen[committed ? 'afterCommit' : 'beforeCommit']++;
+        seen[(await committed()) ? 'afterCommit' : 'beforeCommit']++;
         // Remount on the same cache and mountpoint (the stale mount is detached at start).
         await mount(server.url);
         assert.deepEqual(await readdir(join(cache, 'tmp')), [], `trial ${trial}: no temp file survives a restart`);
@@ -172,7 +188,7 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
     }
   });
 
-  it('a truncated NAR or a corrupt listing in the cache is dropped and fetched again', async () => {
+  it('a truncated file or a corrupt tree in the cache is dropped and fetched again', async () => {
     const lake = `file://${fixtures.datalakes['zstd'].dir}`;
     const small = pathByRole(fixtures, 'tree').storePath.slice('/nix/store/'.length);
     await mount(lake);
@@ -180,15 +196,15 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
     const wantSmall = await hashPath(small);
     await stopAll();
     // Damage both entries while no daemon runs.
-    await truncate(join(cache, 'nar', `${large.base}.nar`), 1000);
-    await writeFile(join(cache, 'nar', `${small}.listing.json`), '{"version":1,"root":{"type":"directory","entries":{');
+    await truncate(await largeBlob(), 1000);
+    await writeFile(join(cache, 'trees', small), 'NARFSTR\x01 not a tree');
     const d = await mount(lake);
     assert.equal(await hashPath(large.base), want);
     assert.equal(await hashPath(small), wantSmall);
     await stopAll();
     const log = d.stderr.join('');
     assert.match(log, /ERR_CACHE_CORRUPT/);
-    assert.equal((await stat(join(cache, 'nar', `${large.base}.nar`))).size, large.narInfo.narSize, 'fetched again, whole');
+    assert.equal((await stat(await largeBlob())).size, largeFileSize, 'fetched again, whole');
   });
 
   it('a flipped bit is found by narfs verify-cache, alone and through the running daemon', async () => {
@@ -196,10 +212,11 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
     await mount(lake);
     const want = await hashPath(large.base);
     await stopAll();
-    const nar = join(cache, 'nar', `${large.base}.nar`);
+    const nar = await largeBlob();
     const flip = async () => {
       const bytes = await readFile(nar);
       bytes[bytes.length - 4096]! ^= 0x10;
+      await chmod(nar, 0o644);
       await writeFile(nar, bytes);
     };
     const verify = () => run(process.execPath, [NARFS_BIN, 'verify-cache', '--cache-dir', cache]);
@@ -211,7 +228,7 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
     assert.match(r.stderr, /ERR_CACHE_CORRUPT/);
     r = await verify();
     assert.equal(r.code, 0, 'a second run finds nothing: the bad entry is gone');
-    // Through the daemon, which holds the file open and must forget it.
+    // Through the daemon, which has read the file and must not serve it again.
     await mount(lake);
     assert.equal(await hashPath(large.base), want);
     await flip();

@@ -102,8 +102,16 @@ describe('integration: a fault at every stage of a NAR fetch', function () {
     });
     assert.deepEqual(crashes, [], 'no uncaught exception or unhandled rejection');
     assert.deepEqual(await readdir(join(root, 'cache', 'tmp')), [], 'no temp file left');
-    const nars = await readdir(join(root, 'cache', 'nar'));
-    assert.ok(!nars.some((f) => f.startsWith(t.name)), `nothing cached for ${t.name}: ${nars.join()}`);
+    await assertNothingCached(t);
+  }
+
+  /** No tree for the path, no blob of its file, no partial file. */
+  async function assertNothingCached(t: Target): Promise<void> {
+    const trees = await readdir(join(root, 'cache', 'trees'));
+    assert.ok(!trees.includes(t.name), `no tree cached for ${t.name}: ${trees.join()}`);
+    const blob = join(root, 'cache', 'blobs', t.sha256.slice(0, 2), t.sha256);
+    assert.equal(await readFile(blob).then(() => 'there', () => 'absent'), 'absent', 'its file is not cached');
+    assert.deepEqual(await readdir(join(root, 'cache', 'partial')), []);
   }
 
   /** Another path is served right, and so is the failed one once the fault is gone. */

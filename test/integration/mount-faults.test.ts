@@ -146,7 +146,7 @@ describe('integration: faults of an HTTP datalake under a real mount', function 
         const r = await probe('stat', join(m.mnt, target.base));
         assert.equal(r.code, 'EIO', `${what}: ${JSON.stringify(r)}`);
         assert.ok(codes(m.logs).includes('ERR_NARINFO_SIGNATURE'), `${what}: ${codes(m.logs).join()}`);
-        assert.deepEqual((await cacheFiles(m.cacheDir)).nar, []);
+        assert.deepEqual((await cacheFiles(m.cacheDir)).stored, []);
       });
     }
   });

@@ -200,21 +200,28 @@ Promise<{ code: number; stdout: string; stderr: string }> {
   }
 }
 
-/** Files under `<cacheDir>/nar` and `<cacheDir>/tmp`, for "nothing left in the cache" checks. */
-export async function cacheFiles(cacheDir: string): Promise<{ nar: string[]; tmp: string[] }> {
+/**
+ * What the cache stores (trees, complete blobs, partial files) and what is in `tmp/`, for
+ * "nothing left in the cache" checks.
+ */
+export async function cacheFiles(cacheDir: string): Promise<{ stored: string[]; tmp: string[] }> {
   const list = (d: string) => readdir(join(cacheDir, d)).catch(() => [] as string[]);
-  return { nar: await list('nar'), tmp: await list('tmp') };
+  const blobs: string[] = [];
+  for (const sub of await list('blobs')) blobs.push(...(await list(join('blobs', sub))).map((n) => `blobs/${sub}/${n}`));
+  const trees = (await list('trees')).map((n) => `trees/${n}`);
+  const partial = (await list('partial')).map((n) => `partial/${n}`);
+  return { stored: [...trees, ...blobs, ...partial], tmp: await list('tmp') };
 }
 
 /**
- * Resolves once `<cacheDir>/nar` and `<cacheDir>/tmp` hold no file, re-checking on every
- * change inotify reports in them (fs.watch), not on a timer; rejects after `timeoutMs`
- * with what is left. A directory that does not exist counts as empty.
+ * Resolves once the cache stores nothing and `<cacheDir>/tmp` holds no file, re-checking
+ * on every change inotify reports in them (fs.watch), not on a timer; rejects after
+ * `timeoutMs` with what is left. A directory that does not exist counts as empty.
  */
 export async function untilCacheEmpty(cacheDir: string, timeoutMs = EVENT_TIMEOUT_MS): Promise<void> {
   const ac = new AbortController();
   let changed: () => void = () => {};
-  for (const d of ['nar', 'tmp']) {
+  for (const d of ['trees', 'blobs', 'partial', 'tmp']) {
     try {
       watch(join(cacheDir, d), { signal: ac.signal }, () => changed()).on('error', () => changed());
     } catch {
@@ -227,7 +234,7 @@ export async function untilCacheEmpty(cacheDir: string, timeoutMs = EVENT_TIMEOU
       // Armed before the check, so a change during the check is not missed.
       const next = new Promise<void>((resolve) => (changed = resolve));
       const f = await cacheFiles(cacheDir);
-      if (f.nar.length === 0 && f.tmp.length === 0) return;
+      if (f.stored.length === 0 && f.tmp.length === 0) return;
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`cache not empty after ${timeoutMs / 1000} s: ${JSON.stringify(f)}`);
       let timer: NodeJS.Timeout | undefined;

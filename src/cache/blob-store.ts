@@ -1,0 +1,911 @@
+/**
+ * BlobStore: verified file contents on disk, content-addressed by SHA-256, whole or
+ * chunk by chunk, within a size bound.
+ *
+ * Layout under `<cache-dir>`:
+ *   blobs/<aa>/<sha256hex>   complete contents of a file whose SHA-256 is <sha256hex> (0444)
+ *   partial/<sha256hex>      a sparse file of the full size, filled chunk by chunk
+ *   tmp/                     files being written (NAR unpack); emptied at open
+ *   meta.sqlite              one `blob` row per file in blobs/ or partial/ (size, complete,
+ *                            chunk size, bytes held, last use), one `chunk` row per chunk
+ *                            present in a partial file (with the chunk's SHA-256)
+ *
+ * Invariants:
+ * - Only verified bytes enter: a chunk is stored after its caller checked its hash, a
+ *   whole file after the NAR it came from matched NarHash. A partial file whose chunks
+ *   are all present is re-hashed whole before it is renamed into blobs/, so a name in
+ *   blobs/ is always the SHA-256 of its contents.
+ * - Crash safety: a blob appears under its name only complete and fsynced (written in
+ *   tmp/ or partial/, fdatasynced, then renamed; the directory fsynced); a chunk row is
+ *   written only after its bytes were fdatasynced. Metadata and files are reconciled at
+ *   open after an unclean stop (the `clean` mark is cleared at open, set by close()):
+ *   blob files without a row are adopted (least recently used), partial files without a
+ *   row and rows without their file are removed. So after a kill -9 nothing claims bytes
+ *   that are not there, and nothing on disk escapes the bound.
+ * - Metadata is bounded: rows exist only for files on disk, so the bound on bytes bounds
+ *   the rows too (a chunk row per chunk held).
+ * - The bound (`maxBytes`, in content bytes) is enforced as data is added: room is made
+ *   first, by evicting whole least-recently-used blobs or partial files. A pinned file
+ *   (open, or being read or written) is never evicted; when everything evictable is gone
+ *   the store goes over the bound (logged once) rather than fail a read.
+ * - Reads re-check what they cannot trust: the size of the file on the very descriptor
+ *   read (a truncated file is ERR_CACHE_CORRUPT and dropped); a blob written by an earlier
+ *   process is re-hashed once per process before it is trusted (`verifyBlob`, tracked by
+ *   a generation number in its row, not in memory); `scrub` re-hashes everything.
+ * - All SQLite calls are small and synchronous (better-sqlite3, WAL, synchronous=NORMAL):
+ *   one row or one chunk at a time, on the main thread. Touches (LRU) are coalesced in
+ *   memory and written in one transaction before any eviction decision and on close.
+ * - Failures of the disk are ERR_CACHE_FULL / ERR_CACHE_IO (cache-error.ts); damaged
+ *   contents are ERR_CACHE_CORRUPT.
+ */
+import { createReadStream, unlinkSync } from 'node:fs';
+import { chmod, mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { NarfsError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { cacheError } from './cache-error.js';
+
+export interface BlobStoreOptions {
+  /** Bound on the content bytes held (complete blobs + chunks of partial files). Default: none. */
+  maxBytes?: number;
+  logger?: Logger;
+}
+
+export interface BlobStoreStats {
+  /** Content bytes held (complete and partial). */
+  bytes: number;
+  /** Complete blobs. */
+  blobs: number;
+  /** Partial files. */
+  partials: number;
+  maxBytes: number;
+  /** Evictions since open, and the bytes they freed. */
+  evictions: number;
+  evictedBytes: number;
+  /** Files offered whole that were already held (content dedupe), and their bytes. */
+  dedupeHits: number;
+  dedupeBytes: number;
+  /** True while pinned files keep the store over its bound. */
+  overBound: boolean;
+}
+
+export interface ScrubResult {
+  checked: number;
+  ok: number;
+  bytes: number;
+  dropped: Array<{ sha: string; kind: 'blob' | 'partial'; code: string; message: string }>;
+}
+
+/** A whole verified file to commit (NAR unpack): its temp file must be complete and fdatasynced. */
+export interface TempFile {
+  sha: Buffer;
+  size: number;
+  tempPath: string;
+}
+
+interface BlobRow {
+  sha: Buffer;
+  size: number;
+  complete: number;
+  chunk_size: number;
+  held: number;
+  last_use: number;
+  verified_gen: number;
+}
+
+const HEX = /^[0-9a-f]{64}$/;
+const SCHEMA = 1;
+
+export function shaHex(sha: Buffer): string {
+  if (sha.length !== 32) throw new NarfsError('ERR_INVALID_ARGUMENT', `a SHA-256 is 32 bytes, not ${sha.length}`);
+  return sha.toString('hex');
+}
+
+function chunksOf(size: number, chunkSize: number): number {
+  return size === 0 ? 0 : Math.ceil(size / chunkSize);
+}
+
+function chunkLength(size: number, chunkSize: number, index: number): number {
+  return Math.min(chunkSize, size - index * chunkSize);
+}
+
+export class BlobStore {
+  readonly dir: string;
+  readonly #blobDir: string;
+  readonly #partialDir: string;
+  readonly #tmpDir: string;
+  readonly #db: Database.Database;
+  readonly #log: Logger;
+  readonly #gen: number;
+  #maxBytes: number;
+  /** Content bytes held by rows plus bytes reserved by writes in flight. */
+  #total = 0;
+  #clock: number;
+  readonly #touched = new Map<string, number>();
+  #touchTimer: NodeJS.Timeout | undefined;
+  readonly #pins = new Map<string, number>();
+  readonly #creating = new Map<string, Promise<void>>();
+  readonly #promoting = new Map<string, Promise<void>>();
+  readonly #removedListeners: Array<(sha: string) => void> = [];
+  #overLogged = false;
+  #closed = false;
+  readonly #counts = { evictions: 0, evictedBytes: 0, dedupeHits: 0, dedupeBytes: 0 };
+  readonly #q: ReturnType<typeof prepare>;
+
+  private constructor(dir: string, db: Database.Database, gen: number, options: BlobStoreOptions) {
+    this.dir = dir;
+    this.#blobDir = join(dir, 'blobs');
+    this.#partialDir = join(dir, 'partial');
+    this.#tmpDir = join(dir, 'tmp');
+    this.#db = db;
+    this.#gen = gen;
+    this.#log = options.logger ?? silentLogger;
+    this.#maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
+    this.#q = prepare(db);
+    this.#total = this.#q.sumHeld.pluck().get() as number;
+    this.#clock = (this.#q.maxUse.pluck().get() as number) + 1;
+  }
+
+  /**
+   * Opens (creating) the store under `dir`. Empties tmp/, drops a NAR cache of an earlier
+   * narfs (`nar/`, with one log line), and reconciles files and rows after an unclean stop.
+   */
+  static async open(dir: string, options: BlobStoreOptions = {}): Promise<BlobStore> {
+    const log = options.logger ?? silentLogger;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      for (const d of ['blobs', 'partial']) await mkdir(join(dir, d), { recursive: true });
+      await rm(join(dir, 'tmp'), { recursive: true, force: true });
+      await mkdir(join(dir, 'tmp'), { recursive: true });
+      const old = join(dir, 'nar');
+      if (await stat(old).then(() => true, () => false)) {
+        log.info('dropping the NAR cache of an earlier narfs version (the cache now holds files, not NARs)', { dir: old });
+        await rm(old, { recursive: true, force: true });
+      }
+    } catch (err) {
+      throw cacheError(err, `cannot prepare the cache directory ${dir}`);
+    }
+    const { db, fresh } = openDatabase(join(dir, 'meta.sqlite'), log);
+    const state = (key: string): number | undefined =>
+      (db.prepare('SELECT value FROM state WHERE key = ?').pluck().get(key) as number | undefined);
+    const clean = state('clean') === 1 && !fresh;
+    const gen = (state('gen') ?? 0) + 1;
+    db.prepare('INSERT OR REPLACE INTO state(key, value) VALUES (?, ?), (?, ?)').run('clean', 0, 'gen', gen);
+    db.pragma('wal_checkpoint(TRUNCATE)'); // the "unclean" mark reaches the disk before any write
+    const store = new BlobStore(dir, db, gen, options);
+    if (!clean) await store.reconcile();
+    return store;
+  }
+
+  // --- queries --------------------------------------------------------------------------
+
+  /** Where the complete blob of `sha` lives (whether or not it is there). */
+  blobPath(sha: Buffer): string {
+    const hex = shaHex(sha);
+    return join(this.#blobDir, hex.slice(0, 2), hex);
+  }
+
+  #partialPath(hex: string): string {
+    return join(this.#partialDir, hex);
+  }
+
+  #row(sha: Buffer): BlobRow | undefined {
+    return this.#q.get.get(sha) as BlobRow | undefined;
+  }
+
+  /** The path of the complete blob of `sha` if the store holds it with this size. */
+  completePath(sha: Buffer, size: number): string | undefined {
+    const row = this.#row(sha);
+    return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
+  }
+
+  /** Whether the complete blob was verified (hashed, or written) by this process. */
+  isVerified(sha: Buffer): boolean {
+    const row = this.#row(sha);
+    return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
+  }
+
+  /** Which of chunks [first, last] of the file are held (all of them when complete). */
+  haveChunks(sha: Buffer, size: number, chunkSize: number, first: number, last: number): boolean[] {
+    const out = new Array<boolean>(Math.max(0, last - first + 1)).fill(false);
+    const row = this.#row(sha);
+    if (!row || row.size !== size) return out;
+    if (row.complete === 1) return out.fill(true);
+    if (row.chunk_size !== chunkSize) return out;
+    for (const idx of this.#q.chunksIn.pluck().iterate(sha, first, last) as IterableIterator<number>) out[idx - first] = true;
+    return out;
+  }
+
+  stats(): BlobStoreStats {
+    const c = this.#q.counts.get() as { blobs: number | null; partials: number | null };
+    return {
+      bytes: this.#total, blobs: c.blobs ?? 0, partials: c.partials ?? 0, maxBytes: this.#maxBytes,
+      ...this.#counts, overBound: this.#total > this.#maxBytes,
+    };
+  }
+
+  get maxBytes(): number {
+    return this.#maxBytes;
+  }
+
+  /** Changes the bound; evicts down to it now. */
+  async setMaxBytes(maxBytes: number): Promise<void> {
+    this.#maxBytes = maxBytes;
+    this.#makeRoom(0);
+  }
+
+  /** Calls `listener` (hex SHA-256) whenever a blob or partial file leaves the store (evicted, dropped). */
+  watchRemoved(listener: (sha: string) => void): void {
+    this.#removedListeners.push(listener);
+  }
+
+  // --- pins and LRU ---------------------------------------------------------------------
+
+  /** Keeps `sha` from eviction until the returned function is called (once). */
+  pin(sha: Buffer): () => void {
+    const hex = shaHex(sha);
+    this.#pins.set(hex, (this.#pins.get(hex) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.#pins.get(hex) ?? 1) - 1;
+      if (n <= 0) this.#pins.delete(hex);
+      else this.#pins.set(hex, n);
+    };
+  }
+
+  isPinned(sha: Buffer): boolean {
+    return this.#pins.has(shaHex(sha));
+  }
+
+  /** Marks `sha` as just used (LRU). Coalesced; written before the next eviction. */
+  touch(sha: Buffer): void {
+    this.#touched.set(shaHex(sha), this.#clock++);
+    if (this.#touched.size >= 4096) this.#flushTouches();
+    else if (!this.#touchTimer && !this.#closed) {
+      this.#touchTimer = setTimeout(() => this.#flushTouches(), 2000);
+      this.#touchTimer.unref();
+    }
+  }
+
+  #flushTouches(): void {
+    if (this.#touchTimer) clearTimeout(this.#touchTimer);
+    this.#touchTimer = undefined;
+    if (this.#touched.size === 0) return;
+    const entries = [...this.#touched];
+    this.#touched.clear();
+    this.#db.transaction(() => {
+      for (const [hex, use] of entries) this.#q.touch.run(use, Buffer.from(hex, 'hex'));
+    })();
+  }
+
+  // --- reads ----------------------------------------------------------------------------
+
+  /**
+   * `length` bytes at `offset` of the file `sha` (complete, or partial with the chunks
+   * covering the range present: the caller made sure). The file's size is checked on the
+   * descriptor read; a file that is missing or of the wrong size is dropped
+   * (ERR_CACHE_CORRUPT), so the caller fetches it again.
+   */
+  async readRange(sha: Buffer, size: number, offset: number, length: number): Promise<Buffer> {
+    const row = this.#row(sha);
+    const hex = shaHex(sha);
+    if (!row || row.size !== size) throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} is not in the cache`);
+    if (offset < 0 || length < 0 || offset + length > size) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${hex} of ${size} bytes`);
+    }
+    const path = row.complete === 1 ? this.blobPath(sha) : this.#partialPath(hex);
+    const unpin = this.pin(sha);
+    let fh: FileHandle | undefined;
+    try {
+      try {
+        fh = await open(path, 'r');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+          await this.drop(sha);
+          throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared from the cache; dropped`, { cause: err });
+        }
+        throw cacheError(err, `cannot open ${path}`);
+      }
+      const st = await fh.stat();
+      if (st.size !== size) {
+        await this.drop(sha);
+        throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} is ${st.size} bytes on disk, it was stored at ${size}; dropped`);
+      }
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      if (done < length) {
+        await this.drop(sha);
+        throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} came up short; dropped`);
+      }
+      this.touch(sha);
+      return buf;
+    } catch (err) {
+      if (err instanceof NarfsError) throw err;
+      throw cacheError(err, `cannot read ${path}`);
+    } finally {
+      await fh?.close().catch(() => {});
+      unpin();
+    }
+  }
+
+  /**
+   * Re-hashes the complete blob `sha` unless this process already did (or wrote it). A
+   * blob whose contents do not hash to its name is dropped: false. Absent: false.
+   */
+  async verifyBlob(sha: Buffer, signal?: AbortSignal): Promise<boolean> {
+    const row = this.#row(sha);
+    if (!row || row.complete !== 1) return false;
+    if (row.verified_gen === this.#gen) return true;
+    const unpin = this.pin(sha);
+    try {
+      const problem = await this.#checkBlob(row, signal);
+      if (problem) {
+        this.#log.error('cached file is damaged; dropped, it will be fetched again', { sha: shaHex(sha), err: problem });
+        await this.drop(sha);
+        return false;
+      }
+      this.#q.verified.run(this.#gen, sha);
+      return true;
+    } finally {
+      unpin();
+    }
+  }
+
+  /** Undefined if the blob hashes to its name with its recorded size, else the problem. */
+  async #checkBlob(row: BlobRow, signal?: AbortSignal): Promise<NarfsError | undefined> {
+    const hex = shaHex(row.sha);
+    const got = await hashFile(this.blobPath(row.sha), signal);
+    if (got === undefined) return new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared`);
+    if (got.size !== row.size) return new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} is ${got.size} bytes, it was stored at ${row.size}`);
+    if (!got.digest.equals(row.sha)) {
+      return new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} hashes to ${got.digest.toString('hex')}`);
+    }
+    return undefined;
+  }
+
+  // --- writes ---------------------------------------------------------------------------
+
+  /** A fresh path in tmp/ for a file that will be committed with `commitFiles`. */
+  tempPath(label = 'f'): string {
+    return join(this.#tmpDir, `${label}.${process.pid}.${randomBytes(6).toString('hex')}`);
+  }
+
+  get tmpDir(): string {
+    return this.#tmpDir;
+  }
+
+  /**
+   * Stores chunk `index` of the file `sha` (`bytes` ALREADY verified by the caller against
+   * `chunkHash`, recorded for scrub; computed when not given). True once the chunk is held
+   * (or the whole file is); false when it cannot be kept: a partial file of the same
+   * contents with another chunk size is being used, or it was dropped meanwhile.
+   * When the last chunk arrives the file is re-hashed whole and becomes a complete blob.
+   */
+  async putChunk(sha: Buffer, size: number, chunkSize: number, index: number, bytes: Buffer, chunkHash?: Buffer): Promise<boolean> {
+    const hex = shaHex(sha);
+    const count = chunksOf(size, chunkSize);
+    if (!Number.isSafeInteger(index) || index < 0 || index >= count || bytes.length !== chunkLength(size, chunkSize, index)) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `chunk ${index} of blob ${hex} (${size} bytes, chunks of ${chunkSize}) cannot be ${bytes.length} bytes`);
+    }
+    const unpin = this.pin(sha);
+    try {
+      let row = this.#row(sha);
+      if (row && (row.size !== size || (row.complete === 0 && row.chunk_size !== chunkSize))) {
+        if (this.#pinnedByOthers(hex)) return false;
+        await this.drop(sha);
+        row = undefined;
+      }
+      if (row?.complete === 1) {
+        this.touch(sha);
+        return true;
+      }
+      if (!row) {
+        await this.#createPartial(sha, hex, size, chunkSize);
+        row = this.#row(sha);
+        if (!row || row.complete === 1) return row !== undefined;
+      }
+      if (this.#q.hasChunk.get(sha, index)) {
+        this.touch(sha);
+        return true;
+      }
+      const path = this.#partialPath(hex);
+      this.#makeRoom(bytes.length);
+      let fh: FileHandle | undefined;
+      try {
+        fh = await open(path, 'r+');
+        await fh.write(bytes, 0, bytes.length, index * chunkSize);
+        await fh.datasync();
+      } catch (err) {
+        this.#total -= bytes.length;
+        throw cacheError(err, `cannot write a chunk of ${path}`);
+      } finally {
+        await fh?.close().catch(() => {});
+      }
+      const now = this.#row(sha);
+      if (!now || now.complete === 1 || now.chunk_size !== chunkSize || this.#q.hasChunk.get(sha, index)) {
+        // Dropped, completed or filled by someone else while we wrote: our bytes are not counted.
+        this.#total -= bytes.length;
+        return now !== undefined;
+      }
+      const hash = chunkHash ?? createHash('sha256').update(bytes).digest();
+      this.#db.transaction(() => {
+        this.#q.putChunk.run(sha, index, hash);
+        this.#q.addHeld.run(bytes.length, this.#clock++, sha);
+      })();
+      if ((this.#q.chunkCount.pluck().get(sha) as number) === count) await this.#promote(sha, hex);
+      return true;
+    } finally {
+      unpin();
+    }
+  }
+
+  #pinnedByOthers(hex: string): boolean {
+    return (this.#pins.get(hex) ?? 0) > 1;
+  }
+
+  async #createPartial(sha: Buffer, hex: string, size: number, chunkSize: number): Promise<void> {
+    let p = this.#creating.get(hex);
+    if (!p) {
+      p = (async () => {
+        const path = this.#partialPath(hex);
+        try {
+          const fh = await open(path, 'w', 0o644);
+          try {
+            await fh.truncate(size);
+          } finally {
+            await fh.close();
+          }
+        } catch (err) {
+          await rm(path, { force: true }).catch(() => {});
+          throw cacheError(err, `cannot create ${path}`);
+        }
+        this.#q.insert.run(sha, size, 0, chunkSize, 0, this.#clock++, 0);
+      })().finally(() => this.#creating.delete(hex));
+      this.#creating.set(hex, p);
+    }
+    await p;
+  }
+
+  /** All chunks are in: re-hash the whole file, then rename it into blobs/. */
+  async #promote(sha: Buffer, hex: string): Promise<void> {
+    let p = this.#promoting.get(hex);
+    if (!p) {
+      p = (async () => {
+        const row = this.#row(sha);
+        if (!row || row.complete === 1) return;
+        const from = this.#partialPath(hex);
+        const got = await hashFile(from);
+        if (!got || got.size !== row.size || !got.digest.equals(sha)) {
+          const err = new NarfsError('ERR_CACHE_CORRUPT', `the chunks of ${hex} put together hash to ${got?.digest.toString('hex') ?? 'nothing'}; dropped`);
+          this.#log.error('a file assembled from verified chunks does not hash to its name; dropped', { sha: hex, err });
+          await this.drop(sha);
+          return;
+        }
+        const to = this.blobPath(sha);
+        try {
+          await chmod(from, 0o444);
+          await mkdir(join(this.#blobDir, hex.slice(0, 2)), { recursive: true });
+          await rename(from, to);
+          await syncDir(join(this.#blobDir, hex.slice(0, 2)));
+        } catch (err) {
+          throw cacheError(err, `cannot move ${from} into the blob store`);
+        }
+        this.#db.transaction(() => {
+          this.#q.deleteChunks.run(sha);
+          this.#q.complete.run(row.size, this.#gen, sha);
+        })();
+        this.#total += row.size - row.held;
+      })().finally(() => this.#promoting.delete(hex));
+      this.#promoting.set(hex, p);
+    }
+    await p;
+  }
+
+  /**
+   * Commits whole verified files written in tmp/ (complete and fdatasynced by their
+   * writer): each is renamed into blobs/ unless the store already holds it (dedupe: the
+   * temp is removed and the hit counted). A partial file of the same contents is replaced.
+   * Every temp file is gone afterwards, whatever happens.
+   */
+  async commitFiles(files: readonly TempFile[]): Promise<{ added: number; deduped: number; dedupedBytes: number }> {
+    const out = { added: 0, deduped: 0, dedupedBytes: 0 };
+    const dirs = new Set<string>();
+    const pending: Array<{ sha: Buffer; size: number }> = [];
+    const pendingHex = new Set<string>();
+    const unpins: Array<() => void> = [];
+    let i = 0;
+    try {
+      for (; i < files.length; i++) {
+        const f = files[i]!;
+        const hex = shaHex(f.sha);
+        const row = this.#row(f.sha);
+        if ((row?.complete === 1 && row.size === f.size) || pendingHex.has(hex)) {
+          await rm(f.tempPath, { force: true });
+          out.deduped++;
+          out.dedupedBytes += f.size;
+          this.#counts.dedupeHits++;
+          this.#counts.dedupeBytes += f.size;
+          if (row) this.touch(f.sha);
+          continue;
+        }
+        if (row) await this.drop(f.sha); // a partial (or a row of another size): the whole file replaces it
+        unpins.push(this.pin(f.sha));
+        this.#makeRoom(f.size);
+        const sub = join(this.#blobDir, hex.slice(0, 2));
+        try {
+          await chmod(f.tempPath, 0o444);
+          if (!dirs.has(sub)) await mkdir(sub, { recursive: true });
+          await rename(f.tempPath, join(sub, hex));
+        } catch (err) {
+          this.#total -= f.size;
+          throw cacheError(err, `cannot move ${f.tempPath} into the blob store`);
+        }
+        dirs.add(sub);
+        pending.push({ sha: f.sha, size: f.size });
+        pendingHex.add(hex);
+      }
+      try {
+        for (const d of dirs) await syncDir(d);
+      } catch (err) {
+        throw cacheError(err, 'cannot sync the blob store');
+      }
+    } catch (err) {
+      for (let j = i; j < files.length; j++) await rm(files[j]!.tempPath, { force: true }).catch(() => {});
+      throw err;
+    } finally {
+      // What was renamed is complete and verified: it gets its row even if a later file failed.
+      this.#db.transaction(() => {
+        for (const p of pending) this.#q.insert.run(p.sha, p.size, 1, 0, p.size, this.#clock++, this.#gen);
+      })();
+      out.added = pending.length;
+      for (const u of unpins) u();
+    }
+    return out;
+  }
+
+  /** One whole verified file (see commitFiles). True when it was added, false when already held. */
+  async putFileFromTemp(sha: Buffer, size: number, tempPath: string): Promise<boolean> {
+    return (await this.commitFiles([{ sha, size, tempPath }])).added === 1;
+  }
+
+  // --- removal --------------------------------------------------------------------------
+
+  /** Removes `sha` (complete or partial) now, pinned or not: it is damaged, or replaced. */
+  async drop(sha: Buffer): Promise<void> {
+    const row = this.#row(sha);
+    if (!row) return;
+    this.#forgetRow(row);
+    await this.#removeFiles(shaHex(sha));
+  }
+
+  #forgetRow(row: BlobRow): void {
+    this.#db.transaction(() => {
+      this.#q.deleteChunks.run(row.sha);
+      this.#q.delete.run(row.sha);
+    })();
+    this.#total -= row.held;
+    this.#touched.delete(shaHex(row.sha));
+    for (const l of this.#removedListeners) l(shaHex(row.sha));
+  }
+
+  async #removeFiles(hex: string): Promise<void> {
+    try {
+      await rm(join(this.#blobDir, hex.slice(0, 2), hex), { force: true });
+      await rm(this.#partialPath(hex), { force: true });
+    } catch (err) {
+      throw cacheError(err, `cannot remove blob ${hex}`);
+    }
+  }
+
+  /**
+   * Makes room for `incoming` more bytes within the bound, then counts them as held:
+   * evicts whole least-recently-used unpinned files. The decision is synchronous (no
+   * other write interleaves); the unlinks follow in the background.
+   */
+  #makeRoom(incoming: number): void {
+    this.#total += incoming;
+    if (this.#total <= this.#maxBytes) {
+      this.#overLogged = false;
+      return;
+    }
+    this.#flushTouches();
+    const victims: BlobRow[] = [];
+    let excess = this.#total - this.#maxBytes;
+    for (const row of this.#q.lru.iterate() as IterableIterator<BlobRow>) {
+      if (excess <= 0) break;
+      const hex = shaHex(row.sha);
+      if (this.#pins.has(hex) || this.#creating.has(hex) || this.#promoting.has(hex)) continue;
+      victims.push(row);
+      excess -= row.held;
+    }
+    for (const row of victims) {
+      this.#forgetRow(row);
+      this.#counts.evictions++;
+      this.#counts.evictedBytes += row.held;
+      const hex = shaHex(row.sha);
+      void this.#removeFiles(hex).catch((err: unknown) => this.#log.warn('cannot remove an evicted file', { sha: hex, err }));
+    }
+    if (this.#total > this.#maxBytes && !this.#overLogged) {
+      this.#overLogged = true;
+      this.#log.warn('the cache is over its size bound: every file that could be evicted is open or being read', {
+        bytes: this.#total, maxBytes: this.#maxBytes,
+      });
+    } else if (this.#total <= this.#maxBytes) {
+      this.#overLogged = false;
+    }
+  }
+
+  /** Evicts unpinned least-recently-used files until at most `maxBytes` are held. */
+  async evictTo(maxBytes: number): Promise<{ freed: number; evicted: number }> {
+    const before = { bytes: this.#total, n: this.#counts.evictions };
+    const bound = this.#maxBytes;
+    this.#maxBytes = Math.min(bound, maxBytes);
+    try {
+      this.#makeRoom(0);
+    } finally {
+      this.#maxBytes = bound;
+    }
+    return { freed: before.bytes - this.#total, evicted: this.#counts.evictions - before.n };
+  }
+
+  // --- consistency ----------------------------------------------------------------------
+
+  /**
+   * Makes rows and files agree: blob files without a row are adopted (as least recently
+   * used), anything else without a row is removed, rows without their file (or with one
+   * of another size) are removed. Run at open after an unclean stop, and by scrub.
+   */
+  async reconcile(): Promise<{ adopted: number; removedFiles: number; removedRows: number }> {
+    const out = { adopted: 0, removedFiles: 0, removedRows: 0 };
+    this.#flushTouches();
+    const seen = new Set<string>();
+    try {
+      for (const sub of await readdir(this.#blobDir)) {
+        const subPath = join(this.#blobDir, sub);
+        const names = /^[0-9a-f]{2}$/.test(sub) ? await readdir(subPath).catch(() => undefined) : undefined;
+        if (names === undefined) {
+          await rm(subPath, { recursive: true, force: true });
+          out.removedFiles++;
+          continue;
+        }
+        for (const name of names) {
+          const path = join(subPath, name);
+          const st = await stat(path).catch(() => undefined);
+          if (!HEX.test(name) || name.slice(0, 2) !== sub || !st?.isFile()) {
+            await rm(path, { recursive: true, force: true });
+            out.removedFiles++;
+            continue;
+          }
+          const sha = Buffer.from(name, 'hex');
+          if (this.#pins.has(name) || this.#promoting.has(name)) {
+            seen.add(name);
+            continue;
+          }
+          const row = this.#row(sha);
+          if (row?.complete === 1 && row.size === st.size) {
+            seen.add(name);
+            continue;
+          }
+          if (row) this.#forgetRow(row); // a partial row (promotion cut short), or the wrong size
+          await rm(this.#partialPath(name), { force: true });
+          this.#q.insert.run(sha, st.size, 1, 0, st.size, 0, 0);
+          this.#total += st.size;
+          seen.add(name);
+          out.adopted++;
+        }
+      }
+      for (const name of await readdir(this.#partialDir)) {
+        const path = join(this.#partialDir, name);
+        const row = HEX.test(name) ? this.#row(Buffer.from(name, 'hex')) : undefined;
+        const st = await stat(path).catch(() => undefined);
+        if (row?.complete === 0 && st?.isFile() && st.size === row.size) {
+          seen.add(name);
+          continue;
+        }
+        if (row?.complete === 0 && !this.#pins.has(name) && !this.#creating.has(name)) this.#forgetRow(row);
+        if (!this.#pins.has(name) && !this.#creating.has(name)) {
+          await rm(path, { recursive: true, force: true });
+          out.removedFiles++;
+        } else {
+          seen.add(name);
+        }
+      }
+    } catch (err) {
+      throw cacheError(err, `cannot reconcile the blob store in ${this.dir}`);
+    }
+    const orphans: BlobRow[] = [];
+    for (const row of this.#q.all.iterate() as IterableIterator<BlobRow>) {
+      const hex = shaHex(row.sha);
+      if (!seen.has(hex) && !this.#creating.has(hex)) orphans.push(row);
+    }
+    for (const row of orphans) this.#forgetRow(row);
+    out.removedRows = orphans.length;
+    this.#total = (this.#q.sumHeld.pluck().get() as number);
+    if (out.adopted + out.removedFiles + out.removedRows > 0) this.#log.info('cache reconciled with its metadata', out);
+    return out;
+  }
+
+  /**
+   * Re-hashes every complete blob against its name and every chunk of a partial file
+   * against its recorded hash; drops what does not match (reported, and told to
+   * `onDropped`). Streams `concurrency` files at a time.
+   */
+  async scrub(options: { concurrency?: number; signal?: AbortSignal; onDropped?: (sha: string, err: NarfsError) => void | Promise<void> } = {}): Promise<ScrubResult> {
+    await this.reconcile();
+    const result: ScrubResult = { checked: 0, ok: 0, bytes: 0, dropped: [] };
+    const shas = (this.#q.allShas.pluck().all() as Buffer[]);
+    const worker = async () => {
+      for (let sha = shas.shift(); sha !== undefined; sha = shas.shift()) {
+        if (options.signal?.aborted) throw new NarfsError('ERR_ABORTED', 'the cache scrub was cancelled', { cause: options.signal.reason });
+        const row = this.#row(sha);
+        if (!row) continue; // evicted meanwhile
+        const unpin = this.pin(sha);
+        let problem: NarfsError | undefined;
+        try {
+          problem = row.complete === 1 ? await this.#checkBlob(row, options.signal) : await this.#checkPartial(row);
+          if (options.signal?.aborted) continue;
+          if (!problem && row.complete === 1) this.#q.verified.run(this.#gen, sha);
+        } finally {
+          unpin();
+        }
+        result.checked++;
+        if (!problem) {
+          result.ok++;
+          result.bytes += row.held;
+          continue;
+        }
+        const hex = shaHex(sha);
+        result.dropped.push({ sha: hex, kind: row.complete === 1 ? 'blob' : 'partial', code: problem.code, message: problem.message });
+        await this.drop(sha);
+        await options.onDropped?.(hex, problem);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 2) }, worker));
+    if (options.signal?.aborted) throw new NarfsError('ERR_ABORTED', 'the cache scrub was cancelled', { cause: options.signal.reason });
+    result.dropped.sort((a, b) => (a.sha < b.sha ? -1 : 1));
+    return result;
+  }
+
+  async #checkPartial(row: BlobRow): Promise<NarfsError | undefined> {
+    const hex = shaHex(row.sha);
+    const chunks = this.#q.chunksOf.all(row.sha) as Array<{ idx: number; hash: Buffer }>;
+    let fh: FileHandle;
+    try {
+      fh = await open(this.#partialPath(hex), 'r');
+    } catch {
+      return new NarfsError('ERR_CACHE_CORRUPT', `partial file ${hex} has disappeared`);
+    }
+    try {
+      if ((await fh.stat()).size !== row.size) return new NarfsError('ERR_CACHE_CORRUPT', `partial file ${hex} is not ${row.size} bytes`);
+      const buf = Buffer.allocUnsafe(row.chunk_size);
+      for (const c of chunks) {
+        const len = chunkLength(row.size, row.chunk_size, c.idx);
+        const { bytesRead } = await fh.read(buf, 0, len, c.idx * row.chunk_size);
+        if (bytesRead !== len || !createHash('sha256').update(buf.subarray(0, len)).digest().equals(c.hash)) {
+          return new NarfsError('ERR_CACHE_CORRUPT', `chunk ${c.idx} of partial file ${hex} does not match its hash`);
+        }
+      }
+      return undefined;
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  }
+
+  /** Writes pending touches and marks the store cleanly closed (no reconcile at next open). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled([...this.#creating.values(), ...this.#promoting.values()]);
+    this.#flushTouches();
+    this.#db.prepare('INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)').run('clean', 1);
+    this.#db.close();
+  }
+}
+
+function prepare(db: Database.Database) {
+  return {
+    get: db.prepare('SELECT * FROM blob WHERE sha = ?'),
+    insert: db.prepare('INSERT OR REPLACE INTO blob(sha, size, complete, chunk_size, held, last_use, verified_gen) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+    delete: db.prepare('DELETE FROM blob WHERE sha = ?'),
+    touch: db.prepare('UPDATE blob SET last_use = ? WHERE sha = ?'),
+    verified: db.prepare('UPDATE blob SET verified_gen = ? WHERE sha = ?'),
+    complete: db.prepare('UPDATE blob SET complete = 1, chunk_size = 0, held = ?, verified_gen = ? WHERE sha = ?'),
+    addHeld: db.prepare('UPDATE blob SET held = held + ?, last_use = ? WHERE sha = ?'),
+    hasChunk: db.prepare('SELECT 1 FROM chunk WHERE sha = ? AND idx = ?'),
+    putChunk: db.prepare('INSERT OR IGNORE INTO chunk(sha, idx, hash) VALUES (?, ?, ?)'),
+    chunkCount: db.prepare('SELECT count(*) FROM chunk WHERE sha = ?'),
+    chunksIn: db.prepare('SELECT idx FROM chunk WHERE sha = ? AND idx BETWEEN ? AND ?'),
+    chunksOf: db.prepare('SELECT idx, hash FROM chunk WHERE sha = ? ORDER BY idx'),
+    deleteChunks: db.prepare('DELETE FROM chunk WHERE sha = ?'),
+    lru: db.prepare('SELECT * FROM blob ORDER BY last_use, sha'),
+    all: db.prepare('SELECT * FROM blob'),
+    allShas: db.prepare('SELECT sha FROM blob ORDER BY sha'),
+    sumHeld: db.prepare('SELECT coalesce(sum(held), 0) FROM blob'),
+    maxUse: db.prepare('SELECT coalesce(max(last_use), 0) FROM blob'),
+    counts: db.prepare('SELECT sum(complete = 1) AS blobs, sum(complete = 0) AS partials FROM blob'),
+  };
+}
+
+/** Opens meta.sqlite; one that cannot be opened or has another schema is started afresh. */
+function openDatabase(path: string, log: Logger): { db: Database.Database; fresh: boolean } {
+  const tryOpen = (): { db: Database.Database; fresh: boolean } => {
+    const db = new Database(path);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      const version = db.pragma('user_version', { simple: true }) as number;
+      if (version !== 0 && version !== SCHEMA) throw new NarfsError('ERR_CACHE_CORRUPT', `meta.sqlite has schema ${version}, not ${SCHEMA}`);
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS blob (
+          sha BLOB PRIMARY KEY, size INTEGER NOT NULL, complete INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+          held INTEGER NOT NULL, last_use INTEGER NOT NULL, verified_gen INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS blob_lru ON blob(last_use);
+        CREATE TABLE IF NOT EXISTS chunk (sha BLOB NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (sha, idx)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+      `);
+      db.pragma(`user_version = ${SCHEMA}`);
+      return { db, fresh: version === 0 };
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  };
+  try {
+    return tryOpen();
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'SQLITE_BUSY') throw new NarfsError('ERR_CACHE_LOCKED', `${path} is in use by another process`, { cause: err });
+    log.warn('the cache metadata cannot be read; starting it afresh (the files are adopted)', { path, err: err as Error });
+    try {
+      for (const suffix of ['', '-wal', '-shm']) rmSync(path + suffix);
+      return tryOpen();
+    } catch (err2) {
+      throw cacheError(err2, `cannot open ${path}`);
+    }
+  }
+}
+
+function rmSync(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+/** SHA-256 and length of a file, streaming; undefined when it does not exist. */
+async function hashFile(path: string, signal?: AbortSignal): Promise<{ digest: Buffer; size: number } | undefined> {
+  const hash = createHash('sha256');
+  let size = 0;
+  try {
+    const stream = createReadStream(path, { highWaterMark: 1 << 20, ...(signal ? { signal } : {}) });
+    for await (const chunk of stream) {
+      hash.update(chunk as Buffer);
+      size += (chunk as Buffer).length;
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (signal?.aborted) throw new NarfsError('ERR_ABORTED', `hashing ${path} was cancelled`, { cause: err });
+    throw cacheError(err, `cannot read ${path}`);
+  }
+  return { digest: hash.digest(), size };
+}
+
+/** fsync of a directory, so renames into it survive a power cut. */
+async function syncDir(dir: string): Promise<void> {
+  const h = await open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}

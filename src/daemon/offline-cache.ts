@@ -1,0 +1,26 @@
+/**
+ * withOfflineCache: the cache of `<cache-dir>` opened by a command while no daemon serves
+ * it (`narfs gc`, `narfs verify-cache`): the metadata cache first, as the lock (LevelDB
+ * admits one process: a daemon that started meanwhile makes this ERR_CACHE_LOCKED), then
+ * the blob and tree stores; all closed again, in reverse order, whatever `fn` does.
+ */
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { BlobStore } from '../cache/blob-store.js';
+import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
+import { TreeStore } from '../cache/tree-store.js';
+
+export async function withOfflineCache<T>(cacheDir: string, logger: Logger, fn: (c: { blobs: BlobStore; trees: TreeStore }) => Promise<T>): Promise<T> {
+  const meta = await LevelMetadataCache.open(join(cacheDir, 'meta'));
+  try {
+    const blobs = await BlobStore.open(cacheDir, { logger });
+    try {
+      const trees = await TreeStore.open(cacheDir, { logger });
+      return await fn({ blobs, trees });
+    } finally {
+      await blobs.close();
+    }
+  } finally {
+    await meta.close();
+  }
+}

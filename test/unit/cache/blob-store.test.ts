@@ -1,0 +1,361 @@
+/**
+ * BlobStore on a real temp directory and a real SQLite file: whole files and chunks in,
+ * content addressing and dedupe, the size bound with LRU order and pins, reconciliation
+ * after an unclean stop, and scrub finding a flipped bit.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { isNarfsError } from '../../../src/errors.js';
+import { BlobStore } from '../../../src/cache/blob-store.js';
+import type { Logger } from '../../../src/log.js';
+
+const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
+const sha = (b: Buffer) => createHash('sha256').update(b).digest();
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(() => true, () => false);
+}
+
+function recordingLogger(): Logger & { lines: Array<{ level: string; msg: string }> } {
+  const lines: Array<{ level: string; msg: string }> = [];
+  const rec = (level: string) => (msg: string) => { lines.push({ level, msg }); };
+  return { lines, debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error') };
+}
+
+describe('BlobStore', () => {
+  let dir: string;
+  const opened: BlobStore[] = [];
+
+  async function openStore(options: { maxBytes?: number; logger?: Logger } = {}): Promise<BlobStore> {
+    const s = await BlobStore.open(dir, options);
+    opened.push(s);
+    return s;
+  }
+
+  /** A verified whole file, as the NAR unpacker leaves it in tmp/. */
+  async function putWhole(store: BlobStore, bytes: Buffer): Promise<Buffer> {
+    const t = store.tempPath();
+    await writeFile(t, bytes, { flush: true });
+    await store.commitFiles([{ sha: sha(bytes), size: bytes.length, tempPath: t }]);
+    return sha(bytes);
+  }
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'narfs-blobs-'));
+  });
+
+  afterEach(async () => {
+    for (const s of opened.splice(0)) await s.close().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('commits a whole file under blobs/<aa>/<sha256>, read-only, and reads ranges of it', async () => {
+    const store = await openStore();
+    const bytes = randomBytes(10_000);
+    const h = await putWhole(store, bytes);
+    const hex = h.toString('hex');
+    const path = join(dir, 'blobs', hex.slice(0, 2), hex);
+    assert.equal(store.completePath(h, bytes.length), path);
+    assert.equal(store.completePath(h, bytes.length + 1), undefined, 'size is part of the key');
+    assert.equal((await stat(path)).mode & 0o777, 0o444);
+    assert.deepEqual(await readFile(path), bytes);
+    assert.deepEqual(await readdir(join(dir, 'tmp')), [], 'the temp file was renamed');
+    assert.deepEqual(await store.readRange(h, bytes.length, 1234, 5000), bytes.subarray(1234, 6234));
+    assert.equal(store.isVerified(h), true, 'written by this process');
+    assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 0, 2), [true, true, true]);
+    const st = store.stats();
+    assert.equal(st.bytes, 10_000);
+    assert.equal(st.blobs, 1);
+  });
+
+  it('stores identical contents once and counts the dedupe hit', async () => {
+    const store = await openStore();
+    const bytes = randomBytes(3000);
+    const t1 = store.tempPath();
+    const t2 = store.tempPath();
+    const t3 = store.tempPath();
+    for (const t of [t1, t2, t3]) await writeFile(t, bytes);
+    const r = await store.commitFiles([{ sha: sha(bytes), size: 3000, tempPath: t1 }, { sha: sha(bytes), size: 3000, tempPath: t2 }]);
+    assert.deepEqual(r, { added: 1, deduped: 1, dedupedBytes: 3000 });
+    assert.equal(await store.putFileFromTemp(sha(bytes), 3000, t3), false);
+    assert.deepEqual(await readdir(join(dir, 'tmp')), []);
+    const st = store.stats();
+    assert.equal(st.blobs, 1);
+    assert.equal(st.bytes, 3000);
+    assert.equal(st.dedupeHits, 2);
+    assert.equal(st.dedupeBytes, 6000);
+  });
+
+  it('fills a partial file chunk by chunk, serves its chunks, and makes it a blob when complete', async () => {
+    const store = await openStore();
+    const cs = 4096;
+    const bytes = randomBytes(cs * 2 + 100);
+    const h = sha(bytes);
+    const chunk = (i: number) => bytes.subarray(i * cs, Math.min(bytes.length, (i + 1) * cs));
+    assert.deepEqual(store.haveChunks(h, bytes.length, cs, 0, 2), [false, false, false]);
+    assert.equal(await store.putChunk(h, bytes.length, cs, 2, chunk(2)), true);
+    assert.deepEqual(store.haveChunks(h, bytes.length, cs, 0, 2), [false, false, true]);
+    assert.deepEqual(await store.readRange(h, bytes.length, 2 * cs, 100), chunk(2));
+    assert.equal(store.completePath(h, bytes.length), undefined);
+    assert.ok(await exists(join(dir, 'partial', h.toString('hex'))));
+    assert.equal(store.stats().bytes, 100, 'only the bytes held count');
+    await assert.rejects(store.putChunk(h, bytes.length, cs, 1, chunk(1).subarray(1)), isCode('ERR_INVALID_ARGUMENT'));
+    await store.putChunk(h, bytes.length, cs, 0, chunk(0));
+    assert.equal(await store.putChunk(h, bytes.length, cs, 0, chunk(0)), true, 'a chunk held twice is fine');
+    assert.equal(store.stats().bytes, cs + 100);
+    await store.putChunk(h, bytes.length, cs, 1, chunk(1));
+    assert.ok(store.completePath(h, bytes.length), 'complete');
+    assert.deepEqual(await readdir(join(dir, 'partial')), []);
+    assert.deepEqual(await readFile(store.completePath(h, bytes.length)!), bytes);
+    const st = store.stats();
+    assert.deepEqual([st.bytes, st.blobs, st.partials], [bytes.length, 1, 0]);
+  });
+
+  it('drops chunks that put together do not hash to the name they were filed under', async () => {
+    const log = recordingLogger();
+    const store = await openStore({ logger: log });
+    const bytes = randomBytes(5000);
+    const liar = sha(Buffer.from('something else'));
+    await store.putChunk(liar, 5000, 4096, 0, bytes.subarray(0, 4096));
+    await store.putChunk(liar, 5000, 4096, 1, bytes.subarray(4096));
+    assert.equal(store.completePath(liar, 5000), undefined);
+    assert.deepEqual(store.haveChunks(liar, 5000, 4096, 0, 1), [false, false]);
+    assert.deepEqual(await readdir(join(dir, 'partial')), []);
+    assert.equal(store.stats().bytes, 0);
+    assert.ok(log.lines.some((l) => l.level === 'error'));
+  });
+
+  it('keeps the bound by evicting the least recently used whole files', async () => {
+    const store = await openStore({ maxBytes: 3000 });
+    const files = [randomBytes(1000), randomBytes(1000), randomBytes(1000), randomBytes(1000)];
+    const [a, b, c, d] = files.map(sha) as [Buffer, Buffer, Buffer, Buffer];
+    for (const f of files.slice(0, 3)) await putWhole(store, f);
+    await store.readRange(a, 1000, 0, 10); // a is now more recent than b and c
+    await putWhole(store, files[3]!);
+    assert.ok(store.completePath(a, 1000), 'a was used recently');
+    assert.equal(store.completePath(b, 1000), undefined, 'b was the least recently used');
+    assert.ok(store.completePath(c, 1000));
+    assert.ok(store.completePath(d, 1000));
+    const st = store.stats();
+    assert.equal(st.bytes, 3000);
+    assert.equal(st.evictions, 1);
+    assert.equal(st.evictedBytes, 1000);
+    await store.close();
+    // The order survives a restart (touches are written on close).
+    const again = await openStore({ maxBytes: 3000 });
+    await putWhole(again, randomBytes(1000));
+    assert.equal(again.completePath(c, 1000), undefined, 'c is now the oldest');
+    assert.ok(again.completePath(a, 1000));
+    assert.ok(!(await exists(again.blobPath(c))), 'its file is gone');
+  });
+
+  it('never evicts a pinned file; over the bound (logged once) rather than failing', async () => {
+    const log = recordingLogger();
+    const store = await openStore({ maxBytes: 2000, logger: log });
+    const a = await putWhole(store, randomBytes(1000));
+    const b = await putWhole(store, randomBytes(1000));
+    const unpinA = store.pin(a);
+    const unpinB = store.pin(b);
+    const c = await putWhole(store, randomBytes(1000));
+    const d = await putWhole(store, randomBytes(1000));
+    assert.ok(store.completePath(a, 1000) && store.completePath(b, 1000), 'pinned files stay');
+    assert.equal(store.completePath(c, 1000), undefined, 'c made room for d');
+    assert.ok(store.completePath(d, 1000));
+    const e = store.pin(d);
+    await putWhole(store, randomBytes(1000));
+    assert.equal(store.stats().overBound, true);
+    await putWhole(store, randomBytes(1000));
+    assert.equal(log.lines.filter((l) => l.msg.includes('over its size bound')).length, 1, 'logged once');
+    unpinA();
+    unpinB();
+    e();
+    await store.evictTo(2000);
+    assert.equal(store.stats().bytes <= 2000, true);
+    assert.equal(store.stats().overBound, false);
+  });
+
+  it('reconciles files and rows after an unclean stop', async () => {
+    const first = await openStore();
+    const kept = await putWhole(first, randomBytes(2000));
+    const lost = await putWhole(first, randomBytes(2000));
+    const part = sha(randomBytes(9000));
+    await first.putChunk(part, 9000, 4096, 0, randomBytes(4096));
+    // No close(): as after kill -9. Then the disk changes behind the store's back.
+    await rm(first.blobPath(lost));
+    const strayBytes = randomBytes(500);
+    const stray = sha(strayBytes);
+    await mkdir(join(dir, 'blobs', stray.toString('hex').slice(0, 2)), { recursive: true });
+    await writeFile(join(dir, 'blobs', stray.toString('hex').slice(0, 2), stray.toString('hex')), strayBytes);
+    await writeFile(join(dir, 'partial', sha(Buffer.from('x')).toString('hex')), 'no row');
+    await writeFile(join(dir, 'blobs', 'not-a-blob'), 'junk');
+    await writeFile(join(dir, 'tmp', 'half-written'), 'junk');
+    const store = await openStore();
+    assert.ok(store.completePath(kept, 2000));
+    assert.equal(store.completePath(lost, 2000), undefined, 'a row without its file is gone');
+    assert.ok(store.completePath(stray, 500), 'a complete blob without a row is adopted');
+    assert.equal(store.isVerified(stray), false, 'and re-hashed before it is trusted');
+    assert.deepEqual(store.haveChunks(part, 9000, 4096, 0, 1), [true, false], 'a partial with its row stays');
+    assert.deepEqual(await readdir(join(dir, 'partial')), [part.toString('hex')], 'a partial file without a row is removed');
+    assert.deepEqual(await readdir(join(dir, 'tmp')), []);
+    assert.ok(!(await exists(join(dir, 'blobs', 'not-a-blob'))));
+    assert.equal(store.stats().bytes, 2000 + 500 + 4096);
+  });
+
+  it('a real kill -9 in the middle of writes leaves a store whose rows and files agree', async function () {
+    this.timeout(120_000);
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+      import { BlobStore } from ${JSON.stringify(new URL('../../../src/cache/blob-store.ts', import.meta.url).pathname)};
+      import { createHash, randomBytes } from 'node:crypto';
+      import { writeFile } from 'node:fs/promises';
+      const store = await BlobStore.open(${JSON.stringify(dir)}, { maxBytes: 200000 });
+      for (let i = 0; ; i++) {
+        const b = randomBytes(1000 + (i % 7) * 3000);
+        const h = createHash('sha256').update(b).digest();
+        if (i % 2) { const t = store.tempPath(); await writeFile(t, b); await store.commitFiles([{ sha: h, size: b.length, tempPath: t }]); }
+        else await store.putChunk(h, b.length, 4096, 0, b.subarray(0, Math.min(4096, b.length)));
+        if (i === 50) process.stdout.write('busy\\n');
+      }
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('busy')) resolve(); });
+      child.on('exit', (code) => reject(new Error(`the writer exited (${code}) before it got busy`)));
+    });
+    child.kill('SIGKILL');
+    await new Promise((resolve) => child.on('exit', resolve));
+    const store = await openStore({ maxBytes: 200000 });
+    const st = store.stats();
+    assert.ok(st.blobs > 0 && st.bytes <= 200000 + 4096 * 2, `bytes ${st.bytes}`);
+    const result = await store.scrub();
+    assert.deepEqual(result.dropped, [], 'every row names a file whose bytes match it');
+    assert.equal(result.checked, st.blobs + st.partials);
+    // Every file on disk has its row.
+    let files = 0;
+    for (const sub of await readdir(join(dir, 'blobs'))) files += (await readdir(join(dir, 'blobs', sub))).length;
+    files += (await readdir(join(dir, 'partial'))).length;
+    assert.equal(files, st.blobs + st.partials);
+  });
+
+  it('checks the size on open: a truncated blob is ERR_CACHE_CORRUPT and dropped', async () => {
+    const store = await openStore();
+    const h = await putWhole(store, randomBytes(3000));
+    await truncate(store.blobPath(h), 100);
+    await assert.rejects(store.readRange(h, 3000, 0, 10), isCode('ERR_CACHE_CORRUPT'));
+    assert.equal(store.completePath(h, 3000), undefined);
+    assert.equal(store.stats().bytes, 0);
+  });
+
+  it('re-hashes a blob of an earlier process once before it is trusted', async () => {
+    const first = await openStore();
+    const good = await putWhole(first, randomBytes(3000));
+    const bad = await putWhole(first, randomBytes(3000));
+    await first.close();
+    await flipBit(first.blobPath(bad), 1500);
+    const store = await openStore();
+    assert.equal(store.isVerified(good), false);
+    assert.equal(await store.verifyBlob(good), true);
+    assert.equal(store.isVerified(good), true);
+    assert.equal(await store.verifyBlob(bad), false);
+    assert.equal(store.completePath(bad, 3000), undefined, 'dropped: the next read fetches it again');
+  });
+
+  it('scrub finds a flipped bit in a blob and in a chunk of a partial file, and drops only those', async () => {
+    const store = await openStore();
+    const good = await putWhole(store, randomBytes(5000));
+    const bad = await putWhole(store, randomBytes(5000));
+    const partBytes = randomBytes(9000);
+    const part = sha(partBytes);
+    await store.putChunk(part, 9000, 4096, 1, partBytes.subarray(4096, 8192));
+    const okPartBytes = randomBytes(9000);
+    const okPart = sha(okPartBytes);
+    await store.putChunk(okPart, 9000, 4096, 0, okPartBytes.subarray(0, 4096));
+    await flipBit(store.blobPath(bad), 4999);
+    await flipBit(join(dir, 'partial', part.toString('hex')), 4096 + 7);
+    const dropped: string[] = [];
+    const r = await store.scrub({ onDropped: (h) => { dropped.push(h); } });
+    assert.equal(r.checked, 4);
+    assert.equal(r.ok, 2);
+    assert.deepEqual(r.dropped.map((d) => [d.sha, d.kind, d.code]).sort(), [
+      [bad.toString('hex'), 'blob', 'ERR_CACHE_CORRUPT'], [part.toString('hex'), 'partial', 'ERR_CACHE_CORRUPT'],
+    ].sort());
+    assert.deepEqual(dropped.sort(), [bad.toString('hex'), part.toString('hex')].sort());
+    assert.ok(store.completePath(good, 5000));
+    assert.equal(store.completePath(bad, 5000), undefined);
+    assert.deepEqual(store.haveChunks(okPart, 9000, 4096, 0, 0), [true]);
+    assert.deepEqual(store.haveChunks(part, 9000, 4096, 1, 1), [false]);
+    assert.equal(store.stats().bytes, 5000 + 4096);
+  });
+
+  it('drops the NAR cache of an earlier narfs at open, with one log line', async () => {
+    await mkdir(join(dir, 'nar'));
+    await writeFile(join(dir, 'nar', 'x.nar'), 'old');
+    const log = recordingLogger();
+    await openStore({ logger: log });
+    assert.ok(!(await exists(join(dir, 'nar'))));
+    assert.equal(log.lines.filter((l) => l.msg.includes('earlier narfs')).length, 1);
+  });
+
+  it('under a workload twice its size: reads stay byte-exact, the bound holds, pinned files are never evicted', async function () {
+    this.timeout(120_000);
+    const max = 64 * 1024;
+    const cs = 4096;
+    const store = await openStore({ maxBytes: max });
+    const evicted = new Set<string>();
+    store.watchRemoved((h) => evicted.add(h));
+    // 32 files of 1..8 KiB = about twice the bound, put whole or by chunks, read at random.
+    let seed = 42;
+    const rand = (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return (seed >>> 8) % n; };
+    const files = Array.from({ length: 32 }, (_, i) => randomBytes(1024 * (1 + (i % 8)) + rand(500)));
+    const total = files.reduce((n, f) => n + f.length, 0);
+    assert.ok(total >= 2 * max, `workload ${total} is twice the bound`);
+    const open = new Map<number, () => void>(); // files "open": pinned
+    for (let step = 0; step < 600; step++) {
+      const i = rand(files.length);
+      const f = files[i]!;
+      const h = sha(f);
+      if (rand(10) === 0 && open.size < 3 && !open.has(i) && store.completePath(h, f.length)) {
+        open.set(i, store.pin(h));
+        evicted.delete(h.toString('hex'));
+      } else if (rand(10) === 0 && open.size > 0) {
+        const [k, unpin] = [...open][rand(open.size)]!;
+        unpin();
+        open.delete(k);
+      }
+      if (!store.completePath(h, f.length)) {
+        if (rand(2) === 0) {
+          await putWhole(store, f);
+        } else {
+          for (let c = 0; c * cs < f.length; c++) await store.putChunk(h, f.length, cs, c, f.subarray(c * cs, (c + 1) * cs));
+        }
+      }
+      const off = rand(f.length);
+      const len = Math.min(f.length - off, 1 + rand(3000));
+      assert.deepEqual(await store.readRange(h, f.length, off, len), f.subarray(off, off + len), `file ${i} read byte-exact`);
+      assert.ok(store.stats().bytes <= max, `bound holds at step ${step}: ${store.stats().bytes}`);
+      for (const k of open.keys()) {
+        const hk = sha(files[k]!);
+        assert.ok(store.completePath(hk, files[k]!.length), `open file ${k} still held`);
+        assert.ok(!evicted.has(hk.toString('hex')), `open file ${k} never evicted`);
+      }
+    }
+    assert.ok(store.stats().evictions > 20, `the workload did evict (${store.stats().evictions})`);
+    // Disk agrees with the accounting.
+    let onDisk = 0;
+    for (const sub of await readdir(join(dir, 'blobs'))) {
+      for (const n of await readdir(join(dir, 'blobs', sub))) onDisk += (await stat(join(dir, 'blobs', sub, n))).size;
+    }
+    assert.ok(onDisk <= max, `bytes on disk ${onDisk}`);
+  });
+});
+
+async function flipBit(path: string, offset: number): Promise<void> {
+  const { chmod } = await import('node:fs/promises');
+  await chmod(path, 0o644);
+  const b = await readFile(path);
+  b[offset] = b[offset]! ^ 0x10;
+  await writeFile(path, b);
+}
