@@ -25,7 +25,7 @@
  *   dropped, the body is cut at offset+length and its socket dropped), 416 or an offset
  *   past the end of a 200 body is ERR_INVALID_ARGUMENT. Retries, deadlines (plus an
  *   overall `rangeTimeoutMs` per call), auth and proxies are those of getBytes
- *   (HttpTransfer.readRange);
+ *   (HttpTransfer.readRange; test/integration/http-datalake-range.test.ts);
  * - nothing waits unbounded: connect, headers and body-idle deadlines on every request,
  *   plus an overall deadline on `getBytes`; the caller's AbortSignal and `close()` end
  *   every wait at once with ERR_ABORTED;
