@@ -17,7 +17,8 @@
  *    must equal the narinfos (NarHash, NarSize, references, deriver, signatures); `nix store
  *    verify` (contents and signatures) and `nix-store --verify --check-contents` pass;
  *    `nix-store --realise` of the valid root needs no download; an unregistered path is
- *    invalid; Nix's check-mount is on (a wrong upper layer is refused); a build reads a
+ *    invalid, and valid once registered while the guest runs (a new database generation
+ *    through the export); Nix's check-mount is on (a wrong upper layer is refused); a build reads a
  *    lower file and only it (output and .drv) lands in the upper layer.
  *
  * Either way the narfs daemon must have fetched NARs while the guest ran: the guest's reads
@@ -161,12 +162,20 @@ describe('e2e: QEMU guests on narfs over virtiofs', function () {
       // The database may get a new generation (a rename) while the guest runs: not cached for a day.
       await vm.export('nixdb', join(lower, 'nix/var/nix/db'), 'auto');
       await vm.export('root', chroot, 'always');
-      const r = await vm.boot({ guest, append: 'narfs.root=root', initrdExtra, memMiB: 1024, deadlineMs: NIX_GUEST_MS });
+      // When the guest asks (after its other checks), UNREG is registered while it runs.
+      let lateReg: Awaited<ReturnType<typeof run>> | undefined;
+      const onLine = async (line: string) => {
+        if (line !== `REGISTER ${unreg}`) return;
+        lateReg = await run(process.execPath, [NARFS_BIN, 'register', '--lower', lower, '--cache-dir', cache, unreg]);
+      };
+      const r = await vm.boot({ guest, append: 'narfs.root=root', initrdExtra, memMiB: 1024, deadlineMs: NIX_GUEST_MS, onLine });
       await vm.stop();
       if (process.env.NARFS_TEST_LOG) process.stderr.write(`${explain(r)}\n`);
       assert.equal(r.code, 0, explain(r));
       assert.doesNotMatch(r.out, /GUEST FAILED/, explain(r));
       assert.match(r.out, /(^|\n)DONE rc=0\n?$/, explain(r));
+      assert.deepEqual(r.lineErrors, []);
+      assert.equal(lateReg?.code, 0, `narfs register while the guest ran: ${lateReg?.stderr}`);
 
       const lines = r.out.split('\n');
       const facts = (tag: string) => lines.filter((l) => l.startsWith(tag + ' ')).map((l) => l.slice(tag.length + 1));
@@ -197,6 +206,7 @@ describe('e2e: QEMU guests on narfs over virtiofs', function () {
       assert.deepEqual(facts('VERIFYALL'), ['ok'], 'nix-store --verify --check-contents in the guest');
       assert.deepEqual(facts('REALISED'), [fixtures.top], 'nix-store --realise of the valid root, without network');
       assert.deepEqual(facts('UNREG'), ['invalid'], 'a path the database does not list is not valid');
+      assert.deepEqual(facts('LATE'), ['valid'], 'a path registered while the guest ran is valid there (database export with cache=auto)');
       assert.deepEqual(facts('CHECKMOUNT'), ['refused mounted incorrectly'], 'Nix checked the guest\'s overlay mount against the store settings');
 
       const built = facts('BUILT')[0] ?? '';

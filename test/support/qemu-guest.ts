@@ -10,9 +10,9 @@
  *   fuse-engine.md §5/§7: no file-handle mode, no xattrs, no locks.
  * - The guest has no network (`-nic none`): nothing it does can download anything.
  * - Waits are on events: a virtiofsd socket appearing (fs.watch on its directory), QEMU
- *   exiting (the guest reboots, QEMU runs with -no-reboot). The guest's last line on ttyS1
- *   is `DONE`; once it is there QEMU gets a bounded time to exit on its own before it is
- *   killed. Deadlines bound hangs only, generously for TCG on a loaded 2-core machine.
+ *   exiting (the guest reboots, QEMU runs with -no-reboot), lines on ttyS1 (fs.watch on
+ *   the file). The guest's last line on ttyS1 is `DONE`; once it is there QEMU gets a
+ *   bounded time to exit on its own before it is killed. Deadlines bound hangs only, generously for TCG on a loaded 2-core machine.
  * - `stop()` kills QEMU before the virtiofsds (they hold descriptors on the exports, a
  *   FUSE mount among them) and is safe to call twice; call it before unmounting.
  */
@@ -37,6 +37,8 @@ export interface GuestRun {
   out: string;
   /** Wall time of the boot in ms. */
   ms: number;
+  /** What BootOptions.onLine threw. */
+  lineErrors: string[];
 }
 
 export interface BootOptions {
@@ -49,6 +51,12 @@ export interface BootOptions {
   memMiB?: number;
   /** Bound of the whole boot. */
   deadlineMs: number;
+  /**
+   * Called with each complete line the guest writes to ttyS1, in order, as it arrives (a
+   * way for the host to act at a point the guest announces, e.g. `REGISTER …`); the next
+   * line waits for the promise. Its errors are collected in GuestRun.lineErrors.
+   */
+  onLine?: (line: string) => Promise<void> | void;
 }
 
 function exited(child: ChildProcess): Promise<void> {
@@ -154,16 +162,32 @@ export class QemuGuest {
     const deadline = setTimeout(kill, o.deadlineMs);
     // Once DONE is on ttyS1 the guest is rebooting: QEMU gets a bounded time to exit.
     let afterDone: NodeJS.Timeout | undefined;
+    const lineErrors: string[] = [];
+    let seen = 0;
+    let chain = Promise.resolve();
+    const scan = () => {
+      chain = chain.then(async () => {
+        const lines = (await readFile(out, 'latin1')).replace(/\r/g, '').split('\n');
+        lines.pop(); // incomplete (or empty) last piece
+        for (; seen < lines.length; seen++) {
+          const line = lines[seen]!;
+          if (afterDone === undefined && /^DONE\b/.test(line)) afterDone = setTimeout(kill, 60_000);
+          try {
+            await o.onLine?.(line);
+          } catch (e) {
+            lineErrors.push(`${line}: ${(e as Error).message}`);
+          }
+        }
+      }).catch(() => {});
+    };
     const ac = new AbortController();
-    watch(out, { signal: ac.signal }, () => {
-      void readFile(out, 'latin1').then((t) => {
-        if (afterDone === undefined && /(^|\n)DONE\b/.test(t)) afterDone = setTimeout(kill, 60_000);
-      }, () => {});
-    }).on('error', () => {});
+    watch(out, { signal: ac.signal }, scan).on('error', () => {});
     await exited(qemu);
     clearTimeout(deadline);
-    clearTimeout(afterDone);
     ac.abort();
+    scan();
+    await chain;
+    clearTimeout(afterDone);
     const console_ = await readFile(con, 'utf8').catch(() => '');
     return {
       code: qemu.exitCode,
@@ -171,6 +195,7 @@ export class QemuGuest {
       console: console_ + (qemuErr ? `\n--- qemu stderr:\n${qemuErr}` : ''),
       out: (await readFile(out, 'latin1')).replace(/\r/g, ''),
       ms: Date.now() - start,
+      lineErrors,
     };
   }
 

@@ -12,8 +12,8 @@
 # one fact per line to ttyS1 for the test to compare with the narinfos; `DONE rc=<status>`
 # last, then reboots (QEMU exits). The guest has no network: nothing can be downloaded.
 #   /narfs/env: TOP (a registered closure root), LARGE (a path of it with
-#               share/narfs/README), UNREG (a path in the datalake, not registered),
-#               KEY (the datalake's public key)
+#               share/narfs/README), UNREG (a path in the datalake, not registered until
+#               the guest prints `REGISTER UNREG`), KEY (the datalake's public key)
 set -uo pipefail
 out=/dev/ttyS1
 stty -F "$out" raw -echo 2>/dev/null || true
@@ -80,3 +80,15 @@ built=$(nix-build --store "$S" --no-out-link /root/build.nix)
 echo "BUILT $built $(cat "$built")"
 step build
 for e in /nix/rw/upper/*; do echo "UPPER $(basename "$e")"; done
+# A registration made while the guest runs: the host registers UNREG when it reads this
+# line; a new database generation replaces db.sqlite by rename, and the export (cache=auto)
+# must show it. Bounded by guest uptime, generous for TCG on a loaded host.
+echo "REGISTER $UNREG"
+late=invalid
+end=$(( $(cut -d. -f1 /proc/uptime) + 300 ))
+while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+  if nix path-info --store "$S" "$UNREG" >/dev/null 2>&1; then late=valid; break; fi
+  sleep 0.5
+done
+echo "LATE $late"
+step late-registration
