@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Builds (once) a tiny VM guest for the virtiofs test and prints its directory, which holds
+# Builds (once) a tiny VM guest for the virtiofs tests and prints its directory, which holds
 #   vmlinux            Debian's amd64 kernel (linux-image-amd64's current package), as the
 #                      uncompressed ELF QEMU boots through the PVH entry (docs: fuse-engine.md §7)
-#   initramfs.cpio.gz  static busybox, the virtio/fuse/virtiofs modules of that kernel, and
-#                      /init (below)
+#   initramfs.cpio.gz  static busybox, the virtio/fuse/virtiofs/overlay modules of that
+#                      kernel, and /init (below); padded with zeros to a multiple of 4 bytes,
+#                      so a caller may append a second (uncompressed newc) archive to it
+#                      (the kernel unpacks concatenated archives: init/initramfs.c)
 #
 # The guest's /init insmods virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
-# virtio_pci fuse virtiofs (Debian builds them as modules), mounts the virtiofs tag
-# `nixstore` read-only on /nix/store, and for each store path name in the kernel argument
-# narfs.paths=NAME,NAME,... writes to the second serial port (ttyS1):
-#   BEGIN NAME\n <base64 of `tar c -C /nix/store NAME`> END NAME rc=<tar's exit code>\n
-# then `DONE`, and reboots (QEMU runs with -no-reboot, so it exits). The host turns each
-# tar back into a tree and compares its NAR hash with the narinfo's NarHash.
+# virtio_pci fuse virtiofs overlay (Debian builds them as modules), then runs one of two modes,
+# writing its results to the second serial port (ttyS1):
+#
+# - Tar mode (default): mounts the virtiofs tag `nixstore` read-only on /nix/store, and for
+#   each store path name in the kernel argument narfs.paths=NAME,NAME,... writes
+#     BEGIN NAME\n <base64 of `tar c -C /nix/store NAME`> END NAME rc=<tar's exit code>\n
+#   then `DONE`, and reboots (QEMU runs with -no-reboot, so it exits). The host turns each
+#   tar back into a tree and compares its NAR hash with the narinfo's NarHash.
+# - Root mode (kernel argument narfs.root=TAG): mounts the virtiofs tag TAG read-only (a
+#   whole distribution tree, e.g. the trixie chroot of scripts/build-trixie-chroot.sh) as
+#   the lower layer of an OverlayFS whose upper layer is a tmpfs, copies /narfs (which the
+#   caller supplies in an appended archive: /narfs/run, executable, and its data) and
+#   busybox (as /narfs/busybox, for `reboot -f`) into it, moves /proc, /sys and /dev there
+#   and switch_roots to it, executing /narfs/run as PID 1. /narfs/run ends the VM itself.
+#   Any failure before that writes `GUEST FAILED: <why>` and DONE to ttyS1 and reboots.
 #
 # Cache: ${NARFS_VM_DIR:-/var/cache/narfs/vm}/<key>, key = first 16 hex digits of the
 # sha256 of this script and of the two package versions; built in a temp dir under an
@@ -51,7 +62,7 @@ tail -c +"$((off + 1))" "$vmlinuz" | xz -dc > vmlinux 2>/dev/null || true
 head -c 4 vmlinux | grep -q 'ELF' || { echo "build-vm-guest: could not extract vmlinux" >&2; exit 1; }
 mkdir -p root/bin root/sbin root/proc root/sys root/dev root/nix/store root/modules
 cp b/bin/busybox root/bin/busybox
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs overlay; do
   f=$(find "$kdir" -name "$m.ko" -o -name "$m.ko.xz" | head -n1)
   [ -n "$f" ] || { echo "build-vm-guest: module $m not in $kpkg" >&2; exit 1; }
   case "$f" in *.xz) xz -dc "$f" > "root/modules/$m.ko" ;; *) cp "$f" "root/modules/$m.ko" ;; esac
@@ -61,11 +72,24 @@ cat > root/init <<'INIT'
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs overlay; do
   insmod /modules/$m.ko || echo "init: insmod $m failed"
 done
 out=/dev/ttyS1
 stty -F $out raw -echo 2>/dev/null
+fail() { echo "GUEST FAILED: $*" > $out; echo DONE > $out; sync; reboot -f; }
+root=$(sed -n 's/.*narfs\.root=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$root" ]; then
+  [ -x /narfs/run ] || fail "root mode needs /narfs/run from an appended archive"
+  mkdir -p /ro /rw /newroot
+  mount -t virtiofs -o ro "$root" /ro || fail "mount -t virtiofs $root"
+  mount -t tmpfs -o mode=0755 tmpfs /rw || fail "tmpfs"
+  mkdir /rw/upper /rw/work
+  mount -t overlay overlay -o lowerdir=/ro,upperdir=/rw/upper,workdir=/rw/work /newroot || fail "overlay root"
+  mkdir -p /newroot/narfs && cp -a /narfs/. /newroot/narfs/ && cp /bin/busybox /newroot/narfs/busybox || fail "copy /narfs"
+  for d in proc sys dev; do mkdir -p /newroot/$d; mount --move /$d /newroot/$d || fail "move /$d"; done
+  exec switch_root /newroot /narfs/run
+fi
 if mount -t virtiofs -o ro nixstore /nix/store; then
   paths=$(sed -n 's/.*narfs\.paths=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
   for p in $paths; do
@@ -85,6 +109,9 @@ INIT
 chmod 0755 root/init
 # busybox's own cpio writes the newc archive (no host cpio needed).
 (cd root && find . | ../root/bin/busybox cpio -o -H newc 2>/dev/null | gzip -9) > initramfs.cpio.gz
+# Zero padding to a 4-byte boundary: an archive appended by the caller must start aligned.
+pad=$(( (4 - $(stat -c %s initramfs.cpio.gz) % 4) % 4 ))
+head -c "$pad" /dev/zero >> initramfs.cpio.gz
 mkdir "$tmp/out"
 mv vmlinux initramfs.cpio.gz "$tmp/out/"
 touch "$tmp/out/.complete"
