@@ -50,6 +50,7 @@ put() { # put SRC DEST MODE: copy with the placeholders replaced
 }
 put "$here/systemd/narfs.service" "$units/narfs.service" 0644
 put "$here/systemd/narfs-virtiofsd@.service" "$units/narfs-virtiofsd@.service" 0644
+put "$here/systemd/narfs-virtiofsd-db@.service" "$units/narfs-virtiofsd-db@.service" 0644
 if [ -e "$prefix/etc/narfs/narfs.conf" ]; then
   echo "kept $prefix/etc/narfs/narfs.conf"
 else

@@ -112,6 +112,8 @@ function chunkLength(size: number, chunkSize: number, index: number): number {
 }
 
 export class BlobStore {
+  #trimQueued = false;
+  #guard: ((hex: string) => boolean) | undefined;
   readonly dir: string;
   readonly #blobDir: string;
   readonly #partialDir: string;
@@ -252,9 +254,27 @@ export class BlobStore {
       if (done) return;
       done = true;
       const n = (this.#pins.get(hex) ?? 1) - 1;
-      if (n <= 0) this.#pins.delete(hex);
-      else this.#pins.set(hex, n);
+      if (n <= 0) {
+        this.#pins.delete(hex);
+        // Over the bound because this file was held (open or being read): trim now that it is not.
+        if (this.#total > this.#maxBytes && !this.#closed && !this.#trimQueued) {
+          this.#trimQueued = true;
+          setImmediate(() => {
+            this.#trimQueued = false;
+            if (!this.#closed && this.#total > this.#maxBytes) this.#makeRoom(0);
+          });
+        }
+      } else this.#pins.set(hex, n);
     };
+  }
+
+  /**
+   * Asks `guard` before evicting an unpinned file: false keeps it (a FUSE engine that
+   * serves it to an open file without JS knowing). The guard must answer synchronously and
+   * may let go of the file on its side when it answers true.
+   */
+  setEvictionGuard(guard: (hex: string) => boolean): void {
+    this.#guard = guard;
   }
 
   isPinned(sha: Buffer): boolean {
@@ -624,6 +644,7 @@ export class BlobStore {
       if (excess <= 0) break;
       const hex = shaHex(row.sha);
       if (this.#pins.has(hex) || this.#creating.has(hex) || this.#promoting.has(hex)) continue;
+      if (this.#guard && !this.#guard(hex)) continue;
       victims.push(row);
       excess -= row.held;
     }

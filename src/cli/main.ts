@@ -30,6 +30,7 @@ Usage:
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs verify-cache [--cache-dir DIR] [--log-format text|json]
   narfs gc [--cache-dir DIR] [--max-size SIZE]
+  narfs prefetch [--cache-dir DIR] [--detach] <store path> ...
   narfs status [--cache-dir DIR] [--json]
   narfs index --secret-key-file KEY [--seekable] [--chunk-size N] DATALAKE_URL [store path ...]
   narfs --help
@@ -54,6 +55,11 @@ narfs mount options:
   --log-format text|json      log line format on stderr (default text)
   --metrics-listen HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
                               (off by default; e.g. 127.0.0.1:9477)
+  --no-indexes                ignore published per-file indexes (<hash>.narfs-index):
+                              fetch every store path's whole NAR on its first read
+  --record-trace FILE         write the files this mount reads, in order, to FILE
+  --prefetch-trace FILE       at start, fetch in the background the files FILE lists
+                              (a trace written by --record-trace on an earlier mount)
 
 http(s) datalakes (mount and register):
   --netrc-file FILE           credentials per host, in Nix's netrc-file format
@@ -88,6 +94,11 @@ narfs gc trims the cache to --max-size (default: the mount's default bound) by e
 the least recently used files; through the running daemon of --cache-dir when there is
 one (never evicting what it has open), else alone.
 
+narfs prefetch fetches the closures of the given store paths into the cache of the
+daemon serving --cache-dir, while its mount keeps serving: files of indexed paths by
+range, other paths whole. A progress bar on a TTY; --detach leaves it to the daemon.
+Exit 0 when every path was fetched, 1 when some failed.
+
 narfs status asks the daemon serving --cache-dir (default /var/cache/narfs) for its
 datalakes and their health, cache size, hit rates, bytes fetched, fetches in flight, open
 files, inodes and the lower store's generation; --json prints the daemon's answer as it
@@ -118,6 +129,16 @@ export async function main(argv: string[]): Promise<number> {
         return await gcCommand(rest);
       case 'index':
         return await (await import('../index/index-command.js')).indexCommand(rest);
+      case 'prefetch': {
+        const { values, positionals } = parse(rest, { 'cache-dir': { type: 'string' }, detach: { type: 'boolean' }, timeout: { type: 'string' }, 'log-format': { type: 'string' } });
+        if (values.help) { process.stdout.write(HELP); return 0; }
+        const { prefetchCommand } = await import('./prefetch-command.js');
+        return await prefetchCommand({
+          roots: positionals, detach: values.detach === true,
+          ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] as string } : {}),
+          ...(values.timeout ? { timeout: values.timeout as string } : {}),
+        });
+      }
       default:
         throw new NarfsError('ERR_USAGE', `unknown command "${command}"`);
     }
@@ -184,6 +205,9 @@ const MOUNT_OPTIONS: OptionSpec = {
   'log-format': { type: 'string' },
   'metrics-listen': { type: 'string' },
   'cache-max-size': { type: 'string' },
+  indexes: { type: 'boolean' },
+  'record-trace': { type: 'string' },
+  'prefetch-trace': { type: 'string' },
   ...ACCESS_OPTIONS,
 };
 
@@ -255,6 +279,9 @@ async function mountCommand(args: string[]): Promise<number> {
     proxy: values.proxy as string | undefined,
     metricsListen: values['metrics-listen'] as string | undefined,
     cacheMaxSize: values['cache-max-size'] as string | undefined,
+    noIndexes: values.indexes === false,
+    recordTrace: values['record-trace'] as string | undefined,
+    prefetchTrace: values['prefetch-trace'] as string | undefined,
   });
   const logger = createLogger({ format: config.logFormat });
   const { startMount } = await import('../daemon/mount-daemon.js');

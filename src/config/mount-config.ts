@@ -54,6 +54,12 @@ export interface MountConfig {
    * unset): defaultCacheMaxBytes of the cache filesystem's size, decided at open.
    */
   cacheMaxBytes?: number;
+  /** Use published per-file indexes (`<hash>.narfs-index`) for ranged reads. Default true. */
+  useIndexes?: boolean;
+  /** Write the files this mount reads to this file (--record-trace). */
+  recordTrace?: string;
+  /** Prefetch the files this trace lists, in the background, at start (--prefetch-trace). */
+  prefetchTrace?: string;
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
@@ -111,6 +117,9 @@ export interface RawMountOptions {
   proxy?: string;
   metricsListen?: string;
   cacheMaxSize?: string;
+  noIndexes?: boolean;
+  recordTrace?: string;
+  prefetchTrace?: string;
 }
 
 /**
@@ -173,5 +182,8 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
   }
   if (raw.metricsListen !== undefined) config.metricsListen = raw.metricsListen;
   if (raw.cacheMaxSize !== undefined) config.cacheMaxBytes = parseSize(raw.cacheMaxSize, '--cache-max-size');
+  if (raw.noIndexes) config.useIndexes = false;
+  if (raw.recordTrace) config.recordTrace = raw.recordTrace;
+  if (raw.prefetchTrace) config.prefetchTrace = raw.prefetchTrace;
   return config;
 }

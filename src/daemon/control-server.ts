@@ -4,7 +4,7 @@
  * of opening the cache themselves.
  *
  * Protocol: the client sends one JSON line `{"op":"register", …}`, `{"op":"verify-cache"}`,
- * `{"op":"gc","maxBytes":N?}` or `{"op":"status"}`; the server answers
+ * `{"op":"gc","maxBytes":N?}`, `{"op":"prefetch","roots":[…],"detach":bool?}` or `{"op":"status"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
  * `{"type":"result",…}` or `{"type":"error","code","message","hint","details"}` (a
  * WireError, src/nixdb/wire-error.ts), then closes. A request that is not one JSON object
@@ -24,6 +24,7 @@ import { jsonSafe, toWireError } from '../nixdb/wire-error.js';
 import type { StoreStack } from './store-stack.js';
 import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
+import { runPrefetch } from './prefetch-operation.js';
 import { runGc } from './gc-operation.js';
 
 import { CONTROL_SOCKET } from './control-socket-path.js';
@@ -101,6 +102,21 @@ async function handle(socket: Socket, options: ControlServerOptions): Promise<vo
         throw new NarfsError('ERR_CONTROL', 'gc: maxBytes must be a non-negative integer');
       }
       send({ type: 'result', ...(await runGc(options.stack.blobs, max, log)) });
+      return;
+    }
+    if (request.op === 'prefetch') {
+      const roots = Array.isArray(request.roots) ? request.roots.map(String) : [];
+      if (roots.length === 0) throw new NarfsError('ERR_USAGE', 'nothing to prefetch: give store paths');
+      if (request.detach === true) {
+        // The daemon goes on alone: bounded by its own life, not by this client's.
+        const quiet: Logger = { ...options.logger, info: (msg, fields) => { if (msg !== 'progress') options.logger.info(msg, fields); } };
+        void runPrefetch(options.stack, roots, quiet, options.stack.signal)
+          .then((r) => options.logger.info('prefetch done', { ...r }))
+          .catch((err) => options.logger.warn('prefetch failed', { err }));
+        send({ type: 'result', detached: true });
+        return;
+      }
+      send({ type: 'result', ...(await runPrefetch(options.stack, roots, log, aborted.signal)) });
       return;
     }
     if (request.op !== 'register') throw new NarfsError('ERR_CONTROL', `unknown operation ${JSON.stringify(request.op)}`);

@@ -15,7 +15,8 @@ import type { Logger } from '../log.js';
 import type { MountConfig } from '../config/mount-config.js';
 import type { Materialiser } from '../store/materialiser.js';
 import type { LazyStore } from '../store/lazy-store.js';
-import { openStoreStack } from './store-stack.js';
+import { openStoreStack, type StoreStack } from './store-stack.js';
+import { checkTraceReadable, replayTrace, TraceRecorder } from './read-trace.js';
 import { CleanupStack } from './cleanup-stack.js';
 import { startControlServer } from './control-server.js';
 import { startLowerDaemon } from './lower-daemon.js';
@@ -34,6 +35,8 @@ export interface RunningMount {
   readonly mountpoint: string;
   readonly store: LazyStore;
   readonly materialiser: Materialiser;
+  /** The caches, datalakes and fetchers under the store. */
+  readonly stack: StoreStack;
   readonly fs: StoreFilesystem;
   /** The FUSE engine serving the mount, and its counters (native engine only). */
   readonly engine: { backend: 'native' | 'fuse-native'; stats(): NativeStats | undefined };
@@ -62,8 +65,17 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     engine: () => live?.engine.stats(),
   });
   notifier.status(`opening the datalakes and the cache ${config.cacheDir}`);
-  const stack = await openStoreStack(config, logger, metrics);
+  if (config.prefetchTrace) await checkTraceReadable(config.prefetchTrace);
+  const trace = config.recordTrace ? new TraceRecorder(config.recordTrace, logger) : undefined;
+  let stack: Awaited<ReturnType<typeof openStoreStack>>;
+  try {
+    stack = await openStoreStack({ ...config, ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}) }, logger, metrics);
+  } catch (err) {
+    await trace?.close();
+    throw err;
+  }
   const cleanups = new CleanupStack(logger);
+  if (trace) cleanups.push(() => trace.close());
   cleanups.push(() => stack.close());
   try {
     const { store, materialiser } = stack;
@@ -119,8 +131,12 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     };
     notifier.ready(summary(), summary);
     cleanups.push(async () => notifier.stopping(`unmounting ${mountpoint}`));
+    if (config.prefetchTrace) {
+      // In the background: the mount serves at once; the replay stops when the stack closes.
+      void replayTrace(config.prefetchTrace, store, logger, stack.signal);
+    }
     return {
-      mountpoint, store, materialiser, fs, engine, metrics, metricsAddress, status, close: () => cleanups.run(),
+      mountpoint, store, materialiser, stack, fs, engine, metrics, metricsAddress, status, close: () => cleanups.run(),
     };
   } catch (err) {
     await cleanups.run();

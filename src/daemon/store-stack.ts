@@ -24,6 +24,7 @@ import { TreeStore } from '../cache/tree-store.js';
 import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
+import { ChunkFetcher } from '../store/chunk-fetcher.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
 import { CleanupStack } from './cleanup-stack.js';
 import type { NarfsMetrics } from './metrics.js';
@@ -40,6 +41,10 @@ export interface StoreStackConfig {
   cacheMaxBytes?: number;
   /** Credentials, CA bundle and proxy of the http(s) datalakes (file names, no secrets). */
   datalakeAccess?: HttpAccessOptions;
+  /** Use published per-file indexes for ranged reads (default true). */
+  useIndexes?: boolean;
+  /** Told the first time each file is read (--record-trace). */
+  onFirstRead?: (name: string, narOffset: number) => void;
 }
 
 export interface StoreStack {
@@ -48,6 +53,8 @@ export interface StoreStack {
   trees: TreeStore;
   infos: PathInfoService;
   materialiser: Materialiser;
+  /** Ranged, verified chunk reads of indexed store paths. */
+  chunks: ChunkFetcher;
   store: LazyStore;
   /** Aborted when the stack closes: work in flight stops. */
   signal: AbortSignal;
@@ -90,11 +97,17 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });
-    const store = new LazyStore(infos, materialiser, meta, blobs, trees,
-      { logger, datalakes, ...(config.maxOpenFiles === undefined ? {} : { maxOpenFiles: config.maxOpenFiles }) });
+    const chunks = new ChunkFetcher({ datalakes, logger });
+    cleanups.push(async () => chunks.close());
+    const policy = { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys };
+    const store = new LazyStore(infos, materialiser, meta, blobs, trees, {
+      logger, datalakes,
+      ...(config.useIndexes === false ? {} : { indexPolicy: policy, chunks }),
+      ...(config.onFirstRead ? { onFirstRead: config.onFirstRead } : {}),
+    });
     await store.loadKnown();
     cleanups.push(() => store.close());
-    return { datalakes, blobs, trees, infos, materialiser, store, signal: shutdown.signal, close: () => cleanups.run() };
+    return { datalakes, blobs, trees, infos, materialiser, chunks, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);

@@ -46,16 +46,28 @@ export interface RootNodes {
 /** Answers "which bytes are at narOffset in the uncompressed NAR of <name>?". */
 export interface ContentReader {
   read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer>;
-  /** Hint that the contents of `name` will be read soon (open). Must not throw. */
-  prefetch?(name: string): void;
+  /** Hint on open that the file at `narOffset` of `name` will be read soon. Must not throw. */
+  prefetch?(name: string, narOffset: number): void;
   /**
-   * The local file that holds `name`'s verified, complete NAR (a file's bytes are at its
-   * narOffset), or undefined while they are not all verified and local. Lets a FUSE engine
-   * serve reads without asking again. Must not throw.
+   * Keeps the bytes of the file at `narOffset` of `name` in the cache while it is open;
+   * returns the function that lets go (called on release). Must not throw.
    */
-  contentFile?(name: string): { path: string; size: number } | undefined;
-  /** Calls `listener` when the file `contentFile` named for `name` must not be read any more. */
+  hold?(name: string, narOffset: number): () => void;
+  /**
+   * The local file holding the verified, complete contents of the file at `narOffset` of
+   * `name`: the file's first byte is at `offset` of `path`, whose verified size is `size`;
+   * undefined while they are not all verified and local. Lets a FUSE engine serve reads
+   * without asking again (pread, or passthrough when offset is 0 and the sizes agree).
+   * Must not throw.
+   */
+  contentFile?(name: string, narOffset: number): { path: string; offset: number; size: number } | undefined;
+  /** Calls `listener` with the path of a local file that `contentFile` named and that must not be read any more. */
   watchDropped?(listener: (name: string, path: string) => void): void;
+  /**
+   * Asks `guard` before a local file that `contentFile` named is evicted: false keeps it
+   * (it is open). Must answer synchronously.
+   */
+  guardDropped?(guard: (path: string) => boolean): void;
 }
 
 /** Where the bytes of a regular file lie in a local, verified file. */
@@ -141,6 +153,8 @@ interface Inode {
 
 interface Handle {
   inode: Inode;
+  /** Lets go of the cached bytes held while the file is open (ContentReader.hold). */
+  unhold: (() => void) | undefined;
 }
 
 const EMPTY_DIR: NarNode = { type: 'directory', entries: new Map() };
@@ -284,10 +298,14 @@ export class StoreFilesystem {
       throw new NarfsError('ERR_READ_ONLY', 'the store is read-only');
     }
     if (inode.node.type === 'directory') throw new NarfsError('ERR_IS_DIRECTORY', `inode ${ino} is a directory`);
-    if (inode.node.type === 'regular' && inode.node.size > 0) this.#content.prefetch?.(inode.storeName);
+    let unhold: (() => void) | undefined;
+    if (inode.node.type === 'regular' && inode.node.size > 0) {
+      this.#content.prefetch?.(inode.storeName, inode.node.narOffset);
+      unhold = this.#content.hold?.(inode.storeName, inode.node.narOffset);
+    }
     const fh = this.#nextFh++;
     if (this.#nextFh > 0xffffffff) this.#nextFh = 1;
-    this.#handles.set(fh, { inode });
+    this.#handles.set(fh, { inode, unhold });
     inode.handles++;
     return fh;
   }
@@ -316,9 +334,9 @@ export class StoreFilesystem {
   contentLocation(ino: number): ContentLocation | undefined {
     const inode = this.#inodes.get(ino);
     if (!inode || inode.node.type !== 'regular' || inode.node.size === 0) return undefined;
-    const file = this.#content.contentFile?.(inode.storeName);
+    const file = this.#content.contentFile?.(inode.storeName, inode.node.narOffset);
     if (!file) return undefined;
-    return { path: file.path, offset: inode.node.narOffset, size: inode.node.size, fileSize: file.size };
+    return { path: file.path, offset: file.offset, size: inode.node.size, fileSize: file.size };
   }
 
   /** Calls `listener` with the path of a local file whose bytes must no longer be served. */
@@ -326,10 +344,16 @@ export class StoreFilesystem {
     this.#content.watchDropped?.((_name, path) => listener(path));
   }
 
+  /** Lets `guard` keep a local file that `contentLocation` named from eviction (see ContentReader). */
+  guardDropped(guard: (path: string) => boolean): void {
+    this.#content.guardDropped?.(guard);
+  }
+
   release(fh: number): void {
     const handle = this.#handles.get(fh);
     if (!handle) return;
     this.#handles.delete(fh);
+    handle.unhold?.();
     handle.inode.handles--;
     this.#maybeDrop(handle.inode);
   }

@@ -1,31 +1,43 @@
 /**
  * LazyStore: what the filesystem asks of the store — the node of a store path, and bytes
- * at a NAR offset — answered lazily and verified.
+ * at a NAR offset — answered lazily and verified, one file (or chunk) at a time.
  *
- * Resolution of `<hash>-<name>`: verified narinfo (PathInfoService), then its listing from
- * the first of: the TreeStore (verified, its files held whole in the BlobStore), the metadata cache (`.ls` seen earlier), the
- * datalake's `<hash>.ls`, or — when the datalake publishes none — the NAR itself, fetched
- * and verified. So `ls` and `stat` cost a narinfo and a listing, and the first read of a
- * file costs one verified NAR fetch for the whole store path.
+ * Resolution of `<hash>-<name>`: verified narinfo (PathInfoService), then its tree from the
+ * first of: the TreeStore (verified earlier), the datalake's signed `<hash>.narfs-index`
+ * (nar-index.ts: the whole tree and every chunk's SHA-256, signed by a trusted key and bound
+ * to the narinfo's store path, NarHash and NarSize), and otherwise an unverified listing
+ * (the metadata cache's, or the datalake's `<hash>.ls`, fetched in parallel with the index)
+ * or — when the datalake publishes neither — the NAR itself, fetched and verified.
+ *
+ * Reads: the file at a NAR offset is found in the verified tree (findFile); its bytes come
+ * from the BlobStore (content-addressed by the file's SHA-256, so a file shared by many
+ * store paths is fetched and stored once):
+ * - a complete blob is read as it is (checked once per process, blob-store.ts);
+ * - a file of a signed index whose NAR can be read by range (Compression none, or
+ *   seekable zstd frames of exactly this NAR file) is fetched chunk by chunk by the
+ *   ChunkFetcher (coalesced, read ahead, several requests in flight), each chunk verified
+ *   against its hash before it is stored;
+ * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
+ *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
+ *   verified against NarHash, unpacked into the BlobStore (Materialiser).
  *
  * Invariants:
- * - File contents come only from verified files in the BlobStore, found by SHA-256
- *   through the verified tree of the store path (findFile at narOffset). (Transition
- *   until the per-file read path lands: the whole NAR is materialised, no ranged chunks.)
- * - A cached file is checked before it is served: re-hashed once per process if an earlier
- *   process wrote it (BlobStore.verifyBlob), and its size checked on the descriptor each
- *   read uses (BlobStore.readRange); a damaged or evicted one makes the store path be
- *   fetched again once, instead of failing every read for the life of the cache.
+ * - No byte is served that was not verified: a blob's name is its SHA-256 and it was
+ *   written only after its hash (or the NarHash of its NAR) matched; a chunk only after its
+ *   hash in a signed index matched. A listing from an unsigned `.ls` is shown only until
+ *   the verified tree arrives, and must equal it (ERR_LISTING_MISMATCH otherwise).
+ * - A blob being read or held open is pinned: eviction never takes it.
+ * - A cached file that turns out damaged or gone is dropped by the BlobStore and fetched
+ *   again once, instead of failing every read for the life of the cache.
  * - A NAR that turns out absent or wrong (ERR_NAR_MISSING, ERR_NAR_URL, ERR_NAR_HASH_MISMATCH,
  *   ERR_NAR_SIZE_MISMATCH, a bad NAR, a corrupt compressed file) makes the store ask the
  *   datalakes for the narinfo again (PathInfoService.refresh): the NAR URL is not covered
  *   by the signature, so a narinfo served once with a wrong URL must not break the path
  *   for good. If the new narinfo differs, the fetch is tried once more with it.
- * - A `.ls` is fetched from the datalake whose narinfo was used, through the DatalakeSet
- *   (`getBytesFrom`), so a datalake known to be down fails fast and a failure counts
- *   against its health; a listing that cannot be had is never an error (the NAR tells).
- *   Cached narinfos, listings and NARs need no datalake: with every datalake down, what
- *   the cache holds is still served.
+ * - Indexes, `.ls` files, ranges and NARs come from the datalake whose narinfo was used,
+ *   through the DatalakeSet, so a datalake known to be down fails fast and a failure
+ *   counts against its health; an index or listing that cannot be had is never an error.
+ *   With every datalake down, what the cache holds is still served.
  */
 import { isUtf8 } from 'node:buffer';
 import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
@@ -33,8 +45,10 @@ import type { Logger } from '../log.js';
 import type { ContentReader, RootNodes } from '../fs/store-filesystem.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import type { BlobStore } from '../cache/blob-store.js';
-import type { TreeStore } from '../cache/tree-store.js';
-import { findFile, type NarIndex } from '../nix/nar-index.js';
+import type { TreeSource, TreeStore } from '../cache/tree-store.js';
+import {
+  chunkCount, chunkHash, findFile, NAR_INDEX_SUFFIX, parseNarIndex, verifyNarIndex, type IndexedFile, type NarIndex,
+} from '../nix/nar-index.js';
 import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
 import { parseStorePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
@@ -42,13 +56,24 @@ import type { ErrorCode } from '../errors.js';
 import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
+import { ChunkFetcher } from './chunk-fetcher.js';
+import type { SignaturePolicy } from './signature-policy.js';
+
+/** NAR files up to this size are fetched whole even when indexed: one round trip. */
+export const DEFAULT_WHOLE_NAR_MAX_BYTES = 256 * 1024;
 
 export interface LazyStoreOptions {
   logger: Logger;
-  /** The set PathInfos come from: `.ls` files are fetched through its health accounting. */
+  /** The set PathInfos come from: indexes, `.ls` files and ranges go through its health accounting. */
   datalakes: DatalakeSet;
-  /** Unused since the cache holds files (kept for the configuration's sake). */
-  maxOpenFiles?: number;
+  /** Verifies published indexes (the narinfo signature policy); without it indexes are not used. */
+  indexPolicy?: SignaturePolicy;
+  /** Ranged chunk reads of indexed store paths; without it every path is fetched whole. */
+  chunks?: ChunkFetcher;
+  /** NAR files (FileSize) up to this size are fetched whole. Default DEFAULT_WHOLE_NAR_MAX_BYTES. */
+  wholeNarMaxBytes?: number;
+  /** Told the first time each file is read in this process (`--record-trace`). Must not throw. */
+  onFirstRead?: (name: string, narOffset: number) => void;
 }
 
 /** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
@@ -59,39 +84,56 @@ const NAR_FAULTS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'ERR_NAR_TRAILING', 'ERR_NAR_TRUNCATED',
 ]);
 
+/** A verified tree in use: where each file's bytes are, and the narinfo it was checked against. */
+interface Tree {
+  index: NarIndex;
+  source: TreeSource;
+  info: PathInfo;
+}
+
 export class LazyStore implements RootNodes, ContentReader {
   readonly #infos: PathInfoService;
   readonly #materialiser: Materialiser;
   readonly #meta: MetadataCache;
   readonly #blobs: BlobStore;
-  readonly #trees: TreeStore;
+  readonly #treeStore: TreeStore;
   readonly #opts: LazyStoreOptions;
   readonly #known = new Set<string>();
   /** Listing shown to the filesystem per store path, and whether it is verified. */
   readonly #shown = new Map<string, { listing: NarNode; verified: boolean }>();
+  /** Verified trees of the store paths the filesystem holds (dropped on `release`). */
+  readonly #trees = new Map<string, Tree>();
   /**
    * Store paths whose fetch in flight already outlasted a reader's deadline: later readers
    * fail at once until that fetch ends, instead of each waiting a whole deadline (the
    * kernel retries a failed readahead with a second read, for one).
    */
   readonly #overdue = new Set<string>();
-  /** The verified tree of store paths whose files were all held whole when last checked. */
-  readonly #complete = new Map<string, NarIndex>();
   readonly #dropListeners: Array<(name: string, path: string) => void> = [];
+  /** Files read at least once in this process (for `onFirstRead`), keyed `name\0narOffset`. */
+  readonly #readOnce = new Set<string>();
+  /** Store paths whose datalake published no usable index (asked once while held). */
+  readonly #noIndex = new Set<string>();
+  /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
     this.#materialiser = materialiser;
     this.#meta = meta;
     this.#blobs = blobs;
-    this.#trees = trees;
+    this.#treeStore = trees;
     this.#opts = options;
+    blobs.watchRemoved((hex) => {
+      const path = blobs.blobPath(Buffer.from(hex, 'hex'));
+      for (const l of this.#dropListeners) l('', path);
+    });
   }
 
-  /** Loads the names this cache already knows (narinfos and NARs), for the root listing. */
+  /** Loads the names this cache already knows (narinfos and trees), for the root listing. */
   async loadKnown(): Promise<void> {
     for (const n of await this.#meta.knownNames()) this.#known.add(n);
-    for (const n of this.#trees.names()) this.#known.add(n);
+    for (const n of this.#treeStore.names()) this.#known.add(n);
   }
 
   /** Adds names to the root listing (registered paths). */
@@ -109,25 +151,29 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#known.add(name);
     const shown = this.#shown.get(name);
     if (shown) return shown.listing;
+    const stored = await this.#storedTree(name, info);
+    if (stored) return this.#show(name, stored.index.root, true);
     const hashPart = info.narInfo.storePath.hashPart;
-    const cached = await this.#materialiser.cached(info);
-    if (cached) {
-      this.#complete.set(name, cached.index);
-      return this.#show(name, cached.listing, true);
-    }
     const seen = await this.#meta.getListing(hashPart);
+    // The signed index and the .ls go out together: an unindexed datalake costs no round trip more.
+    const indexed = this.#fetchIndex(name, info, signal);
+    const published = seen === undefined ? this.#fetchListing(info, signal) : Promise.resolve(undefined);
+    const tree = await indexed;
+    if (tree) {
+      published.catch(() => {});
+      return this.#show(name, tree.index.root, true);
+    }
     if (seen !== undefined) return this.#show(name, parseListingJson(listingFromMeta(seen)), false);
-    const published = await this.#fetchListing(info, signal);
-    if (published) {
-      await this.#meta.putListing(hashPart, published.json).catch((err: unknown) => {
+    const ls = await published;
+    if (ls) {
+      await this.#meta.putListing(hashPart, ls.json).catch((err: unknown) => {
         // Remembering it is an optimisation; the listing itself was checked and is served.
         this.#opts.logger.warn('cannot store a listing in the metadata cache; serving it anyway', { path: name, err: toNarfsError(err, 'ERR_CACHE_IO') });
       });
-      return this.#show(name, published.listing, false);
+      return this.#show(name, ls.listing, false);
     }
-    const m = await this.#materialiser.ensure(info, signal);
-    this.#complete.set(name, m.index);
-    return this.#show(name, m.listing, true);
+    const m = await this.#materialise(name, signal);
+    return this.#show(name, m.index.root, true);
   }
 
   /** The whole contents of a store path that is one regular file (e.g. a `.drv`). */
@@ -139,19 +185,59 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   /**
-   * ContentReader.contentFile names one local file holding a store path's whole NAR; the
-   * cache holds files, not NARs, so there is none (until the per-file read path lands).
+   * The local file holding the verified contents of the file at `narOffset` of `name`
+   * (ContentReader.contentFile): its blob, whole, from offset 0, once it is complete and
+   * checked in this process. A FUSE engine may then serve it without asking again
+   * (pread in C, or passthrough).
    */
-  contentFile(_name: string): { path: string; size: number } | undefined {
-    return undefined;
+  contentFile(name: string, narOffset: number): { path: string; offset: number; size: number } | undefined {
+    const tree = this.#trees.get(name);
+    if (!tree) return undefined;
+    // While a trace is recorded, a file's first read must reach `read` (and the trace).
+    if (this.#opts.onFirstRead && !this.#readOnce.has(`${name}\0${narOffset}`)) return undefined;
+    const file = findFile(tree.index, narOffset);
+    if (!file || file.narOffset !== narOffset || !this.#blobs.isVerified(file.sha256)) return undefined;
+    const path = this.#blobs.completePath(file.sha256, file.size);
+    return path === undefined ? undefined : { path, offset: 0, size: file.size };
   }
 
-  /** Calls `listener` whenever the cached bytes of a store path are dropped (damaged, invalidated). */
+  /** Calls `listener` with the path of every blob that leaves the cache (evicted, damaged, dropped). */
   watchDropped(listener: (name: string, path: string) => void): void {
     this.#dropListeners.push(listener);
   }
 
-  prefetch(name: string): void {
+  /**
+   * Lets `guard` veto the eviction of a cached file by its path (ContentReader.guardDropped):
+   * a FUSE engine that serves open files without JS keeps them, and lets go of idle ones.
+   */
+  guardDropped(guard: (path: string) => boolean): void {
+    this.#blobs.setEvictionGuard((hex) => guard(this.#blobs.blobPath(Buffer.from(hex, 'hex'))));
+  }
+
+  /**
+   * Keeps the file at `narOffset` of `name` in the cache while the caller holds it (an open
+   * file): eviction never takes a pinned blob. Returns the release function.
+   */
+  hold(name: string, narOffset: number): () => void {
+    const file = this.#fileOf(name, narOffset);
+    return file ? this.#blobs.pin(file.sha256) : () => {};
+  }
+
+  /**
+   * Hint on open that a file will be read: an indexed file's first chunk is fetched at once
+   * (the read that follows joins it); a path fetched whole starts its NAR.
+   */
+  prefetch(name: string, narOffset?: number): void {
+    const tree = this.#trees.get(name);
+    const file = tree && narOffset !== undefined ? findFile(tree.index, narOffset) : undefined;
+    if (tree && file && this.#ranged(tree)) {
+      if (this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0]) return;
+      this.#fetchChunks(tree, file, 0, 0, AbortSignal.timeout(120_000)).catch(() => {
+        // The read that needs the bytes gets the error.
+      });
+      return;
+    }
+    if (tree && !this.#ranged(tree) && file && this.#blobs.completePath(file.sha256, file.size) !== undefined) return;
     this.#materialise(name).catch(() => {
       // Reported by the materialiser; the read that needs the bytes gets the error.
     });
@@ -159,60 +245,252 @@ export class LazyStore implements RootNodes, ContentReader {
 
   async read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
     try {
-      return await this.#readCached(name, narOffset, length, signal);
+      return await this.#read(name, narOffset, length, signal);
     } catch (err) {
       if (!isNarfsError(err, 'ERR_CACHE_CORRUPT')) throw err;
-      // The cached NAR was damaged after it was verified: drop it, fetch it, read again (once).
-      this.#opts.logger.warn('cached NAR is damaged; fetching it again', { path: name, err });
-      await this.#forget(name);
-      return this.#readCached(name, narOffset, length, signal);
+      // A cached file was damaged or went away after it was verified: the blob store has
+      // dropped it; fetch it again (once).
+      this.#opts.logger.warn('cached file is damaged or gone; fetching it again', { path: name, err });
+      return this.#read(name, narOffset, length, signal);
     }
   }
 
-  async #readCached(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
-    const index = await this.#materialise(name, signal);
-    const file = findFile(index, narOffset);
-    if (!file || narOffset + length > file.narOffset + file.size) {
-      throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at NAR offset ${narOffset} are not within one file`);
-    }
-    if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
-      throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: a file at NAR offset ${file.narOffset} is no longer in the cache`);
-    }
+  async #read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+    let tree = await this.#treeFor(name, signal);
+    let file = this.#fileIn(name, tree, narOffset, length);
+    const offset = narOffset - file.narOffset;
+    this.#noteRead(name, file);
     const unpin = this.#blobs.pin(file.sha256);
     try {
+      if (this.#blobs.completePath(file.sha256, file.size) === undefined && this.#ranged(tree)) {
+        const cs = tree.index.chunkSize;
+        const first = Math.floor(offset / cs);
+        const last = Math.floor((offset + length - 1) / cs);
+        if (!this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
+          try {
+            await this.#fetchChunks(tree, file, first, last, signal);
+          } catch (err) {
+            if (!isNarfsError(err, 'ERR_INDEX_UNUSABLE')) throw err;
+            this.#opts.logger.warn('the index cannot be read by range here; fetching the whole NAR', { path: name, err });
+          }
+        }
+        if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
+          this.counters.rangedReads++;
+          this.counters.bytesRead += length;
+          return await this.#blobs.readRange(file.sha256, file.size, offset, length);
+        }
+      }
+      if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
+        tree = await this.#materialise(name, signal);
+        file = this.#fileIn(name, tree, narOffset, length);
+      }
+      if (!this.#ranged(tree)) this.counters.wholeNarReads++;
       if (!this.#blobs.isVerified(file.sha256) && !(await this.#blobs.verifyBlob(file.sha256, signal))) {
         throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached file at NAR offset ${file.narOffset} does not hash to its name`);
       }
-      return await this.#blobs.readRange(file.sha256, file.size, narOffset - file.narOffset, length);
+      this.counters.bytesRead += length;
+      return await this.#blobs.readRange(file.sha256, file.size, offset, length);
     } finally {
       unpin();
     }
   }
 
-  /** Drops what this process knows of `name`'s bytes (not its listing). */
-  async #forget(name: string): Promise<void> {
-    this.#complete.delete(name);
+  /**
+   * Fetches every file of `name` that the cache does not hold (`narfs prefetch`): by ranged
+   * reads when the path is indexed, else its whole NAR. Returns the bytes of its files.
+   */
+  async prefetchPath(name: string, signal: AbortSignal, concurrency = 4): Promise<{ files: number; bytes: number }> {
+    const node = await this.resolve(name, signal);
+    if (!node) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake`);
+    const tree = await this.#treeFor(name, signal);
+    let bytes = 0;
+    for (const f of tree.index.files) bytes += f.size;
+    if (!this.#ranged(tree)) {
+      await this.#materialise(name, signal);
+      return { files: tree.index.files.length, bytes };
+    }
+    const queue = [...tree.index.files];
+    const worker = async (): Promise<void> => {
+      for (let f = queue.shift(); f; f = queue.shift()) await this.#prefetchFile(tree, f, signal);
+    };
+    await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+    return { files: tree.index.files.length, bytes };
+  }
+
+  /** Fetches the whole file at `narOffset` of `name` into the cache (trace replay). */
+  async prefetchFile(name: string, narOffset: number, signal: AbortSignal): Promise<void> {
+    const node = await this.resolve(name, signal);
+    if (!node) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake`);
+    const tree = await this.#treeFor(name, signal);
+    const file = findFile(tree.index, narOffset);
+    if (!file || file.narOffset !== narOffset) throw new NarfsError('ERR_INVALID_ARGUMENT', `${name} has no file at NAR offset ${narOffset}`);
+    if (!this.#ranged(tree)) {
+      if (this.#blobs.completePath(file.sha256, file.size) === undefined) await this.#materialise(name, signal);
+      return;
+    }
+    await this.#prefetchFile(tree, file, signal);
+  }
+
+  async #prefetchFile(tree: Tree, file: IndexedFile, signal: AbortSignal): Promise<void> {
+    if (this.#blobs.completePath(file.sha256, file.size) !== undefined) return;
+    const cs = tree.index.chunkSize;
+    const n = chunkCount(file.size, cs);
+    const have = this.#blobs.haveChunks(file.sha256, file.size, cs, 0, n - 1);
+    // Runs of missing chunks; the fetcher splits and coalesces them into requests.
+    for (let k = 0; k < n; k++) {
+      if (have[k]) continue;
+      let end = k;
+      while (end + 1 < n && !have[end + 1]) end++;
+      await this.#fetchChunks(tree, file, k, end, signal);
+      k = end;
+    }
+  }
+
+  async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {
+    const fetcher = this.#opts.chunks;
+    if (!fetcher) throw new NarfsError('ERR_INDEX_UNUSABLE', 'no ranged reads in this configuration');
+    const ni = tree.info.narInfo;
+    const cs = tree.index.chunkSize;
+    await fetcher.fetch(
+      { datalake: tree.info.datalake, narUrl: ni.url, compression: ni.compression, narInfo: ni },
+      tree.index, file, first, last,
+      async (f, k, bytes) => {
+        await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
+      },
+      signal,
+      { isCached: (k) => this.#blobs.haveChunks(file.sha256, file.size, cs, k, k)[0] === true },
+    );
+  }
+
+  /** Whether reads of `tree`'s files go by range (a usable signed index, a NAR big enough). */
+  #ranged(tree: Tree): boolean {
+    if (tree.source !== 'signed' || !this.#opts.chunks) return false;
+    const ni = tree.info.narInfo;
+    if ((ni.fileSize ?? ni.narSize) <= (this.#opts.wholeNarMaxBytes ?? DEFAULT_WHOLE_NAR_MAX_BYTES)) return false;
+    try {
+      ChunkFetcher.checkUsable({ datalake: tree.info.datalake, narUrl: ni.url, compression: ni.compression, narInfo: ni }, tree.index);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #fileIn(name: string, tree: Tree, narOffset: number, length: number): IndexedFile {
+    const file = findFile(tree.index, narOffset);
+    if (!file || narOffset + length > file.narOffset + file.size) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at NAR offset ${narOffset} are not within one file`);
+    }
+    return file;
+  }
+
+  #fileOf(name: string, narOffset: number): IndexedFile | undefined {
+    const tree = this.#trees.get(name);
+    return tree ? findFile(tree.index, narOffset) : undefined;
+  }
+
+  #noteRead(name: string, file: IndexedFile): void {
+    const hook = this.#opts.onFirstRead;
+    if (!hook) return;
+    const key = `${name}\0${file.narOffset}`;
+    if (this.#readOnce.has(key)) return;
+    this.#readOnce.add(key);
+    try {
+      hook(name, file.narOffset);
+    } catch {
+      // A trace is an aid; a failure to record never fails a read.
+    }
+  }
+
+  /** The verified tree of `name`: in memory, stored, published (signed index), or from its whole NAR. */
+  async #treeFor(name: string, signal: AbortSignal): Promise<Tree> {
+    const known = this.#trees.get(name);
+    if (known) return known;
+    if (this.#overdue.has(name)) {
+      throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
+    }
+    const info = await this.#infos.get(parseStorePathBase(name), signal);
+    if (!info) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake any more`);
+    const stored = await this.#storedTree(name, info);
+    if (stored) return stored;
+    const published = await this.#fetchIndex(name, info, signal);
+    if (published) return published;
+    return this.#materialise(name, signal);
+  }
+
+  /** The tree the TreeStore holds for `info`, checked against what was shown. */
+  async #storedTree(name: string, info: PathInfo): Promise<Tree | undefined> {
+    const found = await this.#treeStore.lookup(info.narInfo);
+    if (found.state === 'damaged') this.#opts.logger.warn('cached tree is damaged; it will be fetched again', { path: name, err: found.error });
+    if (found.state !== 'ok') return undefined;
+    return this.#adopt(name, { index: found.tree.index, source: found.tree.source, info });
+  }
+
+  /**
+   * The published `<hash>.narfs-index` of `info`, verified (signature by a trusted key,
+   * bound to this narinfo's store path, NarHash and NarSize) and stored; undefined when
+   * there is none or it does not verify (a warning: the path is then read whole).
+   */
+  async #fetchIndex(name: string, info: PathInfo, signal: AbortSignal): Promise<Tree | undefined> {
+    const policy = this.#opts.indexPolicy;
+    if (!policy || this.#noIndex.has(name)) return undefined;
+    this.#noIndex.add(name);
+    const rel = `${info.narInfo.storePath.hashPart}${NAR_INDEX_SUFFIX}`;
+    let bytes: Buffer | undefined;
+    try {
+      bytes = await this.#opts.datalakes.getBytesFrom(info.datalake, rel, { signal });
+    } catch (err) {
+      this.#opts.logger.debug('index fetch failed; the path is read whole', { datalake: info.datalake.displayUrl, path: rel, err });
+      return undefined;
+    }
+    if (!bytes) return undefined;
+    let index: NarIndex;
+    try {
+      index = parseNarIndex(bytes);
+      verifyNarIndex(index, info.narInfo, policy.trustedKeys, policy.requireSigs);
+    } catch (err) {
+      this.#opts.logger.warn('published index ignored; the path is read whole', { datalake: info.datalake.displayUrl, path: rel, err });
+      return undefined;
+    }
+    await this.#treeStore.put(index, 'signed', bytes).catch((err: unknown) => {
+      // Keeping it is an optimisation: the index was verified and is used for this mount.
+      this.#opts.logger.warn('cannot store an index in the cache; using it anyway', { path: name, err: toNarfsError(err, 'ERR_CACHE_IO') });
+    });
+    this.#noIndex.delete(name);
+    return this.#adopt(name, { index, source: 'signed', info });
+  }
+
+  /**
+   * Makes `tree` the one reads of `name` use. A listing shown earlier from an unsigned `.ls`
+   * must be the verified tree's, or the path fails (the inodes handed out cannot be taken
+   * back); the bad listing is dropped so a restart serves the verified one.
+   */
+  async #adopt(name: string, tree: Tree): Promise<Tree> {
+    const shown = this.#shown.get(name);
+    if (shown && !shown.verified && !listingsEqual(shown.listing, tree.index.root)) {
+      await this.#meta.deleteListing(tree.info.narInfo.storePath.hashPart).catch(() => {});
+      throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
+    }
+    if (shown && !shown.verified) this.#shown.set(name, { listing: shown.listing, verified: true });
+    this.#trees.set(name, tree);
+    return tree;
+  }
+
+  /**
+   * Drops what this process knows of `name`'s bytes (after `narfs verify-cache` found them
+   * bad), so the next read looks them up again.
+   */
+  async invalidate(name: string): Promise<void> {
+    this.#trees.delete(name);
     const shown = this.#shown.get(name);
     if (shown) this.#shown.set(name, { listing: shown.listing, verified: false });
   }
 
-  /**
-   * Drops the cached bytes of `name` (after `narfs verify-cache` found them bad), so the
-   * next read fetches them again.
-   */
-  async invalidate(name: string): Promise<void> {
-    await this.#forget(name);
-  }
-
-  /** Makes sure `name`'s verified files are cached; returns its tree. */
-  async #materialise(name: string, signal?: AbortSignal): Promise<NarIndex> {
-    const shown = this.#shown.get(name);
-    const sp = parseStorePathBase(name);
-    const known = this.#complete.get(name);
-    if (shown?.verified && known) return known;
+  /** Fetches and verifies `name`'s whole NAR, its files into the blob store; returns its tree. */
+  async #materialise(name: string, signal?: AbortSignal): Promise<Tree> {
     if (this.#overdue.has(name)) {
       throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
     }
+    const sp = parseStorePathBase(name);
     let info = await this.#infos.get(sp, signal);
     if (!info) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake any more`);
     try {
@@ -230,19 +508,7 @@ export class LazyStore implements RootNodes, ContentReader {
         info = fresh;
         m = await this.#materialiser.ensure(info, signal);
       }
-      if (shown && !listingsEqual(shown.listing, m.listing)) {
-        // What was shown came from a .ls that does not describe the (verified) NAR. The
-        // inodes handed out cannot be taken back, so this mount keeps failing the path;
-        // the bad listing is dropped so a restart serves the NAR's own.
-        await this.#meta.deleteListing(info.narInfo.storePath.hashPart).catch(() => {});
-        throw new NarfsError('ERR_LISTING_MISMATCH', `${name}: the published .ls listing does not describe the NAR`);
-      }
-      // Not brought back if the filesystem released the path meanwhile (`release`).
-      if (shown === undefined || this.#shown.get(name) === shown) {
-        this.#shown.set(name, { listing: shown?.listing ?? m.listing, verified: true });
-      }
-      this.#complete.set(name, m.index);
-      return m.index;
+      return await this.#adopt(name, { index: m.index, source: m.source, info });
     } catch (err) {
       const running = this.#materialiser.inFlight(name);
       if (running && isNarfsError(err, 'ERR_DEADLINE') && !this.#overdue.has(name)) {
@@ -276,13 +542,14 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   /**
-   * The filesystem holds no inode of `name` any more: forget the listing shown for it
-   * (RootNodes.release). A later `resolve` loads it again (cache, metadata cache, `.ls`,
-   * NAR), so memory follows what the kernel holds, not every path ever looked at.
+   * The filesystem holds no inode of `name` any more: forget the listing and tree held for
+   * it (RootNodes.release). A later `resolve` loads them again (tree store, metadata cache,
+   * index, `.ls`, NAR), so memory follows what the kernel holds, not every path ever looked at.
    */
   release(name: string): void {
     this.#shown.delete(name);
-    this.#complete.delete(name);
+    this.#trees.delete(name);
+    this.#noIndex.delete(name);
   }
 
   #show(name: string, listing: NarNode, verified: boolean): NarNode {
@@ -291,7 +558,7 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async close(): Promise<void> {
-    this.#complete.clear();
+    this.#trees.clear();
   }
 }
 

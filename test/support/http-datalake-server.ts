@@ -95,6 +95,8 @@ export class HttpDatalakeServer {
   readonly url: string;
   readonly port: number;
   readonly requests: LoggedRequest[] = [];
+  /** Body bytes written to clients so far (all paths; bytes a client cut off early may be counted). */
+  bodyBytesSent = 0;
   private readonly faults = new Map<string, Fault>();
   private readonly counts = new Map<string, number>();
   private readonly requestWaiters = new Set<() => void>();
@@ -359,7 +361,9 @@ export class HttpDatalakeServer {
     const chunk = bytesPerSecond > 0 ? Math.max(1, Math.floor((bytesPerSecond * tickMs) / 1000)) : 64 * 1024;
     for (let off = 0; off < data.length; off += chunk) {
       if (res.destroyed) return;
-      const ok = res.write(data.subarray(off, off + chunk));
+      const piece = data.subarray(off, off + chunk);
+      this.bodyBytesSent += piece.length;
+      const ok = res.write(piece);
       if (!ok) {
         await new Promise<void>((resolve) => {
           const done = () => {

@@ -43,6 +43,8 @@ export interface TestMountOptions {
   opTimeoutMs?: number;
   negativeTtlMs?: number;
   cacheDir?: string;
+  /** Any other mount settings (cache bound, traces, indexes…). */
+  extra?: Partial<MountConfig>;
 }
 
 export function captureLogger(lines: LogLine[], onLine?: (l: LogLine) => void): Logger {
@@ -89,6 +91,7 @@ export async function withMount<T>(options: TestMountOptions, fn: (m: TestMount)
     opTimeoutMs: options.opTimeoutMs ?? 30_000,
     negativeTtlMs: options.negativeTtlMs ?? 30_000,
     logFormat: 'text',
+    ...options.extra,
   };
   let running: RunningMount | undefined;
   try {

@@ -1,0 +1,126 @@
+/**
+ * Read traces: the files a workload read on one mount (`--record-trace FILE`), replayed as
+ * prefetches on a later mount (`--prefetch-trace FILE`), so the next first use finds them
+ * local.
+ *
+ * Format (text, one file per line, in the order of first read):
+ *   # narfs read trace 1
+ *   <store path basename>\t<narOffset>
+ * `narOffset` names the file inside its store path (the offset of its contents in the
+ * NAR, as in `.ls` and the index): a store path is immutable, so it names the same file
+ * on every mount. Lines that do not parse are skipped with one warning; a basename that is
+ * not a store path basename never reaches the store.
+ *
+ * Invariants: recording never fails or slows a read (lines are queued on a write stream;
+ * an I/O error is logged once and recording stops); a replay is bounded in concurrency,
+ * stops when the mount closes, and its failures are logged, never raised.
+ */
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { NarfsError, toNarfsError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { isStorePathBase } from '../nix/store-path.js';
+
+export const TRACE_HEADER = '# narfs read trace 1';
+
+export interface TraceEntry {
+  name: string;
+  narOffset: number;
+}
+
+/** Parses a trace file's text; bad lines are counted, not fatal. */
+export function parseTrace(text: string): { entries: TraceEntry[]; bad: number } {
+  const entries: TraceEntry[] = [];
+  const seen = new Set<string>();
+  let bad = 0;
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^(\S+)\t(\d{1,15})$/.exec(line);
+    if (!m || !isStorePathBase(m[1]!)) {
+      bad++;
+      continue;
+    }
+    const key = `${m[1]}\t${m[2]}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    entries.push({ name: m[1]!, narOffset: Number(m[2]) });
+  }
+  return { entries, bad };
+}
+
+export class TraceRecorder {
+  readonly #out: WriteStream;
+  readonly #logger: Logger;
+  #failed = false;
+  lines = 0;
+
+  constructor(path: string, logger: Logger) {
+    this.#logger = logger;
+    this.#out = createWriteStream(path, { flags: 'w', mode: 0o644 });
+    this.#out.on('error', (err) => {
+      if (this.#failed) return;
+      this.#failed = true;
+      this.#logger.warn('cannot write the read trace; recording stopped', { path, err: toNarfsError(err, 'ERR_CACHE_IO') });
+    });
+    this.#out.write(`${TRACE_HEADER}\n`);
+  }
+
+  record(name: string, narOffset: number): void {
+    if (this.#failed) return;
+    this.lines++;
+    this.#out.write(`${name}\t${narOffset}\n`);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.#out.end(() => resolve()));
+  }
+}
+
+export interface TracePrefetcher {
+  prefetchFile(name: string, narOffset: number, signal: AbortSignal): Promise<void>;
+}
+
+/**
+ * Prefetches every file of the trace at `path` (at most `concurrency` at once) until done
+ * or `signal` aborts. Never throws: a missing trace file is one warning.
+ */
+export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = 4): Promise<{ files: number; failed: number }> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    logger.warn('cannot read the prefetch trace; nothing prefetched', { path, err: toNarfsError(err, 'ERR_USAGE') });
+    return { files: 0, failed: 0 };
+  }
+  const { entries, bad } = parseTrace(text);
+  if (bad > 0) logger.warn('prefetch trace has lines that are not "<store path>\\t<narOffset>"; skipped', { path, bad });
+  const t0 = performance.now();
+  let failed = 0;
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < entries.length && !signal.aborted) {
+      const e = entries[next++]!;
+      try {
+        await store.prefetchFile(e.name, e.narOffset, signal);
+      } catch (err) {
+        if (signal.aborted) return;
+        failed++;
+        logger.debug('trace prefetch of a file failed', { path: e.name, narOffset: e.narOffset, err: toNarfsError(err) });
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  logger.info('prefetch trace replayed', { path, files: entries.length, failed, ms: Math.round(performance.now() - t0) });
+  if (signal.aborted) return { files: next, failed };
+  return { files: entries.length, failed };
+}
+
+/** ERR_USAGE unless `path` is a readable trace (checked at start, so a typo fails early). */
+export async function checkTraceReadable(path: string): Promise<void> {
+  try {
+    await readFile(path, 'utf8');
+  } catch (err) {
+    throw new NarfsError('ERR_USAGE', `--prefetch-trace ${path}: cannot read it`, { cause: err, hint: 'Give a file written by --record-trace on an earlier mount.' });
+  }
+}

@@ -1,0 +1,326 @@
+/**
+ * End to end, per-file laziness on a real mount: fixture datalakes (built by real Nix)
+ * copied and indexed by `narfs index` (none as it is, zstd re-encoded `--seekable`), then:
+ *
+ * - every store path reads byte-exact (`nix hash path` = NarHash), the large file by
+ *   ranged, verified chunk reads, never its whole NAR;
+ * - a 1 MiB read in the middle of a 40 MiB file over HTTP fetches at most 1.5x what it
+ *   read, in one ranged request after the narinfo and the index;
+ * - a NAR byte flipped under an index is never served (EIO, ERR_CHUNK_HASH_MISMATCH
+ *   logged) while other chunks still read, and reads right once the byte is restored;
+ * - an index signed by an untrusted key is ignored with a warning: the path is read whole;
+ * - with a cache bound, a workload twice its size reads byte-exact, the bound holds, and a
+ *   file held open is never evicted;
+ * - `--record-trace` then `--prefetch-trace` fetches the traced files before any read,
+ *   and `narfs prefetch` fetches a closure through the control socket.
+ *
+ * Reads go through child processes (dd, sha256sum, nix): the daemon runs in this process,
+ * and a read from its own event loop would wait on itself.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FIXTURE_BUILD_TIMEOUT_MS, loadFixtures, type Fixtures } from '../support/fixtures.js';
+import { NIX_ENV, run, withMount, type TestMount } from '../support/mount-harness.js';
+import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { indexCommand } from '../../src/index/index-command.js';
+import { parseNarInfo } from '../../src/nix/narinfo.js';
+import { formatHash } from '../../src/nix/hash.js';
+import { parseNarIndex, findFile, NAR_INDEX_SUFFIX } from '../../src/nix/nar-index.js';
+import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
+import { prefetchCommand } from '../../src/cli/prefetch-command.js';
+
+const MiB = 1 << 20;
+
+function sha256File(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+async function mountedSha(path: string): Promise<string> {
+  const r = await run('sha256sum', [path]);
+  assert.equal(r.code, 0, `sha256sum ${path}: ${r.stderr}`);
+  // sha256sum marks a name with a backslash or newline by a leading backslash.
+  return r.stdout.split(' ')[0]!.replace(/^\\/, '');
+}
+
+/** `count` MiB at MiB `skip` of `path`, read by dd in a child process. */
+async function ddSha(path: string, skip: number, count: number): Promise<{ code: number; sha: string; stderr: string }> {
+  const r = await run('bash', ['-c', `set -o pipefail; dd if="$1" bs=1M skip=${skip} count=${count} iflag=direct status=none | sha256sum`, 'dd', path]);
+  return { code: r.code, sha: r.stdout.split(' ')[0] ?? '', stderr: r.stderr };
+}
+
+function localSlice(path: string, skip: number, count: number): string {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(count * MiB);
+    const n = readSync(fd, buf, 0, buf.length, skip * MiB);
+    return createHash('sha256').update(buf.subarray(0, n)).digest('hex');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Every regular file under a local store path (relative paths). */
+function filesUnder(root: string, rel = ''): string[] {
+  const out: string[] = [];
+  const st = statSync(join(root, rel), { throwIfNoEntry: false });
+  if (!st) return out;
+  if (st.isFile()) return [rel];
+  if (!st.isDirectory()) return out;
+  for (const e of readdirSync(join(root, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) out.push(...filesUnder(root, r));
+    else if (e.isFile()) out.push(r);
+  }
+  return out;
+}
+
+async function blobBytes(cacheDir: string): Promise<number> {
+  let total = 0;
+  for (const d of ['blobs', 'partial']) {
+    const walk = (p: string): void => {
+      let entries;
+      try {
+        entries = readdirSync(p, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        if (e.isDirectory()) walk(join(p, e.name));
+        else {
+          // What the store counts: a complete file's size, a sparse partial file's chunks on disk.
+          const st = statSync(join(p, e.name));
+          total += d === 'blobs' ? st.size : st.blocks * 512;
+        }
+      }
+    };
+    walk(join(cacheDir, d));
+  }
+  return total;
+}
+
+/** Bytes the cache holds once at most `bound` (re-checked as files go), or after 30 s. */
+async function untilWithin(cacheDir: string, bound: number): Promise<number> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const held = await blobBytes(cacheDir);
+    if (held <= bound || Date.now() > deadline) return held;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function index(dir: string, keyFile: string, seekable: boolean): Promise<void> {
+  const code = await indexCommand(['--secret-key-file', keyFile, ...(seekable ? ['--seekable'] : []), `file://${dir}`]);
+  assert.equal(code, 0, `narfs index ${dir} exited ${code}`);
+}
+
+describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-addressed cache)', function () {
+  this.timeout(15 * 60_000);
+  let fixtures: Fixtures;
+  let root: string;
+  let lakes: { none: string; zstd: string; otherKey: string };
+  let large: { base: string; rel: string; local: string; size: number };
+
+  before(async function () {
+    this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
+    fixtures = await loadFixtures();
+    root = mkdtempSync(join(tmpdir(), 'narfs-perfile-'));
+    lakes = { none: join(root, 'none'), zstd: join(root, 'zstd'), otherKey: join(root, 'other-key') };
+    cpSync(fixtures.datalakes.none.dir, lakes.none, { recursive: true });
+    cpSync(fixtures.datalakes.zstd.dir, lakes.zstd, { recursive: true });
+    cpSync(fixtures.datalakes.none.dir, lakes.otherKey, { recursive: true });
+    await index(lakes.none, fixtures.secretKeyFile, false);
+    await index(lakes.zstd, fixtures.secretKeyFile, true);
+    await index(lakes.otherKey, fixtures.otherSecretKeyFile, false);
+    const base = storePathBase(parseStorePath(fixtures.largeFile.storePath));
+    large = { base, rel: fixtures.largeFile.relPath, local: join(fixtures.largeFile.storePath, fixtures.largeFile.relPath), size: fixtures.largeFile.size };
+  });
+
+  after(() => {
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  const mountOf = (dir: string) => ({ datalakes: [`file://${dir}`], trustedPublicKeys: fixtures.publicKey });
+
+  for (const kind of ['none', 'zstd'] as const) {
+    it(`serves every path byte-exact from an indexed ${kind === 'zstd' ? 'seekable zstd' : 'none'} datalake, the large file by range`, async function () {
+      const dir = lakes[kind];
+      const problems: string[] = [];
+      await withMount(mountOf(dir), async (m) => {
+        // The large file first, alone: it must come by range, not as a whole NAR.
+        assert.equal((await ddSha(join(m.mnt, large.base, large.rel), 20, 1)).sha, localSlice(large.local, 20, 1));
+        assert.ok(m.running.store.counters.rangedReads > 0, 'a ranged read happened');
+        assert.ok(!m.logs.some((l) => l.msg === 'materialised' && String(l.fields.path ?? '').includes(large.base)), 'the large file was not fetched whole');
+        for (const p of fixtures.paths) {
+          const b = storePathBase(parseStorePath(p.storePath));
+          const h = await run('nix', ['hash', 'path', '--type', 'sha256', '--base32', join(m.mnt, b)], NIX_ENV);
+          if (h.code !== 0) problems.push(`nix hash path ${b}: ${h.stderr.trim()}`);
+          else if (`sha256:${h.stdout.trim()}` !== p.narHash) problems.push(`${b}: sha256:${h.stdout.trim()} != ${p.narHash}`);
+        }
+        for (const l of m.logs.filter((x) => x.level === 'error' || (x.level === 'warn' && /index/.test(x.msg)))) problems.push(`${l.level}: ${l.msg} ${JSON.stringify(l.fields)}`);
+      });
+      assert.deepEqual(problems, []);
+    });
+  }
+
+  it('a 1 MiB read inside a 40 MiB file over HTTP fetches <= 1.5x what it read, after the narinfo and the index', async function () {
+    const server = await HttpDatalakeServer.start({ root: lakes.none, latencyMs: 20 });
+    try {
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+        const before = { n: server.totalRequests, bytes: server.bodyBytesSent, log: server.requests.length };
+        const r = await ddSha(join(m.mnt, large.base, large.rel), 17, 1);
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(r.sha, localSlice(large.local, 17, 1));
+        const asked = server.requests.slice(before.log).map((q) => q.relPath);
+        const narRequests = asked.filter((p) => p.startsWith('nar/'));
+        const hashPart = large.base.slice(0, 32);
+        assert.ok(asked.includes(`${hashPart}.narinfo`) && asked.includes(`${hashPart}${NAR_INDEX_SUFFIX}`), `asked: ${asked.join(', ')}`);
+        assert.ok(narRequests.length >= 1 && narRequests.length <= 2, `NAR requests: ${narRequests.length} (${asked.join(', ')})`);
+        const smallFiles = asked.filter((p) => !p.startsWith('nar/'))
+          .reduce((n, p) => n + (statSync(join(lakes.none, p), { throwIfNoEntry: false })?.size ?? 0), 0);
+        const narBytes = server.bodyBytesSent - before.bytes - smallFiles;
+        assert.ok(narBytes <= 1.5 * MiB, `fetched ${narBytes} NAR bytes for a 1 MiB read`);
+      });
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('never serves a chunk whose bytes do not match the index; other chunks read; a fixed NAR reads right', async function () {
+    const dir = join(root, 'flip');
+    cpSync(lakes.none, dir, { recursive: true });
+    const ni = parseNarInfo(readFileSync(join(dir, `${large.base.slice(0, 32)}.narinfo`), 'utf8'));
+    const idx = parseNarIndex(readFileSync(join(dir, `${large.base.slice(0, 32)}${NAR_INDEX_SUFFIX}`)));
+    const file = idx.files.find((f) => f.size === large.size)!;
+    assert.ok(file && findFile(idx, file.narOffset) === file);
+    const narPath = join(dir, ni.url);
+    const at = file.narOffset + 5 * MiB + 1234; // inside MiB 5 of the file
+    const fd = openSync(narPath, 'r+');
+    const orig = Buffer.alloc(1);
+    readSync(fd, orig, 0, 1, at);
+    writeSync(fd, Buffer.from([orig[0]! ^ 0x40]), 0, 1, at);
+    closeSync(fd);
+    await withMount(mountOf(dir), async (m) => {
+      const p = join(m.mnt, large.base, large.rel);
+      const bad = await ddSha(p, 5, 1);
+      assert.notEqual(bad.code, 0, 'the damaged chunk was served');
+      assert.match(bad.stderr, /Input\/output error/);
+      await m.waitForLog((l) => JSON.stringify(l.fields).includes('ERR_CHUNK_HASH_MISMATCH'), 'ERR_CHUNK_HASH_MISMATCH logged');
+      assert.equal((await ddSha(p, 30, 1)).sha, localSlice(large.local, 30, 1), 'another chunk still reads');
+      const fd2 = openSync(narPath, 'r+');
+      writeSync(fd2, orig, 0, 1, at);
+      closeSync(fd2);
+      const good = await ddSha(p, 5, 1);
+      assert.equal(good.code, 0, good.stderr);
+      assert.equal(good.sha, localSlice(large.local, 5, 1));
+    });
+  });
+
+  it('ignores an index signed by an untrusted key (warning) and reads the path whole', async function () {
+    await withMount(mountOf(lakes.otherKey), async (m) => {
+      assert.equal((await ddSha(join(m.mnt, large.base, large.rel), 3, 1)).sha, localSlice(large.local, 3, 1));
+      await m.waitForLog((l) => l.msg === 'published index ignored; the path is read whole' && JSON.stringify(l.fields).includes('ERR_INDEX_SIGNATURE'), 'the untrusted index is ignored with its code');
+      assert.equal(m.running.store.counters.rangedReads, 0);
+      assert.ok(m.running.materialiser.fetches > 0, 'the NAR was fetched whole');
+    });
+  });
+
+  it('keeps a cache bound under a workload twice its size, byte-exact, never evicting a file held open', async function () {
+    const bound = 12 * MiB;
+    // The file to hold open: its name must round-trip through JS strings.
+    const plain = fixtures.paths.filter((p) => !p.storePath.includes('byte-names'));
+    const held = plain.map((p) => ({ p, files: filesUnder(p.storePath) }))
+      .flatMap(({ p, files }) => files.map((f) => ({ p, f, size: statSync(join(p.storePath, f)).size })))
+      .sort((a, b) => b.size - a.size).find((x) => x.size < 4 * MiB)!;
+    assert.ok(held && held.size > 0, 'a fixture file under 4 MiB to hold open');
+    await withMount({ ...mountOf(lakes.none), extra: { cacheMaxBytes: bound } }, async (m) => {
+      const heldPath = join(m.mnt, storePathBase(parseStorePath(held.p.storePath)), held.f);
+      const want = sha256File(join(held.p.storePath, held.f));
+      // A child that opens the file, reads it, waits, then reads it again through the same descriptor.
+      const child = spawn(process.execPath, ['-e', `
+        const fs = require('fs'), c = require('crypto');
+        const fd = fs.openSync(process.argv[1], 'r');
+        const read = () => { const st = fs.fstatSync(fd); const b = Buffer.alloc(st.size); fs.readSync(fd, b, 0, st.size, 0); return c.createHash('sha256').update(b).digest('hex'); };
+        process.stdout.write(read() + '\\n');
+        process.stdin.once('data', () => { process.stdout.write(read() + '\\n'); fs.closeSync(fd); process.exit(0); });`, heldPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', () => { if (out.includes('\n')) resolve(); });
+        child.on('exit', (c) => reject(new Error(`holder exited ${c}`)));
+      });
+      assert.equal(out.trim(), want);
+      const heldBlob = join(m.cacheDir, 'blobs', want.slice(0, 2), want);
+      // The workload: every file of every path, twice (each pass is over twice the bound).
+      let readBytes = 0;
+      const problems: string[] = [];
+      const sums = (dir: string) => run('bash', ['-c', 'cd "$(dirname "$1")" && find "$(basename "$1")" -type f -print0 | sort -z | xargs -0 -r sha256sum', 'sums', dir]);
+      for (let pass = 0; pass < 2; pass++) {
+        for (const p of fixtures.paths) {
+          const b = storePathBase(parseStorePath(p.storePath));
+          const [got, want] = [await sums(join(m.mnt, b)), await sums(p.storePath)];
+          if (got.code !== 0 || got.stdout !== want.stdout) problems.push(`${b}: ${got.stderr.trim() || 'contents differ'}`);
+          readBytes += p.narSize;
+          // The kernel sends RELEASE after the reader exits: the bound may wait for it.
+          const held = await untilWithin(m.cacheDir, bound);
+          if (held > bound) problems.push(`cache holds ${held} bytes > bound ${bound}`);
+        }
+      }
+      assert.ok(readBytes >= 2 * bound, `workload ${readBytes} bytes`);
+      assert.deepEqual(problems, []);
+      assert.ok(m.running.stack.blobs.stats().evictions > 0, 'something was evicted');
+      assert.ok(statSync(heldBlob, { throwIfNoEntry: false }), 'the file held open is still in the cache');
+      child.stdin.write('\n');
+      await new Promise<void>((resolve) => child.on('exit', () => resolve()));
+      assert.equal(out.trim().split('\n')[1], want, 'the held descriptor still reads the right bytes');
+    });
+  });
+
+  it('records the files a workload read and prefetches them on the next mount; narfs prefetch fetches a closure', async function () {
+    const trace = join(root, 'trace.txt');
+    const server = await HttpDatalakeServer.start({ root: lakes.none });
+    try {
+      const targets = [{ skip: 2 }, { skip: 25 }];
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey, extra: { recordTrace: trace } }, async (m) => {
+        for (const t of targets) assert.equal((await ddSha(join(m.mnt, large.base, large.rel), t.skip, 1)).sha, localSlice(large.local, t.skip, 1));
+      });
+      const lines = readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+      assert.deepEqual(lines.map((l) => l.split('\t')[0]), [large.base], `trace: ${lines.join(' | ')}`);
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey, extra: { prefetchTrace: trace } }, async (m) => {
+        await m.waitForLog((l) => l.msg === 'prefetch trace replayed', 'the trace replayed');
+        const n = server.requests.length;
+        assert.equal((await mountedSha(join(m.mnt, large.base, large.rel))), sha256File(large.local));
+        const narAfter = server.requests.slice(n).filter((q) => q.relPath.startsWith('nar/'));
+        assert.equal(narAfter.length, 0, 'the traced file was local before it was read');
+      });
+      // narfs prefetch through the control socket: the top's closure, then reads cost no NAR request.
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m: TestMount) => {
+        const sink = Object.assign(Object.create(process.stderr) as NodeJS.WriteStream, { isTTY: false, write: () => true });
+        const code = await prefetchCommand({ cacheDir: m.cacheDir, roots: [fixtures.top] }, sink);
+        assert.equal(code, 0);
+        const n = server.requests.length;
+        const closure = new Set<string>([fixtures.top]);
+        for (let grew = true; grew;) {
+          grew = false;
+          for (const p of fixtures.paths) {
+            if (!closure.has(p.storePath)) continue;
+            for (const r of p.references) if (!closure.has(r)) { closure.add(r); grew = true; }
+          }
+        }
+        for (const p of fixtures.paths.filter((x) => closure.has(x.storePath))) {
+          const b = storePathBase(parseStorePath(p.storePath));
+          const h = await run('nix', ['hash', 'path', '--type', 'sha256', '--base32', join(m.mnt, b)], NIX_ENV);
+          assert.equal(`sha256:${h.stdout.trim()}`, p.narHash, `${b}: ${h.stderr}`);
+        }
+        const nar = server.requests.slice(n).filter((q) => q.relPath.startsWith('nar/'));
+        assert.deepEqual(nar.map((q) => q.relPath), [], 'no NAR request after the prefetch');
+      });
+    } finally {
+      await server.close();
+    }
+    writeFileSync(trace, '');
+  });
+});
