@@ -108,6 +108,7 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   }
   if (o.Get("entryTtl").IsNumber()) opts.entryTtl = o.Get("entryTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("attrTtl").IsNumber()) opts.attrTtl = o.Get("attrTtl").As<Napi::Number>().DoubleValue();
+  if (o.Get("passthrough").IsBoolean()) opts.passthrough = o.Get("passthrough").As<Napi::Boolean>().Value();
 
   Tsfn tsfn = Tsfn::New(env, info[1].As<Napi::Function>(), "narfs-fuse", 0, 1);
   auto tsfnPtr = std::make_shared<Tsfn>(tsfn);
@@ -173,10 +174,13 @@ Napi::Value ReplyAttr(const Napi::CallbackInfo& info) {
                                              args[4], static_cast<uint32_t>(args[5])));
 }
 
+// replyOpen(s, ch, unique, nodeid, fh, openFlags) → errno of the reply (0: the kernel has
+// the handle and will RELEASE it; otherwise it never will). C picks the io mode.
 Napi::Value ReplyOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  SESSION_AND(4);
-  return Napi::Number::New(env, s->replyOpen(static_cast<int>(args[0]), args[1], args[2], static_cast<uint32_t>(args[3])));
+  SESSION_AND(5);
+  return Napi::Number::New(env, s->replyOpen(static_cast<int>(args[0]), args[1], args[2], args[3],
+                                             static_cast<uint32_t>(args[4])));
 }
 
 Napi::Value ReplyStatfs(const Napi::CallbackInfo& info) {
@@ -319,6 +323,11 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   o.Set("readsInC", static_cast<double>(st.readsInC));
   o.Set("bytesInC", static_cast<double>(st.bytesInC));
   o.Set("passthroughOffered", (s->initFlags() >> 63) != 0);
+  o.Set("passthroughEnabled", st.passthroughEnabled);
+  o.Set("passthroughOpens", static_cast<double>(st.passthroughOpens));
+  o.Set("backingLive", static_cast<double>(st.backingLive));
+  o.Set("passthroughFallbacks", static_cast<double>(st.passthroughFallbacks));
+  o.Set("passthroughConflicts", static_cast<double>(st.passthroughConflicts));
   return o;
 }
 

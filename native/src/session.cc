@@ -213,12 +213,8 @@ int Session::replyAttr(int ch, uint64_t unique, uint64_t nodeid, uint32_t mode, 
   return send(ch, unique, 0, &o, sizeof o);
 }
 
-int Session::replyOpen(int ch, uint64_t unique, uint64_t fh, uint32_t openFlags) {
-  open_out o;
-  std::memset(&o, 0, sizeof o);
-  o.fh = fh;
-  o.open_flags = openFlags;
-  return send(ch, unique, 0, &o, sizeof o);
+int Session::replyOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags) {
+  return sendOpen(ch, unique, nodeid, fh, openFlags, false);
 }
 
 int Session::replyData(int ch, uint64_t unique, const uint8_t* data, size_t len) {
@@ -286,12 +282,14 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
       close(f);
       return false;
     }
-    ref = std::make_shared<FileRef>(f, path);
+    ref = std::make_shared<FileRef>(f, path, fileTotal);
   }
+  if (ref->size != fileTotal) return false;
   std::unique_lock<std::shared_mutex> g(mu_);
   files_[path] = ref;
   auto it = nodes_.find(nodeid);
   if (it == nodes_.end()) return false;
+  if (it->second.file != ref) retireBacking(it->second);
   it->second.file = ref;
   it->second.fileOffset = offset;
   it->second.fileSize = size;
@@ -301,7 +299,10 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
 void Session::dropContent(const std::string& path) {
   std::unique_lock<std::shared_mutex> g(mu_);
   for (auto& [id, n] : nodes_) {
-    if (n.file && n.file->path == path) n.file.reset();
+    if (n.file && n.file->path == path) {
+      n.file.reset();
+      retireBacking(n);
+    }
   }
   files_.erase(path);
 }
@@ -313,6 +314,8 @@ void Session::forgetNode(uint64_t nodeid) {
     auto it = nodes_.find(nodeid);
     if (it == nodes_.end()) return;
     nodesPeak_ = std::max(nodesPeak_, nodes_.size());
+    // The kernel forgot the inode, so no file of it is open: its backing id can go.
+    closeBacking(it->second);
     if (it->second.file) {
       std::string path = it->second.file->path;
       nodes_.erase(it);
@@ -340,6 +343,11 @@ Stats Session::stats() {
   s.inC = inC_.load();
   s.readsInC = readsInC_.load();
   s.bytesInC = bytesInC_.load();
+  s.passthroughEnabled = ptEnabled_.load();
+  s.passthroughOpens = ptOpens_.load();
+  s.backingLive = backingLive_.load();
+  s.passthroughFallbacks = ptFallbacks_.load();
+  s.passthroughConflicts = ptConflicts_.load();
   std::shared_lock<std::shared_mutex> g(mu_);
   s.nodes = nodes_.size();
   return s;
@@ -374,7 +382,12 @@ bool Session::init(int ch, uint8_t* buf, size_t bufsize) {
     const uint64_t offered = r.initFlags;
     uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS |
                     FUSE_CACHE_SYMLINKS | FUSE_MAX_PAGES | FUSE_ABORT_ERROR | FUSE_INIT_EXT;
+    want |= wantPassthrough(offered);
     uint64_t flags = want & offered;
+    if (flags & FUSE_PASSTHROUGH) {
+      o.max_stack_depth = 1;
+      ptEnabled_ = true;
+    }
     o.flags = static_cast<uint32_t>(flags);
     o.flags2 = static_cast<uint32_t>(flags >> 32);
     o.max_readahead = r.maxReadahead;
@@ -492,15 +505,14 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
         send(ch, r.unique, EROFS, nullptr, 0);
         return true;
       }
-      std::shared_lock<std::shared_mutex> g(mu_);
-      auto it = nodes_.find(r.nodeid);
-      if (it == nodes_.end() || !it->second.file) return false;
-      g.unlock();
-      open_out o;
-      std::memset(&o, 0, sizeof o);
-      o.fh = 0;
-      o.open_flags = FOPEN_KEEP_CACHE;
-      send(ch, r.unique, 0, &o, sizeof o);
+      {
+        std::shared_lock<std::shared_mutex> g(mu_);
+        auto it = nodes_.find(r.nodeid);
+        if (it == nodes_.end() || !it->second.file) return false;
+      }
+      // Content dropped in between: the open is still C's (handle 0); its reads then go
+      // to JS, which serves handle 0 by node.
+      sendOpen(ch, r.unique, r.nodeid, 0, FOPEN_KEEP_CACHE, true);
       return true;
     }
     case FUSE_READ: {
@@ -553,9 +565,15 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
     case FUSE_FSYNCDIR:
       send(ch, r.unique, 0, nullptr, 0);
       return true;
-    case FUSE_RELEASE:
+    case FUSE_RELEASE: {
+      {
+        std::unique_lock<std::shared_mutex> g(mu_);
+        countRelease(r.nodeid, r.fh);
+      }
       send(ch, r.unique, 0, nullptr, 0);
-      return r.fh == 0;  // a JS handle is also released in JS (no second reply)
+      // A JS handle is also released in JS (no second reply).
+      return r.fh == 0 || r.fh == kPassthroughFh;
+    }
     case FUSE_GETXATTR:
       send(ch, r.unique, ENODATA, nullptr, 0);
       return true;

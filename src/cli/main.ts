@@ -45,6 +45,8 @@ narfs mount options:
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --fuse-backend native|fuse-native  FUSE engine (default native; fuse-native is the libfuse 2 fallback)
+  --no-passthrough            never use FUSE passthrough for cached files (native engine;
+                              default: used as root where the kernel offers it)
   --log-format text|json      log line format on stderr (default text)
   --metrics-listen HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
                               (off by default; e.g. 127.0.0.1:9477)
@@ -166,6 +168,7 @@ const MOUNT_OPTIONS: OptionSpec = {
   'allow-other': { type: 'boolean' },
   'decompress-jobs': { type: 'string' },
   'fuse-backend': { type: 'string' },
+  passthrough: { type: 'boolean' },
   'log-format': { type: 'string' },
   'metrics-listen': { type: 'string' },
   ...ACCESS_OPTIONS,
@@ -232,6 +235,7 @@ async function mountCommand(args: string[]): Promise<number> {
     allowOther: values['allow-other'] as boolean | undefined,
     decompressJobs: values['decompress-jobs'] as string | undefined,
     fuseBackend: values['fuse-backend'] as string | undefined,
+    passthrough: values.passthrough as boolean | undefined,
     logFormat: values['log-format'] as string | undefined,
     netrcFile: values['netrc-file'] as string | undefined,
     bearerTokenFile: values['bearer-token-file'] as string[] | undefined,

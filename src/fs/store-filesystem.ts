@@ -54,7 +54,17 @@ export interface ContentReader {
    * serve reads without asking again. Must not throw.
    */
   contentFile?(name: string): { path: string; size: number } | undefined;
-  /** Calls `listener` when the file `contentFile` named for `name` must not be read any more. */
+  /**
+   * The local file that holds exactly the verified bytes of the regular file at `narOffset`
+   * in `name`'s NAR (`size` bytes, from offset 0: a per-file blob), or undefined. Preferred
+   * over contentFile: a FUSE engine can hand a whole file to the kernel (passthrough).
+   * Must not throw.
+   */
+  fileContent?(name: string, narOffset: number, size: number): string | undefined;
+  /**
+   * Calls `listener` when a file `contentFile` or `fileContent` named for `name` must not
+   * be read any more.
+   */
   watchDropped?(listener: (name: string, path: string) => void): void;
 }
 
@@ -316,6 +326,9 @@ export class StoreFilesystem {
   contentLocation(ino: number): ContentLocation | undefined {
     const inode = this.#inodes.get(ino);
     if (!inode || inode.node.type !== 'regular' || inode.node.size === 0) return undefined;
+    const { narOffset, size } = inode.node;
+    const whole = this.#content.fileContent?.(inode.storeName, narOffset, size);
+    if (whole !== undefined) return { path: whole, offset: 0, size, fileSize: size };
     const file = this.#content.contentFile?.(inode.storeName);
     if (!file) return undefined;
     return { path: file.path, offset: inode.node.narOffset, size: inode.node.size, fileSize: file.size };

@@ -6,7 +6,9 @@
  * Division of work (docs: architecture.md, data flow):
  * - C answers, without entering JS: GETATTR of nodes JS has described, READLINK of
  *   symlinks already read once, OPEN/READ of files whose verified bytes are complete in
- *   the cache (pread from the cache file: JS pushes the location with setContent), OPENDIR,
+ *   the cache (pread from the cache file: JS pushes the location with setContent; a file
+ *   whose bytes are a whole local file, offset 0, is opened in FUSE passthrough where the
+ *   kernel and privileges allow, so its reads never leave the kernel), OPENDIR,
  *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
  *   read-only).
  * - JS sees: LOOKUP, READDIRPLUS/READDIR, the first READLINK of a node, OPEN/READ of files
@@ -42,7 +44,7 @@ interface Addon {
   replyErr(s: Session, ch: number, unique: number, errno: number): number;
   replyEntry(s: Session, ch: number, unique: number, nodeid: number, mode: number, size: number, nlink: number, entryTtl: number): number;
   replyAttr(s: Session, ch: number, unique: number, nodeid: number, mode: number, size: number, nlink: number): number;
-  replyOpen(s: Session, ch: number, unique: number, fh: number, openFlags: number): number;
+  replyOpen(s: Session, ch: number, unique: number, nodeid: number, fh: number, openFlags: number): number;
   replyData(s: Session, ch: number, unique: number, data: Buffer): number;
   replyReadlink(s: Session, ch: number, unique: number, nodeid: number, target: Buffer): number;
   replyStatfs(s: Session, ch: number, unique: number, blocks: number, files: number, bsize: number, namemax: number): number;
@@ -63,6 +65,16 @@ export interface NativeStats {
   readsInC: number;
   bytesInC: number;
   passthroughOffered: boolean;
+  /** FUSE_PASSTHROUGH negotiated (offered, asked for, root) and not refused since. */
+  passthroughEnabled: boolean;
+  /** Opens answered with FOPEN_PASSTHROUGH (reads then never reach narfs). */
+  passthroughOpens: number;
+  /** Backing ids registered with the kernel and not yet closed. */
+  backingLive: number;
+  /** FUSE_DEV_IOC_BACKING_OPEN failures (served by pread instead). */
+  passthroughFallbacks: number;
+  /** Opens refused with EIO: content dropped while passthrough files of it were open. */
+  passthroughConflicts: number;
 }
 
 type Dispatch = (kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,
@@ -104,6 +116,11 @@ export interface NativeMountOptions extends FuseMountOptions {
   threads?: number;
   /** Mount through fusermount3 (unprivileged) instead of mount(2). Default: when not root. */
   useFusermount?: boolean;
+  /**
+   * FUSE passthrough for files whose verified bytes are a whole local file. Default true;
+   * only takes effect as root on a kernel that offers it (else pread from C).
+   */
+  passthrough?: boolean;
 }
 
 export class NativeMount {
@@ -111,7 +128,8 @@ export class NativeMount {
   readonly #opts: NativeMountOptions;
   readonly #log: Logger;
   readonly #inflight = new Map<number, AbortController>();
-  readonly #pushed = new Set<number>();
+  /** Nodes whose content location C has (nodeid → path), so it is pushed once. */
+  readonly #pushed = new Map<number, string>();
   readonly #loggedFailures = new Map<string, number>();
   #session: Session | undefined;
   #mounted = false;
@@ -152,12 +170,15 @@ export class NativeMount {
         threads: o.threads ?? 4,
         entryTtl: this.#entryTtl,
         attrTtl: o.attrTimeoutS ?? 86400,
+        passthrough: o.passthrough ?? true,
       }, (...args) => this.#dispatch(...args));
     } catch (err) {
       throw new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${(err as Error).message}`, { cause: err });
     }
     this.#fs.watchDropped((path) => {
       if (this.#session) a.dropContent(this.#session, path);
+      // C forgot those locations: push again once the content is back.
+      for (const [nodeid, p] of this.#pushed) if (p === path) this.#pushed.delete(nodeid);
     });
     try {
       await withDeadline(30_000, () => Promise.race([ready, this.#closed.then(() => {
@@ -249,12 +270,13 @@ export class NativeMount {
         case OP.OPEN: {
           const fh = this.#fs.open(nodeid, flags);
           this.#pushContent(n, s, nodeid);
-          n.replyOpen(s, ch, unique, fh, FOPEN_KEEP_CACHE);
+          // Not taken (interrupted, or refused by C): no RELEASE will ever come for it.
+          if (n.replyOpen(s, ch, unique, nodeid, fh, FOPEN_KEEP_CACHE) !== 0) this.#fs.release(fh);
           return;
         }
         case OP.READ:
           return this.#async(kind, ch, unique, nodeid, async (signal) => {
-            const data = await this.#fs.read(a, b, c, signal);
+            const data = await this.#readAt(nodeid, a, b, c, signal);
             n.replyData(s, ch, unique, data);
             this.#pushContent(n, s, nodeid);
           });
@@ -350,6 +372,20 @@ export class NativeMount {
     }
   }
 
+  /**
+   * Reads through handle `fh`; handle 0 is one C opened while it had the content, which
+   * was dropped since: the read is served by node, through a handle of its own.
+   */
+  async #readAt(nodeid: number, fh: number, offset: number, size: number, signal: AbortSignal): Promise<Buffer> {
+    if (fh !== 0) return this.#fs.read(fh, offset, size, signal);
+    const own = this.#fs.open(nodeid, 0);
+    try {
+      return await this.#fs.read(own, offset, size, signal);
+    } finally {
+      this.#fs.release(own);
+    }
+  }
+
   #forget(n: Addon, s: Session, nodeid: number, count: number): void {
     if (this.#fs.forget(nodeid, count)) {
       n.forgetNode(s, nodeid);
@@ -362,7 +398,7 @@ export class NativeMount {
     if (this.#pushed.has(nodeid)) return;
     const loc = this.#fs.contentLocation(nodeid);
     if (!loc) return;
-    if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.add(nodeid);
+    if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.set(nodeid, loc.path);
   }
 
   /** The positive errno for a thrown value, logging EIO-class failures once a minute per kind. */
