@@ -318,6 +318,11 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   narfs::Stats st = s->stats();
   Napi::Object o = Napi::Object::New(env);
   o.Set("toJs", static_cast<double>(st.toJs));
+  Napi::Object byOp = Napi::Object::New(env);
+  for (uint32_t i = 0; i < 64; i++) {
+    if (st.toJsByOpcode[i] != 0) byOp.Set(i, static_cast<double>(st.toJsByOpcode[i]));
+  }
+  o.Set("toJsByOpcode", byOp);
   o.Set("inC", static_cast<double>(st.inC));
   o.Set("nodes", static_cast<double>(st.nodes));
   o.Set("readsInC", static_cast<double>(st.readsInC));

@@ -340,6 +340,7 @@ void Session::forgetNode(uint64_t nodeid) {
 Stats Session::stats() {
   Stats s;
   s.toJs = toJs_.load();
+  for (int i = 0; i < 64; i++) s.toJsByOpcode[i] = toJsOps_[i].load();
   s.inC = inC_.load();
   s.readsInC = readsInC_.load();
   s.bytesInC = bytesInC_.load();
@@ -671,6 +672,7 @@ void Session::toJs(int ch, const Request& r) {
       break;
   }
   toJs_++;
+  toJsOps_[r.opcode < 64 ? r.opcode : 0]++;
   if (!post_(ev)) {
     bool needsReply = r.opcode != FUSE_FORGET && r.opcode != FUSE_BATCH_FORGET && r.opcode != FUSE_INTERRUPT &&
                       r.opcode != FUSE_RELEASE;

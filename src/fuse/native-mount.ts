@@ -58,6 +58,8 @@ interface Addon {
 export interface NativeStats {
   /** Requests handed to JS. */
   toJs: number;
+  /** Requests handed to JS, by FUSE opcode (include/uapi/linux/fuse.h; only those seen). */
+  toJsByOpcode: Record<number, number>;
   /** Requests answered in C. */
   inC: number;
   /** Nodes the C table describes. */
