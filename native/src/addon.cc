@@ -220,9 +220,11 @@ Napi::Value ReplyReadlink(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, s->replyReadlink(static_cast<int>(args[0]), args[1], args[2], d, n));
 }
 
-// replyDir(s, ch, unique, plus, size, startOffset, names: Buffer[], nums: Float64Array)
-// nums holds 5 numbers per entry: ino, nodeid, mode, size, nlink. Returns the entries the
-// kernel received (0 when the write failed).
+// replyDir(s, ch, unique, plus, size, startOffset, names: Buffer[], nums: Float64Array
+//          [, dirNodeid, eofOffset, targets: (Buffer | undefined)[]])
+// nums holds 5 numbers per entry: ino, nodeid, mode, size, nlink; targets the symlink
+// target of an entry (READDIRPLUS); eofOffset the offset after the directory's last entry
+// (0: not known). Returns the entries the kernel received (0 when the write failed).
 Napi::Value ReplyDir(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SESSION_AND(5);
@@ -275,8 +277,26 @@ Napi::Value ReplyDir(const Napi::CallbackInfo& info) {
     e.attr.nlink = static_cast<uint32_t>(p[4]);
     e.attr.blksize = 4096;
   }
+  uint64_t dirNodeid = 0, eofOffset = 0;
+  if (info.Length() > 9 && (!u64(info, 8, &dirNodeid) || !u64(info, 9, &eofOffset))) return env.Undefined();
+  std::vector<Session::Bytes> targets;
+  std::vector<Napi::Buffer<uint8_t>> keepTargets;
+  bool haveTargets = info.Length() > 10 && info[10].IsArray();
+  if (haveTargets) {
+    Napi::Array ts = info[10].As<Napi::Array>();
+    targets.resize(count);
+    keepTargets.reserve(count);
+    for (uint32_t i = 0; i < count && i < ts.Length(); i++) {
+      Napi::Value v = ts[i];
+      if (!v.IsBuffer()) continue;
+      keepTargets.push_back(v.As<Napi::Buffer<uint8_t>>());
+      targets[i].data = keepTargets.back().Data();
+      targets[i].len = keepTargets.back().Length();
+    }
+  }
   int err = 0;
-  size_t n = s->replyDir(static_cast<int>(args[0]), args[1], args[2] != 0, static_cast<uint32_t>(args[3]), entries, &err);
+  size_t n = s->replyDir(static_cast<int>(args[0]), args[1], args[2] != 0, static_cast<uint32_t>(args[3]), entries,
+                         haveTargets ? &targets : nullptr, dirNodeid, eofOffset, &err);
   // A reply the kernel did not take (the request was interrupted) delivered no entry.
   return Napi::Number::New(env, err == 0 ? static_cast<double>(n) : 0);
 }

@@ -246,19 +246,27 @@ int Session::replyStatfs(int ch, uint64_t unique, uint64_t blocks, uint64_t file
 }
 
 size_t Session::replyDir(int ch, uint64_t unique, bool plus, uint32_t size, const std::vector<DirentIn>& entries,
-                         int* err) {
+                         const std::vector<Bytes>* targets, uint64_t dirNodeid, uint64_t eofOffset, int* err) {
   uint32_t cap = size > kMaxWrite ? kMaxWrite : size;
   std::vector<uint8_t> out(cap);
   size_t used = 0;
   size_t n = packDirents(plus, entries.data(), entries.size(), ttlSeconds(opts_.entryTtl), ttlSeconds(opts_.attrTtl),
                          out.data(), cap, &used);
-  if (plus) {
+  if (plus || eofOffset != 0) {
     std::unique_lock<std::shared_mutex> g(mu_);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; plus && i < n; i++) {
       if (entries[i].nodeid == 0) continue;
       Node& node = nodes_[entries[i].nodeid];
       node.attr = entries[i].attr;
       node.hasAttr = true;
+      if (targets != nullptr && i < targets->size() && (*targets)[i].data != nullptr && !node.hasLink) {
+        node.link.assign(reinterpret_cast<const char*>((*targets)[i].data), (*targets)[i].len);
+        node.hasLink = true;
+      }
+    }
+    if (eofOffset != 0) {
+      auto it = nodes_.find(dirNodeid);
+      if (it != nodes_.end()) it->second.dirEnd = eofOffset;
     }
   }
   *err = send(ch, unique, 0, out.data(), used);
@@ -381,7 +389,10 @@ bool Session::init(int ch, uint8_t* buf, size_t bufsize) {
     minor_ = r.minor < kOurMinor ? r.minor : kOurMinor;
     o.minor = minor_;
     const uint64_t offered = r.initFlags;
-    uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS |
+    // READDIRPLUS for every page, not only the first (no READDIRPLUS_AUTO, fs/fuse/readdir.c
+    // fuse_use_readdirplus): entries of later pages of a large directory would otherwise
+    // each cost a LOOKUP round trip to JS when stat'ed.
+    uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_PARALLEL_DIROPS |
                     FUSE_CACHE_SYMLINKS | FUSE_MAX_PAGES | FUSE_ABORT_ERROR | FUSE_INIT_EXT;
     want |= wantPassthrough(offered);
     uint64_t flags = want & offered;
@@ -621,11 +632,19 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
     case FUSE_DESTROY:
       send(ch, r.unique, 0, nullptr, 0);
       return true;
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS: {
+      // The read after a directory's last entry (every listing ends with one).
+      std::shared_lock<std::shared_mutex> g(mu_);
+      auto it = nodes_.find(r.nodeid);
+      if (it == nodes_.end() || it->second.dirEnd == 0 || r.offset < it->second.dirEnd) return false;
+      g.unlock();
+      send(ch, r.unique, 0, nullptr, 0);
+      return true;
+    }
     case FUSE_LOOKUP:
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
-    case FUSE_READDIR:
-    case FUSE_READDIRPLUS:
     case FUSE_STATFS:
     case FUSE_INTERRUPT:
       return false;

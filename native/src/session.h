@@ -80,6 +80,7 @@ struct Node {
   std::shared_ptr<FileRef> file;
   uint64_t fileOffset = 0;
   uint64_t fileSize = 0;
+  uint64_t dirEnd = 0;  // directory: READDIR(PLUS) from this offset is empty (0: unknown)
   // Passthrough state (session_passthrough.cc). backingId: the id the kernel gave `file`
   // (0: none); retired: `file` was dropped or replaced while passthrough handles were open,
   // so the id is closed once the last of them is released. The handle counts are the
@@ -130,9 +131,17 @@ class Session : public std::enable_shared_from_this<Session> {
   int replyData(int ch, uint64_t unique, const uint8_t* data, size_t len);
   int replyReadlink(int ch, uint64_t unique, uint64_t nodeid, const uint8_t* target, size_t len);
   int replyStatfs(int ch, uint64_t unique, uint64_t blocks, uint64_t files, uint32_t bsize, uint32_t namemax);
-  // Packs up to `size` bytes of entries; returns how many reached the kernel.
+  // Packs up to `size` bytes of entries; returns how many reached the kernel. `targets`
+  // (optional, one per entry; data null = none) are the symlink targets of READDIRPLUS
+  // entries, recorded for READLINK like their attributes. `eofOffset` (0: unknown) is the
+  // offset after the directory's last entry: `dirNodeid` never changes, so later reads
+  // from there are answered (empty) in C.
+  struct Bytes {
+    const uint8_t* data = nullptr;
+    size_t len = 0;
+  };
   size_t replyDir(int ch, uint64_t unique, bool plus, uint32_t size, const std::vector<struct DirentIn>& entries,
-                  int* err);
+                  const std::vector<Bytes>* targets, uint64_t dirNodeid, uint64_t eofOffset, int* err);
 
   bool setContent(uint64_t nodeid, const std::string& path, uint64_t offset, uint64_t size, uint64_t fileTotal);
   void dropContent(const std::string& path);

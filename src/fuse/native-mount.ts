@@ -48,7 +48,8 @@ interface Addon {
   replyData(s: Session, ch: number, unique: number, data: Buffer): number;
   replyReadlink(s: Session, ch: number, unique: number, nodeid: number, target: Buffer): number;
   replyStatfs(s: Session, ch: number, unique: number, blocks: number, files: number, bsize: number, namemax: number): number;
-  replyDir(s: Session, ch: number, unique: number, plus: number, size: number, start: number, names: Buffer[], nums: Float64Array): number;
+  replyDir(s: Session, ch: number, unique: number, plus: number, size: number, start: number, names: Buffer[], nums: Float64Array,
+    dirNodeid?: number, eofOffset?: number, targets?: Array<Buffer | undefined>): number;
   setContent(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): boolean;
   dropContent(s: Session, path: string): void;
   forgetNode(s: Session, nodeid: number): void;
@@ -336,8 +337,12 @@ export class NativeMount {
     const fit = Math.floor(size / (((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + 1 + 7) & ~7)) + 1;
     const entries = this.#fs.readdir(ino, first, fit);
     const total = first + entries.length + 2;
+    // Fewer than asked for: the listing ends here. A store path's directories never
+    // change (the root's listing grows), so C answers the reads from there on.
+    const eofOffset = ino !== ROOT_INO && entries.length < fit ? total : 0;
     const names: Buffer[] = [];
     const nums: number[] = [];
+    const targets: Array<Buffer | undefined> = [];
     let used = 0;
     for (let i = offset; i < total; i++) {
       const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2 - first]!.name;
@@ -355,6 +360,8 @@ export class NativeMount {
         const held = this.#fs.lookupChild(ino, e.name);
         if (held) {
           nums.push(held.ino, held.ino, held.mode, held.size, held.nlink);
+          // C answers the READLINK of a symlink sent here without asking JS.
+          if (held.kind === 'symlink') targets[names.length - 1] = Buffer.from(this.#fs.readlink(held.ino), 'latin1');
         } else {
           nums.push(UNHELD_INO_BASE + i, 0, e.attr?.mode ?? 0, 0, 1);
         }
@@ -363,7 +370,8 @@ export class NativeMount {
         nums.push(a && a.ino !== 0 ? a.ino : UNHELD_INO_BASE + i, 0, a?.mode ?? 0, 0, 1);
       }
     }
-    const sent = n.replyDir(s, ch, unique, plus ? 1 : 0, size, offset, names, Float64Array.from(nums));
+    const sent = n.replyDir(s, ch, unique, plus ? 1 : 0, size, offset, names, Float64Array.from(nums), ino, eofOffset,
+      targets.length > 0 ? targets : undefined);
     if (plus) {
       // Entries that did not reach the kernel are not lookups it holds.
       for (let i = 0; i < names.length; i++) {
