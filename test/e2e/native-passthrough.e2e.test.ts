@@ -10,6 +10,8 @@
  *   which the file is served again from JS;
  * - a file open in cached mode keeps new opens out of passthrough (else the kernel would
  *   fail them) until it is closed;
+ * - a failed BACKING_OPEN (cache on overlayfs: ELOOP at max_stack_depth 1) falls back to
+ *   pread from C and is counted;
  * - with passthrough off, the same files are served by pread from C.
  * Root only (passthrough needs CAP_SYS_ADMIN); skipped when NARFS_FUSE_BACKEND selects
  * fuse-native. Probes run in child processes (no syscall on the mount from this thread).
@@ -218,6 +220,37 @@ describe('e2e: native engine, FUSE passthrough of whole-file content', function 
       assert.equal(m.stats().passthroughOpens, 1, JSON.stringify(m.stats()));
       assert.equal(m.stats().passthroughConflicts, 0);
     });
+  });
+
+  it('a cache on a stacked filesystem (overlayfs: BACKING_OPEN says ELOOP) falls back to pread, counted', async () => {
+    const ovl = join(work, 'ovl');
+    for (const d of ['lower', 'upper', 'work', 'merged']) await mkdir(join(ovl, d), { recursive: true });
+    const merged = join(ovl, 'merged');
+    await execFileP('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${join(ovl, 'lower')},upperdir=${join(ovl, 'upper')},workdir=${join(ovl, 'work')}`, merged]);
+    let stacked: WholeFileContent | undefined;
+    try {
+      stacked = await WholeFileContent.fromDirectory(src, NAME, join(merged, 'cache'));
+      const mnt = join(work, 'mnt-stacked');
+      await mkdir(mnt, { recursive: true });
+      const fs = new StoreFilesystem(stacked, stacked, { opTimeoutMs: 30_000, forgets: true });
+      const mount = new NativeMount(fs, { mountpoint: mnt, opTimeoutMs: 30_000, logger: captureLogger([]) });
+      await mount.mount();
+      try {
+        assert.equal((await probe('read', join(mnt, NAME, 'big.bin'))).sha256, sha['big.bin']);
+        const s = mount.stats()!;
+        assert.equal(s.passthroughEnabled, true, 'ELOOP does not turn passthrough off');
+        assert.ok(s.passthroughFallbacks >= 1, JSON.stringify(s));
+        assert.equal(s.passthroughOpens, 0);
+        assert.equal(s.backingLive, 0);
+        assert.ok(s.readsInC > 0, JSON.stringify(s));
+      } finally {
+        await mount.unmount().catch(() => {});
+        await forceUnmount(mnt, { abort: true }).catch(() => {});
+      }
+    } finally {
+      await stacked?.close();
+      await execFileP('umount', ['-l', merged]).catch(() => {});
+    }
   });
 
   it('with passthrough off (--no-passthrough), the same files are read by pread from C', async () => {
