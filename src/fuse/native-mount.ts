@@ -5,13 +5,14 @@
  *
  * Division of work (docs: architecture.md, data flow):
  * - C answers, without entering JS: GETATTR of nodes JS has described, READLINK of
- *   symlinks already read once, OPEN/READ of files whose verified bytes are complete in
+ *   symlinks whose target JS sent (a READDIRPLUS page or a first READLINK), the read after
+ *   the last entry of a store path's directory (JS tells C where each listing ends), OPEN/READ of files whose verified bytes are complete in
  *   the cache (pread from the cache file: JS pushes the location with setContent; a file
  *   whose bytes are a whole local file, offset 0, is opened in FUSE passthrough where the
  *   kernel and privileges allow, so its reads never leave the kernel), OPENDIR,
  *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
  *   read-only).
- * - JS sees: LOOKUP, READDIRPLUS/READDIR, the first READLINK of a node, OPEN/READ of files
+ * - JS sees: LOOKUP, READDIRPLUS pages, READLINK of a node C has no target for, OPEN/READ of files
  *   not yet complete locally, STATFS, RELEASE of its own handles, FORGET/BATCH_FORGET
  *   (the inode table's lookup counts) and INTERRUPT (aborts the wait of that request).
  * Every request JS answers is bounded by the filesystem's deadline (ERR_DEADLINE → EIO);
@@ -19,7 +20,10 @@
  * Names and symlink targets cross as bytes (Buffers) and are byte strings in JS
  * (`toString('latin1')`, src/nix/nar-listing.ts), so any name Nix allows is served exactly.
  * READDIRPLUS entries count as lookups (the kernel will FORGET them): only entries that
- * reached the kernel are counted; the rest are given back at once.
+ * reached the kernel are counted; the rest are given back at once. An open JS answers gets
+ * its io mode from C (passthrough when C holds a whole-file location for the node); a
+ * reply the kernel did not take (interrupted, or refused by C) releases the JS handle.
+ * A dropped content location (watchDropped) is forgotten by C and pushed again later.
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
