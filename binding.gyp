@@ -6,6 +6,7 @@
         "native/src/addon.cc",
         "native/src/sd-notify.cc",
         "native/src/session.cc",
+        "native/src/session_passthrough.cc",
         "native/src/decode.cc",
         "native/src/dirent_pack.cc"
       ],

@@ -108,6 +108,7 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   }
   if (o.Get("entryTtl").IsNumber()) opts.entryTtl = o.Get("entryTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("attrTtl").IsNumber()) opts.attrTtl = o.Get("attrTtl").As<Napi::Number>().DoubleValue();
+  if (o.Get("passthrough").IsBoolean()) opts.passthrough = o.Get("passthrough").As<Napi::Boolean>().Value();
 
   Tsfn tsfn = Tsfn::New(env, info[1].As<Napi::Function>(), "narfs-fuse", 0, 1);
   auto tsfnPtr = std::make_shared<Tsfn>(tsfn);
@@ -173,10 +174,13 @@ Napi::Value ReplyAttr(const Napi::CallbackInfo& info) {
                                              args[4], static_cast<uint32_t>(args[5])));
 }
 
+// replyOpen(s, ch, unique, nodeid, fh, openFlags) → errno of the reply (0: the kernel has
+// the handle and will RELEASE it; otherwise it never will). C picks the io mode.
 Napi::Value ReplyOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  SESSION_AND(4);
-  return Napi::Number::New(env, s->replyOpen(static_cast<int>(args[0]), args[1], args[2], static_cast<uint32_t>(args[3])));
+  SESSION_AND(5);
+  return Napi::Number::New(env, s->replyOpen(static_cast<int>(args[0]), args[1], args[2], args[3],
+                                             static_cast<uint32_t>(args[4])));
 }
 
 Napi::Value ReplyStatfs(const Napi::CallbackInfo& info) {
@@ -216,9 +220,11 @@ Napi::Value ReplyReadlink(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, s->replyReadlink(static_cast<int>(args[0]), args[1], args[2], d, n));
 }
 
-// replyDir(s, ch, unique, plus, size, startOffset, names: Buffer[], nums: Float64Array)
-// nums holds 5 numbers per entry: ino, nodeid, mode, size, nlink. Returns the entries the
-// kernel received (0 when the write failed).
+// replyDir(s, ch, unique, plus, size, startOffset, names: Buffer[], nums: Float64Array
+//          [, dirNodeid, eofOffset, targets: (Buffer | undefined)[]])
+// nums holds 5 numbers per entry: ino, nodeid, mode, size, nlink; targets the symlink
+// target of an entry (READDIRPLUS); eofOffset the offset after the directory's last entry
+// (0: not known). Returns the entries the kernel received (0 when the write failed).
 Napi::Value ReplyDir(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SESSION_AND(5);
@@ -271,8 +277,26 @@ Napi::Value ReplyDir(const Napi::CallbackInfo& info) {
     e.attr.nlink = static_cast<uint32_t>(p[4]);
     e.attr.blksize = 4096;
   }
+  uint64_t dirNodeid = 0, eofOffset = 0;
+  if (info.Length() > 9 && (!u64(info, 8, &dirNodeid) || !u64(info, 9, &eofOffset))) return env.Undefined();
+  std::vector<Session::Bytes> targets;
+  std::vector<Napi::Buffer<uint8_t>> keepTargets;
+  bool haveTargets = info.Length() > 10 && info[10].IsArray();
+  if (haveTargets) {
+    Napi::Array ts = info[10].As<Napi::Array>();
+    targets.resize(count);
+    keepTargets.reserve(count);
+    for (uint32_t i = 0; i < count && i < ts.Length(); i++) {
+      Napi::Value v = ts[i];
+      if (!v.IsBuffer()) continue;
+      keepTargets.push_back(v.As<Napi::Buffer<uint8_t>>());
+      targets[i].data = keepTargets.back().Data();
+      targets[i].len = keepTargets.back().Length();
+    }
+  }
   int err = 0;
-  size_t n = s->replyDir(static_cast<int>(args[0]), args[1], args[2] != 0, static_cast<uint32_t>(args[3]), entries, &err);
+  size_t n = s->replyDir(static_cast<int>(args[0]), args[1], args[2] != 0, static_cast<uint32_t>(args[3]), entries,
+                         haveTargets ? &targets : nullptr, dirNodeid, eofOffset, &err);
   // A reply the kernel did not take (the request was interrupted) delivered no entry.
   return Napi::Number::New(env, err == 0 ? static_cast<double>(n) : 0);
 }
@@ -314,11 +338,21 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   narfs::Stats st = s->stats();
   Napi::Object o = Napi::Object::New(env);
   o.Set("toJs", static_cast<double>(st.toJs));
+  Napi::Object byOp = Napi::Object::New(env);
+  for (uint32_t i = 0; i < 64; i++) {
+    if (st.toJsByOpcode[i] != 0) byOp.Set(i, static_cast<double>(st.toJsByOpcode[i]));
+  }
+  o.Set("toJsByOpcode", byOp);
   o.Set("inC", static_cast<double>(st.inC));
   o.Set("nodes", static_cast<double>(st.nodes));
   o.Set("readsInC", static_cast<double>(st.readsInC));
   o.Set("bytesInC", static_cast<double>(st.bytesInC));
   o.Set("passthroughOffered", (s->initFlags() >> 63) != 0);
+  o.Set("passthroughEnabled", st.passthroughEnabled);
+  o.Set("passthroughOpens", static_cast<double>(st.passthroughOpens));
+  o.Set("backingLive", static_cast<double>(st.backingLive));
+  o.Set("passthroughFallbacks", static_cast<double>(st.passthroughFallbacks));
+  o.Set("passthroughConflicts", static_cast<double>(st.passthroughConflicts));
   return o;
 }
 

@@ -213,12 +213,8 @@ int Session::replyAttr(int ch, uint64_t unique, uint64_t nodeid, uint32_t mode, 
   return send(ch, unique, 0, &o, sizeof o);
 }
 
-int Session::replyOpen(int ch, uint64_t unique, uint64_t fh, uint32_t openFlags) {
-  open_out o;
-  std::memset(&o, 0, sizeof o);
-  o.fh = fh;
-  o.open_flags = openFlags;
-  return send(ch, unique, 0, &o, sizeof o);
+int Session::replyOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags) {
+  return sendOpen(ch, unique, nodeid, fh, openFlags, false);
 }
 
 int Session::replyData(int ch, uint64_t unique, const uint8_t* data, size_t len) {
@@ -250,19 +246,27 @@ int Session::replyStatfs(int ch, uint64_t unique, uint64_t blocks, uint64_t file
 }
 
 size_t Session::replyDir(int ch, uint64_t unique, bool plus, uint32_t size, const std::vector<DirentIn>& entries,
-                         int* err) {
+                         const std::vector<Bytes>* targets, uint64_t dirNodeid, uint64_t eofOffset, int* err) {
   uint32_t cap = size > kMaxWrite ? kMaxWrite : size;
   std::vector<uint8_t> out(cap);
   size_t used = 0;
   size_t n = packDirents(plus, entries.data(), entries.size(), ttlSeconds(opts_.entryTtl), ttlSeconds(opts_.attrTtl),
                          out.data(), cap, &used);
-  if (plus) {
+  if (plus || eofOffset != 0) {
     std::unique_lock<std::shared_mutex> g(mu_);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; plus && i < n; i++) {
       if (entries[i].nodeid == 0) continue;
       Node& node = nodes_[entries[i].nodeid];
       node.attr = entries[i].attr;
       node.hasAttr = true;
+      if (targets != nullptr && i < targets->size() && (*targets)[i].data != nullptr && !node.hasLink) {
+        node.link.assign(reinterpret_cast<const char*>((*targets)[i].data), (*targets)[i].len);
+        node.hasLink = true;
+      }
+    }
+    if (eofOffset != 0) {
+      auto it = nodes_.find(dirNodeid);
+      if (it != nodes_.end()) it->second.dirEnd = eofOffset;
     }
   }
   *err = send(ch, unique, 0, out.data(), used);
@@ -286,12 +290,14 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
       close(f);
       return false;
     }
-    ref = std::make_shared<FileRef>(f, path);
+    ref = std::make_shared<FileRef>(f, path, fileTotal);
   }
+  if (ref->size != fileTotal) return false;
   std::unique_lock<std::shared_mutex> g(mu_);
   files_[path] = ref;
   auto it = nodes_.find(nodeid);
   if (it == nodes_.end()) return false;
+  if (it->second.file != ref) retireBacking(it->second);
   it->second.file = ref;
   it->second.fileOffset = offset;
   it->second.fileSize = size;
@@ -301,7 +307,10 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
 void Session::dropContent(const std::string& path) {
   std::unique_lock<std::shared_mutex> g(mu_);
   for (auto& [id, n] : nodes_) {
-    if (n.file && n.file->path == path) n.file.reset();
+    if (n.file && n.file->path == path) {
+      n.file.reset();
+      retireBacking(n);
+    }
   }
   files_.erase(path);
 }
@@ -313,6 +322,8 @@ void Session::forgetNode(uint64_t nodeid) {
     auto it = nodes_.find(nodeid);
     if (it == nodes_.end()) return;
     nodesPeak_ = std::max(nodesPeak_, nodes_.size());
+    // The kernel forgot the inode, so no file of it is open: its backing id can go.
+    closeBacking(it->second);
     if (it->second.file) {
       std::string path = it->second.file->path;
       nodes_.erase(it);
@@ -337,9 +348,15 @@ void Session::forgetNode(uint64_t nodeid) {
 Stats Session::stats() {
   Stats s;
   s.toJs = toJs_.load();
+  for (int i = 0; i < 64; i++) s.toJsByOpcode[i] = toJsOps_[i].load();
   s.inC = inC_.load();
   s.readsInC = readsInC_.load();
   s.bytesInC = bytesInC_.load();
+  s.passthroughEnabled = ptEnabled_.load();
+  s.passthroughOpens = ptOpens_.load();
+  s.backingLive = backingLive_.load();
+  s.passthroughFallbacks = ptFallbacks_.load();
+  s.passthroughConflicts = ptConflicts_.load();
   std::shared_lock<std::shared_mutex> g(mu_);
   s.nodes = nodes_.size();
   return s;
@@ -372,9 +389,17 @@ bool Session::init(int ch, uint8_t* buf, size_t bufsize) {
     minor_ = r.minor < kOurMinor ? r.minor : kOurMinor;
     o.minor = minor_;
     const uint64_t offered = r.initFlags;
-    uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS |
+    // READDIRPLUS for every page, not only the first (no READDIRPLUS_AUTO, fs/fuse/readdir.c
+    // fuse_use_readdirplus): entries of later pages of a large directory would otherwise
+    // each cost a LOOKUP round trip to JS when stat'ed.
+    uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_PARALLEL_DIROPS |
                     FUSE_CACHE_SYMLINKS | FUSE_MAX_PAGES | FUSE_ABORT_ERROR | FUSE_INIT_EXT;
+    want |= wantPassthrough(offered);
     uint64_t flags = want & offered;
+    if (flags & FUSE_PASSTHROUGH) {
+      o.max_stack_depth = 1;
+      ptEnabled_ = true;
+    }
     o.flags = static_cast<uint32_t>(flags);
     o.flags2 = static_cast<uint32_t>(flags >> 32);
     o.max_readahead = r.maxReadahead;
@@ -492,15 +517,14 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
         send(ch, r.unique, EROFS, nullptr, 0);
         return true;
       }
-      std::shared_lock<std::shared_mutex> g(mu_);
-      auto it = nodes_.find(r.nodeid);
-      if (it == nodes_.end() || !it->second.file) return false;
-      g.unlock();
-      open_out o;
-      std::memset(&o, 0, sizeof o);
-      o.fh = 0;
-      o.open_flags = FOPEN_KEEP_CACHE;
-      send(ch, r.unique, 0, &o, sizeof o);
+      {
+        std::shared_lock<std::shared_mutex> g(mu_);
+        auto it = nodes_.find(r.nodeid);
+        if (it == nodes_.end() || !it->second.file) return false;
+      }
+      // Content dropped in between: the open is still C's (handle 0); its reads then go
+      // to JS, which serves handle 0 by node.
+      sendOpen(ch, r.unique, r.nodeid, 0, FOPEN_KEEP_CACHE, true);
       return true;
     }
     case FUSE_READ: {
@@ -553,9 +577,15 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
     case FUSE_FSYNCDIR:
       send(ch, r.unique, 0, nullptr, 0);
       return true;
-    case FUSE_RELEASE:
+    case FUSE_RELEASE: {
+      {
+        std::unique_lock<std::shared_mutex> g(mu_);
+        countRelease(r.nodeid, r.fh);
+      }
       send(ch, r.unique, 0, nullptr, 0);
-      return r.fh == 0;  // a JS handle is also released in JS (no second reply)
+      // A JS handle is also released in JS (no second reply).
+      return r.fh == 0 || r.fh == kPassthroughFh;
+    }
     case FUSE_GETXATTR:
       send(ch, r.unique, ENODATA, nullptr, 0);
       return true;
@@ -602,11 +632,19 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
     case FUSE_DESTROY:
       send(ch, r.unique, 0, nullptr, 0);
       return true;
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS: {
+      // The read after a directory's last entry (every listing ends with one).
+      std::shared_lock<std::shared_mutex> g(mu_);
+      auto it = nodes_.find(r.nodeid);
+      if (it == nodes_.end() || it->second.dirEnd == 0 || r.offset < it->second.dirEnd) return false;
+      g.unlock();
+      send(ch, r.unique, 0, nullptr, 0);
+      return true;
+    }
     case FUSE_LOOKUP:
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
-    case FUSE_READDIR:
-    case FUSE_READDIRPLUS:
     case FUSE_STATFS:
     case FUSE_INTERRUPT:
       return false;
@@ -653,6 +691,7 @@ void Session::toJs(int ch, const Request& r) {
       break;
   }
   toJs_++;
+  toJsOps_[r.opcode < 64 ? r.opcode : 0]++;
   if (!post_(ev)) {
     bool needsReply = r.opcode != FUSE_FORGET && r.opcode != FUSE_BATCH_FORGET && r.opcode != FUSE_INTERRUPT &&
                       r.opcode != FUSE_RELEASE;

@@ -60,12 +60,15 @@ struct SessionOptions {
   int threads = 4;
   double entryTtl = 86400;
   double attrTtl = 86400;
+  // Ask for FUSE_PASSTHROUGH when the kernel offers it and the process has CAP_SYS_ADMIN.
+  bool passthrough = true;
 };
 
 struct FileRef {
   int fd;
   std::string path;
-  explicit FileRef(int f, std::string p) : fd(f), path(std::move(p)) {}
+  uint64_t size;  // what fstat said when it was opened (= what JS verified)
+  FileRef(int f, std::string p, uint64_t sz) : fd(f), path(std::move(p)), size(sz) {}
   ~FileRef();
 };
 
@@ -77,14 +80,34 @@ struct Node {
   std::shared_ptr<FileRef> file;
   uint64_t fileOffset = 0;
   uint64_t fileSize = 0;
+  uint64_t dirEnd = 0;  // directory: READDIR(PLUS) from this offset is empty (0: unknown)
+  // Passthrough state (session_passthrough.cc). backingId: the id the kernel gave `file`
+  // (0: none); retired: `file` was dropped or replaced while passthrough handles were open,
+  // so the id is closed once the last of them is released. The handle counts are the
+  // kernel's open files of this node by io mode: an inode with a passthrough file open
+  // accepts only passthrough opens with the same backing, and one with a cached-io file
+  // open refuses passthrough opens (fs/fuse/iomode.c fuse_file_io_open).
+  int32_t backingId = 0;
+  bool backingRetired = false;
+  uint32_t ptHandles = 0;
+  uint32_t cachedHandles = 0;
 };
+
+// How an OPEN is answered (decideOpen).
+enum class OpenMode { Cached, Passthrough, Conflict };
 
 struct Stats {
   uint64_t toJs = 0;
+  uint64_t toJsByOpcode[64] = {};  // requests handed to JS per opcode (others in slot 0)
   uint64_t inC = 0;
   uint64_t nodes = 0;
   uint64_t readsInC = 0;
   uint64_t bytesInC = 0;
+  bool passthroughEnabled = false;  // negotiated at INIT
+  uint64_t passthroughOpens = 0;    // opens answered with FOPEN_PASSTHROUGH
+  uint64_t backingLive = 0;         // backing ids registered and not yet closed
+  uint64_t passthroughFallbacks = 0;  // BACKING_OPEN failures (served by pread instead)
+  uint64_t passthroughConflicts = 0;  // opens refused (EIO): content dropped while passthrough files were open
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -103,13 +126,22 @@ class Session : public std::enable_shared_from_this<Session> {
   int replyEntry(int ch, uint64_t unique, uint64_t nodeid, uint32_t mode, uint64_t size, uint32_t nlink,
                  double entryTtl);
   int replyAttr(int ch, uint64_t unique, uint64_t nodeid, uint32_t mode, uint64_t size, uint32_t nlink);
-  int replyOpen(int ch, uint64_t unique, uint64_t fh, uint32_t openFlags);
+  // An open JS answers: C chooses the io mode (passthrough when the node's content allows).
+  int replyOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags);
   int replyData(int ch, uint64_t unique, const uint8_t* data, size_t len);
   int replyReadlink(int ch, uint64_t unique, uint64_t nodeid, const uint8_t* target, size_t len);
   int replyStatfs(int ch, uint64_t unique, uint64_t blocks, uint64_t files, uint32_t bsize, uint32_t namemax);
-  // Packs up to `size` bytes of entries; returns how many reached the kernel.
+  // Packs up to `size` bytes of entries; returns how many reached the kernel. `targets`
+  // (optional, one per entry; data null = none) are the symlink targets of READDIRPLUS
+  // entries, recorded for READLINK like their attributes. `eofOffset` (0: unknown) is the
+  // offset after the directory's last entry: `dirNodeid` never changes, so later reads
+  // from there are answered (empty) in C.
+  struct Bytes {
+    const uint8_t* data = nullptr;
+    size_t len = 0;
+  };
   size_t replyDir(int ch, uint64_t unique, bool plus, uint32_t size, const std::vector<struct DirentIn>& entries,
-                  int* err);
+                  const std::vector<Bytes>* targets, uint64_t dirNodeid, uint64_t eofOffset, int* err);
 
   bool setContent(uint64_t nodeid, const std::string& path, uint64_t offset, uint64_t size, uint64_t fileTotal);
   void dropContent(const std::string& path);
@@ -130,6 +162,19 @@ class Session : public std::enable_shared_from_this<Session> {
   void mountSyscall();
   void mountFusermount();
 
+  // Passthrough (session_passthrough.cc). All but wantPassthrough run under mu_ (unique).
+  static bool hasCapSysAdmin();
+  uint64_t wantPassthrough(uint64_t offered) const;
+  OpenMode decideOpen(Node& n);
+  bool registerBacking(Node& n);
+  void retireBacking(Node& n);
+  void closeBacking(Node& n);
+  void countRelease(uint64_t nodeid, uint64_t fh);
+  // Sends an open reply in the chosen mode and keeps the handle counts; fh of C's own
+  // handles is 0 (cached) or kPassthroughFh.
+  int sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags, bool cHandle);
+  static constexpr uint64_t kPassthroughFh = 1ULL << 62;
+
   SessionOptions opts_;
   Post post_;
   std::vector<int> fds_;
@@ -142,8 +187,14 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unordered_map<std::string, std::weak_ptr<FileRef>> files_;
   std::atomic<int> liveReaders_{0};
   std::atomic<uint64_t> toJs_{0}, inC_{0}, readsInC_{0}, bytesInC_{0};
+  std::atomic<uint64_t> toJsOps_[64] = {};
   uint64_t initFlags_ = 0;
   uint32_t minor_ = 0;
+  // Passthrough: negotiated (and not yet refused with EPERM); JS handles opened in
+  // passthrough mode (fh -> nodeid; the others are cached-io).
+  std::atomic<bool> ptEnabled_{false};
+  std::unordered_map<uint64_t, std::pair<uint64_t, bool>> jsHandles_;
+  std::atomic<uint64_t> ptOpens_{0}, backingLive_{0}, ptFallbacks_{0}, ptConflicts_{0};
 };
 
 }  // namespace narfs

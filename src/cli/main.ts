@@ -52,6 +52,8 @@ narfs mount options:
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --fuse-backend native|fuse-native  FUSE engine (default native; fuse-native is the libfuse 2 fallback)
+  --no-passthrough            never use FUSE passthrough for cached files (native engine;
+                              default: used as root where the kernel offers it)
   --log-format text|json      log line format on stderr (default text)
   --metrics-listen HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
                               (off by default; e.g. 127.0.0.1:9477)
@@ -202,6 +204,7 @@ const MOUNT_OPTIONS: OptionSpec = {
   'allow-other': { type: 'boolean' },
   'decompress-jobs': { type: 'string' },
   'fuse-backend': { type: 'string' },
+  passthrough: { type: 'boolean' },
   'log-format': { type: 'string' },
   'metrics-listen': { type: 'string' },
   'cache-max-size': { type: 'string' },
@@ -272,6 +275,7 @@ async function mountCommand(args: string[]): Promise<number> {
     allowOther: values['allow-other'] as boolean | undefined,
     decompressJobs: values['decompress-jobs'] as string | undefined,
     fuseBackend: values['fuse-backend'] as string | undefined,
+    passthrough: values.passthrough as boolean | undefined,
     logFormat: values['log-format'] as string | undefined,
     netrcFile: values['netrc-file'] as string | undefined,
     bearerTokenFile: values['bearer-token-file'] as string[] | undefined,
@@ -465,7 +469,8 @@ export function formatStatus(st: NarfsStatus): string {
     `NAR cache: ${st.narCache.hits} hits, ${st.narCache.fetches} fetches, ${st.narCache.fetchErrors} failed (hit rate ${pct(st.narCache.hitRate)})`,
     `fetched: ${mib(st.narCache.bytesFetched)} of NARs (${mib(st.narCache.bytesDownloaded)} downloaded), ${st.narCache.inFlight} in flight`,
     `fuse: ${st.fuse.openFiles} open files, ${st.fuse.inodes} inodes, ${st.fuse.processOpenFds ?? '?'} process fds` +
-      (st.fuse.engine ? `; requests ${st.fuse.engine.inC} in C, ${st.fuse.engine.toJs} in JS; ${st.fuse.engine.readsInC} reads in C (${mib(st.fuse.engine.bytesInC)})` : ''),
+      (st.fuse.engine ? `; requests ${st.fuse.engine.inC} in C, ${st.fuse.engine.toJs} in JS; ${st.fuse.engine.readsInC} reads in C (${mib(st.fuse.engine.bytesInC)})` +
+        `; passthrough ${st.fuse.engine.passthroughEnabled ? `on: ${st.fuse.engine.passthroughOpens} opens, ${st.fuse.engine.backingLive} backing files` : 'off'}` : ''),
   ];
   if (st.lower) lines.push(`lower store: ${st.lower.root}, db generation ${st.lower.generation ? `inode ${st.lower.generation.ino}, written ${st.lower.generation.mtime}` : 'none yet'}`);
   if (st.lowerSocket) lines.push(`lower-store socket: ${st.lowerSocket}`);

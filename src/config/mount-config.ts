@@ -47,6 +47,12 @@ export interface MountConfig {
    * fallback). Default: $NARFS_FUSE_BACKEND, else 'native'.
    */
   fuseBackend?: 'native' | 'fuse-native';
+  /**
+   * FUSE passthrough (native engine) for files whose verified bytes are a whole local
+   * file: the kernel reads them itself. Default true; `--no-passthrough` turns it off.
+   * Needs root and a kernel that offers it (6.9+); otherwise reads are pread from C.
+   */
+  passthrough?: boolean;
   /** HOST:PORT of the Prometheus endpoint (GET /metrics); off when unset. */
   metricsListen?: string;
   /**
@@ -110,6 +116,7 @@ export interface RawMountOptions {
   allowOther?: boolean;
   decompressJobs?: string;
   fuseBackend?: string;
+  passthrough?: boolean;
   netrcFile?: string;
   /** `[HOST=]FILE`, repeatable. */
   bearerTokenFile?: string[];
@@ -180,6 +187,7 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     }
     config.fuseBackend = raw.fuseBackend;
   }
+  if (raw.passthrough !== undefined) config.passthrough = raw.passthrough;
   if (raw.metricsListen !== undefined) config.metricsListen = raw.metricsListen;
   if (raw.cacheMaxSize !== undefined) config.cacheMaxBytes = parseSize(raw.cacheMaxSize, '--cache-max-size');
   if (raw.noIndexes) config.useIndexes = false;

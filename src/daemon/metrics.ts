@@ -205,6 +205,10 @@ export class NarfsMetrics {
       one(() => gauges.engine?.()?.readsInC));
     r.counter('narfs_fuse_read_bytes_in_c_total', 'bytes the native engine served from cached NARs', [],
       one(() => gauges.engine?.()?.bytesInC));
+    r.counter('narfs_fuse_passthrough_opens_total', 'opens the native engine answered with FUSE passthrough (their reads never reach narfs)', [],
+      one(() => gauges.engine?.()?.passthroughOpens));
+    r.gauge('narfs_fuse_backing_files', 'cache files registered with the kernel for FUSE passthrough', [],
+      one(() => gauges.engine?.()?.backingLive));
   }
 
   /** Feeds the materialiser. */
@@ -312,7 +316,7 @@ export interface MetricsGauges {
   datalakes?: () => Array<{ displayUrl: string; up: boolean }>;
   inodes?: () => number | undefined;
   cacheSizeBytes?: () => number | undefined;
-  engine?: () => { inC: number; toJs: number; readsInC: number; bytesInC: number } | undefined;
+  engine?: () => { inC: number; toJs: number; readsInC: number; bytesInC: number; passthroughOpens?: number; backingLive?: number } | undefined;
 }
 
 /** Entries of /proc/self/fd (undefined where there is no /proc). */

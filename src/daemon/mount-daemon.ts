@@ -92,7 +92,9 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     };
     // The engines see the filesystem through the metrics' timing proxy (per FUSE op).
     const served = metrics.timedFilesystem(fs, FUSE_OPS);
-    const fuse = backend === 'native' ? new NativeMount(served, fuseOptions) : new FuseNativeMount(served, fuseOptions);
+    const fuse = backend === 'native'
+      ? new NativeMount(served, { ...fuseOptions, passthrough: config.passthrough ?? true })
+      : new FuseNativeMount(served, fuseOptions);
     notifier.status(`mounting ${mountpoint}`);
     await fuse.mount();
     cleanups.push(() => fuse.unmount());

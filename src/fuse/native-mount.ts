@@ -5,11 +5,14 @@
  *
  * Division of work (docs: architecture.md, data flow):
  * - C answers, without entering JS: GETATTR of nodes JS has described, READLINK of
- *   symlinks already read once, OPEN/READ of files whose verified bytes are complete in
- *   the cache (pread from the cache file: JS pushes the location with setContent), OPENDIR,
+ *   symlinks whose target JS sent (a READDIRPLUS page or a first READLINK), the read after
+ *   the last entry of a store path's directory (JS tells C where each listing ends), OPEN/READ of files whose verified bytes are complete in
+ *   the cache (pread from the cache file: JS pushes the location with setContent; a file
+ *   whose bytes are a whole local file, offset 0, is opened in FUSE passthrough where the
+ *   kernel and privileges allow, so its reads never leave the kernel), OPENDIR,
  *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
  *   read-only).
- * - JS sees: LOOKUP, READDIRPLUS/READDIR, the first READLINK of a node, OPEN/READ of files
+ * - JS sees: LOOKUP, READDIRPLUS pages, READLINK of a node C has no target for, OPEN/READ of files
  *   not yet complete locally, STATFS, RELEASE of its own handles, FORGET/BATCH_FORGET
  *   (the inode table's lookup counts) and INTERRUPT (aborts the wait of that request).
  * Every request JS answers is bounded by the filesystem's deadline (ERR_DEADLINE → EIO);
@@ -17,7 +20,10 @@
  * Names and symlink targets cross as bytes (Buffers) and are byte strings in JS
  * (`toString('latin1')`, src/nix/nar-listing.ts), so any name Nix allows is served exactly.
  * READDIRPLUS entries count as lookups (the kernel will FORGET them): only entries that
- * reached the kernel are counted; the rest are given back at once.
+ * reached the kernel are counted; the rest are given back at once. An open JS answers gets
+ * its io mode from C (passthrough when C holds a whole-file location for the node); a
+ * reply the kernel did not take (interrupted, or refused by C) releases the JS handle.
+ * A dropped content location (watchDropped) is forgotten by C and pushed again later.
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
@@ -42,11 +48,12 @@ interface Addon {
   replyErr(s: Session, ch: number, unique: number, errno: number): number;
   replyEntry(s: Session, ch: number, unique: number, nodeid: number, mode: number, size: number, nlink: number, entryTtl: number): number;
   replyAttr(s: Session, ch: number, unique: number, nodeid: number, mode: number, size: number, nlink: number): number;
-  replyOpen(s: Session, ch: number, unique: number, fh: number, openFlags: number): number;
+  replyOpen(s: Session, ch: number, unique: number, nodeid: number, fh: number, openFlags: number): number;
   replyData(s: Session, ch: number, unique: number, data: Buffer): number;
   replyReadlink(s: Session, ch: number, unique: number, nodeid: number, target: Buffer): number;
   replyStatfs(s: Session, ch: number, unique: number, blocks: number, files: number, bsize: number, namemax: number): number;
-  replyDir(s: Session, ch: number, unique: number, plus: number, size: number, start: number, names: Buffer[], nums: Float64Array): number;
+  replyDir(s: Session, ch: number, unique: number, plus: number, size: number, start: number, names: Buffer[], nums: Float64Array,
+    dirNodeid?: number, eofOffset?: number, targets?: Array<Buffer | undefined>): number;
   setContent(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): boolean;
   dropContent(s: Session, path: string): void;
   forgetNode(s: Session, nodeid: number): void;
@@ -56,6 +63,8 @@ interface Addon {
 export interface NativeStats {
   /** Requests handed to JS. */
   toJs: number;
+  /** Requests handed to JS, by FUSE opcode (include/uapi/linux/fuse.h; only those seen). */
+  toJsByOpcode: Record<number, number>;
   /** Requests answered in C. */
   inC: number;
   /** Nodes the C table describes. */
@@ -63,6 +72,16 @@ export interface NativeStats {
   readsInC: number;
   bytesInC: number;
   passthroughOffered: boolean;
+  /** FUSE_PASSTHROUGH negotiated (offered, asked for, root) and not refused since. */
+  passthroughEnabled: boolean;
+  /** Opens answered with FOPEN_PASSTHROUGH (reads then never reach narfs). */
+  passthroughOpens: number;
+  /** Backing ids registered with the kernel and not yet closed. */
+  backingLive: number;
+  /** FUSE_DEV_IOC_BACKING_OPEN failures (served by pread instead). */
+  passthroughFallbacks: number;
+  /** Opens refused with EIO: content dropped while passthrough files of it were open. */
+  passthroughConflicts: number;
 }
 
 type Dispatch = (kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,
@@ -104,6 +123,11 @@ export interface NativeMountOptions extends FuseMountOptions {
   threads?: number;
   /** Mount through fusermount3 (unprivileged) instead of mount(2). Default: when not root. */
   useFusermount?: boolean;
+  /**
+   * FUSE passthrough for files whose verified bytes are a whole local file. Default true;
+   * only takes effect as root on a kernel that offers it (else pread from C).
+   */
+  passthrough?: boolean;
 }
 
 export class NativeMount {
@@ -111,7 +135,8 @@ export class NativeMount {
   readonly #opts: NativeMountOptions;
   readonly #log: Logger;
   readonly #inflight = new Map<number, AbortController>();
-  readonly #pushed = new Set<number>();
+  /** Nodes whose content location C has (nodeid → path), so it is pushed once. */
+  readonly #pushed = new Map<number, string>();
   readonly #loggedFailures = new Map<string, number>();
   #session: Session | undefined;
   #mounted = false;
@@ -152,12 +177,15 @@ export class NativeMount {
         threads: o.threads ?? 4,
         entryTtl: this.#entryTtl,
         attrTtl: o.attrTimeoutS ?? 86400,
+        passthrough: o.passthrough ?? true,
       }, (...args) => this.#dispatch(...args));
     } catch (err) {
       throw new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${(err as Error).message}`, { cause: err });
     }
     this.#fs.watchDropped((path) => {
       if (this.#session) a.dropContent(this.#session, path);
+      // C forgot those locations: push again once the content is back.
+      for (const [nodeid, p] of this.#pushed) if (p === path) this.#pushed.delete(nodeid);
     });
     try {
       await withDeadline(30_000, () => Promise.race([ready, this.#closed.then(() => {
@@ -249,12 +277,13 @@ export class NativeMount {
         case OP.OPEN: {
           const fh = this.#fs.open(nodeid, flags);
           this.#pushContent(n, s, nodeid);
-          n.replyOpen(s, ch, unique, fh, FOPEN_KEEP_CACHE);
+          // Not taken (interrupted, or refused by C): no RELEASE will ever come for it.
+          if (n.replyOpen(s, ch, unique, nodeid, fh, FOPEN_KEEP_CACHE) !== 0) this.#fs.release(fh);
           return;
         }
         case OP.READ:
           return this.#async(kind, ch, unique, nodeid, async (signal) => {
-            const data = await this.#fs.read(a, b, c, signal);
+            const data = await this.#readAt(nodeid, a, b, c, signal);
             n.replyData(s, ch, unique, data);
             this.#pushContent(n, s, nodeid);
           });
@@ -312,8 +341,12 @@ export class NativeMount {
     const fit = Math.floor(size / (((plus ? DIRENTPLUS_HEAD : DIRENT_HEAD) + 1 + 7) & ~7)) + 1;
     const entries = this.#fs.readdir(ino, first, fit);
     const total = first + entries.length + 2;
+    // Fewer than asked for: the listing ends here. A store path's directories never
+    // change (the root's listing grows), so C answers the reads from there on.
+    const eofOffset = ino !== ROOT_INO && entries.length < fit ? total : 0;
     const names: Buffer[] = [];
     const nums: number[] = [];
+    const targets: Array<Buffer | undefined> = [];
     let used = 0;
     for (let i = offset; i < total; i++) {
       const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2 - first]!.name;
@@ -331,6 +364,8 @@ export class NativeMount {
         const held = this.#fs.lookupChild(ino, e.name);
         if (held) {
           nums.push(held.ino, held.ino, held.mode, held.size, held.nlink);
+          // C answers the READLINK of a symlink sent here without asking JS.
+          if (held.kind === 'symlink') targets[names.length - 1] = Buffer.from(this.#fs.readlink(held.ino), 'latin1');
         } else {
           nums.push(UNHELD_INO_BASE + i, 0, e.attr?.mode ?? 0, 0, 1);
         }
@@ -339,7 +374,8 @@ export class NativeMount {
         nums.push(a && a.ino !== 0 ? a.ino : UNHELD_INO_BASE + i, 0, a?.mode ?? 0, 0, 1);
       }
     }
-    const sent = n.replyDir(s, ch, unique, plus ? 1 : 0, size, offset, names, Float64Array.from(nums));
+    const sent = n.replyDir(s, ch, unique, plus ? 1 : 0, size, offset, names, Float64Array.from(nums), ino, eofOffset,
+      targets.length > 0 ? targets : undefined);
     if (plus) {
       // Entries that did not reach the kernel are not lookups it holds.
       for (let i = 0; i < names.length; i++) {
@@ -347,6 +383,20 @@ export class NativeMount {
         const nodeid = nums[i * 5 + 1]!;
         if (nodeid !== 0) this.#forget(n, s, nodeid, 1);
       }
+    }
+  }
+
+  /**
+   * Reads through handle `fh`; handle 0 is one C opened while it had the content, which
+   * was dropped since: the read is served by node, through a handle of its own.
+   */
+  async #readAt(nodeid: number, fh: number, offset: number, size: number, signal: AbortSignal): Promise<Buffer> {
+    if (fh !== 0) return this.#fs.read(fh, offset, size, signal);
+    const own = this.#fs.open(nodeid, 0);
+    try {
+      return await this.#fs.read(own, offset, size, signal);
+    } finally {
+      this.#fs.release(own);
     }
   }
 
@@ -362,7 +412,7 @@ export class NativeMount {
     if (this.#pushed.has(nodeid)) return;
     const loc = this.#fs.contentLocation(nodeid);
     if (!loc) return;
-    if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.add(nodeid);
+    if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.set(nodeid, loc.path);
   }
 
   /** The positive errno for a thrown value, logging EIO-class failures once a minute per kind. */

@@ -6,7 +6,9 @@
  * containers; Debian's udev makes it 0666) the nobody case runs in a private mount
  * namespace whose /dev/fuse is a 0666 node of the same device, so the host is not changed
  * and the case is never skipped. Probes run as the daemon's user, in its mount namespace:
- * without allow_other the kernel refuses every other uid, root included.
+ * without allow_other the kernel refuses every other uid, root included. The files are
+ * whole local blobs: root's daemon passes them through (FUSE passthrough needs
+ * CAP_SYS_ADMIN, which fusermount3 does not change), nobody's reads them by pread in C.
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -110,6 +112,19 @@ describe('e2e: native engine, unprivileged mount through fusermount3', function 
       child.kill('SIGTERM');
       assert.equal(await exited, 0, err);
       assert.ok(out.includes('unmounted'));
+      const stats = JSON.parse(/^stats (.*)$/m.exec(out)?.[1] ?? 'null') as Record<string, number | boolean> | null;
+      assert.ok(stats, out);
+      if (user === 'root') {
+        assert.equal(stats.passthroughEnabled, true, JSON.stringify(stats));
+        assert.ok((stats.passthroughOpens as number) >= 1, JSON.stringify(stats));
+        assert.equal(stats.readsInC, 0, JSON.stringify(stats));
+      } else {
+        // No CAP_SYS_ADMIN: passthrough is not even asked for; C serves the bytes by pread.
+        assert.equal(stats.passthroughEnabled, false, JSON.stringify(stats));
+        assert.equal(stats.passthroughOpens, 0, JSON.stringify(stats));
+        assert.equal(stats.passthroughFallbacks, 0, JSON.stringify(stats));
+        assert.ok((stats.readsInC as number) >= 1, JSON.stringify(stats));
+      }
       if (!privateFuse) assert.equal(await mountedAt(mnt), undefined);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');

@@ -1,9 +1,15 @@
 /**
  * A small daemon for the unprivileged-mount test: serves one store path, built in memory
  * with writeNar/parseNar (so offsets are those of a real NAR), through NativeMount mounted
- * by fusermount3. Prints "mounted" when the kernel's INIT came, unmounts on SIGTERM and
- * prints "unmounted". usage: node --import tsx native-user-mount.ts <mountpoint> <name>
+ * by fusermount3. Each regular file's bytes are also a standalone file (a per-file blob,
+ * offset 0), so the engine may pass them through (root) or pread them (everyone else).
+ * Prints "mounted" when the kernel's INIT came; on SIGTERM prints "stats <engine stats
+ * JSON>", unmounts and prints "unmounted".
+ * usage: node --import tsx native-user-mount.ts <mountpoint> <name>
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { StoreFilesystem, type ContentReader, type RootNodes } from '../../src/fs/store-filesystem.js';
 import { NativeMount } from '../../src/fuse/native-mount.js';
 import { parseNar } from '../../src/nix/nar-parser.js';
@@ -27,8 +33,26 @@ if (mountpoint && name) {
     resolve: async (n) => (n === name ? root : undefined),
     knownNames: () => [name],
   };
+  const blobDir = await mkdtemp(join(tmpdir(), 'narfs-user-blobs-'));
+  const blobs = new Map<number, string>();
+  const sizes = new Map<number, number>();
+  const walk = async (n: NarNode): Promise<void> => {
+    if (n.type === 'regular' && n.size > 0) {
+      const path = join(blobDir, String(n.narOffset));
+      await writeFile(path, nar.subarray(n.narOffset, n.narOffset + n.size), { mode: 0o444 });
+      blobs.set(n.narOffset, path);
+      sizes.set(n.narOffset, n.size);
+    } else if (n.type === 'directory') {
+      for (const c of n.entries.values()) await walk(c);
+    }
+  };
+  await walk(root);
   const content: ContentReader = {
     read: async (_n, off, len) => Buffer.from(nar.subarray(off, off + len)),
+    contentFile: (n, off) => {
+      const path = n === name ? blobs.get(off) : undefined;
+      return path === undefined ? undefined : { path, offset: 0, size: sizes.get(off)! };
+    },
   };
   const log = (level: string) => (msg: string, fields?: Record<string, unknown>) => process.stderr.write(`[${level}] ${msg} ${JSON.stringify(fields ?? {})}\n`);
   const logger = { debug: () => {}, info: log('info'), warn: log('warn'), error: log('error') };
@@ -37,7 +61,8 @@ if (mountpoint && name) {
   await mount.mount();
   process.stdout.write('mounted\n');
   process.once('SIGTERM', () => {
-    mount.unmount().then(() => {
+    process.stdout.write(`stats ${JSON.stringify(mount.stats())}\n`);
+    mount.unmount().then(() => rm(blobDir, { recursive: true, force: true })).then(() => {
       process.stdout.write('unmounted\n');
       process.exit(0);
     }, (err: unknown) => {

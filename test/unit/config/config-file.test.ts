@@ -72,4 +72,11 @@ describe('config file', () => {
     assert.throws(() => buildMountConfig({ mountpoint: '/m', datalake: ['https://a'], noRequireSigs: true, proxy: 'socks5://p:1' }),
       (e: unknown) => isNarfsError(e, 'ERR_DATALAKE_URL'));
   });
+
+  it('passthrough: on unless --no-passthrough (or passthrough = false in the file)', () => {
+    const base = { mountpoint: '/m', datalake: ['file:///x'], noRequireSigs: true };
+    assert.equal(buildMountConfig(base).passthrough, undefined); // the engine's default: on
+    assert.equal(buildMountConfig({ ...base, passthrough: false }).passthrough, false);
+    assert.deepEqual(parseConfigFile('passthrough = false\n', { passthrough: 'boolean' }, 'test.conf'), { passthrough: false });
+  });
 });

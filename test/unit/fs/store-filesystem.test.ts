@@ -626,6 +626,32 @@ describe('StoreFilesystem', () => {
     });
   });
 
+  describe('contentLocation (where a FUSE engine may read complete content)', () => {
+    it('names the NAR at the file\'s narOffset, or a whole per-file blob from offset 0 when the reader has one', async () => {
+      const { fs, content } = setup();
+      const data = await walk(fs, TREE_NAME, 'data');
+      const empty = await walk(fs, TREE_NAME, 'empty');
+      assert.equal(fs.contentLocation(data.ino), undefined, 'nothing local yet');
+      const node = FIXTURES.get(TREE_NAME)!.node;
+      const dataNode = node.type === 'directory' ? node.entries.get('data') : undefined;
+      assert.ok(dataNode?.type === 'regular');
+      const nar = content as NarContent & ContentReader;
+      const asked: Array<[string, number]> = [];
+      nar.contentFile = (name, narOffset) => {
+        asked.push([name, narOffset]);
+        return name === TREE_NAME ? { path: '/cache/tree.nar', offset: narOffset, size: 9999 } : undefined;
+      };
+      assert.deepEqual(fs.contentLocation(data.ino), { path: '/cache/tree.nar', offset: dataNode.narOffset, size: 1500, fileSize: 9999 });
+      nar.contentFile = (name, narOffset) => {
+        asked.push([name, narOffset]);
+        return { path: '/cache/blobs/ab/abcd', offset: 0, size: 1500 };
+      };
+      assert.deepEqual(fs.contentLocation(data.ino), { path: '/cache/blobs/ab/abcd', offset: 0, size: 1500, fileSize: 1500 });
+      assert.deepEqual(asked, [[TREE_NAME, dataNode.narOffset], [TREE_NAME, dataNode.narOffset]]);
+      assert.equal(fs.contentLocation(empty.ino), undefined, 'an empty file has no content to serve');
+    });
+  });
+
   describe('access', () => {
     it('never allows W_OK; X_OK follows the mode', async () => {
       const { fs } = setup();

@@ -1,0 +1,172 @@
+// session_passthrough.cc: FUSE passthrough for files whose verified bytes are a whole local
+// file (Linux 6.9+: fs/fuse/passthrough.c, backing.c, iomode.c; uapi include/linux/fuse.h
+// 7.40). The kernel then reads (and mmaps) the backing file itself: no READ reaches narfs.
+//
+// Rules this follows, from the kernel sources named above:
+// - INIT: FUSE_PASSTHROUGH in flags2 with max_stack_depth 1 (the backing file's filesystem
+//   must not be stacked: s_stack_depth < max_stack_depth, else ELOOP); asked only when
+//   offered and the process has CAP_SYS_ADMIN in the initial user namespace, because
+//   FUSE_DEV_IOC_BACKING_OPEN checks capable(CAP_SYS_ADMIN) (EPERM otherwise). Unprivileged
+//   mounts keep pread from C.
+// - FUSE_DEV_IOC_BACKING_OPEN {fd, flags 0, padding 0} returns a backing id > 0; the kernel
+//   holds its own reference to the file. An open reply with FOPEN_PASSTHROUGH + backing_id
+//   makes that open a passthrough file; other open flags but DIRECT_IO, NOFLUSH and
+//   PARALLEL_DIRECT_WRITES make it fail (iomode.c FOPEN_PASSTHROUGH_MASK), so no KEEP_CACHE. FUSE_DEV_IOC_BACKING_CLOSE drops the id; open files
+//   keep their reference, so closing never breaks a reader.
+// - Per inode (iomode.c fuse_file_io_open): while a passthrough file is open, every new
+//   open must be passthrough with the same backing, or it fails with EIO; while a cached-io
+//   file is open, a passthrough open fails (ETXTBSY, seen as EIO). So the node counts its
+//   open handles by mode (the mode is chosen and counted under mu_, before the reply, and
+//   taken back when the reply does not reach the kernel), an id is registered once per
+//   node and reused, and it is closed when the node is forgotten or its content dropped
+//   with no passthrough handle left. Content dropped while passthrough handles are open
+//   cannot be served by another mode: new opens get EIO until those handles close (the
+//   dropped bytes are never handed out again).
+// - A failed BACKING_OPEN (EPERM in a user namespace, ELOOP on a stacked cache, EMFILE)
+//   falls back to pread and is counted; EPERM turns passthrough off for the session.
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "session.h"
+
+namespace narfs {
+
+bool Session::hasCapSysAdmin() {
+  struct __user_cap_header_struct h;
+  std::memset(&h, 0, sizeof h);
+  h.version = _LINUX_CAPABILITY_VERSION_3;
+  struct __user_cap_data_struct d[2];
+  std::memset(d, 0, sizeof d);
+  if (syscall(SYS_capget, &h, d) != 0) return false;
+  if ((d[CAP_SYS_ADMIN / 32].effective & (1u << (CAP_SYS_ADMIN % 32))) == 0) return false;
+  // Capabilities inside a user namespace do not satisfy capable(): require the initial
+  // namespace's identity map ("0 0 4294967295").
+  FILE* f = std::fopen("/proc/self/uid_map", "r");
+  if (f == nullptr) return false;
+  unsigned long inside = 1, outside = 1, count = 0;
+  int got = std::fscanf(f, "%lu %lu %lu", &inside, &outside, &count);
+  std::fclose(f);
+  return got == 3 && inside == 0 && outside == 0 && count == 4294967295UL;
+}
+
+uint64_t Session::wantPassthrough(uint64_t offered) const {
+  if (!opts_.passthrough || (offered & FUSE_PASSTHROUGH) == 0 || !hasCapSysAdmin()) return 0;
+  return FUSE_PASSTHROUGH;
+}
+
+bool Session::registerBacking(Node& n) {
+  backing_map m;
+  std::memset(&m, 0, sizeof m);
+  m.fd = n.file->fd;
+  int id = ioctl(fd(0), kIocBackingOpen, &m);
+  if (id <= 0) {
+    int e = errno;
+    ptFallbacks_++;
+    if (e == EPERM) ptEnabled_ = false;
+    return false;
+  }
+  n.backingId = id;
+  n.backingRetired = false;
+  backingLive_++;
+  return true;
+}
+
+void Session::closeBacking(Node& n) {
+  if (n.backingId <= 0) return;
+  uint32_t id = static_cast<uint32_t>(n.backingId);
+  ioctl(fd(0), kIocBackingClose, &id);  // ENOENT only if the kernel already freed it
+  backingLive_--;
+  n.backingId = 0;
+  n.backingRetired = false;
+}
+
+void Session::retireBacking(Node& n) {
+  if (n.backingId <= 0) return;
+  if (n.ptHandles == 0) closeBacking(n);
+  else n.backingRetired = true;
+}
+
+OpenMode Session::decideOpen(Node& n) {
+  const bool whole = n.file && n.fileOffset == 0 && n.fileSize == n.file->size;
+  if (n.ptHandles > 0) {
+    if (n.backingId > 0 && !n.backingRetired && whole) return OpenMode::Passthrough;
+    return OpenMode::Conflict;
+  }
+  if (!ptEnabled_ || !whole || n.cachedHandles > 0) return OpenMode::Cached;
+  if (n.backingId == 0 && !registerBacking(n)) return OpenMode::Cached;
+  return OpenMode::Passthrough;
+}
+
+void Session::countRelease(uint64_t nodeid, uint64_t fh) {
+  bool pt = false;
+  uint64_t id = nodeid;
+  if (fh == kPassthroughFh) {
+    pt = true;
+  } else if (fh != 0) {
+    auto j = jsHandles_.find(fh);
+    if (j == jsHandles_.end()) return;
+    id = j->second.first;
+    pt = j->second.second;
+    jsHandles_.erase(j);
+  }
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return;
+  Node& n = it->second;
+  if (pt) {
+    if (n.ptHandles > 0 && --n.ptHandles == 0 && n.backingRetired) closeBacking(n);
+  } else if (n.cachedHandles > 0) {
+    n.cachedHandles--;
+  }
+}
+
+int Session::sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags, bool cHandle) {
+  open_out o;
+  std::memset(&o, 0, sizeof o);
+  o.fh = fh;
+  o.open_flags = openFlags;
+  bool counted = false;
+  {
+    std::unique_lock<std::shared_mutex> g(mu_);
+    auto it = nodes_.find(nodeid);
+    if (it != nodes_.end()) {
+      Node& n = it->second;
+      OpenMode mode = decideOpen(n);
+      if (mode == OpenMode::Conflict) {
+        ptConflicts_++;
+        g.unlock();
+        send(ch, unique, EIO, nullptr, 0);
+        return EIO;
+      }
+      if (mode == OpenMode::Passthrough) {
+        n.ptHandles++;
+        ptOpens_++;
+        // Only FOPEN_PASSTHROUGH | DIRECT_IO | PARALLEL_DIRECT_WRITES | NOFLUSH may come
+        // with it (iomode.c FOPEN_PASSTHROUGH_MASK, else EINVAL): no KEEP_CACHE.
+        o.open_flags = (o.open_flags & (FOPEN_DIRECT_IO | FOPEN_NOFLUSH)) | FOPEN_PASSTHROUGH;
+        o.backing_id = n.backingId;
+        if (cHandle) o.fh = kPassthroughFh;
+      } else {
+        n.cachedHandles++;
+      }
+      if (!cHandle) jsHandles_[fh] = {nodeid, mode == OpenMode::Passthrough};
+      counted = true;
+    }
+  }
+  const uint64_t sentFh = o.fh;
+  int err = send(ch, unique, 0, &o, sizeof o);
+  if (err != 0 && counted) {
+    // The kernel did not take this open (interrupted): no RELEASE will come for it.
+    std::unique_lock<std::shared_mutex> g(mu_);
+    countRelease(nodeid, sentFh);
+  }
+  return err;
+}
+
+}  // namespace narfs
