@@ -324,6 +324,13 @@ Napi::Value DropContent(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value ContentInUse(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Session* s = sessionOf(info);
+  if (s == nullptr || info.Length() < 2 || !info[1].IsString()) return Napi::Boolean::New(env, false);
+  return Napi::Boolean::New(env, s->contentInUse(info[1].As<Napi::String>().Utf8Value()));
+}
+
 Napi::Value ForgetNode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SESSION_AND(1);
@@ -370,6 +377,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("replyDir", Napi::Function::New(env, ReplyDir));
   exports.Set("setContent", Napi::Function::New(env, SetContent));
   exports.Set("dropContent", Napi::Function::New(env, DropContent));
+  exports.Set("contentInUse", Napi::Function::New(env, ContentInUse));
   exports.Set("forgetNode", Napi::Function::New(env, ForgetNode));
   exports.Set("stats", Napi::Function::New(env, GetStats));
   exports.Set("sdNotify", Napi::Function::New(env, narfs::SdNotify));

@@ -304,6 +304,14 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
   return true;
 }
 
+bool Session::contentInUse(const std::string& path) {
+  std::shared_lock<std::shared_mutex> g(mu_);
+  for (const auto& [id, n] : nodes_) {
+    if (n.file && n.file->path == path && (n.ptHandles > 0 || n.cachedHandles > 0)) return true;
+  }
+  return false;
+}
+
 void Session::dropContent(const std::string& path) {
   std::unique_lock<std::shared_mutex> g(mu_);
   for (auto& [id, n] : nodes_) {

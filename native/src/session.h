@@ -144,6 +144,9 @@ class Session : public std::enable_shared_from_this<Session> {
                   const std::vector<Bytes>* targets, uint64_t dirNodeid, uint64_t eofOffset, int* err);
 
   bool setContent(uint64_t nodeid, const std::string& path, uint64_t offset, uint64_t size, uint64_t fileTotal);
+  // Whether a file of the kernel is open on a node whose content is `path` (the cache
+  // must not evict it: src/store/lazy-store.ts guardDropped).
+  bool contentInUse(const std::string& path);
   void dropContent(const std::string& path);
   void forgetNode(uint64_t nodeid);
   Stats stats();

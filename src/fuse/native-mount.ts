@@ -56,6 +56,7 @@ interface Addon {
     dirNodeid?: number, eofOffset?: number, targets?: Array<Buffer | undefined>): number;
   setContent(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): boolean;
   dropContent(s: Session, path: string): void;
+  contentInUse(s: Session, path: string): boolean;
   forgetNode(s: Session, nodeid: number): void;
   stats(s: Session): NativeStats;
 }
@@ -187,6 +188,9 @@ export class NativeMount {
       // C forgot those locations: push again once the content is back.
       for (const [nodeid, p] of this.#pushed) if (p === path) this.#pushed.delete(nodeid);
     });
+    // Files the kernel has open through C (pread or passthrough) are not JS's to see: ask C
+    // before the cache evicts one.
+    this.#fs.guardDropped((path) => !(this.#session && a.contentInUse(this.#session, path)));
     try {
       await withDeadline(30_000, () => Promise.race([ready, this.#closed.then(() => {
         throw new NarfsError('ERR_MOUNT', `the kernel closed ${o.mountpoint} before it was ready`);
