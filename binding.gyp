@@ -24,6 +24,12 @@
       "type": "executable",
       "sources": ["native/client/register-client.c"],
       "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+    },
+    {
+      "target_name": "narfs-flock",
+      "type": "executable",
+      "sources": ["native/client/flock-helper.c"],
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }
