@@ -4,7 +4,7 @@
  *
  *   npm run bench -- --only 7 [--reps N]            (inside the whole benchmark)
  *   node --import tsx bench/register-scale.ts [--reps 5] [--sizes 100000,1000000]
- *        [--cli-sizes 100000] [--big-reps 1] [--no-xfs]
+ *        [--cli-sizes 100000] [--big-reps 1] [--no-xfs] [--out FILE.json]
  *
  * Figures (all into lower stores that are plain directories; Nix's is `local?root=…`):
  * - the 36-path fixture closure (scripts/build-fixtures.sh) into a fresh store: the CLI
@@ -408,6 +408,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
       // The CLI reads, verifies and caches every narinfo: ~10 min for 10^6 on 2 cores.
       'cli-sizes': { type: 'string' },
       'no-xfs': { type: 'boolean', default: false },
+      // Raw numbers of every row as JSON.
+      out: { type: 'string' },
     },
   });
   const sizes = values.sizes!.split(',').filter(Boolean).map(Number);
@@ -423,6 +425,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     cliSizes: (values['cli-sizes'] ?? '100000').split(',').filter(Boolean).map(Number),
     xfs: !values['no-xfs'], workDir: '/var/tmp', log: (s) => process.stderr.write(`${s}\n`),
   }, sink);
+  if (values.out) writeFileSync(values.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), rows }, null, 1) + '\n');
   for (const r of rows) {
     const ref = rows.find((x) => x.scenario === r.scenario && x.reference);
     const ratio = ref && !r.reference ? ` ${(median(r.values) / median(ref.values)).toFixed(2)}x` : r.reference ? ' (ref)' : '';
