@@ -150,6 +150,18 @@ describe('integration: the fast narfs register client', function () {
       assert.notEqual(b.code, 0, `${args.join(' ')}: the Node CLI fails`);
       assert.deepEqual(a, b, args.join(' '));
     }
+    // The --timeout bound: no registration finishes within 1 ms (a worker round trip at
+    // least). Which log lines come before it depends on speed; the report does not.
+    const args = ['--lower', join(root, 'timeout'), '--cache-dir', cacheDir, '--timeout', '1ms', '--all'];
+    const a = await fast(args, { env: NO_NODE });
+    const b = await viaNode(args);
+    const report = 'narfs: error ERR_DEADLINE: the daemon did not finish within 1 ms\n  hint: ';
+    for (const r of [a, b]) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stdout, '');
+      assert.ok(r.stderr.includes(report), r.stderr);
+    }
+    assert.equal(a.stderr.slice(a.stderr.indexOf(report)), b.stderr.slice(b.stderr.indexOf(report)));
   });
 
   it('relative --lower, --from-file and --cache-dir are the caller\'s', async () => {
