@@ -3,7 +3,7 @@
  * with util-linux flock(1) from outside: the locks are real flocks, taken in order and
  * held until release; a busy lock names itself and leaves none of the set held; a helper
  * is reused after a release; and a lock never outlives its owner, even one killed by
- * SIGKILL while holding it.
+ * SIGKILL while holding it, or a worker thread terminated while holding it.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isNarfsError } from '../../src/errors.js';
 import { lockFiles } from '../../src/nixdb/lock-file.js';
+import { startWorker } from '../../src/nixdb/run-in-worker.js';
 
 const HELPER = fileURLToPath(new URL('../../build/Release/narfs-flock', import.meta.url));
 
@@ -81,6 +82,19 @@ describe('integration: lockFiles through the narfs-flock helper', function () {
     });
     assert.ok(Date.now() - started >= 300, 'it waited its deadline');
     assert.equal(free(a), true, 'the first lock was dropped');
+  });
+
+  it('a lock never outlives the worker thread that took it, terminated while holding it', async () => {
+    const a = join(dir, 'a');
+    const worker = startWorker(new URL('../support/lock-holder-worker.js', import.meta.url), { file: a }, undefined);
+    await new Promise<void>((resolve, reject) => {
+      worker.once('message', () => resolve());
+      worker.once('error', reject);
+    });
+    assert.equal(free(a), false);
+    await worker.terminate();
+    // The helper sees EOF when the worker's pipe closes: flock -w waits for that event.
+    assert.equal(spawnSync('flock', ['-x', '-w', '60', a, 'true']).status, 0, 'the lock was dropped');
   });
 
   it('a lock never outlives its owner, even one killed by SIGKILL', async () => {
