@@ -19,6 +19,18 @@
         "-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Werror",
         "-isystem", "<!(node -p \"require('path').dirname(require.resolve('node-addon-api/package.json'))\")"
       ]
+    },
+    {
+      "target_name": "narfs-register",
+      "type": "executable",
+      "sources": ["native/client/register-client.c"],
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
+    },
+    {
+      "target_name": "narfs-flock",
+      "type": "executable",
+      "sources": ["native/client/flock-helper.c"],
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }

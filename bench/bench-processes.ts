@@ -184,6 +184,8 @@ export interface NarfsOptions {
   nodeFlags?: string[];
   /** FUSE backend (`--fuse-backend`): the native engine (default) or fuse-native. */
   backend?: 'native' | 'fuse-native';
+  /** More `narfs mount` options, e.g. `--lower DIR`. */
+  extraArgs?: string[];
 }
 
 /** Starts `bin/narfs mount` and resolves when it prints that it is mounted. */
@@ -193,7 +195,7 @@ export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<N
   const err = openSync(o.logFile, 'w');
   const child = spawn(process.execPath, [...(o.nodeFlags ?? []), NARFS_BIN, 'mount', o.mnt,
     '--datalake', o.datalake, '--trusted-public-keys', o.publicKey, '--cache-dir', o.cacheDir,
-    '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : [])], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
+    '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : []), ...(o.extraArgs ?? [])], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
   closeSync(out);
   closeSync(err);
   recordChild(child.pid);

@@ -4,13 +4,18 @@
  *
  *   npm run bench -- --only 7 [--reps N]            (inside the whole benchmark)
  *   node --import tsx bench/register-scale.ts [--reps 5] [--sizes 100000,1000000]
- *        [--cli-sizes 100000] [--big-reps 1] [--no-xfs]
+ *        [--cli-sizes 100000] [--big-reps 1] [--no-xfs] [--out FILE.json]
  *
  * Figures (all into lower stores that are plain directories; Nix's is `local?root=…`):
- * - the 33-path fixture closure (scripts/build-fixtures.sh) into a fresh store: the CLI
- *   end to end (`narfs register --all` from the file:// zstd datalake: process start,
- *   narinfos, signatures, the write), the library call (createLowerStore +
- *   registerValidPaths, in-process), the daemon's path (registerOffThread, a worker);
+ * - the 36-path fixture closure (scripts/build-fixtures.sh) into a fresh store: the CLI
+ *   end to end without a daemon (`narfs register --all` from the file:// zstd datalake:
+ *   process start, narinfos, signatures, the write); the CLI through a running daemon
+ *   (`narfs mount … --lower`, started before the clock) — `bin/narfs register` run as a
+ *   program (the C client, native/client/register-client.c) and `node bin/narfs register`
+ *   (the Node CLI) — with the daemon's first registration (caches cold) in a row of its
+ *   own; the library call (createLowerStore + registerValidPaths, in-process), the
+ *   daemon's path (registerOffThread, a worker, in a fresh process: worker start included);
+ *   and `node -e 0`, the floor of any Node CLI;
  * - N synthetic paths (bench/synthetic-store.ts) in one batch into a fresh store: the
  *   library, and the CLI from a signed file:// datalake of N narinfos;
  * - one more 33-path closure into the store of N paths: library, off-thread, CLI; and the
@@ -36,6 +41,7 @@ import { formatPublicKey, type SecretKey } from '../src/nix/signature.js';
 import { createLowerStore, lowerStoreLayout, registerValidPaths, type ValidPathInfo } from '../src/nixdb/index.js';
 import { pathInfos, toValidPathInfo } from '../test/integration/nixdb-fixtures.js';
 import { dumpDb, syntheticInfos, writeSyntheticDatalake } from './synthetic-store.js';
+import { startNarfs } from './bench-processes.js';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const NARFS_BIN = join(REPO, 'bin/narfs');
@@ -149,6 +155,9 @@ async function alternate(reps: number, contenders: Array<[string, () => Promise<
   }
 }
 
+const FAST = 'narfs register (CLI through a running daemon: C client)';
+const NODE_VIA_DAEMON = 'node bin/narfs register (Node CLI through the same daemon)';
+const NODE_START = 'node -e 0 (for scale: the start of any Node CLI)';
 const LIB = 'narfs registerValidPaths (library, in-process)';
 const OFF = 'narfs registerOffThread (library, worker thread, from dist/)';
 const CLI = 'narfs register (CLI, end to end)';
@@ -162,6 +171,49 @@ export async function registerScale(o: RegisterScaleOptions, row: RowSink): Prom
     const name = `7a register the ${fx.infos.length}-path fixture closure into a fresh store`;
     const dump = join(scratch, 'fixture.dump');
     writeFileSync(dump, sh('nix-store', ['--dump-db', ...fx.infos.map((i) => i.path)]));
+    // The daemon a deployment runs: a mount with a lower store, started before the clock.
+    const dd = mkdtempSync(join(scratch, 'daemon-'));
+    mkdirSync(join(dd, 'lower/nix/store'), { recursive: true });
+    const daemonCache = join(dd, 'cache');
+    const daemon = await startNarfs({
+      mnt: join(dd, 'lower/nix/store'), datalake: fx.datalake, publicKey: fx.publicKey, cacheDir: daemonCache,
+      logFile: join(dd, 'narfs.log'), extraArgs: ['--lower', join(dd, 'lower')],
+    });
+    const viaDaemon = (node: boolean) => () => {
+      const d = mkdtempSync(join(scratch, node ? 'node-daemon-' : 'fast-'));
+      const args = ['--lower', d, '--cache-dir', daemonCache, '--all'];
+      const t0 = performance.now();
+      const r = node
+        ? spawnSync(process.execPath, [NARFS_BIN, 'register', ...args], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } })
+        : spawnSync(NARFS_BIN, ['register', ...args], { encoding: 'utf8' });
+      const t = ms(t0);
+      if (r.status !== 0) throw new Error(`narfs register ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr}`);
+      if (count(lowerStoreLayout(d).dbPath) !== fx.infos.length) throw new Error('through the daemon: wrong row count');
+      rmSync(d, { recursive: true, force: true });
+      return t;
+    };
+    try {
+      row(name, 'narfs register through the daemon, its first registration (narinfo and .drv caches cold)', 'ms').values.push(viaDaemon(false)());
+      await alternate(o.reps, [
+        [FAST, viaDaemon(false)],
+        [NODE_VIA_DAEMON, viaDaemon(true)],
+        [NODE_START, () => {
+          const t0 = performance.now();
+          const r = spawnSync(process.execPath, ['-e', '0'], { env: { ...process.env, NODE_OPTIONS: '' } });
+          if (r.status !== 0) throw new Error('node -e 0 failed');
+          return ms(t0);
+        }],
+        [NIX, () => {
+          const root = nixRoot(scratch, fx.drvs);
+          const t = loadDb(root, dump);
+          rmSync(root, { recursive: true, force: true });
+          return t;
+        }],
+      ], (c, v) => row(name, c, 'ms', c === NIX).values.push(v));
+    } finally {
+      await daemon.stop();
+      rmSync(dd, { recursive: true, force: true });
+    }
     await alternate(o.reps, [
       [CLI, () => {
         const d = mkdtempSync(join(scratch, 'cli-'));
@@ -356,6 +408,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
       // The CLI reads, verifies and caches every narinfo: ~10 min for 10^6 on 2 cores.
       'cli-sizes': { type: 'string' },
       'no-xfs': { type: 'boolean', default: false },
+      // Raw numbers of every row as JSON.
+      out: { type: 'string' },
     },
   });
   const sizes = values.sizes!.split(',').filter(Boolean).map(Number);
@@ -371,6 +425,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     cliSizes: (values['cli-sizes'] ?? '100000').split(',').filter(Boolean).map(Number),
     xfs: !values['no-xfs'], workDir: '/var/tmp', log: (s) => process.stderr.write(`${s}\n`),
   }, sink);
+  if (values.out) writeFileSync(values.out, JSON.stringify({ date: new Date().toISOString(), argv: process.argv.slice(2), rows }, null, 1) + '\n');
   for (const r of rows) {
     const ref = rows.find((x) => x.scenario === r.scenario && x.reference);
     const ratio = ref && !r.reference ? ` ${(median(r.values) / median(ref.values)).toFixed(2)}x` : r.reference ? ' (ref)' : '';

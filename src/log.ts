@@ -4,7 +4,7 @@
  * Invariant: a line is written whole with one write to stderr; errors are logged with
  * their stable `code` and `hint`; no field may carry a secret (callers pass display URLs).
  */
-import { isNarfsError } from './errors.js';
+import { isNarfsError, type NarfsError } from './errors.js';
 
 export type LogFormat = 'text' | 'json';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -43,6 +43,18 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     warn: (m, f) => emit('warn', m, f),
     error: (m, f) => emit('error', m, f),
   };
+}
+
+/**
+ * How a command reports the error that ended it, on stderr: `narfs: error CODE: message`,
+ * the hint and the details on their own lines, or one JSON object for --log-format json.
+ */
+export function formatErrorReport(err: NarfsError, format: LogFormat): string {
+  const details = err.details && Object.keys(err.details).length > 0 ? err.details : undefined;
+  if (format === 'json') {
+    return JSON.stringify({ level: 'error', code: err.code, msg: err.message, hint: err.hint, ...(details ? { details } : {}) }) + '\n';
+  }
+  return `narfs: error ${err.code}: ${err.message}\n  hint: ${err.hint}\n${details ? `  details: ${JSON.stringify(details)}\n` : ''}`;
 }
 
 /** A logger that drops everything (tests, library use). */

@@ -9,18 +9,18 @@
  * Exit codes: 0 success (also after a clean unmount on SIGINT/SIGTERM), 1 failure,
  * 2 usage error.
  */
-import { parseArgs } from 'node:util';
 import { NarfsError, toNarfsError } from '../errors.js';
-import { createLogger, type LogFormat } from '../log.js';
-import { buildDatalakeAccess, buildMountConfig } from '../config/mount-config.js';
-import { mergeConfig, readConfigFile, type ConfigSpec } from '../config/config-file.js';
-import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, defaultCacheMaxBytes, parseDuration, parseSize } from '../config/mount-config.js';
+import { createLogger, formatErrorReport, type LogFormat } from '../log.js';
+import { buildDatalakeAccess, buildMountConfig, DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, defaultCacheMaxBytes, parseDuration, parseSize } from '../config/mount-config.js';
+import { MOUNT_OPTIONS, parseOptions, sniffLogFormat, withConfigFile } from '../config/command-options.js';
+import { parseRegisterInvocation, registeredLine } from '../config/register-invocation.js';
 import type { GcResult } from '../daemon/gc-operation.js';
 import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { callDaemon } from './control-client.js';
 import type { VerifyCacheResult } from '../daemon/verify-cache-operation.js';
-import { readFile } from 'node:fs/promises';
 import type { NarfsStatus } from '../daemon/status-operation.js';
+
+export { sniffLogFormat };
 
 const HELP = `narfs — a lazily materialised /nix/store over FUSE
 
@@ -132,7 +132,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'index':
         return await (await import('../index/index-command.js')).indexCommand(rest);
       case 'prefetch': {
-        const { values, positionals } = parse(rest, { 'cache-dir': { type: 'string' }, detach: { type: 'boolean' }, timeout: { type: 'string' }, 'log-format': { type: 'string' } });
+        const { values, positionals } = parseOptions(rest, { 'cache-dir': { type: 'string' }, detach: { type: 'boolean' }, timeout: { type: 'string' }, 'log-format': { type: 'string' } });
         if (values.help) { process.stdout.write(HELP); return 0; }
         const { prefetchCommand } = await import('./prefetch-command.js');
         return await prefetchCommand({
@@ -151,100 +151,8 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-/**
- * The log format asked for, known before the arguments are parsed (so that a usage error
- * is printed in it too): `--log-format json` or `--log-format=json`.
- */
-export function sniffLogFormat(args: readonly string[]): LogFormat {
-  let format: LogFormat = 'text';
-  args.forEach((a, i) => {
-    const v = a === '--log-format' ? args[i + 1] : a.startsWith('--log-format=') ? a.slice('--log-format='.length) : undefined;
-    if (v === 'json' || v === 'text') format = v;
-  });
-  return format;
-}
-
 function printError(err: NarfsError, format: LogFormat): void {
-  const details = err.details && Object.keys(err.details).length > 0 ? err.details : undefined;
-  if (format === 'json') {
-    process.stderr.write(JSON.stringify({ level: 'error', code: err.code, msg: err.message, hint: err.hint, ...(details ? { details } : {}) }) + '\n');
-  } else {
-    process.stderr.write(`narfs: error ${err.code}: ${err.message}\n  hint: ${err.hint}\n${details ? `  details: ${JSON.stringify(details)}\n` : ''}`);
-  }
-}
-
-type OptionSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>;
-
-function parse(args: string[], options: OptionSpec): { values: Record<string, unknown>; positionals: string[] } {
-  try {
-    const r = parseArgs({ args, options: { ...options, help: { type: 'boolean' } }, allowPositionals: true, strict: true, allowNegative: true });
-    return { values: r.values as Record<string, unknown>, positionals: r.positionals };
-  } catch (err) {
-    throw new NarfsError('ERR_USAGE', (err as Error).message, { cause: err });
-  }
-}
-
-/** Options of http(s) datalakes, shared by mount and register. */
-const ACCESS_OPTIONS: OptionSpec = {
-  'netrc-file': { type: 'string' },
-  'bearer-token-file': { type: 'string', multiple: true },
-  'ssl-cert-file': { type: 'string' },
-  proxy: { type: 'string' },
-};
-
-const MOUNT_OPTIONS: OptionSpec = {
-  datalake: { type: 'string', multiple: true },
-  'trusted-public-keys': { type: 'string', multiple: true },
-  'require-sigs': { type: 'boolean' },
-  'cache-dir': { type: 'string' },
-  'op-timeout': { type: 'string' },
-  'negative-ttl': { type: 'string' },
-  lower: { type: 'string' },
-  'lower-socket': { type: 'string' },
-  'allow-other': { type: 'boolean' },
-  'decompress-jobs': { type: 'string' },
-  'fuse-backend': { type: 'string' },
-  passthrough: { type: 'boolean' },
-  'log-format': { type: 'string' },
-  'metrics-listen': { type: 'string' },
-  'cache-max-size': { type: 'string' },
-  indexes: { type: 'boolean' },
-  'record-trace': { type: 'string' },
-  'prefetch-trace': { type: 'string' },
-  ...ACCESS_OPTIONS,
-};
-
-const REGISTER_OPTIONS: OptionSpec = {
-  lower: { type: 'string' },
-  'from-file': { type: 'string', multiple: true },
-  all: { type: 'boolean' },
-  datalake: { type: 'string', multiple: true },
-  'trusted-public-keys': { type: 'string', multiple: true },
-  'require-sigs': { type: 'boolean' },
-  'cache-dir': { type: 'string' },
-  timeout: { type: 'string' },
-  'log-format': { type: 'string' },
-  ...ACCESS_OPTIONS,
-};
-
-/**
- * What a --config file may set: the options of mount and register (one file serves both;
- * each command takes the keys it knows), but not `all`, `from-file` or `timeout`, which
- * belong to one invocation.
- */
-const CONFIG_SPEC: ConfigSpec = Object.fromEntries(
-  Object.entries({ ...MOUNT_OPTIONS, ...REGISTER_OPTIONS })
-    .filter(([k]) => !['all', 'from-file', 'timeout'].includes(k))
-    .map(([k, o]) => [k, o.multiple ? 'list' : o.type]),
-);
-
-/** The command-line values over those of --config FILE (when given), for `spec`'s keys. */
-async function withConfigFile(values: Record<string, unknown>, spec: OptionSpec): Promise<Record<string, unknown>> {
-  const file = values.config as string | undefined;
-  if (file === undefined) return values;
-  const fromFile = await readConfigFile(file, CONFIG_SPEC);
-  const known = Object.fromEntries(Object.entries(fromFile).filter(([k]) => k in spec));
-  return mergeConfig(values, known);
+  process.stderr.write(formatErrorReport(err, format));
 }
 
 /** --ssl-cert-file, else Nix's environment defaults (NIX_SSL_CERT_FILE, SSL_CERT_FILE). */
@@ -254,7 +162,7 @@ function sslCertFile(values: Record<string, unknown>): string | undefined {
 }
 
 async function mountCommand(args: string[]): Promise<number> {
-  const parsed = parse(args, { ...MOUNT_OPTIONS, config: { type: 'string' } });
+  const parsed = parseOptions(args, { ...MOUNT_OPTIONS, config: { type: 'string' } });
   const positionals = parsed.positionals;
   if (parsed.values.help) {
     process.stdout.write(HELP);
@@ -313,28 +221,13 @@ async function mountCommand(args: string[]): Promise<number> {
 }
 
 async function registerCommand(args: string[]): Promise<number> {
-  const parsed = parse(args, { ...REGISTER_OPTIONS, config: { type: 'string' } });
-  const positionals = parsed.positionals;
-  if (parsed.values.help) {
+  const inv = await parseRegisterInvocation(args);
+  if (inv.help) {
     process.stdout.write(HELP);
     return 0;
   }
-  const values = await withConfigFile(parsed.values, REGISTER_OPTIONS);
-  const lower = values.lower as string | undefined;
-  if (!lower) throw new NarfsError('ERR_USAGE', 'narfs register needs --lower DIR');
-  const roots = [...positionals];
-  for (const f of (values['from-file'] as string[] | undefined) ?? []) {
-    const text = await readFile(f, 'utf8').catch((err) => {
-      throw new NarfsError('ERR_USAGE', `cannot read ${f}: ${(err as Error).message}`);
-    });
-    roots.push(...text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean));
-  }
-  const all = values.all === true;
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
-  const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 10 * 60_000;
-  const logger = createLogger({ format: values['log-format'] === 'json' ? 'json' : 'text' });
-  const { resolve } = await import('node:path');
-  const request = { op: 'register', lower: resolve(lower), roots, all };
+  const { request, cacheDir, timeoutMs, values } = inv;
+  const logger = createLogger({ format: inv.logFormat });
   const viaDaemon = await callDaemon(cacheDir, request, (l) => {
     const fn = l.level === 'error' ? logger.error : l.level === 'warn' ? logger.warn : logger.info;
     fn(l.msg, l.fields);
@@ -368,12 +261,12 @@ async function registerCommand(args: string[]): Promise<number> {
       await stack.close();
     }
   }
-  process.stdout.write(`narfs: registered ${String(result.closure)} paths in ${resolve(lower)} (${String(result.added)} new, ${String(result.alreadyValid)} already valid)\n`);
+  process.stdout.write(registeredLine(result, request.lower));
   return 0;
 }
 
 async function verifyCacheCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, {
+  const { values, positionals } = parseOptions(args, {
     'cache-dir': { type: 'string' },
     'log-format': { type: 'string' },
     timeout: { type: 'string' },
@@ -403,7 +296,7 @@ async function verifyCacheCommand(args: string[]): Promise<number> {
 }
 
 async function gcCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, {
+  const { values, positionals } = parseOptions(args, {
     'cache-dir': { type: 'string' },
     'max-size': { type: 'string' },
     'log-format': { type: 'string' },
@@ -437,7 +330,7 @@ async function gcCommand(args: string[]): Promise<number> {
 }
 
 async function statusCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, { 'cache-dir': { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } });
+  const { values, positionals } = parseOptions(args, { 'cache-dir': { type: 'string' }, json: { type: 'boolean' }, timeout: { type: 'string' } });
   if (values.help) {
     process.stdout.write(HELP);
     return 0;

@@ -7,7 +7,8 @@
  * `{"op":"gc","maxBytes":N?}`, `{"op":"prefetch","roots":[…],"detach":bool?}` or `{"op":"status"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
  * `{"type":"result",…}` or `{"type":"error","code","message","hint","details"}` (a
- * WireError, src/nixdb/wire-error.ts), then closes. A request that is not one JSON object
+ * WireError, src/nixdb/wire-error.ts), then closes. `{"op":"cli",…}` (the fast
+ * `narfs register` client) is answered in frames instead, see cli-operation.ts. A request that is not one JSON object
  * on one line (at most 1 MiB, within 10 s) is answered with an ERR_CONTROL error line.
  *
  * Invariants: the socket file is mode 0600 from the moment it has its name — it is bound
@@ -26,6 +27,7 @@ import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
 import { runPrefetch } from './prefetch-operation.js';
 import { runGc } from './gc-operation.js';
+import { runCliRequest } from './cli-operation.js';
 
 import { CONTROL_SOCKET } from './control-socket-path.js';
 import { isLive, listenPrivately } from './private-socket.js';
@@ -58,7 +60,7 @@ export async function startControlServer(cacheDir: string, options: ControlServe
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
-    handle(socket, options).catch((err) => {
+    handle(socket, cacheDir, options).catch((err) => {
       options.logger.warn('control request failed', { err });
       socket.destroy();
     });
@@ -73,7 +75,7 @@ export async function startControlServer(cacheDir: string, options: ControlServe
   };
 }
 
-async function handle(socket: Socket, options: ControlServerOptions): Promise<void> {
+async function handle(socket: Socket, cacheDir: string, options: ControlServerOptions): Promise<void> {
   const send = (obj: Record<string, unknown>) => {
     if (!socket.destroyed && socket.writable) socket.write(JSON.stringify(obj) + '\n');
   };
@@ -87,6 +89,10 @@ async function handle(socket: Socket, options: ControlServerOptions): Promise<vo
       warn: (msg, fields) => { options.logger.warn(msg, fields); send({ type: 'log', level: 'warn', msg, fields: plain(fields) }); },
       error: (msg, fields) => { options.logger.error(msg, fields); send({ type: 'log', level: 'error', msg, fields: plain(fields) }); },
     };
+    if (request.op === 'cli') {
+      await runCliRequest(socket, request, { stack: options.stack, cacheDir, logger: options.logger, signal: aborted.signal });
+      return;
+    }
     if (request.op === 'status' && options.status) {
       send({ type: 'result', ...(await options.status()) });
       return;

@@ -66,9 +66,10 @@ for (const kind of ['database', 'socket'] as const) describe(`e2e: Nix 2.26 loca
 
     let lowerStore: string;
     if (kind === 'database') {
-      const reg = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
+      // bin/narfs run as a program: the fast client, through the mount's daemon.
+      const reg = await run(BIN, ['register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
       assert.equal(reg.code, 0, reg.stderr);
-      // Registering again changes nothing.
+      // Registering again (the Node CLI, through the same daemon) changes nothing.
       const again = await run(process.execPath, [BIN, 'register', '--lower', lower, '--cache-dir', join(work, 'cache'), fixtures.top]);
       assert.match(again.stdout, /\(0 new, \d+ already valid\)/);
       lowerStore = `${lower}?read-only=true`;

@@ -12,6 +12,7 @@
  * something. Load slows both alike.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { rename, rm, writeFile } from 'node:fs/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { basename } from 'node:path';
@@ -20,6 +21,7 @@ import { isNarfsError } from '../../src/errors.js';
 import {
   createLowerStore, lowerStoreLayout, readValidNamesOffThread, readValidPaths, registerOffThread, registerValidPaths,
 } from '../../src/nixdb/index.js';
+import { endIdleWorkers, idleWorkerCount } from '../../src/nixdb/run-in-worker.js';
 import { watchRegisteredPaths, type RegisteredPathsWatcher } from '../../src/daemon/watch-registered-paths.js';
 import { captureLogger, type LogLine } from '../support/mount-harness.js';
 import { fakeChain, fakeStorePath, newLowerRoot } from './nixdb-fixtures.js';
@@ -155,11 +157,60 @@ describe('integration: lower-store work off the main thread', function () {
     assert.deepEqual(seen, before);
   });
 
-  it('a scan that misses its deadline is ERR_DEADLINE', async () => {
+  it('a scan that misses its deadline is ERR_DEADLINE, and its worker is not kept', async () => {
     const lower = newLowerRoot('deadline');
     roots.push(lower);
     await createLowerStore(lower);
+    // No warm worker: starting one (a thread, its modules, SQLite) takes far longer than 1 ms.
+    await endIdleWorkers();
     await assert.rejects(readValidNamesOffThread(lower, { timeoutMs: 1 }), (e: unknown) => isNarfsError(e, 'ERR_DEADLINE'));
+    assert.equal(idleWorkerCount(), 0, 'a worker stopped at its deadline is never reused');
+  });
+
+  it('a worker that answered is kept warm for the next job; jobs at once never share one', async () => {
+    const lower = newLowerRoot('warm');
+    roots.push(lower);
+    await createLowerStore(lower);
+    await endIdleWorkers();
+    await readValidNamesOffThread(lower, { timeoutMs: 120_000 });
+    assert.equal(idleWorkerCount(), 1, 'the worker that answered is kept');
+    const infos = fakeChain('warm', 3);
+    // An error answer leaves the worker reusable too.
+    const failing = fakeChain('warm-bad', 2, fakeStorePath('warm-absent', 'absent'));
+    const lower2 = newLowerRoot('warm-2');
+    roots.push(lower2);
+    const running = registerOffThread(lower, infos);
+    assert.equal(idleWorkerCount(), 0, 'the job took the warm worker');
+    const [scan, other, bad] = await Promise.allSettled([
+      readValidNamesOffThread(lower, { timeoutMs: 120_000 }), registerOffThread(lower2, infos), registerOffThread(lower, failing),
+    ]);
+    assert.equal((await running).added, 3);
+    assert.equal(scan.status, 'fulfilled');
+    assert.equal(other.status, 'fulfilled');
+    assert.ok(bad.status === 'rejected' && isNarfsError(bad.reason, 'ERR_CLOSURE_INCOMPLETE'), String(bad.status === 'rejected' ? bad.reason : bad.status));
+    assert.equal(idleWorkerCount(), 1, 'at most one idle worker is kept');
+    assert.deepEqual(readValidPaths(lower).sort(), infos.map((i) => i.path).sort());
+  });
+
+  it('an idle warm worker does not keep the process alive', async () => {
+    const lower = newLowerRoot('exit');
+    roots.push(lower);
+    const code = `const m = await import(${JSON.stringify(new URL('../../src/nixdb/index.ts', import.meta.url).href)});
+await m.registerOffThread(process.argv[1], ${JSON.stringify(fakeChain('exit', 2))});
+process.stdout.write('registered\\n');`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code, lower], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    // Bounds a hang only (a node start with tsx on a loaded machine): exiting is the event.
+    const exited = await Promise.race([
+      new Promise<number | null>((r) => child.on('exit', (c) => r(c))),
+      new Promise<'hung'>((r) => setTimeout(() => r('hung'), 120_000).unref()),
+    ]);
+    if (exited === 'hung') child.kill('SIGKILL');
+    assert.equal(exited, 0, `the process ${exited === 'hung' ? 'did not exit' : `exited ${exited}`}; stderr: ${err}`);
+    assert.equal(out, 'registered\n');
   });
 
   it('an error keeps its code, hint and details across the worker hop', async () => {

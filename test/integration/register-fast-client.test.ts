@@ -1,0 +1,260 @@
+/**
+ * The fast `narfs register` (bin/narfs run as a program → native/client/register-client.c
+ * → the daemon's control socket, op "cli", src/daemon/cli-operation.ts) against the Node
+ * CLI through the same daemon: the same registration, the same stdout, the same error
+ * reports and exit statuses; relative paths are the caller's; and every way the fast path
+ * can fail ends in the Node CLI, which then does the job (no daemon, an older daemon that
+ * does not know op "cli", a connection closed early, --help), except a daemon that passes
+ * its own deadline: then the client prints the daemon's deadline text and exits 1.
+ *
+ * "Without node" is checked by running the fast path with a PATH that has no node: the
+ * client can then only succeed by not starting one.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { silentLogger } from '../../src/log.js';
+import { parseTrustedPublicKeys } from '../../src/nix/signature.js';
+import { readValidPaths } from '../../src/nixdb/index.js';
+import { CONTROL_SOCKET, startControlServer, type ControlServer } from '../../src/daemon/control-server.js';
+import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import { FIXTURE_BUILD_TIMEOUT_MS, loadFixtures, type Fixtures } from '../support/fixtures.js';
+import { NARFS_BIN } from '../support/cli-daemon.js';
+
+const FAST_CLIENT = fileURLToPath(new URL('../../build/Release/narfs-register', import.meta.url));
+/** A PATH without node (and without anything else). */
+const NO_NODE = { PATH: '/var/empty' };
+
+interface Outcome { code: number; stdout: string; stderr: string }
+
+/** Runs `cmd args` in `cwd` with `env` over this process's environment. */
+function exec(cmd: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Outcome> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { cwd: options.cwd, env: { ...process.env, ...options.env }, timeout: 300_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** bin/narfs run as a program (sh, then the C client) and as `node bin/narfs`. */
+const fast = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => exec(NARFS_BIN, ['register', ...args], options);
+const viaNode = (args: string[], options: { cwd?: string } = {}) => exec(process.execPath, [NARFS_BIN, 'register', ...args], options);
+
+/** A fake daemon on `<dir>/control.sock`: `answer(op, socket)` per request; records the ops. */
+async function fakeDaemon(dir: string, answer: (op: string, s: Socket) => void): Promise<{ server: Server; ops: string[] }> {
+  const ops: string[] = [];
+  const clients = new Set<Socket>();
+  const server = createServer((s) => {
+    clients.add(s);
+    s.on('close', () => clients.delete(s));
+    let buf = '';
+    s.setEncoding('utf8');
+    s.on('error', () => {});
+    s.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      const op = String((JSON.parse(buf.slice(0, nl)) as { op?: unknown }).op);
+      ops.push(op);
+      answer(op, s);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(join(dir, CONTROL_SOCKET), () => resolve());
+  });
+  Object.assign(server, { clients });
+  return { server, ops };
+}
+
+const closeServer = (s: Server) => new Promise<void>((resolve) => {
+  s.close(() => resolve());
+  for (const c of (s as Server & { clients?: Set<Socket> }).clients ?? []) c.destroy();
+});
+
+/** Log lines carry timings: compare them without the numbers. */
+const noTimes = (s: string) => s.replace(/ms=\d+/g, 'ms=N');
+
+describe('integration: the fast narfs register client', function () {
+  this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
+  let fixtures: Fixtures;
+  let root: string;
+  let cacheDir: string;
+  let stack: StoreStack | undefined;
+  let control: ControlServer | undefined;
+  const servers: Server[] = [];
+
+  before(async () => {
+    assert.ok(existsSync(FAST_CLIENT), `${FAST_CLIENT} is built by npm run build (binding.gyp)`);
+    fixtures = await loadFixtures();
+  });
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'narfs-fast-register-'));
+    cacheDir = join(root, 'cache');
+    await mkdir(cacheDir, { mode: 0o700 });
+  });
+  afterEach(async () => {
+    for (const s of servers.splice(0)) await closeServer(s);
+    await control?.close();
+    control = undefined;
+    await stack?.close();
+    stack = undefined;
+    await rm(root, { recursive: true, force: true });
+  });
+
+  /** A daemon's store stack and control socket, in this process (no mount needed). */
+  const startDaemon = async () => {
+    stack = await openStoreStack({
+      datalakes: [fixtures.datalakes['zstd']!.url], trustedPublicKeys: parseTrustedPublicKeys(fixtures.publicKey),
+      requireSigs: true, cacheDir, negativeTtlMs: 60_000,
+    }, silentLogger);
+    control = await startControlServer(cacheDir, { stack, defaultLower: undefined, logger: silentLogger });
+  };
+
+  it('registers through the daemon without starting node, printing what the Node CLI prints', async () => {
+    await startDaemon();
+    const a = await fast(['--lower', join(root, 'a'), '--cache-dir', cacheDir, '--all'], { env: NO_NODE });
+    assert.equal(a.code, 0, a.stderr);
+    const b = await viaNode(['--lower', join(root, 'b'), '--cache-dir', cacheDir, '--all']);
+    assert.equal(b.code, 0, b.stderr);
+    assert.equal(a.stdout.replace(join(root, 'a'), 'LOWER'), b.stdout.replace(join(root, 'b'), 'LOWER'));
+    assert.match(a.stdout, new RegExp(`^narfs: registered ${fixtures.paths.length} paths in ${join(root, 'a')} \\(${fixtures.paths.length} new, 0 already valid\\)\n$`));
+    assert.equal(noTimes(a.stderr).replace(join(root, 'a'), 'LOWER'), noTimes(b.stderr).replace(join(root, 'b'), 'LOWER'));
+    assert.deepEqual(readValidPaths(join(root, 'a')).sort(), readValidPaths(join(root, 'b')).sort());
+    // Idempotent, as on the Node path.
+    const again = await fast(['--lower', join(root, 'a'), '--cache-dir', cacheDir, fixtures.top], { env: NO_NODE });
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /\(0 new, \d+ already valid\)/);
+  });
+
+  it('errors: the same report and exit status as the Node CLI, in text and JSON', async () => {
+    await startDaemon();
+    const lower = join(root, 'lower');
+    const cases: string[][] = [
+      ['--lower', lower, '--cache-dir', cacheDir, '--timeout', 'soon'],
+      ['--lower', lower, '--cache-dir', cacheDir, '--no-such-option'],
+      ['--cache-dir', cacheDir, fixtures.top],
+      ['--lower', lower, '--cache-dir', cacheDir, 'not-a-store-path'],
+      ['--lower', lower, '--cache-dir', cacheDir, '--log-format', 'json', `${'0'.repeat(32)}-not-in-the-datalake`],
+      ['--lower', lower, '--cache-dir', cacheDir, '--from-file', join(root, 'absent.txt')],
+    ];
+    for (const args of cases) {
+      const a = await fast(args, { env: NO_NODE });
+      const b = await viaNode(args);
+      assert.notEqual(b.code, 0, `${args.join(' ')}: the Node CLI fails`);
+      assert.deepEqual(a, b, args.join(' '));
+    }
+    // The --timeout bound: no registration finishes within 1 ms (a worker round trip at
+    // least). Which log lines come before it depends on speed; the report does not.
+    const args = ['--lower', join(root, 'timeout'), '--cache-dir', cacheDir, '--timeout', '1ms', '--all'];
+    const a = await fast(args, { env: NO_NODE });
+    const b = await viaNode(args);
+    const report = 'narfs: error ERR_DEADLINE: the daemon did not finish within 1 ms\n  hint: ';
+    for (const r of [a, b]) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stdout, '');
+      assert.ok(r.stderr.includes(report), r.stderr);
+    }
+    assert.equal(a.stderr.slice(a.stderr.indexOf(report)), b.stderr.slice(b.stderr.indexOf(report)));
+  });
+
+  it('relative --lower, --from-file and --cache-dir are the caller\'s', async () => {
+    await startDaemon();
+    await writeFile(join(root, 'roots.txt'), `# the top path\n${fixtures.top}\n`);
+    const r = await fast(['--lower', 'rel-lower', '--cache-dir', 'cache', '--from-file', 'roots.txt'], { cwd: root, env: NO_NODE });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`paths in ${join(root, 'rel-lower')} `));
+    assert.ok(readValidPaths(join(root, 'rel-lower')).includes(fixtures.top));
+  });
+
+  it('--help, and a command line that means another cache directory, go to the Node CLI', async () => {
+    await startDaemon();
+    const help = await fast(['--help', '--cache-dir', cacheDir]);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^narfs — /);
+    // <other>/control.sock is a link to this daemon's socket: the client reaches this daemon,
+    // but the command line means <other>, so the daemon hands over to the Node CLI (which
+    // then reaches it through the link on the JSON path).
+    const other = join(root, 'other-cache');
+    await mkdir(other);
+    await symlink(join(cacheDir, CONTROL_SOCKET), join(other, CONTROL_SOCKET));
+    const args = ['--lower', join(root, 'l'), '--cache-dir', other, fixtures.top];
+    const withoutNode = await fast(args, { env: NO_NODE });
+    assert.equal(withoutNode.code, 1);
+    assert.match(withoutNode.stderr, /cannot run node/, 'the daemon did not run it');
+    assert.equal(readValidPaths(join(root, 'l')).length, 0);
+    const r = await fast(args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(readValidPaths(join(root, 'l')).includes(fixtures.top));
+    // After `--` nothing is an option, for the client as for the daemon.
+    const r2 = await fast(['--lower', join(root, 'l2'), `--cache-dir=${cacheDir}`, '--', '--cache-dir', other], { env: NO_NODE });
+    assert.equal(r2.code, 1, r2.stderr);
+    assert.match(r2.stderr, /ERR_INVALID_ARGUMENT: "--cache-dir" is not a store path/);
+  });
+
+  it('no daemon: the Node CLI registers alone', async () => {
+    const r = await fast(['--lower', join(root, 'lower'), '--cache-dir', cacheDir, '--datalake', fixtures.datalakes['zstd']!.url,
+      '--trusted-public-keys', fixtures.publicKey, fixtures.top]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(readValidPaths(join(root, 'lower')).includes(fixtures.top));
+    const none = await fast(['--lower', join(root, 'lower'), '--cache-dir', cacheDir, fixtures.top], { env: NO_NODE });
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /cannot run node/, 'without a daemon the fast client can only hand over to node');
+  });
+
+  it('an older daemon (no op "cli") and a connection closed early hand over to the Node CLI', async () => {
+    const old = await fakeDaemon(cacheDir, (op, s) => {
+      if (op === 'cli') s.end('{"type":"error","code":"ERR_CONTROL","message":"unknown operation \\"cli\\"","hint":"h"}\n');
+      else s.end('{"type":"result","closure":3,"added":3,"alreadyValid":0}\n');
+    });
+    servers.push(old.server);
+    const lower = join(root, 'lower');
+    const r = await fast(['--lower', lower, '--cache-dir', cacheDir, fixtures.top]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `narfs: registered 3 paths in ${lower} (3 new, 0 already valid)\n`);
+    assert.deepEqual(old.ops, ['cli', 'register']);
+    await closeServer(servers.pop()!);
+
+    const early = await fakeDaemon(cacheDir, (op, s) => {
+      if (op === 'cli') s.end('d 600000 the daemon did not finish\ne 12\nnarfs info: \n');
+      else s.end('{"type":"result","closure":1,"added":0,"alreadyValid":1}\n');
+    });
+    servers.push(early.server);
+    const r2 = await fast(['--lower', lower, '--cache-dir', cacheDir, fixtures.top]);
+    assert.equal(r2.code, 0, r2.stderr);
+    assert.equal(r2.stdout, `narfs: registered 1 paths in ${lower} (0 new, 1 already valid)\n`);
+    assert.deepEqual(early.ops, ['cli', 'register']);
+  });
+
+  it('a daemon that passes its own deadline: the client prints its text and exits 1', async () => {
+    const text = 'narfs: error ERR_DEADLINE: the daemon did not finish within 0 ms\n  hint: h\n';
+    const hung = await fakeDaemon(cacheDir, (op, s) => {
+      if (op === 'cli') s.write(`d ${Buffer.byteLength(`0 ${text}`)}\n0 ${text}`);
+    });
+    servers.push(hung.server);
+    const started = Date.now();
+    const r = await fast(['--lower', join(root, 'lower'), '--cache-dir', cacheDir, fixtures.top], { env: NO_NODE });
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr, text);
+    assert.ok(Date.now() - started >= 10_000, 'the client waits the deadline plus its 10 s of slack');
+    assert.deepEqual(hung.ops, ['cli']);
+  });
+
+  it('the frames are checked: a malformed one hands over to the Node CLI', async () => {
+    const bad = await fakeDaemon(cacheDir, (op, s) => {
+      if (op === 'cli') s.end('o 99999999999\n');
+      else s.end('{"type":"result","closure":2,"added":2,"alreadyValid":0}\n');
+    });
+    servers.push(bad.server);
+    const r = await fast(['--lower', join(root, 'lower'), '--cache-dir', cacheDir, fixtures.top]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /registered 2 paths/);
+    assert.deepEqual(bad.ops, ['cli', 'register']);
+  });
+});
