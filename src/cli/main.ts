@@ -14,7 +14,8 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import { createLogger, type LogFormat } from '../log.js';
 import { buildDatalakeAccess, buildMountConfig } from '../config/mount-config.js';
 import { mergeConfig, readConfigFile, type ConfigSpec } from '../config/config-file.js';
-import { DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, parseDuration } from '../config/mount-config.js';
+import { DEFAULT_NEGATIVE_TTL_MS, parseDuration } from '../config/mount-config.js';
+import { defaultCacheDir, defaultConfigFile, ensurePrivateDir, exists } from '../config/user-dirs.js';
 import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { callDaemon } from './control-client.js';
 import type { VerifyNarCacheResult } from '../cache/verify-nar-cache.js';
@@ -36,7 +37,13 @@ narfs mount options:
                               (repeatable; asked in Priority order, falling through)
   --trusted-public-keys KEYS  whitespace-separated name:base64 keys (repeatable)
   --no-require-sigs           accept paths without a valid trusted signature
-  --cache-dir DIR             verified NARs and metadata (default /var/cache/narfs)
+  --cache-dir DIR             verified NARs and metadata (default /var/cache/narfs as root,
+                              else $XDG_CACHE_HOME/narfs, mode 0700)
+  --slice FILE|URL            show only the closures of the store paths listed there (one
+                              per line, # comments); a URL is fetched with the datalake
+                              credentials of its host and kept in the cache for offline use
+  --slice-refresh DURATION    how often the slice list is fetched again (default 300s;
+                              conditional: ETag / If-Modified-Since)
   --op-timeout DURATION       bound of a FUSE request waiting on a datalake (default 30s)
   --negative-ttl DURATION     how long a missing path is remembered (default 30s)
   --lower DIR                 root of the lower store whose database lists registered paths
@@ -62,7 +69,8 @@ http(s) datalakes (mount and register):
   --config FILE               settings as "key = value" lines (keys are the long options
                               above without "--"; # comments; repeatable keys add up);
                               command-line options replace the file's. Keeps secrets and
-                              URLs with credentials out of the command line
+                              URLs with credentials out of the command line. A normal
+                              user's $XDG_CONFIG_HOME/narfs/narfs.conf is read by default
 
 narfs register options (registers the whole closure of each root as valid paths in the
 lower store's database, in one transaction; through the running daemon of --cache-dir
@@ -168,6 +176,8 @@ const MOUNT_OPTIONS: OptionSpec = {
   'fuse-backend': { type: 'string' },
   'log-format': { type: 'string' },
   'metrics-listen': { type: 'string' },
+  slice: { type: 'string' },
+  'slice-refresh': { type: 'string' },
   ...ACCESS_OPTIONS,
 };
 
@@ -197,7 +207,9 @@ const CONFIG_SPEC: ConfigSpec = Object.fromEntries(
 
 /** The command-line values over those of --config FILE (when given), for `spec`'s keys. */
 async function withConfigFile(values: Record<string, unknown>, spec: OptionSpec): Promise<Record<string, unknown>> {
-  const file = values.config as string | undefined;
+  // A normal user's $XDG_CONFIG_HOME/narfs/narfs.conf is read when present and no --config is given.
+  const implicit = defaultConfigFile();
+  const file = (values.config as string | undefined) ?? (implicit !== undefined && (await exists(implicit)) ? implicit : undefined);
   if (file === undefined) return values;
   const fromFile = await readConfigFile(file, CONFIG_SPEC);
   const known = Object.fromEntries(Object.entries(fromFile).filter(([k]) => k in spec));
@@ -224,7 +236,7 @@ async function mountCommand(args: string[]): Promise<number> {
     datalake: values.datalake as string[] | undefined,
     trustedPublicKeys: values['trusted-public-keys'] as string[] | undefined,
     noRequireSigs: values['require-sigs'] === false,
-    cacheDir: values['cache-dir'] as string | undefined,
+    cacheDir: (values['cache-dir'] as string | undefined) ?? defaultCacheDir(),
     opTimeout: values['op-timeout'] as string | undefined,
     negativeTtl: values['negative-ttl'] as string | undefined,
     lower: values.lower as string | undefined,
@@ -238,7 +250,10 @@ async function mountCommand(args: string[]): Promise<number> {
     sslCertFile: sslCertFile(values),
     proxy: values.proxy as string | undefined,
     metricsListen: values['metrics-listen'] as string | undefined,
+    slice: values.slice as string | undefined,
+    sliceRefresh: values['slice-refresh'] as string | undefined,
   });
+  if (values['cache-dir'] === undefined && process.getuid?.() !== 0) await ensurePrivateDir(config.cacheDir);
   const logger = createLogger({ format: config.logFormat });
   const { startMount } = await import('../daemon/mount-daemon.js');
   const { forceUnmount } = await import('../fuse/fuse-native-mount.js');
@@ -282,7 +297,7 @@ async function registerCommand(args: string[]): Promise<number> {
     roots.push(...text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean));
   }
   const all = values.all === true;
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 10 * 60_000;
   const logger = createLogger({ format: values['log-format'] === 'json' ? 'json' : 'text' });
   const { resolve } = await import('node:path');
@@ -335,7 +350,7 @@ async function verifyCacheCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs verify-cache takes no positional arguments');
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 24 * 3600_000;
   const logger = createLogger({ format: sniffLogFormat(args) });
   const viaDaemon = await callDaemon(cacheDir, { op: 'verify-cache' }, (l) => {
@@ -361,7 +376,7 @@ async function statusCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs status takes no positional arguments');
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 60_000;
   const answer = await callDaemon(cacheDir, { op: 'status' }, () => {}, timeoutMs);
   if (!answer) {

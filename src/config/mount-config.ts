@@ -49,11 +49,17 @@ export interface MountConfig {
   fuseBackend?: 'native' | 'fuse-native';
   /** HOST:PORT of the Prometheus endpoint (GET /metrics); off when unset. */
   metricsListen?: string;
+  /**
+   * Show only the closures of the roots listed at FILE or URL (fetched with the datalake
+   * credentials), fetched again every refreshMs (default 300 s) with conditional requests.
+   */
+  slice?: { location: string; refreshMs: number };
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
 export const DEFAULT_OP_TIMEOUT_MS = 30_000;
 export const DEFAULT_NEGATIVE_TTL_MS = 30_000;
+export const DEFAULT_SLICE_REFRESH_MS = 300_000;
 
 /** "30s", "500ms", "2m", or a bare number of seconds → milliseconds. */
 export function parseDuration(s: string, what: string): number {
@@ -84,6 +90,8 @@ export interface RawMountOptions {
   sslCertFile?: string;
   proxy?: string;
   metricsListen?: string;
+  slice?: string;
+  sliceRefresh?: string;
 }
 
 /**
@@ -145,5 +153,11 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     config.fuseBackend = raw.fuseBackend;
   }
   if (raw.metricsListen !== undefined) config.metricsListen = raw.metricsListen;
+  if (raw.sliceRefresh !== undefined && raw.slice === undefined) throw new NarfsError('ERR_USAGE', '--slice-refresh needs --slice');
+  if (raw.slice !== undefined) {
+    const refreshMs = raw.sliceRefresh === undefined ? DEFAULT_SLICE_REFRESH_MS : parseDuration(raw.sliceRefresh, '--slice-refresh');
+    if (refreshMs < 1000) throw new NarfsError('ERR_USAGE', '--slice-refresh is at least 1s');
+    config.slice = { location: raw.slice, refreshMs };
+  }
   return config;
 }

@@ -23,6 +23,8 @@ import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
+import type { SliceFilter } from '../slice/slice-filter.js';
+import { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
 import { CleanupStack } from './cleanup-stack.js';
 import type { NarfsMetrics } from './metrics.js';
 
@@ -36,6 +38,8 @@ export interface StoreStackConfig {
   maxOpenFiles?: number;
   /** Credentials, CA bundle and proxy of the http(s) datalakes (file names, no secrets). */
   datalakeAccess?: HttpAccessOptions;
+  /** A slice mount: `infos` answers only for the paths this filter admits. */
+  sliceFilter?: SliceFilter;
 }
 
 export interface StoreStack {
@@ -76,9 +80,10 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const nars = metrics ? metrics.countingNarCache(plainNars) : plainNars;
     const shutdown = new AbortController();
     cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
-    const infos = new PathInfoService(datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
+    const infoArgs = [datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
-      { negativeTtlMs: config.negativeTtlMs, logger });
+      { negativeTtlMs: config.negativeTtlMs, logger }] as const;
+    const infos = config.sliceFilter ? new SlicedPathInfoService(config.sliceFilter, ...infoArgs) : new PathInfoService(...infoArgs);
     const materialiser = new Materialiser(nars, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });

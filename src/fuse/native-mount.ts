@@ -104,6 +104,12 @@ export interface NativeMountOptions extends FuseMountOptions {
   threads?: number;
   /** Mount through fusermount3 (unprivileged) instead of mount(2). Default: when not root. */
   useFusermount?: boolean;
+  /**
+   * Entry timeout of the store root's children (seconds; default entryTimeoutS): a slice
+   * mount keeps it short, so that a store path that left the slice stops resolving from
+   * the kernel's dentry cache within this time.
+   */
+  rootEntryTimeoutS?: number;
 }
 
 export class NativeMount {
@@ -119,6 +125,7 @@ export class NativeMount {
   #closed: Promise<number>;
   #onClosed: (errno: number) => void = () => {};
   #entryTtl: number;
+  #rootEntryTtl: number;
   #negativeTtl: number;
 
   constructor(fs: StoreFilesystem, options: NativeMountOptions) {
@@ -126,6 +133,7 @@ export class NativeMount {
     this.#opts = options;
     this.#log = options.logger;
     this.#entryTtl = options.entryTimeoutS ?? 86400;
+    this.#rootEntryTtl = options.rootEntryTimeoutS ?? this.#entryTtl;
     this.#negativeTtl = options.negativeTimeoutS ?? 1;
     this.#closed = new Promise<number>((resolve) => { this.#onClosed = resolve; });
   }
@@ -299,7 +307,7 @@ export class NativeMount {
       else n.replyErr(s, ch, unique, ERRNO.ENOENT);
       return;
     }
-    const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, this.#entryTtl);
+    const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, parent === ROOT_INO ? this.#rootEntryTtl : this.#entryTtl);
     // The request was interrupted and is gone: the kernel did not take this lookup.
     if (err !== 0) this.#forget(n, s, attr.ino, 1);
   }
