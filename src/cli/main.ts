@@ -253,6 +253,8 @@ async function mountCommand(args: string[]): Promise<number> {
     slice: values.slice as string | undefined,
     sliceRefresh: values['slice-refresh'] as string | undefined,
   });
+  // TODO(lead, issue 10): a normal user's default should also bound the cache size
+  // (the laziness issue's eviction option) once it exists; pass it through here.
   if (values['cache-dir'] === undefined && process.getuid?.() !== 0) await ensurePrivateDir(config.cacheDir);
   const logger = createLogger({ format: config.logFormat });
   const { startMount } = await import('../daemon/mount-daemon.js');

@@ -3,7 +3,7 @@
  * on disk for offline starts.
  *
  * - A FILE is read whole at each fetch; "unchanged" when its text is the one in hand.
- * - An http(s) URL is fetched with the datalake's credentials for that origin (HttpAuth:
+ * - An http(s) URL is fetched by ConditionalGet with the datalake's credentials for that origin (HttpAuth:
  *   a bearer token file scoped to the host or global, the netrc entry, user:pass in the
  *   URL), the CA bundle and proxy of the datalakes, and the deadlines and retries of
  *   HttpTransfer. Requests are conditional: the ETag and Last-Modified of the list in hand
@@ -21,13 +21,9 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Agent, ProxyAgent, interceptors, type Dispatcher } from 'undici';
-import { withDeadline } from '../deadline.js';
-import { NarfsError, toNarfsError } from '../errors.js';
-import { HttpAuth } from '../datalake/http-auth.js';
+import { NarfsError } from '../errors.js';
+import { ConditionalGet } from '../datalake/conditional-get.js';
 import type { HttpAccessOptions } from '../datalake/http-datalake.js';
-import { AttemptError, HTTP_TUNING_DEFAULTS, HttpTransfer, discard, headerText } from '../datalake/http-transfer.js';
-import { proxyFor } from '../datalake/proxy-for.js';
 import type { StorePath } from '../nix/store-path.js';
 import { parseSliceList } from './slice-list.js';
 
@@ -58,16 +54,11 @@ export class SliceSource {
   readonly #location: string;
   readonly #id: string;
   readonly #keptFile: string;
-  readonly #url: URL | undefined;
-  readonly #auth: HttpAuth | undefined;
-  readonly #access: HttpAccessOptions;
-  readonly #t: HttpTransfer | undefined;
-  #agent: Dispatcher | undefined;
+  readonly #http: ConditionalGet | undefined;
   #current: SliceSnapshot | undefined;
 
   constructor(location: string, cacheDir: string, access: HttpAccessOptions = {}) {
     this.#location = location;
-    this.#access = access;
     this.#id = createHash('sha256').update(location).digest('hex');
     this.#keptFile = join(cacheDir, 'slice', 'kept.json');
     if (/^https?:\/\//i.test(location)) {
@@ -77,11 +68,8 @@ export class SliceSource {
       } catch {
         throw new NarfsError('ERR_USAGE', '--slice is not a valid URL');
       }
-      this.#url = u;
-      this.display = u.origin + u.pathname;
-      const { netrcFile, bearerTokenFiles } = access;
-      this.#auth = new HttpAuth(u, { ...(netrcFile ? { netrcFile } : {}), ...(bearerTokenFiles ? { bearerTokenFiles } : {}) });
-      this.#t = new HttpTransfer(this.display, HTTP_TUNING_DEFAULTS, () => this.display);
+      this.#http = new ConditionalGet(u, access);
+      this.display = this.#http.display;
     } else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location) && !location.startsWith('file://')) {
       throw new NarfsError('ERR_USAGE', '--slice is a file or an http(s):// URL');
     } else {
@@ -133,7 +121,7 @@ export class SliceSource {
 
   /** Fetches the list (conditionally, for a URL). Throws a NarfsError; the list in hand stays. */
   async fetch(signal?: AbortSignal): Promise<SliceFetch> {
-    const fetched = this.#url ? await this.#fetchUrl(signal) : await this.#readFile();
+    const fetched = this.#http ? await this.#http.get(this.#current, signal) : await this.#readFile();
     if (fetched === 'not-modified') {
       this.#current!.fetchedAt = Date.now();
       return { changed: false, snapshot: this.#current! };
@@ -154,8 +142,7 @@ export class SliceSource {
   }
 
   async close(): Promise<void> {
-    this.#t?.abortAll();
-    if (this.#agent && this.#t) await this.#t.closeAgent(this.#agent);
+    await this.#http?.close();
   }
 
   async #readFile(): Promise<{ text: string; etag?: string; lastModified?: string }> {
@@ -166,83 +153,6 @@ export class SliceSource {
     return { text };
   }
 
-  async #dispatcher(): Promise<Dispatcher> {
-    if (this.#agent) return this.#agent;
-    const o = HTTP_TUNING_DEFAULTS;
-    let ca: Buffer | undefined;
-    if (this.#access.sslCertFile) {
-      ca = await readFile(this.#access.sslCertFile).catch((err: unknown) => {
-        throw new NarfsError('ERR_DATALAKE_FILE', `cannot read the CA bundle ${this.#access.sslCertFile}`, { cause: err });
-      });
-    }
-    const tls = { timeout: o.connectTimeoutMs, ...(ca ? { ca } : {}) };
-    const proxy = proxyFor(this.#url!, this.#access.proxy, this.#access.proxyEnv);
-    const common = { connections: 2, headersTimeout: o.headersTimeoutMs, bodyTimeout: o.bodyTimeoutMs, keepAliveTimeout: o.keepAliveTimeoutMs };
-    this.#agent = proxy
-      ? new ProxyAgent({ ...common, uri: proxy.href, proxyTunnel: this.#url!.protocol === 'https:', requestTls: tls })
-      : new Agent({ ...common, connect: tls });
-    return this.#agent;
-  }
-
-  async #fetchUrl(outer?: AbortSignal): Promise<{ text: string; etag?: string; lastModified?: string } | 'not-modified'> {
-    const t = this.#t!;
-    const auth = this.#auth!;
-    const url = this.#url!;
-    const rel = 'slice list';
-    const signal = t.liveSignal(rel, outer);
-    const deadlineAt = Date.now() + HTTP_TUNING_DEFAULTS.smallFileTimeoutMs;
-    try {
-      return await withDeadline(HTTP_TUNING_DEFAULTS.smallFileTimeoutMs, async (attemptSignal) => {
-        await auth.load();
-        const agent = (await this.#dispatcher()).compose(interceptors.redirect({ maxRedirections: 3 }));
-        return t.withRetries(rel, attemptSignal, deadlineAt, async () => {
-          for (let refreshed = false; ; refreshed = true) {
-            const headers: Record<string, string> = { 'user-agent': HTTP_TUNING_DEFAULTS.userAgent };
-            const authorization = auth.header();
-            if (authorization) headers.authorization = authorization;
-            const cur = this.#current;
-            if (cur?.etag) headers['if-none-match'] = cur.etag;
-            if (cur?.lastModified) headers['if-modified-since'] = cur.lastModified;
-            let res: Dispatcher.ResponseData;
-            try {
-              res = await agent.request({ origin: url.origin, path: url.pathname + url.search, method: 'GET', headers, signal: attemptSignal });
-            } catch (e) {
-              throw new AttemptError(t.classify(e, rel, attemptSignal, 'headers'));
-            }
-            const status = res.statusCode;
-            if (status === 304 && cur) {
-              discard(res);
-              return 'not-modified' as const;
-            }
-            if (status === 200) {
-              const body = await t.readAll(res, rel, attemptSignal);
-              const etag = headerText(res.headers.etag);
-              const lastModified = headerText(res.headers['last-modified']);
-              return { text: body.toString('utf8'), ...(etag ? { etag } : {}), ...(lastModified ? { lastModified } : {}) };
-            }
-            discard(res);
-            if (status === 401 || (status === 403 && auth.configured)) {
-              if (!refreshed && (await auth.refresh())) continue;
-              throw new AttemptError({
-                error: new NarfsError('ERR_DATALAKE_AUTH', `GET ${this.display}: HTTP ${status} (${auth.configured ? 'the credentials were refused' : 'credentials are needed'})`, {
-                  details: { slice: this.display, status },
-                  hint: 'The slice list is fetched with the datalake credentials for its host: check --bearer-token-file or --netrc-file.',
-                }),
-                retryable: false,
-              });
-            }
-            if (status >= 500 || status === 429) throw t.unavailable(res, rel, `HTTP ${status}`, { slice: this.display, status });
-            throw new AttemptError({
-              error: new NarfsError('ERR_SLICE_FETCH', `GET ${this.display}: HTTP ${status}`, { details: { slice: this.display, status } }),
-              retryable: false,
-            });
-          }
-        });
-      }, { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.display}`, signal });
-    } catch (e) {
-      throw toNarfsError(t.finalError(e, rel, signal));
-    }
-  }
 }
 
 function isClosures(v: unknown): v is Record<string, string[]> {
