@@ -67,6 +67,11 @@ export const ERROR_CATALOG = {
   ERR_DATALAKE_AUTH: 'The datalake refused the credentials (or wants some): check --netrc-file, --bearer-token-file or the S3 keys.',
   ERR_DATALAKE_TLS: 'The datalake\'s TLS certificate is not trusted: give its CA bundle with --ssl-cert-file, and check the host name and the certificate dates.',
   ERR_DATALAKE_FILE: 'A file named by the datalake settings (--netrc-file, --bearer-token-file, --ssl-cert-file) could not be read or is malformed.',
+  ERR_SECRET_PERMISSIONS: 'A file holding a secret (token, netrc, credentials, key) may be read by others: make it private with chmod 600, owned by you (or root).',
+
+  // --- src/slice
+  ERR_SLICE_PARSE: 'A slice list holds one store path per line (/nix/store/<hash>-<name> or <hash>-<name>); # starts a comment.',
+  ERR_SLICE_FETCH: 'The slice list could not be fetched or read; narfs keeps the last list it had (kept in the cache directory).',
 
   // --- ranged reads of indexed store paths (src/store/chunk-fetcher.ts, Datalake.getRange)
   ERR_INDEX_UNUSABLE: 'The index cannot serve ranged reads of this NAR (its compression is not none, or its seekable frames do not match the narinfo\'s FileHash); narfs fetches the whole NAR instead.',

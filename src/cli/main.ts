@@ -15,6 +15,7 @@ import { buildDatalakeAccess, buildMountConfig, DEFAULT_CACHE_DIR, DEFAULT_NEGAT
 import { MOUNT_OPTIONS, parseOptions, sniffLogFormat, withConfigFile } from '../config/command-options.js';
 import { parseRegisterInvocation, registeredLine } from '../config/register-invocation.js';
 import type { GcResult } from '../daemon/gc-operation.js';
+import { defaultCacheDir, ensurePrivateDir } from '../config/user-dirs.js';
 import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { callDaemon } from './control-client.js';
 import type { VerifyCacheResult } from '../daemon/verify-cache-operation.js';
@@ -40,7 +41,13 @@ narfs mount options:
                               (repeatable; asked in Priority order, falling through)
   --trusted-public-keys KEYS  whitespace-separated name:base64 keys (repeatable)
   --no-require-sigs           accept paths without a valid trusted signature
-  --cache-dir DIR             verified files and metadata (default /var/cache/narfs)
+  --cache-dir DIR             verified files and metadata (default /var/cache/narfs as root,
+                              else $XDG_CACHE_HOME/narfs, mode 0700)
+  --slice FILE|URL            show only the closures of the store paths listed there (one
+                              per line, # comments); a URL is fetched with the datalake
+                              credentials of its host and kept in the cache for offline use
+  --slice-refresh DURATION    how often the slice list is fetched again (default 300s;
+                              conditional: ETag / If-Modified-Since)
   --cache-max-size SIZE       bound on the file contents cached (500M, 2G…; default 10%
                               of the cache filesystem, at least 1G unless it is smaller);
                               least recently used files are evicted, never open ones
@@ -76,7 +83,8 @@ http(s) datalakes (mount and register):
   --config FILE               settings as "key = value" lines (keys are the long options
                               above without "--"; # comments; repeatable keys add up);
                               command-line options replace the file's. Keeps secrets and
-                              URLs with credentials out of the command line
+                              URLs with credentials out of the command line. A normal
+                              user's $XDG_CONFIG_HOME/narfs/narfs.conf is read by default
 
 narfs register options (registers the whole closure of each root as valid paths in the
 lower store's database, in one transaction; through the running daemon of --cache-dir
@@ -175,7 +183,7 @@ async function mountCommand(args: string[]): Promise<number> {
     datalake: values.datalake as string[] | undefined,
     trustedPublicKeys: values['trusted-public-keys'] as string[] | undefined,
     noRequireSigs: values['require-sigs'] === false,
-    cacheDir: values['cache-dir'] as string | undefined,
+    cacheDir: (values['cache-dir'] as string | undefined) ?? defaultCacheDir(),
     opTimeout: values['op-timeout'] as string | undefined,
     negativeTtl: values['negative-ttl'] as string | undefined,
     lower: values.lower as string | undefined,
@@ -194,7 +202,12 @@ async function mountCommand(args: string[]): Promise<number> {
     noIndexes: values.indexes === false,
     recordTrace: values['record-trace'] as string | undefined,
     prefetchTrace: values['prefetch-trace'] as string | undefined,
+    slice: values.slice as string | undefined,
+    sliceRefresh: values['slice-refresh'] as string | undefined,
   });
+  // The cache is bounded for everyone: --cache-max-size, else a share of the cache's
+  // filesystem (store-stack.ts, defaultCacheMaxBytes), which suits a laptop's disk too.
+  if (values['cache-dir'] === undefined && process.getuid?.() !== 0) await ensurePrivateDir(config.cacheDir);
   const logger = createLogger({ format: config.logFormat });
   const { startMount } = await import('../daemon/mount-daemon.js');
   const { forceUnmount } = await import('../fuse/fuse-native-mount.js');
@@ -276,7 +289,7 @@ async function verifyCacheCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs verify-cache takes no positional arguments');
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 24 * 3600_000;
   const logger = createLogger({ format: sniffLogFormat(args) });
   const viaDaemon = await callDaemon(cacheDir, { op: 'verify-cache' }, (l) => {
@@ -307,7 +320,7 @@ async function gcCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs gc takes no positional arguments');
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   const maxBytes = values['max-size'] === undefined ? undefined : parseSize(values['max-size'] as string, '--max-size');
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 3600_000;
   const logger = createLogger({ format: sniffLogFormat(args) });
@@ -336,7 +349,7 @@ async function statusCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 0) throw new NarfsError('ERR_USAGE', 'narfs status takes no positional arguments');
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   const timeoutMs = values.timeout ? parseDuration(values.timeout as string, '--timeout') : 60_000;
   const answer = await callDaemon(cacheDir, { op: 'status' }, () => {}, timeoutMs);
   if (!answer) {

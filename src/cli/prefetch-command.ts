@@ -10,7 +10,8 @@
  * and datalakes).
  */
 import { NarfsError } from '../errors.js';
-import { DEFAULT_CACHE_DIR, parseDuration } from '../config/mount-config.js';
+import { parseDuration } from '../config/mount-config.js';
+import { defaultCacheDir } from '../config/user-dirs.js';
 import { callDaemon, type ControlLog } from './control-client.js';
 import type { PrefetchResult } from '../daemon/prefetch-operation.js';
 
@@ -23,7 +24,7 @@ export interface PrefetchArgs {
 
 export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream = process.stderr): Promise<number> {
   if (a.roots.length === 0) throw new NarfsError('ERR_USAGE', 'narfs prefetch needs store paths');
-  const cacheDir = a.cacheDir ?? DEFAULT_CACHE_DIR;
+  const cacheDir = a.cacheDir ?? defaultCacheDir();
   const timeoutMs = a.timeout ? parseDuration(a.timeout, '--timeout') : 24 * 3600_000;
   const t0 = performance.now();
   const tty = out.isTTY === true;

@@ -7,6 +7,7 @@
  * Invariant: a malformed command line is ERR_USAGE; paths given relative (the config file)
  * are taken relative to the `cwd` passed in, the directory of the command that typed them.
  */
+import { defaultConfigFile, exists } from './user-dirs.js';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { NarfsError } from '../errors.js';
@@ -42,6 +43,8 @@ export const MOUNT_OPTIONS: OptionSpec = {
   indexes: { type: 'boolean' },
   'record-trace': { type: 'string' },
   'prefetch-trace': { type: 'string' },
+  slice: { type: 'string' },
+  'slice-refresh': { type: 'string' },
   ...ACCESS_OPTIONS,
 };
 
@@ -84,7 +87,9 @@ export function parseOptions(args: readonly string[], options: OptionSpec): { va
  * `cwd`), for `spec`'s keys.
  */
 export async function withConfigFile(values: Record<string, unknown>, spec: OptionSpec, cwd = process.cwd()): Promise<Record<string, unknown>> {
-  const file = values.config as string | undefined;
+  // A normal user's $XDG_CONFIG_HOME/narfs/narfs.conf is read when present and no --config is given.
+  const implicit = defaultConfigFile();
+  const file = (values.config as string | undefined) ?? (implicit !== undefined && (await exists(implicit)) ? implicit : undefined);
   if (file === undefined) return values;
   const fromFile = await readConfigFile(resolve(cwd, file), CONFIG_SPEC);
   const known = Object.fromEntries(Object.entries(fromFile).filter(([k]) => k in spec));

@@ -66,11 +66,17 @@ export interface MountConfig {
   recordTrace?: string;
   /** Prefetch the files this trace lists, in the background, at start (--prefetch-trace). */
   prefetchTrace?: string;
+  /**
+   * Show only the closures of the roots listed at FILE or URL (fetched with the datalake
+   * credentials), fetched again every refreshMs (default 300 s) with conditional requests.
+   */
+  slice?: { location: string; refreshMs: number };
 }
 
 export const DEFAULT_CACHE_DIR = '/var/cache/narfs';
 export const DEFAULT_OP_TIMEOUT_MS = 30_000;
 export const DEFAULT_NEGATIVE_TTL_MS = 30_000;
+export const DEFAULT_SLICE_REFRESH_MS = 300_000;
 
 /** "30s", "500ms", "2m", or a bare number of seconds → milliseconds. */
 export function parseDuration(s: string, what: string): number {
@@ -127,6 +133,8 @@ export interface RawMountOptions {
   noIndexes?: boolean;
   recordTrace?: string;
   prefetchTrace?: string;
+  slice?: string;
+  sliceRefresh?: string;
 }
 
 /**
@@ -193,5 +201,11 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
   if (raw.noIndexes) config.useIndexes = false;
   if (raw.recordTrace) config.recordTrace = raw.recordTrace;
   if (raw.prefetchTrace) config.prefetchTrace = raw.prefetchTrace;
+  if (raw.sliceRefresh !== undefined && raw.slice === undefined) throw new NarfsError('ERR_USAGE', '--slice-refresh needs --slice');
+  if (raw.slice !== undefined) {
+    const refreshMs = raw.sliceRefresh === undefined ? DEFAULT_SLICE_REFRESH_MS : parseDuration(raw.sliceRefresh, '--slice-refresh');
+    if (refreshMs < 1000) throw new NarfsError('ERR_USAGE', '--slice-refresh is at least 1s');
+    config.slice = { location: raw.slice, refreshMs };
+  }
   return config;
 }

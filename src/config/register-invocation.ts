@@ -14,6 +14,7 @@ import { NarfsError } from '../errors.js';
 import type { LogFormat } from '../log.js';
 import { parseOptions, REGISTER_OPTIONS, withConfigFile } from './command-options.js';
 import { DEFAULT_CACHE_DIR, parseDuration } from './mount-config.js';
+import { defaultCacheDir } from './user-dirs.js';
 
 /** The default bound of a whole registration. */
 export const DEFAULT_REGISTER_TIMEOUT_MS = 10 * 60_000;
@@ -50,7 +51,7 @@ export async function parseRegisterInvocation(args: readonly string[], cwd = pro
     });
     roots.push(...text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean));
   }
-  const cacheDir = (values['cache-dir'] as string | undefined) ?? DEFAULT_CACHE_DIR;
+  const cacheDir = (values['cache-dir'] as string | undefined) ?? defaultCacheDir();
   return {
     help: false,
     request: { op: 'register', lower: resolve(cwd, lower), roots, all: values.all === true },

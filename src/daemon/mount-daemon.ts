@@ -30,6 +30,10 @@ import { FUSE_OPS, NarfsMetrics } from './metrics.js';
 import { startMetricsServer } from './metrics-server.js';
 import { CacheSizeProbe, runStatus, type NarfsStatus } from './status-operation.js';
 import { SystemdNotifier } from './systemd-notify.js';
+import { SliceFilter } from '../slice/slice-filter.js';
+import { SlicedRootNodes } from '../slice/sliced-root-nodes.js';
+import { startSlice } from '../slice/start-slice.js';
+import type { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -66,10 +70,11 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   });
   notifier.status(`opening the datalakes and the cache ${config.cacheDir}`);
   if (config.prefetchTrace) await checkTraceReadable(config.prefetchTrace);
+  const sliceFilter = config.slice ? new SliceFilter() : undefined;
   const trace = config.recordTrace ? new TraceRecorder(config.recordTrace, logger) : undefined;
   let stack: Awaited<ReturnType<typeof openStoreStack>>;
   try {
-    stack = await openStoreStack({ ...config, ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}) }, logger, metrics);
+    stack = await openStoreStack({ ...config, ...(sliceFilter ? { sliceFilter } : {}), ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}) }, logger, metrics);
   } catch (err) {
     await trace?.close();
     throw err;
@@ -80,15 +85,29 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   try {
     const { store, materialiser } = stack;
     if (config.lower) {
-      const watcher = await watchRegisteredPaths(config.lower, (names) => store.addKnown(names), logger);
+      // A slice lists only its closures; registered paths stay reachable by name (README).
+      const watcher = await watchRegisteredPaths(config.lower, (names) => (sliceFilter ? sliceFilter.retain(names) : store.addKnown(names)), logger);
       cleanups.push(() => watcher.close());
+    }
+    if (config.slice && sliceFilter) {
+      notifier.status('fetching the slice list');
+      const slice = await startSlice({
+        settings: config.slice, cacheDir: config.cacheDir, filter: sliceFilter, infos: stack.infos as SlicedPathInfoService,
+        readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal ?? stack.signal),
+        logger, signal: stack.signal,
+        ...(config.datalakeAccess ? { access: config.datalakeAccess } : {}), ...(config.lower ? { lower: config.lower } : {}),
+      });
+      cleanups.push(() => slice.close());
     }
     const backend = fuseBackendOf(config);
     // fuse-native sends no FORGET: its inodes must live as long as the mount.
-    const fs = new StoreFilesystem(store, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native' });
+    const roots = sliceFilter ? new SlicedRootNodes(store, sliceFilter) : store;
+    const fs = new StoreFilesystem(roots, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native' });
     const fuseOptions = {
       mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
       ...(config.allowOther === undefined ? {} : { allowOther: config.allowOther }),
+      // A path that left the slice must stop resolving from the kernel's dentry cache soon.
+      ...(config.slice ? { rootEntryTimeoutS: Math.max(1, Math.min(60, Math.floor(config.slice.refreshMs / 1000))) } : {}),
     };
     // The engines see the filesystem through the metrics' timing proxy (per FUSE op).
     const served = metrics.timedFilesystem(fs, FUSE_OPS);

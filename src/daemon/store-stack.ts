@@ -26,6 +26,8 @@ import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
 import { ChunkFetcher } from '../store/chunk-fetcher.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
+import type { SliceFilter } from '../slice/slice-filter.js';
+import { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
 import { CleanupStack } from './cleanup-stack.js';
 import type { NarfsMetrics } from './metrics.js';
 
@@ -45,6 +47,8 @@ export interface StoreStackConfig {
   useIndexes?: boolean;
   /** Told the first time each file is read (--record-trace). */
   onFirstRead?: (name: string, narOffset: number) => void;
+  /** A slice mount: `infos` answers only for the paths this filter admits. */
+  sliceFilter?: SliceFilter;
 }
 
 export interface StoreStack {
@@ -91,9 +95,10 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const trees = metrics ? metrics.countingNarCache(plainTrees) : plainTrees;
     const shutdown = new AbortController();
     cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
-    const infos = new PathInfoService(datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
+    const infoArgs = [datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
-      { negativeTtlMs: config.negativeTtlMs, logger });
+      { negativeTtlMs: config.negativeTtlMs, logger }] as const;
+    const infos = config.sliceFilter ? new SlicedPathInfoService(config.sliceFilter, ...infoArgs) : new PathInfoService(...infoArgs);
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });

@@ -134,12 +134,12 @@ const FATAL_AT_OPEN: ReadonlySet<string> = new Set([
 ]);
 
 /**
- * Refused credentials at start: the start fails when no datalake opened (fix the keys; do
+ * Refused credentials (or a credential file others may read) at start: the start fails when no datalake opened (fix the keys; do
  * not start offline behind a wrong token), but with others up the refusing one is kept down
  * and re-probed, so a token file provisioned or rotated after the start is picked up (each
  * probe re-reads the credential files) instead of one bad key taking the whole mount down.
  */
-const AUTH_AT_OPEN: ReadonlySet<string> = new Set(['ERR_DATALAKE_AUTH']);
+const AUTH_AT_OPEN: ReadonlySet<string> = new Set(['ERR_DATALAKE_AUTH', 'ERR_SECRET_PERMISSIONS']);
 
 /** Failures that mean "unreachable or erroring": they mark a datalake down. */
 const DOWN_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ERR_DATALAKE_UNAVAILABLE', 'ERR_DATALAKE_TIMEOUT', 'ERR_DATALAKE_TRUNCATED']);

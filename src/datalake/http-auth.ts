@@ -9,7 +9,8 @@
  *   5. the `default` entry of the netrc file.
  * A host is matched by name, or by name:port when the scope gives a port.
  *
- * Files are read by `load()` (at `open()` and again whenever `refresh()` is asked, after a
+ * Token and netrc files must be private (readSecretFile: no group/other bits, owned by
+ * the user or root), else ERR_SECRET_PERMISSIONS. Files are read by `load()` (at `open()` and again whenever `refresh()` is asked, after a
  * 401: a rotated token is picked up without a restart), never in the constructor. A token
  * file holds one token; surrounding whitespace is trimmed, and anything but visible ASCII
  * inside it is refused (it would end up in a header).
@@ -18,9 +19,9 @@
  * datalake's own origin (the redirect interceptor drops it across origins). Error messages
  * name files, never their contents.
  */
-import { readFile } from 'node:fs/promises';
 import { NarfsError } from '../errors.js';
 import { findNetrcEntry, parseNetrc } from './netrc.js';
+import { readSecretFile } from './secret-file.js';
 
 export interface BearerTokenFile {
   /** File holding the token. */
@@ -114,9 +115,10 @@ export class HttpAuth {
   }
 
   private async netrcEntry(file: string) {
-    const text = await readFile(file, 'utf8').catch((err: unknown) => {
+    const text = (await readSecretFile(file, 'netrc file').catch((err: unknown) => {
+      if (err instanceof NarfsError) throw err;
       throw new NarfsError('ERR_DATALAKE_FILE', `cannot read the netrc file ${file}`, { cause: err, details: { file } });
-    });
+    })).toString('utf8');
     const entry = findNetrcEntry(parseNetrc(text, `netrc file ${file}`), this.hostname);
     // An entry without login or password gives nothing to send (curl sends nothing either).
     return entry && (entry.login !== undefined || entry.password !== undefined) ? entry : undefined;
@@ -124,9 +126,10 @@ export class HttpAuth {
 }
 
 async function readToken(file: string): Promise<string> {
-  const text = await readFile(file, 'utf8').catch((err: unknown) => {
+  const text = (await readSecretFile(file, 'bearer token file').catch((err: unknown) => {
+    if (err instanceof NarfsError) throw err;
     throw new NarfsError('ERR_DATALAKE_FILE', `cannot read the bearer token file ${file}`, { cause: err, details: { file } });
-  });
+  })).toString('utf8');
   const token = text.trim();
   if (token === '') throw new NarfsError('ERR_DATALAKE_FILE', `the bearer token file ${file} is empty`, { details: { file } });
   if (!/^[\x21-\x7e]+$/.test(token)) {

@@ -18,12 +18,14 @@
  * are refused with ERR_DATALAKE_AUTH and a hint: narfs reads static keys only.
  *
  * Invariants: the returned `source` says where keys came from and never contains a key;
- * no message or detail contains a key; missing files are not errors (unreadable ones are).
+ * no message or detail contains a key; missing files are not errors (unreadable ones are);
+ * the credentials file must be private (readSecretFile: chmod 600), else ERR_SECRET_PERMISSIONS.
  */
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NarfsError } from '../errors.js';
+import { readSecretFile } from './secret-file.js';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -102,7 +104,7 @@ export async function resolveS3Credentials(profileParam: string | undefined, sou
   }
   const name = explicit ?? envProfile ?? 'default';
   const mustExist = explicit !== undefined || envProfile !== undefined;
-  const creds = await readIniFile(credFile);
+  const creds = await readIniFile(credFile, true);
   const config = await readIniFile(configFile);
   const fromCreds = creds?.get(name);
   const fromConfig = config?.get(name === 'default' ? 'default' : `profile ${name}`) ?? (name === 'default' ? undefined : config?.get(name));
@@ -152,11 +154,13 @@ async function readProfileRegion(configFile: string, name: string): Promise<stri
 }
 
 /** The parsed file, or undefined when it does not exist; unreadable is ERR_DATALAKE_AUTH. */
-async function readIniFile(file: string): Promise<IniFile | undefined> {
+async function readIniFile(file: string, secret = false): Promise<IniFile | undefined> {
   let text: string;
   try {
-    text = await fsp.readFile(file, 'utf8');
+    // The shared credentials file holds secret keys: private, like ~/.ssh keys.
+    text = secret ? (await readSecretFile(file, 'AWS credentials file')).toString('utf8') : await fsp.readFile(file, 'utf8');
   } catch (e) {
+    if (e instanceof NarfsError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
     throw new NarfsError('ERR_DATALAKE_AUTH', `cannot read AWS credentials file ${file}: ${code ?? 'error'}`, {

@@ -41,6 +41,11 @@ export interface RootNodes {
    * all): its listing need not stay in memory. The next `resolve` may load it again.
    */
   release?(name: string): void;
+  /**
+   * Whether a root entry the kernel holds is still listed (a slice mount stops listing a
+   * path that left the slice while the kernel still holds it). Default: listed.
+   */
+  isListed?(name: string): boolean;
 }
 
 /** Answers "which bytes are at narOffset in the uncompressed NAR of <name>?". */
@@ -261,7 +266,7 @@ export class StoreFilesystem {
     const end = start + limit;
     if (ino === ROOT_INO) {
       const names = new Set<string>(this.#roots.knownNames());
-      for (const n of this.#rootChildren.keys()) names.add(n);
+      for (const n of this.#rootChildren.keys()) if (this.#roots.isListed?.(n) ?? true) names.add(n);
       const out: DirEntry[] = [];
       for (const [name, i] of this.#rootDirs) out.push({ name, attr: i.attr });
       // Store path basenames are ASCII, where code-unit order is byte order.

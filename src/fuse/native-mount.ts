@@ -129,6 +129,12 @@ export interface NativeMountOptions extends FuseMountOptions {
    * only takes effect as root on a kernel that offers it (else pread from C).
    */
   passthrough?: boolean;
+  /**
+   * Entry timeout of the store root's children (seconds; default entryTimeoutS): a slice
+   * mount keeps it short, so that a store path that left the slice stops resolving from
+   * the kernel's dentry cache within this time.
+   */
+  rootEntryTimeoutS?: number;
 }
 
 export class NativeMount {
@@ -145,6 +151,7 @@ export class NativeMount {
   #closed: Promise<number>;
   #onClosed: (errno: number) => void = () => {};
   #entryTtl: number;
+  #rootEntryTtl: number;
   #negativeTtl: number;
 
   constructor(fs: StoreFilesystem, options: NativeMountOptions) {
@@ -152,6 +159,7 @@ export class NativeMount {
     this.#opts = options;
     this.#log = options.logger;
     this.#entryTtl = options.entryTimeoutS ?? 86400;
+    this.#rootEntryTtl = options.rootEntryTimeoutS ?? this.#entryTtl;
     this.#negativeTtl = options.negativeTimeoutS ?? 1;
     this.#closed = new Promise<number>((resolve) => { this.#onClosed = resolve; });
   }
@@ -332,7 +340,7 @@ export class NativeMount {
       else n.replyErr(s, ch, unique, ERRNO.ENOENT);
       return;
     }
-    const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, this.#entryTtl);
+    const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, parent === ROOT_INO ? this.#rootEntryTtl : this.#entryTtl);
     // The request was interrupted and is gone: the kernel did not take this lookup.
     if (err !== 0) this.#forget(n, s, attr.ino, 1);
   }

@@ -48,7 +48,7 @@ describe('e2e: every fixture store path through a real mount of an s3:// datalak
     engine = await S3Engine.start();
     home = await mkdtemp(join(tmpdir(), 'narfs-s3-e2e-'));
     const creds = join(home, 'credentials');
-    await writeFile(creds, `[narfs-e2e]\naws_access_key_id = ${engine.accessKey}\naws_secret_access_key = ${engine.secretKey}\n`);
+    await writeFile(creds, `[narfs-e2e]\naws_access_key_id = ${engine.accessKey}\naws_secret_access_key = ${engine.secretKey}\n`, { mode: 0o600 });
     // No keys in the environment: they must come from the profile named in the URL.
     awsEnv = { AWS_SHARED_CREDENTIALS_FILE: creds, AWS_CONFIG_FILE: join(home, 'config'), AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '', AWS_PROFILE: '' };
     for (const name of lakes) await engine.populate(`narfs-${name}`, fixtures.datalakes[name].dir);
@@ -82,7 +82,7 @@ describe('e2e: every fixture store path through a real mount of an s3:// datalak
 
   it('wrong keys fail the mount with ERR_DATALAKE_AUTH, not absence', async function () {
     const creds = join(home, 'wrong');
-    await writeFile(creds, `[narfs-e2e]\naws_access_key_id = ${engine.accessKey}\naws_secret_access_key = wrong-secret\n`);
+    await writeFile(creds, `[narfs-e2e]\naws_access_key_id = ${engine.accessKey}\naws_secret_access_key = wrong-secret\n`, { mode: 0o600 });
     const url = engine.url('narfs-xz', '', { profile: 'narfs-e2e' });
     const err = await withEnv({ ...awsEnv, AWS_SHARED_CREDENTIALS_FILE: creds }, () =>
       withMount({ datalakes: [url], trustedPublicKeys: fixtures.publicKey }, async () => 'mounted'),

@@ -127,6 +127,7 @@ describe('S3Datalake against the real S3 engine (Swift s3api)', function () {
       creds,
       `[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[narfs-test]\naws_access_key_id = ${engine.accessKey}\n` +
         `# a comment\naws_secret_access_key = ${engine.secretKey}\n`,
+      { mode: 0o600 },
     );
     const env = { AWS_SHARED_CREDENTIALS_FILE: creds, AWS_CONFIG_FILE: path.join(home, 'nope') };
     for (const d of [lake(env, { profile: 'narfs-test' }), lake({ ...env, AWS_PROFILE: 'narfs-test' })]) {

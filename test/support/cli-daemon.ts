@@ -32,8 +32,19 @@ export interface CliDaemon {
   waitForOutput(stream: 'stdout' | 'stderr', pattern: RegExp, what: string, timeoutMs?: number): Promise<void>;
 }
 
-export function spawnNarfs(args: string[]): CliDaemon {
-  const child = spawn(process.execPath, [NARFS_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * `wrap` turns the narfs command line into the one to run (e.g. as another user, in a
+ * mount namespace of its own); `env` replaces the environment.
+ */
+export interface SpawnNarfsOptions {
+  wrap?: (argv: string[]) => [string, string[]];
+  env?: NodeJS.ProcessEnv;
+}
+
+export function spawnNarfs(args: string[], options: SpawnNarfsOptions = {}): CliDaemon {
+  const argv = [process.execPath, NARFS_BIN, ...args];
+  const [cmd, cmdArgs] = options.wrap ? options.wrap(argv) : [argv[0]!, argv.slice(1)];
+  const child = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'pipe'], ...(options.env ? { env: options.env } : {}) });
   const stdout: string[] = [];
   const stderr: string[] = [];
   child.stdout!.setEncoding('utf8').on('data', (d: string) => stdout.push(d));
@@ -86,8 +97,8 @@ export function spawnNarfs(args: string[]): CliDaemon {
 }
 
 /** Starts `narfs mount …` and waits for its ready line, "narfs: mounted". */
-export async function startNarfsMount(args: string[], timeoutMs = OUTPUT_TIMEOUT_MS): Promise<CliDaemon> {
-  const d = spawnNarfs(['mount', ...args]);
+export async function startNarfsMount(args: string[], timeoutMs = OUTPUT_TIMEOUT_MS, options: SpawnNarfsOptions = {}): Promise<CliDaemon> {
+  const d = spawnNarfs(['mount', ...args], options);
   try {
     await d.waitForOutput('stdout', /narfs: mounted/, 'the ready line', timeoutMs);
   } catch (e) {

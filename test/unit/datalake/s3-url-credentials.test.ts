@@ -87,6 +87,7 @@ describe('resolveS3Credentials', function () {
       '[default]\naws_access_key_id = DEFAULTID\naws_secret_access_key = defaultsecret\n' +
         '[work]\naws_access_key_id=WORKID\naws_secret_access_key=worksecret\naws_session_token = worktoken\n' +
         '[half]\naws_access_key_id = HALF\n',
+      { mode: 0o600 },
     );
     await fsp.writeFile(
       path.join(home, '.aws', 'config'),
@@ -130,7 +131,7 @@ describe('resolveS3Credentials', function () {
 
   it('files named by AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE are read instead of ~/.aws', async function () {
     const f = path.join(home, 'other-creds');
-    await fsp.writeFile(f, '[default]\naws_access_key_id = OTHER\naws_secret_access_key = othersecret\n');
+    await fsp.writeFile(f, '[default]\naws_access_key_id = OTHER\naws_secret_access_key = othersecret\n', { mode: 0o600 });
     const r = await resolveS3Credentials(undefined, { env: { AWS_SHARED_CREDENTIALS_FILE: f, AWS_CONFIG_FILE: path.join(home, 'none') }, homeDir: home });
     assert.equal(r.credentials?.accessKeyId, 'OTHER');
     assert.equal(r.region, undefined);
