@@ -575,7 +575,9 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
     case FUSE_OPENDIR: {
       open_out o;
       std::memset(&o, 0, sizeof o);
-      o.open_flags = FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR;
+      // The store root grows and shrinks (lookups, registrations, a slice's refresh): the
+      // kernel must list it afresh on each open. Store paths' directories never change.
+      o.open_flags = r.nodeid == FUSE_ROOT_ID ? 0 : FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR;
       send(ch, r.unique, 0, &o, sizeof o);
       return true;
     }
