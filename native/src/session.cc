@@ -19,6 +19,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "adopt.h"
 #include "dirent_pack.h"
 
 extern char** environ;
@@ -131,6 +132,7 @@ void Session::mountFusermount() {
 }
 
 void Session::start() {
+  if (!opts_.adoptFds.empty()) return adopt();  // restart: adopt.cc
   if (opts_.useFusermount) mountFusermount();
   else mountSyscall();
   liveReaders_ = 1;
@@ -143,7 +145,7 @@ int Session::send(int ch, uint64_t unique, int err, const void* a, size_t alen, 
   if (f < 0) return EBADF;
   fuse_out_header h;
   h.error = err == 0 ? 0 : -err;
-  h.unique = unique;
+  h.unique = uniqueFromJs(unique);
   struct iovec iov[3];
   int n = 0;
   iov[n++] = {&h, sizeof h};
@@ -394,7 +396,7 @@ void Session::reader(int ch) {
   std::vector<uint8_t> in(kInBuf);
   std::vector<uint8_t> out(sizeof(fuse_out_header) + kMaxWrite);
   int stopErr = 0;
-  if (ch == 0) {
+  if (ch == 0 && !adopted_) {
     if (!init(0, in.data(), in.size())) {
       stopErr = errno == ENODEV || errno == ECONNABORTED ? 0 : errno;
       if (liveReaders_.fetch_sub(1) == 1) {
@@ -439,7 +441,9 @@ void Session::reader(int ch) {
       stopErr = (e == ENODEV || e == ECONNABORTED) ? 0 : e;
       break;
     }
+    if (ch < 16) busySince_[ch] = monotonicMs();  // watchdog.cc
     handle(ch, in.data(), static_cast<size_t>(n), out);
+    if (ch < 16) busySince_[ch] = 0;
   }
   if (liveReaders_.fetch_sub(1) == 1) {
     auto* ev = new JsEvent();
@@ -621,7 +625,7 @@ void Session::toJs(int ch, const Request& r) {
   auto* ev = new JsEvent();
   ev->kind = static_cast<int32_t>(r.opcode);
   ev->ch = ch;
-  ev->unique = r.unique;
+  ev->unique = uniqueToJs(r.unique);  // adopt.h: a resent request's bit 63
   ev->nodeid = r.nodeid;
   ev->uid = r.uid;
   ev->gid = r.gid;
@@ -644,7 +648,7 @@ void Session::toJs(int ch, const Request& r) {
       }
       break;
     case FUSE_INTERRUPT:
-      ev->a = r.interruptUnique;
+      ev->a = uniqueToJs(r.interruptUnique);
       break;
     default:
       ev->a = r.fh;

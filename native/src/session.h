@@ -60,6 +60,11 @@ struct SessionOptions {
   int threads = 4;
   double entryTtl = 86400;
   double attrTtl = 86400;
+  // Restart without unmount (adopt.h): resume these /dev/fuse descriptors instead of
+  // mounting; the INIT they negotiated.
+  std::vector<int> adoptFds;
+  uint32_t adoptMinor = 0;
+  uint64_t adoptFlags = 0;
 };
 
 struct FileRef {
@@ -117,6 +122,13 @@ class Session : public std::enable_shared_from_this<Session> {
   Stats stats();
   uint64_t initFlags() const { return initFlags_; }
 
+  // --- restart (adopt.cc, watchdog.cc) ---
+  // The descriptors of the readers, channel order (for the fd store).
+  std::vector<int> deviceFds() const;
+  // Whether a reader has been inside one request for more than limitMs.
+  bool readerStuck(int64_t nowMs, int64_t limitMs) const;
+  int liveReaderCount() const { return liveReaders_.load(); }
+
  private:
   void reader(int ch);
   bool init(int ch, uint8_t* buf, size_t bufsize);
@@ -129,6 +141,12 @@ class Session : public std::enable_shared_from_this<Session> {
   int fd(int ch) const;
   void mountSyscall();
   void mountFusermount();
+  // adopt.cc: readers on opts_.adoptFds, no INIT; then FUSE_NOTIFY_RESEND.
+  void adopt();
+  int resend();
+  bool adopted_ = false;
+  // Per channel: CLOCK_MONOTONIC ms when its current request started, 0 when idle.
+  std::atomic<int64_t> busySince_[16] = {};
 
   SessionOptions opts_;
   Post post_;
@@ -145,5 +163,7 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t initFlags_ = 0;
   uint32_t minor_ = 0;
 };
+
+int64_t monotonicMs();
 
 }  // namespace narfs
