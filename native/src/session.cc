@@ -407,11 +407,6 @@ void Session::reader(int ch) {
       }
       return;
     }
-    auto* ready = new JsEvent();
-    ready->kind = kEventReady;
-    ready->a = minor_;
-    ready->b = initFlags_;
-    if (!post_(ready)) delete ready;
     int extra = opts_.threads > 1 ? opts_.threads - 1 : 0;
     auto self = shared_from_this();
     for (int i = 0; i < extra; i++) {
@@ -431,6 +426,12 @@ void Session::reader(int ch) {
       liveReaders_++;
       std::thread([self, idx] { self->reader(idx); }).detach();
     }
+    // Ready once the clones exist: JS stores every descriptor (adopt.h) on this event.
+    auto* ready = new JsEvent();
+    ready->kind = kEventReady;
+    ready->a = minor_;
+    ready->b = initFlags_;
+    if (!post_(ready)) delete ready;
   }
   const int f = fd(ch);
   for (;;) {
