@@ -8,7 +8,9 @@
         "native/src/session.cc",
         "native/src/session_passthrough.cc",
         "native/src/decode.cc",
-        "native/src/dirent_pack.cc"
+        "native/src/dirent_pack.cc",
+        "native/src/adopt.cc",
+        "native/src/watchdog.cc"
       ],
       "include_dirs": ["native/src"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],

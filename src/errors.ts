@@ -94,6 +94,7 @@ export const ERROR_CATALOG = {
   ERR_NOT_SYMLINK: 'The entry is not a symbolic link.',
   ERR_STALE_INODE: 'The inode is not known to this mount (forgotten or never looked up).',
   ERR_BAD_HANDLE: 'The file handle is not open.',
+  ERR_RESTART_STATE: 'The restart state of the mount (inode journal, engine state under $RUNTIME_DIRECTORY or <cache-dir>/run) could not be read or written; check that directory and its disk.',
 
   // --- src/fuse, src/daemon, src/cli
   ERR_MOUNT: 'The mount failed; check that /dev/fuse exists, the mountpoint is an empty directory and you may mount.',

@@ -15,6 +15,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "adopt.h"
 #include "dirent_pack.h"
 #include "session.h"
 #include "sd-notify.h"
@@ -109,6 +110,7 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   if (o.Get("entryTtl").IsNumber()) opts.entryTtl = o.Get("entryTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("attrTtl").IsNumber()) opts.attrTtl = o.Get("attrTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("passthrough").IsBoolean()) opts.passthrough = o.Get("passthrough").As<Napi::Boolean>().Value();
+  narfs::readAdoptOptions(o, &opts);  // restart without unmount (adopt.cc)
 
   Tsfn tsfn = Tsfn::New(env, info[1].As<Napi::Function>(), "narfs-fuse", 0, 1);
   auto tsfnPtr = std::make_shared<Tsfn>(tsfn);
@@ -381,9 +383,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("forgetNode", Napi::Function::New(env, ForgetNode));
   exports.Set("stats", Napi::Function::New(env, GetStats));
   exports.Set("sdNotify", Napi::Function::New(env, narfs::SdNotify));
+  narfs::registerRestartExports(env, exports);  // adopt.cc, watchdog.cc
   return exports;
 }
 
 }  // namespace
+
+narfs::Session* narfs::sessionFromInfo(const Napi::CallbackInfo& info) { return sessionOf(info); }
 
 NODE_API_MODULE(narfs_fuse, Init)

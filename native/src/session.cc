@@ -19,6 +19,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "adopt.h"
 #include "dirent_pack.h"
 
 extern char** environ;
@@ -131,6 +132,7 @@ void Session::mountFusermount() {
 }
 
 void Session::start() {
+  if (!opts_.adoptFds.empty()) return adopt();  // restart: adopt.cc
   if (opts_.useFusermount) mountFusermount();
   else mountSyscall();
   liveReaders_ = 1;
@@ -143,7 +145,7 @@ int Session::send(int ch, uint64_t unique, int err, const void* a, size_t alen, 
   if (f < 0) return EBADF;
   fuse_out_header h;
   h.error = err == 0 ? 0 : -err;
-  h.unique = unique;
+  h.unique = uniqueFromJs(unique);
   struct iovec iov[3];
   int n = 0;
   iov[n++] = {&h, sizeof h};
@@ -427,7 +429,7 @@ void Session::reader(int ch) {
   std::vector<uint8_t> in(kInBuf);
   std::vector<uint8_t> out(sizeof(fuse_out_header) + kMaxWrite);
   int stopErr = 0;
-  if (ch == 0) {
+  if (ch == 0 && !adopted_) {
     if (!init(0, in.data(), in.size())) {
       stopErr = errno == ENODEV || errno == ECONNABORTED ? 0 : errno;
       if (liveReaders_.fetch_sub(1) == 1) {
@@ -438,11 +440,6 @@ void Session::reader(int ch) {
       }
       return;
     }
-    auto* ready = new JsEvent();
-    ready->kind = kEventReady;
-    ready->a = minor_;
-    ready->b = initFlags_;
-    if (!post_(ready)) delete ready;
     int extra = opts_.threads > 1 ? opts_.threads - 1 : 0;
     auto self = shared_from_this();
     for (int i = 0; i < extra; i++) {
@@ -462,6 +459,12 @@ void Session::reader(int ch) {
       liveReaders_++;
       std::thread([self, idx] { self->reader(idx); }).detach();
     }
+    // Ready once the clones exist: JS stores every descriptor (adopt.h) on this event.
+    auto* ready = new JsEvent();
+    ready->kind = kEventReady;
+    ready->a = minor_;
+    ready->b = initFlags_;
+    if (!post_(ready)) delete ready;
   }
   const int f = fd(ch);
   for (;;) {
@@ -472,7 +475,9 @@ void Session::reader(int ch) {
       stopErr = (e == ENODEV || e == ECONNABORTED) ? 0 : e;
       break;
     }
+    if (ch < 16) busySince_[ch] = monotonicMs();  // watchdog.cc
     handle(ch, in.data(), static_cast<size_t>(n), out);
+    if (ch < 16) busySince_[ch] = 0;
   }
   if (liveReaders_.fetch_sub(1) == 1) {
     auto* ev = new JsEvent();
@@ -669,7 +674,7 @@ void Session::toJs(int ch, const Request& r) {
   auto* ev = new JsEvent();
   ev->kind = static_cast<int32_t>(r.opcode);
   ev->ch = ch;
-  ev->unique = r.unique;
+  ev->unique = uniqueToJs(r.unique);  // adopt.h: a resent request's bit 63
   ev->nodeid = r.nodeid;
   ev->uid = r.uid;
   ev->gid = r.gid;
@@ -692,7 +697,7 @@ void Session::toJs(int ch, const Request& r) {
       }
       break;
     case FUSE_INTERRUPT:
-      ev->a = r.interruptUnique;
+      ev->a = uniqueToJs(r.interruptUnique);
       break;
     default:
       ev->a = r.fh;

@@ -62,6 +62,11 @@ struct SessionOptions {
   double attrTtl = 86400;
   // Ask for FUSE_PASSTHROUGH when the kernel offers it and the process has CAP_SYS_ADMIN.
   bool passthrough = true;
+  // Restart without unmount (adopt.h): resume these /dev/fuse descriptors instead of
+  // mounting; the INIT they negotiated.
+  std::vector<int> adoptFds;
+  uint32_t adoptMinor = 0;
+  uint64_t adoptFlags = 0;
 };
 
 struct FileRef {
@@ -152,6 +157,13 @@ class Session : public std::enable_shared_from_this<Session> {
   Stats stats();
   uint64_t initFlags() const { return initFlags_; }
 
+  // --- restart (adopt.cc, watchdog.cc) ---
+  // The descriptors of the readers, channel order (for the fd store).
+  std::vector<int> deviceFds() const;
+  // Whether a reader has been inside one request for more than limitMs.
+  bool readerStuck(int64_t nowMs, int64_t limitMs) const;
+  int liveReaderCount() const { return liveReaders_.load(); }
+
  private:
   void reader(int ch);
   bool init(int ch, uint8_t* buf, size_t bufsize);
@@ -164,6 +176,12 @@ class Session : public std::enable_shared_from_this<Session> {
   int fd(int ch) const;
   void mountSyscall();
   void mountFusermount();
+  // adopt.cc: readers on opts_.adoptFds, no INIT; then FUSE_NOTIFY_RESEND.
+  void adopt();
+  int resend();
+  bool adopted_ = false;
+  // Per channel: CLOCK_MONOTONIC ms when its current request started, 0 when idle.
+  std::atomic<int64_t> busySince_[16] = {};
 
   // Passthrough (session_passthrough.cc). All but wantPassthrough run under mu_ (unique).
   static bool hasCapSysAdmin();
@@ -199,5 +217,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unordered_map<uint64_t, std::pair<uint64_t, bool>> jsHandles_;
   std::atomic<uint64_t> ptOpens_{0}, backingLive_{0}, ptFallbacks_{0}, ptConflicts_{0};
 };
+
+int64_t monotonicMs();
 
 }  // namespace narfs

@@ -218,8 +218,11 @@ async function mountCommand(args: string[]): Promise<number> {
     const onSignal = (sig: NodeJS.Signals) => {
       signals++;
       if (signals === 1) {
-        logger.info('unmounting', { signal: sig });
-        mount.close().then(() => resolve(0), (err) => {
+        // Under systemd, a restart keeps the mount (restart-state.ts); anything else unmounts.
+        mount.shouldHandOver().then((handOver) => {
+          logger.info(handOver ? 'restarting: leaving the mount to the next process' : 'unmounting', { signal: sig });
+          return handOver ? mount.handover() : mount.close();
+        }).then(() => resolve(0), (err) => {
           logger.error('clean shutdown failed', { err });
           resolve(1);
         });

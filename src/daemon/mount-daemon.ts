@@ -7,6 +7,9 @@
  * aborts fetches in flight, then closes caches and datalakes; every step is bounded.
  * Under systemd (Type=notify) READY=1 is sent only after the mount answered a statfs from
  * another process (mountState 'live'), and STOPPING=1 before the unmount.
+ * Under systemd with the native engine the mount survives a restart (restart-state.ts):
+ * a process started with the stored /dev/fuse descriptors resumes them instead of
+ * mounting, and `handover()` (SIGTERM of a restart job) exits without unmounting.
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -34,6 +37,7 @@ import { SliceFilter } from '../slice/slice-filter.js';
 import { SlicedRootNodes } from '../slice/sliced-root-nodes.js';
 import { startSlice } from '../slice/start-slice.js';
 import type { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
+import { RestartState } from './restart-state.js';
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -50,14 +54,25 @@ export interface RunningMount {
   readonly metricsAddress: string | undefined;
   /** What `narfs status` shows. */
   status(): Promise<NarfsStatus>;
+  /** Unmounts and takes everything down. */
   close(): Promise<void>;
+  /** Whether a SIGTERM now is a restart that should keep the mount (systemd restart job). */
+  shouldHandOver(): Promise<boolean>;
+  /** Takes everything down but leaves the mount to the next process (no unmount). */
+  handover(): Promise<void>;
 }
+
+/** How long a handover waits for the requests JS is answering (the rest are resent). */
+const HANDOVER_MS = 10_000;
 
 export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
   const mountpoint = resolve(config.mountpoint);
   const notifier = new SystemdNotifier(logger);
   notifier.status(`preparing ${mountpoint}`);
-  await prepareMountpoint(mountpoint, logger);
+  const backend = fuseBackendOf(config);
+  const restart = backend === 'native' ? RestartState.fromEnvironment(config.cacheDir, logger) : undefined;
+  const adopt = await restart?.resumable(mountpoint);
+  if (!adopt) await prepareMountpoint(mountpoint, logger);
   if (config.decompressJobs !== undefined) setDecompressionConcurrency(config.decompressJobs);
   // The gauges read what exists once the mount is up (undefined before).
   let live: { stack: Awaited<ReturnType<typeof openStoreStack>>; fs: StoreFilesystem; engine: RunningMount['engine'] } | undefined;
@@ -99,10 +114,13 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       });
       cleanups.push(() => slice.close());
     }
-    const backend = fuseBackendOf(config);
     // fuse-native sends no FORGET: its inodes must live as long as the mount.
     const roots = sliceFilter ? new SlicedRootNodes(store, sliceFilter) : store;
-    const fs = new StoreFilesystem(roots, store, { opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native' });
+    const journal = restart ? await restart.openJournal() : undefined;
+    if (journal) cleanups.push(() => journal.close());
+    const fs = new StoreFilesystem(roots, store, {
+      opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native', ...(journal ? { journal } : {}),
+    });
     const fuseOptions = {
       mountpoint, opTimeoutMs: config.opTimeoutMs, logger,
       ...(config.allowOther === undefined ? {} : { allowOther: config.allowOther }),
@@ -111,12 +129,25 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     };
     // The engines see the filesystem through the metrics' timing proxy (per FUSE op).
     const served = metrics.timedFilesystem(fs, FUSE_OPS);
-    const fuse = backend === 'native'
-      ? new NativeMount(served, { ...fuseOptions, passthrough: config.passthrough ?? true })
-      : new FuseNativeMount(served, fuseOptions);
-    notifier.status(`mounting ${mountpoint}`);
-    await fuse.mount();
-    cleanups.push(() => fuse.unmount());
+    const fuse = backend === 'native' ? new NativeMount(served, { ...fuseOptions, passthrough: config.passthrough ?? true, ...(adopt ? { adopt } : {}) }) : new FuseNativeMount(served, fuseOptions);
+    notifier.status(adopt ? `resuming ${mountpoint}` : `mounting ${mountpoint}`);
+    let handingOver = false;
+    if (restart) cleanups.push(() => (handingOver ? undefined : restart.clear()));
+    try {
+      await fuse.mount();
+    } catch (err) {
+      if (adopt) restart?.dropStored(); // the next start mounts afresh
+      throw err;
+    }
+    cleanups.push(async () => {
+      if (!handingOver || !(fuse instanceof NativeMount)) return fuse.unmount();
+      const { unanswered } = await fuse.handover(HANDOVER_MS);
+      logger.info('handing the mount over to the next process', { mountpoint, unanswered });
+    });
+    if (restart && fuse instanceof NativeMount && fuse.init) {
+      if (adopt) logger.info('resumed the mount', { mountpoint, resend: fuse.resendErrno === 0 ? 'requeued' : `errno ${fuse.resendErrno}`, journal: journal?.size });
+      await restart.save(mountpoint, fuse.init, fuse.deviceFds());
+    }
     const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
     live = { stack, fs, engine };
     const startedAt = Date.now();
@@ -150,14 +181,20 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       return `serving ${mountpoint}: ${ds.filter((d) => d.up).length}/${ds.length} datalakes up, ` +
         `${metrics.narBytes.series.size === 0 ? 0 : [...metrics.narBytes.series.values()].reduce((a, s) => a + s.value, 0)} NAR bytes fetched`;
     };
-    notifier.ready(summary(), summary);
-    cleanups.push(async () => notifier.stopping(`unmounting ${mountpoint}`));
+    notifier.ready(summary(), summary, fuse instanceof NativeMount ? fuse.watchdog : undefined);
+    cleanups.push(async () => notifier.stopping(handingOver ? `restarting: keeping ${mountpoint} mounted` : `unmounting ${mountpoint}`));
     if (config.prefetchTrace) {
       // In the background: the mount serves at once; the replay stops when the stack closes.
       void replayTrace(config.prefetchTrace, store, logger, stack.signal);
     }
     return {
-      mountpoint, store, materialiser, stack, fs, engine, metrics, metricsAddress, status, close: () => cleanups.run(),
+      mountpoint, store, materialiser, stack, fs, engine, metrics, metricsAddress, status,
+      close: () => cleanups.run(),
+      shouldHandOver: async () => restart !== undefined && await RestartState.restartPending(logger),
+      handover: () => {
+        handingOver = true;
+        return cleanups.run();
+      },
     };
   } catch (err) {
     await cleanups.run();

@@ -7,11 +7,13 @@
  *   when /nix/store can be read;
  * - `STATUS=…` one human line (shown by `systemctl status`), on each state change and
  *   refreshed with every watchdog ping;
- * - `WATCHDOG=1` every half of $WATCHDOG_USEC (systemd.service(5), WatchdogSec=), when
- *   $WATCHDOG_PID is unset or ours. The pings come from the JS event loop: every request
- *   the native engine cannot answer in C waits on that loop, so a loop that stalls stops
- *   the pings and systemd restarts the daemon. (Pinging from the engine's reader threads
- *   would also catch a stuck reader, but needs a hook in native/session.cc.)
+ * - `WATCHDOG=1` (systemd.service(5), WatchdogSec=), when $WATCHDOG_PID is unset or ours.
+ *   With the native engine the pings come from its C thread (native/src/watchdog.cc), every
+ *   quarter of $WATCHDOG_USEC, and only while the JS loop beat within half of it and no
+ *   reader thread is stuck in one request that long: a stalled event loop or a stuck reader
+ *   both stop the pings, and systemd restarts the daemon (which resumes the mount,
+ *   restart-state.ts). Policy (these fractions) is here, the mechanism in C. Without the
+ *   native engine the JS loop pings every half of $WATCHDOG_USEC itself.
  * - `STOPPING=1` when the unmount starts.
  *
  * Without $NOTIFY_SOCKET (not under systemd) every call is a no-op. A failed send is
@@ -25,6 +27,13 @@ import type { Logger } from '../log.js';
 const require = createRequire(import.meta.url);
 
 type SdNotify = (state: string) => boolean;
+
+/** The engine's pinging thread (NativeMount.watchdog). */
+export interface EngineWatchdog {
+  start(intervalMs: number, staleMs: number): void;
+  beat(): void;
+  stop(): void;
+}
 
 /** The addon's sdNotify, or undefined when the addon is not built. */
 export function loadSdNotify(): SdNotify | undefined {
@@ -42,6 +51,7 @@ export class SystemdNotifier {
   #timer: NodeJS.Timeout | undefined;
   #failed = false;
   #status = '';
+  #engine: EngineWatchdog | undefined;
 
   constructor(logger: Logger, send: SdNotify | undefined = process.env['NOTIFY_SOCKET'] ? loadSdNotify() : undefined) {
     this.#log = logger;
@@ -61,13 +71,28 @@ export class SystemdNotifier {
     this.#notify(`STATUS=${line}`);
   }
 
-  /** READY=1 with a status line, and the watchdog pings from now on. */
-  ready(line: string, refresh?: () => string): void {
+  /** READY=1 with a status line, and the watchdog pings from now on (from `engine` if given). */
+  ready(line: string, refresh?: () => string, engine?: EngineWatchdog): void {
     this.#status = line;
     this.#notify(`READY=1\nSTATUS=${line}`);
     const usec = Number(process.env['WATCHDOG_USEC']);
     const pid = process.env['WATCHDOG_PID'];
     if (!this.active || !Number.isFinite(usec) || usec <= 0 || (pid !== undefined && pid !== '' && Number(pid) !== process.pid)) return;
+    if (engine) {
+      const everyMs = Math.max(25, Math.floor(usec / 4000));
+      const staleMs = Math.max(everyMs, Math.floor(usec / 2000));
+      this.#engine = engine;
+      engine.start(everyMs, staleMs);
+      this.#timer = setInterval(() => {
+        engine.beat();
+        const now = refresh?.() ?? this.#status;
+        if (now !== this.#status) this.#notify(`STATUS=${now}`);
+        this.#status = now;
+      }, everyMs);
+      this.#timer.unref();
+      this.#log.info('systemd watchdog armed (engine thread)', { pingEveryMs: everyMs, jsStaleAfterMs: staleMs });
+      return;
+    }
     const everyMs = Math.max(100, Math.floor(usec / 2000));
     this.#timer = setInterval(() => {
       const now = refresh?.() ?? this.#status;
@@ -86,6 +111,8 @@ export class SystemdNotifier {
   #stopPings(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
+    this.#engine?.stop();
+    this.#engine = undefined;
   }
 
   #notify(state: string): void {

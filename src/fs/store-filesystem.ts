@@ -24,11 +24,17 @@
  * - Names and symlink targets are byte strings (one char per byte, src/nix/nar-listing.ts):
  *   a FUSE binding converts at its edge (`Buffer#toString('latin1')` / `Buffer.from(s,
  *   'latin1')`); store path basenames are ASCII, so they are the same either way.
+ * - With a `journal` (restart without unmount, src/fs/inode-journal.ts): every inode is
+ *   recorded before its number can reach the kernel, numbers continue above the journal's,
+ *   and a nodeid the kernel got from an earlier process is rebuilt on demand (`revive`)
+ *   from its record, with the same number; a lookup of a recorded (parent, name) answers
+ *   the recorded number.
  */
 import { NarfsError } from '../errors.js';
 import { raceSignal, withDeadline } from '../deadline.js';
 import { isStorePathBase } from '../nix/store-path.js';
 import type { NarNode } from '../nix/nar-listing.js';
+import type { InodeJournal } from './inode-journal.js';
 
 /** Answers "what is the store path called <name>?" (the listing of its NAR). */
 export interface RootNodes {
@@ -129,6 +135,8 @@ export interface StoreFilesystemOptions {
    * when the kernel forgets it. Default false (inodes live as long as the mount).
    */
   forgets?: boolean;
+  /** Records inode numbers for a restarted process (see InodeJournal). */
+  journal?: InodeJournal;
 }
 
 export const ROOT_INO = 1;
@@ -201,6 +209,40 @@ export class StoreFilesystem {
       const inode = this.#newInode('', EMPTY_DIR, undefined, name);
       inode.pinned = true;
       this.#rootDirs.set(name, inode);
+    }
+    // After the fixed inodes (the same numbers in every process), above every recorded one.
+    if (options.journal) this.#nextIno = Math.max(this.#nextIno, options.journal.nextIno);
+  }
+
+  /** Whether `ino` is unknown here but recorded by an earlier process (see `revive`). */
+  needsRevive(ino: number): boolean {
+    return !this.#inodes.has(ino) && this.#opts.journal?.get(ino) !== undefined;
+  }
+
+  /**
+   * Rebuilds inode `ino` (and its ancestors) from the journal, with the same number: the
+   * kernel holds it from an earlier process of this mount. Its lookup count starts at 0
+   * (the kernel's FORGET of an evicted inode carries its whole count, so the next FORGET
+   * drops it; it can be rebuilt again). ERR_STALE_INODE when the entry no longer exists.
+   */
+  async revive(ino: number, signal?: AbortSignal): Promise<void> {
+    if (this.#inodes.has(ino)) return;
+    const rec = this.#opts.journal?.get(ino);
+    if (!rec) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} is not known`);
+    if (rec.parent !== ROOT_INO) await this.revive(rec.parent, signal);
+    if (this.#inodes.has(ino)) return;
+    let inode: Inode | undefined;
+    if (rec.parent === ROOT_INO) {
+      const node = await this.#resolveRoot(rec.name, signal);
+      if (node === undefined) throw new NarfsError('ERR_STALE_INODE', `store path ${rec.name} of inode ${ino} is gone`);
+      inode = this.#inodes.get(ino) ?? this.#rootChild(rec.name, node);
+    } else {
+      inode = this.#child(this.#inode(rec.parent), rec.name);
+    }
+    if (inode === undefined) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} names an entry that is gone`);
+    if (inode.ino !== ino && !this.#inodes.has(ino)) {
+      // The name is held under a newer number too: both numbers stay valid.
+      this.#newInode(inode.storeName, inode.node, inode.parent, inode.name, ino);
     }
   }
 
@@ -316,8 +358,14 @@ export class StoreFilesystem {
   }
 
   /** Up to `length` bytes at `offset`; fewer only at end of file. */
-  async read(fh: number, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
-    const handle = this.#handles.get(fh);
+  async read(fh: number, offset: number, length: number, signal?: AbortSignal, ino?: number): Promise<Buffer> {
+    let handle = this.#handles.get(fh);
+    // A handle the engine opened in C (0) or an earlier process opened (restart): the kernel
+    // names the inode too, and a number reused here for another inode must not be followed.
+    if (ino !== undefined && handle?.inode.ino !== ino) {
+      const inode = this.#inodes.get(ino);
+      handle = inode ? { inode, unhold: undefined } : undefined;
+    }
     if (!handle) throw new NarfsError('ERR_BAD_HANDLE', `file handle ${fh} is not open`);
     const node = handle.inode.node;
     if (node.type === 'directory') throw new NarfsError('ERR_IS_DIRECTORY', 'a directory has no bytes to read');
@@ -354,9 +402,9 @@ export class StoreFilesystem {
     this.#content.guardDropped?.(guard);
   }
 
-  release(fh: number): void {
+  release(fh: number, ino?: number): void {
     const handle = this.#handles.get(fh);
-    if (!handle) return;
+    if (!handle || (ino !== undefined && handle.inode.ino !== ino)) return;
     this.#handles.delete(fh);
     handle.unhold?.();
     handle.inode.handles--;
@@ -403,7 +451,7 @@ export class StoreFilesystem {
   #rootChild(name: string, node: NarNode): Inode {
     const again = this.#rootChildren.get(name);
     if (again !== undefined) return again;
-    const inode = this.#newInode(name, node, this.#root, name);
+    const inode = this.#newInode(name, node, this.#root, name, this.#recorded(ROOT_INO, name));
     this.#rootChildren.set(name, inode);
     return inode;
   }
@@ -414,7 +462,7 @@ export class StoreFilesystem {
     if (known !== undefined) return known;
     const node = dir.node.entries.get(name);
     if (!node) return undefined;
-    const inode = this.#newInode(dir.storeName, node, dir, name);
+    const inode = this.#newInode(dir.storeName, node, dir, name, this.#recorded(dir.ino, name));
     (dir.children ??= new Map()).set(name, inode);
     return inode;
   }
@@ -453,8 +501,22 @@ export class StoreFilesystem {
     return inode;
   }
 
-  #newInode(storeName: string, node: NarNode, parent: Inode | undefined, name: string): Inode {
-    const ino = this.#nextIno++;
+  /** The number an earlier process gave (parent, name), when not in use here. */
+  #recorded(parent: number, name: string): number | undefined {
+    const ino = this.#opts.journal?.childOf(parent, name);
+    return ino !== undefined && !this.#inodes.has(ino) ? ino : undefined;
+  }
+
+  #newInode(storeName: string, node: NarNode, parent: Inode | undefined, name: string, known?: number): Inode {
+    let ino: number;
+    if (known !== undefined) {
+      ino = known;
+    } else {
+      ino = this.#nextIno;
+      // Recorded before the number can reach the kernel (a throw here fails the request).
+      if (parent !== undefined) this.#opts.journal?.append(ino, parent.ino, name);
+      this.#nextIno++;
+    }
     // Every field set in one literal, in one order: one hidden class for all inodes.
     const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), parent, name, children: undefined, nlookup: 0, handles: 0, pinned: false };
     this.#inodes.set(ino, inode);

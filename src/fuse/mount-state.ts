@@ -47,7 +47,7 @@ export async function mountState(mountpoint: string, timeoutMs = 10_000): Promis
 }
 
 /** The fstype of the mount exactly at `mountpoint` (the top one), from /proc/self/mountinfo. */
-async function mountedType(mountpoint: string): Promise<string | undefined> {
+export async function mountedType(mountpoint: string): Promise<string | undefined> {
   const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
   let found: string | undefined;
   for (const line of info.split('\n')) {

@@ -24,6 +24,14 @@
  * its io mode from C (passthrough when C holds a whole-file location for the node); a
  * reply the kernel did not take (interrupted, or refused by C) releases the JS handle.
  * A dropped content location (watchDropped) is forgotten by C and pushed again later.
+ *
+ * Restart without unmount (native/src/adopt.h, src/daemon/restart-state.ts): with `adopt`,
+ * the session resumes the /dev/fuse descriptors of an earlier process (no mount, no INIT)
+ * and the kernel resends what that process read and never answered. A request naming a
+ * nodeid only the earlier process knew first rebuilds it from the inode journal
+ * (StoreFilesystem.revive). `handover` ends this process's part without unmounting: it
+ * waits (bounded) for the requests JS is answering; anything still unanswered is resent to
+ * the next process.
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
@@ -59,6 +67,18 @@ interface Addon {
   contentInUse(s: Session, path: string): boolean;
   forgetNode(s: Session, nodeid: number): void;
   stats(s: Session): NativeStats;
+  deviceFds(s: Session): number[];
+  sdNotifyFds(state: string, fds: number[]): number;
+  watchdogStart(s: Session | null, intervalMs: number, staleMs: number): void;
+  watchdogBeat(): void;
+  watchdogStop(): void;
+  watchdogStats(): { pings: number; withheld: number; lastReason: string } | undefined;
+}
+
+/** The INIT a connection negotiated (kept for a process that resumes it). */
+export interface NegotiatedInit {
+  minor: number;
+  flags: number;
 }
 
 export interface NativeStats {
@@ -135,6 +155,8 @@ export interface NativeMountOptions extends FuseMountOptions {
    * the kernel's dentry cache within this time.
    */
   rootEntryTimeoutS?: number;
+  /** Resume these /dev/fuse descriptors of an earlier process instead of mounting. */
+  adopt?: { fds: number[] } & NegotiatedInit;
 }
 
 export class NativeMount {
@@ -153,6 +175,11 @@ export class NativeMount {
   #entryTtl: number;
   #rootEntryTtl: number;
   #negativeTtl: number;
+  #init: NegotiatedInit | undefined;
+  #resendErrno = 0;
+  #idle: (() => void) | undefined;
+  /** Handing over to the next process: requests JS has not answered are left to it. */
+  #handingOver = false;
 
   constructor(fs: StoreFilesystem, options: NativeMountOptions) {
     this.#fs = fs;
@@ -173,6 +200,57 @@ export class NativeMount {
     return this.#session ? loadNativeAddon().stats(this.#session) : undefined;
   }
 
+  /** The INIT of the connection (after mount). */
+  get init(): NegotiatedInit | undefined {
+    return this.#init;
+  }
+
+  /** The /dev/fuse descriptors of the readers (for systemd's fd store). */
+  deviceFds(): number[] {
+    return this.#session ? loadNativeAddon().deviceFds(this.#session) : [];
+  }
+
+  /**
+   * systemd's WATCHDOG=1 from the engine's C thread (native/src/watchdog.cc): it pings every
+   * `intervalMs` only while `beat()` was called within `staleMs` and no reader thread is
+   * stuck in one request for longer than that.
+   */
+  get watchdog(): { start(intervalMs: number, staleMs: number): void; beat(): void; stop(): void; stats(): unknown } {
+    const a = loadNativeAddon();
+    return {
+      start: (intervalMs, staleMs) => a.watchdogStart(this.#session ?? null, intervalMs, staleMs),
+      beat: () => a.watchdogBeat(),
+      stop: () => a.watchdogStop(),
+      stats: () => a.watchdogStats(),
+    };
+  }
+
+  /** errno of FUSE_NOTIFY_RESEND after adopting (0: requeued; EINVAL: kernel before 6.9). */
+  get resendErrno(): number {
+    return this.#resendErrno;
+  }
+
+  /**
+   * Leaves the connection to the next process: waits up to `timeoutMs` for the requests JS
+   * is answering, then stops answering (nothing is unmounted, no descriptor is closed: the
+   * process exits holding them, systemd's fd store keeps the connection).
+   */
+  async handover(timeoutMs: number): Promise<{ unanswered: number }> {
+    this.#handingOver = true;
+    if (this.#inflight.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((r) => { this.#idle = r; }),
+        new Promise<void>((r) => { timer = setTimeout(r, timeoutMs); }),
+      ]);
+      if (timer) clearTimeout(timer);
+    }
+    const unanswered = this.#inflight.size;
+    this.#mounted = false;
+    if (this.#session) loadNativeAddon().unref(this.#session);
+    return { unanswered };
+  }
+
   async mount(): Promise<void> {
     const a = loadNativeAddon();
     const o = this.#opts;
@@ -187,6 +265,7 @@ export class NativeMount {
         entryTtl: this.#entryTtl,
         attrTtl: o.attrTimeoutS ?? 86400,
         passthrough: o.passthrough ?? true,
+        ...(o.adopt ? { adopt: o.adopt } : {}),
       }, (...args) => this.#dispatch(...args));
     } catch (err) {
       throw new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${(err as Error).message}`, { cause: err });
@@ -204,10 +283,11 @@ export class NativeMount {
         throw new NarfsError('ERR_MOUNT', `the kernel closed ${o.mountpoint} before it was ready`);
       })]), { code: 'ERR_MOUNT', what: `mounting ${o.mountpoint}` });
     } catch (err) {
-      await forceUnmount(o.mountpoint, { abort: true });
+      if (!o.adopt) await forceUnmount(o.mountpoint, { abort: true });
       throw err;
     }
     this.#mounted = true;
+    if (o.adopt) return; // the bdi was set up by the process that mounted
     await this.#raiseReadahead().catch(() => {});
   }
 
@@ -249,6 +329,8 @@ export class NativeMount {
     const s = this.#session;
     switch (kind) {
       case OP.READY:
+        this.#init = { minor: a, flags: b };
+        this.#resendErrno = c;
         this.#ready?.resolve();
         return;
       case OP.CLOSED:
@@ -259,6 +341,8 @@ export class NativeMount {
         return;
     }
     if (!s) return;
+    // Left unanswered, the request stays with the kernel and is resent to the next process.
+    if (this.#handingOver) return;
     const n = loadNativeAddon();
     switch (kind) {
       case OP.FORGET:
@@ -271,8 +355,16 @@ export class NativeMount {
         this.#inflight.get(a)?.abort();
         return;
       case OP.RELEASE:
-        this.#fs.release(a); // C has replied already
+        this.#fs.release(a, nodeid); // C has replied already
         return;
+    }
+    if (kind !== OP.STATFS && this.#fs.needsRevive(nodeid)) {
+      // A nodeid the kernel got from an earlier process of this mount (restart).
+      this.#async(kind, ch, unique, nodeid, async (signal) => {
+        await this.#fs.revive(nodeid, signal);
+        this.#dispatch(kind, ch, unique, nodeid, a, b, c, flags, name, forgets);
+      });
+      return;
     }
     try {
       switch (kind) {
@@ -295,7 +387,7 @@ export class NativeMount {
         }
         case OP.READ:
           return this.#async(kind, ch, unique, nodeid, async (signal) => {
-            const data = await this.#readAt(nodeid, a, b, c, signal);
+            const data = await this.#fs.read(a, b, c, signal, nodeid);
             n.replyData(s, ch, unique, data);
             this.#pushContent(n, s, nodeid);
           });
@@ -323,13 +415,18 @@ export class NativeMount {
     const s = this.#session!;
     const n = loadNativeAddon();
     work(ac.signal).catch((err: unknown) => {
+      // Failing because this process is going away: the next one answers (resend).
+      if (this.#handingOver) return;
       if (ac.signal.aborted) n.replyErr(s, ch, unique, EINTR);
       else n.replyErr(s, ch, unique, this.#fail(kind, nodeid, err));
     }).catch((err: unknown) => {
       // Never leave the kernel waiting: a reply that could not be made is an EIO.
       this.#log.error('replying to a FUSE request failed', { err });
       n.replyErr(s, ch, unique, ERRNO.EIO);
-    }).finally(() => this.#inflight.delete(unique));
+    }).finally(() => {
+      if (this.#inflight.get(unique) === ac) this.#inflight.delete(unique);
+      if (this.#inflight.size === 0) this.#idle?.();
+    });
   }
 
   async #lookup(n: Addon, s: Session, ch: number, unique: number, parent: number, raw: Buffer | undefined, signal: AbortSignal): Promise<void> {
@@ -398,19 +495,6 @@ export class NativeMount {
     }
   }
 
-  /**
-   * Reads through handle `fh`; handle 0 is one C opened while it had the content, which
-   * was dropped since: the read is served by node, through a handle of its own.
-   */
-  async #readAt(nodeid: number, fh: number, offset: number, size: number, signal: AbortSignal): Promise<Buffer> {
-    if (fh !== 0) return this.#fs.read(fh, offset, size, signal);
-    const own = this.#fs.open(nodeid, 0);
-    try {
-      return await this.#fs.read(own, offset, size, signal);
-    } finally {
-      this.#fs.release(own);
-    }
-  }
 
   #forget(n: Addon, s: Session, nodeid: number, count: number): void {
     if (this.#fs.forget(nodeid, count)) {

@@ -11,10 +11,16 @@
  * disable everything (an empty /etc is a first boot, where presets enable every service).
  *
  * Checked: `systemctl start` returns (READY=1) only when the mount answers — right after
- * it, the mountpoint is a fuse.narfs mount and a store file reads back; STATUS= is shown;
- * watchdog pings arrive; kill -9 of the daemon → systemd restarts it and the mount comes
- * back; a stopped (SIGSTOP) daemon → the watchdog restarts it; `systemctl stop` → exit 0,
- * nothing mounted.
+ * it, the mountpoint is a fuse.narfs mount and a store file reads back, and the engine's
+ * /dev/fuse descriptors are in systemd's fd store; STATUS= is shown; watchdog pings
+ * arrive; `systemctl restart` while a reader loops over files (dropping each file's page
+ * cache, hashing it, `stat`ing it, and looking up new names in directories it looked up
+ * before the restart) → the reader sees no error, the same mount (mount ID) and the same
+ * inode numbers (nodeids of the old process), and a file it opened before the restart
+ * reads back after it; kill -9 of the daemon under the same reader → systemd restarts it,
+ * the reader sees no error either (its requests wait for the new process, which resumes
+ * the connection and gets the unanswered ones resent); a stopped (SIGSTOP) daemon → the
+ * watchdog restarts it; `systemctl stop` → exit 0, nothing mounted, the fd store empty.
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -23,7 +29,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { loadFixtures, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
+import { loadFixtures, pathByRole, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
 import { skipOrFail } from '../support/environment.js';
 
 const execFileP = promisify(execFile);
@@ -56,11 +62,92 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
   const show = async (): Promise<Record<string, string>> => {
     const { stdout } = await inside(['systemctl', 'show', 'narfs.service', '-p', 'ActiveState', '-p', 'SubState', '-p', 'MainPID',
       '-p', 'NRestarts', '-p', 'Result', '-p', 'StatusText', '-p', 'ExecMainStatus', '-p', 'WatchdogTimestampMonotonic',
-      '-p', 'ActiveEnterTimestampMonotonic']);
+      '-p', 'ActiveEnterTimestampMonotonic', '-p', 'NFileDescriptorStore']);
     return Object.fromEntries(stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
   };
   const fstype = async () => (await inside(['findmnt', '-n', '-o', 'FSTYPE', MOUNTPOINT]).catch(() => ({ stdout: '' }))).stdout.trim();
   let file: { path: string; size: number };
+  /** The mount ID of the mount at MOUNTPOINT in the container (a remount gets a new one). */
+  const mountId = async () => (await readFile(`/proc/${leader}/mountinfo`, 'utf8')).split('\n')
+    .map((l) => l.split(' ')).filter((f) => f[4] === MOUNTPOINT).map((f) => f[0]).join(',');
+
+  /**
+   * A reader inside the container, looping until told to stop: a fixed set of files (page
+   * cache dropped per file with dd iflag=nocache, so each read reaches the daemon), hashed
+   * and compared with the first round, `stat`ed and their inode numbers compared; per round
+   * also a few names never looked up before, in a directory looked up in the first round;
+   * a file opened in the first round is read at the end. Prints `round N`, `ERR …`, `done`.
+   */
+  async function startReader() {
+    const many = basename(pathByRole(fixtures, 'many-files').storePath);
+    const dirs = ['tree', 'traps', 'single-file'].map((r) => basename(pathByRole(fixtures, r as 'tree').storePath));
+    // Names in directories of many-files the reader never lists: from the datalake's .ls
+    // listing (on the host), so the first LOOKUP of each comes after the restart.
+    type Listing = { type: string; entries?: Record<string, Listing> };
+    const listing = JSON.parse(await readFile(join(fixtures.dir, 'datalakes/xz', `${many.slice(0, 32)}.ls`), 'utf8')) as { root: Listing };
+    const later: string[] = [];
+    for (const [d, sub] of Object.entries(listing.root.entries ?? {}).slice(1)) {
+      for (const [n, e] of Object.entries(sub.entries ?? {})) if (e.type === 'regular' && /^[\w.-]+$/.test(n)) later.push(`${many}/${d}/${n}`);
+    }
+    const first = Object.keys(listing.root.entries ?? {})[0]!;
+    const script = `
+      set -u
+      cd ${MOUNTPOINT} || { echo "ERR cd"; exit 1; }
+      mapfile -t files < <(find ${dirs.join(' ')} -type f | head -60; find ${many}/${first} -type f | head -20)
+      later=(${later.slice(0, 600).join(' ')})
+      declare -A ref ino
+      for f in "\${files[@]}"; do
+        ref[$f]=$(sha256sum < "$f") || echo "ERR first read $f"
+        ino[$f]=$(stat -c %i "$f") || echo "ERR first stat $f"
+      done
+      exec 3< "\${files[0]}"
+      round=0
+      next=0
+      while [ ! -e /run/narfs-reader-stop ]; do
+        round=$((round + 1))
+        for f in "\${files[@]}"; do
+          dd if="$f" iflag=nocache count=0 status=none 2>/dev/null
+          h=$(sha256sum < "$f") || { echo "ERR read $f"; continue; }
+          [ "$h" = "\${ref[$f]}" ] || echo "ERR hash $f"
+          i=$(stat -c %i "$f") || { echo "ERR stat $f"; continue; }
+          [ "$i" = "\${ino[$f]}" ] || echo "ERR ino $f $i \${ino[$f]}"
+        done
+        for k in 1 2 3; do
+          g="\${later[$next]:-}"; next=$(( (next + 1) % \${#later[@]} ))
+          [ -n "$g" ] && { stat "$g" > /dev/null || echo "ERR new stat $g"; }
+        done
+        echo "round $round"
+      done
+      h=$(sha256sum <&3) || echo "ERR read of the descriptor opened before"
+      [ "$h" = "\${ref[\${files[0]}]}" ] || echo "ERR hash of the descriptor opened before"
+      echo done
+    `;
+    const child = spawn('nsenter', ['-t', String(leader), '-a', 'bash', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const waiters: Array<() => void> = [];
+    const onData = (d: Buffer) => { out += d.toString(); for (const w of waiters.splice(0)) w(); };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    const exited = new Promise<void>((r) => child.once('exit', () => { for (const w of waiters.splice(0)) w(); r(); }));
+    const rounds = () => [...out.matchAll(/^round (\d+)$/gm)].length;
+    /** Resolves once the reader completed `n` more rounds (event: its output). */
+    const moreRounds = async (n: number, what: string) => {
+      const target = rounds() + n;
+      const end = Date.now() + STEP_MS;
+      while (rounds() < target) {
+        if (child.exitCode !== null) assert.fail(`the reader exited while waiting for ${what}: ${out}`);
+        if (Date.now() > end) assert.fail(`${what}: the reader did not complete ${n} rounds within ${STEP_MS / 1000} s: ${out}`);
+        await new Promise<void>((r) => { waiters.push(r); setTimeout(r, 5000); });
+      }
+    };
+    const stop = async () => {
+      await inside(['touch', '/run/narfs-reader-stop']);
+      await exited;
+      await inside(['rm', '-f', '/run/narfs-reader-stop']);
+      return out;
+    };
+    return { moreRounds, stop, output: () => out };
+  }
 
   before(async function () {
     this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
@@ -126,6 +213,27 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
     const s = await show();
     assert.equal(s.ActiveState, 'active');
     assert.match(s.StatusText!, /^serving \/var\/lib\/narfs\/lower\/nix\/store: 1\/1 datalakes up/);
+    // The mount's /dev/fuse descriptor and its clones (one per reader thread).
+    assert.equal(s.NFileDescriptorStore, '4');
+  });
+
+  it('systemctl restart keeps the mount: a reader looping over files sees no error, old nodeids stay valid', async () => {
+    const before = await show();
+    const id = await mountId();
+    const reader = await startReader();
+    await reader.moreRounds(1, 'a round before the restart');
+    await inside(['systemctl', 'restart', 'narfs.service']);
+    const after = await show();
+    assert.equal(after.ActiveState, 'active');
+    assert.notEqual(after.MainPID, before.MainPID);
+    await reader.moreRounds(2, 'rounds after the restart');
+    const out = await reader.stop();
+    assert.doesNotMatch(out, /ERR/, out);
+    assert.match(out, /^done$/m);
+    assert.equal(await mountId(), id, 'the mount was never replaced');
+    const { stdout } = await inside(['journalctl', '-u', 'narfs.service', '--no-pager', '-o', 'cat', `_PID=${after.MainPID}`]);
+    assert.match(stdout, /resumed the mount/);
+    assert.equal((await show()).NFileDescriptorStore, '4');
   });
 
   it('sends watchdog pings', async () => {
@@ -133,14 +241,21 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
     await eventually('a newer WATCHDOG=1', async () => (Number((await show()).WatchdogTimestampMonotonic) > first ? true : undefined), 30_000);
   });
 
-  it('kill -9 of the daemon: systemd restarts it and the mount comes back', async () => {
+  it('kill -9 of the daemon: systemd restarts it, the mount stays, a reader sees no error', async () => {
     const before = await show();
+    const id = await mountId();
+    const reader = await startReader();
+    await reader.moreRounds(1, 'a round before the kill');
     await inside(['kill', '-9', before.MainPID!]);
     const after = await eventually('a restarted narfs', async () => {
       const s = await show();
       return s.ActiveState === 'active' && s.MainPID !== before.MainPID && Number(s.NRestarts) === Number(before.NRestarts) + 1 ? s : undefined;
     });
     assert.notEqual(after.MainPID, '0');
+    await reader.moreRounds(2, 'rounds after the kill');
+    const out = await reader.stop();
+    assert.doesNotMatch(out, /ERR/, out);
+    assert.equal(await mountId(), id, 'the mount was never replaced');
     assert.equal(await fstype(), 'fuse.narfs');
     assert.equal((await inside(['cat', file.path])).stdout.length, file.size);
   });
@@ -165,5 +280,6 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
     assert.equal(s.Result, 'success');
     assert.equal(s.ExecMainStatus, '0');
     assert.equal(await fstype(), '');
+    assert.equal(s.NFileDescriptorStore, '0');
   });
 });

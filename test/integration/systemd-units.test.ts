@@ -43,7 +43,7 @@ describe('systemd units (systemd-analyze verify)', function () {
     assert.equal(r.out.trim(), '', 'systemd-analyze verify printed messages');
   });
 
-  it('narfs.service: notify, watchdog, before nix-daemon, config file, no private mounts', async () => {
+  it('narfs.service: notify, watchdog, before nix-daemon, config file, no private mounts, fd store for restarts', async () => {
     const text = await readFile(join(units, 'narfs.service'), 'utf8');
     const settings = text.split('\n').filter((l) => !l.startsWith('#'));
     const has = (re: RegExp) => settings.some((l) => re.test(l));
@@ -51,7 +51,11 @@ describe('systemd units (systemd-analyze verify)', function () {
     assert.ok(has(/^WatchdogSec=\d+/));
     assert.ok(has(/^Before=.*\bnix-daemon\.service\b/));
     assert.ok(has(new RegExp(`^ExecStart=${NARFS_BIN} mount \\S+ --config \\S+`)));
-    assert.ok(has(/^ExecStartPre=-\/bin\/umount -l /) && has(/^ExecStopPost=-\/bin\/umount -l /));
+    // Restart without unmount: the fd store and a runtime directory kept across restarts;
+    // no `umount -l` around the process (it would detach the mount a restart keeps).
+    assert.ok(has(/^FileDescriptorStoreMax=[1-9]/));
+    assert.ok(has(/^RuntimeDirectory=narfs$/) && has(/^RuntimeDirectoryPreserve=restart$/));
+    assert.ok(!has(/umount/), 'no umount in ExecStartPre/ExecStopPost');
     for (const hidden of ['ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateMounts', 'PrivateDevices', 'ReadOnlyPaths', 'InaccessiblePaths', 'ReadWritePaths', 'TemporaryFileSystem']) {
       assert.ok(!has(new RegExp(`^${hidden}=`)), `${hidden}= would hide the mount`);
     }
