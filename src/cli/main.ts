@@ -373,7 +373,11 @@ export function formatStatus(st: NarfsStatus): string {
     'datalakes:',
     ...st.datalakes.map((d) => `  ${d.up ? 'up  ' : 'DOWN'} ${d.url}${d.priority === undefined ? '' : ` (priority ${d.priority})`}` +
       (d.up ? '' : ` since ${d.downSince ?? '?'}, ${d.failedProbes} failed probes${d.error ? `: ${d.error.code} ${d.error.message}` : ''}`)),
-    `cache: ${st.cache.dir}, ${mib(st.cache.sizeBytes)} on disk`,
+    `cache: ${st.cache.dir}, ${mib(st.cache.sizeBytes)} on disk` + (st.cache.files
+      ? `; files ${mib(st.cache.files.bytes)} of ${mib(st.cache.files.maxBytes)} (${st.cache.files.blobs} whole, ${st.cache.files.partials} partial), ` +
+        `${st.cache.files.evictions} evicted, ${st.cache.files.dedupeHits} shared (${mib(st.cache.files.dedupeBytes)} saved)` : ''),
+    ...(st.ranged ? [`ranged reads: ${st.ranged.requests} requests (${mib(st.ranged.requestBytes)}), ${st.ranged.chunksDelivered} chunks verified, ` +
+      `${st.ranged.mismatches} rejected; reads in JS: ${st.ranged.rangedReads} by range, ${st.ranged.wholeNarReads} from whole NARs`] : []),
     `narinfo cache: ${st.narinfoCache.hits} hits, ${st.narinfoCache.misses} misses (hit rate ${pct(st.narinfoCache.hitRate)})`,
     `NAR cache: ${st.narCache.hits} hits, ${st.narCache.fetches} fetches, ${st.narCache.fetchErrors} failed (hit rate ${pct(st.narCache.hitRate)})`,
     `fetched: ${mib(st.narCache.bytesFetched)} of NARs (${mib(st.narCache.bytesDownloaded)} downloaded), ${st.narCache.inFlight} in flight`,

@@ -154,6 +154,8 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     const status = () => runStatus({
       mountpoint, backend, cacheDir: config.cacheDir, lower: config.lower, lowerSocket: config.lowerSocket,
       datalakes: stack.datalakes, metrics, cacheSize, inodes: () => fs.inodeCount, engine: engine.stats, startedAt,
+      files: () => stack.blobs.stats(),
+      ranged: () => ({ ...stack.chunks.stats, rangedReads: store.counters.rangedReads, wholeNarReads: store.counters.wholeNarReads }),
     });
     const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger, status });
     cleanups.push(() => control.close());

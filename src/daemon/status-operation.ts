@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { NativeStats } from '../fuse/native-mount.js';
 import { lowerStoreLayout } from '../nixdb/index.js';
+import type { BlobStoreStats } from '../cache/blob-store.js';
 import { processOpenFds, type NarfsMetrics } from './metrics.js';
 
 export interface StatusSources {
@@ -30,6 +31,10 @@ export interface StatusSources {
   cacheSize: CacheSizeProbe;
   inodes(): number;
   engine(): NativeStats | undefined;
+  /** The content-addressed cache's counters (bound, evictions, dedupe). */
+  files?(): BlobStoreStats;
+  /** Ranged reads of indexed store paths, and reads in JS by how they were served. */
+  ranged?(): { requests: number; requestBytes: number; chunksDelivered: number; mismatches: number; rangedReads: number; wholeNarReads: number };
   startedAt: number;
 }
 
@@ -42,7 +47,8 @@ export interface NarfsStatus {
     url: string; up: boolean; priority: number | undefined; downSince: string | undefined;
     failedProbes: number; error: { code: string; message: string } | undefined;
   }>;
-  cache: { dir: string; sizeBytes: number };
+  cache: { dir: string; sizeBytes: number; files: BlobStoreStats | undefined };
+  ranged: ReturnType<NonNullable<StatusSources['ranged']>> | undefined;
   narinfoCache: { hits: number; misses: number; hitRate: number | undefined };
   narCache: {
     hits: number; fetches: number; fetchErrors: number; hitRate: number | undefined;
@@ -84,7 +90,8 @@ export async function runStatus(src: StatusSources): Promise<NarfsStatus> {
       failedProbes: d.failedProbes,
       error: d.error ? { code: d.error.code, message: d.error.message } : undefined,
     })),
-    cache: { dir: src.cacheDir, sizeBytes: await src.cacheSize.refresh() },
+    cache: { dir: src.cacheDir, sizeBytes: await src.cacheSize.refresh(), files: src.files?.() },
+    ranged: src.ranged?.(),
     narinfoCache: { hits, misses, hitRate: ratio(hits, misses) },
     narCache: {
       hits: narHits, fetches, fetchErrors, hitRate: ratio(narHits, fetches),

@@ -8,7 +8,6 @@
  * Exit codes (as the other commands): 0 every path indexed or already current, 1 some path
  * failed (each failure logged with its code; the others are still done), 2 usage error.
  */
-import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
 import { openDatalake } from '../datalake/open-datalake.js';
@@ -17,6 +16,7 @@ import { NarfsError, toNarfsError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { isValidChunkSize } from '../nix/nar-index.js';
 import { parseSecretKey } from '../nix/signature.js';
+import { readSecretFile } from '../datalake/secret-file.js';
 import { isValidHashPart, parseStorePath, parseStorePathBase } from '../nix/store-path.js';
 import { indexStorePath } from './index-store-path.js';
 
@@ -86,10 +86,12 @@ export async function indexCommand(args: string[]): Promise<number> {
   if (url === undefined) throw new NarfsError('ERR_USAGE', 'narfs index needs a DATALAKE_URL', { hint: INDEX_HELP });
   const keyFile = values['secret-key-file'] as string | undefined;
   if (keyFile === undefined) throw new NarfsError('ERR_USAGE', 'narfs index needs --secret-key-file FILE');
-  const keyText = await readFile(keyFile, 'utf8').catch((e: unknown) => {
+  // A signing key is a secret: refused when others may read it, like ssh keys.
+  const keyText = await readSecretFile(keyFile, 'secret key file').catch((e: unknown) => {
+    if (e instanceof NarfsError) throw e;
     throw new NarfsError('ERR_USAGE', `cannot read --secret-key-file ${keyFile}: ${(e as Error).message}`);
   });
-  const secretKey = parseSecretKey(keyText.trim());
+  const secretKey = parseSecretKey(keyText.toString('utf8').trim());
   const chunkSize = values['chunk-size'] === undefined ? DEFAULT_INDEX_CHUNK_SIZE : parseSize(values['chunk-size'] as string);
   if (!isValidChunkSize(chunkSize)) throw new NarfsError('ERR_USAGE', `--chunk-size must be a power of two from 64K to 4M`);
   const frameSize = values['frame-size'] === undefined ? Math.max(DEFAULT_FRAME_SIZE, chunkSize) : parseSize(values['frame-size'] as string);

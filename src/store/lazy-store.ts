@@ -54,6 +54,7 @@ import { parseStorePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
 import type { ErrorCode } from '../errors.js';
 import type { DatalakeSet } from '../datalake/datalake-set.js';
+import type { Datalake } from '../datalake/datalake.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
@@ -146,7 +147,12 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async resolve(name: string, signal: AbortSignal): Promise<NarNode | undefined> {
-    const info = await this.#infos.get(parseStorePathBase(name), signal);
+    const sp = parseStorePathBase(name);
+    // The index is named by the hash part alone: ask the datalake the narinfo will most
+    // likely come from (the first one up) at the same time as the narinfo, which saves a
+    // round trip before the first byte of an indexed path.
+    const early = this.#shown.has(name) || this.#treeStore.has(name) ? undefined : this.#earlyIndex(name, sp.hashPart, signal);
+    const info = await this.#infos.get(sp, signal);
     if (!info) return undefined;
     this.#known.add(name);
     const shown = this.#shown.get(name);
@@ -156,7 +162,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const hashPart = info.narInfo.storePath.hashPart;
     const seen = await this.#meta.getListing(hashPart);
     // The signed index and the .ls go out together: an unindexed datalake costs no round trip more.
-    const indexed = this.#fetchIndex(name, info, signal);
+    const indexed = this.#fetchIndex(name, info, signal, early?.datalake === info.datalake ? early.bytes : undefined);
     const published = seen === undefined ? this.#fetchListing(info, signal) : Promise.resolve(undefined);
     const tree = await indexed;
     if (tree) {
@@ -430,14 +436,14 @@ export class LazyStore implements RootNodes, ContentReader {
    * bound to this narinfo's store path, NarHash and NarSize) and stored; undefined when
    * there is none or it does not verify (a warning: the path is then read whole).
    */
-  async #fetchIndex(name: string, info: PathInfo, signal: AbortSignal): Promise<Tree | undefined> {
+  async #fetchIndex(name: string, info: PathInfo, signal: AbortSignal, early?: Promise<Buffer | undefined>): Promise<Tree | undefined> {
     const policy = this.#opts.indexPolicy;
     if (!policy || this.#noIndex.has(name)) return undefined;
     this.#noIndex.add(name);
     const rel = `${info.narInfo.storePath.hashPart}${NAR_INDEX_SUFFIX}`;
     let bytes: Buffer | undefined;
     try {
-      bytes = await this.#opts.datalakes.getBytesFrom(info.datalake, rel, { signal });
+      bytes = await (early ?? this.#opts.datalakes.getBytesFrom(info.datalake, rel, { signal }));
     } catch (err) {
       this.#opts.logger.debug('index fetch failed; the path is read whole', { datalake: info.datalake.displayUrl, path: rel, err });
       return undefined;
@@ -457,6 +463,18 @@ export class LazyStore implements RootNodes, ContentReader {
     });
     this.#noIndex.delete(name);
     return this.#adopt(name, { index, source: 'signed', info });
+  }
+
+  /** The index of `hashPart` asked of the first datalake up, before its narinfo is known. */
+  #earlyIndex(name: string, hashPart: string, signal: AbortSignal): { datalake: Datalake; bytes: Promise<Buffer | undefined> } | undefined {
+    if (!this.#opts.indexPolicy || this.#noIndex.has(name)) return undefined;
+    const set = this.#opts.datalakes;
+    const up = set.status().findIndex((d) => d.up);
+    const datalake = up < 0 ? undefined : set.datalakes[up];
+    if (!datalake) return undefined;
+    const bytes = set.getBytesFrom(datalake, `${hashPart}${NAR_INDEX_SUFFIX}`, { signal });
+    bytes.catch(() => {}); // used only if the narinfo comes from there; its failure is #fetchIndex's
+    return { datalake, bytes };
   }
 
   /**

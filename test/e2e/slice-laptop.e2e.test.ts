@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { spawnNarfs, startNarfsMount, type CliDaemon } from '../support/cli-daemon.js';
+import { NARFS_BIN, spawnNarfs, startNarfsMount, type CliDaemon } from '../support/cli-daemon.js';
 import { CustomerDatalakeServer } from '../support/customer-datalake-server.js';
 import { FIXTURE_BUILD_TIMEOUT_MS, loadFixtures, pathByRole, type FixtureRole, type Fixtures } from '../support/fixtures.js';
 
@@ -174,6 +174,17 @@ describe('e2e: a customer slice mounted by a normal user', function () {
     assert.ok(!d.stderr.join('').includes(acmeToken) && !d.stdout.join('').includes(acmeToken));
     const { stdout: ps } = await execFileP('ps', ['-eo', 'args']);
     assert.ok(!ps.includes(acmeToken), 'the token is in some argv');
+    // `narfs status` and `narfs gc` work as the user, on the user's cache (no --cache-dir).
+    const st = JSON.parse(await runIn(d.child.pid!, user, [process.execPath, NARFS_BIN, 'status', '--json'], env())) as {
+      mountpoint: string; cache: { dir: string; files?: { bytes: number; maxBytes: number } };
+    };
+    assert.equal(st.mountpoint, mnt);
+    assert.equal(st.cache.dir, join(home, '.cache', 'narfs'));
+    assert.ok(st.cache.files && st.cache.files.bytes > 0 && st.cache.files.maxBytes > 0, JSON.stringify(st.cache));
+    const gc = await runIn(d.child.pid!, user, [process.execPath, NARFS_BIN, 'gc', '--max-size', '0'], env());
+    assert.match(gc, /narfs: gc freed .* the cache holds 0\.0 MiB/);
+    // Evicted, the files come back verified on the next read.
+    for (const name of want) assert.equal(await nixHash(d, name), narHashOf(name), name);
   });
 
   it('refreshes: an unchanged list is a 304; a new root appears and a removed one disappears', async function () {

@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -155,6 +155,20 @@ describe('narfs index (publisher) on fixture datalakes', function () {
     const rechunk = await runIndex(['--secret-key-file', fx.secretKeyFile, '--chunk-size', '1M', `file://${dir}`, storePathFull(one.ni.storePath)]);
     assert.equal(rechunk.code, 0, rechunk.stderr);
     assert.equal(parseNarIndex(readFileSync(path.join(dir, `${one.hashPart}${NAR_INDEX_SUFFIX}`))).chunkSize, 1 << 20);
+  });
+
+  it('refuses a secret key file that others may read (ERR_SECRET_PERMISSIONS, chmod hint) and writes nothing', async () => {
+    const dir = path.join(tmp, 'open-key');
+    cpSync(fx.datalakes.none.dir, dir, { recursive: true });
+    const key = path.join(tmp, 'open-key.sec');
+    writeFileSync(key, readFileSync(fx.secretKeyFile), { mode: 0o644 });
+    chmodSync(key, 0o644);
+    const run = await runIndex(['--secret-key-file', key, `file://${dir}`]);
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(run.stderr, /ERR_SECRET_PERMISSIONS/);
+    assert.match(run.stderr, /chmod 600/);
+    assert.ok(!run.stderr.includes(readFileSync(fx.secretKeyFile, 'utf8').split(':')[1]!.trim()), 'the key is not printed');
+    assert.equal(readdirSync(dir).filter((f) => f.endsWith(NAR_INDEX_SUFFIX)).length, 0);
   });
 
   it('never indexes a NAR that does not match its NarHash, and still indexes the others (exit 1)', async () => {
