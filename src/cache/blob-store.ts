@@ -261,7 +261,7 @@ export class BlobStore {
           this.#trimQueued = true;
           setImmediate(() => {
             this.#trimQueued = false;
-            if (!this.#closed && this.#total > this.#maxBytes) this.#makeRoom(0);
+            if (!this.#closed && this.#total > this.#maxBytes) this.#makeRoom(0, true);
           });
         }
       } else this.#pins.set(hex, n);
@@ -631,10 +631,10 @@ export class BlobStore {
    * evicts whole least-recently-used unpinned files. The decision is synchronous (no
    * other write interleaves); the unlinks follow in the background.
    */
-  #makeRoom(incoming: number): void {
+  #makeRoom(incoming: number, trim = false): void {
     this.#total += incoming;
     if (this.#total <= this.#maxBytes) {
-      this.#overLogged = false;
+      if (!trim) this.#overLogged = false;
       return;
     }
     this.#flushTouches();
@@ -660,7 +660,7 @@ export class BlobStore {
       this.#log.warn('the cache is over its size bound: every file that could be evicted is open or being read', {
         bytes: this.#total, maxBytes: this.#maxBytes,
       });
-    } else if (this.#total <= this.#maxBytes) {
+    } else if (this.#total <= this.#maxBytes && !trim) {
       this.#overLogged = false;
     }
   }

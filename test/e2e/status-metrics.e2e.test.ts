@@ -129,7 +129,7 @@ describe('e2e: narfs status and /metrics after known work', function () {
       assert.equal(m.get(`narfs_nar_downloaded_bytes_total{${lbl}}`), fileSize);
       assert.equal(m.get(`narfs_nar_fetch_duration_seconds_count{${lbl}}`), n);
       assert.equal(m.get(`narfs_nar_fetch_duration_seconds_bucket{${lbl},le="+Inf"}`), n);
-      assert.equal(m.get(`narfs_datalake_request_duration_seconds_count{${lbl},outcome="ok"}`), 3 * n, 'narinfo, .ls and NAR per path');
+      assert.equal(m.get(`narfs_datalake_request_duration_seconds_count{${lbl},outcome="ok"}`), 4 * n, 'narinfo, .narfs-index (absent), .ls and NAR per path');
       assert.equal(m.get('narfs_narinfo_cache_lookups_total{result="miss"}'), n);
       assert.equal(m.get(`narfs_datalake_up{${lbl}}`), 1);
       assert.ok((m.get('narfs_fuse_op_duration_seconds_count{op="lookup"}') ?? 0) >= n);
