@@ -34,7 +34,7 @@
  * the next process.
  */
 import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { NarfsError, isNarfsError } from '../errors.js';
@@ -139,6 +139,20 @@ export function loadNativeAddon(): Addon {
   return addon;
 }
 
+/** Files C may hold open for reads: half of this process's descriptor limit (RLIMIT_NOFILE). */
+const MAX_PUSHED = Math.max(256, Math.floor(openFileLimit() / 2));
+
+/** The soft RLIMIT_NOFILE of this process, from /proc/self/limits (Node has no getrlimit). */
+function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m && m[1] !== 'unlimited') return Number(m[1]);
+    return m ? 1 << 20 : 1024;
+  } catch {
+    return 1024;
+  }
+}
+
 export interface NativeMountOptions extends FuseMountOptions {
   /** Request-reading threads (cloned /dev/fuse descriptors). Default 4. */
   threads?: number;
@@ -166,6 +180,7 @@ export class NativeMount {
   readonly #inflight = new Map<number, AbortController>();
   /** Nodes whose content location C has (nodeid → path), so it is pushed once. */
   readonly #pushed = new Map<number, string>();
+  #pushCapLogged = false;
   readonly #loggedFailures = new Map<string, number>();
   #session: Session | undefined;
   #mounted = false;
@@ -506,6 +521,18 @@ export class NativeMount {
   /** Tells C where the bytes of `nodeid` lie once they are all verified and local. */
   #pushContent(n: Addon, s: Session, nodeid: number): void {
     if (this.#pushed.has(nodeid)) return;
+    // C keeps a descriptor per pushed file while the kernel holds its inode: past half the
+    // process's descriptor limit, JS serves the reads instead, so C never starves the
+    // process (and its sockets) of descriptors. Forgotten inodes free their slots.
+    if (this.#pushed.size >= MAX_PUSHED) {
+      if (!this.#pushCapLogged) {
+        this.#pushCapLogged = true;
+        this.#log.warn('the native engine holds as many cached files as the descriptor limit allows; further reads go through JS', {
+          pushed: this.#pushed.size, hint: 'Raise LimitNOFILE (the narfs.service unit sets 1048576).',
+        });
+      }
+      return;
+    }
     const loc = this.#fs.contentLocation(nodeid);
     if (!loc) return;
     if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.set(nodeid, loc.path);

@@ -32,6 +32,7 @@ import { formatHash } from '../../src/nix/hash.js';
 import { parseNarIndex, findFile, NAR_INDEX_SUFFIX } from '../../src/nix/nar-index.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 import { prefetchCommand } from '../../src/cli/prefetch-command.js';
+import { startNarfsMount } from '../support/cli-daemon.js';
 
 const MiB = 1 << 20;
 
@@ -180,6 +181,32 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
       assert.deepEqual(problems, []);
     });
   }
+
+  it('under a low descriptor limit, reads of more files than it allows stay byte-exact (C holds at most half of it)', async function () {
+    const mnt = mkdtempSync(join(tmpdir(), 'narfs-nofile-'));
+    const cache = mkdtempSync(join(tmpdir(), 'narfs-nofile-cache-'));
+    const limit = 512;
+    const d = await startNarfsMount([mnt, '--datalake', `file://${lakes.none}`, '--trusted-public-keys', fixtures.publicKey, '--cache-dir', cache],
+      undefined, { wrap: (argv) => ['prlimit', [`--nofile=${limit}:${limit}`, '--', ...argv]] });
+    try {
+      const many = fixtures.paths.find((p) => filesUnder(p.storePath).length > 2 * limit);
+      assert.ok(many, `a fixture path with more than ${2 * limit} files`);
+      const b = storePathBase(parseStorePath(many.storePath));
+      const sums = (dir: string) => run('bash', ['-c', 'cd "$(dirname "$1")" && find "$(basename "$1")" -type f -print0 | sort -z | xargs -0 -r sha256sum', 'sums', dir]);
+      const [got, want] = [await sums(join(mnt, b)), await sums(many.storePath)];
+      assert.equal(got.code, 0, got.stderr);
+      assert.equal(got.stdout, want.stdout);
+      // Again, now that every file is cached: the engine serves what it may, JS the rest.
+      const again = await sums(join(mnt, b));
+      assert.equal(again.stdout, want.stdout);
+      assert.match(d.stderr.join(''), /holds as many cached files as the descriptor limit allows/);
+    } finally {
+      await d.stop();
+      await run('fusermount', ['-uz', mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+      rmSync(cache, { recursive: true, force: true });
+    }
+  });
 
   it('a 1 MiB read inside a 40 MiB file over HTTP fetches <= 1.5x what it read, after the narinfo and the index', async function () {
     const server = await HttpDatalakeServer.start({ root: lakes.none, latencyMs: 20 });
