@@ -24,6 +24,12 @@
 //   dropped bytes are never handed out again).
 // - A failed BACKING_OPEN (EPERM in a user namespace, ELOOP on a stacked cache, EMFILE)
 //   falls back to pread and is counted; EPERM turns passthrough off for the session.
+// - Restart (backing_journal.h): ids and io modes outlive the process with the connection.
+//   Each id is recorded before the reply that uses it (and its close before the ioctl); a
+//   resumed session answers a node of an earlier process, until the kernel FORGETs it, in
+//   passthrough with that process's id (EIO if retired), or cached if it had none (its
+//   files may be cached-io ones); its handle counts are unknown, so the id is kept (and its
+//   content not evicted) until that FORGET.
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
