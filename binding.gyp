@@ -10,6 +10,7 @@
         "native/src/decode.cc",
         "native/src/dirent_pack.cc",
         "native/src/adopt.cc",
+        "native/src/backing_journal.cc",
         "native/src/watchdog.cc"
       ],
       "include_dirs": ["native/src"],

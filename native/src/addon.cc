@@ -111,6 +111,7 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   if (o.Get("attrTtl").IsNumber()) opts.attrTtl = o.Get("attrTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("passthrough").IsBoolean()) opts.passthrough = o.Get("passthrough").As<Napi::Boolean>().Value();
   narfs::readAdoptOptions(o, &opts);  // restart without unmount (adopt.cc)
+  narfs::readBackingJournalOptions(o, &opts);  // backing ids across restarts (backing_journal.cc)
 
   Tsfn tsfn = Tsfn::New(env, info[1].As<Napi::Function>(), "narfs-fuse", 0, 1);
   auto tsfnPtr = std::make_shared<Tsfn>(tsfn);
@@ -333,10 +334,12 @@ Napi::Value ContentInUse(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, s->contentInUse(info[1].As<Napi::String>().Utf8Value()));
 }
 
+// forgetNode(s, nodeid, evicted?): JS dropped the node; `evicted`: because the kernel
+// FORGOT it (not a lookup given back that the kernel never took).
 Napi::Value ForgetNode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   SESSION_AND(1);
-  s->forgetNode(args[0]);
+  s->forgetNode(args[0], info.Length() > 2 && info[2].ToBoolean().Value());
   return env.Undefined();
 }
 
@@ -362,6 +365,8 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   o.Set("backingLive", static_cast<double>(st.backingLive));
   o.Set("passthroughFallbacks", static_cast<double>(st.passthroughFallbacks));
   o.Set("passthroughConflicts", static_cast<double>(st.passthroughConflicts));
+  o.Set("backingAdopted", static_cast<double>(st.backingAdopted));
+  o.Set("backingJournalFailed", st.backingJournalFailed);
   return o;
 }
 

@@ -53,6 +53,9 @@ void Session::adopt() {
   adopted_ = true;
   minor_ = opts_.adoptMinor;
   initFlags_ = opts_.adoptFlags;
+  // The connection negotiated passthrough once, at its INIT: this process may register ids
+  // too (if it is allowed to: wantPassthrough asks as the first process did).
+  if ((initFlags_ & FUSE_PASSTHROUGH) != 0 && wantPassthrough(FUSE_PASSTHROUGH) != 0) ptEnabled_ = true;
   liveReaders_ = static_cast<int>(fds_.size());
   auto self = shared_from_this();
   for (size_t i = 0; i < fds_.size(); i++) {
@@ -166,6 +169,7 @@ void registerRestartExports(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceFds", Napi::Function::New(env, DeviceFds));
   exports.Set("sdNotifyFds", Napi::Function::New(env, SdNotifyFds));
   registerWatchdogExports(env, exports);
+  registerBackingJournalExports(env, exports);
 }
 
 }  // namespace narfs

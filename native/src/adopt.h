@@ -29,6 +29,14 @@ inline uint64_t uniqueFromJs(uint64_t u) { return (u & kJsResendBit) ? ((u & ~kJ
 // mount() options: `adopt: { fds: number[], minor: number, flags: number }`.
 void readAdoptOptions(const Napi::Object& o, SessionOptions* opts);
 
+// mount() options: `backingJournal: { path, size, live: Float64Array of (nodeid, backingId,
+// retired) triples, unknownBelow }` (backing_journal.cc; see SessionOptions).
+void readBackingJournalOptions(const Napi::Object& o, SessionOptions* opts);
+
+// backingJournalAppend(fd, size, op, nodeid, backingId) → the new size, or -errno: the
+// engine's own writer, for tests of the record file.
+void registerBackingJournalExports(Napi::Env env, Napi::Object exports);
+
 // Sends one sd_notify datagram with `fds` attached (SCM_RIGHTS); returns 0 or an errno,
 // ENOENT when $NOTIFY_SOCKET is unset.
 int notifyWithFds(const char* state, const int* fds, size_t nfds);

@@ -50,6 +50,7 @@ Session::Session(SessionOptions opts, Post post) : opts_(std::move(opts)), post_
 
 Session::~Session() {
   for (int f : fds_) close(f);
+  if (journalFd_ >= 0) close(journalFd_);
 }
 
 int Session::fd(int ch) const {
@@ -132,6 +133,7 @@ void Session::mountFusermount() {
 }
 
 void Session::start() {
+  openBackingJournal();  // session_passthrough.cc
   if (!opts_.adoptFds.empty()) return adopt();  // restart: adopt.cc
   if (opts_.useFusermount) mountFusermount();
   else mountSyscall();
@@ -299,7 +301,7 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
   files_[path] = ref;
   auto it = nodes_.find(nodeid);
   if (it == nodes_.end()) return false;
-  if (it->second.file != ref) retireBacking(it->second);
+  if (it->second.file != ref) retireBacking(nodeid, it->second);
   it->second.file = ref;
   it->second.fileOffset = offset;
   it->second.fileSize = size;
@@ -310,6 +312,9 @@ bool Session::contentInUse(const std::string& path) {
   std::shared_lock<std::shared_mutex> g(mu_);
   for (const auto& [id, n] : nodes_) {
     if (n.file && n.file->path == path && (n.ptHandles > 0 || n.cachedHandles > 0)) return true;
+    // An earlier process's id (restart): files of it may be open; dropping the content
+    // would retire the id and fail new opens until the kernel forgets the node.
+    if (n.file && n.file->path == path && adoptedIds_.count(id) != 0) return true;
   }
   return false;
 }
@@ -319,21 +324,37 @@ void Session::dropContent(const std::string& path) {
   for (auto& [id, n] : nodes_) {
     if (n.file && n.file->path == path) {
       n.file.reset();
-      retireBacking(n);
+      retireBacking(id, n);
+      // The bytes behind an earlier process's id of this node are not handed out again.
+      auto a = adoptedIds_.find(id);
+      if (a != adoptedIds_.end() && !a->second.second) {
+        a->second.second = true;
+        journalBacking(kBackingRetired, id, a->second.first);
+      }
     }
   }
   files_.erase(path);
 }
 
-void Session::forgetNode(uint64_t nodeid) {
+void Session::forgetNode(uint64_t nodeid, bool evicted) {
   bool trim = false;
   {
     std::unique_lock<std::shared_mutex> g(mu_);
+    if (evicted && nodeid < opts_.ioUnknownBelow) {
+      // The kernel evicted an inode of an earlier process: none of its files is open, so
+      // that process's id can go and the node's io mode is this process's from now on.
+      auto a = adoptedIds_.find(nodeid);
+      if (a != adoptedIds_.end()) {
+        closeId(nodeid, a->second.first);
+        adoptedIds_.erase(a);
+      }
+      settled_.insert(nodeid);
+    }
     auto it = nodes_.find(nodeid);
     if (it == nodes_.end()) return;
     nodesPeak_ = std::max(nodesPeak_, nodes_.size());
     // The kernel forgot the inode, so no file of it is open: its backing id can go.
-    closeBacking(it->second);
+    closeBacking(nodeid, it->second);
     if (it->second.file) {
       std::string path = it->second.file->path;
       nodes_.erase(it);
@@ -369,6 +390,8 @@ Stats Session::stats() {
   s.passthroughConflicts = ptConflicts_.load();
   std::shared_lock<std::shared_mutex> g(mu_);
   s.nodes = nodes_.size();
+  s.backingAdopted = adoptedIds_.size();
+  s.backingJournalFailed = journalFailed_;
   return s;
 }
 

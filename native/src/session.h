@@ -25,8 +25,10 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
+#include "backing_journal.h"
 #include "decode.h"
 #include "fuse_abi.h"
 
@@ -67,6 +69,21 @@ struct SessionOptions {
   std::vector<int> adoptFds;
   uint32_t adoptMinor = 0;
   uint64_t adoptFlags = 0;
+  // Passthrough across restarts (backing_journal.h; empty path: not kept). Every backing
+  // id registered, retired or closed is appended to this file (valid length
+  // backingJournalSize) before the reply that uses it; a resumed session gets the live
+  // ids of the earlier processes (adoptedBacking), and treats nodeids below
+  // ioUnknownBelow as holding kernel files of unknown io modes until the kernel forgets
+  // them (forgetNode with evicted).
+  struct AdoptedBacking {
+    uint64_t nodeid;
+    int32_t backingId;
+    bool retired;
+  };
+  std::string backingJournal;
+  uint64_t backingJournalSize = 0;
+  std::vector<AdoptedBacking> adoptedBacking;
+  uint64_t ioUnknownBelow = 0;
 };
 
 struct FileRef {
@@ -113,6 +130,8 @@ struct Stats {
   uint64_t backingLive = 0;         // backing ids registered and not yet closed
   uint64_t passthroughFallbacks = 0;  // BACKING_OPEN failures (served by pread instead)
   uint64_t passthroughConflicts = 0;  // opens refused (EIO): content dropped while passthrough files were open
+  uint64_t backingAdopted = 0;        // live backing ids of earlier processes (restart), not yet closed
+  bool backingJournalFailed = false;  // the record file could not be written: no new ids since
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -153,7 +172,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // must not evict it: src/store/lazy-store.ts guardDropped).
   bool contentInUse(const std::string& path);
   void dropContent(const std::string& path);
-  void forgetNode(uint64_t nodeid);
+  // JS dropped the node. `evicted`: the kernel forgot it (FORGET), so no file of it is
+  // open any more; otherwise JS gave back a lookup the kernel never took, and an earlier
+  // process's state of the node (restart) stays.
+  void forgetNode(uint64_t nodeid, bool evicted);
   Stats stats();
   uint64_t initFlags() const { return initFlags_; }
 
@@ -186,10 +208,22 @@ class Session : public std::enable_shared_from_this<Session> {
   // Passthrough (session_passthrough.cc). All but wantPassthrough run under mu_ (unique).
   static bool hasCapSysAdmin();
   uint64_t wantPassthrough(uint64_t offered) const;
-  OpenMode decideOpen(Node& n);
-  bool registerBacking(Node& n);
-  void retireBacking(Node& n);
-  void closeBacking(Node& n);
+  OpenMode decideOpen(uint64_t nodeid, Node& n, int32_t* backingId);
+  bool registerBacking(uint64_t nodeid, Node& n);
+  void retireBacking(uint64_t nodeid, Node& n);
+  void closeBacking(uint64_t nodeid, Node& n);
+  // Restart (backing_journal.h): the record file, the ids of earlier processes by nodeid,
+  // and the nodeids of earlier processes the kernel has forgotten since (their io mode is
+  // known again: none).
+  void openBackingJournal();
+  bool journalBacking(BackingOp op, uint64_t nodeid, int32_t id);
+  bool ioUnknown(uint64_t nodeid) const { return nodeid < opts_.ioUnknownBelow && settled_.count(nodeid) == 0; }
+  void closeId(uint64_t nodeid, int32_t id);
+  int journalFd_ = -1;
+  uint64_t journalSize_ = 0;
+  bool journalFailed_ = false;
+  std::unordered_map<uint64_t, std::pair<int32_t, bool>> adoptedIds_;  // nodeid -> (id, retired)
+  std::unordered_set<uint64_t> settled_;
   void countRelease(uint64_t nodeid, uint64_t fh);
   // Sends an open reply in the chosen mode and keeps the handle counts; fh of C's own
   // handles is 0 (cached) or kPassthroughFh.

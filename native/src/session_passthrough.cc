@@ -24,6 +24,12 @@
 //   dropped bytes are never handed out again).
 // - A failed BACKING_OPEN (EPERM in a user namespace, ELOOP on a stacked cache, EMFILE)
 //   falls back to pread and is counted; EPERM turns passthrough off for the session.
+// - Restart (backing_journal.h): ids and io modes outlive the process with the connection.
+//   Each id is recorded before the reply that uses it (and its close before the ioctl); a
+//   resumed session answers a node of an earlier process, until the kernel FORGETs it, in
+//   passthrough with that process's id (EIO if retired), or cached if it had none (its
+//   files may be cached-io ones); its handle counts are unknown, so the id is kept (and its
+//   content not evicted) until that FORGET.
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -61,7 +67,30 @@ uint64_t Session::wantPassthrough(uint64_t offered) const {
   return FUSE_PASSTHROUGH;
 }
 
-bool Session::registerBacking(Node& n) {
+bool Session::journalBacking(BackingOp op, uint64_t nodeid, int32_t id) {
+  if (opts_.backingJournal.empty()) return true;  // no restart state: nothing is kept
+  if (journalFailed_ || journalFd_ < 0) return false;
+  if (appendBackingRecord(journalFd_, &journalSize_, op, nodeid, static_cast<uint32_t>(id)) == 0) return true;
+  journalFailed_ = true;
+  return false;
+}
+
+void Session::openBackingJournal() {
+  for (const auto& a : opts_.adoptedBacking) {
+    adoptedIds_[a.nodeid] = {a.backingId, a.retired};
+    backingLive_++;
+  }
+  if (opts_.backingJournal.empty()) return;
+  journalSize_ = opts_.backingJournalSize;
+  journalFd_ = open(opts_.backingJournal.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (journalFd_ < 0) journalFailed_ = true;  // no new ids: the next process could not know them
+}
+
+bool Session::registerBacking(uint64_t nodeid, Node& n) {
+  if (!opts_.backingJournal.empty() && (journalFailed_ || journalFd_ < 0)) {
+    ptFallbacks_++;
+    return false;
+  }
   backing_map m;
   std::memset(&m, 0, sizeof m);
   m.fd = n.file->fd;
@@ -72,35 +101,73 @@ bool Session::registerBacking(Node& n) {
     if (e == EPERM) ptEnabled_ = false;
     return false;
   }
+  // Recorded before any reply carries it: a later process of this connection must answer
+  // the node's opens with this id while files of it stay open.
+  if (!journalBacking(kBackingOpened, nodeid, id)) {
+    uint32_t u = static_cast<uint32_t>(id);
+    ioctl(fd(0), kIocBackingClose, &u);
+    ptFallbacks_++;
+    return false;
+  }
   n.backingId = id;
   n.backingRetired = false;
   backingLive_++;
   return true;
 }
 
-void Session::closeBacking(Node& n) {
-  if (n.backingId <= 0) return;
-  uint32_t id = static_cast<uint32_t>(n.backingId);
-  ioctl(fd(0), kIocBackingClose, &id);  // ENOENT only if the kernel already freed it
+void Session::closeId(uint64_t nodeid, int32_t id) {
+  // The record comes first: a process killed in between leaves an id nobody uses (freed
+  // with the connection), never a recorded id the kernel no longer knows. Not recorded
+  // (the file failed): the id stays with the kernel, as the file says.
+  if (journalBacking(kBackingClosed, nodeid, id)) {
+    uint32_t u = static_cast<uint32_t>(id);
+    ioctl(fd(0), kIocBackingClose, &u);  // ENOENT only if the kernel already freed it
+  }
   backingLive_--;
+}
+
+void Session::closeBacking(uint64_t nodeid, Node& n) {
+  if (n.backingId <= 0) return;
+  closeId(nodeid, n.backingId);
   n.backingId = 0;
   n.backingRetired = false;
 }
 
-void Session::retireBacking(Node& n) {
+void Session::retireBacking(uint64_t nodeid, Node& n) {
   if (n.backingId <= 0) return;
-  if (n.ptHandles == 0) closeBacking(n);
-  else n.backingRetired = true;
+  if (n.ptHandles == 0) {
+    closeBacking(nodeid, n);
+  } else if (!n.backingRetired) {
+    n.backingRetired = true;
+    journalBacking(kBackingRetired, nodeid, n.backingId);
+  }
 }
 
-OpenMode Session::decideOpen(Node& n) {
+OpenMode Session::decideOpen(uint64_t nodeid, Node& n, int32_t* backingId) {
+  if (ioUnknown(nodeid)) {
+    // A node of an earlier process of this connection (restart) the kernel has not
+    // forgotten since: files of it may be open in a mode only that process knew. With its
+    // live id, some may be passthrough files: only a passthrough open with that same id is
+    // accepted (whether or not the content is pushed again: the kernel reads its own
+    // backing file). Without one, none is passthrough, but cached ones may be open, which
+    // refuse passthrough opens (ETXTBSY): cached until the kernel forgets the node.
+    auto a = adoptedIds_.find(nodeid);
+    if (a == adoptedIds_.end()) return OpenMode::Cached;
+    if (a->second.second) return OpenMode::Conflict;
+    *backingId = a->second.first;
+    return OpenMode::Passthrough;
+  }
   const bool whole = n.file && n.fileOffset == 0 && n.fileSize == n.file->size;
   if (n.ptHandles > 0) {
-    if (n.backingId > 0 && !n.backingRetired && whole) return OpenMode::Passthrough;
+    if (n.backingId > 0 && !n.backingRetired && whole) {
+      *backingId = n.backingId;
+      return OpenMode::Passthrough;
+    }
     return OpenMode::Conflict;
   }
   if (!ptEnabled_ || !whole || n.cachedHandles > 0) return OpenMode::Cached;
-  if (n.backingId == 0 && !registerBacking(n)) return OpenMode::Cached;
+  if (n.backingId == 0 && !registerBacking(nodeid, n)) return OpenMode::Cached;
+  *backingId = n.backingId;
   return OpenMode::Passthrough;
 }
 
@@ -120,7 +187,7 @@ void Session::countRelease(uint64_t nodeid, uint64_t fh) {
   if (it == nodes_.end()) return;
   Node& n = it->second;
   if (pt) {
-    if (n.ptHandles > 0 && --n.ptHandles == 0 && n.backingRetired) closeBacking(n);
+    if (n.ptHandles > 0 && --n.ptHandles == 0 && n.backingRetired) closeBacking(id, n);
   } else if (n.cachedHandles > 0) {
     n.cachedHandles--;
   }
@@ -135,9 +202,13 @@ int Session::sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uin
   {
     std::unique_lock<std::shared_mutex> g(mu_);
     auto it = nodes_.find(nodeid);
+    // A node the kernel got from an earlier process (restart) may not be described here
+    // yet: its io mode is still this table's to choose.
+    if (it == nodes_.end() && ioUnknown(nodeid)) it = nodes_.emplace(nodeid, Node()).first;
     if (it != nodes_.end()) {
       Node& n = it->second;
-      OpenMode mode = decideOpen(n);
+      int32_t backingId = 0;
+      OpenMode mode = decideOpen(nodeid, n, &backingId);
       if (mode == OpenMode::Conflict) {
         ptConflicts_++;
         g.unlock();
@@ -150,7 +221,7 @@ int Session::sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uin
         // Only FOPEN_PASSTHROUGH | DIRECT_IO | PARALLEL_DIRECT_WRITES | NOFLUSH may come
         // with it (iomode.c FOPEN_PASSTHROUGH_MASK, else EINVAL): no KEEP_CACHE.
         o.open_flags = (o.open_flags & (FOPEN_DIRECT_IO | FOPEN_NOFLUSH)) | FOPEN_PASSTHROUGH;
-        o.backing_id = n.backingId;
+        o.backing_id = backingId;
         if (cHandle) o.fh = kPassthroughFh;
       } else {
         n.cachedHandles++;

@@ -118,6 +118,9 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     const roots = sliceFilter ? new SlicedRootNodes(store, sliceFilter) : store;
     const journal = restart ? await restart.openJournal() : undefined;
     if (journal) cleanups.push(() => journal.close());
+    // Nodeids below the journal's next number were handed out by an earlier process.
+    const backingJournal = journal && restart && backend === 'native'
+      ? (await restart.openBackingJournal()).engineOptions(restart.adopted ? journal.nextIno : 0) : undefined;
     const fs = new StoreFilesystem(roots, store, {
       opTimeoutMs: config.opTimeoutMs, rootDirs: ['.links'], forgets: backend === 'native', ...(journal ? { journal } : {}),
     });
@@ -129,7 +132,9 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     };
     // The engines see the filesystem through the metrics' timing proxy (per FUSE op).
     const served = metrics.timedFilesystem(fs, FUSE_OPS);
-    const fuse = backend === 'native' ? new NativeMount(served, { ...fuseOptions, passthrough: config.passthrough ?? true, ...(adopt ? { adopt } : {}) }) : new FuseNativeMount(served, fuseOptions);
+    const fuse = backend === 'native' ? new NativeMount(served, {
+      ...fuseOptions, passthrough: config.passthrough ?? true, ...(adopt ? { adopt } : {}), ...(backingJournal ? { backingJournal } : {}),
+    }) : new FuseNativeMount(served, fuseOptions);
     notifier.status(adopt ? `resuming ${mountpoint}` : `mounting ${mountpoint}`);
     let handingOver = false;
     if (restart) cleanups.push(() => (handingOver ? undefined : restart.clear()));

@@ -8,7 +8,8 @@
  *   (write + rename), then every /dev/fuse descriptor of the engine (the mount's and its
  *   clones: a clone closed by a dying process would end the requests read on it with
  *   ECONNABORTED, fs/fuse/dev.c fuse_dev_release) goes to systemd's fd store named "fuse".
- *   The inode journal `inodes` (src/fs/inode-journal.ts) is started empty before the mount.
+ *   The inode journal `inodes` (src/fs/inode-journal.ts) and the record of passthrough
+ *   backing ids `backing` (src/fuse/backing-journal.ts) are started empty before the mount.
  * - On start, descriptors passed back (LISTEN_PID = us, LISTEN_FDS from fd 3, names in
  *   LISTEN_FDNAMES) named "fuse" are resumed when engine.json names this mountpoint and a
  *   FUSE filesystem is still mounted there; otherwise they are closed, dropped from the
@@ -29,6 +30,7 @@ import { promisify } from 'node:util';
 import { NarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { InodeJournal } from '../fs/inode-journal.js';
+import { BackingJournal } from '../fuse/backing-journal.js';
 import { mountedType } from '../fuse/mount-state.js';
 import { loadNativeAddon, type NegotiatedInit } from '../fuse/native-mount.js';
 
@@ -127,6 +129,19 @@ export class RestartState {
     }
   }
 
+  /**
+   * The record of passthrough backing ids (src/fuse/backing-journal.ts): continued when
+   * resuming (the ids of the earlier processes stay in use), empty for a fresh mount.
+   */
+  async openBackingJournal(): Promise<BackingJournal> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    try {
+      return BackingJournal.open(join(this.dir, 'backing'), { fresh: !this.#adopted });
+    } catch (err) {
+      throw new NarfsError('ERR_RESTART_STATE', `cannot open the backing id record in ${this.dir}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
   /** After a fresh mount: the state file, then the descriptors into the fd store. */
   async save(mountpoint: string, init: NegotiatedInit, fds: number[]): Promise<void> {
     if (!this.#adopted) {
@@ -146,6 +161,7 @@ export class RestartState {
     this.dropStored();
     await rm(this.#statePath, { force: true });
     await rm(join(this.dir, 'inodes'), { force: true });
+    await rm(join(this.dir, 'backing'), { force: true });
   }
 
   dropStored(): void {

@@ -65,7 +65,7 @@ interface Addon {
   setContent(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): boolean;
   dropContent(s: Session, path: string): void;
   contentInUse(s: Session, path: string): boolean;
-  forgetNode(s: Session, nodeid: number): void;
+  forgetNode(s: Session, nodeid: number, evicted?: boolean): void;
   stats(s: Session): NativeStats;
   deviceFds(s: Session): number[];
   sdNotifyFds(state: string, fds: number[]): number;
@@ -73,6 +73,8 @@ interface Addon {
   watchdogBeat(): void;
   watchdogStop(): void;
   watchdogStats(): { pings: number; withheld: number; lastReason: string } | undefined;
+  /** The engine's writer of the backing id record (native/src/backing_journal.h): the new size, or -errno. */
+  backingJournalAppend(fd: number, size: number, op: number, nodeid: number, backingId: number): number;
 }
 
 /** The INIT a connection negotiated (kept for a process that resumes it). */
@@ -103,6 +105,10 @@ export interface NativeStats {
   passthroughFallbacks: number;
   /** Opens refused with EIO: content dropped while passthrough files of it were open. */
   passthroughConflicts: number;
+  /** Live backing ids of earlier processes of the connection (restart), not yet closed. */
+  backingAdopted: number;
+  /** The record of backing ids could not be written: no new ids since (pread instead). */
+  backingJournalFailed: boolean;
 }
 
 type Dispatch = (kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,
@@ -171,6 +177,13 @@ export interface NativeMountOptions extends FuseMountOptions {
   rootEntryTimeoutS?: number;
   /** Resume these /dev/fuse descriptors of an earlier process instead of mounting. */
   adopt?: { fds: number[] } & NegotiatedInit;
+  /**
+   * Keep passthrough backing ids across restarts (src/fuse/backing-journal.ts
+   * engineOptions): the engine records each id there before using it, and answers the
+   * opens of an earlier process's nodes (nodeids below `unknownBelow`) in a mode the
+   * kernel accepts whatever files of them that process left open.
+   */
+  backingJournal?: { path: string; size: number; live: Float64Array; unknownBelow: number };
 }
 
 export class NativeMount {
@@ -281,6 +294,7 @@ export class NativeMount {
         attrTtl: o.attrTimeoutS ?? 86400,
         passthrough: o.passthrough ?? true,
         ...(o.adopt ? { adopt: o.adopt } : {}),
+        ...(o.backingJournal ? { backingJournal: o.backingJournal } : {}),
       }, (...args) => this.#dispatch(...args));
     } catch (err) {
       throw new NarfsError('ERR_MOUNT', `mounting ${o.mountpoint} failed: ${(err as Error).message}`, { cause: err });
@@ -361,10 +375,10 @@ export class NativeMount {
     const n = loadNativeAddon();
     switch (kind) {
       case OP.FORGET:
-        this.#forget(n, s, nodeid, a);
+        this.#forget(n, s, nodeid, a, true);
         return;
       case OP.BATCH_FORGET:
-        if (forgets) for (let i = 0; i + 1 < forgets.length; i += 2) this.#forget(n, s, forgets[i]!, forgets[i + 1]!);
+        if (forgets) for (let i = 0; i + 1 < forgets.length; i += 2) this.#forget(n, s, forgets[i]!, forgets[i + 1]!, true);
         return;
       case OP.INTERRUPT:
         this.#inflight.get(a)?.abort();
@@ -511,10 +525,18 @@ export class NativeMount {
   }
 
 
-  #forget(n: Addon, s: Session, nodeid: number, count: number): void {
+  /**
+   * Drops `count` lookups of `nodeid`: `evicted` when the kernel sent them (FORGET), else
+   * a lookup JS gives back because the kernel never took it. C learns of the kernel's
+   * FORGET of an earlier process's node even when this process never rebuilt it (its
+   * passthrough state ends there: native/src/session.h forgetNode).
+   */
+  #forget(n: Addon, s: Session, nodeid: number, count: number, evicted = false): void {
     if (this.#fs.forget(nodeid, count)) {
-      n.forgetNode(s, nodeid);
+      n.forgetNode(s, nodeid, evicted);
       this.#pushed.delete(nodeid);
+    } else if (evicted && this.#fs.needsRevive(nodeid)) {
+      n.forgetNode(s, nodeid, true);
     }
   }
 

@@ -17,8 +17,11 @@
  * cache, hashing it, `stat`ing it, and looking up new names in directories it looked up
  * before the restart) → the reader sees no error, the same mount (mount ID) and the same
  * inode numbers (nodeids of the old process), and a file it opened before the restart
- * reads back after it; kill -9 of the daemon under the same reader → systemd restarts it,
- * the reader sees no error either (its requests wait for the new process, which resumes
+ * reads back after it; a file a program keeps open and mmapped across the restart (opened
+ * in FUSE passthrough, as every running program holds its store libraries) can still be
+ * opened, read and exec'd, and its mapping reads the same bytes: the new process answers
+ * with the backing id the earlier one gave (src/fuse/backing-journal.ts); kill -9 of the daemon under the same reader → systemd restarts it,
+ * the reader (with its mapped file) sees no error either (its requests wait for the new process, which resumes
  * the connection and gets the unanswered ones resent); a stopped (SIGSTOP) daemon → the
  * watchdog restarts it; `systemctl stop` → exit 0, nothing mounted, the fd store empty.
  */
@@ -35,6 +38,7 @@ import { skipOrFail } from '../support/environment.js';
 const execFileP = promisify(execFile);
 const CHECKOUT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 const MOUNTPOINT = '/var/lib/narfs/lower/nix/store';
+const CACHE_DIR = '/var/cache/narfs-nspawn-test';
 /** Bound of a container boot, a unit start or a restart on a loaded 2-core machine. */
 const STEP_MS = 180_000;
 
@@ -65,6 +69,24 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
       '-p', 'ActiveEnterTimestampMonotonic', '-p', 'NFileDescriptorStore']);
     return Object.fromEntries(stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
   };
+  /** The engine's counters (`narfs status --json`: fuse.engine, src/fuse/native-mount.ts NativeStats). */
+  const engine = async (): Promise<Record<string, number | boolean>> => {
+    const { stdout } = await inside([join(CHECKOUT, 'bin/narfs'), 'status', '--cache-dir', CACHE_DIR, '--json']);
+    return (JSON.parse(stdout) as { fuse: { engine: Record<string, number | boolean> } }).fuse.engine;
+  };
+  /** The held file is open in passthrough mode before a restart (else there is nothing to keep). */
+  const assertPassthroughInUse = async () => {
+    const e = await engine();
+    if (!e.passthroughOffered) return; // a kernel before 6.9: nothing to check
+    assert.equal(e.passthroughEnabled, true, JSON.stringify(e));
+    assert.ok(Number(e.passthroughOpens) > 0, JSON.stringify(e));
+  };
+  /** After a restart: the new process answers with the earlier process's id of the held file. */
+  const assertIdsAdopted = async () => {
+    const e = await engine();
+    if (!e.passthroughOffered) return;
+    assert.ok(Number(e.backingAdopted) >= 1, `the held file's backing id is adopted: ${JSON.stringify(e)}`);
+  };
   const fstype = async () => (await inside(['findmnt', '-n', '-o', 'FSTYPE', MOUNTPOINT]).catch(() => ({ stdout: '' }))).stdout.trim();
   let file: { path: string; size: number };
   /** The mount ID of the mount at MOUNTPOINT in the container (a remount gets a new one). */
@@ -77,8 +99,15 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
    * and compared with the first round, `stat`ed and their inode numbers compared; per round
    * also a few names never looked up before, in a directory looked up in the first round;
    * a file opened in the first round is read at the end. Prints `round N`, `ERR …`, `done`.
+   * Across the restart, `held` stays open and mapped by a program (a passthrough file:
+   * opened once its bytes are local) and is opened and exec'd (printing `output`) again
+   * every round. `cold`, when given, is opened before the restart and not read (its bytes
+   * are not local: a cached-io file, and the kernel keeps its inode in that mode while it
+   * is open); only after the restart (/run/narfs-reader-restarted) is it read, so its
+   * bytes are first verified by the new process, and then opened again every round.
+   * The old descriptors and the mapping are read at the end.
    */
-  async function startReader() {
+  async function startReader(pick: (dirs: string[]) => { held: string; output: string; cold?: string }) {
     const many = basename(pathByRole(fixtures, 'many-files').storePath);
     const dirs = ['tree', 'traps', 'single-file'].map((r) => basename(pathByRole(fixtures, r as 'tree').storePath));
     // Names in directories of many-files the reader never lists: from the datalake's .ls
@@ -90,17 +119,37 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
       for (const [n, e] of Object.entries(sub.entries ?? {})) if (e.type === 'regular' && /^[\w.-]+$/.test(n)) later.push(`${many}/${d}/${n}`);
     }
     const first = Object.keys(listing.root.entries ?? {})[0]!;
+    const { held, output, cold = '' } = pick(dirs);
+    // Maps the file, tells its hash, and at EOF of stdin hashes the mapping again.
+    const holder = [
+      'import hashlib, mmap, sys',
+      'f = open(sys.argv[1], "rb")',
+      'm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)',
+      'print("mapped " + hashlib.sha256(m[:]).hexdigest(), flush=True)',
+      'sys.stdin.read()',
+      'print("unmapping " + hashlib.sha256(m[:]).hexdigest(), flush=True)',
+    ].join('\n');
     const script = `
       set -u
       cd ${MOUNTPOINT} || { echo "ERR cd"; exit 1; }
       mapfile -t files < <(find ${dirs.join(' ')} -type f | head -60; find ${many}/${first} -type f | head -20)
       later=(${later.slice(0, 600).join(' ')})
+      cold=${cold}
+      [ -z "$cold" ] || exec 6< "$cold" || echo "ERR open of the cold file"
       declare -A ref ino
-      for f in "\${files[@]}"; do
+      for f in "\${files[@]}" ${held}; do
         ref[$f]=$(sha256sum < "$f") || echo "ERR first read $f"
         ino[$f]=$(stat -c %i "$f") || echo "ERR first stat $f"
       done
       exec 3< "\${files[0]}"
+      # A program keeps ${held} open and mapped across the restart (as every running
+      # program does with its store libraries); new opens and execs of it must still work.
+      fifo=/run/narfs-holder-$$
+      mkfifo "$fifo"
+      exec 4> >(exec /usr/bin/python3 -c '${holder}' ${held} > "$fifo")
+      exec 5< "$fifo"
+      read -r word hash <&5 || echo "ERR holder did not start"
+      [ "$word $hash  -" = "mapped \${ref[${held}]}" ] || echo "ERR holder mapped $word $hash"
       round=0
       next=0
       while [ ! -e /run/narfs-reader-stop ]; do
@@ -112,6 +161,15 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
           i=$(stat -c %i "$f") || { echo "ERR stat $f"; continue; }
           [ "$i" = "\${ino[$f]}" ] || echo "ERR ino $f $i \${ino[$f]}"
         done
+        h=$(sha256sum < ${held}) || echo "ERR read of the mapped file"
+        [ "$h" = "\${ref[${held}]}" ] || echo "ERR hash of the mapped file"
+        o=$(./${held}) || echo "ERR exec of the mapped file"
+        [ "$o" = "${output}" ] || echo "ERR output of the mapped file: $o"
+        if [ -n "$cold" ] && [ -e /run/narfs-reader-restarted ]; then
+          h=$(sha256sum < "$cold") || echo "ERR read of the cold file"
+          [ -n "\${coldref:-}" ] || coldref=$h
+          [ "$h" = "$coldref" ] || echo "ERR hash of the cold file"
+        fi
         for k in 1 2 3; do
           g="\${later[$next]:-}"; next=$(( (next + 1) % \${#later[@]} ))
           [ -n "$g" ] && { stat "$g" > /dev/null || echo "ERR new stat $g"; }
@@ -120,6 +178,14 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
       done
       h=$(sha256sum <&3) || echo "ERR read of the descriptor opened before"
       [ "$h" = "\${ref[\${files[0]}]}" ] || echo "ERR hash of the descriptor opened before"
+      if [ -n "$cold" ]; then
+        h=$(sha256sum <&6) || echo "ERR read of the cold descriptor"
+        [ "$h" = "\${coldref:-none}" ] || echo "ERR hash of the cold descriptor"
+      fi
+      exec 4>&-
+      read -r word hash <&5 || echo "ERR holder did not finish"
+      [ "$word $hash  -" = "unmapping \${ref[${held}]}" ] || echo "ERR holder's mapping $word $hash"
+      rm -f "$fifo"
       echo done
     `;
     const child = spawn('nsenter', ['-t', String(leader), '-a', 'bash', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -143,7 +209,7 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
     const stop = async () => {
       await inside(['touch', '/run/narfs-reader-stop']);
       await exited;
-      await inside(['rm', '-f', '/run/narfs-reader-stop']);
+      await inside(['rm', '-f', '/run/narfs-reader-stop', '/run/narfs-reader-restarted']);
       return out;
     };
     return { moreRounds, stop, output: () => out };
@@ -162,7 +228,7 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
       '--mountpoint', MOUNTPOINT, '--no-reload']);
     const units = join(root, 'etc/systemd/system');
     await writeFile(join(root, 'etc/narfs/narfs.conf'),
-      `datalake = ${fixtures.datalakes['xz'].url}\ntrusted-public-keys = ${fixtures.publicKey}\ncache-dir = /var/cache/narfs-nspawn-test\n`);
+      `datalake = ${fixtures.datalakes['xz'].url}\ntrusted-public-keys = ${fixtures.publicKey}\ncache-dir = ${CACHE_DIR}\n`);
     await mkdir(join(units, 'narfs.service.d'));
     await writeFile(join(units, 'narfs.service.d/test.conf'), '[Service]\nWatchdogSec=4s\n');
     await symlink('/dev/null', join(units, 'systemd-networkd-wait-online.service'));
@@ -220,13 +286,18 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
   it('systemctl restart keeps the mount: a reader looping over files sees no error, old nodeids stay valid', async () => {
     const before = await show();
     const id = await mountId();
-    const reader = await startReader();
+    // Large: opening it fetches only its first chunk, the rest comes when it is read.
+    const cold = `${basename(fixtures.largeFile.storePath)}/${fixtures.largeFile.relPath}`;
+    const reader = await startReader((dirs) => ({ held: `${dirs[0]}/bin/hello`, output: 'hello from narfs', cold }));
     await reader.moreRounds(1, 'a round before the restart');
+    await assertPassthroughInUse();
     await inside(['systemctl', 'restart', 'narfs.service']);
     const after = await show();
     assert.equal(after.ActiveState, 'active');
     assert.notEqual(after.MainPID, before.MainPID);
+    await inside(['touch', '/run/narfs-reader-restarted']);
     await reader.moreRounds(2, 'rounds after the restart');
+    await assertIdsAdopted();
     const out = await reader.stop();
     assert.doesNotMatch(out, /ERR/, out);
     assert.match(out, /^done$/m);
@@ -244,8 +315,12 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
   it('kill -9 of the daemon: systemd restarts it, the mount stays, a reader sees no error', async () => {
     const before = await show();
     const id = await mountId();
-    const reader = await startReader();
+    // A file the first process never saw: its backing id is given (and recorded) by the
+    // process that is killed.
+    const single = basename(pathByRole(fixtures, 'single-exec').storePath);
+    const reader = await startReader(() => ({ held: single, output: 'narfs-fixture-single-exec' }));
     await reader.moreRounds(1, 'a round before the kill');
+    await assertPassthroughInUse();
     await inside(['kill', '-9', before.MainPID!]);
     const after = await eventually('a restarted narfs', async () => {
       const s = await show();
@@ -253,6 +328,7 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
     });
     assert.notEqual(after.MainPID, '0');
     await reader.moreRounds(2, 'rounds after the kill');
+    await assertIdsAdopted();
     const out = await reader.stop();
     assert.doesNotMatch(out, /ERR/, out);
     assert.equal(await mountId(), id, 'the mount was never replaced');
