@@ -64,6 +64,10 @@ describe('systemd units (systemd-analyze verify)', function () {
   it('narfs-virtiofsd@.service: after narfs, read-only, cache=always, no file handles, no xattr', async () => {
     const text = await readFile(join(units, 'narfs-virtiofsd@.service'), 'utf8');
     assert.match(text, /^After=narfs\.service$/m);
+    // A restart of narfs keeps the mount: it must not restart the export (the guest would
+    // have to mount again); a stop does stop it.
+    assert.doesNotMatch(text, /^(Requires|PartOf|BindsTo)=narfs\.service$/m);
+    assert.match(text, /^StopPropagatedFrom=narfs\.service$/m);
     assert.match(text, /^BindReadOnlyPaths=\/var\/lib\/narfs\/lower\/nix\/store:/m);
     assert.match(text, /--readonly --cache=always/);
     assert.match(text, /--inode-file-handles=never/);
