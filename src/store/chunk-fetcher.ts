@@ -101,6 +101,8 @@ export interface ChunkFetcherStats {
   readAheadChunks: number;
   mismatches: number;
   joined: number;
+  /** Chunks of other files that came in the same decoded frames, verified and delivered too. */
+  framedAlong: number;
 }
 
 /** A frame is decoded whole into memory: larger frames are not served by range. */
@@ -148,7 +150,7 @@ interface Request {
 }
 
 export class ChunkFetcher {
-  readonly stats: ChunkFetcherStats = { requests: 0, requestBytes: 0, chunksDelivered: 0, readAheadChunks: 0, mismatches: 0, joined: 0 };
+  readonly stats: ChunkFetcherStats = { requests: 0, requestBytes: 0, chunksDelivered: 0, readAheadChunks: 0, mismatches: 0, joined: 0, framedAlong: 0 };
   private readonly datalakes: ChunkFetcherOptions['datalakes'];
   private readonly logger: ChunkFetcherLogger | undefined;
   private readonly maxInFlight: number;
@@ -313,8 +315,19 @@ export class ChunkFetcher {
 
   /** Starts one request; registers and returns the flight of each of its chunks. */
   private startRequest(fileKey: string, r: Request, onChunk: OnChunk): Array<Promise<void>> {
-    const result = this.fetchVerified(r);
-    result.catch(() => {});
+    const fetched = this.fetchVerified(r);
+    fetched.catch(() => {});
+    const result = fetched.then((f) => f.verified);
+    // Chunks of other files that the decoded frames held: verified, offered to the cache
+    // (small files share frames, so one frame would otherwise be fetched once per file).
+    fetched.then((f) => {
+      for (const x of f.along) {
+        const key = `${x.file.sha256.toString('hex')}:${r.idx.chunkSize}:${x.k}`;
+        if (this.flights.has(key)) continue;
+        this.stats.framedAlong++;
+        onChunk(x.file, x.k, x.bytes).catch(() => {});
+      }
+    }, () => {});
     const out: Array<Promise<void>> = [];
     for (let k = r.first; k <= r.last; k++) {
       const key = `${fileKey}:${k}`;
@@ -325,7 +338,7 @@ export class ChunkFetcher {
           if (bytes) return bytes;
           // A bad chunk gets one more fetch of its own.
           flight.prio = { demand: true };
-          return this.fetchVerified({ ...r, first: k, last: k, prio: flight.prio }, 2).then((again) => again.get(k)!);
+          return this.fetchVerified({ ...r, first: k, last: k, prio: flight.prio }, 2).then((again) => again.verified.get(k)!);
         })
         .then(async (bytes) => {
           await onChunk(r.file, k, bytes);
@@ -346,7 +359,7 @@ export class ChunkFetcher {
    * did not verify are logged and missing from the map — on the last attempt the request
    * fails with their error instead.
    */
-  private async fetchVerified(r: Request, attempt = 1): Promise<Map<number, Buffer>> {
+  private async fetchVerified(r: Request, attempt = 1): Promise<{ verified: Map<number, Buffer>; along: Array<{ file: IndexedFile; k: number; bytes: Buffer }> }> {
     const sp = this.span(r, r.first, r.last);
     const bytes = await this.withSlot(r.prio, async () => {
       this.stats.requests++;
@@ -366,12 +379,19 @@ export class ChunkFetcher {
     });
     const cs = r.idx.chunkSize;
     const slices: number[] = [];
-    const hashes = Buffer.allocUnsafe(32 * (r.last - r.first + 1));
+    // Decoded frames may hold whole chunks of other files: verify them in the same job.
+    const along = sp.fileSizes ? chunksWithin(r.idx, sp.narStart, sp.narStart + sp.narBytes, r.file) : [];
+    const hashes = Buffer.allocUnsafe(32 * (r.last - r.first + 1 + along.length));
     for (let k = r.first; k <= r.last; k++) {
       const from = r.file.narOffset + k * cs - sp.narStart;
       slices.push(from, from + chunkLength(r.file, cs, k));
       chunkHash(r.file, k).copy(hashes, 32 * (k - r.first));
     }
+    along.forEach((x, j) => {
+      const from = x.file.narOffset + x.k * cs - sp.narStart;
+      slices.push(from, from + chunkLength(x.file, cs, x.k));
+      chunkHash(x.file, x.k).copy(hashes, 32 * (r.last - r.first + 1 + j));
+    });
     let result: { out: Uint8Array; ok: boolean[] };
     try {
       result = await this.pool.run({ input: bytes, ...(sp.fileSizes ? { frames: { fileSizes: sp.fileSizes, narSizes: sp.narSizes! } } : {}), slices, hashes });
@@ -379,7 +399,7 @@ export class ChunkFetcher {
       if (!isNarfsError(e, 'ERR_DECOMPRESS')) throw e;
       this.logBad(r, r.first, r.last, e, attempt);
       if (attempt >= 2) throw e;
-      return new Map();
+      return { verified: new Map(), along: [] };
     }
     const out = Buffer.from(result.out.buffer, result.out.byteOffset, result.out.byteLength);
     const verified = new Map<number, Buffer>();
@@ -396,7 +416,13 @@ export class ChunkFetcher {
       this.logBad(r, k, k, err, attempt);
       if (attempt >= 2) throw err;
     }
-    return verified;
+    const n = r.last - r.first + 1;
+    const good: Array<{ file: IndexedFile; k: number; bytes: Buffer }> = [];
+    along.forEach((x, j) => {
+      // One that does not match is simply not offered: its own read fetches and checks it.
+      if (result.ok[n + j]) good.push({ ...x, bytes: out.subarray(slices[2 * (n + j)]!, slices[2 * (n + j) + 1]!) });
+    });
+    return { verified, along: good };
   }
 
   private logBad(r: Request, first: number, last: number, err: NarfsError, attempt: number): void {
@@ -503,4 +529,34 @@ function frameOf(narOffsets: number[], x: number): number {
 function aborted(signal: AbortSignal): NarfsError {
   const r: unknown = signal.reason;
   return r instanceof NarfsError && r.code === 'ERR_ABORTED' ? r : new NarfsError('ERR_ABORTED', 'the chunk fetch was aborted', { cause: r });
+}
+
+/** Most chunks offered along with one request (bounds the verify job). */
+const MAX_ALONG = 256;
+
+/**
+ * Whole chunks of files other than `except` that lie inside NAR bytes [start, end) (the
+ * decoded frames of one request), in NAR order, at most MAX_ALONG.
+ */
+function chunksWithin(idx: NarIndex, start: number, end: number, except: IndexedFile): Array<{ file: IndexedFile; k: number }> {
+  const files = idx.files;
+  let lo = 0;
+  let hi = files.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (files[mid]!.narOffset + files[mid]!.size <= start) lo = mid + 1;
+    else hi = mid;
+  }
+  const out: Array<{ file: IndexedFile; k: number }> = [];
+  const cs = idx.chunkSize;
+  for (let i = lo; i < files.length && files[i]!.narOffset < end && out.length < MAX_ALONG; i++) {
+    const f = files[i]!;
+    if (f === except) continue;
+    const n = chunkCount(f.size, cs);
+    for (let k = 0; k < n && out.length < MAX_ALONG; k++) {
+      const a = f.narOffset + k * cs;
+      if (a >= start && a + chunkLength(f, cs, k) <= end) out.push({ file: f, k });
+    }
+  }
+  return out;
 }

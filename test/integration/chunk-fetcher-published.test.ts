@@ -123,6 +123,47 @@ describe('ChunkFetcher over indexes published by narfs index --seekable', functi
     });
   }
 
+  it('zstd: the small files that share a frame come along with the one read, verified (one request for the frame, not one per file)', async function () {
+    const dir = await published('zstd');
+    const server = await HttpDatalakeServer.start({ root: dir });
+    const set = new DatalakeSet([new HttpDatalake(server.url)]);
+    const fetcher = new ChunkFetcher({ datalakes: set, verifyPool: pool, readAheadChunks: 0 });
+    try {
+      await set.open();
+      const d = set.datalakes[0]!;
+      const p = pathByRole(fx, 'many-files');
+      const ni = parseNarInfo((await set.getBytesFrom(d, `${hashPart(p.storePath)}.narinfo`))!.toString('utf8'));
+      const idx = parseNarIndex((await set.getBytesFrom(d, `${hashPart(p.storePath)}${NAR_INDEX_SUFFIX}`))!);
+      const noneNi = parseNarInfo(await fsp.readFile(narInfoPath(fx.datalakes.none.dir, p.storePath), 'utf8'));
+      const nar = await fsp.readFile(path.join(fx.datalakes.none.dir, noneNi.url));
+      const got = new Map<number, Buffer>();
+      const onChunk = async (f: IndexedFile, k: number, b: Buffer) => {
+        assert.equal(k, 0);
+        got.set(f.narOffset, Buffer.from(b));
+      };
+      const src = { datalake: d, narUrl: ni.url, compression: ni.compression, narInfo: ni };
+      const small = idx.files.filter((f) => f.size < idx.chunkSize);
+      assert.ok(small.length > 10, 'many small files');
+      const before = fetcher.stats.requests;
+      await fetcher.fetch(src, idx, small[0]!, 0, 0, onChunk, new AbortController().signal);
+      // Deliveries of the others are not awaited by the reader: wait for them (bounded).
+      for (let i = 0; i < 200 && fetcher.stats.framedAlong > got.size - 1; i++) await new Promise((r) => setImmediate(r));
+      assert.equal(fetcher.stats.requests - before, 1);
+      assert.ok(fetcher.stats.framedAlong > 0 && got.size > 1, `came along: ${fetcher.stats.framedAlong}`);
+      for (const [off, b] of got) {
+        const f = idx.files.find((x) => x.narOffset === off)!;
+        assert.deepEqual(b, nar.subarray(off, off + f.size), `the file at ${off} is the NAR's`);
+      }
+      // Reading one that came along costs no request when the caller holds it.
+      const second = small.find((f) => got.has(f.narOffset) && f !== small[0]);
+      assert.ok(second);
+    } finally {
+      fetcher.close();
+      await set.close();
+      await server.close();
+    }
+  });
+
   it('first byte of a file in the middle of a large NAR: 3 requests (narinfo, index, one range) at 20 ms each', async function () {
     const dir = await published('zstd');
     const server = await HttpDatalakeServer.start({ root: dir });
