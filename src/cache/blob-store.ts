@@ -112,6 +112,7 @@ function chunkLength(size: number, chunkSize: number, index: number): number {
 }
 
 export class BlobStore {
+  readonly #removing = new Map<string, Promise<void>>();
   #trimQueued = false;
   #guard: ((hex: string) => boolean) | undefined;
   readonly dir: string;
@@ -477,6 +478,7 @@ export class BlobStore {
     if (!p) {
       p = (async () => {
         const path = this.#partialPath(hex);
+        await this.#settled(hex);
         try {
           const fh = await open(path, 'w', 0o644);
           try {
@@ -511,6 +513,7 @@ export class BlobStore {
           return;
         }
         const to = this.blobPath(sha);
+        await this.#settled(hex);
         try {
           await chmod(from, 0o444);
           await mkdir(join(this.#blobDir, hex.slice(0, 2)), { recursive: true });
@@ -561,6 +564,7 @@ export class BlobStore {
         unpins.push(this.pin(f.sha));
         this.#makeRoom(f.size);
         const sub = join(this.#blobDir, hex.slice(0, 2));
+        await this.#settled(hex);
         try {
           await chmod(f.tempPath, 0o444);
           if (!dirs.has(sub)) await mkdir(sub, { recursive: true });
@@ -617,13 +621,31 @@ export class BlobStore {
     for (const l of this.#removedListeners) l(shaHex(row.sha));
   }
 
-  async #removeFiles(hex: string): Promise<void> {
-    try {
-      await rm(join(this.#blobDir, hex.slice(0, 2), hex), { force: true });
-      await rm(this.#partialPath(hex), { force: true });
-    } catch (err) {
-      throw cacheError(err, `cannot remove blob ${hex}`);
-    }
+  /**
+   * Unlinks the files of `hex`. An eviction does it in the background: whoever creates a
+   * file of the same contents again first waits for it (#settled), so a late unlink never
+   * takes the new file.
+   */
+  #removeFiles(hex: string): Promise<void> {
+    const before = this.#removing.get(hex) ?? Promise.resolve();
+    const p = before.then(async () => {
+      try {
+        await rm(join(this.#blobDir, hex.slice(0, 2), hex), { force: true });
+        await rm(this.#partialPath(hex), { force: true });
+      } catch (err) {
+        throw cacheError(err, `cannot remove blob ${hex}`);
+      }
+    });
+    const tracked = p.catch(() => {}).finally(() => {
+      if (this.#removing.get(hex) === tracked) this.#removing.delete(hex);
+    });
+    this.#removing.set(hex, tracked);
+    return p;
+  }
+
+  /** Resolves once no unlink of `hex`'s files is pending. */
+  async #settled(hex: string): Promise<void> {
+    for (let p = this.#removing.get(hex); p; p = this.#removing.get(hex)) await p;
   }
 
   /**
