@@ -15,12 +15,15 @@
  *   30 ms, which would leave the mounts behind.
  *
  * Usage: node --import tsx bench/run.ts (npm run bench --) [--reps N (default 5)] [--latency-ms 20] [--bandwidth-mbit 1000]
- *        [--only 1,2,3,4,5,6,7,8] [--no-results-md]   (7: registration, bench/register-scale.ts;
- *        8: nix path-info through the lower socket vs the lower database, bench/lower-path-info.ts)
- * Writes bench/results/latest.json and (unless --only or --no-results-md) bench/RESULTS.md.
+ *        [--only 1,2,3,4,5,6,7,8,9,10,11] [--no-results-md] [--results-md]   (7: registration, bench/register-scale.ts;
+ *        8: nix path-info through the lower socket vs the lower database, bench/lower-path-info.ts;
+ *        9-11 and scenario 1's indexed rows: per-file laziness, bench/indexed-datalakes.ts)
+ * Writes bench/results/latest.json and (unless --only or --no-results-md; --results-md forces it)
+ * bench/RESULTS.md.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -28,11 +31,12 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import {
   cleanupAllSync, claimRunDir, currentRss, dropCaches, settledRss, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
-  cleanupStaleRuns, type NarfsMount,
+  cleanupStaleRuns, type NarfsMount, type ServedDatalake,
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
 import { lowerPathInfo } from './lower-path-info.js';
-import { concurrentReaders, readEverything, readFileSequential, replayWorkload, runCommand, walkMetadata, type WorkloadOp } from './workloads.js';
+import { concurrentReaders, readEverything, readFileSequential, readRanges, replayWorkload, runCommand, walkMetadata, type RangeRead, type WorkloadOp } from './workloads.js';
+import { prepareBigPath, prepareIndexed, type BigPath, type IndexedDatalakes } from './indexed-datalakes.js';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const TMP_PREFIX = '/tmp/narfs-bench-';
@@ -52,7 +56,7 @@ interface Manifest {
 interface Row {
   scenario: string;
   contender: string;
-  unit: 'ms' | 'MiB';
+  unit: 'ms' | 'MiB' | 'x' | 'n';
   reference: boolean;
   values: number[];
   notes: string[];
@@ -65,6 +69,7 @@ const { values: args } = parseArgs({
     'bandwidth-mbit': { type: 'string', default: '1000' },
     only: { type: 'string' },
     'no-results-md': { type: 'boolean', default: false },
+    'results-md': { type: 'boolean', default: false },
     'fuse-backends': { type: 'string', default: 'native' },
   },
 });
@@ -77,7 +82,7 @@ const HAVE_SQUASHFUSE_LL = spawnSync('sh', ['-c', 'command -v squashfuse_ll'], {
 const REPS = Number(args.reps);
 const LATENCY_MS = Number(args['latency-ms']);
 const BYTES_PER_SECOND = Math.round((Number(args['bandwidth-mbit']) * 1e6) / 8);
-const ONLY = new Set((args.only ?? '1,2,3,4,5,6,7,8').split(',').map((s) => s.trim()));
+const ONLY = new Set((args.only ?? '1,2,3,4,5,6,7,8,9,10,11').split(',').map((s) => s.trim()));
 const NIX_ENV = {
   ...process.env,
   NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n',
@@ -130,38 +135,211 @@ async function mountNarfs(m: Manifest, datalake: string, cacheDir: string, backe
 }
 
 // ---- Scenario 1: first use of a closure over the modelled remote datalake ----------
+/** A datalake scenario 1, 9 and 11 serve over the modelled link. */
+interface Variant { label: string; dir: string }
+let indexed: IndexedDatalakes | undefined;
+function variants(m: Manifest, which: Array<'xz' | 'zstd' | 'seekable' | 'none-indexed'>): Variant[] {
+  const all = {
+    xz: { label: 'xz, unindexed', dir: m.datalakes.xz.dir },
+    zstd: { label: 'zstd, unindexed', dir: m.datalakes.zstd.dir },
+    seekable: { label: 'zstd-seekable, indexed', dir: indexed!.seekable },
+    'none-indexed': { label: 'none, indexed', dir: indexed!.none },
+  };
+  return which.map((w) => all[w]);
+}
+const remote = `remote ${LATENCY_MS} ms ${args['bandwidth-mbit']} Mbit/s`;
+const mib = (b: number) => b / 2 ** 20;
+
+/**
+ * One narfs run on a fresh cache against `server`: mount, `work`, unmount. Returns the
+ * time, the server's requests and body bytes during it, and the daemon's log.
+ */
+async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string }> {
+  const cache = freshDir('cache');
+  const before = await server.stats();
+  const t0 = performance.now();
+  const mount = await mountNarfs(m, server.url, cache);
+  let read = 0;
+  try { read = await work(mount.mnt); } finally { await mount.stop(); }
+  const t = ms(t0);
+  const after = await server.stats();
+  return { t, requests: after.requests - before.requests, bodyBytes: after.bodyBytes - before.bodyBytes, read, logText: readFileSync(mount.logFile, 'utf8'), cache };
+}
+
+async function nixCopyRemoteRun(m: Manifest, server: ServedDatalake, work: (store: string) => Promise<void> | void): Promise<{ t: number; bodyBytes: number }> {
+  const root = freshDir('store');
+  const before = await server.stats();
+  const t0 = performance.now();
+  await nixCopy(server.url, root, m);
+  await work(join(root, 'nix/store'));
+  const t = ms(t0);
+  const after = await server.stats();
+  rmSync(root, { recursive: true, force: true });
+  return { t, bodyBytes: after.bodyBytes - before.bodyBytes };
+}
+
 async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
-  for (const c of ['xz', 'zstd'] as const) {
-    const server = await serveDatalake(m.datalakes[c].dir, LATENCY_MS, BYTES_PER_SECOND);
-    const name = `1 first use, ${c}, remote ${LATENCY_MS} ms ${args['bandwidth-mbit']} Mbit/s`;
+  for (const v of variants(m, ['seekable', 'none-indexed', 'xz', 'zstd'])) {
+    const server = await serveDatalake(v.dir, LATENCY_MS, BYTES_PER_SECOND);
+    const name = `1 first use, ${v.label}, ${remote}`;
     try {
       for (let rep = 0; rep < REPS; rep++) {
         for (const who of order(['narfs', 'nix copy'], rep)) {
           dropCaches();
           if (who === 'narfs') {
-            const cache = freshDir('cache');
-            const t0 = performance.now();
-            const mount = await mountNarfs(m, server.url, cache);
-            let res;
-            try { res = replayWorkload(mount.mnt, ops); } finally { await mount.stop(); }
-            const t = ms(t0);
-            const st = materialisedStats(readFileSync(mount.logFile, 'utf8'));
-            if (res.unexpected.length) throw new Error(`narfs workload: ${res.unexpected.slice(0, 5).join('; ')}`);
-            row(name, 'narfs (mount + workload)').values.push(t);
-            row(name, 'narfs (mount + workload)').notes.push(`materialised ${st.paths} paths ${(st.bytes / 2 ** 20).toFixed(0)} MiB; read ${(res.bytes / 2 ** 20).toFixed(1)} MiB`);
-            rmSync(cache, { recursive: true, force: true });
+            let res: ReturnType<typeof replayWorkload> | undefined;
+            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; });
+            if (res!.unexpected.length) throw new Error(`narfs workload: ${res!.unexpected.slice(0, 5).join('; ')}`);
+            const st = materialisedStats(r.logText);
+            row(name, 'narfs (mount + workload)').values.push(r.t);
+            row(name, 'narfs (mount + workload)').notes.push(`whole NARs ${st.paths} (${mib(st.bytes).toFixed(0)} MiB); read ${mib(r.read).toFixed(1)} MiB; fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests (fetched/read ${(r.bodyBytes / r.read).toFixed(2)})`);
+            rmSync(r.cache, { recursive: true, force: true });
           } else {
-            const root = freshDir('store');
-            const t0 = performance.now();
-            await nixCopy(server.url, root, m);
-            const res = replayWorkload(join(root, 'nix/store'), ops);
-            const t = ms(t0);
-            if (res.unexpected.length) throw new Error(`disk workload: ${res.unexpected.slice(0, 5).join('; ')}`);
-            row(name, 'nix copy + workload on disk', 'ms', true).values.push(t);
-            rmSync(root, { recursive: true, force: true });
+            const r = await nixCopyRemoteRun(m, server, (store) => {
+              const res = replayWorkload(store, ops);
+              if (res.unexpected.length) throw new Error(`disk workload: ${res.unexpected.slice(0, 5).join('; ')}`);
+            });
+            row(name, 'nix copy + workload on disk', 'ms', true).values.push(r.t);
+            row(name, 'nix copy + workload on disk').notes.push(`fetched ${mib(r.bodyBytes).toFixed(0)} MiB`);
           }
           log(`${name}: ${who} rep ${rep + 1}: ${row(name, who === 'narfs' ? 'narfs (mount + workload)' : 'nix copy + workload on disk').values.at(-1)!.toFixed(0)} ms`);
         }
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+}
+
+// ---- Scenario 9: bytes fetched / bytes read, a ~5 %-read workload, indexed -----------
+/**
+ * The workload of issue 10's measurement on this closure, built from the local copy of the
+ * closure (same names and sizes): Python's top-level stdlib modules, Perl's top-level
+ * modules, the top-level libc headers and the small files (< 16 KiB) of the `doc` path in
+ * path order until the total reaches 5 % of the closure's file bytes, plus 16 windows of
+ * 1 MiB spread over the largest file (offsets k/16 of it plus 100,000 bytes, so not
+ * chunk-aligned). Whole files are read whole.
+ */
+function fivePercentWorkload(m: Manifest): { reads: RangeRead[]; bytes: number } {
+  const rel = (p: string) => p.replace(/^\/nix\/store\//, '');
+  const files = (dir: string, findArgs: string[]): Array<{ path: string; size: number }> =>
+    sh1(`find ${dir} ${findArgs.join(' ')} -type f -printf '%s %p\\n' | sort -k2`).split('\n').filter(Boolean)
+      .map((l) => { const i = l.indexOf(' '); return { size: Number(l.slice(0, i)), path: rel(l.slice(i + 1)) }; });
+  const roles = m.roles as Record<string, string>;
+  const reads: RangeRead[] = [];
+  let bytes = 0;
+  const whole = (f: { path: string; size: number }) => { reads.push({ path: f.path, offset: 0, length: -1 }); bytes += f.size; };
+  for (const f of files(`${roles.python}/usr/lib/python3.11`, ['-maxdepth 1', "-name '*.py'"])) whole(f);
+  for (const f of files(`${roles.perl}/usr/share/perl/5.36*`, ['-maxdepth 1', "-name '*.pm'"])) whole(f);
+  for (const f of files(`${roles.headers}/usr/include`, ['-maxdepth 1', "-name '*.h'"])) whole(f);
+  const large = rel(m.largeFile);
+  const size = Number(sh1(`stat -c %s ${m.largeFile}`));
+  for (let k = 0; k < 16; k++) { reads.push({ path: large, offset: Math.floor((k * size) / 16) + 100_000, length: 1 << 20 }); bytes += 1 << 20; }
+  const target = 0.05 * m.closureStats.bytes;
+  for (const f of files(`${roles.doc}`, ['-size -16k'])) { if (bytes >= target) break; if (f.size > 0) whole(f); }
+  return { reads, bytes };
+}
+
+async function scenario9(m: Manifest): Promise<void> {
+  const w = fivePercentWorkload(m);
+  const pct = (100 * w.bytes) / m.closureStats.bytes;
+  for (const v of variants(m, ['seekable', 'none-indexed'])) {
+    const server = await serveDatalake(v.dir, LATENCY_MS, BYTES_PER_SECOND);
+    const name = `9 first use, ${pct.toFixed(1)} %-read workload (${w.reads.length} reads, ${mib(w.bytes).toFixed(1)} MiB), ${v.label}, ${remote}`;
+    const ratioName = `9 bytes fetched / bytes read, ${pct.toFixed(1)} %-read workload, ${v.label}`;
+    try {
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const who of order(['narfs', 'nix copy'], rep)) {
+          dropCaches();
+          if (who === 'narfs') {
+            const r = await narfsRemoteRun(m, server, (mnt) => readRanges(mnt, w.reads));
+            if (r.read !== w.bytes) throw new Error(`narfs read ${r.read} bytes of ${w.bytes}`);
+            row(name, 'narfs (mount + workload)').values.push(r.t);
+            row(ratioName, 'narfs', 'x').values.push(r.bodyBytes / r.read);
+            row(ratioName, 'narfs').notes.push(`fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests for ${mib(r.read).toFixed(1)} MiB read; whole NARs ${materialisedStats(r.logText).paths}`);
+            rmSync(r.cache, { recursive: true, force: true });
+          } else {
+            const r = await nixCopyRemoteRun(m, server, (store) => { readRanges(store, w.reads); });
+            row(name, 'nix copy + workload on disk', 'ms', true).values.push(r.t);
+          }
+        }
+        log(`${name}: rep ${rep + 1}: ${rows.filter((x) => x.scenario === name || x.scenario === ratioName).map((x) => `${x.contender} ${x.values.at(-1)!.toFixed(2)}`).join(' / ')}`);
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+}
+
+// ---- Scenario 10: first byte of a file inside a 1 GiB store path -------------------
+async function scenario10(m: Manifest): Promise<void> {
+  const big = prepareBigPath(m, log);
+  const modelFirst = 3 * LATENCY_MS + (512 * 1024 * 1000) / BYTES_PER_SECOND;
+  const modelWhole = 3 * LATENCY_MS + (big.fileSize * 1000) / BYTES_PER_SECOND;
+  for (const [label, dir, extra] of [['none, indexed', big.none, []], ['zstd-seekable, indexed', big.seekable, []], ['none, --no-indexes (whole NAR, as before)', big.none, ['--no-indexes']]] as const) {
+    const reps = extra.length ? 1 : REPS;
+    const server = await serveDatalake(dir, LATENCY_MS, BYTES_PER_SECOND);
+    const what = `a ${mib(big.fileSize).toFixed(0)} MiB file in the middle of a ${(big.narSize / 2 ** 30).toFixed(2)} GiB store path, ${label}, ${remote}`;
+    const firstName = `10 first byte (open + read 4 KiB) of ${what}`;
+    const wholeName = `10 whole file of ${what}`;
+    try {
+      for (let rep = 0; rep < reps; rep++) {
+        const cache = freshDir('cache');
+        const d = freshDir('narfs');
+        mkdirSync(join(d, 'mnt'));
+        const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'narfs.log'), backend: BACKENDS[0], extraArgs: [...extra] });
+        try {
+          dropCaches();
+          const s0 = await server.stats();
+          const t0 = performance.now();
+          const n = readRanges(mount.mnt, [{ path: big.file, offset: 0, length: 4096 }]);
+          const t1 = ms(t0);
+          const s1 = await server.stats();
+          const all = readRanges(mount.mnt, [{ path: big.file, offset: 0, length: -1 }]);
+          const t2 = ms(t0);
+          const s2 = await server.stats();
+          if (n !== 4096 || all !== big.fileSize) throw new Error(`read ${n} / ${all} bytes`);
+          row(firstName, 'narfs', 'ms').values.push(t1);
+          row(firstName, 'narfs').notes.push(`${s1.requests - s0.requests} requests, ${mib(s1.bodyBytes - s0.bodyBytes).toFixed(2)} MiB; model 3 round trips + one 512 KiB chunk = ${modelFirst.toFixed(0)} ms`);
+          row(wholeName, 'narfs', 'ms').values.push(t2);
+          row(wholeName, 'narfs').notes.push(`${s2.requests - s0.requests} requests, ${mib(s2.bodyBytes - s0.bodyBytes).toFixed(1)} MiB; model 3 round trips + the file's bytes = ${modelWhole.toFixed(0)} ms`);
+        } finally { await mount.stop(); }
+        rmSync(cache, { recursive: true, force: true });
+        log(`${firstName}: ${row(firstName, 'narfs').values.at(-1)!.toFixed(0)} ms; whole ${row(wholeName, 'narfs').values.at(-1)!.toFixed(0)} ms; ${row(wholeName, 'narfs').notes.at(-1)}`);
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+}
+
+// ---- Scenario 11: full materialisation over the modelled link, indexed; dedupe -------
+function cacheContentBytes(cache: string): number {
+  return Number(sh1(`find ${cache}/blobs ${cache}/partial -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {print s+0}'`));
+}
+
+async function scenario11(m: Manifest): Promise<void> {
+  const names = m.closure.map(base);
+  for (const v of variants(m, ['seekable', 'none-indexed'])) {
+    const server = await serveDatalake(v.dir, LATENCY_MS, BYTES_PER_SECOND);
+    const name = `11 full materialisation, ${v.label}, ${remote}`;
+    try {
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const who of order(['narfs', 'nix copy'], rep)) {
+          dropCaches();
+          if (who === 'narfs') {
+            const r = await narfsRemoteRun(m, server, async (mnt) => { await readEverything(mnt, names); return m.closureStats.bytes; });
+            row(name, 'narfs (mount + read all)').values.push(r.t);
+            const held = cacheContentBytes(r.cache);
+            row(name, 'narfs (mount + read all)').notes.push(`fetched ${mib(r.bodyBytes).toFixed(0)} MiB in ${r.requests} requests; cache holds ${mib(held).toFixed(1)} MiB of content for ${mib(m.closureStats.bytes).toFixed(1)} MiB of files (dedupe saves ${mib(m.closureStats.bytes - held).toFixed(1)} MiB)`);
+            rmSync(r.cache, { recursive: true, force: true });
+          } else {
+            const r = await nixCopyRemoteRun(m, server, () => {});
+            row(name, 'nix copy', 'ms', true).values.push(r.t);
+            row(name, 'nix copy').notes.push(`fetched ${mib(r.bodyBytes).toFixed(0)} MiB`);
+          }
+        }
+        log(`${name}: rep ${rep + 1}: ${rows.filter((x) => x.scenario === name).map((x) => `${x.contender} ${x.values.at(-1)!.toFixed(0)}`).join(' / ')}`);
       }
     } finally {
       await server.stop();
@@ -488,12 +666,19 @@ async function main(): Promise<void> {
   const datalake = `${m.closure.length} store paths (top \`${base(m.top)}\`) holding the files of ${m.packages.length} Debian packages (listed with their versions in the build dir's manifest.json), ${m.closureStats.files} files, ${m.closureStats.dirs} directories, ${m.closureStats.symlinks} symlinks, ${(m.closureStats.bytes / 2 ** 20).toFixed(0)} MiB of file content; NARs: xz ${(m.datalakes.xz.narBytes / 2 ** 20).toFixed(0)} MiB, zstd ${(m.datalakes.zstd.narBytes / 2 ** 20).toFixed(0)} MiB, none ${(m.datalakes.none.narBytes / 2 ** 20).toFixed(0)} MiB. Scenario 1 workload: ${m.workload.ops} operations recorded with strace (Python 3.11 importing 17 modules, Perl loading 9 modules, cpp of a file including libc and Python headers), ${m.workload.reads} file reads, ${(m.workload.readBytes / 2 ** 20).toFixed(1)} MiB (${((100 * m.workload.readBytes) / m.closureStats.bytes).toFixed(1)} % of the closure). Remote datalake: HTTP on 127.0.0.1 with ${LATENCY_MS} ms added per request and ${args['bandwidth-mbit']} Mbit/s. Squashfs image: zstd. Build dir: \`${m.dir}\`.`;
   log(datalake);
   try {
+    if (['1', '9', '11'].some((x) => ONLY.has(x))) {
+      indexed = prepareIndexed(m, log);
+      log(`indexed datalakes: ${JSON.stringify(indexed)}`);
+    }
     if (ONLY.has('1')) await scenario1(m, ops);
     if (ONLY.has('2')) await scenario2(m);
     if (ONLY.has('3')) await scenario3(m);
     if (ONLY.has('4')) await scenario4(m);
     if (ONLY.has('5')) await scenario5(m);
     if (ONLY.has('6')) await scenario6(m);
+    if (ONLY.has('9')) await scenario9(m);
+    if (ONLY.has('10')) await scenario10(m);
+    if (ONLY.has('11')) await scenario11(m);
     if (ONLY.has('7')) await registerScale({ reps: REPS, bigReps: 1, sizes: [100_000, 1_000_000], cliSizes: [100_000], xfs: true, workDir: '/var/tmp', log }, row);
     if (ONLY.has('8')) await lowerPathInfo({ reps: Math.max(REPS, 10), log }, row);
   } finally {
@@ -507,7 +692,7 @@ async function main(): Promise<void> {
   process.stdout.write(`\n${table(sum)}\n\nnarfs vs its best peer (worst first):\n${behind(sum).map((x) => `  ${x.ratio.toFixed(2)}x  ${x.scenario} (best peer: ${x.peer})`).join('\n')}\n\ntotal ${(totalMs / 60000).toFixed(1)} min\n`);
   mkdirSync(join(REPO, 'bench/results'), { recursive: true });
   writeFileSync(join(REPO, 'bench/results/latest.json'), JSON.stringify({ ...info, machine: mach, manifestKey: m.key, results: sum, behind: behind(sum) }, null, 2) + '\n');
-  if (!args['no-results-md'] && !args.only) writeResultsMd(sum, info, mach);
+  if (!args['no-results-md'] && (!args.only || args['results-md'])) writeResultsMd(sum, info, mach);
 }
 
 main().catch((e: unknown) => {

@@ -100,3 +100,31 @@ export async function walkMetadata(store: string, names: string[]): Promise<numb
 export async function concurrentReaders(store: string, files: string[]): Promise<void> {
   await sh(`for f; do cat "$f" > /dev/null & pids="$pids $!"; done; ${WAIT_ALL}`, files.map((f) => join(store, f)));
 }
+
+/** One read of scenario 9: `length` bytes at `offset` of a file (whole file: offset 0, length -1). */
+export interface RangeRead { path: string; offset: number; length: number }
+
+/**
+ * Scenario 9: reads the given ranges one after another (as a program opening modules and
+ * seeking into a large file does); returns the bytes read. A short read is an error.
+ */
+export function readRanges(store: string, reads: RangeRead[]): number {
+  let total = 0;
+  for (const r of reads) {
+    const p = join(store, r.path);
+    if (r.length < 0) { total += readWhole(p); continue; }
+    const fd = openSync(p, 'r');
+    try {
+      let got = 0;
+      while (got < r.length) {
+        const n = readSync(fd, buf, 0, Math.min(buf.length, r.length - got), r.offset + got);
+        if (n === 0) throw new Error(`short read of ${r.path} at ${r.offset + got}`);
+        got += n;
+      }
+      total += got;
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return total;
+}
