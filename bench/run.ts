@@ -60,6 +60,8 @@ interface Row {
   reference: boolean;
   values: number[];
   notes: string[];
+  /** Runs whose workload failed (no value recorded for them). */
+  failures?: number;
 }
 
 const { values: args } = parseArgs({
@@ -95,6 +97,22 @@ function row(scenario: string, contender: string, unit: Row['unit'] = 'ms', refe
   return r;
 }
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
+/** Where the logs of failed narfs runs are kept (the run dir is removed at the end). */
+const FAILURE_DIR = '/var/tmp/narfs-bench-failures';
+/**
+ * A narfs run whose workload failed (wrong results: EIO, ...): no time is recorded, the
+ * failure is a note, and the daemon's log is kept in FAILURE_DIR.
+ */
+function recordFailure(scenario: string, contender: string, t: number, message: string, logFile?: string, logText?: string): void {
+  mkdirSync(FAILURE_DIR, { recursive: true });
+  const kept = join(FAILURE_DIR, `${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
+  writeFileSync(kept, logText ?? (logFile && existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''));
+  const first = /cat: [^\n]*/.exec(message)?.[0] ?? message.split('\n')[0]!;
+  const r = row(scenario, contender);
+  r.failures = (r.failures ?? 0) + 1;
+  r.notes.push(`FAILED after ${(t / 1000).toFixed(1)} s: ${first.slice(0, 200)} (daemon log: ${kept})`);
+  log(`${scenario} / ${contender}: FAILED after ${(t / 1000).toFixed(1)} s: ${first.slice(0, 300)}`);
+}
 const ms = (t0: number) => performance.now() - t0;
 const base = (p: string) => basename(p);
 /** A then B, then B then A, ...: the order of contenders in repetition `rep`. */
@@ -332,11 +350,13 @@ async function scenario11(m: Manifest): Promise<void> {
           dropCaches();
           if (who === 'narfs') {
             // A deadline: a narfs that fetches far more than the NARs would hold the run for long.
+            let failed = '';
             const r = await narfsRemoteRun(m, server, async (mnt) => {
-              try { await readEverything(mnt, names, FULL_READ_DEADLINE_MS); } catch (e) { if (!(e instanceof WorkloadTimeout)) throw e; stopped = true; }
+              try { await readEverything(mnt, names, FULL_READ_DEADLINE_MS); } catch (e) { if (e instanceof WorkloadTimeout) stopped = true; else failed = (e as Error).message; }
               return m.closureStats.bytes;
             });
-            row(name, 'narfs (mount + read all)').values.push(r.t);
+            if (failed) recordFailure(name, 'narfs (mount + read all)', r.t, failed, undefined, r.logText);
+            else row(name, 'narfs (mount + read all)').values.push(r.t);
             const held = cacheContentBytes(r.cache);
             row(name, 'narfs (mount + read all)').notes.push(`${stopped ? `STOPPED at the ${FULL_READ_DEADLINE_MS / 1000} s deadline (the time is a lower bound); ` : ''}fetched ${mib(r.bodyBytes).toFixed(0)} MiB in ${r.requests} requests; cache holds ${mib(held).toFixed(1)} MiB of content for ${mib(m.closureStats.bytes).toFixed(1)} MiB of files (dedupe saves ${mib(m.closureStats.bytes - held).toFixed(1)} MiB)`);
             rmSync(r.cache, { recursive: true, force: true });
@@ -370,9 +390,15 @@ async function scenario2(m: Manifest): Promise<void> {
           const t0 = performance.now();
           const mount = await mountNarfs(m, url, cache);
           let rss = NaN;
-          try { await readEverything(mount.mnt, names); rss = peakRss(mount.pid); } finally { await mount.stop(); }
-          row(name, 'narfs (mount + read all)').values.push(ms(t0));
-          memAfter2.push(rss);
+          let failed = '';
+          try { await readEverything(mount.mnt, names); rss = peakRss(mount.pid); } catch (e) { failed = (e as Error).message; } finally { await mount.stop(); }
+          const t = ms(t0);
+          if (failed) {
+            recordFailure(name, 'narfs (mount + read all)', t, failed, mount.logFile);
+          } else {
+            row(name, 'narfs (mount + read all)').values.push(t);
+            memAfter2.push(rss);
+          }
           const keep = c === 'zstd' && rep === REPS - 1;
           if (keep) warmCache = cache; else rmSync(cache, { recursive: true, force: true });
         } else {
@@ -539,9 +565,9 @@ async function scenario6(m: Manifest): Promise<void> {
 }
 
 // ---- Report ------------------------------------------------------------------------
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const k = s.length >> 1; return s.length % 2 ? s[k]! : (s[k - 1]! + s[k]!) / 2; };
+const median = (xs: number[]) => { if (xs.length === 0) return NaN; const s = [...xs].sort((a, b) => a - b); const k = s.length >> 1; return s.length % 2 ? s[k]! : (s[k - 1]! + s[k]!) / 2; };
 
-interface Summary { scenario: string; contender: string; unit: string; n: number; median: number; min: number; max: number; ratio: number | null; values: number[]; notes: string[] }
+interface Summary { scenario: string; contender: string; unit: string; n: number; failures: number; median: number; min: number; max: number; ratio: number | null; values: number[]; notes: string[] }
 
 function summarise(): Summary[] {
   const num = (s: string) => Number(/^\d+/.exec(s)?.[0] ?? 99);
@@ -550,7 +576,7 @@ function summarise(): Summary[] {
     const ref = rows.find((x) => x.scenario === r.scenario && x.reference);
     const med = median(r.values);
     return {
-      scenario: r.scenario, contender: r.contender, unit: r.unit, n: r.values.length,
+      scenario: r.scenario, contender: r.contender, unit: r.unit, n: r.values.length, failures: r.failures ?? 0,
       median: med, min: Math.min(...r.values), max: Math.max(...r.values),
       ratio: ref ? med / median(ref.values) : null, values: r.values, notes: [...new Set(r.notes)],
     };
@@ -558,14 +584,17 @@ function summarise(): Summary[] {
 }
 
 function fmt(v: number, unit: string): string {
+  if (!Number.isFinite(v)) return 'failed';
   if (unit === 'MiB') return `${v.toFixed(0)} MiB`;
+  if (unit === 'x') return `${v.toFixed(2)}x`;
+  if (unit === 'n') return v.toFixed(0);
   return v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${v.toFixed(0)} ms`;
 }
 
 function table(sum: Summary[]): string {
   const head = ['scenario', 'contender', 'median', 'min', 'max', 'ratio'];
-  const body = sum.map((s) => [s.scenario, s.contender, fmt(s.median, s.unit), fmt(s.min, s.unit), fmt(s.max, s.unit),
-    s.ratio === null ? '' : s.contender && rows.find((r) => r.scenario === s.scenario && r.contender === s.contender)?.reference ? '1.00 (ref)' : `${s.ratio.toFixed(2)}`]);
+  const body = sum.map((s) => [s.scenario, s.failures ? `${s.contender} (${s.failures} of ${s.n + s.failures} runs FAILED)` : s.contender, fmt(s.median, s.unit), fmt(s.min, s.unit), fmt(s.max, s.unit),
+    s.ratio === null || !Number.isFinite(s.ratio) ? '' : s.contender && rows.find((r) => r.scenario === s.scenario && r.contender === s.contender)?.reference ? '1.00 (ref)' : `${s.ratio.toFixed(2)}`]);
   return [head, head.map(() => '---'), ...body].map((cols) => `| ${cols.join(' | ')} |`).join('\n');
 }
 
