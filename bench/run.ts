@@ -358,7 +358,7 @@ async function scenario11(m: Manifest): Promise<void> {
             if (failed) recordFailure(name, 'narfs (mount + read all)', r.t, failed, undefined, r.logText);
             else row(name, 'narfs (mount + read all)').values.push(r.t);
             const held = cacheContentBytes(r.cache);
-            row(name, 'narfs (mount + read all)').notes.push(`${stopped ? `STOPPED at the ${FULL_READ_DEADLINE_MS / 1000} s deadline (the time is a lower bound); ` : ''}fetched ${mib(r.bodyBytes).toFixed(0)} MiB in ${r.requests} requests; cache holds ${mib(held).toFixed(1)} MiB of content for ${mib(m.closureStats.bytes).toFixed(1)} MiB of files (dedupe saves ${mib(m.closureStats.bytes - held).toFixed(1)} MiB)`);
+            row(name, 'narfs (mount + read all)').notes.push(`${stopped ? `STOPPED at the ${FULL_READ_DEADLINE_MS / 1000} s deadline (the time is a lower bound); ` : ''}fetched ${mib(r.bodyBytes).toFixed(0)} MiB in ${r.requests} requests; cache holds ${mib(held).toFixed(1)} MiB of content${stopped || failed ? ' (incomplete: no dedupe figure)' : ` for ${mib(m.closureStats.bytes).toFixed(1)} MiB of files (dedupe saves ${mib(m.closureStats.bytes - held).toFixed(1)} MiB)`}`);
             rmSync(r.cache, { recursive: true, force: true });
           } else {
             const r = await nixCopyRemoteRun(m, server, () => {});
