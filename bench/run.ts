@@ -145,11 +145,11 @@ async function nixCopy(from: string, storeRoot: string, m: Manifest): Promise<vo
   if (r.status !== 0) throw new Error(`nix copy --from ${from} failed (${r.status ?? r.signal}): ${r.stderr}`);
 }
 
-async function mountNarfs(m: Manifest, datalake: string, cacheDir: string, backend: 'native' | 'fuse-native' = BACKENDS[0]!): Promise<NarfsMount> {
+async function mountNarfs(m: Manifest, datalake: string, cacheDir: string, backend: 'native' | 'fuse-native' = BACKENDS[0]!, extraArgs: string[] = []): Promise<NarfsMount> {
   const d = freshDir('narfs');
   const mnt = join(d, 'mnt');
   mkdirSync(mnt);
-  return startNarfs({ mnt, datalake, publicKey: m.publicKey, cacheDir, logFile: join(d, 'narfs.log'), backend });
+  return startNarfs({ mnt, datalake, publicKey: m.publicKey, cacheDir, logFile: join(d, 'narfs.log'), backend, extraArgs });
 }
 
 // ---- Scenario 1: first use of a closure over the modelled remote datalake ----------
@@ -172,11 +172,11 @@ const mib = (b: number) => b / 2 ** 20;
  * One narfs run on a fresh cache against `server`: mount, `work`, unmount. Returns the
  * time, the server's requests and body bytes during it, and the daemon's log.
  */
-async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string }> {
+async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number, extraArgs: string[] = []): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string }> {
   const cache = freshDir('cache');
   const before = await server.stats();
   const t0 = performance.now();
-  const mount = await mountNarfs(m, server.url, cache);
+  const mount = await mountNarfs(m, server.url, cache, BACKENDS[0], extraArgs);
   let read = 0;
   try { read = await work(mount.mnt); } finally { await mount.stop(); }
   const t = ms(t0);
@@ -196,21 +196,33 @@ async function nixCopyRemoteRun(m: Manifest, server: ServedDatalake, work: (stor
   return { t, bodyBytes: after.bodyBytes - before.bodyBytes };
 }
 
+/** Scenario 1's narfs contender with a read trace of an earlier mount (`--prefetch-trace`). */
+const TRACED = 'narfs --prefetch-trace (trace of an earlier run; mount + workload)';
+
 async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
   for (const v of variants(m, ['seekable', 'none-indexed', 'xz', 'zstd'])) {
     const server = await serveDatalake(v.dir, LATENCY_MS, BYTES_PER_SECOND);
     const name = `1 first use, ${v.label}, ${remote}`;
+    // Indexed datalakes: a read trace recorded on one untimed run, replayed by a third contender.
+    const indexedVariant = v.label.includes('indexed') && !v.label.includes('unindexed');
+    const trace = join(runRoot, `trace-${v.label.replace(/[^a-z]+/g, '-')}.txt`);
     try {
+      if (indexedVariant) {
+        const r = await narfsRemoteRun(m, server, (mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace]);
+        rmSync(r.cache, { recursive: true, force: true });
+        log(`${name}: recorded a read trace of ${readFileSync(trace, 'utf8').split('\n').length - 2} files`);
+      }
       for (let rep = 0; rep < REPS; rep++) {
-        for (const who of order(['narfs', 'nix copy'], rep)) {
+        for (const who of order(indexedVariant ? ['narfs', 'nix copy', 'traced'] : ['narfs', 'nix copy'], rep)) {
           dropCaches();
-          if (who === 'narfs') {
+          if (who === 'narfs' || who === 'traced') {
             let res: ReturnType<typeof replayWorkload> | undefined;
-            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; });
+            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; }, who === 'traced' ? ['--prefetch-trace', trace] : []);
             if (res!.unexpected.length) throw new Error(`narfs workload: ${res!.unexpected.slice(0, 5).join('; ')}`);
             const st = materialisedStats(r.logText);
-            row(name, 'narfs (mount + workload)').values.push(r.t);
-            row(name, 'narfs (mount + workload)').notes.push(`whole NARs ${st.paths} (${mib(st.bytes).toFixed(0)} MiB); read ${mib(r.read).toFixed(1)} MiB; fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests (fetched/read ${(r.bodyBytes / r.read).toFixed(2)})`);
+            const c = who === 'traced' ? TRACED : 'narfs (mount + workload)';
+            row(name, c).values.push(r.t);
+            row(name, c).notes.push(`whole NARs ${st.paths} (${mib(st.bytes).toFixed(0)} MiB); read ${mib(r.read).toFixed(1)} MiB; fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests (fetched/read ${(r.bodyBytes / r.read).toFixed(2)})`);
             rmSync(r.cache, { recursive: true, force: true });
           } else {
             const r = await nixCopyRemoteRun(m, server, (store) => {
@@ -220,7 +232,7 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
             row(name, 'nix copy + workload on disk', 'ms', true).values.push(r.t);
             row(name, 'nix copy + workload on disk').notes.push(`fetched ${mib(r.bodyBytes).toFixed(0)} MiB`);
           }
-          log(`${name}: ${who} rep ${rep + 1}: ${row(name, who === 'narfs' ? 'narfs (mount + workload)' : 'nix copy + workload on disk').values.at(-1)!.toFixed(0)} ms`);
+          log(`${name}: ${who} rep ${rep + 1}: ${row(name, who === 'narfs' ? 'narfs (mount + workload)' : who === 'traced' ? TRACED : 'nix copy + workload on disk').values.at(-1)!.toFixed(0)} ms`);
         }
       }
     } finally {
