@@ -241,7 +241,12 @@ export async function startSquashfuse(image: string, mnt: string, timeoutMs = 30
   return { mnt, pid: child.pid!, stop: () => stopTracked(t) };
 }
 
-export interface ServedDatalake { url: string; stop(): Promise<number> }
+export interface ServedDatalake {
+  url: string;
+  /** Totals served so far: requests (every path) and body bytes written. */
+  stats(): Promise<{ requests: number; bodyBytes: number }>;
+  stop(): Promise<number>;
+}
 
 /** The HTTP datalake in a child process, with the modelled link. */
 export async function serveDatalake(root: string, latencyMs: number, bytesPerSecond: number): Promise<ServedDatalake> {
@@ -258,8 +263,22 @@ export async function serveDatalake(root: string, latencyMs: number, bytesPerSec
     await sleep(10);
   }
   const url = /^url (\S+)$/m.exec(out)![1]!;
+  let asked = 0;
   return {
     url,
+    async stats() {
+      // The n-th `stats` line answers the n-th question (one server, answers in order).
+      const n = ++asked;
+      child.stdin!.write('stats\n');
+      const until = Date.now() + 10_000;
+      for (;;) {
+        const answers = [...out.matchAll(/^stats (\d+) (\d+)$/gm)];
+        const a = answers[n - 1];
+        if (a) return { requests: Number(a[1]), bodyBytes: Number(a[2]) };
+        if (child.exitCode !== null || Date.now() > until) throw new Error('the HTTP datalake did not answer `stats`');
+        await sleep(5);
+      }
+    },
     async stop() {
       await stopTracked(t);
       const m = /^requests (\d+)$/m.exec(out);

@@ -61,27 +61,43 @@ export function replayWorkload(store: string, ops: WorkloadOp[]): ReplayResult {
 /** Waits for every background job in $pids and fails if any did (plain `wait` would not). */
 const WAIT_ALL = 'rc=0; for pid in $pids; do wait "$pid" || rc=1; done; exit $rc';
 
-/** Runs a command; resolves with its exit status, stdout line count and stderr tail. */
-export function runCommand(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ status: number | null; signal: string | null; lines: number; stderr: string }> {
+/**
+ * Runs a command; resolves with its exit status, stdout line count and stderr tail. With
+ * `timeoutMs`, the command runs in its own process group, which gets SIGKILL at the
+ * deadline (the result then has `timedOut`).
+ */
+export function runCommand(cmd: string, args: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number): Promise<{ status: number | null; signal: string | null; lines: number; stderr: string; timedOut?: boolean }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env, detached: timeoutMs !== undefined });
+    let timedOut = false;
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+      timedOut = true;
+      try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ }
+    }, timeoutMs);
     let lines = 0;
     let stderr = '';
     child.stdout!.on('data', (d: Buffer) => { for (let i = d.indexOf(10); i !== -1; i = d.indexOf(10, i + 1)) lines++; });
     child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
-    child.once('error', reject);
-    child.once('close', (status, signal) => resolve({ status, signal, lines, stderr }));
+    child.once('error', (e) => { clearTimeout(timer); reject(e); });
+    child.once('close', (status, signal) => { clearTimeout(timer); resolve({ status, signal, lines, stderr, ...(timedOut ? { timedOut } : {}) }); });
   });
 }
 
-async function sh(script: string, args: string[]): Promise<void> {
-  const r = await runCommand('sh', ['-c', script, 'sh', ...args]);
+/** Thrown by a workload stopped at its deadline. */
+export class WorkloadTimeout extends Error {}
+
+async function sh(script: string, args: string[], timeoutMs?: number): Promise<void> {
+  const r = await runCommand('sh', ['-c', script, 'sh', ...args], undefined, timeoutMs);
+  if (r.timedOut) throw new WorkloadTimeout(`workload stopped after ${timeoutMs} ms`);
   if (r.status !== 0) throw new Error(`workload failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`);
 }
 
-/** Scenario 2: every byte of every file, one reader per store path (as nix copy works per path). */
-export async function readEverything(store: string, names: string[]): Promise<void> {
-  await sh(`for p; do (find "$p" -type f -print0 | xargs -0 -r cat > /dev/null) & pids="$pids $!"; done; ${WAIT_ALL}`, names.map((n) => join(store, n)));
+/**
+ * Scenario 2 and 11: every byte of every file, one reader per store path (as nix copy works
+ * per path). With `timeoutMs`, the readers are killed at the deadline (WorkloadTimeout).
+ */
+export async function readEverything(store: string, names: string[], timeoutMs?: number): Promise<void> {
+  await sh(`for p; do (find "$p" -type f -print0 | xargs -0 -r cat > /dev/null) & pids="$pids $!"; done; ${WAIT_ALL}`, names.map((n) => join(store, n)), timeoutMs);
 }
 
 /** Scenario 3: one sequential read of a file, 1 MiB at a time. */
@@ -99,4 +115,32 @@ export async function walkMetadata(store: string, names: string[]): Promise<numb
 /** Scenario 5: concurrent readers, one `cat` per file. */
 export async function concurrentReaders(store: string, files: string[]): Promise<void> {
   await sh(`for f; do cat "$f" > /dev/null & pids="$pids $!"; done; ${WAIT_ALL}`, files.map((f) => join(store, f)));
+}
+
+/** One read of scenario 9: `length` bytes at `offset` of a file (whole file: offset 0, length -1). */
+export interface RangeRead { path: string; offset: number; length: number }
+
+/**
+ * Scenario 9: reads the given ranges one after another (as a program opening modules and
+ * seeking into a large file does); returns the bytes read. A short read is an error.
+ */
+export function readRanges(store: string, reads: RangeRead[]): number {
+  let total = 0;
+  for (const r of reads) {
+    const p = join(store, r.path);
+    if (r.length < 0) { total += readWhole(p); continue; }
+    const fd = openSync(p, 'r');
+    try {
+      let got = 0;
+      while (got < r.length) {
+        const n = readSync(fd, buf, 0, Math.min(buf.length, r.length - got), r.offset + got);
+        if (n === 0) throw new Error(`short read of ${r.path} at ${r.offset + got}`);
+        got += n;
+      }
+      total += got;
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return total;
 }

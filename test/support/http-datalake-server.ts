@@ -45,6 +45,13 @@ export interface LinkModel {
   latencyMs?: number;
   /** Body bytes per second; 0 = unlimited. */
   bytesPerSecond?: number;
+  /**
+   * Bodies are paced in 20 ms ticks; by default every piece waits a whole tick, so even a
+   * 1-byte body costs 20 ms more than the latency. With this set, the last (partial) piece
+   * waits only its own transmission time (bytes / bytesPerSecond): the benchmark's link
+   * model (bench/serve-datalake.ts), where a small ranged read must cost one round trip.
+   */
+  proportionalPacing?: boolean;
 }
 
 export interface HttpDatalakeServerOptions extends LinkModel {
@@ -112,7 +119,7 @@ export class HttpDatalakeServer {
   ) {
     this.port = (server.address() as AddressInfo).port;
     this.url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${this.port}${basePath}`;
-    this.linkModel = { latencyMs: options.latencyMs ?? 0, bytesPerSecond: options.bytesPerSecond ?? 0 };
+    this.linkModel = { latencyMs: options.latencyMs ?? 0, bytesPerSecond: options.bytesPerSecond ?? 0, proportionalPacing: options.proportionalPacing ?? false };
   }
 
   static async start(options: HttpDatalakeServerOptions): Promise<HttpDatalakeServer> {
@@ -375,7 +382,7 @@ export class HttpDatalakeServer {
           res.on('close', done);
         });
       }
-      if (bytesPerSecond > 0) await delay(tickMs);
+      if (bytesPerSecond > 0) await delay(this.linkModel.proportionalPacing ? (piece.length * 1000) / bytesPerSecond : tickMs);
     }
     if (data.length > 0 && !res.destroyed) await new Promise<void>((resolve) => res.write('', () => resolve()));
   }
