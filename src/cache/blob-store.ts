@@ -15,9 +15,11 @@
  *   whole file after the NAR it came from matched NarHash. A partial file whose chunks
  *   are all present is re-hashed whole before it is renamed into blobs/, so a name in
  *   blobs/ is always the SHA-256 of its contents.
- * - Crash safety: a blob appears under its name only complete and fsynced (written in
- *   tmp/ or partial/, fdatasynced, then renamed; the directory fsynced); a chunk row is
- *   written only after its bytes were fdatasynced. Metadata and files are reconciled at
+ * - Crash safety: a blob appears under its name only complete (written in tmp/ or
+ *   partial/, then renamed); a chunk row is written only after its bytes were fdatasynced.
+ *   Whole files from an unpacked NAR are not fsynced one by one (too slow for NARs of
+ *   thousands of files): what a power loss may leave torn is caught because no blob
+ *   written by an earlier process is served before it was re-hashed (`verifyBlob`). Metadata and files are reconciled at
  *   open after an unclean stop (the `clean` mark is cleared at open, set by close()):
  *   blob files without a row are adopted (least recently used), partial files without a
  *   row and rows without their file are removed. So after a kill -9 nothing claims bytes
@@ -78,7 +80,7 @@ export interface ScrubResult {
   dropped: Array<{ sha: string; kind: 'blob' | 'partial'; code: string; message: string }>;
 }
 
-/** A whole verified file to commit (NAR unpack): its temp file must be complete and fdatasynced. */
+/** A whole verified file to commit (NAR unpack): its temp file must be complete and closed. */
 export interface TempFile {
   sha: Buffer;
   size: number;
@@ -534,8 +536,7 @@ export class BlobStore {
   }
 
   /**
-   * Commits whole verified files written in tmp/ (complete and fdatasynced by their
-   * writer): each is renamed into blobs/ unless the store already holds it (dedupe: the
+   * Commits whole verified files written in tmp/ (complete, closed by their writer): each is renamed into blobs/ unless the store already holds it (dedupe: the
    * temp is removed and the hit counted). A partial file of the same contents is replaced.
    * Every temp file is gone afterwards, whatever happens.
    */
@@ -577,11 +578,8 @@ export class BlobStore {
         pending.push({ sha: f.sha, size: f.size });
         pendingHex.add(hex);
       }
-      try {
-        for (const d of dirs) await syncDir(d);
-      } catch (err) {
-        throw cacheError(err, 'cannot sync the blob store');
-      }
+      // No directory fsync per commit (up to 256 per NAR): a rename a power loss undoes leaves
+      // a row without its file, which the reconcile at the next open removes.
     } catch (err) {
       for (let j = i; j < files.length; j++) await rm(files[j]!.tempPath, { force: true }).catch(() => {});
       throw err;

@@ -108,7 +108,7 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
   });
 
   const fetcher = (o: Partial<ChunkFetcherOptions> = {}): ChunkFetcher => {
-    const f = new ChunkFetcher({ datalakes: set, verifyPool: pool, readAheadChunks: 0, ...o });
+    const f = new ChunkFetcher({ datalakes: set, verifyPool: pool, readAheadChunks: 0, readAheadAfter: 2, ...o });
     fetchers.push(f);
     return f;
   };
@@ -337,6 +337,28 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
     server.release(large.plainUrl);
     await Promise.all(both);
     assert.equal(server.count(large.plainUrl), 2);
+  });
+
+  it('by default, read-ahead waits for a run of 4 chunks: a two-chunk window read in pieces pulls in nothing more', async function () {
+    const f = fetcher({ readAheadChunks: 16, readAheadAfter: undefined });
+    const idx = large.idx;
+    const file = big();
+    const cs = idx.chunkSize;
+    const got = new Map<number, Buffer>();
+    const onChunk = async (_f: IndexedFile, k: number, b: Buffer) => void got.set(k, Buffer.from(b));
+    const before = f.stats.readAheadChunks;
+    const read = (k: number) => f.fetch(src(large), idx, file, k, k, onChunk, new AbortController().signal, { isCached: (c) => got.has(c) });
+    // A window of two chunks (1 MiB at the default 512 KiB) starting mid-chunk, read in
+    // quarter-chunk pieces: it spans 3 chunks.
+    for (let off = Math.floor(1.5 * cs); off < Math.floor(1.5 * cs) + 2 * cs; off += cs / 4) {
+      const k = Math.floor(off / cs);
+      if (!got.has(k)) await read(k);
+    }
+    assert.equal(f.stats.readAheadChunks - before, 0, 'no read-ahead for a 1 MiB window');
+    // A longer sequential run does start it.
+    for (let k = 10; k < 16; k++) if (!got.has(k)) await read(k);
+    assert.ok(f.stats.readAheadChunks - before > 0, 'read-ahead after a run of 4 chunks');
+    f.close();
   });
 
   it('at most maxInFlight requests at once; queued wanted requests go before read-ahead, and a reader joining read-ahead promotes it', async function () {
