@@ -115,6 +115,8 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #readOnce = new Set<string>();
   /** Store paths whose datalake published no usable index (asked once while held). */
   readonly #noIndex = new Set<string>();
+  /** Index fetches in flight, per store path. */
+  readonly #indexing = new Map<string, Promise<Tree | undefined>>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
   readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0 };
 
@@ -234,6 +236,16 @@ export class LazyStore implements RootNodes, ContentReader {
    * (the read that follows joins it); a path fetched whole starts its NAR.
    */
   prefetch(name: string, narOffset?: number): void {
+    if (!this.#trees.has(name)) {
+      // The tree is not loaded (the path was shown from an unsigned listing, or released):
+      // find it (stored, published index, or the whole NAR as the last resort) first.
+      this.#treeFor(name, AbortSignal.timeout(120_000)).then(() => {
+        if (this.#trees.has(name)) this.prefetch(name, narOffset);
+      }, () => {
+        // The read that needs the bytes gets the error.
+      });
+      return;
+    }
     const tree = this.#trees.get(name);
     const file = tree && narOffset !== undefined ? findFile(tree.index, narOffset) : undefined;
     if (tree && file && this.#ranged(tree)) {
@@ -436,10 +448,23 @@ export class LazyStore implements RootNodes, ContentReader {
    * bound to this narinfo's store path, NarHash and NarSize) and stored; undefined when
    * there is none or it does not verify (a warning: the path is then read whole).
    */
-  async #fetchIndex(name: string, info: PathInfo, signal: AbortSignal, early?: Promise<Buffer | undefined>): Promise<Tree | undefined> {
-    const policy = this.#opts.indexPolicy;
-    if (!policy || this.#noIndex.has(name)) return undefined;
-    this.#noIndex.add(name);
+  #fetchIndex(name: string, info: PathInfo, signal: AbortSignal, early?: Promise<Buffer | undefined>): Promise<Tree | undefined> {
+    if (!this.#opts.indexPolicy || this.#noIndex.has(name)) return Promise.resolve(undefined);
+    // One fetch per store path at a time: a concurrent resolve (a trace replay and the
+    // workload, say) must wait for it, not conclude there is no index.
+    let p = this.#indexing.get(name);
+    if (!p) {
+      p = this.#fetchIndexOnce(name, info, signal, early).then((tree) => {
+        if (!tree) this.#noIndex.add(name);
+        return tree;
+      }).finally(() => this.#indexing.delete(name));
+      this.#indexing.set(name, p);
+    }
+    return p;
+  }
+
+  async #fetchIndexOnce(name: string, info: PathInfo, signal: AbortSignal, early?: Promise<Buffer | undefined>): Promise<Tree | undefined> {
+    const policy = this.#opts.indexPolicy!;
     const rel = `${info.narInfo.storePath.hashPart}${NAR_INDEX_SUFFIX}`;
     let bytes: Buffer | undefined;
     try {
@@ -461,13 +486,12 @@ export class LazyStore implements RootNodes, ContentReader {
       // Keeping it is an optimisation: the index was verified and is used for this mount.
       this.#opts.logger.warn('cannot store an index in the cache; using it anyway', { path: name, err: toNarfsError(err, 'ERR_CACHE_IO') });
     });
-    this.#noIndex.delete(name);
     return this.#adopt(name, { index, source: 'signed', info });
   }
 
   /** The index of `hashPart` asked of the first datalake up, before its narinfo is known. */
   #earlyIndex(name: string, hashPart: string, signal: AbortSignal): { datalake: Datalake; bytes: Promise<Buffer | undefined> } | undefined {
-    if (!this.#opts.indexPolicy || this.#noIndex.has(name)) return undefined;
+    if (!this.#opts.indexPolicy || this.#noIndex.has(name) || this.#indexing.has(name)) return undefined;
     const set = this.#opts.datalakes;
     const up = set.status().findIndex((d) => d.up);
     const datalake = up < 0 ? undefined : set.datalakes[up];

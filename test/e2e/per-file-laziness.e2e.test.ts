@@ -231,6 +231,36 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
     }
   });
 
+  it('a second resolve while the index is in flight waits for it: an open hint never fetches the whole NAR of an indexed path', async function () {
+    const server = await HttpDatalakeServer.start({ root: lakes.none });
+    const hashPart = large.base.slice(0, 32);
+    try {
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+        const store = m.running.store;
+        server.hold(`${hashPart}${NAR_INDEX_SUFFIX}`);
+        const sig = AbortSignal.timeout(60_000);
+        const first = store.resolve(large.base, sig);
+        await server.waitForRequest(`${hashPart}${NAR_INDEX_SUFFIX}`, 1);
+        const second = store.resolve(large.base, sig);
+        // The second must not settle on the unsigned .ls while the index is held.
+        const early = await Promise.race([second.then(() => 'settled'), new Promise((r) => setTimeout(() => r('waiting'), 1000))]);
+        server.release(`${hashPart}${NAR_INDEX_SUFFIX}`);
+        await Promise.all([first, second]);
+        assert.equal(early, 'waiting', 'the second resolve waited for the index in flight');
+        const idx = parseNarIndex(readFileSync(join(lakes.none, `${hashPart}${NAR_INDEX_SUFFIX}`)));
+        const file = idx.files.find((f) => f.size === large.size)!;
+        const before = server.requests.length;
+        store.prefetch(large.base, file.narOffset);
+        assert.equal((await ddSha(join(m.mnt, large.base, large.rel), 8, 1)).sha, localSlice(large.local, 8, 1));
+        assert.equal(m.running.materialiser.fetches, 0, 'no whole NAR fetched');
+        const narBytes = server.requests.slice(before).filter((q) => q.relPath.startsWith('nar/')).length;
+        assert.ok(narBytes <= 4, `ranged requests only: ${narBytes}`);
+      });
+    } finally {
+      await server.close();
+    }
+  });
+
   it('never serves a chunk whose bytes do not match the index; other chunks read; a fixed NAR reads right', async function () {
     const dir = join(root, 'flip');
     cpSync(lakes.none, dir, { recursive: true });
