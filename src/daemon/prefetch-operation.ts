@@ -10,6 +10,7 @@
  * stops the work (its signal), the cache keeps what was fetched.
  */
 import { toNarfsError } from '../errors.js';
+import { eachLimited } from '../each-limited.js';
 import type { Logger } from '../log.js';
 import { storePathBase } from '../nix/store-path.js';
 import { collectClosure } from '../store/closure.js';
@@ -35,25 +36,19 @@ export async function runPrefetch(stack: StoreStack, roots: readonly string[], l
   let bytes = 0;
   let doneNar = 0;
   let failed = 0;
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < names.length && !signal.aborted) {
-      const i = next++;
-      const name = names[i]!;
-      try {
-        const r = await stack.store.prefetchPath(name, signal);
-        files += r.files;
-        bytes += r.bytes;
-      } catch (err) {
-        if (signal.aborted) return;
-        failed++;
-        logger.warn('prefetch of a store path failed', { path: name, err: toNarfsError(err) });
-      }
-      done++;
-      doneNar += closure[i]!.narInfo.narSize;
-      logger.info('progress', { done, total: names.length, bytes: doneNar, totalBytes });
+  await eachLimited(names, concurrency, async (name, i) => {
+    try {
+      const r = await stack.store.prefetchPath(name, signal);
+      files += r.files;
+      bytes += r.bytes;
+    } catch (err) {
+      if (signal.aborted) return;
+      failed++;
+      logger.warn('prefetch of a store path failed', { path: name, err: toNarfsError(err) });
     }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+    done++;
+    doneNar += closure[i]!.narInfo.narSize;
+    logger.info('progress', { done, total: names.length, bytes: doneNar, totalBytes });
+  }, () => signal.aborted);
   return { paths: names.length, files, bytes, failed, ms: Math.round(performance.now() - t0) };
 }

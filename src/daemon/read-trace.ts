@@ -18,6 +18,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { NarfsError, toNarfsError } from '../errors.js';
+import { eachLimited } from '../each-limited.js';
 import type { Logger } from '../log.js';
 import { isStorePathBase } from '../nix/store-path.js';
 
@@ -97,22 +98,17 @@ export async function replayTrace(path: string, store: TracePrefetcher, logger: 
   if (bad > 0) logger.warn('prefetch trace has lines that are not "<store path>\\t<narOffset>"; skipped', { path, bad });
   const t0 = performance.now();
   let failed = 0;
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < entries.length && !signal.aborted) {
-      const e = entries[next++]!;
-      try {
-        await store.prefetchFile(e.name, e.narOffset, signal);
-      } catch (err) {
-        if (signal.aborted) return;
-        failed++;
-        logger.debug('trace prefetch of a file failed', { path: e.name, narOffset: e.narOffset, err: toNarfsError(err) });
-      }
+  const started = await eachLimited(entries, concurrency, async (e) => {
+    try {
+      await store.prefetchFile(e.name, e.narOffset, signal);
+    } catch (err) {
+      if (signal.aborted) return;
+      failed++;
+      logger.debug('trace prefetch of a file failed', { path: e.name, narOffset: e.narOffset, err: toNarfsError(err) });
     }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  }, () => signal.aborted);
   logger.info('prefetch trace replayed', { path, files: entries.length, failed, ms: Math.round(performance.now() - t0) });
-  if (signal.aborted) return { files: next, failed };
+  if (signal.aborted) return { files: started, failed };
   return { files: entries.length, failed };
 }
 

@@ -13,30 +13,18 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 
 import { NarfsError } from '../errors.js';
 import { checkRelPath } from './datalake.js';
 import type { DatalakeWriter, PutOptions } from './datalake-writer.js';
+import { parseFileDatalakeUrl } from './file-datalake.js';
 
 export class FileDatalakeWriter implements DatalakeWriter {
   readonly displayUrl: string;
   readonly root: string;
 
   constructor(url: string | URL) {
-    let u: URL;
-    try {
-      u = typeof url === 'string' ? new URL(url) : url;
-    } catch (e) {
-      throw new NarfsError('ERR_DATALAKE_URL', 'not a valid file:// URL', { cause: e });
-    }
-    if (u.protocol !== 'file:') throw new NarfsError('ERR_DATALAKE_URL', `not a file:// URL (${u.protocol})`);
-    if (u.hostname !== '' && u.hostname !== 'localhost') {
-      throw new NarfsError('ERR_DATALAKE_URL', `file:// URLs name a local directory; got host '${u.hostname}'`, {
-        hint: 'Write file:///absolute/dir (three slashes).',
-      });
-    }
-    this.root = path.resolve(fileURLToPath(new URL(u.pathname, 'file:///')));
+    this.root = parseFileDatalakeUrl(url).root;
     this.displayUrl = 'file://' + this.root;
   }
 

@@ -43,6 +43,26 @@ import { GuardedReadable } from './guarded-readable.js';
 
 const ABSENT_CODES = new Set(['ENOENT', 'ENOTDIR']);
 
+/**
+ * The local directory a `file://` datalake URL names (shared by the reader and the writer),
+ * and its query (store parameters). ERR_DATALAKE_URL for anything else.
+ */
+export function parseFileDatalakeUrl(url: string | URL): { root: string; params: URLSearchParams } {
+  let u: URL;
+  try {
+    u = typeof url === 'string' ? new URL(url) : url;
+  } catch (e) {
+    throw new NarfsError('ERR_DATALAKE_URL', 'not a valid file:// URL', { cause: e });
+  }
+  if (u.protocol !== 'file:') throw new NarfsError('ERR_DATALAKE_URL', `not a file:// URL (${u.protocol})`);
+  if (u.hostname !== '' && u.hostname !== 'localhost') {
+    throw new NarfsError('ERR_DATALAKE_URL', `file:// URLs name a local directory; got host '${u.hostname}'`, {
+      hint: 'Write file:///absolute/dir (three slashes).',
+    });
+  }
+  return { root: path.resolve(fileURLToPath(new URL(u.pathname, 'file:///'))), params: u.searchParams };
+}
+
 export class FileDatalake implements Datalake {
   readonly displayUrl: string;
   /** The absolute root directory of the cache. */
@@ -53,20 +73,9 @@ export class FileDatalake implements Datalake {
   private readonly streams = new Set<GuardedReadable>();
 
   constructor(url: string | URL) {
-    let u: URL;
-    try {
-      u = typeof url === 'string' ? new URL(url) : url;
-    } catch (e) {
-      throw new NarfsError('ERR_DATALAKE_URL', 'not a valid file:// URL', { cause: e });
-    }
-    if (u.protocol !== 'file:') throw new NarfsError('ERR_DATALAKE_URL', `not a file:// URL (${u.protocol})`);
-    if (u.hostname !== '' && u.hostname !== 'localhost') {
-      throw new NarfsError('ERR_DATALAKE_URL', `file:// URLs name a local directory; got host '${u.hostname}'`, {
-        hint: 'Write file:///absolute/dir (three slashes).',
-      });
-    }
-    this.params = u.searchParams;
-    this.root = path.resolve(fileURLToPath(new URL(u.pathname, 'file:///')));
+    const { root, params } = parseFileDatalakeUrl(url);
+    this.params = params;
+    this.root = root;
     this.displayUrl = 'file://' + this.root;
   }
 

@@ -59,6 +59,7 @@ import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
+import { eachLimited } from '../each-limited.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
 export const DEFAULT_WHOLE_NAR_MAX_BYTES = 256 * 1024;
@@ -90,6 +91,8 @@ interface Tree {
   index: NarIndex;
   source: TreeSource;
   info: PathInfo;
+  /** Reads go by range (decided once, when the tree is adopted: see #rangedFor). */
+  ranged: boolean;
 }
 
 export class LazyStore implements RootNodes, ContentReader {
@@ -248,14 +251,14 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     const tree = this.#trees.get(name);
     const file = tree && narOffset !== undefined ? findFile(tree.index, narOffset) : undefined;
-    if (tree && file && this.#ranged(tree)) {
+    if (tree && file && tree.ranged) {
       if (this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0]) return;
       this.#fetchChunks(tree, file, 0, 0, AbortSignal.timeout(120_000)).catch(() => {
         // The read that needs the bytes gets the error.
       });
       return;
     }
-    if (tree && !this.#ranged(tree) && file && this.#blobs.completePath(file.sha256, file.size) !== undefined) return;
+    if (tree && !tree.ranged && file && this.#blobs.completePath(file.sha256, file.size) !== undefined) return;
     this.#materialise(name).catch(() => {
       // Reported by the materialiser; the read that needs the bytes gets the error.
     });
@@ -280,7 +283,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#noteRead(name, file);
     const unpin = this.#blobs.pin(file.sha256);
     try {
-      if (this.#blobs.completePath(file.sha256, file.size) === undefined && this.#ranged(tree)) {
+      if (this.#blobs.completePath(file.sha256, file.size) === undefined && tree.ranged) {
         const cs = tree.index.chunkSize;
         const first = Math.floor(offset / cs);
         const last = Math.floor((offset + length - 1) / cs);
@@ -302,7 +305,7 @@ export class LazyStore implements RootNodes, ContentReader {
         tree = await this.#materialise(name, signal);
         file = this.#fileIn(name, tree, narOffset, length);
       }
-      if (!this.#ranged(tree)) this.counters.wholeNarReads++;
+      if (!tree.ranged) this.counters.wholeNarReads++;
       if (!this.#blobs.isVerified(file.sha256) && !(await this.#blobs.verifyBlob(file.sha256, signal))) {
         throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached file at NAR offset ${file.narOffset} does not hash to its name`);
       }
@@ -323,15 +326,11 @@ export class LazyStore implements RootNodes, ContentReader {
     const tree = await this.#treeFor(name, signal);
     let bytes = 0;
     for (const f of tree.index.files) bytes += f.size;
-    if (!this.#ranged(tree)) {
+    if (!tree.ranged) {
       await this.#materialise(name, signal);
       return { files: tree.index.files.length, bytes };
     }
-    const queue = [...tree.index.files];
-    const worker = async (): Promise<void> => {
-      for (let f = queue.shift(); f; f = queue.shift()) await this.#prefetchFile(tree, f, signal);
-    };
-    await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+    await eachLimited(tree.index.files, concurrency, (f) => this.#prefetchFile(tree, f, signal));
     return { files: tree.index.files.length, bytes };
   }
 
@@ -342,7 +341,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const tree = await this.#treeFor(name, signal);
     const file = findFile(tree.index, narOffset);
     if (!file || file.narOffset !== narOffset) throw new NarfsError('ERR_INVALID_ARGUMENT', `${name} has no file at NAR offset ${narOffset}`);
-    if (!this.#ranged(tree)) {
+    if (!tree.ranged) {
       if (this.#blobs.completePath(file.sha256, file.size) === undefined) await this.#materialise(name, signal);
       return;
     }
@@ -380,8 +379,11 @@ export class LazyStore implements RootNodes, ContentReader {
     );
   }
 
-  /** Whether reads of `tree`'s files go by range (a usable signed index, a NAR big enough). */
-  #ranged(tree: Tree): boolean {
+  /**
+   * Whether reads of `tree`'s files go by range (a usable signed index, a NAR big enough).
+   * Its frame check is O(frames): decided once per adopted tree, not on every read.
+   */
+  #rangedFor(tree: Omit<Tree, 'ranged'>): boolean {
     if (tree.source !== 'signed' || !this.#opts.chunks) return false;
     const ni = tree.info.narInfo;
     if ((ni.fileSize ?? ni.narSize) <= (this.#opts.wholeNarMaxBytes ?? DEFAULT_WHOLE_NAR_MAX_BYTES)) return false;
@@ -506,7 +508,8 @@ export class LazyStore implements RootNodes, ContentReader {
    * must be the verified tree's, or the path fails (the inodes handed out cannot be taken
    * back); the bad listing is dropped so a restart serves the verified one.
    */
-  async #adopt(name: string, tree: Tree): Promise<Tree> {
+  async #adopt(name: string, found: Omit<Tree, 'ranged'>): Promise<Tree> {
+    const tree: Tree = { ...found, ranged: this.#rangedFor(found) };
     const shown = this.#shown.get(name);
     if (shown && !shown.verified && !listingsEqual(shown.listing, tree.index.root)) {
       await this.#meta.deleteListing(tree.info.narInfo.storePath.hashPart).catch(() => {});
