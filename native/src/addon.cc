@@ -110,6 +110,12 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
   if (o.Get("entryTtl").IsNumber()) opts.entryTtl = o.Get("entryTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("attrTtl").IsNumber()) opts.attrTtl = o.Get("attrTtl").As<Napi::Number>().DoubleValue();
   if (o.Get("passthrough").IsBoolean()) opts.passthrough = o.Get("passthrough").As<Napi::Boolean>().Value();
+  // FUSE over io_uring (uring_transport.h): transport "uring"; anything else is /dev/fuse.
+  if (o.Get("transport").IsString()) opts.uring = o.Get("transport").As<Napi::String>().Utf8Value() == "uring";
+  if (o.Get("uringDepth").IsNumber()) {
+    int d = o.Get("uringDepth").As<Napi::Number>().Int32Value();
+    opts.uringDepth = d < 1 ? 1 : (d > 256 ? 256 : d);
+  }
   narfs::readAdoptOptions(o, &opts);  // restart without unmount (adopt.cc)
   narfs::readBackingJournalOptions(o, &opts);  // backing ids across restarts (backing_journal.cc)
 
@@ -367,6 +373,10 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   o.Set("passthroughConflicts", static_cast<double>(st.passthroughConflicts));
   o.Set("backingAdopted", static_cast<double>(st.backingAdopted));
   o.Set("backingJournalFailed", st.backingJournalFailed);
+  o.Set("uringActive", st.uringActive);
+  o.Set("uringQueues", static_cast<double>(st.uringQueues));
+  o.Set("uringRequests", static_cast<double>(st.uringRequests));
+  o.Set("uringError", st.uringError);
   return o;
 }
 

@@ -137,14 +137,16 @@ void Session::start() {
   if (!opts_.adoptFds.empty()) return adopt();  // restart: adopt.cc
   if (opts_.useFusermount) mountFusermount();
   else mountSyscall();
+  if (opts_.uring) uring_ = std::make_unique<UringTransport>(fds_[0], opts_.uringDepth, kMaxWrite);
   liveReaders_ = 1;
   auto self = shared_from_this();
   std::thread([self] { self->reader(0); }).detach();
 }
 
 int Session::send(int ch, uint64_t unique, int err, const void* a, size_t alen, const void* b, size_t blen) {
-  int f = fd(ch);
-  if (f < 0) return EBADF;
+  const bool ring = UringTransport::owns(ch);  // a request fetched from an io_uring entry
+  int f = ring ? -1 : fd(ch);
+  if (f < 0 && !ring) return EBADF;
   fuse_out_header h;
   h.error = err == 0 ? 0 : -err;
   h.unique = uniqueFromJs(unique);
@@ -161,6 +163,7 @@ int Session::send(int ch, uint64_t unique, int err, const void* a, size_t alen, 
     total += blen;
   }
   h.len = static_cast<uint32_t>(total);
+  if (ring) return uring_ ? uring_->reply(ch, h.unique, iov, n) : EBADF;
   ssize_t w;
   do {
     w = writev(f, iov, n);
@@ -392,6 +395,10 @@ Stats Session::stats() {
   s.nodes = nodes_.size();
   s.backingAdopted = adoptedIds_.size();
   s.backingJournalFailed = journalFailed_;
+  s.uringActive = uring_ != nullptr && uringError_ == 0 && (initFlags_ & FUSE_OVER_IO_URING) != 0;
+  s.uringQueues = uring_ ? static_cast<uint32_t>(uring_->queues()) : 0;
+  s.uringRequests = uring_ ? uring_->served() : 0;
+  s.uringError = uringError_;
   return s;
 }
 
@@ -428,6 +435,7 @@ bool Session::init(int ch, uint8_t* buf, size_t bufsize) {
     uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_PARALLEL_DIROPS |
                     FUSE_CACHE_SYMLINKS | FUSE_MAX_PAGES | FUSE_ABORT_ERROR | FUSE_INIT_EXT;
     want |= wantPassthrough(offered);
+    if (opts_.uring) want |= FUSE_OVER_IO_URING;
     uint64_t flags = want & offered;
     if (flags & FUSE_PASSTHROUGH) {
       o.max_stack_depth = 1;
@@ -463,7 +471,9 @@ void Session::reader(int ch) {
       }
       return;
     }
-    int extra = opts_.threads > 1 ? opts_.threads - 1 : 0;
+    // io_uring: one /dev/fuse reader is left, for FORGET and INTERRUPT (never sent through
+    // the ring) and for requests before every queue is registered.
+    int extra = opts_.threads > 1 && !uring_ ? opts_.threads - 1 : 0;
     auto self = shared_from_this();
     for (int i = 0; i < extra; i++) {
       int nf = open("/dev/fuse", O_RDWR | O_CLOEXEC);
@@ -481,6 +491,12 @@ void Session::reader(int ch) {
       }
       liveReaders_++;
       std::thread([self, idx] { self->reader(idx); }).detach();
+    }
+    if (uring_) {
+      // The kernel holds new requests until every CPU queue has an entry (or a REGISTER
+      // failed, which sends it back to /dev/fuse): register them all before Ready.
+      if ((initFlags_ & FUSE_OVER_IO_URING) == 0) uringError_ = EOPNOTSUPP;
+      else uringError_ = uring_->start(self, 10000);
     }
     // Ready once the clones exist: JS stores every descriptor (adopt.h) on this event.
     auto* ready = new JsEvent();
@@ -502,6 +518,11 @@ void Session::reader(int ch) {
     handle(ch, in.data(), static_cast<size_t>(n), out);
     if (ch < 16) busySince_[ch] = 0;
   }
+  if (uring_) uring_->connectionGone();
+  readerStopped(stopErr);
+}
+
+void Session::readerStopped(int stopErr) {
   if (liveReaders_.fetch_sub(1) == 1) {
     auto* ev = new JsEvent();
     ev->kind = kEventClosed;
@@ -580,7 +601,8 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
         if (want > r.size) want = r.size;
         if (want > kMaxWrite) want = kMaxWrite;
       }
-      uint8_t* dst = out.data();
+      // io_uring: straight into the entry's payload buffer (the reply is not copied again).
+      uint8_t* dst = UringTransport::owns(ch) && uring_ ? uring_->payload(ch) : out.data();
       uint64_t done = 0;
       while (done < want) {
         ssize_t n = pread(file->fd, dst + done, want - done, static_cast<off_t>(off + r.offset + done));

@@ -31,6 +31,7 @@
 #include "backing_journal.h"
 #include "decode.h"
 #include "fuse_abi.h"
+#include "uring_transport.h"
 
 namespace narfs {
 
@@ -84,6 +85,12 @@ struct SessionOptions {
   uint64_t backingJournalSize = 0;
   std::vector<AdoptedBacking> adoptedBacking;
   uint64_t ioUnknownBelow = 0;
+  // Transport (uring_transport.h): false = /dev/fuse reads and writes (the default); true =
+  // FUSE over io_uring, asked for in INIT, with uringDepth entries per CPU queue. Whether
+  // it took effect is in Stats (uringActive, uringError): the caller decides what a
+  // refused io_uring means.
+  bool uring = false;
+  int uringDepth = 16;
 };
 
 struct FileRef {
@@ -132,6 +139,10 @@ struct Stats {
   uint64_t passthroughConflicts = 0;  // opens refused (EIO): content dropped while passthrough files were open
   uint64_t backingAdopted = 0;        // live backing ids of earlier processes (restart), not yet closed
   bool backingJournalFailed = false;  // the record file could not be written: no new ids since
+  bool uringActive = false;  // requests arrive through io_uring queues
+  uint32_t uringQueues = 0;
+  uint64_t uringRequests = 0;  // requests fetched from ring entries
+  int uringError = 0;          // why io_uring was not set up (EOPNOTSUPP: not offered in INIT)
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -187,6 +198,11 @@ class Session : public std::enable_shared_from_this<Session> {
   int liveReaderCount() const { return liveReaders_.load(); }
 
  private:
+  friend class UringTransport;  // handle(), readerStopped(), liveReaders_
+  // A reader (or io_uring queue thread) ends; the last one posts kEventClosed.
+  void readerStopped(int stopErr);
+  std::unique_ptr<UringTransport> uring_;  // set in start() when opts_.uring, never reset
+  int uringError_ = 0;
   void reader(int ch);
   bool init(int ch, uint8_t* buf, size_t bufsize);
   void handle(int ch, const uint8_t* buf, size_t len, std::vector<uint8_t>& out);
