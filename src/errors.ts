@@ -99,6 +99,7 @@ export const ERROR_CATALOG = {
   // --- src/fuse, src/daemon, src/cli
   ERR_MOUNT: 'The mount failed; check that /dev/fuse exists, the mountpoint is an empty directory and you may mount.',
   ERR_MOUNTPOINT: 'The mountpoint must be an existing directory.',
+  ERR_FUSE_URING_UNAVAILABLE: 'FUSE over io_uring (--fuse-transport uring) needs a 6.14+ kernel with CONFIG_FUSE_IO_URING and the fuse module parameter enable_uring set to Y (echo Y > /sys/module/fuse/parameters/enable_uring); or use --fuse-transport dev, the default.',
   ERR_NAME_NOT_UTF8: 'The fuse-native backend passes names and symlink targets as UTF-8 strings and cannot serve one that is not UTF-8; mount with the native engine (the default) to serve it byte-exact.',
   ERR_USAGE: 'Run narfs --help for the commands and options.',
   ERR_CONTROL: 'The control socket of the running daemon could not be used.',

@@ -59,6 +59,9 @@ narfs mount options:
   --allow-other / --no-allow-other   let other users in (default: on when root)
   --decompress-jobs N         xz/bzip2 decompressor processes at once (default 2 x cores)
   --fuse-backend native|fuse-native  FUSE engine (default native; fuse-native is the libfuse 2 fallback)
+  --fuse-transport dev|uring  how the native engine talks to the kernel: /dev/fuse (default)
+                              or FUSE over io_uring (6.14+, needs the fuse module parameter
+                              enable_uring=Y; not kept across restarts)
   --no-passthrough            never use FUSE passthrough for cached files (native engine;
                               default: used as root where the kernel offers it)
   --log-format text|json      log line format on stderr (default text)
@@ -192,6 +195,7 @@ async function mountCommand(args: string[]): Promise<number> {
     decompressJobs: values['decompress-jobs'] as string | undefined,
     fuseBackend: values['fuse-backend'] as string | undefined,
     passthrough: values.passthrough as boolean | undefined,
+    fuseTransport: values['fuse-transport'] as string | undefined,
     logFormat: values['log-format'] as string | undefined,
     netrcFile: values['netrc-file'] as string | undefined,
     bearerTokenFile: values['bearer-token-file'] as string[] | undefined,

@@ -40,6 +40,7 @@ export const MOUNT_OPTIONS: OptionSpec = {
   'metrics-listen': { type: 'string' },
   'cache-max-size': { type: 'string' },
   passthrough: { type: 'boolean' },
+  'fuse-transport': { type: 'string' },
   indexes: { type: 'boolean' },
   'record-trace': { type: 'string' },
   'prefetch-trace': { type: 'string' },

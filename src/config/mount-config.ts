@@ -53,6 +53,13 @@ export interface MountConfig {
    * Needs root and a kernel that offers it (6.9+); otherwise reads are pread from C.
    */
   passthrough?: boolean;
+  /**
+   * How the native engine talks to the kernel (--fuse-transport): 'dev' (default) reads
+   * and writes /dev/fuse; 'uring' uses FUSE over io_uring (6.14+, fuse module parameter
+   * enable_uring=Y; the mount fails with ERR_FUSE_URING_UNAVAILABLE otherwise). A uring
+   * mount is not kept across restarts (its rings end with the process).
+   */
+  fuseTransport?: 'dev' | 'uring';
   /** HOST:PORT of the Prometheus endpoint (GET /metrics); off when unset. */
   metricsListen?: string;
   /**
@@ -123,6 +130,7 @@ export interface RawMountOptions {
   decompressJobs?: string;
   fuseBackend?: string;
   passthrough?: boolean;
+  fuseTransport?: string;
   netrcFile?: string;
   /** `[HOST=]FILE`, repeatable. */
   bearerTokenFile?: string[];
@@ -196,6 +204,15 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
     config.fuseBackend = raw.fuseBackend;
   }
   if (raw.passthrough !== undefined) config.passthrough = raw.passthrough;
+  if (raw.fuseTransport !== undefined) {
+    if (raw.fuseTransport !== 'dev' && raw.fuseTransport !== 'uring') {
+      throw new NarfsError('ERR_USAGE', `--fuse-transport is dev or uring, not ${raw.fuseTransport}`);
+    }
+    if (raw.fuseTransport === 'uring' && config.fuseBackend === 'fuse-native') {
+      throw new NarfsError('ERR_USAGE', '--fuse-transport uring needs the native engine (--fuse-backend native)');
+    }
+    config.fuseTransport = raw.fuseTransport;
+  }
   if (raw.metricsListen !== undefined) config.metricsListen = raw.metricsListen;
   if (raw.cacheMaxSize !== undefined) config.cacheMaxBytes = parseSize(raw.cacheMaxSize, '--cache-max-size');
   if (raw.noIndexes) config.useIndexes = false;

@@ -70,7 +70,8 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   const notifier = new SystemdNotifier(logger);
   notifier.status(`preparing ${mountpoint}`);
   const backend = fuseBackendOf(config);
-  const restart = backend === 'native' ? RestartState.fromEnvironment(config.cacheDir, logger) : undefined;
+  // io_uring queues end with the process: a uring mount is not handed over.
+  const restart = backend === 'native' && config.fuseTransport !== 'uring' ? RestartState.fromEnvironment(config.cacheDir, logger) : undefined;
   const adopt = await restart?.resumable(mountpoint);
   if (!adopt) await prepareMountpoint(mountpoint, logger);
   if (config.decompressJobs !== undefined) setDecompressionConcurrency(config.decompressJobs);
@@ -133,7 +134,8 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     // The engines see the filesystem through the metrics' timing proxy (per FUSE op).
     const served = metrics.timedFilesystem(fs, FUSE_OPS);
     const fuse = backend === 'native' ? new NativeMount(served, {
-      ...fuseOptions, passthrough: config.passthrough ?? true, ...(adopt ? { adopt } : {}), ...(backingJournal ? { backingJournal } : {}),
+      ...fuseOptions, passthrough: config.passthrough ?? true,
+      ...(config.fuseTransport ? { transport: config.fuseTransport } : {}), ...(adopt ? { adopt } : {}), ...(backingJournal ? { backingJournal } : {}),
     }) : new FuseNativeMount(served, fuseOptions);
     notifier.status(adopt ? `resuming ${mountpoint}` : `mounting ${mountpoint}`);
     let handingOver = false;

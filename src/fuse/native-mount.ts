@@ -25,6 +25,13 @@
  * reply the kernel did not take (interrupted, or refused by C) releases the JS handle.
  * A dropped content location (watchDropped) is forgotten by C and pushed again later.
  *
+ * Transport (`transport`): 'dev' (default) reads requests from /dev/fuse and writes replies
+ * there; 'uring' negotiates FUSE over io_uring (native/src/uring_transport.h: one ring
+ * queue per CPU, replies committed through the ring entry the request came in). The same
+ * request handling runs either way. A kernel that does not offer io_uring (the fuse module
+ * parameter enable_uring is N) fails the mount with ERR_FUSE_URING_UNAVAILABLE rather than
+ * serving through /dev/fuse unasked: a caller that asks for uring measures or relies on it.
+ *
  * Restart without unmount (native/src/adopt.h, src/daemon/restart-state.ts): with `adopt`,
  * the session resumes the /dev/fuse descriptors of an earlier process (no mount, no INIT)
  * and the kernel resends what that process read and never answered. A request naming a
@@ -109,7 +116,21 @@ export interface NativeStats {
   backingAdopted: number;
   /** The record of backing ids could not be written: no new ids since (pread instead). */
   backingJournalFailed: boolean;
+  /** Requests arrive through FUSE over io_uring (transport 'uring' took effect). */
+  uringActive: boolean;
+  /** io_uring queues registered (one per possible CPU). */
+  uringQueues: number;
+  /** Requests fetched from io_uring entries (the others came from /dev/fuse). */
+  uringRequests: number;
+  /** Why io_uring was not set up: an errno (95 EOPNOTSUPP: INIT did not offer it), 0 if it was or not asked. */
+  uringError: number;
 }
+
+/** How requests reach the engine and replies leave it. */
+export type FuseTransport = 'dev' | 'uring';
+
+/** The fuse module parameter that lets a connection use io_uring (Linux fs/fuse/dev_uring.c). */
+export const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 
 type Dispatch = (kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,
   flags: number, name: Buffer | undefined, forgets: Float64Array | undefined) => void;
@@ -120,6 +141,7 @@ const OP = {
   READDIR: 28, INTERRUPT: 36, BATCH_FORGET: 42, READDIRPLUS: 44, READY: -1, CLOSED: -2,
 } as const;
 const FOPEN_KEEP_CACHE = 1 << 1;
+const ERRNO_EOPNOTSUPP = 95;
 const EINTR = 4;
 /** sizeof(fuse_entry_out) + sizeof(fuse_dirent), and sizeof(fuse_dirent). */
 const DIRENTPLUS_HEAD = 152;
@@ -169,6 +191,10 @@ export interface NativeMountOptions extends FuseMountOptions {
    * only takes effect as root on a kernel that offers it (else pread from C).
    */
   passthrough?: boolean;
+  /** 'dev' (default): /dev/fuse; 'uring': FUSE over io_uring (kernel 6.14+, enable_uring=Y). */
+  transport?: FuseTransport;
+  /** io_uring entries per CPU queue (requests in flight per queue). Default 16. */
+  uringDepth?: number;
   /**
    * Entry timeout of the store root's children (seconds; default entryTimeoutS): a slice
    * mount keeps it short, so that a store path that left the slice stops resolving from
@@ -293,6 +319,8 @@ export class NativeMount {
         entryTtl: this.#entryTtl,
         attrTtl: o.attrTimeoutS ?? 86400,
         passthrough: o.passthrough ?? true,
+        transport: o.transport ?? 'dev',
+        ...(o.uringDepth ? { uringDepth: o.uringDepth } : {}),
         ...(o.adopt ? { adopt: o.adopt } : {}),
         ...(o.backingJournal ? { backingJournal: o.backingJournal } : {}),
       }, (...args) => this.#dispatch(...args));
@@ -311,6 +339,7 @@ export class NativeMount {
       await withDeadline(30_000, () => Promise.race([ready, this.#closed.then(() => {
         throw new NarfsError('ERR_MOUNT', `the kernel closed ${o.mountpoint} before it was ready`);
       })]), { code: 'ERR_MOUNT', what: `mounting ${o.mountpoint}` });
+      if (o.transport === 'uring') this.#checkUring();
     } catch (err) {
       if (!o.adopt) await forceUnmount(o.mountpoint, { abort: true });
       throw err;
@@ -342,6 +371,23 @@ export class NativeMount {
       });
       loadNativeAddon().unref(s);
     }
+  }
+
+  /** Transport 'uring' asked for: the engine must have set it up (else the mount fails). */
+  #checkUring(): void {
+    const st = this.stats();
+    if (st?.uringActive) return;
+    const errno = st?.uringError ?? 0;
+    let param = 'unknown';
+    try { param = readFileSync(URING_PARAM, 'utf8').trim(); } catch { /* no such parameter: kernel before 6.14 or no CONFIG_FUSE_IO_URING */ }
+    const why = errno === ERRNO_EOPNOTSUPP
+      ? `the kernel did not offer FUSE over io_uring in INIT (${URING_PARAM} is ${param})`
+      : `setting up the io_uring queues failed (errno ${errno})`;
+    throw new NarfsError('ERR_FUSE_URING_UNAVAILABLE', `--fuse-transport uring on ${this.#opts.mountpoint}: ${why}`, {
+      hint: param === 'unknown'
+        ? 'This kernel has no FUSE over io_uring (6.14+ with CONFIG_FUSE_IO_URING); use --fuse-transport dev.'
+        : `As root: echo Y > ${URING_PARAM} (and /proc/sys/kernel/io_uring_disabled must be 0), or use --fuse-transport dev.`,
+    });
   }
 
   /** The bdi's readahead defaults to 128 KiB; 1 MiB requests need it raised (root only). */
