@@ -8,6 +8,11 @@
  * timed inside the child), contenders alternate each rep, `drop_caches` 3 before each cold
  * read. Prints medians, min/max and the engine counters seen during the timed reads.
  *
+ * Where the kernel has FUSE over io_uring (fuse module parameter enable_uring; set to Y
+ * for the run and restored), the two native contenders run again over the io_uring
+ * transport (native/src/uring_transport.h): requests per read and time per request are
+ * printed for each, so /dev/fuse and io_uring compare in the same run (`--no-uring`: not).
+ *
  * Given a directory (a store path) instead, it measures scenario 5 instead: concurrent
  * readers (one `cat` per file, page cache dropped) of up to 16 of its files of 1-8 MB.
  *
@@ -15,18 +20,21 @@
  * e.g. the bench closure's libLLVM-15.so.1 (scenario 3's file) or its `libs` store path.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { StoreFilesystem } from '../src/fs/store-filesystem.js';
-import { NativeMount, type NativeStats } from '../src/fuse/native-mount.js';
+import { NativeMount, URING_PARAM, type FuseTransport, type NativeStats } from '../src/fuse/native-mount.js';
 import { forceUnmount } from '../src/fuse/fuse-native-mount.js';
 import { WholeFileContent } from '../test/support/whole-file-content.js';
 
 const execFileP = promisify(execFile);
-const file = process.argv[2];
-const reps = Number(process.argv[3] ?? 7);
+const argv = process.argv.slice(2).filter((a) => a !== '--no-uring');
+const file = argv[0];
+const reps = Number(argv[1] ?? 7);
+const withUring = !process.argv.includes('--no-uring') && existsSync(URING_PARAM);
 if (!file) {
   process.stderr.write('usage: passthrough-probe.ts <large file> [reps]\n');
   process.exit(2);
@@ -46,6 +54,13 @@ async function concurrentCats(paths: string[]): Promise<{ ms: number; n: number 
   await execFileP('sh', ['-c', 'for f; do cat "$f" > /dev/null & pids="$pids $!"; done; rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc', 'sh', ...paths]);
   return { ms: Number(process.hrtime.bigint() - t0) / 1e6, n: paths.length };
 }
+/** Requests the engine served per timed run (io_uring: fetched from ring entries) and the wall time per request. */
+function perRequest(a: NativeStats, b: NativeStats, t: number[]): string {
+  const served = (b.inC - a.inC) + (b.toJs - a.toJs);
+  const perRun = served / t.length;
+  const viaRing = b.uringActive ? `, via io_uring ${((b.uringRequests - a.uringRequests) / t.length).toFixed(0)}` : '';
+  return `; requests/run ${perRun.toFixed(0)}${viaRing}${perRun > 0 ? `, ${((median(t) * 1000) / perRun).toFixed(0)} µs wall per request` : ''}`;
+}
 const dropCaches = () => execFileP('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const logger = { debug: () => {}, info: () => {}, warn: (m: string) => process.stderr.write(`${m}\n`), error: (m: string) => process.stderr.write(`${m}\n`) };
@@ -64,14 +79,19 @@ if (isDir) {
 const work = await mkdtemp(join(tmpdir(), 'narfs-pt-probe-'));
 const content = await WholeFileContent.fromDirectory(file, NAME, join(work, 'cache'));
 const mounts: Array<{ name: string; mount: NativeMount; path: string }> = [];
+const uringWas = withUring ? (await readFile(URING_PARAM, 'utf8')).trim() : undefined;
 try {
-  for (const passthrough of [true, false]) {
-    const mnt = join(work, passthrough ? 'mnt-pt' : 'mnt-pread');
-    await mkdir(mnt);
-    const fs = new StoreFilesystem(content, content, { opTimeoutMs: 30_000, forgets: true });
-    const mount = new NativeMount(fs, { mountpoint: mnt, opTimeoutMs: 30_000, logger, passthrough });
-    await mount.mount();
-    mounts.push({ name: passthrough ? 'narfs passthrough' : 'narfs pread (C)', mount, path: join(mnt, NAME) });
+  if (withUring) await writeFile(URING_PARAM, 'Y');
+  for (const transport of (withUring ? ['dev', 'uring'] : ['dev']) as FuseTransport[]) {
+    for (const passthrough of [true, false]) {
+      const mnt = join(work, `mnt-${passthrough ? 'pt' : 'pread'}-${transport}`);
+      await mkdir(mnt);
+      const fs = new StoreFilesystem(content, content, { opTimeoutMs: 30_000, forgets: true });
+      const mount = new NativeMount(fs, { mountpoint: mnt, opTimeoutMs: 30_000, logger, passthrough, transport });
+      await mount.mount();
+      const name = `narfs ${passthrough ? 'passthrough' : 'pread (C)'}${transport === 'uring' ? ' uring' : ''}`;
+      mounts.push({ name, mount, path: join(mnt, NAME) });
+    }
   }
   const contenders = [...mounts.map((m) => ({ name: m.name, path: m.path, mount: m.mount as NativeMount | undefined })),
     { name: 'local disk', path: file, mount: undefined }];
@@ -93,8 +113,8 @@ try {
       const t = times.get(c.name)!;
       const a = before.get(c.name);
       const b = c.mount?.stats();
-      const req = a && b ? `; during: READs in C ${b.readsInC - a.readsInC}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}` : '';
-      console.log(`  ${c.name.padEnd(18)} median ${median(t).toFixed(1)} ms, min ${Math.min(...t).toFixed(1)}, max ${Math.max(...t).toFixed(1)}, throughput vs disk ${(disk / median(t)).toFixed(2)}x${req}`);
+      const req = a && b ? `; during: READs in C ${b.readsInC - a.readsInC}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}${perRequest(a, b, t)}` : '';
+      console.log(`  ${c.name.padEnd(24)} median ${median(t).toFixed(1)} ms, min ${Math.min(...t).toFixed(1)}, max ${Math.max(...t).toFixed(1)}, throughput vs disk ${(disk / median(t)).toFixed(2)}x${req}`);
     }
   }
   const size = isDir ? 0 : (await timeRead(file)).n;
@@ -118,9 +138,9 @@ try {
       const t = times.get(c.name)!;
       const a = before.get(c.name);
       const b = c.mount?.stats();
-      const req = a && b ? `; during: READs in C ${b.readsInC - a.readsInC}, to JS ${b.toJs - a.toJs}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}` : '';
+      const req = a && b ? `; during: READs in C ${b.readsInC - a.readsInC}, to JS ${b.toJs - a.toJs}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}${perRequest(a, b, t)}` : '';
       const mbs = (size / 2 ** 20) / (median(t) / 1000);
-      console.log(`  ${c.name.padEnd(18)} median ${median(t).toFixed(1)} ms (${mbs.toFixed(0)} MiB/s), min ${Math.min(...t).toFixed(1)}, max ${Math.max(...t).toFixed(1)}, ratio ${(median(t) / disk).toFixed(2)}${req}`);
+      console.log(`  ${c.name.padEnd(24)} median ${median(t).toFixed(1)} ms (${mbs.toFixed(0)} MiB/s), min ${Math.min(...t).toFixed(1)}, max ${Math.max(...t).toFixed(1)}, ratio ${(median(t) / disk).toFixed(2)}${req}`);
     }
   }
 } finally {
@@ -128,6 +148,7 @@ try {
     await m.mount.unmount().catch(() => {});
     await forceUnmount(join(m.path, '..'), { abort: true }).catch(() => {});
   }
+  if (uringWas !== undefined) await writeFile(URING_PARAM, uringWas);
   await content.close();
   await rm(work, { recursive: true, force: true });
 }

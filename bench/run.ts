@@ -15,7 +15,9 @@
  *   30 ms, which would leave the mounts behind.
  *
  * Usage: node --import tsx bench/run.ts (npm run bench --) [--reps N (default 5)] [--latency-ms 20] [--bandwidth-mbit 1000]
- *        [--only 1,2,3,4,5,6,7,8,9,10,11] [--no-results-md] [--results-md]   (7: registration, bench/register-scale.ts;
+ *        [--only 1,2,3,4,5,6,7,8,9,10,11] [--no-results-md] [--results-md] [--fuse-transports dev,uring]
+ *        (scenarios 3-5 add a native-engine contender over FUSE io_uring where the kernel has it, and a
+ *        row "…: io_uring / /dev/fuse" of per-repetition ratios; 7: registration, bench/register-scale.ts;
  *        8: nix path-info through the lower socket vs the lower database, bench/lower-path-info.ts;
  *        9-11 and scenario 1's indexed rows: per-file laziness, bench/indexed-datalakes.ts)
  * Writes bench/results/latest.json and (unless --only or --no-results-md; --results-md forces it)
@@ -73,6 +75,7 @@ const { values: args } = parseArgs({
     'no-results-md': { type: 'boolean', default: false },
     'results-md': { type: 'boolean', default: false },
     'fuse-backends': { type: 'string', default: 'native' },
+    'fuse-transports': { type: 'string' },
   },
 });
 /** narfs FUSE backends measured side by side (`--fuse-backends native,fuse-native`). */
@@ -80,6 +83,15 @@ const BACKENDS = (args['fuse-backends'] ?? 'native').split(',').map((s) => s.tri
 for (const b of BACKENDS) if (b !== 'native' && b !== 'fuse-native') throw new Error(`--fuse-backends: unknown backend ${b}`);
 /** The contender name of narfs on backend `b` (the plain name when only one backend runs). */
 const narfsName = (what: string, b: string): string => (BACKENDS.length > 1 ? `narfs ${b} (${what})` : `narfs (${what})`);
+/**
+ * Native-engine transports measured side by side in scenarios 3-5 (`--fuse-transports
+ * dev,uring`; default: both where the kernel has FUSE over io_uring). The uring contender
+ * sets the fuse module parameter enable_uring to Y while it is mounted and restores it.
+ */
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
+const TRANSPORTS = (args['fuse-transports'] ?? (existsSync(URING_PARAM) ? 'dev,uring' : 'dev')).split(',').map((s) => s.trim()).filter(Boolean);
+for (const t of TRANSPORTS) if (t !== 'dev' && t !== 'uring') throw new Error(`--fuse-transports: unknown transport ${t}`);
+const URING_PEER = 'narfs io_uring (warm cache)';
 const HAVE_SQUASHFUSE_LL = spawnSync('sh', ['-c', 'command -v squashfuse_ll'], { stdio: 'ignore' }).status === 0;
 const REPS = Number(args.reps);
 const LATENCY_MS = Number(args['latency-ms']);
@@ -463,6 +475,15 @@ async function withPeers(m: Manifest, fn: (peers: Peer[]) => Promise<void>, with
       mounts.push(narfs);
       peers.push({ name: narfsName('warm cache', b), store: narfs.mnt, narfs });
     }
+    if (TRANSPORTS.includes('uring') && BACKENDS.includes('native')) {
+      const dir = `${cache}-uring`;
+      if (!existsSync(dir)) spawnSync('cp', ['-a', cache, dir], { stdio: 'inherit' });
+      uringWas ??= readFileSync(URING_PARAM, 'utf8').trim();
+      writeFileSync(URING_PARAM, 'Y');
+      const narfs = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, dir, 'native', ['--fuse-transport', 'uring']);
+      mounts.push(narfs);
+      peers.push({ name: URING_PEER, store: narfs.mnt, narfs });
+    }
     for (const bin of withLowLevel && HAVE_SQUASHFUSE_LL ? ['squashfuse', 'squashfuse_ll'] as const : ['squashfuse'] as const) {
       const sqMnt = join(freshDir('squashfs'), 'mnt');
       mkdirSync(sqMnt);
@@ -477,7 +498,20 @@ async function withPeers(m: Manifest, fn: (peers: Peer[]) => Promise<void>, with
   } finally {
     for (const sq of squash) await sq.stop();
     for (const narfs of mounts) await narfs.stop();
+    if (uringWas !== undefined) writeFileSync(URING_PARAM, uringWas);
   }
+}
+
+/** enable_uring before the bench set it (restored when the uring contender stops). */
+let uringWas: string | undefined;
+
+/** Per repetition, the uring contender's time over the /dev/fuse one's (> 1: uring slower). */
+function transportRatio(name: string): void {
+  const dev = rows.find((r) => r.scenario === name && r.contender === narfsName('warm cache', 'native'));
+  const uring = rows.find((r) => r.scenario === name && r.contender === URING_PEER);
+  if (!dev || !uring) return;
+  const r = row(`${name}: io_uring / /dev/fuse`, 'narfs', 'x');
+  for (let i = 0; i < Math.min(dev.values.length, uring.values.length); i++) r.values.push(uring.values[i]! / dev.values[i]!);
 }
 
 // ---- Scenario 3: sequential read of a large file ------------------------------------
@@ -499,6 +533,7 @@ async function scenario3(m: Manifest): Promise<void> {
         }
       }
       log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+      transportRatio(name);
     }
   });
 }
@@ -519,6 +554,7 @@ async function scenario4(m: Manifest): Promise<void> {
       }
     }
     log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+    transportRatio(name);
     for (const p of peers) {
       if (p.narfs) row('6 memory: narfs peak RSS after scenario 4', p.name.replace(' (warm cache)', ''), 'MiB').values.push(peakRss(p.narfs.pid) / 2 ** 20);
     }
@@ -540,6 +576,7 @@ async function scenario5(m: Manifest): Promise<void> {
       }
     }
     log(`${name}: ${peers.map((p) => `${p.name} ${row(name, p.name).values.map((v) => v.toFixed(0)).join(',')}`).join('; ')}`);
+    transportRatio(name);
   });
 }
 
@@ -693,7 +730,10 @@ ${kept}
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the benchmark drops kernel caches and runs Nix as root: run it as root');
   const started = performance.now();
-  installCleanupHandlers(() => { if (runRoot) rmSync(runRoot, { recursive: true, force: true }); });
+  installCleanupHandlers(() => {
+    if (runRoot) rmSync(runRoot, { recursive: true, force: true });
+    if (uringWas !== undefined) writeFileSync(URING_PARAM, uringWas);
+  });
   cleanupStaleRuns(TMP_PREFIX);
   if ([...ONLY].every((s) => s === '7' || s === '8')) {
     // Scenarios 7 and 8 need only the fixture datalakes, not the benchmark datalake.
@@ -750,5 +790,6 @@ async function main(): Promise<void> {
 main().catch((e: unknown) => {
   process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
   cleanupAllSync();
+  if (uringWas !== undefined) writeFileSync(URING_PARAM, uringWas);
   process.exitCode = 1;
 });
