@@ -381,7 +381,7 @@ export class NativeMount {
     let param = 'unknown';
     try { param = readFileSync(URING_PARAM, 'utf8').trim(); } catch { /* no such parameter: kernel before 6.14 or no CONFIG_FUSE_IO_URING */ }
     const why = errno === ERRNO_EOPNOTSUPP
-      ? `the kernel did not offer FUSE over io_uring in INIT (${URING_PARAM} is ${param})`
+      ? `FUSE over io_uring was not negotiated in INIT (the kernel offers it only while ${URING_PARAM} is Y; it is ${param})`
       : `setting up the io_uring queues failed (errno ${errno})`;
     throw new NarfsError('ERR_FUSE_URING_UNAVAILABLE', `--fuse-transport uring on ${this.#opts.mountpoint}: ${why}`, {
       hint: param === 'unknown'
