@@ -387,7 +387,8 @@ export function formatStatus(st: NarfsStatus): string {
     `fetched: ${mib(st.narCache.bytesFetched)} of NARs (${mib(st.narCache.bytesDownloaded)} downloaded), ${st.narCache.inFlight} in flight`,
     `fuse: ${st.fuse.openFiles} open files, ${st.fuse.inodes} inodes, ${st.fuse.processOpenFds ?? '?'} process fds` +
       (st.fuse.engine ? `; requests ${st.fuse.engine.inC} in C, ${st.fuse.engine.toJs} in JS; ${st.fuse.engine.readsInC} reads in C (${mib(st.fuse.engine.bytesInC)})` +
-        `; passthrough ${st.fuse.engine.passthroughEnabled ? `on: ${st.fuse.engine.passthroughOpens} opens, ${st.fuse.engine.backingLive} backing files` : 'off'}` : ''),
+        `; passthrough ${st.fuse.engine.passthroughEnabled ? `on: ${st.fuse.engine.passthroughOpens} opens, ${st.fuse.engine.backingLive} backing files` : 'off'}` +
+        `; transport ${st.fuse.engine.uringActive ? `io_uring: ${st.fuse.engine.uringQueues} queues, ${st.fuse.engine.uringRequests} requests` : '/dev/fuse'}` : ''),
   ];
   if (st.lower) lines.push(`lower store: ${st.lower.root}, db generation ${st.lower.generation ? `inode ${st.lower.generation.ino}, written ${st.lower.generation.mtime}` : 'none yet'}`);
   if (st.lowerSocket) lines.push(`lower-store socket: ${st.lowerSocket}`);
