@@ -11,7 +11,8 @@
         "native/src/dirent_pack.cc",
         "native/src/adopt.cc",
         "native/src/backing_journal.cc",
-        "native/src/watchdog.cc"
+        "native/src/watchdog.cc",
+        "native/src/hash_file.cc"
       ],
       "include_dirs": ["native/src"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
