@@ -20,6 +20,7 @@ import { DatalakeSet } from '../datalake/datalake-set.js';
 import type { HttpAccessOptions } from '../datalake/http-datalake.js';
 import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
 import { BlobStore } from '../cache/blob-store.js';
+import { nativeFileHasher } from '../fuse/native-mount.js';
 import { TreeStore } from '../cache/tree-store.js';
 import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
@@ -89,7 +90,11 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     cleanups.push(() => meta.close());
     const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
       .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
-    const blobs = await BlobStore.open(config.cacheDir, { logger, ...(maxBytes === undefined ? {} : { maxBytes }) });
+    // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
+    const hashFile = nativeFileHasher();
+    const blobs = await BlobStore.open(config.cacheDir, {
+      logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
+    });
     cleanups.push(() => blobs.close());
     const plainTrees = await TreeStore.open(config.cacheDir, { logger });
     const trees = metrics ? metrics.countingNarCache(plainTrees) : plainTrees;
