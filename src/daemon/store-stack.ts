@@ -25,6 +25,7 @@ import { TreeStore } from '../cache/tree-store.js';
 import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
+import { ChunkVerifyPool } from '../store/chunk-verify-pool.js';
 import { ChunkFetcher } from '../store/chunk-fetcher.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
 import type { SliceFilter } from '../slice/slice-filter.js';
@@ -107,7 +108,11 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });
-    const chunks = new ChunkFetcher({ datalakes, logger });
+    // Its verify workers start with the first ranged read and stop when idle: each costs
+    // ~9 MiB of RSS, which a daemon serving from its cache would hold for nothing.
+    const chunkPool = new ChunkVerifyPool({ lazy: true, idleMs: 60_000 });
+    cleanups.push(() => chunkPool.close());
+    const chunks = new ChunkFetcher({ datalakes, logger, verifyPool: chunkPool });
     cleanups.push(async () => chunks.close());
     const policy = { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys };
     const store = new LazyStore(infos, materialiser, meta, blobs, trees, {
