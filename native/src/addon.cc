@@ -17,6 +17,7 @@
 
 #include "adopt.h"
 #include "dirent_pack.h"
+#include "hash_file.h"
 #include "session.h"
 #include "sd-notify.h"
 
@@ -399,6 +400,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New(env, GetStats));
   exports.Set("sdNotify", Napi::Function::New(env, narfs::SdNotify));
   narfs::registerRestartExports(env, exports);  // adopt.cc, watchdog.cc
+  narfs::registerHashExports(env, exports);     // hash_file.cc
   return exports;
 }
 

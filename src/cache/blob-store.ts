@@ -53,7 +53,23 @@ export interface BlobStoreOptions {
   /** Bound on the content bytes held (complete blobs + chunks of partial files). Default: none. */
   maxBytes?: number;
   logger?: Logger;
+  /**
+   * SHA-256 of a whole file off the JS thread (the FUSE engine's hashFile, on libuv's
+   * thread pool); rejects with `code` ENOENT when the file is gone. Default: a read
+   * stream hashed on the JS thread.
+   */
+  hashFile?: FileHasher;
 }
+
+export type FileHasher = (path: string) => Promise<{ digest: Buffer; size: number }>;
+
+/**
+ * What `pin` returns: lets go of the pin (once). `ready`, when present, settles once the
+ * pinned complete blob of an earlier process has been re-hashed (true: verified; false:
+ * damaged or gone, dropped). A FUSE engine may wait for it before it hands the file to
+ * the kernel.
+ */
+export type Unpin = (() => void) & { ready?: Promise<boolean> };
 
 export interface BlobStoreStats {
   /** Content bytes held (complete and partial). */
@@ -134,6 +150,9 @@ export class BlobStore {
   readonly #creating = new Map<string, Promise<void>>();
   readonly #promoting = new Map<string, Promise<void>>();
   readonly #removedListeners: Array<(sha: string) => void> = [];
+  /** Re-hashes in flight (verifyBlob), by hex SHA-256: one per blob however many ask. */
+  readonly #verifying = new Map<string, Promise<boolean>>();
+  readonly #hashFile: FileHasher | undefined;
   #overLogged = false;
   #closed = false;
   readonly #counts = { evictions: 0, evictedBytes: 0, dedupeHits: 0, dedupeBytes: 0 };
@@ -148,6 +167,7 @@ export class BlobStore {
     this.#gen = gen;
     this.#log = options.logger ?? silentLogger;
     this.#maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
+    this.#hashFile = options.hashFile;
     this.#q = prepare(db);
     this.#total = this.#q.sumHeld.pluck().get() as number;
     this.#clock = (this.#q.maxUse.pluck().get() as number) + 1;
@@ -248,8 +268,25 @@ export class BlobStore {
 
   // --- pins and LRU ---------------------------------------------------------------------
 
-  /** Keeps `sha` from eviction until the returned function is called (once). */
-  pin(sha: Buffer): () => void {
+  /**
+   * Keeps `sha` from eviction until the returned function is called (once). A complete
+   * blob this process has not verified yet (written by an earlier one) is re-hashed at
+   * once, off the JS thread when a hasher was given: a pin means the blob is about to be
+   * read (an open file), and its reads join that check (verifyBlob). `ready` settles when
+   * it is done.
+   */
+  pin(sha: Buffer): Unpin {
+    const unpin: Unpin = this.#pin(sha);
+    const row = this.#row(sha);
+    if (row && row.complete === 1 && row.verified_gen !== this.#gen && !this.#closed) {
+      const ready = this.verifyBlob(sha);
+      ready.catch(() => {}); // a reader that needs the bytes gets the error from its own verifyBlob
+      unpin.ready = ready.catch(() => false);
+    }
+    return unpin;
+  }
+
+  #pin(sha: Buffer): () => void {
     const hex = shaHex(sha);
     this.#pins.set(hex, (this.#pins.get(hex) ?? 0) + 1);
     let done = false;
@@ -321,7 +358,7 @@ export class BlobStore {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `range ${offset}+${length} is outside blob ${hex} of ${size} bytes`);
     }
     const path = row.complete === 1 ? this.blobPath(sha) : this.#partialPath(hex);
-    const unpin = this.pin(sha);
+    const unpin = this.#pin(sha);
     let fh: FileHandle | undefined;
     try {
       try {
@@ -368,15 +405,38 @@ export class BlobStore {
     const row = this.#row(sha);
     if (!row || row.complete !== 1) return false;
     if (row.verified_gen === this.#gen) return true;
-    const unpin = this.pin(sha);
+    // One re-hash per blob, however many readers (and opens) ask at once; a caller that
+    // gives up (signal) stops waiting, the check goes on for the others.
+    const hex = shaHex(sha);
+    let shared = this.#verifying.get(hex);
+    if (!shared) {
+      shared = this.#verifyNow(row).finally(() => this.#verifying.delete(hex));
+      this.#verifying.set(hex, shared);
+    }
+    if (!signal) return shared;
+    if (signal.aborted) throw new NarfsError('ERR_ABORTED', `verifying blob ${hex} was cancelled`);
+    let onAbort: (() => void) | undefined;
     try {
-      const problem = await this.#checkBlob(row, signal);
+      return await Promise.race([shared, new Promise<never>((_, reject) => {
+        onAbort = () => reject(new NarfsError('ERR_ABORTED', `verifying blob ${hex} was cancelled`));
+        signal.addEventListener('abort', onAbort, { once: true });
+      })]);
+    } finally {
+      if (onAbort) signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  async #verifyNow(row: BlobRow): Promise<boolean> {
+    const sha = row.sha;
+    const unpin = this.#pin(sha);
+    try {
+      const problem = await this.#checkBlob(row);
       if (problem) {
         this.#log.error('cached file is damaged; dropped, it will be fetched again', { sha: shaHex(sha), err: problem });
         await this.drop(sha);
         return false;
       }
-      this.#q.verified.run(this.#gen, sha);
+      if (!this.#closed) this.#q.verified.run(this.#gen, sha);
       return true;
     } finally {
       unpin();
@@ -386,13 +446,24 @@ export class BlobStore {
   /** Undefined if the blob hashes to its name with its recorded size, else the problem. */
   async #checkBlob(row: BlobRow, signal?: AbortSignal): Promise<NarfsError | undefined> {
     const hex = shaHex(row.sha);
-    const got = await hashFile(this.blobPath(row.sha), signal);
+    const got = await this.#hash(this.blobPath(row.sha), signal);
     if (got === undefined) return new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared`);
     if (got.size !== row.size) return new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} is ${got.size} bytes, it was stored at ${row.size}`);
     if (!got.digest.equals(row.sha)) {
       return new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} hashes to ${got.digest.toString('hex')}`);
     }
     return undefined;
+  }
+
+  /** hashFile (undefined: the file is gone), off the JS thread when a hasher was given. */
+  async #hash(path: string, signal?: AbortSignal): Promise<{ digest: Buffer; size: number } | undefined> {
+    if (!this.#hashFile) return hashFile(path, signal);
+    try {
+      return await this.#hashFile(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw cacheError(err, `cannot read ${path}`);
+    }
   }
 
   // --- writes ---------------------------------------------------------------------------
@@ -419,7 +490,7 @@ export class BlobStore {
     if (!Number.isSafeInteger(index) || index < 0 || index >= count || bytes.length !== chunkLength(size, chunkSize, index)) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `chunk ${index} of blob ${hex} (${size} bytes, chunks of ${chunkSize}) cannot be ${bytes.length} bytes`);
     }
-    const unpin = this.pin(sha);
+    const unpin = this.#pin(sha);
     try {
       let row = this.#row(sha);
       if (row && (row.size !== size || (row.complete === 0 && row.chunk_size !== chunkSize))) {
@@ -507,7 +578,7 @@ export class BlobStore {
         const row = this.#row(sha);
         if (!row || row.complete === 1) return;
         const from = this.#partialPath(hex);
-        const got = await hashFile(from);
+        const got = await this.#hash(from);
         if (!got || got.size !== row.size || !got.digest.equals(sha)) {
           const err = new NarfsError('ERR_CACHE_CORRUPT', `the chunks of ${hex} put together hash to ${got?.digest.toString('hex') ?? 'nothing'}; dropped`);
           this.#log.error('a file assembled from verified chunks does not hash to its name; dropped', { sha: hex, err });
@@ -562,7 +633,7 @@ export class BlobStore {
           continue;
         }
         if (row) await this.drop(f.sha); // a partial (or a row of another size): the whole file replaces it
-        unpins.push(this.pin(f.sha));
+        unpins.push(this.#pin(f.sha));
         this.#makeRoom(f.size);
         const sub = join(this.#blobDir, hex.slice(0, 2));
         await this.#settled(hex);
@@ -789,7 +860,7 @@ export class BlobStore {
         if (options.signal?.aborted) throw new NarfsError('ERR_ABORTED', 'the cache scrub was cancelled', { cause: options.signal.reason });
         const row = this.#row(sha);
         if (!row) continue; // evicted meanwhile
-        const unpin = this.pin(sha);
+        const unpin = this.#pin(sha);
         let problem: NarfsError | undefined;
         try {
           problem = row.complete === 1 ? await this.#checkBlob(row, options.signal) : await this.#checkPartial(row);

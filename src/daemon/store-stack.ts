@@ -20,10 +20,12 @@ import { DatalakeSet } from '../datalake/datalake-set.js';
 import type { HttpAccessOptions } from '../datalake/http-datalake.js';
 import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
 import { BlobStore } from '../cache/blob-store.js';
+import { nativeFileHasher } from '../fuse/native-mount.js';
 import { TreeStore } from '../cache/tree-store.js';
 import { PathInfoService } from '../store/path-info-service.js';
 import { Materialiser } from '../store/materialiser.js';
 import { LazyStore } from '../store/lazy-store.js';
+import { ChunkVerifyPool } from '../store/chunk-verify-pool.js';
 import { ChunkFetcher } from '../store/chunk-fetcher.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
 import type { SliceFilter } from '../slice/slice-filter.js';
@@ -89,7 +91,11 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     cleanups.push(() => meta.close());
     const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
       .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
-    const blobs = await BlobStore.open(config.cacheDir, { logger, ...(maxBytes === undefined ? {} : { maxBytes }) });
+    // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
+    const hashFile = nativeFileHasher();
+    const blobs = await BlobStore.open(config.cacheDir, {
+      logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
+    });
     cleanups.push(() => blobs.close());
     const plainTrees = await TreeStore.open(config.cacheDir, { logger });
     const trees = metrics ? metrics.countingNarCache(plainTrees) : plainTrees;
@@ -102,7 +108,11 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });
-    const chunks = new ChunkFetcher({ datalakes, logger });
+    // Its verify workers start with the first ranged read and stop when idle: each costs
+    // ~9 MiB of RSS, which a daemon serving from its cache would hold for nothing.
+    const chunkPool = new ChunkVerifyPool({ lazy: true, idleMs: 60_000 });
+    cleanups.push(() => chunkPool.close());
+    const chunks = new ChunkFetcher({ datalakes, logger, verifyPool: chunkPool });
     cleanups.push(async () => chunks.close());
     const policy = { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys };
     const store = new LazyStore(infos, materialiser, meta, blobs, trees, {

@@ -61,9 +61,12 @@ export interface ContentReader {
   prefetch?(name: string, narOffset: number): void;
   /**
    * Keeps the bytes of the file at `narOffset` of `name` in the cache while it is open;
-   * returns the function that lets go (called on release). Must not throw.
+   * returns the function that lets go (called on release). Its `ready`, when present,
+   * settles once held bytes that are local but not yet checked in this process are
+   * checked (`contentFile` names them from then on, unless they were damaged). Must not
+   * throw.
    */
-  hold?(name: string, narOffset: number): () => void;
+  hold?(name: string, narOffset: number): (() => void) & { ready?: Promise<unknown> };
   /**
    * The local file holding the verified, complete contents of the file at `narOffset` of
    * `name`: the file's first byte is at `offset` of `path`, whose verified size is `size`;
@@ -167,7 +170,7 @@ interface Inode {
 interface Handle {
   inode: Inode;
   /** Lets go of the cached bytes held while the file is open (ContentReader.hold). */
-  unhold: (() => void) | undefined;
+  unhold: ((() => void) & { ready?: Promise<unknown> }) | undefined;
 }
 
 const EMPTY_DIR: NarNode = { type: 'directory', entries: new Map() };
@@ -345,7 +348,7 @@ export class StoreFilesystem {
       throw new NarfsError('ERR_READ_ONLY', 'the store is read-only');
     }
     if (inode.node.type === 'directory') throw new NarfsError('ERR_IS_DIRECTORY', `inode ${ino} is a directory`);
-    let unhold: (() => void) | undefined;
+    let unhold: Handle['unhold'];
     if (inode.node.type === 'regular' && inode.node.size > 0) {
       this.#content.prefetch?.(inode.storeName, inode.node.narOffset);
       unhold = this.#content.hold?.(inode.storeName, inode.node.narOffset);
@@ -355,6 +358,15 @@ export class StoreFilesystem {
     this.#handles.set(fh, { inode, unhold });
     inode.handles++;
     return fh;
+  }
+
+  /**
+   * Settles once the content of open file `fh` is checked, when it is local but was not
+   * yet checked in this process (a cache of an earlier process); undefined otherwise. Never
+   * rejects. A FUSE engine waits for it to hand the file to the kernel whole (passthrough).
+   */
+  contentReady(fh: number): Promise<unknown> | undefined {
+    return this.#handles.get(fh)?.unhold?.ready;
   }
 
   /** Up to `length` bytes at `offset`; fewer only at end of file. */

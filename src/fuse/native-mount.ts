@@ -74,6 +74,7 @@ interface Addon {
   contentInUse(s: Session, path: string): boolean;
   forgetNode(s: Session, nodeid: number, evicted?: boolean): void;
   stats(s: Session): NativeStats;
+  hashFile(path: string): Promise<{ digest: Buffer; size: number }>;
   deviceFds(s: Session): number[];
   sdNotifyFds(state: string, fds: number[]): number;
   watchdogStart(s: Session | null, intervalMs: number, staleMs: number): void;
@@ -165,6 +166,20 @@ export function loadNativeAddon(): Addon {
   }
   addon = require(found) as Addon;
   return addon;
+}
+
+/**
+ * SHA-256 of a whole file on libuv's thread pool (native/src/hash_file.cc, node's own
+ * OpenSSL), for the blob store's re-hash of a cache of an earlier process; undefined when
+ * the engine is not built (the blob store then hashes on the JS thread).
+ */
+export function nativeFileHasher(): ((path: string) => Promise<{ digest: Buffer; size: number }>) | undefined {
+  try {
+    const a = loadNativeAddon();
+    return typeof a.hashFile === 'function' ? (path) => a.hashFile(path) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Files C may hold open for reads: half of this process's descriptor limit (RLIMIT_NOFILE). */
@@ -455,6 +470,27 @@ export class NativeMount {
           return;
         case OP.OPEN: {
           const fh = this.#fs.open(nodeid, flags);
+          const ready = this.#pushed.has(nodeid) ? undefined : this.#fs.contentReady(fh);
+          if (ready) {
+            // The file is local but not yet checked in this process (a cache of an earlier
+            // one): its check runs off the JS thread; waiting for it lets C open the file
+            // whole (passthrough) instead of sending this open's reads to JS. Bounded like
+            // a read, which would wait for the same check.
+            this.#async(kind, ch, unique, nodeid, async (signal) => {
+              try {
+                await withDeadline(this.#opts.opTimeoutMs, () => ready, { what: 'checking a cached file on open', signal });
+              } catch (err) {
+                if (signal.aborted) {
+                  this.#fs.release(fh);
+                  throw err;
+                }
+                // Too slow: open now; its reads wait for the check.
+              }
+              this.#pushContent(n, s, nodeid);
+              if (n.replyOpen(s, ch, unique, nodeid, fh, FOPEN_KEEP_CACHE) !== 0) this.#fs.release(fh);
+            });
+            return;
+          }
           this.#pushContent(n, s, nodeid);
           // Not taken (interrupted, or refused by C): no RELEASE will ever come for it.
           if (n.replyOpen(s, ch, unique, nodeid, fh, FOPEN_KEEP_CACHE) !== 0) this.#fs.release(fh);

@@ -1,7 +1,9 @@
 /**
  * BlobStore on a real temp directory and a real SQLite file: whole files and chunks in,
  * content addressing and dedupe, the size bound with LRU order and pins, reconciliation
- * after an unclean stop, and scrub finding a flipped bit.
+ * after an unclean stop, and scrub finding a flipped bit; a pin of a blob of an earlier
+ * process re-hashes it at once (one hash however many ask; the engine's hasher off the JS
+ * thread finds a flipped bit too).
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -10,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { isNarfsError } from '../../../src/errors.js';
-import { BlobStore } from '../../../src/cache/blob-store.js';
+import { BlobStore, type BlobStoreOptions } from '../../../src/cache/blob-store.js';
+import { nativeFileHasher } from '../../../src/fuse/native-mount.js';
 import type { Logger } from '../../../src/log.js';
 
 const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
@@ -30,7 +33,7 @@ describe('BlobStore', () => {
   let dir: string;
   const opened: BlobStore[] = [];
 
-  async function openStore(options: { maxBytes?: number; logger?: Logger } = {}): Promise<BlobStore> {
+  async function openStore(options: BlobStoreOptions = {}): Promise<BlobStore> {
     const s = await BlobStore.open(dir, options);
     opened.push(s);
     return s;
@@ -261,6 +264,51 @@ describe('BlobStore', () => {
     assert.equal(store.isVerified(good), true);
     assert.equal(await store.verifyBlob(bad), false);
     assert.equal(store.completePath(bad, 3000), undefined, 'dropped: the next read fetches it again');
+  });
+
+  it('a pin of a blob of an earlier process re-hashes it at once: ready says so, readers join that one hash', async () => {
+    const first = await openStore();
+    const good = await putWhole(first, randomBytes(300_000));
+    const bad = await putWhole(first, randomBytes(300_000));
+    await first.close();
+    await flipBit(first.blobPath(bad), 150_000);
+    const hashed: string[] = [];
+    const store = await openStore({
+      hashFile: async (path) => {
+        hashed.push(path);
+        const b = await readFile(path);
+        return { digest: sha(b), size: b.length };
+      },
+    });
+    const pinGood = store.pin(good);
+    assert.ok(pinGood.ready, 'a pin of an unverified complete blob starts its check');
+    const [ready, again, reader] = await Promise.all([pinGood.ready, store.pin(good).ready, store.verifyBlob(good)]);
+    assert.deepEqual([ready, again, reader], [true, true, true]);
+    assert.equal(store.isVerified(good), true);
+    assert.equal(hashed.filter((p) => p === store.blobPath(good)).length, 1, 'one hash for three askers');
+    assert.equal(store.pin(good).ready, undefined, 'verified: nothing to wait for');
+    pinGood();
+    assert.equal(await store.pin(bad).ready, false, 'a flipped bit is found');
+    assert.equal(store.completePath(bad, 300_000), undefined, 'dropped: the next read fetches it again');
+  });
+
+  it('the native engine\'s hasher (off the JS thread) verifies blobs and finds a flipped bit', async function () {
+    const hashFile = nativeFileHasher();
+    if (!hashFile) this.skip();
+    const first = await openStore();
+    const good = await putWhole(first, randomBytes(3_000_000));
+    const bad = await putWhole(first, randomBytes(3_000_000));
+    const empty = await putWhole(first, Buffer.alloc(0));
+    await first.close();
+    await flipBit(first.blobPath(bad), 2_999_999);
+    const store = await openStore({ hashFile });
+    assert.equal(await store.verifyBlob(good), true);
+    assert.equal(await store.verifyBlob(empty), true);
+    assert.equal(await store.verifyBlob(bad), false);
+    assert.equal(store.completePath(bad, 3_000_000), undefined);
+    await rm(store.blobPath(good), { force: true });
+    const third = await openStore({ hashFile });
+    assert.equal(await third.verifyBlob(good), false, 'a blob gone from disk is not verified');
   });
 
   it('scrub finds a flipped bit in a blob and in a chunk of a partial file, and drops only those', async () => {

@@ -51,6 +51,33 @@ describe('chunk jobs (decode seekable frames, hash chunks)', function () {
     assert.deepEqual(Buffer.from(decodeFrames(input, { fileSizes: [fa.length, fb.length], narSizes: [a.length, b.length] })), Buffer.concat([a, b]));
   });
 
+  it('a lazy pool starts no worker until a job needs one, runs that job inline while they boot, and stops them when idle', async function () {
+    this.timeout(60_000);
+    const pool = new ChunkVerifyPool({ inlineBytes: 0, size: 1, lazy: true, idleMs: 200 });
+    try {
+      pool.warm();
+      assert.equal(pool.workers, 0, 'warm() of a lazy pool starts nothing');
+      const r = await pool.run(job());
+      assert.deepEqual(r.ok, [true, true, true]);
+      assert.equal(pool.workers, 1, 'the first job started the worker');
+      // Once it is up, jobs go to it, and the worker stops after idleMs without one.
+      const end = Date.now() + 30_000;
+      let viaWorker = false;
+      while (Date.now() < end && !viaWorker) {
+        const own = Buffer.from(Buffer.concat([a, b]));
+        await pool.run({ input: own, slices: [0, 100_000], hashes: sha(a) });
+        viaWorker = own.length === 0; // transferred: it went to the worker
+        if (!viaWorker) await new Promise((res) => setTimeout(res, 20));
+      }
+      assert.ok(viaWorker, 'jobs reach the worker once it is online');
+      while (Date.now() < end && pool.workers > 0) await new Promise((res) => setTimeout(res, 50));
+      assert.equal(pool.workers, 0, 'an idle worker is stopped');
+      assert.deepEqual((await pool.run(job())).ok, [true, true, true], 'and started again on demand');
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('the worker pool gives the same answers, and its errors keep their code', async function () {
     this.timeout(60_000);
     const pool = new ChunkVerifyPool({ inlineBytes: 0, size: 1 });
