@@ -25,8 +25,14 @@
  *   doubling with each further sequential read up to `readAheadChunks`; a jump resets it.
  *   Read-ahead chunks are delivered to the same `onChunk`; `isCached` (optional) skips
  *   those the caller already holds;
+ * - regions (`fetchRegion`): chunks of several files of one store path (a missed file's
+ *   small siblings, a path read broadly, a trace's files) in NAR order, coalesced into
+ *   requests while the unwanted NAR bytes between two chunks stay within a gap tolerance
+ *   and the request within its byte bound; a chunk already in flight ends the request
+ *   before it (its bytes are not fetched twice), so the neighbours of a file being read go
+ *   in requests beside its own, never in front of it;
  * - at most `maxInFlight` ranged requests at once; queued wanted requests go before queued
- *   read-ahead;
+ *   read-ahead and regions;
  * - single flight per (file SHA-256, chunk size, chunk): concurrent readers of a chunk, in
  *   this store path or another with the same file, share one request. A chunk is delivered
  *   once, to the `onChunk` of the fetch that started its flight; the others wait for that

@@ -17,6 +17,12 @@
  *   seekable zstd frames of exactly this NAR file) is fetched chunk by chunk by the
  *   ChunkFetcher (coalesced, read ahead, several requests in flight), each chunk verified
  *   against its hash before it is stored;
+ *   On a miss of a small file, its small not-yet-held siblings (same directory, adjacent in
+ *   NAR order) are fetched along within `neighbourBytes` (neighbourhood.ts), in requests
+ *   beside the file's own; once a path has been read broadly (`escalateShare` of its file
+ *   bytes), the rest of it is fetched in large parallel requests (bulk), as are `narfs
+ *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are cached
+ *   as whole blobs;
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
  *   verified against NarHash, unpacked into the BlobStore (Materialiser).
