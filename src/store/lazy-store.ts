@@ -109,8 +109,8 @@ export interface LazyStoreOptions {
 }
 
 /** Neighbours fetched along with a miss: ~one round trip's worth at 1 Gbit/s and 20 ms. */
-export const DEFAULT_NEIGHBOUR_BYTES = 2 * 1024 * 1024;
-export const DEFAULT_NEIGHBOUR_FILE_BYTES = 256 * 1024;
+export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
+export const DEFAULT_NEIGHBOUR_FILE_BYTES = 128 * 1024;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
 /** Reads of a path that must have missed before it escalates to a bulk fetch. */
 const ESCALATE_MIN_MISSES = 4;
@@ -167,6 +167,8 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #noIndex = new Set<string>();
   /** Index fetches in flight, per store path. */
   readonly #indexing = new Map<string, Promise<Tree | undefined>>();
+  /** Whole one-chunk files waiting to be committed together (#commitWhole). */
+  #wholeBatch: { files: Array<{ sha: Buffer; size: number; tempPath: string }>; done: Promise<void> } | undefined;
   /** Read breadth per ranged store path (escalation to a bulk fetch). */
   readonly #breadth = new Map<string, Breadth>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
@@ -534,10 +536,33 @@ export class LazyStore implements RootNodes, ContentReader {
     if (f.size <= cs) {
       const tmp = this.#blobs.tempPath('c');
       await writeFile(tmp, bytes, { mode: 0o600 });
-      await this.#blobs.commitFiles([{ sha: f.sha256, size: f.size, tempPath: tmp }]);
+      await this.#commitWhole({ sha: f.sha256, size: f.size, tempPath: tmp });
       return;
     }
     await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
+  }
+
+  /**
+   * Commits whole files written in tmp/ in batches: the files of one request (a frame of
+   * hundreds of small files, a region) arrive together and go in with one commitFiles
+   * call (one metadata transaction), not one each.
+   */
+  #commitWhole(file: { sha: Buffer; size: number; tempPath: string }): Promise<void> {
+    let batch = this.#wholeBatch;
+    if (!batch) {
+      const files: Array<{ sha: Buffer; size: number; tempPath: string }> = [];
+      const done = new Promise<void>((resolve, reject) => {
+        setImmediate(() => {
+          this.#wholeBatch = undefined;
+          this.#blobs.commitFiles(files).then(() => resolve(), reject);
+        });
+      });
+      done.catch(() => {});
+      batch = { files, done };
+      this.#wholeBatch = batch;
+    }
+    batch.files.push(file);
+    return batch.done;
   }
 
   async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {

@@ -196,7 +196,12 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       await idle(e);
       assert.ok(e.stack.chunks.stats.mismatches >= 1, 'the neighbour was fetched and failed verification');
       assert.equal(e.stack.blobs.completePath(bad.sha256, bad.size), undefined, 'the bad neighbour was not cached');
-      assert.ok(e.stack.blobs.completePath(files[299]!.sha256, files[299]!.size) !== undefined, 'a good neighbour was cached');
+      // Deliveries (verification, cache writes) end after the requests: wait for the good one.
+      const good = files[299]!;
+      for (const until = Date.now() + 30_000; e.stack.blobs.completePath(good.sha256, good.size) === undefined && Date.now() < until;) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(e.stack.blobs.completePath(good.sha256, good.size) !== undefined, 'a good neighbour was cached');
       // Its own read fetches it again, gets the flipped byte again, and fails.
       await failure(readAll(e, bad), 'ERR_CHUNK_HASH_MISMATCH');
       assert.ok(e.logs.some((l) => (l.fields.err as { code?: string } | undefined)?.code === 'ERR_CHUNK_HASH_MISMATCH'));
