@@ -67,7 +67,7 @@ import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
 import { writeFile } from 'node:fs/promises';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
-import { neighbours } from './neighbourhood.js';
+import { frameSpan, neighbours } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
@@ -469,10 +469,13 @@ export class LazyStore implements RootNodes, ContentReader {
       maxFileBytes: maxFile,
       isHeld: (f) => this.#blobs.completePath(f.sha256, f.size) !== undefined,
     });
-    if (near.length === 0) return;
+    // Seekable: the frames of the file's own request bring the neighbours inside them along.
+    const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);
+    const rest = own ? near.filter((f) => f.narOffset < own.start || f.narOffset + f.size > own.end) : near;
+    if (rest.length === 0) return;
     this.counters.neighbourFetches++;
-    this.counters.neighbourFiles += near.length;
-    const runs = near.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
+    this.counters.neighbourFiles += rest.length;
+    const runs = rest.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
     fetcher.fetchRegion(this.#sourceOf(tree), tree.index, runs, (f, k, bytes) => this.#store(tree, f, k, bytes), AbortSignal.timeout(120_000), {
       gapBytes: this.#opts.gapBytes ?? 64 * 1024,
       concurrency: 4,

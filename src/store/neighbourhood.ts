@@ -109,3 +109,25 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
   }
   return out.sort((a, b) => a.narOffset - b.narOffset);
 }
+
+/**
+ * The NAR bytes [start, end) of the seekable frames that hold NAR bytes [a, b) of `idx`
+ * (undefined without frames). A ranged read of [a, b) decodes these frames whole, and the
+ * chunk fetcher hands every file inside them over: neighbours there need no request.
+ */
+export function frameSpan(idx: NarIndex, a: number, b: number): { start: number; end: number } | undefined {
+  const fr = idx.frames;
+  if (!fr || fr.narOffsets.length === 0) return undefined;
+  const at = (x: number): number => {
+    let lo = 0;
+    let hi = fr.narOffsets.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (fr.narOffsets[mid]! <= x) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  };
+  const j = at(Math.max(a, b - 1));
+  return { start: fr.narOffsets[at(a)]!, end: j + 1 < fr.narOffsets.length ? fr.narOffsets[j + 1]! : idx.narSize };
+}
