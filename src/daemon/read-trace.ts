@@ -11,6 +11,11 @@
  * on every mount. Lines that do not parse are skipped with one warning; a basename that is
  * not a store path basename never reaches the store.
  *
+ * Replay: the trace's files are grouped per store path, and each path's files are fetched
+ * together (`prefetchFiles`: coalesced ranged requests, many files per request, when the
+ * path is indexed; its whole NAR otherwise), the paths in parallel, in the order of their
+ * first line; a file read before the replay reaches it joins the fetch in flight.
+ *
  * Invariants: recording never fails or slows a read (lines are queued on a write stream;
  * an I/O error is logged once and recording stops); a replay is bounded in concurrency,
  * stops when the mount closes, and its failures are logged, never raised.
@@ -79,14 +84,30 @@ export class TraceRecorder {
 }
 
 export interface TracePrefetcher {
-  prefetchFile(name: string, narOffset: number, signal: AbortSignal): Promise<void>;
+  /** Fetches the files at `narOffsets` of store path `name`; `failed` counts those that could not be had. */
+  prefetchFiles(name: string, narOffsets: readonly number[], signal: AbortSignal): Promise<{ files: number; failed: number }>;
+}
+
+/** The trace's entries per store path, paths in the order of their first entry. */
+export function groupTrace(entries: readonly TraceEntry[]): Array<{ name: string; narOffsets: number[] }> {
+  const byName = new Map<string, number[]>();
+  for (const e of entries) {
+    let list = byName.get(e.name);
+    if (!list) {
+      list = [];
+      byName.set(e.name, list);
+    }
+    list.push(e.narOffset);
+  }
+  return [...byName].map(([name, narOffsets]) => ({ name, narOffsets }));
 }
 
 /**
- * Prefetches every file of the trace at `path` (at most `concurrency` at once) until done
- * or `signal` aborts. Never throws: a missing trace file is one warning.
+ * Prefetches every file of the trace at `path` (at most `concurrency` store paths at once,
+ * each path's files together) until done or `signal` aborts. Never throws: a missing trace
+ * file is one warning.
  */
-export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = 4): Promise<{ files: number; failed: number }> {
+export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = 8): Promise<{ files: number; failed: number }> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -98,16 +119,21 @@ export async function replayTrace(path: string, store: TracePrefetcher, logger: 
   if (bad > 0) logger.warn('prefetch trace has lines that are not "<store path>\\t<narOffset>"; skipped', { path, bad });
   const t0 = performance.now();
   let failed = 0;
-  const started = await eachLimited(entries, concurrency, async (e) => {
+  let started = 0;
+  const groups = groupTrace(entries);
+  await eachLimited(groups, concurrency, async (g) => {
+    started += g.narOffsets.length;
     try {
-      await store.prefetchFile(e.name, e.narOffset, signal);
+      const r = await store.prefetchFiles(g.name, g.narOffsets, signal);
+      failed += r.failed;
+      if (r.failed > 0) logger.debug('trace prefetch of some files of a store path failed', { path: g.name, failed: r.failed });
     } catch (err) {
       if (signal.aborted) return;
-      failed++;
-      logger.debug('trace prefetch of a file failed', { path: e.name, narOffset: e.narOffset, err: toNarfsError(err) });
+      failed += g.narOffsets.length;
+      logger.debug('trace prefetch of a store path failed', { path: g.name, files: g.narOffsets.length, err: toNarfsError(err) });
     }
   }, () => signal.aborted);
-  logger.info('prefetch trace replayed', { path, files: entries.length, failed, ms: Math.round(performance.now() - t0) });
+  logger.info('prefetch trace replayed', { path, files: entries.length, paths: groups.length, failed, ms: Math.round(performance.now() - t0) });
   if (signal.aborted) return { files: started, failed };
   return { files: entries.length, failed };
 }

@@ -17,6 +17,12 @@
  *   seekable zstd frames of exactly this NAR file) is fetched chunk by chunk by the
  *   ChunkFetcher (coalesced, read ahead, several requests in flight), each chunk verified
  *   against its hash before it is stored;
+ *   On a miss of a small file, its small not-yet-held siblings (same directory, adjacent in
+ *   NAR order) are fetched along within `neighbourBytes` (neighbourhood.ts), in requests
+ *   beside the file's own; once a path has been read broadly (`escalateShare` of its file
+ *   bytes), the rest of it is fetched in large parallel requests (bulk), as are `narfs
+ *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are cached
+ *   as whole blobs;
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
  *   verified against NarHash, unpacked into the BlobStore (Materialiser).
@@ -57,9 +63,12 @@ import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { Datalake } from '../datalake/datalake.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
-import { ChunkFetcher } from './chunk-fetcher.js';
+import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
+import { writeFile } from 'node:fs/promises';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
+import { frameSpan, neighbours } from './neighbourhood.js';
+import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
 export const DEFAULT_WHOLE_NAR_MAX_BYTES = 256 * 1024;
@@ -76,6 +85,44 @@ export interface LazyStoreOptions {
   wholeNarMaxBytes?: number;
   /** Told the first time each file is read in this process (`--record-trace`). Must not throw. */
   onFirstRead?: (name: string, narOffset: number) => void;
+  /**
+   * Neighbourhood fetch: when a small file of a ranged path misses, its not-yet-held small
+   * siblings (same directory) are fetched along, in the same few ranged requests, up to
+   * this many bytes (about one round trip's worth of the link). 0 turns it off. Default
+   * DEFAULT_NEIGHBOUR_BYTES.
+   */
+  neighbourBytes?: number;
+  /** Largest file that triggers or joins a neighbourhood fetch. Default DEFAULT_NEIGHBOUR_FILE_BYTES. */
+  neighbourFileBytes?: number;
+  /** Largest gap of unwanted NAR bytes inside one coalesced request (neighbours, traces). Default 64 KiB. */
+  gapBytes?: number;
+  /**
+   * Escalation: once this share of a ranged path's file bytes has been read (and at least
+   * ESCALATE_MIN_MISSES reads missed), the rest of the path is fetched in large parallel
+   * ranged requests. 0 turns it off. Default DEFAULT_ESCALATE_SHARE.
+   */
+  escalateShare?: number;
+  /** Largest request of a bulk fetch (escalation, `narfs prefetch`, trace replay), NAR bytes. Default 8 MiB. */
+  bulkRequestBytes?: number;
+  /** Bulk requests in flight per store path. Default 4. */
+  bulkConcurrency?: number;
+}
+
+/** Neighbours fetched along with a miss: ~one round trip's worth at 1 Gbit/s and 20 ms. */
+export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
+export const DEFAULT_NEIGHBOUR_FILE_BYTES = 128 * 1024;
+export const DEFAULT_ESCALATE_SHARE = 0.25;
+/** Reads of a path that must have missed before it escalates to a bulk fetch. */
+const ESCALATE_MIN_MISSES = 4;
+
+/** How broadly a ranged store path has been read in this process (escalation). */
+interface Breadth {
+  /** Bytes handed to readers, at most each file's size per file. */
+  readBytes: number;
+  perFile: Map<number, number>;
+  misses: number;
+  totalBytes: number;
+  escalated: boolean;
 }
 
 /** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
@@ -120,8 +167,12 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #noIndex = new Set<string>();
   /** Index fetches in flight, per store path. */
   readonly #indexing = new Map<string, Promise<Tree | undefined>>();
+  /** Whole one-chunk files waiting to be committed together (#commitWhole). */
+  #wholeBatch: { files: Array<{ sha: Buffer; size: number; tempPath: string }>; done: Promise<void> } | undefined;
+  /** Read breadth per ranged store path (escalation to a bulk fetch). */
+  readonly #breadth = new Map<string, Breadth>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
-  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0 };
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -252,10 +303,15 @@ export class LazyStore implements RootNodes, ContentReader {
     const tree = this.#trees.get(name);
     const file = tree && narOffset !== undefined ? findFile(tree.index, narOffset) : undefined;
     if (tree && file && tree.ranged) {
-      if (this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0]) return;
+      // An open counts as a read of the file's first bytes (a complete file's later reads
+      // may be served by the engine without asking).
+      const held = this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0] === true;
+      this.#noteBreadth(name, tree, file, Math.min(file.size, this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES), !held);
+      if (held) return;
       this.#fetchChunks(tree, file, 0, 0, AbortSignal.timeout(120_000)).catch(() => {
         // The read that needs the bytes gets the error.
       });
+      this.#fetchNeighbours(name, tree, file);
       return;
     }
     if (tree && !tree.ranged && file && this.#blobs.completePath(file.sha256, file.size) !== undefined) return;
@@ -289,7 +345,12 @@ export class LazyStore implements RootNodes, ContentReader {
         const last = Math.floor((offset + length - 1) / cs);
         if (!this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
           try {
-            await this.#fetchChunks(tree, file, first, last, signal);
+            // The file's own request goes first (its flights registered), the neighbours'
+            // requests beside it: the file's bytes never wait behind theirs.
+            const own = this.#fetchChunks(tree, file, first, last, signal);
+            this.#fetchNeighbours(name, tree, file);
+            this.#noteBreadth(name, tree, file, 0, true);
+            await own;
           } catch (err) {
             if (!isNarfsError(err, 'ERR_INDEX_UNUSABLE')) throw err;
             this.#opts.logger.warn('the index cannot be read by range here; fetching the whole NAR', { path: name, err });
@@ -298,6 +359,7 @@ export class LazyStore implements RootNodes, ContentReader {
         if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
           this.counters.rangedReads++;
           this.counters.bytesRead += length;
+          this.#noteBreadth(name, tree, file, length, false);
           return await this.#blobs.readRange(file.sha256, file.size, offset, length);
         }
       }
@@ -306,6 +368,7 @@ export class LazyStore implements RootNodes, ContentReader {
         file = this.#fileIn(name, tree, narOffset, length);
       }
       if (!tree.ranged) this.counters.wholeNarReads++;
+      else this.#noteBreadth(name, tree, file, length, false);
       if (!this.#blobs.isVerified(file.sha256) && !(await this.#blobs.verifyBlob(file.sha256, signal))) {
         throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the cached file at NAR offset ${file.narOffset} does not hash to its name`);
       }
@@ -330,37 +393,179 @@ export class LazyStore implements RootNodes, ContentReader {
       await this.#materialise(name, signal);
       return { files: tree.index.files.length, bytes };
     }
-    await eachLimited(tree.index.files, concurrency, (f) => this.#prefetchFile(tree, f, signal));
+    void concurrency;
+    await this.#fetchBulk(tree, tree.index.files, signal);
     return { files: tree.index.files.length, bytes };
   }
 
-  /** Fetches the whole file at `narOffset` of `name` into the cache (trace replay). */
-  async prefetchFile(name: string, narOffset: number, signal: AbortSignal): Promise<void> {
+  /**
+   * Fetches the files at `narOffsets` of `name` into the cache (trace replay): by coalesced
+   * ranged requests (many files per request, `bulkConcurrency` in flight) when the path is
+   * indexed, else its whole NAR. Offsets that name no file are counted, not fatal.
+   */
+  async prefetchFiles(name: string, narOffsets: readonly number[], signal: AbortSignal): Promise<{ files: number; failed: number }> {
     const node = await this.resolve(name, signal);
     if (!node) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake`);
     const tree = await this.#treeFor(name, signal);
-    const file = findFile(tree.index, narOffset);
-    if (!file || file.narOffset !== narOffset) throw new NarfsError('ERR_INVALID_ARGUMENT', `${name} has no file at NAR offset ${narOffset}`);
-    if (!tree.ranged) {
-      if (this.#blobs.completePath(file.sha256, file.size) === undefined) await this.#materialise(name, signal);
-      return;
+    const files: IndexedFile[] = [];
+    let failed = 0;
+    for (const at of narOffsets) {
+      const f = findFile(tree.index, at);
+      if (!f || f.narOffset !== at) failed++;
+      else files.push(f);
     }
-    await this.#prefetchFile(tree, file, signal);
+    if (!tree.ranged) {
+      if (files.some((f) => this.#blobs.completePath(f.sha256, f.size) === undefined)) await this.#materialise(name, signal);
+      return { files: files.length, failed };
+    }
+    const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? 64 * 1024);
+    return { files: files.length, failed: failed + r.failedFiles };
   }
 
-  async #prefetchFile(tree: Tree, file: IndexedFile, signal: AbortSignal): Promise<void> {
-    if (this.#blobs.completePath(file.sha256, file.size) !== undefined) return;
+  /**
+   * Fetches every chunk of `files` (of `tree`, ranged) the cache does not hold, in
+   * coalesced requests of up to `bulkRequestBytes` (whole frame runs when seekable),
+   * `bulkConcurrency` at once; `gapBytes` unwanted NAR bytes may sit inside one request
+   * (a whole path: everything is wanted, so only NAR headers and held files are gaps).
+   * Every chunk is verified before it is cached. Returns the files with a chunk that failed.
+   */
+  async #fetchBulk(tree: Tree, files: readonly IndexedFile[], signal: AbortSignal, gapBytes = 1 << 20): Promise<{ failedFiles: number }> {
+    const fetcher = this.#opts.chunks;
+    if (!fetcher) throw new NarfsError('ERR_INDEX_UNUSABLE', 'no ranged reads in this configuration');
     const cs = tree.index.chunkSize;
-    const n = chunkCount(file.size, cs);
-    const have = this.#blobs.haveChunks(file.sha256, file.size, cs, 0, n - 1);
-    // Runs of missing chunks; the fetcher splits and coalesces them into requests.
-    for (let k = 0; k < n; k++) {
-      if (have[k]) continue;
-      let end = k;
-      while (end + 1 < n && !have[end + 1]) end++;
-      await this.#fetchChunks(tree, file, k, end, signal);
-      k = end;
+    const runs: ChunkRun[] = [];
+    for (const f of files) {
+      if (this.#blobs.completePath(f.sha256, f.size) !== undefined) continue;
+      runs.push({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 });
     }
+    if (runs.length === 0) return { failedFiles: 0 };
+    const failedFiles = new Set<IndexedFile>();
+    const r = await fetcher.fetchRegion(this.#sourceOf(tree), tree.index, runs, (f, k, bytes) => this.#store(tree, f, k, bytes).catch((err: unknown) => {
+      failedFiles.add(f);
+      throw err;
+    }), signal, {
+      gapBytes,
+      maxRequestBytes: this.#opts.bulkRequestBytes ?? 8 << 20,
+      concurrency: this.#opts.bulkConcurrency ?? 4,
+      isHeld: (f, k) => this.#holds(tree, f, k),
+    });
+    return { failedFiles: Math.max(failedFiles.size, r.failed > 0 ? 1 : 0) };
+  }
+
+  /**
+   * Neighbourhood fetch on a miss of `file` (see neighbourhood.ts): its small siblings not
+   * held, within `neighbourBytes`, in coalesced requests beside the file's own (never in
+   * front of it), each chunk verified before it is cached; not pinned, failures ignored
+   * (a neighbour that is read later fetches and checks its bytes itself).
+   */
+  #fetchNeighbours(name: string, tree: Tree, file: IndexedFile): void {
+    const fetcher = this.#opts.chunks;
+    const budget = this.#opts.neighbourBytes ?? DEFAULT_NEIGHBOUR_BYTES;
+    const maxFile = this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES;
+    if (!fetcher || budget <= 0 || file.size > maxFile || this.#breadth.get(name)?.escalated) return;
+    const cs = tree.index.chunkSize;
+    const near = neighbours(tree.index, file, {
+      budgetBytes: budget,
+      maxFileBytes: maxFile,
+      isHeld: (f) => this.#blobs.completePath(f.sha256, f.size) !== undefined,
+    });
+    // Seekable: the frames of the file's own request bring the neighbours inside them along.
+    const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);
+    const rest = own ? near.filter((f) => f.narOffset < own.start || f.narOffset + f.size > own.end) : near;
+    if (rest.length === 0) return;
+    this.counters.neighbourFetches++;
+    this.counters.neighbourFiles += rest.length;
+    const runs = rest.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
+    fetcher.fetchRegion(this.#sourceOf(tree), tree.index, runs, (f, k, bytes) => this.#store(tree, f, k, bytes), AbortSignal.timeout(120_000), {
+      gapBytes: this.#opts.gapBytes ?? 64 * 1024,
+      concurrency: 4,
+      isHeld: (f, k) => this.#holds(tree, f, k),
+    }).catch((err: unknown) => {
+      this.#opts.logger.debug('neighbourhood fetch failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
+    });
+  }
+
+  /**
+   * Counts what a read of `file` brought (escalation): `bytes` handed out, or one miss.
+   * Once the path has been read broadly, the rest of it is fetched in bulk, in the background.
+   */
+  #noteBreadth(name: string, tree: Tree, file: IndexedFile, bytes: number, missed: boolean): void {
+    const share = this.#opts.escalateShare ?? DEFAULT_ESCALATE_SHARE;
+    if (share <= 0 || !this.#opts.chunks) return;
+    let b = this.#breadth.get(name);
+    if (!b) {
+      let totalBytes = 0;
+      for (const f of tree.index.files) totalBytes += f.size;
+      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false };
+      this.#breadth.set(name, b);
+    }
+    if (b.escalated) return;
+    if (missed) b.misses++;
+    if (bytes > 0) {
+      const had = b.perFile.get(file.narOffset) ?? 0;
+      const now = Math.min(file.size, had + bytes);
+      b.perFile.set(file.narOffset, now);
+      b.readBytes += now - had;
+    }
+    if (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes) return;
+    b.escalated = true;
+    b.perFile.clear();
+    this.counters.escalations++;
+    this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses });
+    this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
+      this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
+    });
+  }
+
+  /** Whether the cache holds chunk k of `f`. */
+  #holds(tree: Tree, f: IndexedFile, k: number): boolean {
+    return this.#blobs.completePath(f.sha256, f.size) !== undefined
+      || this.#blobs.haveChunks(f.sha256, f.size, tree.index.chunkSize, k, k)[0] === true;
+  }
+
+  #sourceOf(tree: Tree): ChunkSource {
+    const ni = tree.info.narInfo;
+    return { datalake: tree.info.datalake, narUrl: ni.url, compression: ni.compression, narInfo: ni };
+  }
+
+  /**
+   * Caches one verified chunk. A file of one chunk is a whole verified file (its chunk hash
+   * is its SHA-256): it goes in as a whole blob (written to tmp/, renamed; no partial file,
+   * no fdatasync and no re-hash per file, which cost milliseconds per small file).
+   */
+  async #store(tree: Tree, f: IndexedFile, k: number, bytes: Buffer): Promise<void> {
+    const cs = tree.index.chunkSize;
+    if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
+    if (f.size <= cs) {
+      const tmp = this.#blobs.tempPath('c');
+      await writeFile(tmp, bytes, { mode: 0o600 });
+      await this.#commitWhole({ sha: f.sha256, size: f.size, tempPath: tmp });
+      return;
+    }
+    await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
+  }
+
+  /**
+   * Commits whole files written in tmp/ in batches: the files of one request (a frame of
+   * hundreds of small files, a region) arrive together and go in with one commitFiles
+   * call (one metadata transaction), not one each.
+   */
+  #commitWhole(file: { sha: Buffer; size: number; tempPath: string }): Promise<void> {
+    let batch = this.#wholeBatch;
+    if (!batch) {
+      const files: Array<{ sha: Buffer; size: number; tempPath: string }> = [];
+      const done = new Promise<void>((resolve, reject) => {
+        setImmediate(() => {
+          this.#wholeBatch = undefined;
+          this.#blobs.commitFiles(files).then(() => resolve(), reject);
+        });
+      });
+      done.catch(() => {});
+      batch = { files, done };
+      this.#wholeBatch = batch;
+    }
+    batch.files.push(file);
+    return batch.done;
   }
 
   async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {
@@ -371,11 +576,9 @@ export class LazyStore implements RootNodes, ContentReader {
     await fetcher.fetch(
       { datalake: tree.info.datalake, narUrl: ni.url, compression: ni.compression, narInfo: ni },
       tree.index, file, first, last,
-      async (f, k, bytes) => {
-        await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
-      },
+      (f, k, bytes) => this.#store(tree, f, k, bytes),
       signal,
-      { isCached: (k) => this.#blobs.haveChunks(file.sha256, file.size, cs, k, k)[0] === true },
+      { isCached: (k) => this.#blobs.haveChunks(file.sha256, file.size, cs, k, k)[0] === true, isHeld: (f, k) => this.#holds(tree, f, k) },
     );
   }
 
@@ -595,6 +798,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#shown.delete(name);
     this.#trees.delete(name);
     this.#noIndex.delete(name);
+    this.#breadth.delete(name);
   }
 
   #show(name: string, listing: NarNode, verified: boolean): NarNode {

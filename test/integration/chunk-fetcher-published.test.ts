@@ -164,6 +164,44 @@ describe('ChunkFetcher over indexes published by narfs index --seekable', functi
     }
   });
 
+  it('zstd: every whole file of a frame of more than 256 files comes along with the last one, verified (no count cap)', async function () {
+    const dir = await published('zstd');
+    const server = await HttpDatalakeServer.start({ root: dir });
+    const set = new DatalakeSet([new HttpDatalake(server.url)]);
+    const fetcher = new ChunkFetcher({ datalakes: set, verifyPool: pool, readAheadChunks: 0 });
+    try {
+      await set.open();
+      const d = set.datalakes[0]!;
+      const p = pathByRole(fx, 'many-files');
+      const ni = parseNarInfo((await set.getBytesFrom(d, `${hashPart(p.storePath)}.narinfo`))!.toString('utf8'));
+      const idx = parseNarIndex((await set.getBytesFrom(d, `${hashPart(p.storePath)}${NAR_INDEX_SUFFIX}`))!);
+      const fr = idx.frames!;
+      // The frame holding the most whole files.
+      const inFrame = (i: number): IndexedFile[] => {
+        const a = fr.narOffsets[i]!;
+        const b = i + 1 < fr.narOffsets.length ? fr.narOffsets[i + 1]! : idx.narSize;
+        return idx.files.filter((f) => f.narOffset >= a && f.narOffset + f.size <= b);
+      };
+      let best: IndexedFile[] = [];
+      for (let i = 0; i < fr.narOffsets.length; i++) {
+        const fs = inFrame(i);
+        if (fs.length > best.length) best = fs;
+      }
+      assert.ok(best.length > 256, `a frame of ${best.length} files`);
+      const got = new Set<number>();
+      const onChunk = async (f: IndexedFile) => void got.add(f.narOffset);
+      const src = { datalake: d, narUrl: ni.url, compression: ni.compression, narInfo: ni };
+      await fetcher.fetch(src, idx, best.at(-1)!, 0, 0, onChunk, new AbortController().signal);
+      for (let i = 0; i < 1000 && got.size < best.length; i++) await new Promise((r) => setImmediate(r));
+      assert.equal(fetcher.stats.requests, 1);
+      assert.equal(best.filter((f) => !got.has(f.narOffset)).length, 0, 'files of the frame that did not come along');
+    } finally {
+      fetcher.close();
+      await set.close();
+      await server.close();
+    }
+  });
+
   it('first byte of a file in the middle of a large NAR: 3 requests (narinfo, index, one range) at 20 ms each', async function () {
     const dir = await published('zstd');
     const server = await HttpDatalakeServer.start({ root: dir });

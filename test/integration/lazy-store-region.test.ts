@@ -1,0 +1,228 @@
+/**
+ * Round trips of LazyStore on indexed store paths over a real HTTP datalake (127.0.0.1,
+ * HttpDatalakeServer counting requests): a copy of the fixture none and zstd datalakes'
+ * many-files path (3000 small files, one directory of 1000), indexed by the publisher
+ * (indexStorePath, `narfs index --seekable`), read through the store stack a mount uses.
+ *
+ * Covered (issue 10, "first use is one round trip per file"):
+ * - reading N small files of one directory costs O(1) ranged requests, not N (neighbourhood
+ *   fetch), none and seekable zstd, every byte right;
+ * - a full read of the path costs far fewer ranged requests than it has files (neighbours,
+ *   then escalation to a bulk fetch);
+ * - a byte flipped inside a neighbour is never cached or served (the neighbour's own read
+ *   fails with ERR_CHUNK_HASH_MISMATCH), while the file asked for reads right;
+ * - a trace replay fetches a path's traced files in a few coalesced requests, not one each.
+ * Waits are on events or on the fetcher going idle, bounded by a deadline.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { FileDatalake } from '../../src/datalake/file-datalake.js';
+import { FileDatalakeWriter } from '../../src/datalake/file-datalake-writer.js';
+import { indexStorePath } from '../../src/index/index-store-path.js';
+import { parseNarIndex, NAR_INDEX_SUFFIX, type IndexedFile, type NarIndex } from '../../src/nix/nar-index.js';
+import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
+import { parseSecretKey, parseTrustedPublicKeys } from '../../src/nix/signature.js';
+import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import { replayTrace, TRACE_HEADER } from '../../src/daemon/read-trace.js';
+import { directoriesOf } from '../../src/store/neighbourhood.js';
+import { hashPart, loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
+import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { captureLogger, type LogLine } from '../support/mount-harness.js';
+import { failure } from '../support/failure.js';
+
+describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, trace replay)', function () {
+  this.timeout(300_000);
+  let fx: Fixtures;
+  let tmp: string;
+  const published = new Map<string, Promise<string>>();
+
+  async function publish(lake: 'zstd' | 'none'): Promise<string> {
+    const dir = path.join(tmp, lake);
+    await fsp.mkdir(path.join(dir, 'nar'), { recursive: true });
+    const from = fx.datalakes[lake].dir;
+    await fsp.copyFile(path.join(from, 'nix-cache-info'), path.join(dir, 'nix-cache-info'));
+    const p = pathByRole(fx, 'many-files');
+    const niFile = narInfoPath(from, p.storePath);
+    const ni = parseNarInfo(await fsp.readFile(niFile, 'utf8'));
+    await fsp.copyFile(niFile, path.join(dir, path.basename(niFile)));
+    await fsp.copyFile(path.join(from, ni.url), path.join(dir, ni.url));
+    const reader = new FileDatalake(`file://${dir}`);
+    const writer = new FileDatalakeWriter(`file://${dir}`);
+    const secretKey = parseSecretKey((await fsp.readFile(fx.secretKeyFile, 'utf8')).trim());
+    try {
+      await reader.open();
+      const r = await indexStorePath(hashPart(p.storePath), { reader, writer, secretKey, chunkSize: 256 * 1024, seekable: true, zstdLevel: 3 });
+      assert.equal(r.status, 'indexed');
+    } finally {
+      await reader.close();
+      await writer.close();
+    }
+    return dir;
+  }
+  const lakeDir = (lake: 'zstd' | 'none'): Promise<string> => {
+    if (!published.has(lake)) published.set(lake, publish(lake));
+    return published.get(lake)!;
+  };
+
+  interface Env {
+    server: HttpDatalakeServer;
+    stack: StoreStack;
+    logs: LogLine[];
+    name: string;
+    idx: NarIndex;
+    ni: NarInfo;
+    nar: Buffer;
+    narRequests: () => number;
+    close: () => Promise<void>;
+  }
+
+  async function open(lake: 'zstd' | 'none'): Promise<Env> {
+    const dir = await lakeDir(lake);
+    const p = pathByRole(fx, 'many-files');
+    const name = path.basename(p.storePath);
+    const ni = parseNarInfo(await fsp.readFile(narInfoPath(dir, p.storePath), 'utf8'));
+    const idx = parseNarIndex(await fsp.readFile(path.join(dir, `${hashPart(p.storePath)}${NAR_INDEX_SUFFIX}`)));
+    const noneNi = parseNarInfo(await fsp.readFile(narInfoPath(fx.datalakes.none.dir, p.storePath), 'utf8'));
+    const nar = await fsp.readFile(path.join(fx.datalakes.none.dir, noneNi.url));
+    const server = await HttpDatalakeServer.start({ root: dir });
+    const cacheDir = await fsp.mkdtemp(path.join(tmp, 'cache-'));
+    const logs: LogLine[] = [];
+    const stack = await openStoreStack({
+      datalakes: [server.url], trustedPublicKeys: parseTrustedPublicKeys(fx.publicKey), requireSigs: true, cacheDir, negativeTtlMs: 1000,
+    }, captureLogger(logs));
+    return {
+      server, stack, logs, name, idx, ni, nar,
+      narRequests: () => server.count(ni.url),
+      close: async () => {
+        await stack.close();
+        await server.close();
+        await fsp.rm(cacheDir, { recursive: true, force: true });
+      },
+    };
+  }
+
+  /** The files of the largest directory of the path, in NAR order. */
+  function bigDirectory(idx: NarIndex): IndexedFile[] {
+    const dirs = directoriesOf(idx);
+    const count = new Map<number, number>();
+    for (const d of dirs) count.set(d, (count.get(d) ?? 0) + 1);
+    const top = [...count].sort((a, b) => b[1] - a[1])[0]![0];
+    return idx.files.filter((_, i) => dirs[i] === top);
+  }
+
+  const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+  async function readAll(e: Env, f: IndexedFile): Promise<Buffer> {
+    return e.stack.store.read(e.name, f.narOffset, f.size, AbortSignal.timeout(60_000));
+  }
+
+  /** Resolves once the chunk fetcher has nothing in flight or queued (background fetches settled). */
+  async function idle(e: Env): Promise<void> {
+    const deadline = Date.now() + 60_000;
+    while (e.stack.chunks.requestsInFlight > 0 || e.stack.chunks.queuedRequests > 0) {
+      if (Date.now() > deadline) throw new Error('the chunk fetcher did not go idle');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    // Deliveries (verification, cache writes) run after the request ends.
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  before(async function () {
+    this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
+    fx = await loadFixtures();
+    tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-region-'));
+  });
+  after(async function () {
+    if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
+  });
+
+  for (const lake of ['none', 'zstd'] as const) {
+    it(`${lake}: reading 40 small files of one directory (every 5th) one after another costs O(1) ranged requests, not 40`, async function () {
+      const e = await open(lake);
+      try {
+        await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+        const files = bigDirectory(e.idx);
+        assert.ok(files.length >= 500, `a directory of ${files.length} files`);
+        // Every 5th file from the 300th: in seekable frames of many small files, past the
+        // first 256 files of a frame (what frames used to bring along).
+        const some = files.filter((_, i) => i >= 300 && i % 5 === 0).slice(0, 40);
+        for (const f of some) {
+          const got = await readAll(e, f);
+          assert.equal(sha(got), f.sha256.toString('hex'));
+        }
+        assert.ok(e.narRequests() <= 4, `${e.narRequests()} ranged requests for ${some.length} files`);
+      } finally {
+        await e.close();
+      }
+    });
+  }
+
+  it('none: a full read of the path costs far fewer ranged requests than it has files, every byte right', async function () {
+    const e = await open('none');
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      for (const f of e.idx.files) {
+        const got = await readAll(e, f);
+        assert.equal(sha(got), f.sha256.toString('hex'));
+      }
+      const n = e.narRequests();
+      assert.ok(n <= e.idx.files.length / 20, `${n} ranged requests for ${e.idx.files.length} files`);
+      assert.equal(e.stack.store.counters.escalations, 1, 'the path escalated to a bulk fetch once');
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: a byte flipped inside a neighbour is never cached or served; the file asked for reads right', async function () {
+    const e = await open('none');
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      const files = bigDirectory(e.idx);
+      const asked = files[300]!;
+      const bad = files[301]!;
+      const at = bad.narOffset + Math.floor(bad.size / 2);
+      // The whole NAR file is transformed, then the range cut from it (Compression none:
+      // file offset = NAR offset).
+      e.server.transform(e.ni.url, (body) => {
+        const b = Buffer.from(body);
+        b[at] = b[at]! ^ 0x40;
+        return b;
+      });
+      const got = await readAll(e, asked);
+      assert.equal(sha(got), asked.sha256.toString('hex'));
+      await idle(e);
+      assert.ok(e.stack.chunks.stats.mismatches >= 1, 'the neighbour was fetched and failed verification');
+      assert.equal(e.stack.blobs.completePath(bad.sha256, bad.size), undefined, 'the bad neighbour was not cached');
+      // Deliveries (verification, cache writes) end after the requests: wait for the good one.
+      const good = files[299]!;
+      for (const until = Date.now() + 30_000; e.stack.blobs.completePath(good.sha256, good.size) === undefined && Date.now() < until;) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(e.stack.blobs.completePath(good.sha256, good.size) !== undefined, 'a good neighbour was cached');
+      // Its own read fetches it again, gets the flipped byte again, and fails.
+      await failure(readAll(e, bad), 'ERR_CHUNK_HASH_MISMATCH');
+      assert.ok(e.logs.some((l) => (l.fields.err as { code?: string } | undefined)?.code === 'ERR_CHUNK_HASH_MISMATCH'));
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: a trace replay fetches 300 traced files of a path in a few coalesced requests, not one each', async function () {
+    const e = await open('none');
+    try {
+      const traced = e.idx.files.filter((_, i) => i % 7 === 0).slice(0, 300);
+      const trace = path.join(tmp, 'trace');
+      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      const logs: LogLine[] = [];
+      const r = await replayTrace(trace, e.stack.store, captureLogger(logs), AbortSignal.timeout(120_000));
+      assert.deepEqual(r, { files: traced.length, failed: 0 });
+      for (const f of traced) assert.ok(e.stack.blobs.completePath(f.sha256, f.size) !== undefined, 'traced file cached');
+      assert.ok(e.narRequests() <= 10, `${e.narRequests()} ranged requests for ${traced.length} traced files`);
+    } finally {
+      await e.close();
+    }
+  });
+});
