@@ -280,8 +280,9 @@ class Reader {
 
   constructor(input: Uint8Array) {
     this.#in = input;
-    // Every node takes at least ~30 bytes of JSON; decoded strings are never longer than their JSON.
-    this.#b = new Builder(Math.max(16, Math.ceil(input.length / 24)), input.length);
+    // Nix writes ~60 bytes of JSON per node, of which names are ~10 %: start there and grow
+    // (starting at the upper bounds would hold ~2x the listing's size at the peak).
+    this.#b = new Builder(Math.max(16, Math.ceil(input.length / 48)), Math.max(256, Math.ceil(input.length / 8)));
   }
 
   read(): CompactListing {
@@ -444,10 +445,14 @@ class Reader {
    */
   #string(): number {
     const input = this.#in;
+    if (input[this.#pos] !== Q) throw UNUSUAL;
+    let end = input.indexOf(Q, this.#pos + 1);
+    while (end > 0 && input[end - 1] === BS) end = input.indexOf(Q, end + 1);
+    // Room for the string (never longer decoded than its JSON; a `\"` may hide the true end).
+    this.#b.ensureBytes((end < 0 ? input.length : end) - this.#pos + 8);
     const out = this.#b.bytes;
     let o = this.#b.bytesLen;
     const o0 = o;
-    if (input[this.#pos] !== Q) throw UNUSUAL;
     let p = this.#pos + 1;
     for (;;) {
       const c = input[p++];
