@@ -188,7 +188,9 @@ fuse_attr Session::makeAttr(uint64_t nodeid, uint32_t mode, uint64_t size, uint3
 void Session::record(uint64_t nodeid, const fuse_attr& attr) {
   std::unique_lock<std::shared_mutex> g(mu_);
   Node& n = nodes_[nodeid];
-  n.attr = attr;
+  n.size = attr.size;
+  n.mode = attr.mode;
+  n.nlink = attr.nlink;
   n.hasAttr = true;
 }
 
@@ -264,7 +266,9 @@ size_t Session::replyDir(int ch, uint64_t unique, bool plus, uint32_t size, cons
     for (size_t i = 0; plus && i < n; i++) {
       if (entries[i].nodeid == 0) continue;
       Node& node = nodes_[entries[i].nodeid];
-      node.attr = entries[i].attr;
+      node.size = entries[i].attr.size;
+      node.mode = entries[i].attr.mode;
+      node.nlink = entries[i].attr.nlink;
       node.hasAttr = true;
       if (targets != nullptr && i < targets->size() && (*targets)[i].data != nullptr && !node.hasLink) {
         node.link.assign(reinterpret_cast<const char*>((*targets)[i].data), (*targets)[i].len);
@@ -555,7 +559,7 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       std::memset(&o, 0, sizeof o);
       o.attr_valid = ttlSeconds(opts_.attrTtl);
       o.attr_valid_nsec = ttlNsec(opts_.attrTtl);
-      o.attr = it->second.attr;
+      o.attr = makeAttr(r.nodeid, it->second.mode, it->second.size, it->second.nlink);
       g.unlock();
       send(ch, r.unique, 0, &o, sizeof o);
       return true;
@@ -667,7 +671,7 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       std::shared_lock<std::shared_mutex> g(mu_);
       auto it = nodes_.find(r.nodeid);
       if (it == nodes_.end() || !it->second.hasAttr) return false;
-      bool ok = !(r.flags & X_OK) || (it->second.attr.mode & 0111) != 0;
+      bool ok = !(r.flags & X_OK) || (it->second.mode & 0111) != 0;
       g.unlock();
       send(ch, r.unique, ok ? 0 : EACCES, nullptr, 0);
       return true;

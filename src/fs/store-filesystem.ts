@@ -34,6 +34,7 @@ import { NarfsError } from '../errors.js';
 import { raceSignal, withDeadline } from '../deadline.js';
 import { isStorePathBase } from '../nix/store-path.js';
 import type { NarNode } from '../nix/nar-listing.js';
+import { compactOf, K_DIRECTORY, K_EXECUTABLE, K_REGULAR, K_SYMLINK, type CompactListing } from '../nix/compact-listing.js';
 import type { InodeJournal } from './inode-journal.js';
 
 /** Answers "what is the store path called <name>?" (the listing of its NAR). */
@@ -148,17 +149,27 @@ const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 
+/**
+ * One store path's listing while inodes of it live (or the listing of an extra root dir):
+ * `held[i]` is the number of the inode the kernel holds for node i of the listing (0: none;
+ * a typed array, not a Map: 8 bytes per listing node instead of ~40 per held inode).
+ */
+interface StoreRoot {
+  /** The store path ('' for the root and its extra dirs). */
+  name: string;
+  listing: CompactListing;
+  held: Float64Array;
+}
+
+/**
+ * An inode: a node of a store path's listing. Small on purpose (101,001 of them after a
+ * 100,000-file walk): attributes, name and parent are read from the listing when asked.
+ */
 interface Inode {
   ino: number;
-  /** The store path this inode belongs to ('' for the root and its extra dirs). */
-  storeName: string;
-  node: NarNode;
-  attr: Attr;
-  /** Parent and name under it (undefined for the root and its extra dirs). */
-  parent: Inode | undefined;
-  name: string;
-  /** Child name → inode, for children the kernel still holds. */
-  children: Map<string, Inode> | undefined;
+  root: StoreRoot;
+  /** Index of the node in `root.listing` (0: the store path itself). */
+  idx: number;
   /** Lookups the kernel holds (counted only when the binding forgets). */
   nlookup: number;
   /** Open handles on this inode. */
@@ -173,7 +184,7 @@ interface Handle {
   unhold: ((() => void) & { ready?: Promise<unknown> }) | undefined;
 }
 
-const EMPTY_DIR: NarNode = { type: 'directory', entries: new Map() };
+const EMPTY_DIR = compactOf({ type: 'directory', entries: new Map() });
 
 export class StoreFilesystem {
   readonly #roots: RootNodes;
@@ -189,6 +200,8 @@ export class StoreFilesystem {
   readonly #handles = new Map<number, Handle>();
   /** Store path → number of its inodes in the table. */
   readonly #perStore = new Map<string, number>();
+  /** Store path → its listing while inodes of it live (one StoreRoot per path at a time). */
+  readonly #stores = new Map<string, StoreRoot>();
   #nextIno = ROOT_INO + 1;
   #nextFh = 1;
   #blocks = 0;
@@ -204,12 +217,10 @@ export class StoreFilesystem {
     this.#opts = options;
     this.#forgets = options.forgets ?? false;
     this.#rootDirs = new Map();
-    this.#root = {
-      ino: ROOT_INO, storeName: '', node: EMPTY_DIR, attr: this.#rootAttr, parent: undefined, name: '', children: undefined, nlookup: 0, handles: 0, pinned: true,
-    };
+    this.#root = { ino: ROOT_INO, root: emptyRoot(), idx: 0, nlookup: 0, handles: 0, pinned: true };
     this.#inodes.set(ROOT_INO, this.#root);
     for (const name of options.rootDirs ?? []) {
-      const inode = this.#newInode('', EMPTY_DIR, undefined, name);
+      const inode = this.#newInode(emptyRoot(), 0, undefined, name);
       inode.pinned = true;
       this.#rootDirs.set(name, inode);
     }
@@ -245,13 +256,13 @@ export class StoreFilesystem {
     if (inode === undefined) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} names an entry that is gone`);
     if (inode.ino !== ino && !this.#inodes.has(ino)) {
       // The name is held under a newer number too: both numbers stay valid.
-      this.#newInode(inode.storeName, inode.node, inode.parent, inode.name, ino);
+      this.#newInode(inode.root, inode.idx, undefined, rec.name, ino);
     }
   }
 
   /** Attributes of an inode already known to this mount. */
   getattr(ino: number): Attr {
-    return this.#inode(ino).attr;
+    return this.#attr(this.#inode(ino));
   }
 
   /**
@@ -261,15 +272,15 @@ export class StoreFilesystem {
   async lookup(parent: number, name: string, signal?: AbortSignal): Promise<Attr | undefined> {
     if (parent === ROOT_INO) {
       const extra = this.#rootDirs.get(name);
-      if (extra !== undefined) return extra.attr;
+      if (extra !== undefined) return this.#attr(extra);
       const node = await this.#resolveRoot(name, signal);
       if (node === undefined) return undefined;
-      return this.#hold(this.#rootChild(name, node)).attr;
+      return this.#attr(this.#hold(this.#rootChild(name, node)));
     }
     const dir = this.#inode(parent);
-    if (dir.node.type !== 'directory') throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${parent} is not a directory`);
+    if (!dir.root.listing.isDirectory(dir.idx)) throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${parent} is not a directory`);
     const child = this.#child(dir, name);
-    return child === undefined ? undefined : this.#hold(child).attr;
+    return child === undefined ? undefined : this.#attr(this.#hold(child));
   }
 
   /**
@@ -280,13 +291,13 @@ export class StoreFilesystem {
   lookupChild(parent: number, name: string): Attr | undefined {
     if (parent === ROOT_INO) {
       const extra = this.#rootDirs.get(name);
-      if (extra !== undefined) return extra.attr;
+      if (extra !== undefined) return this.#attr(extra);
       const known = this.#rootChildren.get(name);
-      return known === undefined ? undefined : this.#hold(known).attr;
+      return known === undefined ? undefined : this.#attr(this.#hold(known));
     }
     const dir = this.#inode(parent);
     const child = this.#child(dir, name);
-    return child === undefined ? undefined : this.#hold(child).attr;
+    return child === undefined ? undefined : this.#attr(this.#hold(child));
   }
 
   /**
@@ -313,31 +324,31 @@ export class StoreFilesystem {
       const names = new Set<string>(this.#roots.knownNames());
       for (const n of this.#rootChildren.keys()) if (this.#roots.isListed?.(n) ?? true) names.add(n);
       const out: DirEntry[] = [];
-      for (const [name, i] of this.#rootDirs) out.push({ name, attr: i.attr });
+      for (const [name, i] of this.#rootDirs) out.push({ name, attr: this.#attr(i) });
       // Store path basenames are ASCII, where code-unit order is byte order.
       for (const name of [...names].sort()) {
         const i = this.#rootChildren.get(name);
-        out.push(i === undefined ? { name } : { name, attr: i.attr });
+        out.push(i === undefined ? { name } : { name, attr: this.#attr(i) });
       }
       return start === 0 && limit === Infinity ? out : out.slice(start, end);
     }
     const dir = this.#inode(ino);
-    if (dir.node.type !== 'directory') throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
+    const l = dir.root.listing;
+    if (!l.isDirectory(dir.idx)) throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
     const out: DirEntry[] = [];
-    let i = 0;
-    for (const [name, node] of dir.node.entries) {
-      if (i >= end) break;
-      if (i++ < start) continue;
-      const held = dir.children?.get(name);
-      out.push({ name, attr: held ? held.attr : attrOf(0, node) });
+    const last = Math.min(end, l.childCount(dir.idx));
+    for (let k = start; k < last; k++) {
+      const c = l.child(dir.idx, k);
+      out.push({ name: l.name(c), attr: attrOf(dir.root.held[c]!, l, c) });
     }
     return out;
   }
 
   readlink(ino: number): string {
     const inode = this.#inode(ino);
-    if (inode.node.type !== 'symlink') throw new NarfsError('ERR_NOT_SYMLINK', `inode ${ino} is not a symlink`);
-    return inode.node.target;
+    const l = inode.root.listing;
+    if (l.kind[inode.idx] !== K_SYMLINK) throw new NarfsError('ERR_NOT_SYMLINK', `inode ${ino} is not a symlink`);
+    return l.target(inode.idx);
   }
 
   /** Opens a regular file for reading; any write access is refused with ERR_READ_ONLY. */
@@ -347,11 +358,14 @@ export class StoreFilesystem {
       // O_WRONLY/O_RDWR, O_CREAT, O_TRUNC
       throw new NarfsError('ERR_READ_ONLY', 'the store is read-only');
     }
-    if (inode.node.type === 'directory') throw new NarfsError('ERR_IS_DIRECTORY', `inode ${ino} is a directory`);
+    const l = inode.root.listing;
+    const kind = l.kind[inode.idx];
+    if (kind === K_DIRECTORY) throw new NarfsError('ERR_IS_DIRECTORY', `inode ${ino} is a directory`);
     let unhold: Handle['unhold'];
-    if (inode.node.type === 'regular' && inode.node.size > 0) {
-      this.#content.prefetch?.(inode.storeName, inode.node.narOffset);
-      unhold = this.#content.hold?.(inode.storeName, inode.node.narOffset);
+    if (kind !== K_SYMLINK && l.a[inode.idx]! > 0) {
+      const narOffset = l.b[inode.idx]!;
+      this.#content.prefetch?.(inode.root.name, narOffset);
+      unhold = this.#content.hold?.(inode.root.name, narOffset);
     }
     const fh = this.#nextFh++;
     if (this.#nextFh > 0xffffffff) this.#nextFh = 1;
@@ -379,15 +393,18 @@ export class StoreFilesystem {
       handle = inode ? { inode, unhold: undefined } : undefined;
     }
     if (!handle) throw new NarfsError('ERR_BAD_HANDLE', `file handle ${fh} is not open`);
-    const node = handle.inode.node;
-    if (node.type === 'directory') throw new NarfsError('ERR_IS_DIRECTORY', 'a directory has no bytes to read');
-    if (node.type === 'symlink') throw new NarfsError('ERR_INVALID_ARGUMENT', 'a symlink has no bytes to read');
-    if (offset >= node.size || length <= 0) return Buffer.alloc(0);
-    const n = Math.min(length, node.size - offset);
-    const name = handle.inode.storeName;
+    const { root, idx } = handle.inode;
+    const kind = root.listing.kind[idx];
+    if (kind === K_DIRECTORY) throw new NarfsError('ERR_IS_DIRECTORY', 'a directory has no bytes to read');
+    if (kind === K_SYMLINK) throw new NarfsError('ERR_INVALID_ARGUMENT', 'a symlink has no bytes to read');
+    const size = root.listing.a[idx]!;
+    const narOffset = root.listing.b[idx]!;
+    if (offset >= size || length <= 0) return Buffer.alloc(0);
+    const n = Math.min(length, size - offset);
+    const name = root.name;
     return withDeadline(
       this.#opts.opTimeoutMs,
-      (sig) => this.#content.read(name, node.narOffset + offset, n, sig),
+      (sig) => this.#content.read(name, narOffset + offset, n, sig),
       signal ? { what: `read of ${name}`, signal } : { what: `read of ${name}` },
     );
   }
@@ -398,10 +415,13 @@ export class StoreFilesystem {
    */
   contentLocation(ino: number): ContentLocation | undefined {
     const inode = this.#inodes.get(ino);
-    if (!inode || inode.node.type !== 'regular' || inode.node.size === 0) return undefined;
-    const file = this.#content.contentFile?.(inode.storeName, inode.node.narOffset);
+    if (!inode) return undefined;
+    const l = inode.root.listing;
+    const kind = l.kind[inode.idx];
+    if ((kind !== K_REGULAR && kind !== K_EXECUTABLE) || l.a[inode.idx] === 0) return undefined;
+    const file = this.#content.contentFile?.(inode.root.name, l.b[inode.idx]!);
     if (!file) return undefined;
-    return { path: file.path, offset: file.offset, size: inode.node.size, fileSize: file.size };
+    return { path: file.path, offset: file.offset, size: l.a[inode.idx]!, fileSize: file.size };
   }
 
   /** Calls `listener` with the path of a local file whose bytes must no longer be served. */
@@ -442,7 +462,7 @@ export class StoreFilesystem {
 
   #resolveRoot(name: string, signal?: AbortSignal): Promise<NarNode | undefined> {
     const known = this.#rootChildren.get(name);
-    if (known !== undefined) return Promise.resolve(known.node);
+    if (known !== undefined) return Promise.resolve(known.root.listing.node(0));
     if (!isStorePathBase(name)) return Promise.resolve(undefined);
     let pending = this.#resolving.get(name);
     if (!pending) {
@@ -463,19 +483,25 @@ export class StoreFilesystem {
   #rootChild(name: string, node: NarNode): Inode {
     const again = this.#rootChildren.get(name);
     if (again !== undefined) return again;
-    const inode = this.#newInode(name, node, this.#root, name, this.#recorded(ROOT_INO, name));
+    let root = this.#stores.get(name);
+    if (root === undefined) {
+      const listing = compactOf(node);
+      root = { name, listing, held: new Float64Array(listing.count) };
+      this.#stores.set(name, root);
+    }
+    const inode = this.#newInode(root, 0, this.#root, name, this.#recorded(ROOT_INO, name));
     this.#rootChildren.set(name, inode);
     return inode;
   }
 
   #child(dir: Inode, name: string): Inode | undefined {
-    if (dir.node.type !== 'directory') return undefined;
-    const known = dir.children?.get(name);
+    const { root } = dir;
+    const c = root.listing.find(dir.idx, name);
+    if (c < 0) return undefined;
+    const known = root.held[c]! !== 0 ? this.#inodes.get(root.held[c]!) : undefined;
     if (known !== undefined) return known;
-    const node = dir.node.entries.get(name);
-    if (!node) return undefined;
-    const inode = this.#newInode(dir.storeName, node, dir, name, this.#recorded(dir.ino, name));
-    (dir.children ??= new Map()).set(name, inode);
+    const inode = this.#newInode(root, c, dir, name, this.#recorded(dir.ino, name));
+    root.held[c] = inode.ino;
     return inode;
   }
 
@@ -489,20 +515,23 @@ export class StoreFilesystem {
     if (!this.#forgets || inode.pinned || inode.nlookup > 0 || inode.handles > 0) return false;
     if (!this.#inodes.has(inode.ino)) return false;
     this.#inodes.delete(inode.ino);
-    this.#blocks -= inode.attr.blocks;
-    const left = (this.#perStore.get(inode.storeName) ?? 1) - 1;
-    if (left > 0) {
-      this.#perStore.set(inode.storeName, left);
-    } else {
-      this.#perStore.delete(inode.storeName);
-      if (inode.storeName !== '') this.#roots.release?.(inode.storeName);
+    const { root, idx } = inode;
+    this.#blocks -= blocksOf(root.listing, idx);
+    const storeName = root.name;
+    if (idx === 0 && storeName !== '') {
+      if (this.#rootChildren.get(storeName) === inode) this.#rootChildren.delete(storeName);
+    } else if (root.held[idx] === inode.ino) {
+      root.held[idx] = 0;
     }
-    const parent = inode.parent;
-    if (parent === this.#root) {
-      if (this.#rootChildren.get(inode.name) === inode) this.#rootChildren.delete(inode.name);
-    } else if (parent?.children?.get(inode.name) === inode) {
-      parent.children.delete(inode.name);
-      if (parent.children.size === 0) parent.children = undefined;
+    const left = (this.#perStore.get(storeName) ?? 1) - 1;
+    if (left > 0) {
+      this.#perStore.set(storeName, left);
+    } else {
+      this.#perStore.delete(storeName);
+      if (storeName !== '') {
+        this.#stores.delete(storeName);
+        this.#roots.release?.(storeName);
+      }
     }
     return true;
   }
@@ -519,7 +548,7 @@ export class StoreFilesystem {
     return ino !== undefined && !this.#inodes.has(ino) ? ino : undefined;
   }
 
-  #newInode(storeName: string, node: NarNode, parent: Inode | undefined, name: string, known?: number): Inode {
+  #newInode(root: StoreRoot, idx: number, parent: Inode | undefined, name: string, known?: number): Inode {
     let ino: number;
     if (known !== undefined) {
       ino = known;
@@ -530,11 +559,15 @@ export class StoreFilesystem {
       this.#nextIno++;
     }
     // Every field set in one literal, in one order: one hidden class for all inodes.
-    const inode: Inode = { ino, storeName, node, attr: attrOf(ino, node), parent, name, children: undefined, nlookup: 0, handles: 0, pinned: false };
+    const inode: Inode = { ino, root, idx, nlookup: 0, handles: 0, pinned: false };
     this.#inodes.set(ino, inode);
-    this.#blocks += inode.attr.blocks;
-    this.#perStore.set(storeName, (this.#perStore.get(storeName) ?? 0) + 1);
+    this.#blocks += blocksOf(root.listing, idx);
+    this.#perStore.set(root.name, (this.#perStore.get(root.name) ?? 0) + 1);
     return inode;
+  }
+
+  #attr(inode: Inode): Attr {
+    return inode.ino === ROOT_INO ? this.#rootAttr : attrOf(inode.ino, inode.root.listing, inode.idx);
   }
 }
 
@@ -546,17 +579,26 @@ function makeAttr(ino: number, kind: FileKind, mode: number, nlink: number, size
   return { ino, kind, mode, nlink, size, blocks, uid: 0, gid: 0, mtimeMs: MTIME_MS };
 }
 
-function attrOf(ino: number, node: NarNode): Attr {
-  switch (node.type) {
-    case 'regular':
-      return makeAttr(ino, 'regular', S_IFREG | (node.executable ? 0o555 : 0o444), 1, node.size, Math.ceil(node.size / 512));
-    case 'symlink':
-      return makeAttr(ino, 'symlink', S_IFLNK | 0o777, 1, node.target.length /* one char per byte */, 0);
-    case 'directory': {
-      let subdirs = 0;
-      for (const child of node.entries.values()) if (child.type === 'directory') subdirs++;
-      return makeAttr(ino, 'directory', S_IFDIR | 0o555, 2 + subdirs, 0, 0);
+/** The attributes of node `i` of listing `l` (made when asked: inodes do not keep them). */
+function attrOf(ino: number, l: CompactListing, i: number): Attr {
+  switch (l.kind[i]) {
+    case K_REGULAR:
+    case K_EXECUTABLE: {
+      const size = l.a[i]!;
+      return makeAttr(ino, 'regular', S_IFREG | (l.kind[i] === K_EXECUTABLE ? 0o555 : 0o444), 1, size, Math.ceil(size / 512));
     }
+    case K_SYMLINK:
+      return makeAttr(ino, 'symlink', S_IFLNK | 0o777, 1, l.b[i]! /* target bytes */, 0);
+    default:
+      return makeAttr(ino, 'directory', S_IFDIR | 0o555, 2 + l.subdirs(i), 0, 0);
   }
 }
 
+function blocksOf(l: CompactListing, i: number): number {
+  const k = l.kind[i];
+  return k === K_REGULAR || k === K_EXECUTABLE ? Math.ceil(l.a[i]! / 512) : 0;
+}
+
+function emptyRoot(): StoreRoot {
+  return { name: '', listing: EMPTY_DIR, held: new Float64Array(1) };
+}

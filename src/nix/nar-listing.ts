@@ -20,7 +20,9 @@
  * that is not UTF-8 gives a `.ls` that is not UTF-8 (newer Nix, with nlohmann::json,
  * refuses to write such a listing). `parseListingJson` reads bytes that way (each byte one
  * char; a `\uXXXX` escape of a code point >= 0x80 stands for its UTF-8 bytes), and
- * `listingToJson` writes exactly what Nix 2.8 writes.
+ * `listingToJson` writes exactly what Nix 2.8 writes. A listing in the form Nix writes comes
+ * back as a compact listing behind this interface (compact-listing.ts: a directory's
+ * `entries` is a fresh Map on each access); any other form goes through JSON.parse.
  *
  * Invariants: directory entries are Maps in bytewise order of their names (never plain
  * objects, so a name like `__proto__` is just a name); names, targets and depth obey the
@@ -31,6 +33,7 @@
  */
 
 import { NarfsError } from '../errors.js';
+import { readCompactListing } from './compact-listing.js';
 
 export interface NarRegular {
   type: 'regular';
@@ -111,6 +114,17 @@ export function compareNames(a: string, b: string): number {
  */
 export function parseListingJson(input: Uint8Array | string): NarNode {
   const bytes = typeof input === 'string' ? Buffer.from(input, 'utf8') : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
+  // The form Nix writes is read straight into typed arrays (no JSON object tree, no text copy).
+  const compact = readCompactListing(bytes);
+  if (compact !== undefined) return compact.node(0);
+  return parseListingTree(bytes);
+}
+
+/**
+ * `parseListingJson` through JSON.parse, for every form (a tree of plain objects and Maps).
+ * The reference the compact reader must agree with.
+ */
+export function parseListingTree(bytes: Buffer): NarNode {
   let text = bytes.toString('latin1');
   if (text.includes('\\u')) text = text.replace(ESCAPE, unicodeEscapeToBytes);
   let doc: unknown;

@@ -15,7 +15,8 @@ import { loadFixtures, listingPath, type Fixtures } from '../../support/fixtures
 import { formatNarInfo, parseNarInfo } from '../../../src/nix/narinfo.js';
 import { parsePublicKey, verifyNarInfo } from '../../../src/nix/signature.js';
 import { parseNar } from '../../../src/nix/nar-parser.js';
-import { listingToJson, listingsEqual, parseListingJson } from '../../../src/nix/nar-listing.js';
+import { listingToJson, listingsEqual, parseListingJson, parseListingTree } from '../../../src/nix/nar-listing.js';
+import { CompactDirectory, compactOf, readCompactListing } from '../../../src/nix/compact-listing.js';
 import { storePathFull } from '../../../src/nix/store-path.js';
 
 const execFileP = promisify(execFile);
@@ -64,5 +65,27 @@ describe('golden: parsers against the files real Nix wrote (fixture datalakes)',
       assert.ok(listingsEqual(published, fromNar), `${p.storePath}: .ls differs from the NAR`);
       assert.ok(listingToJson(fromNar).equals(lsBytes), `${p.storePath}: listingToJson is not the .ls Nix wrote, byte for byte`);
     }
+  });
+
+  it('every .ls is read by the compact reader (no JSON object tree) and written back byte for byte, names not UTF-8 included', async () => {
+    let count = 0;
+    let dirs = 0;
+    for (const lake of Object.values(fixtures.datalakes)) {
+      if (!lake.listing) continue;
+      for (const p of fixtures.paths) {
+        const lsBytes = await readFile(listingPath(lake.dir, p.storePath));
+        const compact = readCompactListing(lsBytes);
+        assert.ok(compact !== undefined, `${p.storePath}: the compact reader refused the form Nix writes`);
+        const root = compact.node(0);
+        if (root instanceof CompactDirectory) dirs++;
+        assert.ok(listingToJson(root).equals(lsBytes), `${p.storePath}: the compact listing is not the .ls, byte for byte`);
+        const tree = parseListingTree(lsBytes);
+        assert.ok(listingsEqual(root, tree) && listingsEqual(tree, root), `${p.storePath}: compact and JSON.parse differ`);
+        // A tree made compact again is the same listing.
+        assert.ok(listingToJson(compactOf(tree).node(0)).equals(lsBytes), `${p.storePath}: compactOf(tree) differs`);
+        count++;
+      }
+    }
+    assert.ok(count >= fixtures.paths.length && dirs > 0, `read ${count} listings`);
   });
 });

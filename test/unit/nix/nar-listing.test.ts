@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 
 import { isNarfsError } from '../../../src/errors.js';
-import { byteString, listingToJson, listingsEqual, parseListingJson, type NarNode } from '../../../src/nix/nar-listing.js';
+import { byteString, listingToJson, listingsEqual, parseListingJson, parseListingTree, type NarNode } from '../../../src/nix/nar-listing.js';
+import { readCompactListing } from '../../../src/nix/compact-listing.js';
 import { parseNar } from '../../../src/nix/nar-parser.js';
 import { writeNar } from '../../../src/nix/nar-writer.js';
 import { REF_LS, TREE_LS } from './golden.js';
@@ -12,7 +13,61 @@ const rejects = (text: string, label = text): void => {
   assert.throws(() => parseListingJson(text), isCode('ERR_LISTING_PARSE'), label);
 };
 
+/** The compact reader and JSON.parse agree: same listing, or both refuse (the compact one may defer). */
+const agree = (text: string): void => {
+  const bytes = Buffer.from(text, 'latin1');
+  let tree: NarNode | undefined;
+  try { tree = parseListingTree(bytes); } catch { tree = undefined; }
+  const compact = readCompactListing(bytes);
+  if (compact === undefined) return;
+  assert.ok(tree !== undefined, `compact reader accepted what JSON.parse refuses: ${text}`);
+  assert.ok(listingsEqual(compact.node(0), tree) && listingsEqual(tree, compact.node(0)), text);
+  assert.ok(listingToJson(compact.node(0)).equals(listingToJson(tree)), text);
+};
+
 describe('nar-listing', () => {
+  it('reads the form Nix writes without JSON.parse, as JSON.parse reads it', () => {
+    assert.ok(readCompactListing(Buffer.from(TREE_LS)) !== undefined, 'TREE_LS takes the compact path');
+    const esc = '{"version":1,"root":{"type":"directory","entries":{"a\\b":{"type":"symlink","target":"\\u00e9\\"\\n"},"caf\u00e9":{"type":"regular","size":3,"executable":true,"narOffset":96},"x\\ud83d\\ude00":{"type":"regular","size":0}}}}';
+    const variants = [
+      TREE_LS, REF_LS, esc,
+      ' {"root":{"type":"regular","size":1,"narOffset":9},"version":1} ',
+      '{"version":1.0,"root":{"type":"regular","size":1,"narOffset":9}}',
+      '{"type":"regular","size":1e1,"narOffset":9}',
+      '{"type":"regular","size":1,"narOffset":9,"executable":false,"executable":true}',
+      '{"type":"directory","entries":{"b":{"type":"symlink","target":"x"},"a":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{"a":{"type":"symlink","target":"x"},"a":{"type":"symlink","target":"y"}}}',
+      '{"type":"directory","entries":{"a/b":{"type":"symlink","target":"x"}}}',
+      '{"type":"directory","entries":{"..":{"type":"symlink","target":"x"}}}',
+      '{"type":"symlink","target":"a\\u0000b"}',
+      '{"type":"symlink","target":"\\ud800"}',
+      '{"type":"symlink","target":""}',
+      '{"type":"regular","size":5}',
+      '{"type":"regular","size":5,"narOffset":0}',
+      '{"type":"regular","size":-1,"narOffset":9}',
+      '{"type":"regular","size":9007199254740993,"narOffset":9}',
+      '{"type":"fifo"}',
+      '{"type":"regular","size":1,"narOffset":9} x',
+      '{"type":"regular","size":1,"narOffset":9,"extra":[1,{"a":null}]}',
+      '{"type":"directory","entries":{}}',
+      `{"type":"directory","entries":{"${'n'.repeat(256)}":{"type":"symlink","target":"x"}}}`,
+      '{"type":"directory","entries":{"a\u00ff\u0080":{"type":"symlink","target":"\u00fe"}}}',
+    ];
+    for (const v of variants) agree(v);
+    const nested = (d: number) => '{"type":"directory","entries":{"d":'.repeat(d) + '{"type":"symlink","target":"x"}' + '}}'.repeat(d);
+    agree(nested(63));
+    agree(nested(64));
+    // Raw bytes >= 0x80 are bytes (Nix 2.8 writes names that are not UTF-8 raw).
+    const raw = readCompactListing(Buffer.from('{"type":"directory","entries":{"\xff\xfe":{"type":"symlink","target":"t\xe9"}}}', 'latin1'));
+    assert.ok(raw !== undefined);
+    const root = raw.node(0);
+    assert.ok(root.type === 'directory');
+    assert.deepEqual([...root.entries.keys()], ['\xff\xfe']);
+    assert.deepEqual(root.entries.get('\xff\xfe'), { type: 'symlink', target: 't\xe9' });
+    assert.equal(raw.find(0, '\xff\xfe'), 1);
+    assert.equal(raw.find(0, '\xff'), -1);
+  });
+
   it('reads and rewrites the .ls files Nix 2.8 wrote, byte for byte', () => {
     assert.equal(listingToJson(parseListingJson(TREE_LS)).toString('utf8'), TREE_LS);
     assert.equal(listingToJson(parseListingJson(REF_LS)).toString('utf8'), REF_LS);
