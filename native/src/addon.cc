@@ -117,6 +117,11 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
     int d = o.Get("uringDepth").As<Napi::Number>().Int32Value();
     opts.uringDepth = d < 1 ? 1 : (d > 256 ? 256 : d);
   }
+  // Cache files C may hold open (session.h maxFiles; absent: no cap).
+  if (o.Get("maxFiles").IsNumber()) {
+    double m = o.Get("maxFiles").As<Napi::Number>().DoubleValue();
+    opts.maxFiles = m < 1 ? 1 : static_cast<uint64_t>(m);
+  }
   narfs::readAdoptOptions(o, &opts);  // restart without unmount (adopt.cc)
   narfs::readBackingJournalOptions(o, &opts);  // backing ids across restarts (backing_journal.cc)
 
@@ -325,6 +330,31 @@ Napi::Value SetContent(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, s->setContent(nodeid, info[2].As<Napi::String>().Utf8Value(), off, size, total));
 }
 
+// setLocation(s, nodeid, path, offset, size, fileTotal): where the verified bytes of a
+// regular file lie, given with its entry; C opens it on OPEN (session.h setLocation).
+Napi::Value SetLocation(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Session* s = sessionOf(info);
+  if (s == nullptr) return env.Undefined();
+  uint64_t nodeid, off, size, total;
+  if (!u64(info, 1, &nodeid) || !u64(info, 3, &off) || !u64(info, 4, &size) || !u64(info, 5, &total)) return env.Undefined();
+  if (!info[2].IsString()) {
+    Napi::TypeError::New(env, "path must be a string").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  s->setLocation(nodeid, info[2].As<Napi::String>().Utf8Value(), off, size, total);
+  return env.Undefined();
+}
+
+// evictContent(s, path) → whether the cache may evict `path` (C let go of it); false while
+// a file of the kernel is open on it.
+Napi::Value EvictContent(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Session* s = sessionOf(info);
+  if (s == nullptr || info.Length() < 2 || !info[1].IsString()) return Napi::Boolean::New(env, true);
+  return Napi::Boolean::New(env, s->evictContent(info[1].As<Napi::String>().Utf8Value()));
+}
+
 Napi::Value DropContent(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Session* s = sessionOf(info);
@@ -378,6 +408,9 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   o.Set("uringQueues", static_cast<double>(st.uringQueues));
   o.Set("uringRequests", static_cast<double>(st.uringRequests));
   o.Set("uringError", st.uringError);
+  o.Set("locationOpens", static_cast<double>(st.locationOpens));
+  o.Set("locationFallbacks", static_cast<double>(st.locationFallbacks));
+  o.Set("heldFiles", static_cast<double>(st.heldFiles));
   return o;
 }
 
@@ -395,6 +428,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("replyDir", Napi::Function::New(env, ReplyDir));
   exports.Set("setContent", Napi::Function::New(env, SetContent));
   exports.Set("dropContent", Napi::Function::New(env, DropContent));
+  exports.Set("setLocation", Napi::Function::New(env, SetLocation));
+  exports.Set("evictContent", Napi::Function::New(env, EvictContent));
   exports.Set("contentInUse", Napi::Function::New(env, ContentInUse));
   exports.Set("forgetNode", Napi::Function::New(env, ForgetNode));
   exports.Set("stats", Napi::Function::New(env, GetStats));

@@ -292,6 +292,7 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
     std::unique_lock<std::shared_mutex> g(mu_);
     auto it = files_.find(path);
     if (it != files_.end()) ref = it->second.lock();
+    if (!ref && atCapLocked()) return false;  // JS serves it (the descriptor cap)
   }
   if (!ref) {
     int f = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -305,6 +306,7 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
   }
   if (ref->size != fileTotal) return false;
   std::unique_lock<std::shared_mutex> g(mu_);
+  if (!holdsLocked(path) && atCapLocked()) return false;
   files_[path] = ref;
   auto it = nodes_.find(nodeid);
   if (it == nodes_.end()) return false;
@@ -317,6 +319,10 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
 
 bool Session::contentInUse(const std::string& path) {
   std::shared_lock<std::shared_mutex> g(mu_);
+  return inUseLocked(path);
+}
+
+bool Session::inUseLocked(const std::string& path) const {
   for (const auto& [id, n] : nodes_) {
     if (n.file && n.file->path == path && (n.ptHandles > 0 || n.cachedHandles > 0)) return true;
     // An earlier process's id (restart): files of it may be open; dropping the content
@@ -328,6 +334,14 @@ bool Session::contentInUse(const std::string& path) {
 
 void Session::dropContent(const std::string& path) {
   std::unique_lock<std::shared_mutex> g(mu_);
+  dropContentLocked(path);
+}
+
+void Session::dropContentLocked(const std::string& path) {
+  for (auto l = locations_.begin(); l != locations_.end();) {
+    if (l->second.path == path) l = locations_.erase(l);
+    else ++l;
+  }
   for (auto& [id, n] : nodes_) {
     if (n.file && n.file->path == path) {
       n.file.reset();
@@ -357,6 +371,7 @@ void Session::forgetNode(uint64_t nodeid, bool evicted) {
       }
       settled_.insert(nodeid);
     }
+    locations_.erase(nodeid);
     auto it = nodes_.find(nodeid);
     if (it == nodes_.end()) return;
     nodesPeak_ = std::max(nodesPeak_, nodes_.size());
@@ -395,8 +410,11 @@ Stats Session::stats() {
   s.backingLive = backingLive_.load();
   s.passthroughFallbacks = ptFallbacks_.load();
   s.passthroughConflicts = ptConflicts_.load();
+  s.locationOpens = locationOpens_.load();
+  s.locationFallbacks = locationFallbacks_.load();
   std::shared_lock<std::shared_mutex> g(mu_);
   s.nodes = nodes_.size();
+  for (const auto& [p, w] : files_) s.heldFiles += w.expired() ? 0 : 1;
   s.backingAdopted = adoptedIds_.size();
   s.backingJournalFailed = journalFailed_;
   s.uringActive = uring_ != nullptr && uringError_ == 0 && (initFlags_ & FUSE_OVER_IO_URING) != 0;
@@ -581,7 +599,12 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       {
         std::shared_lock<std::shared_mutex> g(mu_);
         auto it = nodes_.find(r.nodeid);
-        if (it == nodes_.end() || !it->second.file) return false;
+        if (it == nodes_.end()) return false;
+        if (!it->second.file) {
+          g.unlock();
+          // A location JS gave with the entry: opened here (session_passthrough.cc).
+          if (!openLocation(r.nodeid)) return false;
+        }
       }
       // Content dropped in between: the open is still C's (handle 0); its reads then go
       // to JS, which serves handle 0 by node.

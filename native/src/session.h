@@ -91,6 +91,9 @@ struct SessionOptions {
   // refused io_uring means.
   bool uring = false;
   int uringDepth = 16;
+  // Cache files C may hold open at once (FileRefs; 0: no cap). Past it, setContent and
+  // C's own opens of a location (setLocation) refuse: JS serves those files.
+  uint64_t maxFiles = 0;
 };
 
 struct FileRef {
@@ -148,6 +151,9 @@ struct Stats {
   uint32_t uringQueues = 0;
   uint64_t uringRequests = 0;  // requests fetched from ring entries
   int uringError = 0;          // why io_uring was not set up (EOPNOTSUPP: not offered in INIT)
+  uint64_t locationOpens = 0;      // opens answered in C by opening a location JS gave with the entry
+  uint64_t locationFallbacks = 0;  // such opens sent to JS instead (descriptor cap, open/fstat failed)
+  uint64_t heldFiles = 0;          // cache files C holds open (bounded by maxFiles)
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -188,6 +194,15 @@ class Session : public std::enable_shared_from_this<Session> {
   // must not evict it: src/store/lazy-store.ts guardDropped).
   bool contentInUse(const std::string& path);
   void dropContent(const std::string& path);
+  // Where the verified bytes of regular file `nodeid` lie, given with its entry (LOOKUP):
+  // nothing is opened now; an OPEN of the node without content opens `path` in C
+  // (session_passthrough.cc openLocation), within maxFiles, else the OPEN goes to JS.
+  // Forgotten with the node, and with dropContent/evictContent of `path`.
+  void setLocation(uint64_t nodeid, const std::string& path, uint64_t offset, uint64_t size, uint64_t fileTotal);
+  // The eviction guard (src/cache/blob-store.ts setEvictionGuard): false while a file of
+  // the kernel is open on `path` (contentInUse); otherwise C lets go of it at once, under
+  // the same lock (content and locations), so no open can take it after this answer.
+  bool evictContent(const std::string& path);
   // JS dropped the node. `evicted`: the kernel forgot it (FORGET), so no file of it is
   // open any more; otherwise JS gave back a lookup the kernel never took, and an earlier
   // process's state of the node (restart) stays.
@@ -246,6 +261,21 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unordered_map<uint64_t, std::pair<int32_t, bool>> adoptedIds_;  // nodeid -> (id, retired)
   std::unordered_set<uint64_t> settled_;
   void countRelease(uint64_t nodeid, uint64_t fh);
+  // OPEN of a node with no content but a location: opens it and makes it the node's
+  // content; false (the OPEN goes to JS) over the cap or on any failure.
+  bool openLocation(uint64_t nodeid);
+  bool inUseLocked(const std::string& path) const;
+  // Whether C holds `path` open (a live FileRef); whether a new one would pass maxFiles
+  // (expired entries of files_ are pruned first). Under mu_ (unique).
+  bool holdsLocked(const std::string& path) const;
+  bool atCapLocked();
+  void dropContentLocked(const std::string& path);
+  struct Location {
+    std::string path;
+    uint64_t offset = 0, size = 0, total = 0;
+  };
+  std::unordered_map<uint64_t, Location> locations_;
+  std::atomic<uint64_t> locationOpens_{0}, locationFallbacks_{0};
   // Sends an open reply in the chosen mode and keeps the handle counts; fh of C's own
   // handles is 0 (cached) or kPassthroughFh.
   int sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags, bool cHandle);

@@ -34,6 +34,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -238,6 +239,115 @@ int Session::sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uin
     countRelease(nodeid, sentFh);
   }
   return err;
+}
+
+}  // namespace narfs
+
+// --- Opens answered in C from a location JS gave with the entry --------------------------
+//
+// After drop_caches the kernel forgets every inode, so each later run LOOKUPs and OPENs its
+// files again; JS gives, with a LOOKUP's entry of a regular file whose blob is complete and
+// verified in this process, where its bytes lie (setLocation: a path and sizes, no
+// descriptor). The OPEN is then answered here: the file is opened, its size checked against
+// what JS verified, and it becomes the node's content exactly as if JS had pushed it
+// (setContent), so the eviction guard (evictContent/contentInUse) sees the open handles,
+// RELEASE counts them down, and FORGET lets go of the descriptor. Every failure (the
+// descriptor cap maxFiles, open, fstat, a size that differs, the location dropped while
+// opening) sends the OPEN to JS as before. A blob not verified in this process never has a
+// location (src/store/lazy-store.ts contentFile), and one the cache drops loses it under
+// the same lock the guard answers under, so nothing evicted is opened here afterwards.
+
+namespace narfs {
+
+bool Session::holdsLocked(const std::string& path) const {
+  auto f = files_.find(path);
+  return f != files_.end() && !f->second.expired();
+}
+
+bool Session::atCapLocked() {
+  if (opts_.maxFiles == 0 || files_.size() < opts_.maxFiles) return false;
+  for (auto f = files_.begin(); f != files_.end();) {
+    if (f->second.expired()) f = files_.erase(f);
+    else ++f;
+  }
+  return files_.size() >= opts_.maxFiles;
+}
+
+void Session::setLocation(uint64_t nodeid, const std::string& path, uint64_t offset, uint64_t size,
+                          uint64_t fileTotal) {
+  if (offset > fileTotal || size > fileTotal - offset) return;
+  std::unique_lock<std::shared_mutex> g(mu_);
+  Location& l = locations_[nodeid];
+  l.path = path;
+  l.offset = offset;
+  l.size = size;
+  l.total = fileTotal;
+}
+
+bool Session::evictContent(const std::string& path) {
+  std::unique_lock<std::shared_mutex> g(mu_);
+  if (inUseLocked(path)) return false;
+  dropContentLocked(path);
+  return true;
+}
+
+bool Session::openLocation(uint64_t nodeid) {
+  Location loc;
+  std::shared_ptr<FileRef> ref;
+  {
+    std::unique_lock<std::shared_mutex> g(mu_);
+    auto l = locations_.find(nodeid);
+    if (l == locations_.end()) return false;
+    loc = l->second;
+    auto f = files_.find(loc.path);
+    if (f != files_.end()) ref = f->second.lock();
+    if (!ref && atCapLocked()) {
+      locationFallbacks_++;
+      return false;
+    }
+  }
+  auto fail = [&]() {
+    std::unique_lock<std::shared_mutex> g(mu_);
+    auto l = locations_.find(nodeid);
+    if (l != locations_.end() && l->second.path == loc.path) locations_.erase(l);
+    locationFallbacks_++;
+    return false;
+  };
+  if (!ref) {
+    int f = open(loc.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f < 0) return fail();
+    struct stat st;
+    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != loc.total) {
+      close(f);
+      return fail();
+    }
+    ref = std::make_shared<FileRef>(f, loc.path, loc.total);
+  }
+  if (ref->size != loc.total) return fail();
+  std::unique_lock<std::shared_mutex> g(mu_);
+  auto l = locations_.find(nodeid);
+  // Dropped (evicted, damaged) or replaced while the file was being opened: not this one.
+  if (l == locations_.end() || l->second.path != loc.path) return false;
+  auto it = nodes_.find(nodeid);
+  if (it == nodes_.end()) return false;
+  locations_.erase(l);
+  Node& n = it->second;
+  if (n.file) return true;  // JS pushed it meanwhile
+  if (holdsLocked(loc.path)) {
+    ref = files_[loc.path].lock();  // another open of this blob won the race: share it
+  } else {
+    if (atCapLocked()) {
+      locationFallbacks_++;
+      return false;
+    }
+    files_[loc.path] = ref;
+  }
+  retireBacking(nodeid, n);
+  n.file = ref;
+  n.fileOffset = loc.offset;
+  n.fileSize = loc.size;
+  locationOpens_++;
+  return true;
 }
 
 }  // namespace narfs

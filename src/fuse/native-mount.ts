@@ -70,6 +70,8 @@ interface Addon {
   replyDir(s: Session, ch: number, unique: number, plus: number, size: number, start: number, names: Buffer[], nums: Float64Array,
     dirNodeid?: number, eofOffset?: number, targets?: Array<Buffer | undefined>): number;
   setContent(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): boolean;
+  setLocation(s: Session, nodeid: number, path: string, offset: number, size: number, fileSize: number): void;
+  evictContent(s: Session, path: string): boolean;
   dropContent(s: Session, path: string): void;
   contentInUse(s: Session, path: string): boolean;
   forgetNode(s: Session, nodeid: number, evicted?: boolean): void;
@@ -125,6 +127,12 @@ export interface NativeStats {
   uringRequests: number;
   /** Why io_uring was not set up: an errno (95 EOPNOTSUPP: INIT did not offer it), 0 if it was or not asked. */
   uringError: number;
+  /** Opens answered in C by opening the location JS gave with the LOOKUP's entry (no JS hop). */
+  locationOpens: number;
+  /** Such opens sent to JS instead (descriptor cap reached, the file could not be opened or had another size). */
+  locationFallbacks: number;
+  /** Cache files C holds open now (at most `maxFiles`: half RLIMIT_NOFILE). */
+  heldFiles: number;
 }
 
 /** How requests reach the engine and replies leave it. */
@@ -142,6 +150,8 @@ const OP = {
   READDIR: 28, INTERRUPT: 36, BATCH_FORGET: 42, READDIRPLUS: 44, READY: -1, CLOSED: -2,
 } as const;
 const FOPEN_KEEP_CACHE = 1 << 1;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
 const ERRNO_EOPNOTSUPP = 95;
 const EINTR = 4;
 /** sizeof(fuse_entry_out) + sizeof(fuse_dirent), and sizeof(fuse_dirent). */
@@ -182,8 +192,12 @@ export function nativeFileHasher(): ((path: string) => Promise<{ digest: Buffer;
   }
 }
 
-/** Files C may hold open for reads: half of this process's descriptor limit (RLIMIT_NOFILE). */
-const MAX_PUSHED = Math.max(256, Math.floor(openFileLimit() / 2));
+/**
+ * Files C may hold open for reads: half of this process's descriptor limit (RLIMIT_NOFILE),
+ * enforced in C (native/src/session.h maxFiles) for the files JS pushes and those C opens
+ * itself. Never more than half, however small the limit: the rest is the process's own.
+ */
+const MAX_PUSHED = Math.max(1, Math.floor(openFileLimit() / 2));
 
 /** The soft RLIMIT_NOFILE of this process, from /proc/self/limits (Node has no getrlimit). */
 function openFileLimit(): number {
@@ -334,6 +348,7 @@ export class NativeMount {
         entryTtl: this.#entryTtl,
         attrTtl: o.attrTimeoutS ?? 86400,
         passthrough: o.passthrough ?? true,
+        maxFiles: MAX_PUSHED,
         transport: o.transport ?? 'dev',
         ...(o.uringDepth ? { uringDepth: o.uringDepth } : {}),
         ...(o.adopt ? { adopt: o.adopt } : {}),
@@ -347,9 +362,10 @@ export class NativeMount {
       // C forgot those locations: push again once the content is back.
       for (const [nodeid, p] of this.#pushed) if (p === path) this.#pushed.delete(nodeid);
     });
-    // Files the kernel has open through C (pread or passthrough) are not JS's to see: ask C
-    // before the cache evicts one.
-    this.#fs.guardDropped((path) => !(this.#session && a.contentInUse(this.#session, path)));
+    // Files the kernel has open through C (pread or passthrough, pushed by JS or opened by C
+    // from a location) are not JS's to see: ask C before the cache evicts one. C lets go of
+    // an idle one in the same step, so it cannot open it after answering.
+    this.#fs.guardDropped((path) => !this.#session || a.evictContent(this.#session, path));
     try {
       await withDeadline(30_000, () => Promise.race([ready, this.#closed.then(() => {
         throw new NarfsError('ERR_MOUNT', `the kernel closed ${o.mountpoint} before it was ready`);
@@ -547,6 +563,13 @@ export class NativeMount {
       if (this.#negativeTtl > 0) n.replyEntry(s, ch, unique, 0, 0, 0, 0, this.#negativeTtl);
       else n.replyErr(s, ch, unique, ERRNO.ENOENT);
       return;
+    }
+    // A regular file whose bytes are complete and verified in this process: C is told where
+    // they lie (no descriptor yet) and answers its OPEN itself (native/src/session_passthrough.cc
+    // openLocation), so a walk after the kernel forgot the inode sends no OPEN here.
+    if ((attr.mode & S_IFMT) === S_IFREG && attr.size > 0 && !this.#pushed.has(attr.ino)) {
+      const loc = this.#fs.contentLocation(attr.ino);
+      if (loc) n.setLocation(s, attr.ino, loc.path, loc.offset, loc.size, loc.fileSize);
     }
     const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, parent === ROOT_INO ? this.#rootEntryTtl : this.#entryTtl);
     // The request was interrupted and is gone: the kernel did not take this lookup.
