@@ -1,0 +1,203 @@
+/**
+ * OPEN answered in C after the kernel forgot the inode (native engine, real mount, real
+ * cache): once a file's blob is complete and verified in this process, the LOOKUP that
+ * finds it again after `drop_caches` hands C the blob's location
+ * (native/src/session_passthrough.cc openLocation), and its OPEN never reaches JS (engine
+ * counters) and is passthrough as root. Such an open file keeps its blob through
+ * eviction (the cache's guard asks C: evictContent), reads stay byte-exact, and the blob
+ * can go once it is closed. Under a tiny descriptor limit (prlimit), C holds at most half
+ * of it and every further open goes to JS and still works.
+ *
+ * `drop_caches` is global (as in the bench); each test waits for the kernel's FORGET of the
+ * file to reach JS (its inode number is gone) before opening it again, so that the open
+ * counted is one of a node C knew nothing of.
+ * Skipped when NARFS_FUSE_BACKEND selects fuse-native, or when not root.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, open, readdir, readlink, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { promisify } from 'node:util';
+import { loadFixtures, pathByRole, type Fixtures } from '../support/fixtures.js';
+import { EVENT_TIMEOUT_MS, probe, withMount, type TestMount } from '../support/mount-harness.js';
+import { NARFS_BIN, startNarfsMount } from '../support/cli-daemon.js';
+import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
+import { fuseBackendOf } from '../../src/daemon/mount-daemon.js';
+import { forceUnmount } from '../../src/fuse/fuse-native-mount.js';
+import type { NativeStats } from '../../src/fuse/native-mount.js';
+import type { NarfsStatus } from '../../src/daemon/status-operation.js';
+
+const execFileP = promisify(execFile);
+const LOOKUP = 1;
+const OPEN = 14;
+const READ = 15;
+
+const dropCaches = () => execFileP('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+
+/** Resolves once `done()` is true; polls every 50 ms and fails after EVENT_TIMEOUT_MS with `what`. */
+async function until(done: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  const end = Date.now() + EVENT_TIMEOUT_MS;
+  while (!(await done())) {
+    if (Date.now() > end) throw new Error(`not within ${EVENT_TIMEOUT_MS / 1000} s: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Drops the kernel's caches until JS has processed the FORGET of inode `ino`. */
+async function forgotten(m: TestMount, ino: number): Promise<void> {
+  const known = () => {
+    try {
+      m.running.fs.getattr(ino);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  await until(async () => {
+    if (!known()) return true;
+    await dropCaches();
+    return !known();
+  }, `the kernel forgets inode ${ino}`);
+}
+
+describe('e2e: native engine, OPEN answered in C from a location given with the entry', function () {
+  this.timeout(10 * 60_000);
+  let fixtures: Fixtures;
+  let root: string;
+
+  before(async function () {
+    if (fuseBackendOf({} as never) !== 'native' || process.getuid?.() !== 0) this.skip();
+    fixtures = await loadFixtures();
+  });
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'narfs-open-in-c-'));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const largeRel = () => join(storePathBase(parseStorePath(fixtures.largeFile.storePath)), fixtures.largeFile.relPath);
+
+  it('after a walk and drop_caches, re-opening a verified file sends no OPEN to JS and is passthrough', async () => {
+    const lake = fixtures.datalakes['none']!;
+    await withMount({ datalakes: [lake.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+      const file = join(m.mnt, largeRel());
+      const first = await probe('read', file); // fetched and written by this process: verified
+      assert.equal(first.ok, true, JSON.stringify(first));
+      const st = await probe('stat', file);
+      await forgotten(m, st.ino!);
+      const before = m.running.engine.stats()!;
+      const again = await probe('read', file);
+      const after = m.running.engine.stats()!;
+      assert.equal(again.sha256, first.sha256);
+      const d = (op: number) => (after.toJsByOpcode[op] ?? 0) - (before.toJsByOpcode[op] ?? 0);
+      assert.ok(d(LOOKUP) >= 1, 'the kernel looked the file up again (it had forgotten it)');
+      assert.equal(d(OPEN), 0, 'no OPEN reached JS');
+      assert.equal(d(READ), 0, 'no READ reached JS');
+      assert.equal(after.locationOpens - before.locationOpens, 1, 'C opened the location itself');
+      if (after.passthroughEnabled) assert.equal(after.passthroughOpens, before.passthroughOpens + 1, 'a passthrough open');
+      else assert.ok(after.bytesInC - before.bytesInC >= fixtures.largeFile.size);
+    });
+  });
+
+  it('eviction (gc to 0 bytes) while such a file is open keeps it, reads stay byte-exact; it goes after close', async () => {
+    const lake = fixtures.datalakes['none']!;
+    await withMount({ datalakes: [lake.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+      const file = join(m.mnt, largeRel());
+      const first = await probe('read', file);
+      assert.equal(first.ok, true, JSON.stringify(first));
+      const blob = join(m.cacheDir, 'blobs', first.sha256!.slice(0, 2), first.sha256!);
+      await stat(blob);
+      await forgotten(m, (await probe('stat', file)).ino!);
+      const before = m.running.engine.stats()!;
+      // Opened from the libuv pool (this process serves the mount, so never synchronously).
+      const fh = await open(file, 'r');
+      let closed = false;
+      try {
+        const opened = m.running.engine.stats()!;
+        assert.equal((opened.toJsByOpcode[OPEN] ?? 0) - (before.toJsByOpcode[OPEN] ?? 0), 0, 'the open was answered in C');
+        assert.equal(opened.locationOpens - before.locationOpens, 1);
+        const gc = await m.running.stack.blobs.evictTo(0);
+        assert.ok(gc.evicted >= 0);
+        await stat(blob); // still there
+        const hash = createHash('sha256');
+        const buf = Buffer.alloc(1 << 20);
+        for (let pos = 0; ; ) {
+          const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+          if (bytesRead === 0) break;
+          hash.update(buf.subarray(0, bytesRead));
+          pos += bytesRead;
+        }
+        assert.equal(hash.digest('hex'), first.sha256, 'byte-exact while the cache was trimmed to 0');
+        await fh.close();
+        closed = true;
+        // RELEASE reaches the engine after close returns (the kernel sends it in the background).
+        await until(async () => {
+          await m.running.stack.blobs.evictTo(0);
+          return stat(blob).then(() => false, () => true);
+        }, 'the blob is evicted once the file is closed');
+      } finally {
+        if (!closed) await fh.close();
+      }
+      const after = await probe('read', file);
+      assert.equal(after.sha256, first.sha256, 'fetched again, read right');
+    });
+  });
+
+  it('under a tiny descriptor limit (prlimit) C holds at most half of it and further opens go to JS and work', async function () {
+    const lake = fixtures.datalakes['none']!;
+    const many = pathByRole(fixtures, 'many-files');
+    const mnt = join(root, 'nix', 'store');
+    await mkdir(mnt, { recursive: true });
+    const cacheDir = join(root, 'cache');
+    const limit = 256;
+    const d = await startNarfsMount([mnt, '--datalake', lake.url, '--trusted-public-keys', fixtures.publicKey,
+      '--cache-dir', cacheDir, '--log-format', 'json'], undefined, {
+      wrap: (argv) => ['prlimit', [`--nofile=${limit}:${limit}`, '--', ...argv]],
+    });
+    try {
+      const engine = async (): Promise<{ e: NativeStats; inodes: number }> => {
+        const { stdout } = await execFileP(process.execPath, [NARFS_BIN, 'status', '--cache-dir', cacheDir, '--json'], { timeout: 120_000 });
+        const st = JSON.parse(stdout) as NarfsStatus;
+        return { e: st.fuse.engine!, inodes: st.fuse.inodes };
+      };
+      const dir = join(mnt, basename(many.storePath));
+      // Every regular file, in a fixed order, hashed as one stream (a child process), opened
+      // by path as the bench's readers do: LOOKUPs, no directory listing on the second run.
+      const list = join(root, 'files');
+      await execFileP('sh', ['-c', 'cd "$1" && find . -type f | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
+      const readAll = async () => (await execFileP('sh', ['-c',
+        'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout;
+      const firstRun = await readAll();
+      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
+      assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      // Until the kernel has forgotten (nearly) every inode of the path.
+      await until(async () => {
+        await dropCaches();
+        return (await engine()).inodes < 10;
+      }, 'the kernel forgets the inodes of the walk');
+      const before = (await engine()).e;
+      const secondRun = await readAll();
+      const { e: after } = await engine();
+      assert.equal(secondRun, firstRun, 'the same bytes');
+      assert.ok(after.locationOpens - before.locationOpens > 0, 'C opened some files itself');
+      assert.ok(after.locationFallbacks - before.locationFallbacks > 0, 'and sent the others to JS at its cap');
+      assert.ok((after.toJsByOpcode[OPEN] ?? 0) - (before.toJsByOpcode[OPEN] ?? 0) > 0, 'opens over the cap reached JS');
+      assert.ok(after.heldFiles <= limit / 2, `C holds ${after.heldFiles} files (cap ${limit / 2})`);
+      // The daemon's own descriptors of cache blobs agree.
+      const pid = d.child.pid!;
+      let blobs = 0;
+      for (const fd of await readdir(`/proc/${pid}/fd`)) {
+        const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+        if (target.startsWith(join(cacheDir, 'blobs'))) blobs++;
+      }
+      assert.ok(blobs <= limit / 2, `${blobs} blob descriptors open in the daemon`);
+    } finally {
+      await d.stop();
+      // A daemon that died (out of descriptors) leaves its mount behind.
+      await forceUnmount(mnt, { abort: true }).catch(() => {});
+    }
+  });
+});
