@@ -4,7 +4,10 @@
  * process, so every cached file is re-hashed in this one before it is served
  * (src/cache/blob-store.ts). For each of `starts` daemon starts (in-process startMount, a
  * real mount), `reps` runs alternate with local disk; each narfs run prints its time and
- * the engine counters it moved (OPENs and READs sent to JS, passthrough opens, READs in C).
+ * the engine counters it moved (LOOKUPs, OPENs and READs sent to JS, opens answered in C
+ * from a location given with the entry, passthrough opens, READs in C). Runs after the
+ * first of a start show whether their OPENs stay in C (native/src/session_passthrough.cc
+ * openLocation) although `drop_caches` made the kernel forget every inode.
  *
  * Usage (root): node --import tsx bench/first-read-probe.ts <bench build dir> [starts (3)] [reps (3)]
  */
@@ -50,7 +53,7 @@ try {
     const r = await startMount(config, silent);
     try { await cats(mnt); } finally { await r.close(); }
   }
-  const delta = (a: NativeStats, b: NativeStats) => `OPEN to JS ${(b.toJsByOpcode[14] ?? 0) - (a.toJsByOpcode[14] ?? 0)}, READ to JS ${(b.toJsByOpcode[15] ?? 0) - (a.toJsByOpcode[15] ?? 0)}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}, READs in C ${b.readsInC - a.readsInC}`;
+  const delta = (a: NativeStats, b: NativeStats) => `LOOKUP to JS ${(b.toJsByOpcode[1] ?? 0) - (a.toJsByOpcode[1] ?? 0)}, OPEN to JS ${(b.toJsByOpcode[14] ?? 0) - (a.toJsByOpcode[14] ?? 0)}, READ to JS ${(b.toJsByOpcode[15] ?? 0) - (a.toJsByOpcode[15] ?? 0)}, opens in C from a location ${(b.locationOpens ?? 0) - (a.locationOpens ?? 0)}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}, READs in C ${b.readsInC - a.readsInC}`;
   const disk: number[] = [];
   const firsts: number[] = [];
   const laters: number[] = [];

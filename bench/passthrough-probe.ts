@@ -14,7 +14,9 @@
  * printed for each, so /dev/fuse and io_uring compare in the same run (`--no-uring`: not).
  *
  * Given a directory (a store path) instead, it measures scenario 5 instead: concurrent
- * readers (one `cat` per file, page cache dropped) of up to 16 of its files of 1-8 MB.
+ * readers (one `cat` per file, page cache dropped) of up to 16 of its files of 1-8 MB,
+ * with the LOOKUPs and OPENs each run sends to JS (after `drop_caches` the kernel has
+ * forgotten the inodes; OPENs answered in C from the entry's location are counted apart).
  *
  * Usage (root): node --import tsx bench/passthrough-probe.ts <large file | dir> [reps (7)]
  * e.g. the bench closure's libLLVM-15.so.1 (scenario 3's file) or its `libs` store path.
@@ -113,7 +115,8 @@ try {
       const t = times.get(c.name)!;
       const a = before.get(c.name);
       const b = c.mount?.stats();
-      const req = a && b ? `; during: READs in C ${b.readsInC - a.readsInC}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}${perRequest(a, b, t)}` : '';
+      const toJs = (op: number) => (b!.toJsByOpcode[op] ?? 0) - (a!.toJsByOpcode[op] ?? 0);
+      const req = a && b ? `; during: READs in C ${b.readsInC - a.readsInC}, passthrough opens ${b.passthroughOpens - a.passthroughOpens}, LOOKUPs to JS ${toJs(1)}, OPENs to JS ${toJs(14)}, opens in C from a location ${b.locationOpens - a.locationOpens}${perRequest(a, b, t)}` : '';
       console.log(`  ${c.name.padEnd(24)} median ${median(t).toFixed(1)} ms, min ${Math.min(...t).toFixed(1)}, max ${Math.max(...t).toFixed(1)}, throughput vs disk ${(disk / median(t)).toFixed(2)}x${req}`);
     }
   }
