@@ -15,6 +15,9 @@
 // descriptor of the cache file (opened here by path, size checked against what JS says
 // was verified), so a descriptor JS closes can never be read by mistake; a short pread
 // drops the content and sends the read to JS, which finds the damage and refetches.
+// A location JS gives with an entry (setLocation) is only a path: C opens it at OPEN
+// (session_passthrough.cc openLocation), with the same size check, and holds at most
+// opts.maxFiles cache files open in all.
 #pragma once
 #include <atomic>
 #include <cstdint>

@@ -9,7 +9,11 @@
  *   the last entry of a store path's directory (JS tells C where each listing ends), OPEN/READ of files whose verified bytes are complete in
  *   the cache (pread from the cache file: JS pushes the location with setContent; a file
  *   whose bytes are a whole local file, offset 0, is opened in FUSE passthrough where the
- *   kernel and privileges allow, so its reads never leave the kernel), OPENDIR,
+ *   kernel and privileges allow, so its reads never leave the kernel; with the LOOKUP entry
+ *   of a regular file whose blob is complete and verified in this process, JS also gives
+ *   the location without a descriptor, and C opens it at the file's OPEN: after the kernel
+ *   forgot the inode (drop_caches) its OPEN does not reach JS; C holds at most MAX_PUSHED
+ *   files, past which opens go to JS), OPENDIR,
  *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
  *   read-only).
  * - JS sees: LOOKUP, READDIRPLUS pages, READLINK of a node C has no target for, OPEN/READ of files
