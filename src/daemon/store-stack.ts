@@ -122,6 +122,10 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     });
     await store.loadKnown();
     cleanups.push(() => store.close());
+    // What this process fetched by range, for the log (bench and diagnosis read it).
+    cleanups.push(async () => {
+      if (chunks.stats.requests > 0) logger.info('store counters', { store: store.counters, fetcher: chunks.stats });
+    });
     return { datalakes, blobs, trees, infos, materialiser, chunks, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();

@@ -21,8 +21,9 @@
  *   NAR order) are fetched along within `neighbourBytes` (neighbourhood.ts), in requests
  *   beside the file's own; once a path has been read broadly (`escalateShare` of its file
  *   bytes), the rest of it is fetched in large parallel requests (bulk), as are `narfs
- *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are cached
- *   as whole blobs;
+ *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are staged
+ *   in memory once verified (reads are served from there) and committed as whole blobs in
+ *   background batches (BlobStore.commitBuffers, off the JS thread);
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
  *   verified against NarHash, unpacked into the BlobStore (Materialiser).
@@ -64,7 +65,6 @@ import type { Datalake } from '../datalake/datalake.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
-import { writeFile } from 'node:fs/promises';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
 import { frameSpan, neighbours } from './neighbourhood.js';
@@ -106,7 +106,11 @@ export interface LazyStoreOptions {
   bulkRequestBytes?: number;
   /** Bulk requests in flight per store path. Default 4. */
   bulkConcurrency?: number;
+  /** Most bytes of fetched small files held in memory before their commit to the cache. Default 64 MiB. */
+  stageMaxBytes?: number;
 }
+
+export const DEFAULT_STAGE_MAX_BYTES = 64 << 20;
 
 /** Neighbours fetched along with a miss: ~one round trip's worth at 1 Gbit/s and 20 ms. */
 export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
@@ -167,12 +171,22 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #noIndex = new Set<string>();
   /** Index fetches in flight, per store path. */
   readonly #indexing = new Map<string, Promise<Tree | undefined>>();
-  /** Whole one-chunk files waiting to be committed together (#commitWhole). */
-  #wholeBatch: { files: Array<{ sha: Buffer; size: number; tempPath: string }>; done: Promise<void> } | undefined;
+  /**
+   * Whole one-chunk files verified against the signed index and held in memory until the
+   * background commit (#drain) has them in the blob store, by hex SHA-256. Reads are served
+   * from here meanwhile; bounded by `#stageMaxBytes` (writers wait beyond it).
+   */
+  readonly #staged = new Map<string, { sha: Buffer; bytes: Buffer }>();
+  #stagedBytes = 0;
+  #inCommit = 0;
+  #draining: Promise<void> | undefined;
+  /** Writers waiting for room in the stage (woken after each committed batch). */
+  readonly #committed: Array<() => void> = [];
+  readonly #stageMaxBytes: number;
   /** Read breadth per ranged store path (escalation to a bulk fetch). */
   readonly #breadth = new Map<string, Breadth>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
-  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0 };
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0, stagedReads: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -181,6 +195,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#blobs = blobs;
     this.#treeStore = trees;
     this.#opts = options;
+    this.#stageMaxBytes = options.stageMaxBytes ?? DEFAULT_STAGE_MAX_BYTES;
     blobs.watchRemoved((hex) => {
       const path = blobs.blobPath(Buffer.from(hex, 'hex'));
       for (const l of this.#dropListeners) l('', path);
@@ -305,7 +320,7 @@ export class LazyStore implements RootNodes, ContentReader {
     if (tree && file && tree.ranged) {
       // An open counts as a read of the file's first bytes (a complete file's later reads
       // may be served by the engine without asking).
-      const held = this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0] === true;
+      const held = this.#stagedOf(file) !== undefined || this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0] === true;
       this.#noteBreadth(name, tree, file, Math.min(file.size, this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES), !held);
       if (held) return;
       this.#fetchChunks(tree, file, 0, 0, AbortSignal.timeout(120_000)).catch(() => {
@@ -339,6 +354,8 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#noteRead(name, file);
     const unpin = this.#blobs.pin(file.sha256);
     try {
+      const staged = this.#stagedOf(file);
+      if (staged) return this.#served(name, tree, file, staged, offset, length);
       if (this.#blobs.completePath(file.sha256, file.size) === undefined && tree.ranged) {
         const cs = tree.index.chunkSize;
         const first = Math.floor(offset / cs);
@@ -356,6 +373,8 @@ export class LazyStore implements RootNodes, ContentReader {
             this.#opts.logger.warn('the index cannot be read by range here; fetching the whole NAR', { path: name, err });
           }
         }
+        const got = this.#stagedOf(file);
+        if (got) return this.#served(name, tree, file, got, offset, length);
         if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
           this.counters.rangedReads++;
           this.counters.bytesRead += length;
@@ -379,6 +398,18 @@ export class LazyStore implements RootNodes, ContentReader {
     }
   }
 
+  /** A read answered from the stage (verified bytes not yet committed). */
+  #served(name: string, tree: Tree, file: IndexedFile, bytes: Buffer, offset: number, length: number): Buffer {
+    if (offset < 0 || offset + length > bytes.length) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at offset ${offset} are not within a file of ${bytes.length}`);
+    }
+    this.counters.rangedReads++;
+    this.counters.stagedReads++;
+    this.counters.bytesRead += length;
+    this.#noteBreadth(name, tree, file, length, false);
+    return Buffer.from(bytes.subarray(offset, offset + length));
+  }
+
   /**
    * Fetches every file of `name` that the cache does not hold (`narfs prefetch`): by ranged
    * reads when the path is indexed, else its whole NAR. Returns the bytes of its files.
@@ -395,6 +426,7 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     void concurrency;
     await this.#fetchBulk(tree, tree.index.files, signal);
+    await this.flushStaged();
     return { files: tree.index.files.length, bytes };
   }
 
@@ -419,6 +451,7 @@ export class LazyStore implements RootNodes, ContentReader {
       return { files: files.length, failed };
     }
     const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? 64 * 1024);
+    await this.flushStaged();
     return { files: files.length, failed: failed + r.failedFiles };
   }
 
@@ -435,7 +468,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const cs = tree.index.chunkSize;
     const runs: ChunkRun[] = [];
     for (const f of files) {
-      if (this.#blobs.completePath(f.sha256, f.size) !== undefined) continue;
+      if (this.#stagedOf(f) || this.#blobs.completePath(f.sha256, f.size) !== undefined) continue;
       runs.push({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 });
     }
     if (runs.length === 0) return { failedFiles: 0 };
@@ -467,7 +500,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const near = neighbours(tree.index, file, {
       budgetBytes: budget,
       maxFileBytes: maxFile,
-      isHeld: (f) => this.#blobs.completePath(f.sha256, f.size) !== undefined,
+      isHeld: (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined,
     });
     // Seekable: the frames of the file's own request bring the neighbours inside them along.
     const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);
@@ -519,7 +552,7 @@ export class LazyStore implements RootNodes, ContentReader {
 
   /** Whether the cache holds chunk k of `f`. */
   #holds(tree: Tree, f: IndexedFile, k: number): boolean {
-    return this.#blobs.completePath(f.sha256, f.size) !== undefined
+    return this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
       || this.#blobs.haveChunks(f.sha256, f.size, tree.index.chunkSize, k, k)[0] === true;
   }
 
@@ -530,42 +563,78 @@ export class LazyStore implements RootNodes, ContentReader {
 
   /**
    * Caches one verified chunk. A file of one chunk is a whole verified file (its chunk hash
-   * is its SHA-256): it goes in as a whole blob (written to tmp/, renamed; no partial file,
-   * no fdatasync and no re-hash per file, which cost milliseconds per small file).
+   * is its SHA-256): it is staged in memory (served from there at once) and committed to
+   * the blob store in the background, in batches, by the blob-write worker (#drain): a
+   * decoded frame brings hundreds of small files, and no reader waits for their writes.
+   * Larger files go in chunk by chunk (partial blobs).
    */
   async #store(tree: Tree, f: IndexedFile, k: number, bytes: Buffer): Promise<void> {
     const cs = tree.index.chunkSize;
-    if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
     if (f.size <= cs) {
-      const tmp = this.#blobs.tempPath('c');
-      await writeFile(tmp, bytes, { mode: 0o600 });
-      await this.#commitWhole({ sha: f.sha256, size: f.size, tempPath: tmp });
+      const hex = f.sha256.toString('hex');
+      if (this.#staged.has(hex) || this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
+      // A copy: `bytes` may be a view into a whole request's buffer.
+      this.#staged.set(hex, { sha: f.sha256, bytes: Buffer.from(bytes) });
+      this.#stagedBytes += f.size;
+      this.#drainSoon();
+      // Bounded memory: a writer that outruns the disk waits for commits.
+      while (this.#stagedBytes > this.#stageMaxBytes && this.#draining) await new Promise<void>((r) => this.#committed.push(r));
       return;
     }
+    if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
     await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
   }
 
-  /**
-   * Commits whole files written in tmp/ in batches: the files of one request (a frame of
-   * hundreds of small files, a region) arrive together and go in with one commitFiles
-   * call (one metadata transaction), not one each.
-   */
-  #commitWhole(file: { sha: Buffer; size: number; tempPath: string }): Promise<void> {
-    let batch = this.#wholeBatch;
-    if (!batch) {
-      const files: Array<{ sha: Buffer; size: number; tempPath: string }> = [];
-      const done = new Promise<void>((resolve, reject) => {
-        setImmediate(() => {
-          this.#wholeBatch = undefined;
-          this.#blobs.commitFiles(files).then(() => resolve(), reject);
-        });
+  /** Resolves once every file staged so far is committed to the blob store (or dropped on a cache error). */
+  async flushStaged(): Promise<void> {
+    while (this.#draining) await this.#draining;
+  }
+
+  /** The staged (verified, not yet committed) bytes of a whole file, if any. */
+  #stagedOf(f: IndexedFile): Buffer | undefined {
+    return this.#staged.size === 0 ? undefined : this.#staged.get(f.sha256.toString('hex'))?.bytes;
+  }
+
+  #drainSoon(): void {
+    if (this.#draining) return;
+    this.#draining = new Promise<void>((resolve) => setImmediate(() => {
+      this.#drain().finally(() => {
+        this.#draining = undefined;
+        resolve();
+        if (this.#staged.size > this.#inCommit) this.#drainSoon();
       });
-      done.catch(() => {});
-      batch = { files, done };
-      this.#wholeBatch = batch;
+    }));
+  }
+
+  /** Commits the staged files in batches (one at a time), oldest first, until none is left. */
+  async #drain(): Promise<void> {
+    for (;;) {
+      const batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
+      const hexes: string[] = [];
+      let bytes = 0;
+      for (const [hex, f] of this.#staged) {
+        if (batch.length >= 2048 || bytes >= 32 << 20) break;
+        batch.push(f);
+        hexes.push(hex);
+        bytes += f.bytes.length;
+      }
+      if (batch.length === 0) return;
+      this.#inCommit = batch.length;
+      try {
+        await this.#blobs.commitBuffers(batch);
+      } catch (err) {
+        // Dropped from memory: a file that is read later is fetched (and checked) again.
+        this.#opts.logger.warn('cannot commit fetched files to the cache; they are fetched again when read', { files: batch.length, err: toNarfsError(err, 'ERR_CACHE_IO') });
+      } finally {
+        this.#inCommit = 0;
+        for (const hex of hexes) {
+          const f = this.#staged.get(hex);
+          if (f) this.#stagedBytes -= f.bytes.length;
+          this.#staged.delete(hex);
+        }
+        for (const r of this.#committed.splice(0)) r();
+      }
     }
-    batch.files.push(file);
-    return batch.done;
   }
 
   async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {
@@ -578,7 +647,7 @@ export class LazyStore implements RootNodes, ContentReader {
       tree.index, file, first, last,
       (f, k, bytes) => this.#store(tree, f, k, bytes),
       signal,
-      { isCached: (k) => this.#blobs.haveChunks(file.sha256, file.size, cs, k, k)[0] === true, isHeld: (f, k) => this.#holds(tree, f, k) },
+      { isCached: (k) => this.#holds(tree, file, k), isHeld: (f, k) => this.#holds(tree, f, k) },
     );
   }
 
@@ -807,6 +876,8 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async close(): Promise<void> {
+    // What was fetched and verified goes into the cache before the blob store closes.
+    await this.flushStaged();
     this.#trees.clear();
   }
 }
