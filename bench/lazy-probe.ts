@@ -30,9 +30,12 @@ function profileSummary(dir: string): string[] {
   const f = readdirSync(dir).find((n) => n.endsWith('.cpuprofile'));
   if (!f) return ['(no profile)'];
   const p = JSON.parse(readFileSync(join(dir, f), 'utf8')) as {
-    nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[]; timeDeltas: number[];
+    nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[]; timeDeltas: number[];
   };
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const callers = new Map<string, number>();
   const self = new Map<string, number>();
   let total = 0;
   p.samples.forEach((id, i) => {
@@ -41,8 +44,14 @@ function profileSummary(dir: string): string[] {
     total += dt;
     const key = `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${n.callFrame.lineNumber + 1}`;
     self.set(key, (self.get(key) ?? 0) + dt);
+    if (n.callFrame.functionName === '#row' || n.callFrame.functionName === 'get') {
+      const chain: string[] = [];
+      for (let q = parent.get(id); q !== undefined && chain.length < 3; q = parent.get(q)) chain.push(byId.get(q)!.callFrame.functionName);
+      callers.set(chain.join(' < '), (callers.get(chain.join(' < ')) ?? 0) + dt);
+    }
   });
-  return [`total ${(total / 1000).toFixed(0)} ms sampled`, ...[...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)
+  const top = [...callers.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `   #row from ${k}: ${(v / 1000).toFixed(0)} ms`);
+  return [...top, `total ${(total / 1000).toFixed(0)} ms sampled`, ...[...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)
     .map(([k, v]) => `${(v / 1000).toFixed(0).padStart(6)} ms ${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`)];
 }
 
@@ -89,7 +98,11 @@ try {
     const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
       nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more] });
     let read = 0;
-    try { read = await work(mount.mnt); } finally { await mount.stop(); }
+    try { read = await work(mount.mnt); } catch (e) {
+      await mount.stop();
+      for (const l of readFileSync(mount.logFile, 'utf8').split('\n').filter((x) => /"level":"(warn|error)"/.test(x)).slice(0, 8)) console.log(`  log: ${l.slice(0, 1500)}`);
+      throw e;
+    } finally { await mount.stop(); }
     const t = performance.now() - t0;
     const s1 = await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');

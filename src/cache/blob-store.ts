@@ -224,14 +224,28 @@ export class BlobStore {
     return this.#q.get.get(sha) as BlobRow | undefined;
   }
 
+  /**
+   * Complete blobs this process wrote or verified (hex -> size): the hot queries (is it
+   * held? trusted?) answered without SQLite. Kept exact: an entry goes in only with its
+   * row's insert or verification in this generation, and leaves with the row (#forgetRow).
+   */
+  readonly #known = new Map<string, number>();
+  #remember(hex: string, size: number): void {
+    if (this.#known.size >= 500_000) this.#known.clear(); // a bound on memory; SQLite still answers
+    this.#known.set(hex, size);
+  }
+
   /** The path of the complete blob of `sha` if the store holds it with this size. */
   completePath(sha: Buffer, size: number): string | undefined {
+    const hex = shaHex(sha);
+    if (this.#known.get(hex) === size) return join(this.#blobDir, hex.slice(0, 2), hex);
     const row = this.#row(sha);
     return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
   }
 
   /** Whether the complete blob was verified (hashed, or written) by this process. */
   isVerified(sha: Buffer): boolean {
+    if (this.#known.has(shaHex(sha))) return true;
     const row = this.#row(sha);
     return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
   }
@@ -239,6 +253,7 @@ export class BlobStore {
   /** Which of chunks [first, last] of the file are held (all of them when complete). */
   haveChunks(sha: Buffer, size: number, chunkSize: number, first: number, last: number): boolean[] {
     const out = new Array<boolean>(Math.max(0, last - first + 1)).fill(false);
+    if (this.#known.get(shaHex(sha)) === size) return out.fill(true);
     const row = this.#row(sha);
     if (!row || row.size !== size) return out;
     if (row.complete === 1) return out.fill(true);
@@ -281,6 +296,7 @@ export class BlobStore {
    */
   pin(sha: Buffer): Unpin {
     const unpin: Unpin = this.#pin(sha);
+    if (this.#known.has(shaHex(sha))) return unpin; // complete and verified in this process
     const row = this.#row(sha);
     if (row && row.complete === 1 && row.verified_gen !== this.#gen && !this.#closed) {
       const ready = this.verifyBlob(sha);
@@ -368,11 +384,16 @@ export class BlobStore {
       try {
         fh = await open(path, 'r');
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-          await this.drop(sha);
-          throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared from the cache; dropped`, { cause: err });
+        // A partial file renamed into blobs/ meanwhile (its last chunk came, and it hashed
+        // to its name: #promote): read the blob.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && row.complete !== 1) fh = await open(this.blobPath(sha), 'r').catch(() => undefined);
+        if (!fh) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+            await this.drop(sha);
+            throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared from the cache; dropped`, { cause: err });
+          }
+          throw cacheError(err, `cannot open ${path}`);
         }
-        throw cacheError(err, `cannot open ${path}`);
       }
       const st = await fh.stat();
       if (st.size !== size) {
@@ -440,7 +461,10 @@ export class BlobStore {
         await this.drop(sha);
         return false;
       }
-      if (!this.#closed) this.#q.verified.run(this.#gen, sha);
+      if (!this.#closed) {
+        this.#q.verified.run(this.#gen, sha);
+        this.#remember(shaHex(sha), row.size);
+      }
       return true;
     } finally {
       unpin();
@@ -602,6 +626,7 @@ export class BlobStore {
         this.#db.transaction(() => {
           this.#q.deleteChunks.run(sha);
           this.#q.complete.run(row.size, this.#gen, sha);
+          this.#remember(hex, row.size);
         })();
         this.#total += row.size - row.held;
       })().finally(() => this.#promoting.delete(hex));
@@ -661,7 +686,10 @@ export class BlobStore {
     } finally {
       // What was renamed is complete and verified: it gets its row even if a later file failed.
       this.#db.transaction(() => {
-        for (const p of pending) this.#q.insert.run(p.sha, p.size, 1, 0, p.size, this.#clock++, this.#gen);
+        for (const p of pending) {
+          this.#q.insert.run(p.sha, p.size, 1, 0, p.size, this.#clock++, this.#gen);
+          this.#remember(shaHex(p.sha), p.size);
+        }
       })();
       out.added = pending.length;
       for (const u of unpins) u();
@@ -733,7 +761,10 @@ export class BlobStore {
       const done = jobs.filter((_, i) => r.ok[i]);
       // close() waits for this commit before it closes the database.
       this.#db.transaction(() => {
-        for (const j of done) this.#q.insert.run(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen);
+        for (const j of done) {
+          this.#q.insert.run(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen);
+          this.#remember(j.hex, j.size);
+        }
       })();
       out.added = done.length;
       for (let i = 0; i < jobs.length; i++) if (!r.ok[i]) this.#total -= jobs[i]!.size;
@@ -774,6 +805,7 @@ export class BlobStore {
       this.#q.delete.run(row.sha);
     })();
     this.#total -= row.held;
+    this.#known.delete(shaHex(row.sha));
     this.#touched.delete(shaHex(row.sha));
     for (const l of this.#removedListeners) l(shaHex(row.sha));
   }

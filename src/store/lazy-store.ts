@@ -67,7 +67,7 @@ import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
-import { frameSpan, neighbours } from './neighbourhood.js';
+import { fileIndexOf, frameSpan, neighbours } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
@@ -104,8 +104,19 @@ export interface LazyStoreOptions {
   escalateShare?: number;
   /** Largest request of a bulk fetch (escalation, `narfs prefetch`, trace replay), NAR bytes. Default 8 MiB. */
   bulkRequestBytes?: number;
-  /** Bulk requests in flight per store path. Default 4. */
+  /**
+   * Bulk requests of one store path handed to the fetcher at once. They then wait for its
+   * request slots (behind readers' requests), with their chunks' flights registered, so a
+   * reader that needs a chunk of a queued bulk request joins it and moves it up instead of
+   * fetching the chunk a second time. Default DEFAULT_BULK_CONCURRENCY.
+   */
   bulkConcurrency?: number;
+  /**
+   * Escalation of a walk: after this many misses in a row, each at the next file in NAR
+   * order that the cache lacked (a reader copying the path, not a program picking files),
+   * the rest of the path is fetched in bulk. 0 turns it off. Default DEFAULT_ESCALATE_STREAK.
+   */
+  escalateStreak?: number;
   /** Most bytes of fetched small files held in memory before their commit to the cache. Default 64 MiB. */
   stageMaxBytes?: number;
 }
@@ -116,6 +127,9 @@ export const DEFAULT_STAGE_MAX_BYTES = 64 << 20;
 export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
 export const DEFAULT_NEIGHBOUR_FILE_BYTES = 128 * 1024;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
+export const DEFAULT_ESCALATE_STREAK = 8;
+export const DEFAULT_BULK_CONCURRENCY = 64;
+export const DEFAULT_BULK_REQUEST_BYTES = 8 << 20;
 /** Reads of a path that must have missed before it escalates to a bulk fetch. */
 const ESCALATE_MIN_MISSES = 4;
 
@@ -127,6 +141,9 @@ interface Breadth {
   misses: number;
   totalBytes: number;
   escalated: boolean;
+  /** Position (in idx.files) of the last file that missed, and how many misses in a row walked the files in NAR order skipping none the cache lacked. */
+  lastMiss: number;
+  streak: number;
 }
 
 /** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
@@ -478,8 +495,8 @@ export class LazyStore implements RootNodes, ContentReader {
       throw err;
     }), signal, {
       gapBytes,
-      maxRequestBytes: this.#opts.bulkRequestBytes ?? 8 << 20,
-      concurrency: this.#opts.bulkConcurrency ?? 4,
+      maxRequestBytes: this.#opts.bulkRequestBytes ?? DEFAULT_BULK_REQUEST_BYTES,
+      concurrency: this.#opts.bulkConcurrency ?? DEFAULT_BULK_CONCURRENCY,
       isHeld: (f, k) => this.#holds(tree, f, k),
     });
     return { failedFiles: Math.max(failedFiles.size, r.failed > 0 ? 1 : 0) };
@@ -529,22 +546,31 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!b) {
       let totalBytes = 0;
       for (const f of tree.index.files) totalBytes += f.size;
-      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false };
+      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false, lastMiss: -1, streak: 0 };
       this.#breadth.set(name, b);
     }
     if (b.escalated) return;
-    if (missed) b.misses++;
+    if (missed) {
+      b.misses++;
+      const j = fileIndexOf(tree.index, file);
+      if (j !== b.lastMiss) {
+        b.streak = j > b.lastMiss && readBetween(tree.index, b, b.lastMiss, j) ? b.streak + 1 : 1;
+        b.lastMiss = j;
+      }
+    }
     if (bytes > 0) {
       const had = b.perFile.get(file.narOffset) ?? 0;
       const now = Math.min(file.size, had + bytes);
       b.perFile.set(file.narOffset, now);
       b.readBytes += now - had;
     }
-    if (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes) return;
+    const streak = this.#opts.escalateStreak ?? DEFAULT_ESCALATE_STREAK;
+    const walking = streak > 0 && b.streak >= streak;
+    if (!walking && (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes)) return;
     b.escalated = true;
     b.perFile.clear();
     this.counters.escalations++;
-    this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses });
+    this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses, streak: b.streak });
     this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
       this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
     });
@@ -880,6 +906,20 @@ export class LazyStore implements RootNodes, ContentReader {
     await this.flushStaged();
     this.#trees.clear();
   }
+}
+
+/**
+ * Whether every non-empty file strictly between positions a and b of idx.files was read
+ * (at most 4096 looked at): a reader walking the path in NAR order reads them all (the
+ * ones a neighbourhood fetch brought are hits); a program picking files skips some.
+ */
+function readBetween(idx: NarIndex, b: Breadth, from: number, to: number): boolean {
+  if (to - from > 4096) return false;
+  for (let i = Math.max(0, from + 1); i < to; i++) {
+    const f = idx.files[i]!;
+    if (f.size > 0 && !b.perFile.has(f.narOffset)) return false;
+  }
+  return true;
 }
 
 /** A published listing must at least fit in the NAR it claims to describe. */
