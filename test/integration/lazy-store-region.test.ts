@@ -26,6 +26,7 @@ import { parseNarIndex, NAR_INDEX_SUFFIX, type IndexedFile, type NarIndex } from
 import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
 import { parseSecretKey, parseTrustedPublicKeys } from '../../src/nix/signature.js';
 import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import type { LazyFetchSettings } from '../../src/config/mount-config.js';
 import { replayTrace, TRACE_HEADER } from '../../src/daemon/read-trace.js';
 import { directoriesOf } from '../../src/store/neighbourhood.js';
 import { hashPart, loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
@@ -79,7 +80,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     close: () => Promise<void>;
   }
 
-  async function open(lake: 'zstd' | 'none'): Promise<Env> {
+  async function open(lake: 'zstd' | 'none', lazyFetch?: LazyFetchSettings): Promise<Env> {
     const dir = await lakeDir(lake);
     const p = pathByRole(fx, 'many-files');
     const name = path.basename(p.storePath);
@@ -92,6 +93,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     const logs: LogLine[] = [];
     const stack = await openStoreStack({
       datalakes: [server.url], trustedPublicKeys: parseTrustedPublicKeys(fx.publicKey), requireSigs: true, cacheDir, negativeTtlMs: 1000,
+      ...(lazyFetch ? { lazyFetch } : {}),
     }, captureLogger(logs));
     return {
       server, stack, logs, name, idx, ni, nar,
@@ -159,6 +161,34 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       }
     });
   }
+
+  it('none: a reader walking the path in NAR order escalates to a bulk fetch after a streak of misses, long before a quarter of its bytes', async function () {
+    // Neighbours off, so that every file is a miss of its own: the walk is what escalates.
+    const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      const walked = e.idx.files.filter((f) => f.size > 0).slice(0, 12);
+      for (const f of walked) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.stack.store.counters.escalations, 1, 'escalated on the walk');
+      await e.stack.store.prefetchPath(e.name, AbortSignal.timeout(60_000));
+      const n = e.narRequests();
+      assert.ok(n <= walked.length + 8, `${n} ranged requests: the rest came in bulk`);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: a program picking files (every other one) does not escalate on a streak', async function () {
+    const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      const picked = e.idx.files.filter((f) => f.size > 0).filter((_, i) => i % 2 === 0).slice(0, 20);
+      for (const f of picked) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.stack.store.counters.escalations, 0);
+    } finally {
+      await e.close();
+    }
+  });
 
   it('none: a full read of the path costs far fewer ranged requests than it has files, every byte right', async function () {
     const e = await open('none');
