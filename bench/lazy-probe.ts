@@ -109,7 +109,10 @@ try {
     return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d };
   };
   let more: string[] = [];
+  const large = m.largeFile.replace(/^\/nix\/store\//, '');
   const work = args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
+    : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path === large))
+    : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path !== large))
     : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
       : (mnt: string) => replayWorkload(mnt, ops).bytes;
   if (args.traced) {

@@ -67,7 +67,7 @@ import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
-import { fileIndexOf, frameSpan, neighbours } from './neighbourhood.js';
+import { directoriesOf, fileIndexOf, frameSpan, neighbours } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
@@ -113,7 +113,8 @@ export interface LazyStoreOptions {
   bulkConcurrency?: number;
   /**
    * Escalation of a walk: after this many misses in a row, each at the next file in NAR
-   * order that the cache lacked (a reader copying the path, not a program picking files),
+   * order that the cache lacked, across at least 3 directories (a reader copying the
+   * path, not a program picking files or loading one directory's modules),
    * the rest of the path is fetched in bulk. 0 turns it off. Default DEFAULT_ESCALATE_STREAK.
    */
   escalateStreak?: number;
@@ -128,6 +129,8 @@ export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
 export const DEFAULT_NEIGHBOUR_FILE_BYTES = 128 * 1024;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
 export const DEFAULT_ESCALATE_STREAK = 8;
+/** Directories a streak of misses must cross to count as a walk of the path. */
+const WALK_MIN_DIRECTORIES = 3;
 export const DEFAULT_BULK_CONCURRENCY = 64;
 export const DEFAULT_BULK_REQUEST_BYTES = 8 << 20;
 /** Reads of a path that must have missed before it escalates to a bulk fetch. */
@@ -144,6 +147,8 @@ interface Breadth {
   /** Position (in idx.files) of the last file that missed, and how many misses in a row walked the files in NAR order skipping none the cache lacked. */
   lastMiss: number;
   streak: number;
+  /** Directories (directoriesOf) the streak's misses were in. */
+  streakDirs: Set<number>;
 }
 
 /** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
@@ -546,7 +551,7 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!b) {
       let totalBytes = 0;
       for (const f of tree.index.files) totalBytes += f.size;
-      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false, lastMiss: -1, streak: 0 };
+      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false, lastMiss: -1, streak: 0, streakDirs: new Set() };
       this.#breadth.set(name, b);
     }
     if (b.escalated) return;
@@ -554,7 +559,10 @@ export class LazyStore implements RootNodes, ContentReader {
       b.misses++;
       const j = fileIndexOf(tree.index, file);
       if (j !== b.lastMiss) {
-        b.streak = j > b.lastMiss && readBetween(tree.index, b, b.lastMiss, j) ? b.streak + 1 : 1;
+        const walking = j > b.lastMiss && readBetween(tree.index, b, b.lastMiss, j);
+        b.streak = walking ? b.streak + 1 : 1;
+        if (!walking) b.streakDirs.clear();
+        b.streakDirs.add(directoriesOf(tree.index)[j] ?? -1);
         b.lastMiss = j;
       }
     }
@@ -565,7 +573,9 @@ export class LazyStore implements RootNodes, ContentReader {
       b.readBytes += now - had;
     }
     const streak = this.#opts.escalateStreak ?? DEFAULT_ESCALATE_STREAK;
-    const walking = streak > 0 && b.streak >= streak;
+    // A walk crosses directories: reading one directory's files in order (a program
+    // loading every module of it) is not copying the path.
+    const walking = streak > 0 && b.streak >= streak && b.streakDirs.size >= WALK_MIN_DIRECTORIES;
     if (!walking && (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes)) return;
     b.escalated = true;
     b.perFile.clear();
