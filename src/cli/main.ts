@@ -79,7 +79,10 @@ narfs mount options:
                               escalate-streak (8: ... or after this many misses walking it
                               in order; 0 = off), bulk-request-bytes (8M), bulk-concurrency
                               (64 requests queued per path), stage-bytes (64M: fetched small
-                              files held in memory until written to the cache)
+                              files held in memory until written to the cache),
+                              warm-references (4: narinfos and indexes of a resolved path's
+                              references fetched this many at once; 0 = off),
+                              neighbour-after-misses (1: neighbours from a directory's Nth miss)
 
 http(s) datalakes (mount and register):
   --netrc-file FILE           credentials per host, in Nix's netrc-file format

@@ -157,6 +157,8 @@ export interface LazyFetchSettings {
   bulkRequestBytes?: number;
   bulkConcurrency?: number;
   stageMaxBytes?: number;
+  warmReferences?: number;
+  neighbourAfterMisses?: number;
 }
 
 const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'size' | 'share' | 'count' }> = {
@@ -167,12 +169,15 @@ const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'siz
   'bulk-request-bytes': { key: 'bulkRequestBytes', kind: 'size' },
   'bulk-concurrency': { key: 'bulkConcurrency', kind: 'count' },
   'stage-bytes': { key: 'stageMaxBytes', kind: 'size' },
+  'warm-references': { key: 'warmReferences', kind: 'count' },
+  'neighbour-after-misses': { key: 'neighbourAfterMisses', kind: 'count' },
 };
 
 /**
  * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
  * bulk-request-bytes, stage-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
- * escalate-streak, bulk-concurrency (whole numbers; streak 0 = off).
+ * escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
+ * numbers; streak 0 and warm-references 0 = off).
  */
 export function parseLazyFetch(s: string): LazyFetchSettings {
   const out: LazyFetchSettings = {};

@@ -57,7 +57,7 @@ import {
   chunkCount, chunkHash, findFile, NAR_INDEX_SUFFIX, parseNarIndex, verifyNarIndex, type IndexedFile, type NarIndex,
 } from '../nix/nar-index.js';
 import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
-import { parseStorePathBase } from '../nix/store-path.js';
+import { parseStorePathBase, storePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
 import type { ErrorCode } from '../errors.js';
 import type { DatalakeSet } from '../datalake/datalake-set.js';
@@ -118,11 +118,23 @@ export interface LazyStoreOptions {
    * the rest of the path is fetched in bulk. 0 turns it off. Default DEFAULT_ESCALATE_STREAK.
    */
   escalateStreak?: number;
+  /**
+   * When a store path is resolved, the narinfos and signed indexes of its References are
+   * fetched in the background, this many at once (0: off). Default DEFAULT_WARM_REFERENCES.
+   */
+  warmReferences?: number;
+  /**
+   * Neighbourhood fetch from a directory's Nth missed file on (1: from the first miss; 2:
+   * a directory read once costs no neighbours). Default DEFAULT_NEIGHBOUR_AFTER_MISSES.
+   */
+  neighbourAfterMisses?: number;
   /** Most bytes of fetched small files held in memory before their commit to the cache. Default 64 MiB. */
   stageMaxBytes?: number;
 }
 
 export const DEFAULT_STAGE_MAX_BYTES = 64 << 20;
+export const DEFAULT_WARM_REFERENCES = 4;
+export const DEFAULT_NEIGHBOUR_AFTER_MISSES = 1;
 
 /** Neighbours fetched along with a miss: ~one round trip's worth at 1 Gbit/s and 20 ms. */
 export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
@@ -205,10 +217,14 @@ export class LazyStore implements RootNodes, ContentReader {
   /** Writers waiting for room in the stage (woken after each committed batch). */
   readonly #committed: Array<() => void> = [];
   readonly #stageMaxBytes: number;
+  /** Missed files per directory (`name\0dir`): the count and the last one (neighbourAfterMisses). */
+  readonly #dirMisses = new Map<string, { n: number; last: number }>();
+  /** Store paths whose references were warmed (#warmReferences). */
+  readonly #warmed = new Set<string>();
   /** Read breadth per ranged store path (escalation to a bulk fetch). */
   readonly #breadth = new Map<string, Breadth>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
-  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0, stagedReads: 0 };
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0, stagedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -248,6 +264,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const info = await this.#infos.get(sp, signal);
     if (!info) return undefined;
     this.#known.add(name);
+    this.#warmReferences(name, info);
     const shown = this.#shown.get(name);
     if (shown) return shown.listing;
     const stored = await this.#storedTree(name, info);
@@ -273,6 +290,31 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     const m = await this.#materialise(name, signal);
     return this.#show(name, m.index.root, true);
+  }
+
+  /**
+   * Warms the metadata of `name`'s closure: the narinfos of its References, and their
+   * signed indexes, fetched in the background (4 at a time, once per path per process),
+   * so that a later lookup of a dependency finds them local instead of paying one or two
+   * round trips. Everything is verified as on a lookup; failures are ignored (the lookup
+   * that needs the path asks again and gets the error).
+   */
+  #warmReferences(name: string, info: PathInfo): void {
+    const n = this.#opts.warmReferences ?? DEFAULT_WARM_REFERENCES;
+    if (n <= 0 || this.#warmed.has(name)) return;
+    this.#warmed.add(name);
+    const refs = info.narInfo.references.map((sp) => ({ sp, ref: storePathBase(sp) }))
+      .filter(({ ref }) => ref !== name && !this.#warmed.has(ref) && !this.#shown.has(ref) && !this.#trees.has(ref));
+    if (refs.length === 0) return;
+    void eachLimited(refs.slice(0, 256), n, async ({ sp, ref }) => {
+      const signal = AbortSignal.timeout(60_000);
+      const ri = await this.#infos.get(sp, signal).catch(() => undefined);
+      if (!ri) return;
+      this.counters.warmedInfos++;
+      if (!this.#opts.indexPolicy || this.#trees.has(ref) || this.#treeStore.has(ref)) return;
+      const tree = await this.#fetchIndex(ref, ri, signal).catch(() => undefined);
+      if (tree) this.counters.warmedIndexes++;
+    }).catch(() => {});
   }
 
   /** The whole contents of a store path that is one regular file (e.g. a `.drv`). */
@@ -518,6 +560,21 @@ export class LazyStore implements RootNodes, ContentReader {
     const budget = this.#opts.neighbourBytes ?? DEFAULT_NEIGHBOUR_BYTES;
     const maxFile = this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES;
     if (!fetcher || budget <= 0 || file.size > maxFile || this.#breadth.get(name)?.escalated) return;
+    const after = this.#opts.neighbourAfterMisses ?? DEFAULT_NEIGHBOUR_AFTER_MISSES;
+    if (after > 1) {
+      // Adaptive: a directory's first missed files come alone; its neighbours only once
+      // it has shown to be read more broadly.
+      const j = fileIndexOf(tree.index, file);
+      const key = `${name}\0${directoriesOf(tree.index)[j] ?? -1}`;
+      const seen = this.#dirMisses.get(key) ?? { n: 0, last: -1 };
+      if (seen.last !== file.narOffset) {
+        seen.n++;
+        seen.last = file.narOffset;
+        this.#dirMisses.set(key, seen);
+        if (this.#dirMisses.size > 65536) this.#dirMisses.delete(this.#dirMisses.keys().next().value!);
+      }
+      if (seen.n < after) return;
+    }
     const cs = tree.index.chunkSize;
     const near = neighbours(tree.index, file, {
       budgetBytes: budget,

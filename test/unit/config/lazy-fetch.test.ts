@@ -8,9 +8,9 @@ import { buildMountConfig, parseLazyFetch } from '../../../src/config/mount-conf
 
 describe('--lazy-fetch', () => {
   it('parses every key into the LazyStore option it tunes', () => {
-    assert.deepEqual(parseLazyFetch('neighbour-bytes=256K, neighbour-file-bytes=64K,escalate-share=0.5,escalate-streak=0,bulk-request-bytes=16M,bulk-concurrency=8,stage-bytes=32M'), {
+    assert.deepEqual(parseLazyFetch('neighbour-bytes=256K, neighbour-file-bytes=64K,escalate-share=0.5,escalate-streak=0,bulk-request-bytes=16M,bulk-concurrency=8,stage-bytes=32M,warm-references=0,neighbour-after-misses=2'), {
       neighbourBytes: 256 * 1024, neighbourFileBytes: 64 * 1024, escalateShare: 0.5, escalateStreak: 0,
-      bulkRequestBytes: 16 << 20, bulkConcurrency: 8, stageMaxBytes: 32 << 20,
+      bulkRequestBytes: 16 << 20, bulkConcurrency: 8, stageMaxBytes: 32 << 20, warmReferences: 0, neighbourAfterMisses: 2,
     });
     assert.deepEqual(parseLazyFetch('neighbour-bytes=0'), { neighbourBytes: 0 });
   });
