@@ -5,7 +5,7 @@
  * Layout under `<cache-dir>`:
  *   blobs/<aa>/<sha256hex>   complete contents of a file whose SHA-256 is <sha256hex> (0444)
  *   partial/<sha256hex>      a sparse file of the full size, filled chunk by chunk
- *   tmp/                     files being written (NAR unpack); emptied at open
+ *   tmp/                     files being written (NAR unpack, the blob-write worker); emptied at open
  *   meta.sqlite              one `blob` row per file in blobs/ or partial/ (size, complete,
  *                            chunk size, bytes held, last use), one `chunk` row per chunk
  *                            present in a partial file (with the chunk's SHA-256)
@@ -19,7 +19,9 @@
  *   partial/, then renamed); a chunk row is written only after its bytes were fdatasynced.
  *   Whole files from an unpacked NAR are not fsynced one by one (too slow for NARs of
  *   thousands of files): what a power loss may leave torn is caught because no blob
- *   written by an earlier process is served before it was re-hashed (`verifyBlob`). Metadata and files are reconciled at
+ *   written by an earlier process is served before it was re-hashed (`verifyBlob`). Small
+ *   verified files held in memory are committed in batches by one worker thread
+ *   (`commitBuffers`: write in tmp/, rename; then all rows in one transaction). Metadata and files are reconciled at
  *   open after an unclean stop (the `clean` mark is cleared at open, set by close()):
  *   blob files without a row are adopted (least recently used), partial files without a
  *   row and rows without their file are removed. So after a kill -9 nothing claims bytes
@@ -48,6 +50,8 @@ import Database from 'better-sqlite3';
 import { NarfsError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { cacheError } from './cache-error.js';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../nixdb/run-in-worker.js';
 
 export interface BlobStoreOptions {
   /** Bound on the content bytes held (complete blobs + chunks of partial files). Default: none. */
@@ -220,14 +224,28 @@ export class BlobStore {
     return this.#q.get.get(sha) as BlobRow | undefined;
   }
 
+  /**
+   * Complete blobs this process wrote or verified (hex -> size): the hot queries (is it
+   * held? trusted?) answered without SQLite. Kept exact: an entry goes in only with its
+   * row's insert or verification in this generation, and leaves with the row (#forgetRow).
+   */
+  readonly #known = new Map<string, number>();
+  #remember(hex: string, size: number): void {
+    if (this.#known.size >= 500_000) this.#known.clear(); // a bound on memory; SQLite still answers
+    this.#known.set(hex, size);
+  }
+
   /** The path of the complete blob of `sha` if the store holds it with this size. */
   completePath(sha: Buffer, size: number): string | undefined {
+    const hex = shaHex(sha);
+    if (this.#known.get(hex) === size) return join(this.#blobDir, hex.slice(0, 2), hex);
     const row = this.#row(sha);
     return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
   }
 
   /** Whether the complete blob was verified (hashed, or written) by this process. */
   isVerified(sha: Buffer): boolean {
+    if (this.#known.has(shaHex(sha))) return true;
     const row = this.#row(sha);
     return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
   }
@@ -235,6 +253,7 @@ export class BlobStore {
   /** Which of chunks [first, last] of the file are held (all of them when complete). */
   haveChunks(sha: Buffer, size: number, chunkSize: number, first: number, last: number): boolean[] {
     const out = new Array<boolean>(Math.max(0, last - first + 1)).fill(false);
+    if (this.#known.get(shaHex(sha)) === size) return out.fill(true);
     const row = this.#row(sha);
     if (!row || row.size !== size) return out;
     if (row.complete === 1) return out.fill(true);
@@ -277,6 +296,7 @@ export class BlobStore {
    */
   pin(sha: Buffer): Unpin {
     const unpin: Unpin = this.#pin(sha);
+    if (this.#known.has(shaHex(sha))) return unpin; // complete and verified in this process
     const row = this.#row(sha);
     if (row && row.complete === 1 && row.verified_gen !== this.#gen && !this.#closed) {
       const ready = this.verifyBlob(sha);
@@ -364,11 +384,16 @@ export class BlobStore {
       try {
         fh = await open(path, 'r');
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-          await this.drop(sha);
-          throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared from the cache; dropped`, { cause: err });
+        // A partial file renamed into blobs/ meanwhile (its last chunk came, and it hashed
+        // to its name: #promote): read the blob.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && row.complete !== 1) fh = await open(this.blobPath(sha), 'r').catch(() => undefined);
+        if (!fh) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+            await this.drop(sha);
+            throw new NarfsError('ERR_CACHE_CORRUPT', `blob ${hex} has disappeared from the cache; dropped`, { cause: err });
+          }
+          throw cacheError(err, `cannot open ${path}`);
         }
-        throw cacheError(err, `cannot open ${path}`);
       }
       const st = await fh.stat();
       if (st.size !== size) {
@@ -436,7 +461,10 @@ export class BlobStore {
         await this.drop(sha);
         return false;
       }
-      if (!this.#closed) this.#q.verified.run(this.#gen, sha);
+      if (!this.#closed) {
+        this.#q.verified.run(this.#gen, sha);
+        this.#remember(shaHex(sha), row.size);
+      }
       return true;
     } finally {
       unpin();
@@ -598,6 +626,7 @@ export class BlobStore {
         this.#db.transaction(() => {
           this.#q.deleteChunks.run(sha);
           this.#q.complete.run(row.size, this.#gen, sha);
+          this.#remember(hex, row.size);
         })();
         this.#total += row.size - row.held;
       })().finally(() => this.#promoting.delete(hex));
@@ -657,12 +686,102 @@ export class BlobStore {
     } finally {
       // What was renamed is complete and verified: it gets its row even if a later file failed.
       this.#db.transaction(() => {
-        for (const p of pending) this.#q.insert.run(p.sha, p.size, 1, 0, p.size, this.#clock++, this.#gen);
+        for (const p of pending) {
+          this.#q.insert.run(p.sha, p.size, 1, 0, p.size, this.#clock++, this.#gen);
+          this.#remember(shaHex(p.sha), p.size);
+        }
       })();
       out.added = pending.length;
       for (const u of unpins) u();
     }
     return out;
+  }
+
+  /**
+   * Commits whole verified files held in memory (chunks of small files a ranged read or a
+   * decoded frame brought, each checked against its signed hash by the caller): each is
+   * written in tmp/ and renamed into blobs/ by the blob-write worker (synchronous calls
+   * off the JS thread, no fsync), then every row goes in with one transaction. Files the
+   * store already holds are deduped; a partial file of the same contents is replaced.
+   * A crash mid-batch leaves renamed blobs without rows (adopted at the next open, and
+   * re-hashed before they are served, like every blob of an earlier process) and temp
+   * files (tmp/ is emptied at open): never a row for bytes that are not there.
+   */
+  commitBuffers(files: ReadonlyArray<{ sha: Buffer; bytes: Buffer }>): Promise<{ added: number; deduped: number; dedupedBytes: number }> {
+    const p = this.#commitBuffers(files);
+    const tracked = p.then(() => {}, () => {});
+    this.#commits.add(tracked);
+    void tracked.finally(() => this.#commits.delete(tracked));
+    return p;
+  }
+
+  readonly #commits = new Set<Promise<void>>();
+
+  async #commitBuffers(files: ReadonlyArray<{ sha: Buffer; bytes: Buffer }>): Promise<{ added: number; deduped: number; dedupedBytes: number }> {
+    const out = { added: 0, deduped: 0, dedupedBytes: 0 };
+    if (this.#closed) throw new NarfsError('ERR_CACHE_IO', 'the blob store is closed');
+    const jobs: Array<{ sha: Buffer; size: number; hex: string }> = [];
+    const seen = new Set<string>();
+    const unpins: Array<() => void> = [];
+    try {
+      for (const f of files) {
+        const hex = shaHex(f.sha);
+        const size = f.bytes.length;
+        const row = this.#row(f.sha);
+        if ((row?.complete === 1 && row.size === size) || seen.has(hex)) {
+          out.deduped++;
+          out.dedupedBytes += size;
+          this.#counts.dedupeHits++;
+          this.#counts.dedupeBytes += size;
+          if (row) this.touch(f.sha);
+          continue;
+        }
+        if (row) await this.drop(f.sha);
+        seen.add(hex);
+        unpins.push(this.#pin(f.sha));
+        this.#makeRoom(size);
+        await this.#settled(hex);
+        jobs.push({ sha: f.sha, size, hex });
+      }
+      if (jobs.length === 0) return out;
+      let total = 0;
+      for (const j of jobs) total += j.size;
+      const data = new Uint8Array(total);
+      const wire: Array<{ tmp: string; dir: string; final: string; at: number; size: number }> = [];
+      let at = 0;
+      const bySha = new Map<string, Buffer>();
+      for (const f of files) bySha.set(shaHex(f.sha), f.bytes);
+      for (const j of jobs) {
+        data.set(bySha.get(j.hex)!, at);
+        const dir = join(this.#blobDir, j.hex.slice(0, 2));
+        wire.push({ tmp: this.tempPath('w'), dir, final: join(dir, j.hex), at, size: j.size });
+        at += j.size;
+      }
+      const r = await this.#writer().run(data, wire);
+      const done = jobs.filter((_, i) => r.ok[i]);
+      // close() waits for this commit before it closes the database.
+      this.#db.transaction(() => {
+        for (const j of done) {
+          this.#q.insert.run(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen);
+          this.#remember(j.hex, j.size);
+        }
+      })();
+      out.added = done.length;
+      for (let i = 0; i < jobs.length; i++) if (!r.ok[i]) this.#total -= jobs[i]!.size;
+      if (r.errors.length) {
+        const m = /^(\w+): /.exec(r.errors[0]!);
+        throw cacheError(Object.assign(new Error(r.errors[0]), { code: m?.[1] }), `cannot write ${r.errors.length} of ${jobs.length} files into the blob store`);
+      }
+      return out;
+    } finally {
+      for (const u of unpins) u();
+    }
+  }
+
+  #writerPool: BlobWriter | undefined;
+  #writer(): BlobWriter {
+    this.#writerPool ??= new BlobWriter();
+    return this.#writerPool;
   }
 
   /** One whole verified file (see commitFiles). True when it was added, false when already held. */
@@ -686,6 +805,7 @@ export class BlobStore {
       this.#q.delete.run(row.sha);
     })();
     this.#total -= row.held;
+    this.#known.delete(shaHex(row.sha));
     this.#touched.delete(shaHex(row.sha));
     for (const l of this.#removedListeners) l(shaHex(row.sha));
   }
@@ -917,9 +1037,60 @@ export class BlobStore {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.allSettled([...this.#creating.values(), ...this.#promoting.values()]);
+    await Promise.allSettled([...this.#commits]);
+    await this.#writerPool?.close();
     this.#flushTouches();
     this.#db.prepare('INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)').run('clean', 1);
     this.#db.close();
+  }
+}
+
+const WRITER_ENTRY = new URL('./blob-write-worker.js', import.meta.url);
+
+/** The blob-write worker (blob-write-worker.ts): one thread, started on first use, unref'd; jobs run in order. */
+class BlobWriter {
+  #worker: Worker | undefined;
+  #next = 1;
+  readonly #waiting = new Map<number, { resolve: (r: { ok: boolean[]; errors: string[] }) => void; reject: (e: Error) => void }>();
+
+  run(data: Uint8Array, files: Array<{ tmp: string; dir: string; final: string; at: number; size: number }>): Promise<{ ok: boolean[]; errors: string[] }> {
+    const w = this.#start();
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#waiting.set(id, { resolve, reject });
+      if (this.#waiting.size === 1) w.ref();
+      w.postMessage({ id, data: data.buffer, files }, [data.buffer as ArrayBuffer]);
+    });
+  }
+
+  #start(): Worker {
+    if (this.#worker) return this.#worker;
+    const w = startWorker(WRITER_ENTRY, undefined, undefined);
+    w.unref();
+    w.on('message', (m: { id: number; ok: boolean[]; errors: string[] }) => {
+      const p = this.#waiting.get(m.id);
+      this.#waiting.delete(m.id);
+      if (this.#waiting.size === 0) w.unref();
+      p?.resolve(m);
+    });
+    const fail = (e: Error) => {
+      this.#worker = undefined;
+      const all = [...this.#waiting.values()];
+      this.#waiting.clear();
+      for (const p of all) p.reject(cacheError(e, 'the blob-write worker failed'));
+    };
+    w.on('error', fail);
+    w.on('exit', (code) => fail(new Error(`the blob-write worker exited (${code})`)));
+    this.#worker = w;
+    return w;
+  }
+
+  /** Stops the thread; the store's close() first waits for every commit (no job is in flight). */
+  async close(): Promise<void> {
+    const w = this.#worker;
+    if (!w) return;
+    this.#worker = undefined;
+    await w.terminate();
   }
 }
 

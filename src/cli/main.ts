@@ -72,6 +72,17 @@ narfs mount options:
   --record-trace FILE         write the files this mount reads, in order, to FILE
   --prefetch-trace FILE       at start, fetch in the background the files FILE lists
                               (a trace written by --record-trace on an earlier mount)
+  --lazy-fetch KEY=V[,KEY=V]  tune ranged fetches of indexed paths: neighbour-bytes (1M:
+                              small siblings fetched along with a miss; 0 = off),
+                              neighbour-file-bytes (128K), escalate-share (0.25: fetch the
+                              rest of a path in bulk once this share was read; 0 = off),
+                              escalate-streak (8: ... or after this many misses walking it
+                              in order; 0 = off), bulk-request-bytes (8M), bulk-concurrency
+                              (64 requests queued per path), stage-bytes (64M: fetched small
+                              files held in memory until written to the cache),
+                              warm-references (4: narinfos and indexes of a resolved path's
+                              references fetched this many at once; 0 = off),
+                              neighbour-after-misses (1: neighbours from a directory's Nth miss)
 
 http(s) datalakes (mount and register):
   --netrc-file FILE           credentials per host, in Nix's netrc-file format
@@ -206,6 +217,7 @@ async function mountCommand(args: string[]): Promise<number> {
     noIndexes: values.indexes === false,
     recordTrace: values['record-trace'] as string | undefined,
     prefetchTrace: values['prefetch-trace'] as string | undefined,
+    lazyFetch: values['lazy-fetch'] as string | undefined,
     slice: values.slice as string | undefined,
     sliceRefresh: values['slice-refresh'] as string | undefined,
   });

@@ -44,6 +44,7 @@ export const MOUNT_OPTIONS: OptionSpec = {
   indexes: { type: 'boolean' },
   'record-trace': { type: 'string' },
   'prefetch-trace': { type: 'string' },
+  'lazy-fetch': { type: 'string' },
   slice: { type: 'string' },
   'slice-refresh': { type: 'string' },
   ...ACCESS_OPTIONS,

@@ -73,6 +73,8 @@ export interface MountConfig {
   recordTrace?: string;
   /** Prefetch the files this trace lists, in the background, at start (--prefetch-trace). */
   prefetchTrace?: string;
+  /** How indexed paths are fetched on a miss (--lazy-fetch); unset keys keep the LazyStore defaults. */
+  lazyFetch?: LazyFetchSettings;
   /**
    * Show only the closures of the roots listed at FILE or URL (fetched with the datalake
    * credentials), fetched again every refreshMs (default 300 s) with conditional requests.
@@ -141,8 +143,66 @@ export interface RawMountOptions {
   noIndexes?: boolean;
   recordTrace?: string;
   prefetchTrace?: string;
+  lazyFetch?: string;
   slice?: string;
   sliceRefresh?: string;
+}
+
+/** Tuning of ranged fetches of indexed paths (src/store/lazy-store.ts LazyStoreOptions). */
+export interface LazyFetchSettings {
+  neighbourBytes?: number;
+  neighbourFileBytes?: number;
+  escalateShare?: number;
+  escalateStreak?: number;
+  bulkRequestBytes?: number;
+  bulkConcurrency?: number;
+  stageMaxBytes?: number;
+  warmReferences?: number;
+  neighbourAfterMisses?: number;
+}
+
+const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'size' | 'share' | 'count' }> = {
+  'neighbour-bytes': { key: 'neighbourBytes', kind: 'size' },
+  'neighbour-file-bytes': { key: 'neighbourFileBytes', kind: 'size' },
+  'escalate-share': { key: 'escalateShare', kind: 'share' },
+  'escalate-streak': { key: 'escalateStreak', kind: 'count' },
+  'bulk-request-bytes': { key: 'bulkRequestBytes', kind: 'size' },
+  'bulk-concurrency': { key: 'bulkConcurrency', kind: 'count' },
+  'stage-bytes': { key: 'stageMaxBytes', kind: 'size' },
+  'warm-references': { key: 'warmReferences', kind: 'count' },
+  'neighbour-after-misses': { key: 'neighbourAfterMisses', kind: 'count' },
+};
+
+/**
+ * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
+ * bulk-request-bytes, stage-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
+ * escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
+ * numbers; streak 0 and warm-references 0 = off).
+ */
+export function parseLazyFetch(s: string): LazyFetchSettings {
+  const out: LazyFetchSettings = {};
+  for (const part of s.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const eq = part.indexOf('=');
+    const name = eq < 0 ? part : part.slice(0, eq);
+    const value = eq < 0 ? '' : part.slice(eq + 1).trim();
+    const spec = LAZY_FETCH_KEYS[name];
+    if (!spec || value === '') {
+      throw new NarfsError('ERR_USAGE', `--lazy-fetch: "${part}" is not KEY=VALUE with a known KEY`, { hint: `Keys: ${Object.keys(LAZY_FETCH_KEYS).join(', ')}.` });
+    }
+    let n: number;
+    if (spec.kind === 'size') n = parseSize(value, `--lazy-fetch ${name}`);
+    else if (spec.kind === 'share') {
+      n = Number(value);
+      if (!/^\d*\.?\d+$/.test(value) || n > 1) throw new NarfsError('ERR_USAGE', `--lazy-fetch ${name} is a share from 0 to 1, not ${value}`);
+    } else {
+      n = Number(value);
+      if (!/^\d+$/.test(value) || n > 100_000) throw new NarfsError('ERR_USAGE', `--lazy-fetch ${name} is a whole number, not ${value}`);
+    }
+    if (name === 'bulk-concurrency' && n < 1) throw new NarfsError('ERR_USAGE', '--lazy-fetch bulk-concurrency is at least 1');
+    if ((name === 'bulk-request-bytes' || name === 'stage-bytes') && n < 64 * 1024) throw new NarfsError('ERR_USAGE', `--lazy-fetch ${name} is at least 64K`);
+    out[spec.key] = n;
+  }
+  return out;
 }
 
 /**
@@ -218,6 +278,7 @@ export function buildMountConfig(raw: RawMountOptions): MountConfig {
   if (raw.noIndexes) config.useIndexes = false;
   if (raw.recordTrace) config.recordTrace = raw.recordTrace;
   if (raw.prefetchTrace) config.prefetchTrace = raw.prefetchTrace;
+  if (raw.lazyFetch !== undefined) config.lazyFetch = parseLazyFetch(raw.lazyFetch);
   if (raw.sliceRefresh !== undefined && raw.slice === undefined) throw new NarfsError('ERR_USAGE', '--slice-refresh needs --slice');
   if (raw.slice !== undefined) {
     const refreshMs = raw.sliceRefresh === undefined ? DEFAULT_SLICE_REFRESH_MS : parseDuration(raw.sliceRefresh, '--slice-refresh');

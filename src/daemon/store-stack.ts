@@ -11,7 +11,7 @@
  * back (DatalakeSet). Configuration errors (another StoreDir, a 401) still fail the open.
  */
 import { mkdir, statfs } from 'node:fs/promises';
-import { defaultCacheMaxBytes } from '../config/mount-config.js';
+import { defaultCacheMaxBytes, type LazyFetchSettings } from '../config/mount-config.js';
 import { join } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -49,6 +49,8 @@ export interface StoreStackConfig {
   useIndexes?: boolean;
   /** Told the first time each file is read (--record-trace). */
   onFirstRead?: (name: string, narOffset: number) => void;
+  /** Tuning of ranged fetches of indexed paths (--lazy-fetch); unset keys keep the defaults. */
+  lazyFetch?: LazyFetchSettings;
   /** A slice mount: `infos` answers only for the paths this filter admits. */
   sliceFilter?: SliceFilter;
 }
@@ -119,9 +121,14 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
       logger, datalakes,
       ...(config.useIndexes === false ? {} : { indexPolicy: policy, chunks }),
       ...(config.onFirstRead ? { onFirstRead: config.onFirstRead } : {}),
+      ...config.lazyFetch,
     });
     await store.loadKnown();
     cleanups.push(() => store.close());
+    // What this process fetched by range, for the log (bench and diagnosis read it).
+    cleanups.push(async () => {
+      if (chunks.stats.requests > 0) logger.info('store counters', { store: store.counters, fetcher: chunks.stats });
+    });
     return { datalakes, blobs, trees, infos, materialiser, chunks, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();

@@ -30,7 +30,11 @@
  *   requests while the unwanted NAR bytes between two chunks stay within a gap tolerance
  *   and the request within its byte bound; a chunk already in flight ends the request
  *   before it (its bytes are not fetched twice), so the neighbours of a file being read go
- *   in requests beside its own, never in front of it;
+ *   in requests beside its own, never in front of it; on seekable NARs the gap is counted
+ *   between frames (a request reads whole frames: files of one frame join one request);
+ * - frames in flight: a chunk wholly inside seekable frames that a request in flight is
+ *   fetching waits for that request (its chunks are handed over along) instead of
+ *   fetching the frames again; a reader waiting so promotes that request;
  * - at most `maxInFlight` ranged requests at once; queued wanted requests go before queued
  *   read-ahead and regions;
  * - single flight per (file SHA-256, chunk size, chunk): concurrent readers of a chunk, in
@@ -131,6 +135,8 @@ export interface ChunkFetcherStats {
   joined: number;
   /** Chunks of other files that came in the same decoded frames, verified and delivered too. */
   framedAlong: number;
+  /** Chunks not requested because frames in flight (another request) hold them. */
+  joinedFrames: number;
 }
 
 /** A frame is decoded whole into memory: larger frames are not served by range. */
@@ -190,7 +196,7 @@ interface Request {
 }
 
 export class ChunkFetcher {
-  readonly stats: ChunkFetcherStats = { requests: 0, requestBytes: 0, chunksDelivered: 0, readAheadChunks: 0, mismatches: 0, joined: 0, framedAlong: 0 };
+  readonly stats: ChunkFetcherStats = { requests: 0, requestBytes: 0, chunksDelivered: 0, readAheadChunks: 0, mismatches: 0, joined: 0, framedAlong: 0, joinedFrames: 0 };
   private readonly datalakes: ChunkFetcherOptions['datalakes'];
   private readonly logger: ChunkFetcherLogger | undefined;
   private readonly maxInFlight: number;
@@ -201,6 +207,12 @@ export class ChunkFetcher {
   private readonly waitTimeoutMs: number;
   private readonly pool: ChunkVerifyPool;
   private readonly flights = new Map<string, Flight>();
+  /**
+   * Seekable frames being fetched, by `narUrl#frame`: settled once the request's chunks
+   * (its own and those offered along) were handed over. A chunk wholly inside such frames
+   * waits for them instead of fetching the same frames again.
+   */
+  private readonly frameFlights = new Map<string, { promise: Promise<void>; prio: Prio }>();
   private readonly seq = new Map<string, SeqState>();
   private readonly queue: Waiter[] = [];
   private inFlight = 0;
@@ -254,13 +266,29 @@ export class ChunkFetcher {
     const fileKey = `${file.sha256.toString('hex')}:${idx.chunkSize}`;
     const wanted: Array<Promise<void>> = [];
     const fresh: number[] = [];
+    const base0 = { src, idx, plan, ...(options.isHeld ? { isHeld: options.isHeld } : {}) };
     for (let k = first; k <= last; k++) {
       const f = this.flights.get(`${fileKey}:${k}`);
       if (f) {
         this.stats.joined++;
         this.promote(f.prio);
         wanted.push(f.promise);
-      } else fresh.push(k);
+        continue;
+      }
+      const framed = this.framesInFlight(src, idx, plan, file, k, true);
+      if (framed && options.isHeld) {
+        // Its frames are on the way (another request): wait for them, fetch only if they did not bring it.
+        this.stats.joinedFrames++;
+        const held = options.isHeld;
+        wanted.push(framed.then(() => {
+          if (held(file, k)) return;
+          const again = this.flights.get(`${fileKey}:${k}`);
+          if (again) return again.promise;
+          return Promise.all(this.split(base0, file, [k], true).flatMap((r) => this.startRequest(r, onChunk))).then(() => {});
+        }));
+        continue;
+      }
+      fresh.push(k);
     }
     const ahead = this.readAhead(fileKey, first, last, n).filter((k) => !this.flights.has(`${fileKey}:${k}`) && !options.isCached?.(k));
     this.stats.readAheadChunks += ahead.length;
@@ -355,6 +383,41 @@ export class ChunkFetcher {
     return { offset: fileAt(fi), length: fileAt(fj + 1) - fileAt(fi), narStart: narAt(fi), narBytes: narAt(fj + 1) - narAt(fi), fileSizes, narSizes };
   }
 
+  /** The seekable frames a request reads, as frameFlights keys (none without frames). */
+  private frameKeysOf(r: Request): string[] {
+    const fr = r.plan.frames;
+    if (!fr) return [];
+    const cs = r.idx.chunkSize;
+    const p0 = r.parts[0]!;
+    const pn = r.parts[r.parts.length - 1]!;
+    const fi = frameOf(fr.narOffsets, p0.file.narOffset + p0.first * cs);
+    const fj = frameOf(fr.narOffsets, pn.file.narOffset + pn.last * cs + chunkLength(pn.file, cs, pn.last) - 1);
+    const out: string[] = [];
+    for (let i = fi; i <= fj; i++) out.push(`${r.src.narUrl}#${i}`);
+    return out;
+  }
+
+  /** Settles when the frames holding chunk k of `file` have been fetched by a request in flight; undefined if one is not. */
+  private framesInFlight(src: ChunkSource, idx: NarIndex, plan: Plan, file: IndexedFile, k: number, demand = false): Promise<void> | undefined {
+    const fr = plan.frames;
+    if (!fr || this.frameFlights.size === 0) return undefined;
+    const cs = idx.chunkSize;
+    const a = file.narOffset + k * cs;
+    const fi = frameOf(fr.narOffsets, a);
+    const fj = frameOf(fr.narOffsets, a + chunkLength(file, cs, k) - 1);
+    const waits: Array<Promise<void>> = [];
+    for (let i = fi; i <= fj; i++) {
+      const w = this.frameFlights.get(`${src.narUrl}#${i}`);
+      if (!w) return undefined;
+      if (!waits.includes(w.promise)) waits.push(w.promise);
+    }
+    if (demand) {
+      // A reader waits for them now: their requests go before read-ahead and regions.
+      for (let i = fi; i <= fj; i++) this.promote(this.frameFlights.get(`${src.narUrl}#${i}`)!.prio);
+    }
+    return waits.length === 1 ? waits[0] : Promise.all(waits).then(() => {});
+  }
+
   // --- regions
 
   /**
@@ -398,17 +461,33 @@ export class ChunkFetcher {
           continue;
         }
         if (options.isHeld?.(run.file, k)) continue;
-        const a = run.file.narOffset + k * cs;
-        const b = a + chunkLength(run.file, cs, k);
+        const framed = this.framesInFlight(src, idx, plan, run.file, k);
+        if (framed) {
+          // Offered along when those frames are decoded (unless held by then).
+          this.stats.joinedFrames++;
+          joined.push(framed);
+          continue;
+        }
+        let a = run.file.narOffset + k * cs;
+        let b = a + chunkLength(run.file, cs, k);
+        if (plan.frames) {
+          // Seekable: a request reads whole frames, so the gap that costs bytes is the one
+          // between frames: a chunk in the frame the request already ends in (or the next)
+          // joins it, instead of fetching that frame again in a request of its own.
+          const fr = plan.frames;
+          a = fr.narOffsets[frameOf(fr.narOffsets, a)]!;
+          const j = frameOf(fr.narOffsets, b - 1);
+          b = j + 1 < fr.narOffsets.length ? fr.narOffsets[j + 1]! : fr.narEnd;
+        }
         const last = cur[cur.length - 1];
-        const fits = last !== undefined && a - curEnd <= gap && a >= curEnd
+        const fits = last !== undefined && a - curEnd <= gap && (plan.frames !== undefined || a >= curEnd)
           && this.span(base, [cur[0]!, { file: run.file, first: k, last: k }]).narBytes <= maxBytes;
         if (!fits) {
           if (cur.length) requests.push(cur);
           cur = [{ file: run.file, first: k, last: k }];
         } else if (last.file === run.file && last.last === k - 1) last.last = k;
         else cur.push({ file: run.file, first: k, last: k });
-        curEnd = b;
+        curEnd = Math.max(curEnd, b);
       }
     }
     if (cur.length) requests.push(cur);
@@ -441,14 +520,24 @@ export class ChunkFetcher {
     const result = fetched.then((f) => f.verified);
     // Chunks of other files that the decoded frames held: verified, offered to the cache
     // (small files share frames, so one frame would otherwise be fetched once per file).
-    fetched.then((f) => {
+    const along: Promise<void> = fetched.then(async (f) => {
+      const done: Array<Promise<void>> = [];
       for (const x of f.along) {
         const key = `${x.file.sha256.toString('hex')}:${cs}:${x.k}`;
         if (this.flights.has(key)) continue;
         this.stats.framedAlong++;
-        onChunk(x.file, x.k, x.bytes).catch(() => {});
+        done.push(onChunk(x.file, x.k, x.bytes).catch(() => {}));
       }
+      await Promise.all(done);
     }, () => {});
+    const frameKeys = this.frameKeysOf(r);
+    if (frameKeys.length) {
+      // Settles once the request's own chunks and those along were handed over (or it failed).
+      const settled: Promise<void> = Promise.all([along, result.catch(() => {})]).then(() => {}).finally(() => {
+        for (const key of frameKeys) if (this.frameFlights.get(key)?.promise === settled) this.frameFlights.delete(key);
+      });
+      for (const key of frameKeys) this.frameFlights.set(key, { promise: settled, prio: r.prio });
+    }
     const out: Array<Promise<void>> = [];
     r.parts.forEach((part, pi) => {
       const fileKey = `${part.file.sha256.toString('hex')}:${cs}`;

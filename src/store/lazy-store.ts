@@ -21,8 +21,9 @@
  *   NAR order) are fetched along within `neighbourBytes` (neighbourhood.ts), in requests
  *   beside the file's own; once a path has been read broadly (`escalateShare` of its file
  *   bytes), the rest of it is fetched in large parallel requests (bulk), as are `narfs
- *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are cached
- *   as whole blobs;
+ *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are staged
+ *   in memory once verified (reads are served from there) and committed as whole blobs in
+ *   background batches (BlobStore.commitBuffers, off the JS thread);
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
  *   verified against NarHash, unpacked into the BlobStore (Materialiser).
@@ -56,7 +57,7 @@ import {
   chunkCount, chunkHash, findFile, NAR_INDEX_SUFFIX, parseNarIndex, verifyNarIndex, type IndexedFile, type NarIndex,
 } from '../nix/nar-index.js';
 import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
-import { parseStorePathBase } from '../nix/store-path.js';
+import { parseStorePathBase, storePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
 import type { ErrorCode } from '../errors.js';
 import type { DatalakeSet } from '../datalake/datalake-set.js';
@@ -64,10 +65,9 @@ import type { Datalake } from '../datalake/datalake.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
-import { writeFile } from 'node:fs/promises';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
-import { frameSpan, neighbours } from './neighbourhood.js';
+import { directoriesOf, fileIndexOf, frameSpan, neighbours } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
@@ -104,14 +104,47 @@ export interface LazyStoreOptions {
   escalateShare?: number;
   /** Largest request of a bulk fetch (escalation, `narfs prefetch`, trace replay), NAR bytes. Default 8 MiB. */
   bulkRequestBytes?: number;
-  /** Bulk requests in flight per store path. Default 4. */
+  /**
+   * Bulk requests of one store path handed to the fetcher at once. They then wait for its
+   * request slots (behind readers' requests), with their chunks' flights registered, so a
+   * reader that needs a chunk of a queued bulk request joins it and moves it up instead of
+   * fetching the chunk a second time. Default DEFAULT_BULK_CONCURRENCY.
+   */
   bulkConcurrency?: number;
+  /**
+   * Escalation of a walk: after this many misses in a row, each at the next file in NAR
+   * order that the cache lacked, across at least 3 directories (a reader copying the
+   * path, not a program picking files or loading one directory's modules),
+   * the rest of the path is fetched in bulk. 0 turns it off. Default DEFAULT_ESCALATE_STREAK.
+   */
+  escalateStreak?: number;
+  /**
+   * When a store path is resolved, the narinfos and signed indexes of its References are
+   * fetched in the background, this many at once (0: off). Default DEFAULT_WARM_REFERENCES.
+   */
+  warmReferences?: number;
+  /**
+   * Neighbourhood fetch from a directory's Nth missed file on (1: from the first miss; 2:
+   * a directory read once costs no neighbours). Default DEFAULT_NEIGHBOUR_AFTER_MISSES.
+   */
+  neighbourAfterMisses?: number;
+  /** Most bytes of fetched small files held in memory before their commit to the cache. Default 64 MiB. */
+  stageMaxBytes?: number;
 }
+
+export const DEFAULT_STAGE_MAX_BYTES = 64 << 20;
+export const DEFAULT_WARM_REFERENCES = 4;
+export const DEFAULT_NEIGHBOUR_AFTER_MISSES = 1;
 
 /** Neighbours fetched along with a miss: ~one round trip's worth at 1 Gbit/s and 20 ms. */
 export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
 export const DEFAULT_NEIGHBOUR_FILE_BYTES = 128 * 1024;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
+export const DEFAULT_ESCALATE_STREAK = 8;
+/** Directories a streak of misses must cross to count as a walk of the path. */
+const WALK_MIN_DIRECTORIES = 3;
+export const DEFAULT_BULK_CONCURRENCY = 64;
+export const DEFAULT_BULK_REQUEST_BYTES = 8 << 20;
 /** Reads of a path that must have missed before it escalates to a bulk fetch. */
 const ESCALATE_MIN_MISSES = 4;
 
@@ -123,6 +156,11 @@ interface Breadth {
   misses: number;
   totalBytes: number;
   escalated: boolean;
+  /** Position (in idx.files) of the last file that missed, and how many misses in a row walked the files in NAR order skipping none the cache lacked. */
+  lastMiss: number;
+  streak: number;
+  /** Directories (directoriesOf) the streak's misses were in. */
+  streakDirs: Set<number>;
 }
 
 /** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
@@ -167,12 +205,26 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #noIndex = new Set<string>();
   /** Index fetches in flight, per store path. */
   readonly #indexing = new Map<string, Promise<Tree | undefined>>();
-  /** Whole one-chunk files waiting to be committed together (#commitWhole). */
-  #wholeBatch: { files: Array<{ sha: Buffer; size: number; tempPath: string }>; done: Promise<void> } | undefined;
+  /**
+   * Whole one-chunk files verified against the signed index and held in memory until the
+   * background commit (#drain) has them in the blob store, by hex SHA-256. Reads are served
+   * from here meanwhile; bounded by `#stageMaxBytes` (writers wait beyond it).
+   */
+  readonly #staged = new Map<string, { sha: Buffer; bytes: Buffer }>();
+  #stagedBytes = 0;
+  #inCommit = 0;
+  #draining: Promise<void> | undefined;
+  /** Writers waiting for room in the stage (woken after each committed batch). */
+  readonly #committed: Array<() => void> = [];
+  readonly #stageMaxBytes: number;
+  /** Missed files per directory (`name\0dir`): the count and the last one (neighbourAfterMisses). */
+  readonly #dirMisses = new Map<string, { n: number; last: number }>();
+  /** Store paths whose references were warmed (#warmReferences). */
+  readonly #warmed = new Set<string>();
   /** Read breadth per ranged store path (escalation to a bulk fetch). */
   readonly #breadth = new Map<string, Breadth>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
-  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0 };
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, escalations: 0, stagedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -181,6 +233,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#blobs = blobs;
     this.#treeStore = trees;
     this.#opts = options;
+    this.#stageMaxBytes = options.stageMaxBytes ?? DEFAULT_STAGE_MAX_BYTES;
     blobs.watchRemoved((hex) => {
       const path = blobs.blobPath(Buffer.from(hex, 'hex'));
       for (const l of this.#dropListeners) l('', path);
@@ -211,6 +264,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const info = await this.#infos.get(sp, signal);
     if (!info) return undefined;
     this.#known.add(name);
+    this.#warmReferences(name, info);
     const shown = this.#shown.get(name);
     if (shown) return shown.listing;
     const stored = await this.#storedTree(name, info);
@@ -236,6 +290,31 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     const m = await this.#materialise(name, signal);
     return this.#show(name, m.index.root, true);
+  }
+
+  /**
+   * Warms the metadata of `name`'s closure: the narinfos of its References, and their
+   * signed indexes, fetched in the background (4 at a time, once per path per process),
+   * so that a later lookup of a dependency finds them local instead of paying one or two
+   * round trips. Everything is verified as on a lookup; failures are ignored (the lookup
+   * that needs the path asks again and gets the error).
+   */
+  #warmReferences(name: string, info: PathInfo): void {
+    const n = this.#opts.warmReferences ?? DEFAULT_WARM_REFERENCES;
+    if (n <= 0 || this.#warmed.has(name)) return;
+    this.#warmed.add(name);
+    const refs = info.narInfo.references.map((sp) => ({ sp, ref: storePathBase(sp) }))
+      .filter(({ ref }) => ref !== name && !this.#warmed.has(ref) && !this.#shown.has(ref) && !this.#trees.has(ref));
+    if (refs.length === 0) return;
+    void eachLimited(refs.slice(0, 256), n, async ({ sp, ref }) => {
+      const signal = AbortSignal.timeout(60_000);
+      const ri = await this.#infos.get(sp, signal).catch(() => undefined);
+      if (!ri) return;
+      this.counters.warmedInfos++;
+      if (!this.#opts.indexPolicy || this.#trees.has(ref) || this.#treeStore.has(ref)) return;
+      const tree = await this.#fetchIndex(ref, ri, signal).catch(() => undefined);
+      if (tree) this.counters.warmedIndexes++;
+    }).catch(() => {});
   }
 
   /** The whole contents of a store path that is one regular file (e.g. a `.drv`). */
@@ -305,7 +384,7 @@ export class LazyStore implements RootNodes, ContentReader {
     if (tree && file && tree.ranged) {
       // An open counts as a read of the file's first bytes (a complete file's later reads
       // may be served by the engine without asking).
-      const held = this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0] === true;
+      const held = this.#stagedOf(file) !== undefined || this.#blobs.haveChunks(file.sha256, file.size, tree.index.chunkSize, 0, 0)[0] === true;
       this.#noteBreadth(name, tree, file, Math.min(file.size, this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES), !held);
       if (held) return;
       this.#fetchChunks(tree, file, 0, 0, AbortSignal.timeout(120_000)).catch(() => {
@@ -339,6 +418,8 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#noteRead(name, file);
     const unpin = this.#blobs.pin(file.sha256);
     try {
+      const staged = this.#stagedOf(file);
+      if (staged) return this.#served(name, tree, file, staged, offset, length);
       if (this.#blobs.completePath(file.sha256, file.size) === undefined && tree.ranged) {
         const cs = tree.index.chunkSize;
         const first = Math.floor(offset / cs);
@@ -356,6 +437,8 @@ export class LazyStore implements RootNodes, ContentReader {
             this.#opts.logger.warn('the index cannot be read by range here; fetching the whole NAR', { path: name, err });
           }
         }
+        const got = this.#stagedOf(file);
+        if (got) return this.#served(name, tree, file, got, offset, length);
         if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
           this.counters.rangedReads++;
           this.counters.bytesRead += length;
@@ -379,6 +462,18 @@ export class LazyStore implements RootNodes, ContentReader {
     }
   }
 
+  /** A read answered from the stage (verified bytes not yet committed). */
+  #served(name: string, tree: Tree, file: IndexedFile, bytes: Buffer, offset: number, length: number): Buffer {
+    if (offset < 0 || offset + length > bytes.length) {
+      throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at offset ${offset} are not within a file of ${bytes.length}`);
+    }
+    this.counters.rangedReads++;
+    this.counters.stagedReads++;
+    this.counters.bytesRead += length;
+    this.#noteBreadth(name, tree, file, length, false);
+    return Buffer.from(bytes.subarray(offset, offset + length));
+  }
+
   /**
    * Fetches every file of `name` that the cache does not hold (`narfs prefetch`): by ranged
    * reads when the path is indexed, else its whole NAR. Returns the bytes of its files.
@@ -395,6 +490,7 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     void concurrency;
     await this.#fetchBulk(tree, tree.index.files, signal);
+    await this.flushStaged();
     return { files: tree.index.files.length, bytes };
   }
 
@@ -419,6 +515,7 @@ export class LazyStore implements RootNodes, ContentReader {
       return { files: files.length, failed };
     }
     const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? 64 * 1024);
+    await this.flushStaged();
     return { files: files.length, failed: failed + r.failedFiles };
   }
 
@@ -435,7 +532,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const cs = tree.index.chunkSize;
     const runs: ChunkRun[] = [];
     for (const f of files) {
-      if (this.#blobs.completePath(f.sha256, f.size) !== undefined) continue;
+      if (this.#stagedOf(f) || this.#blobs.completePath(f.sha256, f.size) !== undefined) continue;
       runs.push({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 });
     }
     if (runs.length === 0) return { failedFiles: 0 };
@@ -445,8 +542,8 @@ export class LazyStore implements RootNodes, ContentReader {
       throw err;
     }), signal, {
       gapBytes,
-      maxRequestBytes: this.#opts.bulkRequestBytes ?? 8 << 20,
-      concurrency: this.#opts.bulkConcurrency ?? 4,
+      maxRequestBytes: this.#opts.bulkRequestBytes ?? DEFAULT_BULK_REQUEST_BYTES,
+      concurrency: this.#opts.bulkConcurrency ?? DEFAULT_BULK_CONCURRENCY,
       isHeld: (f, k) => this.#holds(tree, f, k),
     });
     return { failedFiles: Math.max(failedFiles.size, r.failed > 0 ? 1 : 0) };
@@ -463,11 +560,26 @@ export class LazyStore implements RootNodes, ContentReader {
     const budget = this.#opts.neighbourBytes ?? DEFAULT_NEIGHBOUR_BYTES;
     const maxFile = this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES;
     if (!fetcher || budget <= 0 || file.size > maxFile || this.#breadth.get(name)?.escalated) return;
+    const after = this.#opts.neighbourAfterMisses ?? DEFAULT_NEIGHBOUR_AFTER_MISSES;
+    if (after > 1) {
+      // Adaptive: a directory's first missed files come alone; its neighbours only once
+      // it has shown to be read more broadly.
+      const j = fileIndexOf(tree.index, file);
+      const key = `${name}\0${directoriesOf(tree.index)[j] ?? -1}`;
+      const seen = this.#dirMisses.get(key) ?? { n: 0, last: -1 };
+      if (seen.last !== file.narOffset) {
+        seen.n++;
+        seen.last = file.narOffset;
+        this.#dirMisses.set(key, seen);
+        if (this.#dirMisses.size > 65536) this.#dirMisses.delete(this.#dirMisses.keys().next().value!);
+      }
+      if (seen.n < after) return;
+    }
     const cs = tree.index.chunkSize;
     const near = neighbours(tree.index, file, {
       budgetBytes: budget,
       maxFileBytes: maxFile,
-      isHeld: (f) => this.#blobs.completePath(f.sha256, f.size) !== undefined,
+      isHeld: (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined,
     });
     // Seekable: the frames of the file's own request bring the neighbours inside them along.
     const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);
@@ -496,22 +608,36 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!b) {
       let totalBytes = 0;
       for (const f of tree.index.files) totalBytes += f.size;
-      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false };
+      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false, lastMiss: -1, streak: 0, streakDirs: new Set() };
       this.#breadth.set(name, b);
     }
     if (b.escalated) return;
-    if (missed) b.misses++;
+    if (missed) {
+      b.misses++;
+      const j = fileIndexOf(tree.index, file);
+      if (j !== b.lastMiss) {
+        const walking = j > b.lastMiss && readBetween(tree.index, b, b.lastMiss, j);
+        b.streak = walking ? b.streak + 1 : 1;
+        if (!walking) b.streakDirs.clear();
+        b.streakDirs.add(directoriesOf(tree.index)[j] ?? -1);
+        b.lastMiss = j;
+      }
+    }
     if (bytes > 0) {
       const had = b.perFile.get(file.narOffset) ?? 0;
       const now = Math.min(file.size, had + bytes);
       b.perFile.set(file.narOffset, now);
       b.readBytes += now - had;
     }
-    if (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes) return;
+    const streak = this.#opts.escalateStreak ?? DEFAULT_ESCALATE_STREAK;
+    // A walk crosses directories: reading one directory's files in order (a program
+    // loading every module of it) is not copying the path.
+    const walking = streak > 0 && b.streak >= streak && b.streakDirs.size >= WALK_MIN_DIRECTORIES;
+    if (!walking && (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes)) return;
     b.escalated = true;
     b.perFile.clear();
     this.counters.escalations++;
-    this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses });
+    this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses, streak: b.streak });
     this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
       this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
     });
@@ -519,7 +645,7 @@ export class LazyStore implements RootNodes, ContentReader {
 
   /** Whether the cache holds chunk k of `f`. */
   #holds(tree: Tree, f: IndexedFile, k: number): boolean {
-    return this.#blobs.completePath(f.sha256, f.size) !== undefined
+    return this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
       || this.#blobs.haveChunks(f.sha256, f.size, tree.index.chunkSize, k, k)[0] === true;
   }
 
@@ -530,42 +656,78 @@ export class LazyStore implements RootNodes, ContentReader {
 
   /**
    * Caches one verified chunk. A file of one chunk is a whole verified file (its chunk hash
-   * is its SHA-256): it goes in as a whole blob (written to tmp/, renamed; no partial file,
-   * no fdatasync and no re-hash per file, which cost milliseconds per small file).
+   * is its SHA-256): it is staged in memory (served from there at once) and committed to
+   * the blob store in the background, in batches, by the blob-write worker (#drain): a
+   * decoded frame brings hundreds of small files, and no reader waits for their writes.
+   * Larger files go in chunk by chunk (partial blobs).
    */
   async #store(tree: Tree, f: IndexedFile, k: number, bytes: Buffer): Promise<void> {
     const cs = tree.index.chunkSize;
-    if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
     if (f.size <= cs) {
-      const tmp = this.#blobs.tempPath('c');
-      await writeFile(tmp, bytes, { mode: 0o600 });
-      await this.#commitWhole({ sha: f.sha256, size: f.size, tempPath: tmp });
+      const hex = f.sha256.toString('hex');
+      if (this.#staged.has(hex) || this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
+      // A copy: `bytes` may be a view into a whole request's buffer.
+      this.#staged.set(hex, { sha: f.sha256, bytes: Buffer.from(bytes) });
+      this.#stagedBytes += f.size;
+      this.#drainSoon();
+      // Bounded memory: a writer that outruns the disk waits for commits.
+      while (this.#stagedBytes > this.#stageMaxBytes && this.#draining) await new Promise<void>((r) => this.#committed.push(r));
       return;
     }
+    if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
     await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
   }
 
-  /**
-   * Commits whole files written in tmp/ in batches: the files of one request (a frame of
-   * hundreds of small files, a region) arrive together and go in with one commitFiles
-   * call (one metadata transaction), not one each.
-   */
-  #commitWhole(file: { sha: Buffer; size: number; tempPath: string }): Promise<void> {
-    let batch = this.#wholeBatch;
-    if (!batch) {
-      const files: Array<{ sha: Buffer; size: number; tempPath: string }> = [];
-      const done = new Promise<void>((resolve, reject) => {
-        setImmediate(() => {
-          this.#wholeBatch = undefined;
-          this.#blobs.commitFiles(files).then(() => resolve(), reject);
-        });
+  /** Resolves once every file staged so far is committed to the blob store (or dropped on a cache error). */
+  async flushStaged(): Promise<void> {
+    while (this.#draining) await this.#draining;
+  }
+
+  /** The staged (verified, not yet committed) bytes of a whole file, if any. */
+  #stagedOf(f: IndexedFile): Buffer | undefined {
+    return this.#staged.size === 0 ? undefined : this.#staged.get(f.sha256.toString('hex'))?.bytes;
+  }
+
+  #drainSoon(): void {
+    if (this.#draining) return;
+    this.#draining = new Promise<void>((resolve) => setImmediate(() => {
+      this.#drain().finally(() => {
+        this.#draining = undefined;
+        resolve();
+        if (this.#staged.size > this.#inCommit) this.#drainSoon();
       });
-      done.catch(() => {});
-      batch = { files, done };
-      this.#wholeBatch = batch;
+    }));
+  }
+
+  /** Commits the staged files in batches (one at a time), oldest first, until none is left. */
+  async #drain(): Promise<void> {
+    for (;;) {
+      const batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
+      const hexes: string[] = [];
+      let bytes = 0;
+      for (const [hex, f] of this.#staged) {
+        if (batch.length >= 2048 || bytes >= 32 << 20) break;
+        batch.push(f);
+        hexes.push(hex);
+        bytes += f.bytes.length;
+      }
+      if (batch.length === 0) return;
+      this.#inCommit = batch.length;
+      try {
+        await this.#blobs.commitBuffers(batch);
+      } catch (err) {
+        // Dropped from memory: a file that is read later is fetched (and checked) again.
+        this.#opts.logger.warn('cannot commit fetched files to the cache; they are fetched again when read', { files: batch.length, err: toNarfsError(err, 'ERR_CACHE_IO') });
+      } finally {
+        this.#inCommit = 0;
+        for (const hex of hexes) {
+          const f = this.#staged.get(hex);
+          if (f) this.#stagedBytes -= f.bytes.length;
+          this.#staged.delete(hex);
+        }
+        for (const r of this.#committed.splice(0)) r();
+      }
     }
-    batch.files.push(file);
-    return batch.done;
   }
 
   async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {
@@ -578,7 +740,7 @@ export class LazyStore implements RootNodes, ContentReader {
       tree.index, file, first, last,
       (f, k, bytes) => this.#store(tree, f, k, bytes),
       signal,
-      { isCached: (k) => this.#blobs.haveChunks(file.sha256, file.size, cs, k, k)[0] === true, isHeld: (f, k) => this.#holds(tree, f, k) },
+      { isCached: (k) => this.#holds(tree, file, k), isHeld: (f, k) => this.#holds(tree, f, k) },
     );
   }
 
@@ -807,8 +969,24 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async close(): Promise<void> {
+    // What was fetched and verified goes into the cache before the blob store closes.
+    await this.flushStaged();
     this.#trees.clear();
   }
+}
+
+/**
+ * Whether every non-empty file strictly between positions a and b of idx.files was read
+ * (at most 4096 looked at): a reader walking the path in NAR order reads them all (the
+ * ones a neighbourhood fetch brought are hits); a program picking files skips some.
+ */
+function readBetween(idx: NarIndex, b: Breadth, from: number, to: number): boolean {
+  if (to - from > 4096) return false;
+  for (let i = Math.max(0, from + 1); i < to; i++) {
+    const f = idx.files[i]!;
+    if (f.size > 0 && !b.perFile.has(f.narOffset)) return false;
+  }
+  return true;
 }
 
 /** A published listing must at least fit in the NAR it claims to describe. */

@@ -26,7 +26,7 @@ import { ChunkVerifyPool } from '../../src/store/chunk-verify-pool.js';
 import { failure } from '../support/failure.js';
 import { loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS } from '../support/fixtures.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
-import { indexNar, writeSeekable } from '../support/indexed-nar.js';
+import { indexNar, writeSeekable, writeSeekableEvery } from '../support/indexed-nar.js';
 
 const CS = 256 * 1024;
 
@@ -402,6 +402,48 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
       range(B(2), B(4)), // B's read-ahead 2..3, promoted by the reader that joined it
       range(A(2), A(4)), range(B(4), B(5)), // read-ahead, in the order queued
     ]);
+  });
+
+  /** many-files as seekable zstd with frames of `every` NAR bytes shared by many small files. */
+  async function sharedFrames(every: number): Promise<{ idx: NarIndex; source: ChunkSource; url: string }> {
+    const s = writeSeekableEvery(many.nar, every);
+    const url = `nar/many-every-${every}.nar.zst`;
+    await fsp.writeFile(path.join(dir, url), s.bytes);
+    const idx: NarIndex = { ...many.idx, frames: s.frames };
+    const narInfo: NarInfo = { ...many.seekable, url, fileHash: s.frames.fileHash, fileSize: s.frames.fileSize };
+    return { idx, url, source: { datalake: set.datalakes[0]!, narUrl: url, compression: 'zstd', narInfo } };
+  }
+
+  it('seekable frames shared by many files: a region of files further apart than the gap fetches each frame once', async function () {
+    const { idx, source, url } = await sharedFrames(64 * 1024);
+    // One file every 24 KiB of NAR: several per 64 KiB frame, each further from the last than the 8 KiB gap.
+    const files: IndexedFile[] = [];
+    for (const f of idx.files) if (f.size > 0 && (files.length === 0 || f.narOffset - files[files.length - 1]!.narOffset >= 24 * 1024)) files.push(f);
+    assert.ok(files.length >= 10);
+    const f = fetcher();
+    const s = sink();
+    const r = await f.fetchRegion(source, idx, files.map((file) => ({ file, first: 0, last: 0 })), s.onChunk, new AbortController().signal, { gapBytes: 8 * 1024 });
+    assert.equal(r.failed, 0);
+    for (const file of files) assert.deepEqual(s.got.get(`${file.narOffset}:0`), chunkOf(many.nar, idx, file, 0));
+    const touched = new Set(files.map((file) => idx.frames!.narOffsets.filter((o) => o <= file.narOffset).length - 1));
+    assert.ok(server.count(url) <= touched.size, `${server.count(url)} requests for ${files.length} files in ${touched.size} frames`);
+    assert.ok(f.stats.requestBytes <= idx.frames!.fileSize, `${f.stats.requestBytes} bytes fetched of a file of ${idx.frames!.fileSize}`);
+  });
+
+  it('seekable frames shared by many files: a read of a file whose frame is being fetched waits for it instead of fetching it again', async function () {
+    const { idx, source, url } = await sharedFrames(256 * 1024);
+    const inFrame = idx.files.filter((file) => file.size > 0 && file.narOffset + file.size < 200 * 1024);
+    const a = inFrame[0]!;
+    const b = inFrame[inFrame.length - 1]!;
+    const f = fetcher();
+    const s = sink();
+    const held = (file: IndexedFile, k: number) => s.got.has(`${file.narOffset}:${k}`);
+    const first = f.fetch(source, idx, a, 0, 0, s.onChunk, new AbortController().signal, { isHeld: held });
+    const second = f.fetch(source, idx, b, 0, 0, s.onChunk, new AbortController().signal, { isHeld: held });
+    await Promise.all([first, second]);
+    assert.deepEqual(s.got.get(`${b.narOffset}:0`), chunkOf(many.nar, idx, b, 0));
+    assert.equal(server.count(url), 1, 'one request for two files of one frame');
+    assert.equal(f.stats.joinedFrames, 1);
   });
 
   it('indexes that cannot serve ranges are ERR_INDEX_UNUSABLE before any request', async function () {

@@ -26,6 +26,7 @@ import { parseNarIndex, NAR_INDEX_SUFFIX, type IndexedFile, type NarIndex } from
 import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
 import { parseSecretKey, parseTrustedPublicKeys } from '../../src/nix/signature.js';
 import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import type { LazyFetchSettings } from '../../src/config/mount-config.js';
 import { replayTrace, TRACE_HEADER } from '../../src/daemon/read-trace.js';
 import { directoriesOf } from '../../src/store/neighbourhood.js';
 import { hashPart, loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
@@ -79,7 +80,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     close: () => Promise<void>;
   }
 
-  async function open(lake: 'zstd' | 'none'): Promise<Env> {
+  async function open(lake: 'zstd' | 'none', lazyFetch?: LazyFetchSettings): Promise<Env> {
     const dir = await lakeDir(lake);
     const p = pathByRole(fx, 'many-files');
     const name = path.basename(p.storePath);
@@ -92,6 +93,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     const logs: LogLine[] = [];
     const stack = await openStoreStack({
       datalakes: [server.url], trustedPublicKeys: parseTrustedPublicKeys(fx.publicKey), requireSigs: true, cacheDir, negativeTtlMs: 1000,
+      ...(lazyFetch ? { lazyFetch } : {}),
     }, captureLogger(logs));
     return {
       server, stack, logs, name, idx, ni, nar,
@@ -159,6 +161,49 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       }
     });
   }
+
+  it('none: a reader walking the path in NAR order escalates to a bulk fetch after a streak of misses, long before a quarter of its bytes', async function () {
+    // Neighbours off, so that every file is a miss of its own: the walk is what escalates.
+    const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      // Files in NAR order (as a copy reads them) from the start of a directory through
+      // two more: the shortest such run, well under a quarter of the path's bytes.
+      const dirs = directoriesOf(e.idx);
+      const nonEmpty = e.idx.files.map((f, i) => ({ f, d: dirs[i]! })).filter((x) => x.f.size > 0);
+      let walked: IndexedFile[] = nonEmpty.map((x) => x.f);
+      for (let a = 0; a < nonEmpty.length; a++) {
+        const seen = new Set<number>();
+        let b = a;
+        while (b < nonEmpty.length && (seen.size < 3 || b - a < 12)) seen.add(nonEmpty[b++]!.d);
+        if (seen.size >= 3 && b - a < walked.length) walked = nonEmpty.slice(a, b).map((x) => x.f);
+      }
+      assert.ok(walked.length <= e.idx.files.length / 10, `a walk over 3 directories of ${walked.length} files`);
+      for (const f of walked) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.stack.store.counters.escalations, 1, 'escalated on the walk');
+      await e.stack.store.prefetchPath(e.name, AbortSignal.timeout(60_000));
+      const n = e.narRequests();
+      assert.ok(n <= walked.length + 8, `${n} ranged requests: the rest came in bulk`);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: neither a program picking files (every other one) nor one reading a whole directory in order escalates on a streak', async function () {
+    const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      const picked = e.idx.files.filter((f) => f.size > 0).filter((_, i) => i % 2 === 0).slice(0, 20);
+      for (const f of picked) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.stack.store.counters.escalations, 0);
+      // One directory's files in order (a program loading every module of it): not a walk of the path.
+      const oneDir = bigDirectory(e.idx).filter((f) => f.size > 0).slice(100, 130);
+      for (const f of oneDir) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.stack.store.counters.escalations, 0);
+    } finally {
+      await e.close();
+    }
+  });
 
   it('none: a full read of the path costs far fewer ranged requests than it has files, every byte right', async function () {
     const e = await open('none');

@@ -56,3 +56,23 @@ export function writeSeekable(nar: Buffer, idx: NarIndex, level = 3): Seekable {
   const bytes = Buffer.concat(parts);
   return { bytes, frames: { fileHash: sha256(bytes), fileSize: bytes.length, narOffsets, fileOffsets } };
 }
+
+/**
+ * A seekable zstd file whose frames each hold `every` NAR bytes (the last one the rest),
+ * whatever the files: many small files share a frame, as `narfs index --seekable` packs them.
+ */
+export function writeSeekableEvery(nar: Buffer, every: number, level = 3): Seekable {
+  const parts: Buffer[] = [];
+  const narOffsets: number[] = [];
+  const fileOffsets: number[] = [];
+  let at = 0;
+  for (let from = 0; from < nar.length; from += every) {
+    narOffsets.push(from);
+    fileOffsets.push(at);
+    const c = zstd.compress(nar.subarray(from, Math.min(nar.length, from + every)), { compressionLevel: level });
+    parts.push(c);
+    at += c.length;
+  }
+  const bytes = Buffer.concat(parts);
+  return { bytes, frames: { fileHash: sha256(bytes), fileSize: bytes.length, narOffsets, fileOffsets } };
+}

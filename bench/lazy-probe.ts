@@ -1,0 +1,132 @@
+/**
+ * One narfs run of scenario 1, 9 or 11 (bench/run.ts) on an indexed datalake over the
+ * modelled remote link, without the `nix copy` reference, optionally under `--cpu-prof`:
+ * prints the time, the server's requests and body bytes, the daemon's store counters (from
+ * its log) and, with --prof, the V8 self time per function. For explaining one figure of
+ * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
+ *
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|11 --variant none|seekable [--traced] [--prof] [--extra '--opt v ...']
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
+import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs } from './bench-processes.js';
+import { readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
+import { prepareIndexed } from './indexed-datalakes.js';
+
+const { values: args } = parseArgs({
+  options: {
+    scenario: { type: 'string', default: '1' }, variant: { type: 'string', default: 'seekable' }, traced: { type: 'boolean', default: false },
+    prof: { type: 'boolean', default: false }, extra: { type: 'string', default: '' },
+  },
+});
+const LATENCY_MS = 20;
+const BYTES_PER_SECOND = 125_000_000;
+const sh1 = (cmd: string) => spawnSync('sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout.trim();
+
+function profileSummary(dir: string): string[] {
+  const f = readdirSync(dir).find((n) => n.endsWith('.cpuprofile'));
+  if (!f) return ['(no profile)'];
+  const p = JSON.parse(readFileSync(join(dir, f), 'utf8')) as {
+    nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[]; timeDeltas: number[];
+  };
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const callers = new Map<string, number>();
+  const self = new Map<string, number>();
+  let total = 0;
+  p.samples.forEach((id, i) => {
+    const n = byId.get(id)!;
+    const dt = p.timeDeltas[i] ?? 0;
+    total += dt;
+    const key = `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${n.callFrame.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + dt);
+    if (n.callFrame.functionName === '#row' || n.callFrame.functionName === 'get') {
+      const chain: string[] = [];
+      for (let q = parent.get(id); q !== undefined && chain.length < 3; q = parent.get(q)) chain.push(byId.get(q)!.callFrame.functionName);
+      callers.set(chain.join(' < '), (callers.get(chain.join(' < ')) ?? 0) + dt);
+    }
+  });
+  const top = [...callers.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `   #row from ${k}: ${(v / 1000).toFixed(0)} ms`);
+  return [...top, `total ${(total / 1000).toFixed(0)} ms sampled`, ...[...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)
+    .map(([k, v]) => `${(v / 1000).toFixed(0).padStart(6)} ms ${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`)];
+}
+
+installCleanupHandlers();
+const dir = spawnSync('bash', ['scripts/build-bench-datalake.sh'], { stdio: ['ignore', 'pipe', 'inherit'] }).stdout.toString().trim().split('\n').at(-1)!;
+const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
+const idx = prepareIndexed(m, (s) => process.stderr.write(`${s}\n`));
+const dl = args.variant === 'none' ? idx.none : idx.seekable;
+const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
+claimRunDir(tmp);
+const names = (m.closure as string[]).map((p) => basename(p));
+
+function fivePercent(): RangeRead[] {
+  const rel = (p: string) => p.replace(/^\/nix\/store\//, '');
+  const files = (d: string, f: string[]) => sh1(`find ${d} ${f.join(' ')} -type f -printf '%s %p\\n' | sort -k2`).split('\n').filter(Boolean)
+    .map((l) => { const i = l.indexOf(' '); return { size: Number(l.slice(0, i)), path: rel(l.slice(i + 1)) }; });
+  const roles = m.roles as Record<string, string>;
+  const reads: RangeRead[] = [];
+  let bytes = 0;
+  const whole = (f: { path: string; size: number }) => { reads.push({ path: f.path, offset: 0, length: -1 }); bytes += f.size; };
+  for (const f of files(`${roles.python}/usr/lib/python3.11`, ['-maxdepth 1', "-name '*.py'"])) whole(f);
+  for (const f of files(`${roles.perl}/usr/share/perl/5.36*`, ['-maxdepth 1', "-name '*.pm'"])) whole(f);
+  for (const f of files(`${roles.headers}/usr/include`, ['-maxdepth 1', "-name '*.h'"])) whole(f);
+  const large = rel(m.largeFile);
+  const size = Number(sh1(`stat -c %s ${m.largeFile}`));
+  for (let k = 0; k < 16; k++) { reads.push({ path: large, offset: Math.floor((k * size) / 16) + 100_000, length: 1 << 20 }); bytes += 1 << 20; }
+  const target = 0.05 * m.closureStats.bytes;
+  for (const f of files(`${roles.doc}`, ['-size -16k'])) { if (bytes >= target) break; if (f.size > 0) whole(f); }
+  return reads;
+}
+
+const server = await serveDatalake(dl, LATENCY_MS, BYTES_PER_SECOND);
+try {
+  const ops = JSON.parse(readFileSync(m.workload.file, 'utf8')) as WorkloadOp[];
+  const extra = args.extra ? args.extra.split(' ').filter(Boolean) : [];
+  const run = async (work: (mnt: string) => Promise<number> | number, more: string[], prof: boolean) => {
+    const d = mkdtempSync(join(tmp, 'narfs-'));
+    mkdirSync(join(d, 'mnt'));
+    const profDir = join(d, 'prof');
+    const cache = join(d, 'cache');
+    dropCaches();
+    const s0 = await server.stats();
+    const t0 = performance.now();
+    const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
+      nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more] });
+    let read = 0;
+    try { read = await work(mount.mnt); } catch (e) {
+      await mount.stop();
+      for (const l of readFileSync(mount.logFile, 'utf8').split('\n').filter((x) => /"level":"(warn|error)"/.test(x)).slice(0, 8)) console.log(`  log: ${l.slice(0, 1500)}`);
+      throw e;
+    } finally { await mount.stop(); }
+    const t = performance.now() - t0;
+    const s1 = await server.stats();
+    const log = readFileSync(mount.logFile, 'utf8');
+    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d };
+  };
+  let more: string[] = [];
+  const large = m.largeFile.replace(/^\/nix\/store\//, '');
+  const work = args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
+    : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path === large))
+    : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path !== large))
+    : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
+      : (mnt: string) => replayWorkload(mnt, ops).bytes;
+  if (args.traced) {
+    const trace = join(tmp, 'trace.txt');
+    await run((mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace], false);
+    more = ['--prefetch-trace', trace];
+  }
+  const r = await run(work, more, args.prof);
+  console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
+  const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
+  for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
+  if (args.prof) for (const l of profileSummary(r.profDir)) console.log(`  ${l}`);
+} finally {
+  await server.stop();
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.exit(0);
