@@ -425,13 +425,24 @@ export class NativeMount {
     });
   }
 
-  /** The bdi's readahead defaults to 128 KiB; 1 MiB requests need it raised (root only). */
+  /**
+   * Sets the mount's bdi readahead (root only) to 128 KiB, the kernel's default, in case
+   * the system's default differs. Not raised: the kernel reads past a `read()` by up to
+   * one readahead window (mm/readahead.c: an initial window of the request's size, then
+   * asynchronous windows of up to `read_ahead_kb` at each PG_readahead mark), and on a
+   * lazy file every byte past the read is a ranged fetch of whole 512 KiB chunks. Measured
+   * (bench/lazy-probe.ts --scenario 9l: 16 random 1 MiB preads of a 140 MiB file, none
+   * indexed): 1024 -> 3 READs of 1 MiB per pread, 62.5-83 MiB fetched for 16 MiB read;
+   * 512 -> 51.5; 256 -> 31.0; 128 -> 25.5 MiB (the 3 chunks an unaligned 1 MiB spans).
+   * Files served from the cache by C or passthrough are not lazy; reads through JS at
+   * 128 KiB cost more requests, not more bytes.
+   */
   async #raiseReadahead(): Promise<void> {
     if (process.getuid?.() !== 0) return;
     const info = await readFile('/proc/self/mountinfo', 'utf8');
     const line = info.split('\n').find((l) => l.split(' ')[4] === this.#opts.mountpoint && / - fuse/.test(l));
     const dev = line?.split(' ')[2];
-    if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, '1024');
+    if (dev) await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, '128');
   }
 
   #dispatch(kind: number, ch: number, unique: number, nodeid: number, a: number, b: number, c: number,

@@ -19,12 +19,17 @@
  * - coalescing: adjacent wanted chunks that are not yet fetched or in flight go in one
  *   request, up to `maxRequestBytes` (NAR bytes) per request; wanted chunks and read-ahead
  *   are separate requests, so the chunks a reader waits for never wait for read-ahead bytes;
- * - read-ahead within a file: a read that starts where the previous one ended (or inside /
- *   right after the read-ahead already issued) continues a sequential run; once the run has
- *   reached `readAheadAfter` chunks (default 4), the next `readAheadInitial` chunks are fetched too, the window
- *   doubling with each further sequential read up to `readAheadChunks`; a jump resets it.
- *   Read-ahead chunks are delivered to the same `onChunk`; `isCached` (optional) skips
- *   those the caller already holds;
+ * - read-ahead within a file: a read that starts in the chunk where the previous one ended
+ *   (or after it, inside / right after the read-ahead already issued) continues a sequential
+ *   run; once the run spans `readAheadAfter` chunks (default 5), the next `readAheadInitial`
+ *   chunks are fetched too, the window doubling with each further sequential read up to
+ *   `readAheadChunks`; a jump resets it. The run is measured in chunks, not in calls: the
+ *   kernel splits one `read()` into many FUSE READs (128 KiB each at the default bdi
+ *   readahead), and a 1 MiB random window must not look like a stream. Read-ahead chunks
+ *   are delivered to the same `onChunk`;
+ * - held chunks: `isCached` (optional) says which chunks of the file the caller holds;
+ *   they are neither fetched again (a READ that starts in a chunk fetched by the READ
+ *   before) nor read ahead;
  * - regions (`fetchRegion`): chunks of several files of one store path (a missed file's
  *   small siblings, a path read broadly, a trace's files) in NAR order, coalesced into
  *   requests while the unwanted NAR bytes between two chunks stay within a gap tolerance
@@ -114,9 +119,10 @@ export interface ChunkFetcherOptions {
   /** Largest read-ahead window, in chunks. Default 16. */
   readAheadChunks?: number;
   /**
-   * Chunks a sequential run must have reached before read-ahead starts. Default 4 (2 MiB at
-   * 512 KiB chunks): a 1 MiB read the kernel splits into pieces spans at most 3 chunks, and
-   * must not pull in megabytes it will never read (bench scenario 9: 4.09x with 2).
+   * Chunks a sequential run must span before read-ahead starts. Default 5 (2.5 MiB at 512
+   * KiB chunks): a 1 MiB read at an unaligned offset spans 3 chunks, and the kernel's own
+   * readahead past its end (up to the bdi's read_ahead_kb) may touch a 4th; such a window
+   * must not pull in megabytes it will never read (bench scenario 9).
    */
   readAheadAfter?: number;
   /** Longest a reader waits for its chunks. Default 120000 ms. */
@@ -160,10 +166,11 @@ interface Prio {
 }
 
 interface SeqState {
+  /** First chunk of the sequential run. */
+  start: number;
   prevLast: number;
   /** Highest chunk requested so far (wanted or read ahead). */
   frontier: number;
-  run: number;
   window: number;
 }
 
@@ -226,7 +233,7 @@ export class ChunkFetcher {
     this.maxRequestBytes = Math.max(1, options.maxRequestBytes ?? 8 << 20);
     this.readAheadInitial = Math.max(1, options.readAheadInitial ?? 2);
     this.readAheadMax = Math.max(0, options.readAheadChunks ?? 16);
-    this.readAheadAfter = Math.max(2, options.readAheadAfter ?? 4);
+    this.readAheadAfter = Math.max(2, options.readAheadAfter ?? 5);
     this.waitTimeoutMs = options.waitTimeoutMs ?? 120_000;
     this.pool = options.verifyPool ?? defaultChunkVerifyPool;
     setMaxListeners(0, this.closer.signal);
@@ -269,6 +276,7 @@ export class ChunkFetcher {
     const base0 = { src, idx, plan, ...(options.isHeld ? { isHeld: options.isHeld } : {}) };
     for (let k = first; k <= last; k++) {
       const f = this.flights.get(`${fileKey}:${k}`);
+      if (!f && options.isCached?.(k)) continue; // held: a READ starting in the chunk the READ before fetched
       if (f) {
         this.stats.joined++;
         this.promote(f.prio);
@@ -318,18 +326,19 @@ export class ChunkFetcher {
   /** Updates the sequential-read state of a file; returns the chunks to read ahead. */
   private readAhead(fileKey: string, first: number, last: number, n: number): number[] {
     let s = this.seq.get(fileKey);
-    const sequential = s !== undefined && first > s.prevLast && first <= Math.max(s.prevLast, s.frontier) + 1;
+    // Another READ inside the chunk the run is at (in flight still): neither a step nor a jump.
+    if (s && first === s.prevLast && last === s.prevLast) return [];
+    const sequential = s !== undefined && first >= s.prevLast && last > s.prevLast && first <= Math.max(s.prevLast, s.frontier) + 1;
     if (!s || !sequential) {
-      s = { prevLast: last, frontier: last, run: 1, window: 0 };
+      s = { start: first, prevLast: last, frontier: last, window: 0 };
       this.seq.delete(fileKey);
       this.seq.set(fileKey, s);
       if (this.seq.size > 4096) this.seq.delete(this.seq.keys().next().value!); // bounded: oldest first
       return [];
     }
-    s.run++;
     s.prevLast = last;
     s.frontier = Math.max(s.frontier, last);
-    if (this.readAheadMax === 0 || s.run < this.readAheadAfter) return [];
+    if (this.readAheadMax === 0 || last - s.start + 1 < this.readAheadAfter) return [];
     s.window = s.window === 0 ? Math.min(this.readAheadInitial, this.readAheadMax) : Math.min(s.window * 2, this.readAheadMax);
     const to = Math.min(n - 1, last + s.window);
     const out: number[] = [];

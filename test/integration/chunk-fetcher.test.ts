@@ -361,6 +361,33 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
     f.close();
   });
 
+  it('a 1 MiB window read as the kernel sends it (many small READs, each a fetch) fetches its chunks once and nothing ahead', async function () {
+    // Bench scenario 9: a 1 MiB pread at an unaligned offset reaches the store as 128 KiB
+    // READs; each READ that misses asks for its chunks. Chunks held are not fetched again,
+    // and the READs of one window are not a stream to read ahead of.
+    const f = fetcher({ readAheadChunks: 16, readAheadAfter: undefined });
+    const idx = large.idx;
+    const file = big();
+    const cs = idx.chunkSize;
+    const got = new Map<number, Buffer>();
+    const onChunk = async (_f: IndexedFile, k: number, b: Buffer) => void got.set(k, Buffer.from(b));
+    const r0 = server.requests.length;
+    const start = 20 * cs + Math.floor(cs / 3);
+    const piece = cs / 4; // 128 KiB READs of a 1 MiB window at the bench's 512 KiB chunks
+    for (let off = start; off < start + 2 * cs; off += piece) {
+      const a = Math.floor(off / cs);
+      const b = Math.floor((off + piece - 1) / cs);
+      await f.fetch(src(large), idx, file, a, b, onChunk, new AbortController().signal, { isCached: (c) => got.has(c) });
+    }
+    const ranges = server.requests.slice(r0).filter((r) => r.relPath === large.plainUrl).map((r) => r.headers.range);
+    const bytes = ranges.reduce((n, r) => { const [x, y] = r!.slice(6).split('-').map(Number); return n + y! - x! + 1; }, 0);
+    // The window spans chunks 20..22: 3 chunks, each fetched once.
+    assert.equal(bytes, 3 * cs, `fetched ${ranges.join(' ')}`);
+    assert.equal(f.stats.readAheadChunks, 0);
+    for (let k = 20; k <= 22; k++) assert.ok(got.get(k)!.equals(chunkOf(large.nar, idx, file, k)));
+    f.close();
+  });
+
   it('at most maxInFlight requests at once; queued wanted requests go before read-ahead, and a reader joining read-ahead promotes it', async function () {
     const f = fetcher({ maxInFlight: 2 });
     const file = big();
