@@ -120,11 +120,15 @@ try {
     await run((mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace], false);
     more = ['--prefetch-trace', trace];
   }
+  if (process.env.NARFS_PROBE_READS && args.scenario.startsWith('9')) {
+    // The workload's files (many are served without JS once cached: the daemon's log misses them).
+    for (const x of fivePercent()) console.log(`  PROBE wants ${x.path.slice(x.path.indexOf('/'))} ${x.length}`);
+  }
   const r = await run(work, more, args.prof);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
-  if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE'))) console.log(`  ${l}`);
+  if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
   if (args.prof) for (const l of profileSummary(r.profDir)) console.log(`  ${l}`);
 } finally {
   await server.stop();

@@ -159,6 +159,7 @@ export interface LazyFetchSettings {
   stageMaxBytes?: number;
   warmReferences?: number;
   neighbourAfterMisses?: number;
+  gapBytes?: number;
 }
 
 const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'size' | 'share' | 'count' }> = {
@@ -171,11 +172,12 @@ const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'siz
   'stage-bytes': { key: 'stageMaxBytes', kind: 'size' },
   'warm-references': { key: 'warmReferences', kind: 'count' },
   'neighbour-after-misses': { key: 'neighbourAfterMisses', kind: 'count' },
+  'gap-bytes': { key: 'gapBytes', kind: 'size' },
 };
 
 /**
  * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
- * bulk-request-bytes, stage-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
+ * bulk-request-bytes, stage-bytes, gap-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
  * escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
  * numbers; streak 0 and warm-references 0 = off).
  */

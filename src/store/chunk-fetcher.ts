@@ -65,7 +65,6 @@ import { hashEquals } from '../nix/hash.js';
 import { chunkCount, chunkHash, chunkLength, type IndexedFile, type NarIndex } from '../nix/nar-index.js';
 import type { NarInfo } from '../nix/narinfo.js';
 import { defaultChunkVerifyPool, type ChunkVerifyPool } from './chunk-verify-pool.js';
-import { eachLimited } from '../each-limited.js';
 
 /** Where a NAR is: the datalake whose narinfo was used, its URL, compression and narinfo. */
 export interface ChunkSource {
@@ -200,6 +199,26 @@ interface Request {
   signal?: AbortSignal;
   /** Chunks the caller holds: not offered along from decoded frames. */
   isHeld?: (file: IndexedFile, chunk: number) => boolean;
+  /** A region's bound on its requests at once: resolves with the release once this one may go. */
+  gate?: () => Promise<() => void>;
+}
+
+/** At most `n` holders at once; `take` resolves with the release. */
+function limiter(n: number): () => Promise<() => void> {
+  let active = 0;
+  const waiting: Array<() => void> = [];
+  const release = (): void => {
+    const next = waiting.shift();
+    if (next) next();
+    else active--;
+  };
+  return () => {
+    if (active < n) {
+      active++;
+      return Promise.resolve(release);
+    }
+    return new Promise((resolve) => waiting.push(() => resolve(release)));
+  };
 }
 
 export class ChunkFetcher {
@@ -503,16 +522,20 @@ export class ChunkFetcher {
     let failed = 0;
     let chunks = 0;
     const demand = options.demand ?? false;
-    const one = async (parts: ChunkRun[]): Promise<void> => {
-      if (signal.aborted) return;
-      const r: Request = { ...base, parts, prio: { demand }, signal };
+    // Every request's chunk flights are registered now, the requests themselves wait for
+    // the region's bound (and the fetcher's slots): a reader or an overlapping region
+    // (the next miss in the same directory) joins a queued request instead of fetching
+    // its chunks again (bench scenario 9: the same neighbour ranges were fetched 11 times).
+    const gate = limiter(Math.max(1, options.concurrency ?? this.maxInFlight));
+    const all: Array<Promise<void>> = [];
+    for (const parts of requests) {
+      const r: Request = { ...base, parts, prio: { demand }, signal, gate };
       const flights = this.startRequest(r, onChunk);
       chunks += flights.length;
-      const settled = await Promise.allSettled(flights);
-      failed += settled.filter((x) => x.status === 'rejected').length;
-    };
+      all.push(Promise.allSettled(flights).then((settled) => { failed += settled.filter((x) => x.status === 'rejected').length; }));
+    }
     await Promise.all([
-      eachLimited(requests, Math.max(1, options.concurrency ?? this.maxInFlight), one, () => signal.aborted || this.closer.signal.aborted),
+      ...all,
       Promise.allSettled(joined).then((s) => { failed += s.filter((x) => x.status === 'rejected').length; }),
     ]);
     if (signal.aborted) throw aborted(signal);
@@ -584,6 +607,7 @@ export class ChunkFetcher {
    */
   private async fetchVerified(r: Request, attempt = 1): Promise<{ verified: Map<string, Buffer>; along: Array<{ file: IndexedFile; k: number; bytes: Buffer }> }> {
     const sp = this.span(r, r.parts);
+    const free = r.gate ? await r.gate() : undefined;
     const bytes = await this.withSlot(r.prio, async () => {
       if (r.signal?.aborted) throw aborted(r.signal);
       this.stats.requests++;
@@ -600,7 +624,7 @@ export class ChunkFetcher {
         });
       }
       return got;
-    });
+    }).finally(() => free?.());
     const cs = r.idx.chunkSize;
     const slices: number[] = [];
     const pieces: Array<{ pi: number; file: IndexedFile; k: number }> = [];

@@ -441,6 +441,28 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
     return { idx, url, source: { datalake: set.datalakes[0]!, narUrl: url, compression: 'zstd', narInfo } };
   }
 
+  it('overlapping regions (two misses of one directory) fetch each chunk once, also while the first region\'s requests wait for its bound', async function () {
+    const idx = many.idx;
+    // 64 small files with gaps between them: many requests, one at a time per region.
+    const files = idx.files.filter((x) => x.size > 0 && x.size <= CS).filter((_, i) => i % 2 === 0).slice(0, 64);
+    const f = fetcher();
+    const s = sink();
+    const runs = (fs: IndexedFile[]) => fs.map((file) => ({ file, first: 0, last: 0 }));
+    const before = server.count(many.plainUrl);
+    server.hold(many.plainUrl);
+    const a = f.fetchRegion(src(many), idx, runs(files), s.onChunk, new AbortController().signal, { gapBytes: 0, concurrency: 1 });
+    await server.waitForRequest(many.plainUrl, before + 1);
+    // The second miss's neighbours: the same files, a few more beyond.
+    const more = idx.files.filter((x) => x.size > 0 && x.size <= CS && x.narOffset > files[files.length - 1]!.narOffset).slice(0, 4);
+    const b = f.fetchRegion(src(many), idx, runs([...files, ...more]), s.onChunk, new AbortController().signal, { gapBytes: 0, concurrency: 1 });
+    server.release(many.plainUrl);
+    const [ra, rb] = await Promise.all([a, b]);
+    assert.equal(ra.failed + rb.failed, 0);
+    const ranges = server.requests.slice(0).filter((r) => r.relPath === many.plainUrl).map((r) => r.headers.range!);
+    assert.equal(new Set(ranges).size, ranges.length, `a range fetched twice: ${ranges.length} requests, ${new Set(ranges).size} distinct`);
+    for (const file of [...files, ...more]) assert.deepEqual(s.got.get(`${file.narOffset}:0`), chunkOf(many.nar, idx, file, 0));
+  });
+
   it('seekable frames shared by many files: a region of files further apart than the gap fetches each frame once', async function () {
     const { idx, source, url } = await sharedFrames(64 * 1024);
     // One file every 24 KiB of NAR: several per 64 KiB frame, each further from the last than the 8 KiB gap.
