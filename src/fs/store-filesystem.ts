@@ -24,6 +24,11 @@
  * - Names and symlink targets are byte strings (one char per byte, src/nix/nar-listing.ts):
  *   a FUSE binding converts at its edge (`Buffer#toString('latin1')` / `Buffer.from(s,
  *   'latin1')`); store path basenames are ASCII, so they are the same either way.
+ * - Memory goes back after a burst of forgets: when the kernel has forgotten at least
+ *   FORGET_BURST inodes and the table has fallen to half its peak since the last time, a
+ *   full V8 GC runs (src/fs/full-gc.ts) `releaseDelayMs` later (the rest of the burst
+ *   arrives meanwhile), at most once per GC_INTERVAL_MS; the table's own arrays shrink
+ *   with it (src/fs/inode-slab.ts). The C engine trims its node table likewise.
  * - With a `journal` (restart without unmount, src/fs/inode-journal.ts): every inode is
  *   recorded before its number can reach the kernel, numbers continue above the journal's,
  *   and a nodeid the kernel got from an earlier process is rebuilt on demand (`revive`)
@@ -37,6 +42,7 @@ import type { NarNode } from '../nix/nar-listing.js';
 import { compactOf, K_DIRECTORY, K_EXECUTABLE, K_REGULAR, K_SYMLINK, type CompactListing } from '../nix/compact-listing.js';
 import type { InodeJournal } from './inode-journal.js';
 import { InodeSlab } from './inode-slab.js';
+import { fullGc } from './full-gc.js';
 
 /** Answers "what is the store path called <name>?" (the listing of its NAR). */
 export interface RootNodes {
@@ -142,9 +148,16 @@ export interface StoreFilesystemOptions {
   forgets?: boolean;
   /** Records inode numbers for a restarted process (see InodeJournal). */
   journal?: InodeJournal;
+  /** Delay of the GC after a burst of forgets (default 1000 ms). */
+  releaseDelayMs?: number;
+  /** Called after that GC ran (for tests and metrics). */
+  onMemoryReleased?(): void;
 }
 
 export const ROOT_INO = 1;
+/** Inodes forgotten (and the table halved) before memory is given back (see invariants). */
+export const FORGET_BURST = 10_000;
+const GC_INTERVAL_MS = 30_000;
 const MTIME_MS = 1000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
@@ -201,6 +214,11 @@ export class StoreFilesystem {
   readonly #stores = new Map<string, StoreRoot>();
   #nextIno = ROOT_INO + 1;
   #nextFh = 1;
+  /** Inodes dropped, and the largest table, since the last GC after forgets. */
+  #dropped = 0;
+  #peak = 0;
+  #lastGcAt = -Infinity;
+  #gcTimer: NodeJS.Timeout | undefined;
   #blocks = 0;
   readonly #rootAttr: Attr = {
     ino: ROOT_INO, kind: 'directory', mode: S_IFDIR | 0o555, nlink: 2, size: 0, blocks: 0,
@@ -306,7 +324,23 @@ export class StoreFilesystem {
     const s = this.#table.slotOf(ino);
     if (s < 0 || this.#table.pinned(s)) return false;
     this.#table.setNlookup(s, Math.max(0, this.#table.nlookup(s) - n));
-    return this.#maybeDrop(s);
+    if (!this.#maybeDrop(s)) return false;
+    if (++this.#dropped >= FORGET_BURST && this.#table.size * 2 <= this.#peak && this.#gcTimer === undefined) {
+      const wait = Math.max(this.#opts.releaseDelayMs ?? 1000, this.#lastGcAt + GC_INTERVAL_MS - Date.now());
+      this.#gcTimer = setTimeout(() => this.#release(), wait);
+      this.#gcTimer.unref();
+    }
+    return true;
+  }
+
+  /** The GC after a burst of forgets (see invariants). */
+  #release(): void {
+    this.#gcTimer = undefined;
+    this.#lastGcAt = Date.now();
+    this.#dropped = 0;
+    this.#peak = this.#table.size;
+    fullGc();
+    this.#opts.onMemoryReleased?.();
   }
 
   /**
@@ -590,6 +624,7 @@ export class StoreFilesystem {
       this.#nextIno++;
     }
     const s = this.#table.alloc(ino, root.id, idx, false);
+    if (this.#table.size > this.#peak) this.#peak = this.#table.size;
     this.#blocks += blocksOf(root.listing, idx);
     this.#perStore.set(root.name, (this.#perStore.get(root.name) ?? 0) + 1);
     return s;

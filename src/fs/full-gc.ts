@@ -1,0 +1,38 @@
+/**
+ * fullGc: runs a full (major, mark-compact) V8 garbage collection now, in any process,
+ * whatever flags node was started with. Used after the kernel forgot most inodes of a large
+ * walk (StoreFilesystem): the inode table's old arrays and a released listing are garbage
+ * that V8 would otherwise keep (and keep counted in RSS) until its memory reducer or the
+ * next major GC runs, which an idle daemon may not see for a long time.
+ *
+ * How: `globalThis.gc` when node runs with --expose-gc; otherwise the flag is set for a
+ * moment (`v8.setFlagsFromString`) and the `gc` function of a fresh vm context is taken,
+ * then the flag is cleared again (later contexts get no `gc`). This does not depend on how
+ * the daemon was started (bin/narfs, a systemd unit running node directly, the daemon
+ * spawner, tests mounting in-process), which is why it is preferred over a node flag on an
+ * exec line. Returns false when no gc function could be had (then nothing ran).
+ */
+import v8 from 'node:v8';
+import vm from 'node:vm';
+
+let gcFn: (() => void) | null | undefined;
+
+export function fullGc(): boolean {
+  if (gcFn === undefined) {
+    gcFn = (globalThis as { gc?: () => void }).gc ?? null;
+    if (gcFn === null) {
+      try {
+        v8.setFlagsFromString('--expose-gc');
+        gcFn = vm.runInNewContext('gc') as () => void;
+      } catch {
+        gcFn = null;
+      } finally {
+        v8.setFlagsFromString('--no-expose-gc');
+      }
+      if (typeof gcFn !== 'function') gcFn = null;
+    }
+  }
+  if (gcFn === null) return false;
+  gcFn();
+  return true;
+}
