@@ -7,6 +7,14 @@
  * daemon on the same cache directory fails with ERR_CACHE_LOCKED (told by classic-level's
  * error code LEVEL_LOCKED, never by the message).
  *
+ * Memory: a listing of LARGE_LISTING bytes or more (a 100,000-file path's `.ls` is ~6 MB)
+ * does not stay in LevelDB's memory after it is written: the memtable holding it is
+ * flushed to a table file right after the put (`compactRange` of its key, in the
+ * background; `close` and `flushed` wait for it), and a listing read does not fill the
+ * block cache (`fillCache: false`: it is parsed once and the cache would keep the whole
+ * value as one block). Otherwise a memtable under writeBufferSize (4 MiB) stays until later
+ * writes fill it, which a daemon that only reads may never do.
+ *
  * A failed write is ERR_CACHE_FULL when the filesystem has (almost) no room left, else
  * ERR_CACHE_IO. LevelDB reports both as LEVEL_IO_ERROR with only a text to tell them
  * apart, so the disk itself is asked (statfs): under FULL_BELOW_BYTES available counts as
@@ -19,11 +27,20 @@ import { NarfsError } from '../errors.js';
 
 /** Available bytes under which a LevelDB I/O error is taken for a full disk. */
 const FULL_BELOW_BYTES = 1 << 20;
+/** Listings at least this long (in chars) are flushed out of the memtable after the put. */
+export const LARGE_LISTING = 256 * 1024;
 import type { MetadataCache, NarInfoEntry, NarInfoLookup } from './metadata-cache.js';
+
+/** What `level` is on Node (classic-level), beyond the types `level` declares for every platform. */
+interface Compactable {
+  compactRange(start: string, end: string): Promise<void>;
+}
 
 export class LevelMetadataCache implements MetadataCache {
   readonly #db: Level<string, string>;
   readonly #dir: string;
+  /** Memtable flushes under way (large listings). */
+  readonly #flushing = new Set<Promise<void>>();
 
   private constructor(db: Level<string, string>, dir: string) {
     this.#db = db;
@@ -73,11 +90,22 @@ export class LevelMetadataCache implements MetadataCache {
   }
 
   async getListing(hashPart: string): Promise<string | undefined> {
-    return this.#get(`ls!${hashPart}`);
+    return this.#get(`ls!${hashPart}`, false);
   }
 
   async putListing(hashPart: string, json: string): Promise<void> {
-    await this.#wrap(() => this.#db.put(`ls!${hashPart}`, json));
+    const key = `ls!${hashPart}`;
+    await this.#wrap(() => this.#db.put(key, json));
+    if (json.length >= LARGE_LISTING) {
+      // Not awaited: the put is durable in the log already; the flush only frees memory.
+      const p: Promise<void> = (this.#db as unknown as Compactable).compactRange(key, key).catch(() => {}).finally(() => this.#flushing.delete(p));
+      this.#flushing.add(p);
+    }
+  }
+
+  /** Settles once the memtable flushes started by `putListing` are done. */
+  async flushed(): Promise<void> {
+    await Promise.all([...this.#flushing]);
   }
 
   async deleteListing(hashPart: string): Promise<void> {
@@ -93,12 +121,13 @@ export class LevelMetadataCache implements MetadataCache {
   }
 
   async close(): Promise<void> {
+    await this.flushed();
     await this.#db.close();
   }
 
-  async #get(key: string): Promise<string | undefined> {
+  async #get(key: string, fillCache = true): Promise<string | undefined> {
     try {
-      const v = await this.#db.get(key);
+      const v = await this.#db.get(key, { fillCache });
       return v ?? undefined;
     } catch (err) {
       if ((err as { code?: string }).code === 'LEVEL_NOT_FOUND') return undefined;

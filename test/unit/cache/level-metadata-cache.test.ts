@@ -5,14 +5,14 @@
  * whose cause has code LEVEL_LOCKED).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Level } from 'level';
 
 import { isNarfsError, NarfsError } from '../../../src/errors.js';
-import { LevelMetadataCache } from '../../../src/cache/level-metadata-cache.js';
+import { LARGE_LISTING, LevelMetadataCache } from '../../../src/cache/level-metadata-cache.js';
 import type { NarInfoEntry } from '../../../src/cache/metadata-cache.js';
 
 const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
@@ -237,5 +237,34 @@ describe('LevelMetadataCache', () => {
     opened.length = 0;
     await assert.rejects(c.putNarInfo(H1, entry(H1, 'x')), isCode('ERR_CACHE_IO'));
     await assert.rejects(c.knownNames(), isCode('ERR_CACHE_IO'));
+  });
+
+  it('a large listing does not stay in the memtable: it is flushed to a table file after the put', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'narfs-meta-large-'));
+    try {
+      const cache = await LevelMetadataCache.open(dir);
+      const small = JSON.stringify({ version: 1, root: { type: 'regular', size: 1 } });
+      const big = JSON.stringify({ version: 1, root: { type: 'directory', entries: Object.fromEntries(
+        Array.from({ length: 40_000 }, (_, i) => [`file-${i}`, { type: 'regular', size: i, narOffset: i * 2 }])) } });
+      assert.ok(big.length >= LARGE_LISTING && big.length < 4 << 20, 'under the write buffer: it would stay in memory');
+      await cache.putListing(H1, small);
+      await cache.putListing(H2, big);
+      await cache.flushed();
+      // Before any close or reopen (a reopen writes the replayed log to a table file anyway):
+      // the listing left the memtable for a table file; without the flush there is only the log.
+      const tables = (await readdir(dir)).filter((f) => f.endsWith('.ldb') || f.endsWith('.sst'));
+      const sizes = await Promise.all(tables.map(async (f) => (await stat(join(dir, f))).size));
+      assert.ok(sizes.some((n) => n >= 100_000), `a table file holds the big listing (tables: ${JSON.stringify(sizes)})`);
+      await cache.close();
+      const again = await LevelMetadataCache.open(dir);
+      try {
+        assert.equal(await again.getListing(H2), big);
+        assert.equal(await again.getListing(H1), small);
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
