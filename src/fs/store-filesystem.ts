@@ -26,9 +26,12 @@
  *   'latin1')`); store path basenames are ASCII, so they are the same either way.
  * - Memory goes back after a burst of forgets: when the kernel has forgotten at least
  *   FORGET_BURST inodes and the table has fallen to half its peak since the last time, a
- *   full V8 GC runs (src/fs/full-gc.ts) `releaseDelayMs` later (the rest of the burst
- *   arrives meanwhile), at most once per GC_INTERVAL_MS; the table's own arrays shrink
- *   with it (src/fs/inode-slab.ts). The C engine trims its node table likewise.
+ *   full compacting V8 GC runs (src/fs/full-gc.ts) once no inode was dropped for
+ *   `releaseDelayMs`, at most once per GC_INTERVAL_MS; the table's own arrays shrink with
+ *   the forgets (src/fs/inode-slab.ts). The quiet wait lets the whole burst arrive first,
+ *   and the full GC arms V8's memory reducer, which shrinks the young generation (grown to
+ *   32 MiB by a walk) once the process stays quiet. The C engine trims its node table
+ *   likewise.
  * - With a `journal` (restart without unmount, src/fs/inode-journal.ts): every inode is
  *   recorded before its number can reach the kernel, numbers continue above the journal's,
  *   and a nodeid the kernel got from an earlier process is rebuilt on demand (`revive`)
@@ -148,7 +151,7 @@ export interface StoreFilesystemOptions {
   forgets?: boolean;
   /** Records inode numbers for a restarted process (see InodeJournal). */
   journal?: InodeJournal;
-  /** Delay of the GC after a burst of forgets (default 1000 ms). */
+  /** Quiet time (no inode dropped) before the GC after a burst of forgets (default 6000 ms). */
   releaseDelayMs?: number;
   /** Called after that GC ran (for tests and metrics). */
   onMemoryReleased?(): void;
@@ -218,6 +221,7 @@ export class StoreFilesystem {
   #dropped = 0;
   #peak = 0;
   #lastGcAt = -Infinity;
+  #lastDropAt = 0;
   #gcTimer: NodeJS.Timeout | undefined;
   #blocks = 0;
   readonly #rootAttr: Attr = {
@@ -325,17 +329,29 @@ export class StoreFilesystem {
     if (s < 0 || this.#table.pinned(s)) return false;
     this.#table.setNlookup(s, Math.max(0, this.#table.nlookup(s) - n));
     if (!this.#maybeDrop(s)) return false;
+    this.#lastDropAt = Date.now();
     if (++this.#dropped >= FORGET_BURST && this.#table.size * 2 <= this.#peak && this.#gcTimer === undefined) {
-      const wait = Math.max(this.#opts.releaseDelayMs ?? 1000, this.#lastGcAt + GC_INTERVAL_MS - Date.now());
-      this.#gcTimer = setTimeout(() => this.#release(), wait);
-      this.#gcTimer.unref();
+      this.#armRelease();
     }
     return true;
   }
 
-  /** The GC after a burst of forgets (see invariants). */
+  /** Schedules the GC after a burst of forgets: after a quiet time, within the rate limit. */
+  #armRelease(): void {
+    const quiet = this.#opts.releaseDelayMs ?? 6000;
+    const at = Math.max(this.#lastDropAt + quiet, this.#lastGcAt + GC_INTERVAL_MS);
+    this.#gcTimer = setTimeout(() => this.#release(), Math.max(0, at - Date.now()));
+    this.#gcTimer.unref();
+  }
+
+  /** The GC after a burst of forgets (see invariants), once the forgets went quiet. */
   #release(): void {
     this.#gcTimer = undefined;
+    const quiet = this.#opts.releaseDelayMs ?? 6000;
+    if (Date.now() - this.#lastDropAt < quiet) {
+      this.#armRelease(); // more forgets came meanwhile
+      return;
+    }
     this.#lastGcAt = Date.now();
     this.#dropped = 0;
     this.#peak = this.#table.size;
