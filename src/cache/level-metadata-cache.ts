@@ -3,17 +3,20 @@
  * `<cache-dir>/meta`.
  *
  * Keys: `ni!<hashPart>` → NarInfoEntry JSON; `neg!<hashPart>` → expiry (ms since epoch);
- * `ls!<hashPart>` → `.ls` JSON text. LevelDB allows one process per database: a second
+ * `ls!<hashPart>` → `.ls` JSON text, or for a listing of LARGE_LISTING chars or more the
+ * marker `\u0001<bytes>:<crc32>` (no JSON text and no latin1-marked text starts with
+ * U+0001) for the text's UTF-8 bytes in the file `listings/<hashPart>.ls` under the
+ * database directory (LevelDB ignores it). The file is written whole (temp file + rename)
+ * before the marker is put, so a marker only ever names a complete file; a file that is
+ * missing or does not match its marker's length and CRC reads as no listing cached. LevelDB allows one process per database: a second
  * daemon on the same cache directory fails with ERR_CACHE_LOCKED (told by classic-level's
  * error code LEVEL_LOCKED, never by the message).
  *
- * Memory: a listing of LARGE_LISTING bytes or more (a 100,000-file path's `.ls` is ~6 MB)
- * does not stay in LevelDB's memory after it is written: the memtable holding it is
- * flushed to a table file right after the put (`compactRange` of its key, in the
- * background; `close` and `flushed` wait for it), and a listing read does not fill the
- * block cache (`fillCache: false`: it is parsed once and the cache would keep the whole
- * value as one block). Otherwise a memtable under writeBufferSize (4 MiB) stays until later
- * writes fill it, which a daemon that only reads may never do.
+ * Memory: a large listing (a 100,000-file path's `.ls` is ~6 MB) never enters LevelDB,
+ * which would copy it into a C++ string, keep it in its memtable until later writes fill
+ * writeBufferSize (a daemon that only reads may never do that) and buffer it again when
+ * it writes the memtable out; a plain file costs one transient encoding of the text. A
+ * listing read does not fill LevelDB's block cache (`fillCache: false`): it is parsed once.
  *
  * A failed write is ERR_CACHE_FULL when the filesystem has (almost) no room left, else
  * ERR_CACHE_IO. LevelDB reports both as LEVEL_IO_ERROR with only a text to tell them
@@ -21,26 +24,23 @@
  * full. LevelDB's log-write failures are not sticky: once space is freed, writes work
  * again without a reopen (checked on a full tmpfs).
  */
-import { statfs } from 'node:fs/promises';
+import { mkdir, readFile, rename, statfs, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { Level } from 'level';
 import { NarfsError } from '../errors.js';
 
 /** Available bytes under which a LevelDB I/O error is taken for a full disk. */
 const FULL_BELOW_BYTES = 1 << 20;
-/** Listings at least this long (in chars) are flushed out of the memtable after the put. */
+/** Listings at least this long (in chars) are kept in a file of their own (see above). */
 export const LARGE_LISTING = 256 * 1024;
+const FILE_MARK = '\u0001';
 import type { MetadataCache, NarInfoEntry, NarInfoLookup } from './metadata-cache.js';
-
-/** What `level` is on Node (classic-level), beyond the types `level` declares for every platform. */
-interface Compactable {
-  compactRange(start: string, end: string): Promise<void>;
-}
 
 export class LevelMetadataCache implements MetadataCache {
   readonly #db: Level<string, string>;
   readonly #dir: string;
-  /** Memtable flushes under way (large listings). */
-  readonly #flushing = new Set<Promise<void>>();
+  #tmpSeq = 0;
 
   private constructor(db: Level<string, string>, dir: string) {
     this.#db = db;
@@ -90,26 +90,48 @@ export class LevelMetadataCache implements MetadataCache {
   }
 
   async getListing(hashPart: string): Promise<string | undefined> {
-    return this.#get(`ls!${hashPart}`, false);
+    const v = await this.#get(`ls!${hashPart}`, false);
+    if (v === undefined || !v.startsWith(FILE_MARK)) return v;
+    const [len, crc] = v.slice(1).split(':').map(Number);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(this.#listingFile(hashPart));
+    } catch {
+      return undefined;
+    }
+    if (bytes.length !== len || crc32(bytes) !== crc) return undefined;
+    return bytes.toString('utf8');
   }
 
   async putListing(hashPart: string, json: string): Promise<void> {
     const key = `ls!${hashPart}`;
-    await this.#wrap(() => this.#db.put(key, json));
-    if (json.length >= LARGE_LISTING) {
-      // Not awaited: the put is durable in the log already; the flush only frees memory.
-      const p: Promise<void> = (this.#db as unknown as Compactable).compactRange(key, key).catch(() => {}).finally(() => this.#flushing.delete(p));
-      this.#flushing.add(p);
+    if (json.length < LARGE_LISTING) {
+      await this.#wrap(() => this.#db.put(key, json));
+      return;
     }
-  }
-
-  /** Settles once the memtable flushes started by `putListing` are done. */
-  async flushed(): Promise<void> {
-    await Promise.all([...this.#flushing]);
+    await this.#wrap(async () => {
+      const bytes = Buffer.from(json, 'utf8');
+      const file = this.#listingFile(hashPart);
+      const tmp = `${file}.${process.pid}.${this.#tmpSeq++}.tmp`;
+      await mkdir(join(this.#dir, 'listings'), { recursive: true });
+      try {
+        await writeFile(tmp, bytes);
+        await rename(tmp, file);
+      } catch (err) {
+        await unlink(tmp).catch(() => {});
+        throw err;
+      }
+      await this.#db.put(key, `${FILE_MARK}${bytes.length}:${crc32(bytes)}`);
+    });
   }
 
   async deleteListing(hashPart: string): Promise<void> {
     await this.#wrap(() => this.#db.del(`ls!${hashPart}`));
+    await unlink(this.#listingFile(hashPart)).catch(() => {});
+  }
+
+  #listingFile(hashPart: string): string {
+    return join(this.#dir, 'listings', `${hashPart}.ls`);
   }
 
   async knownNames(): Promise<string[]> {
@@ -121,7 +143,6 @@ export class LevelMetadataCache implements MetadataCache {
   }
 
   async close(): Promise<void> {
-    await this.flushed();
     await this.#db.close();
   }
 
