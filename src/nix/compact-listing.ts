@@ -105,6 +105,19 @@ export class CompactListing {
     return n;
   }
 
+  /**
+   * The largest narOffset + size of a regular file (0 when there is none): checks a listing
+   * against NarSize without walking it through NarNodes (which makes an object per entry).
+   */
+  maxFileEnd(): number {
+    let max = 0;
+    const { kind, a, b } = this;
+    for (let i = 0; i < kind.length; i++) {
+      if (kind[i]! <= K_EXECUTABLE && a[i]! + b[i]! > max) max = a[i]! + b[i]!;
+    }
+    return max;
+  }
+
   /** Node i as a NarNode (a fresh object; directories are read lazily, see CompactDirectory). */
   node(i: number): NarNode {
     switch (this.kind[i]) {
