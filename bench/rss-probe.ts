@@ -18,6 +18,10 @@ import { withMount } from '../test/support/mount-harness.js';
 const dir = process.argv[2];
 if (!dir) throw new Error('usage: rss-probe.ts <bench build dir> [--snapshot]');
 const snapshot = process.argv.includes('--snapshot');
+/** `--v8-flag=<flag>`: a V8 flag set before the mount (e.g. --semi-space-growth-factor=1). */
+for (const a of process.argv) if (a.startsWith('--v8-flag=')) v8.setFlagsFromString(a.slice('--v8-flag='.length));
+/** `--quick`: no 25 s wait after the forget (the peak figures only). */
+const quick = process.argv.includes('--quick');
 const man = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { datalakes: { zstd: { dir: string } }; publicKey: string; many: string };
 const many = man.many.replace('/nix/store/', '');
 const run = promisify(execFile);
@@ -95,8 +99,9 @@ await withMount({ datalakes: [`file://${man.datalakes.zstd.dir}`], trustedPublic
   report('listing resolved', nodes());
   gc?.();
   report('  after gc', nodes());
+  const t0 = performance.now();
   const { stdout } = await run('find', [join(m.mnt, many), '-printf', '%s\n'], { maxBuffer: 1 << 28 });
-  report(`walked ${stdout.split('\n').length - 1}`, nodes());
+  report(`walked ${stdout.split('\n').length - 1} ${(performance.now() - t0).toFixed(0)}ms`, nodes());
   gc?.();
   report('  after gc', nodes());
   if (snapshot) snapshotSummary();
@@ -104,7 +109,7 @@ await withMount({ datalakes: [`file://${man.datalakes.zstd.dir}`], trustedPublic
   for (let i = 0; i < 50 && (nodes() ?? 0) > 1000; i++) await new Promise((r) => setTimeout(r, 100));
   // The daemon's own release (StoreFilesystem: a compacting GC 6 s after the burst; that
   // mark-compact arms V8's memory reducer, which shrinks the young generation ~8 s later).
-  await new Promise((r) => setTimeout(r, 25_000));
+  await new Promise((r) => setTimeout(r, quick ? 500 : 25_000));
   report('forgotten (daemon)', nodes());
   gc?.();
   await new Promise((r) => setTimeout(r, 500));

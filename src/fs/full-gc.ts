@@ -52,3 +52,17 @@ export function fullGc(): boolean {
   }
   return true;
 }
+
+let capped = false;
+
+/**
+ * Keeps V8's young generation at its start size (`--semi-space-growth-factor=1`, read by
+ * V8 each time it would grow it) instead of letting it double up to 2 x 16 MiB while a
+ * listing is parsed or a walk is served: that growth was most of a daemon's peak RSS over
+ * its idle size, and it stays until V8's memory reducer runs. Once per process.
+ */
+export function capYoungGeneration(): void {
+  if (capped) return;
+  capped = true;
+  v8.setFlagsFromString('--semi-space-growth-factor=1');
+}

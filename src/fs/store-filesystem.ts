@@ -45,7 +45,7 @@ import type { NarNode } from '../nix/nar-listing.js';
 import { compactOf, K_DIRECTORY, K_EXECUTABLE, K_REGULAR, K_SYMLINK, type CompactListing } from '../nix/compact-listing.js';
 import type { InodeJournal } from './inode-journal.js';
 import { InodeSlab } from './inode-slab.js';
-import { fullGc } from './full-gc.js';
+import { capYoungGeneration, fullGc } from './full-gc.js';
 
 /** Answers "what is the store path called <name>?" (the listing of its NAR). */
 export interface RootNodes {
@@ -234,6 +234,7 @@ export class StoreFilesystem {
     this.#content = content;
     this.#opts = options;
     this.#forgets = options.forgets ?? false;
+    if (this.#forgets) capYoungGeneration();
     const top = this.#newRoot('', EMPTY_DIR);
     this.#table.alloc(ROOT_INO, top.id, 0, true);
     for (const name of options.rootDirs ?? []) {
