@@ -24,7 +24,7 @@
  * full. LevelDB's log-write failures are not sticky: once space is freed, writes work
  * again without a reopen (checked on a full tmpfs).
  */
-import { mkdir, readFile, rename, statfs, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Level } from 'level';
@@ -110,18 +110,18 @@ export class LevelMetadataCache implements MetadataCache {
       return;
     }
     await this.#wrap(async () => {
-      const bytes = Buffer.from(json, 'utf8');
       const file = this.#listingFile(hashPart);
       const tmp = `${file}.${process.pid}.${this.#tmpSeq++}.tmp`;
       await mkdir(join(this.#dir, 'listings'), { recursive: true });
+      let written: { length: number; crc: number };
       try {
-        await writeFile(tmp, bytes);
+        written = await writeUtf8(tmp, json);
         await rename(tmp, file);
       } catch (err) {
         await unlink(tmp).catch(() => {});
         throw err;
       }
-      await this.#db.put(key, `${FILE_MARK}${bytes.length}:${crc32(bytes)}`);
+      await this.#db.put(key, `${FILE_MARK}${written.length}:${written.crc}`);
     });
   }
 
@@ -164,6 +164,34 @@ export class LevelMetadataCache implements MetadataCache {
       const full = (err as { code?: string }).code === 'LEVEL_IO_ERROR' && (await isFull(this.#dir));
       throw new NarfsError(full ? 'ERR_CACHE_FULL' : 'ERR_CACHE_IO', `metadata cache write failed${full ? ': the disk is full' : ''}`, { cause: err });
     }
+  }
+}
+
+/** Chars of a listing encoded and written at a time (the whole text is never encoded at once). */
+const WRITE_CHUNK = 256 * 1024;
+
+/**
+ * Writes `text` as UTF-8 to a new file `path` a chunk at a time (a chunk never ends
+ * between the two halves of a surrogate pair); returns the byte length and CRC32.
+ */
+async function writeUtf8(path: string, text: string): Promise<{ length: number; crc: number }> {
+  const fh = await open(path, 'wx');
+  try {
+    let length = 0;
+    let crc = 0;
+    for (let i = 0; i < text.length;) {
+      let end = Math.min(text.length, i + WRITE_CHUNK);
+      const last = text.charCodeAt(end - 1);
+      if (end < text.length && last >= 0xd800 && last <= 0xdbff) end--;
+      const chunk = Buffer.from(text.slice(i, end), 'utf8');
+      await fh.write(chunk);
+      crc = crc32(chunk, crc);
+      length += chunk.length;
+      i = end;
+    }
+    return { length, crc };
+  } finally {
+    await fh.close();
   }
 }
 

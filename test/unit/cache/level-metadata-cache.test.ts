@@ -20,6 +20,7 @@ const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === c
 const H1 = '0123456789abcdfghijklmnpqrsvwxyz';
 const H2 = '11111111111111111111111111111111';
 const H3 = '22222222222222222222222222222222';
+const H4 = '33333333333333333333333333333333';
 
 function entry(hashPart: string, name: string): NarInfoEntry {
   return {
@@ -247,10 +248,14 @@ describe('LevelMetadataCache', () => {
       const big = JSON.stringify({ version: 1, root: { type: 'directory', entries: Object.fromEntries(
         Array.from({ length: 40_000 }, (_, i) => [`file-é${i}`, { type: 'regular', size: i, narOffset: i * 2 }])) } });
       const bytesMarked = `\u0000${'\u00e9\u00ff'.repeat(LARGE_LISTING)}`; // the marked form of a non-UTF-8 .ls
+      // Non-BMP characters across every chunk boundary of the write (surrogate pairs must not be split).
+      const astral = `{"x":"${'\u{1F600}a'.repeat(LARGE_LISTING)}"}`;
       assert.ok(big.length >= LARGE_LISTING);
       await cache.putListing(H1, small);
       await cache.putListing(H2, big);
       await cache.putListing(H3, bytesMarked);
+      await cache.putListing(H4, astral);
+      assert.equal(await cache.getListing(H4), astral);
       // LevelDB's own files (its log holds every put until a table is written) stay small.
       const sizes = await Promise.all((await readdir(dir)).filter((f) => /\.(log|ldb|sst)$/.test(f))
         .map(async (f) => (await stat(join(dir, f))).size));
