@@ -46,6 +46,110 @@ FileRef::~FileRef() {
   if (fd >= 0) close(fd);
 }
 
+namespace {
+// Fibonacci hashing: nodeids are mostly consecutive numbers.
+inline size_t hashId(uint64_t id) {
+  uint64_t h = id * 0x9E3779B97F4A7C15ULL;
+  return static_cast<size_t>(h ^ (h >> 29));
+}
+constexpr size_t kMinSlots = 1024;
+}  // namespace
+
+size_t NodeTable::slotOf(uint64_t id) const {
+  size_t i = hashId(id) & mask_;
+  while (slots_[i].nodeid != 0 && slots_[i].nodeid != id) i = (i + 1) & mask_;
+  return i;
+}
+
+const HotNode* NodeTable::hot(uint64_t id) const {
+  if (slots_.empty() || id == 0) return nullptr;
+  const HotNode& h = slots_[slotOf(id)];
+  return h.nodeid == id ? &h : nullptr;
+}
+
+HotNode& NodeTable::hotOrMake(uint64_t id) {
+  if (slots_.empty()) rehash(kMinSlots);
+  size_t i = slotOf(id);
+  if (slots_[i].nodeid == id) return slots_[i];
+  if ((live_ + 1) * 5 > slots_.size() * 4) {
+    rehash(slots_.size() * 2);
+    i = slotOf(id);
+  }
+  slots_[i] = HotNode{id, 0, 0, 0};
+  live_++;
+  return slots_[i];
+}
+
+NodeTable::iterator NodeTable::find(uint64_t id) {
+  auto it = cold_.find(id);
+  if (it != cold_.end() || hot(id) == nullptr) return it;
+  return cold_.emplace(id, Node()).first;
+}
+
+std::pair<NodeTable::iterator, bool> NodeTable::emplace(uint64_t id, Node n) {
+  hotOrMake(id);
+  return cold_.emplace(id, std::move(n));
+}
+
+Node* NodeTable::peek(uint64_t id) {
+  auto it = cold_.find(id);
+  return it == cold_.end() ? nullptr : &it->second;
+}
+
+bool NodeTable::erase(uint64_t id) {
+  if (slots_.empty() || id == 0) return false;
+  size_t i = slotOf(id);
+  if (slots_[i].nodeid != id) return false;
+  // Backward-shift deletion (Knuth 6.4 Algorithm R): no tombstones.
+  size_t j = i;
+  for (;;) {
+    slots_[i].nodeid = 0;
+    size_t home;
+    do {
+      j = (j + 1) & mask_;
+      if (slots_[j].nodeid == 0) goto done;
+      home = hashId(slots_[j].nodeid) & mask_;
+    } while (i <= j ? (i < home && home <= j) : (i < home || home <= j));
+    slots_[i] = slots_[j];
+    i = j;
+  }
+done:
+  live_--;
+  cold_.erase(id);
+  links_.erase(id);
+  dirEnds_.erase(id);
+  return true;
+}
+
+void NodeTable::rehash(size_t cap) {
+  std::vector<HotNode> old;
+  old.swap(slots_);
+  slots_.assign(cap, HotNode{0, 0, 0, 0});
+  slots_.shrink_to_fit();
+  mask_ = cap - 1;
+  for (const HotNode& h : old) {
+    if (h.nodeid != 0) slots_[slotOf(h.nodeid)] = h;
+  }
+}
+
+void NodeTable::shrink() {
+  size_t cap = kMinSlots;
+  while (live_ * 5 > cap * 2) cap *= 2;  // at most 2/5 full after a shrink
+  if (cap < slots_.size()) rehash(cap);
+  cold_.rehash(0);
+  links_.rehash(0);
+  dirEnds_.rehash(0);
+}
+
+size_t NodeTable::bytes() const {
+  // Side entries: an unordered_map node (next pointer, key, value) and a bucket pointer.
+  size_t b = slots_.capacity() * sizeof(HotNode);
+  b += cold_.size() * (sizeof(Node) + 24) + cold_.bucket_count() * sizeof(void*);
+  b += links_.size() * (sizeof(std::string) + 24) + links_.bucket_count() * sizeof(void*);
+  b += dirEnds_.size() * 32 + dirEnds_.bucket_count() * sizeof(void*);
+  return b;
+}
+
 Session::Session(SessionOptions opts, Post post) : opts_(std::move(opts)), post_(std::move(post)) {}
 
 Session::~Session() {
@@ -187,11 +291,10 @@ fuse_attr Session::makeAttr(uint64_t nodeid, uint32_t mode, uint64_t size, uint3
 
 void Session::record(uint64_t nodeid, const fuse_attr& attr) {
   std::unique_lock<std::shared_mutex> g(mu_);
-  Node& n = nodes_[nodeid];
+  HotNode& n = nodes_.hotOrMake(nodeid);
   n.size = attr.size;
   n.mode = attr.mode;
   n.nlink = attr.nlink;
-  n.hasAttr = true;
 }
 
 int Session::replyErr(int ch, uint64_t unique, int err) { return send(ch, unique, err <= 0 ? EIO : err, nullptr, 0); }
@@ -233,11 +336,7 @@ int Session::replyData(int ch, uint64_t unique, const uint8_t* data, size_t len)
 int Session::replyReadlink(int ch, uint64_t unique, uint64_t nodeid, const uint8_t* target, size_t len) {
   {
     std::unique_lock<std::shared_mutex> g(mu_);
-    auto it = nodes_.find(nodeid);
-    if (it != nodes_.end()) {
-      it->second.link.assign(reinterpret_cast<const char*>(target), len);
-      it->second.hasLink = true;
-    }
+    if (nodes_.hot(nodeid) != nullptr) nodes_.links()[nodeid].assign(reinterpret_cast<const char*>(target), len);
   }
   return send(ch, unique, 0, target, len);
 }
@@ -265,20 +364,17 @@ size_t Session::replyDir(int ch, uint64_t unique, bool plus, uint32_t size, cons
     std::unique_lock<std::shared_mutex> g(mu_);
     for (size_t i = 0; plus && i < n; i++) {
       if (entries[i].nodeid == 0) continue;
-      Node& node = nodes_[entries[i].nodeid];
+      const uint64_t id = entries[i].nodeid;
+      HotNode& node = nodes_.hotOrMake(id);
       node.size = entries[i].attr.size;
       node.mode = entries[i].attr.mode;
       node.nlink = entries[i].attr.nlink;
-      node.hasAttr = true;
-      if (targets != nullptr && i < targets->size() && (*targets)[i].data != nullptr && !node.hasLink) {
-        node.link.assign(reinterpret_cast<const char*>((*targets)[i].data), (*targets)[i].len);
-        node.hasLink = true;
+      if (targets != nullptr && i < targets->size() && (*targets)[i].data != nullptr) {
+        // emplace: a target already recorded stays.
+        nodes_.links().emplace(id, std::string(reinterpret_cast<const char*>((*targets)[i].data), (*targets)[i].len));
       }
     }
-    if (eofOffset != 0) {
-      auto it = nodes_.find(dirNodeid);
-      if (it != nodes_.end()) it->second.dirEnd = eofOffset;
-    }
+    if (eofOffset != 0 && nodes_.hot(dirNodeid) != nullptr) nodes_.dirEnds()[dirNodeid] = eofOffset;
   }
   *err = send(ch, unique, 0, out.data(), used);
   return n;
@@ -323,7 +419,7 @@ bool Session::contentInUse(const std::string& path) {
 }
 
 bool Session::inUseLocked(const std::string& path) const {
-  for (const auto& [id, n] : nodes_) {
+  for (const auto& [id, n] : nodes_.cold()) {
     if (n.file && n.file->path == path && (n.ptHandles > 0 || n.cachedHandles > 0)) return true;
     // An earlier process's id (restart): files of it may be open; dropping the content
     // would retire the id and fail new opens until the kernel forgets the node.
@@ -342,7 +438,7 @@ void Session::dropContentLocked(const std::string& path) {
     if (l->second.path == path) l = locations_.erase(l);
     else ++l;
   }
-  for (auto& [id, n] : nodes_) {
+  for (auto& [id, n] : nodes_.cold()) {
     if (n.file && n.file->path == path) {
       n.file.reset();
       retireBacking(id, n);
@@ -372,25 +468,26 @@ void Session::forgetNode(uint64_t nodeid, bool evicted) {
       settled_.insert(nodeid);
     }
     locations_.erase(nodeid);
-    auto it = nodes_.find(nodeid);
-    if (it == nodes_.end()) return;
+    if (nodes_.hot(nodeid) == nullptr) return;
     nodesPeak_ = std::max(nodesPeak_, nodes_.size());
-    // The kernel forgot the inode, so no file of it is open: its backing id can go.
-    closeBacking(nodeid, it->second);
-    if (it->second.file) {
-      std::string path = it->second.file->path;
-      nodes_.erase(it);
+    Node* cold = nodes_.peek(nodeid);
+    std::string path;
+    if (cold != nullptr) {
+      // The kernel forgot the inode, so no file of it is open: its backing id can go.
+      closeBacking(nodeid, *cold);
+      if (cold->file) path = cold->file->path;
+    }
+    nodes_.erase(nodeid);
+    if (!path.empty()) {
       auto f = files_.find(path);
       if (f != files_.end() && f->second.expired()) files_.erase(f);
-    } else {
-      nodes_.erase(it);
     }
     // The kernel forgot most of a large table (drop_caches, memory pressure): shrink the
     // bucket array and give the freed nodes back to the system (glibc keeps freed small
     // chunks in its arenas otherwise, so RSS would stay at the peak). Rare: at most once
     // per fall to a quarter of the peak.
     if (nodesPeak_ >= kTrimFromNodes && nodes_.size() * 4 <= nodesPeak_) {
-      nodes_.rehash(0);
+      nodes_.shrink();
       nodesPeak_ = nodes_.size();
       trim = true;
     }
@@ -571,22 +668,22 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
   switch (r.opcode) {
     case FUSE_GETATTR: {
       std::shared_lock<std::shared_mutex> g(mu_);
-      auto it = nodes_.find(r.nodeid);
-      if (it == nodes_.end() || !it->second.hasAttr) return false;
+      const HotNode* h = nodes_.hot(r.nodeid);
+      if (h == nullptr || h->mode == 0) return false;
       fuse_attr_out o;
       std::memset(&o, 0, sizeof o);
       o.attr_valid = ttlSeconds(opts_.attrTtl);
       o.attr_valid_nsec = ttlNsec(opts_.attrTtl);
-      o.attr = makeAttr(r.nodeid, it->second.mode, it->second.size, it->second.nlink);
+      o.attr = makeAttr(r.nodeid, h->mode, h->size, h->nlink);
       g.unlock();
       send(ch, r.unique, 0, &o, sizeof o);
       return true;
     }
     case FUSE_READLINK: {
       std::shared_lock<std::shared_mutex> g(mu_);
-      auto it = nodes_.find(r.nodeid);
-      if (it == nodes_.end() || !it->second.hasLink) return false;
-      std::string t = it->second.link;
+      auto it = nodes_.links().find(r.nodeid);
+      if (it == nodes_.links().end()) return false;
+      std::string t = it->second;
       g.unlock();
       send(ch, r.unique, 0, t.data(), t.size());
       return true;
@@ -598,9 +695,9 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       }
       {
         std::shared_lock<std::shared_mutex> g(mu_);
-        auto it = nodes_.find(r.nodeid);
-        if (it == nodes_.end()) return false;
-        if (!it->second.file) {
+        if (nodes_.hot(r.nodeid) == nullptr) return false;
+        const Node* n = nodes_.peek(r.nodeid);
+        if (n == nullptr || !n->file) {
           g.unlock();
           // A location JS gave with the entry: opened here (session_passthrough.cc).
           if (!openLocation(r.nodeid)) return false;
@@ -616,11 +713,11 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       uint64_t off = 0, size = 0;
       {
         std::shared_lock<std::shared_mutex> g(mu_);
-        auto it = nodes_.find(r.nodeid);
-        if (it == nodes_.end() || !it->second.file) return false;
-        file = it->second.file;
-        off = it->second.fileOffset;
-        size = it->second.fileSize;
+        const Node* n = nodes_.peek(r.nodeid);
+        if (n == nullptr || !n->file) return false;
+        file = n->file;
+        off = n->fileOffset;
+        size = n->fileSize;
       }
       uint64_t want = 0;
       if (r.offset < size) {
@@ -640,8 +737,8 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       if (done < want) {
         // The cache file is shorter than what was verified: stop serving it from here.
         std::unique_lock<std::shared_mutex> g(mu_);
-        auto it = nodes_.find(r.nodeid);
-        if (it != nodes_.end()) it->second.file.reset();
+        Node* n = nodes_.peek(r.nodeid);
+        if (n != nullptr) n->file.reset();
         return false;
       }
       readsInC_++;
@@ -692,9 +789,9 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
         return true;
       }
       std::shared_lock<std::shared_mutex> g(mu_);
-      auto it = nodes_.find(r.nodeid);
-      if (it == nodes_.end() || !it->second.hasAttr) return false;
-      bool ok = !(r.flags & X_OK) || (it->second.mode & 0111) != 0;
+      const HotNode* h = nodes_.hot(r.nodeid);
+      if (h == nullptr || h->mode == 0) return false;
+      bool ok = !(r.flags & X_OK) || (h->mode & 0111) != 0;
       g.unlock();
       send(ch, r.unique, ok ? 0 : EACCES, nullptr, 0);
       return true;
@@ -723,8 +820,8 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
     case FUSE_READDIRPLUS: {
       // The read after a directory's last entry (every listing ends with one).
       std::shared_lock<std::shared_mutex> g(mu_);
-      auto it = nodes_.find(r.nodeid);
-      if (it == nodes_.end() || it->second.dirEnd == 0 || r.offset < it->second.dirEnd) return false;
+      auto it = nodes_.dirEnds().find(r.nodeid);
+      if (it == nodes_.dirEnds().end() || it->second == 0 || r.offset < it->second) return false;
       g.unlock();
       send(ch, r.unique, 0, nullptr, 0);
       return true;

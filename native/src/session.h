@@ -107,20 +107,13 @@ struct FileRef {
   ~FileRef();
 };
 
+// The cold part of a node: content and passthrough state, kept only for nodes that were
+// opened or given content (NodeTable::find makes it on first use); most nodes of a walk
+// never have one.
 struct Node {
-  // The attributes JS sent, as makeAttr's arguments (every attribute of a node is
-  // makeAttr(nodeid, mode, size, nlink)): 16 bytes here instead of a whole fuse_attr, as
-  // a 100,000-file walk holds 100,000 nodes.
-  uint64_t size = 0;
-  uint32_t mode = 0;
-  uint32_t nlink = 0;
-  bool hasAttr = false;
-  bool hasLink = false;
-  std::string link;
   std::shared_ptr<FileRef> file;
   uint64_t fileOffset = 0;
   uint64_t fileSize = 0;
-  uint64_t dirEnd = 0;  // directory: READDIR(PLUS) from this offset is empty (0: unknown)
   // Passthrough state (session_passthrough.cc). backingId: the id the kernel gave `file`
   // (0: none); retired: `file` was dropped or replaced while passthrough handles were open,
   // so the id is closed once the last of them is released. The handle counts are the
@@ -131,6 +124,61 @@ struct Node {
   bool backingRetired = false;
   uint32_t ptHandles = 0;
   uint32_t cachedHandles = 0;
+};
+
+// The hot part of a node, one per nodeid JS handed to the kernel: the attributes JS sent, as
+// makeAttr's arguments (every attribute of a node is makeAttr(nodeid, mode, size, nlink)).
+// mode 0: no attributes known (a node of an earlier process made by an open). 24 bytes, in
+// a flat table: a 100,000-file walk holds 100,000 of them.
+struct HotNode {
+  uint64_t nodeid;  // 0: empty slot
+  uint64_t size;
+  uint32_t mode;
+  uint32_t nlink;
+};
+
+// The node table: hot nodes in one open-addressed array (linear probing on nodeid, at most
+// 4/5 full, removal shifts the run back: no tombstones), and side tables only for the nodes
+// that have something more: symlink targets (READLINK in C), the end offset of directories
+// read to their end, and the cold part (Node). Invariant: a side entry exists only while
+// the hot entry of its nodeid does (erase drops them all). Not thread-safe: Session::mu_
+// guards it (shared for the const lookups, unique for everything else).
+//
+// find/end/emplace keep the interface of the unordered_map<nodeid, Node> this replaced
+// (session_passthrough.cc uses it under mu_ unique): find(id) answers the cold part of a
+// node that exists, making it when it has none; emplace(id, Node) makes both parts.
+class NodeTable {
+ public:
+  using Cold = std::unordered_map<uint64_t, Node>;
+  using iterator = Cold::iterator;
+  iterator find(uint64_t id);
+  iterator end() { return cold_.end(); }
+  std::pair<iterator, bool> emplace(uint64_t id, Node n);
+  // The cold part when it exists (never makes one; fine under a shared lock).
+  Node* peek(uint64_t id);
+  const HotNode* hot(uint64_t id) const;
+  // The hot entry of `id`, made (without attributes) when absent.
+  HotNode& hotOrMake(uint64_t id);
+  bool erase(uint64_t id);
+  size_t size() const { return live_; }
+  Cold& cold() { return cold_; }
+  const Cold& cold() const { return cold_; }
+  std::unordered_map<uint64_t, std::string>& links() { return links_; }
+  std::unordered_map<uint64_t, uint64_t>& dirEnds() { return dirEnds_; }
+  // Reallocates everything to fit what is live now (after most nodes were forgotten).
+  void shrink();
+  // Bytes of the hot array and side entries (approximate; for stats and tests).
+  size_t bytes() const;
+
+ private:
+  size_t slotOf(uint64_t id) const;  // the slot of id, or the empty slot where it would go
+  void rehash(size_t cap);
+  std::vector<HotNode> slots_;
+  size_t mask_ = 0;
+  size_t live_ = 0;
+  Cold cold_;
+  std::unordered_map<uint64_t, std::string> links_;
+  std::unordered_map<uint64_t, uint64_t> dirEnds_;
 };
 
 // How an OPEN is answered (decideOpen).
@@ -289,7 +337,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<int> fds_;
   mutable std::mutex fdsMu_;
   std::shared_mutex mu_;
-  std::unordered_map<uint64_t, Node> nodes_;
+  NodeTable nodes_;
   /** Largest nodes_.size() since the last trim (forgetNode). */
   size_t nodesPeak_ = 0;
   static constexpr size_t kTrimFromNodes = 16384;

@@ -24,6 +24,14 @@
  * - Names and symlink targets are byte strings (one char per byte, src/nix/nar-listing.ts):
  *   a FUSE binding converts at its edge (`Buffer#toString('latin1')` / `Buffer.from(s,
  *   'latin1')`); store path basenames are ASCII, so they are the same either way.
+ * - Memory goes back after a burst of forgets: when the kernel has forgotten at least
+ *   FORGET_BURST inodes and the table has fallen to half its peak since the last time, a
+ *   full compacting V8 GC runs (src/fs/full-gc.ts) once no inode was dropped for
+ *   `releaseDelayMs`, at most once per GC_INTERVAL_MS; the table's own arrays shrink with
+ *   the forgets (src/fs/inode-slab.ts). The quiet wait lets the whole burst arrive first,
+ *   and the full GC arms V8's memory reducer, which shrinks the young generation (grown to
+ *   32 MiB by a walk) once the process stays quiet. The C engine trims its node table
+ *   likewise.
  * - With a `journal` (restart without unmount, src/fs/inode-journal.ts): every inode is
  *   recorded before its number can reach the kernel, numbers continue above the journal's,
  *   and a nodeid the kernel got from an earlier process is rebuilt on demand (`revive`)
@@ -36,6 +44,8 @@ import { isStorePathBase } from '../nix/store-path.js';
 import type { NarNode } from '../nix/nar-listing.js';
 import { compactOf, K_DIRECTORY, K_EXECUTABLE, K_REGULAR, K_SYMLINK, type CompactListing } from '../nix/compact-listing.js';
 import type { InodeJournal } from './inode-journal.js';
+import { InodeSlab } from './inode-slab.js';
+import { capYoungGeneration, fullGc } from './full-gc.js';
 
 /** Answers "what is the store path called <name>?" (the listing of its NAR). */
 export interface RootNodes {
@@ -141,45 +151,38 @@ export interface StoreFilesystemOptions {
   forgets?: boolean;
   /** Records inode numbers for a restarted process (see InodeJournal). */
   journal?: InodeJournal;
+  /** Quiet time (no inode dropped) before the GC after a burst of forgets (default 6000 ms). */
+  releaseDelayMs?: number;
+  /** Called after that GC ran (for tests and metrics). */
+  onMemoryReleased?(): void;
 }
 
 export const ROOT_INO = 1;
+/** Inodes forgotten (and the table halved) before memory is given back (see invariants). */
+export const FORGET_BURST = 10_000;
+const GC_INTERVAL_MS = 30_000;
 const MTIME_MS = 1000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
 
 /**
- * One store path's listing while inodes of it live (or the listing of an extra root dir):
- * `held[i]` is the number of the inode the kernel holds for node i of the listing (0: none;
- * a typed array, not a Map: 8 bytes per listing node instead of ~40 per held inode).
+ * One store path's listing while inodes of it live (or the listing of the root and its extra
+ * dirs, name ''): `held[i]` is the number of the inode the kernel holds for node i of the
+ * listing (0: none; a typed array, not a Map: 8 bytes per listing node instead of ~40 per
+ * held inode). `id` is what the inode table's `root` column holds.
  */
 interface StoreRoot {
+  id: number;
   /** The store path ('' for the root and its extra dirs). */
   name: string;
   listing: CompactListing;
   held: Float64Array;
 }
 
-/**
- * An inode: a node of a store path's listing. Small on purpose (101,001 of them after a
- * 100,000-file walk): attributes, name and parent are read from the listing when asked.
- */
-interface Inode {
-  ino: number;
-  root: StoreRoot;
-  /** Index of the node in `root.listing` (0: the store path itself). */
-  idx: number;
-  /** Lookups the kernel holds (counted only when the binding forgets). */
-  nlookup: number;
-  /** Open handles on this inode. */
-  handles: number;
-  /** Never dropped (root, extra root dirs). */
-  pinned: boolean;
-}
-
 interface Handle {
-  inode: Inode;
+  /** The inode's number (it stays in the table while the handle is open). */
+  ino: number;
   /** Lets go of the cached bytes held while the file is open (ContentReader.hold). */
   unhold: ((() => void) & { ready?: Promise<unknown> }) | undefined;
 }
@@ -191,10 +194,20 @@ export class StoreFilesystem {
   readonly #content: ContentReader;
   readonly #opts: StoreFilesystemOptions;
   readonly #forgets: boolean;
-  readonly #inodes = new Map<number, Inode>();
-  /** Root name → inode, for store paths resolved and still held. */
-  readonly #rootChildren = new Map<string, Inode>();
-  readonly #rootDirs: Map<string, Inode>;
+  /**
+   * The inodes (src/fs/inode-slab.ts): an inode is a node of a store path's listing, its
+   * slot holds (number, StoreRoot id, node index, lookups, handles, pinned); attributes,
+   * name and parent are read from the listing when asked. Slots move when the table
+   * compacts (a `free`), so only numbers are kept across calls.
+   */
+  readonly #table = new InodeSlab();
+  /** StoreRoot by id (the table's `root` column); freed ids are reused. */
+  readonly #rootById: (StoreRoot | undefined)[] = [];
+  readonly #freeRootIds: number[] = [];
+  /** Root name → inode number, for store paths resolved and still held. */
+  readonly #rootChildren = new Map<string, number>();
+  /** Extra root dir name → inode number. */
+  readonly #rootDirs = new Map<string, number>();
   /** Root name → in-flight resolution (one per name). */
   readonly #resolving = new Map<string, Promise<NarNode | undefined>>();
   readonly #handles = new Map<number, Handle>();
@@ -204,25 +217,30 @@ export class StoreFilesystem {
   readonly #stores = new Map<string, StoreRoot>();
   #nextIno = ROOT_INO + 1;
   #nextFh = 1;
+  /** Inodes dropped, and the largest table, since the last GC after forgets. */
+  #dropped = 0;
+  #peak = 0;
+  #lastGcAt = -Infinity;
+  #lastDropAt = 0;
+  #gcTimer: NodeJS.Timeout | undefined;
   #blocks = 0;
   readonly #rootAttr: Attr = {
     ino: ROOT_INO, kind: 'directory', mode: S_IFDIR | 0o555, nlink: 2, size: 0, blocks: 0,
     uid: 0, gid: 0, mtimeMs: MTIME_MS,
   };
-  readonly #root: Inode;
 
   constructor(roots: RootNodes, content: ContentReader, options: StoreFilesystemOptions) {
     this.#roots = roots;
     this.#content = content;
     this.#opts = options;
     this.#forgets = options.forgets ?? false;
-    this.#rootDirs = new Map();
-    this.#root = { ino: ROOT_INO, root: emptyRoot(), idx: 0, nlookup: 0, handles: 0, pinned: true };
-    this.#inodes.set(ROOT_INO, this.#root);
+    if (this.#forgets) capYoungGeneration();
+    const top = this.#newRoot('', EMPTY_DIR);
+    this.#table.alloc(ROOT_INO, top.id, 0, true);
     for (const name of options.rootDirs ?? []) {
-      const inode = this.#newInode(emptyRoot(), 0, undefined, name);
-      inode.pinned = true;
-      this.#rootDirs.set(name, inode);
+      const s = this.#newInode(top, 0, undefined, name);
+      this.#table.setPinned(s, true);
+      this.#rootDirs.set(name, this.#table.ino(s));
     }
     // After the fixed inodes (the same numbers in every process), above every recorded one.
     if (options.journal) this.#nextIno = Math.max(this.#nextIno, options.journal.nextIno);
@@ -230,7 +248,7 @@ export class StoreFilesystem {
 
   /** Whether `ino` is unknown here but recorded by an earlier process (see `revive`). */
   needsRevive(ino: number): boolean {
-    return !this.#inodes.has(ino) && this.#opts.journal?.get(ino) !== undefined;
+    return !this.#table.has(ino) && this.#opts.journal?.get(ino) !== undefined;
   }
 
   /**
@@ -240,29 +258,30 @@ export class StoreFilesystem {
    * drops it; it can be rebuilt again). ERR_STALE_INODE when the entry no longer exists.
    */
   async revive(ino: number, signal?: AbortSignal): Promise<void> {
-    if (this.#inodes.has(ino)) return;
+    if (this.#table.has(ino)) return;
     const rec = this.#opts.journal?.get(ino);
     if (!rec) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} is not known`);
     if (rec.parent !== ROOT_INO) await this.revive(rec.parent, signal);
-    if (this.#inodes.has(ino)) return;
-    let inode: Inode | undefined;
+    if (this.#table.has(ino)) return;
+    let s: number;
     if (rec.parent === ROOT_INO) {
       const node = await this.#resolveRoot(rec.name, signal);
       if (node === undefined) throw new NarfsError('ERR_STALE_INODE', `store path ${rec.name} of inode ${ino} is gone`);
-      inode = this.#inodes.get(ino) ?? this.#rootChild(rec.name, node);
+      s = this.#table.slotOf(ino);
+      if (s < 0) s = this.#rootChild(rec.name, node);
     } else {
-      inode = this.#child(this.#inode(rec.parent), rec.name);
+      s = this.#child(this.#slot(rec.parent), rec.name);
     }
-    if (inode === undefined) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} names an entry that is gone`);
-    if (inode.ino !== ino && !this.#inodes.has(ino)) {
+    if (s < 0) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} names an entry that is gone`);
+    if (this.#table.ino(s) !== ino && !this.#table.has(ino)) {
       // The name is held under a newer number too: both numbers stay valid.
-      this.#newInode(inode.root, inode.idx, undefined, rec.name, ino);
+      this.#newInode(this.#rootOf(s), this.#table.idx(s), undefined, rec.name, ino);
     }
   }
 
   /** Attributes of an inode already known to this mount. */
   getattr(ino: number): Attr {
-    return this.#attr(this.#inode(ino));
+    return this.#attr(this.#slot(ino));
   }
 
   /**
@@ -272,15 +291,17 @@ export class StoreFilesystem {
   async lookup(parent: number, name: string, signal?: AbortSignal): Promise<Attr | undefined> {
     if (parent === ROOT_INO) {
       const extra = this.#rootDirs.get(name);
-      if (extra !== undefined) return this.#attr(extra);
+      if (extra !== undefined) return this.getattr(extra);
       const node = await this.#resolveRoot(name, signal);
       if (node === undefined) return undefined;
       return this.#attr(this.#hold(this.#rootChild(name, node)));
     }
-    const dir = this.#inode(parent);
-    if (!dir.root.listing.isDirectory(dir.idx)) throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${parent} is not a directory`);
+    const dir = this.#slot(parent);
+    if (!this.#rootOf(dir).listing.isDirectory(this.#table.idx(dir))) {
+      throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${parent} is not a directory`);
+    }
     const child = this.#child(dir, name);
-    return child === undefined ? undefined : this.#attr(this.#hold(child));
+    return child < 0 ? undefined : this.#attr(this.#hold(child));
   }
 
   /**
@@ -291,13 +312,12 @@ export class StoreFilesystem {
   lookupChild(parent: number, name: string): Attr | undefined {
     if (parent === ROOT_INO) {
       const extra = this.#rootDirs.get(name);
-      if (extra !== undefined) return this.#attr(extra);
+      if (extra !== undefined) return this.getattr(extra);
       const known = this.#rootChildren.get(name);
-      return known === undefined ? undefined : this.#attr(this.#hold(known));
+      return known === undefined ? undefined : this.#attr(this.#hold(this.#slot(known)));
     }
-    const dir = this.#inode(parent);
-    const child = this.#child(dir, name);
-    return child === undefined ? undefined : this.#attr(this.#hold(child));
+    const child = this.#child(this.#slot(parent), name);
+    return child < 0 ? undefined : this.#attr(this.#hold(child));
   }
 
   /**
@@ -306,10 +326,38 @@ export class StoreFilesystem {
    */
   forget(ino: number, n: number): boolean {
     if (!this.#forgets) return false;
-    const inode = this.#inodes.get(ino);
-    if (!inode || inode.pinned) return false;
-    inode.nlookup = Math.max(0, inode.nlookup - n);
-    return this.#maybeDrop(inode);
+    const s = this.#table.slotOf(ino);
+    if (s < 0 || this.#table.pinned(s)) return false;
+    this.#table.setNlookup(s, Math.max(0, this.#table.nlookup(s) - n));
+    if (!this.#maybeDrop(s)) return false;
+    this.#lastDropAt = Date.now();
+    if (++this.#dropped >= FORGET_BURST && this.#table.size * 2 <= this.#peak && this.#gcTimer === undefined) {
+      this.#armRelease();
+    }
+    return true;
+  }
+
+  /** Schedules the GC after a burst of forgets: after a quiet time, within the rate limit. */
+  #armRelease(): void {
+    const quiet = this.#opts.releaseDelayMs ?? 6000;
+    const at = Math.max(this.#lastDropAt + quiet, this.#lastGcAt + GC_INTERVAL_MS);
+    this.#gcTimer = setTimeout(() => this.#release(), Math.max(0, at - Date.now()));
+    this.#gcTimer.unref();
+  }
+
+  /** The GC after a burst of forgets (see invariants), once the forgets went quiet. */
+  #release(): void {
+    this.#gcTimer = undefined;
+    const quiet = this.#opts.releaseDelayMs ?? 6000;
+    if (Date.now() - this.#lastDropAt < quiet) {
+      this.#armRelease(); // more forgets came meanwhile
+      return;
+    }
+    this.#lastGcAt = Date.now();
+    this.#dropped = 0;
+    this.#peak = this.#table.size;
+    fullGc();
+    this.#opts.onMemoryReleased?.();
   }
 
   /**
@@ -324,53 +372,58 @@ export class StoreFilesystem {
       const names = new Set<string>(this.#roots.knownNames());
       for (const n of this.#rootChildren.keys()) if (this.#roots.isListed?.(n) ?? true) names.add(n);
       const out: DirEntry[] = [];
-      for (const [name, i] of this.#rootDirs) out.push({ name, attr: this.#attr(i) });
+      for (const [name, i] of this.#rootDirs) out.push({ name, attr: this.getattr(i) });
       // Store path basenames are ASCII, where code-unit order is byte order.
       for (const name of [...names].sort()) {
         const i = this.#rootChildren.get(name);
-        out.push(i === undefined ? { name } : { name, attr: this.#attr(i) });
+        out.push(i === undefined ? { name } : { name, attr: this.getattr(i) });
       }
       return start === 0 && limit === Infinity ? out : out.slice(start, end);
     }
-    const dir = this.#inode(ino);
-    const l = dir.root.listing;
-    if (!l.isDirectory(dir.idx)) throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
+    const dir = this.#slot(ino);
+    const root = this.#rootOf(dir);
+    const l = root.listing;
+    const di = this.#table.idx(dir);
+    if (!l.isDirectory(di)) throw new NarfsError('ERR_NOT_DIRECTORY', `inode ${ino} is not a directory`);
     const out: DirEntry[] = [];
-    const last = Math.min(end, l.childCount(dir.idx));
+    const last = Math.min(end, l.childCount(di));
     for (let k = start; k < last; k++) {
-      const c = l.child(dir.idx, k);
-      out.push({ name: l.name(c), attr: attrOf(dir.root.held[c]!, l, c) });
+      const c = l.child(di, k);
+      out.push({ name: l.name(c), attr: attrOf(root.held[c]!, l, c) });
     }
     return out;
   }
 
   readlink(ino: number): string {
-    const inode = this.#inode(ino);
-    const l = inode.root.listing;
-    if (l.kind[inode.idx] !== K_SYMLINK) throw new NarfsError('ERR_NOT_SYMLINK', `inode ${ino} is not a symlink`);
-    return l.target(inode.idx);
+    const s = this.#slot(ino);
+    const l = this.#rootOf(s).listing;
+    const i = this.#table.idx(s);
+    if (l.kind[i] !== K_SYMLINK) throw new NarfsError('ERR_NOT_SYMLINK', `inode ${ino} is not a symlink`);
+    return l.target(i);
   }
 
   /** Opens a regular file for reading; any write access is refused with ERR_READ_ONLY. */
   open(ino: number, flags: number): number {
-    const inode = this.#inode(ino);
+    const s = this.#slot(ino);
     if ((flags & 3) !== 0 || (flags & (0o100 | 0o1000)) !== 0) {
       // O_WRONLY/O_RDWR, O_CREAT, O_TRUNC
       throw new NarfsError('ERR_READ_ONLY', 'the store is read-only');
     }
-    const l = inode.root.listing;
-    const kind = l.kind[inode.idx];
+    const root = this.#rootOf(s);
+    const l = root.listing;
+    const i = this.#table.idx(s);
+    const kind = l.kind[i];
     if (kind === K_DIRECTORY) throw new NarfsError('ERR_IS_DIRECTORY', `inode ${ino} is a directory`);
     let unhold: Handle['unhold'];
-    if (kind !== K_SYMLINK && l.a[inode.idx]! > 0) {
-      const narOffset = l.b[inode.idx]!;
-      this.#content.prefetch?.(inode.root.name, narOffset);
-      unhold = this.#content.hold?.(inode.root.name, narOffset);
+    if (kind !== K_SYMLINK && l.a[i]! > 0) {
+      const narOffset = l.b[i]!;
+      this.#content.prefetch?.(root.name, narOffset);
+      unhold = this.#content.hold?.(root.name, narOffset);
     }
     const fh = this.#nextFh++;
     if (this.#nextFh > 0xffffffff) this.#nextFh = 1;
-    this.#handles.set(fh, { inode, unhold });
-    inode.handles++;
+    this.#handles.set(fh, { ino, unhold });
+    this.#table.setHandles(s, this.#table.handles(s) + 1);
     return fh;
   }
 
@@ -385,15 +438,14 @@ export class StoreFilesystem {
 
   /** Up to `length` bytes at `offset`; fewer only at end of file. */
   async read(fh: number, offset: number, length: number, signal?: AbortSignal, ino?: number): Promise<Buffer> {
-    let handle = this.#handles.get(fh);
+    let at = this.#handles.get(fh)?.ino;
     // A handle the engine opened in C (0) or an earlier process opened (restart): the kernel
     // names the inode too, and a number reused here for another inode must not be followed.
-    if (ino !== undefined && handle?.inode.ino !== ino) {
-      const inode = this.#inodes.get(ino);
-      handle = inode ? { inode, unhold: undefined } : undefined;
-    }
-    if (!handle) throw new NarfsError('ERR_BAD_HANDLE', `file handle ${fh} is not open`);
-    const { root, idx } = handle.inode;
+    if (ino !== undefined && at !== ino) at = this.#table.has(ino) ? ino : undefined;
+    const s = at === undefined ? -1 : this.#table.slotOf(at);
+    if (s < 0) throw new NarfsError('ERR_BAD_HANDLE', `file handle ${fh} is not open`);
+    const root = this.#rootOf(s);
+    const idx = this.#table.idx(s);
     const kind = root.listing.kind[idx];
     if (kind === K_DIRECTORY) throw new NarfsError('ERR_IS_DIRECTORY', 'a directory has no bytes to read');
     if (kind === K_SYMLINK) throw new NarfsError('ERR_INVALID_ARGUMENT', 'a symlink has no bytes to read');
@@ -414,14 +466,16 @@ export class StoreFilesystem {
    * there (undefined otherwise, and for empty files).
    */
   contentLocation(ino: number): ContentLocation | undefined {
-    const inode = this.#inodes.get(ino);
-    if (!inode) return undefined;
-    const l = inode.root.listing;
-    const kind = l.kind[inode.idx];
-    if ((kind !== K_REGULAR && kind !== K_EXECUTABLE) || l.a[inode.idx] === 0) return undefined;
-    const file = this.#content.contentFile?.(inode.root.name, l.b[inode.idx]!);
+    const s = this.#table.slotOf(ino);
+    if (s < 0) return undefined;
+    const root = this.#rootOf(s);
+    const l = root.listing;
+    const i = this.#table.idx(s);
+    const kind = l.kind[i];
+    if ((kind !== K_REGULAR && kind !== K_EXECUTABLE) || l.a[i] === 0) return undefined;
+    const file = this.#content.contentFile?.(root.name, l.b[i]!);
     if (!file) return undefined;
-    return { path: file.path, offset: file.offset, size: l.a[inode.idx]!, fileSize: file.size };
+    return { path: file.path, offset: file.offset, size: l.a[i]!, fileSize: file.size };
   }
 
   /** Calls `listener` with the path of a local file whose bytes must no longer be served. */
@@ -436,11 +490,13 @@ export class StoreFilesystem {
 
   release(fh: number, ino?: number): void {
     const handle = this.#handles.get(fh);
-    if (!handle || (ino !== undefined && handle.inode.ino !== ino)) return;
+    if (!handle || (ino !== undefined && handle.ino !== ino)) return;
     this.#handles.delete(fh);
     handle.unhold?.();
-    handle.inode.handles--;
-    this.#maybeDrop(handle.inode);
+    const s = this.#table.slotOf(handle.ino);
+    if (s < 0) return;
+    this.#table.setHandles(s, this.#table.handles(s) - 1);
+    this.#maybeDrop(s);
   }
 
   /** Whether the access `mask` (R_OK 4, W_OK 2, X_OK 1) is allowed; writes never are. */
@@ -452,17 +508,22 @@ export class StoreFilesystem {
   }
 
   statfs(): StatFs {
-    return { bsize: 4096, blocks: Math.ceil(this.#blocks / 8), files: this.#inodes.size, namemax: 255 };
+    return { bsize: 4096, blocks: Math.ceil(this.#blocks / 8), files: this.#table.size, namemax: 255 };
   }
 
   /** Number of inodes in the table (for metrics and memory tests). */
   get inodeCount(): number {
-    return this.#inodes.size;
+    return this.#table.size;
+  }
+
+  /** Bytes the inode table's arrays take (for memory tests: it shrinks after a forget). */
+  get inodeTableBytes(): number {
+    return this.#table.bytes;
   }
 
   #resolveRoot(name: string, signal?: AbortSignal): Promise<NarNode | undefined> {
     const known = this.#rootChildren.get(name);
-    if (known !== undefined) return Promise.resolve(known.root.listing.node(0));
+    if (known !== undefined) return Promise.resolve(this.#rootOf(this.#slot(known)).listing.node(0));
     if (!isStorePathBase(name)) return Promise.resolve(undefined);
     let pending = this.#resolving.get(name);
     if (!pending) {
@@ -480,47 +541,54 @@ export class StoreFilesystem {
     return signal ? raceSignal(pending, signal) : pending;
   }
 
-  #rootChild(name: string, node: NarNode): Inode {
+  /** The slot of store path `name`'s inode (made when not held). */
+  #rootChild(name: string, node: NarNode): number {
     const again = this.#rootChildren.get(name);
-    if (again !== undefined) return again;
+    if (again !== undefined) return this.#slot(again);
     let root = this.#stores.get(name);
     if (root === undefined) {
-      const listing = compactOf(node);
-      root = { name, listing, held: new Float64Array(listing.count) };
+      root = this.#newRoot(name, compactOf(node));
       this.#stores.set(name, root);
     }
-    const inode = this.#newInode(root, 0, this.#root, name, this.#recorded(ROOT_INO, name));
-    this.#rootChildren.set(name, inode);
-    return inode;
+    const s = this.#newInode(root, 0, ROOT_INO, name, this.#recorded(ROOT_INO, name));
+    this.#rootChildren.set(name, this.#table.ino(s));
+    return s;
   }
 
-  #child(dir: Inode, name: string): Inode | undefined {
-    const { root } = dir;
-    const c = root.listing.find(dir.idx, name);
-    if (c < 0) return undefined;
-    const known = root.held[c]! !== 0 ? this.#inodes.get(root.held[c]!) : undefined;
-    if (known !== undefined) return known;
-    const inode = this.#newInode(root, c, dir, name, this.#recorded(dir.ino, name));
-    root.held[c] = inode.ino;
-    return inode;
+  /** The slot of child `name` of the directory in slot `dir` (made when not held), or -1. */
+  #child(dir: number, name: string): number {
+    const root = this.#rootOf(dir);
+    const c = root.listing.find(this.#table.idx(dir), name);
+    if (c < 0) return -1;
+    const held = root.held[c]!;
+    if (held !== 0) {
+      const known = this.#table.slotOf(held);
+      if (known >= 0) return known;
+    }
+    const parent = this.#table.ino(dir);
+    const s = this.#newInode(root, c, parent, name, this.#recorded(parent, name));
+    root.held[c] = this.#table.ino(s);
+    return s;
   }
 
-  #hold(inode: Inode): Inode {
-    if (this.#forgets && !inode.pinned) inode.nlookup++;
-    return inode;
+  #hold(s: number): number {
+    if (this.#forgets && !this.#table.pinned(s)) this.#table.setNlookup(s, this.#table.nlookup(s) + 1);
+    return s;
   }
 
-  /** Drops an inode nobody holds any more; true when it was dropped. */
-  #maybeDrop(inode: Inode): boolean {
-    if (!this.#forgets || inode.pinned || inode.nlookup > 0 || inode.handles > 0) return false;
-    if (!this.#inodes.has(inode.ino)) return false;
-    this.#inodes.delete(inode.ino);
-    const { root, idx } = inode;
+  /** Drops the inode in slot `s` when nobody holds it any more; true when it was dropped. */
+  #maybeDrop(s: number): boolean {
+    const t = this.#table;
+    if (!this.#forgets || t.pinned(s) || t.nlookup(s) > 0 || t.handles(s) > 0) return false;
+    const ino = t.ino(s);
+    const root = this.#rootOf(s);
+    const idx = t.idx(s);
+    t.free(ino);
     this.#blocks -= blocksOf(root.listing, idx);
     const storeName = root.name;
     if (idx === 0 && storeName !== '') {
-      if (this.#rootChildren.get(storeName) === inode) this.#rootChildren.delete(storeName);
-    } else if (root.held[idx] === inode.ino) {
+      if (this.#rootChildren.get(storeName) === ino) this.#rootChildren.delete(storeName);
+    } else if (root.held[idx] === ino) {
       root.held[idx] = 0;
     }
     const left = (this.#perStore.get(storeName) ?? 1) - 1;
@@ -530,44 +598,58 @@ export class StoreFilesystem {
       this.#perStore.delete(storeName);
       if (storeName !== '') {
         this.#stores.delete(storeName);
+        this.#rootById[root.id] = undefined;
+        this.#freeRootIds.push(root.id);
         this.#roots.release?.(storeName);
       }
     }
     return true;
   }
 
-  #inode(ino: number): Inode {
-    const inode = this.#inodes.get(ino);
-    if (!inode) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} is not known`);
-    return inode;
+  #slot(ino: number): number {
+    const s = this.#table.slotOf(ino);
+    if (s < 0) throw new NarfsError('ERR_STALE_INODE', `inode ${ino} is not known`);
+    return s;
+  }
+
+  #rootOf(s: number): StoreRoot {
+    return this.#rootById[this.#table.root(s)]!;
+  }
+
+  #newRoot(name: string, listing: CompactListing): StoreRoot {
+    const id = this.#freeRootIds.pop() ?? this.#rootById.length;
+    const root: StoreRoot = { id, name, listing, held: new Float64Array(listing.count) };
+    this.#rootById[id] = root;
+    return root;
   }
 
   /** The number an earlier process gave (parent, name), when not in use here. */
   #recorded(parent: number, name: string): number | undefined {
     const ino = this.#opts.journal?.childOf(parent, name);
-    return ino !== undefined && !this.#inodes.has(ino) ? ino : undefined;
+    return ino !== undefined && !this.#table.has(ino) ? ino : undefined;
   }
 
-  #newInode(root: StoreRoot, idx: number, parent: Inode | undefined, name: string, known?: number): Inode {
+  /** Adds an inode for node `idx` of `root` and returns its slot (other slots do not move). */
+  #newInode(root: StoreRoot, idx: number, parent: number | undefined, name: string, known?: number): number {
     let ino: number;
     if (known !== undefined) {
       ino = known;
     } else {
       ino = this.#nextIno;
       // Recorded before the number can reach the kernel (a throw here fails the request).
-      if (parent !== undefined) this.#opts.journal?.append(ino, parent.ino, name);
+      if (parent !== undefined) this.#opts.journal?.append(ino, parent, name);
       this.#nextIno++;
     }
-    // Every field set in one literal, in one order: one hidden class for all inodes.
-    const inode: Inode = { ino, root, idx, nlookup: 0, handles: 0, pinned: false };
-    this.#inodes.set(ino, inode);
+    const s = this.#table.alloc(ino, root.id, idx, false);
+    if (this.#table.size > this.#peak) this.#peak = this.#table.size;
     this.#blocks += blocksOf(root.listing, idx);
     this.#perStore.set(root.name, (this.#perStore.get(root.name) ?? 0) + 1);
-    return inode;
+    return s;
   }
 
-  #attr(inode: Inode): Attr {
-    return inode.ino === ROOT_INO ? this.#rootAttr : attrOf(inode.ino, inode.root.listing, inode.idx);
+  #attr(s: number): Attr {
+    const ino = this.#table.ino(s);
+    return ino === ROOT_INO ? this.#rootAttr : attrOf(ino, this.#rootOf(s).listing, this.#table.idx(s));
   }
 }
 
@@ -597,8 +679,4 @@ function attrOf(ino: number, l: CompactListing, i: number): Attr {
 function blocksOf(l: CompactListing, i: number): number {
   const k = l.kind[i];
   return k === K_REGULAR || k === K_EXECUTABLE ? Math.ceil(l.a[i]! / 512) : 0;
-}
-
-function emptyRoot(): StoreRoot {
-  return { name: '', listing: EMPTY_DIR, held: new Float64Array(1) };
 }

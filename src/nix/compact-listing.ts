@@ -105,6 +105,19 @@ export class CompactListing {
     return n;
   }
 
+  /**
+   * The largest narOffset + size of a regular file (0 when there is none): checks a listing
+   * against NarSize without walking it through NarNodes (which makes an object per entry).
+   */
+  maxFileEnd(): number {
+    let max = 0;
+    const { kind, a, b } = this;
+    for (let i = 0; i < kind.length; i++) {
+      if (kind[i]! <= K_EXECUTABLE && a[i]! + b[i]! > max) max = a[i]! + b[i]!;
+    }
+    return max;
+  }
+
   /** Node i as a NarNode (a fresh object; directories are read lazily, see CompactDirectory). */
   node(i: number): NarNode {
     switch (this.kind[i]) {
@@ -195,7 +208,7 @@ class Builder {
     this.b = new Float64Array(nodes);
     this.nameStart = new Uint32Array(nodes);
     this.nameLen = new Uint8Array(nodes);
-    this.kids = new Uint32Array(nodes);
+    this.kids = new Uint32Array(Math.max(1, nodes - 1)); // every node but the root is a child
     this.bytes = Buffer.allocUnsafe(bytes);
   }
 
@@ -236,14 +249,19 @@ class Builder {
     this.nameLen = grow(this.nameLen, new Uint8Array(cap));
   }
 
-  /** The listing, in arrays of exactly its size (the spare capacity is let go). */
+  /**
+   * The listing, in arrays of exactly its size: arrays that are already full are used as
+   * they are (no copy at the peak), the others are copied and their spare capacity let go.
+   */
   finish(): CompactListing {
     const n = this.n;
     const bytes = Buffer.alloc(this.bytesLen);
     this.bytes.copy(bytes, 0, 0, this.bytesLen);
+    const fit = <T extends Uint8Array | Uint32Array | Float64Array>(arr: T, len: number): T =>
+      (arr.length === len ? arr : arr.slice(0, len)) as T;
     return new CompactListing(
-      this.kind.slice(0, n), this.a.slice(0, n), this.b.slice(0, n), this.nameStart.slice(0, n),
-      this.nameLen.slice(0, n), this.kids.slice(0, this.kidsLen), bytes,
+      fit(this.kind, n), fit(this.a, n), fit(this.b, n), fit(this.nameStart, n),
+      fit(this.nameLen, n), fit(this.kids, this.kidsLen), bytes,
     );
   }
 }
@@ -255,6 +273,16 @@ function grow<T extends Uint8Array | Uint32Array | Float64Array>(from: T, to: T)
 
 // ---------------------------------------------------------------------------
 // Reader of the `.ls` form Nix writes
+
+const TYPE_KEY = Buffer.from('"type"', 'latin1');
+
+/** Occurrences of `needle` in `hay` (native search). */
+function countOf(hay: Uint8Array, needle: Buffer): number {
+  const buf = Buffer.from(hay.buffer, hay.byteOffset, hay.byteLength);
+  let n = 0;
+  for (let i = buf.indexOf(needle); i >= 0; i = buf.indexOf(needle, i + needle.length)) n++;
+  return n;
+}
 
 /** Anything outside the form read here: the general parser decides. */
 class Unusual extends Error {}
@@ -280,9 +308,12 @@ class Reader {
 
   constructor(input: Uint8Array) {
     this.#in = input;
-    // Nix writes ~60 bytes of JSON per node, of which names are ~10 %: start there and grow
-    // (starting at the upper bounds would hold ~2x the listing's size at the peak).
-    this.#b = new Builder(Math.max(16, Math.ceil(input.length / 48)), Math.max(256, Math.ceil(input.length / 8)));
+    // Node arrays sized once: every node has one "type" key, so its count bounds the nodes
+    // (a name holding `"type"` only adds to it; JSON escapes its quotes as \", so the bound
+    // is exact for Nix's listings), and every node but the root is a child. Names are ~10 %
+    // of the JSON: start there and grow.
+    const nodes = Math.max(1, countOf(input, TYPE_KEY));
+    this.#b = new Builder(nodes, Math.max(256, Math.ceil(input.length / 8)));
   }
 
   read(): CompactListing {

@@ -5,14 +5,14 @@
  * whose cause has code LEVEL_LOCKED).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Level } from 'level';
 
 import { isNarfsError, NarfsError } from '../../../src/errors.js';
-import { LevelMetadataCache } from '../../../src/cache/level-metadata-cache.js';
+import { LARGE_LISTING, LevelMetadataCache } from '../../../src/cache/level-metadata-cache.js';
 import type { NarInfoEntry } from '../../../src/cache/metadata-cache.js';
 
 const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
@@ -20,6 +20,7 @@ const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === c
 const H1 = '0123456789abcdfghijklmnpqrsvwxyz';
 const H2 = '11111111111111111111111111111111';
 const H3 = '22222222222222222222222222222222';
+const H4 = '33333333333333333333333333333333';
 
 function entry(hashPart: string, name: string): NarInfoEntry {
   return {
@@ -237,5 +238,51 @@ describe('LevelMetadataCache', () => {
     opened.length = 0;
     await assert.rejects(c.putNarInfo(H1, entry(H1, 'x')), isCode('ERR_CACHE_IO'));
     await assert.rejects(c.knownNames(), isCode('ERR_CACHE_IO'));
+  });
+
+  it('a large listing stays out of LevelDB (a file of its own); a damaged file reads as not cached', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'narfs-meta-large-'));
+    try {
+      const cache = await LevelMetadataCache.open(dir);
+      const small = JSON.stringify({ version: 1, root: { type: 'regular', size: 1 } });
+      const big = JSON.stringify({ version: 1, root: { type: 'directory', entries: Object.fromEntries(
+        Array.from({ length: 40_000 }, (_, i) => [`file-é${i}`, { type: 'regular', size: i, narOffset: i * 2 }])) } });
+      const bytesMarked = `\u0000${'\u00e9\u00ff'.repeat(LARGE_LISTING)}`; // the marked form of a non-UTF-8 .ls
+      // Non-BMP characters across every chunk boundary of the write (surrogate pairs must not be split).
+      const astral = `{"x":"${'\u{1F600}a'.repeat(LARGE_LISTING)}"}`;
+      assert.ok(big.length >= LARGE_LISTING);
+      await cache.putListing(H1, small);
+      await cache.putListing(H2, big);
+      await cache.putListing(H3, bytesMarked);
+      await cache.putListing(H4, astral);
+      assert.equal(await cache.getListing(H4), astral);
+      // LevelDB's own files (its log holds every put until a table is written) stay small.
+      const sizes = await Promise.all((await readdir(dir)).filter((f) => /\.(log|ldb|sst)$/.test(f))
+        .map(async (f) => (await stat(join(dir, f))).size));
+      assert.ok(sizes.every((n) => n < 64 * 1024), `LevelDB files ${JSON.stringify(sizes)}`);
+      assert.equal(await cache.getListing(H2), big);
+      assert.equal(await cache.getListing(H3), bytesMarked);
+      await cache.close();
+      const again = await LevelMetadataCache.open(dir);
+      try {
+        assert.equal(await again.getListing(H2), big);
+        assert.equal(await again.getListing(H1), small);
+        // One byte changed: not served (the caller fetches the .ls again and puts it back).
+        const file = join(dir, 'listings', `${H2}.ls`);
+        const bytes = await readFile(file);
+        bytes[100] = bytes[100]! ^ 1;
+        await writeFile(file, bytes);
+        assert.equal(await again.getListing(H2), undefined);
+        await again.putListing(H2, big);
+        assert.equal(await again.getListing(H2), big);
+        await again.deleteListing(H2);
+        assert.equal(await again.getListing(H2), undefined);
+        await assert.rejects(stat(file), /ENOENT/);
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

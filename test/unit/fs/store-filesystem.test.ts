@@ -332,6 +332,58 @@ describe('StoreFilesystem', () => {
       assert.equal(roots.resolveCalls.length, calls + 1, 'a forgotten store path is resolved again (the store caches it)');
     });
 
+    it('a forgotten number whose table slot went to another inode is ERR_STALE_INODE, not that inode', async () => {
+      const { fs } = setupForgetting();
+      const top = await walk(fs, TREE_NAME);
+      const data = await mustLookup(fs, top.ino, 'data');
+      assert.equal(fs.forget(data.ino, 1), true);
+      const b = await mustLookup(fs, top.ino, 'B'); // takes the freed slot
+      assert.notEqual(b.ino, data.ino);
+      assert.throws(() => fs.getattr(data.ino), isCode('ERR_STALE_INODE'));
+      assert.throws(() => fs.open(data.ino, constants.O_RDONLY), isCode('ERR_STALE_INODE'));
+      assert.equal(fs.contentLocation(data.ino), undefined);
+      await assert.rejects(fs.read(0, 0, 10, undefined, data.ino), isCode('ERR_BAD_HANDLE'));
+      assert.equal(fs.forget(data.ino, 1), false, 'a stale FORGET drops nothing');
+      assert.equal(fs.getattr(b.ino).size, 6, 'B is still held');
+      assert.equal(fs.readdir(top.ino).find((e) => e.name === 'data')?.attr?.ino, 0);
+    });
+
+    it('after a large walk and a forget of all of it the inode table is back to its idle size', async () => {
+      const files: Record<string, NarTree> = {};
+      for (let i = 0; i < 20_000; i++) files[`f${String(i).padStart(5, '0')}`] = { type: 'regular', contents: '' };
+      const big = fixture({ type: 'directory', entries: { d: { type: 'directory', entries: files } } });
+      const name = `${H4}-big`;
+      FIXTURES.set(name, big);
+      try {
+        let released!: () => void;
+        const gcRan = new Promise<void>((resolve) => { released = resolve; });
+        const roots = new CountingRoots();
+        const fs = new StoreFilesystem(roots, new NarContent(), {
+          opTimeoutMs: OP_TIMEOUT_MS, rootDirs: ['.links'], forgets: true, releaseDelayMs: 0, onMemoryReleased: () => released(),
+        });
+        const idleCount = fs.inodeCount;
+        const idleBytes = fs.inodeTableBytes;
+        const top = await walk(fs, name);
+        const d = await mustLookup(fs, top.ino, 'd');
+        const kids = fs.readdir(d.ino).map((e) => fs.lookupChild(d.ino, e.name)!);
+        assert.equal(fs.inodeCount, idleCount + 2 + 20_000);
+        assert.ok(fs.inodeTableBytes > 20 * idleBytes, `the table grew (${fs.inodeTableBytes} bytes)`);
+        for (const k of kids) assert.equal(fs.forget(k.ino, 1), true);
+        fs.forget(d.ino, 1);
+        fs.forget(top.ino, 1);
+        assert.equal(fs.inodeCount, idleCount);
+        assert.equal(fs.inodeTableBytes, idleBytes);
+        await gcRan; // a burst of >= FORGET_BURST forgets that halved the table gives memory back
+        assert.deepEqual(roots.released, [name]);
+        // Numbers given before the compaction are still unknown, new ones work.
+        assert.throws(() => fs.getattr(kids[123]!.ino), isCode('ERR_STALE_INODE'));
+        const again = await walk(fs, name, 'd', 'f00123');
+        assert.ok(again.ino > kids[kids.length - 1]!.ino);
+      } finally {
+        FIXTURES.delete(name);
+      }
+    });
+
     it('statfs counts blocks of the inodes held, without walking', async () => {
       const { fs } = setupForgetting();
       const top = await walk(fs, TREE_NAME);

@@ -26,6 +26,14 @@ const agree = (text: string): void => {
 };
 
 describe('nar-listing', () => {
+  it('maxFileEnd is the largest narOffset + size of a regular file of the compact listing', () => {
+    const ls = '{"version":1,"root":{"type":"directory","entries":{"a":{"type":"regular","size":10,"narOffset":500},'
+      + '"b":{"type":"directory","entries":{"c":{"type":"regular","size":7,"executable":true,"narOffset":900}}},'
+      + '"d":{"type":"symlink","target":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}}}';
+    assert.equal(readCompactListing(Buffer.from(ls))!.maxFileEnd(), 907);
+    assert.equal(readCompactListing(Buffer.from('{"version":1,"root":{"type":"symlink","target":"t"}}'))!.maxFileEnd(), 0);
+  });
+
   it('reads the form Nix writes without JSON.parse, as JSON.parse reads it', () => {
     assert.ok(readCompactListing(Buffer.from(TREE_LS)) !== undefined, 'TREE_LS takes the compact path');
     const esc = '{"version":1,"root":{"type":"directory","entries":{"a\\b":{"type":"symlink","target":"\\u00e9\\"\\n"},"caf\u00e9":{"type":"regular","size":3,"executable":true,"narOffset":96},"x\\ud83d\\ude00":{"type":"regular","size":0}}}}';
