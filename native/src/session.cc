@@ -402,8 +402,14 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
   }
   if (ref->size != fileTotal) return false;
   std::unique_lock<std::shared_mutex> g(mu_);
-  if (!holdsLocked(path) && atCapLocked()) return false;
-  files_[path] = ref;
+  // Another thread (openLocation, a second setContent) may have opened the same blob while
+  // the lock was down: share its descriptor, so files_ counts every one C holds (the cap).
+  if (auto held = files_[path].lock()) {
+    ref = held;
+  } else {
+    if (atCapLocked()) return false;
+    files_[path] = ref;
+  }
   auto it = nodes_.find(nodeid);
   if (it == nodes_.end()) return false;
   if (it->second.file != ref) retireBacking(nodeid, it->second);
@@ -419,6 +425,9 @@ bool Session::contentInUse(const std::string& path) {
 }
 
 bool Session::inUseLocked(const std::string& path) const {
+  // A node's file keeps its FileRef alive and files_ names the one ref per path (setContent
+  // and openLocation share a held one), so no held ref means no node has this file.
+  if (!holdsLocked(path)) return false;
   for (const auto& [id, n] : nodes_.cold()) {
     if (n.file && n.file->path == path && (n.ptHandles > 0 || n.cachedHandles > 0)) return true;
     // An earlier process's id (restart): files of it may be open; dropping the content
@@ -437,6 +446,10 @@ void Session::dropContentLocked(const std::string& path) {
   for (auto l = locations_.begin(); l != locations_.end();) {
     if (l->second.path == path) l = locations_.erase(l);
     else ++l;
+  }
+  if (!holdsLocked(path)) {  // no node has it (see inUseLocked)
+    files_.erase(path);
+    return;
   }
   for (auto& [id, n] : nodes_.cold()) {
     if (n.file && n.file->path == path) {

@@ -282,6 +282,7 @@ void Session::setLocation(uint64_t nodeid, const std::string& path, uint64_t off
   l.offset = offset;
   l.size = size;
   l.total = fileTotal;
+  l.seq = ++locationSeq_;
 }
 
 bool Session::evictContent(const std::string& path) {
@@ -309,7 +310,7 @@ bool Session::openLocation(uint64_t nodeid) {
   auto fail = [&]() {
     std::unique_lock<std::shared_mutex> g(mu_);
     auto l = locations_.find(nodeid);
-    if (l != locations_.end() && l->second.path == loc.path) locations_.erase(l);
+    if (l != locations_.end() && l->second.seq == loc.seq) locations_.erase(l);
     locationFallbacks_++;
     return false;
   };
@@ -327,7 +328,7 @@ bool Session::openLocation(uint64_t nodeid) {
   std::unique_lock<std::shared_mutex> g(mu_);
   auto l = locations_.find(nodeid);
   // Dropped (evicted, damaged) or replaced while the file was being opened: not this one.
-  if (l == locations_.end() || l->second.path != loc.path) return false;
+  if (l == locations_.end() || l->second.seq != loc.seq) return false;
   auto it = nodes_.find(nodeid);
   if (it == nodes_.end()) return false;
   locations_.erase(l);

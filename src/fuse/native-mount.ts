@@ -187,10 +187,30 @@ export function loadNativeAddon(): Addon {
  * OpenSSL), for the blob store's re-hash of a cache of an earlier process; undefined when
  * the engine is not built (the blob store then hashes on the JS thread).
  */
+/** Re-hashes of cached files running at once on libuv's pool (see nativeFileHasher). */
+const HASH_CONCURRENCY = 2;
+
 export function nativeFileHasher(): ((path: string) => Promise<{ digest: Buffer; size: number }>) | undefined {
   try {
     const a = loadNativeAddon();
-    return typeof a.hashFile === 'function' ? (path) => a.hashFile(path) : undefined;
+    if (typeof a.hashFile !== 'function') return undefined;
+    // hashFile runs on libuv's thread pool (4 threads), which also serves every fs call of
+    // JS: at most HASH_CONCURRENCY hashes at once, so the reads JS answers never queue
+    // behind a burst of re-hashes of large blobs.
+    let running = 0;
+    const waiting: Array<() => void> = [];
+    return async (path) => {
+      // A finishing hash hands its slot straight to the next waiter (running stays counted).
+      if (running >= HASH_CONCURRENCY) await new Promise<void>((resolve) => waiting.push(resolve));
+      else running++;
+      try {
+        return await a.hashFile(path);
+      } finally {
+        const next = waiting.shift();
+        if (next) next();
+        else running--;
+      }
+    };
   } catch {
     return undefined;
   }
