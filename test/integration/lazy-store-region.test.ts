@@ -28,7 +28,7 @@ import { parseSecretKey, parseTrustedPublicKeys } from '../../src/nix/signature.
 import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
 import type { LazyFetchSettings } from '../../src/config/mount-config.js';
 import { replayTrace, TRACE_HEADER } from '../../src/daemon/read-trace.js';
-import { directoriesOf } from '../../src/store/neighbourhood.js';
+import { directoriesOf, frameSpan } from '../../src/store/neighbourhood.js';
 import { hashPart, loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { captureLogger, type LogLine } from '../support/mount-harness.js';
@@ -161,6 +161,37 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       }
     });
   }
+
+  it('zstd: files that only came along in a decoded frame are served from memory without a request, and written to the cache only once read or wanted', async function () {
+    const e = await open('zstd', { neighbourBytes: 0, escalateShare: 0, escalateStreak: 0, wholeNarMaxBytes: 0 });
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      const files = bigDirectory(e.idx);
+      const x = files[300]!;
+      const span = frameSpan(e.idx, x.narOffset, x.narOffset + x.size);
+      assert.ok(span, 'the file lies in seekable frames');
+      const mates = files.filter((f) => f !== x && f.size > 0 && f.narOffset >= span.start && f.narOffset + f.size <= span.end);
+      assert.ok(mates.length >= 10, `${mates.length} files share its frames`);
+      assert.equal(sha(await readAll(e, x)), x.sha256.toString('hex'));
+      await idle(e);
+      await e.stack.store.flushStaged();
+      const requests = e.narRequests();
+      assert.ok(e.stack.blobs.completePath(x.sha256, x.size) !== undefined, 'the file read is committed');
+      // Before: every frame-mate was written as a blob (a file creation each), read or not.
+      const written = mates.filter((f) => e.stack.blobs.completePath(f.sha256, f.size) !== undefined);
+      assert.equal(written.length, 0, `${written.length} of ${mates.length} unread frame-mates written to the cache`);
+      const read = mates.slice(0, 5);
+      for (const f of read) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.narRequests(), requests, 'frame-mates read without a request');
+      await e.stack.store.flushStaged();
+      for (const f of read) assert.ok(e.stack.blobs.completePath(f.sha256, f.size) !== undefined, 'a frame-mate read is committed');
+      // A bulk fetch (narfs prefetch) wants every file: those held along are committed, not fetched again.
+      await e.stack.store.prefetchPath(e.name, AbortSignal.timeout(120_000));
+      for (const f of mates) assert.ok(e.stack.blobs.completePath(f.sha256, f.size) !== undefined, 'prefetch commits what came along');
+    } finally {
+      await e.close();
+    }
+  });
 
   it('none: a reader walking the path in NAR order escalates to a bulk fetch after a streak of misses, long before a quarter of its bytes', async function () {
     // Neighbours off, so that every file is a miss of its own: the walk is what escalates.
