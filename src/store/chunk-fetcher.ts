@@ -725,9 +725,19 @@ export class ChunkFetcher {
   }
 
   /** Requests waiting for a slot (wanted and read-ahead). */
-  /** Whether chunk `k` of `file` (at `chunkSize`) is being fetched (its flight registered, queued or in flight). */
-  isInFlight(file: IndexedFile, chunkSize: number, k: number): boolean {
-    return this.flights.has(`${file.sha256.toString('hex')}:${chunkSize}:${k}`);
+  /**
+   * Whether chunk `k` of `file` is on its way: its flight registered (queued or in flight),
+   * or, on seekable NARs, every frame holding it in a request's flight (delivered along).
+   * A read of such a chunk joins that fetch and is not a new miss.
+   */
+  isComing(src: ChunkSource, idx: NarIndex, file: IndexedFile, k: number): boolean {
+    if (this.flights.has(`${file.sha256.toString('hex')}:${idx.chunkSize}:${k}`)) return true;
+    if (this.frameFlights.size === 0) return false;
+    try {
+      return this.framesInFlight(src, idx, planFor(src, idx), file, k) !== undefined;
+    } catch {
+      return false;
+    }
   }
 
   get queuedRequests(): number {

@@ -205,6 +205,10 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #readOnce = new Set<string>();
   /** Store paths whose datalake published no usable index (asked once while held). */
   readonly #noIndex = new Set<string>();
+  /** Verified indexes being written to the TreeStore (awaited by close()). */
+  readonly #treePuts = new Set<Promise<void>>();
+  /** Early index requests in flight (#earlyIndex), per store path. */
+  readonly #early = new Map<string, { datalake: Datalake; bytes: Promise<Buffer | undefined> }>();
   /** Index fetches in flight, per store path. */
   readonly #indexing = new Map<string, Promise<Tree | undefined>>();
   /**
@@ -283,16 +287,29 @@ export class LazyStore implements RootNodes, ContentReader {
     if (stored) return this.#show(name, stored.index.root, true);
     const hashPart = info.narInfo.storePath.hashPart;
     const seen = await this.#meta.getListing(hashPart);
-    // The signed index and the .ls go out together: an unindexed datalake costs no round trip more.
-    const indexed = this.#fetchIndex(name, info, signal, early?.datalake === info.datalake ? early.bytes : undefined);
-    const published = seen === undefined ? this.#fetchListing(info, signal) : Promise.resolve(undefined);
+    // The signed index went out with the narinfo (#earlyIndex): the .ls, only a fallback
+    // (the index is awaited first either way), is asked for only when that index is
+    // absent, so an indexed path does not fetch its listing too (up to MiBs: the bench's
+    // `headers` .ls is 2.2 MiB) and an unindexed datalake, whose 404 comes with the
+    // narinfo, costs no round trip more. Without an early index both go out together.
+    const earlyBytes = early?.datalake === info.datalake ? early.bytes : undefined;
+    const indexed = this.#fetchIndex(name, info, signal, earlyBytes);
+    let skipped = false;
+    const published = seen !== undefined ? Promise.resolve(undefined)
+      : earlyBytes ? earlyBytes.then((b) => {
+        if (b === undefined) return this.#fetchListing(info, signal);
+        skipped = true;
+        return undefined;
+      }, () => this.#fetchListing(info, signal))
+        : this.#fetchListing(info, signal);
     const tree = await indexed;
     if (tree) {
       published.catch(() => {});
       return this.#show(name, tree.index.root, true);
     }
     if (seen !== undefined) return this.#show(name, parseListingJson(listingFromMeta(seen)), false);
-    const ls = await published;
+    // An index that was there but did not verify: the listing after all.
+    const ls = (await published) ?? (skipped ? await this.#fetchListing(info, signal) : undefined);
     if (ls) {
       await this.#meta.putListing(hashPart, ls.json).catch((err: unknown) => {
         // Remembering it is an optimisation; the listing itself was checked and is served.
@@ -439,11 +456,17 @@ export class LazyStore implements RootNodes, ContentReader {
         const last = Math.floor((offset + length - 1) / cs);
         if (!this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
           try {
+            // Chunks already on their way (a trace replay's, a neighbourhood's or a bulk
+            // request, queued or in flight) are joined: that is no new miss, and it brings
+            // no neighbourhood fetch of its own.
+            const coming = this.#allComing(tree, file, first, last);
             // The file's own request goes first (its flights registered), the neighbours'
             // requests beside it: the file's bytes never wait behind theirs.
             const own = this.#fetchChunks(tree, file, first, last, signal);
-            this.#fetchNeighbours(name, tree, file);
-            this.#noteBreadth(name, tree, file, 0, true);
+            if (!coming) {
+              this.#fetchNeighbours(name, tree, file);
+              this.#noteBreadth(name, tree, file, 0, true);
+            }
             await own;
           } catch (err) {
             if (!isNarfsError(err, 'ERR_INDEX_UNUSABLE')) throw err;
@@ -590,10 +613,12 @@ export class LazyStore implements RootNodes, ContentReader {
       if (seen.n < after) return;
     }
     const cs = tree.index.chunkSize;
+    const src = this.#sourceOf(tree);
     const near = neighbours(tree.index, file, {
       budgetBytes: budget,
       maxFileBytes: maxFile,
-      isHeld: (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined,
+      isHeld: (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
+        || fetcher.isComing(src, tree.index, f, 0),
     });
     // Seekable: the frames of the file's own request bring the neighbours inside them along.
     const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);
@@ -655,6 +680,17 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
       this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
     });
+  }
+
+  /** Whether every chunk first..last of `file` not held is being fetched already (ChunkFetcher.isComing). */
+  #allComing(tree: Tree, file: IndexedFile, first: number, last: number): boolean {
+    const fetcher = this.#opts.chunks;
+    if (!fetcher) return false;
+    const src = this.#sourceOf(tree);
+    for (let k = first; k <= last; k++) {
+      if (!this.#holds(tree, file, k) && !fetcher.isComing(src, tree.index, file, k)) return false;
+    }
+    return true;
   }
 
   /** Whether the cache holds chunk k of `f`. */
@@ -836,11 +872,14 @@ export class LazyStore implements RootNodes, ContentReader {
     if (this.#overdue.has(name)) {
       throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
     }
-    const info = await this.#infos.get(parseStorePathBase(name), signal);
+    const sp = parseStorePathBase(name);
+    // As in resolve: the index goes out with the narinfo (or joins the one already out).
+    const early = this.#treeStore.has(name) ? undefined : this.#earlyIndex(name, sp.hashPart, signal);
+    const info = await this.#infos.get(sp, signal);
     if (!info) throw new NarfsError('ERR_PATH_NOT_FOUND', `${name} is in no datalake any more`);
     const stored = await this.#storedTree(name, info);
     if (stored) return stored;
-    const published = await this.#fetchIndex(name, info, signal);
+    const published = await this.#fetchIndex(name, info, signal, early?.datalake === info.datalake ? early.bytes : undefined);
     if (published) return published;
     return this.#materialise(name, signal);
   }
@@ -864,6 +903,9 @@ export class LazyStore implements RootNodes, ContentReader {
     // workload, say) must wait for it, not conclude there is no index.
     let p = this.#indexing.get(name);
     if (!p) {
+      // An early request for this index still in flight is used, not sent again.
+      const pending = this.#early.get(name);
+      if (!early && pending?.datalake === info.datalake) early = pending.bytes;
       p = this.#fetchIndexOnce(name, info, signal, early).then((tree) => {
         if (!tree) this.#noIndex.add(name);
         return tree;
@@ -892,23 +934,38 @@ export class LazyStore implements RootNodes, ContentReader {
       this.#opts.logger.warn('published index ignored; the path is read whole', { datalake: info.datalake.displayUrl, path: rel, err });
       return undefined;
     }
-    await this.#treeStore.put(index, 'signed', bytes).catch((err: unknown) => {
+    // Stored in the background: its write, fdatasync and directory fsync (~5 ms, more on a
+    // loaded disk) are not on the path of the first byte; close() waits for it.
+    const put = this.#treeStore.put(index, 'signed', bytes).catch((err: unknown) => {
       // Keeping it is an optimisation: the index was verified and is used for this mount.
       this.#opts.logger.warn('cannot store an index in the cache; using it anyway', { path: name, err: toNarfsError(err, 'ERR_CACHE_IO') });
     });
+    this.#treePuts.add(put);
+    void put.finally(() => this.#treePuts.delete(put));
     return this.#adopt(name, { index, source: 'signed', info });
   }
 
-  /** The index of `hashPart` asked of the first datalake up, before its narinfo is known. */
+  /**
+   * The index of `hashPart` asked of the first datalake up, before its narinfo is known;
+   * one request per store path while it is in flight (a trace replay and the workload
+   * resolving the same path at once share it).
+   */
   #earlyIndex(name: string, hashPart: string, signal: AbortSignal): { datalake: Datalake; bytes: Promise<Buffer | undefined> } | undefined {
     if (!this.#opts.indexPolicy || this.#noIndex.has(name) || this.#indexing.has(name)) return undefined;
+    const pending = this.#early.get(name);
+    if (pending) return pending;
     const set = this.#opts.datalakes;
     const up = set.status().findIndex((d) => d.up);
     const datalake = up < 0 ? undefined : set.datalakes[up];
     if (!datalake) return undefined;
     const bytes = set.getBytesFrom(datalake, `${hashPart}${NAR_INDEX_SUFFIX}`, { signal });
     bytes.catch(() => {}); // used only if the narinfo comes from there; its failure is #fetchIndex's
-    return { datalake, bytes };
+    const early = { datalake, bytes };
+    this.#early.set(name, early);
+    void bytes.finally(() => {
+      if (this.#early.get(name) === early) this.#early.delete(name);
+    }).catch(() => {});
+    return early;
   }
 
   /**
@@ -1004,6 +1061,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#trees.delete(name);
     this.#noIndex.delete(name);
     this.#breadth.delete(name);
+    this.#early.delete(name);
   }
 
   #show(name: string, listing: NarNode, verified: boolean): NarNode {
@@ -1014,6 +1072,7 @@ export class LazyStore implements RootNodes, ContentReader {
   async close(): Promise<void> {
     // What was fetched and verified goes into the cache before the blob store closes.
     await this.flushStaged();
+    await Promise.all([...this.#treePuts]);
     this.#trees.clear();
   }
 }

@@ -286,6 +286,71 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     }
   });
 
+  it('none: a trace replay and a reader resolving the same path at once ask for its narinfo and index before any range, the index once, and no .ls', async function () {
+    const e = await open('none');
+    try {
+      const traced = bigDirectory(e.idx).filter((_, i) => i % 7 === 0).slice(0, 50);
+      const trace = path.join(tmp, 'trace-meta');
+      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      const replay = replayTrace(trace, e.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
+      const f = traced[3]!;
+      const [r, got] = await Promise.all([replay, readAll(e, f)]);
+      assert.deepEqual(r, { files: traced.length, failed: 0 });
+      assert.equal(sha(got), f.sha256.toString('hex'));
+      const hp = e.ni.storePath.hashPart;
+      // Before: the index twice (both resolves asked early) and the .ls (up to MiBs) beside it.
+      assert.equal(e.server.count(`${hp}${NAR_INDEX_SUFFIX}`), 1, 'index requests');
+      assert.equal(e.server.count(`${hp}.ls`), 0, '.ls requests of an indexed path');
+      const order = e.server.requests.map((q) => q.relPath);
+      const firstRange = order.indexOf(e.ni.url);
+      assert.ok(firstRange > 0, 'ranged requests were made');
+      const lastMeta = Math.max(order.lastIndexOf(`${hp}${NAR_INDEX_SUFFIX}`), order.lastIndexOf(`${hp}.narinfo`));
+      assert.ok(lastMeta >= 0 && lastMeta < firstRange, `narinfo and index before the first range: ${order.join(' ')}`);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: reads of traced files while the replay fetches them join its requests and send none of their own', async function () {
+    const traceOf = async (e: Env): Promise<{ trace: string; traced: IndexedFile[] }> => {
+      const traced = bigDirectory(e.idx).filter((_, i) => i % 7 === 0).slice(0, 60);
+      const trace = path.join(tmp, 'trace-join');
+      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      return { trace, traced };
+    };
+    // The replay alone, on a fresh cache: how many ranged requests it takes.
+    let alone: number;
+    const a = await open('none');
+    try {
+      const { trace } = await traceOf(a);
+      await a.stack.store.resolve(a.name, AbortSignal.timeout(60_000));
+      await replayTrace(trace, a.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
+      await idle(a);
+      alone = a.narRequests();
+    } finally {
+      await a.close();
+    }
+    const e = await open('none');
+    try {
+      const { trace, traced } = await traceOf(e);
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      e.server.hold(e.ni.url);
+      const replay = replayTrace(trace, e.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
+      await e.server.waitForRequest(e.ni.url, 1);
+      // Its requests are held at the server: every traced file is on its way. Read some.
+      const reads = traced.slice(10, 16).map((f) => readAll(e, f).then((b) => assert.equal(sha(b), f.sha256.toString('hex'))));
+      for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+      e.server.release(e.ni.url);
+      await Promise.all([replay, ...reads]);
+      await idle(e);
+      // Before: each read was a miss of its own and fetched its untraced siblings (neighbours).
+      assert.equal(e.narRequests(), alone, `ranged requests with the reads: ${e.narRequests()}, the replay alone: ${alone}`);
+      assert.equal(e.stack.store.counters.neighbourFetches, 0, 'neighbourhood fetches');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('none: a trace replay fetches 300 traced files of a path in a few coalesced requests, not one each', async function () {
     const e = await open('none');
     try {
