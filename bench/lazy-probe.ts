@@ -83,6 +83,10 @@ function fivePercent(): RangeRead[] {
   return reads;
 }
 
+// NARFS_PROBE_TIMELINE=1: the server logs every request (serve-datalake.ts); the measured
+// run's requests, mount and workload marks are printed in ms from its start.
+const serveLog = join(tmp, 'serve.log');
+if (process.env.NARFS_PROBE_TIMELINE) process.env.NARFS_SERVE_LOG = serveLog;
 const server = await serveDatalake(dl, LATENCY_MS, BYTES_PER_SECOND);
 try {
   const ops = JSON.parse(readFileSync(m.workload.file, 'utf8')) as WorkloadOp[];
@@ -95,10 +99,22 @@ try {
     dropCaches();
     const s0 = await server.stats();
     const t0 = performance.now();
+    const wall0 = Date.now();
     const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
       nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more] });
     let read = 0;
-    try { read = await work(mount.mnt); } catch (e) {
+    const mounted = Date.now() - wall0;
+    let worked = 0;
+    try {
+      read = await work(mount.mnt);
+      worked = Date.now() - wall0;
+      if (process.env.NARFS_PROBE_TWICE) {
+        // The same work again on the now warm mount: its local cost alone.
+        const w0 = Date.now();
+        await work(mount.mnt);
+        console.log(`  again on the warm mount: ${Date.now() - w0} ms`);
+      }
+    } catch (e) {
       await mount.stop();
       for (const l of readFileSync(mount.logFile, 'utf8').split('\n').filter((x) => /"level":"(warn|error)"/.test(x)).slice(0, 8)) console.log(`  log: ${l.slice(0, 1500)}`);
       throw e;
@@ -106,7 +122,7 @@ try {
     const t = performance.now() - t0;
     const s1 = await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');
-    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d };
+    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked };
   };
   let more: string[] = [];
   const large = m.largeFile.replace(/^\/nix\/store\//, '');
@@ -129,6 +145,17 @@ try {
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
+  if (process.env.NARFS_PROBE_TIMELINE) {
+    const marks: Array<[number, string]> = [[r.mounted, 'MOUNTED (narfs: mounted seen)'], [r.worked, 'WORKLOAD DONE']];
+    for (const l of readFileSync(serveLog, 'utf8').split('\n').filter(Boolean)) {
+      const [ms, path, range] = l.split('\t');
+      if (Number(ms) >= r.wall0) marks.push([Number(ms) - r.wall0, `GET ${path!.length > 40 ? `${path!.slice(0, 12)}..${path!.slice(-20)}` : path} ${range}`]);
+    }
+    for (const l of r.log.split('\n').filter(Boolean)) {
+      try { const j = JSON.parse(l) as { time: string; msg: string }; marks.push([Date.parse(j.time) - r.wall0, `log ${j.msg}`]); } catch { /* not JSON */ }
+    }
+    for (const [ms, what] of marks.sort((a, b) => a[0] - b[0])) console.log(`  ${String(ms).padStart(6)} ms  ${what}`);
+  }
   if (args.prof) for (const l of profileSummary(r.profDir)) console.log(`  ${l}`);
 } finally {
   await server.stop();
