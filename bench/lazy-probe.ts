@@ -157,6 +157,16 @@ try {
     for (const [ms, what] of marks.sort((a, b) => a[0] - b[0])) console.log(`  ${String(ms).padStart(6)} ms  ${what}`);
   }
   if (args.prof) for (const l of profileSummary(r.profDir)) console.log(`  ${l}`);
+  if (args.prof) {
+    // The worker threads' profiles (verify pool, blob writers): busy time and top functions each.
+    for (const f of readdirSync(r.profDir).filter((n) => n.endsWith('.cpuprofile')).slice(1)) {
+      const sub = join(r.profDir, `t-${f}`);
+      mkdirSync(sub);
+      spawnSync('cp', [join(r.profDir, f), sub]);
+      const lines = profileSummary(sub).filter((l) => !l.startsWith('   #row'));
+      console.log(`  thread ${f}: ${lines.slice(0, 6).join(' | ')}`);
+    }
+  }
 } finally {
   await server.stop();
   rmSync(tmp, { recursive: true, force: true });
