@@ -5,7 +5,7 @@
  * its log) and, with --prof, the V8 self time per function. For explaining one figure of
  * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
  *
- *   node --import tsx bench/lazy-probe.ts --scenario 1|9|11 --variant none|seekable [--traced] [--prof] [--extra '--opt v ...']
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable [--traced] [--prof] [--extra '--opt v ...']
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs } from './bench-processes.js';
 import { readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
-import { prepareIndexed } from './indexed-datalakes.js';
+import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -59,7 +59,9 @@ installCleanupHandlers();
 const dir = spawnSync('bash', ['scripts/build-bench-datalake.sh'], { stdio: ['ignore', 'pipe', 'inherit'] }).stdout.toString().trim().split('\n').at(-1)!;
 const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
 const idx = prepareIndexed(m, (s) => process.stderr.write(`${s}\n`));
-const dl = args.variant === 'none' ? idx.none : idx.seekable;
+// Scenario 10: the first 4 KiB of the 16 MiB file in the middle of the 1 GiB path.
+const big = args.scenario === '10' ? prepareBigPath(m, (s) => process.stderr.write(`${s}\n`)) : undefined;
+const dl = big ? (args.variant === 'none' ? big.none : big.seekable) : args.variant === 'none' ? idx.none : idx.seekable;
 const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
 claimRunDir(tmp);
 const names = (m.closure as string[]).map((p) => basename(p));
@@ -126,7 +128,14 @@ try {
   };
   let more: string[] = [];
   const large = m.largeFile.replace(/^\/nix\/store\//, '');
-  const work = args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
+  const work = big ? async (mnt: string) => {
+    // The mount is up: time the first byte alone (open + read 4 KiB), as the bench does.
+    const t = performance.now();
+    const n = readRanges(mnt, [{ path: big.file, offset: 0, length: 4096 }]);
+    console.log(`  first byte: ${(performance.now() - t).toFixed(1)} ms (from ${Date.now()} wall)`);
+    return n;
+  }
+    : args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
     : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path === large))
     : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path !== large))
     : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }

@@ -205,6 +205,14 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #readOnce = new Set<string>();
   /** Store paths whose datalake published no usable index (asked once while held). */
   readonly #noIndex = new Set<string>();
+  /**
+   * Verified chunks of multi-chunk files whose write to the blob store (putChunk: a write
+   * and an fdatasync, ~5-10 ms) is under way, by `hex:k`: a reader is served from here at
+   * once (the first byte of a large file need not wait for the disk); bounded by
+   * `#stageMaxBytes` (a writer beyond it waits for its write).
+   */
+  readonly #writing = new Map<string, { bytes: Buffer; put: Promise<boolean> }>();
+  #writingBytes = 0;
   /** Verified indexes being written to the TreeStore (awaited by close()). */
   readonly #treePuts = new Set<Promise<void>>();
   /** Early index requests in flight (#earlyIndex), per store path. */
@@ -475,6 +483,16 @@ export class LazyStore implements RootNodes, ContentReader {
         }
         const got = this.#stagedOf(file);
         if (got) return this.#served(name, tree, file, got, offset, length);
+        const writing = this.#fromWriting(file, cs, offset, length);
+        if (writing) {
+          this.counters.rangedReads++;
+          this.counters.bytesRead += length;
+          this.#noteBreadth(name, tree, file, length, false);
+          return writing;
+        }
+        if (!(await this.#writesOf(file, first, last))) {
+          throw new NarfsError('ERR_CACHE_IO', `${name}: a fetched chunk of the file at NAR offset ${file.narOffset} could not be written to the cache`);
+        }
         if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
           this.counters.rangedReads++;
           this.counters.bytesRead += length;
@@ -693,9 +711,10 @@ export class LazyStore implements RootNodes, ContentReader {
     return true;
   }
 
-  /** Whether the cache holds chunk k of `f`. */
+  /** Whether the cache holds chunk k of `f` (or its write is under way). */
   #holds(tree: Tree, f: IndexedFile, k: number): boolean {
     return this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
+      || (this.#writing.size > 0 && this.#writing.has(`${f.sha256.toString('hex')}:${k}`))
       || this.#blobs.haveChunks(f.sha256, f.size, tree.index.chunkSize, k, k)[0] === true;
   }
 
@@ -738,7 +757,45 @@ export class LazyStore implements RootNodes, ContentReader {
       return;
     }
     if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
-    await this.#blobs.putChunk(f.sha256, f.size, cs, k, bytes, chunkHash(f, k));
+    const key = `${f.sha256.toString('hex')}:${k}`;
+    const held = this.#writing.get(key);
+    if (held) {
+      await held.put;
+      return;
+    }
+    const copy = Buffer.from(bytes);
+    const put: Promise<boolean> = this.#blobs.putChunk(f.sha256, f.size, cs, k, copy, chunkHash(f, k)).then(() => true, (err: unknown) => {
+      // Served from memory meanwhile; a later read fetches (and checks) the chunk again.
+      this.#opts.logger.warn('cannot write a fetched chunk to the cache; it is fetched again when read', { err: toNarfsError(err, 'ERR_CACHE_IO') });
+      return false;
+    }).finally(() => {
+      if (this.#writing.get(key)?.put === put) {
+        this.#writing.delete(key);
+        this.#writingBytes -= copy.length;
+      }
+    });
+    this.#writing.set(key, { bytes: copy, put });
+    this.#writingBytes += copy.length;
+    // Bounded memory: beyond the bound the fetch waits for its write, as before.
+    if (this.#writingBytes > this.#stageMaxBytes) await put;
+  }
+
+  /** Bytes [offset, offset+length) of `file` if they lie in one chunk whose write is under way. */
+  #fromWriting(file: IndexedFile, cs: number, offset: number, length: number): Buffer | undefined {
+    if (this.#writing.size === 0) return undefined;
+    const k = Math.floor(offset / cs);
+    if (Math.floor((offset + length - 1) / cs) !== k) return undefined;
+    const w = this.#writing.get(`${file.sha256.toString('hex')}:${k}`);
+    return w ? Buffer.from(w.bytes.subarray(offset - k * cs, offset - k * cs + length)) : undefined;
+  }
+
+  /** Waits for the writes under way of chunks first..last of `file`; false if one failed. */
+  async #writesOf(file: IndexedFile, first: number, last: number): Promise<boolean> {
+    if (this.#writing.size === 0) return true;
+    const hex = file.sha256.toString('hex');
+    let ok = true;
+    for (let k = first; k <= last; k++) ok = (await (this.#writing.get(`${hex}:${k}`)?.put ?? true)) && ok;
+    return ok;
   }
 
   /** Resolves once every file staged so far is committed to the blob store (or dropped on a cache error). */
@@ -1072,7 +1129,7 @@ export class LazyStore implements RootNodes, ContentReader {
   async close(): Promise<void> {
     // What was fetched and verified goes into the cache before the blob store closes.
     await this.flushStaged();
-    await Promise.all([...this.#treePuts]);
+    await Promise.all([...this.#treePuts, ...[...this.#writing.values()].map((w) => w.put)]);
     this.#trees.clear();
   }
 }
