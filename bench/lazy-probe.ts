@@ -5,7 +5,7 @@
  * its log) and, with --prof, the V8 self time per function. For explaining one figure of
  * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
  *
- *   node --import tsx bench/lazy-probe.ts --scenario 1|9|11 --variant none|seekable [--traced] [--prof] [--extra '--opt v ...']
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable [--traced] [--prof] [--extra '--opt v ...']
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs } from './bench-processes.js';
 import { readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
-import { prepareIndexed } from './indexed-datalakes.js';
+import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -59,7 +59,9 @@ installCleanupHandlers();
 const dir = spawnSync('bash', ['scripts/build-bench-datalake.sh'], { stdio: ['ignore', 'pipe', 'inherit'] }).stdout.toString().trim().split('\n').at(-1)!;
 const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
 const idx = prepareIndexed(m, (s) => process.stderr.write(`${s}\n`));
-const dl = args.variant === 'none' ? idx.none : idx.seekable;
+// Scenario 10: the first 4 KiB of the 16 MiB file in the middle of the 1 GiB path.
+const big = args.scenario === '10' ? prepareBigPath(m, (s) => process.stderr.write(`${s}\n`)) : undefined;
+const dl = big ? (args.variant === 'none' ? big.none : big.seekable) : args.variant === 'none' ? idx.none : idx.seekable;
 const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
 claimRunDir(tmp);
 const names = (m.closure as string[]).map((p) => basename(p));
@@ -83,6 +85,10 @@ function fivePercent(): RangeRead[] {
   return reads;
 }
 
+// NARFS_PROBE_TIMELINE=1: the server logs every request (serve-datalake.ts); the measured
+// run's requests, mount and workload marks are printed in ms from its start.
+const serveLog = join(tmp, 'serve.log');
+if (process.env.NARFS_PROBE_TIMELINE) process.env.NARFS_SERVE_LOG = serveLog;
 const server = await serveDatalake(dl, LATENCY_MS, BYTES_PER_SECOND);
 try {
   const ops = JSON.parse(readFileSync(m.workload.file, 'utf8')) as WorkloadOp[];
@@ -95,10 +101,22 @@ try {
     dropCaches();
     const s0 = await server.stats();
     const t0 = performance.now();
+    const wall0 = Date.now();
     const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
       nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more] });
     let read = 0;
-    try { read = await work(mount.mnt); } catch (e) {
+    const mounted = Date.now() - wall0;
+    let worked = 0;
+    try {
+      read = await work(mount.mnt);
+      worked = Date.now() - wall0;
+      if (process.env.NARFS_PROBE_TWICE) {
+        // The same work again on the now warm mount: its local cost alone.
+        const w0 = Date.now();
+        await work(mount.mnt);
+        console.log(`  again on the warm mount: ${Date.now() - w0} ms`);
+      }
+    } catch (e) {
       await mount.stop();
       for (const l of readFileSync(mount.logFile, 'utf8').split('\n').filter((x) => /"level":"(warn|error)"/.test(x)).slice(0, 8)) console.log(`  log: ${l.slice(0, 1500)}`);
       throw e;
@@ -106,11 +124,18 @@ try {
     const t = performance.now() - t0;
     const s1 = await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');
-    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d };
+    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked };
   };
   let more: string[] = [];
   const large = m.largeFile.replace(/^\/nix\/store\//, '');
-  const work = args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
+  const work = big ? async (mnt: string) => {
+    // The mount is up: time the first byte alone (open + read 4 KiB), as the bench does.
+    const t = performance.now();
+    const n = readRanges(mnt, [{ path: big.file, offset: 0, length: 4096 }]);
+    console.log(`  first byte: ${(performance.now() - t).toFixed(1)} ms (from ${Date.now()} wall)`);
+    return n;
+  }
+    : args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
     : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path === large))
     : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path !== large))
     : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
@@ -129,7 +154,28 @@ try {
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
+  if (process.env.NARFS_PROBE_TIMELINE) {
+    const marks: Array<[number, string]> = [[r.mounted, 'MOUNTED (narfs: mounted seen)'], [r.worked, 'WORKLOAD DONE']];
+    for (const l of readFileSync(serveLog, 'utf8').split('\n').filter(Boolean)) {
+      const [ms, path, range] = l.split('\t');
+      if (Number(ms) >= r.wall0) marks.push([Number(ms) - r.wall0, `GET ${path!.length > 40 ? `${path!.slice(0, 12)}..${path!.slice(-20)}` : path} ${range}`]);
+    }
+    for (const l of r.log.split('\n').filter(Boolean)) {
+      try { const j = JSON.parse(l) as { time: string; msg: string }; marks.push([Date.parse(j.time) - r.wall0, `log ${j.msg}`]); } catch { /* not JSON */ }
+    }
+    for (const [ms, what] of marks.sort((a, b) => a[0] - b[0])) console.log(`  ${String(ms).padStart(6)} ms  ${what}`);
+  }
   if (args.prof) for (const l of profileSummary(r.profDir)) console.log(`  ${l}`);
+  if (args.prof) {
+    // The worker threads' profiles (verify pool, blob writers): busy time and top functions each.
+    for (const f of readdirSync(r.profDir).filter((n) => n.endsWith('.cpuprofile')).slice(1)) {
+      const sub = join(r.profDir, `t-${f}`);
+      mkdirSync(sub);
+      spawnSync('cp', [join(r.profDir, f), sub]);
+      const lines = profileSummary(sub).filter((l) => !l.startsWith('   #row'));
+      console.log(`  thread ${f}: ${lines.slice(0, 6).join(' | ')}`);
+    }
+  }
 } finally {
   await server.stop();
   rmSync(tmp, { recursive: true, force: true });

@@ -23,6 +23,16 @@ const server = await HttpDatalakeServer.start({
   bytesPerSecond: Number(bps ?? 0),
   proportionalPacing: true,
 });
+if (process.env.NARFS_SERVE_LOG) {
+  // Probe aid: one line per request (wall ms, path, Range), appended to that file.
+  const { appendFileSync } = await import('node:fs');
+  const logPath = process.env.NARFS_SERVE_LOG;
+  const push = server.requests.push.bind(server.requests);
+  server.requests.push = (...rs) => {
+    for (const r of rs) appendFileSync(logPath, `${Date.now()}\t${r.relPath}\t${r.headers.range ?? ''}\n`);
+    return push(...rs);
+  };
+}
 process.stdout.write(`url ${server.url}\n`);
 let closing = false;
 const stop = async () => {

@@ -160,6 +160,8 @@ export interface LazyFetchSettings {
   warmReferences?: number;
   neighbourAfterMisses?: number;
   gapBytes?: number;
+  /** NAR files (FileSize) up to this size are fetched whole even when indexed (lazy-store.ts DEFAULT_WHOLE_NAR_MAX_BYTES). */
+  wholeNarMaxBytes?: number;
 }
 
 const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'size' | 'share' | 'count' }> = {
@@ -173,11 +175,12 @@ const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'siz
   'warm-references': { key: 'warmReferences', kind: 'count' },
   'neighbour-after-misses': { key: 'neighbourAfterMisses', kind: 'count' },
   'gap-bytes': { key: 'gapBytes', kind: 'size' },
+  'whole-nar-bytes': { key: 'wholeNarMaxBytes', kind: 'size' },
 };
 
 /**
  * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
- * bulk-request-bytes, stage-bytes, gap-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
+ * bulk-request-bytes, stage-bytes, gap-bytes, whole-nar-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
  * escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
  * numbers; streak 0 and warm-references 0 = off).
  */

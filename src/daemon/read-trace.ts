@@ -13,8 +13,9 @@
  *
  * Replay: the trace's files are grouped per store path, and each path's files are fetched
  * together (`prefetchFiles`: coalesced ranged requests, many files per request, when the
- * path is indexed; its whole NAR otherwise), the paths in parallel, in the order of their
- * first line; a file read before the replay reaches it joins the fetch in flight.
+ * path is indexed; its whole NAR otherwise), up to DEFAULT_REPLAY_PATHS paths at once, in
+ * the order of their first line; a file read before the replay reaches it joins the fetch
+ * in flight (its read sends no request of its own).
  *
  * Invariants: recording never fails or slows a read (lines are queued on a write stream;
  * an I/O error is logged once and recording stops); a replay is bounded in concurrency,
@@ -28,6 +29,14 @@ import type { Logger } from '../log.js';
 import { isStorePathBase } from '../nix/store-path.js';
 
 export const TRACE_HEADER = '# narfs read trace 1';
+
+/**
+ * Store paths of a trace replayed at once. All of a trace's paths (a workload's closure:
+ * a handful to a few dozen) start together, so their narinfos and indexes go out in one
+ * round trip and each path's ranged requests follow its own index at once; the chunk
+ * fetcher's request slots bound the ranged requests, not this.
+ */
+export const DEFAULT_REPLAY_PATHS = 64;
 
 export interface TraceEntry {
   name: string;
@@ -107,7 +116,7 @@ export function groupTrace(entries: readonly TraceEntry[]): Array<{ name: string
  * each path's files together) until done or `signal` aborts. Never throws: a missing trace
  * file is one warning.
  */
-export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = 8): Promise<{ files: number; failed: number }> {
+export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = DEFAULT_REPLAY_PATHS): Promise<{ files: number; failed: number }> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');

@@ -76,9 +76,10 @@ export interface ChunkSource {
 
 /**
  * Receives one verified chunk. `bytes` may be a view into the buffer of a larger request:
- * copy it to keep it past the returned promise.
+ * copy it to keep it past the returned promise. `along` is true for a chunk nobody asked
+ * for that came in the decoded frames of a request (the caller may keep it more cheaply).
  */
-export type OnChunk = (file: IndexedFile, chunk: number, bytes: Buffer) => Promise<void>;
+export type OnChunk = (file: IndexedFile, chunk: number, bytes: Buffer, along?: boolean) => Promise<void>;
 
 export interface FetchOptions {
   /** Chunks the caller already holds: read-ahead skips them. */
@@ -558,7 +559,7 @@ export class ChunkFetcher {
         const key = `${x.file.sha256.toString('hex')}:${cs}:${x.k}`;
         if (this.flights.has(key)) continue;
         this.stats.framedAlong++;
-        done.push(onChunk(x.file, x.k, x.bytes).catch(() => {}));
+        done.push(onChunk(x.file, x.k, x.bytes, true).catch(() => {}));
       }
       await Promise.all(done);
     }, () => {});
@@ -724,6 +725,21 @@ export class ChunkFetcher {
   }
 
   /** Requests waiting for a slot (wanted and read-ahead). */
+  /**
+   * Whether chunk `k` of `file` is on its way: its flight registered (queued or in flight),
+   * or, on seekable NARs, every frame holding it in a request's flight (delivered along).
+   * A read of such a chunk joins that fetch and is not a new miss.
+   */
+  isComing(src: ChunkSource, idx: NarIndex, file: IndexedFile, k: number): boolean {
+    if (this.flights.has(`${file.sha256.toString('hex')}:${idx.chunkSize}:${k}`)) return true;
+    if (this.frameFlights.size === 0) return false;
+    try {
+      return this.framesInFlight(src, idx, planFor(src, idx), file, k) !== undefined;
+    } catch {
+      return false;
+    }
+  }
+
   get queuedRequests(): number {
     return this.queue.length;
   }

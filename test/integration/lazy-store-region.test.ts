@@ -28,7 +28,7 @@ import { parseSecretKey, parseTrustedPublicKeys } from '../../src/nix/signature.
 import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
 import type { LazyFetchSettings } from '../../src/config/mount-config.js';
 import { replayTrace, TRACE_HEADER } from '../../src/daemon/read-trace.js';
-import { directoriesOf } from '../../src/store/neighbourhood.js';
+import { directoriesOf, frameSpan } from '../../src/store/neighbourhood.js';
 import { hashPart, loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS, type Fixtures } from '../support/fixtures.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { captureLogger, type LogLine } from '../support/mount-harness.js';
@@ -162,6 +162,37 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     });
   }
 
+  it('zstd: files that only came along in a decoded frame are served from memory without a request, and written to the cache only once read or wanted', async function () {
+    const e = await open('zstd', { neighbourBytes: 0, escalateShare: 0, escalateStreak: 0, wholeNarMaxBytes: 0 });
+    try {
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      const files = bigDirectory(e.idx);
+      const x = files[300]!;
+      const span = frameSpan(e.idx, x.narOffset, x.narOffset + x.size);
+      assert.ok(span, 'the file lies in seekable frames');
+      const mates = files.filter((f) => f !== x && f.size > 0 && f.narOffset >= span.start && f.narOffset + f.size <= span.end);
+      assert.ok(mates.length >= 10, `${mates.length} files share its frames`);
+      assert.equal(sha(await readAll(e, x)), x.sha256.toString('hex'));
+      await idle(e);
+      await e.stack.store.flushStaged();
+      const requests = e.narRequests();
+      assert.ok(e.stack.blobs.completePath(x.sha256, x.size) !== undefined, 'the file read is committed');
+      // Before: every frame-mate was written as a blob (a file creation each), read or not.
+      const written = mates.filter((f) => e.stack.blobs.completePath(f.sha256, f.size) !== undefined);
+      assert.equal(written.length, 0, `${written.length} of ${mates.length} unread frame-mates written to the cache`);
+      const read = mates.slice(0, 5);
+      for (const f of read) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+      assert.equal(e.narRequests(), requests, 'frame-mates read without a request');
+      await e.stack.store.flushStaged();
+      for (const f of read) assert.ok(e.stack.blobs.completePath(f.sha256, f.size) !== undefined, 'a frame-mate read is committed');
+      // A bulk fetch (narfs prefetch) wants every file: those held along are committed, not fetched again.
+      await e.stack.store.prefetchPath(e.name, AbortSignal.timeout(120_000));
+      for (const f of mates) assert.ok(e.stack.blobs.completePath(f.sha256, f.size) !== undefined, 'prefetch commits what came along');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('none: a reader walking the path in NAR order escalates to a bulk fetch after a streak of misses, long before a quarter of its bytes', async function () {
     // Neighbours off, so that every file is a miss of its own: the walk is what escalates.
     const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
@@ -250,6 +281,71 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       // Its own read fetches it again, gets the flipped byte again, and fails.
       await failure(readAll(e, bad), 'ERR_CHUNK_HASH_MISMATCH');
       assert.ok(e.logs.some((l) => (l.fields.err as { code?: string } | undefined)?.code === 'ERR_CHUNK_HASH_MISMATCH'));
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: a trace replay and a reader resolving the same path at once ask for its narinfo and index before any range, the index once, and no .ls', async function () {
+    const e = await open('none');
+    try {
+      const traced = bigDirectory(e.idx).filter((_, i) => i % 7 === 0).slice(0, 50);
+      const trace = path.join(tmp, 'trace-meta');
+      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      const replay = replayTrace(trace, e.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
+      const f = traced[3]!;
+      const [r, got] = await Promise.all([replay, readAll(e, f)]);
+      assert.deepEqual(r, { files: traced.length, failed: 0 });
+      assert.equal(sha(got), f.sha256.toString('hex'));
+      const hp = e.ni.storePath.hashPart;
+      // Before: the index twice (both resolves asked early) and the .ls (up to MiBs) beside it.
+      assert.equal(e.server.count(`${hp}${NAR_INDEX_SUFFIX}`), 1, 'index requests');
+      assert.equal(e.server.count(`${hp}.ls`), 0, '.ls requests of an indexed path');
+      const order = e.server.requests.map((q) => q.relPath);
+      const firstRange = order.indexOf(e.ni.url);
+      assert.ok(firstRange > 0, 'ranged requests were made');
+      const lastMeta = Math.max(order.lastIndexOf(`${hp}${NAR_INDEX_SUFFIX}`), order.lastIndexOf(`${hp}.narinfo`));
+      assert.ok(lastMeta >= 0 && lastMeta < firstRange, `narinfo and index before the first range: ${order.join(' ')}`);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: reads of traced files while the replay fetches them join its requests and send none of their own', async function () {
+    const traceOf = async (e: Env): Promise<{ trace: string; traced: IndexedFile[] }> => {
+      const traced = bigDirectory(e.idx).filter((_, i) => i % 7 === 0).slice(0, 60);
+      const trace = path.join(tmp, 'trace-join');
+      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      return { trace, traced };
+    };
+    // The replay alone, on a fresh cache: how many ranged requests it takes.
+    let alone: number;
+    const a = await open('none');
+    try {
+      const { trace } = await traceOf(a);
+      await a.stack.store.resolve(a.name, AbortSignal.timeout(60_000));
+      await replayTrace(trace, a.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
+      await idle(a);
+      alone = a.narRequests();
+    } finally {
+      await a.close();
+    }
+    const e = await open('none');
+    try {
+      const { trace, traced } = await traceOf(e);
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      e.server.hold(e.ni.url);
+      const replay = replayTrace(trace, e.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
+      await e.server.waitForRequest(e.ni.url, 1);
+      // Its requests are held at the server: every traced file is on its way. Read some.
+      const reads = traced.slice(10, 16).map((f) => readAll(e, f).then((b) => assert.equal(sha(b), f.sha256.toString('hex'))));
+      for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+      e.server.release(e.ni.url);
+      await Promise.all([replay, ...reads]);
+      await idle(e);
+      // Before: each read was a miss of its own and fetched its untraced siblings (neighbours).
+      assert.equal(e.narRequests(), alone, `ranged requests with the reads: ${e.narRequests()}, the replay alone: ${alone}`);
+      assert.equal(e.stack.store.counters.neighbourFetches, 0, 'neighbourhood fetches');
     } finally {
       await e.close();
     }

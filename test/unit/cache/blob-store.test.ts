@@ -262,6 +262,37 @@ describe('BlobStore', () => {
     assert.equal((await store.commitBuffers(batch.slice(0, 10))).deduped, 10);
   });
 
+  it('"not held" is remembered, and forgotten the moment the blob comes: commitBuffers, commitFiles, putChunk', async () => {
+    const store = await openStore();
+    const a = randomBytes(3000);
+    const b = randomBytes(5000);
+    const c = randomBytes(9000);
+    for (const x of [a, b, c]) {
+      // Asked twice before it is there (the second answer may come from memory).
+      assert.equal(store.completePath(sha(x), x.length), undefined);
+      assert.equal(store.completePath(sha(x), x.length), undefined);
+      assert.deepEqual(store.haveChunks(sha(x), x.length, 4096, 0, 0), [false]);
+    }
+    await store.commitBuffers([{ sha: sha(a), bytes: a }]);
+    assert.equal(store.completePath(sha(a), a.length), store.blobPath(sha(a)));
+    await putWhole(store, b);
+    assert.equal(store.completePath(sha(b), b.length), store.blobPath(sha(b)));
+    await store.putChunk(sha(c), c.length, 4096, 0, c.subarray(0, 4096));
+    assert.deepEqual(store.haveChunks(sha(c), c.length, 4096, 0, 1), [true, false]);
+  });
+
+  it('an empty file left at a blob name (a writer killed between create and write) is removed at open, not adopted', async () => {
+    await openStore(); // no close(): as after kill -9
+    const x = randomBytes(2000);
+    const hex = sha(x).toString('hex');
+    await mkdir(join(dir, 'blobs', hex.slice(0, 2)), { recursive: true });
+    await writeFile(join(dir, 'blobs', hex.slice(0, 2), hex), Buffer.alloc(0), { mode: 0o444 });
+    const store = await openStore();
+    assert.equal(store.completePath(sha(x), 0), undefined);
+    assert.equal(store.stats().blobs, 0);
+    await assert.rejects(stat(join(dir, 'blobs', hex.slice(0, 2), hex)), { code: 'ENOENT' });
+  });
+
   it('a kill -9 in the middle of commitBuffers batches: rows and files agree, and no adopted blob is served before it is re-hashed', async function () {
     this.timeout(120_000);
     const { spawn } = await import('node:child_process');
