@@ -411,6 +411,7 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   o.Set("locationOpens", static_cast<double>(st.locationOpens));
   o.Set("locationFallbacks", static_cast<double>(st.locationFallbacks));
   o.Set("heldFiles", static_cast<double>(st.heldFiles));
+  o.Set("contentReclaimed", static_cast<double>(st.contentReclaimed));
   return o;
 }
 

@@ -525,6 +525,7 @@ Stats Session::stats() {
   std::shared_lock<std::shared_mutex> g(mu_);
   s.nodes = nodes_.size();
   for (const auto& [p, w] : files_) s.heldFiles += w.expired() ? 0 : 1;
+  s.contentReclaimed = contentReclaimed_;
   s.backingAdopted = adoptedIds_.size();
   s.backingJournalFailed = journalFailed_;
   s.uringActive = uring_ != nullptr && uringError_ == 0 && (initFlags_ & FUSE_OVER_IO_URING) != 0;

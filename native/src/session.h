@@ -205,6 +205,7 @@ struct Stats {
   uint64_t locationOpens = 0;      // opens answered in C by opening a location JS gave with the entry
   uint64_t locationFallbacks = 0;  // such opens sent to JS instead (descriptor cap, open/fstat failed)
   uint64_t heldFiles = 0;          // cache files C holds open (bounded by maxFiles)
+  uint64_t contentReclaimed = 0;   // idle nodes' content let go at the cap (their next OPEN goes to JS)
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -329,6 +330,9 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t locationSeq_ = 0;
   std::unordered_map<uint64_t, Location> locations_;
   std::atomic<uint64_t> locationOpens_{0}, locationFallbacks_{0};
+  // The descriptor cap's reclaim of idle content (atCapLocked); under mu_ (unique).
+  uint64_t releasesSinceReclaim_ = 1, contentReclaimed_ = 0;
+  bool reclaimFreed_ = true;
   // Sends an open reply in the chosen mode and keeps the handle counts; fh of C's own
   // handles is 0 (cached) or kPassthroughFh.
   int sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uint32_t openFlags, bool cHandle);

@@ -173,6 +173,7 @@ OpenMode Session::decideOpen(uint64_t nodeid, Node& n, int32_t* backingId) {
 }
 
 void Session::countRelease(uint64_t nodeid, uint64_t fh) {
+  releasesSinceReclaim_++;
   bool pt = false;
   uint64_t id = nodeid;
   if (fh == kPassthroughFh) {
@@ -266,10 +267,34 @@ bool Session::holdsLocked(const std::string& path) const {
 
 bool Session::atCapLocked() {
   if (opts_.maxFiles == 0 || files_.size() < opts_.maxFiles) return false;
-  for (auto f = files_.begin(); f != files_.end();) {
-    if (f->second.expired()) f = files_.erase(f);
-    else ++f;
+  auto prune = [this]() {
+    for (auto f = files_.begin(); f != files_.end();) {
+      if (f->second.expired()) f = files_.erase(f);
+      else ++f;
+    }
+  };
+  prune();
+  if (files_.size() < opts_.maxFiles) return false;
+  // At the cap: let go of the content of nodes no kernel file has open (their descriptors
+  // close with the last reference), about an eighth of the cap at a time so the scan is
+  // paid rarely. The next OPEN of such a node goes to JS, which pushes it again. A node an
+  // earlier process's backing id may still be in use by (restart) keeps its content. Not
+  // rescanned while nothing was released since a scan that freed too little.
+  if (releasesSinceReclaim_ == 0 && !reclaimFreed_) return true;
+  const size_t want = opts_.maxFiles / 8 + 1;
+  size_t dropped = 0;
+  for (auto& [id, n] : nodes_.cold()) {
+    if (dropped >= want) break;
+    if (!n.file || n.ptHandles > 0 || n.cachedHandles > 0 || adoptedIds_.count(id) != 0) continue;
+    n.file.reset();
+    retireBacking(id, n);
+    dropped++;
   }
+  const size_t before = files_.size();
+  prune();
+  reclaimFreed_ = before - files_.size() >= want / 2;
+  releasesSinceReclaim_ = 0;
+  contentReclaimed_ += dropped;
   return files_.size() >= opts_.maxFiles;
 }
 

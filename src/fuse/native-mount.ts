@@ -137,6 +137,8 @@ export interface NativeStats {
   locationFallbacks: number;
   /** Cache files C holds open now (at most `maxFiles`: half RLIMIT_NOFILE). */
   heldFiles: number;
+  /** Idle nodes' content C let go of at the descriptor cap (their next OPEN went to JS). */
+  contentReclaimed: number;
 }
 
 /** How requests reach the engine and replies leave it. */

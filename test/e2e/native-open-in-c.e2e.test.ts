@@ -6,7 +6,8 @@
  * counters) and is passthrough as root. Such an open file keeps its blob through
  * eviction (the cache's guard asks C: evictContent), reads stay byte-exact, and the blob
  * can go once it is closed. Under a tiny descriptor limit (prlimit), C holds at most half
- * of it and every further open goes to JS and still works.
+ * of it: at the cap it lets go of the content of files no longer open and keeps opening in
+ * C, and every byte stays right.
  *
  * `drop_caches` is global (as in the bench); each test waits for the kernel's FORGET of the
  * file to reach JS (its inode number is gone) before opening it again, so that the open
@@ -146,7 +147,7 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
     });
   });
 
-  it('under a tiny descriptor limit (prlimit) C holds at most half of it and further opens go to JS and work', async function () {
+  it('under a tiny descriptor limit (prlimit) C holds at most half of it, lets go of idle files at the cap and keeps opening in C; every byte right', async function () {
     const lake = fixtures.datalakes['none']!;
     const many = pathByRole(fixtures, 'many-files');
     const mnt = join(root, 'nix', 'store');
@@ -182,9 +183,11 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
       const secondRun = await readAll();
       const { e: after } = await engine();
       assert.equal(secondRun, firstRun, 'the same bytes');
-      assert.ok(after.locationOpens - before.locationOpens > 0, 'C opened some files itself');
-      assert.ok(after.locationFallbacks - before.locationFallbacks > 0, 'and sent the others to JS at its cap');
-      assert.ok((after.toJsByOpcode[OPEN] ?? 0) - (before.toJsByOpcode[OPEN] ?? 0) > 0, 'opens over the cap reached JS');
+      // At the cap C lets go of the content of files no longer open (cat closed them), so
+      // it keeps opening in C instead of sending every open past the cap to JS.
+      const inC = after.locationOpens - before.locationOpens;
+      assert.ok(after.contentReclaimed - before.contentReclaimed > 0, 'idle content was let go at the cap');
+      assert.ok(inC >= 0.9 * files, `C opened ${inC} of ${files} files itself (fallbacks to JS: ${after.locationFallbacks - before.locationFallbacks})`);
       assert.ok(after.heldFiles <= limit / 2, `C holds ${after.heldFiles} files (cap ${limit / 2})`);
       // The daemon's own descriptors of cache blobs agree.
       const pid = d.child.pid!;
