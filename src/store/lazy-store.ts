@@ -59,6 +59,7 @@ import {
   chunkCount, chunkHash, findFile, NAR_INDEX_SUFFIX, parseNarIndex, verifyNarIndex, type IndexedFile, type NarIndex,
 } from '../nix/nar-index.js';
 import { listingsEqual, parseListingJson, type NarNode } from '../nix/nar-listing.js';
+import { CompactDirectory } from '../nix/compact-listing.js';
 import { parseStorePathBase, storePathBase } from '../nix/store-path.js';
 import { hashEquals } from '../nix/hash.js';
 import type { ErrorCode } from '../errors.js';
@@ -1150,6 +1151,11 @@ function readBetween(idx: NarIndex, b: Breadth, from: number, to: number): boole
 
 /** A published listing must at least fit in the NAR it claims to describe. */
 function checkListingBounds(node: NarNode, narSize: number): void {
+  if (node instanceof CompactDirectory && node.index === 0) {
+    // A listing read compactly: one pass over its arrays, not an object per entry.
+    if (node.listing.maxFileEnd() > narSize) throw new NarfsError('ERR_LISTING_PARSE', 'a file of the listing lies beyond NarSize');
+    return;
+  }
   if (node.type === 'regular') {
     if (node.narOffset + node.size > narSize) {
       throw new NarfsError('ERR_LISTING_PARSE', 'a file of the listing lies beyond NarSize');
