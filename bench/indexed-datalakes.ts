@@ -27,7 +27,9 @@ import { NAR_INDEX_SUFFIX, parseNarIndex } from '../src/nix/nar-index.js';
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const NIX_ENV = {
   ...process.env,
-  NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n',
+  NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n' +
+    // Loopback servers reuse ports: Nix's narinfo cache (keyed by URL) must not answer for another datalake.
+    'narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n',
 };
 
 export interface IndexedDatalakes {

@@ -99,7 +99,9 @@ const BYTES_PER_SECOND = Math.round((Number(args['bandwidth-mbit']) * 1e6) / 8);
 const ONLY = new Set((args.only ?? '1,2,3,4,5,6,7,8,9,10,11').split(',').map((s) => s.trim()));
 const NIX_ENV = {
   ...process.env,
-  NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n',
+  NIX_CONFIG: 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\nwarn-dirty = false\n' +
+    // Loopback servers reuse ports: Nix's narinfo cache (keyed by URL) must not answer for another datalake.
+    'narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n',
 };
 
 const rows: Row[] = [];
