@@ -10,7 +10,7 @@
  *   node --import tsx bench/diagnose.ts [--only walk,read-cold,read-warm,readers,many,full,first-use]
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -19,6 +19,7 @@ import {
   claimRunDir, cleanupAllSync, dropCaches, installCleanupHandlers, peakRss, serveDatalake, sleep, startNarfs, startSquashfuse,
 } from './bench-processes.js';
 import { concurrentReaders, readEverything, readFileSequential, replayWorkload, walkMetadata, type WorkloadOp } from './workloads.js';
+import { loadProfile, selfTimes } from './cpu-profile.js';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const { values: args } = parseArgs({ options: { only: { type: 'string', default: 'walk,read-cold,read-warm,readers,many,full,first-use' } } });
@@ -48,22 +49,9 @@ async function straced<T>(pid: number, fn: () => T | Promise<T>): Promise<{ resu
 }
 
 function summariseProfile(dir: string): string[] {
-  const f = readdirSync(dir).find((n) => n.endsWith('.cpuprofile'));
-  if (!f) return ['(no profile)'];
-  const p = JSON.parse(readFileSync(join(dir, f), 'utf8')) as {
-    nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>;
-    samples: number[]; timeDeltas: number[];
-  };
-  const byId = new Map(p.nodes.map((n) => [n.id, n]));
-  const self = new Map<string, number>();
-  let total = 0;
-  p.samples.forEach((id, i) => {
-    const n = byId.get(id)!;
-    const dt = p.timeDeltas[i] ?? 0;
-    total += dt;
-    const key = `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${n.callFrame.lineNumber + 1}`;
-    self.set(key, (self.get(key) ?? 0) + dt);
-  });
+  const p = loadProfile(dir);
+  if (!p) return ['(no profile)'];
+  const { self, total } = selfTimes(p);
   return [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12)
     .map(([k, v]) => `${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`);
 }

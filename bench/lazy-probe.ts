@@ -13,8 +13,9 @@ import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs } from './bench-processes.js';
-import { readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
+import { fivePercentWorkload, readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
 import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
+import { loadProfile, selfTimes } from './cpu-profile.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -24,31 +25,19 @@ const { values: args } = parseArgs({
 });
 const LATENCY_MS = 20;
 const BYTES_PER_SECOND = 125_000_000;
-const sh1 = (cmd: string) => spawnSync('sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout.trim();
 
 function profileSummary(dir: string): string[] {
-  const f = readdirSync(dir).find((n) => n.endsWith('.cpuprofile'));
-  if (!f) return ['(no profile)'];
-  const p = JSON.parse(readFileSync(join(dir, f), 'utf8')) as {
-    nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>; samples: number[]; timeDeltas: number[];
-  };
+  const p = loadProfile(dir);
+  if (!p) return ['(no profile)'];
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const callers = new Map<string, number>();
-  const self = new Map<string, number>();
-  let total = 0;
-  p.samples.forEach((id, i) => {
-    const n = byId.get(id)!;
-    const dt = p.timeDeltas[i] ?? 0;
-    total += dt;
-    const key = `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${n.callFrame.lineNumber + 1}`;
-    self.set(key, (self.get(key) ?? 0) + dt);
-    if (n.callFrame.functionName === '#row' || n.callFrame.functionName === 'get') {
-      const chain: string[] = [];
-      for (let q = parent.get(id); q !== undefined && chain.length < 3; q = parent.get(q)) chain.push(byId.get(q)!.callFrame.functionName);
-      callers.set(chain.join(' < '), (callers.get(chain.join(' < ')) ?? 0) + dt);
-    }
+  const { self, total } = selfTimes(p, (n, dt) => {
+    if (n.callFrame.functionName !== '#row' && n.callFrame.functionName !== 'get') return;
+    const chain: string[] = [];
+    for (let q = parent.get(n.id); q !== undefined && chain.length < 3; q = parent.get(q)) chain.push(byId.get(q)!.callFrame.functionName);
+    callers.set(chain.join(' < '), (callers.get(chain.join(' < ')) ?? 0) + dt);
   });
   const top = [...callers.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `   #row from ${k}: ${(v / 1000).toFixed(0)} ms`);
   return [...top, `total ${(total / 1000).toFixed(0)} ms sampled`, ...[...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)
@@ -66,24 +55,7 @@ const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
 claimRunDir(tmp);
 const names = (m.closure as string[]).map((p) => basename(p));
 
-function fivePercent(): RangeRead[] {
-  const rel = (p: string) => p.replace(/^\/nix\/store\//, '');
-  const files = (d: string, f: string[]) => sh1(`find ${d} ${f.join(' ')} -type f -printf '%s %p\\n' | sort -k2`).split('\n').filter(Boolean)
-    .map((l) => { const i = l.indexOf(' '); return { size: Number(l.slice(0, i)), path: rel(l.slice(i + 1)) }; });
-  const roles = m.roles as Record<string, string>;
-  const reads: RangeRead[] = [];
-  let bytes = 0;
-  const whole = (f: { path: string; size: number }) => { reads.push({ path: f.path, offset: 0, length: -1 }); bytes += f.size; };
-  for (const f of files(`${roles.python}/usr/lib/python3.11`, ['-maxdepth 1', "-name '*.py'"])) whole(f);
-  for (const f of files(`${roles.perl}/usr/share/perl/5.36*`, ['-maxdepth 1', "-name '*.pm'"])) whole(f);
-  for (const f of files(`${roles.headers}/usr/include`, ['-maxdepth 1', "-name '*.h'"])) whole(f);
-  const large = rel(m.largeFile);
-  const size = Number(sh1(`stat -c %s ${m.largeFile}`));
-  for (let k = 0; k < 16; k++) { reads.push({ path: large, offset: Math.floor((k * size) / 16) + 100_000, length: 1 << 20 }); bytes += 1 << 20; }
-  const target = 0.05 * m.closureStats.bytes;
-  for (const f of files(`${roles.doc}`, ['-size -16k'])) { if (bytes >= target) break; if (f.size > 0) whole(f); }
-  return reads;
-}
+const fivePercent = (): RangeRead[] => fivePercentWorkload(m).reads;
 
 // NARFS_PROBE_TIMELINE=1: the server logs every request (serve-datalake.ts); the measured
 // run's requests, mount and workload marks are printed in ms from its start.

@@ -37,7 +37,7 @@ import {
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
 import { lowerPathInfo } from './lower-path-info.js';
-import { concurrentReaders, readEverything, readFileSequential, readRanges, replayWorkload, runCommand, walkMetadata, WorkloadTimeout, type RangeRead, type WorkloadOp } from './workloads.js';
+import { concurrentReaders, readEverything, readFileSequential, readRanges, replayWorkload, runCommand, walkMetadata, WorkloadTimeout, fivePercentWorkload, type WorkloadOp } from './workloads.js';
 import { prepareBigPath, prepareIndexed, type BigPath, type IndexedDatalakes } from './indexed-datalakes.js';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -256,34 +256,6 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
 }
 
 // ---- Scenario 9: bytes fetched / bytes read, a ~5 %-read workload, indexed -----------
-/**
- * The workload of issue 10's measurement on this closure, built from the local copy of the
- * closure (same names and sizes): Python's top-level stdlib modules, Perl's top-level
- * modules, the top-level libc headers and the small files (< 16 KiB) of the `doc` path in
- * path order until the total reaches 5 % of the closure's file bytes, plus 16 windows of
- * 1 MiB spread over the largest file (offsets k/16 of it plus 100,000 bytes, so not
- * chunk-aligned). Whole files are read whole.
- */
-function fivePercentWorkload(m: Manifest): { reads: RangeRead[]; bytes: number } {
-  const rel = (p: string) => p.replace(/^\/nix\/store\//, '');
-  const files = (dir: string, findArgs: string[]): Array<{ path: string; size: number }> =>
-    sh1(`find ${dir} ${findArgs.join(' ')} -type f -printf '%s %p\\n' | sort -k2`).split('\n').filter(Boolean)
-      .map((l) => { const i = l.indexOf(' '); return { size: Number(l.slice(0, i)), path: rel(l.slice(i + 1)) }; });
-  const roles = m.roles as Record<string, string>;
-  const reads: RangeRead[] = [];
-  let bytes = 0;
-  const whole = (f: { path: string; size: number }) => { reads.push({ path: f.path, offset: 0, length: -1 }); bytes += f.size; };
-  for (const f of files(`${roles.python}/usr/lib/python3.11`, ['-maxdepth 1', "-name '*.py'"])) whole(f);
-  for (const f of files(`${roles.perl}/usr/share/perl/5.36*`, ['-maxdepth 1', "-name '*.pm'"])) whole(f);
-  for (const f of files(`${roles.headers}/usr/include`, ['-maxdepth 1', "-name '*.h'"])) whole(f);
-  const large = rel(m.largeFile);
-  const size = Number(sh1(`stat -c %s ${m.largeFile}`));
-  for (let k = 0; k < 16; k++) { reads.push({ path: large, offset: Math.floor((k * size) / 16) + 100_000, length: 1 << 20 }); bytes += 1 << 20; }
-  const target = 0.05 * m.closureStats.bytes;
-  for (const f of files(`${roles.doc}`, ['-size -16k'])) { if (bytes >= target) break; if (f.size > 0) whole(f); }
-  return { reads, bytes };
-}
-
 async function scenario9(m: Manifest): Promise<void> {
   const w = fivePercentWorkload(m);
   const pct = (100 * w.bytes) / m.closureStats.bytes;

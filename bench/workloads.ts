@@ -8,7 +8,7 @@
  * harness's own speed never is what gets measured. Those are spawned asynchronously, so
  * a signal reaches the benchmark's handlers (which unmount) while they run.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -119,6 +119,37 @@ export async function concurrentReaders(store: string, files: string[]): Promise
 
 /** One read of scenario 9: `length` bytes at `offset` of a file (whole file: offset 0, length -1). */
 export interface RangeRead { path: string; offset: number; length: number }
+
+/**
+ * The workload of issue 10's measurement on this closure, built from the local copy of the
+ * closure (same names and sizes): Python's top-level stdlib modules, Perl's top-level
+ * modules, the top-level libc headers and the small files (< 16 KiB) of the `doc` path in
+ * path order until the total reaches 5 % of the closure's file bytes, plus 16 windows of
+ * 1 MiB spread over the largest file (offsets k/16 of it plus 100,000 bytes, so not
+ * chunk-aligned). Whole files are read whole. Used by bench/run.ts and bench/lazy-probe.ts.
+ */
+export interface FivePercentManifest { roles: unknown; largeFile: string; closureStats: { bytes: number } }
+
+export function fivePercentWorkload(m: FivePercentManifest): { reads: RangeRead[]; bytes: number } {
+  const sh1 = (cmd: string) => spawnSync('sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout.trim();
+  const rel = (p: string) => p.replace(/^\/nix\/store\//, '');
+  const files = (dir: string, findArgs: string[]): Array<{ path: string; size: number }> =>
+    sh1(`find ${dir} ${findArgs.join(' ')} -type f -printf '%s %p\\n' | sort -k2`).split('\n').filter(Boolean)
+      .map((l) => { const i = l.indexOf(' '); return { size: Number(l.slice(0, i)), path: rel(l.slice(i + 1)) }; });
+  const roles = m.roles as Record<string, string>;
+  const reads: RangeRead[] = [];
+  let bytes = 0;
+  const whole = (f: { path: string; size: number }) => { reads.push({ path: f.path, offset: 0, length: -1 }); bytes += f.size; };
+  for (const f of files(`${roles.python}/usr/lib/python3.11`, ['-maxdepth 1', "-name '*.py'"])) whole(f);
+  for (const f of files(`${roles.perl}/usr/share/perl/5.36*`, ['-maxdepth 1', "-name '*.pm'"])) whole(f);
+  for (const f of files(`${roles.headers}/usr/include`, ['-maxdepth 1', "-name '*.h'"])) whole(f);
+  const large = rel(m.largeFile);
+  const size = Number(sh1(`stat -c %s ${m.largeFile}`));
+  for (let k = 0; k < 16; k++) { reads.push({ path: large, offset: Math.floor((k * size) / 16) + 100_000, length: 1 << 20 }); bytes += 1 << 20; }
+  const target = 0.05 * m.closureStats.bytes;
+  for (const f of files(`${roles.doc}`, ['-size -16k'])) { if (bytes >= target) break; if (f.size > 0) whole(f); }
+  return { reads, bytes };
+}
 
 /**
  * Scenario 9: reads the given ranges one after another (as a program opening modules and
