@@ -215,6 +215,8 @@ export interface NarfsOptions {
   backend?: 'native' | 'fuse-native';
   /** More `narfs mount` options, e.g. `--lower DIR`. */
   extraArgs?: string[];
+  /** Another checkout's bin/narfs (built), to compare two versions (default: this one's). */
+  narfsBin?: string;
 }
 
 /** Starts `bin/narfs mount` and resolves when it prints that it is mounted. */
@@ -223,7 +225,7 @@ export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<N
   const out = openSync(outFile, 'w');
   const spawnedAt = performance.now();
   const err = openSync(o.logFile, 'w');
-  const child = spawn(process.execPath, [...(o.nodeFlags ?? []), NARFS_BIN, 'mount', o.mnt,
+  const child = spawn(process.execPath, [...(o.nodeFlags ?? []), o.narfsBin ?? NARFS_BIN, 'mount', o.mnt,
     '--datalake', o.datalake, '--trusted-public-keys', o.publicKey, '--cache-dir', o.cacheDir,
     '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : []), ...(o.extraArgs ?? [])], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
   closeSync(out);
