@@ -14,6 +14,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
 
 const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const NARFS_BIN = resolve(REPO, 'bin/narfs');
@@ -161,6 +162,32 @@ export async function settledRss(pid: number, quietMs = 25_000, maxMs = 60_000):
   return currentRss(pid);
 }
 
+/** CPU time (user + system, clock ticks) of every thread of `pid` so far (/proc/<pid>/stat). */
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14 and 15 of proc(5))
+}
+
+/**
+ * Waits until a mounted daemon is idle: neither its CPU time nor the datalake's request
+ * count moved for `quietMs` (a first use on a running daemon starts from there: start-up
+ * work done, nothing fetched meanwhile). At most `maxMs`; returns whether it became idle
+ * and the requests the datalake had received by then.
+ */
+export async function waitIdle(pid: number, server: ServedDatalake, quietMs = 300, maxMs = 10_000): Promise<{ idle: boolean; requests: number; bodyBytes: number }> {
+  const start = Date.now();
+  let last = { ticks: cpuTicks(pid), stats: await server.stats() };
+  let since = Date.now();
+  for (;;) {
+    await sleep(50);
+    const now = { ticks: cpuTicks(pid), stats: await server.stats() };
+    if (now.ticks !== last.ticks || now.stats.requests !== last.stats.requests) { last = now; since = Date.now(); }
+    if (Date.now() - since >= quietMs) return { idle: true, ...now.stats };
+    if (Date.now() - start >= maxMs) return { idle: false, ...now.stats };
+  }
+}
+
 export function dropCaches(): void {
   spawnSync('sync');
   writeFileSync('/proc/sys/vm/drop_caches', '3');
@@ -170,6 +197,8 @@ export interface NarfsMount {
   mnt: string;
   pid: number;
   logFile: string;
+  /** ms from the spawn of `narfs mount` to its "narfs: mounted" line (the mount answered a statfs). */
+  mountMs: number;
   /** Unmounts (SIGTERM, then fusermount -uz), returns the daemon's log. */
   stop(): Promise<string>;
 }
@@ -186,14 +215,17 @@ export interface NarfsOptions {
   backend?: 'native' | 'fuse-native';
   /** More `narfs mount` options, e.g. `--lower DIR`. */
   extraArgs?: string[];
+  /** Another checkout's bin/narfs (built), to compare two versions (default: this one's). */
+  narfsBin?: string;
 }
 
 /** Starts `bin/narfs mount` and resolves when it prints that it is mounted. */
 export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<NarfsMount> {
   const outFile = `${o.logFile}.stdout`;
   const out = openSync(outFile, 'w');
+  const spawnedAt = performance.now();
   const err = openSync(o.logFile, 'w');
-  const child = spawn(process.execPath, [...(o.nodeFlags ?? []), NARFS_BIN, 'mount', o.mnt,
+  const child = spawn(process.execPath, [...(o.nodeFlags ?? []), o.narfsBin ?? NARFS_BIN, 'mount', o.mnt,
     '--datalake', o.datalake, '--trusted-public-keys', o.publicKey, '--cache-dir', o.cacheDir,
     '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : []), ...(o.extraArgs ?? [])], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
   closeSync(out);
@@ -210,10 +242,12 @@ export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<N
     }
     await sleep(5);
   }
+  const mountMs = performance.now() - spawnedAt;
   return {
     mnt: o.mnt,
     pid: child.pid!,
     logFile: o.logFile,
+    mountMs,
     async stop() {
       await stopTracked(t);
       return readFileSync(o.logFile, 'utf8');

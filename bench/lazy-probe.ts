@@ -5,14 +5,20 @@
  * its log) and, with --prof, the V8 self time per function. For explaining one figure of
  * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
  *
- *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable [--traced] [--prof] [--extra '--opt v ...']
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable [--traced] [--running] [--prof] [--extra '--opt v ...']
+ *
+ * --running: a first use on a running daemon (scenario 1's "running daemon" contender): the
+ * clock starts once the mount answers and the daemon is idle, after the kernel caches are
+ * dropped again, and stops when the work ends (the unmount is not timed); requests and
+ * bytes count from the clock start. Not with --traced: narfs replays a trace from its start,
+ * with no way to start the replay later, so the cache would be warm at the clock start.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs } from './bench-processes.js';
+import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs, waitIdle } from './bench-processes.js';
 import { fivePercentWorkload, readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
 import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
 import { loadProfile, selfTimes } from './cpu-profile.js';
@@ -20,9 +26,10 @@ import { loadProfile, selfTimes } from './cpu-profile.js';
 const { values: args } = parseArgs({
   options: {
     scenario: { type: 'string', default: '1' }, variant: { type: 'string', default: 'seekable' }, traced: { type: 'boolean', default: false },
-    prof: { type: 'boolean', default: false }, extra: { type: 'string', default: '' },
+    prof: { type: 'boolean', default: false }, running: { type: 'boolean', default: false }, extra: { type: 'string', default: '' },
   },
 });
+if (args.running && args.traced) throw new Error('--running with --traced: the trace would be replayed before the clock starts (a warm cache, not a first use)');
 const LATENCY_MS = 20;
 const BYTES_PER_SECOND = 125_000_000;
 
@@ -65,22 +72,33 @@ const server = await serveDatalake(dl, LATENCY_MS, BYTES_PER_SECOND);
 try {
   const ops = JSON.parse(readFileSync(m.workload.file, 'utf8')) as WorkloadOp[];
   const extra = args.extra ? args.extra.split(' ').filter(Boolean) : [];
-  const run = async (work: (mnt: string) => Promise<number> | number, more: string[], prof: boolean) => {
+  const run = async (work: (mnt: string) => Promise<number> | number, more: string[], prof: boolean, running = false) => {
     const d = mkdtempSync(join(tmp, 'narfs-'));
     mkdirSync(join(d, 'mnt'));
     const profDir = join(d, 'prof');
     const cache = join(d, 'cache');
     dropCaches();
-    const s0 = await server.stats();
-    const t0 = performance.now();
-    const wall0 = Date.now();
+    let s0 = await server.stats();
+    let t0 = performance.now();
+    let wall0 = Date.now();
     const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
       nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more] });
     let read = 0;
-    const mounted = Date.now() - wall0;
+    let mounted = Date.now() - wall0;
     let worked = 0;
+    let t = NaN;
     try {
+      if (running) {
+        const idle = await waitIdle(mount.pid, server);
+        console.log(`  mounted in ${mount.mountMs.toFixed(0)} ms; ${idle.idle ? 'idle' : 'NOT idle after 10 s'} after ${Date.now() - wall0} ms: ${idle.requests - s0.requests} requests, ${idle.bodyBytes - s0.bodyBytes} bytes before the clock`);
+        dropCaches();
+        s0 = await server.stats();
+        t0 = performance.now();
+        wall0 = Date.now();
+        mounted = 0;
+      }
       read = await work(mount.mnt);
+      if (running) t = performance.now() - t0;
       worked = Date.now() - wall0;
       if (process.env.NARFS_PROBE_TWICE) {
         // The same work again on the now warm mount: its local cost alone.
@@ -93,7 +111,7 @@ try {
       for (const l of readFileSync(mount.logFile, 'utf8').split('\n').filter((x) => /"level":"(warn|error)"/.test(x)).slice(0, 8)) console.log(`  log: ${l.slice(0, 1500)}`);
       throw e;
     } finally { await mount.stop(); }
-    const t = performance.now() - t0;
+    if (!running) t = performance.now() - t0;
     const s1 = await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');
     return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked };
@@ -121,8 +139,8 @@ try {
     // The workload's files (many are served without JS once cached: the daemon's log misses them).
     for (const x of fivePercent()) console.log(`  PROBE wants ${x.path.slice(x.path.indexOf('/'))} ${x.length}`);
   }
-  const r = await run(work, more, args.prof);
-  console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
+  const r = await run(work, more, args.prof, args.running);
+  console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);

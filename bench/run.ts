@@ -33,7 +33,7 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import {
   cleanupAllSync, claimRunDir, currentRss, dropCaches, settledRss, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
-  cleanupStaleRuns, type NarfsMount, type ServedDatalake,
+  cleanupStaleRuns, waitIdle, type NarfsMount, type ServedDatalake,
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
 import { lowerPathInfo } from './lower-path-info.js';
@@ -184,18 +184,42 @@ const mib = (b: number) => b / 2 ** 20;
 
 /**
  * One narfs run on a fresh cache against `server`: mount, `work`, unmount. Returns the
- * time, the server's requests and body bytes during it, and the daemon's log.
+ * time, the server's requests and body bytes during it, the daemon's log and the mount
+ * time (spawn to "narfs: mounted").
+ *
+ * `running`: a first use on a running daemon (narfs started once, like nix-daemon): the
+ * clock starts only once the mount answers and the daemon is idle (waitIdle: no CPU time
+ * and no request for 300 ms), after the kernel caches are dropped again; it stops when
+ * the workload ends (the daemon keeps running: the unmount is not timed). Requests and
+ * bytes count from the clock start; `startUp` is what the start-up itself fetched.
  */
-async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number, extraArgs: string[] = []): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string }> {
+async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number, extraArgs: string[] = [], running = false): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string; mountMs: number; startUp?: { idle: boolean; requests: number; bodyBytes: number } }> {
   const cache = freshDir('cache');
-  const before = await server.stats();
-  const t0 = performance.now();
+  let before = await server.stats();
+  let t0 = performance.now();
   const mount = await mountNarfs(m, server.url, cache, BACKENDS[0], extraArgs);
   let read = 0;
-  try { read = await work(mount.mnt); } finally { await mount.stop(); }
-  const t = ms(t0);
+  let t = NaN;
+  let startUp: { idle: boolean; requests: number; bodyBytes: number } | undefined;
+  try {
+    if (running) {
+      const idle = await waitIdle(mount.pid, server);
+      startUp = { idle: idle.idle, requests: idle.requests - before.requests, bodyBytes: idle.bodyBytes - before.bodyBytes };
+      dropCaches();
+      before = await server.stats();
+      t0 = performance.now();
+      read = await work(mount.mnt);
+      t = ms(t0);
+    } else {
+      read = await work(mount.mnt);
+    }
+  } finally { await mount.stop(); }
+  if (!running) t = ms(t0);
   const after = await server.stats();
-  return { t, requests: after.requests - before.requests, bodyBytes: after.bodyBytes - before.bodyBytes, read, logText: readFileSync(mount.logFile, 'utf8'), cache };
+  return {
+    t, requests: after.requests - before.requests, bodyBytes: after.bodyBytes - before.bodyBytes, read, logText: readFileSync(mount.logFile, 'utf8'), cache,
+    mountMs: mount.mountMs, ...(startUp ? { startUp } : {}),
+  };
 }
 
 async function nixCopyRemoteRun(m: Manifest, server: ServedDatalake, work: (store: string) => Promise<void> | void): Promise<{ t: number; bodyBytes: number }> {
@@ -212,6 +236,15 @@ async function nixCopyRemoteRun(m: Manifest, server: ServedDatalake, work: (stor
 
 /** Scenario 1's narfs contender with a read trace of an earlier mount (`--prefetch-trace`). */
 const TRACED = 'narfs --prefetch-trace (trace of an earlier run; mount + workload)';
+/**
+ * Scenario 1's narfs contender on a running daemon: mounted and idle on an empty cache
+ * before the clock starts (narfsRemoteRun `running`). Untraced only: a trace is replayed
+ * from the moment the daemon starts (`--prefetch-trace`), and narfs has no way to start a
+ * replay later, on demand; a replay before the clock would be a warm cache, not a first use.
+ */
+const RUNNING = 'narfs on a running daemon (idle mount, empty cache; workload only)';
+/** Not a contender: how long each narfs run of the scenario took to mount. */
+const MOUNT_TIME = 'mount time of the narfs runs (spawn to "narfs: mounted"; not a contender)';
 
 async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
   for (const v of variants(m, ['seekable', 'none-indexed', 'xz', 'zstd'])) {
@@ -220,6 +253,8 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
     // Indexed datalakes: a read trace recorded on one untimed run, replayed by a third contender.
     const indexedVariant = v.label.includes('indexed') && !v.label.includes('unindexed');
     const trace = join(runRoot, `trace-${v.label.replace(/[^a-z]+/g, '-')}.txt`);
+    const isNarfs = (who: string) => who === 'narfs' || who === 'traced' || who === 'running';
+    const contender = (who: string) => (who === 'narfs' ? 'narfs (mount + workload)' : who === 'traced' ? TRACED : who === 'running' ? RUNNING : 'nix copy + workload on disk');
     try {
       if (indexedVariant) {
         const r = await narfsRemoteRun(m, server, (mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace]);
@@ -227,16 +262,18 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
         log(`${name}: recorded a read trace of ${readFileSync(trace, 'utf8').split('\n').length - 2} files`);
       }
       for (let rep = 0; rep < REPS; rep++) {
-        for (const who of order(indexedVariant ? ['narfs', 'nix copy', 'traced'] : ['narfs', 'nix copy'], rep)) {
+        for (const who of order(indexedVariant ? ['narfs', 'nix copy', 'traced', 'running'] : ['narfs', 'nix copy', 'running'], rep)) {
           dropCaches();
-          if (who === 'narfs' || who === 'traced') {
+          if (isNarfs(who)) {
             let res: ReturnType<typeof replayWorkload> | undefined;
-            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; }, who === 'traced' ? ['--prefetch-trace', trace] : []);
+            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; }, who === 'traced' ? ['--prefetch-trace', trace] : [], who === 'running');
             if (res!.unexpected.length) throw new Error(`narfs workload: ${res!.unexpected.slice(0, 5).join('; ')}`);
             const st = materialisedStats(r.logText);
-            const c = who === 'traced' ? TRACED : 'narfs (mount + workload)';
+            const c = contender(who);
             row(name, c).values.push(r.t);
-            row(name, c).notes.push(`whole NARs ${st.paths} (${mib(st.bytes).toFixed(0)} MiB); read ${mib(r.read).toFixed(1)} MiB; fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests (fetched/read ${(r.bodyBytes / r.read).toFixed(2)})`);
+            const startUp = r.startUp ? `; start-up before the clock: ${r.startUp.requests} requests, ${r.startUp.bodyBytes} bytes${r.startUp.idle ? '' : ' (the daemon was not idle after 10 s)'}` : '';
+            row(name, c).notes.push(`whole NARs ${st.paths} (${mib(st.bytes).toFixed(0)} MiB); read ${mib(r.read).toFixed(1)} MiB; fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests (fetched/read ${(r.bodyBytes / r.read).toFixed(2)})${startUp}`);
+            row(name, MOUNT_TIME).values.push(r.mountMs);
             rmSync(r.cache, { recursive: true, force: true });
           } else {
             const r = await nixCopyRemoteRun(m, server, (store) => {
@@ -246,7 +283,7 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
             row(name, 'nix copy + workload on disk', 'ms', true).values.push(r.t);
             row(name, 'nix copy + workload on disk').notes.push(`fetched ${mib(r.bodyBytes).toFixed(0)} MiB`);
           }
-          log(`${name}: ${who} rep ${rep + 1}: ${row(name, who === 'narfs' ? 'narfs (mount + workload)' : who === 'traced' ? TRACED : 'nix copy + workload on disk').values.at(-1)!.toFixed(0)} ms`);
+          log(`${name}: ${who} rep ${rep + 1}: ${row(name, contender(who)).values.at(-1)!.toFixed(0)} ms${isNarfs(who) ? ` (mounted in ${row(name, MOUNT_TIME).values.at(-1)!.toFixed(0)} ms)` : ''}`);
         }
       }
     } finally {
@@ -630,7 +667,7 @@ function behind(sum: Summary[]): Array<{ scenario: string; narfs: number; peer: 
   const out = [];
   for (const scenario of new Set(sum.map((s) => s.scenario))) {
     const n = sum.find((s) => s.scenario === scenario && s.contender.startsWith('narfs'));
-    const peers = sum.filter((s) => s.scenario === scenario && !s.contender.startsWith('narfs'));
+    const peers = sum.filter((s) => s.scenario === scenario && !s.contender.startsWith('narfs') && !s.contender.includes('not a contender'));
     if (!n || peers.length === 0) continue;
     const best = peers.reduce((a, b) => (a.median <= b.median ? a : b));
     out.push({ scenario, narfs: n.median, peer: best.contender, peerMedian: best.median, ratio: n.median / best.median });

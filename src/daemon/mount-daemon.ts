@@ -10,6 +10,11 @@
  * Under systemd with the native engine the mount survives a restart (restart-state.ts):
  * a process started with the stored /dev/fuse descriptors resumes them instead of
  * mounting, and `handover()` (SIGTERM of a restart job) exits without unmounting.
+ * Start-up order (the time until the mount answers counts: issue 10's first use): modules
+ * only some configurations need (traces, slices, --lower) load only for them (loadLater);
+ * the control socket, the lower-store socket and the metrics endpoint load and start after
+ * the mount, while the liveness check's child process runs; READY=1 and "mounted" wait for
+ * both, and a service's error is raised before the check's.
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -19,23 +24,18 @@ import type { MountConfig } from '../config/mount-config.js';
 import type { Materialiser } from '../store/materialiser.js';
 import type { LazyStore } from '../store/lazy-store.js';
 import { openStoreStack, type StoreStack } from './store-stack.js';
-import { checkTraceReadable, replayTrace, TraceRecorder } from './read-trace.js';
+import type { TraceRecorder } from './read-trace.js';
 import { CleanupStack } from './cleanup-stack.js';
-import { startControlServer } from './control-server.js';
-import { startLowerDaemon } from './lower-daemon.js';
-import { watchRegisteredPaths } from './watch-registered-paths.js';
+import { loadLater } from './load-later.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
 import { NativeMount, type NativeStats } from '../fuse/native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
 import { FUSE_OPS, NarfsMetrics } from './metrics.js';
-import { startMetricsServer } from './metrics-server.js';
 import { CacheSizeProbe, runStatus, type NarfsStatus } from './status-operation.js';
 import { SystemdNotifier } from './systemd-notify.js';
-import { SliceFilter } from '../slice/slice-filter.js';
-import { SlicedRootNodes } from '../slice/sliced-root-nodes.js';
-import { startSlice } from '../slice/start-slice.js';
+import type { SliceFilter } from '../slice/slice-filter.js';
 import type { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
 import { RestartState } from './restart-state.js';
 
@@ -85,9 +85,10 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     engine: () => live?.engine.stats(),
   });
   notifier.status(`opening the datalakes and the cache ${config.cacheDir}`);
-  if (config.prefetchTrace) await checkTraceReadable(config.prefetchTrace);
-  const sliceFilter = config.slice ? new SliceFilter() : undefined;
-  const trace = config.recordTrace ? new TraceRecorder(config.recordTrace, logger) : undefined;
+  const traces = config.prefetchTrace || config.recordTrace ? await loadLater<typeof import('./read-trace.js')>('./read-trace.js') : undefined;
+  if (config.prefetchTrace) await traces!.checkTraceReadable(config.prefetchTrace);
+  const sliceFilter = config.slice ? new (await loadLater<typeof import('../slice/slice-filter.js')>('../slice/slice-filter.js')).SliceFilter() : undefined;
+  const trace: TraceRecorder | undefined = config.recordTrace ? new traces!.TraceRecorder(config.recordTrace, logger) : undefined;
   let stack: Awaited<ReturnType<typeof openStoreStack>>;
   try {
     stack = await openStoreStack({ ...config, ...(sliceFilter ? { sliceFilter } : {}), ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}) }, logger, metrics);
@@ -102,11 +103,13 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     const { store, materialiser } = stack;
     if (config.lower) {
       // A slice lists only its closures; registered paths stay reachable by name (README).
+      const { watchRegisteredPaths } = await loadLater<typeof import('./watch-registered-paths.js')>('./watch-registered-paths.js');
       const watcher = await watchRegisteredPaths(config.lower, (names) => (sliceFilter ? sliceFilter.retain(names) : store.addKnown(names)), logger);
       cleanups.push(() => watcher.close());
     }
     if (config.slice && sliceFilter) {
       notifier.status('fetching the slice list');
+      const { startSlice } = await loadLater<typeof import('../slice/start-slice.js')>('../slice/start-slice.js');
       const slice = await startSlice({
         settings: config.slice, cacheDir: config.cacheDir, filter: sliceFilter, infos: stack.infos as SlicedPathInfoService,
         readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal ?? stack.signal),
@@ -116,7 +119,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       cleanups.push(() => slice.close());
     }
     // fuse-native sends no FORGET: its inodes must live as long as the mount.
-    const roots = sliceFilter ? new SlicedRootNodes(store, sliceFilter) : store;
+    const roots = sliceFilter ? new (await loadLater<typeof import('../slice/sliced-root-nodes.js')>('../slice/sliced-root-nodes.js')).SlicedRootNodes(store, sliceFilter) : store;
     const journal = restart ? await restart.openJournal() : undefined;
     if (journal) cleanups.push(() => journal.close());
     // Nodeids below the journal's next number were handed out by an earlier process.
@@ -164,26 +167,38 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
       files: () => stack.blobs.stats(),
       ranged: () => ({ ...stack.chunks.stats, rangedReads: store.counters.rangedReads, wholeNarReads: store.counters.wholeNarReads }),
     });
-    const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger, status });
-    cleanups.push(() => control.close());
-    if (config.lowerSocket) {
-      const lowerd = await startLowerDaemon(resolve(config.lowerSocket), {
-        infos: stack.infos,
-        readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal),
-        registrationTime: Math.floor(Date.now() / 1000),
-        logger,
-      });
-      cleanups.push(() => lowerd.close());
-    }
+    // READY only once another process got an answer from the mount (not merely INIT). That
+    // check (a statfs in a child process, a Node start) runs while the control socket and
+    // the other services start, which are loaded only now: the mount answers before them.
+    const liveness = mountState(mountpoint);
     let metricsAddress: string | undefined;
-    if (config.metricsListen) {
-      const server = await startMetricsServer(config.metricsListen, metrics.registry);
-      cleanups.push(() => server.close());
-      metricsAddress = server.address;
-      logger.info('metrics endpoint listening', { url: `http://${metricsAddress}/metrics` });
-    }
-    // READY only once another process got an answer from the mount (not merely INIT).
-    const state = await mountState(mountpoint);
+    const services = (async () => {
+      const { startControlServer } = await loadLater<typeof import('./control-server.js')>('./control-server.js');
+      const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger, status });
+      cleanups.push(() => control.close());
+      if (config.lowerSocket) {
+        const { startLowerDaemon } = await loadLater<typeof import('./lower-daemon.js')>('./lower-daemon.js');
+        const lowerd = await startLowerDaemon(resolve(config.lowerSocket), {
+          infos: stack.infos,
+          readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal),
+          registrationTime: Math.floor(Date.now() / 1000),
+          logger,
+        });
+        cleanups.push(() => lowerd.close());
+      }
+      if (config.metricsListen) {
+        const { startMetricsServer } = await loadLater<typeof import('./metrics-server.js')>('./metrics-server.js');
+        const server = await startMetricsServer(config.metricsListen, metrics.registry);
+        cleanups.push(() => server.close());
+        metricsAddress = server.address;
+        logger.info('metrics endpoint listening', { url: `http://${metricsAddress}/metrics` });
+      }
+    })();
+    // Both settle before either's error is raised (the services' first, as when they ran
+    // before the check): the cleanups then find every service that did start.
+    const [checked, started] = await Promise.allSettled([liveness, services]);
+    if (started.status === 'rejected') throw started.reason;
+    const state = checked.status === 'fulfilled' ? checked.value : 'hung';
     if (state !== 'live') throw new NarfsError('ERR_MOUNT', `${mountpoint} does not answer after mounting (${state})`);
     const summary = () => {
       const ds = stack.datalakes.status();
@@ -194,7 +209,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     cleanups.push(async () => notifier.stopping(handingOver ? `restarting: keeping ${mountpoint} mounted` : `unmounting ${mountpoint}`));
     if (config.prefetchTrace) {
       // In the background: the mount serves at once; the replay stops when the stack closes.
-      void replayTrace(config.prefetchTrace, store, logger, stack.signal);
+      void traces!.replayTrace(config.prefetchTrace, store, logger, stack.signal);
     }
     return {
       mountpoint, store, materialiser, stack, fs, engine, metrics, metricsAddress, status,

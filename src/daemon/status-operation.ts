@@ -16,7 +16,7 @@ import { lstat, opendir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { NativeStats } from '../fuse/native-mount.js';
-import { lowerStoreLayout } from '../nixdb/index.js';
+import { lowerStoreLayout } from '../nixdb/lower-store-layout.js';
 import type { BlobStoreStats } from '../cache/blob-store.js';
 import { processOpenFds, type NarfsMetrics } from './metrics.js';
 

@@ -9,6 +9,11 @@
  * is not a reason to fail: the stack opens with every datalake down (a warning), serves
  * what the metadata and NAR caches hold, and uses a datalake as soon as a probe finds it
  * back (DatalakeSet). Configuration errors (another StoreDir, a 401) still fail the open.
+ *
+ * Start-up order (the time until a mount answers, issue 10): only the datalakes' modules
+ * load before their first request (nix-cache-info); the caches' and the store's modules
+ * (LevelDB, SQLite, ...) load and the caches open while it is under way. Errors are still
+ * raised in the old order: the datalakes' before the caches'.
  */
 import { mkdir, statfs } from 'node:fs/promises';
 import { defaultCacheMaxBytes, type LazyFetchSettings } from '../config/mount-config.js';
@@ -18,19 +23,17 @@ import type { Logger } from '../log.js';
 import type { PublicKey } from '../nix/signature.js';
 import { DatalakeSet } from '../datalake/datalake-set.js';
 import type { HttpAccessOptions } from '../datalake/http-datalake.js';
-import { LevelMetadataCache } from '../cache/level-metadata-cache.js';
-import { BlobStore } from '../cache/blob-store.js';
-import { nativeFileHasher } from '../fuse/native-mount.js';
-import { TreeStore } from '../cache/tree-store.js';
-import { PathInfoService } from '../store/path-info-service.js';
-import { Materialiser } from '../store/materialiser.js';
-import { LazyStore } from '../store/lazy-store.js';
-import { ChunkVerifyPool } from '../store/chunk-verify-pool.js';
-import { ChunkFetcher } from '../store/chunk-fetcher.js';
+import type { LevelMetadataCache } from '../cache/level-metadata-cache.js';
+import type { BlobStore } from '../cache/blob-store.js';
+import type { TreeStore } from '../cache/tree-store.js';
+import type { PathInfoService } from '../store/path-info-service.js';
+import type { Materialiser } from '../store/materialiser.js';
+import type { LazyStore } from '../store/lazy-store.js';
+import type { ChunkFetcher } from '../store/chunk-fetcher.js';
 import { checkSignaturePolicy } from '../store/signature-policy.js';
 import type { SliceFilter } from '../slice/slice-filter.js';
-import { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
 import { CleanupStack } from './cleanup-stack.js';
+import { loadLater } from './load-later.js';
 import type { NarfsMetrics } from './metrics.js';
 
 export interface StoreStackConfig {
@@ -78,35 +81,31 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
       logger, ...config.datalakeAccess, ...(metrics ? { onRequest: metrics.datalakeRequests() } : {}),
     });
     cleanups.push(() => datalakes.close());
-    // Offline start: with no datalake answering, the caches still serve what they hold;
-    // the set probes the datalakes in the background and uses them when they come back.
-    await datalakes.open({ allowAllDown: true });
+    // The datalakes are asked (nix-cache-info: a round trip each) while the modules of the
+    // caches and the store load (~30-50 ms) and the caches open: neither waits on the other.
+    // Both settle before an error is raised, the datalakes' first (the order of old).
+    const [opened, caches] = await Promise.allSettled([
+      // Offline start: with no datalake answering, the caches still serve what they hold;
+      // the set probes the datalakes in the background and uses them when they come back.
+      datalakes.open({ allowAllDown: true }),
+      stackModules(config.sliceFilter !== undefined).then((mods) => openCaches(mods, config, logger, cleanups).then((opened) => ({ mods, ...opened }))),
+    ]);
+    if (opened.status === 'rejected') throw opened.reason;
+    if (caches.status === 'rejected') throw caches.reason;
+    const { meta, blobs, trees: plainTrees, mods } = caches.value;
+    const { PathInfoService, SlicedPathInfoService, Materialiser, ChunkVerifyPool, ChunkFetcher, LazyStore } = mods;
     if (!datalakes.anyUp()) {
       logger.warn('no datalake answers; starting offline: cached paths are served, others fail with EIO until a datalake comes back', {
         datalakes: datalakes.status().map((s) => ({ datalake: s.displayUrl, code: s.error?.code })),
       });
     }
-    await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
-      throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
-    });
-    const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
-    cleanups.push(() => meta.close());
-    const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
-      .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
-    // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
-    const hashFile = nativeFileHasher();
-    const blobs = await BlobStore.open(config.cacheDir, {
-      logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
-    });
-    cleanups.push(() => blobs.close());
-    const plainTrees = await TreeStore.open(config.cacheDir, { logger });
     const trees = metrics ? metrics.countingNarCache(plainTrees) : plainTrees;
     const shutdown = new AbortController();
     cleanups.push(async () => shutdown.abort(new NarfsError('ERR_ABORTED', 'narfs is shutting down')));
     const infoArgs = [datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
       { negativeTtlMs: config.negativeTtlMs, logger }] as const;
-    const infos = config.sliceFilter ? new SlicedPathInfoService(config.sliceFilter, ...infoArgs) : new PathInfoService(...infoArgs);
+    const infos = config.sliceFilter && SlicedPathInfoService ? new SlicedPathInfoService(config.sliceFilter, ...infoArgs) : new PathInfoService(...infoArgs);
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
     });
@@ -134,4 +133,46 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     await cleanups.run();
     throw toNarfsError(err);
   }
+}
+
+/** The classes of the stack, loaded once the datalakes were asked (see openStoreStack). */
+async function stackModules(sliced = false) {
+  const [meta, blobs, trees, infos, sliceInfos, materialiser, lazy, pool, fetcher, native] = await Promise.all([
+    loadLater<typeof import('../cache/level-metadata-cache.js')>('../cache/level-metadata-cache.js'),
+    loadLater<typeof import('../cache/blob-store.js')>('../cache/blob-store.js'),
+    loadLater<typeof import('../cache/tree-store.js')>('../cache/tree-store.js'),
+    loadLater<typeof import('../store/path-info-service.js')>('../store/path-info-service.js'),
+    sliced ? loadLater<typeof import('../slice/sliced-path-info-service.js')>('../slice/sliced-path-info-service.js') : undefined,
+    loadLater<typeof import('../store/materialiser.js')>('../store/materialiser.js'),
+    loadLater<typeof import('../store/lazy-store.js')>('../store/lazy-store.js'),
+    loadLater<typeof import('../store/chunk-verify-pool.js')>('../store/chunk-verify-pool.js'),
+    loadLater<typeof import('../store/chunk-fetcher.js')>('../store/chunk-fetcher.js'),
+    loadLater<typeof import('../fuse/native-mount.js')>('../fuse/native-mount.js'),
+  ]);
+  return {
+    LevelMetadataCache: meta.LevelMetadataCache, BlobStore: blobs.BlobStore, TreeStore: trees.TreeStore,
+    PathInfoService: infos.PathInfoService, SlicedPathInfoService: sliceInfos?.SlicedPathInfoService,
+    Materialiser: materialiser.Materialiser, LazyStore: lazy.LazyStore,
+    ChunkVerifyPool: pool.ChunkVerifyPool, ChunkFetcher: fetcher.ChunkFetcher, nativeFileHasher: native.nativeFileHasher,
+  };
+}
+
+/** The metadata cache, blob store and tree store of `config.cacheDir`, each pushed on `cleanups` once open. */
+async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config: StoreStackConfig, logger: Logger, cleanups: CleanupStack): Promise<{ meta: LevelMetadataCache; blobs: BlobStore; trees: TreeStore }> {
+  const { LevelMetadataCache, BlobStore, TreeStore, nativeFileHasher } = mods;
+  await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
+    throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
+  });
+  const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
+  cleanups.push(() => meta.close());
+  const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
+    .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
+  // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
+  const hashFile = nativeFileHasher();
+  const blobs = await BlobStore.open(config.cacheDir, {
+    logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
+  });
+  cleanups.push(() => blobs.close());
+  const trees = await TreeStore.open(config.cacheDir, { logger });
+  return { meta, blobs, trees };
 }
