@@ -633,9 +633,11 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     const cs = tree.index.chunkSize;
     const src = this.#sourceOf(tree);
+    const gapBytes = this.#opts.gapBytes ?? 64 * 1024;
     const near = neighbours(tree.index, file, {
       budgetBytes: budget,
       maxFileBytes: maxFile,
+      gapBytes,
       isHeld: (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
         || fetcher.isComing(src, tree.index, f, 0),
     });
@@ -647,7 +649,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.counters.neighbourFiles += rest.length;
     const runs = rest.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
     fetcher.fetchRegion(this.#sourceOf(tree), tree.index, runs, (f, k, bytes, along) => this.#store(tree, f, k, bytes, along), AbortSignal.timeout(120_000), {
-      gapBytes: this.#opts.gapBytes ?? 64 * 1024,
+      gapBytes,
       concurrency: 4,
       isHeld: (f, k) => this.#holds(tree, f, k),
     }).catch((err: unknown) => {

@@ -1,0 +1,133 @@
+/**
+ * neighbours (src/store/neighbourhood.ts) on synthetic listings laid out in NAR order
+ * (entries in bytewise name order, each file's contents after a header, padded to 8 as in
+ * `dumpPath`, src/libutil/archive.cc): which siblings of a missed file are fetched along.
+ * The shapes are those of bench scenario 9 (a program reading a directory's small files
+ * and skipping its large ones) and scenario 1 (an interpreter loading modules of every size).
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import type { IndexedFile, NarIndex } from '../../../src/nix/nar-index.js';
+import type { NarDirectory, NarNode } from '../../../src/nix/nar-listing.js';
+import { NEIGHBOUR_START_FILE_BYTES, neighbours, type NeighbourOptions } from '../../../src/store/neighbourhood.js';
+
+/** A tree spec: a file is its size, a directory an object of entries. */
+type Spec = { [name: string]: number | Spec };
+
+const HEADER = 120; // about the NAR bytes of an entry's header before a file's contents
+
+/** A NarIndex of `spec` with realistic NAR offsets; `paths` maps each file path to its IndexedFile. */
+function listing(spec: Spec, framed = false): { idx: NarIndex; at: (path: string) => IndexedFile } {
+  let cursor = 64;
+  const files: IndexedFile[] = [];
+  const byPath = new Map<string, IndexedFile>();
+  const build = (s: Spec, prefix: string): NarDirectory => {
+    const entries = new Map<string, NarNode>();
+    cursor += HEADER;
+    for (const name of Object.keys(s).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))) {
+      const v = s[name]!;
+      if (typeof v === 'number') {
+        cursor += HEADER;
+        const narOffset = cursor;
+        cursor += Math.ceil(v / 8) * 8;
+        const f: IndexedFile = { narOffset, size: v, sha256: createHash('sha256').update(`${prefix}${name}`).digest(), chunkHashes: Buffer.alloc(32) };
+        files.push(f);
+        byPath.set(`${prefix}${name}`, f);
+        entries.set(name, { type: 'regular', size: v, executable: false, narOffset });
+      } else entries.set(name, build(v, `${prefix}${name}/`));
+    }
+    return { type: 'directory', entries };
+  };
+  const root = build(spec, '');
+  const idx = {
+    storePath: '/nix/store/00000000000000000000000000000000-synthetic',
+    narHash: { algo: 'sha256', digest: Buffer.alloc(32) },
+    narSize: cursor,
+    chunkSize: 512 * 1024,
+    root,
+    files,
+    signatures: [],
+    ...(framed ? { frames: { fileHash: { algo: 'sha256', digest: Buffer.alloc(32) }, fileSize: cursor, narOffsets: [0], fileOffsets: [0] } } : {}),
+  } as unknown as NarIndex;
+  return { idx, at: (p) => byPath.get(p) ?? assert.fail(`no ${p}`) };
+}
+
+const opts = (over: Partial<NeighbourOptions> = {}): NeighbourOptions => ({ budgetBytes: 1 << 20, maxFileBytes: 128 * 1024, isHeld: () => false, ...over });
+const nameOf = (idx: NarIndex, f: IndexedFile): string => {
+  const walk = (n: NarNode, p: string): string | undefined => {
+    if (n.type === 'regular') return n.narOffset === f.narOffset ? p : undefined;
+    if (n.type !== 'directory') return undefined;
+    for (const [k, c] of n.entries) {
+      const r = walk(c, p ? `${p}/${k}` : k);
+      if (r) return r;
+    }
+    return undefined;
+  };
+  return walk(idx.root, '') ?? '?';
+};
+
+/** NAR bytes of the requests a fetcher makes for `files` when it bridges gaps up to `gap`. */
+function requestBytes(files: IndexedFile[], gap = 64 * 1024): number {
+  let total = 0;
+  let start = -1;
+  let end = -1;
+  for (const f of [...files].sort((a, b) => a.narOffset - b.narOffset)) {
+    if (start >= 0 && f.narOffset - end <= gap) end = Math.max(end, f.narOffset + f.size);
+    else {
+      if (start >= 0) total += end - start;
+      start = f.narOffset;
+      end = f.narOffset + f.size;
+    }
+  }
+  return start >= 0 ? total + end - start : 0;
+}
+
+describe('neighbourhood of a missed file', function () {
+  // A man page directory: small pages between large ones (bench scenario 9's doc path, read in small pages).
+  const man: Spec = {};
+  for (let k = 0; k < 60; k++) man[`p${String(k).padStart(3, '0')}.1.gz`] = k % 2 === 0 ? 3000 : 50_000;
+
+  it('a path whose misses were small brings small siblings only, and no large file inside its requests', function () {
+    const { idx, at } = listing({ man1: man });
+    const got = neighbours(idx, at('man1/p000.1.gz'), opts());
+    assert.ok(got.length >= 5, `small siblings come along (${got.length})`);
+    for (const f of got) assert.ok(f.size <= NEIGHBOUR_START_FILE_BYTES, `${nameOf(idx, f)} (${f.size} bytes) is not a small sibling`);
+    // The requests carry the small pages, not the large ones between them.
+    const wanted = got.reduce((s, f) => s + f.size, 0);
+    assert.ok(requestBytes(got) < 2 * wanted, `requests of ${requestBytes(got)} bytes for ${wanted} wanted`);
+  });
+
+  it('once a large file of a path has missed, siblings up to its size come along, in all its directories (modules of every size)', function () {
+    const spec = { lib: { 'a.py': 3000, 'b.py': 50_000, 'c.py': 3000, 'd.py': 70_000 }, man1: man };
+    const { idx, at } = listing(spec);
+    neighbours(idx, at('lib/b.py'), opts()); // a 50 000-byte module missed
+    const got = neighbours(idx, at('man1/p020.1.gz'), opts());
+    assert.ok(got.some((f) => f.size === 50_000), 'large siblings come along');
+    assert.ok(got.every((f) => f.size <= 50_000));
+    // Another path's reach is its own.
+    const { idx: i2, at: at2 } = listing(spec);
+    const other = neighbours(i2, at2('man1/p020.1.gz'), opts());
+    assert.ok(other.every((f) => f.size <= NEIGHBOUR_START_FILE_BYTES), 'another path starts small');
+  });
+
+  it('files wholly inside a gap the fetcher bridges come along, whatever their directory or size', function () {
+    const { idx, at } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c.h': 20_000, 'd.h': 2000, 'e': { 'x.h': 4000 }, 'f.h': 2000 } });
+    const got = neighbours(idx, at('lib/a.h'), opts({ maxFileBytes: 16 * 1024 })).map((f) => nameOf(idx, f));
+    assert.deepEqual(got, ['lib/b.h', 'lib/c.h', 'lib/d.h', 'lib/e/x.h', 'lib/f.h']);
+    // Not when the fetcher would not bridge them.
+    const { idx: i2, at: at2 } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c.h': 20_000, 'd.h': 2000 } });
+    assert.deepEqual(neighbours(i2, at2('lib/a.h'), opts({ maxFileBytes: 16 * 1024, gapBytes: 1024 })).map((f) => nameOf(i2, f)), ['lib/b.h', 'lib/d.h']);
+  });
+
+  it('seekable: only siblings (frames bring what lies inside them along already)', function () {
+    const { idx, at } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c.h': 20_000, 'd.h': 2000, 'e': { 'x.h': 4000 }, 'f.h': 2000 } }, true);
+    assert.deepEqual(neighbours(idx, at('lib/a.h'), opts({ maxFileBytes: 16 * 1024 })).map((f) => nameOf(idx, f)), ['lib/b.h', 'lib/d.h', 'lib/f.h']);
+  });
+
+  it('never the file itself, a held file, or more than the budget of siblings', function () {
+    const { idx, at } = listing({ d: { a: 1000, b: 1000, c: 1000, d: 1000, e: 1000 } });
+    const held = at('d/b');
+    const got = neighbours(idx, at('d/c'), opts({ budgetBytes: 2000, isHeld: (f) => f === held }));
+    assert.deepEqual(got.map((f) => nameOf(idx, f)), ['d/d', 'd/e']);
+  });
+});
