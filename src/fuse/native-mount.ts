@@ -13,7 +13,8 @@
  *   of a regular file whose blob is complete and verified in this process, JS also gives
  *   the location without a descriptor, and C opens it at the file's OPEN: after the kernel
  *   forgot the inode (drop_caches) its OPEN does not reach JS; C holds at most MAX_PUSHED
- *   files, past which opens go to JS), OPENDIR,
+ *   files: at that cap it lets go of the content of nodes no file has open, and only when
+ *   every held one is open do opens go to JS), OPENDIR,
  *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
  *   read-only).
  * - JS sees: LOOKUP, READDIRPLUS pages, READLINK of a node C has no target for, OPEN/READ of files
@@ -28,6 +29,15 @@
  * its io mode from C (passthrough when C holds a whole-file location for the node); a
  * reply the kernel did not take (interrupted, or refused by C) releases the JS handle.
  * A dropped content location (watchDropped) is forgotten by C and pushed again later.
+ * READDIRPLUS entries of regular files carry the location too when the bytes are local;
+ * the others are remembered per page, and the OPEN of one that reaches JS gives C the
+ * locations of the page's later files local by then (a walk listed before it was fetched
+ * opens about one file per page through JS, not every one).
+ * An OPEN that reaches JS for a node JS had pushed means C no longer has its content (let
+ * go at the descriptor cap, or a short pread): JS pushes it again. The cap is C's alone
+ * (setContent refuses past it after reclaiming idle content): a cap counted in JS, which
+ * never learns of C's reclaims, sent every file past the first MAX_PUSHED to JS for good
+ * (scenario 11: 23k files, limit 20000, the last 13k served through JS at twice the cost).
  *
  * Transport (`transport`): 'dev' (default) reads requests from /dev/fuse and writes replies
  * there; 'uring' negotiates FUSE over io_uring (native/src/uring_transport.h: one ring
@@ -274,6 +284,15 @@ export class NativeMount {
   readonly #inflight = new Map<number, AbortController>();
   /** Nodes whose content location C has (nodeid → path), so it is pushed once. */
   readonly #pushed = new Map<number, string>();
+  /**
+   * Regular files of READDIRPLUS pages the kernel took whose bytes were not local yet
+   * (nodeid → the page's list and its place in it): the kernel holds their inodes, so a
+   * reader walking the listing opens them with no LOOKUP, and each OPEN would come to JS.
+   * The OPEN of one that does reach JS gives C the locations of the page's later files
+   * that are local by then (#locateAhead), as a LOOKUP's entry does: their OPENs are
+   * answered in C. Entries leave when located, pushed or forgotten.
+   */
+  readonly #unlocated = new Map<number, { page: number[]; at: number }>();
   #pushCapLogged = false;
   readonly #loggedFailures = new Map<string, number>();
   #session: Session | undefined;
@@ -522,6 +541,9 @@ export class NativeMount {
           n.replyReadlink(s, ch, unique, nodeid, Buffer.from(this.#fs.readlink(nodeid), 'latin1'));
           return;
         case OP.OPEN: {
+          // C answers the OPEN of a node whose content it holds: this one's it let go of.
+          this.#pushed.delete(nodeid);
+          this.#locateAhead(n, s, nodeid);
           const fh = this.#fs.open(nodeid, flags);
           const ready = this.#pushed.has(nodeid) ? undefined : this.#fs.contentReady(fh);
           if (ready) {
@@ -627,6 +649,8 @@ export class NativeMount {
     const names: Buffer[] = [];
     const nums: number[] = [];
     const targets: Array<Buffer | undefined> = [];
+    /** Positions (in names) of the page's non-empty regular files. */
+    const files: number[] = [];
     let used = 0;
     for (let i = offset; i < total; i++) {
       const nameStr = i === 0 ? '.' : i === 1 ? '..' : entries[i - 2 - first]!.name;
@@ -644,6 +668,7 @@ export class NativeMount {
         const held = this.#fs.lookupChild(ino, e.name);
         if (held) {
           nums.push(held.ino, held.ino, held.mode, held.size, held.nlink);
+          if (held.kind === 'regular' && held.size > 0) files.push(names.length - 1);
           // C answers the READLINK of a symlink sent here without asking JS.
           if (held.kind === 'symlink') targets[names.length - 1] = Buffer.from(this.#fs.readlink(held.ino), 'latin1');
         } else {
@@ -663,6 +688,17 @@ export class NativeMount {
         const nodeid = nums[i * 5 + 1]!;
         if (nodeid !== 0) this.#forget(n, s, nodeid, 1);
       }
+      // The files the kernel took: C gets the location of those local now (as with a
+      // LOOKUP's entry); the others wait for the OPEN of an earlier one (#locateAhead).
+      const page: number[] = [];
+      for (const i of files) {
+        const nodeid = nums[i * 5 + 1]!;
+        if (i >= sent || this.#pushed.has(nodeid)) continue;
+        const loc = this.#fs.contentLocation(nodeid);
+        if (loc) n.setLocation(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize);
+        else page.push(nodeid);
+      }
+      for (let at = 0; at < page.length; at++) this.#unlocated.set(page[at]!, { page, at });
     }
   }
 
@@ -677,29 +713,47 @@ export class NativeMount {
     if (this.#fs.forget(nodeid, count)) {
       n.forgetNode(s, nodeid, evicted);
       this.#pushed.delete(nodeid);
+      this.#unlocated.delete(nodeid);
     } else if (evicted && this.#fs.needsRevive(nodeid)) {
       n.forgetNode(s, nodeid, true);
+    }
+  }
+
+  /**
+   * The OPEN of `nodeid` reached JS: C gets the locations of the later files of its
+   * READDIRPLUS page that are local and verified now (no descriptor: C opens one at its
+   * OPEN, within its cap), so a reader walking the listing opens those in C.
+   */
+  #locateAhead(n: Addon, s: Session, nodeid: number): void {
+    const u = this.#unlocated.get(nodeid);
+    if (!u) return;
+    this.#unlocated.delete(nodeid);
+    for (let j = u.at + 1; j < u.page.length; j++) {
+      const id = u.page[j]!;
+      if (this.#unlocated.get(id)?.page !== u.page || this.#pushed.has(id)) continue;
+      const loc = this.#fs.contentLocation(id);
+      if (!loc) continue;
+      n.setLocation(s, id, loc.path, loc.offset, loc.size, loc.fileSize);
+      this.#unlocated.delete(id);
     }
   }
 
   /** Tells C where the bytes of `nodeid` lie once they are all verified and local. */
   #pushContent(n: Addon, s: Session, nodeid: number): void {
     if (this.#pushed.has(nodeid)) return;
-    // C keeps a descriptor per pushed file while the kernel holds its inode: past half the
-    // process's descriptor limit, JS serves the reads instead, so C never starves the
-    // process (and its sockets) of descriptors. Forgotten inodes free their slots.
-    if (this.#pushed.size >= MAX_PUSHED) {
-      if (!this.#pushCapLogged) {
-        this.#pushCapLogged = true;
-        this.#log.warn('the native engine holds as many cached files as the descriptor limit allows; further reads go through JS', {
-          pushed: this.#pushed.size, hint: 'Raise LimitNOFILE (the narfs.service unit sets 1048576).',
-        });
-      }
-      return;
-    }
     const loc = this.#fs.contentLocation(nodeid);
     if (!loc) return;
+    // C keeps a descriptor per pushed file: at MAX_PUSHED (half the process's descriptor
+    // limit, so C never starves the process and its sockets) it first lets go of the
+    // content of nodes no file has open, and refuses only when every one it holds is open;
+    // JS serves the reads of a refused file.
     if (n.setContent(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize)) this.#pushed.set(nodeid, loc.path);
+    else if (!this.#pushCapLogged && (this.stats()?.heldFiles ?? 0) >= MAX_PUSHED) {
+      this.#pushCapLogged = true;
+      this.#log.warn('the native engine holds as many open cached files as the descriptor limit allows; further reads go through JS', {
+        held: MAX_PUSHED, hint: 'Raise LimitNOFILE (the narfs.service unit sets 1048576).',
+      });
+    }
   }
 
   /** The positive errno for a thrown value, logging EIO-class failures once a minute per kind. */

@@ -728,11 +728,12 @@ export class ChunkFetcher {
   /**
    * Whether chunk `k` of `file` is on its way: its flight registered (queued or in flight),
    * or, on seekable NARs, every frame holding it in a request's flight (delivered along).
-   * A read of such a chunk joins that fetch and is not a new miss.
+   * A read of such a chunk joins that fetch and is not a new miss. `framesToo` false:
+   * only chunks asked for (a flight of their own), not those that merely come along.
    */
-  isComing(src: ChunkSource, idx: NarIndex, file: IndexedFile, k: number): boolean {
+  isComing(src: ChunkSource, idx: NarIndex, file: IndexedFile, k: number, framesToo = true): boolean {
     if (this.flights.has(`${file.sha256.toString('hex')}:${idx.chunkSize}:${k}`)) return true;
-    if (this.frameFlights.size === 0) return false;
+    if (!framesToo || this.frameFlights.size === 0) return false;
     try {
       return this.framesInFlight(src, idx, planFor(src, idx), file, k) !== undefined;
     } catch {

@@ -115,10 +115,11 @@ export interface LazyStoreOptions {
    */
   bulkConcurrency?: number;
   /**
-   * Escalation of a walk: after this many misses in a row, each at the next file in NAR
-   * order that the cache lacked, across at least 3 directories (a reader copying the
-   * path, not a program picking files or loading one directory's modules),
-   * the rest of the path is fetched in bulk. 0 turns it off. Default DEFAULT_ESCALATE_STREAK.
+   * Escalation of a walk: after this many files read in a row in NAR order (hits
+   * included), skipping none that the cache lacked, across at least 3 directories or
+   * WALK_MIN_BYTES of files (a reader copying the path, not a program picking files or
+   * loading one directory's modules), the rest of the path is fetched in bulk. 0 turns it
+   * off. Default DEFAULT_ESCALATE_STREAK.
    */
   escalateStreak?: number;
   /**
@@ -144,8 +145,14 @@ export const DEFAULT_NEIGHBOUR_BYTES = 1024 * 1024;
 export const DEFAULT_NEIGHBOUR_FILE_BYTES = 128 * 1024;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
 export const DEFAULT_ESCALATE_STREAK = 8;
-/** Directories a streak of misses must cross to count as a walk of the path. */
+/** Directories a streak of reads must cross to count as a walk of the path... */
 const WALK_MIN_DIRECTORIES = 3;
+/**
+ * ...or the bytes of the files it covered (a walk of one directory of large files, e.g.
+ * `lib/` of shared objects: each a miss of its own, no neighbours; a program loading one
+ * directory's modules in order reads far less).
+ */
+const WALK_MIN_BYTES = 8 << 20;
 export const DEFAULT_BULK_CONCURRENCY = 64;
 export const DEFAULT_BULK_REQUEST_BYTES = 8 << 20;
 /** Reads of a path that must have missed before it escalates to a bulk fetch. */
@@ -159,11 +166,17 @@ interface Breadth {
   misses: number;
   totalBytes: number;
   escalated: boolean;
-  /** Position (in idx.files) of the last file that missed, and how many misses in a row walked the files in NAR order skipping none the cache lacked. */
-  lastMiss: number;
+  /**
+   * Position (in idx.files) of the last file read (hit or miss), and how many files in a
+   * row were read in NAR order skipping none the cache lacked: a file the cache holds may
+   * have been served without asking the store (the native engine serves committed files
+   * in C), so skipping a held file does not end the streak.
+   */
+  lastRead: number;
   streak: number;
-  /** Directories (directoriesOf) the streak's misses were in. */
+  /** Directories (directoriesOf) the streak's files were in, and the bytes of the files it covered. */
   streakDirs: Set<number>;
+  streakBytes: number;
 }
 
 /** Failures of a NAR that a fresh narinfo may cure (its URL, hash or size was wrong). */
@@ -668,20 +681,25 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!b) {
       let totalBytes = 0;
       for (const f of tree.index.files) totalBytes += f.size;
-      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false, lastMiss: -1, streak: 0, streakDirs: new Set() };
+      b = { readBytes: 0, perFile: new Map(), misses: 0, totalBytes, escalated: false, lastRead: -1, streak: 0, streakDirs: new Set(), streakBytes: 0 };
       this.#breadth.set(name, b);
     }
     if (b.escalated) return;
-    if (missed) {
-      b.misses++;
-      const j = fileIndexOf(tree.index, file);
-      if (j !== b.lastMiss) {
-        const walking = j > b.lastMiss && readBetween(tree.index, b, b.lastMiss, j);
-        b.streak = walking ? b.streak + 1 : 1;
-        if (!walking) b.streakDirs.clear();
-        b.streakDirs.add(directoriesOf(tree.index)[j] ?? -1);
-        b.lastMiss = j;
+    if (missed) b.misses++;
+    const j = fileIndexOf(tree.index, file);
+    if (j >= 0 && j !== b.lastRead) {
+      const gap = j > b.lastRead ? this.#walkedBetween(tree, b, b.lastRead, j) : -1;
+      if (gap >= 0) {
+        b.streak++;
+        b.streakBytes += gap;
+      } else {
+        b.streak = 1;
+        b.streakDirs.clear();
+        b.streakBytes = 0;
       }
+      b.streakDirs.add(directoriesOf(tree.index)[j] ?? -1);
+      b.streakBytes += file.size;
+      b.lastRead = j;
     }
     if (bytes > 0) {
       const had = b.perFile.get(file.narOffset) ?? 0;
@@ -692,7 +710,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const streak = this.#opts.escalateStreak ?? DEFAULT_ESCALATE_STREAK;
     // A walk crosses directories: reading one directory's files in order (a program
     // loading every module of it) is not copying the path.
-    const walking = streak > 0 && b.streak >= streak && b.streakDirs.size >= WALK_MIN_DIRECTORIES;
+    const walking = streak > 0 && b.streak >= streak && (b.streakDirs.size >= WALK_MIN_DIRECTORIES || b.streakBytes >= WALK_MIN_BYTES);
     if (!walking && (b.misses < ESCALATE_MIN_MISSES || b.readBytes < share * b.totalBytes)) return;
     b.escalated = true;
     b.perFile.clear();
@@ -701,6 +719,33 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
       this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
     });
+  }
+
+  /**
+   * Whether a reader went from file `from` to file `to` (positions in idx.files) in NAR
+   * order skipping none that it had to fetch: each non-empty file between was read
+   * through the store, or is staged, committed or asked for (a file the cache holds may
+   * have been read without the store seeing it). Returns the bytes of the files between, or -1 (also
+   * beyond 4096 files: not a walk one can tell cheaply).
+   */
+  #walkedBetween(tree: Tree, b: Breadth, from: number, to: number): number {
+    if (to - from > 4096) return -1;
+    const idx = tree.index;
+    const src = this.#opts.chunks ? this.#sourceOf(tree) : undefined;
+    let bytes = 0;
+    for (let i = Math.max(0, from + 1); i < to; i++) {
+      const f = idx.files[i]!;
+      if (f.size === 0) continue;
+      bytes += f.size;
+      // Staged, committed or asked for: read, or wanted by a neighbourhood or bulk fetch.
+      // Not a file that merely came along in another's seekable frames (#along): those
+      // hold whole directories, and a program picking files would look like a walk.
+      if (b.perFile.has(f.narOffset) || (this.#staged.size > 0 && this.#staged.has(f.sha256.toString('hex')))
+        || this.#blobs.completePath(f.sha256, f.size) !== undefined) continue;
+      if (src && this.#opts.chunks!.isComing(src, idx, f, 0, false)) continue;
+      return -1;
+    }
+    return bytes;
   }
 
   /** Whether every chunk first..last of `file` not held is being fetched already (ChunkFetcher.isComing). */
@@ -1135,20 +1180,6 @@ export class LazyStore implements RootNodes, ContentReader {
     await Promise.all([...this.#treePuts, ...[...this.#writing.values()].map((w) => w.put)]);
     this.#trees.clear();
   }
-}
-
-/**
- * Whether every non-empty file strictly between positions a and b of idx.files was read
- * (at most 4096 looked at): a reader walking the path in NAR order reads them all (the
- * ones a neighbourhood fetch brought are hits); a program picking files skips some.
- */
-function readBetween(idx: NarIndex, b: Breadth, from: number, to: number): boolean {
-  if (to - from > 4096) return false;
-  for (let i = Math.max(0, from + 1); i < to; i++) {
-    const f = idx.files[i]!;
-    if (f.size > 0 && !b.perFile.has(f.narOffset)) return false;
-  }
-  return true;
 }
 
 /** A published listing must at least fit in the NAR it claims to describe. */

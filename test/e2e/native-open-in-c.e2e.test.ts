@@ -147,6 +147,75 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
     });
   });
 
+  it('a walk listed (READDIRPLUS) before its files were fetched opens them in C once they are local: the OPEN that reaches JS gives C the locations of the rest of its page', async () => {
+    const lake = fixtures.datalakes['none']!;
+    const many = pathByRole(fixtures, 'many-files');
+    await withMount({ datalakes: [lake.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+      const dir = join(m.mnt, basename(many.storePath));
+      const list = join(root, 'files');
+      // Listed first: the kernel holds every file's inode, none of them local yet.
+      await execFileP('sh', ['-c', 'find "$1" -type f -size +0 > "$2"', 'sh', dir, list], { timeout: 300_000 });
+      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
+      assert.ok(files >= 200, `${files} files`);
+      // Then fetched whole without opening a file (as a bulk fetch brings a walk's files).
+      await m.running.stack.store.prefetchPath(basename(many.storePath), AbortSignal.timeout(300_000));
+      const before = m.running.engine.stats()!;
+      // Opened by path in listing order, as `find | xargs cat` does: no LOOKUP (the
+      // dentries are cached), so only the OPEN could tell C where the bytes are.
+      const got = (await execFileP('sh', ['-c', 'xargs cat < "$1" | wc -c', 'sh', list], { timeout: 300_000 })).stdout.trim();
+      const after = m.running.engine.stats()!;
+      assert.ok(Number(got) > 0);
+      const toJs = (op: number) => (after.toJsByOpcode[op] ?? 0) - (before.toJsByOpcode[op] ?? 0);
+      // Before: every one of these OPENs reached JS (a READDIRPLUS entry carried no
+      // location, and no LOOKUP came to carry one). Now: about one per listing page.
+      assert.ok(toJs(OPEN) <= files / 4, `${toJs(OPEN)} OPENs of ${files} files reached JS (C opened ${after.locationOpens - before.locationOpens} from locations)`);
+      assert.equal(toJs(READ), 0, 'no READ reached JS');
+    });
+  });
+
+  it('under a tiny descriptor limit (prlimit), files completed while the kernel holds their inodes keep being served in C past the cap (JS pushes them again once C let go of idle ones)', async function () {
+    const lake = fixtures.datalakes['none']!;
+    const many = pathByRole(fixtures, 'many-files');
+    const mnt = join(root, 'nix', 'store');
+    await mkdir(mnt, { recursive: true });
+    const cacheDir = join(root, 'cache');
+    const limit = 256;
+    const d = await startNarfsMount([mnt, '--datalake', lake.url, '--trusted-public-keys', fixtures.publicKey,
+      '--cache-dir', cacheDir, '--log-format', 'json'], undefined, {
+      wrap: (argv) => ['prlimit', [`--nofile=${limit}:${limit}`, '--', ...argv]],
+    });
+    try {
+      const engine = async (): Promise<NativeStats> => {
+        const { stdout } = await execFileP(process.execPath, [NARFS_BIN, 'status', '--cache-dir', cacheDir, '--json'], { timeout: 120_000 });
+        return (JSON.parse(stdout) as NarfsStatus).fuse.engine!;
+      };
+      const dir = join(mnt, basename(many.storePath));
+      const list = join(root, 'files');
+      await execFileP('sh', ['-c', 'cd "$1" && find . -type f -size +0 | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
+      const readAll = async () => (await execFileP('sh', ['-c',
+        'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout;
+      // The first walk fetches every file (cold cache): each is pushed to C once complete,
+      // while the kernel keeps its inode (the dentries stay).
+      const firstRun = await readAll();
+      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
+      assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      // Page cache only: the inodes stay, so each OPEN is of a node C or JS already knows.
+      await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
+      const before = await engine();
+      const secondRun = await readAll();
+      const after = await engine();
+      assert.equal(secondRun, firstRun, 'the same bytes');
+      const toJs = (op: number) => (after.toJsByOpcode[op] ?? 0) - (before.toJsByOpcode[op] ?? 0);
+      // Before: JS counted its pushes against the cap and never learnt of C's reclaims, so
+      // every file past the first limit/2 (and every one C let go of) was read through JS.
+      assert.ok(toJs(READ) <= 0.1 * files, `${toJs(READ)} READs of ${files} files reached JS (OPENs: ${toJs(OPEN)})`);
+      assert.ok(after.heldFiles <= limit / 2, `C holds ${after.heldFiles} files (cap ${limit / 2})`);
+    } finally {
+      await d.stop();
+      await forceUnmount(mnt, { abort: true }).catch(() => {});
+    }
+  });
+
   it('under a tiny descriptor limit (prlimit) C holds at most half of it, lets go of idle files at the cap and keeps opening in C; every byte right', async function () {
     const lake = fixtures.datalakes['none']!;
     const many = pathByRole(fixtures, 'many-files');

@@ -199,7 +199,10 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
       // Again, now that every file is cached: the engine serves what it may, JS the rest.
       const again = await sums(join(mnt, b));
       assert.equal(again.stdout, want.stdout);
-      assert.match(d.stderr.join(''), /holds as many cached files as the descriptor limit allows/);
+      // At the cap C lets go of files no longer open (sha256sum closed them) and keeps
+      // serving: nothing was refused, so no warning (it was logged, and every later file
+      // read through JS, while JS counted its pushes against the cap on its own).
+      assert.doesNotMatch(d.stderr.join(''), /as many (open )?cached files as the descriptor limit allows/);
     } finally {
       await d.stop();
       await run('fusermount', ['-uz', mnt]);

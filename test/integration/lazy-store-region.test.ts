@@ -220,6 +220,45 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     }
   });
 
+  for (const lake of ['none', 'zstd'] as const) {
+    it(`${lake}: a reader copying the path in NAR order, neighbours on and held files served without the store (as the native engine does), escalates to a bulk fetch within 8 files of its third directory`, async function () {
+      // Ranged even when small (the zstd NAR of this path would otherwise be fetched whole).
+      const e = await open(lake, { wholeNarMaxBytes: 0 });
+      try {
+        await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+        // Where the walk enters its third directory (a walk must cross 3, or 8 MiB of files).
+        const dirs = directoriesOf(e.idx);
+        const seen = new Set<number>();
+        let third = -1;
+        e.idx.files.forEach((f, i) => {
+          if (f.size === 0 || third >= 0) return;
+          seen.add(dirs[i]!);
+          if (seen.size === 3) third = i;
+        });
+        assert.ok(third > 0 && third < e.idx.files.length / 4, `third directory at file ${third}`);
+        let at: number | undefined;
+        for (const [i, f] of e.idx.files.entries()) {
+          if (f.size === 0) continue;
+          // A committed file is served by the engine from the cache file: the store never sees that read.
+          const local = e.stack.store.contentFile(e.name, f.narOffset);
+          const got = local ? await fsp.readFile(local.path) : await readAll(e, f);
+          assert.equal(sha(got), f.sha256.toString('hex'));
+          if (at === undefined && e.stack.store.counters.escalations > 0) at = i;
+        }
+        // Before: only misses counted, and a file served without the store broke their
+        // streak: the path escalated on a quarter of its bytes (none: 700 files in) or never
+        // (zstd: its frames bring whole directories, so few misses).
+        assert.ok(at !== undefined && at <= third + 8, `escalated at file ${at ?? '(never)'}, the third directory starts at ${third}`);
+        assert.equal(e.stack.store.counters.escalations, 1);
+        await idle(e);
+        const n = e.narRequests();
+        assert.ok(n <= 40, `${n} ranged requests for ${e.idx.files.length} files`);
+      } finally {
+        await e.close();
+      }
+    });
+  }
+
   it('none: neither a program picking files (every other one) nor one reading a whole directory in order escalates on a streak', async function () {
     const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
     try {
