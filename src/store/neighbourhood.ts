@@ -26,7 +26,9 @@
  *   sibling taken on a side bridges nothing. A later sibling is skipped when taking it
  *   would put more than twice the reach of unwanted bytes (the larger siblings it skips)
  *   into a gap the fetcher bridges after the previous one of its side; a sibling beyond
- *   `gapBytes` starts a request of its own and costs no gap. The files lying wholly inside
+ *   `gapBytes`, or past a file held or coming, starts a request of its own and costs no
+ *   gap (`neighbourRegions` splits the fetch at the missed file and at such files: the
+ *   fetcher joins a chunk in flight but bridges the bytes around it, fetching them again). The files lying wholly inside
  *   such a bridged gap (between two siblings of one side) are fetched anyway: they join the
  *   result whatever their directory, if no larger than `maxFileBytes` (should the fetcher
  *   split the request there, `maxRequestBytes`, such a file costs its bytes). Seekable
