@@ -70,7 +70,7 @@ import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
-import { directoriesOf, fileIndexOf, frameSpan, neighbours } from './neighbourhood.js';
+import { directoriesOf, fileIndexOf, frameSpan, neighbourRegions, neighbours, noteMiss } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
@@ -628,6 +628,8 @@ export class LazyStore implements RootNodes, ContentReader {
     const fetcher = this.#opts.chunks;
     const budget = this.#opts.neighbourBytes ?? DEFAULT_NEIGHBOUR_BYTES;
     const maxFile = this.#opts.neighbourFileBytes ?? DEFAULT_NEIGHBOUR_FILE_BYTES;
+    // Every miss grows the path's reach, also one that brings no neighbours (a large module).
+    noteMiss(tree.index, file.size);
     if (!fetcher || budget <= 0 || file.size > maxFile || this.#breadth.get(name)?.escalated) return;
     const after = this.#opts.neighbourAfterMisses ?? DEFAULT_NEIGHBOUR_AFTER_MISSES;
     if (after > 1) {
@@ -647,27 +649,27 @@ export class LazyStore implements RootNodes, ContentReader {
     const cs = tree.index.chunkSize;
     const src = this.#sourceOf(tree);
     const gapBytes = this.#opts.gapBytes ?? 64 * 1024;
-    const near = neighbours(tree.index, file, {
-      budgetBytes: budget,
-      maxFileBytes: maxFile,
-      gapBytes,
-      isHeld: (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
-        || fetcher.isComing(src, tree.index, f, 0),
-    });
+    const isHeld = (f: IndexedFile): boolean => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
+      || fetcher.isComing(src, tree.index, f, 0);
+    const near = neighbours(tree.index, file, { budgetBytes: budget, maxFileBytes: maxFile, gapBytes, isHeld });
     // Seekable: the frames of the file's own request bring the neighbours inside them along.
     const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);
     const rest = own ? near.filter((f) => f.narOffset < own.start || f.narOffset + f.size > own.end) : near;
     if (rest.length === 0) return;
     this.counters.neighbourFetches++;
     this.counters.neighbourFiles += rest.length;
-    const runs = rest.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
-    fetcher.fetchRegion(this.#sourceOf(tree), tree.index, runs, (f, k, bytes, along) => this.#store(tree, f, k, bytes, along), AbortSignal.timeout(120_000), {
-      gapBytes,
-      concurrency: 4,
-      isHeld: (f, k) => this.#holds(tree, f, k),
-    }).catch((err: unknown) => {
-      this.#opts.logger.debug('neighbourhood fetch failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
-    });
+    // Regions apart at the file itself and at files held or coming: one region would bridge
+    // the bytes of the file's own request in flight (or another's) and fetch them again.
+    for (const group of neighbourRegions(tree.index, file, rest, isHeld, gapBytes)) {
+      const runs = group.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
+      fetcher.fetchRegion(src, tree.index, runs, (f, k, bytes, along) => this.#store(tree, f, k, bytes, along), AbortSignal.timeout(120_000), {
+        gapBytes,
+        concurrency: 4,
+        isHeld: (f, k) => this.#holds(tree, f, k),
+      }).catch((err: unknown) => {
+        this.#opts.logger.debug('neighbourhood fetch failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
+      });
+    }
   }
 
   /**

@@ -20,18 +20,26 @@
  *   directory instead, scenario 1 missed 41 more files than before (every package
  *   directory of Python's library started small again) and took 0.3-0.5 s longer.
  * - Unframed NARs (plain HTTP Range): the chunk fetcher lets up to `gapBytes` unwanted NAR
- *   bytes sit between two files of one request (chunk-fetcher.ts fetchRegion). A sibling
- *   is skipped when taking it would put more than twice the reach of unwanted bytes (the
- *   larger siblings it skips) into such a bridged gap; a sibling beyond `gapBytes` starts a
- *   request of its own and costs no gap. The files lying wholly inside a gap that is
- *   bridged anyway are fetched anyway: they join the result (whatever their directory or
- *   size: they add no byte to the requests). Seekable NARs: the frames a request decodes
- *   bring every file inside them along already, so neither rule applies.
+ *   bytes sit between two files of one request (chunk-fetcher.ts fetchRegion). The caller
+ *   fetches each side of the missed file in a region of its own (one region would bridge
+ *   the missed file's own request in flight and fetch its bytes twice), so the first
+ *   sibling taken on a side bridges nothing. A later sibling is skipped when taking it
+ *   would put more than twice the reach of unwanted bytes (the larger siblings it skips)
+ *   into a gap the fetcher bridges after the previous one of its side; a sibling beyond
+ *   `gapBytes`, or past a file held or coming, starts a request of its own and costs no
+ *   gap (`neighbourRegions` splits the fetch at the missed file and at such files: the
+ *   fetcher joins a chunk in flight but bridges the bytes around it, fetching them again). The files lying wholly inside
+ *   such a bridged gap (between two siblings of one side) are fetched anyway: they join the
+ *   result whatever their directory, if no larger than `maxFileBytes` (should the fetcher
+ *   split the request there, `maxRequestBytes`, such a file costs its bytes). Seekable
+ *   NARs: the frames a request decodes bring every file inside them along already, so
+ *   neither rule applies.
  *
- * Invariants: no I/O; the only state is each index's reach (a WeakMap on the index,
- * updated by each call); the result never holds the file itself or a file `isHeld`
- * says is held; apart from files inside a bridged gap (unframed only), it holds only files
- * of the missed file's directory no larger than `maxFileBytes`, whose sizes add up to at
+ * Invariants: no I/O; the only state is each index's largest miss (a WeakMap on the
+ * index, raised by `noteMiss` alone: `neighbours` is read-only); the result never holds
+ * the missed file (by narOffset) or a file `isHeld` says is held; apart from files inside
+ * a bridged gap of one side (unframed only, each at most `maxFileBytes`), it holds only
+ * files of the missed file's directory no larger than the reach, whose sizes add up to at
  * most `budgetBytes`; the scan looks at most `maxScan` files each side (bounded work per
  * miss).
  */
@@ -109,18 +117,42 @@ export function fileIndexOf(idx: NarIndex, file: IndexedFile): number {
   return -1;
 }
 
-/** Notes that a file of `size` bytes missed in `idx`; the reach: how large a neighbour may be now. */
-function reachAfterMiss(idx: NarIndex, size: number, maxFileBytes: number): number {
-  const largest = Math.max(largestMissByIndex.get(idx) ?? 0, size);
-  largestMissByIndex.set(idx, largest);
-  return Math.min(maxFileBytes, Math.max(NEIGHBOUR_START_FILE_BYTES, largest));
+/** The position of the first of `files` (sorted by narOffset) at or after NAR byte `at`. */
+function firstFileFrom(files: readonly IndexedFile[], at: number): number {
+  let lo = 0;
+  let hi = files.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (files[mid]!.narOffset < at) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Whether a file `isHeld` says is held (or coming) starts in NAR bytes [a, b). */
+function heldWithin(files: readonly IndexedFile[], a: number, b: number, isHeld: (f: IndexedFile) => boolean): boolean {
+  for (let j = firstFileFrom(files, a); j < files.length && files[j]!.narOffset < b; j++) if (isHeld(files[j]!)) return true;
+  return false;
+}
+
+/**
+ * Notes that a file of `size` bytes missed in `idx` (every miss, also of a file too large
+ * to bring neighbours, or one whose neighbours are not fetched): the path's reach grows.
+ */
+export function noteMiss(idx: NarIndex, size: number): void {
+  if (size > (largestMissByIndex.get(idx) ?? 0)) largestMissByIndex.set(idx, size);
+}
+
+/** How large a neighbour may be in `idx` now. */
+function reachOf(idx: NarIndex, maxFileBytes: number): number {
+  return Math.min(maxFileBytes, Math.max(NEIGHBOUR_START_FILE_BYTES, largestMissByIndex.get(idx) ?? 0));
 }
 
 /**
  * The small siblings of `file` (same directory) that are not held, nearest first in NAR
  * order (alternating sides by distance), within the path's reach and the gap rule,
  * until their sizes reach the budget; plus the files inside bridged gaps (unframed).
- * Returned in NAR order. Counts as a miss of `file` for the path's reach.
+ * Returned in NAR order. Read-only: the caller notes the miss (`noteMiss`).
  */
 export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions): IndexedFile[] {
   const i = fileIndexOf(idx, file);
@@ -129,7 +161,7 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
   const dir = dirs[i]!;
   const files = idx.files;
   const maxScan = o.maxScan ?? 4096;
-  const reach = reachAfterMiss(idx, file.size, o.maxFileBytes);
+  const reach = reachOf(idx, o.maxFileBytes);
   const framed = idx.frames !== undefined && idx.frames.narOffsets.length > 0;
   const gap = Math.max(0, o.gapBytes ?? DEFAULT_NEIGHBOUR_GAP_BYTES);
   const out: IndexedFile[] = [];
@@ -138,9 +170,13 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
   let r = i + 1;
   let scannedL = 0;
   let scannedR = 0;
-  // Where the nearest taken file ends (right) / starts (left): the gap a new one bridges.
-  let lastR = file.narOffset + file.size;
-  let lastL = file.narOffset;
+  // Where the nearest taken file of a side ends (right) / starts (left): the gap a new one
+  // bridges. None yet: the first file of a side starts a request of its own (the missed
+  // file's request is not the neighbours'), so it bridges nothing.
+  let lastR: number | undefined;
+  let lastL: number | undefined;
+  // Per side, in NAR order: [end of one taken file, start of the next] bridged by the fetcher.
+  const bridged: Array<[number, number]> = [];
   const okL = () => l >= 0 && scannedL < maxScan;
   const okR = () => r < files.length && scannedR < maxScan;
   while (budget > 0 && (okL() || okR())) {
@@ -151,10 +187,12 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
     else scannedL++;
     const f = files[j]!;
     if (dirs[j] !== dir || f.size > reach || o.isHeld(f)) continue;
-    if (!framed) {
-      const unwanted = takeRight ? f.narOffset - lastR : lastL - (f.narOffset + f.size);
-      if (unwanted > GAP_REACHES * reach && unwanted <= gap) continue;
-    }
+    // The gap to the previous file taken on this side: bridged by the fetcher when at most
+    // `gap` bytes and holding no held file (neighbourRegions splits the fetch there).
+    const last = takeRight ? lastR : lastL;
+    const [a, b] = takeRight ? [last ?? -1, f.narOffset] : [f.narOffset + f.size, last ?? -1];
+    const unwanted = framed || last === undefined || b - a > gap || heldWithin(files, a, b, o.isHeld) ? Infinity : b - a;
+    if (unwanted !== Infinity && unwanted > GAP_REACHES * reach) continue;
     if (f.size > budget) {
       // Too big for what is left on this side: stop that side (nearer files came first).
       if (takeRight) r = files.length;
@@ -163,23 +201,44 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
     }
     budget -= f.size;
     out.push(f);
+    if (unwanted !== Infinity) bridged.push([a, b]);
     if (takeRight) lastR = f.narOffset + f.size;
     else lastL = f.narOffset;
   }
   out.sort((a, b) => a.narOffset - b.narOffset);
-  if (framed || out.length < 2) return out;
-  // The files wholly inside a gap the fetcher bridges come with the request anyway.
+  if (framed || bridged.length === 0) return out;
+  // The files wholly inside a gap the fetcher bridges come with the request anyway; not
+  // one larger than a neighbour may be (should the fetcher split the request there, it
+  // costs its bytes).
   const inGaps: IndexedFile[] = [];
-  for (let k = 0; k + 1 < out.length; k++) {
-    const end = out[k]!.narOffset + out[k]!.size;
-    const next = out[k + 1]!.narOffset;
-    if (next - end > gap) continue;
-    for (let j = fileIndexOf(idx, out[k]!) + 1; j < files.length && files[j]!.narOffset < next; j++) {
+  for (const [end, next] of bridged) {
+    for (let j = firstFileFrom(files, end); j < files.length && files[j]!.narOffset < next; j++) {
       const f = files[j]!;
-      if (f !== file && f.narOffset + f.size <= next && !o.isHeld(f)) inGaps.push(f);
+      if (f.narOffset + f.size <= next && f.size <= o.maxFileBytes && f.narOffset !== file.narOffset && !o.isHeld(f)) inGaps.push(f);
     }
   }
   return inGaps.length === 0 ? out : [...out, ...inGaps].sort((a, b) => a.narOffset - b.narOffset);
+}
+
+/**
+ * `near` (neighbours of `file`, in NAR order) split into the groups to fetch as regions of
+ * their own: a region never spans the missed file (its own request is in flight) nor a
+ * file `isHeld` says is held or coming, within `gapBytes` of NAR bytes, which the fetcher
+ * would bridge and so fetch a second time (chunk-fetcher.ts fetchRegion joins a chunk in
+ * flight but still bridges the bytes around it).
+ */
+export function neighbourRegions(idx: NarIndex, file: IndexedFile, near: readonly IndexedFile[], isHeld: (f: IndexedFile) => boolean, gapBytes = DEFAULT_NEIGHBOUR_GAP_BYTES): IndexedFile[][] {
+  const out: IndexedFile[][] = [];
+  let prev: IndexedFile | undefined;
+  for (const f of near) {
+    const a = prev ? prev.narOffset + prev.size : 0;
+    const apart = prev === undefined || (prev.narOffset < file.narOffset) !== (f.narOffset < file.narOffset)
+      || (f.narOffset - a <= gapBytes && heldWithin(idx.files, a, f.narOffset, isHeld));
+    if (apart) out.push([f]);
+    else out[out.length - 1]!.push(f);
+    prev = f;
+  }
+  return out;
 }
 
 /**

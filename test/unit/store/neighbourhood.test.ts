@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { IndexedFile, NarIndex } from '../../../src/nix/nar-index.js';
 import type { NarDirectory, NarNode } from '../../../src/nix/nar-listing.js';
-import { NEIGHBOUR_START_FILE_BYTES, neighbours, type NeighbourOptions } from '../../../src/store/neighbourhood.js';
+import { NEIGHBOUR_START_FILE_BYTES, neighbourRegions, neighbours, noteMiss, type NeighbourOptions } from '../../../src/store/neighbourhood.js';
 
 /** A tree spec: a file is its size, a directory an object of entries. */
 type Spec = { [name: string]: number | Spec };
@@ -100,7 +100,7 @@ describe('neighbourhood of a missed file', function () {
   it('once a large file of a path has missed, siblings up to its size come along, in all its directories (modules of every size)', function () {
     const spec = { lib: { 'a.py': 3000, 'b.py': 50_000, 'c.py': 3000, 'd.py': 70_000 }, man1: man };
     const { idx, at } = listing(spec);
-    neighbours(idx, at('lib/b.py'), opts()); // a 50 000-byte module missed
+    noteMiss(idx, at('lib/b.py').size); // a 50 000-byte module missed
     const got = neighbours(idx, at('man1/p020.1.gz'), opts());
     assert.ok(got.some((f) => f.size === 50_000), 'large siblings come along');
     assert.ok(got.every((f) => f.size <= 50_000));
@@ -110,9 +110,10 @@ describe('neighbourhood of a missed file', function () {
     assert.ok(other.every((f) => f.size <= NEIGHBOUR_START_FILE_BYTES), 'another path starts small');
   });
 
-  it('files wholly inside a gap the fetcher bridges come along, whatever their directory or size', function () {
+  it('files wholly inside a gap the fetcher bridges come along, whatever their directory, also beyond the reach', function () {
     const { idx, at } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c.h': 20_000, 'd.h': 2000, 'e': { 'x.h': 4000 }, 'f.h': 2000 } });
-    const got = neighbours(idx, at('lib/a.h'), opts({ maxFileBytes: 16 * 1024 })).map((f) => nameOf(idx, f));
+    // The reach is 16 KiB (nothing larger missed); c.h (20 000) is no neighbour but lies in a bridged gap.
+    const got = neighbours(idx, at('lib/a.h'), opts({ maxFileBytes: 32 * 1024 })).map((f) => nameOf(idx, f));
     assert.deepEqual(got, ['lib/b.h', 'lib/c.h', 'lib/d.h', 'lib/e/x.h', 'lib/f.h']);
     // Not when the fetcher would not bridge them.
     const { idx: i2, at: at2 } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c.h': 20_000, 'd.h': 2000 } });
@@ -122,6 +123,70 @@ describe('neighbourhood of a missed file', function () {
   it('seekable: only siblings (frames bring what lies inside them along already)', function () {
     const { idx, at } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c.h': 20_000, 'd.h': 2000, 'e': { 'x.h': 4000 }, 'f.h': 2000 } }, true);
     assert.deepEqual(neighbours(idx, at('lib/a.h'), opts({ maxFileBytes: 16 * 1024 })).map((f) => nameOf(idx, f)), ['lib/b.h', 'lib/d.h', 'lib/f.h']);
+  });
+
+  it('the first sibling on a side is taken whatever its distance to the missed file (the file has a request of its own)', function () {
+    // Review: c (2 KB, the nearest sibling) was skipped for the 40 KB between it and the
+    // missed a, although c starts a request of its own and adds no unwanted byte.
+    const { idx, at } = listing({ d: { a: 2000, b: 40_000, c: 2000, d: 70_000, e: 2000 } });
+    const got = neighbours(idx, at('d/a'), opts());
+    assert.deepEqual(got.map((f) => nameOf(idx, f)), ['d/c', 'd/e']);
+    // Past the first, a sibling is still skipped when it would bridge too much of a gap.
+    const { idx: i2, at: at2 } = listing({ d: { a: 2000, b: 40_000, c: 2000, d: 40_000, e: 2000 } });
+    assert.deepEqual(neighbours(i2, at2('d/a'), opts()).map((f) => nameOf(i2, f)), ['d/c']);
+  });
+
+  it('the reach grows only by noteMiss; neighbours() does not count a miss', function () {
+    const spec = { lib: { 'a.py': 3000, 'b.py': 50_000, 'c.py': 3000, 'd.py': 70_000, 'e.py': 3000 } };
+    const { idx, at } = listing(spec);
+    // Asking for the neighbours of a large file (the caller may not fetch them) leaves the reach as it was.
+    neighbours(idx, at('lib/d.py'), opts());
+    assert.ok(neighbours(idx, at('lib/a.py'), opts()).every((f) => f.size <= NEIGHBOUR_START_FILE_BYTES), 'a query is no miss');
+    // A miss of a file larger than any neighbour (a 200 KB module: the caller fetches no
+    // neighbours for it) raises the path's reach to maxFileBytes.
+    noteMiss(idx, 200_000);
+    const got = neighbours(idx, at('lib/a.py'), opts());
+    assert.ok(got.some((f) => f.size === 50_000) && got.some((f) => f.size === 70_000), 'large siblings come along after a large miss');
+  });
+
+  it('never the missed file, also when it is given as another object of the same file', function () {
+    const { idx, at } = listing({ d: { a: 2000, b: 2000, c: 2000 } });
+    const missed = { ...at('d/b') };
+    const got = neighbours(idx, missed, opts());
+    assert.ok(got.every((f) => f.narOffset !== missed.narOffset), `the missed file is not its own neighbour: ${got.map((f) => nameOf(idx, f))}`);
+  });
+
+  it('files inside a gap come along only between neighbours of one side, and no larger than maxFileBytes', function () {
+    // The two sides are fetched apart (the missed file's own request lies between them):
+    // the gap across the missed file is not bridged, so what lies in it is no free file.
+    const { idx, at } = listing({ lib: { 'a.h': 2000, 'b': { x: 20_000 }, 'c.h': 2000, 'd': { y: 20_000 }, 'e.h': 2000 } });
+    assert.deepEqual(neighbours(idx, at('lib/c.h'), opts({ maxFileBytes: 16 * 1024 })).map((f) => nameOf(idx, f)), ['lib/a.h', 'lib/e.h']);
+    // A file in a bridged gap larger than any neighbour may be does not come along (when
+    // the fetcher splits the request there, it would cost its bytes).
+    const { idx: i2, at: at2 } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c': { x: 30_000 }, 'd.h': 2000 } });
+    assert.deepEqual(neighbours(i2, at2('lib/a.h'), opts({ maxFileBytes: 16 * 1024 })).map((f) => nameOf(i2, f)), ['lib/b.h', 'lib/d.h']);
+    // With a huge gap setting, no multi-MB file comes along.
+    const { idx: i3, at: at3 } = listing({ lib: { 'a.h': 2000, 'b.h': 2000, 'c': { big: 3_000_000 }, 'd.h': 2000 } });
+    const got = neighbours(i3, at3('lib/b.h'), opts({ gapBytes: 8 << 20 }));
+    assert.ok(got.every((f) => f.size <= 128 * 1024), got.map((f) => `${nameOf(i3, f)} ${f.size}`).join(', '));
+  });
+
+  it('a region never spans the missed file or a file held or coming (the fetcher would fetch its bytes again)', function () {
+    const { idx, at } = listing({ d: { a: 2000, b: 2000, c: 2000, d: 2000, e: 2000, f: 2000 } });
+    const held = at('d/e');
+    const isHeld = (f: IndexedFile) => f.narOffset === held.narOffset;
+    const missed = at('d/c');
+    const got = neighbours(idx, missed, opts({ isHeld }));
+    assert.deepEqual(got.map((f) => nameOf(idx, f)), ['d/a', 'd/b', 'd/d', 'd/f']);
+    assert.deepEqual(neighbourRegions(idx, missed, got, isHeld).map((g) => g.map((f) => nameOf(idx, f))), [['d/a', 'd/b'], ['d/d'], ['d/f']]);
+    // A sibling past a held file starts a region of its own: no gap rule (before: c, 40 KB
+    // held, counted as 40 KB of unwanted bytes, and d was skipped).
+    const { idx: i2, at: at2 } = listing({ d: { a: 2000, b: 2000, c: 40_000, d: 2000 } });
+    const h2 = at2('d/c');
+    const isHeld2 = (f: IndexedFile) => f.narOffset === h2.narOffset;
+    const got2 = neighbours(i2, at2('d/a'), opts({ isHeld: isHeld2 }));
+    assert.deepEqual(got2.map((f) => nameOf(i2, f)), ['d/b', 'd/d']);
+    assert.deepEqual(neighbourRegions(i2, at2('d/a'), got2, isHeld2).map((g) => g.map((f) => nameOf(i2, f))), [['d/b'], ['d/d']]);
   });
 
   it('never the file itself, a held file, or more than the budget of siblings', function () {
