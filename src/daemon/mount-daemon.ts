@@ -19,6 +19,7 @@
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
+import { raceSignal } from '../deadline.js';
 import type { Logger } from '../log.js';
 import type { MountConfig } from '../config/mount-config.js';
 import type { Materialiser } from '../store/materialiser.js';
@@ -65,7 +66,14 @@ export interface RunningMount {
 /** How long a handover waits for the requests JS is answering (the rest are resent). */
 const HANDOVER_MS = 10_000;
 
-export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
+/**
+ * `signal`: a stop asked for during start-up (SIGTERM before "mounted"). The start then
+ * ends as soon as it can with ERR_ABORTED (at once while a datalake or the slice list is
+ * awaited), after unmounting what it mounted and closing the caches: no stale mount, no
+ * cache left unclean.
+ */
+export async function startMount(config: MountConfig, logger: Logger, signal?: AbortSignal): Promise<RunningMount> {
+  signal?.throwIfAborted();
   const mountpoint = resolve(config.mountpoint);
   const notifier = new SystemdNotifier(logger);
   notifier.status(`preparing ${mountpoint}`);
@@ -74,6 +82,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   const restart = backend === 'native' && config.fuseTransport !== 'uring' ? RestartState.fromEnvironment(config.cacheDir, logger) : undefined;
   const adopt = await restart?.resumable(mountpoint);
   if (!adopt) await prepareMountpoint(mountpoint, logger);
+  signal?.throwIfAborted();
   if (config.decompressJobs !== undefined) setDecompressionConcurrency(config.decompressJobs);
   // The gauges read what exists once the mount is up (undefined before).
   let live: { stack: Awaited<ReturnType<typeof openStoreStack>>; fs: StoreFilesystem; engine: RunningMount['engine'] } | undefined;
@@ -91,7 +100,10 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   const trace: TraceRecorder | undefined = config.recordTrace ? new traces!.TraceRecorder(config.recordTrace, logger) : undefined;
   let stack: Awaited<ReturnType<typeof openStoreStack>>;
   try {
-    stack = await openStoreStack({ ...config, ...(sliceFilter ? { sliceFilter } : {}), ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}) }, logger, metrics);
+    stack = await openStoreStack({
+      ...config, ...(sliceFilter ? { sliceFilter } : {}), ...(signal ? { signal } : {}),
+      ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}),
+    }, logger, metrics);
   } catch (err) {
     await trace?.close();
     throw err;
@@ -110,13 +122,16 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     if (config.slice && sliceFilter) {
       notifier.status('fetching the slice list');
       const { startSlice } = await loadLater<typeof import('../slice/start-slice.js')>('../slice/start-slice.js');
-      const slice = await startSlice({
+      // A stop during start-up ends the wait for the list at once; the slice, should it
+      // still start, is closed with the rest.
+      const starting = startSlice({
         settings: config.slice, cacheDir: config.cacheDir, filter: sliceFilter, infos: stack.infos as SlicedPathInfoService,
-        readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal ?? stack.signal),
-        logger, signal: stack.signal,
+        readFile: (info, readSignal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, readSignal ?? stack.signal),
+        logger, signal: signal ? AbortSignal.any([stack.signal, signal]) : stack.signal,
         ...(config.datalakeAccess ? { access: config.datalakeAccess } : {}), ...(config.lower ? { lower: config.lower } : {}),
       });
-      cleanups.push(() => slice.close());
+      cleanups.push(() => starting.then((slice) => slice.close(), () => {}));
+      await raceSignal(starting, signal);
     }
     // fuse-native sends no FORGET: its inodes must live as long as the mount.
     const roots = sliceFilter ? new (await loadLater<typeof import('../slice/sliced-root-nodes.js')>('../slice/sliced-root-nodes.js')).SlicedRootNodes(store, sliceFilter) : store;
@@ -143,6 +158,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     notifier.status(adopt ? `resuming ${mountpoint}` : `mounting ${mountpoint}`);
     let handingOver = false;
     if (restart) cleanups.push(() => (handingOver ? undefined : restart.clear()));
+    signal?.throwIfAborted();
     try {
       await fuse.mount();
     } catch (err) {
@@ -196,9 +212,14 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     })();
     // Both settle before either's error is raised (the services' first, as when they ran
     // before the check): the cleanups then find every service that did start.
+    // Both are bounded (the check by its child's deadline), so a stop asked for meanwhile
+    // waits for them: the cleanups then find every service that started.
     const [checked, started] = await Promise.allSettled([liveness, services]);
+    signal?.throwIfAborted();
     if (started.status === 'rejected') throw started.reason;
-    const state = checked.status === 'fulfilled' ? checked.value : 'hung';
+    // A check that could not run at all is not a verdict on the mount: its cause is kept.
+    if (checked.status === 'rejected') throw toNarfsError(checked.reason, 'ERR_MOUNT');
+    const state = checked.value;
     if (state !== 'live') throw new NarfsError('ERR_MOUNT', `${mountpoint} does not answer after mounting (${state})`);
     const summary = () => {
       const ds = stack.datalakes.status();
