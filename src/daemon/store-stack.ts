@@ -183,14 +183,24 @@ async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config
   await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
     throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
   });
-  const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
-  cleanups.push(() => meta.close());
-  const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
-    .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
-  const blobs = await BlobStore.open(config.cacheDir, {
-    logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
-  });
-  cleanups.push(() => blobs.close());
+  // LevelDB opens on libuv's pool while the blob store (SQLite, on this thread) opens.
+  const [meta, blobs] = await Promise.allSettled([
+    LevelMetadataCache.open(join(config.cacheDir, 'meta')).then((opened) => {
+      cleanups.push(() => opened.close());
+      return opened;
+    }),
+    (async () => {
+      const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
+        .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
+      const opened = await BlobStore.open(config.cacheDir, {
+        logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
+      });
+      cleanups.push(() => opened.close());
+      return opened;
+    })(),
+  ]);
+  if (meta.status === 'rejected') throw meta.reason;
+  if (blobs.status === 'rejected') throw blobs.reason;
   const trees = await TreeStore.open(config.cacheDir, { logger });
-  return { meta, blobs, trees };
+  return { meta: meta.value, blobs: blobs.value, trees };
 }
