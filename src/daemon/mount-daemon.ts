@@ -94,9 +94,9 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
     engine: () => live?.engine.stats(),
   });
   notifier.status(`opening the datalakes and the cache ${config.cacheDir}`);
-  const traces = config.prefetchTrace || config.recordTrace ? await loadLater<typeof import('./read-trace.js')>('./read-trace.js') : undefined;
+  const traces = config.prefetchTrace || config.recordTrace ? await loadLater<typeof import('./read-trace.js')>('./read-trace.js', import.meta.url) : undefined;
   if (config.prefetchTrace) await traces!.checkTraceReadable(config.prefetchTrace);
-  const sliceFilter = config.slice ? new (await loadLater<typeof import('../slice/slice-filter.js')>('../slice/slice-filter.js')).SliceFilter() : undefined;
+  const sliceFilter = config.slice ? new (await loadLater<typeof import('../slice/slice-filter.js')>('../slice/slice-filter.js', import.meta.url)).SliceFilter() : undefined;
   const trace: TraceRecorder | undefined = config.recordTrace ? new traces!.TraceRecorder(config.recordTrace, logger) : undefined;
   let stack: Awaited<ReturnType<typeof openStoreStack>>;
   try {
@@ -115,13 +115,13 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
     const { store, materialiser } = stack;
     if (config.lower) {
       // A slice lists only its closures; registered paths stay reachable by name (README).
-      const { watchRegisteredPaths } = await loadLater<typeof import('./watch-registered-paths.js')>('./watch-registered-paths.js');
+      const { watchRegisteredPaths } = await loadLater<typeof import('./watch-registered-paths.js')>('./watch-registered-paths.js', import.meta.url);
       const watcher = await watchRegisteredPaths(config.lower, (names) => (sliceFilter ? sliceFilter.retain(names) : store.addKnown(names)), logger);
       cleanups.push(() => watcher.close());
     }
     if (config.slice && sliceFilter) {
       notifier.status('fetching the slice list');
-      const { startSlice } = await loadLater<typeof import('../slice/start-slice.js')>('../slice/start-slice.js');
+      const { startSlice } = await loadLater<typeof import('../slice/start-slice.js')>('../slice/start-slice.js', import.meta.url);
       // A stop during start-up ends the wait for the list at once; the slice, should it
       // still start, is closed with the rest.
       const starting = startSlice({
@@ -134,7 +134,7 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       await raceSignal(starting, signal);
     }
     // fuse-native sends no FORGET: its inodes must live as long as the mount.
-    const roots = sliceFilter ? new (await loadLater<typeof import('../slice/sliced-root-nodes.js')>('../slice/sliced-root-nodes.js')).SlicedRootNodes(store, sliceFilter) : store;
+    const roots = sliceFilter ? new (await loadLater<typeof import('../slice/sliced-root-nodes.js')>('../slice/sliced-root-nodes.js', import.meta.url)).SlicedRootNodes(store, sliceFilter) : store;
     const journal = restart ? await restart.openJournal() : undefined;
     if (journal) cleanups.push(() => journal.close());
     // Nodeids below the journal's next number were handed out by an earlier process.
@@ -189,11 +189,11 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
     const liveness = mountState(mountpoint);
     let metricsAddress: string | undefined;
     const services = (async () => {
-      const { startControlServer } = await loadLater<typeof import('./control-server.js')>('./control-server.js');
+      const { startControlServer } = await loadLater<typeof import('./control-server.js')>('./control-server.js', import.meta.url);
       const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger, status });
       cleanups.push(() => control.close());
       if (config.lowerSocket) {
-        const { startLowerDaemon } = await loadLater<typeof import('./lower-daemon.js')>('./lower-daemon.js');
+        const { startLowerDaemon } = await loadLater<typeof import('./lower-daemon.js')>('./lower-daemon.js', import.meta.url);
         const lowerd = await startLowerDaemon(resolve(config.lowerSocket), {
           infos: stack.infos,
           readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal),
@@ -203,7 +203,7 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
         cleanups.push(() => lowerd.close());
       }
       if (config.metricsListen) {
-        const { startMetricsServer } = await loadLater<typeof import('./metrics-server.js')>('./metrics-server.js');
+        const { startMetricsServer } = await loadLater<typeof import('./metrics-server.js')>('./metrics-server.js', import.meta.url);
         const server = await startMetricsServer(config.metricsListen, metrics.registry);
         cleanups.push(() => server.close());
         metricsAddress = server.address;

@@ -156,16 +156,16 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
  */
 async function stackModules(sliced = false) {
   const [meta, blobs, trees, infos, sliceInfos, materialiser, lazy, pool, fetcher, native] = await Promise.all([
-    loadLater<typeof import('../cache/level-metadata-cache.js')>('../cache/level-metadata-cache.js'),
-    loadLater<typeof import('../cache/blob-store.js')>('../cache/blob-store.js'),
-    loadLater<typeof import('../cache/tree-store.js')>('../cache/tree-store.js'),
-    loadLater<typeof import('../store/path-info-service.js')>('../store/path-info-service.js'),
-    sliced ? loadLater<typeof import('../slice/sliced-path-info-service.js')>('../slice/sliced-path-info-service.js') : undefined,
-    loadLater<typeof import('../store/materialiser.js')>('../store/materialiser.js'),
-    loadLater<typeof import('../store/lazy-store.js')>('../store/lazy-store.js'),
-    loadLater<typeof import('../store/chunk-verify-pool.js')>('../store/chunk-verify-pool.js'),
-    loadLater<typeof import('../store/chunk-fetcher.js')>('../store/chunk-fetcher.js'),
-    loadLater<typeof import('../fuse/native-mount.js')>('../fuse/native-mount.js'),
+    loadLater<typeof import('../cache/level-metadata-cache.js')>('../cache/level-metadata-cache.js', import.meta.url),
+    loadLater<typeof import('../cache/blob-store.js')>('../cache/blob-store.js', import.meta.url),
+    loadLater<typeof import('../cache/tree-store.js')>('../cache/tree-store.js', import.meta.url),
+    loadLater<typeof import('../store/path-info-service.js')>('../store/path-info-service.js', import.meta.url),
+    sliced ? loadLater<typeof import('../slice/sliced-path-info-service.js')>('../slice/sliced-path-info-service.js', import.meta.url) : undefined,
+    loadLater<typeof import('../store/materialiser.js')>('../store/materialiser.js', import.meta.url),
+    loadLater<typeof import('../store/lazy-store.js')>('../store/lazy-store.js', import.meta.url),
+    loadLater<typeof import('../store/chunk-verify-pool.js')>('../store/chunk-verify-pool.js', import.meta.url),
+    loadLater<typeof import('../store/chunk-fetcher.js')>('../store/chunk-fetcher.js', import.meta.url),
+    loadLater<typeof import('../fuse/native-mount.js')>('../fuse/native-mount.js', import.meta.url),
   ]);
   return {
     LevelMetadataCache: meta.LevelMetadataCache, BlobStore: blobs.BlobStore, TreeStore: trees.TreeStore,
