@@ -132,7 +132,8 @@ files, inodes and the lower store's generation; --json prints the daemon's answe
 is. Exit 0 when every datalake is up, 3 when some is down, 1 when no daemon answers.
 
 The mount stays in the foreground, prints one line when ready, logs one line per
-materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it).
+materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it). A
+signal while it is still starting stops the start cleanly (exit 0, nothing left mounted).
 `;
 
 export async function main(argv: string[]): Promise<number> {

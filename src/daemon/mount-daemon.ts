@@ -14,7 +14,9 @@
  * only some configurations need (traces, slices, --lower) load only for them (loadLater);
  * the control socket, the lower-store socket and the metrics endpoint load and start after
  * the mount, while the liveness check's child process runs; READY=1 and "mounted" wait for
- * both, and a service's error is raised before the check's.
+ * both, and a service's error is raised before the check's. A stop asked for during
+ * start-up (startMount's signal) unmounts what was mounted and closes the caches before
+ * startMount rejects with ERR_ABORTED.
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
