@@ -171,9 +171,9 @@ function cpuTicks(pid: number): number {
 
 /**
  * Waits until a mounted daemon is idle: neither its CPU time nor the datalake's request
- * count moved for `quietMs` (a first use on a running daemon starts from there: start-up
- * work done, nothing fetched meanwhile). At most `maxMs`; returns whether it became idle
- * and the requests the datalake had received by then.
+ * count nor the body bytes it sent moved for `quietMs` (a first use on a running daemon
+ * starts from there: start-up work done, nothing fetched meanwhile). At most `maxMs`;
+ * returns whether it became idle and the requests and body bytes of the datalake by then.
  */
 export async function waitIdle(pid: number, server: ServedDatalake, quietMs = 300, maxMs = 10_000): Promise<{ idle: boolean; requests: number; bodyBytes: number }> {
   const start = Date.now();
@@ -182,7 +182,9 @@ export async function waitIdle(pid: number, server: ServedDatalake, quietMs = 30
   for (;;) {
     await sleep(50);
     const now = { ticks: cpuTicks(pid), stats: await server.stats() };
-    if (now.ticks !== last.ticks || now.stats.requests !== last.stats.requests) { last = now; since = Date.now(); }
+    // Body bytes too: a long download in flight makes no new request, and its socket's
+    // reads may cost the daemon too little CPU to move the tick count.
+    if (now.ticks !== last.ticks || now.stats.requests !== last.stats.requests || now.stats.bodyBytes !== last.stats.bodyBytes) { last = now; since = Date.now(); }
     if (Date.now() - since >= quietMs) return { idle: true, ...now.stats };
     if (Date.now() - start >= maxMs) return { idle: false, ...now.stats };
   }

@@ -6,12 +6,14 @@
  * are imported inside that command, so `narfs register` through a running daemon and the
  * other short commands start without loading them (start-up time counts: issue 13).
  *
- * Exit codes: 0 success (also after a clean unmount on SIGINT/SIGTERM), 1 failure,
+ * Exit codes: 0 success (also after a clean unmount on SIGINT/SIGTERM, and after a start
+ * that such a signal stopped: what was mounted is unmounted, the caches closed), 1 failure,
  * 2 usage error.
  */
 import { NarfsError, toNarfsError } from '../errors.js';
-import { createLogger, formatErrorReport, type LogFormat } from '../log.js';
-import { buildDatalakeAccess, buildMountConfig, DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, defaultCacheMaxBytes, parseDuration, parseSize } from '../config/mount-config.js';
+import { resolve as resolvePath } from 'node:path';
+import { createLogger, formatErrorReport, type LogFormat, type Logger } from '../log.js';
+import { buildDatalakeAccess, buildMountConfig, type MountConfig, DEFAULT_CACHE_DIR, DEFAULT_NEGATIVE_TTL_MS, defaultCacheMaxBytes, parseDuration, parseSize } from '../config/mount-config.js';
 import { MOUNT_OPTIONS, parseOptions, sniffLogFormat, withConfigFile } from '../config/command-options.js';
 import { parseRegisterInvocation, registeredLine } from '../config/register-invocation.js';
 import type { GcResult } from '../daemon/gc-operation.js';
@@ -20,6 +22,7 @@ import { parseTrustedPublicKeys } from '../nix/signature.js';
 import { callDaemon } from './control-client.js';
 import type { VerifyCacheResult } from '../daemon/verify-cache-operation.js';
 import type { NarfsStatus } from '../daemon/status-operation.js';
+import type { RunningMount } from '../daemon/mount-daemon.js';
 
 export { sniffLogFormat };
 
@@ -129,7 +132,8 @@ files, inodes and the lower store's generation; --json prints the daemon's answe
 is. Exit 0 when every datalake is up, 3 when some is down, 1 when no daemon answers.
 
 The mount stays in the foreground, prints one line when ready, logs one line per
-materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it).
+materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it). A
+signal while it is still starting stops the start cleanly (exit 0, nothing left mounted).
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -225,31 +229,63 @@ async function mountCommand(args: string[]): Promise<number> {
   // filesystem (store-stack.ts, defaultCacheMaxBytes), which suits a laptop's disk too.
   if (values['cache-dir'] === undefined && process.getuid?.() !== 0) await ensurePrivateDir(config.cacheDir);
   const logger = createLogger({ format: config.logFormat });
-  const { startMount } = await import('../daemon/mount-daemon.js');
-  const { forceUnmount } = await import('../fuse/fuse-native-mount.js');
-  const mount = await startMount(config, logger);
-  process.stdout.write(`narfs: mounted ${mount.mountpoint} (datalakes: ${config.datalakes.length}, cache: ${config.cacheDir})\n`);
-  return new Promise<number>((resolve) => {
-    let signals = 0;
-    const onSignal = (sig: NodeJS.Signals) => {
-      signals++;
-      if (signals === 1) {
-        // Under systemd, a restart keeps the mount (restart-state.ts); anything else unmounts.
-        mount.shouldHandOver().then((handOver) => {
-          logger.info(handOver ? 'restarting: leaving the mount to the next process' : 'unmounting', { signal: sig });
-          return handOver ? mount.handover() : mount.close();
-        }).then(() => resolve(0), (err) => {
-          logger.error('clean shutdown failed', { err });
-          resolve(1);
-        });
-      } else {
-        logger.warn('second signal: forcing the unmount', { signal: sig });
-        forceUnmount(mount.mountpoint, { abort: true }).finally(() => process.exit(1));
-      }
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
+  return runMount(config, logger);
+}
+
+/**
+ * Runs the mount until SIGINT/SIGTERM. The handlers are installed before anything starts:
+ * a first signal during start-up aborts it (startMount unmounts what it mounted and closes
+ * the caches, then rejects with ERR_ABORTED: exit 0); once mounted, it unmounts (or hands
+ * the mount over under a systemd restart). A second signal forces the unmount and exits 1.
+ */
+async function runMount(config: MountConfig, logger: Logger): Promise<number> {
+  const mountpoint = resolvePath(config.mountpoint);
+  const starting = new AbortController();
+  let mount: RunningMount | undefined;
+  let signals = 0;
+  let stopped: ((code: number) => void) | undefined;
+  const done = new Promise<number>((resolve) => { stopped = resolve; });
+  const stop = (m: RunningMount, sig: NodeJS.Signals) => {
+    // Under systemd, a restart keeps the mount (restart-state.ts); anything else unmounts.
+    m.shouldHandOver().then((handOver) => {
+      logger.info(handOver ? 'restarting: leaving the mount to the next process' : 'unmounting', { signal: sig });
+      return handOver ? m.handover() : m.close();
+    }).then(() => stopped!(0), (err) => {
+      logger.error('clean shutdown failed', { err });
+      stopped!(1);
+    });
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      if (mount) return stop(mount, sig);
+      logger.info('stopping during start-up', { signal: sig });
+      starting.abort(new NarfsError('ERR_ABORTED', `narfs mount was stopped by ${sig} while starting`));
+    } else {
+      logger.warn('second signal: forcing the unmount', { signal: sig });
+      import('../fuse/fuse-native-mount.js')
+        .then(({ forceUnmount }) => forceUnmount(mountpoint, { abort: true }))
+        .finally(() => process.exit(1));
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const { startMount } = await import('../daemon/mount-daemon.js');
+    mount = await startMount(config, logger, starting.signal);
+  } catch (e) {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    const err = toNarfsError(e);
+    // The stop that was asked for: what had started was taken down by startMount.
+    if (starting.signal.aborted && err.code === 'ERR_ABORTED') return 0;
+    throw err;
+  }
+  // A signal is handled between tasks, so one that came during the start was seen by it;
+  // should one still have slipped past its last check, the mount stops at once.
+  if (starting.signal.aborted) stop(mount, 'SIGTERM');
+  else process.stdout.write(`narfs: mounted ${mount.mountpoint} (datalakes: ${config.datalakes.length}, cache: ${config.cacheDir})\n`);
+  return done;
 }
 
 async function registerCommand(args: string[]): Promise<number> {

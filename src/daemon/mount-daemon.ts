@@ -14,11 +14,14 @@
  * only some configurations need (traces, slices, --lower) load only for them (loadLater);
  * the control socket, the lower-store socket and the metrics endpoint load and start after
  * the mount, while the liveness check's child process runs; READY=1 and "mounted" wait for
- * both, and a service's error is raised before the check's.
+ * both, and a service's error is raised before the check's. A stop asked for during
+ * start-up (startMount's signal) unmounts what was mounted and closes the caches before
+ * startMount rejects with ERR_ABORTED.
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
+import { raceSignal } from '../deadline.js';
 import type { Logger } from '../log.js';
 import type { MountConfig } from '../config/mount-config.js';
 import type { Materialiser } from '../store/materialiser.js';
@@ -65,7 +68,14 @@ export interface RunningMount {
 /** How long a handover waits for the requests JS is answering (the rest are resent). */
 const HANDOVER_MS = 10_000;
 
-export async function startMount(config: MountConfig, logger: Logger): Promise<RunningMount> {
+/**
+ * `signal`: a stop asked for during start-up (SIGTERM before "mounted"). The start then
+ * ends as soon as it can with ERR_ABORTED (at once while a datalake or the slice list is
+ * awaited), after unmounting what it mounted and closing the caches: no stale mount, no
+ * cache left unclean.
+ */
+export async function startMount(config: MountConfig, logger: Logger, signal?: AbortSignal): Promise<RunningMount> {
+  signal?.throwIfAborted();
   const mountpoint = resolve(config.mountpoint);
   const notifier = new SystemdNotifier(logger);
   notifier.status(`preparing ${mountpoint}`);
@@ -74,6 +84,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
   const restart = backend === 'native' && config.fuseTransport !== 'uring' ? RestartState.fromEnvironment(config.cacheDir, logger) : undefined;
   const adopt = await restart?.resumable(mountpoint);
   if (!adopt) await prepareMountpoint(mountpoint, logger);
+  signal?.throwIfAborted();
   if (config.decompressJobs !== undefined) setDecompressionConcurrency(config.decompressJobs);
   // The gauges read what exists once the mount is up (undefined before).
   let live: { stack: Awaited<ReturnType<typeof openStoreStack>>; fs: StoreFilesystem; engine: RunningMount['engine'] } | undefined;
@@ -85,13 +96,16 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     engine: () => live?.engine.stats(),
   });
   notifier.status(`opening the datalakes and the cache ${config.cacheDir}`);
-  const traces = config.prefetchTrace || config.recordTrace ? await loadLater<typeof import('./read-trace.js')>('./read-trace.js') : undefined;
+  const traces = config.prefetchTrace || config.recordTrace ? await loadLater<typeof import('./read-trace.js')>('./read-trace.js', import.meta.url) : undefined;
   if (config.prefetchTrace) await traces!.checkTraceReadable(config.prefetchTrace);
-  const sliceFilter = config.slice ? new (await loadLater<typeof import('../slice/slice-filter.js')>('../slice/slice-filter.js')).SliceFilter() : undefined;
+  const sliceFilter = config.slice ? new (await loadLater<typeof import('../slice/slice-filter.js')>('../slice/slice-filter.js', import.meta.url)).SliceFilter() : undefined;
   const trace: TraceRecorder | undefined = config.recordTrace ? new traces!.TraceRecorder(config.recordTrace, logger) : undefined;
   let stack: Awaited<ReturnType<typeof openStoreStack>>;
   try {
-    stack = await openStoreStack({ ...config, ...(sliceFilter ? { sliceFilter } : {}), ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}) }, logger, metrics);
+    stack = await openStoreStack({
+      ...config, ...(sliceFilter ? { sliceFilter } : {}), ...(signal ? { signal } : {}),
+      ...(trace ? { onFirstRead: (name: string, narOffset: number) => trace.record(name, narOffset) } : {}),
+    }, logger, metrics);
   } catch (err) {
     await trace?.close();
     throw err;
@@ -103,23 +117,26 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     const { store, materialiser } = stack;
     if (config.lower) {
       // A slice lists only its closures; registered paths stay reachable by name (README).
-      const { watchRegisteredPaths } = await loadLater<typeof import('./watch-registered-paths.js')>('./watch-registered-paths.js');
+      const { watchRegisteredPaths } = await loadLater<typeof import('./watch-registered-paths.js')>('./watch-registered-paths.js', import.meta.url);
       const watcher = await watchRegisteredPaths(config.lower, (names) => (sliceFilter ? sliceFilter.retain(names) : store.addKnown(names)), logger);
       cleanups.push(() => watcher.close());
     }
     if (config.slice && sliceFilter) {
       notifier.status('fetching the slice list');
-      const { startSlice } = await loadLater<typeof import('../slice/start-slice.js')>('../slice/start-slice.js');
-      const slice = await startSlice({
+      const { startSlice } = await loadLater<typeof import('../slice/start-slice.js')>('../slice/start-slice.js', import.meta.url);
+      // A stop during start-up ends the wait for the list at once; the slice, should it
+      // still start, is closed with the rest.
+      const starting = startSlice({
         settings: config.slice, cacheDir: config.cacheDir, filter: sliceFilter, infos: stack.infos as SlicedPathInfoService,
-        readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal ?? stack.signal),
-        logger, signal: stack.signal,
+        readFile: (info, readSignal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, readSignal ?? stack.signal),
+        logger, signal: signal ? AbortSignal.any([stack.signal, signal]) : stack.signal,
         ...(config.datalakeAccess ? { access: config.datalakeAccess } : {}), ...(config.lower ? { lower: config.lower } : {}),
       });
-      cleanups.push(() => slice.close());
+      cleanups.push(() => starting.then((slice) => slice.close(), () => {}));
+      await raceSignal(starting, signal);
     }
     // fuse-native sends no FORGET: its inodes must live as long as the mount.
-    const roots = sliceFilter ? new (await loadLater<typeof import('../slice/sliced-root-nodes.js')>('../slice/sliced-root-nodes.js')).SlicedRootNodes(store, sliceFilter) : store;
+    const roots = sliceFilter ? new (await loadLater<typeof import('../slice/sliced-root-nodes.js')>('../slice/sliced-root-nodes.js', import.meta.url)).SlicedRootNodes(store, sliceFilter) : store;
     const journal = restart ? await restart.openJournal() : undefined;
     if (journal) cleanups.push(() => journal.close());
     // Nodeids below the journal's next number were handed out by an earlier process.
@@ -143,6 +160,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     notifier.status(adopt ? `resuming ${mountpoint}` : `mounting ${mountpoint}`);
     let handingOver = false;
     if (restart) cleanups.push(() => (handingOver ? undefined : restart.clear()));
+    signal?.throwIfAborted();
     try {
       await fuse.mount();
     } catch (err) {
@@ -173,11 +191,11 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     const liveness = mountState(mountpoint);
     let metricsAddress: string | undefined;
     const services = (async () => {
-      const { startControlServer } = await loadLater<typeof import('./control-server.js')>('./control-server.js');
+      const { startControlServer } = await loadLater<typeof import('./control-server.js')>('./control-server.js', import.meta.url);
       const control = await startControlServer(config.cacheDir, { stack, defaultLower: config.lower, logger, status });
       cleanups.push(() => control.close());
       if (config.lowerSocket) {
-        const { startLowerDaemon } = await loadLater<typeof import('./lower-daemon.js')>('./lower-daemon.js');
+        const { startLowerDaemon } = await loadLater<typeof import('./lower-daemon.js')>('./lower-daemon.js', import.meta.url);
         const lowerd = await startLowerDaemon(resolve(config.lowerSocket), {
           infos: stack.infos,
           readFile: (info, signal) => store.readFile(`${info.narInfo.storePath.hashPart}-${info.narInfo.storePath.name}`, signal),
@@ -187,7 +205,7 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
         cleanups.push(() => lowerd.close());
       }
       if (config.metricsListen) {
-        const { startMetricsServer } = await loadLater<typeof import('./metrics-server.js')>('./metrics-server.js');
+        const { startMetricsServer } = await loadLater<typeof import('./metrics-server.js')>('./metrics-server.js', import.meta.url);
         const server = await startMetricsServer(config.metricsListen, metrics.registry);
         cleanups.push(() => server.close());
         metricsAddress = server.address;
@@ -196,9 +214,14 @@ export async function startMount(config: MountConfig, logger: Logger): Promise<R
     })();
     // Both settle before either's error is raised (the services' first, as when they ran
     // before the check): the cleanups then find every service that did start.
+    // Both are bounded (the check by its child's deadline), so a stop asked for meanwhile
+    // waits for them: the cleanups then find every service that started.
     const [checked, started] = await Promise.allSettled([liveness, services]);
+    signal?.throwIfAborted();
     if (started.status === 'rejected') throw started.reason;
-    const state = checked.status === 'fulfilled' ? checked.value : 'hung';
+    // A check that could not run at all is not a verdict on the mount: its cause is kept.
+    if (checked.status === 'rejected') throw toNarfsError(checked.reason, 'ERR_MOUNT');
+    const state = checked.value;
     if (state !== 'live') throw new NarfsError('ERR_MOUNT', `${mountpoint} does not answer after mounting (${state})`);
     const summary = () => {
       const ds = stack.datalakes.status();

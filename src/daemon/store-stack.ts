@@ -12,13 +12,19 @@
  *
  * Start-up order (the time until a mount answers, issue 10): only the datalakes' modules
  * load before their first request (nix-cache-info); the caches' and the store's modules
- * (LevelDB, SQLite, ...) load and the caches open while it is under way. Errors are still
- * raised in the old order: the datalakes' before the caches'.
+ * (LevelDB, SQLite, the native engine) load while it is under way. Loading has no effect
+ * outside the process; opening the caches has (it creates the cache directory, marks the
+ * blob store unclean, may reconcile it), so the caches open only once every datalake has
+ * answered without a configuration error (another StoreDir, a 401): a mount that fails
+ * on its datalake leaves a fresh cache directory uncreated and an old one untouched.
+ * `config.signal` (SIGTERM during start-up) ends the open at once with ERR_ABORTED,
+ * after closing what it had opened.
  */
 import { mkdir, statfs } from 'node:fs/promises';
 import { defaultCacheMaxBytes, type LazyFetchSettings } from '../config/mount-config.js';
 import { join } from 'node:path';
 import { NarfsError, toNarfsError } from '../errors.js';
+import { raceSignal } from '../deadline.js';
 import type { Logger } from '../log.js';
 import type { PublicKey } from '../nix/signature.js';
 import { DatalakeSet } from '../datalake/datalake-set.js';
@@ -56,6 +62,8 @@ export interface StoreStackConfig {
   lazyFetch?: LazyFetchSettings;
   /** A slice mount: `infos` answers only for the paths this filter admits. */
   sliceFilter?: SliceFilter;
+  /** Ends the open (ERR_ABORTED) once aborted: a stop asked for during start-up. */
+  signal?: AbortSignal;
 }
 
 export interface StoreStack {
@@ -82,17 +90,19 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     });
     cleanups.push(() => datalakes.close());
     // The datalakes are asked (nix-cache-info: a round trip each) while the modules of the
-    // caches and the store load (~30-50 ms) and the caches open: neither waits on the other.
-    // Both settle before an error is raised, the datalakes' first (the order of old).
-    const [opened, caches] = await Promise.allSettled([
+    // caches and the store load (~30-50 ms); both settle before an error is raised, the
+    // datalakes' first. The caches open only after that (see the header).
+    const [opened, loaded] = await raceSignal(Promise.allSettled([
       // Offline start: with no datalake answering, the caches still serve what they hold;
       // the set probes the datalakes in the background and uses them when they come back.
       datalakes.open({ allowAllDown: true }),
-      stackModules(config.sliceFilter !== undefined).then((mods) => openCaches(mods, config, logger, cleanups).then((opened) => ({ mods, ...opened }))),
-    ]);
+      stackModules(config.sliceFilter !== undefined),
+    ]), config.signal);
     if (opened.status === 'rejected') throw opened.reason;
-    if (caches.status === 'rejected') throw caches.reason;
-    const { meta, blobs, trees: plainTrees, mods } = caches.value;
+    if (loaded.status === 'rejected') throw loaded.reason;
+    const mods = loaded.value;
+    const { meta, blobs, trees: plainTrees } = await openCaches(mods, config, logger, cleanups);
+    config.signal?.throwIfAborted();
     const { PathInfoService, SlicedPathInfoService, Materialiser, ChunkVerifyPool, ChunkFetcher, LazyStore } = mods;
     if (!datalakes.anyUp()) {
       logger.warn('no datalake answers; starting offline: cached paths are served, others fail with EIO until a datalake comes back', {
@@ -105,6 +115,10 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const infoArgs = [datalakes, metrics ? metrics.countingMetadataCache(meta) : meta,
       { requireSigs: config.requireSigs, trustedKeys: config.trustedPublicKeys },
       { negativeTtlMs: config.negativeTtlMs, logger }] as const;
+    // A slice mount never falls back to the unfiltered service: it would show every path.
+    if (config.sliceFilter && !SlicedPathInfoService) {
+      throw new NarfsError('ERR_INTERNAL', 'the slice module did not load: a slice mount cannot filter its paths');
+    }
     const infos = config.sliceFilter && SlicedPathInfoService ? new SlicedPathInfoService(config.sliceFilter, ...infoArgs) : new PathInfoService(...infoArgs);
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
@@ -135,44 +149,58 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
   }
 }
 
-/** The classes of the stack, loaded once the datalakes were asked (see openStoreStack). */
+/**
+ * The classes of the stack, loaded while the datalakes are asked (see openStoreStack), and
+ * the native engine's file hasher (loading the addon: the engine is ready for the mount).
+ * Nothing here may touch the cache directory or anything else outside the process.
+ */
 async function stackModules(sliced = false) {
   const [meta, blobs, trees, infos, sliceInfos, materialiser, lazy, pool, fetcher, native] = await Promise.all([
-    loadLater<typeof import('../cache/level-metadata-cache.js')>('../cache/level-metadata-cache.js'),
-    loadLater<typeof import('../cache/blob-store.js')>('../cache/blob-store.js'),
-    loadLater<typeof import('../cache/tree-store.js')>('../cache/tree-store.js'),
-    loadLater<typeof import('../store/path-info-service.js')>('../store/path-info-service.js'),
-    sliced ? loadLater<typeof import('../slice/sliced-path-info-service.js')>('../slice/sliced-path-info-service.js') : undefined,
-    loadLater<typeof import('../store/materialiser.js')>('../store/materialiser.js'),
-    loadLater<typeof import('../store/lazy-store.js')>('../store/lazy-store.js'),
-    loadLater<typeof import('../store/chunk-verify-pool.js')>('../store/chunk-verify-pool.js'),
-    loadLater<typeof import('../store/chunk-fetcher.js')>('../store/chunk-fetcher.js'),
-    loadLater<typeof import('../fuse/native-mount.js')>('../fuse/native-mount.js'),
+    loadLater<typeof import('../cache/level-metadata-cache.js')>('../cache/level-metadata-cache.js', import.meta.url),
+    loadLater<typeof import('../cache/blob-store.js')>('../cache/blob-store.js', import.meta.url),
+    loadLater<typeof import('../cache/tree-store.js')>('../cache/tree-store.js', import.meta.url),
+    loadLater<typeof import('../store/path-info-service.js')>('../store/path-info-service.js', import.meta.url),
+    sliced ? loadLater<typeof import('../slice/sliced-path-info-service.js')>('../slice/sliced-path-info-service.js', import.meta.url) : undefined,
+    loadLater<typeof import('../store/materialiser.js')>('../store/materialiser.js', import.meta.url),
+    loadLater<typeof import('../store/lazy-store.js')>('../store/lazy-store.js', import.meta.url),
+    loadLater<typeof import('../store/chunk-verify-pool.js')>('../store/chunk-verify-pool.js', import.meta.url),
+    loadLater<typeof import('../store/chunk-fetcher.js')>('../store/chunk-fetcher.js', import.meta.url),
+    loadLater<typeof import('../fuse/native-mount.js')>('../fuse/native-mount.js', import.meta.url),
   ]);
   return {
     LevelMetadataCache: meta.LevelMetadataCache, BlobStore: blobs.BlobStore, TreeStore: trees.TreeStore,
     PathInfoService: infos.PathInfoService, SlicedPathInfoService: sliceInfos?.SlicedPathInfoService,
     Materialiser: materialiser.Materialiser, LazyStore: lazy.LazyStore,
-    ChunkVerifyPool: pool.ChunkVerifyPool, ChunkFetcher: fetcher.ChunkFetcher, nativeFileHasher: native.nativeFileHasher,
+    ChunkVerifyPool: pool.ChunkVerifyPool, ChunkFetcher: fetcher.ChunkFetcher,
+    // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
+    hashFile: native.nativeFileHasher(),
   };
 }
 
 /** The metadata cache, blob store and tree store of `config.cacheDir`, each pushed on `cleanups` once open. */
 async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config: StoreStackConfig, logger: Logger, cleanups: CleanupStack): Promise<{ meta: LevelMetadataCache; blobs: BlobStore; trees: TreeStore }> {
-  const { LevelMetadataCache, BlobStore, TreeStore, nativeFileHasher } = mods;
+  const { LevelMetadataCache, BlobStore, TreeStore, hashFile } = mods;
   await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
     throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
   });
-  const meta = await LevelMetadataCache.open(join(config.cacheDir, 'meta'));
-  cleanups.push(() => meta.close());
-  const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
-    .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
-  // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
-  const hashFile = nativeFileHasher();
-  const blobs = await BlobStore.open(config.cacheDir, {
-    logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
-  });
-  cleanups.push(() => blobs.close());
+  // LevelDB opens on libuv's pool while the blob store (SQLite, on this thread) opens.
+  const [meta, blobs] = await Promise.allSettled([
+    LevelMetadataCache.open(join(config.cacheDir, 'meta')).then((opened) => {
+      cleanups.push(() => opened.close());
+      return opened;
+    }),
+    (async () => {
+      const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
+        .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
+      const opened = await BlobStore.open(config.cacheDir, {
+        logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
+      });
+      cleanups.push(() => opened.close());
+      return opened;
+    })(),
+  ]);
+  if (meta.status === 'rejected') throw meta.reason;
+  if (blobs.status === 'rejected') throw blobs.reason;
   const trees = await TreeStore.open(config.cacheDir, { logger });
-  return { meta, blobs, trees };
+  return { meta: meta.value, blobs: blobs.value, trees };
 }
