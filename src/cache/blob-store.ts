@@ -52,6 +52,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { cacheError } from './cache-error.js';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../nixdb/run-in-worker.js';
+import type { BlobWriteFile } from './blob-write-worker.js';
 
 export interface BlobStoreOptions {
   /** Bound on the content bytes held (complete blobs + chunks of partial files). Default: none. */
@@ -772,18 +773,33 @@ export class BlobStore {
       const n = Math.min(BLOB_WRITERS, Math.ceil(jobs.length / 32));
       const shards = Array.from({ length: n }, (_, w) => jobs.filter((_, i) => i % n === w));
       const results = await Promise.all(shards.map((shard, w) => {
+        // Bytes in a SharedArrayBuffer (decoded frames, never written again: chunk-job.ts)
+        // go to the writer as they lie, shared; others are copied into one transferred buffer.
         let total = 0;
-        for (const j of shard) total += j.size;
+        for (const j of shard) if (!(bySha.get(j.hex)!.buffer instanceof SharedArrayBuffer)) total += j.size;
         const data = new Uint8Array(total);
-        const wire: Array<{ tmp: string; dir: string; final: string; at: number; size: number }> = [];
+        const shared: SharedArrayBuffer[] = [];
+        const sharedAt = new Map<SharedArrayBuffer, number>();
+        const wire: BlobWriteFile[] = [];
         let at = 0;
         for (const j of shard) {
-          data.set(bySha.get(j.hex)!, at);
+          const b = bySha.get(j.hex)!;
           const dir = join(this.#blobDir, j.hex.slice(0, 2));
-          wire.push({ tmp: this.tempPath('w'), dir, final: join(dir, j.hex), at, size: j.size });
+          const file = { tmp: this.tempPath('w'), dir, final: join(dir, j.hex), size: j.size };
+          if (b.buffer instanceof SharedArrayBuffer) {
+            let src = sharedAt.get(b.buffer);
+            if (src === undefined) {
+              src = shared.push(b.buffer) - 1;
+              sharedAt.set(b.buffer, src);
+            }
+            wire.push({ ...file, src, at: b.byteOffset });
+            continue;
+          }
+          data.set(b, at);
+          wire.push({ ...file, src: -1, at });
           at += j.size;
         }
-        return this.#writer(w).run(data, wire);
+        return this.#writer(w).run(data, shared, wire);
       }));
       const r = { ok: jobs.map((_, i) => results[i % n]!.ok[Math.floor(i / n)] === true), errors: results.flatMap((x) => x.errors) };
       const done = jobs.filter((_, i) => r.ok[i]);
@@ -1094,13 +1110,13 @@ class BlobWriter {
   #next = 1;
   readonly #waiting = new Map<number, { resolve: (r: { ok: boolean[]; errors: string[] }) => void; reject: (e: Error) => void }>();
 
-  run(data: Uint8Array, files: Array<{ tmp: string; dir: string; final: string; at: number; size: number }>): Promise<{ ok: boolean[]; errors: string[] }> {
+  run(data: Uint8Array, shared: SharedArrayBuffer[], files: BlobWriteFile[]): Promise<{ ok: boolean[]; errors: string[] }> {
     const w = this.#start();
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#waiting.set(id, { resolve, reject });
       if (this.#waiting.size === 1) w.ref();
-      w.postMessage({ id, data: data.buffer, files }, [data.buffer as ArrayBuffer]);
+      w.postMessage({ id, data: data.buffer, shared, files }, [data.buffer as ArrayBuffer]);
     });
   }
 

@@ -4,8 +4,10 @@
  * through libuv's 4-thread pool per call, which reads of cached files share). Started by
  * blob-store.ts (`commitBuffers`).
  *
- * Protocol: main → worker `{ id, data, files: [{ tmp, dir, final, at, size }] }`, `data` an
- * ArrayBuffer (transferred) holding every file's bytes at `at`; worker → main exactly one
+ * Protocol: main → worker `{ id, data, shared, files: [{ tmp, dir, final, src, at, size }] }`:
+ * a file's bytes lie at `at` in `data` (an ArrayBuffer, transferred) when `src` is -1, else
+ * at `at` in `shared[src]` (a SharedArrayBuffer of decoded frames, which nobody writes into
+ * after its decode: chunk-job.ts; read here, never written); worker → main exactly one
  * `{ id, ok: boolean[], errors: string[] }` per job: for each file, whether it now lies
  * under `final`, complete, with mode 0444, and the message of the first failure.
  *
@@ -24,27 +26,29 @@ import { parentPort } from 'node:worker_threads';
 const port = parentPort;
 if (!port) throw new Error('blob-write-worker runs only on a worker thread');
 
-export interface BlobWriteFile { tmp: string; dir: string; final: string; at: number; size: number }
+export interface BlobWriteFile { tmp: string; dir: string; final: string; src: number; at: number; size: number }
 
 const made = new Set<string>();
-port.on('message', (m: { id: number; data: ArrayBuffer; files: BlobWriteFile[] }) => {
+port.on('message', (m: { id: number; data: ArrayBuffer; shared: SharedArrayBuffer[]; files: BlobWriteFile[] }) => {
   const data = new Uint8Array(m.data);
+  const shared = m.shared.map((b) => new Uint8Array(b));
   const ok: boolean[] = [];
   const errors: string[] = [];
   for (const f of m.files) {
+    const bytes = (f.src < 0 ? data : shared[f.src]!).subarray(f.at, f.at + f.size);
     try {
       if (!made.has(f.dir)) {
         mkdirSync(f.dir, { recursive: true });
         made.add(f.dir);
       }
       try {
-        writeFileSync(f.final, data.subarray(f.at, f.at + f.size), { mode: 0o444, flag: 'wx' });
+        writeFileSync(f.final, bytes, { mode: 0o444, flag: 'wx' });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
           try { rmSync(f.final, { force: true }); } catch { /* re-hashed at the next open if left */ }
           throw e;
         }
-        writeFileSync(f.tmp, data.subarray(f.at, f.at + f.size), { mode: 0o444, flag: 'wx' });
+        writeFileSync(f.tmp, bytes, { mode: 0o444, flag: 'wx' });
         renameSync(f.tmp, f.final);
       }
       ok.push(true);

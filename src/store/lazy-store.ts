@@ -796,8 +796,7 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       this.#promoteAlong(f);
       if (this.#staged.has(hex)) return;
-      // A copy: `bytes` may be a view into a whole request's buffer.
-      this.#staged.set(hex, { sha: f.sha256, bytes: Buffer.from(bytes) });
+      this.#staged.set(hex, { sha: f.sha256, bytes: keepable(bytes) });
       this.#stagedBytes += f.size;
       this.#drainSoon();
       // Bounded memory: a writer that outruns the disk waits for commits.
@@ -811,7 +810,7 @@ export class LazyStore implements RootNodes, ContentReader {
       await held.put;
       return;
     }
-    const copy = Buffer.from(bytes);
+    const copy = keepable(bytes);
     const put: Promise<boolean> = this.#blobs.putChunk(f.sha256, f.size, cs, k, copy, chunkHash(f, k)).then(() => true, (err: unknown) => {
       // Served from memory meanwhile; a later read fetches (and checks) the chunk again.
       this.#opts.logger.warn('cannot write a fetched chunk to the cache; it is fetched again when read', { err: toNarfsError(err, 'ERR_CACHE_IO') });
@@ -1211,6 +1210,19 @@ function sameNar(a: PathInfo, b: PathInfo): boolean {
  */
 function listingToMeta(bytes: Buffer): string {
   return isUtf8(bytes) ? bytes.toString('utf8') : `\u0000${bytes.toString('latin1')}`;
+}
+
+
+/**
+ * Verified bytes to keep until their commit: a view when they lie in decoded frames (a
+ * SharedArrayBuffer written once by the decode, chunk-job.ts: nobody writes into it again,
+ * and the blob-write workers write files straight from it, blob-store.ts), else a copy
+ * (`bytes` may be a view into a whole request's buffer). A view keeps its frames' memory
+ * until the commit of its file, which follows at once (staged files, chunk writes); files
+ * kept longer (#along) are copied.
+ */
+export function keepable(bytes: Buffer): Buffer {
+  return bytes.buffer instanceof SharedArrayBuffer ? bytes : Buffer.from(bytes);
 }
 
 function listingFromMeta(text: string): Uint8Array | string {
