@@ -262,6 +262,26 @@ describe('BlobStore', () => {
     assert.equal((await store.commitBuffers(batch.slice(0, 10))).deduped, 10);
   });
 
+  it('commitBuffers writes files from views into shared decoded memory (SharedArrayBuffer, as chunk-job decodes) mixed with plain buffers, byte-exact', async () => {
+    const store = await openStore();
+    // Two "decoded requests", each holding many files back to back at odd offsets, and plain buffers between them.
+    const shared = [new SharedArrayBuffer(70_000), new SharedArrayBuffer(50_000)];
+    for (const b of shared) new Uint8Array(b).set(randomBytes(b.byteLength));
+    const views: Buffer[] = [];
+    for (const b of shared) for (let at = 3; at + 997 <= b.byteLength; at += 1009) views.push(Buffer.from(b, at, 997 - (at % 7)));
+    const plain = Array.from({ length: 40 }, (_, i) => randomBytes(50 + i * 31));
+    const all = views.flatMap((v, i) => (i < plain.length ? [v, plain[i]!] : [v]));
+    const before = all.map((b) => Buffer.from(b));
+    const r = await store.commitBuffers(all.map((b) => ({ sha: sha(b), bytes: b })));
+    assert.equal(r.added, all.length);
+    for (const b of before) {
+      const h = sha(b);
+      assert.equal(store.completePath(h, b.length), store.blobPath(h));
+      assert.deepEqual(await readFile(store.blobPath(h)), b);
+    }
+    assert.deepEqual(all.map((b) => Buffer.from(b)), before, 'the shared memory is read, never written');
+  });
+
   it('"not held" is remembered, and forgotten the moment the blob comes: commitBuffers, commitFiles, putChunk', async () => {
     const store = await openStore();
     const a = randomBytes(3000);
