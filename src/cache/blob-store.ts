@@ -52,7 +52,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { cacheError } from './cache-error.js';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../nixdb/run-in-worker.js';
-import type { BlobWriteFile } from './blob-write-worker.js';
+import type { BlobWriteJob } from './blob-write-worker.js';
 
 export interface BlobStoreOptions {
   /** Bound on the content bytes held (complete blobs + chunks of partial files). Default: none. */
@@ -780,26 +780,30 @@ export class BlobStore {
         const data = new Uint8Array(total);
         const shared: SharedArrayBuffer[] = [];
         const sharedAt = new Map<SharedArrayBuffer, number>();
-        const wire: BlobWriteFile[] = [];
+        const src = new Int32Array(shard.length);
+        const ats = new Float64Array(shard.length);
+        const sizes = new Float64Array(shard.length);
         let at = 0;
-        for (const j of shard) {
+        shard.forEach((j, i) => {
           const b = bySha.get(j.hex)!;
-          const dir = join(this.#blobDir, j.hex.slice(0, 2));
-          const file = { tmp: this.tempPath('w'), dir, final: join(dir, j.hex), size: j.size };
+          sizes[i] = j.size;
           if (b.buffer instanceof SharedArrayBuffer) {
-            let src = sharedAt.get(b.buffer);
-            if (src === undefined) {
-              src = shared.push(b.buffer) - 1;
-              sharedAt.set(b.buffer, src);
+            let k = sharedAt.get(b.buffer);
+            if (k === undefined) {
+              k = shared.push(b.buffer) - 1;
+              sharedAt.set(b.buffer, k);
             }
-            wire.push({ ...file, src, at: b.byteOffset });
-            continue;
+            src[i] = k;
+            ats[i] = b.byteOffset;
+            return;
           }
           data.set(b, at);
-          wire.push({ ...file, src: -1, at });
+          src[i] = -1;
+          ats[i] = at;
           at += j.size;
-        }
-        return this.#writer(w).run(data, shared, wire);
+        });
+        const wire = { blobDir: this.#blobDir, tmpDir: this.#tmpDir, data: data.buffer, shared, names: shard.map((j) => j.hex).join(''), src, at: ats, size: sizes };
+        return this.#writer(w).run(wire);
       }));
       const r = { ok: jobs.map((_, i) => results[i % n]!.ok[Math.floor(i / n)] === true), errors: results.flatMap((x) => x.errors) };
       const done = jobs.filter((_, i) => r.ok[i]);
@@ -1110,13 +1114,14 @@ class BlobWriter {
   #next = 1;
   readonly #waiting = new Map<number, { resolve: (r: { ok: boolean[]; errors: string[] }) => void; reject: (e: Error) => void }>();
 
-  run(data: Uint8Array, shared: SharedArrayBuffer[], files: BlobWriteFile[]): Promise<{ ok: boolean[]; errors: string[] }> {
+  run(job: Omit<BlobWriteJob, 'id'>): Promise<{ ok: boolean[]; errors: string[] }> {
     const w = this.#start();
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#waiting.set(id, { resolve, reject });
       if (this.#waiting.size === 1) w.ref();
-      w.postMessage({ id, data: data.buffer, shared, files }, [data.buffer as ArrayBuffer]);
+      const msg: BlobWriteJob = { id, ...job };
+      w.postMessage(msg, [job.data, job.src.buffer as ArrayBuffer, job.at.buffer as ArrayBuffer, job.size.buffer as ArrayBuffer]);
     });
   }
 

@@ -282,6 +282,20 @@ describe('BlobStore', () => {
     assert.deepEqual(all.map((b) => Buffer.from(b)), before, 'the shared memory is read, never written');
   });
 
+  it('commitBuffers replaces a file already lying at a blob name without a row (an earlier process\'s, not adopted): right bytes, no temp file left', async () => {
+    const store = await openStore();
+    const bufs = Array.from({ length: 40 }, (_, i) => randomBytes(200 + i));
+    for (const b of bufs.slice(0, 20)) {
+      const p = store.blobPath(sha(b));
+      await mkdir(join(p, '..'), { recursive: true });
+      await writeFile(p, Buffer.from('stale bytes of an earlier process'));
+    }
+    const r = await store.commitBuffers(bufs.map((b) => ({ sha: sha(b), bytes: b })));
+    assert.equal(r.added, 40);
+    for (const b of bufs) assert.deepEqual(await readFile(store.blobPath(sha(b))), b);
+    assert.deepEqual(await readdir(join(dir, 'tmp')), [], 'no temp file is left');
+  });
+
   it('"not held" is remembered, and forgotten the moment the blob comes: commitBuffers, commitFiles, putChunk', async () => {
     const store = await openStore();
     const a = randomBytes(3000);
