@@ -176,6 +176,7 @@ export class BlobStore {
     this.#q = prepare(db);
     this.#total = this.#q.sumHeld.pluck().get() as number;
     this.#clock = (this.#q.maxUse.pluck().get() as number) + 1;
+    this.#unknownComplete = db.prepare('SELECT 1 FROM blob WHERE complete = 1 LIMIT 1').get() !== undefined;
   }
 
   /**
@@ -252,14 +253,26 @@ export class BlobStore {
    */
   readonly #known = new Map<string, number>();
   #remember(hex: string, size: number): void {
-    if (this.#known.size >= 500_000) this.#known.clear(); // a bound on memory; SQLite still answers
+    if (this.#known.size >= 500_000) {
+      this.#known.clear(); // a bound on memory; SQLite still answers
+      this.#unknownComplete = true;
+    }
     this.#known.set(hex, size);
   }
+  /**
+   * Whether a complete row may exist that #known does not hold: one of an earlier process
+   * (at open, or adopted by a reconcile), or after #known was cleared. While false (a
+   * fresh cache) every complete row is in #known, so "not complete" and "not verified"
+   * are answered from memory, without a SQLite query per lookup (a full read of a closure
+   * asks for each of its ~23k files several times before it is held).
+   */
+  #unknownComplete = true;
 
   /** The path of the complete blob of `sha` if the store holds it with this size. */
   completePath(sha: Buffer, size: number): string | undefined {
     const hex = shaHex(sha);
     if (this.#known.get(hex) === size) return join(this.#blobDir, hex.slice(0, 2), hex);
+    if (!this.#unknownComplete) return undefined;
     const row = this.#row(sha);
     return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
   }
@@ -267,6 +280,7 @@ export class BlobStore {
   /** Whether the complete blob was verified (hashed, or written) by this process. */
   isVerified(sha: Buffer): boolean {
     if (this.#known.has(shaHex(sha))) return true;
+    if (!this.#unknownComplete) return false;
     const row = this.#row(sha);
     return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
   }
@@ -985,6 +999,7 @@ export class BlobStore {
           if (row) this.#forgetRow(row); // a partial row (promotion cut short), or the wrong size
           await rm(this.#partialPath(name), { force: true });
           this.#insert(sha, st.size, 1, 0, st.size, 0, 0);
+          this.#unknownComplete = true;
           this.#total += st.size;
           seen.add(name);
           out.adopted++;

@@ -208,6 +208,34 @@ describe('BlobStore', () => {
     assert.equal(store.stats().bytes, 2000 + 500 + 4096);
   });
 
+  it('"not complete" is answered from memory only while no row can be complete unseen: an earlier process\'s blobs and adopted ones are still found', async () => {
+    const first = await openStore();
+    const bytes = randomBytes(3000);
+    const h = await putWhole(first, bytes);
+    await first.close();
+    // Reopened cleanly (no reconcile): the row is of an earlier process, unknown to this one.
+    const second = await openStore();
+    assert.equal(second.completePath(h, 3000), second.blobPath(h));
+    assert.equal(second.isVerified(h), false, 'not trusted before it is re-hashed');
+    assert.ok(await second.verifyBlob(h));
+    assert.equal(second.isVerified(h), true);
+    assert.equal(second.completePath(sha(randomBytes(10)), 10), undefined);
+    await second.close();
+    // A fresh store, then a blob without a row left behind an unclean stop: adopted, and found.
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    const fresh = await openStore();
+    const strayBytes = randomBytes(700);
+    const stray = sha(strayBytes);
+    assert.equal(fresh.completePath(stray, 700), undefined);
+    // No close(): as after kill -9.
+    await mkdir(join(dir, 'blobs', stray.toString('hex').slice(0, 2)), { recursive: true });
+    await writeFile(join(dir, 'blobs', stray.toString('hex').slice(0, 2), stray.toString('hex')), strayBytes);
+    const third = await openStore();
+    assert.equal(third.completePath(stray, 700), third.blobPath(stray), 'an adopted blob is found');
+    assert.equal(third.isVerified(stray), false);
+  });
+
   it('a real kill -9 in the middle of writes leaves a store whose rows and files agree', async function () {
     this.timeout(120_000);
     const { spawn } = await import('node:child_process');
