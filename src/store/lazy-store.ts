@@ -138,8 +138,8 @@ export interface LazyStoreOptions {
 
 export const DEFAULT_STAGE_MAX_BYTES = 64 << 20;
 /** Staged files are committed in batches of at most this many files / bytes, by up to DRAIN_LOOPS loops at once. */
-const DRAIN_BATCH_FILES = 1024;
-const DRAIN_BATCH_BYTES = 16 << 20;
+const DRAIN_BATCH_FILES = 2048;
+const DRAIN_BATCH_BYTES = 32 << 20;
 const DRAIN_LOOPS = 2;
 export const DEFAULT_WARM_REFERENCES = 4;
 export const DEFAULT_NEIGHBOUR_AFTER_MISSES = 1;
