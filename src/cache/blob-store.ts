@@ -36,6 +36,8 @@
  *   read (a truncated file is ERR_CACHE_CORRUPT and dropped); a blob written by an earlier
  *   process is re-hashed once per process before it is trusted (`verifyBlob`, tracked by
  *   a generation number in its row, not in memory); `scrub` re-hashes everything.
+ * - On a fresh cache (no complete row at open, none adopted since) every complete row is
+ *   remembered in memory, so "not complete" and "not verified" are answered without SQLite.
  * - All SQLite calls are small and synchronous (better-sqlite3, WAL, synchronous=NORMAL):
  *   one row or one chunk at a time, on the main thread. Touches (LRU) are coalesced in
  *   memory and written in one transaction before any eviction decision and on close.
@@ -735,8 +737,10 @@ export class BlobStore {
   /**
    * Commits whole verified files held in memory (chunks of small files a ranged read or a
    * decoded frame brought, each checked against its signed hash by the caller): each is
-   * written in tmp/ and renamed into blobs/ by the blob-write worker (synchronous calls
-   * off the JS thread, no fsync), then every row goes in with one transaction. Files the
+   * created at its blob name by a blob-write worker (synchronous calls off the JS thread,
+   * no fsync; blob-write-worker.ts), then every row goes in with one transaction. Bytes in
+   * a SharedArrayBuffer (decoded frames, never written after their decode) are handed to
+   * the worker as they lie; others are copied into one transferred buffer. Files the
    * store already holds are deduped; a partial file of the same contents is replaced.
    * A crash mid-batch leaves renamed blobs without rows (adopted at the next open, and
    * re-hashed before they are served, like every blob of an earlier process) and temp
