@@ -36,6 +36,8 @@
  *   read (a truncated file is ERR_CACHE_CORRUPT and dropped); a blob written by an earlier
  *   process is re-hashed once per process before it is trusted (`verifyBlob`, tracked by
  *   a generation number in its row, not in memory); `scrub` re-hashes everything.
+ * - On a fresh cache (no complete row at open, none adopted since) every complete row is
+ *   remembered in memory, so "not complete" and "not verified" are answered without SQLite.
  * - All SQLite calls are small and synchronous (better-sqlite3, WAL, synchronous=NORMAL):
  *   one row or one chunk at a time, on the main thread. Touches (LRU) are coalesced in
  *   memory and written in one transaction before any eviction decision and on close.
@@ -52,6 +54,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { cacheError } from './cache-error.js';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../nixdb/run-in-worker.js';
+import type { BlobWriteJob } from './blob-write-worker.js';
 
 export interface BlobStoreOptions {
   /** Bound on the content bytes held (complete blobs + chunks of partial files). Default: none. */
@@ -175,6 +178,7 @@ export class BlobStore {
     this.#q = prepare(db);
     this.#total = this.#q.sumHeld.pluck().get() as number;
     this.#clock = (this.#q.maxUse.pluck().get() as number) + 1;
+    this.#unknownComplete = db.prepare('SELECT 1 FROM blob WHERE complete = 1 LIMIT 1').get() !== undefined;
   }
 
   /**
@@ -251,14 +255,26 @@ export class BlobStore {
    */
   readonly #known = new Map<string, number>();
   #remember(hex: string, size: number): void {
-    if (this.#known.size >= 500_000) this.#known.clear(); // a bound on memory; SQLite still answers
+    if (this.#known.size >= 500_000) {
+      this.#known.clear(); // a bound on memory; SQLite still answers
+      this.#unknownComplete = true;
+    }
     this.#known.set(hex, size);
   }
+  /**
+   * Whether a complete row may exist that #known does not hold: one of an earlier process
+   * (at open, or adopted by a reconcile), or after #known was cleared. While false (a
+   * fresh cache) every complete row is in #known, so "not complete" and "not verified"
+   * are answered from memory, without a SQLite query per lookup (a full read of a closure
+   * asks for each of its ~23k files several times before it is held).
+   */
+  #unknownComplete = true;
 
   /** The path of the complete blob of `sha` if the store holds it with this size. */
   completePath(sha: Buffer, size: number): string | undefined {
     const hex = shaHex(sha);
     if (this.#known.get(hex) === size) return join(this.#blobDir, hex.slice(0, 2), hex);
+    if (!this.#unknownComplete) return undefined;
     const row = this.#row(sha);
     return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
   }
@@ -266,6 +282,7 @@ export class BlobStore {
   /** Whether the complete blob was verified (hashed, or written) by this process. */
   isVerified(sha: Buffer): boolean {
     if (this.#known.has(shaHex(sha))) return true;
+    if (!this.#unknownComplete) return false;
     const row = this.#row(sha);
     return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
   }
@@ -720,8 +737,10 @@ export class BlobStore {
   /**
    * Commits whole verified files held in memory (chunks of small files a ranged read or a
    * decoded frame brought, each checked against its signed hash by the caller): each is
-   * written in tmp/ and renamed into blobs/ by the blob-write worker (synchronous calls
-   * off the JS thread, no fsync), then every row goes in with one transaction. Files the
+   * created at its blob name by a blob-write worker (synchronous calls off the JS thread,
+   * no fsync; blob-write-worker.ts), then every row goes in with one transaction. Bytes in
+   * a SharedArrayBuffer (decoded frames, never written after their decode) are handed to
+   * the worker as they lie; others are copied into one transferred buffer. Files the
    * store already holds are deduped; a partial file of the same contents is replaced.
    * A crash mid-batch leaves renamed blobs without rows (adopted at the next open, and
    * re-hashed before they are served, like every blob of an earlier process) and temp
@@ -772,18 +791,37 @@ export class BlobStore {
       const n = Math.min(BLOB_WRITERS, Math.ceil(jobs.length / 32));
       const shards = Array.from({ length: n }, (_, w) => jobs.filter((_, i) => i % n === w));
       const results = await Promise.all(shards.map((shard, w) => {
+        // Bytes in a SharedArrayBuffer (decoded frames, never written again: chunk-job.ts)
+        // go to the writer as they lie, shared; others are copied into one transferred buffer.
         let total = 0;
-        for (const j of shard) total += j.size;
+        for (const j of shard) if (!(bySha.get(j.hex)!.buffer instanceof SharedArrayBuffer)) total += j.size;
         const data = new Uint8Array(total);
-        const wire: Array<{ tmp: string; dir: string; final: string; at: number; size: number }> = [];
+        const shared: SharedArrayBuffer[] = [];
+        const sharedAt = new Map<SharedArrayBuffer, number>();
+        const src = new Int32Array(shard.length);
+        const ats = new Float64Array(shard.length);
+        const sizes = new Float64Array(shard.length);
         let at = 0;
-        for (const j of shard) {
-          data.set(bySha.get(j.hex)!, at);
-          const dir = join(this.#blobDir, j.hex.slice(0, 2));
-          wire.push({ tmp: this.tempPath('w'), dir, final: join(dir, j.hex), at, size: j.size });
+        shard.forEach((j, i) => {
+          const b = bySha.get(j.hex)!;
+          sizes[i] = j.size;
+          if (b.buffer instanceof SharedArrayBuffer) {
+            let k = sharedAt.get(b.buffer);
+            if (k === undefined) {
+              k = shared.push(b.buffer) - 1;
+              sharedAt.set(b.buffer, k);
+            }
+            src[i] = k;
+            ats[i] = b.byteOffset;
+            return;
+          }
+          data.set(b, at);
+          src[i] = -1;
+          ats[i] = at;
           at += j.size;
-        }
-        return this.#writer(w).run(data, wire);
+        });
+        const wire = { blobDir: this.#blobDir, tmpDir: this.#tmpDir, data: data.buffer, shared, names: shard.map((j) => j.hex).join(''), src, at: ats, size: sizes };
+        return this.#writer(w).run(wire);
       }));
       const r = { ok: jobs.map((_, i) => results[i % n]!.ok[Math.floor(i / n)] === true), errors: results.flatMap((x) => x.errors) };
       const done = jobs.filter((_, i) => r.ok[i]);
@@ -965,6 +1003,7 @@ export class BlobStore {
           if (row) this.#forgetRow(row); // a partial row (promotion cut short), or the wrong size
           await rm(this.#partialPath(name), { force: true });
           this.#insert(sha, st.size, 1, 0, st.size, 0, 0);
+          this.#unknownComplete = true;
           this.#total += st.size;
           seen.add(name);
           out.adopted++;
@@ -1094,13 +1133,14 @@ class BlobWriter {
   #next = 1;
   readonly #waiting = new Map<number, { resolve: (r: { ok: boolean[]; errors: string[] }) => void; reject: (e: Error) => void }>();
 
-  run(data: Uint8Array, files: Array<{ tmp: string; dir: string; final: string; at: number; size: number }>): Promise<{ ok: boolean[]; errors: string[] }> {
+  run(job: Omit<BlobWriteJob, 'id'>): Promise<{ ok: boolean[]; errors: string[] }> {
     const w = this.#start();
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#waiting.set(id, { resolve, reject });
       if (this.#waiting.size === 1) w.ref();
-      w.postMessage({ id, data: data.buffer, files }, [data.buffer as ArrayBuffer]);
+      const msg: BlobWriteJob = { id, ...job };
+      w.postMessage(msg, [job.data, job.src.buffer as ArrayBuffer, job.at.buffer as ArrayBuffer, job.size.buffer as ArrayBuffer]);
     });
   }
 

@@ -4,53 +4,79 @@
  * through libuv's 4-thread pool per call, which reads of cached files share). Started by
  * blob-store.ts (`commitBuffers`).
  *
- * Protocol: main → worker `{ id, data, files: [{ tmp, dir, final, at, size }] }`, `data` an
- * ArrayBuffer (transferred) holding every file's bytes at `at`; worker → main exactly one
+ * Protocol: main → worker one `BlobWriteJob` (below): for file i, its hex SHA-256 is
+ * characters [64i, 64i+64) of `names`, its final name `<blobDir>/<hex[0..2]>/<hex>`, and its
+ * `size[i]` bytes lie at `at[i]` in `data` (an ArrayBuffer, transferred) when `src[i]` is
+ * -1, else at `at[i]` in `shared[src[i]]` (a SharedArrayBuffer of decoded frames, which
+ * nobody writes into after its decode: chunk-job.ts; read here, never written). Plain
+ * numbers and one string, not an object of paths per file: cloning thousands of small
+ * objects cost the main thread more than the writes save it. Worker → main exactly one
  * `{ id, ok: boolean[], errors: string[] }` per job: for each file, whether it now lies
- * under `final`, complete, with mode 0444, and the message of the first failure.
+ * under its final name, complete, with mode 0444, and the message of the first failure.
  *
- * A file is created at its final name (O_EXCL) and written there, not in `tmp` and
+ * A file is created at its final name (O_EXCL) and written there, not in tmp/ and
  * renamed: the directories of blobs/ spread the creations (one shared tmp/ serialised two
  * writer threads on its directory lock: 1.3 ms per file), and a rename was a second
  * directory update per file. A file torn by a crash mid-write has no row (the row goes in
  * after this reply), so the next open adopts it unverified and re-hashes it before any use
  * (blob-store.ts), as it does a file a power loss tears; within this process nothing opens
  * a blob without its row. A name that exists already (left by an earlier process, not yet
- * adopted) is replaced by the `tmp` + rename way. No fsync, for the same reason.
+ * adopted) is replaced by the tmp/ + rename way (a fresh name in `tmpDir`, which the
+ * store empties at open). No fsync, for the same reason.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parentPort } from 'node:worker_threads';
 
 const port = parentPort;
 if (!port) throw new Error('blob-write-worker runs only on a worker thread');
 
-export interface BlobWriteFile { tmp: string; dir: string; final: string; at: number; size: number }
+export interface BlobWriteJob {
+  id: number;
+  blobDir: string;
+  tmpDir: string;
+  data: ArrayBuffer;
+  shared: SharedArrayBuffer[];
+  names: string;
+  src: Int32Array;
+  at: Float64Array;
+  size: Float64Array;
+}
 
 const made = new Set<string>();
-port.on('message', (m: { id: number; data: ArrayBuffer; files: BlobWriteFile[] }) => {
+port.on('message', (m: BlobWriteJob) => {
   const data = new Uint8Array(m.data);
+  const shared = m.shared.map((b) => new Uint8Array(b));
   const ok: boolean[] = [];
   const errors: string[] = [];
-  for (const f of m.files) {
+  for (let i = 0; i < m.src.length; i++) {
+    const hex = m.names.slice(64 * i, 64 * i + 64);
+    const dir = join(m.blobDir, hex.slice(0, 2));
+    const final = join(dir, hex);
+    const src = m.src[i]!;
+    const bytes = (src < 0 ? data : shared[src]!).subarray(m.at[i]!, m.at[i]! + m.size[i]!);
+    let tmp: string | undefined;
     try {
-      if (!made.has(f.dir)) {
-        mkdirSync(f.dir, { recursive: true });
-        made.add(f.dir);
+      if (!made.has(dir)) {
+        mkdirSync(dir, { recursive: true });
+        made.add(dir);
       }
       try {
-        writeFileSync(f.final, data.subarray(f.at, f.at + f.size), { mode: 0o444, flag: 'wx' });
+        writeFileSync(final, bytes, { mode: 0o444, flag: 'wx' });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
-          try { rmSync(f.final, { force: true }); } catch { /* re-hashed at the next open if left */ }
+          try { rmSync(final, { force: true }); } catch { /* re-hashed at the next open if left */ }
           throw e;
         }
-        writeFileSync(f.tmp, data.subarray(f.at, f.at + f.size), { mode: 0o444, flag: 'wx' });
-        renameSync(f.tmp, f.final);
+        tmp = join(m.tmpDir, `w.${process.pid}.${randomBytes(6).toString('hex')}`);
+        writeFileSync(tmp, bytes, { mode: 0o444, flag: 'wx' });
+        renameSync(tmp, final);
       }
       ok.push(true);
     } catch (e) {
-      try { rmSync(f.tmp, { force: true }); } catch { /* tmp/ is emptied at the next open */ }
-      made.delete(f.dir);
+      if (tmp) try { rmSync(tmp, { force: true }); } catch { /* tmp/ is emptied at the next open */ }
+      made.delete(dir);
       ok.push(false);
       errors.push(`${(e as NodeJS.ErrnoException).code ?? 'EIO'}: ${(e as Error).message}`);
     }

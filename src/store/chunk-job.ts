@@ -12,6 +12,11 @@
  * Result: the NAR bytes (`out`; the input itself when there are no frames) and, per slice,
  * whether it hashed to its digest.
  *
+ * The decoded NAR bytes lie in a SharedArrayBuffer, written once here and never again: the
+ * main thread keeps views of it for verified files (no copy) and hands the same memory to
+ * the blob-write workers (blob-store.ts `commitBuffers`), which write files from it
+ * without a copy on the thread that answers the kernel. Nobody writes into it afterwards.
+ *
  * Invariants: every frame is decoded on its own into a buffer of exactly its NAR size (a
  * frame that decodes to more or fewer bytes, is corrupt or is not exactly one frame long is
  * ERR_DECOMPRESS, never a partial result), so decoded memory is bounded by the job's NAR
@@ -63,7 +68,7 @@ export function decodeFrames(input: Uint8Array, frames: { fileSizes: number[]; n
   if (fileSizes.length !== narSizes.length || fileSizes.reduce((a, b) => a + b, 0) !== input.length) {
     throw new NarfsError('ERR_DECOMPRESS', `the ranged read returned ${input.length} bytes, not the ${fileSizes.reduce((a, b) => a + b, 0)} of its frames`);
   }
-  const out = new Uint8Array(narSizes.reduce((a, b) => a + b, 0));
+  const out = new Uint8Array(new SharedArrayBuffer(narSizes.reduce((a, b) => a + b, 0)));
   let src = 0;
   let dst = 0;
   for (let i = 0; i < fileSizes.length; i++) {

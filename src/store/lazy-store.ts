@@ -137,6 +137,10 @@ export interface LazyStoreOptions {
 }
 
 export const DEFAULT_STAGE_MAX_BYTES = 64 << 20;
+/** Staged files are committed in batches of at most this many files / bytes, by up to DRAIN_LOOPS loops at once. */
+const DRAIN_BATCH_FILES = 2048;
+const DRAIN_BATCH_BYTES = 32 << 20;
+const DRAIN_LOOPS = 2;
 export const DEFAULT_WARM_REFERENCES = 4;
 export const DEFAULT_NEIGHBOUR_AFTER_MISSES = 1;
 
@@ -251,7 +255,12 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #along = new Map<string, { sha: Buffer; bytes: Buffer }>();
   #alongBytes = 0;
   #inCommit = 0;
+  /** Staged files in a commit under way (by hex), so that a second drain loop skips them. */
+  readonly #committing = new Set<string>();
+  #drainLoops = 0;
+  /** Settles once no drain loop runs (flushStaged, close). */
   #draining: Promise<void> | undefined;
+  #drained: (() => void) | undefined;
   /** Writers waiting for room in the stage (woken after each committed batch). */
   readonly #committed: Array<() => void> = [];
   readonly #stageMaxBytes: number;
@@ -798,8 +807,7 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       this.#promoteAlong(f);
       if (this.#staged.has(hex)) return;
-      // A copy: `bytes` may be a view into a whole request's buffer.
-      this.#staged.set(hex, { sha: f.sha256, bytes: Buffer.from(bytes) });
+      this.#staged.set(hex, { sha: f.sha256, bytes: keepable(bytes) });
       this.#stagedBytes += f.size;
       this.#drainSoon();
       // Bounded memory: a writer that outruns the disk waits for commits.
@@ -813,7 +821,7 @@ export class LazyStore implements RootNodes, ContentReader {
       await held.put;
       return;
     }
-    const copy = Buffer.from(bytes);
+    const copy = keepable(bytes);
     const put: Promise<boolean> = this.#blobs.putChunk(f.sha256, f.size, cs, k, copy, chunkHash(f, k)).then(() => true, (err: unknown) => {
       // Served from memory meanwhile; a later read fetches (and checks) the chunk again.
       this.#opts.logger.warn('cannot write a fetched chunk to the cache; it is fetched again when read', { err: toNarfsError(err, 'ERR_CACHE_IO') });
@@ -875,38 +883,50 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   #drainSoon(): void {
-    if (this.#draining) return;
-    this.#draining = new Promise<void>((resolve) => setImmediate(() => {
+    // A second loop only while more than a batch waits beside the first loop's: the writer
+    // threads then take the next batch's files while this one's last writes finish (one
+    // batch at a time left them idle between batches, the stage full and fetches waiting).
+    const waiting = this.#staged.size - this.#inCommit;
+    if (this.#drainLoops >= DRAIN_LOOPS || waiting <= 0 || (this.#drainLoops > 0 && waiting < DRAIN_BATCH_FILES)) return;
+    this.#drainLoops++;
+    if (!this.#draining) this.#draining = new Promise<void>((resolve) => { this.#drained = resolve; });
+    setImmediate(() => {
       this.#drain().finally(() => {
+        if (--this.#drainLoops > 0) return;
+        const done = this.#drained;
         this.#draining = undefined;
-        resolve();
+        this.#drained = undefined;
+        done?.();
         if (this.#staged.size > this.#inCommit) this.#drainSoon();
       });
-    }));
+    });
   }
 
-  /** Commits the staged files in batches (one at a time), oldest first, until none is left. */
+  /** Commits staged files not in another loop's commit, in batches, oldest first, until none is left. */
   async #drain(): Promise<void> {
     for (;;) {
       const batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
       const hexes: string[] = [];
       let bytes = 0;
       for (const [hex, f] of this.#staged) {
-        if (batch.length >= 2048 || bytes >= 32 << 20) break;
+        if (batch.length >= DRAIN_BATCH_FILES || bytes >= DRAIN_BATCH_BYTES) break;
+        if (this.#committing.has(hex)) continue;
         batch.push(f);
         hexes.push(hex);
         bytes += f.bytes.length;
       }
       if (batch.length === 0) return;
-      this.#inCommit = batch.length;
+      for (const hex of hexes) this.#committing.add(hex);
+      this.#inCommit += batch.length;
       try {
         await this.#blobs.commitBuffers(batch);
       } catch (err) {
         // Dropped from memory: a file that is read later is fetched (and checked) again.
         this.#opts.logger.warn('cannot commit fetched files to the cache; they are fetched again when read', { files: batch.length, err: toNarfsError(err, 'ERR_CACHE_IO') });
       } finally {
-        this.#inCommit = 0;
+        this.#inCommit -= batch.length;
         for (const hex of hexes) {
+          this.#committing.delete(hex);
           const f = this.#staged.get(hex);
           if (f) this.#stagedBytes -= f.bytes.length;
           this.#staged.delete(hex);
@@ -1213,6 +1233,19 @@ function sameNar(a: PathInfo, b: PathInfo): boolean {
  */
 function listingToMeta(bytes: Buffer): string {
   return isUtf8(bytes) ? bytes.toString('utf8') : `\u0000${bytes.toString('latin1')}`;
+}
+
+
+/**
+ * Verified bytes to keep until their commit: a view when they lie in decoded frames (a
+ * SharedArrayBuffer written once by the decode, chunk-job.ts: nobody writes into it again,
+ * and the blob-write workers write files straight from it, blob-store.ts), else a copy
+ * (`bytes` may be a view into a whole request's buffer). A view keeps its frames' memory
+ * until the commit of its file, which follows at once (staged files, chunk writes); files
+ * kept longer (#along) are copied.
+ */
+export function keepable(bytes: Buffer): Buffer {
+  return bytes.buffer instanceof SharedArrayBuffer ? bytes : Buffer.from(bytes);
 }
 
 function listingFromMeta(text: string): Uint8Array | string {

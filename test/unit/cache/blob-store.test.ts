@@ -208,6 +208,34 @@ describe('BlobStore', () => {
     assert.equal(store.stats().bytes, 2000 + 500 + 4096);
   });
 
+  it('"not complete" is answered from memory only while no row can be complete unseen: an earlier process\'s blobs and adopted ones are still found', async () => {
+    const first = await openStore();
+    const bytes = randomBytes(3000);
+    const h = await putWhole(first, bytes);
+    await first.close();
+    // Reopened cleanly (no reconcile): the row is of an earlier process, unknown to this one.
+    const second = await openStore();
+    assert.equal(second.completePath(h, 3000), second.blobPath(h));
+    assert.equal(second.isVerified(h), false, 'not trusted before it is re-hashed');
+    assert.ok(await second.verifyBlob(h));
+    assert.equal(second.isVerified(h), true);
+    assert.equal(second.completePath(sha(randomBytes(10)), 10), undefined);
+    await second.close();
+    // A fresh store, then a blob without a row left behind an unclean stop: adopted, and found.
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    const fresh = await openStore();
+    const strayBytes = randomBytes(700);
+    const stray = sha(strayBytes);
+    assert.equal(fresh.completePath(stray, 700), undefined);
+    // No close(): as after kill -9.
+    await mkdir(join(dir, 'blobs', stray.toString('hex').slice(0, 2)), { recursive: true });
+    await writeFile(join(dir, 'blobs', stray.toString('hex').slice(0, 2), stray.toString('hex')), strayBytes);
+    const third = await openStore();
+    assert.equal(third.completePath(stray, 700), third.blobPath(stray), 'an adopted blob is found');
+    assert.equal(third.isVerified(stray), false);
+  });
+
   it('a real kill -9 in the middle of writes leaves a store whose rows and files agree', async function () {
     this.timeout(120_000);
     const { spawn } = await import('node:child_process');
@@ -260,6 +288,40 @@ describe('BlobStore', () => {
     assert.deepEqual(await readdir(join(dir, 'tmp')), [], 'no temp file is left');
     // Committed again: all deduped, nothing rewritten.
     assert.equal((await store.commitBuffers(batch.slice(0, 10))).deduped, 10);
+  });
+
+  it('commitBuffers writes files from views into shared decoded memory (SharedArrayBuffer, as chunk-job decodes) mixed with plain buffers, byte-exact', async () => {
+    const store = await openStore();
+    // Two "decoded requests", each holding many files back to back at odd offsets, and plain buffers between them.
+    const shared = [new SharedArrayBuffer(70_000), new SharedArrayBuffer(50_000)];
+    for (const b of shared) new Uint8Array(b).set(randomBytes(b.byteLength));
+    const views: Buffer[] = [];
+    for (const b of shared) for (let at = 3; at + 997 <= b.byteLength; at += 1009) views.push(Buffer.from(b, at, 997 - (at % 7)));
+    const plain = Array.from({ length: 40 }, (_, i) => randomBytes(50 + i * 31));
+    const all = views.flatMap((v, i) => (i < plain.length ? [v, plain[i]!] : [v]));
+    const before = all.map((b) => Buffer.from(b));
+    const r = await store.commitBuffers(all.map((b) => ({ sha: sha(b), bytes: b })));
+    assert.equal(r.added, all.length);
+    for (const b of before) {
+      const h = sha(b);
+      assert.equal(store.completePath(h, b.length), store.blobPath(h));
+      assert.deepEqual(await readFile(store.blobPath(h)), b);
+    }
+    assert.deepEqual(all.map((b) => Buffer.from(b)), before, 'the shared memory is read, never written');
+  });
+
+  it('commitBuffers replaces a file already lying at a blob name without a row (an earlier process\'s, not adopted): right bytes, no temp file left', async () => {
+    const store = await openStore();
+    const bufs = Array.from({ length: 40 }, (_, i) => randomBytes(200 + i));
+    for (const b of bufs.slice(0, 20)) {
+      const p = store.blobPath(sha(b));
+      await mkdir(join(p, '..'), { recursive: true });
+      await writeFile(p, Buffer.from('stale bytes of an earlier process'));
+    }
+    const r = await store.commitBuffers(bufs.map((b) => ({ sha: sha(b), bytes: b })));
+    assert.equal(r.added, 40);
+    for (const b of bufs) assert.deepEqual(await readFile(store.blobPath(sha(b))), b);
+    assert.deepEqual(await readdir(join(dir, 'tmp')), [], 'no temp file is left');
   });
 
   it('"not held" is remembered, and forgotten the moment the blob comes: commitBuffers, commitFiles, putChunk', async () => {
