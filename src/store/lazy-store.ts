@@ -28,7 +28,8 @@
  *   committed once read or wanted by a bulk fetch;
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
- *   verified against NarHash, unpacked into the BlobStore (Materialiser).
+ *   verified against NarHash, unpacked into the BlobStore (Materialiser); its files are
+ *   read from their verified temp files while their commit goes on (readStaged).
  *
  * Invariants:
  * - No byte is served that was not verified: a blob's name is its SHA-256 and it was
@@ -526,6 +527,20 @@ export class LazyStore implements RootNodes, ContentReader {
       if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
         tree = await this.#materialise(name, signal);
         file = this.#fileIn(name, tree, narOffset, length);
+        if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
+          // Its NAR matched NarHash; the file's commit may still be under way: read it from
+          // its temp file meanwhile.
+          const staged = await this.#materialiser.readStaged(file.sha256, file.size, offset, length);
+          if (staged) {
+            if (!tree.ranged) this.counters.wholeNarReads++;
+            this.counters.stagedReads++;
+            this.counters.bytesRead += length;
+            return staged;
+          }
+          if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
+            throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the file at NAR offset ${file.narOffset} was verified but did not reach the cache`);
+          }
+        }
       }
       if (!tree.ranged) this.counters.wholeNarReads++;
       else this.#noteBreadth(name, tree, file, length, false);
@@ -563,6 +578,7 @@ export class LazyStore implements RootNodes, ContentReader {
     for (const f of tree.index.files) bytes += f.size;
     if (!tree.ranged) {
       await this.#materialise(name, signal);
+      await this.#materialiser.committed(name);
       return { files: tree.index.files.length, bytes };
     }
     void concurrency;
@@ -588,7 +604,10 @@ export class LazyStore implements RootNodes, ContentReader {
       else files.push(f);
     }
     if (!tree.ranged) {
-      if (files.some((f) => this.#blobs.completePath(f.sha256, f.size) === undefined)) await this.#materialise(name, signal);
+      if (files.some((f) => this.#blobs.completePath(f.sha256, f.size) === undefined)) {
+        await this.#materialise(name, signal);
+        await this.#materialiser.committed(name);
+      }
       return { files: files.length, failed };
     }
     const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? 64 * 1024);
@@ -1133,7 +1152,7 @@ export class LazyStore implements RootNodes, ContentReader {
     try {
       let m: Materialised;
       try {
-        m = await this.#materialiser.ensure(info, signal);
+        m = await this.#materialiser.verified(info, signal);
       } catch (err) {
         if (!isNarfsError(err) || !NAR_FAULTS.has(err.code)) throw err;
         // The narinfo in hand led to a bad or missing NAR: ask the datalakes again.
@@ -1143,7 +1162,7 @@ export class LazyStore implements RootNodes, ContentReader {
           path: name, err, url: fresh.narInfo.url,
         });
         info = fresh;
-        m = await this.#materialiser.ensure(info, signal);
+        m = await this.#materialiser.verified(info, signal);
       }
       return await this.#adopt(name, { index: m.index, source: m.source, info });
     } catch (err) {
@@ -1199,6 +1218,7 @@ export class LazyStore implements RootNodes, ContentReader {
   async close(): Promise<void> {
     // What was fetched and verified goes into the cache before the blob store closes.
     await this.flushStaged();
+    await this.#materialiser.flush();
     await Promise.all([...this.#treePuts, ...[...this.#writing.values()].map((w) => w.put)]);
     this.#trees.clear();
   }

@@ -10,6 +10,13 @@
  *   strictly; a mismatch leaves nothing in the cache (the job directory in tmp/ is
  *   removed) and is reported once with its code (ERR_NAR_HASH_MISMATCH,
  *   ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
+ * - Reads are answered as soon as the NarHash matched, not after the commits: from then on
+ *   `ensure` answers the verified tree and `readStaged` serves each file from its temp file
+ *   (written by the verify worker from the very bytes that were hashed, nothing held in
+ *   memory) while `commitFiles` renames the files into the BlobStore in the background (a
+ *   path of 17k files took ~9 s of renames, serially, before its first read was answered);
+ *   the tree goes to the TreeStore after its files. No file of a NAR is readable before its
+ *   NarHash matched. `flush()` waits for the commits (before the BlobStore closes).
  * - A store path counts as materialised when its tree matches the narinfo in force
  *   (TreeStore.lookup drops a stale or damaged one) and every file it names is a complete
  *   blob; a file evicted since (or dropped as damaged) makes the whole NAR be fetched again.
@@ -48,7 +55,7 @@ import { pipeline } from 'node:stream/promises';
 import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
 import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import type { BlobStore, TempFile } from '../cache/blob-store.js';
 import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import { cacheError } from '../cache/cache-error.js';
@@ -127,6 +134,12 @@ export class Materialiser {
   /** Files unpacked that the BlobStore already held (dedupe), since start. */
   dedupeHits = 0;
 
+  /** Store paths whose verified files are being committed in the background (#commitLater). */
+  readonly #committing = new Map<string, CommitEntry>();
+  /** Verified files not yet committed, by hex SHA-256: their temp file and their commit. */
+  readonly #staged = new Map<string, { path: string; size: number; entry: CommitEntry }>();
+  readonly #commits = new Set<Promise<void>>();
+
   constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
     this.#blobs = blobs;
     this.#trees = trees;
@@ -156,6 +169,17 @@ export class Materialiser {
    * `signal` bounds only this caller's wait.
    */
   async ensure(info: PathInfo, signal?: AbortSignal): Promise<Materialised> {
+    const m = await this.verified(info, signal);
+    await raceSignal(this.committed(storePathBase(info.narInfo.storePath)), signal);
+    return m;
+  }
+
+  /**
+   * The verified tree of `info` as soon as its NAR matched NarHash, fetching the NAR if
+   * needed: each of its files is then in the BlobStore or, while its commit goes on,
+   * readable with `readStaged`. `signal` bounds only this caller's wait.
+   */
+  async verified(info: PathInfo, signal?: AbortSignal): Promise<Materialised> {
     const name = storePathBase(info.narInfo.storePath);
     let pending = this.#inflight.get(name);
     if (!pending) {
@@ -166,6 +190,9 @@ export class Materialiser {
   }
 
   async #ensure(name: string, info: PathInfo): Promise<Materialised> {
+    const committing = this.#committing.get(name);
+    if (committing && sameNarInfo(committing.info, info)) return committing.m;
+    if (committing) await committing.done;
     const cached = await this.cached(info);
     if (cached) return cached;
     const attempts = Math.max(1, this.#opts.attempts ?? 3);
@@ -188,6 +215,88 @@ export class Materialiser {
         await sleep((this.#opts.retryBaseMs ?? 200) * 2 ** (attempt - 1), this.#opts.signal);
       }
     }
+  }
+
+  /**
+   * Commits the files of a verified NAR (`temps`, in its job directory `temp`) to the
+   * BlobStore and then its tree to the TreeStore, in the background; meanwhile each file
+   * is readable from its temp file (readStaged) and `ensure` of the path answers `m`.
+   * A failure of the commit is logged; the files not committed are fetched again when read.
+   */
+  #commitLater(name: string, info: PathInfo, m: Materialised, temps: TempFile[], encoded: Buffer, temp: string, verifiedMs: number): void {
+    const ni = info.narInfo;
+    const t0 = Date.now();
+    const entry = { info, m, done: Promise.resolve() };
+    for (const t of temps) {
+      const hex = t.sha.toString('hex');
+      if (!this.#staged.has(hex)) this.#staged.set(hex, { path: t.tempPath, size: t.size, entry });
+    }
+    entry.done = (async () => {
+      try {
+        const committed = await this.#blobs.commitFiles(temps);
+        this.dedupeHits += committed.deduped;
+        await this.#trees.put(m.index, 'nar', encoded);
+        this.#opts.logger.info('materialised', {
+          path: name, bytes: ni.narSize, ms: verifiedMs, commitMs: Date.now() - t0, source: info.datalake.displayUrl,
+          compression: ni.compression, files: m.index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,
+        });
+      } catch (err) {
+        this.#opts.logger.error('cannot commit the files of a verified NAR to the cache; they are fetched again when read', {
+          path: name, err: toNarfsError(err, 'ERR_CACHE_IO'),
+        });
+      } finally {
+        for (const t of temps) {
+          const hex = t.sha.toString('hex');
+          if (this.#staged.get(hex)?.entry === entry) this.#staged.delete(hex);
+        }
+        if (this.#committing.get(name) === entry) this.#committing.delete(name);
+        await removeTemp(temp);
+      }
+    })();
+    this.#committing.set(name, entry);
+    this.#commits.add(entry.done);
+    void entry.done.then(() => this.#commits.delete(entry.done));
+  }
+
+  /**
+   * Bytes [offset, offset+length) of a verified file whose commit is under way (its NAR
+   * matched NarHash; it is still in its temp file). Undefined when no such file is held
+   * (not staged, or committed meanwhile: the caller reads the blob then; the commit under
+   * way is waited for first, so a committed file is in the BlobStore by then).
+   */
+  async readStaged(sha: Buffer, size: number, offset: number, length: number): Promise<Buffer | undefined> {
+    const s = this.#staged.get(sha.toString('hex'));
+    if (!s || s.size !== size) return undefined;
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(s.path, 'r');
+      if ((await fh.stat()).size !== size) throw new NarfsError('ERR_CACHE_CORRUPT', `${s.path} is not ${size} bytes long`);
+      const out = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(out, done, length - done, offset + done);
+        if (bytesRead === 0) throw new NarfsError('ERR_CACHE_CORRUPT', `${s.path} ended early`);
+        done += bytesRead;
+      }
+      return out;
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ENOENT') throw isNarfsError(err) ? err : cacheError(err, `cannot read ${s.path}`);
+      // Renamed into the BlobStore (or removed) by its commit: wait for the commit to end.
+      await s.entry.done;
+      return undefined;
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  /** Resolves once the background commit of `name`'s files (if any) has ended. */
+  async committed(name: string): Promise<void> {
+    await this.#committing.get(name)?.done;
+  }
+
+  /** Resolves once every background commit under way has ended (before the BlobStore closes). */
+  async flush(): Promise<void> {
+    while (this.#commits.size > 0) await Promise.all([...this.#commits]);
   }
 
   async #fetch(name: string, info: PathInfo): Promise<Materialised> {
@@ -254,16 +363,12 @@ export class Materialiser {
       }
       clearInterval(watchdog);
       const index = parseNarIndex(encoded);
-      const committed = await this.#blobs.commitFiles(tempFiles(name, index, files));
-      this.dedupeHits += committed.deduped;
-      await this.#trees.put(index, 'nar', encoded);
-      await removeTemp(temp);
-      const ms = Date.now() - started;
-      this.#opts.logger.info('materialised', {
-        path: name, bytes: ni.narSize, ms, source: info.datalake.displayUrl, compression: ni.compression,
-        files: index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,
-      });
-      return { index, listing: index.root, source: 'nar' };
+      const temps = tempFiles(name, index, files);
+      const m: Materialised = { index, listing: index.root, source: 'nar' };
+      // The NAR matched: its files may be read from their temp files at once (readStaged)
+      // while they are committed in the background.
+      this.#commitLater(name, info, m, temps, encoded, temp, Date.now() - started);
+      return m;
     } catch (err) {
       clearInterval(watchdog);
       source.destroy();
@@ -283,6 +388,17 @@ export class Materialiser {
       throw failure;
     }
   }
+}
+
+interface CommitEntry {
+  info: PathInfo;
+  m: Materialised;
+  done: Promise<void>;
+}
+
+/** Whether two narinfos name the same NAR (hash and size). */
+function sameNarInfo(a: PathInfo, b: PathInfo): boolean {
+  return a.narInfo.narSize === b.narInfo.narSize && a.narInfo.narHash.digest.equals(b.narInfo.narHash.digest);
 }
 
 /** The unpacked temp files with the SHA-256 the index gives them (same NAR order). */

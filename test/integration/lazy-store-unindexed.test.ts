@@ -1,0 +1,115 @@
+/**
+ * First use of an unindexed store path (xz NAR, no signed index, no `.ls`) through the
+ * store stack a mount uses, from a file:// datalake written by real Nix (`nix-store --add`
+ * of a tree of 3,000 small distinct files, `nix copy --to file://…?compression=xz`).
+ *
+ * Covered (issue 10, "first use on an unindexed xz datalake"):
+ * - a read is answered once the NarHash matched, before the per-file commits into the
+ *   BlobStore are done (observed by the blob count at the time the read returned, not by
+ *   the clock), every byte right, and the commits do complete afterwards;
+ * - a NAR whose NarHash does not match (the narinfo names another hash) serves nothing
+ *   and leaves nothing in the cache.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import { isNarfsError } from '../../src/errors.js';
+import type { NarNode, NarRegular } from '../../src/nix/nar-listing.js';
+import { captureLogger, type LogLine } from '../support/mount-harness.js';
+import { NIX_ENV } from '../support/nix-binary-cache.js';
+
+const run = promisify(execFile);
+const FILES = 3000;
+const content = (i: number): string => `narfs unindexed file ${i}\n${'x'.repeat(i % 97)}\n`;
+
+describe('LazyStore: first use of an unindexed xz path', function () {
+  this.timeout(300_000);
+  let tmp: string;
+  let lake: string;
+  let name: string;
+
+  before(async () => {
+    tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-unidx-'));
+    const tree = path.join(tmp, 'src', 'narfs-unindexed-many');
+    await fsp.mkdir(tree, { recursive: true });
+    for (let i = 0; i < FILES; i++) await fsp.writeFile(path.join(tree, `f${String(i).padStart(4, '0')}`), content(i));
+    const { stdout } = await run('nix-store', ['--add', tree], { env: NIX_ENV });
+    const storePath = stdout.trim();
+    name = path.basename(storePath);
+    lake = path.join(tmp, 'lake');
+    await run('nix', ['copy', '--to', `file://${lake}?compression=xz`, storePath], { env: NIX_ENV });
+  });
+  after(async () => {
+    if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
+  });
+
+  async function open(dir: string): Promise<{ stack: StoreStack; logs: LogLine[]; cacheDir: string }> {
+    const cacheDir = await fsp.mkdtemp(path.join(tmp, 'cache-'));
+    const logs: LogLine[] = [];
+    const stack = await openStoreStack({
+      datalakes: [`file://${dir}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000,
+    }, captureLogger(logs));
+    return { stack, logs, cacheDir };
+  }
+
+  function filesOf(node: NarNode): Array<[string, NarRegular]> {
+    assert.equal(node.type, 'directory');
+    return [...node.entries].map(([n, f]) => {
+      assert.equal(f.type, 'regular', n);
+      return [n, f as NarRegular];
+    });
+  }
+
+  it('answers a read once the NarHash matched, before the files are committed; every byte right', async () => {
+    const { stack, logs } = await open(lake);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      const root = await stack.store.resolve(name, signal);
+      assert.ok(root);
+      const files = filesOf(root);
+      assert.equal(files.length, FILES);
+      const [first, node] = files[1234]!;
+      const bytes = await stack.store.read(name, node.narOffset, node.size, signal);
+      const blobsAtRead = stack.blobs.stats().blobs;
+      assert.equal(bytes.toString(), content(Number(first.slice(1))));
+      assert.ok(blobsAtRead < FILES, `the read waited for all ${FILES} commits (${blobsAtRead} blobs held when it returned)`);
+      // The commits go on and complete; every file reads right, from wherever it is now.
+      await stack.materialiser.committed(name);
+      assert.equal(stack.blobs.stats().blobs, FILES);
+      for (const [n, f] of files) {
+        const got = await stack.store.read(name, f.narOffset, f.size, signal);
+        assert.equal(got.toString(), content(Number(n.slice(1))), n);
+      }
+      assert.equal(stack.materialiser.fetches, 1);
+      assert.deepEqual(logs.filter((l) => l.level === 'error'), []);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  it('serves nothing of a NAR whose NarHash does not match, and caches nothing', async () => {
+    const bad = path.join(tmp, 'bad-lake');
+    await fsp.cp(lake, bad, { recursive: true });
+    const niFile = path.join(bad, `${name.slice(0, 32)}.narinfo`);
+    const text = await fsp.readFile(niFile, 'utf8');
+    // Another valid nix32 SHA-256: the last character of the hash changed.
+    const wrong = text.replace(/^NarHash: sha256:(.*)(.)$/m, (_m, head: string, last: string) => `NarHash: sha256:${head}${last === '0' ? '1' : '0'}`);
+    assert.notEqual(wrong, text);
+    await fsp.writeFile(niFile, wrong);
+    const { stack } = await open(bad);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      await assert.rejects(stack.store.resolve(name, signal), (err: unknown) => isNarfsError(err, 'ERR_NAR_HASH_MISMATCH'));
+      await assert.rejects(stack.store.read(name, 0, 1, signal), (err: unknown) => isNarfsError(err));
+      await stack.materialiser.flush();
+      assert.equal(stack.blobs.stats().blobs, 0);
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir).catch(() => []), []);
+    } finally {
+      await stack.close();
+    }
+  });
+});
