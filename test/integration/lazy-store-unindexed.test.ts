@@ -6,7 +6,9 @@
  * Covered (issue 10, "first use on an unindexed xz datalake"):
  * - a read is answered once the NarHash matched, before the per-file commits into the
  *   BlobStore are done (observed by the blob count at the time the read returned, not by
- *   the clock), every byte right, and the commits do complete afterwards;
+ *   the clock), every byte right (small files, a file above the copy threshold, an empty
+ *   file, two files of the same contents), and the commits do complete afterwards, leaving
+ *   nothing in tmp/;
  * - a NAR whose NarHash does not match (the narinfo names another hash) serves nothing
  *   and leaves nothing in the cache.
  */
@@ -25,6 +27,11 @@ import { NIX_ENV } from '../support/nix-binary-cache.js';
 const run = promisify(execFile);
 const FILES = 3000;
 const content = (i: number): string => `narfs unindexed file ${i}\n${'x'.repeat(i % 97)}\n`;
+/** Larger than the Materialiser's COMMIT_COPY_BYTES (copied out of the staging file, not batched). */
+const BIG = Buffer.alloc(9 * 1024 * 1024 + 13, 'narfs big file\n');
+/** The bytes each extra file (besides the FILES numbered ones) holds: a big one, an empty one, a duplicate. */
+const EXTRA: Record<string, Buffer> = { 'big.bin': BIG, 'empty': Buffer.alloc(0), 'same-as-f0007': Buffer.from(content(7)) };
+const expected = (n: string): Buffer => EXTRA[n] ?? Buffer.from(content(Number(n.slice(1))));
 
 describe('LazyStore: first use of an unindexed xz path', function () {
   this.timeout(300_000);
@@ -37,6 +44,7 @@ describe('LazyStore: first use of an unindexed xz path', function () {
     const tree = path.join(tmp, 'src', 'narfs-unindexed-many');
     await fsp.mkdir(tree, { recursive: true });
     for (let i = 0; i < FILES; i++) await fsp.writeFile(path.join(tree, `f${String(i).padStart(4, '0')}`), content(i));
+    for (const [n, b] of Object.entries(EXTRA)) await fsp.writeFile(path.join(tree, n), b);
     const { stdout } = await run('nix-store', ['--add', tree], { env: NIX_ENV });
     const storePath = stdout.trim();
     name = path.basename(storePath);
@@ -71,19 +79,23 @@ describe('LazyStore: first use of an unindexed xz path', function () {
       const root = await stack.store.resolve(name, signal);
       assert.ok(root);
       const files = filesOf(root);
-      assert.equal(files.length, FILES);
-      const [first, node] = files[1234]!;
+      assert.equal(files.length, FILES + Object.keys(EXTRA).length);
+      const [first, node] = files.find(([n]) => n === 'f1234')!;
       const bytes = await stack.store.read(name, node.narOffset, node.size, signal);
       const blobsAtRead = stack.blobs.stats().blobs;
-      assert.equal(bytes.toString(), content(Number(first.slice(1))));
+      assert.ok(bytes.equals(expected(first)));
       assert.ok(blobsAtRead < FILES, `the read waited for all ${FILES} commits (${blobsAtRead} blobs held when it returned)`);
+      // The big file, read in part while its commit may still be under way.
+      const big = files.find(([n]) => n === 'big.bin')![1];
+      assert.ok((await stack.store.read(name, big.narOffset + 1000, 5000, signal)).equals(BIG.subarray(1000, 6000)));
       // The commits go on and complete; every file reads right, from wherever it is now.
       await stack.materialiser.committed(name);
-      assert.equal(stack.blobs.stats().blobs, FILES);
+      assert.equal(stack.blobs.stats().blobs, FILES + 1, 'every distinct non-empty file is a blob');
       for (const [n, f] of files) {
-        const got = await stack.store.read(name, f.narOffset, f.size, signal);
-        assert.equal(got.toString(), content(Number(n.slice(1))), n);
+        const got = f.size === 0 ? Buffer.alloc(0) : await stack.store.read(name, f.narOffset, f.size, signal);
+        assert.ok(got.equals(expected(n)), n);
       }
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
       assert.equal(stack.materialiser.fetches, 1);
       assert.deepEqual(logs.filter((l) => l.level === 'error'), []);
     } finally {
