@@ -1,7 +1,7 @@
 /**
- * First use of an unindexed store path (xz NAR, no signed index, no `.ls`) through the
+ * First use of an unindexed store path (xz or zstd NAR, no signed index, no `.ls`) through the
  * store stack a mount uses, from a file:// datalake written by real Nix (`nix-store --add`
- * of a tree of 3,000 small distinct files, `nix copy --to file://…?compression=xz`).
+ * of a tree of 3,000 small distinct files, `nix copy --to file://…?compression=xz` and `zstd`).
  *
  * Covered (issue 10, "first use on an unindexed xz datalake"):
  * - a read is answered once the NarHash matched, before the per-file commits into the
@@ -33,10 +33,11 @@ const BIG = Buffer.alloc(9 * 1024 * 1024 + 13, 'narfs big file\n');
 const EXTRA: Record<string, Buffer> = { 'big.bin': BIG, 'empty': Buffer.alloc(0), 'same-as-f0007': Buffer.from(content(7)) };
 const expected = (n: string): Buffer => EXTRA[n] ?? Buffer.from(content(Number(n.slice(1))));
 
-describe('LazyStore: first use of an unindexed xz path', function () {
+describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
   this.timeout(300_000);
   let tmp: string;
   let lake: string;
+  let zstdLake: string;
   let name: string;
 
   before(async () => {
@@ -50,6 +51,8 @@ describe('LazyStore: first use of an unindexed xz path', function () {
     name = path.basename(storePath);
     lake = path.join(tmp, 'lake');
     await run('nix', ['copy', '--to', `file://${lake}?compression=xz`, storePath], { env: NIX_ENV });
+    zstdLake = path.join(tmp, 'lake-zstd');
+    await run('nix', ['copy', '--to', `file://${zstdLake}?compression=zstd`, storePath], { env: NIX_ENV });
   });
   after(async () => {
     if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
@@ -72,8 +75,8 @@ describe('LazyStore: first use of an unindexed xz path', function () {
     });
   }
 
-  it('answers a read once the NarHash matched, before the files are committed; every byte right', async () => {
-    const { stack, logs } = await open(lake);
+  for (const compression of ['xz', 'zstd'] as const) it(`${compression}: answers a read once the NarHash matched, before the files are committed; every byte right`, async () => {
+    const { stack, logs } = await open(compression === 'xz' ? lake : zstdLake);
     try {
       const signal = AbortSignal.timeout(120_000);
       const root = await stack.store.resolve(name, signal);
