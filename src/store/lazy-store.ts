@@ -29,7 +29,7 @@
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
  *   verified against NarHash, unpacked into the BlobStore (Materialiser); its files are
- *   read from their verified temp files while their commit goes on (readStaged).
+ *   read from the verified staging file of the NAR while their commit goes on (readStaged).
  *
  * Invariants:
  * - No byte is served that was not verified: a blob's name is its SHA-256 and it was
@@ -529,7 +529,7 @@ export class LazyStore implements RootNodes, ContentReader {
         file = this.#fileIn(name, tree, narOffset, length);
         if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
           // Its NAR matched NarHash; the file's commit may still be under way: read it from
-          // its temp file meanwhile.
+          // the NAR's staging file meanwhile.
           const staged = await this.#materialiser.readStaged(file.sha256, file.size, offset, length);
           if (staged) {
             if (!tree.ranged) this.counters.wholeNarReads++;

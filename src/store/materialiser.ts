@@ -146,7 +146,7 @@ export class Materialiser {
 
   /** Store paths whose verified files are being committed in the background (#commitLater). */
   readonly #committing = new Map<string, CommitEntry>();
-  /** Verified files not yet committed, by hex SHA-256: their temp file and their commit. */
+  /** Verified files not yet committed, by hex SHA-256: the staging file, their NAR offset, their commit. */
   readonly #staged = new Map<string, { path: string; offset: number; size: number; entry: CommitEntry }>();
   readonly #commits = new Set<Promise<void>>();
 
@@ -321,7 +321,7 @@ export class Materialiser {
 
   /**
    * Bytes [offset, offset+length) of a verified file whose commit is under way (its NAR
-   * matched NarHash; it is still in its temp file). Undefined when no such file is held
+   * matched NarHash; it is still in the staging file). Undefined when no such file is held
    * (not staged, or committed meanwhile: the caller reads the blob then; the commit under
    * way is waited for first, so a committed file is in the BlobStore by then).
    */
