@@ -724,7 +724,6 @@ export class ChunkFetcher {
     this.enqueue(w);
   }
 
-  /** Requests waiting for a slot (wanted and read-ahead). */
   /**
    * Whether chunk `k` of `file` is on its way: its flight registered (queued or in flight),
    * or, on seekable NARs, every frame holding it in a request's flight (delivered along).
@@ -741,6 +740,7 @@ export class ChunkFetcher {
     }
   }
 
+  /** Requests waiting for a slot (wanted and read-ahead). */
   get queuedRequests(): number {
     return this.queue.length;
   }
