@@ -254,7 +254,6 @@ export class LazyStore implements RootNodes, ContentReader {
    */
   readonly #along = new Map<string, { sha: Buffer; bytes: Buffer }>();
   #alongBytes = 0;
-  #inCommit = 0;
   /** Staged files in a commit under way (by hex), so that a second drain loop skips them. */
   readonly #committing = new Set<string>();
   #drainLoops = 0;
@@ -886,7 +885,7 @@ export class LazyStore implements RootNodes, ContentReader {
     // A second loop only while more than a batch waits beside the first loop's: the writer
     // threads then take the next batch's files while this one's last writes finish (one
     // batch at a time left them idle between batches, the stage full and fetches waiting).
-    const waiting = this.#staged.size - this.#inCommit;
+    const waiting = this.#staged.size - this.#committing.size;
     if (this.#drainLoops >= DRAIN_LOOPS || waiting <= 0 || (this.#drainLoops > 0 && waiting < DRAIN_BATCH_FILES)) return;
     this.#drainLoops++;
     if (!this.#draining) this.#draining = new Promise<void>((resolve) => { this.#drained = resolve; });
@@ -897,7 +896,7 @@ export class LazyStore implements RootNodes, ContentReader {
         this.#draining = undefined;
         this.#drained = undefined;
         done?.();
-        if (this.#staged.size > this.#inCommit) this.#drainSoon();
+        if (this.#staged.size > this.#committing.size) this.#drainSoon();
       });
     });
   }
@@ -917,14 +916,12 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       if (batch.length === 0) return;
       for (const hex of hexes) this.#committing.add(hex);
-      this.#inCommit += batch.length;
       try {
         await this.#blobs.commitBuffers(batch);
       } catch (err) {
         // Dropped from memory: a file that is read later is fetched (and checked) again.
         this.#opts.logger.warn('cannot commit fetched files to the cache; they are fetched again when read', { files: batch.length, err: toNarfsError(err, 'ERR_CACHE_IO') });
       } finally {
-        this.#inCommit -= batch.length;
         for (const hex of hexes) {
           this.#committing.delete(hex);
           const f = this.#staged.get(hex);
