@@ -67,7 +67,7 @@ import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { Datalake } from '../datalake/datalake.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
-import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
+import { ChunkFetcher, DEFAULT_GAP_BYTES, type ChunkSource } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
 import { directoriesOf, fileIndexOf, frameSpan, neighbourRegions, neighbours, noteMiss } from './neighbourhood.js';
@@ -97,7 +97,7 @@ export interface LazyStoreOptions {
   neighbourBytes?: number;
   /** Largest file that triggers or joins a neighbourhood fetch. Default DEFAULT_NEIGHBOUR_FILE_BYTES. */
   neighbourFileBytes?: number;
-  /** Largest gap of unwanted NAR bytes inside one coalesced request (neighbours, traces). Default 64 KiB. */
+  /** Largest gap of unwanted NAR bytes inside one coalesced request (neighbours, traces). Default DEFAULT_GAP_BYTES (chunk-fetcher.ts). */
   gapBytes?: number;
   /**
    * Escalation: once this share of a ranged path's file bytes has been read (and at least
@@ -590,7 +590,7 @@ export class LazyStore implements RootNodes, ContentReader {
       if (files.some((f) => this.#blobs.completePath(f.sha256, f.size) === undefined)) await this.#materialise(name, signal);
       return { files: files.length, failed };
     }
-    const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? 64 * 1024);
+    const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? DEFAULT_GAP_BYTES);
     await this.flushStaged();
     return { files: files.length, failed: failed + r.failedFiles };
   }
@@ -656,7 +656,7 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     const cs = tree.index.chunkSize;
     const src = this.#sourceOf(tree);
-    const gapBytes = this.#opts.gapBytes ?? 64 * 1024;
+    const gapBytes = this.#opts.gapBytes ?? DEFAULT_GAP_BYTES;
     const isHeld = (f: IndexedFile): boolean => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
       || fetcher.isComing(src, tree.index, f, 0);
     const near = neighbours(tree.index, file, { budgetBytes: budget, maxFileBytes: maxFile, gapBytes, isHeld });
