@@ -936,10 +936,8 @@ export class LazyStore implements RootNodes, ContentReader {
   async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {
     const fetcher = this.#opts.chunks;
     if (!fetcher) throw new NarfsError('ERR_INDEX_UNUSABLE', 'no ranged reads in this configuration');
-    const ni = tree.info.narInfo;
-    const cs = tree.index.chunkSize;
     await fetcher.fetch(
-      { datalake: tree.info.datalake, narUrl: ni.url, compression: ni.compression, narInfo: ni },
+      this.#sourceOf(tree),
       tree.index, file, first, last,
       (f, k, bytes, along) => this.#store(tree, f, k, bytes, along),
       signal,
