@@ -507,18 +507,14 @@ export class LazyStore implements RootNodes, ContentReader {
         if (got) return this.#served(name, tree, file, got, offset, length);
         const writing = this.#fromWriting(file, cs, offset, length);
         if (writing) {
-          this.counters.rangedReads++;
-          this.counters.bytesRead += length;
-          this.#noteBreadth(name, tree, file, length, false);
+          this.#countRanged(name, tree, file, length);
           return writing;
         }
         if (!(await this.#writesOf(file, first, last))) {
           throw new NarfsError('ERR_CACHE_IO', `${name}: a fetched chunk of the file at NAR offset ${file.narOffset} could not be written to the cache`);
         }
         if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
-          this.counters.rangedReads++;
-          this.counters.bytesRead += length;
-          this.#noteBreadth(name, tree, file, length, false);
+          this.#countRanged(name, tree, file, length);
           return await this.#blobs.readRange(file.sha256, file.size, offset, length);
         }
       }
@@ -543,11 +539,16 @@ export class LazyStore implements RootNodes, ContentReader {
     if (offset < 0 || offset + length > bytes.length) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at offset ${offset} are not within a file of ${bytes.length}`);
     }
-    this.counters.rangedReads++;
     this.counters.stagedReads++;
+    this.#countRanged(name, tree, file, length);
+    return Buffer.from(bytes.subarray(offset, offset + length));
+  }
+
+  /** Counts a read answered by range (from the stage, a write under way or chunks in the cache). */
+  #countRanged(name: string, tree: Tree, file: IndexedFile, length: number): void {
+    this.counters.rangedReads++;
     this.counters.bytesRead += length;
     this.#noteBreadth(name, tree, file, length, false);
-    return Buffer.from(bytes.subarray(offset, offset + length));
   }
 
   /**
