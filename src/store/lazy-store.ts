@@ -1231,7 +1231,6 @@ function listingToMeta(bytes: Buffer): string {
   return isUtf8(bytes) ? bytes.toString('utf8') : `\u0000${bytes.toString('latin1')}`;
 }
 
-
 /**
  * Verified bytes to keep until their commit: a view when they lie in decoded frames (a
  * SharedArrayBuffer written once by the decode, chunk-job.ts: nobody writes into it again,
@@ -1240,7 +1239,7 @@ function listingToMeta(bytes: Buffer): string {
  * until the commit of its file, which follows at once (staged files, chunk writes); files
  * kept longer (#along) are copied.
  */
-export function keepable(bytes: Buffer): Buffer {
+function keepable(bytes: Buffer): Buffer {
   return bytes.buffer instanceof SharedArrayBuffer ? bytes : Buffer.from(bytes);
 }
 
