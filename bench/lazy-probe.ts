@@ -63,7 +63,9 @@ const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
 claimRunDir(tmp);
 const names = (m.closure as string[]).map((p) => basename(p));
 
-const fivePercent = (): RangeRead[] => fivePercentWorkload(m).reads;
+// Scenario 9's reads, listed once before any clock (a find over the local closure, which
+// dropCaches leaves cold): as bench/run.ts, the timed work only reads.
+const fivePercent: RangeRead[] = args.scenario.startsWith('9') ? fivePercentWorkload(m).reads : [];
 
 // NARFS_PROBE_TIMELINE=1: the server logs every request (serve-datalake.ts); the measured
 // run's requests, mount and workload marks are printed in ms from its start.
@@ -135,9 +137,9 @@ try {
     console.log(`  first byte: ${(performance.now() - t).toFixed(1)} ms (from ${Date.now()} wall)`);
     return n;
   }
-    : args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent())
-    : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path === large))
-    : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent().filter((r) => r.path !== large))
+    : args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent)
+    : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path === large))
+    : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path !== large))
     : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
       : (mnt: string) => replayWorkload(mnt, ops).bytes;
   if (args.traced) {
@@ -147,7 +149,7 @@ try {
   }
   if (process.env.NARFS_PROBE_READS && args.scenario.startsWith('9')) {
     // The workload's files (many are served without JS once cached: the daemon's log misses them).
-    for (const x of fivePercent()) console.log(`  PROBE wants ${x.path.slice(x.path.indexOf('/'))} ${x.length}`);
+    for (const x of fivePercent) console.log(`  PROBE wants ${x.path.slice(x.path.indexOf('/'))} ${x.length}`);
   }
   const r = await run(work, more, args.prof, args.running);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);

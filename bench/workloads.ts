@@ -120,6 +120,9 @@ export async function concurrentReaders(store: string, files: string[]): Promise
 /** One read of scenario 9: `length` bytes at `offset` of a file (whole file: offset 0, length -1). */
 export interface RangeRead { path: string; offset: number; length: number }
 
+/** What fivePercentWorkload reads of the bench manifest. */
+export interface FivePercentManifest { roles: unknown; largeFile: string; closureStats: { bytes: number } }
+
 /**
  * The workload of issue 10's measurement on this closure, built from the local copy of the
  * closure (same names and sizes): Python's top-level stdlib modules, Perl's top-level
@@ -128,8 +131,6 @@ export interface RangeRead { path: string; offset: number; length: number }
  * 1 MiB spread over the largest file (offsets k/16 of it plus 100,000 bytes, so not
  * chunk-aligned). Whole files are read whole. Used by bench/run.ts and bench/lazy-probe.ts.
  */
-export interface FivePercentManifest { roles: unknown; largeFile: string; closureStats: { bytes: number } }
-
 export function fivePercentWorkload(m: FivePercentManifest): { reads: RangeRead[]; bytes: number } {
   const sh1 = (cmd: string) => spawnSync('sh', ['-c', cmd], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout.trim();
   const rel = (p: string) => p.replace(/^\/nix\/store\//, '');

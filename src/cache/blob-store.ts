@@ -15,13 +15,15 @@
  *   whole file after the NAR it came from matched NarHash. A partial file whose chunks
  *   are all present is re-hashed whole before it is renamed into blobs/, so a name in
  *   blobs/ is always the SHA-256 of its contents.
- * - Crash safety: a blob appears under its name only complete (written in tmp/ or
- *   partial/, then renamed); a chunk row is written only after its bytes were fdatasynced.
+ * - Crash safety: a blob gets its row only once it lies complete under its name (written
+ *   in tmp/ or partial/ and renamed, or by `commitBuffers` created at its name, the row
+ *   going in after the write); a chunk row is written only after its bytes were fdatasynced.
  *   Whole files from an unpacked NAR are not fsynced one by one (too slow for NARs of
  *   thousands of files): what a power loss may leave torn is caught because no blob
  *   written by an earlier process is served before it was re-hashed (`verifyBlob`). Small
  *   verified files held in memory are committed in batches by BLOB_WRITERS worker threads
- *   (`commitBuffers`: write in tmp/, rename; then all rows in one transaction). Metadata and files are reconciled at
+ *   (`commitBuffers`: created at their blob names, tmp/ and rename only over a stale
+ *   file; then all rows in one transaction). Metadata and files are reconciled at
  *   open after an unclean stop (the `clean` mark is cleared at open, set by close()):
  *   blob files without a row are adopted (least recently used), partial files without a
  *   row and rows without their file are removed. So after a kill -9 nothing claims bytes
@@ -742,9 +744,10 @@ export class BlobStore {
    * a SharedArrayBuffer (decoded frames, never written after their decode) are handed to
    * the worker as they lie; others are copied into one transferred buffer. Files the
    * store already holds are deduped; a partial file of the same contents is replaced.
-   * A crash mid-batch leaves renamed blobs without rows (adopted at the next open, and
-   * re-hashed before they are served, like every blob of an earlier process) and temp
-   * files (tmp/ is emptied at open): never a row for bytes that are not there.
+   * A crash mid-batch leaves blobs without rows, maybe torn (adopted at the next open, and
+   * re-hashed before they are served, like every blob of an earlier process; an empty one
+   * is removed) and temp files (tmp/ is emptied at open): never a row for bytes that are
+   * not there.
    */
   commitBuffers(files: ReadonlyArray<{ sha: Buffer; bytes: Buffer }>): Promise<{ added: number; deduped: number; dedupedBytes: number }> {
     const p = this.#commitBuffers(files);
@@ -988,14 +991,14 @@ export class BlobStore {
             seen.add(name);
             continue;
           }
-          if (st.size === 0 && name !== EMPTY_SHA256_HEX && !this.#row(sha)) {
+          const row = this.#row(sha);
+          if (st.size === 0 && name !== EMPTY_SHA256_HEX && !row) {
             // Created by the blob-write worker and killed before its one write (files are
             // created at their final name): empty, so not what its name says.
             await rm(path, { force: true });
             out.removedFiles++;
             continue;
           }
-          const row = this.#row(sha);
           if (row?.complete === 1 && row.size === st.size) {
             seen.add(name);
             continue;
@@ -1121,13 +1124,13 @@ export class BlobStore {
 
 const WRITER_ENTRY = new URL('./blob-write-worker.js', import.meta.url);
 
-/** A blob-write worker (blob-write-worker.ts): one thread, started on first use, unref'd; its jobs run in order. */
 /** SHA-256 of no bytes: the one blob that is rightly empty. */
 const EMPTY_SHA256_HEX = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
 /** Blob-write worker threads a commit's files are dealt out to (commitBuffers). */
 export const BLOB_WRITERS = 2;
 
+/** A blob-write worker (blob-write-worker.ts): one thread, started on first use, unref'd; its jobs run in order. */
 class BlobWriter {
   #worker: Worker | undefined;
   #next = 1;

@@ -213,9 +213,8 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       }
     })();
     // Both settle before either's error is raised (the services' first, as when they ran
-    // before the check): the cleanups then find every service that did start.
-    // Both are bounded (the check by its child's deadline), so a stop asked for meanwhile
-    // waits for them: the cleanups then find every service that started.
+    // before the check). Both are bounded (the check by its child's deadline), so a stop
+    // asked for meanwhile waits for them: the cleanups then find every service that started.
     const [checked, started] = await Promise.allSettled([liveness, services]);
     signal?.throwIfAborted();
     if (started.status === 'rejected') throw started.reason;

@@ -545,7 +545,7 @@ export class NativeMount {
           this.#pushed.delete(nodeid);
           this.#locateAhead(n, s, nodeid);
           const fh = this.#fs.open(nodeid, flags);
-          const ready = this.#pushed.has(nodeid) ? undefined : this.#fs.contentReady(fh);
+          const ready = this.#fs.contentReady(fh);
           if (ready) {
             // The file is local but not yet checked in this process (a cache of an earlier
             // one): its check runs off the JS thread; waiting for it lets C open the file
@@ -626,10 +626,7 @@ export class NativeMount {
     // A regular file whose bytes are complete and verified in this process: C is told where
     // they lie (no descriptor yet) and answers its OPEN itself (native/src/session_passthrough.cc
     // openLocation), so a walk after the kernel forgot the inode sends no OPEN here.
-    if ((attr.mode & S_IFMT) === S_IFREG && attr.size > 0 && !this.#pushed.has(attr.ino)) {
-      const loc = this.#fs.contentLocation(attr.ino);
-      if (loc) n.setLocation(s, attr.ino, loc.path, loc.offset, loc.size, loc.fileSize);
-    }
+    if ((attr.mode & S_IFMT) === S_IFREG && attr.size > 0 && !this.#pushed.has(attr.ino)) this.#locate(n, s, attr.ino);
     const err = n.replyEntry(s, ch, unique, attr.ino, attr.mode, attr.size, attr.nlink, parent === ROOT_INO ? this.#rootEntryTtl : this.#entryTtl);
     // The request was interrupted and is gone: the kernel did not take this lookup.
     if (err !== 0) this.#forget(n, s, attr.ino, 1);
@@ -694,9 +691,7 @@ export class NativeMount {
       for (const i of files) {
         const nodeid = nums[i * 5 + 1]!;
         if (i >= sent || this.#pushed.has(nodeid)) continue;
-        const loc = this.#fs.contentLocation(nodeid);
-        if (loc) n.setLocation(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize);
-        else page.push(nodeid);
+        if (!this.#locate(n, s, nodeid)) page.push(nodeid);
       }
       for (let at = 0; at < page.length; at++) this.#unlocated.set(page[at]!, { page, at });
     }
@@ -731,11 +726,19 @@ export class NativeMount {
     for (let j = u.at + 1; j < u.page.length; j++) {
       const id = u.page[j]!;
       if (this.#unlocated.get(id)?.page !== u.page || this.#pushed.has(id)) continue;
-      const loc = this.#fs.contentLocation(id);
-      if (!loc) continue;
-      n.setLocation(s, id, loc.path, loc.offset, loc.size, loc.fileSize);
-      this.#unlocated.delete(id);
+      if (this.#locate(n, s, id)) this.#unlocated.delete(id);
     }
+  }
+
+  /**
+   * Tells C where the bytes of regular file `nodeid` lie when they are local and verified
+   * (no descriptor: C opens it at the node's OPEN, within its cap). False when not local.
+   */
+  #locate(n: Addon, s: Session, nodeid: number): boolean {
+    const loc = this.#fs.contentLocation(nodeid);
+    if (!loc) return false;
+    n.setLocation(s, nodeid, loc.path, loc.offset, loc.size, loc.fileSize);
+    return true;
   }
 
   /** Tells C where the bytes of `nodeid` lie once they are all verified and local. */

@@ -89,7 +89,7 @@ export interface FetchOptions {
 }
 
 export interface RegionOptions {
-  /** Largest gap of NAR bytes (not wanted) inside one request. Default 64 KiB. */
+  /** Largest gap of NAR bytes (not wanted) inside one request. Default DEFAULT_GAP_BYTES. */
   gapBytes?: number;
   /** Largest request, in NAR bytes. Default: the fetcher's maxRequestBytes. */
   maxRequestBytes?: number;
@@ -144,6 +144,9 @@ export interface ChunkFetcherStats {
   /** Chunks not requested because frames in flight (another request) hold them. */
   joinedFrames: number;
 }
+
+/** Largest gap of unwanted NAR bytes inside one request of a region, unless the caller says (RegionOptions.gapBytes). */
+export const DEFAULT_GAP_BYTES = 64 * 1024;
 
 /** A frame is decoded whole into memory: larger frames are not served by range. */
 const MAX_FRAME_NAR_BYTES = 64 << 20;
@@ -471,7 +474,7 @@ export class ChunkFetcher {
     const plan = planFor(src, idx);
     if (signal.aborted || this.closer.signal.aborted) throw aborted(signal.aborted ? signal : this.closer.signal);
     const cs = idx.chunkSize;
-    const gap = Math.max(0, options.gapBytes ?? 64 * 1024);
+    const gap = Math.max(0, options.gapBytes ?? DEFAULT_GAP_BYTES);
     const maxBytes = Math.max(cs, options.maxRequestBytes ?? this.maxRequestBytes);
     const sorted = [...runs].sort((x, y) => x.file.narOffset - y.file.narOffset || x.first - y.first);
     const joined: Array<Promise<void>> = [];
@@ -724,7 +727,6 @@ export class ChunkFetcher {
     this.enqueue(w);
   }
 
-  /** Requests waiting for a slot (wanted and read-ahead). */
   /**
    * Whether chunk `k` of `file` is on its way: its flight registered (queued or in flight),
    * or, on seekable NARs, every frame holding it in a request's flight (delivered along).
@@ -741,6 +743,7 @@ export class ChunkFetcher {
     }
   }
 
+  /** Requests waiting for a slot (wanted and read-ahead). */
   get queuedRequests(): number {
     return this.queue.length;
   }

@@ -68,7 +68,7 @@ import type { DatalakeSet } from '../datalake/datalake-set.js';
 import type { Datalake } from '../datalake/datalake.js';
 import type { PathInfo, PathInfoService } from './path-info-service.js';
 import type { Materialised, Materialiser } from './materialiser.js';
-import { ChunkFetcher, type ChunkSource } from './chunk-fetcher.js';
+import { ChunkFetcher, DEFAULT_GAP_BYTES, type ChunkSource } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
 import { directoriesOf, fileIndexOf, frameSpan, neighbourRegions, neighbours, noteMiss } from './neighbourhood.js';
@@ -98,7 +98,7 @@ export interface LazyStoreOptions {
   neighbourBytes?: number;
   /** Largest file that triggers or joins a neighbourhood fetch. Default DEFAULT_NEIGHBOUR_FILE_BYTES. */
   neighbourFileBytes?: number;
-  /** Largest gap of unwanted NAR bytes inside one coalesced request (neighbours, traces). Default 64 KiB. */
+  /** Largest gap of unwanted NAR bytes inside one coalesced request (neighbours, traces). Default DEFAULT_GAP_BYTES (chunk-fetcher.ts). */
   gapBytes?: number;
   /**
    * Escalation: once this share of a ranged path's file bytes has been read (and at least
@@ -255,7 +255,6 @@ export class LazyStore implements RootNodes, ContentReader {
    */
   readonly #along = new Map<string, { sha: Buffer; bytes: Buffer }>();
   #alongBytes = 0;
-  #inCommit = 0;
   /** Staged files in a commit under way (by hex), so that a second drain loop skips them. */
   readonly #committing = new Set<string>();
   #drainLoops = 0;
@@ -509,18 +508,14 @@ export class LazyStore implements RootNodes, ContentReader {
         if (got) return this.#served(name, tree, file, got, offset, length);
         const writing = this.#fromWriting(file, cs, offset, length);
         if (writing) {
-          this.counters.rangedReads++;
-          this.counters.bytesRead += length;
-          this.#noteBreadth(name, tree, file, length, false);
+          this.#countRanged(name, tree, file, length);
           return writing;
         }
         if (!(await this.#writesOf(file, first, last))) {
           throw new NarfsError('ERR_CACHE_IO', `${name}: a fetched chunk of the file at NAR offset ${file.narOffset} could not be written to the cache`);
         }
         if (this.#blobs.haveChunks(file.sha256, file.size, cs, first, last).every(Boolean)) {
-          this.counters.rangedReads++;
-          this.counters.bytesRead += length;
-          this.#noteBreadth(name, tree, file, length, false);
+          this.#countRanged(name, tree, file, length);
           return await this.#blobs.readRange(file.sha256, file.size, offset, length);
         }
       }
@@ -559,11 +554,16 @@ export class LazyStore implements RootNodes, ContentReader {
     if (offset < 0 || offset + length > bytes.length) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `${name}: ${length} bytes at offset ${offset} are not within a file of ${bytes.length}`);
     }
-    this.counters.rangedReads++;
     this.counters.stagedReads++;
+    this.#countRanged(name, tree, file, length);
+    return Buffer.from(bytes.subarray(offset, offset + length));
+  }
+
+  /** Counts a read answered by range (from the stage, a write under way or chunks in the cache). */
+  #countRanged(name: string, tree: Tree, file: IndexedFile, length: number): void {
+    this.counters.rangedReads++;
     this.counters.bytesRead += length;
     this.#noteBreadth(name, tree, file, length, false);
-    return Buffer.from(bytes.subarray(offset, offset + length));
   }
 
   /**
@@ -610,7 +610,7 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       return { files: files.length, failed };
     }
-    const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? 64 * 1024);
+    const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? DEFAULT_GAP_BYTES);
     await this.flushStaged();
     return { files: files.length, failed: failed + r.failedFiles };
   }
@@ -676,7 +676,7 @@ export class LazyStore implements RootNodes, ContentReader {
     }
     const cs = tree.index.chunkSize;
     const src = this.#sourceOf(tree);
-    const gapBytes = this.#opts.gapBytes ?? 64 * 1024;
+    const gapBytes = this.#opts.gapBytes ?? DEFAULT_GAP_BYTES;
     const isHeld = (f: IndexedFile): boolean => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
       || fetcher.isComing(src, tree.index, f, 0);
     const near = neighbours(tree.index, file, { budgetBytes: budget, maxFileBytes: maxFile, gapBytes, isHeld });
@@ -905,7 +905,7 @@ export class LazyStore implements RootNodes, ContentReader {
     // A second loop only while more than a batch waits beside the first loop's: the writer
     // threads then take the next batch's files while this one's last writes finish (one
     // batch at a time left them idle between batches, the stage full and fetches waiting).
-    const waiting = this.#staged.size - this.#inCommit;
+    const waiting = this.#staged.size - this.#committing.size;
     if (this.#drainLoops >= DRAIN_LOOPS || waiting <= 0 || (this.#drainLoops > 0 && waiting < DRAIN_BATCH_FILES)) return;
     this.#drainLoops++;
     if (!this.#draining) this.#draining = new Promise<void>((resolve) => { this.#drained = resolve; });
@@ -916,7 +916,7 @@ export class LazyStore implements RootNodes, ContentReader {
         this.#draining = undefined;
         this.#drained = undefined;
         done?.();
-        if (this.#staged.size > this.#inCommit) this.#drainSoon();
+        if (this.#staged.size > this.#committing.size) this.#drainSoon();
       });
     });
   }
@@ -936,14 +936,12 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       if (batch.length === 0) return;
       for (const hex of hexes) this.#committing.add(hex);
-      this.#inCommit += batch.length;
       try {
         await this.#blobs.commitBuffers(batch);
       } catch (err) {
         // Dropped from memory: a file that is read later is fetched (and checked) again.
         this.#opts.logger.warn('cannot commit fetched files to the cache; they are fetched again when read', { files: batch.length, err: toNarfsError(err, 'ERR_CACHE_IO') });
       } finally {
-        this.#inCommit -= batch.length;
         for (const hex of hexes) {
           this.#committing.delete(hex);
           const f = this.#staged.get(hex);
@@ -958,10 +956,8 @@ export class LazyStore implements RootNodes, ContentReader {
   async #fetchChunks(tree: Tree, file: IndexedFile, first: number, last: number, signal: AbortSignal): Promise<void> {
     const fetcher = this.#opts.chunks;
     if (!fetcher) throw new NarfsError('ERR_INDEX_UNUSABLE', 'no ranged reads in this configuration');
-    const ni = tree.info.narInfo;
-    const cs = tree.index.chunkSize;
     await fetcher.fetch(
-      { datalake: tree.info.datalake, narUrl: ni.url, compression: ni.compression, narInfo: ni },
+      this.#sourceOf(tree),
       tree.index, file, first, last,
       (f, k, bytes, along) => this.#store(tree, f, k, bytes, along),
       signal,
@@ -1255,7 +1251,6 @@ function listingToMeta(bytes: Buffer): string {
   return isUtf8(bytes) ? bytes.toString('utf8') : `\u0000${bytes.toString('latin1')}`;
 }
 
-
 /**
  * Verified bytes to keep until their commit: a view when they lie in decoded frames (a
  * SharedArrayBuffer written once by the decode, chunk-job.ts: nobody writes into it again,
@@ -1264,7 +1259,7 @@ function listingToMeta(bytes: Buffer): string {
  * until the commit of its file, which follows at once (staged files, chunk writes); files
  * kept longer (#along) are copied.
  */
-export function keepable(bytes: Buffer): Buffer {
+function keepable(bytes: Buffer): Buffer {
   return bytes.buffer instanceof SharedArrayBuffer ? bytes : Buffer.from(bytes);
 }
 

@@ -45,6 +45,7 @@
  */
 import type { IndexedFile, NarIndex } from '../nix/nar-index.js';
 import type { NarNode } from '../nix/nar-listing.js';
+import { DEFAULT_GAP_BYTES } from './chunk-fetcher.js';
 
 export interface NeighbourOptions {
   /** Most bytes of neighbours (file sizes) fetched along with one miss. */
@@ -57,7 +58,7 @@ export interface NeighbourOptions {
   maxScan?: number;
   /**
    * Unwanted NAR bytes the fetcher lets sit between two files of one request (its
-   * RegionOptions.gapBytes for this fetch). Default DEFAULT_NEIGHBOUR_GAP_BYTES.
+   * RegionOptions.gapBytes for this fetch). Default the fetcher's, DEFAULT_GAP_BYTES.
    */
   gapBytes?: number;
 }
@@ -70,8 +71,6 @@ export const NEIGHBOUR_START_FILE_BYTES = 16 * 1024;
  * without the rule; no rule 1.55; 2 gave 1.50 and scenario 1 as without it.
  */
 const GAP_REACHES = 2;
-/** The chunk fetcher's default gap (chunk-fetcher.ts fetchRegion). */
-export const DEFAULT_NEIGHBOUR_GAP_BYTES = 64 * 1024;
 
 /** Per index: the largest file that missed in it. */
 const largestMissByIndex = new WeakMap<NarIndex, number>();
@@ -163,7 +162,7 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
   const maxScan = o.maxScan ?? 4096;
   const reach = reachOf(idx, o.maxFileBytes);
   const framed = idx.frames !== undefined && idx.frames.narOffsets.length > 0;
-  const gap = Math.max(0, o.gapBytes ?? DEFAULT_NEIGHBOUR_GAP_BYTES);
+  const gap = Math.max(0, o.gapBytes ?? DEFAULT_GAP_BYTES);
   const out: IndexedFile[] = [];
   let budget = o.budgetBytes;
   let l = i - 1;
@@ -227,7 +226,7 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
  * would bridge and so fetch a second time (chunk-fetcher.ts fetchRegion joins a chunk in
  * flight but still bridges the bytes around it).
  */
-export function neighbourRegions(idx: NarIndex, file: IndexedFile, near: readonly IndexedFile[], isHeld: (f: IndexedFile) => boolean, gapBytes = DEFAULT_NEIGHBOUR_GAP_BYTES): IndexedFile[][] {
+export function neighbourRegions(idx: NarIndex, file: IndexedFile, near: readonly IndexedFile[], isHeld: (f: IndexedFile) => boolean, gapBytes = DEFAULT_GAP_BYTES): IndexedFile[][] {
   const out: IndexedFile[][] = [];
   let prev: IndexedFile | undefined;
   for (const f of near) {

@@ -12,7 +12,7 @@
  * /proc/self/mountinfo, the process's exit. Whatever happens, the mount is detached.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -20,11 +20,10 @@ import { loadFixtures, type Fixtures } from '../support/fixtures.js';
 import { run } from '../support/mount-harness.js';
 import { spawnNarfs, type CliDaemon } from '../support/cli-daemon.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
+import { mountedType } from '../../src/fuse/mount-state.js';
 
-/** Whether `mnt` is a mountpoint of this mount namespace (mountinfo's fifth field). */
-async function isMounted(mnt: string): Promise<boolean> {
-  return (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').some((l) => l.split(' ')[4] === mnt);
-}
+/** Whether `mnt` is a mountpoint of this mount namespace (mount-state.ts reads mountinfo). */
+const isMounted = async (mnt: string): Promise<boolean> => (await mountedType(mnt)) !== undefined;
 
 /** The cache directory's entries, or undefined when it does not exist. */
 async function entriesOf(dir: string): Promise<string[] | undefined> {

@@ -23,7 +23,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { loadFixtures, pathByRole, type Fixtures } from '../support/fixtures.js';
 import { EVENT_TIMEOUT_MS, probe, withMount, type TestMount } from '../support/mount-harness.js';
-import { NARFS_BIN, startNarfsMount } from '../support/cli-daemon.js';
+import { NARFS_BIN, startNarfsMount, type CliDaemon } from '../support/cli-daemon.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 import { fuseBackendOf } from '../../src/daemon/mount-daemon.js';
 import { forceUnmount } from '../../src/fuse/fuse-native-mount.js';
@@ -80,6 +80,42 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
   });
 
   const largeRel = () => join(storePathBase(parseStorePath(fixtures.largeFile.storePath)), fixtures.largeFile.relPath);
+
+  /**
+   * Runs `body` on a `narfs mount` of the many-files path under a descriptor limit of
+   * `limit` (prlimit), with the mounted path's dir, `narfs status`, and a reader hashing
+   * the files named in a list as one stream (`xargs cat`). Stopped and unmounted afterwards,
+   * also when the daemon died (out of descriptors) and left its mount behind.
+   */
+  const withLimitedMount = async (limit: number, body: (m: {
+    dir: string; cacheDir: string; daemon: CliDaemon;
+    status: () => Promise<NarfsStatus>; readAll: (list: string) => Promise<string>;
+  }) => Promise<void>): Promise<void> => {
+    const lake = fixtures.datalakes['none']!;
+    const many = pathByRole(fixtures, 'many-files');
+    const mnt = join(root, 'nix', 'store');
+    await mkdir(mnt, { recursive: true });
+    const cacheDir = join(root, 'cache');
+    const daemon = await startNarfsMount([mnt, '--datalake', lake.url, '--trusted-public-keys', fixtures.publicKey,
+      '--cache-dir', cacheDir, '--log-format', 'json'], undefined, {
+      wrap: (argv) => ['prlimit', [`--nofile=${limit}:${limit}`, '--', ...argv]],
+    });
+    try {
+      const dir = join(mnt, basename(many.storePath));
+      await body({
+        dir, cacheDir, daemon,
+        status: async () => {
+          const { stdout } = await execFileP(process.execPath, [NARFS_BIN, 'status', '--cache-dir', cacheDir, '--json'], { timeout: 120_000 });
+          return JSON.parse(stdout) as NarfsStatus;
+        },
+        readAll: async (list) => (await execFileP('sh', ['-c',
+          'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout,
+      });
+    } finally {
+      await daemon.stop();
+      await forceUnmount(mnt, { abort: true }).catch(() => {});
+    }
+  };
 
   it('after a walk and drop_caches, re-opening a verified file sends no OPEN to JS and is passthrough', async () => {
     const lake = fixtures.datalakes['none']!;
@@ -174,35 +210,20 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
   });
 
   it('under a tiny descriptor limit (prlimit), files completed while the kernel holds their inodes keep being served in C past the cap (JS pushes them again once C let go of idle ones)', async function () {
-    const lake = fixtures.datalakes['none']!;
-    const many = pathByRole(fixtures, 'many-files');
-    const mnt = join(root, 'nix', 'store');
-    await mkdir(mnt, { recursive: true });
-    const cacheDir = join(root, 'cache');
     const limit = 256;
-    const d = await startNarfsMount([mnt, '--datalake', lake.url, '--trusted-public-keys', fixtures.publicKey,
-      '--cache-dir', cacheDir, '--log-format', 'json'], undefined, {
-      wrap: (argv) => ['prlimit', [`--nofile=${limit}:${limit}`, '--', ...argv]],
-    });
-    try {
-      const engine = async (): Promise<NativeStats> => {
-        const { stdout } = await execFileP(process.execPath, [NARFS_BIN, 'status', '--cache-dir', cacheDir, '--json'], { timeout: 120_000 });
-        return (JSON.parse(stdout) as NarfsStatus).fuse.engine!;
-      };
-      const dir = join(mnt, basename(many.storePath));
+    await withLimitedMount(limit, async ({ dir, status, readAll }) => {
+      const engine = async (): Promise<NativeStats> => (await status()).fuse.engine!;
       const list = join(root, 'files');
       await execFileP('sh', ['-c', 'cd "$1" && find . -type f -size +0 | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
-      const readAll = async () => (await execFileP('sh', ['-c',
-        'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout;
       // The first walk fetches every file (cold cache): each is pushed to C once complete,
       // while the kernel keeps its inode (the dentries stay).
-      const firstRun = await readAll();
+      const firstRun = await readAll(list);
       const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
       assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
       // Page cache only: the inodes stay, so each OPEN is of a node C or JS already knows.
       await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
       const before = await engine();
-      const secondRun = await readAll();
+      const secondRun = await readAll(list);
       const after = await engine();
       assert.equal(secondRun, firstRun, 'the same bytes');
       const toJs = (op: number) => (after.toJsByOpcode[op] ?? 0) - (before.toJsByOpcode[op] ?? 0);
@@ -210,37 +231,21 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
       // every file past the first limit/2 (and every one C let go of) was read through JS.
       assert.ok(toJs(READ) <= 0.1 * files, `${toJs(READ)} READs of ${files} files reached JS (OPENs: ${toJs(OPEN)})`);
       assert.ok(after.heldFiles <= limit / 2, `C holds ${after.heldFiles} files (cap ${limit / 2})`);
-    } finally {
-      await d.stop();
-      await forceUnmount(mnt, { abort: true }).catch(() => {});
-    }
+    });
   });
 
   it('under a tiny descriptor limit (prlimit) C holds at most half of it, lets go of idle files at the cap and keeps opening in C; every byte right', async function () {
-    const lake = fixtures.datalakes['none']!;
-    const many = pathByRole(fixtures, 'many-files');
-    const mnt = join(root, 'nix', 'store');
-    await mkdir(mnt, { recursive: true });
-    const cacheDir = join(root, 'cache');
     const limit = 256;
-    const d = await startNarfsMount([mnt, '--datalake', lake.url, '--trusted-public-keys', fixtures.publicKey,
-      '--cache-dir', cacheDir, '--log-format', 'json'], undefined, {
-      wrap: (argv) => ['prlimit', [`--nofile=${limit}:${limit}`, '--', ...argv]],
-    });
-    try {
+    await withLimitedMount(limit, async ({ dir, cacheDir, daemon: d, status, readAll }) => {
       const engine = async (): Promise<{ e: NativeStats; inodes: number }> => {
-        const { stdout } = await execFileP(process.execPath, [NARFS_BIN, 'status', '--cache-dir', cacheDir, '--json'], { timeout: 120_000 });
-        const st = JSON.parse(stdout) as NarfsStatus;
+        const st = await status();
         return { e: st.fuse.engine!, inodes: st.fuse.inodes };
       };
-      const dir = join(mnt, basename(many.storePath));
       // Every regular file, in a fixed order, hashed as one stream (a child process), opened
       // by path as the bench's readers do: LOOKUPs, no directory listing on the second run.
       const list = join(root, 'files');
       await execFileP('sh', ['-c', 'cd "$1" && find . -type f | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
-      const readAll = async () => (await execFileP('sh', ['-c',
-        'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout;
-      const firstRun = await readAll();
+      const firstRun = await readAll(list);
       const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
       assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
       // Until the kernel has forgotten (nearly) every inode of the path.
@@ -249,7 +254,7 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
         return (await engine()).inodes < 10;
       }, 'the kernel forgets the inodes of the walk');
       const before = (await engine()).e;
-      const secondRun = await readAll();
+      const secondRun = await readAll(list);
       const { e: after } = await engine();
       assert.equal(secondRun, firstRun, 'the same bytes');
       // At the cap C lets go of the content of files no longer open (cat closed them), so
@@ -266,10 +271,6 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
         if (target.startsWith(join(cacheDir, 'blobs'))) blobs++;
       }
       assert.ok(blobs <= limit / 2, `${blobs} blob descriptors open in the daemon`);
-    } finally {
-      await d.stop();
-      // A daemon that died (out of descriptors) leaves its mount behind.
-      await forceUnmount(mnt, { abort: true }).catch(() => {});
-    }
+    });
   });
 });

@@ -121,6 +121,13 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     return e.stack.store.read(e.name, f.narOffset, f.size, AbortSignal.timeout(60_000));
   }
 
+  /** Writes a read trace of `traced` (files of e's path) to `tmp/file`; returns its path. */
+  async function writeTrace(e: Env, file: string, traced: readonly IndexedFile[]): Promise<string> {
+    const trace = path.join(tmp, file);
+    await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+    return trace;
+  }
+
   /** Resolves once the chunk fetcher has nothing in flight or queued (background fetches settled). */
   async function idle(e: Env): Promise<void> {
     const deadline = Date.now() + 60_000;
@@ -329,8 +336,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     const e = await open('none');
     try {
       const traced = bigDirectory(e.idx).filter((_, i) => i % 7 === 0).slice(0, 50);
-      const trace = path.join(tmp, 'trace-meta');
-      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      const trace = await writeTrace(e, 'trace-meta', traced);
       const replay = replayTrace(trace, e.stack.store, captureLogger([]), AbortSignal.timeout(120_000));
       const f = traced[3]!;
       const [r, got] = await Promise.all([replay, readAll(e, f)]);
@@ -353,9 +359,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
   it('none: reads of traced files while the replay fetches them join its requests and send none of their own', async function () {
     const traceOf = async (e: Env): Promise<{ trace: string; traced: IndexedFile[] }> => {
       const traced = bigDirectory(e.idx).filter((_, i) => i % 7 === 0).slice(0, 60);
-      const trace = path.join(tmp, 'trace-join');
-      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
-      return { trace, traced };
+      return { trace: await writeTrace(e, 'trace-join', traced), traced };
     };
     // The replay alone, on a fresh cache: how many ranged requests it takes.
     let alone: number;
@@ -394,8 +398,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     const e = await open('none');
     try {
       const traced = e.idx.files.filter((_, i) => i % 7 === 0).slice(0, 300);
-      const trace = path.join(tmp, 'trace');
-      await fsp.writeFile(trace, `${TRACE_HEADER}\n${traced.map((f) => `${e.name}\t${f.narOffset}\n`).join('')}`);
+      const trace = await writeTrace(e, 'trace', traced);
       const logs: LogLine[] = [];
       const r = await replayTrace(trace, e.stack.store, captureLogger(logs), AbortSignal.timeout(120_000));
       assert.deepEqual(r, { files: traced.length, failed: 0 });
