@@ -18,9 +18,28 @@
  *   files are split into blobs in the background (commitBuffers in bounded batches, a big
  *   file by commitFiles) and then the tree goes to the TreeStore. No file of a NAR is
  *   readable before its NarHash matched. `ensure` still waits for the commit; `flush()`
- *   waits for every commit (before the BlobStore closes). While a commit runs the files
- *   are on disk twice (staging file and blobs), outside the BlobStore's bound, as the
- *   unpacked temp files were before.
+ *   waits for every commit; `stop()` (before the BlobStore closes) ends them after the
+ *   batch under way (COMMIT_BATCH_*), keeping what was committed and deleting the staging
+ *   file: the rest is fetched again when read.
+ * - Disk bound: the staging file counts in the BlobStore's bound (BlobStore.reserve) from
+ *   before the download (NarSize) until its job directory is removed (the files' bytes
+ *   once verified), so while a NAR is committed the cache holds at most its bound,
+ *   staging file and blobs together (the files of that NAR are on disk twice meanwhile).
+ *   What the bound does not see: NAR headers and padding are holes in the staging file,
+ *   each file's last block is rounded up by the filesystem, and the copy of a big file
+ *   (> COMMIT_COPY_BYTES) out of the staging file is counted only from its rename into
+ *   blobs/: the excess is at most the largest file of the NAR, while it is copied.
+ * - The job directory (with its staging file) is removed on every path: a failed fetch
+ *   once the verify worker let go of it (any mismatch, truncation, abort or exception), a
+ *   verified one when its commit ends or stops; one a crash left behind goes at the next
+ *   open of the cache (BlobStore.open empties tmp/). Nothing of a failed NAR is served.
+ * - Reads from a staging file open it per read: a read that opened it before the commit
+ *   removed it reads through its own descriptor (the bytes stay until it closes); one that
+ *   opens it after finds it gone and reads the blob, or, when the commit did not keep the
+ *   file (a failure, a stop), fails with ERR_CACHE_CORRUPT, which LazyStore.read answers
+ *   by fetching again. No descriptor is shared, so none can be closed under a read. The
+ *   native engine is only ever given complete blobs (LazyStore.contentFile), never a
+ *   staging file.
  * - A store path counts as materialised when its tree matches the narinfo in force
  *   (TreeStore.lookup drops a stale or damaged one) and every file it names is a complete
  *   blob; a file evicted since (or dropped as damaged) makes the whole NAR be fetched again.
@@ -111,9 +130,13 @@ export interface MaterialiserEvents {
 
 /** Methods a verify worker undoes itself; xz and bzip2 stay child processes. */
 const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd', 'gzip', 'br']);
-/** Files read back from a staging file per commitBuffers call, and their bytes at most. */
-const COMMIT_BATCH_FILES = 2048;
-const COMMIT_BATCH_BYTES = 32 * 1024 * 1024;
+/**
+ * Files read back from a staging file per commitBuffers call, and their bytes at most. A
+ * stop (unmount, SIGTERM) waits for the batch being written, so a batch is kept to a
+ * fraction of a second of file creations (~0.3-0.9 ms each, on two writer threads).
+ */
+const COMMIT_BATCH_FILES = 512;
+const COMMIT_BATCH_BYTES = 16 * 1024 * 1024;
 /** A file larger than this is copied out of the staging file into a temp file of its own, not held in memory. */
 const COMMIT_COPY_BYTES = 8 * 1024 * 1024;
 /** Longest wait for a verify worker to let go of a temp file after a failure. */
@@ -146,14 +169,22 @@ export class Materialiser {
 
   /** Store paths whose verified files are being committed in the background (#commitLater). */
   readonly #committing = new Map<string, CommitEntry>();
-  /** Verified files not yet committed, by hex SHA-256: the staging file, their NAR offset, their commit. */
-  readonly #staged = new Map<string, { path: string; offset: number; size: number; entry: CommitEntry }>();
+  /**
+   * Verified files not yet committed, by hex SHA-256: where they lie in a staging file and
+   * the commit they belong to. A list: two NARs being committed may hold the same contents,
+   * and either commit may end (or stop) first.
+   */
+  readonly #staged = new Map<string, StagedFile[]>();
   readonly #commits = new Set<Promise<void>>();
+  /** Aborted by stop(): the background commits end after the batch being written. */
+  readonly #stopCommits = new AbortController();
+  readonly #commitSignal: AbortSignal;
 
   constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
     this.#blobs = blobs;
     this.#trees = trees;
     this.#opts = options;
+    this.#commitSignal = options.signal ? AbortSignal.any([options.signal, this.#stopCommits.signal]) : this.#stopCommits.signal;
   }
 
   /** The stored tree of `info` if it is current and every file it names is held whole. */
@@ -235,38 +266,62 @@ export class Materialiser {
    * back in batches of up to COMMIT_BATCH_FILES / COMMIT_BATCH_BYTES (commitBuffers, on
    * the blob-write threads); a file above COMMIT_COPY_BYTES is copied to a temp file of
    * its own (commitFiles). A failure of the commit is logged; the files not committed are
-   * fetched again when read.
+   * fetched again when read. A stop (stop(), shutdown) ends it between batches: what was
+   * committed stays (complete blobs with their rows), the tree is not written, the job
+   * directory goes; the path is fetched again when next used. `release` lets go of the
+   * staging file's bytes in the BlobStore's bound once the job directory is gone.
    */
-  #commitLater(name: string, info: PathInfo, m: Materialised, staging: string | undefined, encoded: Buffer, temp: string, verifiedMs: number): void {
+  #commitLater(name: string, info: PathInfo, m: Materialised, staging: string | undefined, encoded: Buffer, temp: string, verifiedMs: number, release: () => void): void {
     const ni = info.narInfo;
     const t0 = Date.now();
     const entry: CommitEntry = { info, m, done: Promise.resolve() };
     if (staging !== undefined) {
       for (const f of m.index.files) {
         const hex = f.sha256.toString('hex');
-        if (!this.#staged.has(hex)) this.#staged.set(hex, { path: staging, offset: f.narOffset, size: f.size, entry });
+        const list = this.#staged.get(hex);
+        const s: StagedFile = { path: staging, offset: f.narOffset, size: f.size, entry };
+        if (list) list.push(s);
+        else this.#staged.set(hex, [s]);
       }
     }
+    const signal = this.#commitSignal;
+    const progress = { files: 0 };
     entry.done = (async () => {
       try {
-        const committed = staging === undefined ? { deduped: 0, dedupedBytes: 0 } : await this.#commitStaged(m.index, staging);
+        const committed = staging === undefined ? { deduped: 0, dedupedBytes: 0 } : await this.#commitStaged(m.index, staging, signal, progress);
         this.dedupeHits += committed.deduped;
+        signal.throwIfAborted();
         await this.#trees.put(m.index, 'nar', encoded);
         this.#opts.logger.info('materialised', {
           path: name, bytes: ni.narSize, ms: verifiedMs, commitMs: Date.now() - t0, source: info.datalake.displayUrl,
           compression: ni.compression, files: m.index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,
         });
       } catch (err) {
-        this.#opts.logger.error('cannot commit the files of a verified NAR to the cache; they are fetched again when read', {
-          path: name, err: toNarfsError(err, 'ERR_CACHE_IO'),
-        });
+        if (signal.aborted) {
+          entry.error = new NarfsError('ERR_ABORTED', `the commit of ${name} was stopped`, { cause: err });
+          this.#opts.logger.info('commit of a verified NAR stopped; the files not committed are fetched again when read', {
+            path: name, files: m.index.files.length, committedFiles: progress.files, commitMs: Date.now() - t0,
+          });
+        } else {
+          entry.error = toNarfsError(err, 'ERR_CACHE_IO');
+          this.#opts.logger.error('cannot commit the files of a verified NAR to the cache; they are fetched again when read', {
+            path: name, err: entry.error,
+          });
+        }
       } finally {
         for (const f of m.index.files) {
           const hex = f.sha256.toString('hex');
-          if (this.#staged.get(hex)?.entry === entry) this.#staged.delete(hex);
+          const list = this.#staged.get(hex);
+          if (!list) continue;
+          const rest = list.filter((x) => x.entry !== entry);
+          if (rest.length === 0) this.#staged.delete(hex);
+          else this.#staged.set(hex, rest);
         }
         if (this.#committing.get(name) === entry) this.#committing.delete(name);
+        // A read that opened the staging file before this keeps its descriptor (and right
+        // bytes); one that opens it after finds it gone and reads the blob (readStaged).
         await removeTemp(temp);
+        release();
       }
     })();
     this.#committing.set(name, entry);
@@ -274,38 +329,49 @@ export class Materialiser {
     void entry.done.then(() => this.#commits.delete(entry.done));
   }
 
-  /** Splits the staging file into blobs (see #commitLater). */
-  async #commitStaged(index: NarIndex, staging: string): Promise<{ deduped: number; dedupedBytes: number }> {
+  /**
+   * Splits the staging file into blobs (see #commitLater); `signal` is looked at before
+   * each batch and each big file, and ends the copy of a big file. `progress.files` counts
+   * the files handed to the BlobStore so far.
+   */
+  async #commitStaged(index: NarIndex, staging: string, signal: AbortSignal, progress: { files: number }): Promise<{ deduped: number; dedupedBytes: number }> {
     const out = { deduped: 0, dedupedBytes: 0 };
     const add = (r: { deduped: number; dedupedBytes: number }) => { out.deduped += r.deduped; out.dedupedBytes += r.dedupedBytes; };
+    signal.throwIfAborted();
     const fh = await open(staging, 'r').catch((err: unknown) => { throw cacheError(err, `cannot open ${staging}`); });
     try {
       let batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
       let bytes = 0;
       const flush = async () => {
         if (batch.length === 0) return;
+        signal.throwIfAborted();
         const b = batch;
         batch = [];
         bytes = 0;
         add(await this.#blobs.commitBuffers(b));
+        progress.files += b.length;
       };
       for (const f of index.files) {
         if (f.size > COMMIT_COPY_BYTES) {
+          signal.throwIfAborted();
           if (this.#blobs.completePath(f.sha256, f.size) !== undefined) {
             // Held already: not copied out only to be deduped (small files are offered, and counted, by commitBuffers).
             this.#blobs.touch(f.sha256);
             out.deduped++;
             out.dedupedBytes += f.size;
+            progress.files++;
             continue;
           }
           const tempPath = this.#blobs.tempPath('f');
           try {
-            await pipeline(createReadStream(staging, { start: f.narOffset, end: f.narOffset + f.size - 1 }), createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }));
+            await pipeline(createReadStream(staging, { start: f.narOffset, end: f.narOffset + f.size - 1 }), createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }), { signal });
           } catch (err) {
             await rm(tempPath, { force: true }).catch(() => {});
+            signal.throwIfAborted();
             throw cacheError(err, `cannot copy a file out of ${staging}`);
           }
           add(await this.#blobs.commitFiles([{ sha: f.sha256, size: f.size, tempPath }]));
+          progress.files++;
           continue;
         }
         batch.push({ sha: f.sha256, bytes: await readAt(fh, staging, f.narOffset, f.size) });
@@ -326,8 +392,8 @@ export class Materialiser {
    * way is waited for first, so a committed file is in the BlobStore by then).
    */
   async readStaged(sha: Buffer, size: number, offset: number, length: number): Promise<Buffer | undefined> {
-    const s = this.#staged.get(sha.toString('hex'));
-    if (!s || s.size !== size || offset < 0 || offset + length > size) return undefined;
+    const s = this.#staged.get(sha.toString('hex'))?.find((x) => x.size === size);
+    if (!s || offset < 0 || offset + length > size) return undefined;
     let fh: FileHandle | undefined;
     try {
       fh = await open(s.path, 'r');
@@ -342,14 +408,32 @@ export class Materialiser {
     }
   }
 
-  /** Resolves once the background commit of `name`'s files (if any) has ended. */
+  /**
+   * Resolves once the background commit of `name`'s files (if any is under way) has ended;
+   * rejects with its failure (ERR_CACHE_*, ERR_ABORTED by a stop) when it did not commit
+   * every file.
+   */
   async committed(name: string): Promise<void> {
-    await this.#committing.get(name)?.done;
+    const entry = this.#committing.get(name);
+    if (!entry) return;
+    await entry.done;
+    if (entry.error) throw entry.error;
   }
 
-  /** Resolves once every background commit under way has ended (before the BlobStore closes). */
+  /** Resolves once every background commit under way has ended. */
   async flush(): Promise<void> {
     while (this.#commits.size > 0) await Promise.all([...this.#commits]);
+  }
+
+  /**
+   * Stops the background commits (before the BlobStore closes: unmount, SIGTERM) after the
+   * batch each is writing, and resolves once they have ended and their staging files are
+   * gone. What was committed stays; the rest is fetched again when read. A NAR verified
+   * after this is not committed either.
+   */
+  async stop(): Promise<void> {
+    this.#stopCommits.abort(new NarfsError('ERR_ABORTED', 'the cache is closing'));
+    await this.flush();
   }
 
   async #fetch(name: string, info: PathInfo): Promise<Materialised> {
@@ -363,10 +447,14 @@ export class Materialiser {
     const inWorker = IN_WORKER.has(ni.compression);
     const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
     const temp = this.#blobs.tempPath(name);
+    // The staging file (at most NarSize bytes: the files' contents, the rest holes) counts
+    // against the cache's bound from now until the job directory is gone.
+    let release = this.#blobs.reserve(ni.narSize);
     try {
       await mkdir(temp);
     } catch (err) {
       decompressor.destroy();
+      release();
       throw cacheError(err, `cannot create ${temp}`);
     }
     // 3. The stream, last; it goes into pipeline() without another await in between.
@@ -376,22 +464,43 @@ export class Materialiser {
     } catch (err) {
       decompressor.destroy();
       await removeTemp(temp);
+      release();
       throw err;
     }
     if (!source) {
       decompressor.destroy();
       await removeTemp(temp);
+      release();
       throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
     }
-    return this.#stream(name, info, source, decompressor, temp, started);
+    let verifier: VerifyJob;
+    try {
+      verifier = (this.#opts.verifyPool ?? defaultVerifyPool).open(
+        { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE },
+        inWorker ? ni.compression as WorkerCompression : 'none');
+    } catch (err) {
+      source.destroy();
+      decompressor.destroy();
+      await removeTemp(temp);
+      release();
+      throw toNarfsError(err, 'ERR_INTERNAL');
+    }
+    return this.#stream(name, info, source, decompressor, verifier, temp, started, (bytes) => {
+      // Verified: from NarSize down to the bytes the staging file really holds.
+      release();
+      release = this.#blobs.reserve(bytes);
+      return release;
+    }, () => release());
   }
 
-  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, temp: string, started: number): Promise<Materialised> {
+  /**
+   * Streams the NAR through the verify worker. `keep(bytes)` (on a match) sets the staging
+   * file's reserved bytes and returns their release; `discard` releases them after a failure,
+   * once the job directory is gone.
+   */
+  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, verifier: VerifyJob, temp: string, started: number,
+    keep: (bytes: number) => () => void, discard: () => void): Promise<Materialised> {
     const ni = info.narInfo;
-    const inWorker = IN_WORKER.has(ni.compression);
-    const verifier: VerifyJob = (this.#opts.verifyPool ?? defaultVerifyPool).open(
-      { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE },
-      inWorker ? ni.compression as WorkerCompression : 'none');
     // The first error each stage raised, to give the failure the code of its origin.
     let first: { stage: Stage; err: unknown } | undefined;
     const note = (stage: Stage) => (err: unknown) => { first ??= { stage, err }; };
@@ -418,9 +527,11 @@ export class Materialiser {
       const index = parseNarIndex(encoded);
       const staging = stagingFile(name, index, files);
       const m: Materialised = { index, listing: index.root, source: 'nar' };
+      let held = 0;
+      for (const f of index.files) held += f.size;
       // The NAR matched: its files may be read from the staging file at once (readStaged)
       // while they are committed in the background.
-      this.#commitLater(name, info, m, staging, encoded, temp, Date.now() - started);
+      this.#commitLater(name, info, m, staging, encoded, temp, Date.now() - started, keep(held));
       return m;
     } catch (err) {
       clearInterval(watchdog);
@@ -432,6 +543,7 @@ export class Materialiser {
       await Promise.race([verifier.settled(), new Promise<void>((resolve) => { timer = setTimeout(resolve, SETTLE_MS); })]);
       clearTimeout(timer);
       await removeTemp(temp);
+      discard();
       if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
       const failure = stalled.signal.aborted ? stalled.signal.reason as NarfsError : classify(name, first ?? { stage: undefined, err });
       // The datalake's own fault (the stream died or went silent) counts against its health.
@@ -446,7 +558,18 @@ export class Materialiser {
 interface CommitEntry {
   info: PathInfo;
   m: Materialised;
+  /** Settles (never rejects) once the commit ended and the staging file is gone. */
   done: Promise<void>;
+  /** Why not every file was committed, once `done`. */
+  error?: NarfsError;
+}
+
+/** A verified file in a staging file, until its NAR's commit ends. */
+interface StagedFile {
+  path: string;
+  offset: number;
+  size: number;
+  entry: CommitEntry;
 }
 
 /** Whether two narinfos name the same NAR (hash and size). */

@@ -9,11 +9,21 @@
  *   the clock), every byte right (small files, a file above the copy threshold, an empty
  *   file, two files of the same contents), and the commits do complete afterwards, leaving
  *   nothing in tmp/;
- * - a NAR whose NarHash does not match (the narinfo names another hash) serves nothing
- *   and leaves nothing in the cache.
+ * - while the commit runs, the staging file counts in the cache's bound (stats().bytes
+ *   covers staging file + blobs, and only the blobs once it is gone), the native engine is
+ *   never handed anything but a complete blob (contentFile), and reads of every file
+ *   racing the commit's end all get right bytes;
+ * - a stop (the stack closes) during the commit ends it after its batch under way, not
+ *   after all of them: what was committed stays, the staging file is deleted; a cache
+ *   reopened afterwards (with a staging directory a crash would have left in tmp/, which
+ *   the open removes) reads every file right, fetching the NAR again;
+ * - a NAR whose NarHash does not match (the narinfo names another hash), and a truncated
+ *   one, serve nothing and leave nothing in the cache: no blob, no staging file, no bytes
+ *   counted.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -58,8 +68,8 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
   });
 
-  async function open(dir: string): Promise<{ stack: StoreStack; logs: LogLine[]; cacheDir: string }> {
-    const cacheDir = await fsp.mkdtemp(path.join(tmp, 'cache-'));
+  async function open(dir: string, reuse?: string): Promise<{ stack: StoreStack; logs: LogLine[]; cacheDir: string }> {
+    const cacheDir = reuse ?? await fsp.mkdtemp(path.join(tmp, 'cache-'));
     const logs: LogLine[] = [];
     const stack = await openStoreStack({
       datalakes: [`file://${dir}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000,
@@ -88,12 +98,26 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       const blobsAtRead = stack.blobs.stats().blobs;
       assert.ok(bytes.equals(expected(first)));
       assert.ok(blobsAtRead < FILES, `the read waited for all ${FILES} commits (${blobsAtRead} blobs held when it returned)`);
+      // The staging file counts in the bound while it exists: staging file + blobs.
+      const contentBytes = files.reduce((n, [, f]) => n + f.size, 0);
+      const bytesAtRead = stack.blobs.stats().bytes;
+      assert.ok(bytesAtRead >= contentBytes, `the cache counts ${bytesAtRead} bytes while a staging file of ${contentBytes} exists`);
+      // The native engine is given complete blobs only, never a place in the staging file.
+      for (const [n, f] of files) {
+        const loc = stack.store.contentFile(name, f.narOffset);
+        if (loc) assert.equal(path.dirname(path.dirname(loc.path)), path.join(stack.blobs.dir, 'blobs'), n);
+      }
       // The big file, read in part while its commit may still be under way.
       const big = files.find(([n]) => n === 'big.bin')![1];
       assert.ok((await stack.store.read(name, big.narOffset + 1000, 5000, signal)).equals(BIG.subarray(1000, 6000)));
+      // Reads of every file racing the commit (staging file before, blob after): all right.
+      setMaxListeners(files.length + 10, signal); // every read of the race listens to it
+      const racing = await Promise.all(files.map(([, f]) => (f.size === 0 ? Buffer.alloc(0) : stack.store.read(name, f.narOffset, f.size, signal))));
+      racing.forEach((got, i) => assert.ok(got.equals(expected(files[i]![0])), files[i]![0]));
       // The commits go on and complete; every file reads right, from wherever it is now.
       await stack.materialiser.committed(name);
       assert.equal(stack.blobs.stats().blobs, FILES + 1, 'every distinct non-empty file is a blob');
+      assert.equal(stack.blobs.stats().bytes, contentBytes - expected('same-as-f0007').length, 'once the staging file is gone, only the blobs count');
       for (const [n, f] of files) {
         const got = f.size === 0 ? Buffer.alloc(0) : await stack.store.read(name, f.narOffset, f.size, signal);
         assert.ok(got.equals(expected(n)), n);
@@ -101,6 +125,70 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
       assert.equal(stack.materialiser.fetches, 1);
       assert.deepEqual(logs.filter((l) => l.level === 'error'), []);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  it('a stop during the commit ends it after the batch under way and removes the staging file; a reopened cache reads every file right', async () => {
+    const first = await open(lake);
+    const signal = AbortSignal.timeout(120_000);
+    let files: Array<[string, NarRegular]>;
+    try {
+      const root = await first.stack.store.resolve(name, signal);
+      assert.ok(root);
+      files = filesOf(root);
+      const node = files.find(([n]) => n === 'f1234')![1];
+      assert.ok((await first.stack.store.read(name, node.narOffset, node.size, signal)).equals(expected('f1234')));
+    } finally {
+      // At once: the commit of the path's files is under way.
+      await first.stack.close();
+    }
+    const stopped = first.logs.find((l) => l.msg.startsWith('commit of a verified NAR stopped'));
+    assert.ok(stopped, 'the commit was stopped, not waited for');
+    assert.ok((stopped.fields['committedFiles'] as number) < files.length, `${String(stopped.fields['committedFiles'])} of ${files.length} files committed`);
+    assert.equal(first.logs.some((l) => l.msg === 'materialised'), false, 'the tree of a path not wholly committed is not written');
+    const onDisk = (await fsp.readdir(path.join(first.cacheDir, 'blobs'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).length;
+    assert.ok(onDisk < FILES + 1, `all ${onDisk} blobs were committed before the stop returned`);
+    assert.deepEqual(await fsp.readdir(path.join(first.cacheDir, 'tmp')), [], 'the staging file is gone');
+    assert.deepEqual(first.logs.filter((l) => l.level === 'error'), []);
+
+    // What a crash during a commit leaves in tmp/ goes when the cache opens again.
+    const crashed = path.join(first.cacheDir, 'tmp', `${name}.1.0123456789ab`);
+    await fsp.mkdir(crashed);
+    await fsp.writeFile(path.join(crashed, 'nar'), Buffer.alloc(4096, 1));
+    const second = await open(lake, first.cacheDir);
+    try {
+      assert.deepEqual(await fsp.readdir(second.stack.blobs.tmpDir), []);
+      assert.equal(second.stack.blobs.stats().blobs, onDisk, 'what was committed before the stop is held');
+      for (const [n, f] of files) {
+        const got = f.size === 0 ? Buffer.alloc(0) : await second.stack.store.read(name, f.narOffset, f.size, signal);
+        assert.ok(got.equals(expected(n)), n);
+      }
+      await second.stack.materialiser.committed(name);
+      assert.equal(second.stack.blobs.stats().blobs, FILES + 1);
+      assert.equal(second.stack.materialiser.fetches, 1, 'the NAR is fetched again once');
+      assert.deepEqual(second.logs.filter((l) => l.level === 'error'), []);
+    } finally {
+      await second.stack.close();
+    }
+  });
+
+  it('serves nothing of a truncated NAR, and leaves no staging file nor counted bytes', async () => {
+    const cut = path.join(tmp, 'cut-lake');
+    await fsp.cp(lake, cut, { recursive: true });
+    const narFile = (await fsp.readdir(path.join(cut, 'nar'))).find((f) => f.endsWith('.nar.xz'))!;
+    const full = await fsp.readFile(path.join(cut, 'nar', narFile));
+    // Cut past the middle: the staging file already holds files when the stream ends early.
+    await fsp.writeFile(path.join(cut, 'nar', narFile), full.subarray(0, Math.floor(full.length * 0.7)));
+    const { stack } = await open(cut);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      await assert.rejects(stack.store.resolve(name, signal), (err: unknown) => isNarfsError(err));
+      await stack.materialiser.flush();
+      assert.equal(stack.blobs.stats().blobs, 0);
+      assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
     } finally {
       await stack.close();
     }
@@ -122,7 +210,8 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       await assert.rejects(stack.store.read(name, 0, 1, signal), (err: unknown) => isNarfsError(err));
       await stack.materialiser.flush();
       assert.equal(stack.blobs.stats().blobs, 0);
-      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir).catch(() => []), []);
+      assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
     } finally {
       await stack.close();
     }
