@@ -20,7 +20,8 @@
  *   readable before its NarHash matched. `ensure` still waits for the commit; `flush()`
  *   waits for every commit; `stop()` (before the BlobStore closes) ends them after the
  *   batch under way (COMMIT_BATCH_*), keeping what was committed and deleting the staging
- *   file: the rest is fetched again when read.
+ *   file: the rest is fetched again when read. A NAR verified before the stop always gets
+ *   its first batch, so a path of one batch read just before an unmount is cached whole.
  * - Disk bound: the staging file counts in the BlobStore's bound (BlobStore.reserve) from
  *   before the download (NarSize) until its job directory is removed (the files' bytes
  *   once verified), so while a NAR is committed the cache holds at most its bound,
@@ -266,9 +267,11 @@ export class Materialiser {
    * back in batches of up to COMMIT_BATCH_FILES / COMMIT_BATCH_BYTES (commitBuffers, on
    * the blob-write threads); a file above COMMIT_COPY_BYTES is copied to a temp file of
    * its own (commitFiles). A failure of the commit is logged; the files not committed are
-   * fetched again when read. A stop (stop(), shutdown) ends it between batches: what was
-   * committed stays (complete blobs with their rows), the tree is not written, the job
-   * directory goes; the path is fetched again when next used. `release` lets go of the
+   * fetched again when read. A stop (stop(), shutdown) ends it between batches (a NAR
+   * verified before it gets its first batch: one of a single batch is committed whole,
+   * so a small path read just before an unmount is cached): what was committed stays
+   * (complete blobs with their rows), the tree is written only when every file was, the
+   * job directory goes; the path is fetched again when next used. `release` lets go of the
    * staging file's bytes in the BlobStore's bound once the job directory is gone.
    */
   #commitLater(name: string, info: PathInfo, m: Materialised, staging: string | undefined, encoded: Buffer, temp: string, verifiedMs: number, release: () => void): void {
@@ -290,7 +293,7 @@ export class Materialiser {
       try {
         const committed = staging === undefined ? { deduped: 0, dedupedBytes: 0 } : await this.#commitStaged(m.index, staging, signal, progress);
         this.dedupeHits += committed.deduped;
-        signal.throwIfAborted();
+        // Every file was committed (a stop that came meanwhile found no batch left): the tree too.
         await this.#trees.put(m.index, 'nar', encoded);
         this.#opts.logger.info('materialised', {
           path: name, bytes: ni.narSize, ms: verifiedMs, commitMs: Date.now() - t0, source: info.datalake.displayUrl,
@@ -330,9 +333,11 @@ export class Materialiser {
   }
 
   /**
-   * Splits the staging file into blobs (see #commitLater); `signal` is looked at before
-   * each batch and each big file, and ends the copy of a big file. `progress.files` counts
-   * the files handed to the BlobStore so far.
+   * Splits the staging file into blobs (see #commitLater). `signal` is looked at between
+   * batches (before each batch or big file but the first, which a NAR verified before the
+   * stop always gets: a path of one batch is committed whole, tree and all) and ends the
+   * copy of a big file but the first. `progress.files` counts the files handed to the
+   * BlobStore so far.
    */
   async #commitStaged(index: NarIndex, staging: string, signal: AbortSignal, progress: { files: number }): Promise<{ deduped: number; dedupedBytes: number }> {
     const out = { deduped: 0, dedupedBytes: 0 };
@@ -342,9 +347,10 @@ export class Materialiser {
     try {
       let batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
       let bytes = 0;
+      const between = () => { if (progress.files > 0) signal.throwIfAborted(); };
       const flush = async () => {
         if (batch.length === 0) return;
-        signal.throwIfAborted();
+        between();
         const b = batch;
         batch = [];
         bytes = 0;
@@ -353,7 +359,7 @@ export class Materialiser {
       };
       for (const f of index.files) {
         if (f.size > COMMIT_COPY_BYTES) {
-          signal.throwIfAborted();
+          between();
           if (this.#blobs.completePath(f.sha256, f.size) !== undefined) {
             // Held already: not copied out only to be deduped (small files are offered, and counted, by commitBuffers).
             this.#blobs.touch(f.sha256);
@@ -364,10 +370,11 @@ export class Materialiser {
           }
           const tempPath = this.#blobs.tempPath('f');
           try {
-            await pipeline(createReadStream(staging, { start: f.narOffset, end: f.narOffset + f.size - 1 }), createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }), { signal });
+            await pipeline(createReadStream(staging, { start: f.narOffset, end: f.narOffset + f.size - 1 }), createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }),
+              progress.files > 0 ? { signal } : {});
           } catch (err) {
             await rm(tempPath, { force: true }).catch(() => {});
-            signal.throwIfAborted();
+            between();
             throw cacheError(err, `cannot copy a file out of ${staging}`);
           }
           add(await this.#blobs.commitFiles([{ sha: f.sha256, size: f.size, tempPath }]));
