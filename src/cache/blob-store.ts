@@ -31,7 +31,9 @@
  * - Metadata is bounded: rows exist only for files on disk, so the bound on bytes bounds
  *   the rows too (a chunk row per chunk held).
  * - The bound (`maxBytes`, in content bytes) is enforced as data is added: room is made
- *   first, by evicting whole least-recently-used blobs or partial files. A pinned file
+ *   first, by evicting whole least-recently-used blobs or partial files. Bytes of a file in
+ *   tmp/ that will be split into blobs (a NAR's staging file) count too while it exists
+ *   (`reserve`), so a NAR being committed holds staging file + blobs within the bound. A pinned file
  *   (open, or being read or written) is never evicted; when everything evictable is gone
  *   the store goes over the bound (logged once) rather than fail a read.
  * - Reads re-check what they cannot trust: the size of the file on the very descriptor
@@ -542,6 +544,24 @@ export class BlobStore {
 
   get tmpDir(): string {
     return this.#tmpDir;
+  }
+
+  /**
+   * Counts `bytes` of a file in tmp/ that is not a blob (a NAR's staging file, written
+   * while the NAR is verified and split into blobs afterwards: materialiser.ts) against
+   * the bound while it exists: room is made for them now, as for a blob being added (LRU
+   * eviction; over the bound, logged, when everything evictable is pinned), and they count
+   * in `stats().bytes` until the returned function is called (once, when the file is gone).
+   */
+  reserve(bytes: number): () => void {
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw new NarfsError('ERR_INVALID_ARGUMENT', `cannot reserve ${bytes} bytes`);
+    this.#makeRoom(bytes);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.#total -= bytes;
+    };
   }
 
   /**

@@ -28,7 +28,8 @@
  *   committed once read or wanted by a bulk fetch;
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
- *   verified against NarHash, unpacked into the BlobStore (Materialiser).
+ *   verified against NarHash, unpacked into the BlobStore (Materialiser); its files are
+ *   read from the verified staging file of the NAR while their commit goes on (readStaged).
  *
  * Invariants:
  * - No byte is served that was not verified: a blob's name is its SHA-256 and it was
@@ -521,6 +522,20 @@ export class LazyStore implements RootNodes, ContentReader {
       if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
         tree = await this.#materialise(name, signal);
         file = this.#fileIn(name, tree, narOffset, length);
+        if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
+          // Its NAR matched NarHash; the file's commit may still be under way: read it from
+          // the NAR's staging file meanwhile.
+          const staged = await this.#materialiser.readStaged(file.sha256, file.size, offset, length);
+          if (staged) {
+            if (!tree.ranged) this.counters.wholeNarReads++;
+            this.counters.stagedReads++;
+            this.counters.bytesRead += length;
+            return staged;
+          }
+          if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
+            throw new NarfsError('ERR_CACHE_CORRUPT', `${name}: the file at NAR offset ${file.narOffset} was verified but did not reach the cache`);
+          }
+        }
       }
       if (!tree.ranged) this.counters.wholeNarReads++;
       else this.#noteBreadth(name, tree, file, length, false);
@@ -563,6 +578,7 @@ export class LazyStore implements RootNodes, ContentReader {
     for (const f of tree.index.files) bytes += f.size;
     if (!tree.ranged) {
       await this.#materialise(name, signal);
+      await this.#materialiser.committed(name);
       return { files: tree.index.files.length, bytes };
     }
     void concurrency;
@@ -588,7 +604,10 @@ export class LazyStore implements RootNodes, ContentReader {
       else files.push(f);
     }
     if (!tree.ranged) {
-      if (files.some((f) => this.#blobs.completePath(f.sha256, f.size) === undefined)) await this.#materialise(name, signal);
+      if (files.some((f) => this.#blobs.completePath(f.sha256, f.size) === undefined)) {
+        await this.#materialise(name, signal);
+        await this.#materialiser.committed(name);
+      }
       return { files: files.length, failed };
     }
     const r = await this.#fetchBulk(tree, files, signal, this.#opts.gapBytes ?? DEFAULT_GAP_BYTES);
@@ -1129,7 +1148,7 @@ export class LazyStore implements RootNodes, ContentReader {
     try {
       let m: Materialised;
       try {
-        m = await this.#materialiser.ensure(info, signal);
+        m = await this.#materialiser.verified(info, signal);
       } catch (err) {
         if (!isNarfsError(err) || !NAR_FAULTS.has(err.code)) throw err;
         // The narinfo in hand led to a bad or missing NAR: ask the datalakes again.
@@ -1139,7 +1158,7 @@ export class LazyStore implements RootNodes, ContentReader {
           path: name, err, url: fresh.narInfo.url,
         });
         info = fresh;
-        m = await this.#materialiser.ensure(info, signal);
+        m = await this.#materialiser.verified(info, signal);
       }
       return await this.#adopt(name, { index: m.index, source: m.source, info });
     } catch (err) {
@@ -1193,8 +1212,12 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async close(): Promise<void> {
-    // What was fetched and verified goes into the cache before the blob store closes.
+    // What was fetched and verified by range goes into the cache before the blob store
+    // closes. The background commits of whole NARs' staged files stop after their batch
+    // under way (seconds for a path of thousands of files): what they committed is
+    // committed, the rest is fetched again when next read.
     await this.flushStaged();
+    await this.#materialiser.stop();
     await Promise.all([...this.#treePuts, ...[...this.#writing.values()].map((w) => w.put)]);
     this.#trees.clear();
   }

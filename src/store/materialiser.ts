@@ -10,6 +10,37 @@
  *   strictly; a mismatch leaves nothing in the cache (the job directory in tmp/ is
  *   removed) and is reported once with its code (ERR_NAR_HASH_MISMATCH,
  *   ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
+ * - Reads are answered as soon as the NarHash matched, not after the per-file work: the
+ *   verify worker writes the files' contents into ONE staging file at their NAR offsets
+ *   (nar-unpacker.ts; one file creation per file cost ~0.45 ms each before the hash
+ *   match), `verified` then answers the tree and `readStaged` serves each file from the
+ *   staging file (the very bytes that were hashed, nothing held in memory), while the
+ *   files are split into blobs in the background (commitBuffers in bounded batches, a big
+ *   file by commitFiles) and then the tree goes to the TreeStore. No file of a NAR is
+ *   readable before its NarHash matched. `ensure` still waits for the commit; `flush()`
+ *   waits for every commit; `stop()` (before the BlobStore closes) ends them after the
+ *   batch under way (COMMIT_BATCH_*), keeping what was committed and deleting the staging
+ *   file: the rest is fetched again when read. A NAR verified before the stop always gets
+ *   its first batch, so a path of one batch read just before an unmount is cached whole.
+ * - Disk bound: the staging file counts in the BlobStore's bound (BlobStore.reserve) from
+ *   before the download (NarSize) until its job directory is removed (the files' bytes
+ *   once verified), so while a NAR is committed the cache holds at most its bound,
+ *   staging file and blobs together (the files of that NAR are on disk twice meanwhile).
+ *   What the bound does not see: NAR headers and padding are holes in the staging file,
+ *   each file's last block is rounded up by the filesystem, and the copy of a big file
+ *   (> COMMIT_COPY_BYTES) out of the staging file is counted only from its rename into
+ *   blobs/: the excess is at most the largest file of the NAR, while it is copied.
+ * - The job directory (with its staging file) is removed on every path: a failed fetch
+ *   once the verify worker let go of it (any mismatch, truncation, abort or exception), a
+ *   verified one when its commit ends or stops; one a crash left behind goes at the next
+ *   open of the cache (BlobStore.open empties tmp/). Nothing of a failed NAR is served.
+ * - Reads from a staging file open it per read: a read that opened it before the commit
+ *   removed it reads through its own descriptor (the bytes stay until it closes); one that
+ *   opens it after finds it gone and reads the blob, or, when the commit did not keep the
+ *   file (a failure, a stop), fails with ERR_CACHE_CORRUPT, which LazyStore.read answers
+ *   by fetching again. No descriptor is shared, so none can be closed under a read. The
+ *   native engine is only ever given complete blobs (LazyStore.contentFile), never a
+ *   staging file.
  * - A store path counts as materialised when its tree matches the narinfo in force
  *   (TreeStore.lookup drops a stale or damaged one) and every file it names is a complete
  *   blob; a file evicted since (or dropped as damaged) makes the whole NAR be fetched again.
@@ -48,8 +79,9 @@ import { pipeline } from 'node:stream/promises';
 import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
 import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
-import { mkdir, rm } from 'node:fs/promises';
-import type { BlobStore, TempFile } from '../cache/blob-store.js';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import type { BlobStore } from '../cache/blob-store.js';
 import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import { cacheError } from '../cache/cache-error.js';
 import { createDecompressor } from '../compression/decompress.js';
@@ -99,6 +131,15 @@ export interface MaterialiserEvents {
 
 /** Methods a verify worker undoes itself; xz and bzip2 stay child processes. */
 const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd', 'gzip', 'br']);
+/**
+ * Files read back from a staging file per commitBuffers call, and their bytes at most. A
+ * stop (unmount, SIGTERM) waits for the batch being written, so a batch is kept to a
+ * fraction of a second of file creations (~0.3-0.9 ms each, on two writer threads).
+ */
+const COMMIT_BATCH_FILES = 512;
+const COMMIT_BATCH_BYTES = 16 * 1024 * 1024;
+/** A file larger than this is copied out of the staging file into a temp file of its own, not held in memory. */
+const COMMIT_COPY_BYTES = 8 * 1024 * 1024;
 /** Longest wait for a verify worker to let go of a temp file after a failure. */
 const SETTLE_MS = 30_000;
 
@@ -127,10 +168,24 @@ export class Materialiser {
   /** Files unpacked that the BlobStore already held (dedupe), since start. */
   dedupeHits = 0;
 
+  /** Store paths whose verified files are being committed in the background (#commitLater). */
+  readonly #committing = new Map<string, CommitEntry>();
+  /**
+   * Verified files not yet committed, by hex SHA-256: where they lie in a staging file and
+   * the commit they belong to. A list: two NARs being committed may hold the same contents,
+   * and either commit may end (or stop) first.
+   */
+  readonly #staged = new Map<string, StagedFile[]>();
+  readonly #commits = new Set<Promise<void>>();
+  /** Aborted by stop(): the background commits end after the batch being written. */
+  readonly #stopCommits = new AbortController();
+  readonly #commitSignal: AbortSignal;
+
   constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
     this.#blobs = blobs;
     this.#trees = trees;
     this.#opts = options;
+    this.#commitSignal = options.signal ? AbortSignal.any([options.signal, this.#stopCommits.signal]) : this.#stopCommits.signal;
   }
 
   /** The stored tree of `info` if it is current and every file it names is held whole. */
@@ -156,6 +211,17 @@ export class Materialiser {
    * `signal` bounds only this caller's wait.
    */
   async ensure(info: PathInfo, signal?: AbortSignal): Promise<Materialised> {
+    const m = await this.verified(info, signal);
+    await raceSignal(this.committed(storePathBase(info.narInfo.storePath)), signal);
+    return m;
+  }
+
+  /**
+   * The verified tree of `info` as soon as its NAR matched NarHash, fetching the NAR if
+   * needed: each of its files is then in the BlobStore or, while its commit goes on,
+   * readable with `readStaged`. `signal` bounds only this caller's wait.
+   */
+  async verified(info: PathInfo, signal?: AbortSignal): Promise<Materialised> {
     const name = storePathBase(info.narInfo.storePath);
     let pending = this.#inflight.get(name);
     if (!pending) {
@@ -166,6 +232,9 @@ export class Materialiser {
   }
 
   async #ensure(name: string, info: PathInfo): Promise<Materialised> {
+    const committing = this.#committing.get(name);
+    if (committing && sameNarInfo(committing.info, info)) return committing.m;
+    if (committing) await committing.done;
     const cached = await this.cached(info);
     if (cached) return cached;
     const attempts = Math.max(1, this.#opts.attempts ?? 3);
@@ -190,6 +259,190 @@ export class Materialiser {
     }
   }
 
+  /**
+   * Commits the files of a verified NAR (their contents in `staging`, at their NAR
+   * offsets, in the job directory `temp`) to the BlobStore and then its tree to the
+   * TreeStore, in the background; meanwhile each file is readable from the staging file
+   * (readStaged) and `verified` of the path answers `m`. Memory is bounded: files are read
+   * back in batches of up to COMMIT_BATCH_FILES / COMMIT_BATCH_BYTES (commitBuffers, on
+   * the blob-write threads); a file above COMMIT_COPY_BYTES is copied to a temp file of
+   * its own (commitFiles). A failure of the commit is logged; the files not committed are
+   * fetched again when read. A stop (stop(), shutdown) ends it between batches (a NAR
+   * verified before it gets its first batch: one of a single batch is committed whole,
+   * so a small path read just before an unmount is cached): what was committed stays
+   * (complete blobs with their rows), the tree is written only when every file was, the
+   * job directory goes; the path is fetched again when next used. `release` lets go of the
+   * staging file's bytes in the BlobStore's bound once the job directory is gone.
+   */
+  #commitLater(name: string, info: PathInfo, m: Materialised, staging: string | undefined, encoded: Buffer, temp: string, verifiedMs: number, release: () => void): void {
+    const ni = info.narInfo;
+    const t0 = Date.now();
+    const entry: CommitEntry = { info, m, done: Promise.resolve() };
+    if (staging !== undefined) {
+      for (const f of m.index.files) {
+        const hex = f.sha256.toString('hex');
+        const list = this.#staged.get(hex);
+        const s: StagedFile = { path: staging, offset: f.narOffset, size: f.size, entry };
+        if (list) list.push(s);
+        else this.#staged.set(hex, [s]);
+      }
+    }
+    const signal = this.#commitSignal;
+    const progress = { files: 0 };
+    entry.done = (async () => {
+      try {
+        const committed = staging === undefined ? { deduped: 0, dedupedBytes: 0 } : await this.#commitStaged(m.index, staging, signal, progress);
+        this.dedupeHits += committed.deduped;
+        // Every file was committed (a stop that came meanwhile found no batch left): the tree too.
+        await this.#trees.put(m.index, 'nar', encoded);
+        this.#opts.logger.info('materialised', {
+          path: name, bytes: ni.narSize, ms: verifiedMs, commitMs: Date.now() - t0, source: info.datalake.displayUrl,
+          compression: ni.compression, files: m.index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,
+        });
+      } catch (err) {
+        if (signal.aborted) {
+          entry.error = new NarfsError('ERR_ABORTED', `the commit of ${name} was stopped`, { cause: err });
+          this.#opts.logger.info('commit of a verified NAR stopped; the files not committed are fetched again when read', {
+            path: name, files: m.index.files.length, committedFiles: progress.files, commitMs: Date.now() - t0,
+          });
+        } else {
+          entry.error = toNarfsError(err, 'ERR_CACHE_IO');
+          this.#opts.logger.error('cannot commit the files of a verified NAR to the cache; they are fetched again when read', {
+            path: name, err: entry.error,
+          });
+        }
+      } finally {
+        for (const f of m.index.files) {
+          const hex = f.sha256.toString('hex');
+          const list = this.#staged.get(hex);
+          if (!list) continue;
+          const rest = list.filter((x) => x.entry !== entry);
+          if (rest.length === 0) this.#staged.delete(hex);
+          else this.#staged.set(hex, rest);
+        }
+        if (this.#committing.get(name) === entry) this.#committing.delete(name);
+        // A read that opened the staging file before this keeps its descriptor (and right
+        // bytes); one that opens it after finds it gone and reads the blob (readStaged).
+        await removeTemp(temp);
+        release();
+      }
+    })();
+    this.#committing.set(name, entry);
+    this.#commits.add(entry.done);
+    void entry.done.then(() => this.#commits.delete(entry.done));
+  }
+
+  /**
+   * Splits the staging file into blobs (see #commitLater). `signal` is looked at between
+   * batches (before each batch or big file but the first, which a NAR verified before the
+   * stop always gets: a path of one batch is committed whole, tree and all) and ends the
+   * copy of a big file but the first. `progress.files` counts the files handed to the
+   * BlobStore so far.
+   */
+  async #commitStaged(index: NarIndex, staging: string, signal: AbortSignal, progress: { files: number }): Promise<{ deduped: number; dedupedBytes: number }> {
+    const out = { deduped: 0, dedupedBytes: 0 };
+    const add = (r: { deduped: number; dedupedBytes: number }) => { out.deduped += r.deduped; out.dedupedBytes += r.dedupedBytes; };
+    signal.throwIfAborted();
+    const fh = await open(staging, 'r').catch((err: unknown) => { throw cacheError(err, `cannot open ${staging}`); });
+    try {
+      let batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
+      let bytes = 0;
+      const between = () => { if (progress.files > 0) signal.throwIfAborted(); };
+      const flush = async () => {
+        if (batch.length === 0) return;
+        between();
+        const b = batch;
+        batch = [];
+        bytes = 0;
+        add(await this.#blobs.commitBuffers(b));
+        progress.files += b.length;
+      };
+      for (const f of index.files) {
+        if (f.size > COMMIT_COPY_BYTES) {
+          between();
+          if (this.#blobs.completePath(f.sha256, f.size) !== undefined) {
+            // Held already: not copied out only to be deduped (small files are offered, and counted, by commitBuffers).
+            this.#blobs.touch(f.sha256);
+            out.deduped++;
+            out.dedupedBytes += f.size;
+            progress.files++;
+            continue;
+          }
+          const tempPath = this.#blobs.tempPath('f');
+          try {
+            await pipeline(createReadStream(staging, { start: f.narOffset, end: f.narOffset + f.size - 1 }), createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }),
+              progress.files > 0 ? { signal } : {});
+          } catch (err) {
+            await rm(tempPath, { force: true }).catch(() => {});
+            between();
+            throw cacheError(err, `cannot copy a file out of ${staging}`);
+          }
+          add(await this.#blobs.commitFiles([{ sha: f.sha256, size: f.size, tempPath }]));
+          progress.files++;
+          continue;
+        }
+        batch.push({ sha: f.sha256, bytes: await readAt(fh, staging, f.narOffset, f.size) });
+        bytes += f.size;
+        if (batch.length >= COMMIT_BATCH_FILES || bytes >= COMMIT_BATCH_BYTES) await flush();
+      }
+      await flush();
+    } finally {
+      await fh.close().catch(() => {});
+    }
+    return out;
+  }
+
+  /**
+   * Bytes [offset, offset+length) of a verified file whose commit is under way (its NAR
+   * matched NarHash; it is still in the staging file). Undefined when no such file is held
+   * (not staged, or committed meanwhile: the caller reads the blob then; the commit under
+   * way is waited for first, so a committed file is in the BlobStore by then).
+   */
+  async readStaged(sha: Buffer, size: number, offset: number, length: number): Promise<Buffer | undefined> {
+    const s = this.#staged.get(sha.toString('hex'))?.find((x) => x.size === size);
+    if (!s || offset < 0 || offset + length > size) return undefined;
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(s.path, 'r');
+      return await readAt(fh, s.path, s.offset + offset, length);
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ENOENT') throw isNarfsError(err) ? err : cacheError(err, `cannot read ${s.path}`);
+      // Renamed into the BlobStore (or removed) by its commit: wait for the commit to end.
+      await s.entry.done;
+      return undefined;
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  /**
+   * Resolves once the background commit of `name`'s files (if any is under way) has ended;
+   * rejects with its failure (ERR_CACHE_*, ERR_ABORTED by a stop) when it did not commit
+   * every file.
+   */
+  async committed(name: string): Promise<void> {
+    const entry = this.#committing.get(name);
+    if (!entry) return;
+    await entry.done;
+    if (entry.error) throw entry.error;
+  }
+
+  /** Resolves once every background commit under way has ended. */
+  async flush(): Promise<void> {
+    while (this.#commits.size > 0) await Promise.all([...this.#commits]);
+  }
+
+  /**
+   * Stops the background commits (before the BlobStore closes: unmount, SIGTERM) after the
+   * batch each is writing, and resolves once they have ended and their staging files are
+   * gone. What was committed stays; the rest is fetched again when read. A NAR verified
+   * after this is not committed either.
+   */
+  async stop(): Promise<void> {
+    this.#stopCommits.abort(new NarfsError('ERR_ABORTED', 'the cache is closing'));
+    await this.flush();
+  }
+
   async #fetch(name: string, info: PathInfo): Promise<Materialised> {
     const ni = info.narInfo;
     checkNarUrl(name, ni.url);
@@ -201,10 +454,14 @@ export class Materialiser {
     const inWorker = IN_WORKER.has(ni.compression);
     const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
     const temp = this.#blobs.tempPath(name);
+    // The staging file (at most NarSize bytes: the files' contents, the rest holes) counts
+    // against the cache's bound from now until the job directory is gone.
+    let release = this.#blobs.reserve(ni.narSize);
     try {
       await mkdir(temp);
     } catch (err) {
       decompressor.destroy();
+      release();
       throw cacheError(err, `cannot create ${temp}`);
     }
     // 3. The stream, last; it goes into pipeline() without another await in between.
@@ -214,22 +471,43 @@ export class Materialiser {
     } catch (err) {
       decompressor.destroy();
       await removeTemp(temp);
+      release();
       throw err;
     }
     if (!source) {
       decompressor.destroy();
       await removeTemp(temp);
+      release();
       throw new NarfsError('ERR_NAR_MISSING', `${info.datalake.displayUrl}/${ni.url} is missing (for ${name})`);
     }
-    return this.#stream(name, info, source, decompressor, temp, started);
+    let verifier: VerifyJob;
+    try {
+      verifier = (this.#opts.verifyPool ?? defaultVerifyPool).open(
+        { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE },
+        inWorker ? ni.compression as WorkerCompression : 'none');
+    } catch (err) {
+      source.destroy();
+      decompressor.destroy();
+      await removeTemp(temp);
+      release();
+      throw toNarfsError(err, 'ERR_INTERNAL');
+    }
+    return this.#stream(name, info, source, decompressor, verifier, temp, started, (bytes) => {
+      // Verified: from NarSize down to the bytes the staging file really holds.
+      release();
+      release = this.#blobs.reserve(bytes);
+      return release;
+    }, () => release());
   }
 
-  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, temp: string, started: number): Promise<Materialised> {
+  /**
+   * Streams the NAR through the verify worker. `keep(bytes)` (on a match) sets the staging
+   * file's reserved bytes and returns their release; `discard` releases them after a failure,
+   * once the job directory is gone.
+   */
+  async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, verifier: VerifyJob, temp: string, started: number,
+    keep: (bytes: number) => () => void, discard: () => void): Promise<Materialised> {
     const ni = info.narInfo;
-    const inWorker = IN_WORKER.has(ni.compression);
-    const verifier: VerifyJob = (this.#opts.verifyPool ?? defaultVerifyPool).open(
-      { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE },
-      inWorker ? ni.compression as WorkerCompression : 'none');
     // The first error each stage raised, to give the failure the code of its origin.
     let first: { stage: Stage; err: unknown } | undefined;
     const note = (stage: Stage) => (err: unknown) => { first ??= { stage, err }; };
@@ -254,16 +532,14 @@ export class Materialiser {
       }
       clearInterval(watchdog);
       const index = parseNarIndex(encoded);
-      const committed = await this.#blobs.commitFiles(tempFiles(name, index, files));
-      this.dedupeHits += committed.deduped;
-      await this.#trees.put(index, 'nar', encoded);
-      await removeTemp(temp);
-      const ms = Date.now() - started;
-      this.#opts.logger.info('materialised', {
-        path: name, bytes: ni.narSize, ms, source: info.datalake.displayUrl, compression: ni.compression,
-        files: index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,
-      });
-      return { index, listing: index.root, source: 'nar' };
+      const staging = stagingFile(name, index, files);
+      const m: Materialised = { index, listing: index.root, source: 'nar' };
+      let held = 0;
+      for (const f of index.files) held += f.size;
+      // The NAR matched: its files may be read from the staging file at once (readStaged)
+      // while they are committed in the background.
+      this.#commitLater(name, info, m, staging, encoded, temp, Date.now() - started, keep(held));
+      return m;
     } catch (err) {
       clearInterval(watchdog);
       source.destroy();
@@ -274,6 +550,7 @@ export class Materialiser {
       await Promise.race([verifier.settled(), new Promise<void>((resolve) => { timer = setTimeout(resolve, SETTLE_MS); })]);
       clearTimeout(timer);
       await removeTemp(temp);
+      discard();
       if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
       const failure = stalled.signal.aborted ? stalled.signal.reason as NarfsError : classify(name, first ?? { stage: undefined, err });
       // The datalake's own fault (the stream died or went silent) counts against its health.
@@ -285,12 +562,49 @@ export class Materialiser {
   }
 }
 
-/** The unpacked temp files with the SHA-256 the index gives them (same NAR order). */
-function tempFiles(name: string, index: NarIndex, files: ReadonlyArray<{ narOffset: number; path: string }>): TempFile[] {
-  if (files.length !== index.files.length || files.some((f, i) => f.narOffset !== index.files[i]!.narOffset)) {
+interface CommitEntry {
+  info: PathInfo;
+  m: Materialised;
+  /** Settles (never rejects) once the commit ended and the staging file is gone. */
+  done: Promise<void>;
+  /** Why not every file was committed, once `done`. */
+  error?: NarfsError;
+}
+
+/** A verified file in a staging file, until its NAR's commit ends. */
+interface StagedFile {
+  path: string;
+  offset: number;
+  size: number;
+  entry: CommitEntry;
+}
+
+/** Whether two narinfos name the same NAR (hash and size). */
+function sameNarInfo(a: PathInfo, b: PathInfo): boolean {
+  return a.narInfo.narSize === b.narInfo.narSize && a.narInfo.narHash.digest.equals(b.narInfo.narHash.digest);
+}
+
+/**
+ * The staging file holding the files of the index (the unpacker's, same NAR order), or
+ * undefined when the NAR has no file of size > 0.
+ */
+function stagingFile(name: string, index: NarIndex, files: ReadonlyArray<{ narOffset: number; path: string }>): string | undefined {
+  if (files.length !== index.files.length || files.some((f, i) => f.narOffset !== index.files[i]!.narOffset || f.path !== files[0]!.path)) {
     throw new NarfsError('ERR_INTERNAL', `${name}: the files unpacked are not the files of the index`);
   }
-  return index.files.map((f, i) => ({ sha: f.sha256, size: f.size, tempPath: files[i]!.path }));
+  return files[0]?.path;
+}
+
+/** `length` bytes at `position` of an open file; a short file is ERR_CACHE_CORRUPT. */
+async function readAt(fh: FileHandle, path: string, position: number, length: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(out, done, length - done, position + done);
+    if (bytesRead === 0) throw new NarfsError('ERR_CACHE_CORRUPT', `${path} ended early`);
+    done += bytesRead;
+  }
+  return out;
 }
 
 async function removeTemp(dir: string): Promise<void> {

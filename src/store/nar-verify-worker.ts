@@ -1,9 +1,9 @@
 /**
  * The verify worker: decompresses (none, zstd, gzip, br), hashes, strictly parses and
- * unpacks fetched NARs, off the thread that answers the kernel: each regular file is
- * written to its own temp file in the job's directory (nar-unpacker.ts) while an
- * IndexBuilder hashes it whole and per chunk, so the main thread can commit the files to
- * the BlobStore and the index to the TreeStore once NarHash matched.
+ * unpacks fetched NARs, off the thread that answers the kernel: the regular files'
+ * contents are written into one staging file in the job's directory, at their NAR offsets
+ * (nar-unpacker.ts), while an IndexBuilder hashes them whole and per chunk, so the main
+ * thread can serve and commit the files and the index once NarHash matched.
  * Protocol: verify-protocol.ts. Started by verify-pool.ts.
  *
  * Invariants:
@@ -12,8 +12,9 @@
  *   bytes unacked. Decompressors have backpressure on both sides (decompress.ts). File
  *   contents are written as they pass, never gathered.
  * - Every descriptor of the job is closed before the one final message (`done` or
- *   `failed`), so once the main thread has that message no write of this job can happen
- *   any more. After `failed` the main thread removes the job directory.
+ *   `failed`), on every path (a `finally`: a mismatch, a truncated or aborted stream, an
+ *   exception anywhere), so once the main thread has that message no write of this job
+ *   can happen any more. After `failed` the main thread removes the job directory.
  * - Every failure carries the code of its stage: decompress (ERR_DECOMPRESS), verify
  *   (ERR_NAR_*), sink (ERR_CACHE_FULL / ERR_CACHE_IO); an abort is ERR_ABORTED.
  */
@@ -70,6 +71,7 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
   let first: { stage: VerifyStage; err: unknown } | undefined;
   const note = (stage: VerifyStage) => (err: unknown) => { first ??= { stage, err }; };
   let unpacker: NarUnpacker | undefined;
+  let out: { msg: FromWorker; transfer: ArrayBuffer[] };
   try {
     const decompressor: Duplex = await createDecompressor(m.compression);
     const builder = new IndexBuilder(m.chunkSize);
@@ -95,17 +97,21 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     const index = builder.finish(root, { algo: 'sha256', digest }, m.narSize, m.storePath);
     const ab = new Uint8Array(digest).buffer; // ArrayBuffers of their own, to transfer
     const idx = new Uint8Array(encodeNarIndex(index)).buffer;
-    post({ t: 'done', id, digest: ab, index: idx, files: [...unpacker.files] }, [ab, idx]);
+    const files = [...unpacker.files]; // closes the staging file (a failure to close fails the job)
+    out = { msg: { t: 'done', id, digest: ab, index: idx, files }, transfer: [ab, idx] };
   } catch (err) {
-    unpacker?.close();
     const s: VerifyStage = first?.stage ?? (unpacker?.failure ? 'sink' : 'verify');
     let e: unknown = job.abort.signal.aborted ? job.abort.signal.reason : first?.err ?? unpacker?.failure ?? err;
     if (!isNarfsError(e)) {
       e = s === 'decompress' ? new NarfsError('ERR_DECOMPRESS', (e as Error)?.message ?? String(e), { cause: e })
         : s === 'sink' ? cacheError(e, `cannot unpack a NAR into ${m.dir}`) : e;
     }
-    post({ t: 'failed', id, stage: s, error: toWireError(e, 'ERR_INTERNAL') });
+    out = { msg: { t: 'failed', id, stage: s, error: toWireError(e, 'ERR_INTERNAL') }, transfer: [] };
   } finally {
+    // Whatever happened (an exception anywhere, an abort), the staging file's descriptor is
+    // closed before the one final message, so the main thread may remove the job directory.
+    unpacker?.close();
     jobs.delete(id);
   }
+  post(out.msg, out.transfer);
 }

@@ -65,7 +65,7 @@ describe('e2e: the narfs command', function () {
     const r = await probe('read', join(mnt, large, fixtures.largeFile.relPath));
     assert.equal(r.ok, true);
     assert.equal(r.bytes, fixtures.largeFile.size);
-    await d.waitForOutput('stderr', new RegExp(`materialised path=${large} bytes=\\d+ ms=\\d+ source=`), 'the materialised log line');
+    await d.waitForOutput('stderr', new RegExp(`materialised path=${large} bytes=\\d+ ms=\\d+ (?:commitMs=\\d+ )?source=`), 'the materialised log line');
 
     for (const op of ['write', 'mkdir'] as const) {
       assert.equal((await probe(op, join(mnt, large, 'new-file'))).code, 'EROFS', op);

@@ -1,6 +1,7 @@
 /**
  * BlobStore on a real temp directory and a real SQLite file: whole files and chunks in,
- * content addressing and dedupe, the size bound with LRU order and pins, reconciliation
+ * content addressing and dedupe, the size bound with LRU order and pins (and bytes reserved
+ * for a file outside the store, a NAR's staging file), reconciliation
  * after an unclean stop, and scrub finding a flipped bit; a pin of a blob of an earlier
  * process re-hashes it at once (one hash however many ask; the engine's hasher off the JS
  * thread finds a flipped bit too).
@@ -154,6 +155,22 @@ describe('BlobStore', () => {
     assert.equal(again.completePath(c, 1000), undefined, 'c is now the oldest');
     assert.ok(again.completePath(a, 1000));
     assert.ok(!(await exists(again.blobPath(c))), 'its file is gone');
+  });
+
+  it('reserve counts a file outside the store (a staging file) against the bound until released: room is made for it, blobs added meanwhile share the bound', async () => {
+    const store = await openStore({ maxBytes: 3000 });
+    const files = [randomBytes(1000), randomBytes(1000), randomBytes(1000)];
+    for (const f of files) await putWhole(store, f);
+    const release = store.reserve(1500);
+    assert.equal(store.stats().bytes, 2500, 'two blobs evicted to make room for the reservation');
+    assert.equal(store.stats().evictions, 2);
+    assert.equal(store.completePath(sha(files[2]!), 1000) !== undefined, true, 'the most recent stays');
+    await putWhole(store, randomBytes(1000));
+    assert.equal(store.stats().bytes, 2500, 'a blob added while reserved evicts another: reserved + blobs within the bound');
+    release();
+    release(); // once only
+    assert.equal(store.stats().bytes, 1000);
+    assert.throws(() => store.reserve(-1), isCode('ERR_INVALID_ARGUMENT'));
   });
 
   it('never evicts a pinned file; over the bound (logged once) rather than failing', async () => {

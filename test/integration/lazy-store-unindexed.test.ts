@@ -1,0 +1,219 @@
+/**
+ * First use of an unindexed store path (xz or zstd NAR, no signed index, no `.ls`) through the
+ * store stack a mount uses, from a file:// datalake written by real Nix (`nix-store --add`
+ * of a tree of 3,000 small distinct files, `nix copy --to file://…?compression=xz` and `zstd`).
+ *
+ * Covered (issue 10, "first use on an unindexed xz datalake"):
+ * - a read is answered once the NarHash matched, before the per-file commits into the
+ *   BlobStore are done (observed by the blob count at the time the read returned, not by
+ *   the clock), every byte right (small files, a file above the copy threshold, an empty
+ *   file, two files of the same contents), and the commits do complete afterwards, leaving
+ *   nothing in tmp/;
+ * - while the commit runs, the staging file counts in the cache's bound (stats().bytes
+ *   covers staging file + blobs, and only the blobs once it is gone), the native engine is
+ *   never handed anything but a complete blob (contentFile), and reads of every file
+ *   racing the commit's end all get right bytes;
+ * - a stop (the stack closes) during the commit ends it after its batch under way, not
+ *   after all of them: what was committed stays, the staging file is deleted; a cache
+ *   reopened afterwards (with a staging directory a crash would have left in tmp/, which
+ *   the open removes) reads every file right, fetching the NAR again;
+ * - a NAR whose NarHash does not match (the narinfo names another hash), and a truncated
+ *   one, serve nothing and leave nothing in the cache: no blob, no staging file, no bytes
+ *   counted.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import { isNarfsError } from '../../src/errors.js';
+import type { NarNode, NarRegular } from '../../src/nix/nar-listing.js';
+import { captureLogger, type LogLine } from '../support/mount-harness.js';
+import { NIX_ENV } from '../support/nix-binary-cache.js';
+
+const run = promisify(execFile);
+const FILES = 3000;
+const content = (i: number): string => `narfs unindexed file ${i}\n${'x'.repeat(i % 97)}\n`;
+/** Larger than the Materialiser's COMMIT_COPY_BYTES (copied out of the staging file, not batched). */
+const BIG = Buffer.alloc(9 * 1024 * 1024 + 13, 'narfs big file\n');
+/** The bytes each extra file (besides the FILES numbered ones) holds: a big one, an empty one, a duplicate. */
+const EXTRA: Record<string, Buffer> = { 'big.bin': BIG, 'empty': Buffer.alloc(0), 'same-as-f0007': Buffer.from(content(7)) };
+const expected = (n: string): Buffer => EXTRA[n] ?? Buffer.from(content(Number(n.slice(1))));
+
+describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
+  this.timeout(300_000);
+  let tmp: string;
+  let lake: string;
+  let zstdLake: string;
+  let name: string;
+
+  before(async () => {
+    tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-unidx-'));
+    const tree = path.join(tmp, 'src', 'narfs-unindexed-many');
+    await fsp.mkdir(tree, { recursive: true });
+    for (let i = 0; i < FILES; i++) await fsp.writeFile(path.join(tree, `f${String(i).padStart(4, '0')}`), content(i));
+    for (const [n, b] of Object.entries(EXTRA)) await fsp.writeFile(path.join(tree, n), b);
+    const { stdout } = await run('nix-store', ['--add', tree], { env: NIX_ENV });
+    const storePath = stdout.trim();
+    name = path.basename(storePath);
+    lake = path.join(tmp, 'lake');
+    await run('nix', ['copy', '--to', `file://${lake}?compression=xz`, storePath], { env: NIX_ENV });
+    zstdLake = path.join(tmp, 'lake-zstd');
+    await run('nix', ['copy', '--to', `file://${zstdLake}?compression=zstd`, storePath], { env: NIX_ENV });
+  });
+  after(async () => {
+    if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
+  });
+
+  async function open(dir: string, reuse?: string): Promise<{ stack: StoreStack; logs: LogLine[]; cacheDir: string }> {
+    const cacheDir = reuse ?? await fsp.mkdtemp(path.join(tmp, 'cache-'));
+    const logs: LogLine[] = [];
+    const stack = await openStoreStack({
+      datalakes: [`file://${dir}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000,
+    }, captureLogger(logs));
+    return { stack, logs, cacheDir };
+  }
+
+  function filesOf(node: NarNode): Array<[string, NarRegular]> {
+    assert.equal(node.type, 'directory');
+    return [...node.entries].map(([n, f]) => {
+      assert.equal(f.type, 'regular', n);
+      return [n, f as NarRegular];
+    });
+  }
+
+  for (const compression of ['xz', 'zstd'] as const) it(`${compression}: answers a read once the NarHash matched, before the files are committed; every byte right`, async () => {
+    const { stack, logs } = await open(compression === 'xz' ? lake : zstdLake);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      const root = await stack.store.resolve(name, signal);
+      assert.ok(root);
+      const files = filesOf(root);
+      assert.equal(files.length, FILES + Object.keys(EXTRA).length);
+      const [first, node] = files.find(([n]) => n === 'f1234')!;
+      const bytes = await stack.store.read(name, node.narOffset, node.size, signal);
+      const blobsAtRead = stack.blobs.stats().blobs;
+      assert.ok(bytes.equals(expected(first)));
+      assert.ok(blobsAtRead < FILES, `the read waited for all ${FILES} commits (${blobsAtRead} blobs held when it returned)`);
+      // The staging file counts in the bound while it exists: staging file + blobs.
+      const contentBytes = files.reduce((n, [, f]) => n + f.size, 0);
+      const bytesAtRead = stack.blobs.stats().bytes;
+      assert.ok(bytesAtRead >= contentBytes, `the cache counts ${bytesAtRead} bytes while a staging file of ${contentBytes} exists`);
+      // The native engine is given complete blobs only, never a place in the staging file.
+      for (const [n, f] of files) {
+        const loc = stack.store.contentFile(name, f.narOffset);
+        if (loc) assert.equal(path.dirname(path.dirname(loc.path)), path.join(stack.blobs.dir, 'blobs'), n);
+      }
+      // The big file, read in part while its commit may still be under way.
+      const big = files.find(([n]) => n === 'big.bin')![1];
+      assert.ok((await stack.store.read(name, big.narOffset + 1000, 5000, signal)).equals(BIG.subarray(1000, 6000)));
+      // Reads of every file racing the commit (staging file before, blob after): all right.
+      setMaxListeners(files.length + 10, signal); // every read of the race listens to it
+      const racing = await Promise.all(files.map(([, f]) => (f.size === 0 ? Buffer.alloc(0) : stack.store.read(name, f.narOffset, f.size, signal))));
+      racing.forEach((got, i) => assert.ok(got.equals(expected(files[i]![0])), files[i]![0]));
+      // The commits go on and complete; every file reads right, from wherever it is now.
+      await stack.materialiser.committed(name);
+      assert.equal(stack.blobs.stats().blobs, FILES + 1, 'every distinct non-empty file is a blob');
+      assert.equal(stack.blobs.stats().bytes, contentBytes - expected('same-as-f0007').length, 'once the staging file is gone, only the blobs count');
+      for (const [n, f] of files) {
+        const got = f.size === 0 ? Buffer.alloc(0) : await stack.store.read(name, f.narOffset, f.size, signal);
+        assert.ok(got.equals(expected(n)), n);
+      }
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+      assert.equal(stack.materialiser.fetches, 1);
+      assert.deepEqual(logs.filter((l) => l.level === 'error'), []);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  it('a stop during the commit ends it after the batch under way and removes the staging file; a reopened cache reads every file right', async () => {
+    const first = await open(lake);
+    const signal = AbortSignal.timeout(120_000);
+    let files: Array<[string, NarRegular]>;
+    try {
+      const root = await first.stack.store.resolve(name, signal);
+      assert.ok(root);
+      files = filesOf(root);
+      const node = files.find(([n]) => n === 'f1234')![1];
+      assert.ok((await first.stack.store.read(name, node.narOffset, node.size, signal)).equals(expected('f1234')));
+    } finally {
+      // At once: the commit of the path's files is under way.
+      await first.stack.close();
+    }
+    const stopped = first.logs.find((l) => l.msg.startsWith('commit of a verified NAR stopped'));
+    assert.ok(stopped, 'the commit was stopped, not waited for');
+    assert.ok((stopped.fields['committedFiles'] as number) < files.length, `${String(stopped.fields['committedFiles'])} of ${files.length} files committed`);
+    assert.equal(first.logs.some((l) => l.msg === 'materialised'), false, 'the tree of a path not wholly committed is not written');
+    const onDisk = (await fsp.readdir(path.join(first.cacheDir, 'blobs'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).length;
+    assert.ok(onDisk < FILES + 1, `all ${onDisk} blobs were committed before the stop returned`);
+    assert.deepEqual(await fsp.readdir(path.join(first.cacheDir, 'tmp')), [], 'the staging file is gone');
+    assert.deepEqual(first.logs.filter((l) => l.level === 'error'), []);
+
+    // What a crash during a commit leaves in tmp/ goes when the cache opens again.
+    const crashed = path.join(first.cacheDir, 'tmp', `${name}.1.0123456789ab`);
+    await fsp.mkdir(crashed);
+    await fsp.writeFile(path.join(crashed, 'nar'), Buffer.alloc(4096, 1));
+    const second = await open(lake, first.cacheDir);
+    try {
+      assert.deepEqual(await fsp.readdir(second.stack.blobs.tmpDir), []);
+      assert.equal(second.stack.blobs.stats().blobs, onDisk, 'what was committed before the stop is held');
+      for (const [n, f] of files) {
+        const got = f.size === 0 ? Buffer.alloc(0) : await second.stack.store.read(name, f.narOffset, f.size, signal);
+        assert.ok(got.equals(expected(n)), n);
+      }
+      await second.stack.materialiser.committed(name);
+      assert.equal(second.stack.blobs.stats().blobs, FILES + 1);
+      assert.equal(second.stack.materialiser.fetches, 1, 'the NAR is fetched again once');
+      assert.deepEqual(second.logs.filter((l) => l.level === 'error'), []);
+    } finally {
+      await second.stack.close();
+    }
+  });
+
+  it('serves nothing of a truncated NAR, and leaves no staging file nor counted bytes', async () => {
+    const cut = path.join(tmp, 'cut-lake');
+    await fsp.cp(lake, cut, { recursive: true });
+    const narFile = (await fsp.readdir(path.join(cut, 'nar'))).find((f) => f.endsWith('.nar.xz'))!;
+    const full = await fsp.readFile(path.join(cut, 'nar', narFile));
+    // Cut past the middle: the staging file already holds files when the stream ends early.
+    await fsp.writeFile(path.join(cut, 'nar', narFile), full.subarray(0, Math.floor(full.length * 0.7)));
+    const { stack } = await open(cut);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      await assert.rejects(stack.store.resolve(name, signal), (err: unknown) => isNarfsError(err));
+      await stack.materialiser.flush();
+      assert.equal(stack.blobs.stats().blobs, 0);
+      assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+    } finally {
+      await stack.close();
+    }
+  });
+
+  it('serves nothing of a NAR whose NarHash does not match, and caches nothing', async () => {
+    const bad = path.join(tmp, 'bad-lake');
+    await fsp.cp(lake, bad, { recursive: true });
+    const niFile = path.join(bad, `${name.slice(0, 32)}.narinfo`);
+    const text = await fsp.readFile(niFile, 'utf8');
+    // Another valid nix32 SHA-256: the last character of the hash changed.
+    const wrong = text.replace(/^NarHash: sha256:(.*)(.)$/m, (_m, head: string, last: string) => `NarHash: sha256:${head}${last === '0' ? '1' : '0'}`);
+    assert.notEqual(wrong, text);
+    await fsp.writeFile(niFile, wrong);
+    const { stack } = await open(bad);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      await assert.rejects(stack.store.resolve(name, signal), (err: unknown) => isNarfsError(err, 'ERR_NAR_HASH_MISMATCH'));
+      await assert.rejects(stack.store.read(name, 0, 1, signal), (err: unknown) => isNarfsError(err));
+      await stack.materialiser.flush();
+      assert.equal(stack.blobs.stats().blobs, 0);
+      assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+    } finally {
+      await stack.close();
+    }
+  });
+});
