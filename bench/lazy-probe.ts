@@ -48,8 +48,16 @@ function profileSummary(dir: string): string[] {
     callers.set(chain.join(' < '), (callers.get(chain.join(' < ')) ?? 0) + dt);
   });
   const top = [...callers.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `   #row from ${k}: ${(v / 1000).toFixed(0)} ms`);
+  // Self time per module of the daemon (dist/…), to see a module's share when no single
+  // function of it makes the top list.
+  const byModule = new Map<string, number>();
+  for (const [k, v] of self) {
+    const mod = /^\S+ (dist\/\S+):\d+$/.exec(k)?.[1];
+    if (mod) byModule.set(mod, (byModule.get(mod) ?? 0) + v);
+  }
+  const modules = [...byModule.entries()].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([k, v]) => `${(v / 1000).toFixed(0)} ms ${k}`).join(' | ');
   return [...top, `total ${(total / 1000).toFixed(0)} ms sampled`, ...[...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)
-    .map(([k, v]) => `${(v / 1000).toFixed(0).padStart(6)} ms ${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`)];
+    .map(([k, v]) => `${(v / 1000).toFixed(0).padStart(6)} ms ${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`), `by module: ${modules}`];
 }
 
 installCleanupHandlers();
@@ -178,6 +186,8 @@ try {
       console.log(`  thread ${f}: ${lines.slice(0, 6).join(' | ')}`);
     }
   }
+  // NARFS_PROBE_KEEP_PROF=<dir>: the profiles are kept there (the run's directory is removed).
+  if (args.prof && process.env.NARFS_PROBE_KEEP_PROF) spawnSync('cp', ['-r', r.profDir, process.env.NARFS_PROBE_KEEP_PROF]);
 } finally {
   await server.stop();
   rmSync(tmp, { recursive: true, force: true });
