@@ -60,6 +60,20 @@ function profileSummary(dir: string): string[] {
     .map(([k, v]) => `${(v / 1000).toFixed(0).padStart(6)} ms ${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`), `by module: ${modules}`];
 }
 
+/**
+ * CPU time (user + system, ms) of a process or thread from its /proc stat line (fields
+ * 14 and 15, in clock ticks: 10 ms at the usual 100 Hz). Unlike the profile's samples it
+ * does not count the time the thread waited for a CPU on a loaded machine.
+ */
+function cpuMs(statPath: string): number {
+  try {
+    const f = readFileSync(statPath, 'utf8').replace(/^.*\) /s, '').split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
 installCleanupHandlers();
 const dir = spawnSync('bash', ['scripts/build-bench-datalake.sh'], { stdio: ['ignore', 'pipe', 'inherit'] }).stdout.toString().trim().split('\n').at(-1)!;
 const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
@@ -99,6 +113,7 @@ try {
     let mounted = Date.now() - wall0;
     let worked = 0;
     let t = NaN;
+    let cpu = { main: NaN, all: NaN };
     try {
       if (running) {
         // As bench/run.ts: caches dropped first (their FORGETs are answered before the
@@ -120,6 +135,7 @@ try {
         s1 = await server.stats();
       }
       worked = Date.now() - wall0;
+      cpu = { main: cpuMs(`/proc/${mount.pid}/task/${mount.pid}/stat`), all: cpuMs(`/proc/${mount.pid}/stat`) };
       if (process.env.NARFS_PROBE_TWICE) {
         // The same work again on the now warm mount: its local cost alone.
         const w0 = Date.now();
@@ -134,7 +150,7 @@ try {
     if (!running) t = performance.now() - t0;
     s1 ??= await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');
-    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked };
+    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked, cpu };
   };
   let more: string[] = [];
   const large = m.largeFile.replace(/^\/nix\/store\//, '');
@@ -161,6 +177,7 @@ try {
   }
   const r = await run(work, more, args.prof, args.running);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
+  console.log(`  daemon CPU from its start to the end of the work: main thread ${r.cpu.main} ms, process ${r.cpu.all} ms`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
