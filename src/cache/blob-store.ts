@@ -219,16 +219,19 @@ export class BlobStore {
 
   /** Where the complete blob of `sha` lives (whether or not it is there). */
   blobPath(sha: Buffer): string {
-    const hex = shaHex(sha);
-    return join(this.#blobDir, hex.slice(0, 2), hex);
+    return this.#blobPathOf(shaHex(sha));
+  }
+
+  /** blobs/<aa>/<hex>: #blobDir is normalised (join), so a concatenation is what join gives, without its cost per call. */
+  #blobPathOf(hex: string): string {
+    return `${this.#blobDir}/${hex.slice(0, 2)}/${hex}`;
   }
 
   #partialPath(hex: string): string {
     return join(this.#partialDir, hex);
   }
 
-  #row(sha: Buffer): BlobRow | undefined {
-    const hex = shaHex(sha);
+  #row(sha: Buffer, hex = shaHex(sha)): BlobRow | undefined {
     // Every row is mirrored in memory (a fresh cache): one in neither map does not exist.
     if (!this.#unknownComplete && !this.#unknownPartial && !this.#known.has(hex) && !this.#partials.has(hex)) return undefined;
     if (this.#absent.size > 0 && this.#absent.has(hex)) return undefined;
@@ -301,17 +304,31 @@ export class BlobStore {
   /** The path of the complete blob of `sha` if the store holds it with this size. */
   completePath(sha: Buffer, size: number): string | undefined {
     const hex = shaHex(sha);
-    if (this.#known.get(hex) === size) return join(this.#blobDir, hex.slice(0, 2), hex);
+    if (this.#known.get(hex) === size) return this.#blobPathOf(hex);
     if (!this.#unknownComplete) return undefined;
-    const row = this.#row(sha);
-    return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
+    const row = this.#row(sha, hex);
+    return row && row.complete === 1 && row.size === size ? this.#blobPathOf(hex) : undefined;
+  }
+
+  /**
+   * completePath of a blob that isVerified, in one look-up (the FUSE engine asks it for
+   * every file it may serve from the cache).
+   */
+  verifiedPath(sha: Buffer, size: number): string | undefined {
+    const hex = shaHex(sha);
+    const known = this.#known.get(hex);
+    if (known !== undefined) return known === size ? this.#blobPathOf(hex) : undefined;
+    if (!this.#unknownComplete) return undefined;
+    const row = this.#row(sha, hex);
+    return row && row.complete === 1 && row.size === size && row.verified_gen === this.#gen ? this.#blobPathOf(hex) : undefined;
   }
 
   /** Whether the complete blob was verified (hashed, or written) by this process. */
   isVerified(sha: Buffer): boolean {
-    if (this.#known.has(shaHex(sha))) return true;
+    const hex = shaHex(sha);
+    if (this.#known.has(hex)) return true;
     if (!this.#unknownComplete) return false;
-    const row = this.#row(sha);
+    const row = this.#row(sha, hex);
     return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
   }
 
@@ -326,7 +343,7 @@ export class BlobStore {
       for (let k = Math.max(0, first); k <= last && k < partial.chunks.length; k++) out[k - first] = partial.chunks[k] === 1;
       return out;
     }
-    const row = this.#row(sha);
+    const row = this.#row(sha, hex);
     if (!row || row.size !== size) return out;
     if (row.complete === 1) return out.fill(true);
     if (row.chunk_size !== chunkSize) return out;
@@ -367,9 +384,10 @@ export class BlobStore {
    * it is done.
    */
   pin(sha: Buffer): Unpin {
-    const unpin: Unpin = this.#pin(sha);
-    if (this.#known.has(shaHex(sha))) return unpin; // complete and verified in this process
-    const row = this.#row(sha);
+    const hex = shaHex(sha);
+    const unpin: Unpin = this.#pin(sha, hex);
+    if (this.#known.has(hex)) return unpin; // complete and verified in this process
+    const row = this.#row(sha, hex);
     if (row && row.complete === 1 && row.verified_gen !== this.#gen && !this.#closed) {
       const ready = this.verifyBlob(sha);
       ready.catch(() => {}); // a reader that needs the bytes gets the error from its own verifyBlob
@@ -378,8 +396,7 @@ export class BlobStore {
     return unpin;
   }
 
-  #pin(sha: Buffer): () => void {
-    const hex = shaHex(sha);
+  #pin(sha: Buffer, hex = shaHex(sha)): () => void {
     this.#pins.set(hex, (this.#pins.get(hex) ?? 0) + 1);
     let done = false;
     return () => {
@@ -590,9 +607,9 @@ export class BlobStore {
     if (!Number.isSafeInteger(index) || index < 0 || index >= count || bytes.length !== chunkLength(size, chunkSize, index)) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `chunk ${index} of blob ${hex} (${size} bytes, chunks of ${chunkSize}) cannot be ${bytes.length} bytes`);
     }
-    const unpin = this.#pin(sha);
+    const unpin = this.#pin(sha, hex);
     try {
-      let row = this.#row(sha);
+      let row = this.#row(sha, hex);
       if (row && (row.size !== size || (row.complete === 0 && row.chunk_size !== chunkSize))) {
         if (this.#pinnedByOthers(hex)) return false;
         await this.drop(sha);
@@ -604,7 +621,7 @@ export class BlobStore {
       }
       if (!row) {
         await this.#createPartial(sha, hex, size, chunkSize);
-        row = this.#row(sha);
+        row = this.#row(sha, hex);
         if (!row || row.complete === 1) return row !== undefined;
       }
       if (this.#q.hasChunk.get(sha, index)) {
@@ -624,7 +641,7 @@ export class BlobStore {
       } finally {
         await fh?.close().catch(() => {});
       }
-      const now = this.#row(sha);
+      const now = this.#row(sha, hex);
       if (!now || now.complete === 1 || now.chunk_size !== chunkSize || this.#q.hasChunk.get(sha, index)) {
         // Dropped, completed or filled by someone else while we wrote: our bytes are not counted.
         this.#total -= bytes.length;
@@ -728,7 +745,7 @@ export class BlobStore {
       for (; i < files.length; i++) {
         const f = files[i]!;
         const hex = shaHex(f.sha);
-        const row = this.#row(f.sha);
+        const row = this.#row(f.sha, hex);
         if ((row?.complete === 1 && row.size === f.size) || pendingHex.has(hex)) {
           await rm(f.tempPath, { force: true });
           out.deduped++;
@@ -807,7 +824,7 @@ export class BlobStore {
       for (const f of files) {
         const hex = shaHex(f.sha);
         const size = f.bytes.length;
-        const row = this.#row(f.sha);
+        const row = this.#row(f.sha, hex);
         if ((row?.complete === 1 && row.size === size) || seen.has(hex)) {
           out.deduped++;
           out.dedupedBytes += size;

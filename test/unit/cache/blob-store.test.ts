@@ -69,6 +69,8 @@ describe('BlobStore', () => {
     assert.deepEqual(await readdir(join(dir, 'tmp')), [], 'the temp file was renamed');
     assert.deepEqual(await store.readRange(h, bytes.length, 1234, 5000), bytes.subarray(1234, 6234));
     assert.equal(store.isVerified(h), true, 'written by this process');
+    assert.equal(store.verifiedPath(h, bytes.length), path);
+    assert.equal(store.verifiedPath(h, bytes.length + 1), undefined, 'size is part of the key');
     assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 0, 2), [true, true, true]);
     const st = store.stats();
     assert.equal(st.bytes, 10_000);
@@ -456,10 +458,15 @@ describe('BlobStore', () => {
     await flipBit(first.blobPath(bad), 1500);
     const store = await openStore();
     assert.equal(store.isVerified(good), false);
+    assert.equal(store.verifiedPath(good, 3000), undefined, 'complete, not verified yet');
+    assert.ok(store.completePath(good, 3000));
     assert.equal(await store.verifyBlob(good), true);
     assert.equal(store.isVerified(good), true);
+    assert.equal(store.verifiedPath(good, 3000), store.completePath(good, 3000));
+    assert.equal(store.verifiedPath(good, 3001), undefined);
     assert.equal(await store.verifyBlob(bad), false);
     assert.equal(store.completePath(bad, 3000), undefined, 'dropped: the next read fetches it again');
+    assert.equal(store.verifiedPath(bad, 3000), undefined);
   });
 
   it('a pin of a blob of an earlier process re-hashes it at once: ready says so, readers join that one hash', async () => {
