@@ -263,13 +263,14 @@ export class BlobStore {
    * Partial files whose row this process created (hex -> size, chunk size, 1 per chunk
    * held): "which chunks are held?" of a file fetched chunk by chunk, asked for each chunk
    * of every fetch plan (LazyStore's isHeld), is answered without SQLite (scenario 11:
-   * ~0.12 s of the JS thread in a row and a chunk query per question). Kept exact: an
+   * ~0.12 s of the JS thread in a row and a chunk query per question), and putChunk's own
+   * questions (the row, is this chunk in, how many are) too. Kept exact: an
    * entry goes in with the row (#createPartial, no chunk yet), a chunk with its chunk row
-   * (putChunk), and the entry leaves with any other insert of the sha (#insert), the
+   * (putChunk; `held` counts them), and the entry leaves with any other insert of the sha (#insert), the
    * completion (#promote) or the row's removal (#forgetRow). Other partial rows (an
    * earlier process's) are asked of SQLite.
    */
-  readonly #partials = new Map<string, { size: number; chunkSize: number; chunks: Uint8Array }>();
+  readonly #partials = new Map<string, { size: number; chunkSize: number; chunks: Uint8Array; held: number }>();
   /**
    * Whether a partial row may exist that #partials does not hold: one of an earlier process
    * (at open), or one created past the map's bound. While this and #unknownComplete are
@@ -609,7 +610,7 @@ export class BlobStore {
     }
     const unpin = this.#pin(sha, hex);
     try {
-      let row = this.#row(sha, hex);
+      let row = this.#shapeOf(sha, hex);
       if (row && (row.size !== size || (row.complete === 0 && row.chunk_size !== chunkSize))) {
         if (this.#pinnedByOthers(hex)) return false;
         await this.drop(sha);
@@ -621,10 +622,10 @@ export class BlobStore {
       }
       if (!row) {
         await this.#createPartial(sha, hex, size, chunkSize);
-        row = this.#row(sha, hex);
+        row = this.#shapeOf(sha, hex);
         if (!row || row.complete === 1) return row !== undefined;
       }
-      if (this.#q.hasChunk.get(sha, index)) {
+      if (this.#hasChunk(sha, hex, index)) {
         this.touch(sha);
         return true;
       }
@@ -641,8 +642,8 @@ export class BlobStore {
       } finally {
         await fh?.close().catch(() => {});
       }
-      const now = this.#row(sha, hex);
-      if (!now || now.complete === 1 || now.chunk_size !== chunkSize || this.#q.hasChunk.get(sha, index)) {
+      const now = this.#shapeOf(sha, hex);
+      if (!now || now.complete === 1 || now.chunk_size !== chunkSize || this.#hasChunk(sha, hex, index)) {
         // Dropped, completed or filled by someone else while we wrote: our bytes are not counted.
         this.#total -= bytes.length;
         return now !== undefined;
@@ -653,12 +654,28 @@ export class BlobStore {
         this.#q.addHeld.run(bytes.length, this.#clock++, sha);
       })();
       const partial = this.#partials.get(hex);
-      if (partial) partial.chunks[index] = 1;
-      if ((this.#q.chunkCount.pluck().get(sha) as number) === count) await this.#promote(sha, hex);
+      if (partial && partial.chunks[index] === 0) {
+        partial.chunks[index] = 1;
+        partial.held++;
+      }
+      const held = partial ? partial.held : (this.#q.chunkCount.pluck().get(sha) as number);
+      if (held === count) await this.#promote(sha, hex);
       return true;
     } finally {
       unpin();
     }
+  }
+
+  /** Size, completeness and chunk size of the row of `sha`: from #partials when it holds it, else SQLite. */
+  #shapeOf(sha: Buffer, hex: string): Pick<BlobRow, 'size' | 'complete' | 'chunk_size'> | undefined {
+    const p = this.#partials.get(hex);
+    return p ? { size: p.size, complete: 0, chunk_size: p.chunkSize } : this.#row(sha, hex);
+  }
+
+  /** Whether chunk `index` of `sha` has its row: from #partials when it holds the file, else SQLite. */
+  #hasChunk(sha: Buffer, hex: string, index: number): boolean {
+    const p = this.#partials.get(hex);
+    return p ? p.chunks[index] === 1 : this.#q.hasChunk.get(sha, index) !== undefined;
   }
 
   #pinnedByOthers(hex: string): boolean {
@@ -683,7 +700,7 @@ export class BlobStore {
           throw cacheError(err, `cannot create ${path}`);
         }
         this.#insert(sha, size, 0, chunkSize, 0, this.#clock++, 0);
-        if (this.#partials.size < 100_000) this.#partials.set(hex, { size, chunkSize, chunks: new Uint8Array(chunksOf(size, chunkSize)) });
+        if (this.#partials.size < 100_000) this.#partials.set(hex, { size, chunkSize, chunks: new Uint8Array(chunksOf(size, chunkSize)), held: 0 });
         else this.#unknownPartial = true; // a bound on memory; SQLite still answers
       })().finally(() => this.#creating.delete(hex));
       this.#creating.set(hex, p);
