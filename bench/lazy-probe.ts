@@ -65,14 +65,15 @@ function profileSummary(dir: string): string[] {
  * 14 and 15, in clock ticks: 10 ms at the usual 100 Hz). Unlike the profile's samples it
  * does not count the time the thread waited for a CPU on a loaded machine.
  */
-function cpuMs(statPath: string): number {
+function cpuMs(statPath: string): { user: number; sys: number } {
   try {
     const f = readFileSync(statPath, 'utf8').replace(/^.*\) /s, '').split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+    return { user: (Number(f[11]) * 1000) / 100, sys: (Number(f[12]) * 1000) / 100 };
   } catch {
-    return NaN;
+    return { user: NaN, sys: NaN };
   }
 }
+const cpuText = (c: { user: number; sys: number }) => `${c.user + c.sys} ms (user ${c.user}, sys ${c.sys})`;
 
 installCleanupHandlers();
 const dir = spawnSync('bash', ['scripts/build-bench-datalake.sh'], { stdio: ['ignore', 'pipe', 'inherit'] }).stdout.toString().trim().split('\n').at(-1)!;
@@ -113,7 +114,7 @@ try {
     let mounted = Date.now() - wall0;
     let worked = 0;
     let t = NaN;
-    let cpu = { main: NaN, all: NaN };
+    let cpu = { main: { user: NaN, sys: NaN }, all: { user: NaN, sys: NaN } };
     try {
       if (running) {
         // As bench/run.ts: caches dropped first (their FORGETs are answered before the
@@ -177,7 +178,7 @@ try {
   }
   const r = await run(work, more, args.prof, args.running);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
-  console.log(`  daemon CPU from its start to the end of the work: main thread ${r.cpu.main} ms, process ${r.cpu.all} ms`);
+  console.log(`  daemon CPU from its start to the end of the work: main thread ${cpuText(r.cpu.main)}, process ${cpuText(r.cpu.all)}`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
