@@ -252,8 +252,7 @@ export class BlobStore {
   readonly #absent = new Set<string>();
 
   /** Inserts (or replaces) the row of `sha`: the only way a row comes to exist. */
-  #insert(sha: Buffer, size: number, complete: number, chunkSize: number, held: number, lastUse: number, gen: number): void {
-    const hex = shaHex(sha);
+  #insert(sha: Buffer, size: number, complete: number, chunkSize: number, held: number, lastUse: number, gen: number, hex = shaHex(sha)): void {
     this.#absent.delete(hex);
     this.#partials.delete(hex);
     this.#q.insert.run(sha, size, complete, chunkSize, held, lastUse, gen);
@@ -699,7 +698,7 @@ export class BlobStore {
           await rm(path, { force: true }).catch(() => {});
           throw cacheError(err, `cannot create ${path}`);
         }
-        this.#insert(sha, size, 0, chunkSize, 0, this.#clock++, 0);
+        this.#insert(sha, size, 0, chunkSize, 0, this.#clock++, 0, hex);
         if (this.#partials.size < 100_000) this.#partials.set(hex, { size, chunkSize, chunks: new Uint8Array(chunksOf(size, chunkSize)), held: 0 });
         else this.#unknownPartial = true; // a bound on memory; SQLite still answers
       })().finally(() => this.#creating.delete(hex));
@@ -837,9 +836,12 @@ export class BlobStore {
     const jobs: Array<{ sha: Buffer; size: number; hex: string }> = [];
     const seen = new Set<string>();
     const unpins: Array<() => void> = [];
+    /** The bytes of each hex (the last file of a hex, as they are all the same contents). */
+    const bySha = new Map<string, Buffer>();
     try {
       for (const f of files) {
         const hex = shaHex(f.sha);
+        bySha.set(hex, f.bytes);
         const size = f.bytes.length;
         const row = this.#row(f.sha, hex);
         if ((row?.complete === 1 && row.size === size) || seen.has(hex)) {
@@ -858,8 +860,6 @@ export class BlobStore {
         jobs.push({ sha: f.sha, size, hex });
       }
       if (jobs.length === 0) return out;
-      const bySha = new Map<string, Buffer>();
-      for (const f of files) bySha.set(shaHex(f.sha), f.bytes);
       // The jobs are dealt out to the writer threads (job i to thread i mod n), which
       // create their files in parallel: creating a file is the cost (~0.3-0.9 ms on the
       // bench VM's disk), and two threads create about twice as many per second there.
@@ -903,7 +903,7 @@ export class BlobStore {
       // close() waits for this commit before it closes the database.
       this.#db.transaction(() => {
         for (const j of done) {
-          this.#insert(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen);
+          this.#insert(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen, j.hex);
           this.#remember(j.hex, j.size);
         }
       })();
