@@ -39,7 +39,10 @@
  *   process is re-hashed once per process before it is trusted (`verifyBlob`, tracked by
  *   a generation number in its row, not in memory); `scrub` re-hashes everything.
  * - On a fresh cache (no complete row at open, none adopted since) every complete row is
- *   remembered in memory, so "not complete" and "not verified" are answered without SQLite.
+ *   remembered in memory, so "not complete" and "not verified" are answered without SQLite;
+ *   so is every partial row this process created, with its chunks, so "which chunks are
+ *   held" of it is too, and, while no partial row of an earlier process exists either,
+ *   "no row at all".
  * - All SQLite calls are small and synchronous (better-sqlite3, WAL, synchronous=NORMAL):
  *   one row or one chunk at a time, on the main thread. Touches (LRU) are coalesced in
  *   memory and written in one transaction before any eviction decision and on close.
