@@ -41,7 +41,10 @@
  *   process is re-hashed once per process before it is trusted (`verifyBlob`, tracked by
  *   a generation number in its row, not in memory); `scrub` re-hashes everything.
  * - On a fresh cache (no complete row at open, none adopted since) every complete row is
- *   remembered in memory, so "not complete" and "not verified" are answered without SQLite.
+ *   remembered in memory, so "not complete" and "not verified" are answered without SQLite;
+ *   so is every partial row this process created, with its chunks, so "which chunks are
+ *   held" of it is too, and, while no partial row of an earlier process exists either,
+ *   "no row at all".
  * - All SQLite calls are small and synchronous (better-sqlite3, WAL, synchronous=NORMAL):
  *   one row or one chunk at a time, on the main thread. Touches (LRU) are coalesced in
  *   memory and written in one transaction before any eviction decision and on close.
@@ -183,6 +186,7 @@ export class BlobStore {
     this.#total = this.#q.sumHeld.pluck().get() as number;
     this.#clock = (this.#q.maxUse.pluck().get() as number) + 1;
     this.#unknownComplete = db.prepare('SELECT 1 FROM blob WHERE complete = 1 LIMIT 1').get() !== undefined;
+    this.#unknownPartial = db.prepare('SELECT 1 FROM blob WHERE complete = 0 LIMIT 1').get() !== undefined;
   }
 
   /**
@@ -220,20 +224,26 @@ export class BlobStore {
 
   /** Where the complete blob of `sha` lives (whether or not it is there). */
   blobPath(sha: Buffer): string {
-    const hex = shaHex(sha);
-    return join(this.#blobDir, hex.slice(0, 2), hex);
+    return this.#blobPathOf(shaHex(sha));
+  }
+
+  /** blobs/<aa>/<hex>: #blobDir is normalised (join), so a concatenation is what join gives, without its cost per call. */
+  #blobPathOf(hex: string): string {
+    return `${this.#blobDir}/${hex.slice(0, 2)}/${hex}`;
   }
 
   #partialPath(hex: string): string {
     return join(this.#partialDir, hex);
   }
 
-  #row(sha: Buffer): BlobRow | undefined {
-    if (this.#absent.size > 0 && this.#absent.has(shaHex(sha))) return undefined;
+  #row(sha: Buffer, hex = shaHex(sha)): BlobRow | undefined {
+    // Every row is mirrored in memory (a fresh cache): one in neither map does not exist.
+    if (!this.#unknownComplete && !this.#unknownPartial && !this.#known.has(hex) && !this.#partials.has(hex)) return undefined;
+    if (this.#absent.size > 0 && this.#absent.has(hex)) return undefined;
     const row = this.#q.get.get(sha) as BlobRow | undefined;
     if (!row) {
       if (this.#absent.size >= 500_000) this.#absent.clear(); // a bound on memory; SQLite still answers
-      this.#absent.add(shaHex(sha));
+      this.#absent.add(hex);
     }
     return row;
   }
@@ -247,10 +257,32 @@ export class BlobStore {
   readonly #absent = new Set<string>();
 
   /** Inserts (or replaces) the row of `sha`: the only way a row comes to exist. */
-  #insert(sha: Buffer, size: number, complete: number, chunkSize: number, held: number, lastUse: number, gen: number): void {
-    this.#absent.delete(shaHex(sha));
+  #insert(sha: Buffer, size: number, complete: number, chunkSize: number, held: number, lastUse: number, gen: number, hex = shaHex(sha)): void {
+    this.#absent.delete(hex);
+    this.#partials.delete(hex);
     this.#q.insert.run(sha, size, complete, chunkSize, held, lastUse, gen);
   }
+
+  /**
+   * Partial files whose row this process created (hex -> size, chunk size, 1 per chunk
+   * held): "which chunks are held?" of a file fetched chunk by chunk, asked for each chunk
+   * of every fetch plan (LazyStore's isHeld), is answered without SQLite (scenario 11:
+   * ~0.12 s of the JS thread in a row and a chunk query per question), and putChunk's own
+   * questions (the row, is this chunk in, how many are) too. Kept exact: an
+   * entry goes in with the row (#createPartial, no chunk yet), a chunk with its chunk row
+   * (putChunk; `held` counts them), and the entry leaves with any other insert of the sha (#insert), the
+   * completion (#promote) or the row's removal (#forgetRow). Other partial rows (an
+   * earlier process's) are asked of SQLite.
+   */
+  readonly #partials = new Map<string, { size: number; chunkSize: number; chunks: Uint8Array; held: number }>();
+  /**
+   * Whether a partial row may exist that #partials does not hold: one of an earlier process
+   * (at open), or one created past the map's bound. While this and #unknownComplete are
+   * false (a fresh cache) a sha in neither #known nor #partials has no row, and #row says
+   * so without SQLite: the first question about each file of a closure read whole (~23k
+   * in scenario 11, each a SQLite miss of ~5 µs before #absent learnt it) costs no query.
+   */
+  #unknownPartial = true;
 
   /**
    * Complete blobs this process wrote or verified (hex -> size): the hot queries (is it
@@ -277,25 +309,46 @@ export class BlobStore {
   /** The path of the complete blob of `sha` if the store holds it with this size. */
   completePath(sha: Buffer, size: number): string | undefined {
     const hex = shaHex(sha);
-    if (this.#known.get(hex) === size) return join(this.#blobDir, hex.slice(0, 2), hex);
+    if (this.#known.get(hex) === size) return this.#blobPathOf(hex);
     if (!this.#unknownComplete) return undefined;
-    const row = this.#row(sha);
-    return row && row.complete === 1 && row.size === size ? this.blobPath(sha) : undefined;
+    const row = this.#row(sha, hex);
+    return row && row.complete === 1 && row.size === size ? this.#blobPathOf(hex) : undefined;
+  }
+
+  /**
+   * completePath of a blob that isVerified, in one look-up (the FUSE engine asks it for
+   * every file it may serve from the cache).
+   */
+  verifiedPath(sha: Buffer, size: number): string | undefined {
+    const hex = shaHex(sha);
+    const known = this.#known.get(hex);
+    if (known !== undefined) return known === size ? this.#blobPathOf(hex) : undefined;
+    if (!this.#unknownComplete) return undefined;
+    const row = this.#row(sha, hex);
+    return row && row.complete === 1 && row.size === size && row.verified_gen === this.#gen ? this.#blobPathOf(hex) : undefined;
   }
 
   /** Whether the complete blob was verified (hashed, or written) by this process. */
   isVerified(sha: Buffer): boolean {
-    if (this.#known.has(shaHex(sha))) return true;
+    const hex = shaHex(sha);
+    if (this.#known.has(hex)) return true;
     if (!this.#unknownComplete) return false;
-    const row = this.#row(sha);
+    const row = this.#row(sha, hex);
     return row !== undefined && row.complete === 1 && row.verified_gen === this.#gen;
   }
 
   /** Which of chunks [first, last] of the file are held (all of them when complete). */
   haveChunks(sha: Buffer, size: number, chunkSize: number, first: number, last: number): boolean[] {
     const out = new Array<boolean>(Math.max(0, last - first + 1)).fill(false);
-    if (this.#known.get(shaHex(sha)) === size) return out.fill(true);
-    const row = this.#row(sha);
+    const hex = shaHex(sha);
+    if (this.#known.get(hex) === size) return out.fill(true);
+    const partial = this.#partials.get(hex);
+    if (partial) {
+      if (partial.size !== size || partial.chunkSize !== chunkSize) return out;
+      for (let k = Math.max(0, first); k <= last && k < partial.chunks.length; k++) out[k - first] = partial.chunks[k] === 1;
+      return out;
+    }
+    const row = this.#row(sha, hex);
     if (!row || row.size !== size) return out;
     if (row.complete === 1) return out.fill(true);
     if (row.chunk_size !== chunkSize) return out;
@@ -336,9 +389,10 @@ export class BlobStore {
    * it is done.
    */
   pin(sha: Buffer): Unpin {
-    const unpin: Unpin = this.#pin(sha);
-    if (this.#known.has(shaHex(sha))) return unpin; // complete and verified in this process
-    const row = this.#row(sha);
+    const hex = shaHex(sha);
+    const unpin: Unpin = this.#pin(sha, hex);
+    if (this.#known.has(hex)) return unpin; // complete and verified in this process
+    const row = this.#row(sha, hex);
     if (row && row.complete === 1 && row.verified_gen !== this.#gen && !this.#closed) {
       const ready = this.verifyBlob(sha);
       ready.catch(() => {}); // a reader that needs the bytes gets the error from its own verifyBlob
@@ -347,8 +401,7 @@ export class BlobStore {
     return unpin;
   }
 
-  #pin(sha: Buffer): () => void {
-    const hex = shaHex(sha);
+  #pin(sha: Buffer, hex = shaHex(sha)): () => void {
     this.#pins.set(hex, (this.#pins.get(hex) ?? 0) + 1);
     let done = false;
     return () => {
@@ -577,9 +630,9 @@ export class BlobStore {
     if (!Number.isSafeInteger(index) || index < 0 || index >= count || bytes.length !== chunkLength(size, chunkSize, index)) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `chunk ${index} of blob ${hex} (${size} bytes, chunks of ${chunkSize}) cannot be ${bytes.length} bytes`);
     }
-    const unpin = this.#pin(sha);
+    const unpin = this.#pin(sha, hex);
     try {
-      let row = this.#row(sha);
+      let row = this.#shapeOf(sha, hex);
       if (row && (row.size !== size || (row.complete === 0 && row.chunk_size !== chunkSize))) {
         if (this.#pinnedByOthers(hex)) return false;
         await this.drop(sha);
@@ -591,10 +644,10 @@ export class BlobStore {
       }
       if (!row) {
         await this.#createPartial(sha, hex, size, chunkSize);
-        row = this.#row(sha);
+        row = this.#shapeOf(sha, hex);
         if (!row || row.complete === 1) return row !== undefined;
       }
-      if (this.#q.hasChunk.get(sha, index)) {
+      if (this.#hasChunk(sha, hex, index)) {
         this.touch(sha);
         return true;
       }
@@ -611,8 +664,8 @@ export class BlobStore {
       } finally {
         await fh?.close().catch(() => {});
       }
-      const now = this.#row(sha);
-      if (!now || now.complete === 1 || now.chunk_size !== chunkSize || this.#q.hasChunk.get(sha, index)) {
+      const now = this.#shapeOf(sha, hex);
+      if (!now || now.complete === 1 || now.chunk_size !== chunkSize || this.#hasChunk(sha, hex, index)) {
         // Dropped, completed or filled by someone else while we wrote: our bytes are not counted.
         this.#total -= bytes.length;
         return now !== undefined;
@@ -622,11 +675,29 @@ export class BlobStore {
         this.#q.putChunk.run(sha, index, hash);
         this.#q.addHeld.run(bytes.length, this.#clock++, sha);
       })();
-      if ((this.#q.chunkCount.pluck().get(sha) as number) === count) await this.#promote(sha, hex);
+      const partial = this.#partials.get(hex);
+      if (partial && partial.chunks[index] === 0) {
+        partial.chunks[index] = 1;
+        partial.held++;
+      }
+      const held = partial ? partial.held : (this.#q.chunkCount.pluck().get(sha) as number);
+      if (held === count) await this.#promote(sha, hex);
       return true;
     } finally {
       unpin();
     }
+  }
+
+  /** Size, completeness and chunk size of the row of `sha`: from #partials when it holds it, else SQLite. */
+  #shapeOf(sha: Buffer, hex: string): Pick<BlobRow, 'size' | 'complete' | 'chunk_size'> | undefined {
+    const p = this.#partials.get(hex);
+    return p ? { size: p.size, complete: 0, chunk_size: p.chunkSize } : this.#row(sha, hex);
+  }
+
+  /** Whether chunk `index` of `sha` has its row: from #partials when it holds the file, else SQLite. */
+  #hasChunk(sha: Buffer, hex: string, index: number): boolean {
+    const p = this.#partials.get(hex);
+    return p ? p.chunks[index] === 1 : this.#q.hasChunk.get(sha, index) !== undefined;
   }
 
   #pinnedByOthers(hex: string): boolean {
@@ -650,7 +721,9 @@ export class BlobStore {
           await rm(path, { force: true }).catch(() => {});
           throw cacheError(err, `cannot create ${path}`);
         }
-        this.#insert(sha, size, 0, chunkSize, 0, this.#clock++, 0);
+        this.#insert(sha, size, 0, chunkSize, 0, this.#clock++, 0, hex);
+        if (this.#partials.size < 100_000) this.#partials.set(hex, { size, chunkSize, chunks: new Uint8Array(chunksOf(size, chunkSize)), held: 0 });
+        else this.#unknownPartial = true; // a bound on memory; SQLite still answers
       })().finally(() => this.#creating.delete(hex));
       this.#creating.set(hex, p);
     }
@@ -687,6 +760,7 @@ export class BlobStore {
           this.#q.complete.run(row.size, this.#gen, sha);
           this.#remember(hex, row.size);
         })();
+        this.#partials.delete(hex);
         this.#total += row.size - row.held;
       })().finally(() => this.#promoting.delete(hex));
       this.#promoting.set(hex, p);
@@ -710,7 +784,7 @@ export class BlobStore {
       for (; i < files.length; i++) {
         const f = files[i]!;
         const hex = shaHex(f.sha);
-        const row = this.#row(f.sha);
+        const row = this.#row(f.sha, hex);
         if ((row?.complete === 1 && row.size === f.size) || pendingHex.has(hex)) {
           await rm(f.tempPath, { force: true });
           out.deduped++;
@@ -785,11 +859,14 @@ export class BlobStore {
     const jobs: Array<{ sha: Buffer; size: number; hex: string }> = [];
     const seen = new Set<string>();
     const unpins: Array<() => void> = [];
+    /** The bytes of each hex (the last file of a hex, as they are all the same contents). */
+    const bySha = new Map<string, Buffer>();
     try {
       for (const f of files) {
         const hex = shaHex(f.sha);
+        bySha.set(hex, f.bytes);
         const size = f.bytes.length;
-        const row = this.#row(f.sha);
+        const row = this.#row(f.sha, hex);
         if ((row?.complete === 1 && row.size === size) || seen.has(hex)) {
           out.deduped++;
           out.dedupedBytes += size;
@@ -806,8 +883,6 @@ export class BlobStore {
         jobs.push({ sha: f.sha, size, hex });
       }
       if (jobs.length === 0) return out;
-      const bySha = new Map<string, Buffer>();
-      for (const f of files) bySha.set(shaHex(f.sha), f.bytes);
       // The jobs are dealt out to the writer threads (job i to thread i mod n), which
       // create their files in parallel: creating a file is the cost (~0.3-0.9 ms on the
       // bench VM's disk), and two threads create about twice as many per second there.
@@ -851,7 +926,7 @@ export class BlobStore {
       // close() waits for this commit before it closes the database.
       this.#db.transaction(() => {
         for (const j of done) {
-          this.#insert(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen);
+          this.#insert(j.sha, j.size, 1, 0, j.size, this.#clock++, this.#gen, j.hex);
           this.#remember(j.hex, j.size);
         }
       })();
@@ -893,6 +968,7 @@ export class BlobStore {
       this.#q.deleteChunks.run(row.sha);
       this.#q.delete.run(row.sha);
     })();
+    this.#partials.delete(shaHex(row.sha));
     this.#total -= row.held;
     this.#known.delete(shaHex(row.sha));
     this.#touched.delete(shaHex(row.sha));

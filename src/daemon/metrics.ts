@@ -19,13 +19,14 @@
  *
  * Invariants: the layers below never import this module; they are fed through the small
  * listener interfaces they declare (MaterialiserEvents, DatalakeSetOptions.onRequest)
- * or through proxies of the objects they are handed (metadata cache, NAR cache, the
- * filesystem the FUSE engine calls: countingMetadataCache, countingNarCache,
- * timedFilesystem), so a
- * daemon without metrics costs nothing. Counters only go up. A series exists from its
+ * or through wrappers of the objects they are handed (proxies of the metadata cache and
+ * NAR cache: countingMetadataCache, countingNarCache; for the filesystem the FUSE engine
+ * calls, an object of direct wrapper functions: timedFilesystem), so a daemon without
+ * metrics costs nothing. Counters only go up. A series exists from its
  * first observation; gauges read at scrape time come from `collect` callbacks.
  */
 import { readdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import type { DatalakeSetOptions } from '../datalake/datalake-set.js';
 import type { MaterialiserEvents } from '../store/materialiser.js';
@@ -42,7 +43,9 @@ abstract class Metric<T> {
   readonly series = new Map<string, Series<T>>();
   constructor(readonly name: string, readonly help: string, readonly labelNames: readonly string[]) {}
   protected entry(labels: Labels, init: () => T): Series<T> {
-    const key = this.labelNames.map((l) => labels[l] ?? '').join('\u0000');
+    const names = this.labelNames;
+    // One label (most series here): its value is the key, no array or join per call.
+    const key = names.length === 1 ? labels[names[0]!] ?? '' : names.map((l) => labels[l] ?? '').join('\u0000');
     let s = this.series.get(key);
     if (!s) {
       s = { labels: Object.fromEntries(this.labelNames.map((l) => [l, labels[l] ?? ''])), value: init() };
@@ -63,6 +66,14 @@ export class Counter extends Metric<number> {
   }
   get(labels: Labels = {}): number {
     return this.entry(labels, () => 0).value;
+  }
+  /**
+   * The series of fixed `labels`, for a hot path: no lookup per call once it exists. The
+   * series is still created by the first inc, not by this call.
+   */
+  with(labels: Labels): { inc(n?: number): void } {
+    let s: Series<number> | undefined;
+    return { inc: (n = 1) => { (s ??= this.entry(labels, () => 0)).value += n; } };
   }
 }
 
@@ -88,14 +99,25 @@ export class Histogram extends Metric<HistogramValue> {
     super(name, help, labelNames);
   }
   observe(labels: Labels, seconds: number): void {
-    const v = this.entry(labels, () => ({ counts: new Array<number>(this.buckets.length).fill(0), sum: 0, count: 0 })).value;
+    this.#add(this.entry(labels, this.#init).value, seconds);
+  }
+  get(labels: Labels = {}): HistogramValue {
+    return this.entry(labels, this.#init).value;
+  }
+  /**
+   * The series of fixed `labels`, for a hot path: no lookup per call once it exists. The
+   * series is still created by the first observe, not by this call.
+   */
+  with(labels: Labels): { observe(seconds: number): void } {
+    let s: Series<HistogramValue> | undefined;
+    return { observe: (seconds) => this.#add((s ??= this.entry(labels, this.#init)).value, seconds) };
+  }
+  readonly #init = (): HistogramValue => ({ counts: new Array<number>(this.buckets.length).fill(0), sum: 0, count: 0 });
+  #add(v: HistogramValue, seconds: number): void {
     const b = this.buckets;
     for (let i = 0; i < b.length; i++) if (seconds <= b[i]!) { v.counts[i]!++; break; }
     v.sum += seconds;
     v.count++;
-  }
-  get(labels: Labels = {}): HistogramValue {
-    return this.entry(labels, () => ({ counts: new Array<number>(this.buckets.length).fill(0), sum: 0, count: 0 })).value;
   }
 }
 
@@ -269,45 +291,65 @@ export class NarfsMetrics {
 
   /**
    * A filesystem whose FUSE-facing methods are timed per operation (by method name: the
-   * engine calls one method per request it hands to JS). Methods run on the real object,
-   * so its private fields work; a promise is timed to its settlement.
+   * engine calls one method per request it hands to JS); a promise is timed to its
+   * settlement. The result is a plain object, not a Proxy (a trap per property access cost
+   * the JS thread on every request, scenario 11): every method of `fs`'s classes is an own
+   * property of it — the timed ones wrapped, the others bound to `fs` — and every accessor
+   * or public field reads and writes through to `fs`, so methods always run on the real
+   * object (its private fields work). Its prototype is `fs`'s, for instanceof; the
+   * properties are taken when it is made (a method added to `fs` later is not seen).
    */
   timedFilesystem<T extends object>(fs: T, ops: Readonly<Record<string, string>>): T {
-    const seconds = this.fuseSeconds;
-    const errors = this.fuseErrors;
+    const out = Object.create(Object.getPrototypeOf(fs) as object) as Record<PropertyKey, unknown>;
+    const seen = new Set<PropertyKey>();
+    for (let o: object | null = fs; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o) as object | null) {
+      for (const key of Reflect.ownKeys(o)) {
+        if (key === 'constructor' || seen.has(key)) continue;
+        seen.add(key);
+        const d = Reflect.getOwnPropertyDescriptor(o, key)!;
+        if (typeof d.value === 'function') {
+          const fn = d.value as (...a: unknown[]) => unknown;
+          const op = typeof key === 'string' && Object.hasOwn(ops, key) ? ops[key] : undefined;
+          Object.defineProperty(out, key, { value: op === undefined ? fn.bind(fs) : this.#timed(fs, fn, op), writable: true, configurable: true });
+        } else {
+          Object.defineProperty(out, key, {
+            get: () => Reflect.get(fs, key),
+            set: (v: unknown) => { Reflect.set(fs, key, v); },
+            enumerable: d.enumerable ?? false, configurable: true,
+          });
+        }
+      }
+    }
+    return out as T;
+  }
+
+  /** `fn` called on `fs`, observed under FUSE operation `op` (and its errors counted). */
+  #timed(fs: object, fn: (...a: unknown[]) => unknown, op: string): (...a: unknown[]) => unknown {
+    const seconds = this.fuseSeconds.with({ op });
+    const errors = this.fuseErrors.with({ op });
     const handles = this.openHandles;
-    const wrapped = new Map<PropertyKey, unknown>();
-    return new Proxy(fs, {
-      get(target, prop) {
-        const v = Reflect.get(target, prop, target) as unknown;
-        if (typeof v !== 'function') return v;
-        let w = wrapped.get(prop);
-        if (w) return w;
-        const op = typeof prop === 'string' ? ops[prop] : undefined;
-        const fn = v as (...a: unknown[]) => unknown;
-        w = op === undefined ? fn.bind(target) : (...args: unknown[]) => {
-          const t0 = process.hrtime.bigint();
-          const done = (ok: boolean) => {
-            seconds.observe({ op }, Number(process.hrtime.bigint() - t0) / 1e9);
-            if (!ok) errors.inc({ op });
-          };
-          let r: unknown;
-          try {
-            r = fn.apply(target, args);
-          } catch (err) {
-            done(false);
-            throw err;
-          }
-          if (r instanceof Promise) r.then(() => done(true), () => done(false));
-          else done(true);
-          if (op === 'open' && typeof r === 'number') handles.add(r);
-          if (op === 'release') handles.delete(args[0] as number);
-          return r;
-        };
-        wrapped.set(prop, w);
-        return w;
-      },
-    });
+    return (...args: unknown[]) => {
+      const t0 = performance.now();
+      let r: unknown;
+      try {
+        r = fn.apply(fs, args);
+      } catch (err) {
+        seconds.observe((performance.now() - t0) / 1e3);
+        errors.inc();
+        throw err;
+      }
+      if (r instanceof Promise) {
+        r.then(() => seconds.observe((performance.now() - t0) / 1e3), () => {
+          seconds.observe((performance.now() - t0) / 1e3);
+          errors.inc();
+        });
+      } else {
+        seconds.observe((performance.now() - t0) / 1e3);
+      }
+      if (op === 'open' && typeof r === 'number') handles.add(r);
+      if (op === 'release') handles.delete(args[0] as number);
+      return r;
+    };
   }
 }
 

@@ -397,8 +397,8 @@ export class LazyStore implements RootNodes, ContentReader {
     // While a trace is recorded, a file's first read must reach `read` (and the trace).
     if (this.#opts.onFirstRead && !this.#readOnce.has(`${name}\0${narOffset}`)) return undefined;
     const file = findFile(tree.index, narOffset);
-    if (!file || file.narOffset !== narOffset || !this.#blobs.isVerified(file.sha256)) return undefined;
-    const path = this.#blobs.completePath(file.sha256, file.size);
+    if (!file || file.narOffset !== narOffset) return undefined;
+    const path = this.#blobs.verifiedPath(file.sha256, file.size);
     return path === undefined ? undefined : { path, offset: 0, size: file.size };
   }
 

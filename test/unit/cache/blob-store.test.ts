@@ -70,6 +70,8 @@ describe('BlobStore', () => {
     assert.deepEqual(await readdir(join(dir, 'tmp')), [], 'the temp file was renamed');
     assert.deepEqual(await store.readRange(h, bytes.length, 1234, 5000), bytes.subarray(1234, 6234));
     assert.equal(store.isVerified(h), true, 'written by this process');
+    assert.equal(store.verifiedPath(h, bytes.length), path);
+    assert.equal(store.verifiedPath(h, bytes.length + 1), undefined, 'size is part of the key');
     assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 0, 2), [true, true, true]);
     const st = store.stats();
     assert.equal(st.bytes, 10_000);
@@ -117,6 +119,39 @@ describe('BlobStore', () => {
     assert.deepEqual(await readFile(store.completePath(h, bytes.length)!), bytes);
     const st = store.stats();
     assert.deepEqual([st.bytes, st.blobs, st.partials], [bytes.length, 1, 0]);
+  });
+
+  it('answers which chunks of a partial file are held through its drop, a new chunk size and its replacement, as after a reopen', async () => {
+    let store = await openStore();
+    const bytes = randomBytes(3 * 4096 + 10);
+    const h = sha(bytes);
+    const chunk = (cs: number, i: number) => bytes.subarray(i * cs, Math.min(bytes.length, (i + 1) * cs));
+    assert.equal(await store.putChunk(h, bytes.length, 4096, 3, chunk(4096, 3)), true);
+    assert.equal(await store.putChunk(h, bytes.length, 4096, 1, chunk(4096, 1)), true);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 0, 3), [false, true, false, true]);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 1, 2), [true, false]);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 8192, 0, 1), [false, false], 'another chunk size');
+    assert.deepEqual(store.haveChunks(h, bytes.length + 1, 4096, 0, 1), [false, false], 'another size');
+    await store.drop(h);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 0, 3), [false, false, false, false], 'dropped');
+    assert.equal(await store.putChunk(h, bytes.length, 4096, 0, chunk(4096, 0)), true);
+    // Another chunk size replaces the partial file of the first.
+    assert.equal(await store.putChunk(h, bytes.length, 8192, 1, chunk(8192, 1)), true);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 4096, 0, 0), [false]);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 8192, 0, 1), [false, true]);
+    // As SQLite answers it for a partial file of an earlier process.
+    await store.close();
+    store = await openStore();
+    assert.deepEqual(store.haveChunks(h, bytes.length, 8192, 0, 1), [false, true], 'after a reopen');
+    assert.equal(await store.putChunk(h, bytes.length, 8192, 0, chunk(8192, 0)), true);
+    assert.deepEqual(store.haveChunks(h, bytes.length, 8192, 0, 1), [true, true], 'complete');
+    // A partial file replaced by the whole file (commitFiles).
+    const other = randomBytes(2 * 4096);
+    await store.putChunk(sha(other), other.length, 4096, 0, other.subarray(0, 4096));
+    await putWhole(store, other);
+    assert.deepEqual(store.haveChunks(sha(other), other.length, 4096, 0, 1), [true, true]);
+    await store.drop(sha(other));
+    assert.deepEqual(store.haveChunks(sha(other), other.length, 4096, 0, 1), [false, false]);
   });
 
   it('drops chunks that put together do not hash to the name they were filed under', async () => {
@@ -440,10 +475,15 @@ describe('BlobStore', () => {
     await flipBit(first.blobPath(bad), 1500);
     const store = await openStore();
     assert.equal(store.isVerified(good), false);
+    assert.equal(store.verifiedPath(good, 3000), undefined, 'complete, not verified yet');
+    assert.ok(store.completePath(good, 3000));
     assert.equal(await store.verifyBlob(good), true);
     assert.equal(store.isVerified(good), true);
+    assert.equal(store.verifiedPath(good, 3000), store.completePath(good, 3000));
+    assert.equal(store.verifiedPath(good, 3001), undefined);
     assert.equal(await store.verifyBlob(bad), false);
     assert.equal(store.completePath(bad, 3000), undefined, 'dropped: the next read fetches it again');
+    assert.equal(store.verifiedPath(bad, 3000), undefined);
   });
 
   it('a pin of a blob of an earlier process re-hashes it at once: ready says so, readers join that one hash', async () => {

@@ -1,9 +1,12 @@
 /**
  * The metrics registry's Prometheus text exposition (format 0.0.4): escaping, cumulative
- * histogram buckets, collected series; and --metrics-listen parsing.
+ * histogram buckets, collected series; the timed filesystem (every FUSE operation the
+ * engines call counted and timed, everything else passed through); and --metrics-listen
+ * parsing.
  */
 import assert from 'node:assert/strict';
-import { MetricsRegistry, NarfsMetrics } from '../../../src/daemon/metrics.js';
+import { FUSE_OPS, MetricsRegistry, NarfsMetrics } from '../../../src/daemon/metrics.js';
+import { StoreFilesystem } from '../../../src/fs/store-filesystem.js';
 import { parseListen } from '../../../src/daemon/metrics-server.js';
 
 describe('metrics registry (text exposition 0.0.4)', () => {
@@ -56,6 +59,55 @@ describe('metrics registry (text exposition 0.0.4)', () => {
     assert.deepEqual([...m.openHandles], [2]);
     assert.equal(m.fuseSeconds.get({ op: 'open' }).count, 2);
     assert.equal(m.fuseErrors.get({ op: 'read' }), 1);
+  });
+
+  it('a timed filesystem counts and times every FUSE op, sync or async, ok or failed; the rest passes through', async () => {
+    // Every op of FUSE_OPS is a method of StoreFilesystem (the object the daemon wraps).
+    for (const name of Object.keys(FUSE_OPS)) assert.equal(typeof (StoreFilesystem.prototype as unknown as Record<string, unknown>)[name], 'function', name);
+    const m = new NarfsMetrics();
+    const calls: string[] = [];
+    class Base {
+      #secret = 7;
+      inherited(): number { return this.#secret; }
+    }
+    class Fs extends Base {
+      #fail = false;
+      field = 1;
+      fail(on: boolean): void { this.#fail = on; }
+      get failing(): boolean { return this.#fail; }
+      set failing(v: boolean) { this.#fail = v; }
+    }
+    // One method per FUSE op, half of them asynchronous, each failing while #fail is set.
+    Object.keys(FUSE_OPS).forEach((name, i) => {
+      Object.defineProperty(Fs.prototype, name, {
+        value: i % 2 === 0
+          ? function (this: Fs, ...a: unknown[]) { calls.push(name); if (this.failing) throw new Error('EIO'); return a[0]; }
+          : async function (this: Fs, ...a: unknown[]) { calls.push(name); if (this.failing) throw new Error('EIO'); return a[0]; },
+      });
+    });
+    const inner = new Fs();
+    const fs = m.timedFilesystem(inner, FUSE_OPS) as unknown as Record<string, (...a: unknown[]) => unknown> & Fs;
+    for (const name of Object.keys(FUSE_OPS)) assert.equal(await fs[name]!(5), 5, name);
+    fs.failing = true;
+    for (const name of Object.keys(FUSE_OPS)) await assert.rejects(async () => fs[name]!(5), /EIO/, name);
+    fs.fail(false);
+    assert.deepEqual(calls, [...Object.keys(FUSE_OPS), ...Object.keys(FUSE_OPS)]);
+    for (const op of Object.values(FUSE_OPS)) {
+      const h = m.fuseSeconds.get({ op });
+      assert.equal(h.count, 2, `${op} timed`);
+      assert.ok(h.sum >= 0 && h.counts.reduce((x, y) => x + y, 0) === 2, `${op} in a bucket`);
+      assert.equal(m.fuseErrors.get({ op }), 1, `${op} errors`);
+    }
+    // Methods, accessors and fields of the real object, private fields included.
+    assert.equal(fs.failing, false);
+    assert.equal(fs.inherited(), 7);
+    fs.field = 2;
+    assert.equal(inner.field, 2);
+    assert.ok(fs instanceof Fs);
+    // Series exist from their first observation only.
+    const fresh = new NarfsMetrics();
+    fresh.timedFilesystem(new Fs(), FUSE_OPS);
+    assert.doesNotMatch(fresh.registry.expose(), /^narfs_fuse_op/m);
   });
 });
 
