@@ -82,12 +82,15 @@ export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream =
   const tty = out.isTTY === true;
   let lastTenth = -1;
   let lastTraceTenth = -1;
+  // On a TTY the trace's last progress line stays when the roots' line starts.
+  let traceLineOpen = false;
   const onLog = (l: ControlLog) => {
     if (l.msg === TRACE_PROGRESS) {
       const done = Number(l.fields?.done), total = Number(l.fields?.total);
       const text = traceProgressLine(done, total, (performance.now() - t0) / 1000);
       if (tty) {
         out.write(`\r\x1b[K${text}`);
+        traceLineOpen = true;
       } else {
         const tenth = total > 0 ? Math.floor((done * 10) / total) : 10;
         if (tenth !== lastTraceTenth) {
@@ -96,6 +99,10 @@ export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream =
         }
       }
       return;
+    }
+    if (traceLineOpen && l.msg === 'progress') {
+      out.write('\n');
+      traceLineOpen = false;
     }
     if (l.msg !== 'progress') {
       out.write(`${tty ? '\r\x1b[K' : ''}narfs: ${l.level}: ${l.msg}${l.fields ? ' ' + JSON.stringify(l.fields) : ''}\n`);
@@ -136,7 +143,7 @@ export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream =
   return status;
 }
 
-/** `[####....] 120/400 trace files  30%`. */
+/** `[#######.................] 120/400 trace files  30%  1.2 s`. */
 export function traceProgressLine(done: number, total: number, seconds: number): string {
   const frac = total > 0 ? Math.min(1, done / total) : 1;
   const width = 24;
