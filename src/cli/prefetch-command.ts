@@ -104,6 +104,8 @@ export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream =
       out.write('\n');
       traceLineOpen = false;
     }
+    // The summary below says it again.
+    if (l.msg === 'prefetch trace replayed') return;
     if (l.msg !== 'progress') {
       out.write(`${tty ? '\r\x1b[K' : ''}narfs: ${l.level}: ${l.msg}${l.fields ? ' ' + JSON.stringify(l.fields) : ''}\n`);
       return;
