@@ -322,3 +322,33 @@ export async function serveDatalake(root: string, latencyMs: number, bytesPerSec
     },
   };
 }
+
+export interface PrefetchTraceRun {
+  pid: number;
+  /** Resolves when the command exited 0; rejects with its output otherwise. */
+  done: Promise<void>;
+}
+
+/**
+ * Spawns the real CLI `narfs prefetch --trace <trace> --detach --cache-dir <cacheDir>`
+ * (what a build job runs at its start on a running daemon) and returns at once: the
+ * caller starts its workload alongside. Output to `logFile` (never a pipe: the workload
+ * that runs meanwhile is synchronous).
+ */
+export function startPrefetchTrace(trace: string, cacheDir: string, logFile: string, narfsBin = NARFS_BIN): PrefetchTraceRun {
+  const err = openSync(logFile, 'w');
+  const child = spawn(process.execPath, [narfsBin, 'prefetch', '--trace', trace, '--detach', '--cache-dir', cacheDir], { stdio: ['ignore', err, err], cwd: REPO });
+  closeSync(err);
+  recordChild(child.pid);
+  const t: Tracked = { kind: 'narfs prefetch', child };
+  tracked.add(t);
+  const done = new Promise<void>((res, rej) => {
+    child.once('error', (e) => { tracked.delete(t); rej(e); });
+    child.once('exit', (code, signal) => {
+      tracked.delete(t);
+      if (code === 0) res();
+      else rej(new Error(`narfs prefetch --trace exited ${code ?? signal}: ${readFileSync(logFile, 'utf8').slice(-2000)}`));
+    });
+  });
+  return { pid: child.pid!, done };
+}

@@ -11,15 +11,20 @@
  * the mount answers the kernel caches are dropped again, then the clock starts when the
  * daemon is idle (no CPU, request or body byte for 300 ms) and stops when the work ends
  * (the unmount is not timed); requests and bytes count from the clock start to its stop.
- * A daemon not idle within 10 s fails the run (not timed). Not with --traced: narfs replays a trace from its start,
- * with no way to start the replay later, so the cache would be warm at the clock start.
+ * A daemon not idle within 10 s fails the run (not timed).
+ * --traced: a read trace is recorded on an untimed first run; the measured run replays it:
+ * alone with `--prefetch-trace` (from the mount's start); with --running, as scenario 1's
+ * "running daemon + narfs prefetch --trace --detach" contender: at the clock start the real
+ * CLI `narfs prefetch --trace <trace> --detach --cache-dir <cache>` is spawned and the work
+ * starts at the same moment; its exit is awaited after the clock stops (a non-zero exit
+ * fails the run).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs, waitIdle } from './bench-processes.js';
+import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs, startPrefetchTrace, waitIdle } from './bench-processes.js';
 import { fivePercentWorkload, readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
 import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
 import { loadProfile, selfTimes } from './cpu-profile.js';
@@ -30,7 +35,6 @@ const { values: args } = parseArgs({
     prof: { type: 'boolean', default: false }, running: { type: 'boolean', default: false }, extra: { type: 'string', default: '' },
   },
 });
-if (args.running && args.traced) throw new Error('--running with --traced: the trace would be replayed before the clock starts (a warm cache, not a first use)');
 const LATENCY_MS = 20;
 const BYTES_PER_SECOND = 125_000_000;
 
@@ -98,7 +102,7 @@ const server = await serveDatalake(dl, LATENCY_MS, BYTES_PER_SECOND);
 try {
   const ops = JSON.parse(readFileSync(m.workload.file, 'utf8')) as WorkloadOp[];
   const extra = args.extra ? args.extra.split(' ').filter(Boolean) : [];
-  const run = async (work: (mnt: string) => Promise<number> | number, more: string[], prof: boolean, running = false) => {
+  const run = async (work: (mnt: string) => Promise<number> | number, more: string[], prof: boolean, running = false, traceAtClock?: string) => {
     const d = mkdtempSync(join(tmp, 'narfs-'));
     mkdirSync(join(d, 'mnt'));
     const profDir = join(d, 'prof');
@@ -129,12 +133,18 @@ try {
         wall0 = Date.now();
         mounted = 0;
       }
-      read = await work(mount.mnt);
-      if (running) {
-        t = performance.now() - t0;
-        // Counted when the clock stops: later background fetches are not the workload's.
-        s1 = await server.stats();
+      const prefetch = running && traceAtClock ? startPrefetchTrace(traceAtClock, cache, join(d, 'prefetch-trace.log')) : undefined;
+      try {
+        read = await work(mount.mnt);
+        if (running) {
+          t = performance.now() - t0;
+          // Counted when the clock stops: later background fetches are not the workload's.
+          s1 = await server.stats();
+        }
+      } finally {
+        await prefetch?.done;
       }
+      if (prefetch) console.log(`  narfs prefetch --trace --detach exited 0 (${Date.now() - wall0} ms after the clock start)`);
       worked = Date.now() - wall0;
       cpu = { main: cpuMs(`/proc/${mount.pid}/task/${mount.pid}/stat`), all: cpuMs(`/proc/${mount.pid}/stat`) };
       if (process.env.NARFS_PROBE_TWICE) {
@@ -167,16 +177,19 @@ try {
     : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path !== large))
     : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
       : (mnt: string) => replayWorkload(mnt, ops).bytes;
+  let traceAtClock: string | undefined;
   if (args.traced) {
     const trace = join(tmp, 'trace.txt');
     await run((mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace], false);
-    more = ['--prefetch-trace', trace];
+    // On a running daemon the trace is replayed on demand at the clock start, not from the mount's start.
+    if (args.running) traceAtClock = trace;
+    else more = ['--prefetch-trace', trace];
   }
   if (process.env.NARFS_PROBE_READS && args.scenario.startsWith('9')) {
     // The workload's files (many are served without JS once cached: the daemon's log misses them).
     for (const x of fivePercent) console.log(`  PROBE wants ${x.path.slice(x.path.indexOf('/'))} ${x.length}`);
   }
-  const r = await run(work, more, args.prof, args.running);
+  const r = await run(work, more, args.prof, args.running, traceAtClock);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
   console.log(`  daemon CPU from its start to the end of the work: main thread ${cpuText(r.cpu.main)}, process ${cpuText(r.cpu.all)}`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);

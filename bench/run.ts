@@ -27,12 +27,12 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import {
-  cleanupAllSync, claimRunDir, currentRss, dropCaches, settledRss, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startSquashfuse,
+  cleanupAllSync, claimRunDir, currentRss, dropCaches, settledRss, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startPrefetchTrace, startSquashfuse,
   cleanupStaleRuns, waitIdle, type NarfsMount, type ServedDatalake,
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
@@ -196,8 +196,14 @@ const mib = (b: number) => b / 2 ** 20;
  * the background afterwards); `startUp` is what the start-up itself fetched. A daemon that
  * is not idle after 10 s is not timed at all (`t` NaN, `startUp.idle` false, the workload
  * not run): what it was still doing might have warmed the cache for the workload.
+ *
+ * `traceAtClock` (with `running`): at the clock start the real CLI `narfs prefetch --trace
+ * <trace> --detach --cache-dir <the mount's cache>` is spawned and the workload starts at
+ * the same moment (the child runs alongside the synchronous workload), as a build job
+ * asking its worker's daemon for what it read last time; its exit is awaited after the
+ * clock stops (untimed), and a non-zero exit fails the run.
  */
-async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number, extraArgs: string[] = [], running = false): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string; mountMs: number; startUp?: { idle: boolean; waitedMs: number; requests: number; bodyBytes: number } }> {
+async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: string) => Promise<number> | number, extraArgs: string[] = [], running = false, traceAtClock?: string): Promise<{ t: number; requests: number; bodyBytes: number; read: number; logText: string; cache: string; mountMs: number; startUp?: { idle: boolean; waitedMs: number; requests: number; bodyBytes: number } }> {
   const cache = freshDir('cache');
   let before: { requests: number; bodyBytes: number } = await server.stats();
   let after: { requests: number; bodyBytes: number } | undefined;
@@ -215,10 +221,15 @@ async function narfsRemoteRun(m: Manifest, server: ServedDatalake, work: (mnt: s
       if (idle.idle) {
         before = { requests: idle.requests, bodyBytes: idle.bodyBytes };
         t0 = performance.now();
-        read = await work(mount.mnt);
-        t = ms(t0);
-        // Counted when the clock stops: fetches the daemon goes on with are not the workload's.
-        after = await server.stats();
+        const prefetch = traceAtClock ? startPrefetchTrace(traceAtClock, cache, join(dirname(mount.logFile), 'prefetch-trace.log')) : undefined;
+        try {
+          read = await work(mount.mnt);
+          t = ms(t0);
+          // Counted when the clock stops: fetches the daemon goes on with are not the workload's.
+          after = await server.stats();
+        } finally {
+          await prefetch?.done;
+        }
       }
     } else {
       read = await work(mount.mnt);
@@ -248,11 +259,18 @@ async function nixCopyRemoteRun(m: Manifest, server: ServedDatalake, work: (stor
 const TRACED = 'narfs --prefetch-trace (trace of an earlier run; mount + workload)';
 /**
  * Scenario 1's narfs contender on a running daemon: mounted and idle on an empty cache
- * before the clock starts (narfsRemoteRun `running`). Untraced only: a trace is replayed
- * from the moment the daemon starts (`--prefetch-trace`), and narfs has no way to start a
- * replay later, on demand; a replay before the clock would be a warm cache, not a first use.
+ * before the clock starts (narfsRemoteRun `running`), untraced. (`--prefetch-trace`
+ * replays from the moment the daemon starts, before the clock: a warm cache, not a first
+ * use; the on-demand replay is RUNNING_TRACED.)
  */
 const RUNNING = 'narfs on a running daemon (idle mount, empty cache; workload only)';
+/**
+ * Scenario 1's running-daemon contender with the trace replayed on demand: as RUNNING, and
+ * at the clock start `narfs prefetch --trace <trace> --detach` (the real CLI, a child
+ * process) is spawned with the workload (narfsRemoteRun `traceAtClock`), as a build job
+ * asking its worker's daemon for what it read last time. Indexed variants only.
+ */
+const RUNNING_TRACED = 'narfs on a running daemon + `narfs prefetch --trace --detach` started with the workload';
 /** Not a contender: how long each narfs run of the scenario took to mount. */
 const MOUNT_TIME = 'mount time of the narfs runs (spawn to "narfs: mounted"; not a contender)';
 /** Rows that only inform (MOUNT_TIME): no ratio, never a peer. */
@@ -265,8 +283,9 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
     // Indexed datalakes: a read trace recorded on one untimed run, replayed by a third contender.
     const indexedVariant = v.label.includes('indexed') && !v.label.includes('unindexed');
     const trace = join(runRoot, `trace-${v.label.replace(/[^a-z]+/g, '-')}.txt`);
-    const isNarfs = (who: string) => who === 'narfs' || who === 'traced' || who === 'running';
-    const contender = (who: string) => (who === 'narfs' ? 'narfs (mount + workload)' : who === 'traced' ? TRACED : who === 'running' ? RUNNING : 'nix copy + workload on disk');
+    const isNarfs = (who: string) => who === 'narfs' || who === 'traced' || who === 'running' || who === 'running traced';
+    const contender = (who: string) => (who === 'narfs' ? 'narfs (mount + workload)' : who === 'traced' ? TRACED : who === 'running' ? RUNNING
+      : who === 'running traced' ? RUNNING_TRACED : 'nix copy + workload on disk');
     try {
       if (indexedVariant) {
         const r = await narfsRemoteRun(m, server, (mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace]);
@@ -274,11 +293,12 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
         log(`${name}: recorded a read trace of ${readFileSync(trace, 'utf8').split('\n').length - 2} files`);
       }
       for (let rep = 0; rep < REPS; rep++) {
-        for (const who of order(indexedVariant ? ['narfs', 'nix copy', 'traced', 'running'] : ['narfs', 'nix copy', 'running'], rep)) {
+        for (const who of order(indexedVariant ? ['narfs', 'nix copy', 'traced', 'running', 'running traced'] : ['narfs', 'nix copy', 'running'], rep)) {
           dropCaches();
           if (isNarfs(who)) {
             let res: ReturnType<typeof replayWorkload> | undefined;
-            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; }, who === 'traced' ? ['--prefetch-trace', trace] : [], who === 'running');
+            const r = await narfsRemoteRun(m, server, (mnt) => { res = replayWorkload(mnt, ops); return res.bytes; }, who === 'traced' ? ['--prefetch-trace', trace] : [],
+              who === 'running' || who === 'running traced', who === 'running traced' ? trace : undefined);
             const c = contender(who);
             if (r.startUp && !r.startUp.idle) {
               // Not a first use: whatever the daemon was still doing may have warmed its cache.

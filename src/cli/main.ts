@@ -34,7 +34,7 @@ Usage:
   narfs register --lower DIR [<store path> ...] [--from-file FILE] [--all] [options]
   narfs verify-cache [--cache-dir DIR] [--log-format text|json]
   narfs gc [--cache-dir DIR] [--max-size SIZE]
-  narfs prefetch [--cache-dir DIR] [--detach] <store path> ...
+  narfs prefetch [--cache-dir DIR] [--detach] [--trace FILE ...] [<store path> ...]
   narfs status [--cache-dir DIR] [--json]
   narfs index --secret-key-file KEY [--seekable] [--chunk-size N] DATALAKE_URL [store path ...]
   narfs --help
@@ -123,8 +123,12 @@ one (never evicting what it has open), else alone.
 
 narfs prefetch fetches the closures of the given store paths into the cache of the
 daemon serving --cache-dir, while its mount keeps serving: files of indexed paths by
-range, other paths whole. A progress bar on a TTY; --detach leaves it to the daemon.
-Exit 0 when every path was fetched, 1 when some failed.
+range, other paths whole. --trace FILE (repeatable) first fetches the files a read trace
+lists (written by --record-trace on an earlier mount: "prefetch what this job read last
+time"); this command reads FILE and sends its entries, so the daemon need not be able to
+open it. A progress bar on a TTY; --detach returns once the daemon accepted and leaves it
+to the daemon (its log says 'prefetch trace replayed'). Exit 0 when every path was
+fetched and not every file of the traces failed, 1 otherwise.
 
 narfs status asks the daemon serving --cache-dir (default /var/cache/narfs) for its
 datalakes and their health, cache size, hit rates, bytes fetched, fetches in flight, open
@@ -158,11 +162,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'index':
         return await (await import('../index/index-command.js')).indexCommand(rest);
       case 'prefetch': {
-        const { values, positionals } = parseOptions(rest, { 'cache-dir': { type: 'string' }, detach: { type: 'boolean' }, timeout: { type: 'string' }, 'log-format': { type: 'string' } });
+        const { values, positionals } = parseOptions(rest, { 'cache-dir': { type: 'string' }, detach: { type: 'boolean' }, timeout: { type: 'string' }, trace: { type: 'string', multiple: true }, 'log-format': { type: 'string' } });
         if (values.help) { process.stdout.write(HELP); return 0; }
         const { prefetchCommand } = await import('./prefetch-command.js');
         return await prefetchCommand({
-          roots: positionals, detach: values.detach === true,
+          roots: positionals, detach: values.detach === true, traces: (values.trace as string[] | undefined) ?? [],
           ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] as string } : {}),
           ...(values.timeout ? { timeout: values.timeout as string } : {}),
         });

@@ -4,7 +4,8 @@
  * of opening the cache themselves.
  *
  * Protocol: the client sends one JSON line `{"op":"register", …}`, `{"op":"verify-cache"}`,
- * `{"op":"gc","maxBytes":N?}`, `{"op":"prefetch","roots":[…],"detach":bool?}` or `{"op":"status"}`; the server answers
+ * `{"op":"gc","maxBytes":N?}`, `{"op":"prefetch","roots":[…]?,"trace":[…]?,"detach":bool?}` (trace: see
+ * trace-wire.ts) or `{"op":"status"}`; the server answers
  * with JSON lines `{"type":"log",…}` while it works and ends with one
  * `{"type":"result",…}` or `{"type":"error","code","message","hint","details"}` (a
  * WireError, src/nixdb/wire-error.ts), then closes. `{"op":"cli",…}` (the fast
@@ -29,13 +30,13 @@ import { runPrefetch } from './prefetch-operation.js';
 import { runGc } from './gc-operation.js';
 import { runCliRequest } from './cli-operation.js';
 
-import { CONTROL_SOCKET } from './control-socket-path.js';
+import { CONTROL_SOCKET, MAX_CONTROL_REQUEST_BYTES } from './control-socket-path.js';
 import { isLive, listenPrivately } from './private-socket.js';
 
 export { CONTROL_SOCKET, isLive };
 
 /** Longest request line the server reads. */
-export const MAX_REQUEST_BYTES = 1 << 20;
+export const MAX_REQUEST_BYTES = MAX_CONTROL_REQUEST_BYTES;
 
 export interface ControlServer {
   readonly path: string;
@@ -112,17 +113,26 @@ async function handle(socket: Socket, cacheDir: string, options: ControlServerOp
     }
     if (request.op === 'prefetch') {
       const roots = Array.isArray(request.roots) ? request.roots.map(String) : [];
-      if (roots.length === 0) throw new NarfsError('ERR_USAGE', 'nothing to prefetch: give store paths');
+      // A trace's entries (narfs prefetch --trace): its modules load only when one comes.
+      const traceOp = request.trace === undefined ? undefined : await import('./prefetch-trace-operation.js');
+      const trace = request.trace === undefined ? undefined : (await import('./trace-wire.js')).traceFromWire(request.trace);
+      if (roots.length === 0 && !trace) throw new NarfsError('ERR_USAGE', 'nothing to prefetch: give store paths or a trace');
+      // The trace first (the files a job read last time), then the roots' closures.
+      const work = async (logger: Logger, signal: AbortSignal) => {
+        const replayed = trace ? await traceOp!.runTracePrefetch(options.stack, trace, logger, signal) : undefined;
+        const closures = roots.length > 0 ? await runPrefetch(options.stack, roots, logger, signal) : undefined;
+        return { ...closures, ...(replayed ? { trace: replayed } : {}) };
+      };
       if (request.detach === true) {
         // The daemon goes on alone: bounded by its own life, not by this client's.
-        const quiet: Logger = { ...options.logger, info: (msg, fields) => { if (msg !== 'progress') options.logger.info(msg, fields); } };
-        void runPrefetch(options.stack, roots, quiet, options.stack.signal)
+        const quiet: Logger = { ...options.logger, info: (msg, fields) => { if (msg !== 'progress' && msg !== traceOp?.TRACE_PROGRESS) options.logger.info(msg, fields); } };
+        void work(quiet, options.stack.signal)
           .then((r) => options.logger.info('prefetch done', { ...r }))
           .catch((err) => options.logger.warn('prefetch failed', { err }));
         send({ type: 'result', detached: true });
         return;
       }
-      send({ type: 'result', ...(await runPrefetch(options.stack, roots, log, aborted.signal)) });
+      send({ type: 'result', ...(await work(log, aborted.signal)) });
       return;
     }
     if (request.op !== 'register') throw new NarfsError('ERR_CONTROL', `unknown operation ${JSON.stringify(request.op)}`);

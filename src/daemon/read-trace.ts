@@ -17,6 +17,10 @@
  * the order of their first line; a file read before the replay reaches it joins the fetch
  * in flight (its read sends no request of its own).
  *
+ * The same replay serves a running daemon: `narfs prefetch --trace FILE` reads and parses
+ * the trace itself and sends its entries over the control socket (trace-wire.ts), and the
+ * daemon replays them with replayEntries.
+ *
  * Invariants: recording never fails or slows a read (lines are queued on a write stream;
  * an I/O error is logged once and recording stops); a replay is bounded in concurrency,
  * stops when the mount closes, and its failures are logged, never raised.
@@ -111,26 +115,37 @@ export function groupTrace(entries: readonly TraceEntry[]): Array<{ name: string
   return [...byName].map(([name, narOffsets]) => ({ name, narOffsets }));
 }
 
+/** What a replay did: files and store paths asked for, files that could not be had, time. */
+export interface ReplayResult {
+  files: number;
+  paths: number;
+  failed: number;
+  ms: number;
+}
+
+export interface ReplayOptions {
+  /** Where the entries came from, for the log line (a file name, "narfs prefetch --trace"). */
+  source: string;
+  /** Store paths at once (default DEFAULT_REPLAY_PATHS). */
+  concurrency?: number;
+  /** Called after each store path's files, with the files done so far and in all. */
+  progress?: (done: number, total: number) => void;
+}
+
 /**
- * Prefetches every file of the trace at `path` (at most `concurrency` store paths at once,
- * each path's files together) until done or `signal` aborts. Never throws: a missing trace
- * file is one warning.
+ * Prefetches the files `entries` name (at most `concurrency` store paths at once, each
+ * path's files together) until done or `signal` aborts, then logs 'prefetch trace
+ * replayed'. Never throws: a path that fails counts its files as failed. `files` is what
+ * was asked for (what had started when `signal` aborted).
  */
-export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = DEFAULT_REPLAY_PATHS): Promise<{ files: number; failed: number }> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    logger.warn('cannot read the prefetch trace; nothing prefetched', { path, err: toNarfsError(err, 'ERR_USAGE') });
-    return { files: 0, failed: 0 };
-  }
-  const { entries, bad } = parseTrace(text);
-  if (bad > 0) logger.warn('prefetch trace has lines that are not "<store path>\\t<narOffset>"; skipped', { path, bad });
+export async function replayEntries(entries: readonly TraceEntry[], store: TracePrefetcher, logger: Logger, signal: AbortSignal, options: ReplayOptions): Promise<ReplayResult> {
   const t0 = performance.now();
   let failed = 0;
   let started = 0;
+  let done = 0;
   const groups = groupTrace(entries);
-  await eachLimited(groups, concurrency, async (g) => {
+  options.progress?.(0, entries.length);
+  await eachLimited(groups, options.concurrency ?? DEFAULT_REPLAY_PATHS, async (g) => {
     started += g.narOffsets.length;
     try {
       const r = await store.prefetchFiles(g.name, g.narOffsets, signal);
@@ -141,10 +156,29 @@ export async function replayTrace(path: string, store: TracePrefetcher, logger: 
       failed += g.narOffsets.length;
       logger.debug('trace prefetch of a store path failed', { path: g.name, files: g.narOffsets.length, err: toNarfsError(err) });
     }
+    done += g.narOffsets.length;
+    options.progress?.(done, entries.length);
   }, () => signal.aborted);
-  logger.info('prefetch trace replayed', { path, files: entries.length, paths: groups.length, failed, ms: Math.round(performance.now() - t0) });
-  if (signal.aborted) return { files: started, failed };
-  return { files: entries.length, failed };
+  const ms = Math.round(performance.now() - t0);
+  logger.info('prefetch trace replayed', { path: options.source, files: entries.length, paths: groups.length, failed, ms });
+  return { files: signal.aborted ? started : entries.length, paths: groups.length, failed, ms };
+}
+
+/**
+ * Prefetches every file of the trace at `path` (`--prefetch-trace`; replayEntries). Never
+ * throws: a missing trace file is one warning.
+ */
+export async function replayTrace(path: string, store: TracePrefetcher, logger: Logger, signal: AbortSignal, concurrency = DEFAULT_REPLAY_PATHS): Promise<ReplayResult> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    logger.warn('cannot read the prefetch trace; nothing prefetched', { path, err: toNarfsError(err, 'ERR_USAGE') });
+    return { files: 0, paths: 0, failed: 0, ms: 0 };
+  }
+  const { entries, bad } = parseTrace(text);
+  if (bad > 0) logger.warn('prefetch trace has lines that are not "<store path>\\t<narOffset>"; skipped', { path, bad });
+  return replayEntries(entries, store, logger, signal, { source: path, concurrency });
 }
 
 /** ERR_USAGE unless `path` is a readable trace (checked at start, so a typo fails early). */

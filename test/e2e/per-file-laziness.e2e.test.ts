@@ -12,7 +12,12 @@
  * - with a cache bound, a workload twice its size reads byte-exact, the bound holds, and a
  *   file held open is never evicted;
  * - `--record-trace` then `--prefetch-trace` fetches the traced files before any read,
- *   and `narfs prefetch` fetches a closure through the control socket.
+ *   and `narfs prefetch` fetches a closure through the control socket;
+ * - `narfs prefetch --trace FILE` (the real CLI, a separate process) replays a trace on a
+ *   running daemon with an empty cache: afterwards the traced files read byte-exact with no
+ *   datalake request; with `--detach` it returns at once and the daemon's log says when the
+ *   files are in; an unreadable trace is a usage error (exit 2), a trace whose every file
+ *   fails exits 1.
  *
  * Reads go through child processes (dd, sha256sum, nix): the daemon runs in this process,
  * and a read from its own event loop would wait on itself.
@@ -32,7 +37,7 @@ import { formatHash } from '../../src/nix/hash.js';
 import { parseNarIndex, findFile, NAR_INDEX_SUFFIX } from '../../src/nix/nar-index.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 import { prefetchCommand } from '../../src/cli/prefetch-command.js';
-import { startNarfsMount } from '../support/cli-daemon.js';
+import { spawnNarfs, startNarfsMount } from '../support/cli-daemon.js';
 
 const MiB = 1 << 20;
 
@@ -397,5 +402,70 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
       await server.close();
     }
     writeFileSync(trace, '');
+  });
+
+  it('narfs prefetch --trace replays a recorded trace on a running daemon: then the traced files read with no request; --detach; usage errors', async function () {
+    const trace = join(root, 'trace-running.txt');
+    const server = await HttpDatalakeServer.start({ root: lakes.none });
+    // The workload: two MiB of the large file and a few small files of other paths.
+    const small: Array<{ base: string; rel: string; local: string }> = [];
+    for (const p of fixtures.paths) {
+      const b = storePathBase(parseStorePath(p.storePath));
+      if (b === large.base || p.storePath.endsWith('.drv')) continue;
+      for (const rel of filesUnder(p.storePath).slice(0, 2)) if (small.length < 4) small.push({ base: b, rel, local: join(p.storePath, rel) });
+    }
+    assert.ok(small.length >= 2, `small files of the fixtures: ${small.map((f) => f.rel).join(' ')}`);
+    const readAll = async (mnt: string) => {
+      for (const skip of [2, 25]) assert.equal((await ddSha(join(mnt, large.base, large.rel), skip, 1)).sha, localSlice(large.local, skip, 1), `${large.rel} MiB ${skip}`);
+      for (const f of small) assert.equal(await mountedSha(join(mnt, f.base, f.rel)), sha256File(f.local), `${f.base}/${f.rel}`);
+    };
+    const cli = async (args: string[]) => {
+      const c = spawnNarfs(['prefetch', ...args]);
+      const code = await c.exit;
+      return { code, stderr: c.stderr.join('') };
+    };
+    try {
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey, extra: { recordTrace: trace } }, async (m) => readAll(m.mnt));
+      const traced = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split('\t')[0]));
+      assert.deepEqual([...traced].sort(), [...new Set([large.base, ...small.map((f) => f.base)])].sort(), 'the trace names the paths read');
+
+      // Without --detach: the command returns when the files are in.
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+        const r = await cli(['--trace', trace, '--cache-dir', m.cacheDir]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stderr, /replayed the trace: (\d+)\/\1 files/, r.stderr);
+        const n = server.requests.length;
+        await readAll(m.mnt);
+        assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], 'no datalake request after narfs prefetch --trace');
+      });
+
+      // --detach: returns once the daemon accepted; its log says when the files are in.
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+        const missing = await cli(['--trace', join(root, 'no-such-trace.txt'), '--cache-dir', m.cacheDir]);
+        assert.equal(missing.code, 2, missing.stderr);
+        assert.match(missing.stderr, /ERR_USAGE.*--trace .*no-such-trace\.txt: cannot read it/, missing.stderr);
+        assert.match(missing.stderr, /hint: .*--record-trace/, missing.stderr);
+        assert.ok(!m.logs.some((l) => l.msg === 'prefetch trace replayed'), 'nothing was sent for an unreadable trace');
+
+        const gone = join(root, 'gone-trace.txt');
+        writeFileSync(gone, `# narfs read trace 1\n${'0'.repeat(32)}-not-in-any-datalake\t128\n`);
+        const allFailed = await cli(['--trace', gone, '--cache-dir', m.cacheDir]);
+        assert.equal(allFailed.code, 1, `a trace whose every file failed: ${allFailed.stderr}`);
+        assert.match(allFailed.stderr, /replayed the trace: 0\/1 files .*1 failed/, allFailed.stderr);
+
+        const r = await cli(['--trace', trace, '--detach', '--cache-dir', m.cacheDir]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stderr, /goes on in the daemon/, r.stderr);
+        const files = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))).size;
+        // The replay of `gone` logged the same message before: this one is the trace's.
+        const replayed = await m.waitForLog((l) => l.msg === 'prefetch trace replayed' && l.fields.path === 'narfs prefetch --trace' && l.fields.files === files, 'the detached replay');
+        assert.equal(replayed.fields.failed, 0, JSON.stringify(replayed.fields));
+        const n = server.requests.length;
+        await readAll(m.mnt);
+        assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], 'no datalake request after narfs prefetch --trace --detach');
+      });
+    } finally {
+      await server.close();
+    }
   });
 });
