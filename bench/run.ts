@@ -474,8 +474,9 @@ async function scenario2(m: Manifest): Promise<void> {
             row(name, 'narfs (mount + read all)').values.push(t);
             memAfter2.push(rss);
           }
-          const keep = c === 'zstd' && rep === REPS - 1 && !failed;
-          if (keep) warmCache = cache; else rmSync(cache, { recursive: true, force: true });
+          // Not kept as the warm cache: the stop ends the background commits of the files
+          // read (they are fetched again when next read), so this cache is not complete.
+          rmSync(cache, { recursive: true, force: true });
         } else {
           const root = freshDir('store');
           const t0 = performance.now();
@@ -498,9 +499,32 @@ async function ensureWarmCache(m: Manifest): Promise<string> {
   // forgets its inode, and the whole closure in one mount exceeds RLIMIT_NOFILE (see RESULTS.md).
   for (const n of m.closure.map(base)) {
     const mount = await mountNarfs(m, `file://${m.datalakes.zstd.dir}`, warmCache);
-    try { await readEverything(mount.mnt, [n]); } finally { await mount.stop(); }
+    try {
+      await readEverything(mount.mnt, [n]);
+      // A stop ends the background commits of an unindexed NAR's files: wait until its files
+      // and tree are in the cache ('materialised'), so the warm scenarios read a warm cache.
+      await waitMaterialised(mount.logFile, n);
+    } finally { await mount.stop(); }
   }
   return warmCache;
+}
+
+/** Resolves once the daemon's log (JSON lines) says `name` was materialised; a stopped or failed commit, or 10 minutes without it, throws. */
+async function waitMaterialised(logFile: string, name: string): Promise<void> {
+  const deadline = performance.now() + 600_000;
+  for (;;) {
+    for (const line of readFileSync(logFile, 'utf8').split('\n')) {
+      if (!line.includes(name)) continue;
+      let j: Record<string, unknown>;
+      try { j = JSON.parse(line) as Record<string, unknown>; } catch { continue; }
+      const f = (j.fields ?? j) as Record<string, unknown>;
+      if (f.path !== name) continue;
+      if (j.msg === 'materialised') return;
+      if (j.level === 'error' || String(j.msg).startsWith('commit of a verified NAR stopped')) throw new Error(`warm cache: ${name}: ${String(j.msg)}`);
+    }
+    if (performance.now() > deadline) throw new Error(`warm cache: ${name} was not materialised within 10 minutes (log: ${logFile})`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 interface Peer { name: string; store: string; reference?: boolean; narfs?: NarfsMount }
