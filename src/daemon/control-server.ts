@@ -36,7 +36,6 @@ import { isLive, listenPrivately } from './private-socket.js';
 export { CONTROL_SOCKET, isLive };
 
 /** Longest request line the server reads. */
-export const MAX_REQUEST_BYTES = MAX_CONTROL_REQUEST_BYTES;
 
 export interface ControlServer {
   readonly path: string;
@@ -182,8 +181,8 @@ function readLine(socket: Socket, timeoutMs: number): Promise<string> {
     const onData = (d: string) => {
       buf += d;
       const nl = buf.indexOf('\n');
-      if (nl >= 0 && nl <= MAX_REQUEST_BYTES) settle(() => resolve(buf.slice(0, nl)));
-      else if (Buffer.byteLength(buf) > MAX_REQUEST_BYTES) settle(() => reject(new NarfsError('ERR_CONTROL', `request line longer than ${MAX_REQUEST_BYTES} bytes`)));
+      if (nl >= 0 && nl <= MAX_CONTROL_REQUEST_BYTES) settle(() => resolve(buf.slice(0, nl)));
+      else if (Buffer.byteLength(buf) > MAX_CONTROL_REQUEST_BYTES) settle(() => reject(new NarfsError('ERR_CONTROL', `request line longer than ${MAX_CONTROL_REQUEST_BYTES} bytes`)));
     };
     const gone = () => settle(() => reject(new NarfsError('ERR_CONTROL', 'the client closed before sending a whole request line')));
     socket.setEncoding('utf8');

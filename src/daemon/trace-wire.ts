@@ -5,7 +5,7 @@
  *   "trace": [["<store path basename>", [narOffset, ...]], ...]
  * one pair per store path, paths in the order of their first entry (groupTrace), so a
  * basename is sent once and a file costs its offset's digits (the request line is bounded
- * by MAX_REQUEST_BYTES, 1 MiB: about 100 000 files).
+ * by MAX_CONTROL_REQUEST_BYTES, 1 MiB: about 100 000 files).
  *
  * Invariant: traceFromWire accepts only what traceToWire writes for valid entries —
  * store path basenames (isStorePathBase) and non-negative safe integer offsets — and

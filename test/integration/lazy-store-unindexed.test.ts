@@ -77,6 +77,14 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     return { stack, logs, cacheDir };
   }
 
+  /** After a failed fetch: no blob, no counted byte (the staging file's reservation released), no job directory. */
+  async function assertNothingLeft(stack: StoreStack): Promise<void> {
+    await stack.materialiser.flush();
+    assert.equal(stack.blobs.stats().blobs, 0);
+    assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
+    assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+  }
+
   function filesOf(node: NarNode): Array<[string, NarRegular]> {
     assert.equal(node.type, 'directory');
     return [...node.entries].map(([n, f]) => {
@@ -185,10 +193,7 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     try {
       const signal = AbortSignal.timeout(120_000);
       await assert.rejects(stack.store.resolve(name, signal), (err: unknown) => isNarfsError(err));
-      await stack.materialiser.flush();
-      assert.equal(stack.blobs.stats().blobs, 0);
-      assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
-      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+      await assertNothingLeft(stack);
     } finally {
       await stack.close();
     }
@@ -208,10 +213,7 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       const signal = AbortSignal.timeout(120_000);
       await assert.rejects(stack.store.resolve(name, signal), (err: unknown) => isNarfsError(err, 'ERR_NAR_HASH_MISMATCH'));
       await assert.rejects(stack.store.read(name, 0, 1, signal), (err: unknown) => isNarfsError(err));
-      await stack.materialiser.flush();
-      assert.equal(stack.blobs.stats().blobs, 0);
-      assert.equal(stack.blobs.stats().bytes, 0, 'the staging file no longer counts');
-      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+      await assertNothingLeft(stack);
     } finally {
       await stack.close();
     }
