@@ -14,7 +14,8 @@
         "native/src/watchdog.cc",
         "native/src/io_ring.cc",
         "native/src/uring_transport.cc",
-        "native/src/hash_file.cc"
+        "native/src/hash_file.cc",
+        "native/src/dir_flags.cc"
       ],
       "include_dirs": ["native/src"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],

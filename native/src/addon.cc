@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "adopt.h"
+#include "dir_flags.h"
 #include "dirent_pack.h"
 #include "hash_file.h"
 #include "session.h"
@@ -437,6 +438,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sdNotify", Napi::Function::New(env, narfs::SdNotify));
   narfs::registerRestartExports(env, exports);  // adopt.cc, watchdog.cc
   narfs::registerHashExports(env, exports);     // hash_file.cc
+  narfs::registerDirFlagExports(env, exports);  // dir_flags.cc
   return exports;
 }
 

@@ -174,12 +174,13 @@ async function stackModules(sliced = false) {
     ChunkVerifyPool: pool.ChunkVerifyPool, ChunkFetcher: fetcher.ChunkFetcher,
     // Cached files of an earlier process are re-hashed off the JS thread when the engine is built.
     hashFile: native.nativeFileHasher(),
+    markTopDir: native.nativeTopDirMarker(),
   };
 }
 
 /** The metadata cache, blob store and tree store of `config.cacheDir`, each pushed on `cleanups` once open. */
 async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config: StoreStackConfig, logger: Logger, cleanups: CleanupStack): Promise<{ meta: LevelMetadataCache; blobs: BlobStore; trees: TreeStore }> {
-  const { LevelMetadataCache, BlobStore, TreeStore, hashFile } = mods;
+  const { LevelMetadataCache, BlobStore, TreeStore, hashFile, markTopDir } = mods;
   await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
     throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
   });
@@ -193,7 +194,7 @@ async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config
       const maxBytes = config.cacheMaxBytes ?? await statfs(config.cacheDir)
         .then((st) => defaultCacheMaxBytes(st.blocks * st.bsize), () => undefined);
       const opened = await BlobStore.open(config.cacheDir, {
-        logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}),
+        logger, ...(maxBytes === undefined ? {} : { maxBytes }), ...(hashFile ? { hashFile } : {}), ...(markTopDir ? { markTopDir } : {}),
       });
       cleanups.push(() => opened.close());
       return opened;

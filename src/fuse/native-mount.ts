@@ -91,6 +91,8 @@ interface Addon {
   forgetNode(s: Session, nodeid: number, evicted?: boolean): void;
   stats(s: Session): NativeStats;
   hashFile(path: string): Promise<{ digest: Buffer; size: number }>;
+  /** FS_TOPDIR_FL on a directory (native/src/dir_flags.cc): 0 or the errno. */
+  markTopDir(path: string): number;
   deviceFds(s: Session): number[];
   sdNotifyFds(state: string, fds: number[]): number;
   watchdogStart(s: Session | null, intervalMs: number, staleMs: number): void;
@@ -199,6 +201,19 @@ export function loadNativeAddon(): Addon {
  * OpenSSL), for the blob store's re-hash of a cache of an earlier process; undefined when
  * the engine is not built (the blob store then hashes on the JS thread).
  */
+/**
+ * The engine's markTopDir (native/src/dir_flags.cc) for the blob store's `markTopDir`
+ * option; undefined when the engine is not built.
+ */
+export function nativeTopDirMarker(): ((dir: string) => number) | undefined {
+  try {
+    const a = loadNativeAddon();
+    return typeof a.markTopDir === 'function' ? (dir) => a.markTopDir(dir) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Re-hashes of cached files running at once on libuv's pool (see nativeFileHasher). */
 const HASH_CONCURRENCY = 2;
 

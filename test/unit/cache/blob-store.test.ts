@@ -4,9 +4,10 @@
  * for a file outside the store, a NAR's staging file), reconciliation
  * after an unclean stop, and scrub finding a flipped bit; a pin of a blob of an earlier
  * process re-hashes it at once (one hash however many ask; the engine's hasher off the JS
- * thread finds a flipped bit too).
+ * thread finds a flipped bit too); the open asks for blobs/ to be marked a top directory.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,7 +15,7 @@ import { join } from 'node:path';
 
 import { isNarfsError } from '../../../src/errors.js';
 import { BlobStore, type BlobStoreOptions } from '../../../src/cache/blob-store.js';
-import { nativeFileHasher } from '../../../src/fuse/native-mount.js';
+import { nativeFileHasher, nativeTopDirMarker } from '../../../src/fuse/native-mount.js';
 import type { Logger } from '../../../src/log.js';
 
 const isCode = (code: string) => (e: unknown) => isNarfsError(e) && e.code === code;
@@ -55,6 +56,35 @@ describe('BlobStore', () => {
   afterEach(async () => {
     for (const s of opened.splice(0)) await s.close().catch(() => {});
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it('asks the filesystem to spread the subdirectories of blobs/ (ext4: chattr +T), and works where it cannot', async () => {
+    const marker = nativeTopDirMarker();
+    assert.ok(marker, 'the native engine is built');
+    const answers: Array<{ dir: string; errno: number }> = [];
+    const log = recordingLogger();
+    const store = await openStore({ logger: log, markTopDir: (d) => { const errno = marker(d); answers.push({ dir: d, errno }); return errno; } });
+    assert.deepEqual(answers.map((a) => a.dir), [join(dir, 'blobs')]);
+    const { errno } = answers[0]!;
+    if (errno === 0) {
+      const attrs = spawnSync('lsattr', ['-d', join(dir, 'blobs')], { encoding: 'utf8' });
+      assert.equal(attrs.status, 0, attrs.stderr);
+      assert.match(attrs.stdout.split(/\s+/)[0]!, /T/, `the top-directory attribute is set: ${attrs.stdout}`);
+      assert.equal(marker(join(dir, 'blobs')), 0, 'already set: still 0');
+    } else {
+      // ENOTTY or EOPNOTSUPP: the filesystem has no such attribute.
+      assert.ok([25, 95].includes(errno), `errno ${errno}`);
+      assert.ok(log.lines.some((l) => l.level === 'debug' && /top-directory/.test(l.msg)));
+    }
+    assert.equal(marker(join(dir, 'no-such-dir')), 2, 'ENOENT for a missing directory');
+    // A refusal is only a hint lost: the store opens and stores the same.
+    const refused = recordingLogger();
+    await store.close();
+    const again = await openStore({ logger: refused, markTopDir: () => 95 });
+    const bytes = randomBytes(5000);
+    await putWhole(again, bytes);
+    assert.deepEqual(await readFile(again.blobPath(sha(bytes))), bytes);
+    assert.ok(refused.lines.some((l) => l.level === 'debug' && /top-directory/.test(l.msg)));
   });
 
   it('commits a whole file under blobs/<aa>/<sha256>, read-only, and reads ranges of it', async () => {
