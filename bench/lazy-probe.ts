@@ -5,7 +5,7 @@
  * its log) and, with --prof, the V8 self time per function. For explaining one figure of
  * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
  *
- *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable [--traced] [--running] [--prof] [--extra '--opt v ...']
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable|xz|zstd [--traced] [--running] [--prof] [--extra '--opt v ...']
  *
  * --running: a first use on a running daemon (scenario 1's "running daemon" contender): once
  * the mount answers the kernel caches are dropped again, then the clock starts when the
@@ -85,7 +85,10 @@ const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
 const idx = prepareIndexed(m, (s) => process.stderr.write(`${s}\n`));
 // Scenario 10: the first 4 KiB of the 16 MiB file in the middle of the 1 GiB path.
 const big = args.scenario === '10' ? prepareBigPath(m, (s) => process.stderr.write(`${s}\n`)) : undefined;
-const dl = big ? (args.variant === 'none' ? big.none : big.seekable) : args.variant === 'none' ? idx.none : idx.seekable;
+// xz / zstd: the unindexed bench datalakes (whole NARs), for scenario 1's unindexed rows.
+const dl = big ? (args.variant === 'none' ? big.none : big.seekable)
+  : args.variant === 'xz' || args.variant === 'zstd' ? (m.datalakes[args.variant] as { dir: string }).dir
+  : args.variant === 'none' ? idx.none : idx.seekable;
 const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
 claimRunDir(tmp);
 const names = (m.closure as string[]).map((p) => basename(p));
@@ -192,7 +195,7 @@ try {
   const r = await run(work, more, args.prof, args.running, traceAtClock);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
   console.log(`  daemon CPU from its start to the end of the work: main thread ${cpuText(r.cpu.main)}, process ${cpuText(r.cpu.all)}`);
-  const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk/.test(l)).slice(-6);
+  const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk|materialised|commit of/.test(l)).slice(-8);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
   if (process.env.NARFS_PROBE_TIMELINE) {
