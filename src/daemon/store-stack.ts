@@ -64,6 +64,8 @@ export interface StoreStackConfig {
   sliceFilter?: SliceFilter;
   /** Ends the open (ERR_ABORTED) once aborted: a stop asked for during start-up. */
   signal?: AbortSignal;
+  /** The longest a background commit yields, per batch, to whole-NAR fetches (default: materialiser.ts COMMIT_YIELD_MAX_MS). */
+  commitYieldMaxMs?: number;
 }
 
 export interface StoreStack {
@@ -122,6 +124,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const infos = config.sliceFilter && SlicedPathInfoService ? new SlicedPathInfoService(config.sliceFilter, ...infoArgs) : new PathInfoService(...infoArgs);
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
+      ...(config.commitYieldMaxMs === undefined ? {} : { commitYieldMaxMs: config.commitYieldMaxMs }),
     });
     // Its verify workers start with the first ranged read and stop when idle: each costs
     // ~9 MiB of RSS, which a daemon serving from its cache would hold for nothing.

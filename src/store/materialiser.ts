@@ -22,6 +22,10 @@
  *   batch under way (COMMIT_BATCH_*), keeping what was committed and deleting the staging
  *   file: the rest is fetched again when read. A NAR verified before the stop always gets
  *   its first batch, so a path of one batch read just before an unmount is cached whole.
+ *   Commits are background work: before each batch a commit waits while any whole NAR is
+ *   being fetched (a reader waits for that one; its decode and hash need the cores the
+ *   commit's file creations take), COMMIT_YIELD_MAX_MS at most per batch, so a long run of
+ *   fetches slows a commit down but never stalls it.
  * - Disk bound: the staging file counts in the BlobStore's bound (BlobStore.reserve) from
  *   before the download (NarSize) until its job directory is removed (the files' bytes
  *   once verified), so while a NAR is committed the cache holds at most its bound,
@@ -84,7 +88,7 @@ import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import { cacheError } from '../cache/cache-error.js';
-import { createDecompressor } from '../compression/decompress.js';
+import { createDecompressor, defaultDecompressorPool } from '../compression/decompress.js';
 import { checkRelPath } from '../datalake/datalake.js';
 import { isDatalakeDown, type DatalakeSet } from '../datalake/datalake-set.js';
 import type { NarNode } from '../nix/nar-listing.js';
@@ -117,6 +121,8 @@ export interface MaterialiserOptions {
   events?: MaterialiserEvents;
   /** Chunk size of the index built from a NAR (default 256 KiB). */
   chunkSize?: number;
+  /** The longest a background commit waits, before one batch, for whole-NAR fetches to end. Default COMMIT_YIELD_MAX_MS. */
+  commitYieldMaxMs?: number;
 }
 
 /** Chunk size of the trees made from whole NARs. */
@@ -129,8 +135,15 @@ export interface MaterialiserEvents {
   fetchEnded(datalake: string, ok: boolean, seconds: number, narSize?: number, fileSize?: number): void;
 }
 
-/** Methods a verify worker undoes itself; xz and bzip2 stay child processes. */
-const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd', 'gzip', 'br']);
+/**
+ * Methods a verify worker undoes itself (xz and bzip2 through a child process it runs):
+ * only the compressed bytes cross the main thread. xz on the main thread cost it a read
+ * and a postMessage per ~11 KiB of decompressed NAR (a 198 MB NAR: ~18k of each), in the
+ * event loop that also answers the kernel and drives the commits.
+ */
+const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd', 'gzip', 'br', 'xz', 'bzip2']);
+/** Of those, the methods undone by a child process (one slot of defaultDecompressorPool each). */
+const PROCESS_BACKED: ReadonlySet<string> = new Set<WorkerCompression>(['xz', 'bzip2']);
 /**
  * Files read back from a staging file per commitBuffers call, and their bytes at most. A
  * stop (unmount, SIGTERM) waits for the batch being written, so a batch is kept to a
@@ -138,6 +151,13 @@ const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd
  */
 const COMMIT_BATCH_FILES = 512;
 const COMMIT_BATCH_BYTES = 16 * 1024 * 1024;
+/**
+ * The longest a commit waits, before one batch, for the whole-NAR fetches under way to
+ * end. Measured (bench scenario 1, unindexed xz on 2 cores): while the 17k files of one
+ * NAR were committed, the next NARs took 0.87-0.93 s and 0.65-0.68 s from request to
+ * NarHash match against 0.41 s and 0.34 s for `xz -dc | sha256sum` alone.
+ */
+const COMMIT_YIELD_MAX_MS = 2000;
 /** A file larger than this is copied out of the staging file into a temp file of its own, not held in memory. */
 const COMMIT_COPY_BYTES = 8 * 1024 * 1024;
 /** Longest wait for a verify worker to let go of a temp file after a failure. */
@@ -180,6 +200,15 @@ export class Materialiser {
   /** Aborted by stop(): the background commits end after the batch being written. */
   readonly #stopCommits = new AbortController();
   readonly #commitSignal: AbortSignal;
+  /** Whole-NAR fetches streaming now (#stream), and the commits waiting for none to be. */
+  #streaming = 0;
+  #streamingDone: Array<() => void> = [];
+  #yielding = 0;
+
+  /** Background commits waiting now for whole-NAR fetches to end (#yieldToFetches). */
+  get yielding(): number {
+    return this.#yielding;
+  }
 
   constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
     this.#blobs = blobs;
@@ -350,6 +379,7 @@ export class Materialiser {
       const between = () => { if (progress.files > 0) signal.throwIfAborted(); };
       const flush = async () => {
         if (batch.length === 0) return;
+        await this.#yieldToFetches(signal);
         between();
         const b = batch;
         batch = [];
@@ -359,6 +389,7 @@ export class Materialiser {
       };
       for (const f of index.files) {
         if (f.size > COMMIT_COPY_BYTES) {
+          await this.#yieldToFetches(signal);
           between();
           if (this.#blobs.completePath(f.sha256, f.size) !== undefined) {
             // Held already: not copied out only to be deduped (small files are offered, and counted, by commitBuffers).
@@ -450,8 +481,22 @@ export class Materialiser {
     this.fetches++;
     const shutdown = this.#opts.signal;
     // 1. The decompressor (may wait for a pool slot) and 2. the temp directory, before any socket.
-    // zstd, gzip and br are undone on the verify worker: nothing to take here.
+    // Every method Nix writes is undone on the verify worker (IN_WORKER): nothing to take
+    // here but a PassThrough (an unknown method fails here, before any socket) and, for
+    // xz and bzip2, the slot in the process-wide pool of the child the worker will run:
+    // taken before the socket as before, given back when the job has ended.
     const inWorker = IN_WORKER.has(ni.compression);
+    const slot = inWorker && PROCESS_BACKED.has(ni.compression) ? await defaultDecompressorPool.acquire(shutdown) : undefined;
+    try {
+      return await this.#fetchWith(name, info, inWorker, started);
+    } finally {
+      slot?.();
+    }
+  }
+
+  async #fetchWith(name: string, info: PathInfo, inWorker: boolean, started: number): Promise<Materialised> {
+    const ni = info.narInfo;
+    const shutdown = this.#opts.signal;
     const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
     const temp = this.#blobs.tempPath(name);
     // The staging file (at most NarSize bytes: the files' contents, the rest holes) counts
@@ -492,12 +537,42 @@ export class Materialiser {
       release();
       throw toNarfsError(err, 'ERR_INTERNAL');
     }
-    return this.#stream(name, info, source, decompressor, verifier, temp, started, (bytes) => {
-      // Verified: from NarSize down to the bytes the staging file really holds.
-      release();
-      release = this.#blobs.reserve(bytes);
-      return release;
-    }, () => release());
+    this.#streaming++;
+    try {
+      return await this.#stream(name, info, source, decompressor, verifier, temp, started, (bytes) => {
+        // Verified: from NarSize down to the bytes the staging file really holds.
+        release();
+        release = this.#blobs.reserve(bytes);
+        return release;
+      }, () => release());
+    } finally {
+      if (--this.#streaming === 0) for (const wake of this.#streamingDone.splice(0)) wake();
+    }
+  }
+
+  /**
+   * Resolves once no whole NAR is being fetched, after COMMIT_YIELD_MAX_MS at the latest,
+   * or at once when `signal` fires (the commit then stops as usual). A fetch never waits
+   * for a commit, so this cannot deadlock; the cap keeps a commit going under a steady run
+   * of fetches (a closure prefetch).
+   */
+  #yieldToFetches(signal: AbortSignal): Promise<void> {
+    if (this.#streaming === 0 || signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      let settled = false;
+      const done = () => {
+        if (settled) return;
+        settled = true;
+        this.#yielding--;
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, this.#opts.commitYieldMaxMs ?? COMMIT_YIELD_MAX_MS);
+      signal.addEventListener('abort', done, { once: true });
+      this.#yielding++;
+      this.#streamingDone.push(done);
+    });
   }
 
   /**

@@ -1,5 +1,6 @@
 /**
- * The verify worker: decompresses (none, zstd, gzip, br), hashes, strictly parses and
+ * The verify worker: decompresses (none, zstd, gzip, br; xz and bzip2 through a child
+ * process it runs), hashes, strictly parses and
  * unpacks fetched NARs, off the thread that answers the kernel: the regular files'
  * contents are written into one staging file in the job's directory, at their NAR offsets
  * (nar-unpacker.ts), while an IndexBuilder hashes them whole and per chunk, so the main
@@ -25,6 +26,7 @@ import { NarfsError, isNarfsError } from '../errors.js';
 import { cacheError } from '../cache/cache-error.js';
 import { NarUnpacker } from '../cache/nar-unpacker.js';
 import { createDecompressor } from '../compression/decompress.js';
+import { DecompressorPool } from '../compression/decompressor-pool.js';
 import { toWireError } from '../nixdb/wire-error.js';
 import { IndexBuilder } from '../nix/nar-index-builder.js';
 import { encodeNarIndex } from '../nix/nar-index.js';
@@ -40,6 +42,8 @@ interface Job {
 }
 
 const jobs = new Map<number, Job>();
+/** The children this thread runs; their number is bounded by the main thread's pool. */
+const CHILDREN = new DecompressorPool(Number.MAX_SAFE_INTEGER);
 const post = (m: FromWorker, transfer: ArrayBuffer[] = []): void => port.postMessage(m, transfer);
 
 port.on('message', (m: ToWorker) => {
@@ -73,7 +77,10 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
   let unpacker: NarUnpacker | undefined;
   let out: { msg: FromWorker; transfer: ArrayBuffer[] };
   try {
-    const decompressor: Duplex = await createDecompressor(m.compression);
+    // xz and bzip2: a child process of this thread. Its slot in the process-wide pool was
+    // taken by the main thread before the download started (materialiser.ts #fetch), so
+    // this thread's own pool never makes it wait.
+    const decompressor: Duplex = await createDecompressor(m.compression, { signal: job.abort.signal, pool: CHILDREN });
     const builder = new IndexBuilder(m.chunkSize);
     unpacker = new NarUnpacker(m.dir, builder);
     const u = unpacker;

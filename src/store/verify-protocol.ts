@@ -15,8 +15,11 @@
 import type { UnpackedFile } from '../cache/nar-unpacker.js';
 import type { WireError } from '../nixdb/wire-error.js';
 
-/** Methods a worker decompresses itself (xz and bzip2 stay child processes). */
-export type WorkerCompression = 'none' | 'zstd' | 'gzip' | 'br';
+/**
+ * Methods a worker undoes itself: zstd, gzip and br in the worker, xz and bzip2 by a child
+ * process the worker runs and reads (so decompressed bytes never cross the main thread).
+ */
+export type WorkerCompression = 'none' | 'zstd' | 'gzip' | 'br' | 'xz' | 'bzip2';
 
 export type ToWorker =
   | { t: 'start'; id: number; dir: string; storePath: string; narSize: number; chunkSize: number; compression: WorkerCompression }

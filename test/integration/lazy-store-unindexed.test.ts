@@ -19,11 +19,14 @@
  *   the open removes) reads every file right, fetching the NAR again;
  * - a NAR whose NarHash does not match (the narinfo names another hash), and a truncated
  *   one, serve nothing and leave nothing in the cache: no blob, no staging file, no bytes
- *   counted.
+ *   counted;
+ * - the commit is background work: while another path's NAR is being fetched (held
+ *   mid-body by a real HTTP server) it waits before its first batch and commits nothing,
+ *   and once that NAR is in, it commits every file.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { setMaxListeners } from 'node:events';
+import { once, setMaxListeners } from 'node:events';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -33,6 +36,7 @@ import { isNarfsError } from '../../src/errors.js';
 import type { NarNode, NarRegular } from '../../src/nix/nar-listing.js';
 import { captureLogger, type LogLine } from '../support/mount-harness.js';
 import { NIX_ENV } from '../support/nix-binary-cache.js';
+import { FaultNarServer } from '../support/fault-nar-server.js';
 
 const run = promisify(execFile);
 const FILES = 3000;
@@ -49,6 +53,7 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
   let lake: string;
   let zstdLake: string;
   let name: string;
+  let addedPath: string;
 
   before(async () => {
     tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'narfs-unidx-'));
@@ -59,6 +64,7 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     const { stdout } = await run('nix-store', ['--add', tree], { env: NIX_ENV });
     const storePath = stdout.trim();
     name = path.basename(storePath);
+    addedPath = storePath;
     lake = path.join(tmp, 'lake');
     await run('nix', ['copy', '--to', `file://${lake}?compression=xz`, storePath], { env: NIX_ENV });
     zstdLake = path.join(tmp, 'lake-zstd');
@@ -179,6 +185,51 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       assert.deepEqual(second.logs.filter((l) => l.level === 'error'), []);
     } finally {
       await second.stack.close();
+    }
+  });
+
+  it('a commit waits while another NAR is being fetched, and commits every file once it is in', async () => {
+    // A second, small path in a datalake of its own with the first, served over HTTP.
+    const other = path.join(tmp, 'src', 'narfs-unindexed-other');
+    await fsp.mkdir(other, { recursive: true });
+    await fsp.writeFile(path.join(other, 'data'), Buffer.alloc(200_000, 'narfs other path\n'));
+    const otherPath = (await run('nix-store', ['--add', other], { env: NIX_ENV })).stdout.trim();
+    const both = path.join(tmp, 'lake-both');
+    await run('nix', ['copy', '--to', `file://${both}?compression=xz`, addedPath, otherPath], { env: NIX_ENV });
+    const otherName = path.basename(otherPath);
+    const otherNar = /^URL: (.*)$/m.exec(await fsp.readFile(path.join(both, `${otherName.slice(0, 32)}.narinfo`), 'utf8'))![1]!;
+    const server = await FaultNarServer.start(both);
+    const cacheDir = await fsp.mkdtemp(path.join(tmp, 'cache-'));
+    // A cap far above this test's waits: the commit may go on only because the fetch ended.
+    const stack = await openStoreStack({
+      datalakes: [server.url], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000, commitYieldMaxMs: 600_000,
+    }, captureLogger([]));
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      server.failPath(otherNar, 'hold-after', 64);
+      const sent = once(server, 'sent');
+      const otherRoot = stack.store.resolve(otherName, signal);
+      await sent;
+      const root = await stack.store.resolve(name, signal);
+      assert.ok(root);
+      const [first, node] = filesOf(root).find(([n]) => n === 'f0042')!;
+      assert.ok((await stack.store.read(name, node.narOffset, node.size, signal)).equals(expected(first)));
+      // The commit reaches its first batch and waits there: nothing committed meanwhile.
+      while (stack.materialiser.yielding === 0) {
+        signal.throwIfAborted();
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.equal(stack.blobs.stats().blobs, 0, 'no file committed while the other NAR is fetched');
+      server.release();
+      assert.ok(await otherRoot);
+      await stack.materialiser.flush();
+      assert.equal(stack.materialiser.yielding, 0);
+      // Every distinct content of both paths (the duplicate of f0007 and the empty file are one blob each at most).
+      assert.ok(stack.blobs.stats().blobs >= FILES, `${stack.blobs.stats().blobs} blobs`);
+      assert.deepEqual(await fsp.readdir(stack.blobs.tmpDir), []);
+    } finally {
+      await stack.close();
+      await server.close();
     }
   });
 
