@@ -145,6 +145,22 @@ describe('nar-index', () => {
     assert.ok(narIndexFingerprint(idx).startsWith(`narfs-index-1;${STORE_PATH};sha256:`));
   });
 
+  it('fingerprints a parsed index from its bytes as it would from its fields, and not after a field changed', () => {
+    const parsed = parseNarIndex(bytes);
+    // A structural copy has no kept bytes: its fingerprint comes from encoding the fields.
+    const copy: NarIndex = structuredClone(parsed);
+    assert.equal(narIndexFingerprint(parsed), narIndexFingerprint(copy));
+    assert.equal(narIndexFingerprint(parsed), GOLDEN_FINGERPRINT);
+    // A caller that replaces a field gets the fingerprint of what the index now says.
+    const changed = parseNarIndex(bytes);
+    changed.narSize += 1;
+    assert.notEqual(narIndexFingerprint(changed), GOLDEN_FINGERPRINT);
+    assert.equal(narIndexFingerprint(changed), narIndexFingerprint({ ...structuredClone(parsed), narSize: parsed.narSize + 1 }));
+    const dropped = parseNarIndex(bytes);
+    dropped.files.pop();
+    assert.throws(() => narIndexFingerprint(dropped), 'the body is encoded again (and no longer matches its tree)');
+  });
+
   it('round-trips: parse(encode(x)) equals x and encodes to the same bytes', () => {
     const back = parseNarIndex(bytes);
     assert.deepEqual(back, idx);
