@@ -3,6 +3,7 @@
  * basenames, or every narinfo of listable datalakes) into a closure registration in the
  * lower store. Shared by the daemon's control socket and the standalone command.
  */
+import { setMaxListeners } from 'node:events';
 import { NarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { parseStorePathBase, STORE_DIR, type StorePath } from '../nix/store-path.js';
@@ -40,6 +41,9 @@ export async function runRegister(stack: StoreStack, request: RegisterRequest, l
   }, { signal: effective });
 }
 
+/** Narinfo lookups of `--all` in flight at once. */
+const LOOKUP_WORKERS = 16;
+
 /** Every store path of the datalakes that can be listed (file://). */
 async function allPaths(stack: StoreStack, logger: Logger, signal?: AbortSignal): Promise<StorePath[]> {
   const hashes = new Set<string>();
@@ -56,12 +60,16 @@ async function allPaths(stack: StoreStack, logger: Logger, signal?: AbortSignal)
   logger.info('listing datalakes', { narinfos: hashes.size });
   const out: StorePath[] = [];
   const queue = [...hashes];
+  // Each worker's lookup waits on the signal: LOOKUP_WORKERS listeners at once, by design
+  // (on a signal of this call's own, so the caller's keeps its leak warning).
+  const local = signal ? AbortSignal.any([signal]) : undefined;
+  if (local) setMaxListeners(LOOKUP_WORKERS + 4, local);
   const worker = async () => {
     for (let h = queue.shift(); h; h = queue.shift()) {
-      const info = await stack.infos.getByHashPart(h, signal);
+      const info = await stack.infos.getByHashPart(h, local);
       if (info) out.push(info.narInfo.storePath);
     }
   };
-  await Promise.all(Array.from({ length: 16 }, worker));
+  await Promise.all(Array.from({ length: LOOKUP_WORKERS }, worker));
   return out;
 }
