@@ -28,9 +28,9 @@
       ]
     },
     {
-      "target_name": "narfs-register",
+      "target_name": "narfs-client",
       "type": "executable",
-      "sources": ["native/client/register-client.c"],
+      "sources": ["native/client/fast-client.c"],
       "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
     },
     {

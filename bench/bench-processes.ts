@@ -333,11 +333,12 @@ export interface PrefetchTraceRun {
  * Spawns the real CLI `narfs prefetch --trace <trace> --detach --cache-dir <cacheDir>`
  * (what a build job runs at its start on a running daemon) and returns at once: the
  * caller starts its workload alongside. Output to `logFile` (never a pipe: the workload
- * that runs meanwhile is synchronous).
+ * that runs meanwhile is synchronous). Run as a user runs it, `bin/narfs` as a program:
+ * through a running daemon that is the C client (native/client/fast-client.c), no Node.
  */
 export function startPrefetchTrace(trace: string, cacheDir: string, logFile: string, narfsBin = NARFS_BIN): PrefetchTraceRun {
   const err = openSync(logFile, 'w');
-  const child = spawn(process.execPath, [narfsBin, 'prefetch', '--trace', trace, '--detach', '--cache-dir', cacheDir], { stdio: ['ignore', err, err], cwd: REPO });
+  const child = spawn(narfsBin, ['prefetch', '--trace', trace, '--detach', '--cache-dir', cacheDir], { stdio: ['ignore', err, err], cwd: REPO });
   closeSync(err);
   recordChild(child.pid);
   const t: Tracked = { kind: 'narfs prefetch', child };

@@ -11,7 +11,7 @@
  *   end to end without a daemon (`narfs register --all` from the file:// zstd datalake:
  *   process start, narinfos, signatures, the write); the CLI through a running daemon
  *   (`narfs mount … --lower`, started before the clock) — `bin/narfs register` run as a
- *   program (the C client, native/client/register-client.c) and `node bin/narfs register`
+ *   program (the C client, native/client/fast-client.c) and `node bin/narfs register`
  *   (the Node CLI) — with the daemon's first registration (caches cold) in a row of its
  *   own; the library call (createLowerStore + registerValidPaths, in-process), the
  *   daemon's path (registerOffThread, a worker, in a fresh process: worker start included);

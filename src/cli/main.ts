@@ -162,14 +162,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'index':
         return await (await import('../index/index-command.js')).indexCommand(rest);
       case 'prefetch': {
-        const { values, positionals } = parseOptions(rest, { 'cache-dir': { type: 'string' }, detach: { type: 'boolean' }, timeout: { type: 'string' }, trace: { type: 'string', multiple: true }, 'log-format': { type: 'string' } });
-        if (values.help) { process.stdout.write(HELP); return 0; }
+        const { parsePrefetchInvocation } = await import('../config/prefetch-invocation.js');
+        const inv = parsePrefetchInvocation(rest);
+        if (inv.help) { process.stdout.write(HELP); return 0; }
         const { prefetchCommand } = await import('./prefetch-command.js');
-        return await prefetchCommand({
-          roots: positionals, detach: values.detach === true, traces: (values.trace as string[] | undefined) ?? [],
-          ...(values['cache-dir'] ? { cacheDir: values['cache-dir'] as string } : {}),
-          ...(values.timeout ? { timeout: values.timeout as string } : {}),
-        });
+        return await prefetchCommand(inv);
       }
       default:
         throw new NarfsError('ERR_USAGE', `unknown command "${command}"`);

@@ -22,10 +22,10 @@ import { parseDuration } from '../config/mount-config.js';
 import { defaultCacheDir } from '../config/user-dirs.js';
 import { callDaemon, type ControlLog } from './control-client.js';
 import type { PrefetchResult } from '../daemon/prefetch-operation.js';
-import { parseTrace, type ReplayResult, type TraceEntry } from '../daemon/read-trace.js';
-import { traceToWire } from '../daemon/trace-wire.js';
+import { mergeTraces, type ReplayResult, type TraceEntry } from '../daemon/read-trace.js';
+import { DETACHED_LINE, badTraceLinesLine, nothingToPrefetch } from '../config/prefetch-invocation.js';
+import { TRACE_PROGRESS, traceToWire } from '../daemon/trace-wire.js';
 import { MAX_CONTROL_REQUEST_BYTES } from '../daemon/control-socket-path.js';
-import { TRACE_PROGRESS } from '../daemon/prefetch-trace-operation.js';
 
 export interface PrefetchArgs {
   cacheDir?: string;
@@ -41,33 +41,22 @@ export interface PrefetchArgs {
  * dropped); `bad` counts the lines that do not parse. ERR_USAGE when a file cannot be read.
  */
 export async function readTraces(paths: readonly string[]): Promise<{ entries: TraceEntry[]; bad: number }> {
-  const entries: TraceEntry[] = [];
-  const seen = new Set<string>();
-  let bad = 0;
+  const texts: string[] = [];
   for (const path of paths) {
-    let text: string;
     try {
-      text = await readFile(path, 'utf8');
+      texts.push(await readFile(path, 'utf8'));
     } catch (err) {
       throw new NarfsError('ERR_USAGE', `--trace ${path}: cannot read it`, { cause: err, hint: 'Give a file written by narfs mount --record-trace (readable by this user).' });
     }
-    const parsed = parseTrace(text);
-    bad += parsed.bad;
-    for (const e of parsed.entries) {
-      const key = `${e.name}\t${e.narOffset}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      entries.push(e);
-    }
   }
-  return { entries, bad };
+  return mergeTraces(texts);
 }
 
 export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream = process.stderr): Promise<number> {
   const traces = a.traces ?? [];
-  if (a.roots.length === 0 && traces.length === 0) throw new NarfsError('ERR_USAGE', 'narfs prefetch needs store paths or --trace FILE');
+  if (a.roots.length === 0 && traces.length === 0) throw nothingToPrefetch();
   const trace = traces.length > 0 ? await readTraces(traces) : undefined;
-  if (trace && trace.bad > 0) out.write(`narfs: warn: ${trace.bad} lines of the trace are not "<store path>\\t<narOffset>"; skipped\n`);
+  if (trace && trace.bad > 0) out.write(badTraceLinesLine(trace.bad));
   const request: Record<string, unknown> = {
     op: 'prefetch', roots: a.roots, ...(trace ? { trace: traceToWire(trace.entries) } : {}), ...(a.detach ? { detach: true } : {}),
   };
@@ -128,7 +117,7 @@ export async function prefetchCommand(a: PrefetchArgs, out: NodeJS.WriteStream =
   }
   if (tty) out.write('\n');
   if (answer.detached === true) {
-    out.write('narfs: prefetch goes on in the daemon; its log says when it is done\n');
+    out.write(DETACHED_LINE);
     return 0;
   }
   let status = 0;

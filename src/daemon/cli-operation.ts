@@ -1,11 +1,14 @@
 /**
- * runCliRequest: the daemon runs a `narfs register` command line for the fast client
- * (native/client/register-client.c), so that registering through a running daemon costs
- * no Node start (issue 13: a 36-path closure must not take longer than `nix-store
- * --load-db` of the same rows, ~20 ms, and `node -e 0` alone takes 40-50 ms).
+ * runCliRequest: the daemon runs a `narfs register` or `narfs prefetch --detach` command
+ * line for the fast client (native/client/fast-client.c), so that it costs no Node start
+ * (issue 13: a 36-path closure must not take longer than `nix-store --load-db` of the same
+ * rows, ~20 ms, and `node -e 0` alone takes 40-50 ms; issue 10: a job's
+ * `narfs prefetch --trace … --detach` races the job's own first reads, which miss until
+ * the daemon has the trace: the Node CLI reached the daemon ~170 ms after its start).
  *
  * Request (one JSON line on the control socket, src/daemon/control-server.ts):
  *   {"op":"cli","argv":["register",…],"cwd":"/abs/dir"}
+ *   {"op":"cli","argv":["prefetch",…],"cwd":"/abs/dir","files":[["<--trace as given>","<its text>"],…]}
  * Answer: frames, each `TAG SP LENGTH LF` followed by LENGTH bytes of payload:
  *   o  bytes for the client's stdout
  *   e  bytes for the client's stderr
@@ -29,7 +32,7 @@
  * reported as ERR_DEADLINE, as the Node client reports it.
  */
 import { realpath } from 'node:fs/promises';
-import { isAbsolute } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 import type { Socket } from 'node:net';
 import { NarfsError, toNarfsError } from '../errors.js';
 import { createLogger, formatErrorReport, type Logger } from '../log.js';
@@ -37,6 +40,11 @@ import { sniffLogFormat } from '../config/command-options.js';
 import { parseRegisterInvocation, registeredLine } from '../config/register-invocation.js';
 import { fromWireError, toWireError } from '../nixdb/wire-error.js';
 import { runRegister } from './register-operation.js';
+import { DETACHED_LINE, badTraceLinesLine, nothingToPrefetch, parsePrefetchInvocation } from '../config/prefetch-invocation.js';
+import { parseDuration } from '../config/mount-config.js';
+import { defaultCacheDir } from '../config/user-dirs.js';
+import { mergeTraces } from './read-trace.js';
+import { prefetchWork, startDetached } from './prefetch-request.js';
 import type { StoreStack } from './store-stack.js';
 
 export interface CliRequestContext {
@@ -62,8 +70,8 @@ export async function runCliRequest(socket: Socket, request: Record<string, unkn
     return;
   }
   const [command, ...args] = argv as string[];
-  if (command !== 'register') {
-    frame('f', `the daemon runs only "register", not ${JSON.stringify(command)}`);
+  if (command !== 'register' && command !== 'prefetch') {
+    frame('f', `the daemon runs only "register" and "prefetch --detach", not ${JSON.stringify(command)}`);
     return;
   }
   const format = sniffLogFormat(args);
@@ -73,6 +81,10 @@ export async function runCliRequest(socket: Socket, request: Record<string, unkn
     frame('e', formatErrorReport(err, format));
     frame('x', err.code === 'ERR_USAGE' ? '2' : '1');
   };
+  if (command === 'prefetch') {
+    await runPrefetchCli(args, request.files, cwd, frame, fail, ctx);
+    return;
+  }
   let inv;
   try {
     inv = await parseRegisterInvocation(args, cwd);
@@ -111,6 +123,60 @@ export async function runCliRequest(socket: Socket, request: Record<string, unkn
     fail(deadline.signal.aborted ? deadline.signal.reason : toNarfsError(e));
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * `narfs prefetch --detach [--trace FILE ...] [<store path> ...]`: the work starts in this
+ * daemon as the control op `prefetch` would start it (prefetch-request.ts), and the client
+ * prints what the Node CLI prints then. The client sends the traces' texts in `files`
+ * (`[[path as given, text], ...]`): it read them with its own rights and in its own mount
+ * namespace, as the Node CLI does (trace-wire.ts). Anything else (no --detach: the progress
+ * display is the Node CLI's; a trace the client did not send; --help; another cache
+ * directory) goes back to the Node CLI with an `f` frame.
+ */
+async function runPrefetchCli(args: string[], files: unknown, cwd: string, frame: (tag: Tag, payload: string) => void, fail: (e: unknown) => void, ctx: CliRequestContext): Promise<void> {
+  let inv;
+  try {
+    inv = parsePrefetchInvocation(args);
+  } catch (e) {
+    fail(e);
+    return;
+  }
+  if (inv.help || !inv.detach) {
+    frame('f', inv.help ? '--help' : 'prefetch without --detach shows progress: the Node CLI does');
+    return;
+  }
+  if (!(await sameDirectory(resolve(cwd, inv.cacheDir ?? defaultCacheDir()), ctx.cacheDir))) {
+    frame('f', `--cache-dir ${inv.cacheDir ?? defaultCacheDir()} is not this daemon's`);
+    return;
+  }
+  const sent = new Map<string, string>();
+  if (Array.isArray(files)) {
+    for (const f of files as unknown[]) {
+      if (Array.isArray(f) && f.length === 2 && typeof f[0] === 'string' && typeof f[1] === 'string') sent.set(f[0], f[1]);
+    }
+  }
+  const texts: string[] = [];
+  for (const t of inv.traces) {
+    const text = sent.get(t);
+    if (text === undefined) {
+      frame('f', `the trace ${t} was not sent`);
+      return;
+    }
+    texts.push(text);
+  }
+  // In the Node CLI's order (prefetch-command.ts), so that the same lines come out.
+  try {
+    if (inv.roots.length === 0 && texts.length === 0) throw nothingToPrefetch();
+    const trace = texts.length > 0 ? mergeTraces(texts) : undefined;
+    if (trace && trace.bad > 0) frame('e', badTraceLinesLine(trace.bad));
+    if (inv.timeout !== undefined) parseDuration(inv.timeout, '--timeout');
+    startDetached(ctx.stack, ctx.logger, await prefetchWork(ctx.stack, inv.roots, trace?.entries));
+    frame('e', DETACHED_LINE);
+    frame('x', '0');
+  } catch (e) {
+    fail(e);
   }
 }
 

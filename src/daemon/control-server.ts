@@ -26,7 +26,7 @@ import { jsonSafe, toWireError } from '../nixdb/wire-error.js';
 import type { StoreStack } from './store-stack.js';
 import { runRegister } from './register-operation.js';
 import { runVerifyCache } from './verify-cache-operation.js';
-import { runPrefetch } from './prefetch-operation.js';
+import { prefetchWork, startDetached } from './prefetch-request.js';
 import { runGc } from './gc-operation.js';
 import { runCliRequest } from './cli-operation.js';
 
@@ -112,22 +112,12 @@ async function handle(socket: Socket, cacheDir: string, options: ControlServerOp
     }
     if (request.op === 'prefetch') {
       const roots = Array.isArray(request.roots) ? request.roots.map(String) : [];
-      // A trace's entries (narfs prefetch --trace): its modules load only when one comes.
-      const traceOp = request.trace === undefined ? undefined : await import('./prefetch-trace-operation.js');
+      // A trace's entries (narfs prefetch --trace): its module loads only when one comes.
       const trace = request.trace === undefined ? undefined : (await import('./trace-wire.js')).traceFromWire(request.trace);
       if (roots.length === 0 && !trace) throw new NarfsError('ERR_USAGE', 'nothing to prefetch: give store paths or a trace');
-      // The trace first (the files a job read last time), then the roots' closures.
-      const work = async (logger: Logger, signal: AbortSignal) => {
-        const replayed = trace ? await traceOp!.runTracePrefetch(options.stack, trace, logger, signal) : undefined;
-        const closures = roots.length > 0 ? await runPrefetch(options.stack, roots, logger, signal) : undefined;
-        return { ...closures, ...(replayed ? { trace: replayed } : {}) };
-      };
+      const work = await prefetchWork(options.stack, roots, trace);
       if (request.detach === true) {
-        // The daemon goes on alone: bounded by its own life, not by this client's.
-        const quiet: Logger = { ...options.logger, info: (msg, fields) => { if (msg !== 'progress' && msg !== traceOp?.TRACE_PROGRESS) options.logger.info(msg, fields); } };
-        void work(quiet, options.stack.signal)
-          .then((r) => options.logger.info('prefetch done', { ...r }))
-          .catch((err) => options.logger.warn('prefetch failed', { err }));
+        startDetached(options.stack, options.logger, work);
         send({ type: 'result', detached: true });
         return;
       }

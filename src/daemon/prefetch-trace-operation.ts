@@ -12,9 +12,7 @@
 import type { Logger } from '../log.js';
 import { replayEntries, type ReplayResult, type TraceEntry } from './read-trace.js';
 import type { StoreStack } from './store-stack.js';
-
-/** The log message of a replay's progress lines (fields `done`, `total`: files). */
-export const TRACE_PROGRESS = 'trace progress';
+import { TRACE_PROGRESS } from './trace-wire.js';
 
 export function runTracePrefetch(stack: StoreStack, entries: readonly TraceEntry[], logger: Logger, signal: AbortSignal): Promise<ReplayResult> {
   return replayEntries(entries, stack.store, logger, signal, {

@@ -47,6 +47,27 @@ export interface TraceEntry {
   narOffset: number;
 }
 
+/**
+ * The entries of several trace files' texts, in order, each file once (duplicates across
+ * texts dropped); `bad` counts the lines that do not parse.
+ */
+export function mergeTraces(texts: readonly string[]): { entries: TraceEntry[]; bad: number } {
+  const entries: TraceEntry[] = [];
+  const seen = new Set<string>();
+  let bad = 0;
+  for (const text of texts) {
+    const parsed = parseTrace(text);
+    bad += parsed.bad;
+    for (const e of parsed.entries) {
+      const key = `${e.name}\t${e.narOffset}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      entries.push(e);
+    }
+  }
+  return { entries, bad };
+}
+
 /** Parses a trace file's text; bad lines are counted, not fatal. */
 export function parseTrace(text: string): { entries: TraceEntry[]; bad: number } {
   const entries: TraceEntry[] = [];

@@ -19,6 +19,9 @@ import { groupTrace, type TraceEntry } from './read-trace.js';
 
 export type WireTrace = Array<[string, number[]]>;
 
+/** The log message of a replay's progress lines (fields `done`, `total`: files), sent to the client. */
+export const TRACE_PROGRESS = 'trace progress';
+
 export function traceToWire(entries: readonly TraceEntry[]): WireTrace {
   return groupTrace(entries).map((g) => [g.name, g.narOffsets]);
 }

@@ -37,7 +37,7 @@ import { formatHash } from '../../src/nix/hash.js';
 import { parseNarIndex, findFile, NAR_INDEX_SUFFIX } from '../../src/nix/nar-index.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 import { prefetchCommand } from '../../src/cli/prefetch-command.js';
-import { spawnNarfs, startNarfsMount } from '../support/cli-daemon.js';
+import { NARFS_BIN, spawnNarfs, startNarfsMount } from '../support/cli-daemon.js';
 
 const MiB = 1 << 20;
 
@@ -404,7 +404,7 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
     writeFileSync(trace, '');
   });
 
-  it('narfs prefetch --trace replays a recorded trace on a running daemon: then the traced files read with no request; --detach; usage errors', async function () {
+  it('narfs prefetch --trace replays a recorded trace on a running daemon: then the traced files read with no request; --detach, also through the C client; usage errors', async function () {
     const trace = join(root, 'trace-running.txt');
     const server = await HttpDatalakeServer.start({ root: lakes.none });
     // The workload: two MiB of the large file and a few small files of other paths.
@@ -463,6 +463,25 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
         const n = server.requests.length;
         await readAll(m.mnt);
         assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], 'no datalake request after narfs prefetch --trace --detach');
+      });
+
+      // bin/narfs run as a program: the C client hands the trace to the daemon, no node
+      // (a PATH without it); the replay then serves the traced files as above.
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+        const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const c = spawn(NARFS_BIN, ['prefetch', '--trace', trace, '--detach', '--cache-dir', m.cacheDir], { env: { PATH: '/var/empty' }, stdio: ['ignore', 'ignore', 'pipe'] });
+          let stderr = '';
+          c.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+          c.on('close', (code) => resolve({ code, stderr }));
+        });
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(r.stderr, 'narfs: prefetch goes on in the daemon; its log says when it is done\n');
+        const files = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))).size;
+        const replayed = await m.waitForLog((l) => l.msg === 'prefetch trace replayed' && l.fields.path === 'narfs prefetch --trace' && l.fields.files === files, 'the replay the C client asked for');
+        assert.equal(replayed.fields.failed, 0, JSON.stringify(replayed.fields));
+        const n = server.requests.length;
+        await readAll(m.mnt);
+        assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], 'no datalake request after the fast narfs prefetch --trace --detach');
       });
     } finally {
       await server.close();

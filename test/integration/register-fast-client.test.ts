@@ -1,11 +1,16 @@
 /**
- * The fast `narfs register` (bin/narfs run as a program → native/client/register-client.c
+ * The fast `narfs register` (bin/narfs run as a program → native/client/fast-client.c
  * → the daemon's control socket, op "cli", src/daemon/cli-operation.ts) against the Node
  * CLI through the same daemon: the same registration, the same stdout, the same error
  * reports and exit statuses; relative paths are the caller's; and every way the fast path
  * can fail ends in the Node CLI, which then does the job (no daemon, an older daemon that
  * does not know op "cli", a connection closed early, --help), except a daemon that passes
  * its own deadline: then the client prints the daemon's deadline text and exits 1.
+ *
+ * `narfs prefetch … --detach` takes the same way (the client reads the --trace files and
+ * sends their text): the same lines and exit statuses as the Node CLI, relative paths the
+ * caller's, and what the daemon leaves to the Node CLI (no --detach, a trace the client
+ * cannot read) ends there.
  *
  * "Without node" is checked by running the fast path with a PATH that has no node: the
  * client can then only succeed by not starting one.
@@ -26,7 +31,7 @@ import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js
 import { FIXTURE_BUILD_TIMEOUT_MS, loadFixtures, type Fixtures } from '../support/fixtures.js';
 import { NARFS_BIN } from '../support/cli-daemon.js';
 
-const FAST_CLIENT = fileURLToPath(new URL('../../build/Release/narfs-register', import.meta.url));
+const FAST_CLIENT = fileURLToPath(new URL('../../build/Release/narfs-client', import.meta.url));
 /** A PATH without node (and without anything else). */
 const NO_NODE = { PATH: '/var/empty' };
 
@@ -45,6 +50,8 @@ function exec(cmd: string, args: string[], options: { cwd?: string; env?: NodeJS
 /** bin/narfs run as a program (sh, then the C client) and as `node bin/narfs`. */
 const fast = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => exec(NARFS_BIN, ['register', ...args], options);
 const viaNode = (args: string[], options: { cwd?: string } = {}) => exec(process.execPath, [NARFS_BIN, 'register', ...args], options);
+const fastPrefetch = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => exec(NARFS_BIN, ['prefetch', ...args], options);
+const nodePrefetch = (args: string[], options: { cwd?: string } = {}) => exec(process.execPath, [NARFS_BIN, 'prefetch', ...args], options);
 
 /** A fake daemon on `<dir>/control.sock`: `answer(op, socket)` per request; records the ops. */
 async function fakeDaemon(dir: string, answer: (op: string, s: Socket) => void): Promise<{ server: Server; ops: string[] }> {
@@ -162,6 +169,36 @@ describe('integration: the fast narfs register client', function () {
       assert.ok(r.stderr.includes(report), r.stderr);
     }
     assert.equal(a.stderr.slice(a.stderr.indexOf(report)), b.stderr.slice(b.stderr.indexOf(report)));
+  });
+
+  it('prefetch --trace --detach through the daemon without starting node: the lines and statuses of the Node CLI', async () => {
+    await startDaemon();
+    const base = fixtures.top.slice('/nix/store/'.length);
+    const trace = join(root, 'job.trace');
+    await writeFile(trace, `# narfs read trace 1\n${base}\t0\nnot a trace line\n`);
+    const args = ['--trace', trace, '--detach', '--cache-dir', cacheDir];
+    const a = await fastPrefetch(args, { env: NO_NODE });
+    const b = await nodePrefetch(args);
+    assert.equal(a.code, 0, a.stderr);
+    assert.deepEqual(a, b);
+    assert.match(a.stderr, /^narfs: warn: 1 lines of the trace are not .*\nnarfs: prefetch goes on in the daemon/);
+    // Relative --trace and --cache-dir are the caller's; --trace=FILE too.
+    const rel = await fastPrefetch(['--trace=job.trace', '--detach', '--cache-dir', 'cache'], { cwd: root, env: NO_NODE });
+    assert.equal(rel.code, 0, rel.stderr);
+    // Usage errors: the Node CLI's report and status.
+    await writeFile(join(root, 'clean.trace'), `${base}\t0\n`);
+    for (const bad of [['--detach', '--cache-dir', cacheDir], ['--detach', '--timeout', 'soon', '--trace', join(root, 'clean.trace'), '--cache-dir', cacheDir], ['--detach', '--no-such-option', '--cache-dir', cacheDir]]) {
+      const fa = await fastPrefetch(bad, { env: NO_NODE });
+      const fb = await nodePrefetch(bad);
+      assert.equal(fb.code, 2, `${bad.join(' ')}: ${fb.stderr}`);
+      assert.deepEqual(fa, fb, bad.join(' '));
+    }
+    // Left to the Node CLI: without --detach (its progress display), a trace the client cannot read.
+    for (const left of [['--trace', trace, '--cache-dir', cacheDir], ['--trace', join(root, 'absent.trace'), '--detach', '--cache-dir', cacheDir]]) {
+      const r = await fastPrefetch(left, { env: NO_NODE });
+      assert.equal(r.code, 1, left.join(' '));
+      assert.match(r.stderr, /cannot run node/, `${left.join(' ')}: the daemon did not run it`);
+    }
   });
 
   it('relative --lower, --from-file and --cache-dir are the caller\'s', async () => {

@@ -1,15 +1,22 @@
 /*
- * narfs-register: the fast front of `narfs register` when a daemon serves the cache
- * directory. Started by bin/narfs as
+ * narfs-client: the fast front of `narfs register` and `narfs prefetch` when a daemon
+ * serves the cache directory. Started by bin/narfs as
  *
- *     narfs-register SCRIPT register [ARG...]
+ *     narfs-client SCRIPT register|prefetch [ARG...]
  *
  * where SCRIPT is bin/narfs itself. It forwards the command line and its working
  * directory to the daemon's control socket (<cache-dir>/control.sock, op "cli") and
  * copies the daemon's answer to stdout/stderr and its exit status
  * (src/daemon/cli-operation.ts). Why C: the whole registration of a small closure through
  * a warm daemon takes ~10 ms, `node -e 0` alone 40-50 ms, and issue 13 asks for no more
- * than `nix-store --load-db` of the same rows (~20 ms). See native/README.md.
+ * than `nix-store --load-db` of the same rows (~20 ms); a job's `narfs prefetch --trace
+ * FILE --detach` races the job's own first reads, which miss until the daemon has the
+ * trace (issue 10). See native/README.md.
+ *
+ * For prefetch, the files named by `--trace FILE` / `--trace=FILE` are read here, with the
+ * caller's rights and in its mount namespace, and sent whole as `"files":[[FILE,TEXT],...]`
+ * (the daemon parses them; one it cannot be sent, unreadable or too large for the 1 MiB
+ * request line, makes this run the Node CLI, which reports it).
  *
  * No policy here: the daemon parses the command line (with the Node CLI's parser), decides
  * what to register, formats every line printed and the exit status. The client only finds
@@ -32,6 +39,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,10 +83,10 @@ static int buf_add(struct buf *b, const char *s, size_t n) {
   return 0;
 }
 
-/* Appends `s` as a JSON string. Bytes >= 0x80 pass as they are (UTF-8 in, UTF-8 out). */
-static int buf_json_string(struct buf *b, const char *s) {
+/* Appends the `n` bytes at `s` as a JSON string. Bytes >= 0x80 pass as they are (UTF-8 in, UTF-8 out). */
+static int buf_json_bytes(struct buf *b, const char *s, size_t n) {
   if (buf_add(b, "\"", 1) != 0) return -1;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+  for (const unsigned char *p = (const unsigned char *)s, *end = p + n; p < end; p++) {
     char esc[8];
     if (*p == '"' || *p == '\\') {
       esc[0] = '\\';
@@ -92,6 +100,59 @@ static int buf_json_string(struct buf *b, const char *s) {
     }
   }
   return buf_add(b, "\"", 1);
+}
+
+static int buf_json_string(struct buf *b, const char *s) {
+  return buf_json_bytes(b, s, strlen(s));
+}
+
+/* Appends the whole file `path` (relative to the working directory) to `b`; -1 when it
+ * cannot be read or would make `b` longer than `max`. */
+static int buf_file(struct buf *b, const char *path, size_t max) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  for (;;) {
+    if (b->len >= max || buf_reserve(b, 65536) != 0) {
+      close(fd);
+      return -1;
+    }
+    ssize_t n = read(fd, b->data + b->len, b->cap - b->len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      close(fd);
+      return -1;
+    }
+    if (n == 0) break;
+    b->len += (size_t)n;
+  }
+  close(fd);
+  return b->len > max ? -1 : 0;
+}
+
+/* `,"files":[[FILE,TEXT],...]` for every --trace FILE of argv[3...] (before `--`). */
+static int add_trace_files(struct buf *req, int argc, char **argv) {
+  int rc = buf_add(req, ",\"files\":[", 10);
+  int first = 1;
+  for (int i = 3; i < argc && rc == 0; i++) {
+    if (strcmp(argv[i], "--") == 0) break;
+    const char *file = NULL;
+    if (strcmp(argv[i], "--trace") == 0 && i + 1 < argc) {
+      file = argv[++i];
+    } else if (strncmp(argv[i], "--trace=", 8) == 0) {
+      file = argv[i] + 8;
+    }
+    if (!file) continue;
+    struct buf text = {0};
+    if (buf_file(&text, file, MAX_REQUEST) != 0) {
+      free(text.data);
+      return -1;
+    }
+    rc |= buf_add(req, first ? "[" : ",[", first ? 1 : 2) | buf_json_string(req, file) | buf_add(req, ",", 1) |
+          buf_json_bytes(req, text.data ? text.data : "", text.len) | buf_add(req, "]", 1);
+    free(text.data);
+    first = 0;
+  }
+  return rc | buf_add(req, "]", 1);
 }
 
 /* Runs the Node CLI in this process: `node SCRIPT ARG...` (argv[1] is SCRIPT). */
@@ -158,7 +219,7 @@ static char *socket_path(int argc, char **argv) {
   return path;
 }
 
-/* The request line: {"op":"cli","cwd":CWD,"argv":[argv[2],...]}\n */
+/* The request line: {"op":"cli","cwd":CWD,"argv":[argv[2],...]}\n, plus "files" for prefetch. */
 static int build_request(struct buf *req, int argc, char **argv) {
   char *cwd = getcwd(NULL, 0);
   if (!cwd) return -1;
@@ -168,7 +229,9 @@ static int build_request(struct buf *req, int argc, char **argv) {
     if (i > 2) rc |= buf_add(req, ",", 1);
     rc |= buf_json_string(req, argv[i]);
   }
-  rc |= buf_add(req, "]}\n", 3);
+  rc |= buf_add(req, "]", 1);
+  if (rc == 0 && strcmp(argv[2], "prefetch") == 0) rc |= add_trace_files(req, argc, argv);
+  rc |= buf_add(req, "}\n", 2);
   return rc != 0 || req->len > MAX_REQUEST ? -1 : 0;
 }
 
@@ -195,9 +258,9 @@ static long frame_at(const struct buf *in, char *tag, const char **payload, size
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3 || strcmp(argv[2], "register") != 0) {
+  if (argc < 3 || (strcmp(argv[2], "register") != 0 && strcmp(argv[2], "prefetch") != 0)) {
     if (argc >= 2) run_node(argc, argv);
-    fprintf(stderr, "narfs-register: run by bin/narfs as: narfs-register SCRIPT register [ARG...]\n");
+    fprintf(stderr, "narfs-client: run by bin/narfs as: narfs-client SCRIPT register|prefetch [ARG...]\n");
     return 2;
   }
   char *path = socket_path(argc, argv);
