@@ -13,14 +13,16 @@
  * cannot read) ends there.
  *
  * "Without node" is checked by running the fast path with a PATH that has no node: the
- * client can then only succeed by not starting one.
+ * client can then only succeed by not starting one. Every case runs twice: with the
+ * client npm run build made, and with its source built under AddressSanitizer and UBSan
+ * (it parses the daemon's frames and escapes the trace files it reads).
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../../src/log.js';
@@ -48,9 +50,19 @@ function exec(cmd: string, args: string[], options: { cwd?: string; env?: NodeJS
 }
 
 /** bin/narfs run as a program (sh, then the C client) and as `node bin/narfs`. */
-const fast = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => exec(NARFS_BIN, ['register', ...args], options);
+/**
+ * The client under test: bin/narfs run as a program (which execs build/Release/narfs-client
+ * SCRIPT …), or, for the sanitizer run, a build of the same source with AddressSanitizer
+ * and UBSan run the way bin/narfs runs it.
+ */
+let sanitized: string | undefined;
+const SANITIZER_ENV = { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1', UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1' };
+const client = (command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv }) => sanitized
+  ? exec(sanitized, [NARFS_BIN, command, ...args], { ...options, env: { ...options.env, ...SANITIZER_ENV } })
+  : exec(NARFS_BIN, [command, ...args], options);
+const fast = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => client('register', args, options);
 const viaNode = (args: string[], options: { cwd?: string } = {}) => exec(process.execPath, [NARFS_BIN, 'register', ...args], options);
-const fastPrefetch = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => exec(NARFS_BIN, ['prefetch', ...args], options);
+const fastPrefetch = (args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) => client('prefetch', args, options);
 const nodePrefetch = (args: string[], options: { cwd?: string } = {}) => exec(process.execPath, [NARFS_BIN, 'prefetch', ...args], options);
 
 /** A fake daemon on `<dir>/control.sock`: `answer(op, socket)` per request; records the ops. */
@@ -88,7 +100,19 @@ const closeServer = (s: Server) => new Promise<void>((resolve) => {
 /** Log lines carry timings: compare them without the numbers. */
 const noTimes = (s: string) => s.replace(/ms=\d+/g, 'ms=N');
 
-describe('integration: the fast narfs register client', function () {
+/** The client's source built with AddressSanitizer and UBSan (any finding aborts it). */
+async function buildSanitized(): Promise<string> {
+  const out = fileURLToPath(new URL('../../build/sanitize/narfs-client', import.meta.url));
+  await mkdir(dirname(out), { recursive: true });
+  const src = fileURLToPath(new URL('../../native/client/fast-client.c', import.meta.url));
+  const r = await exec('gcc', ['-std=c11', '-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-fno-omit-frame-pointer',
+    '-Wall', '-Wextra', '-Werror', src, '-o', out]);
+  assert.equal(r.code, 0, `gcc with sanitizers: ${r.stderr}`);
+  return out;
+}
+
+function fastClientSuite(withSanitizers: boolean) {
+  return function (this: Mocha.Suite) {
   this.timeout(FIXTURE_BUILD_TIMEOUT_MS);
   let fixtures: Fixtures;
   let root: string;
@@ -100,7 +124,9 @@ describe('integration: the fast narfs register client', function () {
   before(async () => {
     assert.ok(existsSync(FAST_CLIENT), `${FAST_CLIENT} is built by npm run build (binding.gyp)`);
     fixtures = await loadFixtures();
+    if (withSanitizers) sanitized = await buildSanitized();
   });
+  after(() => { sanitized = undefined; });
   beforeEach(async () => {
     root = await mkdtemp(join(tmpdir(), 'narfs-fast-register-'));
     cacheDir = join(root, 'cache');
@@ -182,6 +208,22 @@ describe('integration: the fast narfs register client', function () {
     assert.equal(a.code, 0, a.stderr);
     assert.deepEqual(a, b);
     assert.match(a.stderr, /^narfs: warn: 1 lines of the trace are not .*\nnarfs: prefetch goes on in the daemon/);
+    // Bytes the client escapes (NUL, control characters, bytes >= 0x80) and a trace of
+    // ~600 KiB: the same lines as the Node CLI, which reads the file as UTF-8.
+    const odd = join(root, 'odd.trace');
+    const lines = Array.from({ length: 12_000 }, (_, i) => `${base}\t${i * 512}`).join('\n');
+    await writeFile(odd, Buffer.concat([Buffer.from(`${lines}\n`), Buffer.from([0x61, 0x00, 0x62, 0x0a, 0xff, 0xfe, 0x09, 0x31, 0x0a, 0x01, 0x22, 0x5c, 0x0a])]));
+    const oa = await fastPrefetch(['--trace', odd, '--detach', '--cache-dir', cacheDir], { env: NO_NODE });
+    const ob = await nodePrefetch(['--trace', odd, '--detach', '--cache-dir', cacheDir]);
+    assert.equal(oa.code, 0, oa.stderr);
+    assert.deepEqual(oa, ob);
+    assert.match(oa.stderr, /^narfs: warn: 3 lines of the trace are not /);
+    // A trace too large for one request line: left to the Node CLI (which says why).
+    const huge = join(root, 'huge.trace');
+    await writeFile(huge, `${Array.from({ length: 40_000 }, (_, i) => `${base}\t${i}`).join('\n')}\n`);
+    const h = await fastPrefetch(['--trace', huge, '--detach', '--cache-dir', cacheDir], { env: NO_NODE });
+    assert.equal(h.code, 1, h.stderr);
+    assert.match(h.stderr, /cannot run node/);
     // Relative --trace and --cache-dir are the caller's; --trace=FILE too.
     const rel = await fastPrefetch(['--trace=job.trace', '--detach', '--cache-dir', 'cache'], { cwd: root, env: NO_NODE });
     assert.equal(rel.code, 0, rel.stderr);
@@ -294,4 +336,8 @@ describe('integration: the fast narfs register client', function () {
     assert.match(r.stdout, /registered 2 paths/);
     assert.deepEqual(bad.ops, ['cli', 'register']);
   });
-});
+  };
+}
+
+describe('integration: the fast narfs client (register, prefetch)', fastClientSuite(false));
+describe('integration: the fast narfs client under AddressSanitizer and UBSan', fastClientSuite(true));
