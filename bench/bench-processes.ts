@@ -11,7 +11,7 @@
  * that would leave a pipe unread and block a daemon that logs.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
@@ -188,6 +188,62 @@ export async function waitIdle(pid: number, server: ServedDatalake, quietMs = 30
     if (Date.now() - since >= quietMs) return { idle: true, ...now.stats };
     if (Date.now() - start >= maxMs) return { idle: false, ...now.stats };
   }
+}
+
+/**
+ * Deleting the outputs of timed runs (narfs caches, `nix copy` stores: ~23k files each)
+ * between runs skews the next run. On a journal-less ext4 (this machine's root) every inode
+ * allocation passes over the inodes of its block group freed in the last 60 s (360 s while
+ * their inode table block is dirty; fs/ext4/ialloc.c find_inode_bit / recently_deleted), so
+ * a run that creates 23k files right after another deleted 23k pays for that scan: `nix
+ * copy` of the bench closure from file:// zstd took 1.9-2.0 s with nothing deleted before
+ * it and 10.2-12.4 s right after the previous copy's store was deleted (and the benchmark
+ * alternates contenders as A B B A, so a contender often followed itself). So outputs are
+ * retired, not deleted: they stay until `deleteRetired` after the last timed run (or until
+ * free space runs low, see `retire`), and a run starts only once the deletions of an
+ * earlier run have settled (`settleDeletions`).
+ */
+const DELETED_STAMP = '/var/cache/narfs/bench/.deleted-at';
+/** 60 s (RECENTCY_MIN) once the inode tables are written back (sync), plus margin. */
+const SETTLE_MS = 65_000;
+/** Below this much free space, retired outputs are deleted (and the deletion settles) before the next run. */
+const MIN_FREE_BYTES = 12 * 2 ** 30;
+const retired: string[] = [];
+
+/** Deletes `paths`, writes the inode tables back and notes when (for settleDeletions). */
+export function deleteNow(paths: readonly string[]): void {
+  for (const p of paths) rmSync(p, { recursive: true, force: true });
+  spawnSync('sync');
+  try { writeFileSync(DELETED_STAMP, String(Date.now())); } catch { /* no bench dir yet: nothing to settle */ }
+}
+
+/** Waits until the deletions noted by deleteNow are older than SETTLE_MS (a message says why). */
+export async function settleDeletions(say: (s: string) => void = (s) => process.stderr.write(`bench: ${s}\n`)): Promise<void> {
+  let at = NaN;
+  try { at = Number(readFileSync(DELETED_STAMP, 'utf8')); } catch { return; }
+  const wait = at + SETTLE_MS - Date.now();
+  if (!(wait > 0)) return;
+  say(`waiting ${(wait / 1000).toFixed(0)} s for the files deleted at ${new Date(at).toISOString()} to be reusable without the journal-less ext4's recently-deleted scan`);
+  await sleep(wait);
+}
+
+/**
+ * Keeps `path` (an output of a timed run) until deleteRetired. When the filesystem has
+ * less than MIN_FREE_BYTES free, everything retired is deleted now and the next run waits
+ * for the deletion to settle.
+ */
+export async function retire(path: string): Promise<void> {
+  retired.push(path);
+  let free = Infinity;
+  try { const st = statfsSync(path); free = st.bavail * st.bsize; } catch { /* keep going */ }
+  if (free >= MIN_FREE_BYTES) return;
+  deleteNow(retired.splice(0));
+  await settleDeletions((s) => process.stderr.write(`bench: free space below ${MIN_FREE_BYTES / 2 ** 30} GiB: retired outputs deleted; ${s}\n`));
+}
+
+/** Deletes every retired output (after the last timed run). */
+export function deleteRetired(): void {
+  deleteNow(retired.splice(0));
 }
 
 export function dropCaches(): void {

@@ -20,11 +20,11 @@
  * fails the run).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { claimRunDir, dropCaches, installCleanupHandlers, serveDatalake, startNarfs, startPrefetchTrace, waitIdle } from './bench-processes.js';
+import { claimRunDir, deleteNow, dropCaches, installCleanupHandlers, serveDatalake, settleDeletions, startNarfs, startPrefetchTrace, waitIdle } from './bench-processes.js';
 import { fivePercentWorkload, readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
 import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
 import { loadProfile, selfTimes } from './cpu-profile.js';
@@ -80,6 +80,8 @@ function cpuMs(statPath: string): { user: number; sys: number } {
 const cpuText = (c: { user: number; sys: number }) => `${c.user + c.sys} ms (user ${c.user}, sys ${c.sys})`;
 
 installCleanupHandlers();
+// The files an earlier probe or bench run deleted must not be reused under the clock (bench-processes.ts retire).
+await settleDeletions();
 const dir = spawnSync('bash', ['scripts/build-bench-datalake.sh'], { stdio: ['ignore', 'pipe', 'inherit'] }).stdout.toString().trim().split('\n').at(-1)!;
 const m = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
 const idx = prepareIndexed(m, (s) => process.stderr.write(`${s}\n`));
@@ -224,6 +226,6 @@ try {
   if (args.prof && process.env.NARFS_PROBE_KEEP_PROF) spawnSync('cp', ['-r', r.profDir, process.env.NARFS_PROBE_KEEP_PROF]);
 } finally {
   await server.stop();
-  rmSync(tmp, { recursive: true, force: true });
+  deleteNow([tmp]);
 }
 process.exit(0);

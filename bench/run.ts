@@ -33,7 +33,7 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import {
   cleanupAllSync, claimRunDir, currentRss, dropCaches, settledRss, installCleanupHandlers, peakRss, serveDatalake, startNarfs, startPrefetchTrace, startSquashfuse,
-  cleanupStaleRuns, waitIdle, type NarfsMount, type ServedDatalake,
+  cleanupStaleRuns, waitIdle, type NarfsMount, type ServedDatalake, deleteRetired, retire, settleDeletions,
 } from './bench-processes.js';
 import { registerScale } from './register-scale.js';
 import { lowerPathInfo } from './lower-path-info.js';
@@ -251,7 +251,7 @@ async function nixCopyRemoteRun(m: Manifest, server: ServedDatalake, work: (stor
   await work(join(root, 'nix/store'));
   const t = ms(t0);
   const after = await server.stats();
-  rmSync(root, { recursive: true, force: true });
+  await retire(root);
   return { t, bodyBytes: after.bodyBytes - before.bodyBytes };
 }
 
@@ -289,7 +289,7 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
     try {
       if (indexedVariant) {
         const r = await narfsRemoteRun(m, server, (mnt) => replayWorkload(mnt, ops).bytes, ['--record-trace', trace]);
-        rmSync(r.cache, { recursive: true, force: true });
+        await retire(r.cache);
         log(`${name}: recorded a read trace of ${readFileSync(trace, 'utf8').split('\n').length - 2} files`);
       }
       for (let rep = 0; rep < REPS; rep++) {
@@ -304,7 +304,7 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
               // Not a first use: whatever the daemon was still doing may have warmed its cache.
               row(name, MOUNT_TIME).values.push(r.mountMs);
               recordFailure(name, c, r.mountMs + r.startUp.waitedMs, `the daemon was not idle 10 s after mounting (start-up: ${r.startUp.requests} requests, ${r.startUp.bodyBytes} bytes); the workload was not timed`, undefined, r.logText);
-              rmSync(r.cache, { recursive: true, force: true });
+              await retire(r.cache);
               log(`${name}: ${who} rep ${rep + 1}: not idle, not timed`);
               continue;
             }
@@ -314,7 +314,7 @@ async function scenario1(m: Manifest, ops: WorkloadOp[]): Promise<void> {
             const startUp = r.startUp ? `; start-up before the clock: ${r.startUp.requests} requests, ${r.startUp.bodyBytes} bytes` : '';
             row(name, c).notes.push(`whole NARs ${st.paths} (${mib(st.bytes).toFixed(0)} MiB); read ${mib(r.read).toFixed(1)} MiB; fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests (fetched/read ${(r.bodyBytes / r.read).toFixed(2)})${startUp}`);
             row(name, MOUNT_TIME).values.push(r.mountMs);
-            rmSync(r.cache, { recursive: true, force: true });
+            await retire(r.cache);
           } else {
             const r = await nixCopyRemoteRun(m, server, (store) => {
               const res = replayWorkload(store, ops);
@@ -350,7 +350,7 @@ async function scenario9(m: Manifest): Promise<void> {
             row(name, 'narfs (mount + workload)').values.push(r.t);
             row(ratioName, 'narfs', 'x').values.push(r.bodyBytes / r.read);
             row(ratioName, 'narfs').notes.push(`fetched ${mib(r.bodyBytes).toFixed(1)} MiB in ${r.requests} requests for ${mib(r.read).toFixed(1)} MiB read; whole NARs ${materialisedStats(r.logText).paths}`);
-            rmSync(r.cache, { recursive: true, force: true });
+            await retire(r.cache);
           } else {
             const r = await nixCopyRemoteRun(m, server, (store) => { readRanges(store, w.reads); });
             row(name, 'nix copy + workload on disk', 'ms', true).values.push(r.t);
@@ -397,7 +397,7 @@ async function scenario10(m: Manifest): Promise<void> {
           row(wholeName, 'narfs', 'ms').values.push(t2);
           row(wholeName, 'narfs').notes.push(`${s2.requests - s0.requests} requests, ${mib(s2.bodyBytes - s0.bodyBytes).toFixed(1)} MiB; model 3 round trips + the file's bytes = ${modelWhole.toFixed(0)} ms`);
         } finally { await mount.stop(); }
-        rmSync(cache, { recursive: true, force: true });
+        await retire(cache);
         log(`${firstName}: ${row(firstName, 'narfs').values.at(-1)!.toFixed(0)} ms; whole ${row(wholeName, 'narfs').values.at(-1)!.toFixed(0)} ms; ${row(wholeName, 'narfs').notes.at(-1)}`);
       }
     } finally {
@@ -434,7 +434,7 @@ async function scenario11(m: Manifest): Promise<void> {
             else row(name, 'narfs (mount + read all)').values.push(r.t);
             const held = cacheContentBytes(r.cache);
             row(name, 'narfs (mount + read all)').notes.push(`${stopped ? `STOPPED at the ${FULL_READ_DEADLINE_MS / 1000} s deadline (the time is a lower bound); ` : ''}fetched ${mib(r.bodyBytes).toFixed(0)} MiB in ${r.requests} requests; cache holds ${mib(held).toFixed(1)} MiB of content${stopped || failed ? ' (incomplete: no dedupe figure)' : ` for ${mib(m.closureStats.bytes).toFixed(1)} MiB of files (dedupe saves ${mib(m.closureStats.bytes - held).toFixed(1)} MiB)`}`);
-            rmSync(r.cache, { recursive: true, force: true });
+            await retire(r.cache);
           } else {
             const r = await nixCopyRemoteRun(m, server, () => {});
             row(name, 'nix copy', 'ms', true).values.push(r.t);
@@ -476,13 +476,13 @@ async function scenario2(m: Manifest): Promise<void> {
           }
           // Not kept as the warm cache: the stop ends the background commits of the files
           // read (they are fetched again when next read), so this cache is not complete.
-          rmSync(cache, { recursive: true, force: true });
+          await retire(cache);
         } else {
           const root = freshDir('store');
           const t0 = performance.now();
           await nixCopy(url, root, m);
           row(name, 'nix copy', 'ms', true).values.push(ms(t0));
-          rmSync(root, { recursive: true, force: true });
+          await retire(root);
         }
         log(`${name}: ${who} rep ${rep + 1}: ${rows.filter((r) => r.scenario === name).map((r) => r.values.at(-1)?.toFixed(0)).join(' / ')} ms`);
       }
@@ -681,7 +681,7 @@ async function scenario6(m: Manifest): Promise<void> {
           row(forgetName, narfsName('after', b), 'MiB').values.push(await settledRss(mount.pid) / 2 ** 20);
           row(forgetName, narfsName('idle', b), 'MiB').values.push(idle / 2 ** 20);
         } finally { await mount.stop(); }
-        rmSync(cache, { recursive: true, force: true });
+        await retire(cache);
       } else {
         const t0 = performance.now();
         await walkMetadata('/nix/store', [many]);
@@ -831,6 +831,8 @@ async function main(): Promise<void> {
   if (!existsSync(join(REPO, 'dist/src/cli/main.js'))) throw new Error('dist/ is missing: npm run build');
   runRoot = mkdtempSync(TMP_PREFIX);
   claimRunDir(runRoot);
+  // Files an earlier run deleted must not be reused under the clock (bench-processes.ts retire).
+  await settleDeletions(log);
   const datalake = `${m.closure.length} store paths (top \`${base(m.top)}\`) holding the files of ${m.packages.length} Debian packages (listed with their versions in the build dir's manifest.json), ${m.closureStats.files} files, ${m.closureStats.dirs} directories, ${m.closureStats.symlinks} symlinks, ${(m.closureStats.bytes / 2 ** 20).toFixed(0)} MiB of file content; NARs: xz ${(m.datalakes.xz.narBytes / 2 ** 20).toFixed(0)} MiB, zstd ${(m.datalakes.zstd.narBytes / 2 ** 20).toFixed(0)} MiB, none ${(m.datalakes.none.narBytes / 2 ** 20).toFixed(0)} MiB. Scenario 1 workload: ${m.workload.ops} operations recorded with strace (Python 3.11 importing 17 modules, Perl loading 9 modules, cpp of a file including libc and Python headers), ${m.workload.reads} file reads, ${(m.workload.readBytes / 2 ** 20).toFixed(1)} MiB (${((100 * m.workload.readBytes) / m.closureStats.bytes).toFixed(1)} % of the closure). Remote datalake: HTTP on 127.0.0.1 with ${LATENCY_MS} ms added per request and ${args['bandwidth-mbit']} Mbit/s. Squashfs image: zstd. Build dir: \`${m.dir}\`.`;
   log(datalake);
   try {
@@ -851,6 +853,7 @@ async function main(): Promise<void> {
     if (ONLY.has('8')) await lowerPathInfo({ reps: Math.max(REPS, 10), log }, row);
   } finally {
     cleanupAllSync();
+    deleteRetired();
     rmSync(runRoot, { recursive: true, force: true });
   }
   const sum = summarise();
