@@ -27,9 +27,10 @@
  * Whenever the fast path does not end with the daemon's exit frame — no socket, a refused
  * connection, a daemon that does not know op "cli" (it answers a JSON line), an "f" frame,
  * a connection closed early, a malformed frame, no first frame within 60 s — it execs the
- * Node CLI (`node SCRIPT register ARG...`), which does the same registration (registration
- * is idempotent) and reports in full. The socket is close-on-exec, so a registration the
- * daemon was still running for us is aborted when we exec. The one thing printed from
+ * Node CLI (`node SCRIPT COMMAND ARG...`), which does the same work (registration is
+ * idempotent; a detached prefetch asked twice finds the first one's files cached) and
+ * reports in full. The socket is close-on-exec, so a registration the daemon was still
+ * running for us is aborted when we exec. The one thing printed from
  * here is the text the daemon gave in its "d" frame, when the daemon passes that deadline
  * (plus 10 s of slack) without an answer: then the exit status is 1.
  *
