@@ -5,7 +5,7 @@
  * its log) and, with --prof, the V8 self time per function. For explaining one figure of
  * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
  *
- *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable|xz|zstd [--traced] [--running] [--prof] [--extra '--opt v ...']
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable|xz|zstd [--traced] [--running] [--prof] [--extra '--opt v ...'] [--narfs-bin CHECKOUT/bin/narfs]
  *
  * --running: a first use on a running daemon (scenario 1's "running daemon" contender): once
  * the mount answers the kernel caches are dropped again, then the clock starts when the
@@ -33,6 +33,8 @@ const { values: args } = parseArgs({
   options: {
     scenario: { type: 'string', default: '1' }, variant: { type: 'string', default: 'seekable' }, traced: { type: 'boolean', default: false },
     prof: { type: 'boolean', default: false }, running: { type: 'boolean', default: false }, extra: { type: 'string', default: '' },
+    // Another built checkout's bin/narfs (an older narfs, measured under the same conditions).
+    'narfs-bin': { type: 'string' },
   },
 });
 const LATENCY_MS = 20;
@@ -118,7 +120,7 @@ try {
     let t0 = performance.now();
     let wall0 = Date.now();
     const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
-      nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more] });
+      nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more], ...(args['narfs-bin'] ? { narfsBin: args['narfs-bin'] } : {}) });
     let read = 0;
     let mounted = Date.now() - wall0;
     let worked = 0;
