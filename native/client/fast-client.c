@@ -130,18 +130,22 @@ static int buf_file(struct buf *b, const char *path, size_t max) {
   return b->len > max ? -1 : 0;
 }
 
+/* The value of option `name` at argv[*i] (`NAME VALUE`, then *i moves past VALUE, or
+ * `NAME=VALUE`), or NULL when argv[*i] is not that option. */
+static const char *option_value(int argc, char **argv, int *i, const char *name) {
+  size_t n = strlen(name);
+  if (strcmp(argv[*i], name) == 0 && *i + 1 < argc) return argv[++*i];
+  if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=') return argv[*i] + n + 1;
+  return NULL;
+}
+
 /* `,"files":[[FILE,TEXT],...]` for every --trace FILE of argv[3...] (before `--`). */
 static int add_trace_files(struct buf *req, int argc, char **argv) {
   int rc = buf_add(req, ",\"files\":[", 10);
   int first = 1;
   for (int i = 3; i < argc && rc == 0; i++) {
     if (strcmp(argv[i], "--") == 0) break;
-    const char *file = NULL;
-    if (strcmp(argv[i], "--trace") == 0 && i + 1 < argc) {
-      file = argv[++i];
-    } else if (strncmp(argv[i], "--trace=", 8) == 0) {
-      file = argv[i] + 8;
-    }
+    const char *file = option_value(argc, argv, &i, "--trace");
     if (!file) continue;
     struct buf text = {0};
     if (buf_file(&text, file, MAX_REQUEST) != 0) {
@@ -206,11 +210,8 @@ static char *socket_path(int argc, char **argv) {
   const char *dir = DEFAULT_CACHE_DIR;
   for (int i = 3; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) break;
-    if (strcmp(argv[i], "--cache-dir") == 0 && i + 1 < argc) {
-      dir = argv[++i];
-    } else if (strncmp(argv[i], "--cache-dir=", 12) == 0) {
-      dir = argv[i] + 12;
-    }
+    const char *value = option_value(argc, argv, &i, "--cache-dir");
+    if (value) dir = value;
   }
   struct sockaddr_un sa;
   size_t n = strlen(dir) + 1 + strlen(CONTROL_SOCKET) + 1;

@@ -147,8 +147,9 @@ async function runPrefetchCli(args: string[], files: unknown, cwd: string, frame
     frame('f', inv.help ? '--help' : 'prefetch without --detach shows progress: the Node CLI does');
     return;
   }
-  if (!(await sameDirectory(resolve(cwd, inv.cacheDir ?? defaultCacheDir()), ctx.cacheDir))) {
-    frame('f', `--cache-dir ${inv.cacheDir ?? defaultCacheDir()} is not this daemon's`);
+  const cacheDir = inv.cacheDir ?? defaultCacheDir();
+  if (!(await sameDirectory(resolve(cwd, cacheDir), ctx.cacheDir))) {
+    frame('f', `--cache-dir ${cacheDir} is not this daemon's`);
     return;
   }
   const sent = new Map<string, string>();

@@ -28,11 +28,8 @@ export type MountState =
   /** A FUSE mount whose daemon did not answer within the deadline. */
   | 'hung';
 
-/** What `stat` says (strerror, C locale) for the errnos of a connection that is gone. */
-const GONE: ReadonlyArray<[RegExp, string]> = [
-  [/Transport endpoint is not connected$/m, 'ENOTCONN'],
-  [/Software caused connection abort$/m, 'ECONNABORTED'],
-];
+/** What `stat` says (strerror, C locale) for ENOTCONN and ECONNABORTED: the connection is gone. */
+const GONE = /(Transport endpoint is not connected|Software caused connection abort)$/m;
 
 export async function mountState(mountpoint: string, timeoutMs = 10_000): Promise<MountState> {
   const fstype = await mountedType(mountpoint);
@@ -44,7 +41,7 @@ export async function mountState(mountpoint: string, timeoutMs = 10_000): Promis
       const out = String(stdout).trim();
       const said = String(stderr).trim();
       if (out === 'ok') resolve('live');
-      else if (GONE.some(([re]) => re.test(said))) resolve('stale');
+      else if (GONE.test(said)) resolve('stale');
       else if (err && (err as { killed?: boolean }).killed) resolve('hung');
       else if (err && (err as { code?: unknown }).code === 'ENOENT') {
         // No verdict either way: the caller keeps the cause (mount-daemon.ts).

@@ -88,7 +88,7 @@ import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import { cacheError } from '../cache/cache-error.js';
-import { createDecompressor, defaultDecompressorPool } from '../compression/decompress.js';
+import { createDecompressor, defaultDecompressorPool, DECOMPRESSOR_COMMANDS } from '../compression/decompress.js';
 import { checkRelPath } from '../datalake/datalake.js';
 import { isDatalakeDown, type DatalakeSet } from '../datalake/datalake-set.js';
 import type { NarNode } from '../nix/nar-listing.js';
@@ -142,8 +142,6 @@ export interface MaterialiserEvents {
  * event loop that also answers the kernel and drives the commits.
  */
 const IN_WORKER: ReadonlySet<string> = new Set<WorkerCompression>(['none', 'zstd', 'gzip', 'br', 'xz', 'bzip2']);
-/** Of those, the methods undone by a child process (one slot of defaultDecompressorPool each). */
-const PROCESS_BACKED: ReadonlySet<string> = new Set<WorkerCompression>(['xz', 'bzip2']);
 /**
  * Files read back from a staging file per commitBuffers call, and their bytes at most. A
  * stop (unmount, SIGTERM) waits for the batch being written, so a batch is kept to a
@@ -200,14 +198,13 @@ export class Materialiser {
   /** Aborted by stop(): the background commits end after the batch being written. */
   readonly #stopCommits = new AbortController();
   readonly #commitSignal: AbortSignal;
-  /** Whole-NAR fetches streaming now (#stream), and the commits waiting for none to be. */
+  /** Whole-NAR fetches streaming now (#stream), and the wake-ups of the commits waiting for none to be. */
   #streaming = 0;
-  #streamingDone: Array<() => void> = [];
-  #yielding = 0;
+  readonly #streamingDone = new Set<() => void>();
 
   /** Background commits waiting now for whole-NAR fetches to end (#yieldToFetches). */
   get yielding(): number {
-    return this.#yielding;
+    return this.#streamingDone.size;
   }
 
   constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
@@ -486,7 +483,7 @@ export class Materialiser {
     // xz and bzip2, the slot in the process-wide pool of the child the worker will run:
     // taken before the socket as before, given back when the job has ended.
     const inWorker = IN_WORKER.has(ni.compression);
-    const slot = inWorker && PROCESS_BACKED.has(ni.compression) ? await defaultDecompressorPool.acquire(shutdown) : undefined;
+    const slot = inWorker && Object.hasOwn(DECOMPRESSOR_COMMANDS, ni.compression) ? await defaultDecompressorPool.acquire(shutdown) : undefined;
     try {
       return await this.#fetchWith(name, info, inWorker, started);
     } finally {
@@ -546,7 +543,7 @@ export class Materialiser {
         return release;
       }, () => release());
     } finally {
-      if (--this.#streaming === 0) for (const wake of this.#streamingDone.splice(0)) wake();
+      if (--this.#streaming === 0) for (const wake of [...this.#streamingDone]) wake();
     }
   }
 
@@ -559,19 +556,17 @@ export class Materialiser {
   #yieldToFetches(signal: AbortSignal): Promise<void> {
     if (this.#streaming === 0 || signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
-      let settled = false;
+      // Whichever comes first (no fetch left, the cap, the stop) wakes it once and leaves
+      // nothing behind: a commit yielding under a steady run of fetches adds no entry.
       const done = () => {
-        if (settled) return;
-        settled = true;
-        this.#yielding--;
+        if (!this.#streamingDone.delete(done)) return;
         clearTimeout(timer);
         signal.removeEventListener('abort', done);
         resolve();
       };
       const timer = setTimeout(done, this.#opts.commitYieldMaxMs ?? COMMIT_YIELD_MAX_MS);
       signal.addEventListener('abort', done, { once: true });
-      this.#yielding++;
-      this.#streamingDone.push(done);
+      this.#streamingDone.add(done);
     });
   }
 

@@ -419,6 +419,15 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
       for (const skip of [2, 25]) assert.equal((await ddSha(join(mnt, large.base, large.rel), skip, 1)).sha, localSlice(large.local, skip, 1), `${large.rel} MiB ${skip}`);
       for (const f of small) assert.equal(await mountedSha(join(mnt, f.base, f.rel)), sha256File(f.local), `${f.base}/${f.rel}`);
     };
+    /** The daemon logs the replay of every file of `trace`, none failed; then the traced files read with no request. */
+    const replayServes = async (m: TestMount, what: string) => {
+      const files = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))).size;
+      const replayed = await m.waitForLog((l) => l.msg === 'prefetch trace replayed' && l.fields.path === 'narfs prefetch --trace' && l.fields.files === files, `the replay of ${what}`);
+      assert.equal(replayed.fields.failed, 0, JSON.stringify(replayed.fields));
+      const n = server.requests.length;
+      await readAll(m.mnt);
+      assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], `no datalake request after ${what}`);
+    };
     const cli = async (args: string[]) => {
       const c = spawnNarfs(['prefetch', ...args]);
       const code = await c.exit;
@@ -456,13 +465,8 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
         const r = await cli(['--trace', trace, '--detach', '--cache-dir', m.cacheDir]);
         assert.equal(r.code, 0, r.stderr);
         assert.match(r.stderr, /goes on in the daemon/, r.stderr);
-        const files = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))).size;
         // The replay of `gone` logged the same message before: this one is the trace's.
-        const replayed = await m.waitForLog((l) => l.msg === 'prefetch trace replayed' && l.fields.path === 'narfs prefetch --trace' && l.fields.files === files, 'the detached replay');
-        assert.equal(replayed.fields.failed, 0, JSON.stringify(replayed.fields));
-        const n = server.requests.length;
-        await readAll(m.mnt);
-        assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], 'no datalake request after narfs prefetch --trace --detach');
+        await replayServes(m, 'narfs prefetch --trace --detach');
       });
 
       // bin/narfs run as a program: the C client hands the trace to the daemon, no node
@@ -476,12 +480,7 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
         });
         assert.equal(r.code, 0, r.stderr);
         assert.equal(r.stderr, 'narfs: prefetch goes on in the daemon; its log says when it is done\n');
-        const files = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'))).size;
-        const replayed = await m.waitForLog((l) => l.msg === 'prefetch trace replayed' && l.fields.path === 'narfs prefetch --trace' && l.fields.files === files, 'the replay the C client asked for');
-        assert.equal(replayed.fields.failed, 0, JSON.stringify(replayed.fields));
-        const n = server.requests.length;
-        await readAll(m.mnt);
-        assert.deepEqual(server.requests.slice(n).map((q) => q.relPath), [], 'no datalake request after the fast narfs prefetch --trace --detach');
+        await replayServes(m, 'the fast narfs prefetch --trace --detach');
       });
     } finally {
       await server.close();
