@@ -1,6 +1,6 @@
 /**
  * Materialiser: fetches a store path's whole NAR, decompresses it, verifies it while it
- * streams and unpacks its files, then commits the files to the BlobStore (content-
+ * streams and stages it, then commits the files to the BlobStore (content-
  * addressed: a file already held is a dedupe hit) and the NarIndex built from the NAR to
  * the TreeStore (source `nar`).
  *
@@ -11,9 +11,9 @@
  *   removed) and is reported once with its code (ERR_NAR_HASH_MISMATCH,
  *   ERR_NAR_SIZE_MISMATCH, ERR_NAR_*, ERR_DECOMPRESS…).
  * - Reads are answered as soon as the NarHash matched, not after the per-file work: the
- *   verify worker writes the files' contents into ONE staging file at their NAR offsets
- *   (nar-unpacker.ts; one file creation per file cost ~0.45 ms each before the hash
- *   match), `verified` then answers the tree and `readStaged` serves each file from the
+ *   verify worker writes the NAR into ONE staging file, so each file lies at its NAR
+ *   offset (nar-staging-file.ts; one file creation per file cost ~0.45 ms each before the
+ *   hash match), `verified` then answers the tree and `readStaged` serves each file from the
  *   staging file (the very bytes that were hashed, nothing held in memory), while the
  *   files are split into blobs in the background (commitBuffers in bounded batches, a big
  *   file by commitFiles) and then the tree goes to the TreeStore. No file of a NAR is
@@ -27,11 +27,9 @@
  *   commit's file creations take), COMMIT_YIELD_MAX_MS at most per batch, so a long run of
  *   fetches slows a commit down but never stalls it.
  * - Disk bound: the staging file counts in the BlobStore's bound (BlobStore.reserve) from
- *   before the download (NarSize) until its job directory is removed (the files' bytes
- *   once verified), so while a NAR is committed the cache holds at most its bound,
+ *   before the download (NarSize, what it holds) until its job directory is removed, so while a NAR is committed the cache holds at most its bound,
  *   staging file and blobs together (the files of that NAR are on disk twice meanwhile).
- *   What the bound does not see: NAR headers and padding are holes in the staging file,
- *   each file's last block is rounded up by the filesystem, and the copy of a big file
+ *   What the bound does not see: each file's last block is rounded up by the filesystem, and the copy of a big file
  *   (> COMMIT_COPY_BYTES) out of the staging file is counted only from its rename into
  *   blobs/: the excess is at most the largest file of the NAR, while it is copied.
  * - The job directory (with its staging file) is removed on every path: a failed fetch
@@ -63,11 +61,11 @@
  *   check (ERR_NAR_*), the cache disk (ERR_CACHE_FULL / ERR_CACHE_IO, not blamed on the
  *   data). An uncoded error of unknown origin is ERR_INTERNAL, never ERR_DECOMPRESS.
  * - Memory is bounded: the stream flows through with back-pressure, never buffered whole.
- * - CPU work is off the main thread (which answers the kernel): decompression of zstd,
- *   gzip and br, SHA-256 of the NAR and of every file and chunk, the strict parse and the
- *   writes of the unpacked files run on a verify worker (verify-pool.ts,
- *   nar-unpacker.ts); xz and bzip2 stay child processes whose output the main thread only
- *   moves on. The main thread only renames the files and writes the tree. The temp
+ * - CPU work is off the main thread (which answers the kernel): decompression (xz and
+ *   bzip2 by a child process of the worker), SHA-256 of the NAR and of every file and
+ *   chunk, the strict parse and the write of the staging file run on a verify worker
+ *   (verify-pool.ts, nar-staging-file.ts). The main thread parses the index once, moves
+ *   the compressed bytes on and drives the commit. The temp
  *   directory is committed or removed only once the worker has finished with it
  *   (`VerifyJob.settled`).
  * - The NAR comes from the datalake whose narinfo was used (its URL is relative to it),
@@ -183,7 +181,7 @@ export class Materialiser {
   /** Counts NAR fetches started (tests assert single flight with it). */
   fetches = 0;
 
-  /** Files unpacked that the BlobStore already held (dedupe), since start. */
+  /** Files of verified NARs that the BlobStore already held (dedupe), since start. */
   dedupeHits = 0;
 
   /** Store paths whose verified files are being committed in the background (#commitLater). */
@@ -496,9 +494,9 @@ export class Materialiser {
     const shutdown = this.#opts.signal;
     const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
     const temp = this.#blobs.tempPath(name);
-    // The staging file (at most NarSize bytes: the files' contents, the rest holes) counts
+    // The staging file (NarSize bytes: the NAR, uncompressed) counts
     // against the cache's bound from now until the job directory is gone.
-    let release = this.#blobs.reserve(ni.narSize);
+    const release = this.#blobs.reserve(ni.narSize);
     try {
       await mkdir(temp);
     } catch (err) {
@@ -536,12 +534,7 @@ export class Materialiser {
     }
     this.#streaming++;
     try {
-      return await this.#stream(name, info, source, decompressor, verifier, temp, started, (bytes) => {
-        // Verified: from NarSize down to the bytes the staging file really holds.
-        release();
-        release = this.#blobs.reserve(bytes);
-        return release;
-      }, () => release());
+      return await this.#stream(name, info, source, decompressor, verifier, temp, started, release);
     } finally {
       if (--this.#streaming === 0) for (const wake of [...this.#streamingDone]) wake();
     }
@@ -571,12 +564,12 @@ export class Materialiser {
   }
 
   /**
-   * Streams the NAR through the verify worker. `keep(bytes)` (on a match) sets the staging
-   * file's reserved bytes and returns their release; `discard` releases them after a failure,
-   * once the job directory is gone.
+   * Streams the NAR through the verify worker. `release` lets go of the staging file's
+   * bytes in the BlobStore's bound: once the job directory is gone, after a failure here or
+   * after the commit.
    */
   async #stream(name: string, info: PathInfo, source: Readable, decompressor: Duplex, verifier: VerifyJob, temp: string, started: number,
-    keep: (bytes: number) => () => void, discard: () => void): Promise<Materialised> {
+    release: () => void): Promise<Materialised> {
     const ni = info.narInfo;
     // The first error each stage raised, to give the failure the code of its origin.
     let first: { stage: Stage; err: unknown } | undefined;
@@ -595,20 +588,17 @@ export class Materialiser {
     const signal = shutdown ? AbortSignal.any([shutdown, stalled.signal]) : stalled.signal;
     try {
       await pipeline(source, decompressor, verifier, { signal });
-      const { digest: got, index: encoded, files } = await verifier.result();
+      const { digest: got, index: encoded, staging } = await verifier.result();
       if (!got.equals(ni.narHash.digest)) {
         throw new NarfsError('ERR_NAR_HASH_MISMATCH',
           `${name}: NAR hashes to sha256:${formatHash({ algo: 'sha256', digest: got }, 'nix32', false)}, narinfo says ${formatHash(ni.narHash, 'nix32')}`);
       }
       clearInterval(watchdog);
       const index = parseNarIndex(encoded);
-      const staging = stagingFile(name, index, files);
       const m: Materialised = { index, listing: index.root, source: 'nar' };
-      let held = 0;
-      for (const f of index.files) held += f.size;
       // The NAR matched: its files may be read from the staging file at once (readStaged)
       // while they are committed in the background.
-      this.#commitLater(name, info, m, staging, encoded, temp, Date.now() - started, keep(held));
+      this.#commitLater(name, info, m, index.files.length > 0 ? staging : undefined, encoded, temp, Date.now() - started, release);
       return m;
     } catch (err) {
       clearInterval(watchdog);
@@ -620,7 +610,7 @@ export class Materialiser {
       await Promise.race([verifier.settled(), new Promise<void>((resolve) => { timer = setTimeout(resolve, SETTLE_MS); })]);
       clearTimeout(timer);
       await removeTemp(temp);
-      discard();
+      release();
       if (shutdown?.aborted) throw new NarfsError('ERR_ABORTED', `fetch of ${name} stopped by shutdown`, { cause: err });
       const failure = stalled.signal.aborted ? stalled.signal.reason as NarfsError : classify(name, first ?? { stage: undefined, err });
       // The datalake's own fault (the stream died or went silent) counts against its health.
@@ -652,17 +642,6 @@ interface StagedFile {
 /** Whether two narinfos name the same NAR (hash and size). */
 function sameNarInfo(a: PathInfo, b: PathInfo): boolean {
   return a.narInfo.narSize === b.narInfo.narSize && a.narInfo.narHash.digest.equals(b.narInfo.narHash.digest);
-}
-
-/**
- * The staging file holding the files of the index (the unpacker's, same NAR order), or
- * undefined when the NAR has no file of size > 0.
- */
-function stagingFile(name: string, index: NarIndex, files: ReadonlyArray<{ narOffset: number; path: string }>): string | undefined {
-  if (files.length !== index.files.length || files.some((f, i) => f.narOffset !== index.files[i]!.narOffset || f.path !== files[0]!.path)) {
-    throw new NarfsError('ERR_INTERNAL', `${name}: the files unpacked are not the files of the index`);
-  }
-  return files[0]?.path;
 }
 
 /** `length` bytes at `position` of an open file; a short file is ERR_CACHE_CORRUPT. */

@@ -1,11 +1,16 @@
 /**
  * The verify worker: decompresses (none, zstd, gzip, br; xz and bzip2 through a child
- * process it runs), hashes, strictly parses and
- * unpacks fetched NARs, off the thread that answers the kernel: the regular files'
- * contents are written into one staging file in the job's directory, at their NAR offsets
- * (nar-unpacker.ts), while an IndexBuilder hashes them whole and per chunk, so the main
- * thread can serve and commit the files and the index once NarHash matched.
+ * process it runs), hashes, strictly parses and stages fetched NARs, off the thread that
+ * answers the kernel: the NAR's bytes go, in stream order, into one staging file in the
+ * job's directory (nar-staging-file.ts), so each file lies at its NAR offset, while an
+ * IndexBuilder hashes the regular files whole and per chunk, so the main thread can serve
+ * and commit the files and the index once NarHash matched.
  * Protocol: verify-protocol.ts. Started by verify-pool.ts.
+ *
+ * Everything here stands between the NAR's last byte and the first read of the path it
+ * belongs to, so it is done once: the index is encoded once and not parsed back (the main
+ * thread's parseNarIndex lays the tree out again and checks it against NarSize; the
+ * encoder finds every regular file of the tree among the files hashed).
  *
  * Invariants:
  * - Bounded memory per job: the input PassThrough holds at most 1 MiB; a chunk is acked
@@ -24,7 +29,7 @@ import { pipeline } from 'node:stream/promises';
 import { parentPort } from 'node:worker_threads';
 import { NarfsError, isNarfsError } from '../errors.js';
 import { cacheError } from '../cache/cache-error.js';
-import { NarUnpacker } from '../cache/nar-unpacker.js';
+import { NarStagingFile } from '../cache/nar-staging-file.js';
 import { createDecompressor } from '../compression/decompress.js';
 import { DecompressorPool } from '../compression/decompressor-pool.js';
 import { toWireError } from '../nixdb/wire-error.js';
@@ -74,7 +79,7 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
   // The first error each stage raised: pipeline() may reject with a later one (an abort).
   let first: { stage: VerifyStage; err: unknown } | undefined;
   const note = (stage: VerifyStage) => (err: unknown) => { first ??= { stage, err }; };
-  let unpacker: NarUnpacker | undefined;
+  let staging: NarStagingFile | undefined;
   let out: { msg: FromWorker; transfer: ArrayBuffer[] };
   try {
     // xz and bzip2: a child process of this thread. Its slot in the process-wide pool was
@@ -82,14 +87,13 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     // this thread's own pool never makes it wait.
     const decompressor: Duplex = await createDecompressor(m.compression, { signal: job.abort.signal, pool: CHILDREN });
     const builder = new IndexBuilder(m.chunkSize);
-    unpacker = new NarUnpacker(m.dir, builder);
-    const u = unpacker;
-    const verifier = new NarVerifier(m.narSize, unpacker);
+    const file = staging = new NarStagingFile(m.dir);
+    const verifier = new NarVerifier(m.narSize, builder);
     decompressor.on('error', note('decompress'));
-    // A failed write surfaces through the parser: it is the disk's fault, not the data's.
-    verifier.on('error', (err: unknown) => { first ??= u.failure ? { stage: 'sink', err: u.failure } : { stage: 'verify', err }; });
+    verifier.on('error', note('verify'));
+    // A failed write is the disk's fault, not the data's.
     const drain = async (chunks: AsyncIterable<Buffer>) => {
-      for await (const _ of chunks) { /* verified and unpacked on the way */ }
+      for await (const chunk of chunks) file.write(chunk);
     };
     await pipeline(job.input, decompressor, verifier, drain, { signal: job.abort.signal });
     let root;
@@ -101,14 +105,14 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
       throw err;
     }
     const digest = verifier.digest();
-    const index = builder.finish(root, { algo: 'sha256', digest }, m.narSize, m.storePath);
+    const index = builder.finish(root, { algo: 'sha256', digest }, m.narSize, m.storePath, { check: false });
     const ab = new Uint8Array(digest).buffer; // ArrayBuffers of their own, to transfer
     const idx = new Uint8Array(encodeNarIndex(index)).buffer;
-    const files = [...unpacker.files]; // closes the staging file (a failure to close fails the job)
-    out = { msg: { t: 'done', id, digest: ab, index: idx, files }, transfer: [ab, idx] };
+    file.close(); // a failure to close fails the job
+    out = { msg: { t: 'done', id, digest: ab, index: idx, staging: file.path }, transfer: [ab, idx] };
   } catch (err) {
-    const s: VerifyStage = first?.stage ?? (unpacker?.failure ? 'sink' : 'verify');
-    let e: unknown = job.abort.signal.aborted ? job.abort.signal.reason : first?.err ?? unpacker?.failure ?? err;
+    const s: VerifyStage = staging?.failure ? 'sink' : first?.stage ?? 'verify';
+    let e: unknown = job.abort.signal.aborted ? job.abort.signal.reason : staging?.failure ?? first?.err ?? err;
     if (!isNarfsError(e)) {
       e = s === 'decompress' ? new NarfsError('ERR_DECOMPRESS', (e as Error)?.message ?? String(e), { cause: e })
         : s === 'sink' ? cacheError(e, `cannot unpack a NAR into ${m.dir}`) : e;
@@ -117,7 +121,7 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
   } finally {
     // Whatever happened (an exception anywhere, an abort), the staging file's descriptor is
     // closed before the one final message, so the main thread may remove the job directory.
-    unpacker?.close();
+    staging?.close(true);
     jobs.delete(id);
   }
   post(out.msg, out.transfer);

@@ -1,6 +1,6 @@
 /**
  * VerifyPool: a few worker threads (nar-verify-worker.ts) that decompress, hash, parse and
- * unpack fetched NARs, so that none of that CPU work runs on the main thread, which answers
+ * stage fetched NARs, so that none of that CPU work runs on the main thread, which answers
  * the kernel's LOOKUP/READDIRPLUS. Protocol: verify-protocol.ts.
  *
  * Invariants:
@@ -14,7 +14,7 @@
  *   backpressure reaches the datalake stream.
  * - `result()` settles once the worker has finished with the job: every byte written and
  *   every descriptor of its files closed, whether the job succeeded, failed or was
- *   destroyed (`settled`), so the unpacked files may be committed or removed after it.
+ *   destroyed (`settled`), so the staging file may be committed or removed after it.
  */
 import { availableParallelism } from 'node:os';
 import { Writable } from 'node:stream';
@@ -22,7 +22,6 @@ import type { Worker } from 'node:worker_threads';
 import { NarfsError } from '../errors.js';
 import { startWorker } from '../nixdb/run-in-worker.js';
 import { fromWireError } from '../nixdb/wire-error.js';
-import type { UnpackedFile } from '../cache/nar-unpacker.js';
 import type { FromWorker, ToWorker, VerifyStage, WorkerCompression } from './verify-protocol.js';
 
 /** Bytes per transferred batch. */
@@ -36,13 +35,13 @@ export interface VerifyResult {
   digest: Buffer;
   /** The NarIndex built from the NAR (encodeNarIndex; unsigned), made on the worker. */
   index: Buffer;
-  /** The temp file of each regular file of size > 0, in NAR order. */
-  files: UnpackedFile[];
+  /** The staging file: the NAR's bytes, each file at its narOffset. */
+  staging: string;
 }
 
-/** Where and how a job unpacks its NAR. */
+/** Where and how a job stages its NAR. */
 export interface UnpackTarget {
-  /** An empty directory the worker writes the files into. */
+  /** An empty directory the worker writes the staging file into. */
   dir: string;
   /** The full store path (for the index). */
   storePath: string;
@@ -66,7 +65,7 @@ export class VerifyPool {
     this.#size = size;
   }
 
-  /** Starts a job unpacking a NAR into `target.dir`; write the (still `compression`-compressed) stream to it. */
+  /** Starts a job staging a NAR in `target.dir`; write the (still `compression`-compressed) stream to it. */
   open(target: UnpackTarget, compression: WorkerCompression): VerifyJob {
     const slot = this.#slot();
     const id = this.#nextId++;
@@ -195,7 +194,7 @@ export class VerifyJob extends Writable {
         return;
       }
       case 'done':
-        this.#finish({ ok: true, value: { digest: Buffer.from(m.digest), index: Buffer.from(m.index), files: m.files } });
+        this.#finish({ ok: true, value: { digest: Buffer.from(m.digest), index: Buffer.from(m.index), staging: m.staging } });
         return;
       case 'failed':
         this.failedStage = m.stage;

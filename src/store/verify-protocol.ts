@@ -2,17 +2,16 @@
  * Messages between the materialiser's verify pool (verify-pool.ts, main thread) and its
  * workers (nar-verify-worker.ts). Several jobs share a worker, told apart by `id`.
  *
- * main → worker: `start` (the job directory to unpack the files into, the full store
+ * main → worker: `start` (the job directory to stage the NAR in, the full store
  * path, NarSize, the chunk size of the index to build, the compression the worker undoes:
  * none, zstd, gzip or br), `chunk` (bytes of the NAR stream, an ArrayBuffer transferred,
  * never cloned), `end`, `abort`.
  * worker → main: `ack` (that many bytes of `chunk`s left the worker's input buffer: the
  * window of bytes in flight, hence memory, is bounded), then exactly one of `done` (the
- * SHA-256 digest and the encoded NarIndex built from the NAR, transferred, and the temp
- * file of each regular file of size > 0 by narOffset; every file fdatasynced and closed)
+ * SHA-256 digest and the encoded NarIndex built from the NAR, transferred, and the staging
+ * file holding the NAR's bytes, each file at its narOffset; closed, not fdatasynced)
  * or `failed` (a WireError and the stage it came from; every descriptor closed).
  */
-import type { UnpackedFile } from '../cache/nar-unpacker.js';
 import type { WireError } from '../nixdb/wire-error.js';
 
 /**
@@ -31,5 +30,5 @@ export type VerifyStage = 'decompress' | 'verify' | 'sink';
 
 export type FromWorker =
   | { t: 'ack'; id: number; n: number }
-  | { t: 'done'; id: number; digest: ArrayBuffer; index: ArrayBuffer; files: UnpackedFile[] }
+  | { t: 'done'; id: number; digest: ArrayBuffer; index: ArrayBuffer; staging: string }
   | { t: 'failed'; id: number; stage: VerifyStage; error: WireError };
