@@ -23,14 +23,21 @@
  * a blob without its row. A name that exists already (left by an earlier process, not yet
  * adopted) is replaced by the tmp/ + rename way (a fresh name in `tmpDir`, which the
  * store empties at open). No fsync, for the same reason.
+ *
+ * The thread runs at nice 19 (background-thread.ts): its file creations cost CPU that the
+ * main thread and the decoders of a first use need more.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parentPort } from 'node:worker_threads';
+import { backgroundThread } from '../background-thread.js';
 
 const port = parentPort;
 if (!port) throw new Error('blob-write-worker runs only on a worker thread');
+// No reader waits for these writes (a verified file is read from its staging file or
+// chunk until its blob exists): they take only the CPU the foreground leaves.
+backgroundThread();
 
 export interface BlobWriteJob {
   id: number;

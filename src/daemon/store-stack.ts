@@ -64,8 +64,10 @@ export interface StoreStackConfig {
   sliceFilter?: SliceFilter;
   /** Ends the open (ERR_ABORTED) once aborted: a stop asked for during start-up. */
   signal?: AbortSignal;
-  /** The longest a background commit yields, per batch, to whole-NAR fetches (default: materialiser.ts COMMIT_YIELD_MAX_MS). */
+  /** The longest a background commit yields, per batch, to whole-NAR fetches and reads (default: materialiser.ts COMMIT_YIELD_MAX_MS). */
   commitYieldMaxMs?: number;
+  /** How long reads must pause before a background commit's next batch (default: materialiser.ts COMMIT_QUIET_MS). */
+  commitQuietMs?: number;
 }
 
 export interface StoreStack {
@@ -125,6 +127,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     const materialiser = new Materialiser(blobs, trees, {
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
       ...(config.commitYieldMaxMs === undefined ? {} : { commitYieldMaxMs: config.commitYieldMaxMs }),
+      ...(config.commitQuietMs === undefined ? {} : { commitQuietMs: config.commitQuietMs }),
     });
     // Its verify workers start with the first ranged read and stop when idle: each costs
     // ~9 MiB of RSS, which a daemon serving from its cache would hold for nothing.

@@ -460,6 +460,7 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async read(name: string, narOffset: number, length: number, signal: AbortSignal): Promise<Buffer> {
+    this.#materialiser.noteRead();
     try {
       return await this.#read(name, narOffset, length, signal);
     } catch (err) {

@@ -24,8 +24,10 @@
  *   its first batch, so a path of one batch read just before an unmount is cached whole.
  *   Commits are background work: before each batch a commit waits while any whole NAR is
  *   being fetched (a reader waits for that one; its decode and hash need the cores the
- *   commit's file creations take), COMMIT_YIELD_MAX_MS at most per batch, so a long run of
- *   fetches slows a commit down but never stalls it.
+ *   commit's file creations take) and until reads pause (COMMIT_QUIET_MS; the main thread
+ *   answers them and drives the commit), COMMIT_YIELD_MAX_MS at most per batch, so a long
+ *   run of fetches or reads slows a commit down but never stalls it; its file creations
+ *   run on writer threads at nice 19 (blob-write-worker.ts).
  * - Disk bound: the staging file counts in the BlobStore's bound (BlobStore.reserve) from
  *   before the download (NarSize, what it holds) until its job directory is removed, so while a NAR is committed the cache holds at most its bound,
  *   staging file and blobs together (the files of that NAR are on disk twice meanwhile).
@@ -36,11 +38,12 @@
  *   once the verify worker let go of it (any mismatch, truncation, abort or exception), a
  *   verified one when its commit ends or stops; one a crash left behind goes at the next
  *   open of the cache (BlobStore.open empties tmp/). Nothing of a failed NAR is served.
- * - Reads from a staging file open it per read: a read that opened it before the commit
- *   removed it reads through its own descriptor (the bytes stay until it closes); one that
- *   opens it after finds it gone and reads the blob, or, when the commit did not keep the
- *   file (a failure, a stop), fails with ERR_CACHE_CORRUPT, which LazyStore.read answers
- *   by fetching again. No descriptor is shared, so none can be closed under a read. The
+ * - Reads from a staging file share one descriptor (StagingReader), closed only once the
+ *   commit has ended and no read holds it: a read under way when the commit removed the
+ *   file reads through it (the bytes stay until it closes); one that opens it after finds
+ *   it gone and reads the blob, or, when the commit did not keep the file (a failure, a
+ *   stop), fails with ERR_CACHE_CORRUPT, which LazyStore.read answers by fetching again.
+ *   No descriptor is closed under a read. The
  *   native engine is only ever given complete blobs (LazyStore.contentFile), never a
  *   staging file.
  * - A store path counts as materialised when its tree matches the narinfo in force
@@ -119,8 +122,10 @@ export interface MaterialiserOptions {
   events?: MaterialiserEvents;
   /** Chunk size of the index built from a NAR (default 256 KiB). */
   chunkSize?: number;
-  /** The longest a background commit waits, before one batch, for whole-NAR fetches to end. Default COMMIT_YIELD_MAX_MS. */
+  /** The longest a background commit waits, before one batch, for whole-NAR fetches to end and reads to pause. Default COMMIT_YIELD_MAX_MS. */
   commitYieldMaxMs?: number;
+  /** How long reads must pause before a background commit's next batch. Default COMMIT_QUIET_MS. */
+  commitQuietMs?: number;
 }
 
 /** Chunk size of the trees made from whole NARs. */
@@ -154,6 +159,14 @@ const COMMIT_BATCH_BYTES = 16 * 1024 * 1024;
  * NarHash match against 0.41 s and 0.34 s for `xz -dc | sha256sum` alone.
  */
 const COMMIT_YIELD_MAX_MS = 2000;
+/**
+ * A commit's next batch waits until no read has come for this long. A batch costs the main
+ * thread, which also answers the reads, ~10-20 ms (512 files read back from the staging
+ * file and their rows written) and the writer threads their file creations: measured on
+ * the bench's first use (unindexed zstd), the reads right after a NAR of 17,105 files
+ * matched took 230 ms while its commit ran, against 65 ms before issue 10.
+ */
+const COMMIT_QUIET_MS = 50;
 /** A file larger than this is copied out of the staging file into a temp file of its own, not held in memory. */
 const COMMIT_COPY_BYTES = 8 * 1024 * 1024;
 /** Longest wait for a verify worker to let go of a temp file after a failure. */
@@ -199,8 +212,10 @@ export class Materialiser {
   /** Whole-NAR fetches streaming now (#stream), and the wake-ups of the commits waiting for none to be. */
   #streaming = 0;
   readonly #streamingDone = new Set<() => void>();
+  /** When the last read came (noteRead; performance.now()). */
+  #lastRead = -Infinity;
 
-  /** Background commits waiting now for whole-NAR fetches to end (#yieldToFetches). */
+  /** Background commits waiting now for the foreground to be idle (#yieldToForeground). */
   get yielding(): number {
     return this.#streamingDone.size;
   }
@@ -221,6 +236,14 @@ export class Materialiser {
       if (this.#blobs.completePath(f.sha256, f.size) === undefined) return undefined;
     }
     return { index: tree.index, listing: tree.index.root, source: tree.source };
+  }
+
+  /**
+   * Tells that a read came (LazyStore.read, any file): background commits wait for the
+   * reads to pause (COMMIT_QUIET_MS) before their next batch.
+   */
+  noteRead(): void {
+    this.#lastRead = performance.now();
   }
 
   /** The fetch of `name` in flight, if any (settles when it ends, never rejects). */
@@ -302,11 +325,12 @@ export class Materialiser {
     const ni = info.narInfo;
     const t0 = Date.now();
     const entry: CommitEntry = { info, m, done: Promise.resolve() };
-    if (staging !== undefined) {
+    const reader = staging === undefined ? undefined : new StagingReader(staging);
+    if (reader !== undefined) {
       for (const f of m.index.files) {
         const hex = f.sha256.toString('hex');
         const list = this.#staged.get(hex);
-        const s: StagedFile = { path: staging, offset: f.narOffset, size: f.size, entry };
+        const s: StagedFile = { reader, offset: f.narOffset, size: f.size, entry };
         if (list) list.push(s);
         else this.#staged.set(hex, [s]);
       }
@@ -327,7 +351,7 @@ export class Materialiser {
         if (signal.aborted) {
           entry.error = new NarfsError('ERR_ABORTED', `the commit of ${name} was stopped`, { cause: err });
           this.#opts.logger.info('commit of a verified NAR stopped; the files not committed are fetched again when read', {
-            path: name, files: m.index.files.length, committedFiles: progress.files, commitMs: Date.now() - t0,
+            path: name, files: m.index.files.length, committedFiles: progress.files, ms: verifiedMs, commitMs: Date.now() - t0,
           });
         } else {
           entry.error = toNarfsError(err, 'ERR_CACHE_IO');
@@ -345,8 +369,10 @@ export class Materialiser {
           else this.#staged.set(hex, rest);
         }
         if (this.#committing.get(name) === entry) this.#committing.delete(name);
-        // A read that opened the staging file before this keeps its descriptor (and right
-        // bytes); one that opens it after finds it gone and reads the blob (readStaged).
+        // No read finds the staging file any more; one under way keeps the shared
+        // descriptor (and right bytes) until it ends; one whose open comes after the
+        // removal finds it gone and reads the blob (readStaged).
+        reader?.end();
         await removeTemp(temp);
         release();
       }
@@ -374,7 +400,7 @@ export class Materialiser {
       const between = () => { if (progress.files > 0) signal.throwIfAborted(); };
       const flush = async () => {
         if (batch.length === 0) return;
-        await this.#yieldToFetches(signal);
+        await this.#yieldToForeground(signal);
         between();
         const b = batch;
         batch = [];
@@ -384,7 +410,7 @@ export class Materialiser {
       };
       for (const f of index.files) {
         if (f.size > COMMIT_COPY_BYTES) {
-          await this.#yieldToFetches(signal);
+          await this.#yieldToForeground(signal);
           between();
           if (this.#blobs.completePath(f.sha256, f.size) !== undefined) {
             // Held already: not copied out only to be deduped (small files are offered, and counted, by commitBuffers).
@@ -427,17 +453,13 @@ export class Materialiser {
   async readStaged(sha: Buffer, size: number, offset: number, length: number): Promise<Buffer | undefined> {
     const s = this.#staged.get(sha.toString('hex'))?.find((x) => x.size === size);
     if (!s || offset < 0 || offset + length > size) return undefined;
-    let fh: FileHandle | undefined;
     try {
-      fh = await open(s.path, 'r');
-      return await readAt(fh, s.path, s.offset + offset, length);
+      return await s.reader.read(s.offset + offset, length);
     } catch (err) {
-      if ((err as { code?: unknown }).code !== 'ENOENT') throw isNarfsError(err) ? err : cacheError(err, `cannot read ${s.path}`);
-      // Renamed into the BlobStore (or removed) by its commit: wait for the commit to end.
+      if ((err as { code?: unknown }).code !== 'ENOENT') throw isNarfsError(err) ? err : cacheError(err, `cannot read ${s.reader.path}`);
+      // Removed by its commit before this read opened it: wait for the commit to end.
       await s.entry.done;
       return undefined;
-    } finally {
-      await fh?.close();
     }
   }
 
@@ -541,25 +563,40 @@ export class Materialiser {
   }
 
   /**
-   * Resolves once no whole NAR is being fetched, after COMMIT_YIELD_MAX_MS at the latest,
-   * or at once when `signal` fires (the commit then stops as usual). A fetch never waits
-   * for a commit, so this cannot deadlock; the cap keeps a commit going under a steady run
-   * of fetches (a closure prefetch).
+   * Resolves once no whole NAR is being fetched and no read has come for COMMIT_QUIET_MS,
+   * after COMMIT_YIELD_MAX_MS at the latest, or at once when `signal` fires (the commit
+   * then stops as usual). Neither a fetch nor a read ever waits for a commit, so this
+   * cannot deadlock; the cap keeps a commit going under a steady run of fetches or reads
+   * (a closure prefetch, a long build).
    */
-  #yieldToFetches(signal: AbortSignal): Promise<void> {
-    if (this.#streaming === 0 || signal.aborted) return Promise.resolve();
+  #yieldToForeground(signal: AbortSignal): Promise<void> {
+    const quiet = this.#opts.commitQuietMs ?? COMMIT_QUIET_MS;
+    const quietFor = () => performance.now() - this.#lastRead;
+    if ((this.#streaming === 0 && quietFor() >= quiet) || signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
-      // Whichever comes first (no fetch left, the cap, the stop) wakes it once and leaves
-      // nothing behind: a commit yielding under a steady run of fetches adds no entry.
+      let poll: NodeJS.Timeout | undefined;
+      // Whichever comes first (the foreground is idle, the cap, the stop) ends it once and
+      // leaves nothing behind: a commit yielding under a steady run of fetches adds no entry.
       const done = () => {
-        if (!this.#streamingDone.delete(done)) return;
-        clearTimeout(timer);
+        if (!this.#streamingDone.delete(check)) return;
+        clearTimeout(cap);
+        clearTimeout(poll);
         signal.removeEventListener('abort', done);
         resolve();
       };
-      const timer = setTimeout(done, this.#opts.commitYieldMaxMs ?? COMMIT_YIELD_MAX_MS);
+      // Called now and by the end of the last fetch streaming.
+      const check = () => {
+        clearTimeout(poll);
+        poll = undefined;
+        if (this.#streaming > 0) return;
+        const wait = quiet - quietFor();
+        if (wait <= 0) done();
+        else poll = setTimeout(check, wait);
+      };
+      const cap = setTimeout(done, this.#opts.commitYieldMaxMs ?? COMMIT_YIELD_MAX_MS);
       signal.addEventListener('abort', done, { once: true });
-      this.#streamingDone.add(done);
+      this.#streamingDone.add(check);
+      check();
     });
   }
 
@@ -633,10 +670,53 @@ interface CommitEntry {
 
 /** A verified file in a staging file, until its NAR's commit ends. */
 interface StagedFile {
-  path: string;
+  reader: StagingReader;
   offset: number;
   size: number;
   entry: CommitEntry;
+}
+
+/**
+ * The reads of one staging file share one read-only descriptor: opened by the first read,
+ * closed once the commit has ended (`end`) and no read holds it, so no read ever has it
+ * closed under it. One open and one close per read cost two trips through libuv's thread
+ * pool each, which the commit's own reads share.
+ */
+class StagingReader {
+  readonly path: string;
+  #fh: Promise<FileHandle> | undefined;
+  #users = 0;
+  #ended = false;
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    this.#users++;
+    try {
+      // A failed open is not kept: the next read tries again (a removed file fails again).
+      const fh = await (this.#fh ??= open(this.path, 'r').catch((err: unknown) => {
+        this.#fh = undefined;
+        throw err;
+      }));
+      return await readAt(fh, this.path, position, length);
+    } finally {
+      if (--this.#users === 0 && this.#ended) this.#close();
+    }
+  }
+
+  /** No new read will come (the commit ended): close once the last one ends. */
+  end(): void {
+    this.#ended = true;
+    if (this.#users === 0) this.#close();
+  }
+
+  #close(): void {
+    const fh = this.#fh;
+    this.#fh = undefined;
+    void fh?.then((h) => h.close()).catch(() => {});
+  }
 }
 
 /** Whether two narinfos name the same NAR (hash and size). */

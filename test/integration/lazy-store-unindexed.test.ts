@@ -22,7 +22,9 @@
  *   counted;
  * - the commit is background work: while another path's NAR is being fetched (held
  *   mid-body by a real HTTP server) it waits before its first batch and commits nothing,
- *   and once that NAR is in, it commits every file.
+ *   and once that NAR is in, it commits every file; while reads keep coming (one every
+ *   10 ms against a pause of 5 s) it waits too, the reads get right bytes from the staging
+ *   file, and once they stop it commits every file.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -230,6 +232,49 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     } finally {
       await stack.close();
       await server.close();
+    }
+  });
+
+  it('a commit waits while reads keep coming, and commits every file once they pause', async () => {
+    const cacheDir = await fsp.mkdtemp(path.join(tmp, 'cache-'));
+    // Reads every 10 ms against a pause of 5 s: the commit may go on only because they stopped.
+    const stack = await openStoreStack({
+      datalakes: [`file://${lake}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000,
+      commitYieldMaxMs: 600_000, commitQuietMs: 5000,
+    }, captureLogger([]));
+    const reads: Array<Promise<boolean>> = [];
+    let reader: NodeJS.Timeout | undefined;
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      const root = await stack.store.resolve(name, signal);
+      assert.ok(root);
+      const files = filesOf(root).filter(([, node]) => node.size > 0);
+      let i = 0;
+      // Each read comes before the one before it is answered; the first ones wait for the NAR.
+      const readOne = () => {
+        const [n, node] = files[i++ % files.length]!;
+        reads.push(stack.store.read(name, node.narOffset, node.size, signal).then((b) => b.equals(expected(n))));
+      };
+      readOne();
+      reader = setInterval(readOne, 10);
+      while (stack.materialiser.yielding === 0) {
+        signal.throwIfAborted();
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      // Some reads answered while the commit waits, and nothing committed meanwhile.
+      while (reads.length < 20) await new Promise((r) => setTimeout(r, 10));
+      assert.ok((await Promise.all(reads.slice(0, 20))).every(Boolean), 'right bytes from the staging file');
+      assert.equal(stack.blobs.stats().blobs, 0, 'no file committed while reads keep coming');
+      clearInterval(reader);
+      reader = undefined;
+      await stack.materialiser.flush();
+      assert.equal(stack.materialiser.yielding, 0);
+      assert.ok((await Promise.all(reads)).every(Boolean));
+      assert.ok(stack.blobs.stats().blobs >= FILES, `${stack.blobs.stats().blobs} blobs`);
+    } finally {
+      clearInterval(reader);
+      await Promise.allSettled(reads);
+      await stack.close();
     }
   });
 

@@ -372,6 +372,26 @@ describe('BlobStore', () => {
     assert.equal((await store.commitBuffers(batch.slice(0, 10))).deduped, 10);
   });
 
+  it('the blob-write threads run at nice 19 (background work), the main thread keeps its priority', async () => {
+    // Field 19 of /proc/<pid>/task/<tid>/stat is the thread's nice value (proc(5)); the
+    // command name (field 2) may hold spaces, so fields are counted after its ')'.
+    const niceOf = async (tid: string) => Number((await readFile(`/proc/self/task/${tid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[16]);
+    const niced = async () => {
+      const out = new Set<string>();
+      for (const tid of await readdir('/proc/self/task')) if (await niceOf(tid).catch(() => 0) === 19) out.add(tid);
+      return out;
+    };
+    const mainNice = await niceOf(String(process.pid));
+    const before = await niced();
+    const store = await openStore();
+    const bufs = Array.from({ length: 300 }, (_, i) => randomBytes(50 + i));
+    assert.equal((await store.commitBuffers(bufs.map((b) => ({ sha: sha(b), bytes: b })))).added, 300);
+    const after = await niced();
+    const fresh = [...after].filter((t) => !before.has(t));
+    assert.equal(fresh.length, 2, `threads newly at nice 19: ${fresh.join(', ')}`);
+    assert.equal(await niceOf(String(process.pid)), mainNice);
+  });
+
   it('commitBuffers writes files from views into shared decoded memory (SharedArrayBuffer, as chunk-job decodes) mixed with plain buffers, byte-exact', async () => {
     const store = await openStore();
     // Two "decoded requests", each holding many files back to back at odd offsets, and plain buffers between them.
