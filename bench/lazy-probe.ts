@@ -20,7 +20,7 @@
  * fails the run).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -183,7 +183,14 @@ try {
     : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path === large))
     : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path !== large))
     : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
-      : (mnt: string) => replayWorkload(mnt, ops).bytes;
+      : (mnt: string) => {
+        // NARFS_PROBE_OP_TIMES=FILE: each replayed operation and its time, as JSON lines.
+        const out = process.env.NARFS_PROBE_OP_TIMES;
+        const times: Array<{ op: string; path: string; ms: number }> | undefined = out ? [] : undefined;
+        const r = replayWorkload(mnt, ops, times);
+        if (out && times) writeFileSync(out, times.map((x) => JSON.stringify(x)).join('\n') + '\n');
+        return r.bytes;
+      };
   let traceAtClock: string | undefined;
   if (args.traced) {
     const trace = join(tmp, 'trace.txt');

@@ -34,10 +34,20 @@ function readWhole(path: string): number {
 }
 
 /** Scenario 1: the recorded operations of interpreters and a C preprocessor starting. */
-export function replayWorkload(store: string, ops: WorkloadOp[]): ReplayResult {
+export function replayWorkload(store: string, ops: WorkloadOp[], timings?: Array<{ op: string; path: string; ms: number }>): ReplayResult {
   let bytes = 0;
   const unexpected: string[] = [];
   for (const o of ops) {
+    const t0 = timings ? performance.now() : 0;
+    try {
+      replayOne(o);
+    } finally {
+      timings?.push({ op: o.op, path: o.path, ms: performance.now() - t0 });
+    }
+  }
+  return { ops: ops.length, bytes, unexpected };
+
+  function replayOne(o: WorkloadOp): void {
     const p = join(store, o.path);
     try {
       switch (o.op) {
@@ -55,7 +65,6 @@ export function replayWorkload(store: string, ops: WorkloadOp[]): ReplayResult {
       if (!(o.missing && (code === 'ENOENT' || code === 'ENOTDIR'))) unexpected.push(`${o.op} ${o.path}: ${code}`);
     }
   }
-  return { ops: ops.length, bytes, unexpected };
 }
 
 /** Waits for every background job in $pids and fails if any did (plain `wait` would not). */

@@ -285,6 +285,9 @@ export class LazyStore implements RootNodes, ContentReader {
       const path = blobs.blobPath(Buffer.from(hex, 'hex'));
       for (const l of this.#dropListeners) l('', path);
     });
+    materialiser.onStagingGone((path) => {
+      for (const l of this.#dropListeners) l('', path);
+    });
   }
 
   /** Loads the names this cache already knows (narinfos and trees), for the root listing. */
@@ -388,8 +391,13 @@ export class LazyStore implements RootNodes, ContentReader {
   /**
    * The local file holding the verified contents of the file at `narOffset` of `name`
    * (ContentReader.contentFile): its blob, whole, from offset 0, once it is complete and
-   * checked in this process. A FUSE engine may then serve it without asking again
-   * (pread in C, or passthrough).
+   * checked in this process; before that, while the commit of a NAR that held it is under
+   * way, that NAR's staging file at the file's offset (Materialiser.stagedLocation; its
+   * removal is told through watchDropped). A FUSE engine may then serve it without asking
+   * again (pread in C, or passthrough for a blob). Served in C, the reads of a just
+   * verified path cost no JS: with one JS read per file, the reads after the NAR of the
+   * bench's headers path matched took 0.35-0.54 ms each against 0.14 ms before issue 10,
+   * when the engine read the cached NAR in C.
    */
   contentFile(name: string, narOffset: number): { path: string; offset: number; size: number } | undefined {
     const tree = this.#trees.get(name);
@@ -399,7 +407,10 @@ export class LazyStore implements RootNodes, ContentReader {
     const file = findFile(tree.index, narOffset);
     if (!file || file.narOffset !== narOffset) return undefined;
     const path = this.#blobs.verifiedPath(file.sha256, file.size);
-    return path === undefined ? undefined : { path, offset: 0, size: file.size };
+    if (path !== undefined) return { path, offset: 0, size: file.size };
+    // Verified with its whole NAR (this path's or another's of the same contents) and not
+    // committed yet: its bytes in that NAR's staging file.
+    return this.#materialiser.stagedLocation(file.sha256, file.size);
   }
 
   /** Calls `listener` with the path of every blob that leaves the cache (evicted, damaged, dropped). */

@@ -43,9 +43,9 @@
  *   file reads through it (the bytes stay until it closes); one that opens it after finds
  *   it gone and reads the blob, or, when the commit did not keep the file (a failure, a
  *   stop), fails with ERR_CACHE_CORRUPT, which LazyStore.read answers by fetching again.
- *   No descriptor is closed under a read. The
- *   native engine is only ever given complete blobs (LazyStore.contentFile), never a
- *   staging file.
+ *   No descriptor is closed under a read. A FUSE engine may be given a staging file
+ *   (stagedLocation, for LazyStore.contentFile) and reads it through its own descriptor;
+ *   `onStagingGone` tells it when the file is gone, so it lets go.
  * - A store path counts as materialised when its tree matches the narinfo in force
  *   (TreeStore.lookup drops a stale or damaged one) and every file it names is a complete
  *   blob; a file evicted since (or dropped as damaged) makes the whole NAR be fetched again.
@@ -325,7 +325,7 @@ export class Materialiser {
     const ni = info.narInfo;
     const t0 = Date.now();
     const entry: CommitEntry = { info, m, done: Promise.resolve() };
-    const reader = staging === undefined ? undefined : new StagingReader(staging);
+    const reader = staging === undefined ? undefined : new StagingReader(staging, ni.narSize);
     if (reader !== undefined) {
       for (const f of m.index.files) {
         const hex = f.sha256.toString('hex');
@@ -374,6 +374,8 @@ export class Materialiser {
         // removal finds it gone and reads the blob (readStaged).
         reader?.end();
         await removeTemp(temp);
+        // An engine that was told of the staging file (stagedLocation) lets go of it now.
+        if (reader) for (const l of this.#stagingGone) l(reader.path);
         release();
       }
     })();
@@ -400,8 +402,6 @@ export class Materialiser {
       const between = () => { if (progress.files > 0) signal.throwIfAborted(); };
       const flush = async () => {
         if (batch.length === 0) return;
-        await this.#yieldToForeground(signal);
-        between();
         const b = batch;
         batch = [];
         bytes = 0;
@@ -409,9 +409,13 @@ export class Materialiser {
         progress.files += b.length;
       };
       for (const f of index.files) {
-        if (f.size > COMMIT_COPY_BYTES) {
+        // Yield before a batch is read back, not only before it is written: reading 512
+        // files back is main-thread work too.
+        if (batch.length === 0 || f.size > COMMIT_COPY_BYTES) {
           await this.#yieldToForeground(signal);
           between();
+        }
+        if (f.size > COMMIT_COPY_BYTES) {
           if (this.#blobs.completePath(f.sha256, f.size) !== undefined) {
             // Held already: not copied out only to be deduped (small files are offered, and counted, by commitBuffers).
             this.#blobs.touch(f.sha256);
@@ -462,6 +466,26 @@ export class Materialiser {
       return undefined;
     }
   }
+
+  /**
+   * Where a verified file whose commit is under way lies: `offset` in the staging file
+   * `path` of `size` bytes (the NAR). For a FUSE engine that serves reads from a local
+   * file without asking again (LazyStore.contentFile): the staging file is removed when
+   * the commit ends, and `onStagingGone` then tells its path, so the engine lets go of it
+   * (its descriptor keeps right bytes until then: they never change once verified).
+   */
+  stagedLocation(sha: Buffer, size: number): { path: string; offset: number; size: number } | undefined {
+    if (this.#staged.size === 0) return undefined;
+    const s = this.#staged.get(sha.toString('hex'))?.find((x) => x.size === size);
+    return s ? { path: s.reader.path, offset: s.offset, size: s.reader.size } : undefined;
+  }
+
+  /** Calls `listener` with the path of each staging file once it is removed. */
+  onStagingGone(listener: (path: string) => void): void {
+    this.#stagingGone.push(listener);
+  }
+
+  readonly #stagingGone: Array<(path: string) => void> = [];
 
   /**
    * Resolves once the background commit of `name`'s files (if any is under way) has ended;
@@ -684,12 +708,15 @@ interface StagedFile {
  */
 class StagingReader {
   readonly path: string;
+  /** Its size: the NAR's (NarSize). */
+  readonly size: number;
   #fh: Promise<FileHandle> | undefined;
   #users = 0;
   #ended = false;
 
-  constructor(path: string) {
+  constructor(path: string, size: number) {
     this.path = path;
+    this.size = size;
   }
 
   async read(position: number, length: number): Promise<Buffer> {

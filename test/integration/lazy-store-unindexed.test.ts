@@ -11,8 +11,9 @@
  *   nothing in tmp/;
  * - while the commit runs, the staging file counts in the cache's bound (stats().bytes
  *   covers staging file + blobs, and only the blobs once it is gone), the native engine is
- *   never handed anything but a complete blob (contentFile), and reads of every file
- *   racing the commit's end all get right bytes;
+ *   handed a complete blob or the file's place in the staging file, both holding the
+ *   file's bytes, and told when the staging file is gone (watchDropped); reads of every
+ *   file racing the commit's end all get right bytes;
  * - a stop (the stack closes) during the commit ends it after its batch under way, not
  *   after all of them: what was committed stays, the staging file is deleted; a cache
  *   reopened afterwards (with a staging directory a crash would have left in tmp/, which
@@ -29,7 +30,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { once, setMaxListeners } from 'node:events';
-import { promises as fsp } from 'node:fs';
+import { closeSync, fstatSync, openSync, promises as fsp, readSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -103,6 +104,8 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
 
   for (const compression of ['xz', 'zstd'] as const) it(`${compression}: answers a read once the NarHash matched, before the files are committed; every byte right`, async () => {
     const { stack, logs } = await open(compression === 'xz' ? lake : zstdLake);
+    const dropped: string[] = [];
+    stack.store.watchDropped((_n, p) => dropped.push(p));
     try {
       const signal = AbortSignal.timeout(120_000);
       const root = await stack.store.resolve(name, signal);
@@ -118,11 +121,25 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       const contentBytes = files.reduce((n, [, f]) => n + f.size, 0);
       const bytesAtRead = stack.blobs.stats().bytes;
       assert.ok(bytesAtRead >= contentBytes, `the cache counts ${bytesAtRead} bytes while a staging file of ${contentBytes} exists`);
-      // The native engine is given complete blobs only, never a place in the staging file.
+      // The native engine is given a complete blob or, while the commit goes on, the file's
+      // place in the staging file (read here synchronously, as the engine opens it at once:
+      // nothing of the commit can run in between); both hold the file's bytes.
+      const staged = new Set<string>();
       for (const [n, f] of files) {
         const loc = stack.store.contentFile(name, f.narOffset);
-        if (loc) assert.equal(path.dirname(path.dirname(loc.path)), path.join(stack.blobs.dir, 'blobs'), n);
+        if (!loc) continue;
+        const fd = openSync(loc.path, 'r');
+        try {
+          assert.equal(fstatSync(fd).size, loc.size, n);
+          const got = Buffer.alloc(f.size);
+          assert.equal(readSync(fd, got, 0, f.size, loc.offset), f.size, n);
+          assert.ok(got.equals(expected(n)), n);
+        } finally {
+          closeSync(fd);
+        }
+        if (path.dirname(path.dirname(loc.path)) !== path.join(stack.blobs.dir, 'blobs')) staged.add(loc.path);
       }
+      assert.equal(staged.size, 1, 'files not committed yet are located in the one staging file');
       // The big file, read in part while its commit may still be under way.
       const big = files.find(([n]) => n === 'big.bin')![1];
       assert.ok((await stack.store.read(name, big.narOffset + 1000, 5000, signal)).equals(BIG.subarray(1000, 6000)));
@@ -132,6 +149,7 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       racing.forEach((got, i) => assert.ok(got.equals(expected(files[i]![0])), files[i]![0]));
       // The commits go on and complete; every file reads right, from wherever it is now.
       await stack.materialiser.committed(name);
+      assert.deepEqual(dropped.filter((p) => staged.has(p)), [...staged], 'the engine is told when the staging file is gone');
       assert.equal(stack.blobs.stats().blobs, FILES + 1, 'every distinct non-empty file is a blob');
       assert.equal(stack.blobs.stats().bytes, contentBytes - expected('same-as-f0007').length, 'once the staging file is gone, only the blobs count');
       for (const [n, f] of files) {
