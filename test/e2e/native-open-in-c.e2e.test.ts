@@ -123,6 +123,7 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
       const file = join(m.mnt, largeRel());
       const first = await probe('read', file); // fetched and written by this process: verified
       assert.equal(first.ok, true, JSON.stringify(first));
+      await m.running.materialiser.flush(); // the blob is committed in the background
       const st = await probe('stat', file);
       await forgotten(m, st.ino!);
       const before = m.running.engine.stats()!;
@@ -145,6 +146,7 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
       const file = join(m.mnt, largeRel());
       const first = await probe('read', file);
       assert.equal(first.ok, true, JSON.stringify(first));
+      await m.running.materialiser.flush(); // the blob is committed in the background
       const blob = join(m.cacheDir, 'blobs', first.sha256!.slice(0, 2), first.sha256!);
       await stat(blob);
       await forgotten(m, (await probe('stat', file)).ino!);
