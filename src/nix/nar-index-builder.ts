@@ -1,8 +1,9 @@
 /**
  * IndexBuilder: a NarHandler (nar-parser.ts) that computes, while a NarParser streams a
  * NAR, the SHA-256 of every regular file and of each of its chunks (chunk k = bytes
- * [k * chunkSize, (k + 1) * chunkSize) of the file's contents), and with the parser's tree
- * gives the unsigned NarIndex of nar-index.ts.
+ * [k * chunkSize, (k + 1) * chunkSize) of the file's contents; none with `chunkHashes:
+ * false`, for a whole-only index), and with the parser's tree gives the unsigned NarIndex
+ * of nar-index.ts.
  *
  * Use: `const b = new IndexBuilder(chunkSize); const p = new NarParser(b); p.write(...);
  * const root = p.end(); const idx = b.finish(root, narHash, narSize, storePath);`.
@@ -28,6 +29,11 @@ import type { NarNode } from './nar-listing.js';
 import type { NarHandler } from './nar-parser.js';
 
 export interface IndexBuilderOptions {
+  /**
+   * False: whole-file hashes only, no chunk hashes (the index is `wholeOnly`): for a tree
+   * whose files are committed whole, never read by range. Default true.
+   */
+  chunkHashes?: boolean;
   /** Called when a regular file of size > 0 is complete, with its hashes. */
   onFileHashed?(path: readonly string[], file: IndexedFile, executable: boolean): void;
 }
@@ -36,6 +42,7 @@ export class IndexBuilder implements NarHandler {
   readonly chunkSize: number;
   private readonly files: IndexedFile[] = [];
   private readonly onFileHashed: IndexBuilderOptions['onFileHashed'];
+  private readonly wholeOnly: boolean;
 
   // The file being hashed.
   private size = 0;
@@ -57,6 +64,7 @@ export class IndexBuilder implements NarHandler {
     }
     this.chunkSize = chunkSize;
     this.onFileHashed = options.onFileHashed;
+    this.wholeOnly = options.chunkHashes === false;
   }
 
   onFileStart(_path: readonly string[], size: number, executable: boolean, narOffset: number): void {
@@ -67,8 +75,8 @@ export class IndexBuilder implements NarHandler {
     this.whole = undefined;
     this.oneShot = undefined;
     if (size === 0) return;
-    const n = chunkCount(size, this.chunkSize);
-    // One-chunk files: the chunk hash is the file hash.
+    const n = this.wholeOnly ? 1 : chunkCount(size, this.chunkSize);
+    // One-chunk files (and every file of a whole-only index): the file hash alone.
     this.chunk = n > 1 ? createHash('sha256') : undefined;
     this.chunkHashes = n > 1 ? Buffer.allocUnsafe(32 * n) : Buffer.alloc(0);
     this.chunkIndex = 0;
@@ -104,7 +112,7 @@ export class IndexBuilder implements NarHandler {
       narOffset: this.narOffset,
       size: this.size,
       sha256,
-      chunkHashes: this.chunk === undefined ? sha256 : this.chunkHashes,
+      chunkHashes: this.chunk !== undefined ? this.chunkHashes : this.wholeOnly && chunkCount(this.size, this.chunkSize) > 1 ? Buffer.alloc(0) : sha256,
     };
     if (this.chunk !== undefined && this.chunkIndex !== chunkCount(this.size, this.chunkSize)) {
       throw internal(`file hashed into ${this.chunkIndex} chunks`);
@@ -129,6 +137,7 @@ export class IndexBuilder implements NarHandler {
    */
   finish(root: NarNode, narHash: Hash, narSize: number, storePath: string, { check: selfCheck = true }: { check?: boolean } = {}): NarIndex {
     const idx: NarIndex = { storePath, narHash, narSize, chunkSize: this.chunkSize, root, files: this.files, signatures: [] };
+    if (this.wholeOnly) idx.wholeOnly = true;
     if (!selfCheck) return idx;
     // The parser lays the tree out again and must find the same files and size.
     let check: NarIndex;

@@ -22,7 +22,9 @@
  *     narHash    32 bytes (SHA-256 digest)
  *     narSize    varint
  *     chunkLog2  1 byte, 16..22 (chunk size 64 KiB..4 MiB)
- *     flags      1 byte: bit 0 = frame table present; other bits 0
+ *     flags      1 byte: bit 0 = frame table present; bit 1 = whole-file hashes only (a
+ *                local tree made from a whole verified NAR: no chunk hashes; never
+ *                valid in a published index); other bits 0
  *     root       node
  *     [frames]   fileHash 32 bytes (SHA-256) ‖ fileSize varint ‖ count varint (>= 1) ‖
  *                count - 1 pairs (narDelta varint > 0, fileDelta varint > 0); frame 0
@@ -35,7 +37,8 @@
  *         | 0x01 executable regular ‖ size varint ‖ hashes
  *         | 0x02 symlink ‖ varint length ‖ target bytes
  *         | 0x03 directory ‖ count varint ‖ count × (varint length ‖ name bytes ‖ node)
- *   hashes (only when size > 0) := sha256 32 bytes ‖ (chunkCount > 1 ? chunkCount × 32 bytes)
+ *   hashes (only when size > 0) := sha256 32 bytes ‖ (chunkCount > 1 and not whole-file
+ *   hashes only ? chunkCount × 32 bytes)
  *   (a file of one chunk has one chunk hash: the file's SHA-256, stored once)
  *
  * Names and symlink targets are bytes (byte strings in memory, as in nar-listing.ts), obey
@@ -75,7 +78,10 @@ export interface IndexedFile {
   size: number;
   /** 32 bytes: SHA-256 of the whole file contents (the cache key). */
   sha256: Buffer;
-  /** 32 * chunkCount(size) bytes: SHA-256 of each chunk. */
+  /**
+   * 32 * chunkCount(size) bytes: SHA-256 of each chunk. Empty for a file of more than one
+   * chunk in an index of whole-file hashes only (`wholeOnly`): no chunk of it matches.
+   */
   chunkHashes: Buffer;
 }
 
@@ -102,6 +108,13 @@ export interface NarIndex {
   /** Every regular file with size > 0, sorted by narOffset (NAR order). */
   files: IndexedFile[];
   frames?: SeekableFrames;
+  /**
+   * Whole-file hashes only, no chunk hashes (a tree made from a whole verified NAR, whose
+   * files are committed whole: hashing each chunk too was a third pass over its bytes on
+   * the way to its first read). Such an index serves no ranged read, and a published one
+   * is refused (verifyNarIndex).
+   */
+  wholeOnly?: boolean;
   /** "keyname:base64". */
   signatures: string[];
 }
@@ -116,6 +129,7 @@ export const NAR_INDEX_SUFFIX = '.narfs-index';
 const MIN_CHUNK_LOG2 = 16;
 const MAX_CHUNK_LOG2 = 22;
 const FLAG_FRAMES = 1;
+const FLAG_WHOLE_ONLY = 2;
 const T_REGULAR = 0;
 const T_EXECUTABLE = 1;
 const T_SYMLINK = 2;
@@ -240,10 +254,10 @@ function writeBody(w: Writer, idx: NarIndex): void {
   w.bytes(idx.narHash.digest);
   w.varint(idx.narSize);
   w.byte(Math.log2(idx.chunkSize));
-  w.byte(idx.frames === undefined ? 0 : FLAG_FRAMES);
+  w.byte((idx.frames === undefined ? 0 : FLAG_FRAMES) | (idx.wholeOnly ? FLAG_WHOLE_ONLY : 0));
   const files = new Map<number, IndexedFile>();
   for (const f of idx.files) files.set(f.narOffset, f);
-  writeNode(w, idx.root, idx.chunkSize, files);
+  writeNode(w, idx.root, idx.chunkSize, files, idx.wholeOnly === true);
   if (idx.frames !== undefined) {
     const fr = idx.frames;
     if (fr.fileHash.algo !== 'sha256' || fr.fileHash.digest.length !== 32) throw encodeError('frame FileHash is not sha256');
@@ -259,7 +273,7 @@ function writeBody(w: Writer, idx: NarIndex): void {
   }
 }
 
-function writeNode(w: Writer, node: NarNode, chunkSize: number, files: Map<number, IndexedFile>): void {
+function writeNode(w: Writer, node: NarNode, chunkSize: number, files: Map<number, IndexedFile>, wholeOnly: boolean): void {
   switch (node.type) {
     case 'regular': {
       w.byte(node.executable ? T_EXECUTABLE : T_REGULAR);
@@ -268,9 +282,10 @@ function writeNode(w: Writer, node: NarNode, chunkSize: number, files: Map<numbe
       const f = files.get(node.narOffset);
       if (f === undefined || f.size !== node.size) throw encodeError(`no file entry for the file at NAR offset ${node.narOffset}`);
       const n = chunkCount(f.size, chunkSize);
-      if (f.sha256.length !== 32 || f.chunkHashes.length !== 32 * n) throw encodeError(`file at NAR offset ${f.narOffset} has malformed hashes`);
+      const kept = n > 1 && !wholeOnly;
+      if (f.sha256.length !== 32 || f.chunkHashes.length !== (kept ? 32 * n : n > 1 ? 0 : 32)) throw encodeError(`file at NAR offset ${f.narOffset} has malformed hashes`);
       w.bytes(f.sha256);
-      if (n > 1) w.bytes(f.chunkHashes);
+      if (kept) w.bytes(f.chunkHashes);
       return;
     }
     case 'symlink':
@@ -283,7 +298,7 @@ function writeNode(w: Writer, node: NarNode, chunkSize: number, files: Map<numbe
       w.varint(names.length);
       for (const name of names) {
         w.lenBytes(Buffer.from(name, 'latin1'));
-        writeNode(w, node.entries.get(name)!, chunkSize, files);
+        writeNode(w, node.entries.get(name)!, chunkSize, files, wholeOnly);
       }
       return;
     }
@@ -365,7 +380,11 @@ interface ParseState {
   /** Bytes of the NAR laid out so far. */
   narPos: number;
   files: IndexedFile[];
+  wholeOnly: boolean;
 }
+
+/** The chunk hashes of a file of more than one chunk in a whole-only index: none. */
+const NO_CHUNK_HASHES = Buffer.alloc(0);
 
 /** Reads a narfs index; strict and bounds-checked (ERR_INDEX_PARSE). */
 export function parseNarIndex(bytes: Uint8Array): NarIndex {
@@ -389,9 +408,10 @@ export function parseNarIndex(bytes: Uint8Array): NarIndex {
   if (log2 < MIN_CHUNK_LOG2 || log2 > MAX_CHUNK_LOG2) throw r.fail(`chunk size 2^${log2} is not in 64 KiB..4 MiB`);
   const chunkSize = 2 ** log2;
   const flags = r.byte('flags');
-  if ((flags & ~FLAG_FRAMES) !== 0) throw r.fail(`unknown flags 0x${flags.toString(16)}`);
+  if ((flags & ~(FLAG_FRAMES | FLAG_WHOLE_ONLY)) !== 0) throw r.fail(`unknown flags 0x${flags.toString(16)}`);
+  const wholeOnly = (flags & FLAG_WHOLE_ONLY) !== 0;
 
-  const st: ParseState = { r, chunkSize, narPos: L_MAGIC, files: [] };
+  const st: ParseState = { r, chunkSize, narPos: L_MAGIC, files: [], wholeOnly };
   const root = readNode(st, 0);
   if (st.narPos !== narSize) throw r.fail(`the tree lays out a NAR of ${st.narPos} bytes, not NarSize ${narSize}`);
 
@@ -433,6 +453,7 @@ export function parseNarIndex(bytes: Uint8Array): NarIndex {
 
   const idx: NarIndex = { storePath, narHash, narSize, chunkSize, root, files: st.files, signatures };
   if (frames !== undefined) idx.frames = frames;
+  if (wholeOnly) idx.wholeOnly = true;
   parsedBodies.set(idx, { body: buf.subarray(0, bodyEnd), ...shapeOf(idx) });
   return idx;
 }
@@ -448,7 +469,7 @@ export function parseNarIndex(bytes: Uint8Array): NarIndex {
 const parsedBodies = new WeakMap<NarIndex, { body: Buffer } & ReturnType<typeof shapeOf>>();
 
 function shapeOf(idx: NarIndex) {
-  return { storePath: idx.storePath, narHash: idx.narHash, narSize: idx.narSize, chunkSize: idx.chunkSize, root: idx.root, files: idx.files, count: idx.files.length, frames: idx.frames };
+  return { storePath: idx.storePath, narHash: idx.narHash, narSize: idx.narSize, chunkSize: idx.chunkSize, root: idx.root, files: idx.files, count: idx.files.length, frames: idx.frames, wholeOnly: idx.wholeOnly };
 }
 
 function bodyOf(idx: NarIndex): Buffer {
@@ -476,7 +497,7 @@ function readNode(st: ParseState, depth: number): NarNode {
         const sha256 = r.take(32, 'file hash');
         const n = chunkCount(size, st.chunkSize);
         // n > 1 needs 32 * n bytes of input: checked by take before anything is allocated.
-        const chunkHashes = n > 1 ? r.take(32 * n, 'chunk hashes') : sha256;
+        const chunkHashes = n <= 1 ? sha256 : st.wholeOnly ? NO_CHUNK_HASHES : r.take(32 * n, 'chunk hashes');
         st.files.push({ narOffset: st.narPos, size, sha256, chunkHashes });
       }
       st.narPos += size + ((8 - (size % 8)) % 8) + L_CLOSE;
@@ -567,6 +588,11 @@ export function checkNarIndexBinding(idx: NarIndex, ni: Pick<NarInfo, 'storePath
  */
 export function verifyNarIndex(idx: NarIndex, ni: NarInfo, keys: readonly PublicKey[], requireSigs: boolean): void {
   checkNarIndexBinding(idx, ni);
+  if (idx.wholeOnly) {
+    throw new NarfsError('ERR_INDEX_UNUSABLE', `the narfs index of ${idx.storePath} has no chunk hashes (a local tree, not a published index)`, {
+      details: { storePath: idx.storePath },
+    });
+  }
   if (!requireSigs) return;
   const fp = narIndexFingerprint(idx);
   for (const sig of idx.signatures) {

@@ -781,6 +781,7 @@ function planFor(src: ChunkSource, idx: NarIndex): Plan {
     });
   };
   if (idx.narSize !== ni.narSize) unusable(`it describes ${idx.narSize} NAR bytes, the narinfo ${ni.narSize}`);
+  if (idx.wholeOnly) unusable('it has whole-file hashes only, no chunk hashes');
   const compression = src.compression.toLowerCase();
   if (compression === 'none') return { frames: undefined };
   if (compression !== 'zstd') unusable(`Compression ${src.compression} has no seekable frames`);

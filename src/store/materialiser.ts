@@ -65,7 +65,7 @@
  *   data). An uncoded error of unknown origin is ERR_INTERNAL, never ERR_DECOMPRESS.
  * - Memory is bounded: the stream flows through with back-pressure, never buffered whole.
  * - CPU work is off the main thread (which answers the kernel): decompression (xz and
- *   bzip2 by a child process of the worker), SHA-256 of the NAR and of every file and
+ *   bzip2 by a child process of the worker), SHA-256 of the NAR and of every file (not
  *   chunk, the strict parse and the write of the staging file run on a verify worker
  *   (verify-pool.ts, nar-staging-file.ts). The main thread parses the index once, moves
  *   the compressed bytes on and drives the commit. The temp
@@ -569,7 +569,7 @@ export class Materialiser {
     let verifier: VerifyJob;
     try {
       verifier = (this.#opts.verifyPool ?? defaultVerifyPool).open(
-        { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE },
+        { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE, chunkHashes: false },
         inWorker ? ni.compression as WorkerCompression : 'none');
     } catch (err) {
       source.destroy();

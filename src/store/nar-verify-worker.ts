@@ -86,7 +86,7 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     // taken by the main thread before the download started (materialiser.ts #fetch), so
     // this thread's own pool never makes it wait.
     const decompressor: Duplex = await createDecompressor(m.compression, { signal: job.abort.signal, pool: CHILDREN });
-    const builder = new IndexBuilder(m.chunkSize);
+    const builder = new IndexBuilder(m.chunkSize, { chunkHashes: m.chunkHashes });
     const file = staging = new NarStagingFile(m.dir);
     const verifier = new NarVerifier(m.narSize, builder);
     decompressor.on('error', note('decompress'));

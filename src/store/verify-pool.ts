@@ -48,6 +48,8 @@ export interface UnpackTarget {
   narSize: number;
   /** Chunk size of the index built. */
   chunkSize: number;
+  /** False: an index of whole-file hashes only (NarIndex.wholeOnly). */
+  chunkHashes: boolean;
 }
 
 interface Slot {

@@ -11,7 +11,8 @@
  *   store path whose NAR is a single regular file).
  * - index: the narfs index (src/nix/nar-index.ts) of each of those NARs, built by
  *   IndexBuilder at the smallest chunk size (so files have several chunks) and signed by a
- *   fixed test key.
+ *   fixed test key, and the same with whole-file hashes only (the cache's tree of a whole
+ *   NAR).
  *
  * Invariant: seeds are deduplicated by content and sorted (by name, then bytes), so the
  * seed list — and hence every generated input — is the same on every run.
@@ -73,7 +74,10 @@ export function loadFuzzSeeds(fixtureDir: string): FuzzSeeds {
     if (!f.endsWith('.narinfo')) continue;
     const ni = parseNarInfo(readFileSync(join(none, f), 'utf8'));
     if (ni.narSize > MAX_NAR_SEED_BYTES) continue;
-    indexes.push({ name: f, bytes: indexSeed(readFileSync(join(none, ni.url)), storePathFull(ni.storePath)) });
+    const nar = readFileSync(join(none, ni.url));
+    indexes.push({ name: f, bytes: indexSeed(nar, storePathFull(ni.storePath)) });
+    // The tree the cache keeps of a whole NAR: whole-file hashes only.
+    indexes.push({ name: `${f}.whole`, bytes: indexSeed(nar, storePathFull(ni.storePath), false) });
   }
 
   const manifest = JSON.parse(readFileSync(join(fixtureDir, 'manifest.json'), 'utf8')) as FixtureManifest;
@@ -102,8 +106,8 @@ export function loadFuzzSeeds(fixtureDir: string): FuzzSeeds {
 }
 
 /** The signed index of a NAR, as `narfs index` would write it (fixed key, so seeds are stable). */
-function indexSeed(nar: Buffer, storePath: string): Buffer {
-  const b = new IndexBuilder(MIN_CHUNK_SIZE);
+function indexSeed(nar: Buffer, storePath: string, chunkHashes = true): Buffer {
+  const b = new IndexBuilder(MIN_CHUNK_SIZE, { chunkHashes });
   const p = new NarParser(b);
   p.write(nar);
   const idx = b.finish(p.end(), { algo: 'sha256', digest: createHash('sha256').update(nar).digest() }, nar.length, storePath);

@@ -509,6 +509,8 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
     ];
     for (const c of cases) await failure(f.fetch(c, large.idx, file, 0, 0, sink().onChunk, signal), 'ERR_INDEX_UNUSABLE');
     await failure(f.fetch(src(large, true), noFrames, file, 0, 0, sink().onChunk, signal), 'ERR_INDEX_UNUSABLE');
+    // A tree of whole-file hashes only (made from a whole NAR) has no chunk to check against.
+    await failure(f.fetch(src(large), { ...large.idx, wholeOnly: true }, file, 0, 0, sink().onChunk, signal), 'ERR_INDEX_UNUSABLE');
     await failure(f.fetch(src(large), large.idx, file, 0, 160, sink().onChunk, signal), 'ERR_INVALID_ARGUMENT');
     assert.equal(server.count('*'), 1, 'only the nix-cache-info of open()');
   });

@@ -61,8 +61,8 @@ function keyFromSeed(name: string, fill: number): { sk: SecretKey; pk: PublicKey
 const KEY = keyFromSeed('narfs-test-1', 1);
 const OTHER = keyFromSeed('narfs-test-1', 2); // same name, other key
 
-function build(nar: Buffer, chunkSize = CHUNK, writes: number[] = [nar.length]): NarIndex {
-  const b = new IndexBuilder(chunkSize);
+function build(nar: Buffer, chunkSize = CHUNK, writes: number[] = [nar.length], chunkHashes = true): NarIndex {
+  const b = new IndexBuilder(chunkSize, { chunkHashes });
   const p = new NarParser(b);
   let off = 0;
   for (let i = 0; off < nar.length; i++) {
@@ -279,12 +279,36 @@ describe('nar-index', () => {
     const flagsAt = 8 + 1 + STORE_PATH.length + 32 + varintLength(NAR.length) + 1;
     const flags = Buffer.from(bytes);
     assert.equal(flags[flagsAt], 0);
-    flags[flagsAt] = 2;
+    flags[flagsAt] = 4;
     assert.throws(() => parseNarIndex(flags), isCode('ERR_INDEX_PARSE'));
     const type = Buffer.from(bytes);
     assert.equal(type[flagsAt + 1], 3); // the root directory
     type[flagsAt + 1] = 4;
     assert.throws(() => parseNarIndex(type), isCode('ERR_INDEX_PARSE'));
+  });
+
+  it('a whole-only tree (from a whole NAR): file hashes only, round-trips, is never a published index, matches no chunk', () => {
+    const flagsAt = 8 + 1 + STORE_PATH.length + 32 + varintLength(NAR.length) + 1;
+    for (const writes of [[NAR.length], [1], [7, 65536, 3]]) {
+      const w = build(NAR, CHUNK, writes, false);
+      assert.equal(w.wholeOnly, true);
+      assert.deepEqual(w.files.map((f) => [f.narOffset, f.size, f.sha256]), idx.files.map((f) => [f.narOffset, f.size, f.sha256]));
+      for (const f of w.files) assert.deepEqual(f.chunkHashes, chunkCount(f.size, CHUNK) > 1 ? Buffer.alloc(0) : f.sha256);
+      const enc = encodeNarIndex(w);
+      assert.equal(enc[flagsAt], 2);
+      // The chunk hashes of the multi-chunk files (BIG: 4, EXACT: 2) are not there.
+      assert.equal(encodeNarIndex(build(NAR)).length - enc.length, 32 * (4 + 2));
+      const back = parseNarIndex(enc);
+      assert.deepEqual(back, w);
+      assert.deepEqual(encodeNarIndex(back), enc);
+      const big = back.files.find((f) => f.size === BIG.length)!;
+      assert.equal(chunkMatches(back, big, 0, BIG.subarray(0, CHUNK)), false, 'no chunk matches without chunk hashes');
+      assert.throws(() => verifyNarIndex(back, narInfoFor(), [], false), isCode('ERR_INDEX_UNUSABLE'));
+      assert.throws(() => verifyNarIndex(signed(back), narInfoFor(), [KEY.pk], true), isCode('ERR_INDEX_UNUSABLE'));
+    }
+    // Chunk hashes in a whole-only index, or none in a full one, do not encode.
+    assert.throws(() => encodeNarIndex({ ...idx, wholeOnly: true }), isCode('ERR_INVALID_ARGUMENT'));
+    assert.throws(() => encodeNarIndex({ ...build(NAR, CHUNK, [NAR.length], false), wholeOnly: false }), isCode('ERR_INVALID_ARGUMENT'));
   });
 
   it('rejects unsorted or duplicate entries', () => {
