@@ -1227,6 +1227,8 @@ export class BlobStore {
     this.#closed = true;
     await Promise.allSettled([...this.#creating.values(), ...this.#promoting.values()]);
     await Promise.allSettled([...this.#commits]);
+    // The unlinks of evicted files that were still under way: a closed store leaves nothing behind.
+    await Promise.allSettled([...this.#removing.values()]);
     await Promise.all(this.#writerPool.map((w) => w.close()));
     this.#flushTouches();
     this.#db.prepare('INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)').run('clean', 1);

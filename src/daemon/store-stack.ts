@@ -68,6 +68,8 @@ export interface StoreStackConfig {
   commitYieldMaxMs?: number;
   /** How long reads must pause before a background commit's next batch (default: materialiser.ts COMMIT_QUIET_MS). */
   commitQuietMs?: number;
+  /** How long closing lets the background commits under way run on (default: materialiser.ts COMMIT_FINISH_MS; 0: stop at once). */
+  commitFinishMs?: number;
 }
 
 export interface StoreStack {
@@ -128,6 +130,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
       logger, datalakes, signal: shutdown.signal, ...(metrics ? { events: metrics.materialiserEvents() } : {}),
       ...(config.commitYieldMaxMs === undefined ? {} : { commitYieldMaxMs: config.commitYieldMaxMs }),
       ...(config.commitQuietMs === undefined ? {} : { commitQuietMs: config.commitQuietMs }),
+      ...(config.commitFinishMs === undefined ? {} : { commitFinishMs: config.commitFinishMs }),
     });
     // Its verify workers start with the first ranged read and stop when idle: each costs
     // ~9 MiB of RSS, which a daemon serving from its cache would hold for nothing.

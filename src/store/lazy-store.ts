@@ -1225,9 +1225,9 @@ export class LazyStore implements RootNodes, ContentReader {
 
   async close(): Promise<void> {
     // What was fetched and verified by range goes into the cache before the blob store
-    // closes. The background commits of whole NARs' staged files stop after their batch
-    // under way (seconds for a path of thousands of files): what they committed is
-    // committed, the rest is fetched again when next read.
+    // closes. The background commits of whole NARs' staged files run on to their end for a
+    // bounded time (Materialiser.stop), then stop after their batch under way: what they
+    // committed is committed, the rest is fetched again when next read.
     await this.flushStaged();
     await this.#materialiser.stop();
     await Promise.all([...this.#treePuts, ...[...this.#writing.values()].map((w) => w.put)]);

@@ -14,8 +14,9 @@
  *   handed a complete blob or the file's place in the staging file, both holding the
  *   file's bytes, and told when the staging file is gone (watchDropped); reads of every
  *   file racing the commit's end all get right bytes;
- * - a stop (the stack closes) during the commit ends it after its batch under way, not
- *   after all of them: what was committed stays, the staging file is deleted; a cache
+ * - a close lets the commit under way finish (within commitFinishMs): the reopened cache
+ *   serves every file without a fetch; a close that may not wait (commitFinishMs 0) ends
+ *   the commit after its batch under way, not after all of them: what was committed stays, the staging file is deleted; a cache
  *   reopened afterwards (with a staging directory a crash would have left in tmp/, which
  *   the open removes) reads every file right, fetching the NAR again;
  * - a NAR whose NarHash does not match (the narinfo names another hash), and a truncated
@@ -34,7 +35,7 @@ import { closeSync, fstatSync, openSync, promises as fsp, readSync } from 'node:
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
+import { openStoreStack, type StoreStack, type StoreStackConfig } from '../../src/daemon/store-stack.js';
 import { isNarfsError } from '../../src/errors.js';
 import type { NarNode, NarRegular } from '../../src/nix/nar-listing.js';
 import { captureLogger, type LogLine } from '../support/mount-harness.js';
@@ -77,11 +78,11 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
   });
 
-  async function open(dir: string, reuse?: string): Promise<{ stack: StoreStack; logs: LogLine[]; cacheDir: string }> {
+  async function open(dir: string, reuse?: string, more: Partial<StoreStackConfig> = {}): Promise<{ stack: StoreStack; logs: LogLine[]; cacheDir: string }> {
     const cacheDir = reuse ?? await fsp.mkdtemp(path.join(tmp, 'cache-'));
     const logs: LogLine[] = [];
     const stack = await openStoreStack({
-      datalakes: [`file://${dir}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000,
+      datalakes: [`file://${dir}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000, ...more,
     }, captureLogger(logs));
     return { stack, logs, cacheDir };
   }
@@ -164,8 +165,8 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     }
   });
 
-  it('a stop during the commit ends it after the batch under way and removes the staging file; a reopened cache reads every file right', async () => {
-    const first = await open(lake);
+  it('a close that may not wait (commitFinishMs 0) ends the commit after the batch under way and removes the staging file; a reopened cache reads every file right', async () => {
+    const first = await open(lake, undefined, { commitFinishMs: 0 });
     const signal = AbortSignal.timeout(120_000);
     let files: Array<[string, NarRegular]>;
     try {
@@ -293,6 +294,37 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       clearInterval(reader);
       await Promise.allSettled(reads);
       await stack.close();
+    }
+  });
+
+  it('a close lets the commit under way finish (within commitFinishMs): a reopened cache serves every file without a fetch', async () => {
+    // Reads every 10 ms against a pause of 5 s: the commit has not begun when the close comes.
+    const first = await open(lake, undefined, { commitQuietMs: 5000, commitYieldMaxMs: 600_000 });
+    let files: Array<[string, NarRegular]> = [];
+    let reader: NodeJS.Timeout | undefined;
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      const root = await first.stack.store.resolve(name, signal);
+      assert.ok(root);
+      files = filesOf(root).filter(([, f]) => f.size > 0);
+      reader = setInterval(() => first.stack.materialiser.noteRead(), 10);
+      const [n, node] = files[0]!;
+      assert.ok((await first.stack.store.read(name, node.narOffset, node.size, signal)).equals(expected(n)));
+      while (first.stack.materialiser.yielding === 0) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(first.stack.blobs.stats().blobs, 0, 'nothing committed before the close');
+    } finally {
+      clearInterval(reader);
+      await first.stack.close();
+    }
+    assert.ok(first.logs.some((l) => l.msg === 'materialised'), 'the commit finished, tree and all');
+    assert.equal(first.logs.some((l) => l.msg.startsWith('commit of a verified NAR stopped')), false);
+    const again = await open(lake, first.cacheDir);
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      for (const [n, f] of files) assert.ok((await again.stack.store.read(name, f.narOffset, f.size, signal)).equals(expected(n)), n);
+      assert.equal(again.stack.materialiser.fetches, 0, 'nothing fetched again');
+    } finally {
+      await again.stack.close();
     }
   });
 

@@ -219,6 +219,8 @@ describe('BlobStore', () => {
     await putWhole(again, randomBytes(1000));
     assert.equal(again.completePath(c, 1000), undefined, 'c is now the oldest');
     assert.ok(again.completePath(a, 1000));
+    // Evicted files are unlinked in the background; close() waits for those under way.
+    await again.close();
     assert.ok(!(await exists(again.blobPath(c))), 'its file is gone');
   });
 
