@@ -288,6 +288,15 @@ describe('e2e: narfs.service under systemd (systemd-nspawn)', function () {
     const id = await mountId();
     // Large: opening it fetches only its first chunk, the rest comes when it is read.
     const cold = `${basename(fixtures.largeFile.storePath)}/${fixtures.largeFile.relPath}`;
+    // The held file must be a committed blob when the holder opens it, so that its open is
+    // passthrough: a file read while its NAR's commit is under way is read from the NAR's
+    // staging file, by pread. Fetch its path and wait for that commit to end.
+    const tree = basename(pathByRole(fixtures, 'tree').storePath);
+    await inside(['sh', '-c', `cat ${MOUNTPOINT}/${tree}/bin/hello > /dev/null`]);
+    await eventually(`the commit of ${tree}`, async () => {
+      const { stdout } = await inside(['journalctl', '-u', 'narfs.service', '--no-pager', '-o', 'cat']);
+      return stdout.split('\n').some((l) => l.includes('materialised') && l.includes(tree)) ? true : undefined;
+    });
     const reader = await startReader((dirs) => ({ held: `${dirs[0]}/bin/hello`, output: 'hello from narfs', cold }));
     await reader.moreRounds(1, 'a round before the restart');
     await assertPassthroughInUse();
