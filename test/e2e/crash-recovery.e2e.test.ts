@@ -228,9 +228,11 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
     assert.match(r.stderr, /ERR_CACHE_CORRUPT/);
     r = await verify();
     assert.equal(r.code, 0, 'a second run finds nothing: the bad entry is gone');
-    // Through the daemon, which has read the file and must not serve it again.
-    await mount(lake);
+    // Through the daemon, which has read the file and must not serve it again. The read
+    // fetched it again; its blob exists once the background commit has ended.
+    const d = await mount(lake);
     assert.equal(await hashPath(large.base), want);
+    await d.waitForOutput('stderr', new RegExp(`materialised.*${large.base}`), `the commit of ${large.base}`);
     await flip();
     r = await verify();
     assert.equal(r.code, 1, `${r.stdout}${r.stderr}`);
