@@ -391,7 +391,7 @@ async function gcCommand(args: string[]): Promise<number> {
       const { runGc } = await import('../daemon/gc-operation.js');
       const { statfs } = await import('node:fs/promises');
       const bound = maxBytes ?? await statfs(cacheDir).then((st) => defaultCacheMaxBytes(st.blocks * st.bsize));
-      return withOfflineCache(cacheDir, logger, ({ blobs }) => runGc(blobs, bound, logger));
+      return withOfflineCache(cacheDir, logger, ({ blobs, pending }) => runGc(blobs, bound, logger, pending));
     })();
   const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
   process.stdout.write(`narfs: gc freed ${mib(result.freed)} (${result.evicted} files); the cache holds ${mib(result.after)} of ${mib(result.maxBytes)}\n`);

@@ -107,7 +107,7 @@ async function handle(socket: Socket, cacheDir: string, options: ControlServerOp
       if (max !== undefined && (typeof max !== 'number' || !Number.isSafeInteger(max) || max < 0)) {
         throw new NarfsError('ERR_CONTROL', 'gc: maxBytes must be a non-negative integer');
       }
-      send({ type: 'result', ...(await runGc(options.stack.blobs, max, log)) });
+      send({ type: 'result', ...(await runGc(options.stack.blobs, max, log, options.stack.pending)) });
       return;
     }
     if (request.op === 'prefetch') {

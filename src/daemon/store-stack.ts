@@ -32,6 +32,7 @@ import type { HttpAccessOptions } from '../datalake/http-datalake.js';
 import type { LevelMetadataCache } from '../cache/level-metadata-cache.js';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { TreeStore } from '../cache/tree-store.js';
+import type { PendingNars } from '../cache/pending-nars.js';
 import type { PathInfoService } from '../store/path-info-service.js';
 import type { Materialiser } from '../store/materialiser.js';
 import type { LazyStore } from '../store/lazy-store.js';
@@ -76,6 +77,8 @@ export interface StoreStack {
   datalakes: DatalakeSet;
   blobs: BlobStore;
   trees: TreeStore;
+  /** Verified NARs a stop kept for the next start (read back before any fetch). */
+  pending: PendingNars;
   infos: PathInfoService;
   materialiser: Materialiser;
   /** Ranged, verified chunk reads of indexed store paths. */
@@ -107,7 +110,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     if (opened.status === 'rejected') throw opened.reason;
     if (loaded.status === 'rejected') throw loaded.reason;
     const mods = loaded.value;
-    const { meta, blobs, trees: plainTrees } = await openCaches(mods, config, logger, cleanups);
+    const { meta, blobs, trees: plainTrees, pending } = await openCaches(mods, config, logger, cleanups);
     config.signal?.throwIfAborted();
     const { PathInfoService, SlicedPathInfoService, Materialiser, ChunkVerifyPool, ChunkFetcher, LazyStore } = mods;
     if (!datalakes.anyUp()) {
@@ -131,6 +134,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
       ...(config.commitYieldMaxMs === undefined ? {} : { commitYieldMaxMs: config.commitYieldMaxMs }),
       ...(config.commitQuietMs === undefined ? {} : { commitQuietMs: config.commitQuietMs }),
       ...(config.commitFinishMs === undefined ? {} : { commitFinishMs: config.commitFinishMs }),
+      pending,
     });
     // Its verify workers start with the first ranged read and stop when idle: each costs
     // ~9 MiB of RSS, which a daemon serving from its cache would hold for nothing.
@@ -151,7 +155,7 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
     cleanups.push(async () => {
       if (chunks.stats.requests > 0) logger.info('store counters', { store: store.counters, fetcher: chunks.stats });
     });
-    return { datalakes, blobs, trees, infos, materialiser, chunks, store, signal: shutdown.signal, close: () => cleanups.run() };
+    return { datalakes, blobs, trees, pending, infos, materialiser, chunks, store, signal: shutdown.signal, close: () => cleanups.run() };
   } catch (err) {
     await cleanups.run();
     throw toNarfsError(err);
@@ -164,10 +168,11 @@ export async function openStoreStack(config: StoreStackConfig, logger: Logger, m
  * Nothing here may touch the cache directory or anything else outside the process.
  */
 async function stackModules(sliced = false) {
-  const [meta, blobs, trees, infos, sliceInfos, materialiser, lazy, pool, fetcher, native] = await Promise.all([
+  const [meta, blobs, trees, pending, infos, sliceInfos, materialiser, lazy, pool, fetcher, native] = await Promise.all([
     loadLater<typeof import('../cache/level-metadata-cache.js')>('../cache/level-metadata-cache.js', import.meta.url),
     loadLater<typeof import('../cache/blob-store.js')>('../cache/blob-store.js', import.meta.url),
     loadLater<typeof import('../cache/tree-store.js')>('../cache/tree-store.js', import.meta.url),
+    loadLater<typeof import('../cache/pending-nars.js')>('../cache/pending-nars.js', import.meta.url),
     loadLater<typeof import('../store/path-info-service.js')>('../store/path-info-service.js', import.meta.url),
     sliced ? loadLater<typeof import('../slice/sliced-path-info-service.js')>('../slice/sliced-path-info-service.js', import.meta.url) : undefined,
     loadLater<typeof import('../store/materialiser.js')>('../store/materialiser.js', import.meta.url),
@@ -177,7 +182,7 @@ async function stackModules(sliced = false) {
     loadLater<typeof import('../fuse/native-mount.js')>('../fuse/native-mount.js', import.meta.url),
   ]);
   return {
-    LevelMetadataCache: meta.LevelMetadataCache, BlobStore: blobs.BlobStore, TreeStore: trees.TreeStore,
+    LevelMetadataCache: meta.LevelMetadataCache, BlobStore: blobs.BlobStore, TreeStore: trees.TreeStore, PendingNars: pending.PendingNars,
     PathInfoService: infos.PathInfoService, SlicedPathInfoService: sliceInfos?.SlicedPathInfoService,
     Materialiser: materialiser.Materialiser, LazyStore: lazy.LazyStore,
     ChunkVerifyPool: pool.ChunkVerifyPool, ChunkFetcher: fetcher.ChunkFetcher,
@@ -188,8 +193,8 @@ async function stackModules(sliced = false) {
 }
 
 /** The metadata cache, blob store and tree store of `config.cacheDir`, each pushed on `cleanups` once open. */
-async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config: StoreStackConfig, logger: Logger, cleanups: CleanupStack): Promise<{ meta: LevelMetadataCache; blobs: BlobStore; trees: TreeStore }> {
-  const { LevelMetadataCache, BlobStore, TreeStore, hashFile, markTopDir } = mods;
+async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config: StoreStackConfig, logger: Logger, cleanups: CleanupStack): Promise<{ meta: LevelMetadataCache; blobs: BlobStore; trees: TreeStore; pending: PendingNars }> {
+  const { LevelMetadataCache, BlobStore, TreeStore, PendingNars, hashFile, markTopDir } = mods;
   await mkdir(config.cacheDir, { recursive: true, mode: 0o700 }).catch((err) => {
     throw new NarfsError('ERR_CACHE_IO', `cannot create the cache directory ${config.cacheDir}`, { cause: err });
   });
@@ -212,5 +217,8 @@ async function openCaches(mods: Awaited<ReturnType<typeof stackModules>>, config
   if (meta.status === 'rejected') throw meta.reason;
   if (blobs.status === 'rejected') throw blobs.reason;
   const trees = await TreeStore.open(config.cacheDir, { logger });
-  return { meta: meta.value, blobs: blobs.value, trees };
+  // Closed before the BlobStore (cleanups run in reverse), after the Materialiser's stop kept what it ended.
+  const pending = await PendingNars.open(config.cacheDir, blobs.value, logger);
+  cleanups.push(async () => pending.close());
+  return { meta: meta.value, blobs: blobs.value, trees, pending };
 }

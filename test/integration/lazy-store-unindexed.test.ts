@@ -14,11 +14,14 @@
  *   handed a complete blob or the file's place in the staging file, both holding the
  *   file's bytes, and told when the staging file is gone (watchDropped); reads of every
  *   file racing the commit's end all get right bytes;
- * - a close lets the commit under way finish (within commitFinishMs): the reopened cache
- *   serves every file without a fetch; a close that may not wait (commitFinishMs 0) ends
- *   the commit after its batch under way, not after all of them: what was committed stays, the staging file is deleted; a cache
- *   reopened afterwards (with a staging directory a crash would have left in tmp/, which
- *   the open removes) reads every file right, fetching the NAR again;
+ * - a close ends the commit after its batch under way, not after all of them: what was
+ *   committed stays and the verified staging file is kept in pending/ (PendingNars); a
+ *   cache reopened afterwards (with a staging directory a crash would have left in tmp/,
+ *   which the open removes) reads every file right from the kept NAR, fetching nothing,
+ *   and commits the rest; a kept NAR with one flipped byte is refused (NarHash checked
+ *   again, logged with its code) and the NAR is fetched from the datalake instead, every
+ *   byte right; a close given time for it (commitFinishMs) lets the commit under way
+ *   finish: the reopened cache serves every file without a fetch;
  * - a NAR whose NarHash does not match (the narinfo names another hash), and a truncated
  *   one, serve nothing and leave nothing in the cache: no blob, no staging file, no bytes
  *   counted;
@@ -31,7 +34,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { once, setMaxListeners } from 'node:events';
-import { closeSync, fstatSync, openSync, promises as fsp, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, promises as fsp, readSync, writeSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -165,8 +168,9 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     }
   });
 
-  it('a close that may not wait (commitFinishMs 0) ends the commit after the batch under way and removes the staging file; a reopened cache reads every file right', async () => {
-    const first = await open(lake, undefined, { commitFinishMs: 0 });
+  /** A cache whose first use of the path was ended by a close while its commit was under way. */
+  async function closedMidCommit(): Promise<{ cacheDir: string; files: Array<[string, NarRegular]>; onDisk: number; kept: string }> {
+    const first = await open(lake);
     const signal = AbortSignal.timeout(120_000);
     let files: Array<[string, NarRegular]>;
     try {
@@ -185,24 +189,72 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     assert.equal(first.logs.some((l) => l.msg === 'materialised'), false, 'the tree of a path not wholly committed is not written');
     const onDisk = (await fsp.readdir(path.join(first.cacheDir, 'blobs'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).length;
     assert.ok(onDisk < FILES + 1, `all ${onDisk} blobs were committed before the stop returned`);
-    assert.deepEqual(await fsp.readdir(path.join(first.cacheDir, 'tmp')), [], 'the staging file is gone');
+    assert.deepEqual(await fsp.readdir(path.join(first.cacheDir, 'tmp')), [], 'the staging file left tmp/');
+    assert.ok(first.logs.some((l) => l.msg === 'kept a verified NAR for the next start'));
+    const kept = await fsp.readdir(path.join(first.cacheDir, 'pending'));
+    assert.equal(kept.length, 1);
+    assert.match(kept[0]!, new RegExp(`^${name.slice(0, 32)}\\.[0-9a-f]{64}\\.\\d+\\.nar$`));
     assert.deepEqual(first.logs.filter((l) => l.level === 'error'), []);
+    return { cacheDir: first.cacheDir, files, onDisk, kept: path.join(first.cacheDir, 'pending', kept[0]!) };
+  }
 
+  it('a close ends the commit after the batch under way and keeps the verified NAR; a reopened cache reads it back, fetching nothing, every file right', async () => {
+    const { cacheDir, files, onDisk, kept } = await closedMidCommit();
+    const keptSize = (await fsp.stat(kept)).size;
     // What a crash during a commit leaves in tmp/ goes when the cache opens again.
-    const crashed = path.join(first.cacheDir, 'tmp', `${name}.1.0123456789ab`);
+    const crashed = path.join(cacheDir, 'tmp', `${name}.1.0123456789ab`);
     await fsp.mkdir(crashed);
     await fsp.writeFile(path.join(crashed, 'nar'), Buffer.alloc(4096, 1));
-    const second = await open(lake, first.cacheDir);
+    const second = await open(lake, cacheDir);
+    const signal = AbortSignal.timeout(120_000);
     try {
       assert.deepEqual(await fsp.readdir(second.stack.blobs.tmpDir), []);
       assert.equal(second.stack.blobs.stats().blobs, onDisk, 'what was committed before the stop is held');
+      assert.equal(second.stack.pending.size, 1);
+      assert.ok(second.stack.blobs.stats().bytes >= keptSize, 'the kept NAR counts in the bound');
       for (const [n, f] of files) {
         const got = f.size === 0 ? Buffer.alloc(0) : await second.stack.store.read(name, f.narOffset, f.size, signal);
         assert.ok(got.equals(expected(n)), n);
       }
       await second.stack.materialiser.committed(name);
       assert.equal(second.stack.blobs.stats().blobs, FILES + 1);
-      assert.equal(second.stack.materialiser.fetches, 1, 'the NAR is fetched again once');
+      assert.equal(second.stack.materialiser.fetches, 0, 'nothing fetched from the datalake');
+      assert.equal(second.stack.materialiser.resumed, 1, 'the kept NAR was read back');
+      assert.deepEqual(await fsp.readdir(path.join(cacheDir, 'pending')), [], 'the kept NAR is gone once read');
+      assert.equal(second.stack.pending.size, 0);
+      assert.deepEqual(second.logs.filter((l) => l.level === 'error' || l.level === 'warn'), []);
+    } finally {
+      await second.stack.close();
+    }
+  });
+
+  it('a kept NAR with a flipped byte is refused (NarHash checked again) and fetched from the datalake instead, every file right', async () => {
+    const { cacheDir, files, kept } = await closedMidCommit();
+    const fd = openSync(kept, 'r+');
+    try {
+      const at = Math.floor(fstatSync(fd).size / 2);
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, at);
+      b[0] = b[0]! ^ 0x10;
+      writeSync(fd, b, 0, 1, at);
+    } finally {
+      closeSync(fd);
+    }
+    const second = await open(lake, cacheDir);
+    const signal = AbortSignal.timeout(120_000);
+    try {
+      for (const [n, f] of files) {
+        const got = f.size === 0 ? Buffer.alloc(0) : await second.stack.store.read(name, f.narOffset, f.size, signal);
+        assert.ok(got.equals(expected(n)), n);
+      }
+      await second.stack.materialiser.committed(name);
+      assert.equal(second.stack.blobs.stats().blobs, FILES + 1);
+      assert.equal(second.stack.materialiser.resumed, 0);
+      assert.equal(second.stack.materialiser.fetches, 1, 'fetched from the datalake once');
+      const refused = second.logs.find((l) => l.msg.startsWith('a NAR kept at the last stop did not verify'));
+      assert.ok(refused, 'the refusal is logged');
+      assert.equal((refused.fields['err'] as { code?: string }).code, 'ERR_NAR_HASH_MISMATCH');
+      assert.deepEqual(await fsp.readdir(path.join(cacheDir, 'pending')), []);
       assert.deepEqual(second.logs.filter((l) => l.level === 'error'), []);
     } finally {
       await second.stack.close();
@@ -299,7 +351,7 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
 
   it('a close lets the commit under way finish (within commitFinishMs): a reopened cache serves every file without a fetch', async () => {
     // Reads every 10 ms against a pause of 5 s: the commit has not begun when the close comes.
-    const first = await open(lake, undefined, { commitQuietMs: 5000, commitYieldMaxMs: 600_000 });
+    const first = await open(lake, undefined, { commitQuietMs: 5000, commitYieldMaxMs: 600_000, commitFinishMs: 60_000 });
     let files: Array<[string, NarRegular]> = [];
     let reader: NodeJS.Timeout | undefined;
     try {

@@ -1,10 +1,11 @@
 /**
  * --cache-max-size and `narfs gc --max-size` sizes, the default bound of the cache, and
- * `narfs gc` on an idle cache through the real command.
+ * `narfs gc` on an idle cache through the real command, which also removes the NARs a stop
+ * kept (pending/) when evicting blobs is not enough.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildMountConfig, defaultCacheMaxBytes, parseSize } from '../../../src/config/mount-config.js';
@@ -62,6 +63,32 @@ describe('cache size settings', () => {
       assert.deepEqual(shas.map((h) => after.completePath(h, 4096) !== undefined), [true, false, false, true]);
       assert.equal(after.stats().bytes, 8192);
       await after.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('narfs gc removes the NARs a stop kept once evicting blobs is not enough', async function () {
+    this.timeout(120_000);
+    const dir = await mkdtemp(join(tmpdir(), 'narfs-gc-'));
+    try {
+      const store = await BlobStore.open(dir);
+      const b = randomBytes(4096);
+      const t = store.tempPath();
+      await writeFile(t, b);
+      await store.commitFiles([{ sha: createHash('sha256').update(b).digest(), size: 4096, tempPath: t }]);
+      await store.close();
+      await mkdir(join(dir, 'pending'));
+      const kept = `${'a'.repeat(32)}.${createHash('sha256').update('nar').digest('hex')}.4096.nar`;
+      await writeFile(join(dir, 'pending', kept), Buffer.alloc(4096));
+      const half = await run(process.execPath, [NARFS_BIN, 'gc', '--cache-dir', dir, '--max-size', '4K']);
+      assert.equal(half.code, 0, half.stderr);
+      assert.match(half.stdout, /gc freed 0\.0 MiB \(1 files\)/);
+      assert.deepEqual(await readdir(join(dir, 'pending')), [kept], 'the blob went first');
+      const all = await run(process.execPath, [NARFS_BIN, 'gc', '--cache-dir', dir, '--max-size', '0']);
+      assert.equal(all.code, 0, all.stderr);
+      assert.match(all.stdout, /gc freed 0\.0 MiB \(1 files\); the cache holds 0\.0 MiB/);
+      assert.deepEqual(await readdir(join(dir, 'pending')), []);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
