@@ -191,9 +191,12 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
   it('a truncated file or a corrupt tree in the cache is dropped and fetched again', async () => {
     const lake = `file://${fixtures.datalakes['zstd'].dir}`;
     const small = pathByRole(fixtures, 'tree').storePath.slice('/nix/store/'.length);
-    await mount(lake);
+    const first = await mount(lake);
     const want = await hashPath(large.base);
     const wantSmall = await hashPath(small);
+    // Committed before the stop (a stop keeps an unfinished commit's NAR in pending/ instead).
+    await first.waitForOutput('stderr', new RegExp(`materialised.*${large.base}`), `the commit of ${large.base}`);
+    await first.waitForOutput('stderr', new RegExp(`materialised.*${small}`), `the commit of ${small}`);
     await stopAll();
     // Damage both entries while no daemon runs.
     await truncate(await largeBlob(), 1000);
@@ -209,8 +212,9 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
 
   it('a flipped bit is found by narfs verify-cache, alone and through the running daemon', async () => {
     const lake = `file://${fixtures.datalakes['zstd'].dir}`;
-    await mount(lake);
+    const first = await mount(lake);
     const want = await hashPath(large.base);
+    await first.waitForOutput('stderr', new RegExp(`materialised.*${large.base}`), `the commit of ${large.base}`);
     await stopAll();
     const nar = await largeBlob();
     const flip = async () => {
