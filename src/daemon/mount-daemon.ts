@@ -177,6 +177,13 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       await restart.save(mountpoint, fuse.init, fuse.deviceFds());
     }
     const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
+    // Background commits wait while the engine serves requests, not only reads that reach JS.
+    if (fuse instanceof NativeMount) {
+      stack.materialiser.watchActivity(() => {
+        const st = fuse.stats();
+        return st ? st.toJs + st.inC : 0;
+      });
+    }
     live = { stack, fs, engine };
     const startedAt = Date.now();
     const status = () => runStatus({

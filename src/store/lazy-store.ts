@@ -306,6 +306,16 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   async resolve(name: string, signal: AbortSignal): Promise<NarNode | undefined> {
+    // A lookup is foreground work: background commits wait for it (Materialiser.holdForeground).
+    const release = this.#materialiser.holdForeground();
+    try {
+      return await this.#resolve(name, signal);
+    } finally {
+      release();
+    }
+  }
+
+  async #resolve(name: string, signal: AbortSignal): Promise<NarNode | undefined> {
     const sp = parseStorePathBase(name);
     // The index is named by the hash part alone: ask the datalake the narinfo will most
     // likely come from (the first one up) at the same time as the narinfo, which saves a

@@ -26,8 +26,8 @@
  *   commits of what was just fetched (~1.5 s for a path of 17k files) nor loses them.
  *   Without PendingNars, `stop()` first lets the commits run to their end, yielding to
  *   nothing, for up to COMMIT_FINISH_MS, and deletes the staging files of those it ended:
- *   the rest is fetched again when read. A NAR verified before the stop always gets its
- *   first batch, so a path of one batch read just before an unmount is cached whole.
+ *   the rest is fetched again when read; a NAR verified before the stop then always gets
+ *   its first batch, so a path of one batch read just before an unmount is cached whole.
  *   Commits are background work: before each batch a commit waits while any whole NAR is
  *   being fetched (a reader waits for that one; its decode and hash need the cores the
  *   commit's file creations take) and until reads pause (COMMIT_QUIET_MS; the main thread
@@ -91,7 +91,8 @@ import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../error
 import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import type { PendingNar, PendingNars } from '../cache/pending-nars.js';
@@ -181,9 +182,13 @@ const COMMIT_YIELD_MAX_MS = 2000;
  * thread, which also answers the reads, ~10-20 ms (512 files read back from the staging
  * file and their rows written) and the writer threads their file creations: measured on
  * the bench's first use (unindexed zstd), the reads right after a NAR of 17,105 files
- * matched took 230 ms while its commit ran, against 65 ms before issue 10.
+ * matched took 230 ms while its commit ran, against 65 ms before issue 10. 50 ms still let
+ * batches (3,072 of the 17,105 files, 6 batches) into the pauses of an interpreter's
+ * start (a workload waiting ~20-60 ms on the next path's narinfo): the workload took
+ * 2.5-2.6 s against 2.2-2.3 s with no batch during it (measured, bench/lazy-probe.ts).
+ * With 300 ms none ran during the workload; a stop keeps what is left (PendingNars).
  */
-const COMMIT_QUIET_MS = 50;
+const COMMIT_QUIET_MS = 300;
 /**
  * How long a stop (unmount, SIGTERM) lets the commits under way run to their end. The
  * bench's largest path (17,105 files) commits in ~2-4 s on this machine; systemd gives a
@@ -270,6 +275,53 @@ export class Materialiser {
    */
   noteRead(): void {
     this.#lastRead = performance.now();
+  }
+
+  /**
+   * Tells that foreground work that is not a read is under way (LazyStore.resolve: a
+   * lookup waiting for a narinfo, an index or a listing): background commits wait until
+   * none is and reads have paused, as while a whole NAR streams. A workload blocked on a
+   * lookup of its next store path is not idle: measured (bench scenario 1, unindexed
+   * zstd), a commit batch that started in that pause delayed the lookup's answer and the
+   * next NAR's verification (a LOOKUP 66 ms instead of 0.1 ms). Returns the end (once).
+   */
+  holdForeground(): () => void {
+    this.#foreground++;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.#lastRead = performance.now();
+      if (--this.#foreground === 0) for (const wake of [...this.#streamingDone]) wake();
+    };
+  }
+
+  /** Foreground work under way that is not a read (holdForeground). */
+  #foreground = 0;
+
+  /**
+   * Gives a count of the requests a FUSE engine has served (answered in C or handed to
+   * JS), which background commits look at while they wait: a change counts as a read.
+   * Reads the engine answers in C (from a blob or a staging file) and LOOKUPs answered
+   * from memory never reach LazyStore.read, so without it a workload busy with those
+   * looked idle and a commit batch took the cores it was using.
+   */
+  watchActivity(count: () => number): void {
+    this.#activity = count;
+    this.#lastActivity = count();
+  }
+
+  #activity: (() => number) | undefined;
+  #lastActivity = 0;
+
+  /** Notes a read when the engine served requests since the last look (watchActivity). */
+  #lookAtActivity(): void {
+    if (!this.#activity) return;
+    const n = this.#activity();
+    if (n !== this.#lastActivity) {
+      this.#lastActivity = n;
+      this.#lastRead = performance.now();
+    }
   }
 
   /** The fetch of `name` in flight, if any (settles when it ends, never rejects). */
@@ -370,12 +422,14 @@ export class Materialiser {
    * back in batches of up to COMMIT_BATCH_FILES / COMMIT_BATCH_BYTES (commitBuffers, on
    * the blob-write threads); a file above COMMIT_COPY_BYTES is copied to a temp file of
    * its own (commitFiles). A failure of the commit is logged; the files not committed are
-   * fetched again when read. A stop (stop(), shutdown) ends it between batches (a NAR
-   * verified before it gets its first batch: one of a single batch is committed whole,
-   * so a small path read just before an unmount is cached): what was committed stays
-   * (complete blobs with their rows), the tree is written only when every file was, the
-   * job directory goes; the path is fetched again when next used. `release` lets go of the
-   * staging file's bytes in the BlobStore's bound once the job directory is gone.
+   * fetched again when read. A stop (stop(), shutdown) ends it between batches: what was
+   * committed stays (complete blobs with their rows), the tree is written only when every
+   * file was, the staging file is kept by the PendingNars (read back when the path is next
+   * used) and the job directory goes. Without PendingNars a NAR verified before the stop
+   * gets its first batch (one of a single batch is committed whole, so a small path read
+   * just before an unmount is cached) and the path is fetched again when next used.
+   * `release` lets go of the staging file's bytes in the BlobStore's bound once the job
+   * directory is gone (a kept file is counted again by the PendingNars).
    */
   #commitLater(name: string, info: PathInfo, m: Materialised, staging: string | undefined, encoded: Buffer, temp: string, verifiedMs: number, release: () => void): void {
     const ni = info.narInfo;
@@ -406,7 +460,8 @@ export class Materialiser {
       } catch (err) {
         if (signal.aborted) {
           entry.error = new NarfsError('ERR_ABORTED', `the commit of ${name} was stopped`, { cause: err });
-          this.#opts.logger.info('commit of a verified NAR stopped; the files not committed are fetched again when read', {
+          this.#opts.logger.info(this.#opts.pending && staging !== undefined ? 'commit of a verified NAR stopped; its NAR is kept for the next start'
+            : 'commit of a verified NAR stopped; the files not committed are fetched again when read', {
             path: name, files: m.index.files.length, committedFiles: progress.files, ms: verifiedMs, commitMs: Date.now() - t0,
           });
         } else {
@@ -450,9 +505,9 @@ export class Materialiser {
 
   /**
    * Splits the staging file into blobs (see #commitLater). `signal` is looked at between
-   * batches (before each batch or big file but the first, which a NAR verified before the
-   * stop always gets: a path of one batch is committed whole, tree and all) and ends the
-   * copy of a big file but the first. `progress.files` counts the files handed to the
+   * batches (before each batch or big file; without PendingNars but the first, which a NAR
+   * verified before the stop then always gets: a path of one batch is committed whole,
+   * tree and all) and ends the copy of a big file (but the first, likewise). `progress.files` counts the files handed to the
    * BlobStore so far.
    */
   async #commitStaged(index: NarIndex, staging: string, signal: AbortSignal, progress: { files: number }): Promise<{ deduped: number; dedupedBytes: number }> {
@@ -463,7 +518,9 @@ export class Materialiser {
     try {
       let batch: Array<{ sha: Buffer; bytes: Buffer }> = [];
       let bytes = 0;
-      const between = () => { if (progress.files > 0) signal.throwIfAborted(); };
+      // With PendingNars a stop keeps the whole NAR: no batch is owed to it.
+      const anyTime = this.#opts.pending !== undefined;
+      const between = () => { if (progress.files > 0 || anyTime) signal.throwIfAborted(); };
       const flush = async () => {
         if (batch.length === 0) return;
         const b = batch;
@@ -491,7 +548,7 @@ export class Materialiser {
           const tempPath = this.#blobs.tempPath('f');
           try {
             await pipeline(createReadStream(staging, { start: f.narOffset, end: f.narOffset + f.size - 1 }), createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }),
-              progress.files > 0 ? { signal } : {});
+              progress.files > 0 || anyTime ? { signal } : {});
           } catch (err) {
             await rm(tempPath, { force: true }).catch(() => {});
             between();
@@ -615,7 +672,12 @@ export class Materialiser {
     }
   }
 
-  /** `local`: read the NAR (uncompressed) from this file, not from the datalake (#resume). */
+  /**
+   * `local`: the NAR (uncompressed) is this file, not the datalake's (#resume): it is moved
+   * into the job directory as its staging file and checked there in place (the verify
+   * worker hashes, parses and indexes it and writes nothing), so it is neither fetched
+   * nor copied; a failure removes it with the job directory.
+   */
   async #fetchWith(name: string, info: PathInfo, inWorker: boolean, started: number, local?: string): Promise<Materialised> {
     const ni = info.narInfo;
     const shutdown = this.#opts.signal;
@@ -631,10 +693,20 @@ export class Materialiser {
       release();
       throw cacheError(err, `cannot create ${temp}`);
     }
+    if (local !== undefined) {
+      try {
+        await rename(local, join(temp, 'nar'));
+      } catch (err) {
+        decompressor.destroy();
+        await removeTemp(temp);
+        release();
+        throw cacheError(err, `cannot move ${local} into ${temp}`);
+      }
+    }
     // 3. The stream, last; it goes into pipeline() without another await in between.
     let source: Readable | undefined;
     try {
-      source = local !== undefined ? createReadStream(local, { highWaterMark: 1 << 20 })
+      source = local !== undefined ? createReadStream(join(temp, 'nar'), { highWaterMark: 1 << 20 })
         : await this.#opts.datalakes.getStreamFrom(info.datalake, ni.url, shutdown ? { signal: shutdown } : {});
     } catch (err) {
       decompressor.destroy();
@@ -651,7 +723,7 @@ export class Materialiser {
     let verifier: VerifyJob;
     try {
       verifier = (this.#opts.verifyPool ?? defaultVerifyPool).open(
-        { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE, chunkHashes: false },
+        { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE, chunkHashes: false, inPlace: local !== undefined },
         local !== undefined ? 'none' : inWorker ? ni.compression as WorkerCompression : 'none');
     } catch (err) {
       source.destroy();
@@ -669,7 +741,8 @@ export class Materialiser {
   }
 
   /**
-   * Resolves once no whole NAR is being fetched and no read has come for COMMIT_QUIET_MS,
+   * Resolves once no whole NAR is being fetched, no other foreground work is under way
+   * (holdForeground) and no read has come for COMMIT_QUIET_MS,
    * after COMMIT_YIELD_MAX_MS at the latest, or at once when `signal` fires (the commit
    * then stops as usual). Neither a fetch nor a read ever waits for a commit, so this
    * cannot deadlock; the cap keeps a commit going under a steady run of fetches or reads
@@ -677,8 +750,11 @@ export class Materialiser {
    */
   #yieldToForeground(signal: AbortSignal): Promise<void> {
     const quiet = this.#opts.commitQuietMs ?? COMMIT_QUIET_MS;
-    const quietFor = () => performance.now() - this.#lastRead;
-    if ((this.#streaming === 0 && quietFor() >= quiet) || signal.aborted || this.#finishing) return Promise.resolve();
+    const quietFor = () => {
+      this.#lookAtActivity();
+      return performance.now() - this.#lastRead;
+    };
+    if ((this.#streaming === 0 && this.#foreground === 0 && quietFor() >= quiet) || signal.aborted || this.#finishing) return Promise.resolve();
     return new Promise((resolve) => {
       let poll: NodeJS.Timeout | undefined;
       // Whichever comes first (the foreground is idle, the cap, the stop) ends it once and
@@ -695,7 +771,7 @@ export class Materialiser {
         clearTimeout(poll);
         poll = undefined;
         if (this.#finishing) return done();
-        if (this.#streaming > 0) return;
+        if (this.#streaming > 0 || this.#foreground > 0) return;
         const wait = quiet - quietFor();
         if (wait <= 0) done();
         else poll = setTimeout(check, wait);

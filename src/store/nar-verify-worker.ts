@@ -4,7 +4,8 @@
  * answers the kernel: the NAR's bytes go, in stream order, into one staging file in the
  * job's directory (nar-staging-file.ts), so each file lies at its NAR offset, while an
  * IndexBuilder hashes the regular files whole and per chunk, so the main thread can serve
- * and commit the files and the index once NarHash matched.
+ * and commit the files and the index once NarHash matched. A job `inPlace` (a NAR a stop
+ * kept, read back from `<dir>/nar`) checks and indexes the same way and writes nothing.
  * Protocol: verify-protocol.ts. Started by verify-pool.ts.
  *
  * Everything here stands between the NAR's last byte and the first read of the path it
@@ -24,6 +25,7 @@
  * - Every failure carries the code of its stage: decompress (ERR_DECOMPRESS), verify
  *   (ERR_NAR_*), sink (ERR_CACHE_FULL / ERR_CACHE_IO); an abort is ERR_ABORTED.
  */
+import { join } from 'node:path';
 import { PassThrough, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parentPort } from 'node:worker_threads';
@@ -87,13 +89,14 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     // this thread's own pool never makes it wait.
     const decompressor: Duplex = await createDecompressor(m.compression, { signal: job.abort.signal, pool: CHILDREN });
     const builder = new IndexBuilder(m.chunkSize, { chunkHashes: m.chunkHashes });
-    const file = staging = new NarStagingFile(m.dir);
+    // `inPlace`: the NAR already lies in `<dir>/nar` (a kept NAR read back): verified, not written again.
+    const file = m.inPlace ? undefined : staging = new NarStagingFile(m.dir);
     const verifier = new NarVerifier(m.narSize, builder);
     decompressor.on('error', note('decompress'));
     verifier.on('error', note('verify'));
     // A failed write is the disk's fault, not the data's.
     const drain = async (chunks: AsyncIterable<Buffer>) => {
-      for await (const chunk of chunks) file.write(chunk);
+      for await (const chunk of chunks) file?.write(chunk);
     };
     await pipeline(job.input, decompressor, verifier, drain, { signal: job.abort.signal });
     let root;
@@ -108,8 +111,8 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     const index = builder.finish(root, { algo: 'sha256', digest }, m.narSize, m.storePath, { check: false });
     const ab = new Uint8Array(digest).buffer; // ArrayBuffers of their own, to transfer
     const idx = new Uint8Array(encodeNarIndex(index)).buffer;
-    file.close(); // a failure to close fails the job
-    out = { msg: { t: 'done', id, digest: ab, index: idx, staging: file.path }, transfer: [ab, idx] };
+    file?.close(); // a failure to close fails the job
+    out = { msg: { t: 'done', id, digest: ab, index: idx, staging: file?.path ?? join(m.dir, 'nar') }, transfer: [ab, idx] };
   } catch (err) {
     const s: VerifyStage = staging?.failure ? 'sink' : first?.stage ?? 'verify';
     let e: unknown = job.abort.signal.aborted ? job.abort.signal.reason : staging?.failure ?? first?.err ?? err;

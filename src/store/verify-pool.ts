@@ -50,6 +50,8 @@ export interface UnpackTarget {
   chunkSize: number;
   /** False: an index of whole-file hashes only (NarIndex.wholeOnly). */
   chunkHashes: boolean;
+  /** The stream is `<dir>/nar` itself (a kept NAR read back): checked and indexed, not written. */
+  inPlace?: boolean;
 }
 
 interface Slot {

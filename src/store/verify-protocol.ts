@@ -4,7 +4,8 @@
  *
  * main → worker: `start` (the job directory to stage the NAR in, the full store
  * path, NarSize, the chunk size of the index to build and whether it has chunk hashes, the compression the worker undoes:
- * none, zstd, gzip or br), `chunk` (bytes of the NAR stream, an ArrayBuffer transferred,
+ * none, zstd, gzip or br; `inPlace`: the NAR streamed is the file `<dir>/nar` itself,
+ * which is checked and indexed but not written), `chunk` (bytes of the NAR stream, an ArrayBuffer transferred,
  * never cloned), `end`, `abort`.
  * worker → main: `ack` (that many bytes of `chunk`s left the worker's input buffer: the
  * window of bytes in flight, hence memory, is bounded), then exactly one of `done` (the
@@ -21,7 +22,7 @@ import type { WireError } from '../nixdb/wire-error.js';
 export type WorkerCompression = 'none' | 'zstd' | 'gzip' | 'br' | 'xz' | 'bzip2';
 
 export type ToWorker =
-  | { t: 'start'; id: number; dir: string; storePath: string; narSize: number; chunkSize: number; chunkHashes: boolean; compression: WorkerCompression }
+  | { t: 'start'; id: number; dir: string; storePath: string; narSize: number; chunkSize: number; chunkHashes: boolean; compression: WorkerCompression; inPlace?: boolean }
   | { t: 'chunk'; id: number; buf: ArrayBuffer }
   | { t: 'end'; id: number }
   | { t: 'abort'; id: number };

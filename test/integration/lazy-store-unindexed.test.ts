@@ -29,7 +29,9 @@
  *   mid-body by a real HTTP server) it waits before its first batch and commits nothing,
  *   and once that NAR is in, it commits every file; while reads keep coming (one every
  *   10 ms against a pause of 5 s) it waits too, the reads get right bytes from the staging
- *   file, and once they stop it commits every file.
+ *   file, and once they stop it commits every file; so it does while a lookup is under way
+ *   (holdForeground) and while a FUSE engine's count of requests served keeps moving
+ *   (watchActivity), and commits once both stop.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -345,6 +347,43 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
     } finally {
       clearInterval(reader);
       await Promise.allSettled(reads);
+      await stack.close();
+    }
+  });
+
+  it('a commit waits while a lookup is under way and while the engine serves requests, and commits every file once both stop', async () => {
+    const cacheDir = await fsp.mkdtemp(path.join(tmp, 'cache-'));
+    // A pause of 300 ms; the waits below are 1.5 s: the commit may go on only because the foreground stopped.
+    const stack = await openStoreStack({
+      datalakes: [`file://${lake}`], trustedPublicKeys: [], requireSigs: false, cacheDir, negativeTtlMs: 1000,
+      commitYieldMaxMs: 600_000, commitQuietMs: 300,
+    }, captureLogger([]));
+    let served = 0;
+    let engine: NodeJS.Timeout | undefined;
+    try {
+      const signal = AbortSignal.timeout(120_000);
+      const root = await stack.store.resolve(name, signal);
+      assert.ok(root);
+      // A lookup of another path, held open (LazyStore.resolve holds the foreground while it waits).
+      const lookup = stack.materialiser.holdForeground();
+      const [n, node] = filesOf(root).find(([, f]) => f.size > 0)!;
+      assert.ok((await stack.store.read(name, node.narOffset, node.size, signal)).equals(expected(n)));
+      while (stack.materialiser.yielding === 0) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(stack.blobs.stats().blobs, 0, 'nothing committed while the lookup is under way');
+      // The lookup ends; an engine keeps serving requests in C (a count that keeps moving).
+      stack.materialiser.watchActivity(() => served);
+      engine = setInterval(() => { served++; }, 10);
+      lookup();
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(stack.blobs.stats().blobs, 0, 'nothing committed while the engine serves requests');
+      assert.equal(stack.materialiser.yielding, 1);
+      clearInterval(engine);
+      engine = undefined;
+      await stack.materialiser.flush();
+      assert.ok(stack.blobs.stats().blobs >= FILES, `${stack.blobs.stats().blobs} blobs`);
+    } finally {
+      clearInterval(engine);
       await stack.close();
     }
   });
