@@ -44,7 +44,13 @@ const keyOf = (name: string): string => name.slice(0, 32);
 export interface PendingNar {
   readonly path: string;
   readonly narSize: number;
-  /** Removes the file and lets go of its bytes in the bound (once; never throws). */
+  /**
+   * Hands its bytes in the bound over to the caller (who calls the function returned once
+   * the file is gone); `drop` then removes the file only. Counted once throughout, so
+   * nothing is evicted to make room for bytes already held.
+   */
+  adopt(): () => void;
+  /** Removes the file and, unless adopted, lets go of its bytes in the bound (once; never throws). */
   drop(): Promise<void>;
 }
 
@@ -144,18 +150,18 @@ export class PendingNars {
 
   /**
    * Keeps the staging file `staging` (a verified NAR of `narSize` bytes hashing to
-   * `narHash`) as the entry of `name`, moving it here. Its bytes count in the bound from
-   * now on. False (logged) when the move failed: the caller removes the file as before.
+   * `narHash`) as the entry of `name`, moving it here, with `release`, the end of its
+   * reservation in the BlobStore's bound (the staging file's, handed over: the bytes stay
+   * counted once, nothing is evicted for them). False (logged) when the move failed: the
+   * caller still owns the file and `release`.
    */
-  async keep(name: string, narHash: Buffer, narSize: number, staging: string): Promise<boolean> {
+  async keep(name: string, narHash: Buffer, narSize: number, staging: string, release: () => void): Promise<boolean> {
     const key = keyOf(name);
     const file = `${key}.${narHash.toString('hex')}.${narSize}.nar`;
     if (!NAME.test(file)) return false;
-    const release = this.#blobs.reserve(narSize);
     try {
       await rename(staging, join(this.dir, file));
     } catch (err) {
-      release();
       this.#logger.warn('cannot keep a verified NAR for the next start; it is fetched again when read', { path: name, err: cacheError(err, `cannot move ${staging}`) });
       return false;
     }
@@ -190,10 +196,16 @@ export class PendingNars {
   #handOut(e: Entry): PendingNar {
     const path = join(this.dir, e.file);
     let dropped: Promise<void> | undefined;
+    let release: (() => void) | undefined = e.release;
     return {
       path,
       narSize: e.size,
-      drop: () => dropped ??= rm(path, { force: true }).catch(() => {}).then(() => e.release()),
+      adopt: () => {
+        const r = release ?? (() => {});
+        release = undefined;
+        return r;
+      },
+      drop: () => dropped ??= rm(path, { force: true }).catch(() => {}).then(() => release?.()),
     };
   }
 }

@@ -401,7 +401,7 @@ export class Materialiser {
   async #resume(name: string, info: PathInfo, kept: PendingNar): Promise<Materialised | undefined> {
     const t0 = Date.now();
     try {
-      const m = await this.#fetchWith(name, info, true, t0, kept.path);
+      const m = await this.#fetchWith(name, info, true, t0, kept);
       this.resumed++;
       this.#opts.logger.info('read a NAR kept at the last stop', { path: name, bytes: info.narInfo.narSize, ms: Date.now() - t0 });
       return m;
@@ -486,16 +486,17 @@ export class Materialiser {
         reader?.end();
         // Ended by a stop: the verified NAR is kept for the next process (a rename; a read
         // under way keeps its descriptor), which reads it back instead of fetching it.
+        // Its bytes stay counted in the bound, handed over with it.
         const pending = this.#opts.pending;
+        let kept = false;
         if (staging !== undefined && pending && entry.error?.code === 'ERR_ABORTED' && signal.aborted) {
-          if (await pending.keep(name, ni.narHash.digest, ni.narSize, staging)) {
-            this.#opts.logger.info('kept a verified NAR for the next start', { path: name, bytes: ni.narSize, committedFiles: progress.files });
-          }
+          kept = await pending.keep(name, ni.narHash.digest, ni.narSize, staging, release);
+          if (kept) this.#opts.logger.info('kept a verified NAR for the next start', { path: name, bytes: ni.narSize, committedFiles: progress.files });
         }
         await removeTemp(temp);
         // An engine that was told of the staging file (stagedLocation) lets go of it now.
         if (reader) for (const l of this.#stagingGone) l(reader.path);
-        release();
+        if (!kept) release();
       }
     })();
     this.#committing.set(name, entry);
@@ -678,14 +679,15 @@ export class Materialiser {
    * worker hashes, parses and indexes it and writes nothing), so it is neither fetched
    * nor copied; a failure removes it with the job directory.
    */
-  async #fetchWith(name: string, info: PathInfo, inWorker: boolean, started: number, local?: string): Promise<Materialised> {
+  async #fetchWith(name: string, info: PathInfo, inWorker: boolean, started: number, local?: PendingNar): Promise<Materialised> {
     const ni = info.narInfo;
     const shutdown = this.#opts.signal;
     const decompressor = await createDecompressor(inWorker ? 'none' : ni.compression, shutdown ? { signal: shutdown } : {});
     const temp = this.#blobs.tempPath(name);
     // The staging file (NarSize bytes: the NAR, uncompressed) counts
-    // against the cache's bound from now until the job directory is gone.
-    const release = this.#blobs.reserve(ni.narSize);
+    // against the cache's bound from now until the job directory is gone (a kept NAR
+    // already counts: its reservation is taken over).
+    const release = local !== undefined ? local.adopt() : this.#blobs.reserve(ni.narSize);
     try {
       await mkdir(temp);
     } catch (err) {
@@ -695,12 +697,12 @@ export class Materialiser {
     }
     if (local !== undefined) {
       try {
-        await rename(local, join(temp, 'nar'));
+        await rename(local.path, join(temp, 'nar'));
       } catch (err) {
         decompressor.destroy();
         await removeTemp(temp);
         release();
-        throw cacheError(err, `cannot move ${local} into ${temp}`);
+        throw cacheError(err, `cannot move ${local.path} into ${temp}`);
       }
     }
     // 3. The stream, last; it goes into pipeline() without another await in between.

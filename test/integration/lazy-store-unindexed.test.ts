@@ -222,6 +222,9 @@ describe('LazyStore: first use of an unindexed path (xz, zstd)', function () {
       assert.equal(second.stack.blobs.stats().blobs, FILES + 1);
       assert.equal(second.stack.materialiser.fetches, 0, 'nothing fetched from the datalake');
       assert.equal(second.stack.materialiser.resumed, 1, 'the kept NAR was read back');
+      // Counted once throughout: once the job directory is gone only the blobs count (the duplicate is stored once).
+      const unique = files.filter(([n]) => n !== 'same-as-f0007').reduce((sum, [, f]) => sum + f.size, 0);
+      assert.equal(second.stack.blobs.stats().bytes, unique, 'no reservation left behind');
       assert.deepEqual(await fsp.readdir(path.join(cacheDir, 'pending')), [], 'the kept NAR is gone once read');
       assert.equal(second.stack.pending.size, 0);
       assert.deepEqual(second.logs.filter((l) => l.level === 'error' || l.level === 'warn'), []);

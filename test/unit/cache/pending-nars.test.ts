@@ -1,6 +1,7 @@
 /**
  * PendingNars on a real temp directory and a real BlobStore: a kept staging file is moved
- * in by rename and handed out once, only for the NarHash and NarSize its name states (an
+ * in by rename, with its reservation in the bound (counted once, nothing evicted for it),
+ * and handed out once (its reservation adopted by the taker, or released on drop), only for the NarHash and NarSize its name states (an
  * entry of the same path naming another NAR is removed); every entry counts in the
  * BlobStore's bytes until dropped; the open removes what is not an entry (a foreign
  * name, a size that is not the one named, a directory), entries older than a week, a
@@ -48,12 +49,26 @@ describe('PendingNars', () => {
     return join(p, 'nar');
   }
 
+  it('a keep near the bound evicts nothing: the staging file\'s reservation is handed over', async () => {
+    const b = await blobs(1000);
+    const t = b.tempPath();
+    await writeFile(t, Buffer.alloc(400, 1));
+    const blob = createHash('sha256').update(Buffer.alloc(400, 1)).digest();
+    await b.commitFiles([{ sha: blob, size: 400, tempPath: t }]);
+    const pending = await PendingNars.open(dir, b, silentLogger);
+    const held = b.reserve(500);
+    assert.equal(await pending.keep(`${HASH_A}-x`, digest('x'), 500, await staging(500), held), true);
+    assert.equal(b.stats().bytes, 900);
+    assert.ok(b.completePath(blob, 400) !== undefined, 'the blob was not evicted');
+    assert.equal(b.stats().evictions, 0);
+  });
+
   it('keeps a staging file by rename, counts it in the bound, and hands it out once for its NarHash and NarSize', async () => {
     const b = await blobs();
     const pending = await PendingNars.open(dir, b, silentLogger);
     const file = await staging(1000);
     const h = digest('a');
-    assert.equal(await pending.keep(`${HASH_A}-name-1.0`, h, 1000, file), true);
+    assert.equal(await pending.keep(`${HASH_A}-name-1.0`, h, 1000, file, b.reserve(1000)), true);
     await assert.rejects(stat(file), 'moved, not copied');
     assert.deepEqual(await readdir(pending.dir), [entryName(HASH_A, h, 1000)]);
     assert.equal(b.stats().bytes, 1000);
@@ -66,6 +81,14 @@ describe('PendingNars', () => {
     await got.drop();
     await got.drop();
     assert.equal(b.stats().bytes, 0, 'released once');
+    // Adopted: the taker holds the bytes in the bound until it lets go.
+    await pending.keep(`${HASH_B}-b`, h, 500, await staging(500), b.reserve(500));
+    const taken = pending.take(`${HASH_B}-b`, h, 500)!;
+    const adopted = taken.adopt();
+    await taken.drop();
+    assert.equal(b.stats().bytes, 500, 'still counted: adopted');
+    adopted();
+    assert.equal(b.stats().bytes, 0);
     assert.deepEqual(await readdir(pending.dir), []);
     pending.close();
   });
@@ -73,7 +96,7 @@ describe('PendingNars', () => {
   it('removes an entry of the same path that names another NAR instead of handing it out', async () => {
     const b = await blobs();
     const pending = await PendingNars.open(dir, b, silentLogger);
-    await pending.keep(`${HASH_A}-x`, digest('old'), 10, await staging(10));
+    await pending.keep(`${HASH_A}-x`, digest('old'), 10, await staging(10), b.reserve(10));
     assert.equal(pending.take(`${HASH_A}-x`, digest('new'), 10), undefined);
     assert.equal(pending.take(`${HASH_A}-x`, digest('old'), 10), undefined, 'gone');
     // The removal runs in the background: wait for the directory to empty.
@@ -85,8 +108,8 @@ describe('PendingNars', () => {
   it('a newer keep of the same path replaces the older entry', async () => {
     const b = await blobs();
     const pending = await PendingNars.open(dir, b, silentLogger);
-    await pending.keep(`${HASH_A}-x`, digest('old'), 10, await staging(10));
-    await pending.keep(`${HASH_A}-x`, digest('new'), 20, await staging(20));
+    await pending.keep(`${HASH_A}-x`, digest('old'), 10, await staging(10), b.reserve(10));
+    await pending.keep(`${HASH_A}-x`, digest('new'), 20, await staging(20), b.reserve(20));
     for (let i = 0; i < 100 && (await readdir(pending.dir)).length > 1; i++) await new Promise((r) => setTimeout(r, 10));
     assert.deepEqual(await readdir(pending.dir), [entryName(HASH_A, digest('new'), 20)]);
     assert.equal(b.stats().bytes, 20);
@@ -135,11 +158,11 @@ describe('PendingNars', () => {
   it('trimTo removes the oldest entries until the bound holds', async () => {
     const b = await blobs();
     const pending = await PendingNars.open(dir, b, silentLogger);
-    await pending.keep(`${HASH_A}-a`, digest('a'), 100, await staging(100));
+    await pending.keep(`${HASH_A}-a`, digest('a'), 100, await staging(100), b.reserve(100));
     await new Promise((r) => setTimeout(r, 5));
-    await pending.keep(`${HASH_B}-b`, digest('b'), 100, await staging(100));
+    await pending.keep(`${HASH_B}-b`, digest('b'), 100, await staging(100), b.reserve(100));
     await new Promise((r) => setTimeout(r, 5));
-    await pending.keep(`${HASH_C}-c`, digest('c'), 100, await staging(100));
+    await pending.keep(`${HASH_C}-c`, digest('c'), 100, await staging(100), b.reserve(100));
     assert.deepEqual(await pending.trimTo(300), { freed: 0, removed: 0 });
     assert.deepEqual(await pending.trimTo(150), { freed: 200, removed: 2 });
     assert.deepEqual(await readdir(pending.dir), [entryName(HASH_C, digest('c'), 100)]);
@@ -150,7 +173,7 @@ describe('PendingNars', () => {
     const b = await blobs();
     const pending = await PendingNars.open(dir, b, silentLogger);
     const long = `${HASH_A}-${'n'.repeat(211)}`;
-    assert.equal(await pending.keep(long, digest('l'), 10, await staging(10)), true);
+    assert.equal(await pending.keep(long, digest('l'), 10, await staging(10), b.reserve(10)), true);
     assert.ok(pending.take(long, digest('l'), 10));
   });
 });
