@@ -204,6 +204,8 @@ describe('e2e: crashes, damaged caches and bad answers heal', function () {
     const d = await mount(lake);
     assert.equal(await hashPath(large.base), want);
     assert.equal(await hashPath(small), wantSmall);
+    // The NAR fetched again is split into blobs once the mount is idle (else kept in pending/).
+    await d.waitForOutput('stderr', new RegExp(`materialised.*${large.base}`), `the commit of ${large.base} fetched again`);
     await stopAll();
     const log = d.stderr.join('');
     assert.match(log, /ERR_CACHE_CORRUPT/);
