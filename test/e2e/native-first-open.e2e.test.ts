@@ -15,9 +15,19 @@ import { join } from 'node:path';
 import { loadFixtures, narInfoPath, type Fixtures } from '../support/fixtures.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { parseNarInfo } from '../../src/nix/narinfo.js';
-import { probe, withMount } from '../support/mount-harness.js';
+import { probe, withMount, type TestMount } from '../support/mount-harness.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
 import { fuseBackendOf } from '../../src/daemon/mount-daemon.js';
+
+/**
+ * Reads `rel` and waits until its files are committed to the blob store (they are split once
+ * the mount is idle; an unmount before that would keep the NAR in pending/ instead).
+ */
+const readAndCommit = (rel: string) => async (m: TestMount) => {
+  const r = await probe('read', join(m.mnt, rel));
+  await m.running.materialiser.flush();
+  return r;
+};
 
 const READ = 15; // FUSE_READ
 const OPEN = 14; // FUSE_OPEN
@@ -43,7 +53,7 @@ describe('e2e: native engine, first open after a restart over a warm cache', fun
     const cacheDir = join(root, 'cache');
     const rel = join(storePathBase(parseStorePath(fixtures.largeFile.storePath)), fixtures.largeFile.relPath);
     const opts = { datalakes: [lake.url], trustedPublicKeys: fixtures.publicKey, cacheDir };
-    const first = await withMount(opts, async (m) => probe('read', join(m.mnt, rel)));
+    const first = await withMount(opts, readAndCommit(rel));
     assert.equal(first.ok, true, JSON.stringify(first));
     await withMount(opts, async (m) => {
       const file = join(m.mnt, rel);
@@ -71,7 +81,7 @@ describe('e2e: native engine, first open after a restart over a warm cache', fun
       const rel = join(storePathBase(parseStorePath(fixtures.largeFile.storePath)), fixtures.largeFile.relPath);
       const ni = parseNarInfo(await readFile(narInfoPath(lake.dir, fixtures.largeFile.storePath), 'utf8'));
       const opts = { datalakes: [server.url], trustedPublicKeys: fixtures.publicKey, cacheDir };
-      const first = await withMount(opts, async (m) => probe('read', join(m.mnt, rel)));
+      const first = await withMount(opts, readAndCommit(rel));
       assert.equal(first.ok, true, JSON.stringify(first));
       // The cache is content-addressed: the blob is named by the file's SHA-256.
       const blob = join(cacheDir, 'blobs', first.sha256!.slice(0, 2), first.sha256!);

