@@ -432,7 +432,8 @@ export function formatStatus(st: NarfsStatus): string {
     ...(st.ranged ? [`ranged reads: ${st.ranged.requests} requests (${mib(st.ranged.requestBytes)}), ${st.ranged.chunksDelivered} chunks verified, ` +
       `${st.ranged.mismatches} rejected; reads in JS: ${st.ranged.rangedReads} by range, ${st.ranged.wholeNarReads} from whole NARs`] : []),
     `narinfo cache: ${st.narinfoCache.hits} hits, ${st.narinfoCache.misses} misses (hit rate ${pct(st.narinfoCache.hitRate)})`,
-    `NAR cache: ${st.narCache.hits} hits, ${st.narCache.fetches} fetches, ${st.narCache.fetchErrors} failed (hit rate ${pct(st.narCache.hitRate)})`,
+    `NAR cache: ${st.narCache.hits} hits, ${st.narCache.fetches} fetches, ${st.narCache.fetchErrors} failed (hit rate ${pct(st.narCache.hitRate)}); `
+      + `${st.narCache.keptReads} read back from NARs kept at the last stop (${st.narCache.keptRefused} refused), ${st.narCache.kept?.nars ?? 0} kept now`,
     `fetched: ${mib(st.narCache.bytesFetched)} of NARs (${mib(st.narCache.bytesDownloaded)} downloaded), ${st.narCache.inFlight} in flight`,
     `fuse: ${st.fuse.openFiles} open files, ${st.fuse.inodes} inodes, ${st.fuse.processOpenFds ?? '?'} process fds` +
       (st.fuse.engine ? `; requests ${st.fuse.engine.inC} in C, ${st.fuse.engine.toJs} in JS; ${st.fuse.engine.readsInC} reads in C (${mib(st.fuse.engine.bytesInC)})` +

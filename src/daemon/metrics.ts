@@ -194,6 +194,9 @@ export class NarfsMetrics {
   readonly narCacheLookups = this.registry.counter('narfs_nar_cache_lookups_total',
     'lookups of a store path in the NAR cache, by result: hit (verified NAR there), absent, damaged (dropped, fetched again)', ['result']);
   readonly narFetches = this.registry.counter('narfs_nar_fetches_total', 'NAR fetches (attempts) ended, by datalake and outcome', ['datalake', 'outcome']);
+  readonly keptReads = this.registry.counter('narfs_nar_kept_reads_total',
+    'NARs an earlier stop kept (cache pending/) read back instead of fetched (ok) or refused by their NarHash and fetched (refused)', ['outcome']);
+  readonly keptReadBytes = this.registry.counter('narfs_nar_kept_read_bytes_total', 'uncompressed bytes of the kept NARs read back (NarSize)');
   readonly narBytes = this.registry.counter('narfs_nar_fetched_bytes_total', 'uncompressed bytes of NARs fetched and verified (NarSize)', ['datalake']);
   readonly downloadBytes = this.registry.counter('narfs_nar_downloaded_bytes_total',
     'compressed bytes of NARs fetched and verified (FileSize of their narinfo, when it has one)', ['datalake']);
@@ -244,6 +247,10 @@ export class NarfsMetrics {
         this.fetchSeconds.observe({ datalake }, seconds);
         if (narSize !== undefined) this.narBytes.inc({ datalake }, narSize);
         if (fileSize !== undefined) this.downloadBytes.inc({ datalake }, fileSize);
+      },
+      keptRead: (ok, narSize) => {
+        this.keptReads.inc({ outcome: ok ? 'ok' : 'refused' });
+        if (ok) this.keptReadBytes.inc({}, narSize);
       },
     };
   }

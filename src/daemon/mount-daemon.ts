@@ -192,6 +192,7 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       mountpoint, backend, cacheDir: config.cacheDir, lower: config.lower, lowerSocket: config.lowerSocket,
       datalakes: stack.datalakes, metrics, cacheSize, inodes: () => fs.inodeCount, engine: engine.stats, startedAt,
       files: () => stack.blobs.stats(),
+      kept: () => ({ nars: stack.pending.size, bytes: stack.pending.bytes }),
       ranged: () => ({ ...stack.chunks.stats, rangedReads: store.counters.rangedReads, wholeNarReads: store.counters.wholeNarReads }),
     });
     // READY only once another process got an answer from the mount (not merely INIT). That

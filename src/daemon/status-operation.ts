@@ -33,6 +33,8 @@ export interface StatusSources {
   engine(): NativeStats | undefined;
   /** The content-addressed cache's counters (bound, evictions, dedupe). */
   files?(): BlobStoreStats;
+  /** The NARs a stop kept (PendingNars). */
+  kept?(): { nars: number; bytes: number };
   /** Ranged reads of indexed store paths, and reads in JS by how they were served. */
   ranged?(): { requests: number; requestBytes: number; chunksDelivered: number; mismatches: number; rangedReads: number; wholeNarReads: number };
   startedAt: number;
@@ -53,6 +55,10 @@ export interface NarfsStatus {
   narCache: {
     hits: number; fetches: number; fetchErrors: number; hitRate: number | undefined;
     bytesFetched: number; bytesDownloaded: number; inFlight: number;
+    /** NARs an earlier stop kept, read back instead of fetched (ok) or refused (and fetched). */
+    keptReads: number; keptRefused: number;
+    /** NARs kept now (pending/), waiting for their path's next use. */
+    kept: { nars: number; bytes: number } | undefined;
   };
   fuse: {
     openFiles: number; inodes: number; processOpenFds: number | undefined;
@@ -96,6 +102,7 @@ export async function runStatus(src: StatusSources): Promise<NarfsStatus> {
     narCache: {
       hits: narHits, fetches, fetchErrors, hitRate: ratio(narHits, fetches),
       bytesFetched: sum(m.narBytes), bytesDownloaded: sum(m.downloadBytes), inFlight: m.inFlight.get(),
+      keptReads: m.keptReads.get({ outcome: 'ok' }), keptRefused: m.keptReads.get({ outcome: 'refused' }), kept: src.kept?.(),
     },
     fuse: { openFiles: m.openHandles.size, inodes: src.inodes(), processOpenFds: processOpenFds(), engine: src.engine() },
     lower,

@@ -154,6 +154,8 @@ export interface MaterialiserEvents {
   fetchStarted(datalake: string): void;
   /** `narSize`/`fileSize` (NarSize and FileSize of the narinfo) only when it succeeded. */
   fetchEnded(datalake: string, ok: boolean, seconds: number, narSize?: number, fileSize?: number): void;
+  /** A NAR a stop kept (PendingNars) was read back (`ok`) or refused and fetched instead. */
+  keptRead?(ok: boolean, narSize: number): void;
 }
 
 /**
@@ -403,10 +405,12 @@ export class Materialiser {
     try {
       const m = await this.#fetchWith(name, info, true, t0, kept);
       this.resumed++;
+      this.#opts.events?.keptRead?.(true, info.narInfo.narSize);
       this.#opts.logger.info('read a NAR kept at the last stop', { path: name, bytes: info.narInfo.narSize, ms: Date.now() - t0 });
       return m;
     } catch (err) {
       if (this.#opts.signal?.aborted) throw err;
+      this.#opts.events?.keptRead?.(false, info.narInfo.narSize);
       this.#opts.logger.warn('a NAR kept at the last stop did not verify; fetching it from the datalake', { path: name, err: toNarfsError(err) });
       return undefined;
     } finally {

@@ -2,7 +2,8 @@
  * An unmount while the files of a just verified NAR are still being committed keeps that
  * NAR (pending/, PendingNars) instead of waiting for the commit or dropping it; the next
  * mount on the same cache reads it back (NarHash checked again) instead of asking the
- * datalake, and real Nix agrees with every byte (`nix hash path` = NarHash).
+ * datalake, and real Nix agrees with every byte (`nix hash path` = NarHash); `narfs status`
+ * shows the kept NAR before and the read-back after, and /metrics counts it.
  *
  * Real mounts (in-process daemon), a real HTTP server over an unindexed zstd fixture
  * datalake written by real Nix (3,000 files). The first mount's commit is held by reads
@@ -64,9 +65,13 @@ describe('e2e: an unmount keeps the NAR whose commit it ended; the next mount re
       assert.ok(kept[0]!.startsWith(`${base.slice(0, 32)}.${narInfo.narHash.digest.toString('hex')}.${narInfo.narSize}.`), kept[0]);
 
       await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey, cacheDir, extra: { useIndexes: false } }, async (m) => {
+        assert.deepEqual((await m.running.status()).narCache.kept, { nars: 1, bytes: narInfo.narSize }, 'narfs status shows the kept NAR');
         assert.equal(await hashPath(m.mnt), want);
         assert.equal(server.count(narInfo.url), 1, 'the NAR was not fetched again');
         assert.equal(m.running.materialiser.resumed, 1);
+        const st = await m.running.status();
+        assert.deepEqual([st.narCache.keptReads, st.narCache.keptRefused, st.narCache.fetches, st.narCache.kept], [1, 0, 0, { nars: 0, bytes: 0 }]);
+        assert.equal(m.running.metrics.keptReadBytes.get(), narInfo.narSize);
         await m.waitForLog((l) => l.msg === 'materialised' && l.fields['path'] === base, 'the commit of the path');
         assert.deepEqual(await readdir(join(cacheDir, 'pending')), [], 'read back and removed');
         assert.deepEqual(m.logs.filter((l) => l.level === 'error' || l.level === 'warn').map((l) => l.msg), []);
