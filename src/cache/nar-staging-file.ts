@@ -26,6 +26,11 @@ import { join } from 'node:path';
 import type { NarfsError } from '../errors.js';
 import { cacheError } from './cache-error.js';
 
+/** The staging file of the job directory `dir` (also where a kept NAR is read back, in place). */
+export function stagingFileIn(dir: string): string {
+  return join(dir, 'nar');
+}
+
 export class NarStagingFile {
   /** Where the NAR's bytes go. */
   readonly path: string;
@@ -36,7 +41,7 @@ export class NarStagingFile {
 
   /** Creates `<dir>/nar` (which must not exist); a failure is kept in `failure` and thrown by `write`. */
   constructor(dir: string) {
-    this.path = join(dir, 'nar');
+    this.path = stagingFileIn(dir);
     try {
       this.#fd = openSync(this.path, 'wx', 0o600);
     } catch (err) {

@@ -177,15 +177,8 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       await restart.save(mountpoint, fuse.init, fuse.deviceFds());
     }
     const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
-    // Background commits wait while the engine serves requests, not only reads that reach
-    // JS. FORGET and BATCH_FORGET (include/uapi/linux/fuse.h opcodes 2 and 42) are the
-    // kernel trimming its inode cache (a drop_caches, memory pressure), not a workload.
-    if (fuse instanceof NativeMount) {
-      stack.materialiser.watchActivity(() => {
-        const st = fuse.stats();
-        return st ? st.toJs + st.inC - (st.toJsByOpcode[2] ?? 0) - (st.toJsByOpcode[42] ?? 0) : 0;
-      });
-    }
+    // Background commits wait while the engine serves requests, not only reads that reach JS.
+    if (fuse instanceof NativeMount) stack.materialiser.watchActivity(() => fuse.workloadRequests());
     live = { stack, fs, engine };
     const startedAt = Date.now();
     const status = () => runStatus({

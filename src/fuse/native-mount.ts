@@ -343,6 +343,15 @@ export class NativeMount {
     return this.#session ? loadNativeAddon().stats(this.#session) : undefined;
   }
 
+  /**
+   * Requests served so far (in C and in JS) that a workload sent: FORGET and BATCH_FORGET
+   * are the kernel trimming its inode cache (a drop_caches, memory pressure), left out.
+   */
+  workloadRequests(): number {
+    const st = this.stats();
+    return st ? st.toJs + st.inC - (st.toJsByOpcode[OP.FORGET] ?? 0) - (st.toJsByOpcode[OP.BATCH_FORGET] ?? 0) : 0;
+  }
+
   /** The INIT of the connection (after mount). */
   get init(): NegotiatedInit | undefined {
     return this.#init;

@@ -92,11 +92,11 @@ import { raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { BlobStore } from '../cache/blob-store.js';
 import type { TreeSource, TreeStore } from '../cache/tree-store.js';
 import type { PendingNar, PendingNars } from '../cache/pending-nars.js';
 import { cacheError } from '../cache/cache-error.js';
+import { stagingFileIn } from '../cache/nar-staging-file.js';
 import { createDecompressor, defaultDecompressorPool, DECOMPRESSOR_COMMANDS } from '../compression/decompress.js';
 import { checkRelPath } from '../datalake/datalake.js';
 import { isDatalakeDown, type DatalakeSet } from '../datalake/datalake-set.js';
@@ -294,12 +294,17 @@ export class Materialiser {
       if (!held) return;
       held = false;
       this.#lastRead = performance.now();
-      if (--this.#foreground === 0) for (const wake of [...this.#streamingDone]) wake();
+      if (--this.#foreground === 0) this.#wakeYields();
     };
   }
 
   /** Foreground work under way that is not a read (holdForeground). */
   #foreground = 0;
+
+  /** Has every commit waiting in #yieldToForeground look again (the foreground changed). */
+  #wakeYields(): void {
+    for (const wake of [...this.#streamingDone]) wake();
+  }
 
   /**
    * Gives a count of the requests a FUSE engine has served (answered in C or handed to
@@ -643,7 +648,7 @@ export class Materialiser {
    */
   async stop(): Promise<void> {
     this.#finishing = true;
-    for (const wake of [...this.#streamingDone]) wake();
+    this.#wakeYields();
     const finishMs = this.#opts.commitFinishMs ?? (this.#opts.pending ? 0 : COMMIT_FINISH_MS);
     if (finishMs > 0 && this.#commits.size > 0) {
       let timer: NodeJS.Timeout | undefined;
@@ -701,7 +706,7 @@ export class Materialiser {
     }
     if (local !== undefined) {
       try {
-        await rename(local.path, join(temp, 'nar'));
+        await rename(local.path, stagingFileIn(temp));
       } catch (err) {
         decompressor.destroy();
         await removeTemp(temp);
@@ -712,7 +717,7 @@ export class Materialiser {
     // 3. The stream, last; it goes into pipeline() without another await in between.
     let source: Readable | undefined;
     try {
-      source = local !== undefined ? createReadStream(join(temp, 'nar'), { highWaterMark: 1 << 20 })
+      source = local !== undefined ? createReadStream(stagingFileIn(temp), { highWaterMark: 1 << 20 })
         : await this.#opts.datalakes.getStreamFrom(info.datalake, ni.url, shutdown ? { signal: shutdown } : {});
     } catch (err) {
       decompressor.destroy();
@@ -730,7 +735,7 @@ export class Materialiser {
     try {
       verifier = (this.#opts.verifyPool ?? defaultVerifyPool).open(
         { dir: temp, storePath: storePathFull(ni.storePath), narSize: ni.narSize, chunkSize: this.#opts.chunkSize ?? NAR_TREE_CHUNK_SIZE, chunkHashes: false, inPlace: local !== undefined },
-        local !== undefined ? 'none' : inWorker ? ni.compression as WorkerCompression : 'none');
+        local === undefined && inWorker ? ni.compression as WorkerCompression : 'none');
     } catch (err) {
       source.destroy();
       decompressor.destroy();
@@ -742,7 +747,7 @@ export class Materialiser {
     try {
       return await this.#stream(name, info, source, decompressor, verifier, temp, started, release, local !== undefined);
     } finally {
-      if (--this.#streaming === 0) for (const wake of [...this.#streamingDone]) wake();
+      if (--this.#streaming === 0) this.#wakeYields();
     }
   }
 

@@ -25,13 +25,12 @@
  * - Every failure carries the code of its stage: decompress (ERR_DECOMPRESS), verify
  *   (ERR_NAR_*), sink (ERR_CACHE_FULL / ERR_CACHE_IO); an abort is ERR_ABORTED.
  */
-import { join } from 'node:path';
 import { PassThrough, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parentPort } from 'node:worker_threads';
 import { NarfsError, isNarfsError } from '../errors.js';
 import { cacheError } from '../cache/cache-error.js';
-import { NarStagingFile } from '../cache/nar-staging-file.js';
+import { NarStagingFile, stagingFileIn } from '../cache/nar-staging-file.js';
 import { createDecompressor } from '../compression/decompress.js';
 import { DecompressorPool } from '../compression/decompressor-pool.js';
 import { toWireError } from '../nixdb/wire-error.js';
@@ -112,7 +111,7 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     const ab = new Uint8Array(digest).buffer; // ArrayBuffers of their own, to transfer
     const idx = new Uint8Array(encodeNarIndex(index)).buffer;
     file?.close(); // a failure to close fails the job
-    out = { msg: { t: 'done', id, digest: ab, index: idx, staging: file?.path ?? join(m.dir, 'nar') }, transfer: [ab, idx] };
+    out = { msg: { t: 'done', id, digest: ab, index: idx, staging: file?.path ?? stagingFileIn(m.dir) }, transfer: [ab, idx] };
   } catch (err) {
     const s: VerifyStage = staging?.failure ? 'sink' : first?.stage ?? 'verify';
     let e: unknown = job.abort.signal.aborted ? job.abort.signal.reason : staging?.failure ?? first?.err ?? err;
