@@ -12,7 +12,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
@@ -283,9 +283,16 @@ export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<N
   const out = openSync(outFile, 'w');
   const spawnedAt = performance.now();
   const err = openSync(o.logFile, 'w');
-  const child = spawn(process.execPath, [...(o.nodeFlags ?? []), o.narfsBin ?? NARFS_BIN, 'mount', o.mnt,
+  const args = [o.narfsBin ?? NARFS_BIN, 'mount', o.mnt,
     '--datalake', o.datalake, '--trusted-public-keys', o.publicKey, '--cache-dir', o.cacheDir,
-    '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : []), ...(o.extraArgs ?? [])], { stdio: ['ignore', out, err], detached: true, cwd: REPO });
+    '--log-format', 'json', ...(o.backend ? ['--fuse-backend', o.backend] : []), ...(o.extraArgs ?? [])];
+  // As a user starts it: bin/narfs run as a program, whose sh lines set the daemon's
+  // environment (the allocator's huge pages) before node starts. Node flags (--cpu-prof,
+  // which NODE_OPTIONS refuses) need node itself: such a diagnostic run lacks that
+  // environment unless the caller's own has it.
+  const child = o.nodeFlags?.length
+    ? spawn(process.execPath, [...o.nodeFlags, ...args], { stdio: ['ignore', out, err], detached: true, cwd: REPO })
+    : spawn(args[0]!, args.slice(1), { stdio: ['ignore', out, err], detached: true, cwd: REPO, env: { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` } });
   closeSync(out);
   closeSync(err);
   recordChild(child.pid);

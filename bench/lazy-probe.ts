@@ -24,7 +24,7 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { claimRunDir, deleteNow, dropCaches, installCleanupHandlers, serveDatalake, settleDeletions, startNarfs, startPrefetchTrace, waitIdle } from './bench-processes.js';
+import { claimRunDir, currentRss, deleteNow, dropCaches, installCleanupHandlers, peakRss, serveDatalake, settleDeletions, startNarfs, startPrefetchTrace, waitIdle } from './bench-processes.js';
 import { fivePercentWorkload, readEverything, readRanges, replayWorkload, type RangeRead, type WorkloadOp } from './workloads.js';
 import { prepareBigPath, prepareIndexed } from './indexed-datalakes.js';
 import { loadProfile, selfTimes } from './cpu-profile.js';
@@ -126,6 +126,7 @@ try {
     let worked = 0;
     let t = NaN;
     let cpu = { main: { user: NaN, sys: NaN }, all: { user: NaN, sys: NaN } };
+    let rss = { peak: NaN, now: NaN };
     try {
       if (running) {
         // As bench/run.ts: caches dropped first (their FORGETs are answered before the
@@ -154,6 +155,7 @@ try {
       if (prefetch) console.log(`  narfs prefetch --trace --detach exited 0 (${Date.now() - wall0} ms after the clock start)`);
       worked = Date.now() - wall0;
       cpu = { main: cpuMs(`/proc/${mount.pid}/task/${mount.pid}/stat`), all: cpuMs(`/proc/${mount.pid}/stat`) };
+      rss = { peak: peakRss(mount.pid), now: currentRss(mount.pid) };
       if (process.env.NARFS_PROBE_TWICE) {
         // The same work again on the now warm mount: its local cost alone.
         const w0 = Date.now();
@@ -168,7 +170,7 @@ try {
     if (!running) t = performance.now() - t0;
     s1 ??= await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');
-    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked, cpu };
+    return { t, requests: s1.requests - s0.requests, bytes: s1.bodyBytes - s0.bodyBytes, read, log, profDir, d, wall0, mounted, worked, cpu, rss };
   };
   let more: string[] = [];
   const large = m.largeFile.replace(/^\/nix\/store\//, '');
@@ -205,7 +207,7 @@ try {
   }
   const r = await run(work, more, args.prof, args.running, traceAtClock);
   console.log(`scenario ${args.scenario} ${args.variant}${args.traced ? ' traced' : ''}${args.running ? ' on a running daemon' : ''} ${args.extra}: ${r.t.toFixed(0)} ms; ${r.requests} requests, ${(r.bytes / 2 ** 20).toFixed(1)} MiB fetched, ${(r.read / 2 ** 20).toFixed(1)} MiB read (fetched/read ${(r.bytes / r.read).toFixed(2)})`);
-  console.log(`  daemon CPU from its start to the end of the work: main thread ${cpuText(r.cpu.main)}, process ${cpuText(r.cpu.all)}`);
+  console.log(`  daemon CPU from its start to the end of the work: main thread ${cpuText(r.cpu.main)}, process ${cpuText(r.cpu.all)}; RSS at the end ${(r.rss.now / 2 ** 20).toFixed(0)} MiB, peak ${(r.rss.peak / 2 ** 20).toFixed(0)} MiB`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk|materialised|commit of/.test(l)).slice(-8);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
