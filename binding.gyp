@@ -15,7 +15,8 @@
         "native/src/io_ring.cc",
         "native/src/uring_transport.cc",
         "native/src/hash_file.cc",
-        "native/src/dir_flags.cc"
+        "native/src/dir_flags.cc",
+        "native/src/malloc_trim.cc"
       ],
       "include_dirs": ["native/src"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],

@@ -19,6 +19,7 @@
 #include "dir_flags.h"
 #include "dirent_pack.h"
 #include "hash_file.h"
+#include "malloc_trim.h"
 #include "session.h"
 #include "sd-notify.h"
 
@@ -439,6 +440,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   narfs::registerRestartExports(env, exports);  // adopt.cc, watchdog.cc
   narfs::registerHashExports(env, exports);     // hash_file.cc
   narfs::registerDirFlagExports(env, exports);  // dir_flags.cc
+  narfs::registerMallocTrimExport(env, exports); // malloc_trim.cc
   return exports;
 }
 

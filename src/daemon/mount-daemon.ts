@@ -32,7 +32,7 @@ import { CleanupStack } from './cleanup-stack.js';
 import { loadLater } from './load-later.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
-import { NativeMount, type NativeStats } from '../fuse/native-mount.js';
+import { NativeMount, nativeMallocTrim, type NativeStats } from '../fuse/native-mount.js';
 import { mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
 import { FUSE_OPS, NarfsMetrics } from './metrics.js';
@@ -41,6 +41,7 @@ import { SystemdNotifier } from './systemd-notify.js';
 import type { SliceFilter } from '../slice/slice-filter.js';
 import type { SlicedPathInfoService } from '../slice/sliced-path-info-service.js';
 import { RestartState } from './restart-state.js';
+import { startQuietMemoryRelease } from './quiet-memory-release.js';
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -179,6 +180,12 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
     const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
     // Background commits wait while the engine serves requests, not only reads that reach JS.
     if (fuse instanceof NativeMount) stack.materialiser.watchActivity(() => fuse.workloadRequests());
+    // An idle daemon gives back the memory of its last burst (GC, then malloc_trim).
+    const release = startQuietMemoryRelease({
+      activity: () => (fuse instanceof NativeMount ? fuse.workloadRequests() : 0) + store.counters.bytesRead,
+      busy: () => stack.materialiser.busy, trim: nativeMallocTrim(), logger,
+    });
+    cleanups.push(() => release.stop());
     live = { stack, fs, engine };
     const startedAt = Date.now();
     const status = () => runStatus({

@@ -93,6 +93,8 @@ interface Addon {
   hashFile(path: string): Promise<{ digest: Buffer; size: number }>;
   /** FS_TOPDIR_FL on a directory (native/src/dir_flags.cc): 0 or the errno. */
   markTopDir(path: string): number;
+  /** glibc's malloc_trim(0) (native/src/malloc_trim.cc): whether memory went back. Absent off glibc. */
+  mallocTrim?(): boolean;
   deviceFds(s: Session): number[];
   sdNotifyFds(state: string, fds: number[]): number;
   watchdogStart(s: Session | null, intervalMs: number, staleMs: number): void;
@@ -197,11 +199,6 @@ export function loadNativeAddon(): Addon {
 }
 
 /**
- * SHA-256 of a whole file on libuv's thread pool (native/src/hash_file.cc, node's own
- * OpenSSL), for the blob store's re-hash of a cache of an earlier process; undefined when
- * the engine is not built (the blob store then hashes on the JS thread).
- */
-/**
  * The engine's markTopDir (native/src/dir_flags.cc) for the blob store's `markTopDir`
  * option; undefined when the engine is not built.
  */
@@ -214,9 +211,28 @@ export function nativeTopDirMarker(): ((dir: string) => number) | undefined {
   }
 }
 
+/**
+ * glibc's malloc_trim(0) (native/src/malloc_trim.cc) for quiet-memory-release.ts; undefined
+ * when the engine is not built or the C library is not glibc.
+ */
+export function nativeMallocTrim(): (() => boolean) | undefined {
+  try {
+    const a = loadNativeAddon();
+    const trim = a.mallocTrim;
+    return typeof trim === 'function' ? () => trim.call(a) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Re-hashes of cached files running at once on libuv's pool (see nativeFileHasher). */
 const HASH_CONCURRENCY = 2;
 
+/**
+ * SHA-256 of a whole file on libuv's thread pool (native/src/hash_file.cc, node's own
+ * OpenSSL), for the blob store's re-hash of a cache of an earlier process; undefined when
+ * the engine is not built (the blob store then hashes on the JS thread).
+ */
 export function nativeFileHasher(): ((path: string) => Promise<{ digest: Buffer; size: number }>) | undefined {
   try {
     const a = loadNativeAddon();

@@ -253,6 +253,11 @@ export class Materialiser {
     return this.#streamingDone.size;
   }
 
+  /** Whether a NAR is being fetched, verified or committed now. */
+  get busy(): boolean {
+    return this.#inflight.size > 0 || this.#commits.size > 0 || this.#streaming > 0;
+  }
+
   constructor(blobs: BlobStore, trees: TreeStore, options: MaterialiserOptions) {
     this.#blobs = blobs;
     this.#trees = trees;
