@@ -7,8 +7,9 @@
  * other short commands start without loading them (start-up time counts: issue 13).
  *
  * Exit codes: 0 success (also after a clean unmount on SIGINT/SIGTERM, and after a start
- * that such a signal stopped: what was mounted is unmounted, the caches closed), 1 failure,
- * 2 usage error.
+ * that such a signal stopped: what was mounted is unmounted, the caches closed, and after
+ * the mount was unmounted from outside), 1 failure (also when the mount's FUSE connection
+ * was aborted), 2 usage error.
  */
 import { NarfsError, toNarfsError } from '../errors.js';
 import { resolve as resolvePath } from 'node:path';
@@ -138,6 +139,8 @@ is. Exit 0 when every datalake is up, 3 when some is down, 1 when no daemon answ
 The mount stays in the foreground, prints one line when ready, logs one line per
 materialised store path, and unmounts on SIGINT/SIGTERM (a second signal forces it). A
 signal while it is still starting stops the start cleanly (exit 0, nothing left mounted).
+Unmounted from outside (umount, fusermount -u), the daemon stops too (exit 0); when its
+FUSE connection is aborted, it detaches the dead mount and exits 1.
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -286,6 +289,22 @@ async function runMount(config: MountConfig, logger: Logger): Promise<number> {
   // should one still have slipped past its last check, the mount stops at once.
   if (starting.signal.aborted) stop(mount, 'SIGTERM');
   else process.stdout.write(`narfs: mounted ${mount.mountpoint} (datalakes: ${config.datalakes.length}, cache: ${config.cacheDir})\n`);
+  // The kernel ended the mount without us (unmounted by someone else, or its connection
+  // aborted): nothing is left to serve, so stop as libfuse daemons do, releasing the
+  // cache for the next mount. A plain unmount exits 0; an aborted connection (its dead
+  // mount detached) exits 1, so a service manager restarts the mount.
+  const running = mount;
+  void running.ended.then(({ errno, stale }) => {
+    if (signals > 0) return;
+    signals++;
+    const failed = stale || errno !== 0;
+    const how = stale ? 'its FUSE connection was aborted (the dead mount was detached)' : 'it was unmounted from outside';
+    (failed ? logger.error : logger.warn)(`${running.mountpoint}: ${how}; stopping`, { mountpoint: running.mountpoint, errno });
+    running.close().then(() => stopped!(failed ? 1 : 0), (err) => {
+      logger.error('clean shutdown failed', { err });
+      stopped!(1);
+    });
+  });
   return done;
 }
 

@@ -237,6 +237,13 @@ export class NarfsMetrics {
   }
 
   /** Feeds the materialiser. */
+  /** FUSE requests answered in JS so far (settled ones: each is observed when it settles). */
+  requestsAnsweredInJs(): number {
+    let n = 0;
+    for (const s of this.fuseSeconds.series.values()) n += s.value.count;
+    return n;
+  }
+
   materialiserEvents(): MaterialiserEvents {
     return {
       fetchStarted: () => this.inFlight.add({}, 1),

@@ -33,7 +33,7 @@ import { loadLater } from './load-later.js';
 import { StoreFilesystem } from '../fs/store-filesystem.js';
 import { FuseNativeMount, forceUnmount } from '../fuse/fuse-native-mount.js';
 import { NativeMount, nativeMallocTrim, type NativeStats } from '../fuse/native-mount.js';
-import { mountState } from '../fuse/mount-state.js';
+import { mountEntry, mountState } from '../fuse/mount-state.js';
 import { setDecompressionConcurrency } from '../compression/decompress.js';
 import { FUSE_OPS, NarfsMetrics } from './metrics.js';
 import { CacheSizeProbe, runStatus, type NarfsStatus } from './status-operation.js';
@@ -64,6 +64,14 @@ export interface RunningMount {
   shouldHandOver(): Promise<boolean>;
   /** Takes everything down but leaves the mount to the next process (no unmount). */
   handover(): Promise<void>;
+  /**
+   * Resolves when the kernel ended the mount while this process served it: unmounted from
+   * outside (`stale` false), or its connection aborted (`stale` true: the dead mount was
+   * still there and has been detached). The caller then stops the daemon (`close()`): a
+   * daemon without its mount would only hold the cache. Native engine only (the
+   * fuse-native binding does not report it); pending for ever otherwise.
+   */
+  readonly ended: Promise<{ errno: number; stale: boolean }>;
 }
 
 /** How long a handover waits for the requests JS is answering (the rest are resent). */
@@ -177,12 +185,27 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       if (adopt) logger.info('resumed the mount', { mountpoint, resend: fuse.resendErrno === 0 ? 'requeued' : `errno ${fuse.resendErrno}`, journal: journal?.size });
       await restart.save(mountpoint, fuse.init, fuse.deviceFds());
     }
+    // The mount's device, to know it again when the connection ends (this process mounted
+    // it, or adopted it from the previous one).
+    const ours = fuse instanceof NativeMount ? (await mountEntry(mountpoint))?.dev : undefined;
+    const ended = fuse instanceof NativeMount
+      ? fuse.ended.then(async ({ errno }) => {
+        // An aborted connection leaves a dead mount behind (every call on it fails with
+        // ENOTCONN): detach it, unless what is there now is not ours.
+        const stale = ours !== undefined && (await mountEntry(mountpoint))?.dev === ours;
+        if (stale) await forceUnmount(mountpoint).catch(() => {});
+        return { errno, stale };
+      })
+      : new Promise<{ errno: number; stale: boolean }>(() => {});
     const engine = { backend, stats: () => (fuse instanceof NativeMount ? fuse.stats() : undefined) };
+    // Requests the engine served (native only: the fuse-native binding counts none), for
+    // the background work that waits while the mount is in use.
+    const engineRequests = fuse instanceof NativeMount ? () => fuse.workloadRequests() : () => metrics.requestsAnsweredInJs();
     // Background commits wait while the engine serves requests, not only reads that reach JS.
-    if (fuse instanceof NativeMount) stack.materialiser.watchActivity(() => fuse.workloadRequests());
+    if (fuse instanceof NativeMount) stack.materialiser.watchActivity(engineRequests);
     // An idle daemon gives back the memory of its last burst (GC, then malloc_trim).
     const release = startQuietMemoryRelease({
-      activity: () => (fuse instanceof NativeMount ? fuse.workloadRequests() : 0) + store.counters.bytesRead,
+      activity: () => engineRequests() + store.counters.bytesRead,
       busy: () => stack.materialiser.busy, trim: nativeMallocTrim(), logger,
     });
     cleanups.push(() => release.stop());
@@ -244,7 +267,7 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       void traces!.replayTrace(config.prefetchTrace, store, logger, stack.signal);
     }
     return {
-      mountpoint, store, materialiser, stack, fs, engine, metrics, metricsAddress, status,
+      mountpoint, store, materialiser, stack, fs, engine, metrics, metricsAddress, status, ended,
       close: () => cleanups.run(),
       shouldHandOver: async () => restart !== undefined && await RestartState.restartPending(logger),
       handover: () => {

@@ -15,7 +15,10 @@
  * - Quiet means: `activity()` (requests the engine served, bytes read) unchanged and
  *   `busy()` false for a whole `quietMs` period. A release runs at most once per quiet
  *   period that follows work, never during work (a GC there would pause answers and a trim
- *   would only make the next burst fault its pages in again).
+ *   would only make the next burst fault its pages in again). The mount daemon counts
+ *   requests as each engine can: the native engine's counter (C and JS); with the
+ *   fuse-native binding, the requests JS answered (counted when they settle, so a request
+ *   waiting long on a datalake shows only once it is answered, or by its bytes).
  * - The GC is the main isolate's; worker threads' isolates are not touched (their pools
  *   stop idle workers, which frees their heaps).
  * - Without either tool (no native engine, not glibc, no GC hook) that step is skipped;

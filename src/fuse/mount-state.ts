@@ -56,13 +56,22 @@ export async function mountState(mountpoint: string, timeoutMs = 10_000): Promis
 
 /** The fstype of the mount exactly at `mountpoint` (the top one), from /proc/self/mountinfo. */
 export async function mountedType(mountpoint: string): Promise<string | undefined> {
+  return (await mountEntry(mountpoint))?.fstype;
+}
+
+/**
+ * The top mount exactly at `mountpoint` in /proc/self/mountinfo: its fstype and its device
+ * (`major:minor`, field 3; a FUSE mount's is unique to its connection, so it tells one
+ * mount from a later one at the same place).
+ */
+export async function mountEntry(mountpoint: string): Promise<{ fstype: string; dev: string } | undefined> {
   const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  let found: string | undefined;
+  let found: { fstype: string; dev: string } | undefined;
   for (const line of info.split('\n')) {
     const fields = line.split(' ');
     if (unescape(fields[4] ?? '') !== mountpoint) continue;
     const dash = fields.indexOf('-');
-    if (dash > 0) found = fields[dash + 1];
+    if (dash > 0) found = { fstype: fields[dash + 1] ?? '', dev: fields[2] ?? '' };
   }
   return found;
 }

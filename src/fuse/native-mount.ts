@@ -53,6 +53,13 @@
  * (StoreFilesystem.revive). `handover` ends this process's part without unmounting: it
  * waits (bounded) for the requests JS is answering; anything still unanswered is resent to
  * the next process.
+ *
+ * Ended from outside: when the kernel closes the connection while this process still
+ * serves the mount (`umount`/`fusermount -u` by someone else, or an abort through
+ * /sys/fs/fuse/connections), `ended` resolves with the reader's errno (0 for ENODEV and
+ * ECONNABORTED, native/src/session.cc) — as libfuse's session loop returns, so that the
+ * daemon can stop rather than live on holding its cache with nothing to serve. Never after
+ * `unmount()` or `handover()`, which end the connection themselves.
  */
 import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
@@ -331,6 +338,8 @@ export class NativeMount {
   #ready: { resolve: () => void; reject: (e: Error) => void } | undefined;
   #closed: Promise<number>;
   #onClosed: (errno: number) => void = () => {};
+  readonly #ended: Promise<{ errno: number }>;
+  #onEnded: (e: { errno: number }) => void = () => {};
   #entryTtl: number;
   #rootEntryTtl: number;
   #negativeTtl: number;
@@ -348,6 +357,15 @@ export class NativeMount {
     this.#rootEntryTtl = options.rootEntryTimeoutS ?? this.#entryTtl;
     this.#negativeTtl = options.negativeTimeoutS ?? 1;
     this.#closed = new Promise<number>((resolve) => { this.#onClosed = resolve; });
+    this.#ended = new Promise<{ errno: number }>((resolve) => { this.#onEnded = resolve; });
+  }
+
+  /**
+   * Resolves when the kernel ended the connection of a mount this process was serving (see
+   * the header: unmounted or aborted from outside); pending for ever otherwise.
+   */
+  get ended(): Promise<{ errno: number }> {
+    return this.#ended;
   }
 
   get mounted(): boolean {
@@ -535,12 +553,16 @@ export class NativeMount {
         this.#resendErrno = c;
         this.#ready?.resolve();
         return;
-      case OP.CLOSED:
+      case OP.CLOSED: {
+        // Still mounted by our account: neither unmount() nor handover() ended it.
+        const fromOutside = this.#mounted;
         this.#mounted = false;
         if (s) loadNativeAddon().release(s);
         if (a !== 0) this.#log.error('the FUSE connection failed', { errno: a });
         this.#onClosed(a);
+        if (fromOutside) this.#onEnded({ errno: a });
         return;
+      }
     }
     if (!s) return;
     // Left unanswered, the request stays with the kernel and is resent to the next process.
