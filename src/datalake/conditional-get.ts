@@ -13,7 +13,7 @@
  * credentials or the query.
  */
 import { readFile } from 'node:fs/promises';
-import { Agent, ProxyAgent, interceptors, type Dispatcher } from 'undici';
+import { Agent, ProxyAgent, interceptors, type Dispatcher } from './undici-client.js';
 import { withDeadline } from '../deadline.js';
 import { NarfsError, toNarfsError } from '../errors.js';
 import { HttpAuth } from './http-auth.js';

@@ -78,7 +78,7 @@
  */
 import type { Readable } from 'node:stream';
 import { readFile } from 'node:fs/promises';
-import { Agent, Pool as UndiciPool, ProxyAgent, interceptors, type Dispatcher } from 'undici';
+import { Agent, Pool as UndiciPool, ProxyAgent, interceptors, type Dispatcher } from './undici-client.js';
 import { withDeadline } from '../deadline.js';
 import { NarfsError, toNarfsError } from '../errors.js';
 import {

@@ -20,7 +20,7 @@
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
-import type { Dispatcher } from 'undici';
+import type { Dispatcher } from './undici-client.js';
 import { sleep } from '../deadline.js';
 import { NarfsError, type ErrorCode } from '../errors.js';
 import { fanOutController } from './datalake.js';

@@ -21,7 +21,7 @@ import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import aws4 from 'aws4';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, type Dispatcher } from './undici-client.js';
 
 import { NarfsError } from '../errors.js';
 import { checkRelPath } from './datalake.js';

@@ -53,7 +53,7 @@
  */
 import type { Readable } from 'node:stream';
 import aws4 from 'aws4';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, type Dispatcher } from './undici-client.js';
 import { withDeadline } from '../deadline.js';
 import { NarfsError } from '../errors.js';
 import {
