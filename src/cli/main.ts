@@ -78,7 +78,9 @@ narfs mount options:
                               (a trace written by --record-trace on an earlier mount)
   --lazy-fetch KEY=V[,KEY=V]  tune ranged fetches of indexed paths: neighbour-bytes (1M:
                               small siblings fetched along with a miss; 0 = off),
-                              neighbour-file-bytes (128K), escalate-share (0.25: fetch the
+                              neighbour-file-bytes (128K), subtree-bytes (8M: the small
+                              files of a directory whose subdirectories are being read,
+                              fetched at once if they fit; 0 = off), escalate-share (0.25: fetch the
                               rest of a path in bulk once this share was read; 0 = off),
                               escalate-streak (8: ... or after this many misses walking it
                               in order; 0 = off), bulk-request-bytes (8M), bulk-concurrency

@@ -152,6 +152,7 @@ export interface RawMountOptions {
 export interface LazyFetchSettings {
   neighbourBytes?: number;
   neighbourFileBytes?: number;
+  subtreeBytes?: number;
   escalateShare?: number;
   escalateStreak?: number;
   bulkRequestBytes?: number;
@@ -167,6 +168,7 @@ export interface LazyFetchSettings {
 const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'size' | 'share' | 'count' }> = {
   'neighbour-bytes': { key: 'neighbourBytes', kind: 'size' },
   'neighbour-file-bytes': { key: 'neighbourFileBytes', kind: 'size' },
+  'subtree-bytes': { key: 'subtreeBytes', kind: 'size' },
   'escalate-share': { key: 'escalateShare', kind: 'share' },
   'escalate-streak': { key: 'escalateStreak', kind: 'count' },
   'bulk-request-bytes': { key: 'bulkRequestBytes', kind: 'size' },
@@ -180,7 +182,8 @@ const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'siz
 
 /**
  * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
- * bulk-request-bytes, stage-bytes, gap-bytes, whole-nar-bytes (sizes: 1M, 128K, ...), escalate-share (0..1, 0 = off),
+ * subtree-bytes, bulk-request-bytes, stage-bytes, gap-bytes, whole-nar-bytes (sizes: 1M,
+ * 128K, ...; subtree-bytes 0 = off), escalate-share (0..1, 0 = off),
  * escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
  * numbers; streak 0 and warm-references 0 = off).
  */

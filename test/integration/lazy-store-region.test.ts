@@ -11,7 +11,9 @@
  *   then escalation to a bulk fetch);
  * - a byte flipped inside a neighbour is never cached or served (the neighbour's own read
  *   fails with ERR_CHUNK_HASH_MISMATCH), while the file asked for reads right;
- * - a trace replay fetches a path's traced files in a few coalesced requests, not one each.
+ * - a trace replay fetches a path's traced files in a few coalesced requests, not one each;
+ * - misses that jump into three subdirectories of one directory bring its subtree's small
+ *   files at once: a fourth subdirectory is read without a request (subtree rule).
  * Waits are on events or on the fetcher going idle, bounded by a deadline.
  */
 import assert from 'node:assert/strict';
@@ -22,7 +24,7 @@ import * as path from 'node:path';
 import { FileDatalake } from '../../src/datalake/file-datalake.js';
 import { FileDatalakeWriter } from '../../src/datalake/file-datalake-writer.js';
 import { indexStorePath } from '../../src/index/index-store-path.js';
-import { parseNarIndex, NAR_INDEX_SUFFIX, type IndexedFile, type NarIndex } from '../../src/nix/nar-index.js';
+import { findFile, parseNarIndex, NAR_INDEX_SUFFIX, type IndexedFile, type NarIndex } from '../../src/nix/nar-index.js';
 import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
 import { parseSecretKey, parseTrustedPublicKeys } from '../../src/nix/signature.js';
 import { openStoreStack, type StoreStack } from '../../src/daemon/store-stack.js';
@@ -408,4 +410,38 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       await e.close();
     }
   });
+  /** The indexed file at `rel` (e.g. `d05/f50`) of the many-files path. */
+  function fileAt(idx: NarIndex, rel: string): IndexedFile {
+    let n = idx.root;
+    for (const part of rel.split('/')) n = (n.type === 'directory' ? n.entries.get(part) : undefined) ?? assert.fail(`no ${rel}`);
+    assert.equal(n.type, 'regular');
+    return findFile(idx, n.type === 'regular' ? n.narOffset : -1) ?? assert.fail(`${rel} is not indexed`);
+  }
+
+  for (const subtreeBytes of [undefined, 0]) {
+    it(`none: misses jumping into three subdirectories ${subtreeBytes === 0 ? 'with the subtree rule off cost a request per new directory' : 'bring the small files of their parent\'s subtree: a fourth is read without a request'}`, async function () {
+      // Siblings and escalation off: only the subtree rule can bring files along.
+      const e = await open('none', { neighbourBytes: 0, escalateShare: 0, escalateStreak: 0, wholeNarMaxBytes: 0, ...(subtreeBytes === undefined ? {} : { subtreeBytes }) });
+      try {
+        await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+        for (const rel of ['d05/f50', 'd12/f10', 'd03/f70']) {
+          const f = fileAt(e.idx, rel);
+          assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+        }
+        await idle(e);
+        const before = e.narRequests();
+        const later = ['d17/f00', 'd17/f99', 'flat/f0500', 'd00/f01'].map((rel) => fileAt(e.idx, rel));
+        for (const f of later) assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+        if (subtreeBytes === 0) {
+          assert.equal(e.stack.store.counters.subtreeFetches, 0);
+          assert.ok(e.narRequests() >= before + later.length, `${e.narRequests() - before} requests for ${later.length} files in other directories`);
+        } else {
+          assert.equal(e.stack.store.counters.subtreeFetches, 1, 'one subtree fetch');
+          assert.equal(e.narRequests(), before, 'the files of other subdirectories came with the subtree');
+        }
+      } finally {
+        await e.close();
+      }
+    });
+  }
 });

@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { IndexedFile, NarIndex } from '../../../src/nix/nar-index.js';
 import type { NarDirectory, NarNode } from '../../../src/nix/nar-listing.js';
-import { NEIGHBOUR_START_FILE_BYTES, neighbourRegions, neighbours, noteMiss, type NeighbourOptions } from '../../../src/store/neighbourhood.js';
+import {
+  NEIGHBOUR_START_FILE_BYTES, directoriesOf, directoryTreeOf, jumpedTo, neighbourRegions, neighbours, noteMiss, noteSubtreeMiss, subtreeFiles, type NeighbourOptions,
+} from '../../../src/store/neighbourhood.js';
 
 /** A tree spec: a file is its size, a directory an object of entries. */
 type Spec = { [name: string]: number | Spec };
@@ -194,5 +196,90 @@ describe('neighbourhood of a missed file', function () {
     const held = at('d/b');
     const got = neighbours(idx, at('d/c'), opts({ budgetBytes: 2000, isHeld: (f) => f === held }));
     assert.deepEqual(got.map((f) => nameOf(idx, f)), ['d/d', 'd/e']);
+  });
+});
+
+describe('neighbourhood: the subtree rule', () => {
+  // A library directory as an interpreter sees it: modules at the top, packages below.
+  const lib = (): Spec => ({
+    lib: {
+      'abc.py': 5000, 'enum.py': 70_000,
+      encodings: { '__init__.py': 6000, 'aliases.py': 15_000, 'cp1252.py': 12_000 },
+      json: { '__init__.py': 14_000, 'decoder.py': 12_000 },
+      re: { '__init__.py': 16_000, '_parser.py': 40_000 },
+      xml: { '__init__.py': 1000, etree: { 'ElementTree.py': 72_000 } },
+      'zipfile.py': 90_000,
+    },
+    share: { 'big.dat': 200_000 },
+  });
+  const pos = (idx: NarIndex, f: IndexedFile): number => idx.files.indexOf(f);
+
+  it('knows each directory\'s parent and the contiguous files of its subtree', () => {
+    const { idx, at } = listing(lib());
+    const t = directoryTreeOf(idx);
+    const dirs = directoriesOf(idx);
+    const d = (p: string) => dirs[pos(idx, at(p))]!;
+    assert.equal(t.parent[0], -1, 'directory 0 is the root');
+    assert.equal(t.parent[d('lib/json/__init__.py')], d('lib/abc.py'));
+    assert.equal(t.parent[d('lib/xml/etree/ElementTree.py')], d('lib/xml/__init__.py'));
+    const files = (dir: number) => idx.files.slice(t.start[dir], t.end[dir]).map((f) => nameOf(idx, f));
+    assert.deepEqual(files(d('lib/xml/__init__.py')), ['lib/xml/__init__.py', 'lib/xml/etree/ElementTree.py']);
+    assert.deepEqual(files(d('lib/abc.py')), idx.files.filter((f) => nameOf(idx, f).startsWith('lib/')).map((f) => nameOf(idx, f)));
+    assert.equal(t.end[0]! - t.start[0]!, idx.files.length);
+  });
+
+  it('chooses a directory once misses jumped into three of its subdirectories, and only once', () => {
+    const { idx, at } = listing(lib());
+    const none = () => false;
+    const miss = (p: string) => noteSubtreeMiss(idx, pos(idx, at(p)), 128 * 1024, none);
+    const lib0 = directoriesOf(idx)[pos(idx, at('lib/abc.py'))]!;
+    assert.equal(miss('lib/encodings/__init__.py'), undefined);
+    assert.equal(miss('lib/abc.py'), undefined, 'a file of the directory itself is no subdirectory');
+    assert.equal(miss('lib/json/__init__.py'), undefined);
+    assert.equal(miss('lib/re/__init__.py'), lib0);
+    assert.equal(miss('lib/xml/__init__.py'), undefined, 'chosen already');
+  });
+
+  it('does not count a reader going through the tree in order (nothing small left unread between)', () => {
+    const { idx, at } = listing(lib());
+    const read = new Set<IndexedFile>();
+    const held = (f: IndexedFile) => read.has(f);
+    // Every small file in NAR order, skipping the large ones as scenario 9 does.
+    let chosen: number | undefined;
+    for (const f of idx.files) {
+      if (f.size > 16_000) continue;
+      chosen ??= noteSubtreeMiss(idx, pos(idx, f), 128 * 1024, held);
+      read.add(f);
+    }
+    assert.equal(chosen, undefined);
+    // Backwards, or past an unread small file, is a jump.
+    assert.equal(jumpedTo(idx, pos(idx, at('lib/json/__init__.py')), pos(idx, at('lib/encodings/__init__.py')), 16_384, () => true), true);
+    assert.equal(jumpedTo(idx, pos(idx, at('lib/encodings/__init__.py')), pos(idx, at('lib/json/__init__.py')), 16_384, () => false), true);
+    assert.equal(jumpedTo(idx, pos(idx, at('lib/encodings/__init__.py')), pos(idx, at('lib/json/__init__.py')), 16_384, () => true), false);
+  });
+
+  it('fetches the largest size cap whose files fit the budget, never a held file, nothing when not even the reach fits', () => {
+    const { idx, at } = listing(lib());
+    const lib0 = directoriesOf(idx)[pos(idx, at('lib/abc.py'))]!;
+    const held = at('lib/json/decoder.py');
+    const isHeld = (f: IndexedFile) => f === held;
+    const names = (fs: IndexedFile[] | undefined) => fs?.map((f) => nameOf(idx, f));
+    // Reach 16 KiB (nothing larger missed yet). Every file up to 128 KiB (341 KB) fits 400 KB.
+    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 400_000, maxFileBytes: 128 * 1024, isHeld })), [
+      'lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py', 'lib/enum.py',
+      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/re/_parser.py', 'lib/xml/__init__.py', 'lib/xml/etree/ElementTree.py', 'lib/zipfile.py',
+    ]);
+    // 300 KB: the 64 KiB cap (109 KB) does; 100 KB: only 32 KiB (69 KB).
+    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 300_000, maxFileBytes: 128 * 1024, isHeld })), [
+      'lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py',
+      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/re/_parser.py', 'lib/xml/__init__.py',
+    ]);
+    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 100_000, maxFileBytes: 128 * 1024, isHeld })), [
+      'lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py',
+      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/xml/__init__.py',
+    ]);
+    assert.equal(subtreeFiles(idx, lib0, { budgetBytes: 20_000, maxFileBytes: 128 * 1024, isHeld }), undefined);
+    // The whole store path's root: share/big.dat is beyond every cap.
+    assert.ok(!names(subtreeFiles(idx, 0, { budgetBytes: 1 << 30, maxFileBytes: 128 * 1024, isHeld }))!.includes('share/big.dat'));
   });
 });
