@@ -5,7 +5,7 @@
  * its log) and, with --prof, the V8 self time per function. For explaining one figure of
  * the benchmark between full runs; the figures the RESULTS cite come from `npm run bench`.
  *
- *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable|xz|zstd [--traced] [--running] [--prof] [--extra '--opt v ...'] [--narfs-bin CHECKOUT/bin/narfs]
+ *   node --import tsx bench/lazy-probe.ts --scenario 1|9|9l|9s|10|11 --variant none|seekable|xz|zstd [--traced] [--running] [--prof [--callers fn,fn] [--caller-depth N]] [--extra '--opt v ...'] [--narfs-bin CHECKOUT/bin/narfs]
  *
  * --running: a first use on a running daemon (scenario 1's "running daemon" contender): once
  * the mount answers the kernel caches are dropped again, then the clock starts when the
@@ -35,8 +35,13 @@ const { values: args } = parseArgs({
     prof: { type: 'boolean', default: false }, running: { type: 'boolean', default: false }, extra: { type: 'string', default: '' },
     // Another built checkout's bin/narfs (an older narfs, measured under the same conditions).
     'narfs-bin': { type: 'string' },
+    // With --prof: the functions whose callers (--caller-depth frames up) are summed.
+    callers: { type: 'string', default: '#row,get' },
+    'caller-depth': { type: 'string', default: '3' },
   },
 });
+const callersOf = args.callers.split(',');
+const callerDepth = Number(args['caller-depth']);
 const LATENCY_MS = 20;
 const BYTES_PER_SECOND = 125_000_000;
 
@@ -48,12 +53,12 @@ function profileSummary(dir: string): string[] {
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const callers = new Map<string, number>();
   const { self, total } = selfTimes(p, (n, dt) => {
-    if (n.callFrame.functionName !== '#row' && n.callFrame.functionName !== 'get') return;
+    if (!callersOf.includes(n.callFrame.functionName)) return;
     const chain: string[] = [];
-    for (let q = parent.get(n.id); q !== undefined && chain.length < 3; q = parent.get(q)) chain.push(byId.get(q)!.callFrame.functionName);
+    for (let q = parent.get(n.id); q !== undefined && chain.length < callerDepth; q = parent.get(q)) chain.push(byId.get(q)!.callFrame.functionName);
     callers.set(chain.join(' < '), (callers.get(chain.join(' < ')) ?? 0) + dt);
   });
-  const top = [...callers.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `   #row from ${k}: ${(v / 1000).toFixed(0)} ms`);
+  const top = [...callers.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `   ${callersOf.join('|')} from ${k}: ${(v / 1000).toFixed(0)} ms`);
   // Self time per module of the daemon (dist/…), to see a module's share when no single
   // function of it makes the top list.
   const byModule = new Map<string, number>();

@@ -262,9 +262,15 @@ export class LazyStore implements RootNodes, ContentReader {
    * commit once read or wanted by a bulk fetch: a frame of many small files would
    * otherwise cost one file creation each (~0.2-0.9 ms on the bench VM's disk), mostly for
    * files never read (scenario 1: 3,300 of them for 437 read). Dropped at close.
+   * Views into their decoded frames, not copies (a SharedArrayBuffer nobody writes into
+   * after its decode, chunk-job.ts): copying each into fresh memory cost the JS thread
+   * ~140 ms of scenario 1 (seekable), mostly page faults. The bound therefore counts each
+   * frame buffer held once, whole, for as long as one of its files is held.
    */
   readonly #along = new Map<string, { sha: Buffer; bytes: Buffer }>();
   #alongBytes = 0;
+  /** Per frame buffer held by #along views: how many files of it are held. */
+  readonly #alongFrames = new Map<ArrayBufferLike, number>();
   /** Staged files in a commit under way (by hex), so that a second drain loop skips them. */
   readonly #committing = new Set<string>();
   #drainLoops = 0;
@@ -897,12 +903,10 @@ export class LazyStore implements RootNodes, ContentReader {
       if (this.#staged.has(hex) || this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
       if (along) {
         if (this.#along.has(hex)) return;
-        this.#along.set(hex, { sha: f.sha256, bytes: Buffer.from(bytes) });
-        this.#alongBytes += f.size;
-        for (const [old, a] of this.#along) {
+        this.#holdAlong(hex, { sha: f.sha256, bytes: keepable(bytes) });
+        for (const old of this.#along.keys()) {
           if (this.#alongBytes <= this.#stageMaxBytes) break;
-          this.#along.delete(old);
-          this.#alongBytes -= a.bytes.length;
+          this.#dropAlong(old);
         }
         return;
       }
@@ -973,14 +977,44 @@ export class LazyStore implements RootNodes, ContentReader {
   #promoteAlong(f: IndexedFile): void {
     if (this.#along.size === 0) return;
     const hex = f.sha256.toString('hex');
-    const a = this.#along.get(hex);
+    const a = this.#dropAlong(hex);
     if (!a) return;
-    this.#along.delete(hex);
-    this.#alongBytes -= a.bytes.length;
     if (this.#staged.has(hex)) return;
     this.#staged.set(hex, a);
     this.#stagedBytes += a.bytes.length;
     this.#drainSoon();
+  }
+
+  /** Holds a file that came along; the bytes it keeps: its frame buffer, counted once (or its copy). */
+  #holdAlong(hex: string, a: { sha: Buffer; bytes: Buffer }): void {
+    this.#along.set(hex, a);
+    const buf = a.bytes.buffer;
+    if (!(buf instanceof SharedArrayBuffer)) {
+      this.#alongBytes += a.bytes.length;
+      return;
+    }
+    const n = this.#alongFrames.get(buf) ?? 0;
+    if (n === 0) this.#alongBytes += buf.byteLength;
+    this.#alongFrames.set(buf, n + 1);
+  }
+
+  /** Lets go of a file held along (read, wanted, or the oldest past the bound). */
+  #dropAlong(hex: string): { sha: Buffer; bytes: Buffer } | undefined {
+    const a = this.#along.get(hex);
+    if (!a) return undefined;
+    this.#along.delete(hex);
+    const buf = a.bytes.buffer;
+    if (!(buf instanceof SharedArrayBuffer)) {
+      this.#alongBytes -= a.bytes.length;
+      return a;
+    }
+    const n = (this.#alongFrames.get(buf) ?? 1) - 1;
+    if (n > 0) this.#alongFrames.set(buf, n);
+    else {
+      this.#alongFrames.delete(buf);
+      this.#alongBytes -= buf.byteLength;
+    }
+    return a;
   }
 
   #drainSoon(): void {
@@ -1341,8 +1375,8 @@ function listingToMeta(bytes: Buffer): string {
  * SharedArrayBuffer written once by the decode, chunk-job.ts: nobody writes into it again,
  * and the blob-write workers write files straight from it, blob-store.ts), else a copy
  * (`bytes` may be a view into a whole request's buffer). A view keeps its frames' memory
- * until the commit of its file, which follows at once (staged files, chunk writes); files
- * kept longer (#along) are copied.
+ * until the commit of its file, which follows at once (staged files, chunk writes), or for
+ * files kept longer (#along) until they are let go, the bound counting the whole frame.
  */
 function keepable(bytes: Buffer): Buffer {
   return bytes.buffer instanceof SharedArrayBuffer ? bytes : Buffer.from(bytes);
