@@ -52,9 +52,10 @@
  * fetched the doc files past where it stopped (fetched/read 1.48 -> 1.62).
  *
  * Invariants: no I/O; the only state is per index (WeakMaps on the index): its largest miss
- * (raised by `noteMiss` alone) and, per directory, the subdirectories that missed and
- * whether its subtree was chosen once (`noteSubtreeMiss` alone; a directory is chosen at
- * most once per index); `neighbours` and `subtreeFiles` are read-only; the result never holds
+ * (raised by `noteMiss` alone), its previous miss and, per directory, the subdirectories
+ * that missed or the reach its subtree was chosen at (`noteSubtreeMiss` alone; a directory
+ * is chosen again only at twice that reach, so at most log2(maxFileBytes / 16 KiB) + 1
+ * times); `neighbours` and `subtreeFiles` are read-only; the result never holds
  * the missed file (by narOffset) or a file `isHeld` says is held; apart from files inside
  * a bridged gap of one side (unframed only, each at most `maxFileBytes`), it holds only
  * files of the missed file's directory no larger than the reach, whose sizes add up to at
@@ -149,8 +150,11 @@ export function directoryTreeOf(idx: NarIndex): DirectoryTree {
 /** Subdirectories of one directory that must have missed before its subtree is fetched. */
 export const SUBTREE_MIN_CHILDREN = 3;
 
-/** Per index and directory: its subdirectories that missed; -1 once its subtree was chosen. */
-const subtreeMissesByIndex = new WeakMap<NarIndex, Map<number, Set<number> | -1>>();
+/**
+ * Per index and directory: its subdirectories that missed, or, once its subtree was
+ * chosen, the reach it was chosen at.
+ */
+const subtreeMissesByIndex = new WeakMap<NarIndex, Map<number, Set<number> | { reach: number }>>();
 /** Per index: the position in `idx.files` of its previous miss (noteSubtreeMiss). */
 const lastMissByIndex = new WeakMap<NarIndex, number>();
 /** Files looked at between two misses to tell a jump; farther apart counts as one. */
@@ -175,13 +179,17 @@ export function jumpedTo(idx: NarIndex, from: number | undefined, to: number, re
  * Notes a miss of `idx.files[i]` for the subtree rule (see the header). A miss the reader
  * jumped to (`jumpedTo`, from the previous one) tells every directory above the file's own
  * which of its subdirectories missed. Returns the nearest such directory that has now
- * seen SUBTREE_MIN_CHILDREN subdirectories miss and was never chosen before (it is chosen
- * now, whether or not its subtree then fits a budget), or undefined.
+ * seen SUBTREE_MIN_CHILDREN subdirectories miss and was not chosen before, or one chosen
+ * before at half the path's reach or less (the reader has since missed larger files: its
+ * subtree's files up to the new reach are worth as much), or undefined. A directory
+ * returned counts as chosen at the current reach, whether or not its files then fit a
+ * budget.
  */
 export function noteSubtreeMiss(idx: NarIndex, i: number, maxFileBytes: number, isHeld: (f: IndexedFile) => boolean): number | undefined {
   const from = lastMissByIndex.get(idx);
   lastMissByIndex.set(idx, i);
-  if (!jumpedTo(idx, from, i, reachOf(idx, maxFileBytes), isHeld)) return undefined;
+  const reach = reachOf(idx, maxFileBytes);
+  if (!jumpedTo(idx, from, i, reach, isHeld)) return undefined;
   const { dirs, tree } = directoryTables(idx);
   let seen = subtreeMissesByIndex.get(idx);
   if (!seen) {
@@ -191,14 +199,20 @@ export function noteSubtreeMiss(idx: NarIndex, i: number, maxFileBytes: number, 
   let chosen: number | undefined;
   for (let child = dirs[i] ?? -1, a = child >= 0 ? tree.parent[child]! : -1; a >= 0; child = a, a = tree.parent[a]!) {
     let s = seen.get(a);
-    if (s === -1) continue;
+    if (s !== undefined && !(s instanceof Set)) {
+      if (chosen === undefined && reach >= 2 * s.reach) {
+        s.reach = reach;
+        chosen = a;
+      }
+      continue;
+    }
     if (!s) {
       s = new Set();
       seen.set(a, s);
     }
     s.add(child);
     if (chosen === undefined && s.size >= SUBTREE_MIN_CHILDREN) {
-      seen.set(a, -1);
+      seen.set(a, { reach });
       chosen = a;
     }
   }
@@ -206,35 +220,27 @@ export function noteSubtreeMiss(idx: NarIndex, i: number, maxFileBytes: number, 
 }
 
 /**
- * The files of directory `dir`'s subtree that are not held and no larger than a size cap,
- * in NAR order: the largest cap of the path's reach, twice it, four times it, ... (at most
- * `maxFileBytes`) whose files add up to at most `budgetBytes` (a subtree is read in files
- * of every size: bench scenario 1 went on into python3.11's modules of 20-120 KiB after the
- * rule chose its subtree at a reach of 16 KiB). Undefined when not even the reach's fit
- * (too large a subtree to fetch on a guess).
+ * The files of directory `dir`'s subtree that are no larger than the path's reach (as for
+ * neighbours, at most `maxFileBytes`) and not held, in NAR order; undefined when their
+ * sizes add up to more than `budgetBytes` (too large a subtree to fetch on a guess). Not
+ * larger files on a guess: a rule that took the largest size that fit the budget fetched
+ * a reader of small doc files (scenario 9) the large files of the directories it had
+ * read (1.48 -> 1.50 fetched/read); files larger than what missed so far come once the
+ * reach has grown (noteSubtreeMiss chooses the directory again).
  */
 export function subtreeFiles(idx: NarIndex, dir: number, o: { budgetBytes: number; maxFileBytes: number; isHeld: (f: IndexedFile) => boolean }): IndexedFile[] | undefined {
   const { tree } = directoryTables(idx);
-  const caps: number[] = [];
-  for (let c = reachOf(idx, o.maxFileBytes); ; c *= 2) {
-    caps.push(Math.min(c, o.maxFileBytes));
-    if (c >= o.maxFileBytes) break;
-  }
-  const bytes = caps.map(() => 0);
-  const candidates: IndexedFile[] = [];
+  const reach = reachOf(idx, o.maxFileBytes);
+  const out: IndexedFile[] = [];
+  let bytes = 0;
   for (let j = tree.start[dir]!; j < tree.end[dir]!; j++) {
     const f = idx.files[j]!;
-    if (f.size > caps.at(-1)! || o.isHeld(f)) continue;
-    candidates.push(f);
-    caps.forEach((c, k) => {
-      if (f.size <= c) bytes[k]! += f.size;
-    });
+    if (f.size > reach || o.isHeld(f)) continue;
+    bytes += f.size;
+    if (bytes > o.budgetBytes) return undefined;
+    out.push(f);
   }
-  let k = caps.length - 1;
-  while (k >= 0 && bytes[k]! > o.budgetBytes) k--;
-  if (k < 0) return undefined;
-  const cap = caps[k]!;
-  return candidates.filter((f) => f.size <= cap);
+  return out;
 }
 
 /** The position of `file` in `idx.files` (sorted by narOffset), or -1. */

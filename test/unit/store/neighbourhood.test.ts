@@ -258,28 +258,36 @@ describe('neighbourhood: the subtree rule', () => {
     assert.equal(jumpedTo(idx, pos(idx, at('lib/encodings/__init__.py')), pos(idx, at('lib/json/__init__.py')), 16_384, () => true), false);
   });
 
-  it('fetches the largest size cap whose files fit the budget, never a held file, nothing when not even the reach fits', () => {
+  it('fetches the subtree\'s files within the reach and the budget, never a held file, nothing past the budget', () => {
     const { idx, at } = listing(lib());
     const lib0 = directoriesOf(idx)[pos(idx, at('lib/abc.py'))]!;
     const held = at('lib/json/decoder.py');
     const isHeld = (f: IndexedFile) => f === held;
     const names = (fs: IndexedFile[] | undefined) => fs?.map((f) => nameOf(idx, f));
-    // Reach 16 KiB (nothing larger missed yet). Every file up to 128 KiB (341 KB) fits 400 KB.
-    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 400_000, maxFileBytes: 128 * 1024, isHeld })), [
-      'lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py', 'lib/enum.py',
-      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/re/_parser.py', 'lib/xml/__init__.py', 'lib/xml/etree/ElementTree.py', 'lib/zipfile.py',
-    ]);
-    // 300 KB: the 64 KiB cap (109 KB) does; 100 KB: only 32 KiB (69 KB).
-    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 300_000, maxFileBytes: 128 * 1024, isHeld })), [
-      'lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py',
-      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/re/_parser.py', 'lib/xml/__init__.py',
-    ]);
-    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 100_000, maxFileBytes: 128 * 1024, isHeld })), [
-      'lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py',
-      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/xml/__init__.py',
-    ]);
-    assert.equal(subtreeFiles(idx, lib0, { budgetBytes: 20_000, maxFileBytes: 128 * 1024, isHeld }), undefined);
-    // The whole store path's root: share/big.dat is beyond every cap.
+    // Reach 16 KiB (nothing larger missed yet): the small files only, whatever the budget.
+    const small = ['lib/abc.py', 'lib/encodings/__init__.py', 'lib/encodings/aliases.py', 'lib/encodings/cp1252.py',
+      'lib/json/__init__.py', 'lib/re/__init__.py', 'lib/xml/__init__.py'];
+    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 1 << 30, maxFileBytes: 128 * 1024, isHeld })), small);
+    assert.equal(subtreeFiles(idx, lib0, { budgetBytes: 60_000, maxFileBytes: 128 * 1024, isHeld }), undefined, '69 KB do not fit 60 KB');
+    // A 40 KB module missed: the reach is 40 KB, and _parser.py comes too.
+    noteMiss(idx, 40_000);
+    assert.deepEqual(names(subtreeFiles(idx, lib0, { budgetBytes: 1 << 30, maxFileBytes: 128 * 1024, isHeld })),
+      [...small.slice(0, 6), 'lib/re/_parser.py', 'lib/xml/__init__.py']);
     assert.ok(!names(subtreeFiles(idx, 0, { budgetBytes: 1 << 30, maxFileBytes: 128 * 1024, isHeld }))!.includes('share/big.dat'));
+  });
+
+  it('chooses a directory again once the reach has doubled since, not before', () => {
+    const { idx, at } = listing(lib());
+    const none = () => false;
+    const miss = (p: string) => noteSubtreeMiss(idx, pos(idx, at(p)), 128 * 1024, none);
+    const lib0 = directoriesOf(idx)[pos(idx, at('lib/abc.py'))]!;
+    miss('lib/encodings/__init__.py');
+    miss('lib/json/__init__.py');
+    assert.equal(miss('lib/re/__init__.py'), lib0, 'chosen at a reach of 16 KiB');
+    noteMiss(idx, 30_000);
+    assert.equal(miss('lib/encodings/cp1252.py'), undefined, '30 KB is less than twice 16 KiB');
+    noteMiss(idx, 70_000);
+    assert.equal(miss('lib/json/decoder.py'), lib0, 'chosen again at 70 KB');
+    assert.equal(miss('lib/re/_parser.py'), undefined);
   });
 });
