@@ -251,15 +251,17 @@ async function runMount(config: MountConfig, logger: Logger): Promise<number> {
   let signals = 0;
   let stopped: ((code: number) => void) | undefined;
   const done = new Promise<number>((resolve) => { stopped = resolve; });
+  /** Ends the run with `code` once `shutdown` is done (1 if it failed). */
+  const finish = (shutdown: Promise<void>, code: number) => shutdown.then(() => stopped!(code), (err) => {
+    logger.error('clean shutdown failed', { err });
+    stopped!(1);
+  });
   const stop = (m: RunningMount, sig: NodeJS.Signals) => {
     // Under systemd, a restart keeps the mount (restart-state.ts); anything else unmounts.
-    m.shouldHandOver().then((handOver) => {
+    void finish(m.shouldHandOver().then((handOver) => {
       logger.info(handOver ? 'restarting: leaving the mount to the next process' : 'unmounting', { signal: sig });
       return handOver ? m.handover() : m.close();
-    }).then(() => stopped!(0), (err) => {
-      logger.error('clean shutdown failed', { err });
-      stopped!(1);
-    });
+    }), 0);
   };
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;
@@ -302,10 +304,7 @@ async function runMount(config: MountConfig, logger: Logger): Promise<number> {
     const failed = stale || errno !== 0;
     const how = stale ? 'its FUSE connection was aborted (the dead mount was detached)' : 'it was unmounted from outside';
     (failed ? logger.error : logger.warn)(`${running.mountpoint}: ${how}; stopping`, { mountpoint: running.mountpoint, errno });
-    running.close().then(() => stopped!(failed ? 1 : 0), (err) => {
-      logger.error('clean shutdown failed', { err });
-      stopped!(1);
-    });
+    void finish(running.close(), failed ? 1 : 0);
   });
   return done;
 }

@@ -236,13 +236,14 @@ export class NarfsMetrics {
       one(() => gauges.engine?.()?.backingLive));
   }
 
-  /** Feeds the materialiser. */
   /** FUSE requests answered in JS so far (settled ones: each is observed when it settles). */
   requestsAnsweredInJs(): number {
     let n = 0;
     for (const s of this.fuseSeconds.series.values()) n += s.value.count;
     return n;
   }
+
+  /** Feeds the materialiser. */
 
   materialiserEvents(): MaterialiserEvents {
     return {

@@ -186,13 +186,15 @@ export async function startMount(config: MountConfig, logger: Logger, signal?: A
       await restart.save(mountpoint, fuse.init, fuse.deviceFds());
     }
     // The mount's device, to know it again when the connection ends (this process mounted
-    // it, or adopted it from the previous one).
-    const ours = fuse instanceof NativeMount ? (await mountEntry(mountpoint))?.dev : undefined;
+    // it, or adopted it from the previous one); read beside the start, not in its way
+    // (mountEntry never rejects).
+    const ours = fuse instanceof NativeMount ? mountEntry(mountpoint).then((e) => e?.dev) : undefined;
     const ended = fuse instanceof NativeMount
       ? fuse.ended.then(async ({ errno }) => {
         // An aborted connection leaves a dead mount behind (every call on it fails with
         // ENOTCONN): detach it, unless what is there now is not ours.
-        const stale = ours !== undefined && (await mountEntry(mountpoint))?.dev === ours;
+        const dev = await ours;
+        const stale = dev !== undefined && (await mountEntry(mountpoint))?.dev === dev;
         if (stale) await forceUnmount(mountpoint).catch(() => {});
         return { errno, stale };
       })

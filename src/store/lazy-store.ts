@@ -71,7 +71,7 @@ import type { Materialised, Materialiser } from './materialiser.js';
 import { ChunkFetcher, DEFAULT_GAP_BYTES, type ChunkSource } from './chunk-fetcher.js';
 import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
-import { directoriesOf, fileIndexOf, frameSpan, neighbourRegions, neighbours, noteMiss, noteSubtreeMiss, subtreeFiles } from './neighbourhood.js';
+import { directoriesOf, fileIndexOf, frameSpan, isFramed, neighbourRegions, neighbours, noteMiss, noteSubtreeMiss, subtreeFiles } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
@@ -718,10 +718,9 @@ export class LazyStore implements RootNodes, ContentReader {
     // directories' small files along already, and a subtree's files span most of its
     // frames (bench scenario 1, seekable, running daemon: 1.6 s -> 2.3 s and 9 -> 60 MiB
     // fetched with the rule; none: 2.8 -> 2.3 s).
-    if (budget <= 0 || (tree.index.frames !== undefined && tree.index.frames.narOffsets.length > 0)) return;
+    if (budget <= 0 || isFramed(tree.index)) return;
     const src = this.#sourceOf(tree);
-    const isHeld = (f: IndexedFile): boolean => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
-      || fetcher.isComing(src, tree.index, f, 0);
+    const isHeld = this.#heldOrComing(tree, fetcher, src);
     const j = fileIndexOf(tree.index, file);
     const dir = j < 0 ? undefined : noteSubtreeMiss(tree.index, j, maxFile, isHeld);
     if (dir === undefined) return;
@@ -745,6 +744,12 @@ export class LazyStore implements RootNodes, ContentReader {
     });
   }
 
+  /** Whether a whole file of `tree` is staged, committed, or asked for of `fetcher` already. */
+  #heldOrComing(tree: Tree, fetcher: ChunkFetcher, src: ChunkSource): (f: IndexedFile) => boolean {
+    return (f) => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
+      || fetcher.isComing(src, tree.index, f, 0);
+  }
+
   /** The sibling part of #fetchNeighbours. */
   #fetchSiblings(name: string, tree: Tree, file: IndexedFile, fetcher: ChunkFetcher, budget: number, maxFile: number): void {
     const after = this.#opts.neighbourAfterMisses ?? DEFAULT_NEIGHBOUR_AFTER_MISSES;
@@ -765,8 +770,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const cs = tree.index.chunkSize;
     const src = this.#sourceOf(tree);
     const gapBytes = this.#opts.gapBytes ?? DEFAULT_GAP_BYTES;
-    const isHeld = (f: IndexedFile): boolean => this.#stagedOf(f) !== undefined || this.#blobs.completePath(f.sha256, f.size) !== undefined
-      || fetcher.isComing(src, tree.index, f, 0);
+    const isHeld = this.#heldOrComing(tree, fetcher, src);
     const near = neighbours(tree.index, file, { budgetBytes: budget, maxFileBytes: maxFile, gapBytes, isHeld });
     // Seekable: the frames of the file's own request bring the neighbours inside them along.
     const own = frameSpan(tree.index, file.narOffset, file.narOffset + file.size);

@@ -82,6 +82,11 @@ export interface NeighbourOptions {
   gapBytes?: number;
 }
 
+/** Whether `idx` maps a seekable NAR's frames (a ranged read decodes whole frames). */
+export function isFramed(idx: NarIndex): boolean {
+  return idx.frames !== undefined && idx.frames.narOffsets.length > 0;
+}
+
 /** A path's reach before any file of it larger than this has missed. */
 export const NEIGHBOUR_START_FILE_BYTES = 16 * 1024;
 /**
@@ -303,7 +308,7 @@ export function neighbours(idx: NarIndex, file: IndexedFile, o: NeighbourOptions
   const files = idx.files;
   const maxScan = o.maxScan ?? 4096;
   const reach = reachOf(idx, o.maxFileBytes);
-  const framed = idx.frames !== undefined && idx.frames.narOffsets.length > 0;
+  const framed = isFramed(idx);
   const gap = Math.max(0, o.gapBytes ?? DEFAULT_GAP_BYTES);
   const out: IndexedFile[] = [];
   let budget = o.budgetBytes;
