@@ -395,6 +395,11 @@ Napi::Value GetStats(const Napi::CallbackInfo& info) {
   }
   o.Set("toJsByOpcode", byOp);
   o.Set("inC", static_cast<double>(st.inC));
+  Napi::Object inCByOp = Napi::Object::New(env);
+  for (uint32_t i = 0; i < 64; i++) {
+    if (st.inCByOpcode[i] != 0) inCByOp.Set(i, static_cast<double>(st.inCByOpcode[i]));
+  }
+  o.Set("inCByOpcode", inCByOp);
   o.Set("nodes", static_cast<double>(st.nodes));
   o.Set("readsInC", static_cast<double>(st.readsInC));
   o.Set("bytesInC", static_cast<double>(st.bytesInC));

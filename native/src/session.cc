@@ -512,6 +512,7 @@ Stats Session::stats() {
   Stats s;
   s.toJs = toJs_.load();
   for (int i = 0; i < 64; i++) s.toJsByOpcode[i] = toJsOps_[i].load();
+  for (int i = 0; i < 64; i++) s.inCByOpcode[i] = inCOps_[i].load();
   s.inC = inC_.load();
   s.readsInC = readsInC_.load();
   s.bytesInC = bytesInC_.load();
@@ -673,6 +674,7 @@ void Session::handle(int ch, const uint8_t* buf, size_t len, std::vector<uint8_t
   }
   if (fastPath(ch, r, out)) {
     inC_++;
+    inCOps_[r.opcode < 64 ? r.opcode : 0]++;
     return;
   }
   toJs(ch, r);
@@ -769,8 +771,13 @@ bool Session::fastPath(int ch, const Request& r, std::vector<uint8_t>& out) {
       send(ch, r.unique, 0, &o, sizeof o);
       return true;
     }
-    case FUSE_RELEASEDIR:
     case FUSE_FLUSH:
+      // Opens carry FOPEN_NOFLUSH; a FLUSH still comes for a file opened under an earlier
+      // daemon (restart). ENOSYS makes the kernel stop sending FLUSH on this connection
+      // (fs/fuse/file.c fuse_flush sets fc->no_flush) and close() still returns 0.
+      send(ch, r.unique, ENOSYS, nullptr, 0);
+      return true;
+    case FUSE_RELEASEDIR:
     case FUSE_FSYNC:
     case FUSE_FSYNCDIR:
       send(ch, r.unique, 0, nullptr, 0);

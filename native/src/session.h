@@ -188,6 +188,7 @@ struct Stats {
   uint64_t toJs = 0;
   uint64_t toJsByOpcode[64] = {};  // requests handed to JS per opcode (others in slot 0)
   uint64_t inC = 0;
+  uint64_t inCByOpcode[64] = {};  // requests answered in C per opcode (others in slot 0)
   uint64_t nodes = 0;
   uint64_t readsInC = 0;
   uint64_t bytesInC = 0;
@@ -351,6 +352,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<int> liveReaders_{0};
   std::atomic<uint64_t> toJs_{0}, inC_{0}, readsInC_{0}, bytesInC_{0};
   std::atomic<uint64_t> toJsOps_[64] = {};
+  std::atomic<uint64_t> inCOps_[64] = {};
   uint64_t initFlags_ = 0;
   uint32_t minor_ = 0;
   // Passthrough: negotiated (and not yet refused with EPERM); JS handles opened in

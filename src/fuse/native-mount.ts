@@ -125,6 +125,8 @@ export interface NativeStats {
   toJsByOpcode: Record<number, number>;
   /** Requests answered in C. */
   inC: number;
+  /** Requests answered in C, by FUSE opcode (only those seen). */
+  inCByOpcode: Record<number, number>;
   /** Nodes the C table describes. */
   nodes: number;
   readsInC: number;

@@ -107,6 +107,30 @@ describe('e2e: the native FUSE engine', function () {
     });
   });
 
+  it('closing a file sends no FLUSH: every open says there is nothing to flush', async () => {
+    const lake = fixtures.datalakes['none']!;
+    await withMount({ datalakes: [lake.url], trustedPublicKeys: fixtures.publicKey }, async (m) => {
+      const sp = parseStorePath(fixtures.largeFile.storePath);
+      const file = join(m.mnt, storePathBase(sp), fixtures.largeFile.relPath);
+      const OPEN = 14; // FUSE_OPEN
+      const FLUSH = 25; // FUSE_FLUSH
+      const seen = (st: { toJsByOpcode: Record<number, number>; inCByOpcode: Record<number, number> }, op: number) =>
+        (st.toJsByOpcode[op] ?? 0) + (st.inCByOpcode[op] ?? 0);
+      const before = m.running.engine.stats()!;
+      // The first open is JS's (the file is fetched); once its blob is committed, C's.
+      const first = await probe('read', file);
+      assert.equal(first.ok, true, JSON.stringify(first));
+      await m.running.materialiser.flush();
+      for (let i = 0; i < 5; i++) {
+        await dropCaches(3); // each probe opens the file anew, through a fresh inode
+        assert.equal((await probe('read', file)).sha256, first.sha256);
+      }
+      const after = m.running.engine.stats()!;
+      assert.ok(seen(after, OPEN) - seen(before, OPEN) >= 6, `opens: ${JSON.stringify({ before: before.inCByOpcode, after: after.inCByOpcode })}`);
+      assert.equal(seen(after, FLUSH) - seen(before, FLUSH), 0, 'no FLUSH reached the engine');
+    });
+  });
+
   describe('INTERRUPT', () => {
     let server: HttpDatalakeServer;
     before(async () => {
