@@ -160,6 +160,16 @@ try {
       if (prefetch) console.log(`  narfs prefetch --trace --detach exited 0 (${Date.now() - wall0} ms after the clock start)`);
       worked = Date.now() - wall0;
       cpu = { main: cpuMs(`/proc/${mount.pid}/task/${mount.pid}/stat`), all: cpuMs(`/proc/${mount.pid}/stat`) };
+      if (process.env.NARFS_PROBE_THREADS) {
+        // CPU per thread of the daemon (name: its comm), the busiest first.
+        const rows = readdirSync(`/proc/${mount.pid}/task`).map((t) => {
+          const c = cpuMs(`/proc/${mount.pid}/task/${t}/stat`);
+          let name = '?';
+          try { name = readFileSync(`/proc/${mount.pid}/task/${t}/comm`, 'utf8').trim(); } catch { /* gone */ }
+          return { t, name, ...c };
+        }).sort((a, b) => (b.user + b.sys) - (a.user + a.sys));
+        for (const r of rows.filter((x) => x.user + x.sys >= 50)) console.log(`  thread ${r.t} ${r.name}: user ${r.user} ms, sys ${r.sys} ms`);
+      }
       rss = { peak: peakRss(mount.pid), now: currentRss(mount.pid) };
       if (process.env.NARFS_PROBE_TWICE) {
         // The same work again on the now warm mount: its local cost alone.
@@ -189,7 +199,14 @@ try {
     : args.scenario === '9' ? (mnt: string) => readRanges(mnt, fivePercent)
     : args.scenario === '9l' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path === large))
     : args.scenario === '9s' ? (mnt: string) => readRanges(mnt, fivePercent.filter((r) => r.path !== large))
-    : args.scenario === '11' ? async (mnt: string) => { await readEverything(mnt, names, 300_000); return m.closureStats.bytes as number; }
+    : args.scenario === '11' ? async (mnt: string) => {
+      if (process.env.NARFS_PROBE_PATH_TIMES) {
+        // Each store path's reader on its own, with the time it ended: which one sets the run's length.
+        const t = performance.now();
+        await Promise.all(names.map(async (n) => { await readEverything(mnt, [n], 300_000); console.log(`  ${n.slice(33)} read in ${(performance.now() - t).toFixed(0)} ms`); }));
+      } else await readEverything(mnt, names, 300_000);
+      return m.closureStats.bytes as number;
+    }
       : (mnt: string) => {
         // NARFS_PROBE_OP_TIMES=FILE: each replayed operation and its time, as JSON lines.
         const out = process.env.NARFS_PROBE_OP_TIMES;
