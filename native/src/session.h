@@ -206,7 +206,7 @@ struct Stats {
   uint64_t locationOpens = 0;      // opens answered in C by opening a location JS gave with the entry
   uint64_t locationFallbacks = 0;  // such opens sent to JS instead (descriptor cap, open/fstat failed)
   uint64_t heldFiles = 0;          // cache files C holds open (bounded by maxFiles)
-  uint64_t contentReclaimed = 0;   // idle nodes' content let go at the cap (their next OPEN goes to JS)
+  uint64_t contentReclaimed = 0;   // idle nodes' content let go at the cap (kept as locations: reopened at their next OPEN)
 };
 
 class Session : public std::enable_shared_from_this<Session> {

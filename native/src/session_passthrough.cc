@@ -279,15 +279,25 @@ bool Session::atCapLocked() {
   if (files_.size() < opts_.maxFiles) return false;
   // At the cap: let go of the content of nodes no kernel file has open (their descriptors
   // close with the last reference), about an eighth of the cap at a time so the scan is
-  // paid rarely. The next OPEN of such a node goes to JS, which pushes it again. A node an
-  // earlier process's backing id may still be in use by (restart) keeps its content. Not
-  // rescanned while nothing was released since a scan that freed too little.
+  // paid rarely. Each keeps its place as a location, so its next OPEN reopens the file
+  // here (openLocation) instead of going to JS: a working set larger than the cap (a
+  // re-read of 17k headers under a 20k descriptor limit) would otherwise send thousands of
+  // opens to JS on every pass. An eviction drops the location with the content
+  // (dropContentLocked). A node an earlier process's backing id may still be in use by
+  // (restart) keeps its content. Not rescanned while nothing was released since a scan
+  // that freed too little.
   if (releasesSinceReclaim_ == 0 && !reclaimFreed_) return true;
   const size_t want = opts_.maxFiles / 8 + 1;
   size_t dropped = 0;
   for (auto& [id, n] : nodes_.cold()) {
     if (dropped >= want) break;
     if (!n.file || n.ptHandles > 0 || n.cachedHandles > 0 || adoptedIds_.count(id) != 0) continue;
+    Location& l = locations_[id];
+    l.path = n.file->path;
+    l.offset = n.fileOffset;
+    l.size = n.fileSize;
+    l.total = n.file->size;
+    l.seq = ++locationSeq_;
     n.file.reset();
     retireBacking(id, n);
     dropped++;

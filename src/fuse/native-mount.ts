@@ -13,8 +13,9 @@
  *   of a regular file whose blob is complete and verified in this process, JS also gives
  *   the location without a descriptor, and C opens it at the file's OPEN: after the kernel
  *   forgot the inode (drop_caches) its OPEN does not reach JS; C holds at most MAX_PUSHED
- *   files: at that cap it lets go of the content of nodes no file has open, and only when
- *   every held one is open do opens go to JS), OPENDIR,
+ *   files: at that cap it lets go of the descriptors of nodes no file has open, keeping
+ *   where their bytes lie, so their next OPEN reopens them in C; only when every held one
+ *   is open do opens go to JS), OPENDIR,
  *   RELEASEDIR, FLUSH, xattr probes, and every write attempt (EROFS; the mount is also
  *   read-only).
  * - JS sees: LOOKUP, READDIRPLUS pages, READLINK of a node C has no target for, OPEN/READ of files
@@ -33,8 +34,8 @@
  * the others are remembered per page, and the OPEN of one that reaches JS gives C the
  * locations of the page's later files local by then (a walk listed before it was fetched
  * opens about one file per page through JS, not every one).
- * An OPEN that reaches JS for a node JS had pushed means C no longer has its content (let
- * go at the descriptor cap, or a short pread): JS pushes it again. The cap is C's alone
+ * An OPEN that reaches JS for a node JS had pushed means C no longer has its content (a
+ * reopen refused at the descriptor cap, a short pread): JS pushes it again. The cap is C's alone
  * (setContent refuses past it after reclaiming idle content): a cap counted in JS, which
  * never learns of C's reclaims, sent every file past the first MAX_PUSHED to JS for good
  * (scenario 11: 23k files, limit 20000, the last 13k served through JS at twice the cost).

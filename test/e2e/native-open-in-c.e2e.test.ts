@@ -236,6 +236,36 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
     });
   });
 
+  it('under a tiny descriptor limit (prlimit), a working set of blobs larger than the cap is reopened in C on every pass, not through JS', async function () {
+    const limit = 256;
+    await withLimitedMount(limit, async ({ dir, daemon: d, status, readAll }) => {
+      const engine = async (): Promise<NativeStats> => (await status()).fuse.engine!;
+      const list = join(root, 'files');
+      await execFileP('sh', ['-c', 'cd "$1" && find . -type f | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
+      const firstRun = await readAll(list);
+      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
+      assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      // Split into one blob per file once the mount is idle: from then on each file is its own
+      // descriptor, so C can hold only limit/2 of them. The kernel keeps every inode.
+      await d.waitForOutput('stderr', new RegExp(`materialised.*${basename(dir)}`), 'the commit of the walked path');
+      await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
+      assert.equal(await readAll(list), firstRun, 'the same bytes');
+      await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
+      const before = await engine();
+      const thirdRun = await readAll(list);
+      const after = await engine();
+      assert.equal(thirdRun, firstRun, 'the same bytes');
+      const toJs = (op: number) => (after.toJsByOpcode[op] ?? 0) - (before.toJsByOpcode[op] ?? 0);
+      // Before: at the cap C let go of idle files and forgot where they lay, so on every pass
+      // each file past the cap went through a JS OPEN (and a push). Now C keeps the place
+      // of what it lets go of and reopens it itself.
+      assert.ok(after.contentReclaimed > before.contentReclaimed, 'idle content was let go at the cap');
+      assert.ok(toJs(OPEN) <= 0.1 * files, `${toJs(OPEN)} OPENs of ${files} files reached JS (C reopened ${after.locationOpens - before.locationOpens})`);
+      assert.equal(toJs(READ), 0, 'no READ reached JS');
+      assert.ok(after.heldFiles <= limit / 2, `C holds ${after.heldFiles} files (cap ${limit / 2})`);
+    });
+  });
+
   it('under a tiny descriptor limit (prlimit) C holds at most half of it, lets go of idle files at the cap and keeps opening in C; every byte right', async function () {
     const limit = 256;
     await withLimitedMount(limit, async ({ dir, cacheDir, daemon: d, status, readAll }) => {
