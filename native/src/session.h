@@ -326,7 +326,7 @@ class Session : public std::enable_shared_from_this<Session> {
   struct Location {
     std::string path;
     uint64_t offset = 0, size = 0, total = 0;
-    uint64_t seq = 0;  // which setLocation made it: a drop and a new location of the same path differ
+    uint64_t seq = 0;  // which setLocation (or cap reclaim) made it: a drop and a new location of the same path differ
   };
   uint64_t locationSeq_ = 0;
   std::unordered_map<uint64_t, Location> locations_;

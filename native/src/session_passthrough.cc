@@ -259,6 +259,8 @@ int Session::sendOpen(int ch, uint64_t unique, uint64_t nodeid, uint64_t fh, uin
 // opening) sends the OPEN to JS as before. A blob not verified in this process never has a
 // location (src/store/lazy-store.ts contentFile), and one the cache drops loses it under
 // the same lock the guard answers under, so nothing evicted is opened here afterwards.
+// The descriptor cap (atCapLocked) turns the content it lets go of back into a location of
+// the same bytes, so a node C held once is reopened here too.
 
 namespace narfs {
 
