@@ -244,7 +244,6 @@ export class NarfsMetrics {
   }
 
   /** Feeds the materialiser. */
-
   materialiserEvents(): MaterialiserEvents {
     return {
       fetchStarted: () => this.inFlight.add({}, 1),

@@ -731,16 +731,27 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#opts.logger.debug('subdirectories of a directory are being read; fetching the small files of its subtree', {
       path: name, files: files.length, bytes: files.reduce((a, f) => a + f.size, 0), from: files[0]!.narOffset, to: files.at(-1)!.narOffset,
     });
-    const cs = tree.index.chunkSize;
-    const gapBytes = this.#opts.gapBytes ?? DEFAULT_GAP_BYTES;
-    const runs = files.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
-    fetcher.fetchRegion(src, tree.index, runs, (f, k, bytes, along) => this.#store(tree, f, k, bytes, along), AbortSignal.timeout(120_000), {
-      gapBytes,
+    this.#fetchWholeFiles(name, tree, fetcher, src, files, 'subtree', {
       maxRequestBytes: SUBTREE_REQUEST_BYTES,
       concurrency: this.#opts.bulkConcurrency ?? DEFAULT_BULK_CONCURRENCY,
+    });
+  }
+
+  /**
+   * Fetches `files` whole in the background, as one region (neighbourhood and subtree
+   * rules): within a deadline, every chunk stored as it comes; a failure is only logged (a
+   * file read later fetches and checks its bytes itself).
+   */
+  #fetchWholeFiles(name: string, tree: Tree, fetcher: ChunkFetcher, src: ChunkSource, files: IndexedFile[], what: string, o: { maxRequestBytes?: number; concurrency: number }): void {
+    const cs = tree.index.chunkSize;
+    const runs = files.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
+    fetcher.fetchRegion(src, tree.index, runs, (f, k, bytes, along) => this.#store(tree, f, k, bytes, along), AbortSignal.timeout(120_000), {
+      gapBytes: this.#opts.gapBytes ?? DEFAULT_GAP_BYTES,
+      maxRequestBytes: o.maxRequestBytes,
+      concurrency: o.concurrency,
       isHeld: (f, k) => this.#holds(tree, f, k),
     }).catch((err: unknown) => {
-      this.#opts.logger.debug('subtree fetch failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
+      this.#opts.logger.debug(`${what} fetch failed; its files are fetched when read`, { path: name, err: toNarfsError(err) });
     });
   }
 
@@ -767,7 +778,6 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       if (seen.n < after) return;
     }
-    const cs = tree.index.chunkSize;
     const src = this.#sourceOf(tree);
     const gapBytes = this.#opts.gapBytes ?? DEFAULT_GAP_BYTES;
     const isHeld = this.#heldOrComing(tree, fetcher, src);
@@ -781,14 +791,7 @@ export class LazyStore implements RootNodes, ContentReader {
     // Regions apart at the file itself and at files held or coming: one region would bridge
     // the bytes of the file's own request in flight (or another's) and fetch them again.
     for (const group of neighbourRegions(tree.index, file, rest, isHeld, gapBytes)) {
-      const runs = group.map((f) => ({ file: f, first: 0, last: chunkCount(f.size, cs) - 1 }));
-      fetcher.fetchRegion(src, tree.index, runs, (f, k, bytes, along) => this.#store(tree, f, k, bytes, along), AbortSignal.timeout(120_000), {
-        gapBytes,
-        concurrency: 4,
-        isHeld: (f, k) => this.#holds(tree, f, k),
-      }).catch((err: unknown) => {
-        this.#opts.logger.debug('neighbourhood fetch failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
-      });
+      this.#fetchWholeFiles(name, tree, fetcher, src, group, 'neighbourhood', { concurrency: 4 });
     }
   }
 

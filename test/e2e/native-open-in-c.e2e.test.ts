@@ -36,6 +36,8 @@ const OPEN = 14;
 const READ = 15;
 
 const dropCaches = () => execFileP('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+/** Drops the page cache only: the kernel keeps its inodes and dentries. */
+const dropPageCache = () => execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
 
 /** Resolves once `done()` is true; polls every 50 ms and fails after EVENT_TIMEOUT_MS with `what`. */
 async function until(done: () => boolean | Promise<boolean>, what: string): Promise<void> {
@@ -90,6 +92,12 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
   const withLimitedMount = async (limit: number, body: (m: {
     dir: string; cacheDir: string; daemon: CliDaemon;
     status: () => Promise<NarfsStatus>; readAll: (list: string) => Promise<string>;
+    /**
+     * The first walk: lists the path's regular files (`find` tests `filter`) in a fixed
+     * order, reads them all (a cold cache: every file is fetched) and checks there are
+     * more than the descriptor limit.
+     */
+    firstWalk: (filter?: string) => Promise<{ list: string; firstRun: string; files: number }>;
   }) => Promise<void>): Promise<void> => {
     const lake = fixtures.datalakes['none']!;
     const many = pathByRole(fixtures, 'many-files');
@@ -102,14 +110,23 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
     });
     try {
       const dir = join(mnt, basename(many.storePath));
+      const readAll = async (list: string) => (await execFileP('sh', ['-c',
+        'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout;
       await body({
         dir, cacheDir, daemon,
         status: async () => {
           const { stdout } = await execFileP(process.execPath, [NARFS_BIN, 'status', '--cache-dir', cacheDir, '--json'], { timeout: 120_000 });
           return JSON.parse(stdout) as NarfsStatus;
         },
-        readAll: async (list) => (await execFileP('sh', ['-c',
-          'cd "$1" && xargs cat < "$2" | sha256sum', 'sh', dir, list], { timeout: 300_000 })).stdout,
+        readAll,
+        firstWalk: async (filter = '') => {
+          const list = join(root, 'files');
+          await execFileP('sh', ['-c', `cd "$1" && find . -type f ${filter} | LC_ALL=C sort > "$2"`, 'sh', dir, list], { timeout: 300_000 });
+          const firstRun = await readAll(list);
+          const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
+          assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+          return { list, firstRun, files };
+        },
       });
     } finally {
       await daemon.stop();
@@ -213,17 +230,13 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
 
   it('under a tiny descriptor limit (prlimit), files completed while the kernel holds their inodes keep being served in C past the cap (JS pushes them again once C let go of idle ones)', async function () {
     const limit = 256;
-    await withLimitedMount(limit, async ({ dir, status, readAll }) => {
+    await withLimitedMount(limit, async ({ status, readAll, firstWalk }) => {
       const engine = async (): Promise<NativeStats> => (await status()).fuse.engine!;
-      const list = join(root, 'files');
-      await execFileP('sh', ['-c', 'cd "$1" && find . -type f -size +0 | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
       // The first walk fetches every file (cold cache): each is pushed to C once complete,
       // while the kernel keeps its inode (the dentries stay).
-      const firstRun = await readAll(list);
-      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
-      assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      const { list, firstRun, files } = await firstWalk('-size +0');
       // Page cache only: the inodes stay, so each OPEN is of a node C or JS already knows.
-      await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
+      await dropPageCache();
       const before = await engine();
       const secondRun = await readAll(list);
       const after = await engine();
@@ -238,19 +251,15 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
 
   it('under a tiny descriptor limit (prlimit), a working set of blobs larger than the cap is reopened in C on every pass, not through JS', async function () {
     const limit = 256;
-    await withLimitedMount(limit, async ({ dir, daemon: d, status, readAll }) => {
+    await withLimitedMount(limit, async ({ dir, daemon: d, status, readAll, firstWalk }) => {
       const engine = async (): Promise<NativeStats> => (await status()).fuse.engine!;
-      const list = join(root, 'files');
-      await execFileP('sh', ['-c', 'cd "$1" && find . -type f | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
-      const firstRun = await readAll(list);
-      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
-      assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      const { list, firstRun, files } = await firstWalk();
       // Split into one blob per file once the mount is idle: from then on each file is its own
       // descriptor, so C can hold only limit/2 of them. The kernel keeps every inode.
       await d.waitForOutput('stderr', new RegExp(`materialised.*${basename(dir)}`), 'the commit of the walked path');
-      await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
+      await dropPageCache();
       assert.equal(await readAll(list), firstRun, 'the same bytes');
-      await execFileP('sh', ['-c', 'sync; echo 1 > /proc/sys/vm/drop_caches']);
+      await dropPageCache();
       const before = await engine();
       const thirdRun = await readAll(list);
       const after = await engine();
@@ -268,18 +277,14 @@ describe('e2e: native engine, OPEN answered in C from a location given with the 
 
   it('under a tiny descriptor limit (prlimit) C holds at most half of it, lets go of idle files at the cap and keeps opening in C; every byte right', async function () {
     const limit = 256;
-    await withLimitedMount(limit, async ({ dir, cacheDir, daemon: d, status, readAll }) => {
+    await withLimitedMount(limit, async ({ dir, cacheDir, daemon: d, status, readAll, firstWalk }) => {
       const engine = async (): Promise<{ e: NativeStats; inodes: number }> => {
         const st = await status();
         return { e: st.fuse.engine!, inodes: st.fuse.inodes };
       };
       // Every regular file, in a fixed order, hashed as one stream (a child process), opened
       // by path as the bench's readers do: LOOKUPs, no directory listing on the second run.
-      const list = join(root, 'files');
-      await execFileP('sh', ['-c', 'cd "$1" && find . -type f | LC_ALL=C sort > "$2"', 'sh', dir, list], { timeout: 300_000 });
-      const firstRun = await readAll(list);
-      const files = Number((await execFileP('sh', ['-c', 'wc -l < "$1"', 'sh', list])).stdout.trim());
-      assert.ok(files > limit, `more files (${files}) than the descriptor limit`);
+      const { list, firstRun, files } = await firstWalk();
       // The files are split into blobs once the mount is idle: the second run opens blobs.
       await d.waitForOutput('stderr', new RegExp(`materialised.*${basename(dir)}`), 'the commit of the walked path');
       // Until the kernel has forgotten (nearly) every inode of the path.
