@@ -108,6 +108,8 @@ export class HttpDatalakeServer {
   private readonly counts = new Map<string, number>();
   private readonly requestWaiters = new Set<() => void>();
   private readonly sockets = new Set<Socket>();
+  /** Buffers that file bodies are read into, reused across responses (send). */
+  private readonly pieces = new PiecePool();
   private linkModel: Required<LinkModel>;
   private bearer: { token: string; failStatus: number } | undefined;
   private closed = false;
@@ -299,7 +301,9 @@ export class HttpDatalakeServer {
     }
     if (fault.status !== undefined) return this.answer(res, fault.status, fault.retryAfter);
 
-    let body: Buffer;
+    // Without a transform the body is streamed from the file (FileBody); a transform needs
+    // the whole body in memory.
+    let body: Buffer | FileBody;
     let size: number;
     let range: [number, number] | 'unsatisfiable' | undefined;
     try {
@@ -308,26 +312,32 @@ export class HttpDatalakeServer {
       if (!st.isFile()) return this.answer(res, 404);
       size = st.size;
       range = fault.ignoreRange ? undefined : parseRange(req.headers.range, size);
-      if (Array.isArray(range) && !fault.transform) {
+      if (fault.transform) body = await fsp.readFile(file);
+      else {
         // Only the range is read (a ranged read must not cost the server a whole NAR).
-        const fh = await fsp.open(file, 'r');
-        try {
-          body = Buffer.alloc(range[1] - range[0] + 1);
-          const { bytesRead } = await fh.read(body, 0, body.length, range[0]);
-          body = body.subarray(0, bytesRead);
-        } finally {
-          await fh.close();
-        }
-      } else body = await fsp.readFile(file);
+        const [first, last] = Array.isArray(range) ? range : [0, size - 1];
+        body = { fh: await fsp.open(file, 'r'), offset: first, length: last - first + 1 };
+      }
     } catch {
       return this.answer(res, 404);
     }
-    if (fault.transform) {
+    if (fault.transform && Buffer.isBuffer(body)) {
       body = fault.transform(body, relPath);
       size = body.length;
       range = fault.ignoreRange ? undefined : parseRange(req.headers.range, size);
     }
 
+    try {
+      await this.respond(req, res, relPath, fault, body, size, range);
+    } finally {
+      if (!Buffer.isBuffer(body)) await body.fh.close().catch(() => {});
+    }
+  }
+
+  private async respond(
+    req: http.IncomingMessage, res: http.ServerResponse, relPath: string, fault: Fault,
+    body: Buffer | FileBody, size: number, range: [number, number] | 'unsatisfiable' | undefined,
+  ): Promise<void> {
     const type = CONTENT_TYPES.find(([re]) => re.test(relPath))?.[1] ?? 'application/octet-stream';
     if (range === 'unsatisfiable') {
       res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Length': '0' });
@@ -340,7 +350,7 @@ export class HttpDatalakeServer {
         'Content-Type': type, 'Content-Range': `bytes ${first}-${last}/${size}`,
         ...fault.headers, 'Content-Length': String(last - first + 1),
       });
-      if (body.length === size) body = body.subarray(first, last + 1);
+      if (Buffer.isBuffer(body) && body.length === size) body = body.subarray(first, last + 1);
     } else res.writeHead(200, { 'Content-Type': type, ...fault.headers, 'Content-Length': String(body.length) });
     if (req.method === 'HEAD') return void res.end();
 
@@ -354,7 +364,7 @@ export class HttpDatalakeServer {
       limit = fault.truncateAfterBytes;
       after = 'close';
     }
-    await this.send(res, body.subarray(0, limit), link.bytesPerSecond);
+    await this.send(res, Buffer.isBuffer(body) ? body.subarray(0, limit) : { ...body, length: limit }, this.linkModel.bytesPerSecond);
     if (after === 'end') res.end();
     else if (after === 'close') {
       // Everything written so far reaches the client; then the connection ends mid-body.
@@ -362,15 +372,46 @@ export class HttpDatalakeServer {
     } else res.flushHeaders(); // stall: headers (and the first bytes) out, then silence
   }
 
-  /** Writes `data` honouring backpressure and the modelled bandwidth. */
-  private async send(res: http.ServerResponse, data: Buffer, bytesPerSecond: number): Promise<void> {
+  /**
+   * Writes `data` honouring backpressure and the modelled bandwidth. A FileBody is read
+   * piece by piece into buffers of a pool shared by every response, each handed back once
+   * the socket has taken it: a benchmark's server then costs the machine it shares with
+   * the contenders one read and one socket write per byte, not a fresh zeroed allocation
+   * of every body (that was ~3.7 CPU-seconds of 2 cores for the 585 MB of bench scenario
+   * 11, bench/RESULTS.md).
+   */
+  private async send(res: http.ServerResponse, data: Buffer | FileBody, bytesPerSecond: number): Promise<void> {
     const tickMs = 20;
     const chunk = bytesPerSecond > 0 ? Math.max(1, Math.floor((bytesPerSecond * tickMs) / 1000)) : 64 * 1024;
     for (let off = 0; off < data.length; off += chunk) {
       if (res.destroyed) return;
-      const piece = data.subarray(off, off + chunk);
+      const want = Math.min(chunk, data.length - off);
+      let piece: Buffer;
+      let release: (() => void) | undefined;
+      if (Buffer.isBuffer(data)) piece = data.subarray(off, off + want);
+      else {
+        const buf = this.pieces.take(chunk);
+        release = () => this.pieces.give(buf);
+        let got = 0;
+        try {
+          while (got < want) {
+            const { bytesRead } = await data.fh.read(buf, got, want - got, data.offset + off + got);
+            if (bytesRead === 0) break;
+            got += bytesRead;
+          }
+        } catch {
+          got = 0;
+        }
+        if (got < want) {
+          // The file shrank under the server: the announced length cannot be kept.
+          release();
+          res.destroy();
+          return;
+        }
+        piece = buf.subarray(0, want);
+      }
       this.bodyBytesSent += piece.length;
-      const ok = res.write(piece);
+      const ok = release ? res.write(piece, release) : res.write(piece);
       if (!ok) {
         await new Promise<void>((resolve) => {
           const done = () => {
@@ -414,6 +455,40 @@ export class HttpDatalakeServer {
  * One byte range of a Range header over a body of `size` bytes: [first, last], or
  * 'unsatisfiable', or undefined (no header, not bytes, several ranges: serve it whole).
  */
+/** A body still in its file: `length` bytes at `offset` (the handle is closed by handle()). */
+interface FileBody {
+  fh: fsp.FileHandle;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Free buffers for file bodies, by size (a response's piece size; its last, shorter piece
+ * uses the front of one): a buffer is taken for one piece and given back once the socket
+ * wrote it. At most 64 are kept.
+ */
+class PiecePool {
+  private readonly free = new Map<number, Buffer[]>();
+  private kept = 0;
+
+  take(size: number): Buffer {
+    const b = this.free.get(size)?.pop();
+    if (b) {
+      this.kept--;
+      return b;
+    }
+    return Buffer.allocUnsafeSlow(size);
+  }
+
+  give(b: Buffer): void {
+    if (this.kept >= 64) return;
+    let list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, (list = []));
+    list.push(b);
+    this.kept++;
+  }
+}
+
 function parseRange(header: string | undefined, size: number): [number, number] | 'unsatisfiable' | undefined {
   const m = header === undefined ? null : /^bytes=(\d*)-(\d*)$/.exec(header.trim());
   if (!m || (m[1] === '' && m[2] === '')) return undefined;
