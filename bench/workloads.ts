@@ -95,8 +95,25 @@ export function runCommand(cmd: string, args: string[], env?: NodeJS.ProcessEnv,
 /** Thrown by a workload stopped at its deadline. */
 export class WorkloadTimeout extends Error {}
 
+/**
+ * The native tools' C library setting: glibc serves allocations below 1 MiB from its heap
+ * and keeps up to 16 MiB free at the heap's top. coreutils' `cat` (9.1, Debian bookworm)
+ * allocates a page-aligned 128 KiB buffer for every file it reads and frees it after;
+ * glibc's default gives that aligned block a mapping of its own each time (its adaptive
+ * threshold never catches up with an aligned request), so every file cost `cat` an mmap,
+ * a munmap and 32 page faults: a warm read of the bench closure's 17,106-file headers
+ * path from local disk took 1.26 s with them and 0.28 s without (this machine, a PVM
+ * guest whose page faults are dear). That cost is `cat`'s, the same under every
+ * contender, and no part of what the benchmark compares (bench/RESULTS.md).
+ */
+const READER_MALLOC = 'glibc.malloc.mmap_threshold=1048576:glibc.malloc.trim_threshold=16777216';
+const readerEnv = (): NodeJS.ProcessEnv => {
+  const tunables = process.env.GLIBC_TUNABLES;
+  return { ...process.env, GLIBC_TUNABLES: tunables ? `${READER_MALLOC}:${tunables}` : READER_MALLOC };
+};
+
 async function sh(script: string, args: string[], timeoutMs?: number): Promise<void> {
-  const r = await runCommand('sh', ['-c', script, 'sh', ...args], undefined, timeoutMs);
+  const r = await runCommand('sh', ['-c', script, 'sh', ...args], readerEnv(), timeoutMs);
   if (r.timedOut) throw new WorkloadTimeout(`workload stopped after ${timeoutMs} ms`);
   if (r.status !== 0) throw new Error(`workload failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`);
 }
