@@ -375,41 +375,33 @@ export class HttpDatalakeServer {
   /**
    * Writes `data` honouring backpressure and the modelled bandwidth. A FileBody is read
    * piece by piece into buffers of a pool shared by every response, each handed back once
-   * the socket has taken it: a benchmark's server then costs the machine it shares with
-   * the contenders one read and one socket write per byte, not a fresh zeroed allocation
-   * of every body (that was ~3.7 CPU-seconds of 2 cores for the 585 MB of bench scenario
-   * 11, bench/RESULTS.md).
+   * the socket has taken it, and the next piece is read while the current one waits for
+   * its turn on the link: a benchmark's server then costs the machine it shares with the
+   * contenders one read and one socket write per byte, not a fresh zeroed allocation of
+   * every body (that was ~3.7 CPU-seconds of 2 cores for the 585 MB of bench scenario 11,
+   * bench/RESULTS.md), and a body leaves at the link's pace even when its file is read
+   * from disk. With proportional pacing, piece i leaves once the bytes before it have had
+   * their time on the link since the first piece, so time spent reading counts against
+   * the pacing instead of adding to it.
    */
   private async send(res: http.ServerResponse, data: Buffer | FileBody, bytesPerSecond: number): Promise<void> {
     const tickMs = 20;
     const chunk = bytesPerSecond > 0 ? Math.max(1, Math.floor((bytesPerSecond * tickMs) / 1000)) : 64 * 1024;
+    const proportional = this.linkModel.proportionalPacing;
+    const startedAt = performance.now();
+    let sent = 0;
+    let next = data.length > 0 ? this.piece(data, 0, chunk) : undefined;
     for (let off = 0; off < data.length; off += chunk) {
-      if (res.destroyed) return;
-      const want = Math.min(chunk, data.length - off);
-      let piece: Buffer;
-      let release: (() => void) | undefined;
-      if (Buffer.isBuffer(data)) piece = data.subarray(off, off + want);
-      else {
-        const buf = this.pieces.take(chunk);
-        release = () => this.pieces.give(buf);
-        let got = 0;
-        try {
-          while (got < want) {
-            const { bytesRead } = await data.fh.read(buf, got, want - got, data.offset + off + got);
-            if (bytesRead === 0) break;
-            got += bytesRead;
-          }
-        } catch {
-          got = 0;
-        }
-        if (got < want) {
-          // The file shrank under the server: the announced length cannot be kept.
-          release();
-          res.destroy();
-          return;
-        }
-        piece = buf.subarray(0, want);
+      const got = await next!;
+      next = off + chunk < data.length ? this.piece(data, off + chunk, chunk) : undefined;
+      if (!got || res.destroyed) {
+        if (got?.release) got.release();
+        // A file that shrank under the server cannot keep the announced length.
+        if (!got) res.destroy();
+        void next?.then((x) => x?.release?.());
+        return;
       }
+      const { bytes: piece, release } = got;
       this.bodyBytesSent += piece.length;
       const ok = release ? res.write(piece, release) : res.write(piece);
       if (!ok) {
@@ -423,9 +415,33 @@ export class HttpDatalakeServer {
           res.on('close', done);
         });
       }
-      if (bytesPerSecond > 0) await delay(this.linkModel.proportionalPacing ? (piece.length * 1000) / bytesPerSecond : tickMs);
+      sent += piece.length;
+      if (bytesPerSecond > 0) await delay(proportional ? Math.max(0, startedAt + (sent * 1000) / bytesPerSecond - performance.now()) : tickMs);
     }
     if (data.length > 0 && !res.destroyed) await new Promise<void>((resolve) => res.write('', () => resolve()));
+  }
+
+  /** The piece of `data` at `off` (up to `chunk` bytes); undefined if its file ended early. */
+  private async piece(data: Buffer | FileBody, off: number, chunk: number): Promise<{ bytes: Buffer; release?: () => void } | undefined> {
+    const want = Math.min(chunk, data.length - off);
+    if (Buffer.isBuffer(data)) return { bytes: data.subarray(off, off + want) };
+    const buf = this.pieces.take(chunk);
+    const release = () => this.pieces.give(buf);
+    let got = 0;
+    try {
+      while (got < want) {
+        const { bytesRead } = await data.fh.read(buf, got, want - got, data.offset + off + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+    } catch {
+      got = 0;
+    }
+    if (got < want) {
+      release();
+      return undefined;
+    }
+    return { bytes: buf.subarray(0, want), release };
   }
 
   private answer(res: http.ServerResponse, code: number, retryAfter?: string): void {
