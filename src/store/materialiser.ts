@@ -85,6 +85,7 @@
  *   The set's fail-fast "down" answer is not retried here: the datalake was just given its
  *   chance, and retrying would only make every reader wait longer.
  */
+import { setMaxListeners } from 'node:events';
 import { type Duplex, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
@@ -263,6 +264,10 @@ export class Materialiser {
     this.#trees = trees;
     this.#opts = options;
     this.#commitSignal = options.signal ? AbortSignal.any([options.signal, this.#stopCommits.signal]) : this.#stopCommits.signal;
+    // Every background commit waiting for the foreground (#yieldToForeground) listens to
+    // this one signal, as many at once as NARs commit (a closure of dozens of small paths);
+    // each removes its listener when its wait ends, so the count is bounded, not a leak.
+    setMaxListeners(0, this.#commitSignal);
   }
 
   /** The stored tree of `info` if it is current and every file it names is held whole. */
