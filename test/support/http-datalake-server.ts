@@ -47,9 +47,10 @@ export interface LinkModel {
   bytesPerSecond?: number;
   /**
    * Bodies are paced in 20 ms ticks; by default every piece waits a whole tick, so even a
-   * 1-byte body costs 20 ms more than the latency. With this set, the last (partial) piece
-   * waits only its own transmission time (bytes / bytesPerSecond): the benchmark's link
-   * model (bench/serve-datalake.ts), where a small ranged read must cost one round trip.
+   * 1-byte body costs 20 ms more than the latency. With this set, each piece leaves once
+   * the bytes before it have had their transmission time (bytes / bytesPerSecond), so the
+   * last (partial) piece costs only its own: the benchmark's link model
+   * (bench/serve-datalake.ts), where a small ranged read must cost one round trip.
    */
   proportionalPacing?: boolean;
 }
@@ -467,10 +468,6 @@ export class HttpDatalakeServer {
   }
 }
 
-/**
- * One byte range of a Range header over a body of `size` bytes: [first, last], or
- * 'unsatisfiable', or undefined (no header, not bytes, several ranges: serve it whole).
- */
 /** A body still in its file: `length` bytes at `offset` (the handle is closed by handle()). */
 interface FileBody {
   fh: fsp.FileHandle;
@@ -505,6 +502,10 @@ class PiecePool {
   }
 }
 
+/**
+ * One byte range of a Range header over a body of `size` bytes: [first, last], or
+ * 'unsatisfiable', or undefined (no header, not bytes, several ranges: serve it whole).
+ */
 function parseRange(header: string | undefined, size: number): [number, number] | 'unsatisfiable' | undefined {
   const m = header === undefined ? null : /^bytes=(\d*)-(\d*)$/.exec(header.trim());
   if (!m || (m[1] === '' && m[2] === '')) return undefined;
