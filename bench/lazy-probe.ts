@@ -213,6 +213,9 @@ try {
         const times: Array<{ op: string; path: string; ms: number }> | undefined = out ? [] : undefined;
         const r = replayWorkload(mnt, ops, times);
         if (out && times) writeFileSync(out, times.map((x) => JSON.stringify(x)).join('\n') + '\n');
+        // As bench/run.ts: a workload whose operations failed measured nothing (a narfs that
+        // answers every open with an error is fast).
+        if (r.unexpected.length) throw new Error(`narfs workload: ${r.unexpected.length} operations failed: ${r.unexpected.slice(0, 5).join('; ')}`);
         return r.bytes;
       };
   let traceAtClock: string | undefined;
