@@ -11,8 +11,8 @@
  * that would leave a pipe unread and block a daemon that logs.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { appendFileSync, closeSync, existsSync, openSync, readFileSync, readdirSync, realpathSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { dirname, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
@@ -277,8 +277,26 @@ export interface NarfsOptions {
   narfsBin?: string;
 }
 
+/**
+ * Refuses another checkout whose `build/` (the native addon) is not its own: its JS calls
+ * the addon with the arguments of its own version, so a borrowed newer addon fails every
+ * FUSE OPEN ("argument 5 must be a number"), and a comparison would time a narfs that
+ * serves nothing.
+ */
+export function checkOwnBuild(narfsBin: string): void {
+  const checkout = dirname(dirname(realpathSync(narfsBin)));
+  const build = resolve(checkout, 'build');
+  const real = existsSync(build) ? realpathSync(build) : build;
+  const rel = relative(checkout, real);
+  if (!existsSync(resolve(real, 'Release', 'narfs_fuse.node')) || rel.startsWith('..')) {
+    throw new Error(`${narfsBin}: ${build} is not that checkout's own native build (it is ${real}); ` +
+      `build it there: node-gyp rebuild (with --nodedir=/usr where node's headers are not downloadable)`);
+  }
+}
+
 /** Starts `bin/narfs mount` and resolves when it prints that it is mounted. */
 export async function startNarfs(o: NarfsOptions, timeoutMs = 60_000): Promise<NarfsMount> {
+  if (o.narfsBin !== undefined) checkOwnBuild(o.narfsBin);
   const outFile = `${o.logFile}.stdout`;
   const out = openSync(outFile, 'w');
   const spawnedAt = performance.now();
