@@ -79,12 +79,12 @@ export function isByteString(s: string): boolean {
 }
 
 /** Why a NAR entry name is invalid, or undefined when valid. */
-export function narNameProblem(name: Uint8Array): string | undefined {
-  const len = name.length;
+export function narNameProblem(name: Uint8Array, start = 0, end = name.length): string | undefined {
+  const len = end - start;
   if (len === 0) return 'empty name';
   if (len > NAR_MAX_NAME_BYTES) return `name longer than ${NAR_MAX_NAME_BYTES} bytes`;
-  if (name[0] === 0x2e && (len === 1 || (len === 2 && name[1] === 0x2e))) return "name '.' or '..'";
-  for (let i = 0; i < len; i++) {
+  if (name[start] === 0x2e && (len === 1 || (len === 2 && name[start + 1] === 0x2e))) return "name '.' or '..'";
+  for (let i = start; i < end; i++) {
     const c = name[i];
     if (c === 0x2f) return "name contains '/'";
     if (c === 0) return 'name contains NUL';

@@ -324,7 +324,7 @@ describe('nar-index', () => {
     dupBytes[bAt + 1] = 0x61;
     assert.throws(() => parseNarIndex(dupBytes), isCode('ERR_INDEX_PARSE'));
     // Names that are not NAR names.
-    for (const bad of ['.', '..', 'a/b']) {
+    for (const bad of ['.', '..', 'a/b', '', 'a\u0000b', 'b/']) {
       const b = encodeNarIndex(dupIdx);
       const i = b.lastIndexOf(Buffer.from([1, 0x62]));
       const patched = Buffer.concat([b.subarray(0, i), Buffer.from([bad.length]), Buffer.from(bad), b.subarray(i + 2)]);
