@@ -368,9 +368,18 @@ class Reader {
   }
 
   lenBytes(what: string, max: number): Buffer {
+    const at = this.lenAt(what, max);
+    return this.buf.subarray(at, this.pos);
+  }
+
+  /** A length-prefixed field, skipped: where it starts (it ends at the new `pos`). */
+  lenAt(what: string, max: number): number {
     const n = this.varint(`${what} length`);
     if (n > max) throw this.fail(`${what} longer than ${max} bytes`);
-    return this.take(n, what);
+    this.need(n, what);
+    const at = this.pos;
+    this.pos += n;
+    return at;
   }
 }
 
@@ -521,14 +530,11 @@ function readNode(st: ParseState, depth: number): NarNode {
       for (let i = 0; i < count; i++) {
         // The name is checked and decoded where it lies: no view per entry (17k in the
         // bench's `headers`, each a Buffer the young generation must collect).
-        const n = r.varint('name length');
-        if (n > 255) throw r.fail('name longer than 255 bytes');
-        r.need(n, 'name');
-        const at = r.pos;
-        const problem = narNameProblem(r.buf, at, at + n);
+        const at = r.lenAt('name', 255);
+        const n = r.pos - at;
+        const problem = narNameProblem(r.buf, at, r.pos);
         if (problem !== undefined) throw r.fail(problem);
-        const name = r.buf.toString('latin1', at, at + n);
-        r.pos += n;
+        const name = r.buf.toString('latin1', at, r.pos);
         if (prev !== undefined && !(prev < name)) throw r.fail(`entry '${name}' is not after '${prev}' (unsorted or duplicate)`);
         prev = name;
         st.narPos += L_ENTRY + strLen(n);
