@@ -850,9 +850,8 @@ export class BlobStore {
    * Commits whole verified files held in memory (chunks of small files a ranged read or a
    * decoded frame brought, each checked against its signed hash by the caller): each is
    * created at its blob name by a blob-write worker (synchronous calls off the JS thread,
-   * no fsync; blob-write-worker.ts), then every row goes in with one transaction. Bytes in
-   * a SharedArrayBuffer (decoded frames, never written after their decode) are handed to
-   * the worker as they lie; others are copied into one transferred buffer. Files the
+   * no fsync; blob-write-worker.ts), then every row goes in with one transaction. Their
+   * bytes are copied into one buffer per worker, transferred. Files the
    * store already holds are deduped; a partial file of the same contents is replaced.
    * A crash mid-batch leaves blobs without rows, maybe torn (adopted at the next open, and
    * re-hashed before they are served, like every blob of an earlier process; an empty one
@@ -905,36 +904,21 @@ export class BlobStore {
       const n = Math.min(BLOB_WRITERS, Math.ceil(jobs.length / 32));
       const shards = Array.from({ length: n }, (_, w) => jobs.filter((_, i) => i % n === w));
       const results = await Promise.all(shards.map((shard, w) => {
-        // Bytes in a SharedArrayBuffer (decoded frames, never written again: chunk-job.ts)
-        // go to the writer as they lie, shared; others are copied into one transferred buffer.
+        // Every file's bytes are copied into one buffer, transferred to the writer: the
+        // views held here stay readable (staged files are served from them until their rows).
         let total = 0;
-        for (const j of shard) if (!(bySha.get(j.hex)!.buffer instanceof SharedArrayBuffer)) total += j.size;
+        for (const j of shard) total += j.size;
         const data = new Uint8Array(total);
-        const shared: SharedArrayBuffer[] = [];
-        const sharedAt = new Map<SharedArrayBuffer, number>();
-        const src = new Int32Array(shard.length);
         const ats = new Float64Array(shard.length);
         const sizes = new Float64Array(shard.length);
         let at = 0;
         shard.forEach((j, i) => {
-          const b = bySha.get(j.hex)!;
+          data.set(bySha.get(j.hex)!, at);
           sizes[i] = j.size;
-          if (b.buffer instanceof SharedArrayBuffer) {
-            let k = sharedAt.get(b.buffer);
-            if (k === undefined) {
-              k = shared.push(b.buffer) - 1;
-              sharedAt.set(b.buffer, k);
-            }
-            src[i] = k;
-            ats[i] = b.byteOffset;
-            return;
-          }
-          data.set(b, at);
-          src[i] = -1;
           ats[i] = at;
           at += j.size;
         });
-        const wire = { blobDir: this.#blobDir, tmpDir: this.#tmpDir, data: data.buffer, shared, names: shard.map((j) => j.hex).join(''), src, at: ats, size: sizes };
+        const wire = { blobDir: this.#blobDir, tmpDir: this.#tmpDir, data: data.buffer, names: shard.map((j) => j.hex).join(''), at: ats, size: sizes };
         return this.#writer(w).run(wire);
       }));
       const r = { ok: jobs.map((_, i) => results[i % n]!.ok[Math.floor(i / n)] === true), errors: results.flatMap((x) => x.errors) };
@@ -1257,7 +1241,7 @@ class BlobWriter {
       this.#waiting.set(id, { resolve, reject });
       if (this.#waiting.size === 1) w.ref();
       const msg: BlobWriteJob = { id, ...job };
-      w.postMessage(msg, [job.data, job.src.buffer as ArrayBuffer, job.at.buffer as ArrayBuffer, job.size.buffer as ArrayBuffer]);
+      w.postMessage(msg, [job.data, job.at.buffer as ArrayBuffer, job.size.buffer as ArrayBuffer]);
     });
   }
 

@@ -6,9 +6,7 @@
  *
  * Protocol: main → worker one `BlobWriteJob` (below): for file i, its hex SHA-256 is
  * characters [64i, 64i+64) of `names`, its final name `<blobDir>/<hex[0..2]>/<hex>`, and its
- * `size[i]` bytes lie at `at[i]` in `data` (an ArrayBuffer, transferred) when `src[i]` is
- * -1, else at `at[i]` in `shared[src[i]]` (a SharedArrayBuffer of decoded frames, which
- * nobody writes into after its decode: chunk-job.ts; read here, never written). Plain
+ * `size[i]` bytes lie at `at[i]` in `data` (an ArrayBuffer, transferred). Plain
  * numbers and one string, not an object of paths per file: cloning thousands of small
  * objects cost the main thread more than the writes save it. Worker → main exactly one
  * `{ id, ok: boolean[], errors: string[] }` per job: for each file, whether it now lies
@@ -44,9 +42,7 @@ export interface BlobWriteJob {
   blobDir: string;
   tmpDir: string;
   data: ArrayBuffer;
-  shared: SharedArrayBuffer[];
   names: string;
-  src: Int32Array;
   at: Float64Array;
   size: Float64Array;
 }
@@ -54,15 +50,13 @@ export interface BlobWriteJob {
 const made = new Set<string>();
 port.on('message', (m: BlobWriteJob) => {
   const data = new Uint8Array(m.data);
-  const shared = m.shared.map((b) => new Uint8Array(b));
   const ok: boolean[] = [];
   const errors: string[] = [];
-  for (let i = 0; i < m.src.length; i++) {
+  for (let i = 0; i < m.at.length; i++) {
     const hex = m.names.slice(64 * i, 64 * i + 64);
     const dir = join(m.blobDir, hex.slice(0, 2));
     const final = join(dir, hex);
-    const src = m.src[i]!;
-    const bytes = (src < 0 ? data : shared[src]!).subarray(m.at[i]!, m.at[i]! + m.size[i]!);
+    const bytes = data.subarray(m.at[i]!, m.at[i]! + m.size[i]!);
     let tmp: string | undefined;
     try {
       if (!made.has(dir)) {

@@ -65,6 +65,7 @@ import { hashEquals } from '../nix/hash.js';
 import { chunkCount, chunkHash, chunkLength, type IndexedFile, type NarIndex } from '../nix/nar-index.js';
 import type { NarInfo } from '../nix/narinfo.js';
 import { defaultChunkVerifyPool, type ChunkVerifyPool } from './chunk-verify-pool.js';
+import { seal } from './sealed-buffers.js';
 
 /** Where a NAR is: the datalake whose narinfo was used, its URL, compression and narinfo. */
 export interface ChunkSource {
@@ -76,8 +77,10 @@ export interface ChunkSource {
 
 /**
  * Receives one verified chunk. `bytes` may be a view into the buffer of a larger request:
- * copy it to keep it past the returned promise. `along` is true for a chunk nobody asked
- * for that came in the decoded frames of a request (the caller may keep it more cheaply).
+ * copy it to keep it past the returned promise, unless that buffer is sealed
+ * (sealed-buffers.ts: decoded frames), when a view may be kept. `along` is true for a chunk
+ * nobody asked for that came in the decoded frames of a request (the caller may keep it
+ * more cheaply).
  */
 export type OnChunk = (file: IndexedFile, chunk: number, bytes: Buffer, along?: boolean) => Promise<void>;
 
@@ -670,6 +673,8 @@ export class ChunkFetcher {
       if (attempt >= 2) throw e;
       return { verified: new Map(), along: [] };
     }
+    // Decoded frames are a fresh buffer nobody writes into again: holders may keep views.
+    if (sp.fileSizes) seal(result.out.buffer);
     const out = Buffer.from(result.out.buffer, result.out.byteOffset, result.out.byteLength);
     const verified = new Map<string, Buffer>();
     pieces.forEach((x, i) => {

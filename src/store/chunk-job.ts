@@ -12,10 +12,11 @@
  * Result: the NAR bytes (`out`; the input itself when there are no frames) and, per slice,
  * whether it hashed to its digest.
  *
- * The decoded NAR bytes lie in a SharedArrayBuffer, written once here and never again: the
- * main thread keeps views of it for verified files (no copy) and hands the same memory to
- * the blob-write workers (blob-store.ts `commitBuffers`), which write files from it
- * without a copy on the thread that answers the kernel. Nobody writes into it afterwards.
+ * The decoded NAR bytes lie in a fresh ArrayBuffer of exactly their size, written once here
+ * and never again; a worker transfers it back (chunk-verify-worker.ts) and the fetcher seals
+ * it (sealed-buffers.ts), so holders keep views of it for verified files, not copies. It is
+ * not zero-filled: every byte of it is written by a frame's decode, and a frame that does not
+ * decode to exactly its size fails the whole job before anything reads the buffer.
  *
  * Invariants: every frame is decoded on its own into a buffer of exactly its NAR size (a
  * frame that decodes to more or fewer bytes, is corrupt or is not exactly one frame long is
@@ -68,7 +69,8 @@ export function decodeFrames(input: Uint8Array, frames: { fileSizes: number[]; n
   if (fileSizes.length !== narSizes.length || fileSizes.reduce((a, b) => a + b, 0) !== input.length) {
     throw new NarfsError('ERR_DECOMPRESS', `the ranged read returned ${input.length} bytes, not the ${fileSizes.reduce((a, b) => a + b, 0)} of its frames`);
   }
-  const out = new Uint8Array(new SharedArrayBuffer(narSizes.reduce((a, b) => a + b, 0)));
+  // Not a SharedArrayBuffer: V8 gives each one fresh pages (sealed-buffers.ts).
+  const out = new Uint8Array(Buffer.allocUnsafeSlow(narSizes.reduce((a, b) => a + b, 0)).buffer);
   let src = 0;
   let dst = 0;
   for (let i = 0; i < fileSizes.length; i++) {

@@ -4,7 +4,8 @@
  *
  * Protocol: main → worker `{ id, job }` with the job's input ArrayBuffer transferred;
  * worker → main exactly one `{ id, ok: true, out, good }` (the NAR bytes' ArrayBuffer
- * transferred back, or their SharedArrayBuffer shared when frames were decoded) or `{ id, ok: false, error: WireError }` per job, in any order.
+ * transferred back: the input itself, or the fresh buffer frames were decoded into) or
+ * `{ id, ok: false, error: WireError }` per job, in any order.
  */
 import { parentPort } from 'node:worker_threads';
 import { toWireError } from '../nixdb/wire-error.js';
@@ -17,7 +18,7 @@ port.on('message', (m: { id: number; job: ChunkJob }) => {
   try {
     const r = runChunkJob(m.job);
     const out = r.out;
-    // The output owns its whole buffer (a fresh decode, shared, or the transferred input).
+    // The output owns its whole buffer (a fresh decode or the transferred input).
     port.postMessage({ id: m.id, ok: true, out, good: r.ok }, out.buffer instanceof ArrayBuffer ? [out.buffer] : []);
   } catch (e) {
     port.postMessage({ id: m.id, ok: false, error: toWireError(e, 'ERR_DECOMPRESS') });

@@ -73,6 +73,7 @@ import type { SignaturePolicy } from './signature-policy.js';
 import { eachLimited } from '../each-limited.js';
 import { directoriesOf, fileIndexOf, frameSpan, isFramed, neighbourRegions, neighbours, noteMiss, noteSubtreeMiss, subtreeFiles } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
+import { isSealed } from './sealed-buffers.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
 export const DEFAULT_WHOLE_NAR_MAX_BYTES = 256 * 1024;
@@ -262,8 +263,8 @@ export class LazyStore implements RootNodes, ContentReader {
    * commit once read or wanted by a bulk fetch: a frame of many small files would
    * otherwise cost one file creation each (~0.2-0.9 ms on the bench VM's disk), mostly for
    * files never read (scenario 1: 3,300 of them for 437 read). Dropped at close.
-   * Views into their decoded frames, not copies (a SharedArrayBuffer nobody writes into
-   * after its decode, chunk-job.ts): copying each into fresh memory cost the JS thread
+   * Views into their decoded frames, not copies (a sealed buffer nobody writes into after
+   * its decode, sealed-buffers.ts): copying each into fresh memory cost the JS thread
    * ~140 ms of scenario 1 (seekable), mostly page faults. The bound therefore counts each
    * frame buffer held once, whole, for as long as one of its files is held.
    */
@@ -996,7 +997,7 @@ export class LazyStore implements RootNodes, ContentReader {
   #holdAlong(hex: string, a: { sha: Buffer; bytes: Buffer }): void {
     this.#along.set(hex, a);
     const buf = a.bytes.buffer;
-    if (!(buf instanceof SharedArrayBuffer)) {
+    if (!isSealed(buf)) {
       this.#alongBytes += a.bytes.length;
       return;
     }
@@ -1011,7 +1012,7 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!a) return undefined;
     this.#along.delete(hex);
     const buf = a.bytes.buffer;
-    if (!(buf instanceof SharedArrayBuffer)) {
+    if (!isSealed(buf)) {
       this.#alongBytes -= a.bytes.length;
       return a;
     }
@@ -1379,14 +1380,13 @@ function listingToMeta(bytes: Buffer): string {
 
 /**
  * Verified bytes to keep until their commit: a view when they lie in decoded frames (a
- * SharedArrayBuffer written once by the decode, chunk-job.ts: nobody writes into it again,
- * and the blob-write workers write files straight from it, blob-store.ts), else a copy
- * (`bytes` may be a view into a whole request's buffer). A view keeps its frames' memory
- * until the commit of its file, which follows at once (staged files, chunk writes), or for
- * files kept longer (#along) until they are let go, the bound counting the whole frame.
+ * sealed buffer, written once by the decode: sealed-buffers.ts), else a copy (`bytes` may
+ * be a view into a whole request's buffer). A view keeps its frames' memory until the
+ * commit of its file, which follows at once (staged files, chunk writes), or for files
+ * kept longer (#along) until they are let go, the bound counting the whole frame.
  */
 function keepable(bytes: Buffer): Buffer {
-  return bytes.buffer instanceof SharedArrayBuffer ? bytes : Buffer.from(bytes);
+  return isSealed(bytes.buffer) ? bytes : Buffer.from(bytes);
 }
 
 function listingFromMeta(text: string): Uint8Array | string {

@@ -22,6 +22,7 @@ import { HttpDatalake, type HttpDatalakeOptions } from '../../src/datalake/http-
 import { chunkCount, type IndexedFile, type NarIndex } from '../../src/nix/nar-index.js';
 import { parseNarInfo, type NarInfo } from '../../src/nix/narinfo.js';
 import { ChunkFetcher, type ChunkFetcherOptions, type ChunkSource } from '../../src/store/chunk-fetcher.js';
+import { isSealed } from '../../src/store/sealed-buffers.js';
 import { ChunkVerifyPool } from '../../src/store/chunk-verify-pool.js';
 import { failure } from '../support/failure.js';
 import { loadFixtures, narInfoPath, pathByRole, FIXTURE_BUILD_TIMEOUT_MS } from '../support/fixtures.js';
@@ -43,10 +44,12 @@ interface Lake {
 function sink() {
   const got = new Map<string, Buffer>();
   const calls: string[] = [];
+  const buffers: ArrayBufferLike[] = [];
   const waiters: Array<{ key: string; resolve: () => void }> = [];
   const onChunk = async (file: IndexedFile, k: number, bytes: Buffer): Promise<void> => {
     const key = `${file.narOffset}:${k}`;
     calls.push(key);
+    buffers.push(bytes.buffer);
     got.set(key, Buffer.from(bytes));
     for (const w of waiters.filter((x) => x.key === key)) {
       waiters.splice(waiters.indexOf(w), 1);
@@ -55,7 +58,7 @@ function sink() {
   };
   const delivered = (file: IndexedFile, k: number): Promise<void> =>
     got.has(`${file.narOffset}:${k}`) ? Promise.resolve() : new Promise((resolve) => waiters.push({ key: `${file.narOffset}:${k}`, resolve }));
-  return { got, calls, onChunk, delivered };
+  return { got, calls, buffers, onChunk, delivered };
 }
 
 function chunkOf(nar: Buffer, idx: NarIndex, file: IndexedFile, k: number): Buffer {
@@ -158,6 +161,8 @@ describe('ChunkFetcher (ranged reads of indexed NARs over HTTP)', function () {
       }
       for (let k = 0; k < 160; k++) assert.deepEqual(s.got.get(`${file.narOffset}:${k}`), chunkOf(large.nar, large.idx, file, k), `chunk ${k}`);
       assert.equal(s.calls.length, 160, 'each chunk delivered once');
+      // Decoded frames are sealed (holders keep views of them); a plain request body is not.
+      assert.ok(s.buffers.length > 0 && s.buffers.every((b) => isSealed(b) === seek), `sealed: ${seek}`);
       for (const file of many.idx.files.filter((_, i) => i % 97 === 0)) {
         await f.fetch(src(many, seek), many.idx, file, 0, 0, s.onChunk, ac.signal);
         assert.deepEqual(s.got.get(`${file.narOffset}:0`), chunkOf(many.nar, many.idx, file, 0));

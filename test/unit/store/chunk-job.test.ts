@@ -32,6 +32,8 @@ describe('chunk jobs (decode seekable frames, hash chunks)', function () {
   it('decodes every frame and checks every slice', function () {
     const r = runChunkJob(job());
     assert.deepEqual(Buffer.from(r.out), Buffer.concat([a, b]));
+    // A plain buffer of exactly the NAR bytes (transferable; not a SharedArrayBuffer, whose fresh pages cost).
+    assert.ok(r.out.buffer instanceof ArrayBuffer && r.out.byteOffset === 0 && r.out.buffer.byteLength === a.length + b.length);
     assert.deepEqual(r.ok, [true, true, true]);
     const bad = job({ hashes: Buffer.concat([sha(a), sha(a), sha(a.subarray(10, 21))]) });
     assert.deepEqual(runChunkJob(bad).ok, [true, false, false]);
