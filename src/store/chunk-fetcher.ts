@@ -65,6 +65,7 @@ import { hashEquals } from '../nix/hash.js';
 import { chunkCount, chunkHash, chunkLength, type IndexedFile, type NarIndex } from '../nix/nar-index.js';
 import type { NarInfo } from '../nix/narinfo.js';
 import { defaultChunkVerifyPool, type ChunkVerifyPool } from './chunk-verify-pool.js';
+import type { ChunkJobResult } from './chunk-job.js';
 import { seal } from './sealed-buffers.js';
 
 /** Where a NAR is: the datalake whose narinfo was used, its URL, compression and narinfo. */
@@ -78,7 +79,8 @@ export interface ChunkSource {
 /**
  * Receives one verified chunk. `bytes` may be a view into the buffer of a larger request:
  * copy it to keep it past the returned promise, unless that buffer is sealed
- * (sealed-buffers.ts: decoded frames), when a view may be kept. `along` is true for a chunk
+ * (sealed-buffers.ts: decoded frames, or a body verified on a worker), when a view may be
+ * kept. `along` is true for a chunk
  * nobody asked for that came in the decoded frames of a request (the caller may keep it
  * more cheaply).
  */
@@ -664,7 +666,7 @@ export class ChunkFetcher {
       slices.push(from, from + chunkLength(x.file, cs, x.k));
       chunkHash(x.file, x.k).copy(hashes, 32 * (pieces.length + j));
     });
-    let result: { out: Uint8Array; ok: boolean[] };
+    let result: ChunkJobResult;
     try {
       result = await this.pool.run({ input: bytes, ...(sp.fileSizes ? { frames: { fileSizes: sp.fileSizes, narSizes: sp.narSizes! } } : {}), slices, hashes });
     } catch (e) {
@@ -673,8 +675,9 @@ export class ChunkFetcher {
       if (attempt >= 2) throw e;
       return { verified: new Map(), along: [] };
     }
-    // Decoded frames are a fresh buffer nobody writes into again: holders may keep views.
-    if (sp.fileSizes) seal(result.out.buffer);
+    // A buffer only this job holds (decoded frames, or a body back from a worker) is never
+    // written again: holders may keep views of it instead of copies (sealed-buffers.ts).
+    if (result.owned) seal(result.out.buffer);
     const out = Buffer.from(result.out.buffer, result.out.byteOffset, result.out.byteLength);
     const verified = new Map<string, Buffer>();
     pieces.forEach((x, i) => {

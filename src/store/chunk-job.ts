@@ -40,6 +40,12 @@ export interface ChunkJob {
 export interface ChunkJobResult {
   out: Uint8Array;
   ok: boolean[];
+  /**
+   * Whether `out` owns its whole buffer and nothing else holds that buffer: a fresh decode,
+   * or (chunk-verify-pool.ts) the input back from a worker, whose transfer detached every
+   * other reference to it. Such a buffer may be sealed (sealed-buffers.ts).
+   */
+  owned: boolean;
 }
 
 interface DCtx {
@@ -103,5 +109,5 @@ export function runChunkJob(job: ChunkJob): ChunkJobResult {
     const digest = createHash('sha256').update(out.subarray(from, to)).digest();
     ok.push(digest.equals(job.hashes.subarray(32 * i, 32 * i + 32)));
   }
-  return { out, ok };
+  return { out, ok, owned: job.frames !== undefined };
 }

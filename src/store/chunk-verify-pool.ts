@@ -190,7 +190,7 @@ export class ChunkVerifyPool {
         if (!p) return;
         slot.jobs.delete(m.id);
         clearTimeout(p.timer);
-        if (m.ok) p.resolve({ out: m.out, ok: m.good });
+        if (m.ok) p.resolve({ out: m.out, ok: m.good, owned: true });
         else p.reject(fromWireError(m.error, 'ERR_DECOMPRESS'));
       });
       worker.on('error', (err) => this.#fail(slot, new NarfsError('ERR_INTERNAL', `the chunk verify worker failed: ${err.message}`, { cause: err })));

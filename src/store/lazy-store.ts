@@ -1379,11 +1379,12 @@ function listingToMeta(bytes: Buffer): string {
 }
 
 /**
- * Verified bytes to keep until their commit: a view when they lie in decoded frames (a
- * sealed buffer, written once by the decode: sealed-buffers.ts), else a copy (`bytes` may
- * be a view into a whole request's buffer). A view keeps its frames' memory until the
- * commit of its file, which follows at once (staged files, chunk writes), or for files
- * kept longer (#along) until they are let go, the bound counting the whole frame.
+ * Verified bytes to keep until their commit: a view when they lie in a sealed buffer
+ * (decoded frames, or a ranged body verified on a worker: sealed-buffers.ts), else a copy
+ * (`bytes` may be a view into a buffer that another holder may reuse). A view keeps the
+ * whole buffer until the commit of its file, which follows at once (staged files, chunk
+ * writes), or for files kept longer (#along, frames only) until they are let go, the
+ * bound counting the whole frame.
  */
 function keepable(bytes: Buffer): Buffer {
   return isSealed(bytes.buffer) ? bytes : Buffer.from(bytes);

@@ -34,6 +34,11 @@ describe('chunk jobs (decode seekable frames, hash chunks)', function () {
     assert.deepEqual(Buffer.from(r.out), Buffer.concat([a, b]));
     // A plain buffer of exactly the NAR bytes (transferable; not a SharedArrayBuffer, whose fresh pages cost).
     assert.ok(r.out.buffer instanceof ArrayBuffer && r.out.byteOffset === 0 && r.out.buffer.byteLength === a.length + b.length);
+    assert.equal(r.owned, true, 'a decode is a buffer of its own');
+    // Inline, a job without frames hands back its input, which its caller still holds.
+    const input = Buffer.concat([a, b]);
+    const plain = runChunkJob({ input, slices: [0, 100_000], hashes: sha(a) });
+    assert.ok(plain.out === input && plain.owned === false);
     assert.deepEqual(r.ok, [true, true, true]);
     const bad = job({ hashes: Buffer.concat([sha(a), sha(a), sha(a.subarray(10, 21))]) });
     assert.deepEqual(runChunkJob(bad).ok, [true, false, false]);
@@ -93,6 +98,7 @@ describe('chunk jobs (decode seekable frames, hash chunks)', function () {
       assert.deepEqual(r2.ok, [false]);
       assert.equal(own.length, 0, 'an input that owns its ArrayBuffer is transferred (run() may detach it)');
       assert.deepEqual(Buffer.from(r2.out), none);
+      assert.equal(r2.owned, true, 'the body back from the worker is held by nobody else');
       await assert.rejects(pool.run(job({ frames: { fileSizes: [fa.length, fb.length], narSizes: [a.length + 1, b.length] } })), decompressError);
       // A view into a shared buffer is copied, never detached.
       const shared = Buffer.from(none);
