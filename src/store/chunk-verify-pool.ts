@@ -25,14 +25,16 @@
  *   replaced on the next job;
  * - every job settles within `jobTimeoutMs` (ERR_DEADLINE; the worker is then terminated,
  *   since it may be stuck in a decode) or when the pool is closed (ERR_ABORTED);
- * - an input is transferred only when it owns its whole ArrayBuffer; a view into a shared
- *   one (Node's small-Buffer pool) is copied first, so nothing else is ever detached.
+ * - an input is transferred only when it owns its whole ArrayBuffer and is not sealed
+ *   (sealed-buffers.ts); a view into a shared one (Node's small-Buffer pool) is copied
+ *   first, so nothing else is ever detached.
  */
 import type { Worker } from 'node:worker_threads';
 import { NarfsError } from '../errors.js';
 import { startWorker } from '../nixdb/run-in-worker.js';
 import { fromWireError, type WireError } from '../nixdb/wire-error.js';
 import { runChunkJob, type ChunkJob, type ChunkJobResult } from './chunk-job.js';
+import { isSealed } from './sealed-buffers.js';
 
 const WORKER_ENTRY = new URL('./chunk-verify-worker.js', import.meta.url);
 
@@ -102,7 +104,8 @@ export class ChunkVerifyPool {
       }
     }
     let input = job.input;
-    if (input.byteOffset !== 0 || input.byteLength !== input.buffer.byteLength || !(input.buffer instanceof ArrayBuffer)) {
+    // A sealed buffer may have views kept elsewhere (sealed-buffers.ts): never detached either.
+    if (input.byteOffset !== 0 || input.byteLength !== input.buffer.byteLength || !(input.buffer instanceof ArrayBuffer) || isSealed(input.buffer)) {
       input = new Uint8Array(input); // a copy that owns its ArrayBuffer
     }
     const slot = this.#slot();
@@ -190,6 +193,8 @@ export class ChunkVerifyPool {
         if (!p) return;
         slot.jobs.delete(m.id);
         clearTimeout(p.timer);
+        // The worker's `out` is the input it was given (transferred) or its decode: either
+        // way, a buffer nothing on this thread holds (so owned, whatever the worker computed).
         if (m.ok) p.resolve({ out: m.out, ok: m.good, owned: true });
         else p.reject(fromWireError(m.error, 'ERR_DECOMPRESS'));
       });

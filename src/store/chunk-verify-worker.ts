@@ -19,7 +19,7 @@ port.on('message', (m: { id: number; job: ChunkJob }) => {
     const r = runChunkJob(m.job);
     const out = r.out;
     // The output owns its whole buffer (a fresh decode or the transferred input).
-    port.postMessage({ id: m.id, ok: true, out, good: r.ok }, out.buffer instanceof ArrayBuffer ? [out.buffer] : []);
+    port.postMessage({ id: m.id, ok: true, out, good: r.ok }, [out.buffer as ArrayBuffer]);
   } catch (e) {
     port.postMessage({ id: m.id, ok: false, error: toWireError(e, 'ERR_DECOMPRESS') });
   }

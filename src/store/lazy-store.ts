@@ -23,9 +23,9 @@
  *   bytes), the rest of it is fetched in large parallel requests (bulk), as are `narfs
  *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are staged
  *   in memory once verified (reads are served from there) and committed as whole blobs in
- *   background batches (BlobStore.commitBuffers, off the JS thread); files that merely came
- *   along in another file's seekable frames are held in memory only (bounded) and
- *   committed once read or wanted by a bulk fetch;
+ *   background batches (BlobStore.commitBuffers, whose file creations run off the JS
+ *   thread); files that merely came along in another file's seekable frames are held in
+ *   memory only (bounded) and committed once read or wanted by a bulk fetch;
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
  *   whole in one round trip, `wholeNarMaxBytes`) takes today's path: the whole NAR,
  *   verified against NarHash, unpacked into the BlobStore (Materialiser); its files are
@@ -74,6 +74,7 @@ import { eachLimited } from '../each-limited.js';
 import { directoriesOf, fileIndexOf, frameSpan, isFramed, neighbourRegions, neighbours, noteMiss, noteSubtreeMiss, subtreeFiles } from './neighbourhood.js';
 import type { ChunkRun } from './chunk-fetcher.js';
 import { isSealed } from './sealed-buffers.js';
+import { HeldBytes } from './held-bytes.js';
 
 /** NAR files up to this size are fetched whole even when indexed: one round trip. */
 export const DEFAULT_WHOLE_NAR_MAX_BYTES = 256 * 1024;
@@ -140,7 +141,10 @@ export interface LazyStoreOptions {
    * a directory read once costs no neighbours). Default DEFAULT_NEIGHBOUR_AFTER_MISSES.
    */
   neighbourAfterMisses?: number;
-  /** Most bytes of fetched small files held in memory before their commit to the cache. Default 64 MiB. */
+  /**
+   * Most bytes of fetched small files held in memory before their commit to the cache (a
+   * file kept as a view counts the whole buffer it lies in: held-bytes.ts). Default 64 MiB.
+   */
   stageMaxBytes?: number;
 }
 
@@ -242,7 +246,7 @@ export class LazyStore implements RootNodes, ContentReader {
    * `#stageMaxBytes` (a writer beyond it waits for its write).
    */
   readonly #writing = new Map<string, { bytes: Buffer; put: Promise<boolean> }>();
-  #writingBytes = 0;
+  readonly #writingHeld = new HeldBytes();
   /** Verified indexes being written to the TreeStore (awaited by close()). */
   readonly #treePuts = new Set<Promise<void>>();
   /** Early index requests in flight (#earlyIndex), per store path. */
@@ -252,10 +256,11 @@ export class LazyStore implements RootNodes, ContentReader {
   /**
    * Whole one-chunk files verified against the signed index and held in memory until the
    * background commit (#drain) has them in the blob store, by hex SHA-256. Reads are served
-   * from here meanwhile; bounded by `#stageMaxBytes` (writers wait beyond it).
+   * from here meanwhile; bounded by `#stageMaxBytes` (writers wait beyond it), counting
+   * what the kept views hold (held-bytes.ts: a view into a larger body counts the body).
    */
   readonly #staged = new Map<string, { sha: Buffer; bytes: Buffer }>();
-  #stagedBytes = 0;
+  readonly #stagedHeld = new HeldBytes();
   /**
    * Whole one-chunk files verified against the signed index that nobody asked for: they
    * came in the decoded seekable frames of another file's request. Kept in memory only
@@ -269,9 +274,7 @@ export class LazyStore implements RootNodes, ContentReader {
    * frame buffer held once, whole, for as long as one of its files is held.
    */
   readonly #along = new Map<string, { sha: Buffer; bytes: Buffer }>();
-  #alongBytes = 0;
-  /** Per frame buffer held by #along views: how many files of it are held. */
-  readonly #alongFrames = new Map<ArrayBufferLike, number>();
+  readonly #alongHeld = new HeldBytes();
   /** Staged files in a commit under way (by hex), so that a second drain loop skips them. */
   readonly #committing = new Set<string>();
   #drainLoops = 0;
@@ -913,18 +916,19 @@ export class LazyStore implements RootNodes, ContentReader {
         if (this.#along.has(hex)) return;
         this.#holdAlong(hex, { sha: f.sha256, bytes: keepable(bytes) });
         for (const old of this.#along.keys()) {
-          if (this.#alongBytes <= this.#stageMaxBytes) break;
+          if (this.#alongHeld.total <= this.#stageMaxBytes) break;
           this.#dropAlong(old);
         }
         return;
       }
       this.#promoteAlong(f);
       if (this.#staged.has(hex)) return;
-      this.#staged.set(hex, { sha: f.sha256, bytes: keepable(bytes) });
-      this.#stagedBytes += f.size;
+      const kept = keepable(bytes);
+      this.#staged.set(hex, { sha: f.sha256, bytes: kept });
+      this.#stagedHeld.add(kept);
       this.#drainSoon();
       // Bounded memory: a writer that outruns the disk waits for commits.
-      while (this.#stagedBytes > this.#stageMaxBytes && this.#draining) await new Promise<void>((r) => this.#committed.push(r));
+      while (this.#stagedHeld.total > this.#stageMaxBytes && this.#draining) await new Promise<void>((r) => this.#committed.push(r));
       return;
     }
     if (this.#blobs.completePath(f.sha256, f.size) !== undefined) return;
@@ -942,13 +946,13 @@ export class LazyStore implements RootNodes, ContentReader {
     }).finally(() => {
       if (this.#writing.get(key)?.put === put) {
         this.#writing.delete(key);
-        this.#writingBytes -= copy.length;
+        this.#writingHeld.remove(copy);
       }
     });
     this.#writing.set(key, { bytes: copy, put });
-    this.#writingBytes += copy.length;
+    this.#writingHeld.add(copy);
     // Bounded memory: beyond the bound the fetch waits for its write, as before.
-    if (this.#writingBytes > this.#stageMaxBytes) await put;
+    if (this.#writingHeld.total > this.#stageMaxBytes) await put;
   }
 
   /** Bytes [offset, offset+length) of `file` if they lie in one chunk whose write is under way. */
@@ -989,21 +993,14 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!a) return;
     if (this.#staged.has(hex)) return;
     this.#staged.set(hex, a);
-    this.#stagedBytes += a.bytes.length;
+    this.#stagedHeld.add(a.bytes);
     this.#drainSoon();
   }
 
-  /** Holds a file that came along; the bytes it keeps: its frame buffer, counted once (or its copy). */
+  /** Holds a file that came along; the bytes it keeps: its frame buffer, counted once (HeldBytes). */
   #holdAlong(hex: string, a: { sha: Buffer; bytes: Buffer }): void {
     this.#along.set(hex, a);
-    const buf = a.bytes.buffer;
-    if (!isSealed(buf)) {
-      this.#alongBytes += a.bytes.length;
-      return;
-    }
-    const n = this.#alongFrames.get(buf) ?? 0;
-    if (n === 0) this.#alongBytes += buf.byteLength;
-    this.#alongFrames.set(buf, n + 1);
+    this.#alongHeld.add(a.bytes);
   }
 
   /** Lets go of a file held along (read, wanted, or the oldest past the bound). */
@@ -1011,17 +1008,7 @@ export class LazyStore implements RootNodes, ContentReader {
     const a = this.#along.get(hex);
     if (!a) return undefined;
     this.#along.delete(hex);
-    const buf = a.bytes.buffer;
-    if (!isSealed(buf)) {
-      this.#alongBytes -= a.bytes.length;
-      return a;
-    }
-    const n = (this.#alongFrames.get(buf) ?? 1) - 1;
-    if (n > 0) this.#alongFrames.set(buf, n);
-    else {
-      this.#alongFrames.delete(buf);
-      this.#alongBytes -= buf.byteLength;
-    }
+    this.#alongHeld.remove(a.bytes);
     return a;
   }
 
@@ -1069,7 +1056,7 @@ export class LazyStore implements RootNodes, ContentReader {
         for (const hex of hexes) {
           this.#committing.delete(hex);
           const f = this.#staged.get(hex);
-          if (f) this.#stagedBytes -= f.bytes.length;
+          if (f) this.#stagedHeld.remove(f.bytes);
           this.#staged.delete(hex);
         }
         for (const r of this.#committed.splice(0)) r();
