@@ -306,17 +306,6 @@ export class DatalakeSet {
   }
 
   /**
-   * getRangeFrom's bytes as pieces (Datalake.getRangePieces where the backend has it, else
-   * getRange's one buffer): the same health accounting and errors.
-   */
-  getRangePiecesFrom(datalake: Datalake, relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer[] | undefined> {
-    if (typeof datalake.getRangePieces !== 'function') {
-      return this.getRangeFrom(datalake, relPath, offset, length, options).then((b) => (b === undefined ? undefined : [b]));
-    }
-    return this.pinned(this.member(datalake), options, (d) => d.getRangePieces!(relPath, offset, length, options));
-  }
-
-  /**
    * A failure seen outside the set (a NAR stream that died or stalled mid-body): marks
    * `datalake` down if the failure means it is unreachable or erroring (see the header).
    */

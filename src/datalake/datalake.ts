@@ -44,12 +44,6 @@ export interface Datalake {
    * at or past the end is ERR_INVALID_ARGUMENT. Backends without ranged reads omit it.
    */
   getRange?(relPath: string, offset: number, length: number, options?: GetOptions): Promise<Buffer | undefined>;
-  /**
-   * Optional, with getRange: the same bytes as the transport received them, in order and not
-   * joined, for a caller that joins them off the JS thread (chunk-fetcher.ts). Where absent,
-   * DatalakeSet.getRangePiecesFrom uses getRange.
-   */
-  getRangePieces?(relPath: string, offset: number, length: number, options?: GetOptions): Promise<Buffer[] | undefined>;
   /** Lists the hash parts of all narinfos, where the backend can (file://); else undefined. */
   listNarInfoHashes?(options?: GetOptions): Promise<string[] | undefined>;
   /** Releases connections; in-flight calls fail with ERR_ABORTED. */

@@ -275,18 +275,12 @@ export class HttpDatalake implements Datalake {
    * ranged pool (retried as a whole, within `rangeTimeoutMs`); undefined when absent.
    */
   async getRange(relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer | undefined> {
-    const pieces = await this.getRangePieces(relPath, offset, length, options);
-    return pieces === undefined ? undefined : Buffer.concat(pieces);
-  }
-
-  /** getRange's bytes as the transport received them, in order, not joined (Datalake.getRangePieces). */
-  async getRangePieces(relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer[] | undefined> {
     const path = this.requestPath(relPath);
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `range of ${relPath}: offset and length must be non-negative integers`);
     }
     const signal = this.t.liveSignal(relPath, options.signal);
-    if (length === 0) return [];
+    if (length === 0) return Buffer.alloc(0);
     const range = { offset, length };
     const deadlineAt = Date.now() + this.opts.rangeTimeoutMs;
     return withDeadline(
@@ -296,7 +290,7 @@ export class HttpDatalake implements Datalake {
         return this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
           const res = await this.send(ranged, path, relPath, attemptSignal, false, range);
           if (res === undefined) return undefined;
-          return this.t.readRangePieces(res, relPath, attemptSignal, offset, length);
+          return this.t.readRange(res, relPath, attemptSignal, offset, length);
         });
       },
       { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)} (bytes ${offset}-${offset + length - 1})`, signal },

@@ -244,16 +244,6 @@ export class HttpTransfer {
 
   /** Reads a whole body, checking it against Content-Length (not decoded). */
   async readAll(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Promise<Buffer> {
-    const { pieces, length } = await this.readPieces(res, relPath, signal);
-    return Buffer.concat(pieces, length);
-  }
-
-  /**
-   * A whole body as undici delivered it, in order and not joined: views of the socket's
-   * reads, most of which own their whole ArrayBuffer (chunk-verify-pool.ts transfers those).
-   * Checked against Content-Length as readAll.
-   */
-  async readPieces(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal): Promise<{ pieces: Buffer[]; length: number }> {
     const expected = contentLength(res.headers);
     const chunks: Buffer[] = [];
     let received = 0;
@@ -268,7 +258,7 @@ export class HttpTransfer {
     if (expected !== undefined && received < expected) {
       throw new AttemptError({ error: this.truncated(relPath, received, expected), retryable: true });
     }
-    return { pieces: chunks, length: received };
+    return Buffer.concat(chunks, received);
   }
 
   /**
@@ -342,11 +332,6 @@ export class HttpTransfer {
    * Failures are AttemptErrors (retryable where the transport's are).
    */
   async readRange(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer> {
-    return Buffer.concat(await this.readRangePieces(res, relPath, signal, offset, length));
-  }
-
-  /** readRange's bytes as they came, in order and not joined (readPieces). */
-  async readRangePieces(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer[]> {
     const enc = headerText(res.headers['content-encoding']).toLowerCase();
     if (enc !== '' && enc !== 'identity') {
       discard(res);
@@ -371,14 +356,14 @@ export class HttpTransfer {
         retryable: false,
       });
     }
-    const body = await this.readPieces(res, relPath, signal);
+    const body = await this.readAll(res, relPath, signal);
     const want = last - offset + 1;
     if (body.length !== want) throw new AttemptError({ error: this.truncated(relPath, body.length, want), retryable: true });
-    return body.pieces;
+    return body;
   }
 
   /** A 200 to a ranged GET: keeps [offset, offset+length), drops the rest of the body. */
-  private async sliceWhole(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer[]> {
+  private async sliceWhole(res: Dispatcher.ResponseData, relPath: string, signal: AbortSignal, offset: number, length: number): Promise<Buffer> {
     const expected = contentLength(res.headers);
     const end = offset + length;
     const parts: Buffer[] = [];
@@ -407,7 +392,7 @@ export class HttpTransfer {
         retryable: false,
       });
     }
-    return parts;
+    return Buffer.concat(parts);
   }
 
   /** The answer to a 416 (Range Not Satisfiable): the offset lies at or past the end. */

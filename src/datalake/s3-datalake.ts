@@ -208,18 +208,12 @@ export class S3Datalake implements Datalake {
    * (retried as a whole); undefined when the object is absent.
    */
   async getRange(relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer | undefined> {
-    const pieces = await this.getRangePieces(relPath, offset, length, options);
-    return pieces === undefined ? undefined : Buffer.concat(pieces);
-  }
-
-  /** getRange's bytes as the transport received them, in order, not joined (Datalake.getRangePieces). */
-  async getRangePieces(relPath: string, offset: number, length: number, options: GetOptions = {}): Promise<Buffer[] | undefined> {
     const segs = checkRelPath(relPath);
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new NarfsError('ERR_INVALID_ARGUMENT', `range of ${relPath}: offset and length must be non-negative integers`);
     }
     const signal = this.t.liveSignal(relPath, options.signal);
-    if (length === 0) return [];
+    if (length === 0) return Buffer.alloc(0);
     const deadlineAt = Date.now() + this.opts.rangeTimeoutMs;
     return withDeadline(
       this.opts.rangeTimeoutMs,
@@ -227,7 +221,7 @@ export class S3Datalake implements Datalake {
         this.t.withRetries(relPath, attemptSignal, deadlineAt, async () => {
           const res = await this.send(this.metadata, segs, relPath, attemptSignal, { offset, length });
           if (res === undefined) return undefined;
-          return this.t.readRangePieces(res, relPath, attemptSignal, offset, length);
+          return this.t.readRange(res, relPath, attemptSignal, offset, length);
         }),
       { code: 'ERR_DATALAKE_TIMEOUT', what: `GET ${this.t.describe(relPath)} (range)`, signal },
     ).catch((e: unknown) => {

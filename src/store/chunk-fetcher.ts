@@ -65,7 +65,7 @@ import { hashEquals } from '../nix/hash.js';
 import { chunkCount, chunkHash, chunkLength, type IndexedFile, type NarIndex } from '../nix/nar-index.js';
 import type { NarInfo } from '../nix/narinfo.js';
 import { defaultChunkVerifyPool, type ChunkVerifyPool } from './chunk-verify-pool.js';
-import { inputLength, type ChunkJobResult } from './chunk-job.js';
+import type { ChunkJobResult } from './chunk-job.js';
 import { seal } from './sealed-buffers.js';
 
 /** Where a NAR is: the datalake whose narinfo was used, its URL, compression and narinfo. */
@@ -112,8 +112,8 @@ export interface ChunkFetcherLogger {
 }
 
 export interface ChunkFetcherOptions {
-  /** The set the datalakes belong to (health accounting of getRangePiecesFrom). */
-  datalakes: Pick<DatalakeSet, 'getRangePiecesFrom'>;
+  /** The set the datalakes belong to (health accounting of getRangeFrom). */
+  datalakes: Pick<DatalakeSet, 'getRangeFrom'>;
   logger?: ChunkFetcherLogger;
   /** Ranged requests in flight at once. Default DEFAULT_MAX_IN_FLIGHT. */
   maxInFlight?: number;
@@ -632,17 +632,15 @@ export class ChunkFetcher {
       if (r.signal?.aborted) throw aborted(r.signal);
       this.stats.requests++;
       this.stats.requestBytes += sp.length;
-      // Pieces as received: the verify worker joins them, not this thread (chunk-job.ts).
-      const got = await this.datalakes.getRangePiecesFrom(r.src.datalake, r.src.narUrl, sp.offset, sp.length, { signal: this.closer.signal });
+      const got = await this.datalakes.getRangeFrom(r.src.datalake, r.src.narUrl, sp.offset, sp.length, { signal: this.closer.signal });
       if (got === undefined) {
         throw new NarfsError('ERR_NAR_MISSING', `${r.src.datalake.displayUrl} has no ${r.src.narUrl} (ranged read for ${r.idx.storePath})`, {
           details: { datalake: r.src.datalake.displayUrl, narUrl: r.src.narUrl },
         });
       }
-      const received = inputLength(got);
-      if (received !== sp.length) {
+      if (got.length !== sp.length) {
         throw new NarfsError('ERR_DATALAKE_TRUNCATED', `${r.src.narUrl} ends before byte ${sp.offset + sp.length} (ranged read for ${r.idx.storePath})`, {
-          details: { datalake: r.src.datalake.displayUrl, narUrl: r.src.narUrl, offset: sp.offset, length: sp.length, received },
+          details: { datalake: r.src.datalake.displayUrl, narUrl: r.src.narUrl, offset: sp.offset, length: sp.length, received: got.length },
         });
       }
       return got;

@@ -4,14 +4,13 @@
  * undo the seekable zstd frames (if any) and check the SHA-256 of each chunk cut from the
  * result.
  *
- * Job format: `input` is what the datalake returned, one buffer or its pieces in order as
- * the transport received them (joined here into one fresh buffer, so a worker does the
- * join, not the JS thread) — NAR bytes as they are (`frames` absent: Compression none), or
- * whole independent zstd frames back to back (`frames.fileSizes[i]` compressed bytes of
- * frame i, decoding to exactly `frames.narSizes[i]` NAR bytes). `slices` are [from, to)
- * pairs into the NAR bytes, one per chunk, and `hashes` their expected SHA-256 digests (32
- * bytes each, in order). Result: the NAR bytes (`out`; the input itself when there are no
- * frames and one piece) and, per slice, whether it hashed to its digest.
+ * Job format: `input` is what the datalake returned — NAR bytes as they are
+ * (`frames` absent: Compression none), or whole independent zstd frames back to back
+ * (`frames.fileSizes[i]` compressed bytes of frame i, decoding to exactly
+ * `frames.narSizes[i]` NAR bytes). `slices` are [from, to) pairs into the NAR bytes, one per
+ * chunk, and `hashes` their expected SHA-256 digests (32 bytes each, in order).
+ * Result: the NAR bytes (`out`; the input itself when there are no frames) and, per slice,
+ * whether it hashed to its digest.
  *
  * The decoded NAR bytes lie in a fresh ArrayBuffer of exactly their size, written once here
  * and never again; a worker transfers it back (chunk-verify-worker.ts) and the fetcher seals
@@ -30,8 +29,7 @@ import { createRequire } from 'node:module';
 import { NarfsError } from '../errors.js';
 
 export interface ChunkJob {
-  /** The bytes, or their pieces in order (joined here, off the JS thread when on a worker). */
-  input: Uint8Array | Uint8Array[];
+  input: Uint8Array;
   frames?: { fileSizes: number[]; narSizes: number[] };
   /** [from, to) pairs into the NAR bytes, one per chunk. */
   slices: number[];
@@ -98,32 +96,8 @@ export function decodeFrames(input: Uint8Array, frames: { fileSizes: number[]; n
   return out;
 }
 
-/** The pieces of an input joined into one fresh buffer (not zero-filled: every byte is copied in). */
-export function joinPieces(pieces: readonly Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of pieces) n += p.length;
-  const out = new Uint8Array(Buffer.allocUnsafeSlow(n).buffer, 0, n);
-  let at = 0;
-  for (const p of pieces) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** Bytes in an input (one buffer or its pieces). */
-export function inputLength(input: Uint8Array | readonly Uint8Array[]): number {
-  if (!Array.isArray(input)) return (input as Uint8Array).length;
-  let n = 0;
-  for (const p of input as readonly Uint8Array[]) n += p.length;
-  return n;
-}
-
 export function runChunkJob(job: ChunkJob): ChunkJobResult {
-  const pieces = Array.isArray(job.input) ? job.input : undefined;
-  const input = pieces ? (pieces.length === 1 ? pieces[0]! : joinPieces(pieces)) : (job.input as Uint8Array);
-  const joined = pieces !== undefined && pieces.length !== 1;
-  const out = job.frames ? decodeFrames(input, job.frames) : input;
+  const out = job.frames ? decodeFrames(job.input, job.frames) : job.input;
   const ok: boolean[] = [];
   for (let i = 0; i * 2 < job.slices.length; i++) {
     const from = job.slices[2 * i]!;
@@ -135,5 +109,5 @@ export function runChunkJob(job: ChunkJob): ChunkJobResult {
     const digest = createHash('sha256').update(out.subarray(from, to)).digest();
     ok.push(digest.equals(job.hashes.subarray(32 * i, 32 * i + 32)));
   }
-  return { out, ok, owned: job.frames !== undefined || joined };
+  return { out, ok, owned: job.frames !== undefined };
 }

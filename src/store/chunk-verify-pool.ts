@@ -33,7 +33,7 @@ import type { Worker } from 'node:worker_threads';
 import { NarfsError } from '../errors.js';
 import { startWorker } from '../nixdb/run-in-worker.js';
 import { fromWireError, type WireError } from '../nixdb/wire-error.js';
-import { inputLength, runChunkJob, type ChunkJob, type ChunkJobResult } from './chunk-job.js';
+import { runChunkJob, type ChunkJob, type ChunkJobResult } from './chunk-job.js';
 import { isSealed } from './sealed-buffers.js';
 
 const WORKER_ENTRY = new URL('./chunk-verify-worker.js', import.meta.url);
@@ -91,7 +91,7 @@ export class ChunkVerifyPool {
   /** Runs `job` (on a worker unless it is tiny). Its input may be detached afterwards. */
   run(job: ChunkJob): Promise<ChunkJobResult> {
     if (this.#closed) return Promise.reject(new NarfsError('ERR_ABORTED', 'the chunk verify pool is closed'));
-    const narBytes = job.frames ? job.frames.narSizes.reduce((a, b) => a + b, 0) : inputLength(job.input);
+    const narBytes = job.frames ? job.frames.narSizes.reduce((a, b) => a + b, 0) : job.input.length;
     if (this.#lazy && !this.#slots.some((s) => s.online && !s.dead)) {
       // No worker up: start them, and do this one here rather than wait for their boot.
       this.#start();
@@ -103,8 +103,11 @@ export class ChunkVerifyPool {
         return Promise.reject(e);
       }
     }
-    const transfer: ArrayBuffer[] = [];
-    const input = Array.isArray(job.input) ? job.input.map((p) => transferable(p, transfer)) : transferable(job.input as Uint8Array, transfer);
+    let input = job.input;
+    // A sealed buffer may have views kept elsewhere (sealed-buffers.ts): never detached either.
+    if (input.byteOffset !== 0 || input.byteLength !== input.buffer.byteLength || !(input.buffer instanceof ArrayBuffer) || isSealed(input.buffer)) {
+      input = new Uint8Array(input); // a copy that owns its ArrayBuffer
+    }
     const slot = this.#slot();
     const id = this.#nextId++;
     return new Promise<ChunkJobResult>((resolve, reject) => {
@@ -117,7 +120,7 @@ export class ChunkVerifyPool {
       timer.unref();
       slot.jobs.set(id, { resolve, reject, timer });
       this.#armIdle();
-      slot.worker.postMessage({ id, job: { ...job, input } }, transfer);
+      slot.worker.postMessage({ id, job: { ...job, input } }, [input.buffer as ArrayBuffer]);
     });
   }
 
@@ -204,21 +207,6 @@ export class ChunkVerifyPool {
     for (const s of this.#slots) if (s.jobs.size < best.jobs.size) best = s;
     return best;
   }
-}
-
-/**
- * `bytes` as a job input that can be transferred: itself when it owns its whole ArrayBuffer
- * (not shared, not sealed, not already in `transfer`), else a copy that does; its buffer
- * is added to `transfer`. A sealed buffer may have views kept elsewhere (sealed-buffers.ts),
- * and a view into a larger buffer (Node's small-Buffer pool, the rest of a socket read
- * that undici pushed back) shares it: neither is ever detached.
- */
-function transferable(bytes: Uint8Array, transfer: ArrayBuffer[]): Uint8Array {
-  const buf = bytes.buffer;
-  const own = bytes.byteOffset === 0 && bytes.byteLength === buf.byteLength && buf instanceof ArrayBuffer && !isSealed(buf) && !transfer.includes(buf);
-  const b = own ? bytes : new Uint8Array(bytes);
-  transfer.push(b.buffer as ArrayBuffer);
-  return b;
 }
 
 /** The process-wide pool ChunkFetchers use by default. */

@@ -143,13 +143,8 @@ function datalakeContract(name: string, make: MakeSubject): void {
           const got = await getRange(url, offset, length);
           assert.ok(got, `${url} missing`);
           assert.deepEqual(got, whole.subarray(offset, Math.min(n, offset + length)), `${url} bytes ${offset}+${length}`);
-          // A backend that also hands out the pieces as received: joined, the same bytes.
-          const pieces = await d.getRangePieces?.(url, offset, length);
-          if (d.getRangePieces) assert.deepEqual(Buffer.concat(pieces!), got, `${url} pieces of bytes ${offset}+${length}`);
         }
         assert.deepEqual(await getRange(url, 3, 0), Buffer.alloc(0));
-        if (d.getRangePieces) assert.deepEqual(await d.getRangePieces(url, 3, 0), []);
-        if (d.getRangePieces) await rejectsWith(d.getRangePieces(url, n, 1), 'ERR_INVALID_ARGUMENT');
         await rejectsWith(getRange(url, n, 1), 'ERR_INVALID_ARGUMENT');
         await rejectsWith(getRange(url, n + 1000, 10), 'ERR_INVALID_ARGUMENT');
       }
