@@ -908,7 +908,8 @@ export class BlobStore {
         // views held here stay readable (staged files are served from them until their rows).
         let total = 0;
         for (const j of shard) total += j.size;
-        const data = new Uint8Array(total);
+        // Not zero-filled: the files below fill it end to end (their sizes sum to `total`).
+        const data = new Uint8Array(Buffer.allocUnsafeSlow(total).buffer, 0, total);
         const ats = new Float64Array(shard.length);
         const sizes = new Float64Array(shard.length);
         let at = 0;

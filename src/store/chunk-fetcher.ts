@@ -80,9 +80,8 @@ export interface ChunkSource {
  * Receives one verified chunk. `bytes` may be a view into the buffer of a larger request:
  * copy it to keep it past the returned promise, unless that buffer is sealed
  * (sealed-buffers.ts: decoded frames, or a body verified on a worker), when a view may be
- * kept. `along` is true for a chunk
- * nobody asked for that came in the decoded frames of a request (the caller may keep it
- * more cheaply).
+ * kept. `along` is true for a chunk nobody asked for that came in the decoded frames of a
+ * request (the caller may keep it more cheaply).
  */
 export type OnChunk = (file: IndexedFile, chunk: number, bytes: Buffer, along?: boolean) => Promise<void>;
 
