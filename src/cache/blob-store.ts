@@ -111,6 +111,8 @@ export interface BlobStoreStats {
   /** Files offered whole that were already held (content dedupe), and their bytes. */
   dedupeHits: number;
   dedupeBytes: number;
+  /** Blob-write jobs whose files were copied into a buffer a writer thread gave back (commitBuffers). */
+  writeBuffersReused: number;
   /** True while pinned files keep the store over its bound. */
   overBound: boolean;
 }
@@ -376,7 +378,7 @@ export class BlobStore {
     const c = this.#q.counts.get() as { blobs: number | null; partials: number | null };
     return {
       bytes: this.#total, blobs: c.blobs ?? 0, partials: c.partials ?? 0, maxBytes: this.#maxBytes,
-      ...this.#counts, overBound: this.#total > this.#maxBytes,
+      ...this.#counts, writeBuffersReused: this.#writerPool.reduce((n, w) => n + (w?.reused ?? 0), 0), overBound: this.#total > this.#maxBytes,
     };
   }
 
@@ -908,8 +910,11 @@ export class BlobStore {
         // views held here stay readable (staged files are served from them until their rows).
         let total = 0;
         for (const j of shard) total += j.size;
-        // Not zero-filled: the files below fill it end to end (their sizes sum to `total`).
-        const data = new Uint8Array(Buffer.allocUnsafeSlow(total).buffer, 0, total);
+        // A buffer the thread gave back, or a new one; never zero-filled: the files below
+        // fill [0, total) end to end, and the thread reads nothing else of it.
+        const writer = this.#writer(w);
+        const buffer = writer.buffer(total);
+        const data = new Uint8Array(buffer, 0, total);
         const ats = new Float64Array(shard.length);
         const sizes = new Float64Array(shard.length);
         let at = 0;
@@ -919,8 +924,8 @@ export class BlobStore {
           ats[i] = at;
           at += j.size;
         });
-        const wire = { blobDir: this.#blobDir, tmpDir: this.#tmpDir, data: data.buffer, names: shard.map((j) => j.hex).join(''), at: ats, size: sizes };
-        return this.#writer(w).run(wire);
+        const wire = { blobDir: this.#blobDir, tmpDir: this.#tmpDir, data: buffer, names: shard.map((j) => j.hex).join(''), at: ats, size: sizes };
+        return writer.run(wire);
       }));
       const r = { ok: jobs.map((_, i) => results[i % n]!.ok[Math.floor(i / n)] === true), errors: results.flatMap((x) => x.errors) };
       const done = jobs.filter((_, i) => r.ok[i]);
@@ -1229,15 +1234,49 @@ const EMPTY_SHA256_HEX = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca49599
 /** Blob-write worker threads a commit's files are dealt out to (commitBuffers). */
 export const BLOB_WRITERS = 2;
 
-/** A blob-write worker (blob-write-worker.ts): one thread, started on first use, unref'd; its jobs run in order. */
+/** Spare job buffers a BlobWriter keeps: a writer has at most two jobs at once (the lazy store's two drain loops). */
+const WRITE_BUFFER_SPARES = 2;
+/** A new job buffer is this much larger than its first job (rounded up to 1 MiB), so jobs of about the same size fit it again. */
+const WRITE_BUFFER_SLACK = 1.25;
+/** Spare buffers are let go once the writer has had no job for this long: an idle daemon does not hold them. */
+const WRITE_BUFFER_IDLE_MS = 2_000;
+
+/**
+ * A blob-write worker (blob-write-worker.ts): one thread, started on first use, unref'd; its
+ * jobs run in order. Each job's buffer comes back with its answer and is kept as a spare for
+ * a later job (at most WRITE_BUFFER_SPARES, the largest first; all let go after
+ * WRITE_BUFFER_IDLE_MS without a job): its pages are faulted in already, which a fresh
+ * buffer's are not (on the bench VM a page fault costs ~10 us per 4 KiB).
+ */
 class BlobWriter {
   #worker: Worker | undefined;
   #next = 1;
   readonly #waiting = new Map<number, { resolve: (r: { ok: boolean[]; errors: string[] }) => void; reject: (e: Error) => void }>();
+  readonly #spare: ArrayBuffer[] = [];
+  #idle: NodeJS.Timeout | undefined;
+  /** Jobs that got a spare buffer. */
+  reused = 0;
+
+  /** A buffer of at least `bytes` for the next job: the smallest spare that fits, else a new one (not zero-filled). */
+  buffer(bytes: number): ArrayBuffer {
+    let best = -1;
+    for (let i = 0; i < this.#spare.length; i++) {
+      const len = this.#spare[i]!.byteLength;
+      if (len >= bytes && (best < 0 || len < this.#spare[best]!.byteLength)) best = i;
+    }
+    if (best >= 0) {
+      this.reused++;
+      return this.#spare.splice(best, 1)[0]!;
+    }
+    const size = bytes === 0 ? 0 : Math.ceil((bytes * WRITE_BUFFER_SLACK) / 2 ** 20) * 2 ** 20;
+    return Buffer.allocUnsafeSlow(size).buffer as ArrayBuffer;
+  }
 
   run(job: Omit<BlobWriteJob, 'id'>): Promise<{ ok: boolean[]; errors: string[] }> {
     const w = this.#start();
     const id = this.#next++;
+    if (this.#idle) clearTimeout(this.#idle);
+    this.#idle = undefined;
     return new Promise((resolve, reject) => {
       this.#waiting.set(id, { resolve, reject });
       if (this.#waiting.size === 1) w.ref();
@@ -1246,14 +1285,32 @@ class BlobWriter {
     });
   }
 
+  #giveBack(data: ArrayBuffer | undefined): void {
+    if (data && data.byteLength > 0) {
+      this.#spare.push(data);
+      if (this.#spare.length > WRITE_BUFFER_SPARES) {
+        this.#spare.sort((a, b) => b.byteLength - a.byteLength);
+        this.#spare.length = WRITE_BUFFER_SPARES;
+      }
+    }
+    if (this.#waiting.size === 0 && this.#spare.length > 0 && !this.#idle) {
+      this.#idle = setTimeout(() => {
+        this.#idle = undefined;
+        if (this.#waiting.size === 0) this.#spare.length = 0;
+      }, WRITE_BUFFER_IDLE_MS);
+      this.#idle.unref();
+    }
+  }
+
   #start(): Worker {
     if (this.#worker) return this.#worker;
     const w = startWorker(WRITER_ENTRY, undefined, undefined);
     w.unref();
-    w.on('message', (m: { id: number; ok: boolean[]; errors: string[] }) => {
+    w.on('message', (m: { id: number; ok: boolean[]; errors: string[]; data?: ArrayBuffer }) => {
       const p = this.#waiting.get(m.id);
       this.#waiting.delete(m.id);
       if (this.#waiting.size === 0) w.unref();
+      this.#giveBack(m.data);
       p?.resolve(m);
     });
     const fail = (e: Error) => {
@@ -1270,6 +1327,9 @@ class BlobWriter {
 
   /** Stops the thread; the store's close() first waits for every commit (no job is in flight). */
   async close(): Promise<void> {
+    if (this.#idle) clearTimeout(this.#idle);
+    this.#idle = undefined;
+    this.#spare.length = 0;
     const w = this.#worker;
     if (!w) return;
     this.#worker = undefined;

@@ -413,6 +413,21 @@ describe('BlobStore', () => {
     assert.deepEqual(all.map((b) => Buffer.from(b)), before, 'the views stay readable and unchanged (nothing of theirs is transferred)');
   });
 
+  it('commitBuffers copies later batches into the buffers the writer threads gave back: byte-exact, smaller and larger batches, no stale bytes', async () => {
+    const store = await openStore();
+    assert.equal(store.stats().writeBuffersReused, 0);
+    // Batch sizes: large, then smaller (fits a spare), then larger than every spare (a new buffer).
+    const batches = [400, 120, 60, 900].map((n, bi) => Array.from({ length: 64 }, (_, i) => randomBytes(n + ((i * 37 + bi) % 101))));
+    for (const [bi, batch] of batches.entries()) {
+      const r = await store.commitBuffers(batch.map((b) => ({ sha: sha(b), bytes: b })));
+      assert.equal(r.added, batch.length, `batch ${bi}`);
+      for (const b of batch) assert.deepEqual(await readFile(store.blobPath(sha(b))), b, `batch ${bi}: a blob holds its own bytes, not those of an earlier job`);
+    }
+    // Batches 2 and 3 fit buffers given back by batches 1 and 2 (each writer thread got one job per batch).
+    assert.ok(store.stats().writeBuffersReused >= 2, `reused ${store.stats().writeBuffersReused}`);
+    await store.close();
+  });
+
   it('commitBuffers replaces a file already lying at a blob name without a row (an earlier process\'s, not adopted): right bytes, no temp file left', async () => {
     const store = await openStore();
     const bufs = Array.from({ length: 40 }, (_, i) => randomBytes(200 + i));
