@@ -76,15 +76,16 @@ function profileSummary(dir: string): string[] {
  * 14 and 15, in clock ticks: 10 ms at the usual 100 Hz). Unlike the profile's samples it
  * does not count the time the thread waited for a CPU on a loaded machine.
  */
-function cpuMs(statPath: string): { user: number; sys: number } {
+/** CPU time and minor page faults of a process or thread (/proc/.../stat: utime, stime, minflt). */
+function cpuMs(statPath: string): { user: number; sys: number; faults: number } {
   try {
     const f = readFileSync(statPath, 'utf8').replace(/^.*\) /s, '').split(' ');
-    return { user: (Number(f[11]) * 1000) / 100, sys: (Number(f[12]) * 1000) / 100 };
+    return { user: (Number(f[11]) * 1000) / 100, sys: (Number(f[12]) * 1000) / 100, faults: Number(f[7]) };
   } catch {
-    return { user: NaN, sys: NaN };
+    return { user: NaN, sys: NaN, faults: NaN };
   }
 }
-const cpuText = (c: { user: number; sys: number }) => `${c.user + c.sys} ms (user ${c.user}, sys ${c.sys})`;
+const cpuText = (c: { user: number; sys: number; faults: number }) => `${c.user + c.sys} ms (user ${c.user}, sys ${c.sys}; ${c.faults} minor faults)`;
 
 installCleanupHandlers();
 // The files an earlier probe or bench run deleted must not be reused under the clock (bench-processes.ts retire).
@@ -100,7 +101,9 @@ const dl = big ? (args.variant === 'none' ? big.none : big.seekable)
   : args.variant === 'none' ? idx.none : idx.seekable;
 const tmp = mkdtempSync('/tmp/narfs-bench-probe-');
 claimRunDir(tmp);
-const names = (m.closure as string[]).map((p) => basename(p));
+// NARFS_PROBE_PATHS=headers,doc: scenario 11 reads only the store paths whose names end so.
+const onlyPaths = process.env.NARFS_PROBE_PATHS?.split(',').filter(Boolean);
+const names = (m.closure as string[]).map((p) => basename(p)).filter((n) => !onlyPaths || onlyPaths.some((x) => n.endsWith(`-${x}`)));
 
 // Scenario 9's reads, listed once before any clock (a find over the local closure, which
 // dropCaches leaves cold): as bench/run.ts, the timed work only reads.
@@ -125,12 +128,12 @@ try {
     let t0 = performance.now();
     let wall0 = Date.now();
     const mount = await startNarfs({ mnt: join(d, 'mnt'), datalake: server.url, publicKey: m.publicKey, cacheDir: cache, logFile: join(d, 'log'),
-      nodeFlags: prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [], extraArgs: [...extra, ...more], ...(args['narfs-bin'] ? { narfsBin: args['narfs-bin'] } : {}) });
+      nodeFlags: [...(prof ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(process.env.NARFS_PROBE_NODE_FLAGS?.split(' ').filter(Boolean) ?? [])], extraArgs: [...extra, ...more], ...(args['narfs-bin'] ? { narfsBin: args['narfs-bin'] } : {}) });
     let read = 0;
     let mounted = Date.now() - wall0;
     let worked = 0;
     let t = NaN;
-    let cpu = { main: { user: NaN, sys: NaN }, all: { user: NaN, sys: NaN } };
+    let cpu = { main: { user: NaN, sys: NaN, faults: NaN }, all: { user: NaN, sys: NaN, faults: NaN } };
     let rss = { peak: NaN, now: NaN };
     try {
       if (running) {
@@ -181,7 +184,11 @@ try {
       await mount.stop();
       for (const l of readFileSync(mount.logFile, 'utf8').split('\n').filter((x) => /"level":"(warn|error)"/.test(x)).slice(0, 8)) console.log(`  log: ${l.slice(0, 1500)}`);
       throw e;
-    } finally { await mount.stop(); }
+    } finally {
+      await mount.stop();
+      // NARFS_PROBE_KEEP_STDOUT=FILE: the daemon's stdout (node's --trace-* output) is kept there.
+      if (process.env.NARFS_PROBE_KEEP_STDOUT) spawnSync('cp', [`${mount.logFile}.stdout`, process.env.NARFS_PROBE_KEEP_STDOUT]);
+    }
     if (!running) t = performance.now() - t0;
     s1 ??= await server.stats();
     const log = readFileSync(mount.logFile, 'utf8');
