@@ -72,11 +72,11 @@ function profileSummary(dir: string): string[] {
 }
 
 /**
- * CPU time (user + system, ms) of a process or thread from its /proc stat line (fields
- * 14 and 15, in clock ticks: 10 ms at the usual 100 Hz). Unlike the profile's samples it
- * does not count the time the thread waited for a CPU on a loaded machine.
+ * CPU time (user and system, ms) and minor page faults of a process or thread from its
+ * /proc stat line (fields 14 and 15, in clock ticks: 10 ms at the usual 100 Hz; field 10,
+ * minflt). Unlike the profile's samples it does not count the time the thread waited for
+ * a CPU on a loaded machine.
  */
-/** CPU time and minor page faults of a process or thread (/proc/.../stat: utime, stime, minflt). */
 function cpuMs(statPath: string): { user: number; sys: number; faults: number } {
   try {
     const f = readFileSync(statPath, 'utf8').replace(/^.*\) /s, '').split(' ');

@@ -423,7 +423,7 @@ describe('BlobStore', () => {
       assert.equal(r.added, batch.length, `batch ${bi}`);
       for (const b of batch) assert.deepEqual(await readFile(store.blobPath(sha(b))), b, `batch ${bi}: a blob holds its own bytes, not those of an earlier job`);
     }
-    // Batches 2 and 3 fit buffers given back by batches 1 and 2 (each writer thread got one job per batch).
+    // The second and third batches fit buffers the first and second gave back (each writer thread got one job per batch).
     assert.ok(store.stats().writeBuffersReused >= 2, `reused ${store.stats().writeBuffersReused}`);
     await store.close();
   });
