@@ -135,7 +135,9 @@ export class CompactListing {
 /**
  * A directory of a CompactListing behind the NarDirectory interface: `entries` is built on
  * each access (a Map of fresh nodes, bytewise order) and not kept, so walking a listing
- * this way costs transient memory only.
+ * this way costs transient memory only. A walker reads `entries` once per directory and
+ * looks children up in that Map: a look-up through `entries` per child builds the whole
+ * Map each time (quadratic; test/unit/nix/nar-listing.test.ts counts the builds).
  */
 export class CompactDirectory {
   readonly type = 'directory' as const;
@@ -173,13 +175,15 @@ function addTree(b: Builder, node: NarNode): number {
     }
     case 'directory': {
       const i = b.node(K_DIRECTORY, 0, 0);
-      const names = [...node.entries.keys()].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
+      // `entries` once: a CompactDirectory builds it on each access.
+      const entries = node.entries;
+      const names = [...entries.keys()].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
       const kids: number[] = [];
       for (const name of names) {
         const start = b.bytesLen;
         b.ensureBytes(name.length);
         b.bytesLen += b.bytes.write(name, start, 'latin1');
-        const c = addTree(b, node.entries.get(name)!);
+        const c = addTree(b, entries.get(name)!);
         b.setName(c, start, name.length);
         kids.push(c);
       }

@@ -294,11 +294,13 @@ function writeNode(w: Writer, node: NarNode, chunkSize: number, files: Map<numbe
       return;
     case 'directory': {
       w.byte(T_DIRECTORY);
-      const names = [...node.entries.keys()].sort(compareNames);
+      // `entries` once: a compact listing's directory builds it on each access (compact-listing.ts).
+      const entries = node.entries;
+      const names = [...entries.keys()].sort(compareNames);
       w.varint(names.length);
       for (const name of names) {
         w.lenBytes(Buffer.from(name, 'latin1'));
-        writeNode(w, node.entries.get(name)!, chunkSize, files, wholeOnly);
+        writeNode(w, entries.get(name)!, chunkSize, files, wholeOnly);
       }
       return;
     }

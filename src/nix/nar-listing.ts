@@ -269,8 +269,10 @@ function nodeToJson(node: NarNode): string {
     case 'symlink':
       return `{"type":"symlink","target":${jsonBytes(node.target)}}`;
     case 'directory': {
-      const names = [...node.entries.keys()].sort(compareNames);
-      const parts = names.map((n) => `${jsonBytes(n)}:${nodeToJson(node.entries.get(n)!)}`);
+      // `entries` once: a compact listing's directory builds it on each access (compact-listing.ts).
+      const entries = node.entries;
+      const names = [...entries.keys()].sort(compareNames);
+      const parts = names.map((n) => `${jsonBytes(n)}:${nodeToJson(entries.get(n)!)}`);
       return `{"type":"directory","entries":{${parts.join(',')}}}`;
     }
   }
@@ -292,9 +294,14 @@ export function listingsEqual(a: NarNode, b: NarNode): boolean {
     case 'symlink':
       return b.type === 'symlink' && a.target === b.target;
     case 'directory': {
-      if (b.type !== 'directory' || a.entries.size !== b.entries.size) return false;
-      for (const [name, child] of a.entries) {
-        const other = b.entries.get(name);
+      if (b.type !== 'directory') return false;
+      // Each side's `entries` once: a compact listing's directory builds it on each access
+      // (compact-listing.ts), so a look-up per child would make this quadratic.
+      const mine = a.entries;
+      const theirs = b.entries;
+      if (mine.size !== theirs.size) return false;
+      for (const [name, child] of mine) {
+        const other = theirs.get(name);
         if (other === undefined || !listingsEqual(child, other)) return false;
       }
       return true;

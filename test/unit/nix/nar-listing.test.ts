@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 
 import { isNarfsError } from '../../../src/errors.js';
 import { byteString, listingToJson, listingsEqual, parseListingJson, parseListingTree, type NarNode } from '../../../src/nix/nar-listing.js';
-import { readCompactListing } from '../../../src/nix/compact-listing.js';
+import { CompactDirectory, compactOf, readCompactListing } from '../../../src/nix/compact-listing.js';
+import { encodeNarIndex } from '../../../src/nix/nar-index.js';
 import { parseNar } from '../../../src/nix/nar-parser.js';
 import { writeNar } from '../../../src/nix/nar-writer.js';
 import { REF_LS, TREE_LS } from './golden.js';
@@ -187,5 +188,46 @@ describe('nar-listing', () => {
     }
     // The offset of an empty file is meaningless and ignored.
     assert.ok(listingsEqual(base, parseListingJson(TREE_LS.replace('"size":0,"narOffset":232', '"size":0'))));
+  });
+
+  it('walks a compact listing building each directory\'s entries once, not once per child', () => {
+    // A CompactDirectory builds `entries` (a Map of every child) on each access, so a
+    // walker that looks each child up through it is quadratic: a fuzzed .ls of one
+    // 1,000-entry directory took ~1 s to compare and re-serialise (test/unit/nix/fuzz.test.ts).
+    // Counted, not timed: each walk must build each directory's entries a bounded number of times.
+    const n = 3000;
+    const kids = Array.from({ length: n }, (_, i) => `"f${String(i).padStart(5, '0')}":{"type":"symlink","target":"t${i}"}`).join(',');
+    const json = `{"version":1,"root":{"type":"directory","entries":{"sub":{"type":"directory","entries":{"big":{"type":"directory","entries":{${kids}}}}}}}}`;
+    const root = parseListingJson(json);
+    assert.ok(root instanceof CompactDirectory, 'the form Nix writes is read compact');
+    const getter = Object.getOwnPropertyDescriptor(CompactDirectory.prototype, 'entries')!;
+    let builds = 0;
+    Object.defineProperty(CompactDirectory.prototype, 'entries', {
+      configurable: true,
+      get(this: CompactDirectory) { builds++; return getter.get!.call(this); },
+    });
+    try {
+      const count = (walk: () => unknown): number => { builds = 0; walk(); return builds; };
+      // Three directories, two listings: at most two builds per directory and side.
+      assert.ok(listingsEqual(root, parseListingJson(json)));
+      assert.ok(count(() => listingsEqual(root, parseListingJson(json))) <= 12);
+      assert.ok(count(() => listingToJson(root)) <= 6);
+      const sub = root.type === 'directory' ? root.entries.get('sub')! : undefined;
+      assert.ok(sub instanceof CompactDirectory && sub.index !== 0, 'a directory below the root is built anew by compactOf');
+      assert.ok(count(() => compactOf(sub)) <= 4);
+      const index = {
+        storePath: '/nix/store/00000000000000000000000000000000-walk', narHash: { algo: 'sha256' as const, digest: Buffer.alloc(32) },
+        narSize: 1 << 20, chunkSize: 1 << 16, root, files: [], signatures: [],
+      };
+      assert.ok(count(() => encodeNarIndex(index)) <= 6);
+    } finally {
+      Object.defineProperty(CompactDirectory.prototype, 'entries', getter);
+    }
+    // And the results are right: the serialised listing reads back equal, child by child.
+    const again = parseListingJson(listingToJson(root));
+    assert.ok(listingsEqual(root, again) && listingsEqual(again, root));
+    const big = (again.type === 'directory' ? again.entries.get('sub') : undefined);
+    const bigEntries = big?.type === 'directory' ? big.entries.get('big') : undefined;
+    assert.equal(bigEntries?.type === 'directory' ? bigEntries.entries.size : -1, n);
   });
 });
