@@ -22,6 +22,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { claimRunDir, currentRss, deleteNow, dropCaches, installCleanupHandlers, peakRss, serveDatalake, settleDeletions, startNarfs, startPrefetchTrace, waitIdle } from './bench-processes.js';
@@ -174,6 +175,15 @@ try {
         for (const r of rows.filter((x) => x.user + x.sys >= 50)) console.log(`  thread ${r.t} ${r.name}: user ${r.user} ms, sys ${r.sys} ms`);
       }
       rss = { peak: peakRss(mount.pid), now: currentRss(mount.pid) };
+      if (process.env.NARFS_PROBE_STATUS) {
+        // NARFS_PROBE_STATUS=1: the engine's request counts (where each FUSE opcode was answered).
+        const st = spawnSync(process.execPath, [fileURLToPath(new URL('../bin/narfs', import.meta.url)), 'status', '--cache-dir', cache, '--json'], { encoding: 'utf8' });
+        try {
+          const e = (JSON.parse(st.stdout) as { fuse?: { engine?: Record<string, unknown> } }).fuse?.engine ?? {};
+          const pick = ['toJs', 'toJsByOpcode', 'inC', 'inCByOpcode', 'readsInC', 'passthroughOpens', 'locationOpens', 'locationFallbacks'];
+          console.log(`  engine: ${JSON.stringify(Object.fromEntries(pick.map((k) => [k, e[k]])))}`);
+        } catch { console.log(`  narfs status failed: ${st.stderr.slice(0, 400)}`); }
+      }
       if (process.env.NARFS_PROBE_TWICE) {
         // The same work again on the now warm mount: its local cost alone.
         const w0 = Date.now();
