@@ -177,7 +177,7 @@ try {
       rss = { peak: peakRss(mount.pid), now: currentRss(mount.pid) };
       if (process.env.NARFS_PROBE_STATUS) {
         // NARFS_PROBE_STATUS=1: the engine's request counts (where each FUSE opcode was answered).
-        const st = spawnSync(process.execPath, [fileURLToPath(new URL('../bin/narfs', import.meta.url)), 'status', '--cache-dir', cache, '--json'], { encoding: 'utf8' });
+        const st = spawnSync(process.execPath, [fileURLToPath(new URL('../bin/narfs', import.meta.url)), 'status', '--cache-dir', cache, '--json'], { encoding: 'utf8', timeout: 30_000 });
         try {
           const e = (JSON.parse(st.stdout) as { fuse?: { engine?: Record<string, unknown> } }).fuse?.engine ?? {};
           const pick = ['toJs', 'toJsByOpcode', 'inC', 'inCByOpcode', 'readsInC', 'passthroughOpens', 'locationOpens', 'locationFallbacks'];

@@ -175,7 +175,8 @@ function addTree(b: Builder, node: NarNode): number {
     }
     case 'directory': {
       const i = b.node(K_DIRECTORY, 0, 0);
-      // `entries` once: a CompactDirectory builds it on each access.
+      // `entries` once: a CompactDirectory builds it on each access. (nar-listing.ts's
+      // sortedEntries does the same; this module cannot import it: nar-listing imports it.)
       const entries = node.entries;
       const names = [...entries.keys()].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
       const kids: number[] = [];

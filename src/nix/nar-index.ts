@@ -59,9 +59,9 @@ import { NarfsError } from '../errors.js';
 import { formatHash, hashEquals, type Hash } from './hash.js';
 import {
   NAR_MAX_DEPTH,
-  compareNames,
   narNameProblem,
   narTargetProblem,
+  sortedEntries,
   type NarDirectory,
   type NarNode,
   type NarRegular,
@@ -294,13 +294,11 @@ function writeNode(w: Writer, node: NarNode, chunkSize: number, files: Map<numbe
       return;
     case 'directory': {
       w.byte(T_DIRECTORY);
-      // `entries` once: a compact listing's directory builds it on each access (compact-listing.ts).
-      const entries = node.entries;
-      const names = [...entries.keys()].sort(compareNames);
-      w.varint(names.length);
-      for (const name of names) {
+      const children = sortedEntries(node);
+      w.varint(children.length);
+      for (const [name, child] of children) {
         w.lenBytes(Buffer.from(name, 'latin1'));
-        writeNode(w, entries.get(name)!, chunkSize, files, wholeOnly);
+        writeNode(w, child, chunkSize, files, wholeOnly);
       }
       return;
     }

@@ -105,6 +105,15 @@ export function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/**
+ * The children of `dir` in bytewise name order, reading `entries` once: a compact
+ * listing's directory builds it on each access (compact-listing.ts), so a walker that
+ * looked each child up through it would be quadratic.
+ */
+export function sortedEntries(dir: NarDirectory): Array<[string, NarNode]> {
+  return [...dir.entries].sort((x, y) => compareNames(x[0], y[0]));
+}
+
 // ---------------------------------------------------------------------------
 // JSON reader
 
@@ -269,10 +278,7 @@ function nodeToJson(node: NarNode): string {
     case 'symlink':
       return `{"type":"symlink","target":${jsonBytes(node.target)}}`;
     case 'directory': {
-      // `entries` once: a compact listing's directory builds it on each access (compact-listing.ts).
-      const entries = node.entries;
-      const names = [...entries.keys()].sort(compareNames);
-      const parts = names.map((n) => `${jsonBytes(n)}:${nodeToJson(entries.get(n)!)}`);
+      const parts = sortedEntries(node).map(([n, child]) => `${jsonBytes(n)}:${nodeToJson(child)}`);
       return `{"type":"directory","entries":{${parts.join(',')}}}`;
     }
   }
