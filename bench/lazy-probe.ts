@@ -252,6 +252,8 @@ try {
   console.log(`  daemon CPU from its start to the end of the work: main thread ${cpuText(r.cpu.main)}, process ${cpuText(r.cpu.all)}; RSS at the end ${(r.rss.now / 2 ** 20).toFixed(0)} MiB, peak ${(r.rss.peak / 2 ** 20).toFixed(0)} MiB`);
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk|materialised|commit of/.test(l)).slice(-8);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
+  // NARFS_PROBE_GREP=REGEX: every line of the daemon's log that matches.
+  if (process.env.NARFS_PROBE_GREP) for (const l of r.log.split('\n').filter((x) => new RegExp(process.env.NARFS_PROBE_GREP!).test(x))) console.log(`  ${l.slice(0, 600)}`);
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
   if (process.env.NARFS_PROBE_TIMELINE) {
     const marks: Array<[number, string]> = [[r.mounted, 'MOUNTED (narfs: mounted seen)'], [r.worked, 'WORKLOAD DONE']];

@@ -83,7 +83,9 @@ narfs mount options:
                               fetched at once if they fit; 0 = off), escalate-share (0.25: fetch the
                               rest of a path in bulk once this share was read; 0 = off),
                               escalate-streak (8: ... or after this many misses walking it
-                              in order; 0 = off), bulk-request-bytes (8M), bulk-concurrency
+                              in order; 0 = off), walk-whole-bytes (256M: a walked path
+                              whose NAR file is at most this size is fetched whole, not
+                              by range; 0 = off), bulk-request-bytes (8M), bulk-concurrency
                               (64 requests queued per path), stage-bytes (64M: fetched small
                               files held in memory until written to the cache),
                               warm-references (4: narinfos and indexes of a resolved path's

@@ -163,6 +163,8 @@ export interface LazyFetchSettings {
   gapBytes?: number;
   /** NAR files (FileSize) up to this size are fetched whole even when indexed (lazy-store.ts DEFAULT_WHOLE_NAR_MAX_BYTES). */
   wholeNarMaxBytes?: number;
+  /** A walked path whose NAR file is at most this size is fetched whole (lazy-store.ts DEFAULT_WALK_WHOLE_BYTES; 0 = off). */
+  walkWholeBytes?: number;
 }
 
 const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'size' | 'share' | 'count' }> = {
@@ -178,13 +180,14 @@ const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'siz
   'neighbour-after-misses': { key: 'neighbourAfterMisses', kind: 'count' },
   'gap-bytes': { key: 'gapBytes', kind: 'size' },
   'whole-nar-bytes': { key: 'wholeNarMaxBytes', kind: 'size' },
+  'walk-whole-bytes': { key: 'walkWholeBytes', kind: 'size' },
 };
 
 /**
  * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
- * subtree-bytes, bulk-request-bytes, stage-bytes, gap-bytes, whole-nar-bytes (sizes: 1M,
- * 128K, ...; subtree-bytes 0 = off), escalate-share (0..1, 0 = off),
- * escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
+ * subtree-bytes, bulk-request-bytes, stage-bytes, gap-bytes, whole-nar-bytes,
+ * walk-whole-bytes (sizes: 1M, 128K, ...; subtree-bytes and walk-whole-bytes 0 = off),
+ * escalate-share (0..1, 0 = off), escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
  * numbers; streak 0 and warm-references 0 = off).
  */
 export function parseLazyFetch(s: string): LazyFetchSettings {

@@ -21,7 +21,10 @@
  *   NAR order) are fetched along within `neighbourBytes` (neighbourhood.ts), in requests
  *   beside the file's own; once a path has been read broadly (`escalateShare` of its file
  *   bytes), the rest of it is fetched in large parallel requests (bulk), as are `narfs
- *   prefetch` and a trace replay's files (coalesced per path). One-chunk files are staged
+ *   prefetch` and a trace replay's files (coalesced per path). A walk of a path (a copy
+ *   reading it in NAR order) whose NAR file is at most `walkWholeBytes` fetches the whole
+ *   NAR instead, as below: one verified stream costs far less CPU than the same bytes
+ *   chunk by chunk (#goWhole). One-chunk files are staged
  *   in memory once verified (reads are served from there) and committed as whole blobs in
  *   background batches (BlobStore.commitBuffers, whose file creations run off the JS
  *   thread); files that merely came along in another file's seekable frames are held in
@@ -132,6 +135,16 @@ export interface LazyStoreOptions {
    */
   escalateStreak?: number;
   /**
+   * A walk (escalateStreak) of a path whose NAR file (FileSize) is at most this many bytes
+   * fetches the path's whole NAR, verified against NarHash like an unindexed path's, instead
+   * of the rest by range: one stream into one staging file, whose files the engine reads in
+   * C, costs far less CPU than verifying, staging and committing chunk by chunk (bench
+   * scenario 11). Readers of the path wait for the whole NAR, so the bound keeps that wait
+   * short (256 MiB: ~2 s at 1 Gbit/s, ~21 s at 100 Mbit/s, under the 30 s op timeout).
+   * 0 turns it off (walks fetch the rest by range). Default DEFAULT_WALK_WHOLE_BYTES.
+   */
+  walkWholeBytes?: number;
+  /**
    * When a store path is resolved, the narinfos and signed indexes of its References are
    * fetched in the background, this many at once (0: off). Default DEFAULT_WARM_REFERENCES.
    */
@@ -165,6 +178,9 @@ export const DEFAULT_SUBTREE_BYTES = 8 << 20;
 const SUBTREE_REQUEST_BYTES = 1 << 20;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
 export const DEFAULT_ESCALATE_STREAK = 8;
+export const DEFAULT_WALK_WHOLE_BYTES = 256 << 20;
+/** A walked path's whole NAR fetched in the background (walkWholeBytes) is given up after this long. */
+const WALK_WHOLE_DEADLINE_MS = 600_000;
 /** Directories a streak of reads must cross to count as a walk of the path... */
 const WALK_MIN_DIRECTORIES = 3;
 /**
@@ -290,8 +306,14 @@ export class LazyStore implements RootNodes, ContentReader {
   readonly #warmed = new Set<string>();
   /** Read breadth per ranged store path (escalation to a bulk fetch). */
   readonly #breadth = new Map<string, Breadth>();
+  /**
+   * Walked store paths whose whole NAR is being fetched (walkWholeBytes), with their
+   * ranged tree: while it is, `#trees` holds the tree marked not ranged (reads wait for
+   * the NAR); if that fetch fails, the ranged tree is put back (#unwhole).
+   */
+  readonly #walkWhole = new Map<string, Tree>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
-  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, subtreeFetches: 0, subtreeFiles: 0, escalations: 0, stagedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, subtreeFetches: 0, subtreeFiles: 0, escalations: 0, walkWholeNars: 0, stagedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -562,7 +584,20 @@ export class LazyStore implements RootNodes, ContentReader {
         }
       }
       if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
-        tree = await this.#materialise(name, signal);
+        // Taken before the wait: the background fetch's own failure handler may put the
+        // ranged tree back before this reader hears of the failure.
+        const walked = this.#walkWhole.get(name);
+        try {
+          tree = await this.#materialise(name, signal);
+        } catch (err) {
+          // The whole NAR of a walked path failed (or outlasted another reader's deadline):
+          // this read, and the path's later ones, go by range again.
+          if (signal.aborted || walked === undefined) throw err;
+          if (this.#unwhole(name)) {
+            this.#opts.logger.warn('the whole NAR of a walked store path could not be had; its files are fetched by range', { path: name, err: toNarfsError(err) });
+          }
+          return await this.#read(name, narOffset, length, signal);
+        }
         file = this.#fileIn(name, tree, narOffset, length);
         if (this.#blobs.completePath(file.sha256, file.size) === undefined) {
           // Its NAR matched NarHash; the file's commit may still be under way: read it from
@@ -844,10 +879,51 @@ export class LazyStore implements RootNodes, ContentReader {
     b.escalated = true;
     b.perFile.clear();
     this.counters.escalations++;
+    if (walking && this.#goWhole(name, tree)) {
+      this.#opts.logger.debug('store path walked; fetching its whole NAR', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses, streak: b.streak });
+      return;
+    }
     this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses, streak: b.streak });
     this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
       this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
     });
+  }
+
+  /**
+   * A walk of `name` (a reader copying the path): its whole NAR is fetched in the
+   * background, as an unindexed path's is, if it is small enough (walkWholeBytes), and
+   * the path's reads wait for it from now on (its tree is marked not ranged). Reads
+   * already under way finish by range. The Materialiser keeps the signed tree in the
+   * TreeStore (its chunk hashes serve later ranged reads). False when not taken.
+   */
+  #goWhole(name: string, tree: Tree): boolean {
+    const max = this.#opts.walkWholeBytes ?? DEFAULT_WALK_WHOLE_BYTES;
+    const ni = tree.info.narInfo;
+    if (max <= 0 || (ni.fileSize ?? ni.narSize) > max || this.#trees.get(name) !== tree || this.#walkWhole.has(name)) return false;
+    this.#walkWhole.set(name, tree);
+    this.#trees.set(name, { ...tree, ranged: false });
+    this.counters.walkWholeNars++;
+    this.#materialise(name, AbortSignal.timeout(WALK_WHOLE_DEADLINE_MS)).then(() => {
+      this.#walkWhole.delete(name);
+    }, (err: unknown) => {
+      if (this.#unwhole(name)) {
+        this.#opts.logger.warn('the whole NAR of a walked store path could not be had; its files are fetched by range', { path: name, err: toNarfsError(err) });
+      }
+    });
+    return true;
+  }
+
+  /**
+   * Puts back the ranged tree of a walked path whose whole NAR failed (#goWhole), unless a
+   * verified tree replaced it meanwhile. True when the path was waiting for its whole NAR.
+   */
+  #unwhole(name: string): boolean {
+    const ranged = this.#walkWhole.get(name);
+    if (!ranged) return false;
+    this.#walkWhole.delete(name);
+    const now = this.#trees.get(name);
+    if (now && !now.ranged && now.index === ranged.index) this.#trees.set(name, ranged);
+    return true;
   }
 
   /**

@@ -470,8 +470,12 @@ export class Materialiser {
       try {
         const committed = staging === undefined ? { deduped: 0, dedupedBytes: 0 } : await this.#commitStaged(m.index, staging, signal, progress);
         this.dedupeHits += committed.deduped;
-        // Every file was committed (a stop that came meanwhile found no batch left): the tree too.
-        await this.#trees.put(m.index, 'nar', encoded);
+        // Every file was committed (a stop that came meanwhile found no batch left): the tree
+        // too, unless a signed one of this same NAR is stored (a walked indexed path fetched
+        // whole, lazy-store.ts #goWhole): its chunk hashes let a file evicted later come
+        // back by range, which this tree (no chunk hashes) could not.
+        const stored = await this.#trees.lookup(ni).catch(() => undefined);
+        if (stored?.state !== 'ok' || stored.tree.source !== 'signed') await this.#trees.put(m.index, 'nar', encoded);
         this.#opts.logger.info('materialised', {
           path: name, bytes: ni.narSize, ms: verifiedMs, commitMs: Date.now() - t0, source: info.datalake.displayUrl,
           compression: ni.compression, files: m.index.files.length, deduped: committed.deduped, dedupedBytes: committed.dedupedBytes,

@@ -9,6 +9,9 @@
  *   fetch), none and seekable zstd, every byte right;
  * - a full read of the path costs far fewer ranged requests than it has files (neighbours,
  *   then escalation to a bulk fetch);
+ * - a walk of a path whose NAR file is within walk-whole-bytes fetches the whole NAR once
+ *   instead (none and seekable zstd), keeps the signed tree, and goes back to ranges when
+ *   the whole NAR cannot be had;
  * - a byte flipped inside a neighbour is never cached or served (the neighbour's own read
  *   fails with ERR_CHUNK_HASH_MISMATCH), while the file asked for reads right;
  * - a trace replay fetches a path's traced files in a few coalesced requests, not one each;
@@ -204,7 +207,8 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
 
   it('none: a reader walking the path in NAR order escalates to a bulk fetch after a streak of misses, long before a quarter of its bytes', async function () {
     // Neighbours off, so that every file is a miss of its own: the walk is what escalates.
-    const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
+    // walk-whole-bytes off: the rest comes by range (the whole-NAR switch is tested below).
+    const e = await open('none', { neighbourBytes: 0, escalateStreak: 8, walkWholeBytes: 0 });
     try {
       await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
       // Files in NAR order (as a copy reads them) from the start of a directory through
@@ -231,8 +235,9 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
 
   for (const lake of ['none', 'zstd'] as const) {
     it(`${lake}: a reader copying the path in NAR order, neighbours on and held files served without the store (as the native engine does), escalates to a bulk fetch within 8 files of its third directory`, async function () {
-      // Ranged even when small (the zstd NAR of this path would otherwise be fetched whole).
-      const e = await open(lake, { wholeNarMaxBytes: 0 });
+      // Ranged even when small (the zstd NAR of this path would otherwise be fetched whole),
+      // and the walk's rest by range too (walk-whole-bytes off).
+      const e = await open(lake, { wholeNarMaxBytes: 0, walkWholeBytes: 0 });
       try {
         await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
         // Where the walk enters its third directory (a walk must cross 3, or 8 MiB of files).
@@ -268,6 +273,79 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     });
   }
 
+  /** Reads every file of e's path in NAR order as a copy does: a file the cache holds is read from its local file (the engine serves those in C). */
+  async function walk(e: Env): Promise<void> {
+    for (const f of e.idx.files) {
+      if (f.size === 0) continue;
+      const local = e.stack.store.contentFile(e.name, f.narOffset);
+      const got = local ? (await fsp.readFile(local.path)).subarray(local.offset, local.offset + f.size) : await readAll(e, f);
+      assert.equal(sha(got), f.sha256.toString('hex'));
+    }
+  }
+  const wholeGets = (e: Env): number => e.server.requests.filter((r) => r.relPath === e.ni.url && r.headers.range === undefined).length;
+  /** Resolves once the Materialiser has no NAR in flight or in commit. */
+  async function committed(e: Env): Promise<void> {
+    for (const until = Date.now() + 60_000; e.stack.materialiser.busy;) {
+      if (Date.now() > until) throw new Error('the materialiser did not finish');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  for (const lake of ['none', 'zstd'] as const) {
+    it(`${lake}: a walk of a path whose NAR file is within walk-whole-bytes fetches the whole NAR once instead of the rest by range; every byte right, and the signed tree stays stored`, async function () {
+      const e = await open(lake, { wholeNarMaxBytes: 0 });
+      try {
+        await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+        await walk(e);
+        assert.equal(e.stack.store.counters.escalations, 1);
+        assert.equal(e.stack.store.counters.walkWholeNars, 1, 'the walk switched the path to its whole NAR');
+        assert.equal(wholeGets(e), 1, 'one GET of the whole NAR');
+        const ranged = e.narRequests() - wholeGets(e);
+        assert.ok(ranged <= 40, `${ranged} ranged requests (before the walk was seen) for ${e.idx.files.length} files`);
+        await committed(e);
+        for (const f of e.idx.files) {
+          if (f.size > 0) assert.ok(e.stack.blobs.completePath(f.sha256, f.size) !== undefined, `file at ${f.narOffset} is in the cache`);
+        }
+        // The Materialiser's own tree has no chunk hashes: the signed one must stay, so a
+        // file evicted later comes back by range.
+        const stored = await e.stack.trees.lookup(e.ni);
+        assert.equal(stored.state === 'ok' ? stored.tree.source : stored.state, 'signed');
+      } finally {
+        await e.close();
+      }
+    });
+  }
+
+  it('none: a walk of a path whose NAR file is larger than walk-whole-bytes fetches the rest by range, no whole NAR', async function () {
+    const e = await open('none', { wholeNarMaxBytes: 0, walkWholeBytes: 64 * 1024 });
+    try {
+      assert.ok(e.ni.narSize > 64 * 1024);
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      await walk(e);
+      assert.equal(e.stack.store.counters.escalations, 1);
+      assert.equal(e.stack.store.counters.walkWholeNars, 0);
+      await idle(e);
+      assert.equal(wholeGets(e), 0);
+    } finally {
+      await e.close();
+    }
+  });
+
+  it('none: when the whole NAR of a walked path cannot be had, the path goes back to ranges: every byte right, a warning logged', async function () {
+    const e = await open('none', { wholeNarMaxBytes: 0 });
+    try {
+      // Ranged GETs are served, a GET of the whole NAR is answered 404.
+      e.server.wholeStatus(e.ni.url, 404);
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      await walk(e);
+      assert.equal(e.stack.store.counters.walkWholeNars, 1);
+      assert.ok(wholeGets(e) >= 1, 'the whole NAR was asked for');
+      assert.ok(e.logs.some((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')), 'a warning says why');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('none: neither a program picking files (every other one) nor one reading a whole directory in order escalates on a streak', async function () {
     const e = await open('none', { neighbourBytes: 0, escalateStreak: 8 });
     try {
@@ -285,7 +363,7 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
   });
 
   it('none: a full read of the path costs far fewer ranged requests than it has files, every byte right', async function () {
-    const e = await open('none');
+    const e = await open('none', { walkWholeBytes: 0 });
     try {
       await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
       for (const f of e.idx.files) {

@@ -26,6 +26,8 @@
  *                                      get failStatus (401 unless given); undefined = off
  *   ignoreRange(path)                  answer 200 with the whole body to a Range request,
  *                                      as a server without range support does
+ *   wholeStatus(path, code)            answer a GET without Range with that status (ranged
+ *                                      GETs are served)
  * Range: a GET with one `Range: bytes=a-b` (or `a-`, `-n`) gets 206 with Content-Range over
  * the (transformed) body, or 416 when it starts past the end; several ranges get the whole
  * body (200), which RFC 9110 allows. The faults above then apply to the 206 body.
@@ -79,6 +81,8 @@ export interface Fault {
   transform?: (body: Buffer, relPath: string) => Buffer;
   headers?: Record<string, string>;
   ignoreRange?: boolean;
+  /** Answers a GET without a Range header (a whole body) with this status; ranged GETs are served. */
+  wholeStatus?: number;
 }
 
 export interface LoggedRequest {
@@ -234,6 +238,11 @@ export class HttpDatalakeServer {
     return this.set(relPath, { ignoreRange: true });
   }
 
+  /** Answers whole-body GETs of `relPath` (no Range header) with `code`; ranged GETs are served. */
+  wholeStatus(relPath: string, code: number): this {
+    return this.set(relPath, { wholeStatus: code });
+  }
+
   /** Removes the faults of `relPath`, or of every path when none is given. */
   clear(relPath?: string): this {
     for (const [key, fault] of this.faults) if (relPath === undefined || key === norm(relPath)) fault.hold?.release();
@@ -301,6 +310,7 @@ export class HttpDatalakeServer {
       return this.answer(res, fault.failTimes.code, fault.retryAfter);
     }
     if (fault.status !== undefined) return this.answer(res, fault.status, fault.retryAfter);
+    if (fault.wholeStatus !== undefined && req.headers.range === undefined) return this.answer(res, fault.wholeStatus);
 
     // Without a transform the body is streamed from the file (FileBody); a transform needs
     // the whole body in memory.

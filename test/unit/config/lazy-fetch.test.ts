@@ -13,10 +13,12 @@ describe('--lazy-fetch', () => {
       bulkRequestBytes: 16 << 20, bulkConcurrency: 8, stageMaxBytes: 32 << 20, warmReferences: 0, neighbourAfterMisses: 2,
     });
     assert.deepEqual(parseLazyFetch('neighbour-bytes=0'), { neighbourBytes: 0 });
+    assert.deepEqual(parseLazyFetch('walk-whole-bytes=512M,whole-nar-bytes=1M'), { walkWholeBytes: 512 << 20, wholeNarMaxBytes: 1 << 20 });
+    assert.deepEqual(parseLazyFetch('walk-whole-bytes=0'), { walkWholeBytes: 0 });
   });
 
   it('rejects unknown keys and bad values with ERR_USAGE', () => {
-    for (const bad of ['neighbours=1M', 'neighbour-bytes', 'escalate-share=2', 'escalate-share=-1', 'escalate-streak=1.5', 'bulk-concurrency=0', 'bulk-request-bytes=1K', 'neighbour-bytes=lots']) {
+    for (const bad of ['neighbours=1M', 'neighbour-bytes', 'escalate-share=2', 'escalate-share=-1', 'escalate-streak=1.5', 'bulk-concurrency=0', 'bulk-request-bytes=1K', 'neighbour-bytes=lots', 'walk-whole-bytes=big']) {
       assert.throws(() => parseLazyFetch(bad), (e: unknown) => isNarfsError(e) && e.code === 'ERR_USAGE', bad);
     }
   });
