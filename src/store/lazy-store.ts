@@ -593,9 +593,7 @@ export class LazyStore implements RootNodes, ContentReader {
           // The whole NAR of a walked path failed (or outlasted another reader's deadline):
           // this read, and the path's later ones, go by range again.
           if (signal.aborted || walked === undefined) throw err;
-          if (this.#unwhole(name)) {
-            this.#opts.logger.warn('the whole NAR of a walked store path could not be had; its files are fetched by range', { path: name, err: toNarfsError(err) });
-          }
+          this.#unwhole(name, err);
           return await this.#read(name, narOffset, length, signal);
         }
         file = this.#fileIn(name, tree, narOffset, length);
@@ -905,25 +903,27 @@ export class LazyStore implements RootNodes, ContentReader {
     this.counters.walkWholeNars++;
     this.#materialise(name, AbortSignal.timeout(WALK_WHOLE_DEADLINE_MS)).then(() => {
       this.#walkWhole.delete(name);
-    }, (err: unknown) => {
-      if (this.#unwhole(name)) {
-        this.#opts.logger.warn('the whole NAR of a walked store path could not be had; its files are fetched by range', { path: name, err: toNarfsError(err) });
-      }
-    });
+    }, (err: unknown) => this.#unwhole(name, err));
     return true;
   }
 
   /**
-   * Puts back the ranged tree of a walked path whose whole NAR failed (#goWhole), unless a
-   * verified tree replaced it meanwhile. True when the path was waiting for its whole NAR.
+   * The whole NAR of walked path `name` failed (#goWhole; `err`, from whichever of the
+   * background fetch and a waiting reader hears first): its ranged tree is put back,
+   * unless a verified tree replaced it meanwhile, and the rest of the path is fetched in
+   * bulk by range, as a walk did before. Once per switch.
    */
-  #unwhole(name: string): boolean {
+  #unwhole(name: string, err: unknown): void {
     const ranged = this.#walkWhole.get(name);
-    if (!ranged) return false;
+    if (!ranged) return;
     this.#walkWhole.delete(name);
     const now = this.#trees.get(name);
-    if (now && !now.ranged && now.index === ranged.index) this.#trees.set(name, ranged);
-    return true;
+    if (!now || now.ranged || now.index !== ranged.index) return;
+    this.#trees.set(name, ranged);
+    this.#opts.logger.warn('the whole NAR of a walked store path could not be had; the rest of it is fetched by range', { path: name, err: toNarfsError(err) });
+    this.#fetchBulk(ranged, ranged.index.files, AbortSignal.timeout(600_000)).catch((e: unknown) => {
+      this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(e) });
+    });
   }
 
   /**

@@ -331,8 +331,9 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     }
   });
 
-  it('none: when the whole NAR of a walked path cannot be had, the path goes back to ranges: every byte right, a warning logged', async function () {
-    const e = await open('none', { wholeNarMaxBytes: 0 });
+  it('none: when the whole NAR of a walked path cannot be had, the path goes back to ranges and the rest comes in bulk: every byte right, a warning logged', async function () {
+    // Neighbours and subtrees off: without the bulk fetch, every file would cost a request.
+    const e = await open('none', { wholeNarMaxBytes: 0, neighbourBytes: 0, subtreeBytes: 0 });
     try {
       // Ranged GETs are served, a GET of the whole NAR is answered 404.
       e.server.wholeStatus(e.ni.url, 404);
@@ -340,7 +341,10 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       await walk(e);
       assert.equal(e.stack.store.counters.walkWholeNars, 1);
       assert.ok(wholeGets(e) >= 1, 'the whole NAR was asked for');
-      assert.ok(e.logs.some((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')), 'a warning says why');
+      assert.equal(e.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')).length, 1, 'one warning says why');
+      // The rest came in bulk ranged requests, not one request per file.
+      const ranged = e.narRequests() - wholeGets(e);
+      assert.ok(ranged <= e.idx.files.length / 10, `${ranged} ranged requests for ${e.idx.files.length} files`);
     } finally {
       await e.close();
     }
