@@ -253,7 +253,10 @@ try {
   const stats = r.log.split('\n').filter((l) => /counters|stats|escalat|bulk|materialised|commit of/.test(l)).slice(-8);
   for (const l of stats) console.log(`  log: ${l.slice(0, 600)}`);
   // NARFS_PROBE_GREP=REGEX: every line of the daemon's log that matches.
-  if (process.env.NARFS_PROBE_GREP) for (const l of r.log.split('\n').filter((x) => new RegExp(process.env.NARFS_PROBE_GREP!).test(x))) console.log(`  ${l.slice(0, 600)}`);
+  if (process.env.NARFS_PROBE_GREP) {
+    const re = new RegExp(process.env.NARFS_PROBE_GREP);
+    for (const l of r.log.split('\n').filter((x) => re.test(x))) console.log(`  ${l.slice(0, 600)}`);
+  }
   if (process.env.NARFS_PROBE_READS) for (const l of r.log.split('\n').filter((x) => x.startsWith('PROBE') || /"level":"(warn|error)"/.test(x))) console.log(`  ${l.slice(0, 800)}`);
   if (process.env.NARFS_PROBE_TIMELINE) {
     const marks: Array<[number, string]> = [[r.mounted, 'MOUNTED (narfs: mounted seen)'], [r.worked, 'WORKLOAD DONE']];

@@ -187,8 +187,8 @@ const LAZY_FETCH_KEYS: Record<string, { key: keyof LazyFetchSettings; kind: 'siz
  * `--lazy-fetch KEY=VALUE[,KEY=VALUE...]`: neighbour-bytes, neighbour-file-bytes,
  * subtree-bytes, bulk-request-bytes, stage-bytes, gap-bytes, whole-nar-bytes,
  * walk-whole-bytes (sizes: 1M, 128K, ...; subtree-bytes and walk-whole-bytes 0 = off),
- * escalate-share (0..1, 0 = off), escalate-streak, bulk-concurrency, warm-references, neighbour-after-misses (whole
- * numbers; streak 0 and warm-references 0 = off).
+ * escalate-share (0..1, 0 = off), escalate-streak, bulk-concurrency, warm-references,
+ * neighbour-after-misses (whole numbers; streak 0 and warm-references 0 = off).
  */
 export function parseLazyFetch(s: string): LazyFetchSettings {
   const out: LazyFetchSettings = {};

@@ -24,9 +24,9 @@
  *   prefetch` and a trace replay's files (coalesced per path). A walk of a path (a copy
  *   reading it in NAR order) whose NAR file is at most `walkWholeBytes` fetches the whole
  *   NAR instead, as below: one verified stream costs far less CPU than the same bytes
- *   chunk by chunk (#goWhole). One-chunk files are staged
- *   in memory once verified (reads are served from there) and committed as whole blobs in
- *   background batches (BlobStore.commitBuffers, whose file creations run off the JS
+ *   chunk by chunk (#goWhole). One-chunk files are staged in memory once verified (reads
+ *   are served from there) and committed as whole blobs in background batches
+ *   (BlobStore.commitBuffers, whose file creations run off the JS
  *   thread); files that merely came along in another file's seekable frames are held in
  *   memory only (bounded) and committed once read or wanted by a bulk fetch;
  * - anything else (no index, an index that does not verify, xz, a small NAR — fetched
@@ -179,8 +179,8 @@ const SUBTREE_REQUEST_BYTES = 1 << 20;
 export const DEFAULT_ESCALATE_SHARE = 0.25;
 export const DEFAULT_ESCALATE_STREAK = 8;
 export const DEFAULT_WALK_WHOLE_BYTES = 256 << 20;
-/** A walked path's whole NAR fetched in the background (walkWholeBytes) is given up after this long. */
-const WALK_WHOLE_DEADLINE_MS = 600_000;
+/** A background fetch of the rest of a path (bulk by range, or a walked path's whole NAR) is given up after this long. */
+const BACKGROUND_FETCH_DEADLINE_MS = 600_000;
 /** Directories a streak of reads must cross to count as a walk of the path... */
 const WALK_MIN_DIRECTORIES = 3;
 /**
@@ -882,7 +882,12 @@ export class LazyStore implements RootNodes, ContentReader {
       return;
     }
     this.#opts.logger.debug('store path read broadly; fetching the rest in bulk', { path: name, readBytes: b.readBytes, totalBytes: b.totalBytes, misses: b.misses, streak: b.streak });
-    this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(600_000)).catch((err: unknown) => {
+    this.#bulkRest(name, tree);
+  }
+
+  /** The files of `tree` not held, fetched in bulk by range in the background; failures are left to the reads. */
+  #bulkRest(name: string, tree: Tree): void {
+    this.#fetchBulk(tree, tree.index.files, AbortSignal.timeout(BACKGROUND_FETCH_DEADLINE_MS)).catch((err: unknown) => {
       this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(err) });
     });
   }
@@ -901,7 +906,7 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#walkWhole.set(name, tree);
     this.#trees.set(name, { ...tree, ranged: false });
     this.counters.walkWholeNars++;
-    this.#materialise(name, AbortSignal.timeout(WALK_WHOLE_DEADLINE_MS)).then(() => {
+    this.#materialise(name, AbortSignal.timeout(BACKGROUND_FETCH_DEADLINE_MS)).then(() => {
       this.#walkWhole.delete(name);
     }, (err: unknown) => this.#unwhole(name, err));
     return true;
@@ -921,9 +926,7 @@ export class LazyStore implements RootNodes, ContentReader {
     if (!now || now.ranged || now.index !== ranged.index) return;
     this.#trees.set(name, ranged);
     this.#opts.logger.warn('the whole NAR of a walked store path could not be had; the rest of it is fetched by range', { path: name, err: toNarfsError(err) });
-    this.#fetchBulk(ranged, ranged.index.files, AbortSignal.timeout(600_000)).catch((e: unknown) => {
-      this.#opts.logger.debug('bulk fetch of a store path failed; its files are fetched when read', { path: name, err: toNarfsError(e) });
-    });
+    this.#bulkRest(name, ranged);
   }
 
   /**
