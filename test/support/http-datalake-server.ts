@@ -28,6 +28,8 @@
  *                                      as a server without range support does
  *   wholeStatus(path, code)            answer a GET without Range with that status (ranged
  *                                      GETs are served)
+ *   onlyWhole(path)                    the path's other faults hit only GETs without Range
+ *                                      (a whole NAR stalls or is corrupted, ranges are right)
  * Range: a GET with one `Range: bytes=a-b` (or `a-`, `-n`) gets 206 with Content-Range over
  * the (transformed) body, or 416 when it starts past the end; several ranges get the whole
  * body (200), which RFC 9110 allows. The faults above then apply to the 206 body.
@@ -83,6 +85,8 @@ export interface Fault {
   ignoreRange?: boolean;
   /** Answers a GET without a Range header (a whole body) with this status; ranged GETs are served. */
   wholeStatus?: number;
+  /** The other faults apply only to GETs without a Range header; ranged GETs are served as they are. */
+  onlyWhole?: boolean;
 }
 
 export interface LoggedRequest {
@@ -243,6 +247,11 @@ export class HttpDatalakeServer {
     return this.set(relPath, { wholeStatus: code });
   }
 
+  /** From now on the faults of `relPath` apply only to whole-body GETs (no Range header); ranged GETs are served as they are. */
+  onlyWhole(relPath: string): this {
+    return this.set(relPath, { onlyWhole: true });
+  }
+
   /** Removes the faults of `relPath`, or of every path when none is given. */
   clear(relPath?: string): this {
     for (const [key, fault] of this.faults) if (relPath === undefined || key === norm(relPath)) fault.hold?.release();
@@ -300,7 +309,8 @@ export class HttpDatalakeServer {
     if (req.method !== 'GET' && req.method !== 'HEAD') return this.answer(res, 405);
 
     const link = this.linkModel;
-    const fault = this.faults.get(relPath) ?? this.faults.get('*') ?? {};
+    const set = this.faults.get(relPath) ?? this.faults.get('*') ?? {};
+    const fault = set.onlyWhole && req.headers.range !== undefined ? {} : set;
     if (link.latencyMs > 0) await delay(link.latencyMs);
     if (fault.delayMs) await delay(fault.delayMs);
     if (fault.hold) await fault.hold.released;
