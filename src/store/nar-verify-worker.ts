@@ -4,7 +4,9 @@
  * answers the kernel: the NAR's bytes go, in stream order, into one staging file in the
  * job's directory (nar-staging-file.ts), so each file lies at its NAR offset, while an
  * IndexBuilder hashes the regular files whole and per chunk, so the main thread can serve
- * and commit the files and the index once NarHash matched. A job `inPlace` (a NAR a stop
+ * and commit the files and the index once NarHash matched; with `announce` it also tells
+ * each file as soon as its bytes are written (their SHA-256, not yet NarHash-checked: the
+ * main thread serves one only where a signed index names that hash). A job `inPlace` (a NAR a stop
  * kept, read back from `<dir>/nar`) checks and indexes the same way and writes nothing.
  * Protocol: verify-protocol.ts. Started by verify-pool.ts.
  *
@@ -35,9 +37,9 @@ import { createDecompressor } from '../compression/decompress.js';
 import { DecompressorPool } from '../compression/decompressor-pool.js';
 import { toWireError } from '../nixdb/wire-error.js';
 import { IndexBuilder } from '../nix/nar-index-builder.js';
-import { encodeNarIndex } from '../nix/nar-index.js';
+import { encodeNarIndex, type IndexedFile } from '../nix/nar-index.js';
 import { NarVerifier } from './nar-verifier.js';
-import type { FromWorker, ToWorker, VerifyStage } from './verify-protocol.js';
+import { FILE_RECORD_BYTES, type FromWorker, type ToWorker, type VerifyStage } from './verify-protocol.js';
 
 const port = parentPort;
 if (!port) throw new Error('nar-verify-worker runs only on a worker thread');
@@ -76,6 +78,27 @@ port.on('message', (m: ToWorker) => {
   }
 });
 
+/**
+ * Posts the files of `hashed` from `from` on whose bytes all lie below `written` (the
+ * staging file's length) as one `files` message; returns the index of the first not told.
+ */
+function announce(id: number, hashed: IndexedFile[], from: number, written: number): number {
+  let to = from;
+  while (to < hashed.length && hashed[to]!.narOffset + hashed[to]!.size <= written) to++;
+  if (to === from) return from;
+  const buf = new ArrayBuffer((to - from) * FILE_RECORD_BYTES);
+  const recs = Buffer.from(buf);
+  for (let i = from; i < to; i++) {
+    const f = hashed[i]!;
+    const at = (i - from) * FILE_RECORD_BYTES;
+    recs.writeDoubleLE(f.narOffset, at);
+    recs.writeDoubleLE(f.size, at + 8);
+    f.sha256.copy(recs, at + 16);
+  }
+  post({ t: 'files', id, recs: buf }, [buf]);
+  return to;
+}
+
 async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
   // The first error each stage raised: pipeline() may reject with a later one (an abort).
   let first: { stage: VerifyStage; err: unknown } | undefined;
@@ -87,15 +110,27 @@ async function run(id: number, job: Job, m: Extract<ToWorker, { t: 'start' }>): 
     // taken by the main thread before the download started (materialiser.ts #fetch), so
     // this thread's own pool never makes it wait.
     const decompressor: Duplex = await createDecompressor(m.compression, { signal: job.abort.signal, pool: CHILDREN });
-    const builder = new IndexBuilder(m.chunkSize, { chunkHashes: m.chunkHashes });
+    // `announce`: files hashed but maybe not yet written (the verifier runs ahead of the
+    // drain), told once the drain has written past their last byte.
+    const hashed: IndexedFile[] = [];
+    let told = 0;
+    const builder = new IndexBuilder(m.chunkSize, {
+      chunkHashes: m.chunkHashes,
+      ...(m.announce && !m.inPlace ? { onFileHashed: (_p: readonly string[], f: IndexedFile) => { hashed.push(f); } } : {}),
+    });
     // `inPlace`: the NAR already lies in `<dir>/nar` (a kept NAR read back): verified, not written again.
     const file = m.inPlace ? undefined : staging = new NarStagingFile(m.dir);
     const verifier = new NarVerifier(m.narSize, builder);
     decompressor.on('error', note('decompress'));
     verifier.on('error', note('verify'));
+    let written = 0;
     // A failed write is the disk's fault, not the data's.
     const drain = async (chunks: AsyncIterable<Buffer>) => {
-      for await (const chunk of chunks) file?.write(chunk);
+      for await (const chunk of chunks) {
+        file?.write(chunk);
+        written += chunk.length;
+        if (told < hashed.length) told = announce(id, hashed, told, written);
+      }
     };
     await pipeline(job.input, decompressor, verifier, drain, { signal: job.abort.signal });
     let root;

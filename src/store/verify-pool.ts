@@ -28,6 +28,12 @@ import type { FromWorker, ToWorker, VerifyStage, WorkerCompression } from './ver
 const BATCH = 256 * 1024;
 /** Bytes a job may have sent and not yet had acknowledged. */
 const WINDOW = 4 * BATCH;
+/**
+ * A partial batch waits at most this long for more bytes before it is sent as it is: a
+ * slow or stalled datalake must not keep the bytes that came (a file a reader waits for,
+ * VerifyJob.onFiles) from the worker.
+ */
+const FLUSH_MS = 20;
 
 const WORKER_ENTRY = new URL('./nar-verify-worker.js', import.meta.url);
 
@@ -52,6 +58,8 @@ export interface UnpackTarget {
   chunkHashes: boolean;
   /** The stream is `<dir>/nar` itself (a kept NAR read back): checked and indexed, not written. */
   inPlace?: boolean;
+  /** Tell each regular file once its bytes are in the staging file (VerifyJob.onFiles). */
+  announce?: boolean;
 }
 
 interface Slot {
@@ -130,6 +138,11 @@ export class VerifyJob extends Writable {
   failedStage: VerifyStage | undefined;
   /** When the last bytes were written (for the stall watchdog). */
   lastProgress = Date.now();
+  /**
+   * With `announce`: called with the records of files now in the staging file
+   * (verify-protocol.ts FILE_RECORD_BYTES), before `result()` settles.
+   */
+  onFiles: ((recs: Buffer) => void) | undefined;
 
   constructor(id: number, post: (m: ToWorker, transfer?: ArrayBuffer[]) => void) {
     super({ highWaterMark: BATCH });
@@ -161,17 +174,39 @@ export class VerifyJob extends Writable {
       off += n;
       if (this.#filled === BATCH) this.#send();
     }
+    if (this.#filled > 0 && this.#flush === undefined) this.#armFlush();
     if (this.#inflight < WINDOW) cb();
     else this.#held = cb;
   }
 
+  /** Sends the partial batch in FLUSH_MS unless a batch is sent meanwhile (then looks again). */
+  #armFlush(): void {
+    const sent = this.#sent;
+    this.#flush = setTimeout(() => {
+      this.#flush = undefined;
+      if (this.#filled === 0 || this.#over || this.destroyed) return;
+      if (this.#sent === sent) this.#send();
+      else this.#armFlush();
+    }, FLUSH_MS);
+    this.#flush.unref();
+  }
+
+  /** A timer that sends a partial batch no new bytes completed (FLUSH_MS). */
+  #flush: NodeJS.Timeout | undefined;
+  /** Batches sent so far. */
+  #sent = 0;
+
   override _final(cb: (err?: Error | null) => void): void {
+    clearTimeout(this.#flush);
+    this.#flush = undefined;
     if (this.#filled > 0) this.#send();
     this.#final = cb;
     this.#post({ t: 'end', id: this.#id });
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    clearTimeout(this.#flush);
+    this.#flush = undefined;
     if (!this.#over) this.#post({ t: 'abort', id: this.#id });
     this.#held = undefined;
     cb(err);
@@ -184,6 +219,7 @@ export class VerifyJob extends Writable {
     this.#post({ t: 'chunk', id: this.#id, buf }, [buf]);
     this.#batch = undefined;
     this.#filled = 0;
+    this.#sent++;
   }
 
   onMessage(m: FromWorker): void {
@@ -197,6 +233,9 @@ export class VerifyJob extends Writable {
         }
         return;
       }
+      case 'files':
+        if (!this.#over) this.onFiles?.(Buffer.from(m.recs));
+        return;
       case 'done':
         this.#finish({ ok: true, value: { digest: Buffer.from(m.digest), index: Buffer.from(m.index), staging: m.staging } });
         return;
