@@ -24,7 +24,9 @@
  *   prefetch` and a trace replay's files (coalesced per path). A walk of a path (a copy
  *   reading it in NAR order) whose NAR file is at most `walkWholeBytes` fetches the whole
  *   NAR instead, as below: one verified stream costs far less CPU than the same bytes
- *   chunk by chunk (#goWhole). One-chunk files are staged in memory once verified (reads
+ *   chunk by chunk (#goWhole); its readers follow the NAR as it streams, each file served
+ *   once its bytes are staged and their SHA-256 is the one the signed index gives
+ *   (Materialiser.readStreamed), not after the NarHash of the whole NAR. One-chunk files are staged in memory once verified (reads
  *   are served from there) and committed as whole blobs in background batches
  *   (BlobStore.commitBuffers, whose file creations run off the JS
  *   thread); files that merely came along in another file's seekable frames are held in
@@ -37,7 +39,8 @@
  * Invariants:
  * - No byte is served that was not verified: a blob's name is its SHA-256 and it was
  *   written only after its hash (or the NarHash of its NAR) matched; a chunk only after its
- *   hash in a signed index matched. A listing from an unsigned `.ls` is shown only until
+ *   hash in a signed index matched; a file of a walked path's streaming NAR only after its
+ *   whole SHA-256 matched the signed index's. A listing from an unsigned `.ls` is shown only until
  *   the verified tree arrives, and must equal it (ERR_LISTING_MISMATCH otherwise).
  * - A blob being read or held open is pinned: eviction never takes it.
  * - A cached file that turns out damaged or gone is dropped by the BlobStore and fetched
@@ -313,7 +316,7 @@ export class LazyStore implements RootNodes, ContentReader {
    */
   readonly #walkWhole = new Map<string, Tree>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
-  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, subtreeFetches: 0, subtreeFiles: 0, escalations: 0, walkWholeNars: 0, stagedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
+  readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, subtreeFetches: 0, subtreeFiles: 0, escalations: 0, walkWholeNars: 0, stagedReads: 0, streamedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
 
   constructor(infos: PathInfoService, materialiser: Materialiser, meta: MetadataCache, blobs: BlobStore, trees: TreeStore, options: LazyStoreOptions) {
     this.#infos = infos;
@@ -587,6 +590,18 @@ export class LazyStore implements RootNodes, ContentReader {
         // Taken before the wait: the background fetch's own failure handler may put the
         // ranged tree back before this reader hears of the failure.
         const walked = this.#walkWhole.get(name);
+        if (walked !== undefined && walked.index === tree.index) {
+          // A walked path's NAR streaming: its files are served as soon as they are staged,
+          // each checked against the signed index's SHA-256 of it (`file` is from that
+          // index), before the NarHash of the whole NAR is known.
+          const streamed = await this.#materialiser.readStreamed(name, file.sha256, file.size, offset, length, signal);
+          if (streamed) {
+            this.counters.wholeNarReads++;
+            this.counters.streamedReads++;
+            this.counters.bytesRead += length;
+            return streamed;
+          }
+        }
         try {
           tree = await this.#materialise(name, signal);
         } catch (err) {
@@ -906,7 +921,8 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#walkWhole.set(name, tree);
     this.#trees.set(name, { ...tree, ranged: false });
     this.counters.walkWholeNars++;
-    this.#materialise(name, AbortSignal.timeout(BACKGROUND_FETCH_DEADLINE_MS)).then(() => {
+    // Announced: the path's readers follow the NAR as it streams (#read, readStreamed).
+    this.#materialise(name, AbortSignal.timeout(BACKGROUND_FETCH_DEADLINE_MS), true).then(() => {
       this.#walkWhole.delete(name);
     }, (err: unknown) => this.#unwhole(name, err));
     return true;
@@ -1328,7 +1344,7 @@ export class LazyStore implements RootNodes, ContentReader {
   }
 
   /** Fetches and verifies `name`'s whole NAR, its files into the blob store; returns its tree. */
-  async #materialise(name: string, signal?: AbortSignal): Promise<Tree> {
+  async #materialise(name: string, signal?: AbortSignal, announce = false): Promise<Tree> {
     if (this.#overdue.has(name)) {
       throw new NarfsError('ERR_DEADLINE', `${name}: its fetch has already outlasted a reader's deadline and is still running`);
     }
@@ -1338,7 +1354,7 @@ export class LazyStore implements RootNodes, ContentReader {
     try {
       let m: Materialised;
       try {
-        m = await this.#materialiser.verified(info, signal);
+        m = await this.#materialiser.verified(info, signal, { announce });
       } catch (err) {
         if (!isNarfsError(err) || !NAR_FAULTS.has(err.code)) throw err;
         // The narinfo in hand led to a bad or missing NAR: ask the datalakes again.

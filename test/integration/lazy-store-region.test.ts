@@ -22,6 +22,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FileDatalake } from '../../src/datalake/file-datalake.js';
@@ -273,14 +274,48 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     });
   }
 
-  /** Reads every file of e's path in NAR order as a copy does: a file the cache holds is read from its local file (the engine serves those in C). */
+  /**
+   * Reads every file of e's path in NAR order as a copy does: a file the cache holds is
+   * read from its local file (the engine serves those in C), and through the store when
+   * that file is gone before it is opened (a failed NAR's staging file: the engine's open
+   * falls back to JS so).
+   */
   async function walk(e: Env): Promise<void> {
     for (const f of e.idx.files) {
       if (f.size === 0) continue;
       const local = e.stack.store.contentFile(e.name, f.narOffset);
-      const got = local ? (await fsp.readFile(local.path)).subarray(local.offset, local.offset + f.size) : await readAll(e, f);
+      const got = (local && await readLocal(local.path, local.offset, f.size)) ?? await readAll(e, f);
       assert.equal(sha(got), f.sha256.toString('hex'));
     }
+  }
+  /** `size` bytes at `offset` of local file `path`; undefined when it is gone. */
+  async function readLocal(path: string, offset: number, size: number): Promise<Buffer | undefined> {
+    let fh: FileHandle;
+    try {
+      fh = await fsp.open(path, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    try {
+      const buf = Buffer.alloc(size);
+      const { bytesRead } = await fh.read(buf, 0, size, offset);
+      assert.equal(bytesRead, size, `${path} holds ${size} bytes at ${offset}`);
+      return buf;
+    } finally {
+      await fh.close();
+    }
+  }
+  /** The NAR bytes of the seekable frames that lie wholly within the first `fileBytes` bytes of the NAR file. */
+  function framesWithin(idx: NarIndex, fileBytes: number): number {
+    const fr = idx.frames!;
+    let reach = 0;
+    for (let i = 0; i < fr.fileOffsets.length; i++) {
+      const end = i + 1 < fr.fileOffsets.length ? fr.fileOffsets[i + 1]! : fr.fileSize;
+      if (end > fileBytes) break;
+      reach = i + 1 < fr.narOffsets.length ? fr.narOffsets[i + 1]! : idx.narSize;
+    }
+    return reach;
   }
   const wholeGets = (e: Env): number => e.server.requests.filter((r) => r.relPath === e.ni.url && r.headers.range === undefined).length;
   /** Resolves once the Materialiser has no NAR in flight or in commit. */
@@ -345,6 +380,67 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       // The rest came in bulk ranged requests, not one request per file.
       const ranged = e.narRequests() - wholeGets(e);
       assert.ok(ranged <= e.idx.files.length / 10, `${ranged} ranged requests for ${e.idx.files.length} files`);
+    } finally {
+      await e.close();
+    }
+  });
+
+  for (const lake of ['none', 'zstd'] as const) {
+    it(`${lake}: the files of a walked path are served as its whole NAR streams, each checked against the signed index, not after the NAR's end (its GET stalls part way)`, async function () {
+      const e = await open(lake, { wholeNarMaxBytes: 0, neighbourBytes: 0, subtreeBytes: 0 });
+      try {
+        const fileSize = (await fsp.stat(path.join(await lakeDir(lake), e.ni.url))).size;
+        // The whole GET sends part of its body, then nothing until the stack closes; ranged
+        // GETs are served. None: 60 % of the NAR. Seekable: every frame but the last (a
+        // ranged read brings a whole frame, so the files after the switch that the stream
+        // serves lie in the frames after the reader's first).
+        const last = lake === 'zstd' ? e.idx.frames!.fileOffsets.length - 1 : 0;
+        assert.ok(lake === 'none' || last >= 2, 'the seekable NAR has three frames or more');
+        const sent = lake === 'none' ? Math.floor(fileSize * 0.6) : e.idx.frames!.fileOffsets[last]! + 1;
+        e.server.stallBody(e.ni.url, sent).onlyWhole(e.ni.url);
+        await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+        // The part of the NAR the stalled body holds.
+        const reach = lake === 'none' ? sent : framesWithin(e.idx, sent);
+        let switched: number | undefined;
+        let after = 0;
+        for (const f of e.idx.files) {
+          if (f.size === 0) continue;
+          if (switched !== undefined && f.narOffset + f.size > reach) break;
+          assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+          if (switched !== undefined) after++;
+          else if (e.stack.store.counters.walkWholeNars === 1) switched = f.narOffset;
+        }
+        assert.ok(switched !== undefined, 'the walk switched the path to its whole NAR');
+        assert.ok(after >= 100, `${after} files read after the switch, within the bytes the stalled GET sent (switched at ${switched}, reach ${reach})`);
+        assert.ok(e.stack.store.counters.streamedReads >= after / 2, `${e.stack.store.counters.streamedReads} reads served from the streaming NAR`);
+        assert.equal(wholeGets(e), 1);
+        assert.ok(e.stack.materialiser.inFlight(e.name) !== undefined, 'the whole NAR never ended: the reads did not wait for it');
+      } finally {
+        await e.close();
+      }
+    });
+  }
+
+  it('none: a file whose bytes in the streaming NAR of a walked path are wrong is never served from it; it is read right by range once the NAR fails its NarHash', async function () {
+    const e = await open('none', { wholeNarMaxBytes: 0, neighbourBytes: 0, subtreeBytes: 0 });
+    try {
+      const bad = e.idx.files[Math.floor(e.idx.files.length * 0.7)]!;
+      // The whole NAR has one byte of that file flipped; ranged GETs are right.
+      e.server.transform(e.ni.url, (b) => {
+        const out = Buffer.from(b);
+        out[bad.narOffset] = out[bad.narOffset]! ^ 0x01;
+        return out;
+      }).onlyWhole(e.ni.url);
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      await walk(e);
+      assert.equal(e.stack.store.counters.walkWholeNars, 1);
+      assert.ok(e.stack.store.counters.streamedReads > 0, 'files before and after the bad one were served as the NAR streamed');
+      assert.ok(e.logs.some((l) => l.level === 'error' && JSON.stringify(l).includes('ERR_NAR_HASH_MISMATCH')), 'the NAR failed its NarHash');
+      assert.equal(e.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')).length, 1);
+      // Nothing of the bad NAR reached the cache: the bad file's blob is the right bytes.
+      await idle(e);
+      const held = e.stack.blobs.completePath(bad.sha256, bad.size);
+      if (held !== undefined) assert.equal(sha(await fsp.readFile(held)), bad.sha256.toString('hex'));
     } finally {
       await e.close();
     }
