@@ -179,22 +179,20 @@ export class VerifyJob extends Writable {
     else this.#held = cb;
   }
 
-  /** Sends the partial batch in FLUSH_MS unless a batch is sent meanwhile (then looks again). */
+  /**
+   * Sends whatever partial batch there is in FLUSH_MS: no byte waits longer than that
+   * for the batch to fill (one may go early, after a full batch went meanwhile).
+   */
   #armFlush(): void {
-    const sent = this.#sent;
     this.#flush = setTimeout(() => {
       this.#flush = undefined;
-      if (this.#filled === 0 || this.#over || this.destroyed) return;
-      if (this.#sent === sent) this.#send();
-      else this.#armFlush();
+      if (this.#filled > 0 && !this.#over && !this.destroyed) this.#send();
     }, FLUSH_MS);
     this.#flush.unref();
   }
 
-  /** A timer that sends a partial batch no new bytes completed (FLUSH_MS). */
+  /** A timer that sends a partial batch (FLUSH_MS). */
   #flush: NodeJS.Timeout | undefined;
-  /** Batches sent so far. */
-  #sent = 0;
 
   override _final(cb: (err?: Error | null) => void): void {
     clearTimeout(this.#flush);
@@ -219,7 +217,6 @@ export class VerifyJob extends Writable {
     this.#post({ t: 'chunk', id: this.#id, buf }, [buf]);
     this.#batch = undefined;
     this.#filled = 0;
-    this.#sent++;
   }
 
   onMessage(m: FromWorker): void {
