@@ -56,6 +56,7 @@
  *   With every datalake down, what the cache holds is still served.
  */
 import { isUtf8 } from 'node:buffer';
+import { raceSignal } from '../deadline.js';
 import { NarfsError, isNarfsError, toNarfsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ContentReader, RootNodes } from '../fs/store-filesystem.js';
@@ -315,6 +316,8 @@ export class LazyStore implements RootNodes, ContentReader {
    * the NAR); if that fetch fails, the ranged tree is put back (#unwhole).
    */
   readonly #walkWhole = new Map<string, Tree>();
+  /** The whole-NAR fetch of each walked path (#goWhole), until it settles: its readers wait for it. */
+  readonly #walkFetches = new Map<string, Promise<Tree>>();
   /** Bytes handed to readers, and bytes of chunks fetched for them (status, bench). */
   readonly counters = { bytesRead: 0, rangedReads: 0, wholeNarReads: 0, neighbourFetches: 0, neighbourFiles: 0, subtreeFetches: 0, subtreeFiles: 0, escalations: 0, walkWholeNars: 0, stagedReads: 0, streamedReads: 0, warmedInfos: 0, warmedIndexes: 0 };
 
@@ -590,11 +593,20 @@ export class LazyStore implements RootNodes, ContentReader {
         // Taken before the wait: the background fetch's own failure handler may put the
         // ranged tree back before this reader hears of the failure.
         const walked = this.#walkWhole.get(name);
-        if (walked !== undefined && walked.index === tree.index) {
+        // The walk's own fetch, unless it already outlasted a reader's deadline (then
+        // #materialise says so at once and this read goes by range).
+        const whole = this.#overdue.has(name) ? undefined : this.#walkFetches.get(name);
+        if (whole !== undefined && walked !== undefined && walked.index === tree.index) {
           // A walked path's NAR streaming: its files are served as soon as they are staged,
           // each checked against the signed index's SHA-256 of it (`file` is from that
           // index), before the NarHash of the whole NAR is known.
-          const streamed = await this.#materialiser.readStreamed(name, file.sha256, file.size, offset, length, signal);
+          let streamed: Buffer | undefined;
+          try {
+            streamed = await this.#materialiser.readStreamed(name, file.sha256, file.size, offset, length, signal);
+          } catch (err) {
+            this.#noteOverdue(name, err);
+            throw err;
+          }
           if (streamed) {
             this.counters.wholeNarReads++;
             this.counters.streamedReads++;
@@ -603,8 +615,12 @@ export class LazyStore implements RootNodes, ContentReader {
           }
         }
         try {
-          tree = await this.#materialise(name, signal);
+          // The walk's fetch ended without this file staged (or never staged it): its
+          // outcome, not a fetch of our own: after it failed, #inflight no longer holds it,
+          // and #materialise would fetch the whole NAR again.
+          tree = await (whole !== undefined ? raceSignal(whole, signal) : this.#materialise(name, signal));
         } catch (err) {
+          if (whole !== undefined) this.#noteOverdue(name, err);
           // The whole NAR of a walked path failed (or outlasted another reader's deadline):
           // this read, and the path's later ones, go by range again.
           if (signal.aborted || walked === undefined) throw err;
@@ -922,9 +938,13 @@ export class LazyStore implements RootNodes, ContentReader {
     this.#trees.set(name, { ...tree, ranged: false });
     this.counters.walkWholeNars++;
     // Announced: the path's readers follow the NAR as it streams (#read, readStreamed).
-    this.#materialise(name, AbortSignal.timeout(BACKGROUND_FETCH_DEADLINE_MS), true).then(() => {
+    const fetch = this.#materialise(name, AbortSignal.timeout(BACKGROUND_FETCH_DEADLINE_MS), true);
+    this.#walkFetches.set(name, fetch);
+    fetch.then(() => {
       this.#walkWhole.delete(name);
-    }, (err: unknown) => this.#unwhole(name, err));
+    }, (err: unknown) => this.#unwhole(name, err)).finally(() => {
+      if (this.#walkFetches.get(name) === fetch) this.#walkFetches.delete(name);
+    });
     return true;
   }
 
@@ -1368,12 +1388,21 @@ export class LazyStore implements RootNodes, ContentReader {
       }
       return await this.#adopt(name, { index: m.index, source: m.source, info });
     } catch (err) {
-      const running = this.#materialiser.inFlight(name);
-      if (running && isNarfsError(err, 'ERR_DEADLINE') && !this.#overdue.has(name)) {
-        this.#overdue.add(name);
-        void running.then(() => this.#overdue.delete(name));
-      }
+      this.#noteOverdue(name, err);
       throw err;
+    }
+  }
+
+  /**
+   * A reader of `name` gave up on its whole NAR at its deadline (`err`): while that fetch
+   * runs on, later readers are told so at once (#materialise) instead of each waiting out
+   * its own deadline.
+   */
+  #noteOverdue(name: string, err: unknown): void {
+    const running = this.#materialiser.inFlight(name);
+    if (running && isNarfsError(err, 'ERR_DEADLINE') && !this.#overdue.has(name)) {
+      this.#overdue.add(name);
+      void running.then(() => this.#overdue.delete(name));
     }
   }
 

@@ -660,20 +660,28 @@ export class Materialiser {
   async readStreamed(name: string, sha: Buffer, size: number, offset: number, length: number, signal: AbortSignal): Promise<Buffer | undefined> {
     if (offset < 0 || offset + length > size) return undefined;
     const hex = sha.toString('hex');
-    let f = this.#streamed.get(hex)?.find((x) => x.size === size);
-    if (!f) {
-      const a = this.#announcers.get(name);
-      if (!a) return undefined;
-      f = await raceSignal(a.wait(hex, size), signal);
-      if (!f) return undefined;
+    for (;;) {
+      let f = this.#streamed.get(hex)?.find((x) => x.size === size && !x.reader.gone);
+      if (!f) {
+        const a = this.#announcers.get(name);
+        if (!a) return undefined;
+        f = await raceSignal(a.wait(hex, size), signal);
+        if (!f) return undefined;
+      }
+      try {
+        return await f.reader.read(f.offset + offset, length);
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'ENOENT') throw isNarfsError(err) ? err : cacheError(err, `cannot read ${f.reader.path}`);
+        // Its attempt failed and removed the job directory before it took its entries
+        // out: wait for the next attempt's copy (or the fetch's end) instead.
+        f.reader.gone = true;
+      }
     }
-    try {
-      return await f.reader.read(f.offset + offset, length);
-    } catch (err) {
-      // Gone with its failed fetch (or its commit) before this read opened it.
-      if ((err as { code?: unknown }).code === 'ENOENT') return undefined;
-      throw isNarfsError(err) ? err : cacheError(err, `cannot read ${f.reader.path}`);
-    }
+  }
+
+  /** Readers waiting for a file of `name`'s NAR to be staged (readStreamed), for status and tests. */
+  streamWaiters(name: string): number {
+    return this.#announcers.get(name)?.waiting ?? 0;
   }
 
   /**
@@ -974,6 +982,8 @@ class StagingReader {
   readonly path: string;
   /** Its size: the NAR's (NarSize). */
   readonly size: number;
+  /** Found removed (ENOENT) by a read of a streamed file: not looked at again (readStreamed). */
+  gone = false;
   #fh: Promise<FileHandle> | undefined;
   #users = 0;
   #ended = false;
@@ -1035,6 +1045,13 @@ class Announcer {
   /** The next attempt, staging into `reader`'s file. */
   attempt(reader: StagingReader): AnnouncedAttempt {
     return new AnnouncedAttempt(this, reader);
+  }
+
+  /** Readers waiting (a reader that gave up stays counted until its file comes or the fetch ends). */
+  get waiting(): number {
+    let n = 0;
+    for (const list of this.#waiters.values()) n += list.length;
+    return n;
   }
 
   /** The file of `hex` and `size` once an attempt stages it; undefined if the fetch ends first. */

@@ -25,6 +25,7 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { NarfsError, isNarfsError } from '../../src/errors.js';
 import { FileDatalake } from '../../src/datalake/file-datalake.js';
 import { FileDatalakeWriter } from '../../src/datalake/file-datalake-writer.js';
 import { indexStorePath } from '../../src/index/index-store-path.js';
@@ -421,6 +422,39 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
     });
   }
 
+  it('none: once a reader of a walked path gave up at its deadline waiting for the stalled NAR, the next reader is served by range at once', async function () {
+    const e = await open('none', { wholeNarMaxBytes: 0, neighbourBytes: 0, subtreeBytes: 0 });
+    try {
+      const fileSize = (await fsp.stat(path.join(await lakeDir('none'), e.ni.url))).size;
+      const sent = Math.floor(fileSize * 0.6);
+      e.server.stallBody(e.ni.url, sent).onlyWhole(e.ni.url);
+      await e.stack.store.resolve(e.name, AbortSignal.timeout(60_000));
+      for (const f of e.idx.files) {
+        if (f.size === 0) continue;
+        assert.equal(sha(await readAll(e, f)), f.sha256.toString('hex'));
+        if (e.stack.store.counters.walkWholeNars === 1) break;
+      }
+      assert.equal(e.stack.store.counters.walkWholeNars, 1, 'the walk switched the path to its whole NAR');
+      const [far, next] = e.idx.files.filter((f) => f.size > 0 && f.narOffset > sent);
+      assert.ok(far && next, 'two files lie past the bytes the stalled GET sent');
+      // The first reader waits for its file in the stalled NAR, then its deadline ends it.
+      const ac = new AbortController();
+      const waiting = e.stack.store.read(e.name, far.narOffset, far.size, ac.signal);
+      for (const until = Date.now() + 60_000; e.stack.materialiser.streamWaiters(e.name) === 0;) {
+        if (Date.now() > until) throw new Error('the reader never waited for the streaming NAR');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      ac.abort(new NarfsError('ERR_DEADLINE', 'the test reader\'s deadline'));
+      await assert.rejects(waiting, (err: unknown) => isNarfsError(err, 'ERR_DEADLINE'));
+      // Before: each later reader waited out its own deadline for the same stalled NAR.
+      assert.equal(sha(await readAll(e, next)), next.sha256.toString('hex'));
+      assert.equal(e.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')).length, 1);
+      assert.ok(e.stack.materialiser.inFlight(e.name) !== undefined, 'the stalled NAR is still in flight: the read did not wait for it');
+    } finally {
+      await e.close();
+    }
+  });
+
   it('none: a file whose bytes in the streaming NAR of a walked path are wrong is never served from it; it is read right by range once the NAR fails its NarHash', async function () {
     const e = await open('none', { wholeNarMaxBytes: 0, neighbourBytes: 0, subtreeBytes: 0 });
     try {
@@ -437,6 +471,9 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       assert.ok(e.stack.store.counters.streamedReads > 0, 'files before and after the bad one were served as the NAR streamed');
       assert.ok(e.logs.some((l) => l.level === 'error' && JSON.stringify(l).includes('ERR_NAR_HASH_MISMATCH')), 'the NAR failed its NarHash');
       assert.equal(e.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')).length, 1);
+      // The reader waiting for the bad file heard the walk's fetch fail; it did not fetch
+      // the whole NAR again itself.
+      assert.equal(wholeGets(e), 1);
       // Nothing of the bad NAR reached the cache: the bad file's blob is the right bytes.
       await idle(e);
       const held = e.stack.blobs.completePath(bad.sha256, bad.size);
