@@ -394,7 +394,7 @@ bool Session::setContent(uint64_t nodeid, const std::string& path, uint64_t offs
     int f = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (f < 0) return false;
     struct stat st;
-    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != fileTotal) {
+    if (fstat(f, &st) != 0 || !backingCovers(st, offset, size, fileTotal)) {
       close(f);
       return false;
     }

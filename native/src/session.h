@@ -26,6 +26,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <sys/stat.h>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -99,10 +100,24 @@ struct SessionOptions {
   uint64_t maxFiles = 0;
 };
 
+// Whether a backing file just opened (its fstat `st`) can serve bytes [offset, offset +
+// size) of a location whose file JS declared `total` bytes long: a regular file that holds
+// the whole range and is no longer than `total`. So a blob (offset 0, size = total) must be
+// exactly `total` bytes (a torn or replaced blob is refused, and JS serves the file), while
+// a NAR staging file may still be shorter than its NAR: JS names a file of a NAR that is
+// still streaming only once the verify worker wrote all of that file's bytes and their
+// SHA-256 matched the signed index (materialiser.ts, readStreamed), and a staging file is
+// written once, in order, so the bytes of the range never change afterwards.
+inline bool backingCovers(const struct stat& st, uint64_t offset, uint64_t size, uint64_t total) {
+  if (!S_ISREG(st.st_mode) || st.st_size < 0) return false;
+  const uint64_t have = static_cast<uint64_t>(st.st_size);
+  return have <= total && offset <= have && size <= have - offset;
+}
+
 struct FileRef {
   int fd;
   std::string path;
-  uint64_t size;  // what fstat said when it was opened (= what JS verified)
+  uint64_t size;  // the total JS declared for the file (backingCovers held when it was opened)
   FileRef(int f, std::string p, uint64_t sz) : fd(f), path(std::move(p)), size(sz) {}
   ~FileRef();
 };

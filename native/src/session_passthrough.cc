@@ -357,7 +357,7 @@ bool Session::openLocation(uint64_t nodeid) {
     int f = open(loc.path.c_str(), O_RDONLY | O_CLOEXEC);
     if (f < 0) return fail();
     struct stat st;
-    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != loc.total) {
+    if (fstat(f, &st) != 0 || !backingCovers(st, loc.offset, loc.size, loc.total)) {
       close(f);
       return fail();
     }

@@ -6,6 +6,8 @@
  *   ranged, verified chunk reads, never its whole NAR;
  * - a 1 MiB read in the middle of a 40 MiB file over HTTP fetches at most 1.5x what it
  *   read, in one ranged request after the narinfo and the index;
+ * - a walked path whose whole GET stalls part way is read in C (native engine) from its
+ *   staging file while the NAR still streams: no location refused, READs not sent to JS;
  * - a NAR byte flipped under an index is never served (EIO, ERR_CHUNK_HASH_MISMATCH
  *   logged) while other chunks still read, and reads right once the byte is restored;
  * - an index signed by an untrusted key is ignored with a warning: the path is read whole;
@@ -29,17 +31,21 @@ import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, write
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FIXTURE_BUILD_TIMEOUT_MS, loadFixtures, type Fixtures } from '../support/fixtures.js';
-import { NIX_ENV, run, withMount, type TestMount } from '../support/mount-harness.js';
+import { EVENT_TIMEOUT_MS, NIX_ENV, run, withMount, type TestMount } from '../support/mount-harness.js';
 import { HttpDatalakeServer } from '../support/http-datalake-server.js';
 import { indexCommand } from '../../src/index/index-command.js';
 import { parseNarInfo } from '../../src/nix/narinfo.js';
 import { formatHash } from '../../src/nix/hash.js';
 import { parseNarIndex, findFile, NAR_INDEX_SUFFIX } from '../../src/nix/nar-index.js';
 import { parseStorePath, storePathBase } from '../../src/nix/store-path.js';
+import { stringBytes, type NarNode } from '../../src/nix/nar-listing.js';
+import { fuseBackendOf } from '../../src/daemon/mount-daemon.js';
 import { prefetchCommand } from '../../src/cli/prefetch-command.js';
 import { NARFS_BIN, spawnNarfs, startNarfsMount } from '../support/cli-daemon.js';
 
 const MiB = 1 << 20;
+/** FUSE_READ (linux/fuse.h). */
+const FUSE_READ = 15;
 
 function sha256File(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -233,6 +239,67 @@ describe('e2e: per-file laziness (signed indexes, ranged reads, bounded content-
           .reduce((n, p) => n + (statSync(join(lakes.none, p), { throwIfNoEntry: false })?.size ?? 0), 0);
         const narBytes = server.bodyBytesSent - before.bytes - smallFiles;
         assert.ok(narBytes <= 1.5 * MiB, `fetched ${narBytes} NAR bytes for a 1 MiB read`);
+      });
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a walked path is read in C from its NAR as it streams: the engine opens files of a staging file still being written (its whole GET stalls part way)', async function () {
+    if (fuseBackendOf({} as never) !== 'native') this.skip();
+    const many = fixtures.paths.find((p) => filesUnder(p.storePath).length >= 1000);
+    assert.ok(many, 'a fixture path with 1000 files or more');
+    const base = storePathBase(parseStorePath(many.storePath));
+    const hashPart = base.slice(0, 32);
+    const ni = parseNarInfo(readFileSync(join(lakes.none, `${hashPart}.narinfo`), 'utf8'));
+    const idx = parseNarIndex(readFileSync(join(lakes.none, `${hashPart}${NAR_INDEX_SUFFIX}`)));
+    // Its regular files (size > 0) in NAR order, with their paths.
+    const files: Array<{ rel: string; narOffset: number; size: number; sha: string }> = [];
+    const shaAt = new Map(idx.files.map((f) => [f.narOffset, f.sha256.toString('hex')]));
+    const visit = (node: NarNode, rel: string): void => {
+      if (node.type === 'directory') for (const [name, child] of node.entries) visit(child, rel ? `${rel}/${stringBytes(name).toString('utf8')}` : stringBytes(name).toString('utf8'));
+      else if (node.type === 'regular' && node.size > 0) files.push({ rel, narOffset: node.narOffset, size: node.size, sha: shaAt.get(node.narOffset)! });
+    };
+    visit(idx.root, '');
+    // The whole GET (none: the NAR itself) sends 60 % of the NAR, then nothing until the
+    // server closes; ranged GETs are served.
+    const sent = Math.floor(ni.narSize * 0.6);
+    const server = await HttpDatalakeServer.start({ root: lakes.none });
+    server.stallBody(ni.url, sent).onlyWhole(ni.url);
+    try {
+      // Every file is read by range until the walk is seen (no neighbours, no subtrees, no
+      // small path fetched whole at once).
+      await withMount({ datalakes: [server.url], trustedPublicKeys: fixtures.publicKey, extra: { lazyFetch: { wholeNarMaxBytes: 0, neighbourBytes: 0, subtreeBytes: 0 } } }, async (m) => {
+        const dir = join(m.mnt, base);
+        let k = 0;
+        for (; k < files.length && m.running.store.counters.walkWholeNars === 0; k++) {
+          assert.equal(await mountedSha(join(dir, files[k]!.rel)), files[k]!.sha, files[k]!.rel);
+        }
+        assert.equal(m.running.store.counters.walkWholeNars, 1, 'the walk switched the path to its whole NAR');
+        // The files after the switch that the stalled GET holds, once the verify worker
+        // has told them (each checked against the signed index).
+        const rest = files.slice(k).filter((f) => f.narOffset + f.size <= sent - 1024);
+        assert.ok(rest.length >= 200, `${rest.length} files past the switch lie within the bytes sent`);
+        const last = rest[rest.length - 1]!;
+        for (const until = Date.now() + EVENT_TIMEOUT_MS; !m.running.store.contentFile(base, last.narOffset);) {
+          if (Date.now() > until) throw new Error(`the streaming NAR never reached ${last.rel}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        const list = join(root, 'streamed-files');
+        writeFileSync(list, rest.map((f) => join(dir, f.rel)).join('\n') + '\n');
+        const before = m.running.engine.stats()!;
+        const r = await run('sh', ['-c', 'xargs -d "\\n" sha256sum < "$1"', 'sh', list]);
+        const after = m.running.engine.stats()!;
+        assert.equal(r.code, 0, r.stderr);
+        const got = r.stdout.trim().split('\n').map((l) => l.split(' ')[0]);
+        assert.deepEqual(got, rest.map((f) => f.sha), 'every file read right');
+        const toJs = (op: number) => (after.toJsByOpcode[op] ?? 0) - (before.toJsByOpcode[op] ?? 0);
+        // Before: C refused every staging file shorter than its NAR (the size it was told),
+        // so each of these OPENs fell back to JS, and every READ with it.
+        assert.equal(after.locationFallbacks - before.locationFallbacks, 0, 'C refused no location');
+        assert.ok(after.locationOpens - before.locationOpens >= rest.length / 2, `C opened ${after.locationOpens - before.locationOpens} of ${rest.length} files from their locations`);
+        assert.ok(toJs(FUSE_READ) <= rest.length / 10, `${toJs(FUSE_READ)} READs of ${rest.length} files reached JS`);
+        assert.ok(m.running.materialiser.inFlight(base) !== undefined, 'the whole NAR is still in flight: the files came from its staging file as it was written');
       });
     } finally {
       await server.close();

@@ -279,18 +279,23 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
    * Reads every file of e's path in NAR order as a copy does: a file the cache holds is
    * read from its local file (the engine serves those in C), and through the store when
    * that file is gone before it is opened (a failed NAR's staging file: the engine's open
-   * falls back to JS so).
+   * falls back to JS so) or does not pass the engine's check of it (native/src/session.h
+   * backingCovers).
    */
   async function walk(e: Env): Promise<void> {
     for (const f of e.idx.files) {
       if (f.size === 0) continue;
       const local = e.stack.store.contentFile(e.name, f.narOffset);
-      const got = (local && await readLocal(local.path, local.offset, f.size)) ?? await readAll(e, f);
+      const got = (local && await readLocal(local.path, local.offset, f.size, local.size)) ?? await readAll(e, f);
       assert.equal(sha(got), f.sha256.toString('hex'));
     }
   }
-  /** `size` bytes at `offset` of local file `path`; undefined when it is gone. */
-  async function readLocal(path: string, offset: number, size: number): Promise<Buffer | undefined> {
+  /**
+   * `size` bytes at `offset` of local file `path`, declared `total` bytes long, as the
+   * engine's open checks it (backingCovers: a regular file no longer than `total` that
+   * holds the range); undefined when it is gone or fails that check (JS serves it then).
+   */
+  async function readLocal(path: string, offset: number, size: number, total: number): Promise<Buffer | undefined> {
     let fh: FileHandle;
     try {
       fh = await fsp.open(path, 'r');
@@ -299,6 +304,8 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       throw err;
     }
     try {
+      const st = await fh.stat();
+      if (!st.isFile() || st.size > total || offset + size > st.size) return undefined;
       const buf = Buffer.alloc(size);
       const { bytesRead } = await fh.read(buf, 0, size, offset);
       assert.equal(bytesRead, size, `${path} holds ${size} bytes at ${offset}`);
