@@ -90,7 +90,8 @@ export function raceSignal<T>(promise: Promise<T>, signal?: AbortSignal): Promis
   });
 }
 
-function abortReason(signal: AbortSignal): NarfsError {
+/** What a wait given up on `signal` rejects with: its reason when that is a NarfsError, else ERR_ABORTED. */
+export function abortReason(signal: AbortSignal): NarfsError {
   const r: unknown = signal.reason;
   return r instanceof NarfsError ? r : new NarfsError('ERR_ABORTED', 'the wait was aborted', { cause: r });
 }

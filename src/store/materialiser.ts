@@ -96,7 +96,7 @@ import { setMaxListeners } from 'node:events';
 import { type Duplex, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { NarfsError, isNarfsError, toNarfsError, type ErrorCode } from '../errors.js';
-import { raceSignal, sleep } from '../deadline.js';
+import { abortReason, raceSignal, sleep } from '../deadline.js';
 import type { Logger } from '../log.js';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
@@ -665,7 +665,7 @@ export class Materialiser {
       if (!f) {
         const a = this.#announcers.get(name);
         if (!a) return undefined;
-        f = await raceSignal(a.wait(hex, size), signal);
+        f = await a.wait(hex, size, signal);
         if (!f) return undefined;
       }
       try {
@@ -1047,20 +1047,43 @@ class Announcer {
     return new AnnouncedAttempt(this, reader);
   }
 
-  /** Readers waiting (a reader that gave up stays counted until its file comes or the fetch ends). */
+  /** Readers waiting for a file (one whose signal fired is no longer counted). */
   get waiting(): number {
     let n = 0;
     for (const list of this.#waiters.values()) n += list.length;
     return n;
   }
 
-  /** The file of `hex` and `size` once an attempt stages it; undefined if the fetch ends first. */
-  wait(hex: string, size: number): Promise<StreamedFile | undefined> {
+  /**
+   * The file of `hex` and `size` once an attempt stages it; undefined if the fetch ends
+   * first. When `signal` fires, the waiter leaves (the promise then rejects as raceSignal
+   * does): a reader that gave up (an interrupted read, its deadline) leaves nothing behind
+   * on a fetch that may run for long (a datalake sending a trickle of bytes).
+   */
+  wait(hex: string, size: number, signal: AbortSignal): Promise<StreamedFile | undefined> {
+    if (signal.aborted) return Promise.reject(abortReason(signal));
     if (this.#ended) return Promise.resolve(undefined);
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
+      const w = {
+        size,
+        resolve: (f: StreamedFile | undefined) => {
+          signal.removeEventListener('abort', leave);
+          resolve(f);
+        },
+      };
+      const leave = () => {
+        const list = this.#waiters.get(hex);
+        const at = list?.indexOf(w) ?? -1;
+        if (list && at >= 0) {
+          list.splice(at, 1);
+          if (list.length === 0) this.#waiters.delete(hex);
+        }
+        reject(abortReason(signal));
+      };
+      signal.addEventListener('abort', leave, { once: true });
       const list = this.#waiters.get(hex);
-      if (list) list.push({ size, resolve });
-      else this.#waiters.set(hex, [{ size, resolve }]);
+      if (list) list.push(w);
+      else this.#waiters.set(hex, [w]);
     });
   }
 

@@ -444,15 +444,27 @@ describe('LazyStore: round trips of indexed paths (neighbourhood, escalation, tr
       assert.equal(e.stack.store.counters.walkWholeNars, 1, 'the walk switched the path to its whole NAR');
       const [far, next] = e.idx.files.filter((f) => f.size > 0 && f.narOffset > sent);
       assert.ok(far && next, 'two files lie past the bytes the stalled GET sent');
-      // The first reader waits for its file in the stalled NAR, then its deadline ends it.
+      const waits = async () => {
+        for (const until = Date.now() + 60_000; e.stack.materialiser.streamWaiters(e.name) === 0;) {
+          if (Date.now() > until) throw new Error('the reader never waited for the streaming NAR');
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      };
+      // A reader interrupted while it waits (not its deadline: the path stays on its whole
+      // NAR) leaves no waiter behind on the fetch, which may go on for long.
+      const ac0 = new AbortController();
+      const interrupted = e.stack.store.read(e.name, far.narOffset, far.size, ac0.signal);
+      await waits();
+      ac0.abort();
+      await assert.rejects(interrupted, (err: unknown) => isNarfsError(err, 'ERR_ABORTED'));
+      assert.equal(e.stack.materialiser.streamWaiters(e.name), 0, 'the interrupted reader left no waiter');
+      // The next reader waits for its file in the stalled NAR, then its deadline ends it.
       const ac = new AbortController();
       const waiting = e.stack.store.read(e.name, far.narOffset, far.size, ac.signal);
-      for (const until = Date.now() + 60_000; e.stack.materialiser.streamWaiters(e.name) === 0;) {
-        if (Date.now() > until) throw new Error('the reader never waited for the streaming NAR');
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      await waits();
       ac.abort(new NarfsError('ERR_DEADLINE', 'the test reader\'s deadline'));
       await assert.rejects(waiting, (err: unknown) => isNarfsError(err, 'ERR_DEADLINE'));
+      assert.equal(e.stack.materialiser.streamWaiters(e.name), 0, 'the reader that gave up left no waiter');
       // Before: each later reader waited out its own deadline for the same stalled NAR.
       assert.equal(sha(await readAll(e, next)), next.sha256.toString('hex'));
       assert.equal(e.logs.filter((l) => l.level === 'warn' && l.msg.startsWith('the whole NAR of a walked store path could not be had')).length, 1);
